@@ -1,0 +1,262 @@
+"""Delivery: render a step's message for its recipient and hand it to the provider, once.
+
+The send is recorded under its idempotency key before the provider is called (`in_flight`) and
+marked `accepted` after. A retry that finds `accepted` returns the stored result without
+calling anyone; one that finds `in_flight` knows the previous attempt died with its outcome
+unknown, calls again with the same key and flags the send as a possible duplicate unless the
+provider honours the key. Permanent failures release the cap slot and allow channel fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlmodel import Session, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain.events import CartItem
+from domain.matching import product_record
+from domain.render import RenderContext, render_payload
+from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
+from providers.registry import ProviderRegistry
+from security.crypto import SecretBox
+from store import decisions, reservations
+from store.campaigns import load_spec
+from store.engine import Store
+from store.reachability import reach
+from store.tables import Integration, Journey, Product, Send, User, now_utc
+from workflows.models import DeliverRequest, DeliverResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Prepared:
+    message: OutboundMessage
+    provider: Provider
+    possible_duplicate: bool
+    step_name: str
+
+
+class Delivery:
+    def __init__(self, store: Store, providers: ProviderRegistry, secrets: SecretBox) -> None:
+        self.store = store
+        self.providers = providers
+        self.secrets = secrets
+
+    @activity.defn(name="delivery.deliver")
+    async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        prepared = await asyncio.to_thread(self._begin, req)
+        if isinstance(prepared, DeliverResult):
+            return prepared
+        try:
+            response = await prepared.provider.send(prepared.message)
+        except ProviderError as err:
+            if err.retryable:
+                await asyncio.to_thread(self._note_retry, req, err)
+                raise ApplicationError(
+                    err.message,
+                    type="RateLimited" if err.status == 429 else "ProviderUnavailable",
+                    next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
+                ) from err
+            return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body)
+        except ConfigurationError as err:
+            return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
+        await asyncio.to_thread(self._accept, req, prepared, response)
+        return DeliverResult(
+            status="accepted", provider_status=response.status, possible_duplicate=prepared.possible_duplicate
+        )
+
+    # ------------------------------------------------------------ store steps (threads)
+
+    def _begin(self, req: DeliverRequest) -> _Prepared | DeliverResult:
+        with self.store.session() as s:
+            send = s.get(Send, req.send_key)
+            if send is not None and send.status in ("accepted", "failed"):
+                log.info("already %s under %s, skipping the provider call", send.status, req.send_key)
+                return DeliverResult(
+                    status="accepted" if send.status == "accepted" else "failed",
+                    provider_status=send.provider_status,
+                    possible_duplicate=send.possible_duplicate,
+                    reason=None if send.status == "accepted" else send.provider_response,
+                )
+            integration = s.get(Integration, req.integration_id)
+            if integration is None:
+                raise ApplicationError("integration was deleted", type="ConfigurationError", non_retryable=True)
+            provider = self.providers.for_kind(integration.kind)
+            now = now_utc()
+            if send is None:
+                send = Send(
+                    key=req.send_key,
+                    journey_id=req.journey_id,
+                    section_id=req.section_id,
+                    campaign_id=req.campaign_id,
+                    variation_id="",
+                    step_index=req.step_index,
+                    channel=req.channel,
+                    integration_id=req.integration_id,
+                    user_id=req.user_id,
+                    status="in_flight",
+                    created_at=req.as_of,
+                    updated_at=now,
+                )
+            elif send.status == "in_flight" and not provider.honours_idempotency_key:
+                # The previous attempt died after (maybe) reaching the provider: say so, never silently.
+                send.possible_duplicate = True
+            send.status = "in_flight"
+            send.attempts += 1
+            send.updated_at = now
+            message, step_name, variation_id = self._compose(s, req, integration)
+            send.variation_id = variation_id
+            s.add(send)
+            if message is None:
+                return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
+            return _Prepared(message, provider, send.possible_duplicate, step_name)
+
+    def _compose(
+        self, s: Session, req: DeliverRequest, integration: Integration
+    ) -> tuple[OutboundMessage | None, str, str]:
+        spec = load_spec(s, req.campaign_id, req.campaign_version)
+        journey = s.get(Journey, req.journey_id)
+        user = s.get(User, req.user_id)
+        assert journey is not None and user is not None
+        variation = spec.variation(journey.variation_id)
+        assert variation is not None
+        step = variation.steps[req.step_index]
+        opt_in = reach(s, req.section_id, req.user_id, [req.channel]).opt_ins.get(req.channel)
+        if opt_in is None:
+            return None, step.name, variation.id
+        ctx = RenderContext(
+            user_identifier=self.secrets.decrypt(opt_in.value_enc),
+            campaign_name=spec.name,
+            variation_name=variation.name,
+            step_name=step.name,
+            channel=req.channel,
+            items=self._items(s, req, user, spec.type.value),
+            variables=variation.variables,
+        )
+        template = step.messages[req.channel].payload  # type: ignore[index]
+        secrets: dict[str, Any] = {}
+        if integration.secrets_enc:
+            import json
+
+            secrets = json.loads(self.secrets.decrypt(integration.secrets_enc))
+        return (
+            OutboundMessage(
+                section_id=req.section_id,
+                integration_id=integration.id,
+                channel=req.channel,
+                recipient=ctx.user_identifier,
+                payload=render_payload(template, ctx),
+                idempotency_key=req.send_key,
+                config=dict(integration.config),
+                secrets=secrets,
+            ),
+            step.name,
+            variation.id,
+        )
+
+    def _items(self, s: Session, req: DeliverRequest, user: User, campaign_type: str) -> list[dict[str, Any]]:
+        """Trigger items: the cart as it is now for cart campaigns, else the triggering products."""
+        if campaign_type == "cart_abandonment":
+            cart = [CartItem.model_validate(i) for i in user.cart]
+            skus = [i.sku for i in cart]
+        else:
+            cart, skus = [], list(req.skus)
+        if not skus:
+            return []
+        rows = s.exec(select(Product).where(Product.section_id == req.section_id, Product.sku.in_(skus))).all()  # type: ignore[attr-defined]
+        catalog = {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
+        by_sku = {i.sku: i for i in cart}
+        return [_public(product_record(sku, catalog, by_sku.get(sku))) for sku in skus]
+
+    def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
+        with self.store.session() as s:
+            send = s.get(Send, req.send_key)
+            if send is None:
+                return
+            # A known answer (429/5xx) means not processed; a timeout leaves the outcome unknown.
+            send.status = "in_flight" if err.outcome_unknown else "retrying"
+            send.provider_status = err.status
+            send.provider_response = err.message[:2000]
+            send.updated_at = now_utc()
+            s.add(send)
+
+    def _fail(
+        self, req: DeliverRequest, step_name: str, reason: str, status: int | None, body: str
+    ) -> DeliverResult:
+        with self.store.session() as s:
+            return self._fail_in(s, req, step_name, reason, status, body, fallback=True)
+
+    def _fail_in(
+        self,
+        s: Session,
+        req: DeliverRequest,
+        step_name: str,
+        reason: str,
+        status: int | None,
+        body: str,
+        *,
+        fallback: bool,
+    ) -> DeliverResult:
+        send = s.get(Send, req.send_key)
+        if send is not None:
+            send.status = "failed"
+            send.provider_status = status
+            send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
+            send.updated_at = now_utc()
+            s.add(send)
+        reservations.release(s, req.send_key)
+        decisions.record(
+            s,
+            key=f"{req.send_key}:outcome",
+            journey_id=req.journey_id,
+            section_id=req.section_id,
+            user_id=req.user_id,
+            step_index=req.step_index,
+            step_name=step_name,
+            outcome="failed",
+            reason=reason[:200],
+            channel=req.channel,
+            at=req.as_of,
+            detail={"provider_status": status},
+        )
+        return DeliverResult(status="failed", reason=reason[:200], provider_status=status, fallback_allowed=fallback)
+
+    def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
+        with self.store.session() as s:
+            send = s.get(Send, req.send_key)
+            assert send is not None
+            send.status = "accepted"
+            send.provider_status = response.status
+            send.provider_message_id = response.message_id
+            send.provider_response = response.body[:2000]
+            send.updated_at = now_utc()
+            s.add(send)
+            journey = s.get(Journey, req.journey_id)
+            if journey is not None:
+                journey.last_sent_at = req.as_of
+                s.add(journey)
+            decisions.record(
+                s,
+                key=f"{req.send_key}:outcome",
+                journey_id=req.journey_id,
+                section_id=req.section_id,
+                user_id=req.user_id,
+                step_index=req.step_index,
+                step_name=prepared.step_name,
+                outcome="sent",
+                channel=req.channel,
+                at=req.as_of,
+                detail={"provider_status": response.status, "possible_duplicate": send.possible_duplicate},
+            )
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """Item fields for templates (drop the duplicate category alias)."""
+    return {k: v for k, v in record.items() if k != "category"}

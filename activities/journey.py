@@ -1,0 +1,207 @@
+"""Journey activities that touch only the store: enroll, decide (channel, caps, priority), finish.
+
+Plain `def` activities: they run on the worker's thread pool, so blocking database calls never
+stall the event loop. Each is idempotent under retry: results are keyed by the journey id and
+step, and a retried call returns what the first one decided.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlmodel import Session
+from temporalio import activity
+
+from domain.allocation import allocate
+from domain.campaign import CampaignSpec
+from domain.caps import CapPolicy
+from domain.channels import choose_channel
+from domain.conditions import matches
+from store import decisions, reservations
+from store.campaigns import load_spec
+from store.engine import Store
+from store.reachability import reach
+from store.tables import Decision, Journey, Section, Send, User, now_utc
+from workflows.ids import decision_key, send_key
+from workflows.models import (
+    DecideRequest,
+    DeliverResult,
+    EnrollRequest,
+    FinishRequest,
+    GiveUpRequest,
+    JourneyPlan,
+    StepDecision,
+    StepPlan,
+)
+
+log = logging.getLogger(__name__)
+
+
+class JourneyActivities:
+    def __init__(self, store: Store, cap_policy: CapPolicy, priority_window: timedelta) -> None:
+        self.store = store
+        self.cap_policy = cap_policy
+        self.priority_window = priority_window
+
+    @activity.defn(name="journey.enroll")
+    def enroll(self, req: EnrollRequest) -> JourneyPlan:
+        """Allocate the user's variation (deterministic) and record the journey."""
+        with self.store.session() as s:
+            spec = load_spec(s, req.campaign_id, req.campaign_version)
+            variation = allocate(req.campaign_id, req.user_id, spec.variations)
+            if s.get(Journey, req.journey_id) is None:
+                s.add(
+                    Journey(
+                        id=req.journey_id,
+                        workflow_id=req.workflow_id,
+                        section_id=req.section_id,
+                        campaign_id=req.campaign_id,
+                        campaign_version=req.campaign_version,
+                        priority=spec.priority,
+                        user_id=req.user_id,
+                        variation_id=variation.id,
+                        is_control=variation.control,
+                        is_test=req.is_test,
+                        status="holdout" if variation.control else "active",
+                        triggered_at=req.as_of,
+                        ended_at=req.as_of if variation.control else None,
+                    )
+                )
+        return JourneyPlan(
+            variation_id=variation.id,
+            variation_name=variation.name,
+            control=variation.control,
+            steps=[
+                StepPlan(index=i, name=st.name, wait=st.wait, channels=[c.value for c in st.messages])
+                for i, st in enumerate(variation.steps)
+            ],
+        )
+
+    @activity.defn(name="journey.decide")
+    def decide(self, req: DecideRequest) -> StepDecision:
+        """Pick the channel and reserve a capped slot, or say why the step cannot send."""
+        key = decision_key(req.journey_id, req.step_index, req.exclude_channels)
+        with self.store.session() as s:
+            previous = s.get(Decision, key)
+            if previous is not None:
+                log.info("decision %s already made, returning it", key)
+                return StepDecision.model_validate(previous.detail["decision"])
+            spec = load_spec(s, req.campaign_id, req.campaign_version)
+            journey = s.get(Journey, req.journey_id)
+            user = s.get(User, req.user_id)
+            if journey is None or user is None:
+                raise LookupError(f"journey {req.journey_id} or its user is missing")
+            variation = spec.variation(journey.variation_id)
+            assert variation is not None, "a journey's variation exists in its campaign version"
+            step = variation.steps[req.step_index]
+            decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
+            decisions.record(
+                s,
+                key=key,
+                journey_id=req.journey_id,
+                section_id=req.section_id,
+                user_id=req.user_id,
+                step_index=req.step_index,
+                step_name=step.name,
+                outcome="decided" if decision.action == "send" else "skipped",
+                reason=decision.reason,
+                channel=decision.channel,
+                at=req.as_of,
+                detail={"decision": decision.model_dump(mode="json"), "excluded": req.exclude_channels},
+            )
+            return decision
+
+    def _decide(
+        self, s: Session, req: DecideRequest, spec: CampaignSpec, user: User, step_channels: list[str], key: str
+    ) -> StepDecision:
+        if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
+            return StepDecision(action="skip", reason="audience")
+        r = reach(s, req.section_id, req.user_id, step_channels)
+        choice = choose_channel(
+            [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
+        )  # type: ignore[arg-type]
+        if choice.channel is None:
+            return StepDecision(action="skip", reason=choice.reason)
+        channel = str(choice.channel)
+        cap = spec.settings.frequency_caps.get(choice.channel)
+        section = s.get(Section, req.section_id)
+        policy = self.cap_policy
+        if section is not None and section.global_cap_messages:
+            policy = CapPolicy(section.global_cap_messages, policy.window)
+        skey = send_key(req.journey_id, req.step_index, channel)
+        verdict = reservations.reserve(
+            s,
+            reservations.SlotRequest(
+                key=skey,
+                section_id=req.section_id,
+                user_id=req.user_id,
+                channel=channel,
+                campaign_id=req.campaign_id,
+                priority=spec.priority,
+                as_of=req.as_of,
+                campaign_limit=cap.max_messages if cap else None,
+                campaign_period=cap.period if cap else timedelta(days=1),
+            ),
+            policy,
+            self.priority_window,
+        )
+        if not verdict.granted:
+            reason = verdict.reason if not verdict.detail else f"{verdict.reason}: {verdict.detail}"
+            return StepDecision(action="skip", reason=reason, channel=channel)
+        return StepDecision(
+            action="send", channel=channel, integration_id=r.integrations[channel].id, send_key=skey
+        )
+
+    @activity.defn(name="journey.give_up")
+    def give_up(self, req: GiveUpRequest) -> DeliverResult:
+        """Delivery could not complete within its budget: record it and release the cap slot."""
+        with self.store.session() as s:
+            reservations.release(s, req.send_key)
+            send = s.get(Send, req.send_key)
+            if send is not None and send.status != "accepted":
+                send.status = "failed"
+                send.provider_response = req.reason
+                send.updated_at = now_utc()
+                s.add(send)
+            journey = s.get(Journey, req.journey_id)
+            if journey is not None:
+                decisions.record(
+                    s,
+                    key=f"{req.send_key}:outcome",
+                    journey_id=req.journey_id,
+                    section_id=journey.section_id,
+                    user_id=journey.user_id,
+                    step_index=req.step_index,
+                    step_name=f"step {req.step_index}",
+                    outcome="failed",
+                    reason=req.reason,
+                    channel=req.channel,
+                    at=req.as_of,
+                )
+        return DeliverResult(status="failed", reason=req.reason, fallback_allowed=True)
+
+    @activity.defn(name="journey.finish")
+    def finish(self, req: FinishRequest) -> None:
+        with self.store.session() as s:
+            journey = s.get(Journey, req.journey_id)
+            if journey is None:
+                return
+            journey.status = req.status
+            journey.exit_reason = req.exit_reason
+            journey.ended_at = req.as_of
+            s.add(journey)
+            if req.status == "exited":
+                decisions.record(
+                    s,
+                    key=f"{req.journey_id}:{req.step_index}:exit",
+                    journey_id=req.journey_id,
+                    section_id=journey.section_id,
+                    user_id=journey.user_id,
+                    step_index=req.step_index,
+                    step_name=f"step {req.step_index}",
+                    outcome="exited",
+                    reason=req.exit_reason,
+                    at=req.as_of,
+                    detail={"cancelled_from_step": req.step_index},
+                )

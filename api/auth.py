@@ -1,0 +1,64 @@
+"""API key checks: ingestion keys (`dy-api-key`), management keys and the admin key.
+
+Keys are looked up by id and their secret compared in constant time. Verified keys are cached
+briefly per process (revocation through the API clears the cache at once).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from sqlmodel import Session
+
+from api.errors import Forbidden, Unauthorized
+from security.api_keys import parse_key, secret_matches
+from store.tables import ApiKey
+
+CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    section_id: str
+    kind: str  # ingestion | management
+    key_id: str
+
+
+_cache: dict[str, tuple[float, Principal]] = {}
+
+
+def forget_key(key_id: str) -> None:
+    for k, (_, p) in list(_cache.items()):
+        if p.key_id == key_id:
+            _cache.pop(k, None)
+
+
+def verify(session: Session, presented: str | None, *, want: str) -> Principal:
+    """The principal for a presented key of kind `want`, or 401/403."""
+    if not presented:
+        raise Unauthorized("missing API key")
+    cached = _cache.get(presented)
+    if cached is not None and cached[0] > time.monotonic():
+        principal = cached[1]
+    else:
+        parsed = parse_key(presented)
+        if parsed is None:
+            raise Unauthorized("invalid API key")
+        key_id, secret = parsed
+        row = session.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None or not secret_matches(secret, row.secret_hash):
+            raise Unauthorized("invalid or revoked API key")
+        principal = Principal(section_id=row.section_id, kind=row.kind, key_id=row.id)
+        _cache[presented] = (time.monotonic() + CACHE_SECONDS, principal)
+    if principal.kind != want:
+        raise Forbidden(f"a {principal.kind} key cannot be used here; use a {want} key")
+    return principal
+
+
+def verify_admin(presented: str | None, admin_key: str) -> None:
+    if not presented:
+        raise Unauthorized("missing admin key")
+    if not hmac.compare_digest(presented.encode(), admin_key.encode()):
+        raise Unauthorized("invalid admin key")

@@ -1,0 +1,85 @@
+"""FastAPI dependencies: the app's shared objects and the caller's identity."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from temporalio.client import Client
+from temporalio.testing import TimeSkipper
+
+from api import auth
+from api.errors import Unavailable
+from runtime.temporal import connect_temporal
+from settings import Settings
+from store.engine import Store
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    store: Store
+    temporal: Client | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _skipper: TimeSkipper | None = None
+
+    async def client(self) -> Client:
+        if self.temporal is None:
+            async with self._lock:
+                if self.temporal is None:
+                    try:
+                        self.temporal = await connect_temporal(self.settings)
+                    except Exception as exc:  # connection refused, DNS, TLS: all mean "not now"
+                        raise Unavailable(f"Temporal is not reachable at {self.settings.temporal_address}") from exc
+        return self.temporal
+
+    async def skipping_client(self) -> Client:
+        """A client whose started workflows skip time (test users, previews)."""
+        if self._skipper is None:
+            self._skipper = TimeSkipper(await self.client())
+        return self._skipper.client
+
+
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.rejoin
+    return state
+
+
+StateDep = Annotated[AppState, Depends(app_state)]
+
+
+def _bearer(authorization: str | None, x_rejoin_key: str | None) -> str | None:
+    if x_rejoin_key:
+        return x_rejoin_key
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def management(
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_rejoin_key: Annotated[str | None, Header()] = None,
+) -> auth.Principal:
+    with state.store.session() as s:
+        return auth.verify(s, _bearer(authorization, x_rejoin_key), want="management")
+
+
+def ingestion(state: StateDep, dy_api_key: Annotated[str | None, Header()] = None) -> auth.Principal:
+    with state.store.session() as s:
+        return auth.verify(s, dy_api_key, want="ingestion")
+
+
+def admin(
+    state: StateDep,
+    authorization: Annotated[str | None, Header()] = None,
+    x_rejoin_key: Annotated[str | None, Header()] = None,
+) -> None:
+    auth.verify_admin(_bearer(authorization, x_rejoin_key), state.settings.effective_admin_key)
+
+
+Management = Annotated[auth.Principal, Depends(management)]
+Ingestion = Annotated[auth.Principal, Depends(ingestion)]
+Admin = Annotated[None, Depends(admin)]

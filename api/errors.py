@@ -1,0 +1,63 @@
+"""Domain errors and how the API renders them: one JSON shape, naming the field at fault."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from domain.events import EventValidationError
+
+
+class RejoinError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, *, field: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class NotFound(RejoinError):
+    status_code = 404
+
+
+class Conflict(RejoinError):
+    status_code = 409
+
+
+class Unprocessable(RejoinError):
+    status_code = 422
+
+
+class Unauthorized(RejoinError):
+    status_code = 401
+
+
+class Forbidden(RejoinError):
+    status_code = 403
+
+
+class Unavailable(RejoinError):
+    status_code = 503
+
+
+def error_body(message: str, field: str | None = None) -> dict[str, Any]:
+    detail: dict[str, Any] = {"msg": message}
+    if field:
+        detail["loc"] = field.split(".")
+    return {"detail": [detail], "error": message if not field else f"{field}: {message}"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RejoinError)
+    async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(EventValidationError)
+    async def _event(_: Request, exc: EventValidationError) -> JSONResponse:
+        return JSONResponse(error_body(exc.message, exc.loc), status_code=422)

@@ -1,0 +1,190 @@
+"""Event ingestion: apply an accepted request to user state and work out the journey commands.
+
+One database transaction per request: resolve the user, apply each event in order (identity,
+cart, push opt-ins), store it with the journey commands it implies, commit. Only then are the
+commands sent to Temporal; a failed dispatch leaves the events marked undispatched and the
+sweeper (`redispatch_pending`) replays them, so an accepted event is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlmodel import Session, col, select
+
+from api.deps import AppState
+from api.journeys import JourneyCommand, dispatch_all, trigger_input
+from domain.campaign import CampaignSpec
+from domain.conditions import matches
+from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
+from domain.matching import Catalog, event_skus, exit_reason, triggers
+from security.crypto import SecretBox
+from settings import Settings
+from store import users
+from store.campaigns import active_campaigns
+from store.engine import Store
+from store.tables import Campaign, Event, OptIn, Product, now_utc
+from workflows.ids import journey_workflow_id
+
+log = logging.getLogger(__name__)
+
+
+def new_event_id() -> str:
+    return "evt_" + secrets.token_hex(12)
+
+
+@dataclass
+class Accepted:
+    event_ids: list[str] = field(default_factory=list)
+    commands: list[JourneyCommand] = field(default_factory=list)
+    user_id: str = ""
+
+
+def _catalog(s: Session, section_id: str, skus: set[str]) -> Catalog:
+    if not skus:
+        return {}
+    rows = s.exec(select(Product).where(Product.section_id == section_id, col(Product.sku).in_(skus))).all()
+    return {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
+
+
+def _push_opt(s: Session, box: SecretBox, section_id: str, user_id: str, ev: NormalizedEvent, now: datetime) -> None:
+    """Legacy push opt-in/out events: the token becomes the user's identifier on that channel."""
+    assert ev.push_token
+    channel = "web_push" if ev.push_channel == "WEB_PUSH" else "app_push"
+    token_hash = sha256_hex(ev.push_token)
+    users.add_identifier(s, section_id, user_id, channel, token_hash)
+    row = s.exec(
+        select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == token_hash)
+    ).first() or OptIn(
+        section_id=section_id, channel=channel, identifier_type="push_token", value_hash=token_hash,
+        value_enc=box.encrypt(ev.push_token), opted_in=True, updated_at=now,
+    )  # fmt: skip
+    row.opted_in = ev.kind == EventKind.MESSAGE_OPTIN
+    row.updated_at = now
+    s.add(row)
+
+
+def accept(
+    store: Store, box: SecretBox, settings: Settings, section_id: str, body: CollectBase, events: list[NormalizedEvent]
+) -> Accepted:
+    """Apply the request's events to user state, store them, and return the journey commands."""
+    now = now_utc()
+    result = Accepted()
+    with store.session() as s:
+        user = users.resolve_user(s, section_id, device_key=body.user.device_key, cuid=body.user.cuid, now=now)
+        locale = body.context.page.locale if body.context and body.context.page else None
+        if locale:
+            user.locale = locale
+        campaigns = active_campaigns(s, section_id)
+        for ev in events:
+            if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
+                user = users.identify(s, user, ev.identity, body.user.device_key, now)
+            if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
+                _push_opt(s, box, section_id, user.id, ev, now)
+            cart = users.apply_cart(user, ev)
+            skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
+            catalog = _catalog(s, section_id, skus) if campaigns else {}
+            event_id = new_event_id()
+            commands = _commands(section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings)
+            s.add(
+                Event(
+                    id=event_id,
+                    section_id=section_id,
+                    user_id=user.id,
+                    kind=ev.kind.value,
+                    name=ev.name,
+                    data=ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
+                    consented=body.user.consented,
+                    received_at=now,
+                    dispatched=not commands,
+                    transaction_id=ev.transaction_id,
+                    value=ev.value,
+                    commands=[c.model_dump(mode="json") for c in commands],
+                )
+            )
+            result.event_ids.append(event_id)
+            result.commands.extend(commands)
+        user.updated_at = now
+        s.add(user)
+        result.user_id = user.id
+    return result
+
+
+def _commands(
+    section_id: str,
+    user: users.User,
+    ev: NormalizedEvent,
+    cart: list,  # type: ignore[type-arg]
+    catalog: Catalog,
+    campaigns: list[tuple[Campaign, CampaignSpec]],
+    event_id: str,
+    consented: bool,
+    settings: Settings,
+) -> list[JourneyCommand]:
+    out: list[JourneyCommand] = []
+    for campaign, spec in campaigns:
+        wid = journey_workflow_id(section_id, campaign.id, user.id)
+        reason = exit_reason(spec, ev, cart, catalog)
+        if reason is not None:
+            purchased = [i.sku for i in ev.cart or []]
+            out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
+            continue
+        # Without consent (missing or non-true active_consent_accepted) no journey starts;
+        # exits above still apply, as they only ever send less.
+        if not consented or not triggers(spec, ev, cart, catalog):
+            continue
+        if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
+            continue
+        out.append(
+            JourneyCommand(
+                action="trigger",
+                workflow_id=wid,
+                event_id=event_id,
+                campaign_id=campaign.id,
+                skus=event_skus(ev, cart),
+                input=trigger_input(
+                    section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, user.is_test,
+                    settings.delivery_timeout,
+                ),
+            )
+        )
+    return out
+
+
+def mark_dispatched(store: Store, event_ids: list[str]) -> None:
+    with store.session() as s:
+        for ev in s.exec(select(Event).where(col(Event.id).in_(event_ids))).all():
+            ev.dispatched = True
+            s.add(ev)
+
+
+async def redispatch_pending(state: AppState, *, older_than: timedelta = timedelta(seconds=10), limit: int = 500) -> int:
+    """Replay journey commands of events whose dispatch did not complete (the sweeper)."""
+    cutoff = now_utc() - older_than
+
+    def pending() -> list[Event]:
+        with state.store.session() as s:
+            return list(
+                s.exec(
+                    select(Event)
+                    .where(Event.dispatched == False, col(Event.received_at) < cutoff)  # noqa: E712
+                    .order_by(col(Event.received_at))
+                    .limit(limit)
+                ).all()
+            )
+
+    rows = await asyncio.to_thread(pending)
+    if not rows:
+        return 0
+    client = await state.client()
+    skipping = await state.skipping_client()
+    for ev in rows:
+        cmds = [JourneyCommand.model_validate(c) for c in ev.commands]
+        await dispatch_all(client, skipping, state.settings.task_queue, cmds)
+        await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
+    log.info("re-dispatched %d pending events", len(rows))
+    return len(rows)

@@ -1,0 +1,108 @@
+"""Journey lifecycle against Temporal: start or re-trigger, exit, describe.
+
+Start and re-trigger are one call: signal-with-start on the journey's workflow id, so two
+concurrent triggers can never create two journeys. Exits signal the running journey; a
+journey that does not exist (never started, already ended) is normal, not an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows import search
+from workflows.journey import JourneyWorkflow
+from workflows.models import ExitSignal, JourneyInput, JourneyView, TriggerSignal
+
+
+class JourneyCommand(BaseModel):
+    """What an event asks of one journey; stored with the event until dispatched."""
+
+    action: Literal["trigger", "exit"]
+    workflow_id: str
+    event_id: str
+    campaign_id: str
+    reason: str | None = None
+    skus: list[str] = []
+    input: JourneyInput | None = None  # for triggers
+
+
+async def dispatch(client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand) -> None:
+    if cmd.action == "trigger":
+        assert cmd.input is not None
+        use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
+        await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, TriggerSignal(event_id=cmd.event_id, skus=cmd.skus))
+    else:
+        await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
+
+
+async def dispatch_all(client: Client, skipping_client: Client | None, task_queue: str, cmds: list[JourneyCommand]) -> None:
+    await asyncio.gather(*(dispatch(client, skipping_client, task_queue, c) for c in cmds))
+
+
+async def start_or_retrigger(
+    client: Client, task_queue: str, workflow_id: str, inp: JourneyInput, trigger: TriggerSignal
+) -> None:
+    await client.start_workflow(
+        JourneyWorkflow.run,
+        inp,
+        id=workflow_id,
+        task_queue=task_queue,
+        start_signal="retrigger",
+        start_signal_args=[trigger],
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(search.SECTION_ID, inp.section_id),
+                SearchAttributePair(search.CAMPAIGN_ID, inp.campaign_id),
+                SearchAttributePair(search.USER_ID, inp.user_id),
+                SearchAttributePair(search.JOURNEY_STATUS, "triggered"),
+            ]
+        ),
+        static_summary=f"campaign {inp.campaign_id} v{inp.campaign_version} for user {inp.user_id}",
+    )
+
+
+async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> bool:
+    """Signal an exit; False when there is no running journey to exit."""
+    try:
+        await client.get_workflow_handle(workflow_id).signal(JourneyWorkflow.exit, signal)
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def describe(client: Client, workflow_id: str) -> JourneyView | None:
+    """The live state of the journey's latest run (None if Temporal no longer has it)."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        desc = await handle.describe()
+        if desc.status == WorkflowExecutionStatus.RUNNING:
+            return await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5)
+        return None
+    except (RPCError, TimeoutError, asyncio.TimeoutError):
+        return None
+    except Exception:  # a query failing (no worker) must not break the look-up endpoint
+        return None
+
+
+def trigger_input(
+    section_id: str, campaign_id: str, version: int, user_id: str, wait: timedelta, is_test: bool,
+    delivery_timeout: timedelta,
+) -> JourneyInput:  # fmt: skip
+    return JourneyInput(
+        section_id=section_id,
+        campaign_id=campaign_id,
+        campaign_version=version,
+        user_id=user_id,
+        trigger_wait=wait,
+        is_test=is_test,
+        delivery_timeout=delivery_timeout,
+    )

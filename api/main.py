@@ -1,0 +1,64 @@
+"""The FastAPI application: ingestion (`/v2/...`, Experience API shapes) and management (`/api/v1`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api.deps import AppState
+from api.errors import install_error_handlers
+from api.ingestion import redispatch_pending
+from api.routes import campaigns, catalog, collect, integrations, journeys, sections, userdata
+from settings import Settings
+from store.engine import Store
+
+log = logging.getLogger(__name__)
+SWEEP_SECONDS = 5.0
+
+
+async def _sweep(state: AppState) -> None:
+    """Replay journey commands whose dispatch failed (Temporal was briefly unreachable)."""
+    while True:
+        await asyncio.sleep(SWEEP_SECONDS)
+        try:
+            await redispatch_pending(state)
+        except Exception as exc:  # keep sweeping; the next round retries
+            log.warning("re-dispatch round failed: %s", exc)
+
+
+def create_app(settings: Settings | None = None, *, store: Store | None = None, temporal: Client | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings=settings, store=store or Store(settings.effective_database_url), temporal=temporal)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+
+    app = FastAPI(
+        title="Rejoin",
+        version="0.1.0",
+        description="Event-triggered, multi-step customer journeys on Temporal.",
+        lifespan=lifespan,
+    )
+    app.state.rejoin = state
+    install_error_handlers(app)
+    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

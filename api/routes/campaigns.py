@@ -1,0 +1,159 @@
+"""Campaigns: create, read, update (new version), validate, activate, pause, archive.
+
+The body of create/update is the campaign spec (`domain/campaign.py`); a bad spec gets a 422
+whose `detail[].loc` names the field. Updating an active campaign's spec creates a new version:
+journeys in flight keep the version they started with.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from sqlmodel import Session, col, select
+
+from api.deps import Management, StateDep
+from api.errors import Conflict, NotFound
+from domain.campaign import CampaignSpec
+from store.campaigns import load_spec
+from store.tables import Campaign, CampaignVersion, now_utc
+
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
+
+# status -> statuses it may move to
+TRANSITIONS: dict[str, set[str]] = {
+    "draft": {"active", "archived"},
+    "active": {"paused", "archived"},
+    "paused": {"active", "archived"},
+    "archived": set(),
+}
+
+
+class CampaignPublic(BaseModel):
+    id: str
+    name: str
+    type: str
+    status: str
+    priority: int
+    version: int
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Validated(BaseModel):
+    valid: bool
+    spec: dict[str, Any]
+
+
+def _public(s: Session, c: Campaign) -> CampaignPublic:
+    spec = load_spec(s, c.id, c.version)
+    return CampaignPublic(**c.model_dump(), spec=spec.model_dump(mode="json"))
+
+
+def _own(s: Session, section_id: str, campaign_id: str) -> Campaign:
+    c = s.get(Campaign, campaign_id)
+    if c is None or c.section_id != section_id:
+        raise NotFound("no such campaign", field="campaign_id")
+    return c
+
+
+@router.post("/validate")
+def validate(spec: CampaignSpec, _: Management) -> Validated:
+    """Validate a spec without saving it (422 with the field at fault when invalid)."""
+    return Validated(valid=True, spec=spec.model_dump(mode="json"))
+
+
+@router.post("", status_code=201)
+def create(spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    now = now_utc()
+    with state.store.session() as s:
+        c = Campaign(
+            id="cmp_" + secrets.token_hex(6),
+            section_id=principal.section_id,
+            name=spec.name,
+            type=spec.type.value,
+            priority=spec.priority,
+            created_at=now,
+            updated_at=now,
+        )
+        s.add(c)
+        s.flush()
+        s.add(CampaignVersion(campaign_id=c.id, version=1, spec=spec.model_dump(mode="json"), created_at=now))
+        s.flush()
+        return _public(s, c)
+
+
+@router.get("")
+def list_campaigns(principal: Management, state: StateDep, status: str | None = None) -> list[CampaignPublic]:
+    with state.store.session() as s:
+        q = select(Campaign).where(Campaign.section_id == principal.section_id)
+        if status:
+            q = q.where(Campaign.status == status)
+        return [_public(s, c) for c in s.exec(q.order_by(col(Campaign.created_at))).all()]
+
+
+@router.get("/{campaign_id}")
+def get(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    with state.store.session() as s:
+        return _public(s, _own(s, principal.section_id, campaign_id))
+
+
+@router.get("/{campaign_id}/versions/{version}")
+def get_version(campaign_id: str, version: int, principal: Management, state: StateDep) -> dict[str, Any]:
+    with state.store.session() as s:
+        _own(s, principal.section_id, campaign_id)
+        row = s.exec(
+            select(CampaignVersion).where(CampaignVersion.campaign_id == campaign_id, CampaignVersion.version == version)
+        ).first()
+        if row is None:
+            raise NotFound("no such version", field="version")
+        return {"version": row.version, "spec": row.spec, "created_at": row.created_at}
+
+
+@router.put("/{campaign_id}")
+def update(campaign_id: str, spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    with state.store.session() as s:
+        c = _own(s, principal.section_id, campaign_id)
+        if c.status == "archived":
+            raise Conflict("an archived campaign cannot be changed", field="status")
+        if spec.type.value != c.type:
+            raise Conflict("a campaign's type cannot change; create a new campaign", field="type")
+        if spec != load_spec(s, c.id, c.version):
+            now = now_utc()
+            c.version += 1
+            c.name, c.priority, c.updated_at = spec.name, spec.priority, now
+            s.add(CampaignVersion(campaign_id=c.id, version=c.version, spec=spec.model_dump(mode="json"), created_at=now))
+            s.add(c)
+            s.flush()
+        return _public(s, c)
+
+
+def _transition(state: StateDep, section_id: str, campaign_id: str, to: str) -> CampaignPublic:
+    with state.store.session() as s:
+        c = _own(s, section_id, campaign_id)
+        if c.status == to:
+            return _public(s, c)
+        if to not in TRANSITIONS[c.status]:
+            raise Conflict(f"cannot go from {c.status} to {to}", field="status")
+        c.status, c.updated_at = to, now_utc()
+        s.add(c)
+        return _public(s, c)
+
+
+@router.post("/{campaign_id}/activate")
+def activate(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return _transition(state, principal.section_id, campaign_id, "active")
+
+
+@router.post("/{campaign_id}/pause")
+def pause(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return _transition(state, principal.section_id, campaign_id, "paused")
+
+
+@router.post("/{campaign_id}/archive")
+def archive(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return _transition(state, principal.section_id, campaign_id, "archived")

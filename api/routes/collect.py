@@ -1,0 +1,52 @@
+"""Experience API ingestion: `/v2/collect/user/event` and `/v2/collect/user/pageview`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import Ingestion, StateDep
+from api.ingestion import accept, dispatch_all, mark_dispatched
+from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
+from security.crypto import SecretBox
+
+router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
+log = logging.getLogger(__name__)
+
+
+class Acknowledged(BaseModel):
+    """202: the events are durably stored; journeys are started or signalled from them."""
+
+    accepted: int
+    event_ids: list[str]
+    warnings: list[dict[str, str]] = []
+
+
+async def _ingest(state: StateDep, section_id: str, body: EventRequest | PageviewRequest, events: list) -> Acknowledged:  # type: ignore[type-arg]
+    box = SecretBox(state.settings.secret_keys)
+    result = await asyncio.to_thread(accept, state.store, box, state.settings, section_id, body, events)
+    warnings: list[dict[str, str]] = []
+    if result.commands:
+        try:
+            await dispatch_all(await state.client(), await state.skipping_client(), state.settings.task_queue, result.commands)
+            await asyncio.to_thread(mark_dispatched, state.store, result.event_ids)
+        except Exception as exc:  # stored: the sweeper replays it; the caller must not resend
+            log.warning("dispatch deferred for %s: %s", result.event_ids, exc)
+            warnings.append({"code": "DISPATCH_DEFERRED", "message": "stored; journeys will be updated shortly"})
+    if not body.user.consented:
+        warnings.append({"code": "NO_CONSENT", "message": "active_consent_accepted is not true: no journey starts"})
+    return Acknowledged(accepted=len(result.event_ids), event_ids=result.event_ids, warnings=warnings)
+
+
+@router.post("/event", status_code=202)
+async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
+    events = [normalize_event(i, e) for i, e in enumerate(body.events)]
+    return await _ingest(state, principal.section_id, body, events)
+
+
+@router.post("/pageview", status_code=202)
+async def collect_pageview(body: PageviewRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
+    return await _ingest(state, principal.section_id, body, [pageview_event(body)])

@@ -1,0 +1,101 @@
+"""Opt-in / opt-out (Experience API shape): `/v2/userdata/channels/{channel}/opt-in|opt-out`.
+
+The identifier type must equal the channel integration's; the value is stored encrypted and
+looked up by hash. Takes effect for the very next send decision.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from sqlmodel import select
+
+from api.deps import Ingestion, StateDep
+from api.errors import Unprocessable
+from domain.events import email_hash, phone_hash, sha256_hex
+from security.crypto import SecretBox
+from store.tables import Integration, OptIn, now_utc
+
+router = APIRouter(prefix="/v2/userdata/channels", tags=["ingestion"])
+
+CHANNEL_NAMES = {
+    "email": "email", "sms": "sms",
+    "app_push": "app_push", "apppush": "app_push", "app-push": "app_push",
+    "web_push": "web_push", "webpush": "web_push", "web-push": "web_push",
+}  # fmt: skip
+TYPE_NAMES = {"email": "email", "phonenumber": "phone", "phone": "phone", "custom": "custom"}
+E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class IdentifierIn(BaseModel):
+    type: str = Field(min_length=1, max_length=32)
+    value: str = Field(min_length=1, max_length=320)
+
+
+class OptRequest(BaseModel):
+    identifier: IdentifierIn
+
+
+class OptResult(BaseModel):
+    channel: str
+    status: Literal["opted_in", "opted_out"]
+
+
+def _hash_for(id_type: str, value: str) -> str:
+    if id_type == "email":
+        if not EMAIL.match(value.strip()):
+            raise Unprocessable("not a valid email address", field="identifier.value")
+        return email_hash(value)
+    if id_type == "phone":
+        if not E164.match(value.strip().replace(" ", "")):
+            raise Unprocessable("phone numbers must be E.164, e.g. +15551234567", field="identifier.value")
+        return phone_hash(value)
+    return sha256_hex(value)
+
+
+def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest, opted_in: bool) -> OptResult:
+    channel = CHANNEL_NAMES.get(channel_name.lower())
+    if channel is None:
+        raise Unprocessable(f"unknown channel '{channel_name}' (email, sms, app_push, web_push)", field="channel")
+    id_type = TYPE_NAMES.get(body.identifier.type.lower())
+    if id_type is None:
+        raise Unprocessable("identifier.type must be email, phoneNumber or custom", field="identifier.type")
+    with state.store.session() as s:
+        integration = s.exec(
+            select(Integration).where(Integration.section_id == section_id, Integration.channel == channel)
+        ).first()
+        if integration is None:
+            raise Unprocessable(f"the section has no {channel} integration yet", field="channel")
+        if integration.identifier_type != id_type:
+            raise Unprocessable(
+                f"the {channel} integration identifies users by {integration.identifier_type}, not {id_type}",
+                field="identifier.type",
+            )
+        value = body.identifier.value.strip()
+        value_hash = _hash_for(id_type, value)
+        row = s.exec(
+            select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == value_hash)
+        ).first()
+        box = SecretBox(state.settings.secret_keys)
+        if row is None:
+            row = OptIn(
+                section_id=section_id, channel=channel, identifier_type=id_type, value_hash=value_hash,
+                value_enc=box.encrypt(value), opted_in=opted_in, updated_at=now_utc(),
+            )  # fmt: skip
+        row.opted_in, row.source, row.updated_at = opted_in, "api", now_utc()
+        s.add(row)
+    return OptResult(channel=channel, status="opted_in" if opted_in else "opted_out")
+
+
+@router.post("/{channel}/opt-in")
+def opt_in(channel: str, body: OptRequest, principal: Ingestion, state: StateDep) -> OptResult:
+    return _apply(state, principal.section_id, channel, body, True)
+
+
+@router.post("/{channel}/opt-out")
+def opt_out(channel: str, body: OptRequest, principal: Ingestion, state: StateDep) -> OptResult:
+    return _apply(state, principal.section_id, channel, body, False)

@@ -1,0 +1,212 @@
+"""The campaign spec: what a marketer configures, validated once when it is saved.
+
+A spec is stored as JSON per campaign version; journeys keep the version they started with.
+Validation errors name the offending field (pydantic locations), so the API's 422 points at
+`variations.0.steps.2.wait` rather than at "the campaign".
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from domain.conditions import Condition
+
+
+class Channel(StrEnum):
+    EMAIL = "email"
+    SMS = "sms"
+    APP_PUSH = "app_push"
+    WEB_PUSH = "web_push"
+
+
+class CampaignType(StrEnum):
+    CART_ABANDONMENT = "cart_abandonment"
+    PRODUCT_VIEW = "product_view"
+    CUSTOM_TRIGGER = "custom_trigger"
+    # Driven by feeds and schedules; specified here so specs can name them, run by later work.
+    PRICE_DROP = "price_drop"
+    PRODUCT_ATTRIBUTE_CHANGE = "product_attribute_change"
+    USER_ATTRIBUTE_CHANGE = "user_attribute_change"
+    SCHEDULED = "scheduled"
+
+
+# Campaign types whose journeys are started by ingested events (this engine runs these).
+EVENT_TRIGGERED_TYPES = frozenset(
+    {CampaignType.CART_ABANDONMENT, CampaignType.PRODUCT_VIEW, CampaignType.CUSTOM_TRIGGER}
+)
+
+MIN_WAIT = timedelta(minutes=5)
+MAX_WAIT = timedelta(days=90)
+MAX_STEPS = 10
+
+
+def _check_wait(value: timedelta) -> timedelta:
+    if not MIN_WAIT <= value <= MAX_WAIT:
+        raise ValueError("wait must be between 5 minutes and 90 days")
+    return value
+
+
+WaitTime = Annotated[timedelta, Field(description="ISO 8601 duration (PT4H) or seconds; 5 minutes to 90 days")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FrequencyCap(_Strict):
+    """At most `max_messages` from this campaign per user on one channel per rolling `period`."""
+
+    max_messages: int = Field(ge=1, le=1000)
+    period: timedelta = timedelta(days=1)
+
+    @field_validator("period")
+    @classmethod
+    def _period_positive(cls, v: timedelta) -> timedelta:
+        if v < timedelta(minutes=1) or v > timedelta(days=365):
+            raise ValueError("period must be between 1 minute and 365 days")
+        return v
+
+
+class CampaignSettings(_Strict):
+    primary_metric: Literal["revenue", "purchases", "clicks", "ctr", "add_to_carts"] = "revenue"
+    attribution_window: timedelta = timedelta(days=7)
+    frequency_caps: dict[Channel, FrequencyCap] = Field(default_factory=dict)
+
+    @field_validator("attribution_window")
+    @classmethod
+    def _window_range(cls, v: timedelta) -> timedelta:
+        if v < timedelta(hours=1) or v > timedelta(days=90):
+            raise ValueError("attribution window must be between 1 hour and 90 days")
+        return v
+
+
+class Trigger(_Strict):
+    """When a journey starts: conditions on the triggering event's products or properties."""
+
+    event_name: str | None = Field(
+        None, min_length=1, max_length=200, description="Custom Trigger: the event name to react to"
+    )
+    conditions: list[Condition] = Field(default_factory=list, max_length=50)
+    match: Literal["all", "any"] = "all"
+    wait: WaitTime = timedelta(hours=1)
+
+    _wait_range = field_validator("wait")(_check_wait)
+
+
+class ExitRule(_Strict):
+    """"Don't send if": an event that cancels the remaining steps of the journey."""
+
+    event: Literal["purchase", "purchase_of_trigger_item", "add_to_cart", "product_view", "custom"]
+    event_name: str | None = Field(None, min_length=1, max_length=200)
+    conditions: list[Condition] = Field(default_factory=list, max_length=50)
+    match: Literal["all", "any"] = "all"
+
+    @model_validator(mode="after")
+    def _custom_needs_name(self) -> ExitRule:
+        if self.event == "custom" and not self.event_name:
+            raise ValueError("event_name is required when event is 'custom'")
+        return self
+
+
+class Audience(_Strict):
+    """"Send to": all users (no conditions) or conditions on user attributes."""
+
+    conditions: list[Condition] = Field(default_factory=list, max_length=50)
+    match: Literal["all", "any"] = "all"
+
+
+class Message(_Strict):
+    """One channel's message in a step: a JSON payload template (None = the default payload)."""
+
+    payload: dict[str, Any] | None = None
+
+
+class Step(_Strict):
+    name: str = Field(min_length=1, max_length=100)
+    wait: WaitTime | None = Field(
+        None, description="Wait after the previous step; the first step waits the trigger's wait instead"
+    )
+    messages: dict[Channel, Message] = Field(min_length=1)
+
+    @field_validator("wait")
+    @classmethod
+    def _wait_range(cls, v: timedelta | None) -> timedelta | None:
+        return None if v is None else _check_wait(v)
+
+
+class Variation(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    name: str = Field(min_length=1, max_length=100)
+    share: float = Field(ge=0, le=100, description="Percent of triggered users allocated here")
+    control: bool = Field(False, description="Holdout: allocated and reported, receives nothing")
+    steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _steps_fit_role(self) -> Variation:
+        if self.control and self.steps:
+            raise ValueError("a control (holdout) variation has no steps")
+        if not self.control and not self.steps:
+            raise ValueError("a variation needs at least one step")
+        for i, step in enumerate(self.steps):
+            if i == 0 and step.wait is not None:
+                raise ValueError("steps.0.wait: the first step waits the trigger's wait; leave it empty")
+            if i > 0 and step.wait is None:
+                raise ValueError(f"steps.{i}.wait is required (wait after the previous step)")
+        return self
+
+
+class CampaignSpec(_Strict):
+    """A campaign as configured; stored per version."""
+
+    name: str = Field(min_length=1, max_length=200)
+    type: CampaignType
+    priority: int = Field(50, ge=0, le=1000, description="Higher wins when campaigns compete for a user")
+    settings: CampaignSettings = Field(default_factory=CampaignSettings)
+    trigger: Trigger = Field(default_factory=Trigger)
+    audience: Audience = Field(default_factory=Audience)
+    exits: list[ExitRule] = Field(default_factory=list, max_length=20)
+    channel_priority: list[Channel] = Field(min_length=1)
+    variations: list[Variation] = Field(min_length=1, max_length=20)
+
+    @field_validator("type")
+    @classmethod
+    def _runnable_type(cls, v: CampaignType) -> CampaignType:
+        if v not in EVENT_TRIGGERED_TYPES:
+            raise ValueError(f"campaign type '{v.value}' is not supported yet by this engine")
+        return v
+
+    @field_validator("channel_priority")
+    @classmethod
+    def _unique_channels(cls, v: list[Channel]) -> list[Channel]:
+        if len(set(v)) != len(v):
+            raise ValueError("each channel may appear once")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CampaignSpec:
+        if self.type == CampaignType.CUSTOM_TRIGGER and not self.trigger.event_name:
+            raise ValueError("trigger.event_name is required for a custom_trigger campaign")
+        total = sum(v.share for v in self.variations)
+        if abs(total - 100.0) > 1e-6:
+            raise ValueError(f"variations: shares must sum to 100 (got {total:g})")
+        ids = [v.id for v in self.variations]
+        if len(set(ids)) != len(ids):
+            raise ValueError("variations: ids must be unique")
+        if sum(1 for v in self.variations if v.control) > 1:
+            raise ValueError("variations: at most one control (holdout) variation")
+        for vi, var in enumerate(self.variations):
+            for si, step in enumerate(var.steps):
+                missing = [c.value for c in step.messages if c not in self.channel_priority]
+                if missing:
+                    raise ValueError(
+                        f"variations.{vi}.steps.{si}.messages uses {missing} not listed in channel_priority"
+                    )
+        return self
+
+    def variation(self, variation_id: str) -> Variation | None:
+        return next((v for v in self.variations if v.id == variation_id), None)

@@ -1,0 +1,338 @@
+"""Experience API request bodies (`/v2/collect/user/*`) and their normalised events.
+
+The wire shapes follow the public Experience API so an existing backend can point at Rejoin
+unchanged: `{"user": {...}, "session": {...}, "context": {...}, "events": [...]}`, each event
+`{"name": ..., "properties": {"dyType": ..., ...}}`. Standard `dyType` schemas are validated
+here, with errors naming the field (`events.0.properties.cart`); custom events (no `dyType`)
+accept any properties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class EventKind(StrEnum):
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    SYNC_CART = "sync_cart"
+    PURCHASE = "purchase"
+    IDENTIFY = "identify"
+    PRODUCT_VIEW = "product_view"
+    PAGE_VIEW = "page_view"
+    MESSAGE_OPTIN = "message_optin"
+    MESSAGE_OPTOUT = "message_optout"
+    OTHER_STANDARD = "other_standard"
+    CUSTOM = "custom"
+
+
+CART_KINDS = frozenset({EventKind.ADD_TO_CART, EventKind.REMOVE_FROM_CART, EventKind.SYNC_CART})
+IDENTIFY_TYPES = {"login-v1", "signup-v1", "newsletter-subscription-v1", "identify-v1"}
+_KIND_BY_TYPE = {
+    "add-to-cart-v1": EventKind.ADD_TO_CART,
+    "remove-from-cart-v1": EventKind.REMOVE_FROM_CART,
+    "sync-cart-v1": EventKind.SYNC_CART,
+    "purchase-v1": EventKind.PURCHASE,
+    "message-optin-v1": EventKind.MESSAGE_OPTIN,
+    "message-optout-v1": EventKind.MESSAGE_OPTOUT,
+    **{t: EventKind.IDENTIFY for t in IDENTIFY_TYPES},
+}
+KNOWN_TYPES = set(_KIND_BY_TYPE) | {
+    "add-to-wishlist-v1", "keyword-search-v1", "change-attr-v1", "filter-items-v1", "sort-items-v1",
+    "enter-promo-code-v1", "video-watch-v1", "inform-affinity-v1",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- wire models
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class UserIn(_Open):
+    dyid: str | None = Field(None, max_length=128)
+    dyid_server: str | None = Field(None, max_length=128)
+    id: str | None = Field(None, max_length=256)
+    active_consent_accepted: Any = None
+    cuid: str | None = Field(None, max_length=256)
+    cuidType: str | None = Field(None, max_length=64)
+
+    @property
+    def consented(self) -> bool:
+        """Only a literal true is consent; missing or invalid values are not (seeds, dy-api §2)."""
+        return self.active_consent_accepted is True
+
+    @property
+    def device_key(self) -> str | None:
+        return self.dyid or self.dyid_server or self.id
+
+
+class PageIn(_Open):
+    type: Literal["HOMEPAGE", "CATEGORY", "PRODUCT", "CART", "OTHER"] | None = None
+    data: list[str] = Field(default_factory=list, max_length=100)
+    location: str | None = Field(None, max_length=4096)
+    referrer: str | None = Field(None, max_length=4096)
+    locale: str | None = Field(None, max_length=32)
+
+
+class ContextIn(_Open):
+    page: PageIn | None = None
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    properties: dict[str, Any] = Field(default_factory=dict)
+
+
+class CollectBase(_Open):
+    user: UserIn
+    session: dict[str, Any] | None = None
+    sessionId: str | None = Field(None, max_length=256)
+    context: ContextIn | None = None
+
+    @model_validator(mode="after")
+    def _user_identified(self) -> CollectBase:
+        if not self.user.device_key and not self.user.cuid:
+            raise ValueError("user: one of dyid, dyid_server, id or cuid is required")
+        return self
+
+
+class EventRequest(CollectBase):
+    events: list[EventIn] = Field(min_length=1, max_length=100)
+
+
+class PageviewRequest(CollectBase):
+    context: ContextIn  # type: ignore[assignment]
+
+    @field_validator("context")
+    @classmethod
+    def _has_page(cls, v: ContextIn) -> ContextIn:
+        if v.page is None or v.page.type is None:
+            raise ValueError("context.page.type is required for a pageview")
+        return v
+
+
+# ---------------------------------------------------------------- standard schemas
+
+
+class CartItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    productId: str = Field(min_length=1, max_length=256)
+    quantity: float = Field(1, ge=0)
+    itemPrice: float | None = Field(None, ge=0)
+    size: str | None = None
+
+    @property
+    def sku(self) -> str:
+        return self.productId
+
+
+class _CartProps(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dyType: str
+    value: float = Field(ge=0)
+    currency: str | None = Field(None, max_length=8)
+    cart: list[CartItem] | None = Field(None, max_length=1000)
+
+
+class _ItemCartProps(_CartProps):
+    productId: str = Field(min_length=1, max_length=256)
+    quantity: float = Field(ge=0)
+
+
+class _SyncCartProps(_CartProps):
+    cart: list[CartItem] = Field(max_length=1000)  # type: ignore[assignment]
+
+
+class _PurchaseProps(_SyncCartProps):
+    uniqueTransactionId: str | None = Field(None, max_length=64)
+
+
+class Identifier(BaseModel):
+    type: str = Field(min_length=1, max_length=64)
+    value: str = Field(min_length=1, max_length=512)
+
+
+class _IdentifyProps(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dyType: str
+    cuid: str | None = Field(None, min_length=1, max_length=256)
+    cuidType: str | None = Field(None, max_length=64)
+    hashedEmail: str | None = Field(None, min_length=1, max_length=128)
+    secondaryIdentifiers: list[Identifier] = Field(default_factory=list, max_length=20)
+    phoneNumber: str | None = Field(None, max_length=32)
+
+    @field_validator("cuid")
+    @classmethod
+    def _no_slash(cls, v: str | None) -> str | None:
+        if v is not None and "/" in v:
+            raise ValueError("cuid must not contain '/'")
+        return v
+
+
+class _PushOptProps(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dyType: str
+    pushID: str | None = Field(None, min_length=1, max_length=4096)
+    pushId: str | None = Field(None, min_length=1, max_length=4096)
+    channelType: Literal["APP_PUSH", "WEB_PUSH"] | None = None
+
+    @model_validator(mode="after")
+    def _token(self) -> _PushOptProps:
+        if not (self.pushID or self.pushId):
+            raise ValueError("pushID is required")
+        return self
+
+
+_SCHEMAS: dict[str, type[BaseModel]] = {
+    "add-to-cart-v1": _ItemCartProps,
+    "remove-from-cart-v1": _ItemCartProps,
+    "sync-cart-v1": _SyncCartProps,
+    "purchase-v1": _PurchaseProps,
+    "message-optin-v1": _PushOptProps,
+    "message-optout-v1": _PushOptProps,
+    **{t: _IdentifyProps for t in IDENTIFY_TYPES},
+}
+
+
+# ---------------------------------------------------------------- normalised events
+
+
+class Identity(BaseModel):
+    """Identifiers carried by an identification event, hashed: no raw email or phone is kept."""
+
+    cuid: str
+    cuid_type: str
+    email_hash: str | None = None
+    phone_hash: str | None = None
+
+
+class NormalizedEvent(BaseModel):
+    """One event as the engine sees it, whatever wire shape it came in."""
+
+    kind: EventKind
+    name: str
+    dy_type: str | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    cart: list[CartItem] | None = None  # the cart as it is after this event, when the event says
+    sku: str | None = None  # the product of a product view / add-to-cart
+    value: float | None = None
+    transaction_id: str | None = None
+    identity: Identity | None = None
+    push_token: str | None = None
+    push_channel: str | None = None
+
+
+class EventValidationError(ValueError):
+    """A standard event whose properties break its schema; `loc` names the field."""
+
+    def __init__(self, loc: str, message: str) -> None:
+        super().__init__(f"{loc}: {message}")
+        self.loc = loc
+        self.message = message
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def email_hash(email: str) -> str:
+    """The Experience API's hashed email: SHA-256 hex of the lower-cased address."""
+    return sha256_hex(email.strip().lower())
+
+
+def phone_hash(phone: str) -> str:
+    digits = "".join(ch for ch in phone if ch.isdigit())
+    return sha256_hex("+" + digits)
+
+
+def _identity(p: _IdentifyProps) -> Identity | None:
+    email_h = p.hashedEmail.lower() if p.hashedEmail else None
+    cuid, cuid_type = p.cuid, (p.cuidType or "id")
+    if cuid and cuid_type.lower() in {"email", "plaintextemail"}:
+        # A plain email as CUID is accepted for convenience but kept only as its hash.
+        email_h, cuid, cuid_type = email_hash(cuid), None, "he"
+    if cuid and cuid_type.lower() in {"he", "hashedemail"}:
+        email_h, cuid_type = cuid.lower(), "he"
+    if not cuid and email_h:
+        cuid, cuid_type = email_h, "he"
+    if not cuid:
+        return None
+    phone_h = phone_hash(p.phoneNumber) if p.phoneNumber else None
+    for ident in p.secondaryIdentifiers:
+        kind = ident.type.lower()
+        if kind == "phonenumber":
+            phone_h = phone_hash(ident.value)
+        elif kind == "hashedphonenumber":
+            phone_h = ident.value.lower()
+        elif kind in {"email", "plaintextemail"}:
+            email_h = email_hash(ident.value)
+        elif kind in {"he", "hashedemail"}:
+            email_h = ident.value.lower()
+    return Identity(cuid=cuid, cuid_type=cuid_type, email_hash=email_h, phone_hash=phone_h)
+
+
+def normalize_event(index: int, event: EventIn) -> NormalizedEvent:
+    """Validate one `events[index]` entry against its standard schema and normalise it."""
+    dy_type = event.properties.get("dyType")
+    if dy_type is None:
+        return NormalizedEvent(kind=EventKind.CUSTOM, name=event.name, properties=dict(event.properties))
+    if not isinstance(dy_type, str):
+        raise EventValidationError(f"events.{index}.properties.dyType", "must be a string")
+    schema = _SCHEMAS.get(dy_type)
+    if schema is None:
+        kind = EventKind.OTHER_STANDARD if dy_type in KNOWN_TYPES else EventKind.CUSTOM
+        return NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
+    try:
+        props = schema.model_validate(event.properties)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in (f"events.{index}.properties", *err["loc"]))
+        raise EventValidationError(loc, err["msg"]) from None
+    kind = _KIND_BY_TYPE[dy_type]
+    base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
+    if isinstance(props, _CartProps):
+        base.cart = props.cart
+        base.value = props.value
+        if isinstance(props, _ItemCartProps):
+            base.sku = props.productId
+        if isinstance(props, _PurchaseProps):
+            base.transaction_id = props.uniqueTransactionId
+    elif isinstance(props, _IdentifyProps):
+        base.identity = _identity(props)
+        if base.identity is None and dy_type in {"login-v1", "identify-v1"}:
+            raise EventValidationError(f"events.{index}.properties.cuid", "a cuid or hashedEmail is required")
+    elif isinstance(props, _PushOptProps):
+        base.push_token = props.pushID or props.pushId
+        base.push_channel = props.channelType
+    return base
+
+
+def pageview_event(req: PageviewRequest) -> NormalizedEvent:
+    page = req.context.page
+    assert page is not None  # validated
+    if page.type == "PRODUCT":
+        if not page.data:
+            raise EventValidationError("context.page.data", "a PRODUCT page needs its SKU as data[0]")
+        return NormalizedEvent(
+            kind=EventKind.PRODUCT_VIEW,
+            name="Product View",
+            sku=page.data[0],
+            properties={"location": page.location, "sku": page.data[0]},
+        )
+    return NormalizedEvent(
+        kind=EventKind.PAGE_VIEW,
+        name=f"{(page.type or 'OTHER').title()} View",
+        properties={"type": page.type, "data": page.data, "location": page.location},
+    )

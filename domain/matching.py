@@ -1,0 +1,114 @@
+"""Which campaigns an event triggers or exits: the pure rules, no I/O.
+
+Trigger conditions on product campaigns hold when at least one product of the triggering
+event (the cart after a cart event, the viewed product) satisfies them. Product records merge
+the event's item (SKU, price, quantity) over the catalog's attributes, so conditions can use
+`category`, `price`, `brand` or any feed column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from domain.campaign import CampaignSpec, CampaignType, ExitRule
+from domain.conditions import matches
+from domain.events import CART_KINDS, CartItem, EventKind, NormalizedEvent
+
+ProductRecord = dict[str, Any]
+Catalog = Mapping[str, Mapping[str, Any]]  # sku -> product attributes
+
+
+def product_record(sku: str, catalog: Catalog, item: CartItem | None = None) -> ProductRecord:
+    product = dict(catalog.get(sku, {}))
+    attrs = product.pop("attributes", None) or {}
+    record: ProductRecord = {**attrs, **product, "sku": sku}
+    categories = record.get("categories") or []
+    record["categories"] = categories
+    record["category"] = categories
+    if item is not None:
+        record["quantity"] = item.quantity
+        if item.itemPrice is not None:
+            record["price"] = item.itemPrice
+        if item.size:
+            record["size"] = item.size
+    return record
+
+
+def trigger_products(event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> list[ProductRecord]:
+    """The products a trigger condition is evaluated on."""
+    if event.kind in CART_KINDS:
+        return [product_record(i.sku, catalog, i) for i in cart]
+    if event.kind == EventKind.PRODUCT_VIEW and event.sku:
+        return [product_record(event.sku, catalog)]
+    return []
+
+
+def triggers(spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> bool:
+    """Does this event start (or re-trigger) a journey of the campaign?"""
+    trig = spec.trigger
+    match spec.type:
+        case CampaignType.CART_ABANDONMENT:
+            if event.kind not in CART_KINDS or not cart:
+                return False
+            return any(matches(trig.conditions, p, trig.match) for p in trigger_products(event, cart, catalog))
+        case CampaignType.PRODUCT_VIEW:
+            if event.kind != EventKind.PRODUCT_VIEW:
+                return False
+            return any(matches(trig.conditions, p, trig.match) for p in trigger_products(event, cart, catalog))
+        case CampaignType.CUSTOM_TRIGGER:
+            if event.kind not in {EventKind.CUSTOM, EventKind.OTHER_STANDARD}:
+                return False
+            if event.name.casefold() != (trig.event_name or "").casefold():
+                return False
+            return matches(trig.conditions, event.properties, trig.match)
+    return False
+
+
+def exit_reason(
+    spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog
+) -> str | None:
+    """Why this event ends the user's journey of this campaign, or None.
+
+    Rules needing the journey's own trigger items (purchase of a trigger item) are reported as
+    `purchase_of_trigger_item` and decided by the journey, which knows its items.
+    """
+    if spec.type == CampaignType.CART_ABANDONMENT:
+        if event.kind == EventKind.PURCHASE:
+            return "purchased"
+        if event.kind in CART_KINDS and not cart:
+            return "cart_emptied"
+    for rule in spec.exits:
+        if _exit_rule_matches(rule, event, catalog):
+            return rule.event if rule.event != "custom" else f"custom:{rule.event_name}"
+    return None
+
+
+def _exit_rule_matches(rule: ExitRule, event: NormalizedEvent, catalog: Catalog) -> bool:
+    match rule.event:
+        case "purchase" | "purchase_of_trigger_item":
+            if event.kind != EventKind.PURCHASE:
+                return False
+            if not rule.conditions:
+                return True
+            items = event.cart or []
+            return any(matches(rule.conditions, product_record(i.sku, catalog, i), rule.match) for i in items)
+        case "add_to_cart":
+            if event.kind != EventKind.ADD_TO_CART or not event.sku:
+                return False
+            return matches(rule.conditions, product_record(event.sku, catalog), rule.match)
+        case "product_view":
+            if event.kind != EventKind.PRODUCT_VIEW or not event.sku:
+                return False
+            return matches(rule.conditions, product_record(event.sku, catalog), rule.match)
+        case "custom":
+            if event.name.casefold() != (rule.event_name or "").casefold():
+                return False
+            return matches(rule.conditions, event.properties, rule.match)
+    return False
+
+
+def event_skus(event: NormalizedEvent, cart: Sequence[CartItem]) -> list[str]:
+    """SKUs a trigger contributes to the journey's context (deduplicated, in order)."""
+    skus = [i.sku for i in cart] if event.kind in CART_KINDS else ([event.sku] if event.sku else [])
+    return list(dict.fromkeys(skus))

@@ -1,0 +1,114 @@
+"""What every provider adapter speaks: one outbound message in, a classified outcome out.
+
+Adapters translate HTTP answers at the boundary: 2xx accepted; 429, 408, 5xx, timeouts and
+connection errors retryable (honouring Retry-After); every other answer permanent. Delivery
+(`activities/delivery.py`) turns these into Temporal retries or recorded failures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    section_id: str
+    integration_id: str
+    channel: str
+    recipient: str
+    payload: dict[str, Any]
+    idempotency_key: str
+    config: dict[str, Any] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProviderResponse:
+    status: int
+    body: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    message_id: str | None = None
+
+
+class ProviderError(Exception):
+    """A provider call that did not succeed.
+
+    `retryable`: worth trying again (429/5xx/timeout). `outcome_unknown`: the request may have
+    been processed (timeout after sending), so a retry is a possible duplicate.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        body: str = "",
+        retry_after: float | None = None,
+        outcome_unknown: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+
+class ConfigurationError(Exception):
+    """The integration cannot work as configured (bad URL, refused address): not retryable."""
+
+
+class Provider(Protocol):
+    # True when the vendor de-duplicates on our idempotency key, so a repeat after an unknown
+    # outcome cannot deliver twice.
+    honours_idempotency_key: bool
+
+    async def send(self, message: OutboundMessage) -> ProviderResponse: ...
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds or as an HTTP date; None when absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from datetime import UTC, datetime
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderError | None:
+    """None for success; otherwise the error with its retry classification."""
+    if 200 <= status < 300:
+        return None
+    snippet = body[:500]
+    if status == 429:
+        return ProviderError(
+            f"rate limited (429): {snippet}",
+            retryable=True,
+            status=status,
+            body=snippet,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+    if status >= 500 or status == 408:
+        return ProviderError(
+            f"provider unavailable ({status}): {snippet}",
+            retryable=True,
+            status=status,
+            body=snippet,
+            retry_after=parse_retry_after(headers.get("retry-after")),
+        )
+    return ProviderError(f"rejected ({status}): {snippet}", retryable=False, status=status, body=snippet)

@@ -1,0 +1,102 @@
+"""Rejoin's configuration: one pydantic-settings class read from the environment.
+
+Used by `api/`, `worker.py` and the launcher; never by `workflows/` (workflows read no
+environment). Every value has a default that makes the embedded single-machine setup work;
+pointing `TEMPORAL_ADDRESS` at a cluster and `REJOIN_DATABASE_URL` at PostgreSQL scales out.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Environment-driven settings (prefix `REJOIN_`, Temporal's own `TEMPORAL_*` names too)."""
+
+    model_config = SettingsConfigDict(env_prefix="REJOIN_", extra="ignore")
+
+    data_dir: Path = Path("data")
+    database_url: str = ""  # default: SQLite file under data_dir
+
+    temporal_address: str = Field(
+        "localhost:7233", validation_alias=AliasChoices("TEMPORAL_ADDRESS", "REJOIN_TEMPORAL_ADDRESS")
+    )
+    temporal_namespace: str = Field(
+        "default", validation_alias=AliasChoices("TEMPORAL_NAMESPACE", "REJOIN_TEMPORAL_NAMESPACE")
+    )
+    temporal_ui_url: str = "http://localhost:8233"
+    task_queue: str = "rejoin-journeys"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str = ""  # how recipients reach tracking links; default http://{api_host}:{api_port}
+
+    # Secret key for encrypting provider credentials and identifiers at rest. Several keys may be
+    # given comma-separated: the first encrypts, all decrypt (rotation). Empty: a key file in data_dir.
+    secret_key: str = ""
+    # Bootstrap key for the admin routes (creating sections). Empty: a key file in data_dir.
+    admin_key: str = ""
+
+    global_cap_messages: int = 5
+    global_cap_window: timedelta = timedelta(hours=24)
+    priority_window: timedelta = timedelta(hours=24)
+
+    # Outbound HTTP to providers: private/loopback targets are refused unless allowed (dev/tests).
+    allow_private_urls: bool = False
+    delivery_timeout: timedelta = timedelta(seconds=30)
+
+    @field_validator("global_cap_messages")
+    @classmethod
+    def _positive_cap(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("global cap must be at least 1 message")
+        return v
+
+    @cached_property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / 'rejoin.db').resolve()}"
+
+    @cached_property
+    def effective_public_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @cached_property
+    def secret_keys(self) -> list[str]:
+        """Encryption keys, newest first. Generated once into data_dir when none is configured."""
+        raw = self.secret_key or _key_file(self.data_dir / "secret.key", _new_fernet_key)
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    @cached_property
+    def effective_admin_key(self) -> str:
+        return self.admin_key or _key_file(self.data_dir / "admin.key", lambda: "rjadmin_" + secrets.token_urlsafe(24))
+
+    def temporal_ui_link(self, workflow_id: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.temporal_ui_url.rstrip('/')}/namespaces/{self.temporal_namespace}/workflows/{quote(workflow_id, safe='')}"
+
+
+def _new_fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+def _key_file(path: Path, make: object) -> str:
+    """Read a generated secret from `path`, creating it (mode 600) on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()  # type: ignore[operator]
+    path.touch(mode=0o600)
+    path.write_text(str(value))
+    return str(value)

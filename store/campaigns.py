@@ -1,0 +1,35 @@
+"""Campaign specs by version: immutable once written, so cached per process."""
+
+from __future__ import annotations
+
+from sqlmodel import Session, select
+
+from domain.campaign import CampaignSpec
+from store.tables import Campaign, CampaignVersion
+
+# (campaign id, version) -> spec. A version never changes after it is written, so this cache
+# needs no invalidation; it is bounded by the number of versions ever saved.
+_specs: dict[tuple[str, int], CampaignSpec] = {}
+
+
+class UnknownCampaign(LookupError):
+    pass
+
+
+def load_spec(session: Session, campaign_id: str, version: int) -> CampaignSpec:
+    cached = _specs.get((campaign_id, version))
+    if cached is not None:
+        return cached
+    row = session.exec(
+        select(CampaignVersion).where(CampaignVersion.campaign_id == campaign_id, CampaignVersion.version == version)
+    ).first()
+    if row is None:
+        raise UnknownCampaign(f"campaign {campaign_id} v{version} does not exist")
+    spec = CampaignSpec.model_validate(row.spec)
+    _specs[(campaign_id, version)] = spec
+    return spec
+
+
+def active_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:
+    rows = session.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status == "active")).all()
+    return [(c, load_spec(session, c.id, c.version)) for c in rows]

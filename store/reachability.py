@@ -1,0 +1,71 @@
+"""Can a user be reached on a channel? Integration, identifier of its type, and opt-in.
+
+Users carry hashed identifiers (`UserIdentifier`); opt-ins carry the plain value encrypted and
+its hash. A channel is reachable when the section has an integration for it, the user has an
+identifier of the integration's type, and that identifier is opted in on the channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
+
+from store.tables import Integration, OptIn, UserIdentifier
+
+# Identifier kinds stored per user, by the integration identifier type that reads them.
+KIND_FOR_IDENTIFIER_TYPE = {"email": "email", "phone": "phone", "phoneNumber": "phone", "custom": "custom"}
+PUSH_CHANNELS = {"app_push", "web_push"}
+
+
+@dataclass(frozen=True)
+class Reach:
+    integrations: dict[str, Integration]
+    unreachable: dict[str, str]  # channel -> reason
+    opt_ins: dict[str, OptIn]  # channel -> the opt-in row that makes it reachable
+
+
+def identifier_kind(channel: str, identifier_type: str) -> str:
+    if channel in PUSH_CHANNELS:
+        return channel  # push tokens are per channel
+    return KIND_FOR_IDENTIFIER_TYPE.get(identifier_type, identifier_type)
+
+
+def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
+    wanted = list(dict.fromkeys(channels))
+    integrations = {
+        i.channel: i
+        for i in session.exec(
+            select(Integration).where(Integration.section_id == section_id, col(Integration.channel).in_(wanted))
+        ).all()
+    }
+    identifiers: dict[str, list[str]] = {}
+    for ident in session.exec(
+        select(UserIdentifier).where(UserIdentifier.section_id == section_id, UserIdentifier.user_id == user_id)
+    ).all():
+        identifiers.setdefault(ident.kind, []).append(ident.value_hash)
+    unreachable: dict[str, str] = {}
+    opt_ins: dict[str, OptIn] = {}
+    for channel in wanted:
+        integration = integrations.get(channel)
+        if integration is None:
+            unreachable[channel] = "no_integration"
+            continue
+        hashes = identifiers.get(identifier_kind(channel, integration.identifier_type), [])
+        if not hashes:
+            unreachable[channel] = "no_identifier"
+            continue
+        rows = session.exec(
+            select(OptIn).where(
+                OptIn.section_id == section_id,
+                OptIn.channel == channel,
+                col(OptIn.value_hash).in_(hashes),
+                OptIn.opted_in == True,  # noqa: E712  (SQL expression)
+            )
+        ).all()
+        if not rows:
+            unreachable[channel] = "not_opted_in"
+            continue
+        opt_ins[channel] = max(rows, key=lambda r: r.updated_at)
+    return Reach(integrations=integrations, unreachable=unreachable, opt_ins=opt_ins)

@@ -1,0 +1,119 @@
+"""Users: resolving the device id of an event to a user, identification, cart state.
+
+A device (`dyid`) belongs to one user. An identification event gives the user a CUID; when
+another user already holds that CUID (the same person on another device), the device is moved
+to that user and its cart and identifiers follow, so journeys and caps follow the person.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
+from store.tables import Device, User, UserIdentifier
+
+
+def new_user_id() -> str:
+    return "usr_" + secrets.token_hex(10)
+
+
+def _create_user(s: Session, section_id: str, now: datetime) -> User:
+    user = User(id=new_user_id(), section_id=section_id, created_at=now, updated_at=now)
+    s.add(user)
+    return user
+
+
+def resolve_user(
+    s: Session, section_id: str, *, device_key: str | None, cuid: str | None, now: datetime
+) -> User:
+    """The user an event belongs to, created on first sight."""
+    if device_key:
+        device = s.get(Device, (section_id, device_key))
+        if device is not None:
+            user = s.get(User, device.user_id)
+            if user is not None:
+                return user
+    user = by_cuid(s, section_id, cuid) if cuid else None
+    if user is None:
+        user = _create_user(s, section_id, now)
+        if cuid:
+            user.cuid, user.cuid_type = cuid, "id"
+    if device_key:
+        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+    s.flush()
+    return user
+
+
+def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:
+    return s.exec(select(User).where(User.section_id == section_id, User.cuid == cuid)).first()
+
+
+def find_user(s: Session, section_id: str, ref: str) -> User | None:
+    """Look a user up by Rejoin id, device id or CUID (what an operator has at hand)."""
+    user = s.get(User, ref)
+    if user is not None and user.section_id == section_id:
+        return user
+    device = s.get(Device, (section_id, ref))
+    if device is not None:
+        return s.get(User, device.user_id)
+    return by_cuid(s, section_id, ref)
+
+
+def add_identifier(s: Session, section_id: str, user_id: str, kind: str, value_hash: str) -> None:
+    s.merge(UserIdentifier(section_id=section_id, kind=kind, value_hash=value_hash, user_id=user_id))
+
+
+def identify(s: Session, user: User, identity: Identity, device_key: str | None, now: datetime) -> User:
+    """Attach a CUID; merge into the user who already has it. Returns the user to continue with."""
+    owner = by_cuid(s, user.section_id, identity.cuid)
+    if owner is not None and owner.id != user.id:
+        if not owner.cart and user.cart:
+            owner.cart = user.cart
+        if device_key:
+            s.merge(Device(section_id=user.section_id, device_key=device_key, user_id=owner.id))
+        for ident in s.exec(select(UserIdentifier).where(UserIdentifier.user_id == user.id)).all():
+            ident.user_id = owner.id
+            s.add(ident)
+        user = owner
+    else:
+        user.cuid, user.cuid_type = identity.cuid, identity.cuid_type
+    if identity.email_hash:
+        add_identifier(s, user.section_id, user.id, "email", identity.email_hash)
+    if identity.phone_hash:
+        add_identifier(s, user.section_id, user.id, "phone", identity.phone_hash)
+    if identity.cuid_type != "he":
+        add_identifier(s, user.section_id, user.id, "custom", sha256_hex(identity.cuid))
+    user.updated_at = now
+    s.add(user)
+    return user
+
+
+def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:
+    """Update the user's cart from a cart or purchase event; returns the cart after the event."""
+    cart = [CartItem.model_validate(i) for i in user.cart]
+    if event.kind == EventKind.PURCHASE:
+        cart = []
+    elif event.kind in CART_KINDS:
+        if event.cart is not None:
+            cart = list(event.cart)
+        elif event.kind == EventKind.ADD_TO_CART and event.sku:
+            qty = float(event.properties.get("quantity") or 1)
+            existing = next((i for i in cart if i.sku == event.sku), None)
+            if existing is not None:
+                existing.quantity += qty
+            else:
+                cart.append(CartItem(productId=event.sku, quantity=qty))
+        elif event.kind == EventKind.REMOVE_FROM_CART and event.sku:
+            qty = float(event.properties.get("quantity") or 0)
+            kept: list[CartItem] = []
+            for item in cart:
+                if item.sku == event.sku:
+                    item.quantity -= qty if qty > 0 else item.quantity
+                if item.quantity > 0:
+                    kept.append(item)
+            cart = kept
+    user.cart = [i.model_dump(mode="json", exclude_none=True) for i in cart]
+    return cart

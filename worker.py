@@ -1,0 +1,88 @@
+"""The worker: composition root for the journey workflow and its activities.
+
+Builds the store, the provider registry and the activity objects once, then polls the task
+queue. Run several (same settings) to scale out; SIGTERM drains in-flight sends first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+import httpx
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.delivery import Delivery
+from activities.journey import JourneyActivities
+from domain.caps import CapPolicy
+from providers.registry import ProviderRegistry
+from runtime.temporal import connect_temporal
+from security.crypto import SecretBox
+from settings import Settings
+from store.engine import Store
+from workflows.journey import JourneyWorkflow
+
+log = logging.getLogger("rejoin.worker")
+
+MAX_CONCURRENT_ACTIVITIES = 100
+
+
+@asynccontextmanager
+async def build_worker(
+    client: Client, settings: Settings, store: Store, *, task_queue: str | None = None
+) -> AsyncIterator[Worker]:
+    """A configured (not yet running) worker, with its HTTP client closed on exit."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
+        registry = ProviderRegistry(store, http, allow_private_urls=settings.allow_private_urls)
+        journey = JourneyActivities(
+            store,
+            CapPolicy(settings.global_cap_messages, settings.global_cap_window),
+            settings.priority_window,
+        )
+        delivery = Delivery(store, registry, SecretBox(settings.secret_keys))
+        with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
+            yield Worker(
+                client,
+                task_queue=task_queue or settings.task_queue,
+                workflows=[JourneyWorkflow],
+                activities=[journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver],
+                activity_executor=pool,
+                max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+                graceful_shutdown_timeout=settings.delivery_timeout,
+            )
+
+
+async def run_worker_until(settings: Settings, stop: asyncio.Event) -> None:
+    """Poll until `stop` is set, then drain in-flight activities and return."""
+    client = await connect_temporal(settings)
+    store = Store(settings.effective_database_url)
+    async with build_worker(client, settings, store) as worker:
+        log.info("worker polling %s on %s", settings.task_queue, settings.temporal_address)
+        run = asyncio.create_task(worker.run())
+        await stop.wait()
+        await worker.shutdown()
+        await run
+    store.dispose()
+
+
+async def run_worker(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_worker_until(settings, stop)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(Settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""JourneyWorkflow: one triggered journey of one user through one campaign.
+
+Reads like the campaign canvas: enroll (allocate a variation), then for each step wait, decide
+(channel, caps, priority), deliver, record. Re-triggers during the first wait restart it from
+the latest trigger ("delivery relevancy"); later ones only add context. An exit signal cancels
+every step not yet sent. All I/O is in activities; every time passed to them is workflow time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.delivery import Delivery
+    from activities.journey import JourneyActivities
+    from workflows import search
+    from workflows.models import (
+        MAX_SEEN_EVENTS,
+        MAX_SKUS,
+        MAX_TRIGGER_EVENTS,
+        DecideRequest,
+        DecisionRecord,
+        DeliverRequest,
+        DeliverResult,
+        EnrollRequest,
+        ExitSignal,
+        FinishRequest,
+        GiveUpRequest,
+        JourneyInput,
+        JourneyPlan,
+        JourneyResult,
+        JourneyState,
+        JourneyStatus,
+        JourneyView,
+        StepDecision,
+        TriggerSignal,
+    )
+
+STORE_TIMEOUT = timedelta(seconds=30)
+STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# Provider errors classified permanent by the adapters are returned as results, not raised;
+# what is raised is worth retrying (429 honours Retry-After via next_retry_delay).
+DELIVERY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+    non_retryable_error_types=["ConfigurationError"],
+)
+
+
+@workflow.defn
+class JourneyWorkflow:
+    @workflow.init
+    def __init__(self, inp: JourneyInput) -> None:
+        self.inp = inp
+        self.state = inp.state.model_copy(deep=True) if inp.state else JourneyState()
+        self._woken = False
+
+    # ------------------------------------------------------------ signals and queries
+
+    @workflow.signal
+    def retrigger(self, t: TriggerSignal) -> None:
+        if not self._first_sight(t.event_id):
+            return
+        st = self.state
+        st.trigger_count += 1
+        st.skus = list(dict.fromkeys([*t.skus, *st.skus]))[:MAX_SKUS]
+        st.trigger_event_ids = [t.event_id, *st.trigger_event_ids][:MAX_TRIGGER_EVENTS]
+        if st.first_trigger_at is None:
+            st.first_trigger_at = workflow.now()
+        if st.step_index == 0 and st.status in ("triggered", "waiting"):
+            # Delivery relevancy: the first message waits from the latest trigger.
+            st.last_trigger_at = workflow.now()
+            st.wake_at = None
+            self._woken = True
+
+    @workflow.signal
+    def exit(self, e: ExitSignal) -> None:
+        if not self._first_sight(e.event_id):
+            return
+        if e.reason == "purchase_of_trigger_item" and not set(e.skus) & set(self.state.skus):
+            return
+        if self.state.exit_reason is None:
+            self.state.exit_reason = e.reason
+        self._woken = True
+
+    @workflow.query
+    def current_state(self) -> JourneyView:
+        st = self.state
+        return JourneyView(
+            journey_id=st.journey_id,
+            status=st.status,
+            variation_id=st.plan.variation_id if st.plan else None,
+            step_index=st.step_index,
+            total_steps=len(st.plan.steps) if st.plan else 0,
+            next_wake_at=st.wake_at,
+            exit_reason=st.exit_reason,
+            trigger_count=st.trigger_count,
+            decisions=st.decisions,
+        )
+
+    # ------------------------------------------------------------ the journey
+
+    @workflow.run
+    async def run(self, inp: JourneyInput) -> JourneyResult:
+        st = self.state
+        if st.journey_id is None:
+            st.journey_id = str(workflow.uuid4())
+        if st.last_trigger_at is None:
+            st.last_trigger_at = st.first_trigger_at or workflow.now()
+        if st.plan is None:
+            st.plan = await self._enroll()
+            workflow.upsert_search_attributes([search.VARIATION_ID.value_set(st.plan.variation_id)])
+            if st.plan.control:
+                return await self._finish("holdout")
+        while st.step_index < len(st.plan.steps):
+            if not await self._wait_for_step(st.plan):
+                return await self._finish("exited")
+            await self._run_step(st.plan, st.step_index)
+            st.step_index += 1
+            st.wake_at = None
+            self._continue_as_new_if_long()
+        return await self._finish("completed")
+
+    async def _enroll(self) -> JourneyPlan:
+        assert self.state.journey_id is not None
+        return await workflow.execute_activity_method(
+            JourneyActivities.enroll,
+            EnrollRequest(
+                journey_id=self.state.journey_id,
+                workflow_id=workflow.info().workflow_id,
+                section_id=self.inp.section_id,
+                campaign_id=self.inp.campaign_id,
+                campaign_version=self.inp.campaign_version,
+                user_id=self.inp.user_id,
+                is_test=self.inp.is_test,
+                as_of=workflow.now(),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary="enroll: allocate variation",
+        )
+
+    async def _wait_for_step(self, plan: JourneyPlan) -> bool:
+        """Sleep until the step is due; False if the user exited first."""
+        st = self.state
+        step = plan.steps[st.step_index]
+        while True:
+            if st.exit_reason is not None:
+                return False
+            if st.wake_at is None:
+                base = st.last_trigger_at if st.step_index == 0 else workflow.now()
+                assert base is not None
+                st.wake_at = base + (self.inp.trigger_wait if st.step_index == 0 else step.wait or timedelta())
+            remaining = st.wake_at - workflow.now()
+            if remaining <= timedelta():
+                return True
+            self._set_status("waiting", f"waiting until {st.wake_at.isoformat()} before step '{step.name}'")
+            self._woken = False
+            try:
+                await workflow.wait_condition(
+                    lambda: self._woken, timeout=remaining, timeout_summary=f"wait before {step.name}"
+                )
+            except asyncio.TimeoutError:
+                pass
+            self._continue_as_new_if_long()
+
+    async def _run_step(self, plan: JourneyPlan, index: int) -> None:
+        """Decide and deliver one step, falling back to the next channel after a permanent failure."""
+        step = plan.steps[index]
+        self._set_status("sending", f"sending step '{step.name}'")
+        excluded: list[str] = []
+        while True:
+            decision = await self._decide(index, excluded)
+            if decision.action == "skip":
+                self._record(index, "skipped", decision.reason, decision.channel)
+                return
+            result = await self._deliver(index, decision)
+            if result.status == "accepted":
+                self._record(index, "sent", None, decision.channel, result.possible_duplicate)
+                return
+            self._record(index, "failed", result.reason, decision.channel)
+            if not result.fallback_allowed or decision.channel is None:
+                return
+            excluded.append(decision.channel)
+
+    async def _decide(self, index: int, excluded: list[str]) -> StepDecision:
+        assert self.state.journey_id is not None
+        return await workflow.execute_activity_method(
+            JourneyActivities.decide,
+            DecideRequest(
+                journey_id=self.state.journey_id,
+                section_id=self.inp.section_id,
+                campaign_id=self.inp.campaign_id,
+                campaign_version=self.inp.campaign_version,
+                user_id=self.inp.user_id,
+                step_index=index,
+                as_of=workflow.now(),
+                exclude_channels=list(excluded),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=f"decide step {index}",
+        )
+
+    async def _deliver(self, index: int, decision: StepDecision) -> DeliverResult:
+        st = self.state
+        assert st.journey_id and decision.channel and decision.integration_id and decision.send_key
+        try:
+            return await workflow.execute_activity_method(
+                Delivery.deliver,
+                DeliverRequest(
+                    journey_id=st.journey_id,
+                    section_id=self.inp.section_id,
+                    campaign_id=self.inp.campaign_id,
+                    campaign_version=self.inp.campaign_version,
+                    user_id=self.inp.user_id,
+                    step_index=index,
+                    channel=decision.channel,
+                    integration_id=decision.integration_id,
+                    send_key=decision.send_key,
+                    as_of=workflow.now(),
+                    skus=list(st.skus),
+                    trigger_event_ids=list(st.trigger_event_ids),
+                ),
+                start_to_close_timeout=self.inp.delivery_timeout,
+                schedule_to_close_timeout=self.inp.delivery_budget,
+                retry_policy=DELIVERY_RETRY,
+                summary=f"deliver step {index} via {decision.channel}",
+            )
+        except ActivityError as err:
+            # Retries exhausted (budget spent) or a configuration error: record, free the cap slot.
+            return await workflow.execute_activity_method(
+                JourneyActivities.give_up,
+                GiveUpRequest(
+                    journey_id=st.journey_id,
+                    send_key=decision.send_key,
+                    step_index=index,
+                    channel=decision.channel,
+                    as_of=workflow.now(),
+                    reason=_failure_reason(err),
+                ),
+                start_to_close_timeout=STORE_TIMEOUT,
+                retry_policy=STORE_RETRY,
+                summary=f"give up step {index}",
+            )
+
+    async def _finish(self, status: JourneyStatus) -> JourneyResult:
+        st = self.state
+        assert st.journey_id is not None
+        if status == "exited":
+            self._record(st.step_index, "exited", st.exit_reason, None)
+        st.status = status
+        await workflow.execute_activity_method(
+            JourneyActivities.finish,
+            FinishRequest(
+                journey_id=st.journey_id,
+                status=status,
+                exit_reason=st.exit_reason,
+                as_of=workflow.now(),
+                step_index=st.step_index,
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+            summary=f"finish: {status}",
+        )
+        self._set_status(status, f"journey {status}" + (f" ({st.exit_reason})" if st.exit_reason else ""))
+        return JourneyResult(
+            journey_id=st.journey_id,
+            status=status,
+            exit_reason=st.exit_reason,
+            sent=sum(1 for d in st.decisions if d.outcome == "sent"),
+            decisions=st.decisions,
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    def _first_sight(self, event_id: str) -> bool:
+        seen = self.state.seen_event_ids
+        if event_id in seen:
+            return False
+        seen.append(event_id)
+        if len(seen) > MAX_SEEN_EVENTS:
+            del seen[: len(seen) - MAX_SEEN_EVENTS]
+        return True
+
+    def _record(
+        self, index: int, outcome: str, reason: str | None, channel: str | None, dup: bool = False
+    ) -> None:
+        self.state.decisions.append(
+            DecisionRecord(
+                step_index=index,
+                outcome=outcome,  # type: ignore[arg-type]
+                reason=reason,
+                channel=channel,
+                at=workflow.now(),
+                possible_duplicate=dup,
+            )
+        )
+
+    def _set_status(self, status: JourneyStatus, details: str) -> None:
+        self.state.status = status
+        attrs = [search.JOURNEY_STATUS.value_set(status), search.STEP_INDEX.value_set(self.state.step_index)]
+        if status == "waiting" and self.state.wake_at is not None:
+            attrs.append(search.NEXT_SEND_AT.value_set(self.state.wake_at))
+        else:
+            attrs.append(search.NEXT_SEND_AT.value_unset())
+        workflow.upsert_search_attributes(attrs)
+        workflow.set_current_details(details)
+
+    def _continue_as_new_if_long(self) -> None:
+        """Hot carts re-trigger thousands of times: start a fresh history, carrying the state."""
+        if workflow.info().is_continue_as_new_suggested():
+            self.state.runs += 1
+            workflow.continue_as_new(self.inp.model_copy(update={"state": self.state}))
+
+
+def _failure_reason(err: ActivityError) -> str:
+    cause = err.cause
+    message = getattr(cause, "message", None) or str(cause or err)
+    return f"delivery gave up: {message}"[:200]

@@ -1,0 +1,187 @@
+"""Wire contracts between the API, the journey workflow and its activities.
+
+Every model carries ids, SKUs and times only: no email, phone or provider secret ever enters a
+workflow payload or its history. New fields always get defaults so recorded histories decode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MAX_SEEN_EVENTS = 500  # signal ids remembered for de-duplication (signals are at-least-once)
+MAX_TRIGGER_EVENTS = 50
+MAX_SKUS = 50
+
+
+class TriggerSignal(BaseModel):
+    """A (re-)trigger of the journey by one event."""
+
+    event_id: str
+    skus: list[str] = Field(default_factory=list)
+
+
+class ExitSignal(BaseModel):
+    """A "don't send if" event: cancels every step not yet sent."""
+
+    event_id: str
+    reason: str
+    skus: list[str] = Field(default_factory=list)  # purchased items, for purchase_of_trigger_item
+
+
+class StepPlan(BaseModel):
+    index: int
+    name: str
+    wait: timedelta | None = None  # None for the first step (it waits the trigger's wait)
+    channels: list[str] = Field(default_factory=list)
+
+
+class JourneyPlan(BaseModel):
+    """The variation a user was allocated to, as the journey will run it."""
+
+    variation_id: str
+    variation_name: str
+    control: bool = False
+    steps: list[StepPlan] = Field(default_factory=list)
+
+
+class DecisionRecord(BaseModel):
+    step_index: int
+    outcome: Literal["sent", "skipped", "failed", "exited"]
+    reason: str | None = None
+    channel: str | None = None
+    at: datetime
+    possible_duplicate: bool = False
+
+
+JourneyStatus = Literal["triggered", "waiting", "sending", "completed", "exited", "holdout"]
+
+
+class JourneyState(BaseModel):
+    """Everything the journey must remember, carried across continue-as-new."""
+
+    journey_id: str | None = None
+    plan: JourneyPlan | None = None
+    status: JourneyStatus = "triggered"
+    step_index: int = 0
+    wake_at: datetime | None = None
+    first_trigger_at: datetime | None = None
+    last_trigger_at: datetime | None = None
+    trigger_count: int = 0
+    skus: list[str] = Field(default_factory=list)
+    trigger_event_ids: list[str] = Field(default_factory=list)
+    seen_event_ids: list[str] = Field(default_factory=list)
+    exit_reason: str | None = None
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+    runs: int = 1
+
+
+class JourneyInput(BaseModel):
+    section_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    trigger_wait: timedelta
+    is_test: bool = False
+    delivery_timeout: timedelta = timedelta(seconds=30)
+    delivery_budget: timedelta = timedelta(hours=6)  # a cart reminder hours late is worse than none
+    state: JourneyState | None = None
+
+
+class JourneyResult(BaseModel):
+    journey_id: str
+    status: JourneyStatus
+    exit_reason: str | None = None
+    sent: int = 0
+    decisions: list[DecisionRecord] = Field(default_factory=list)
+
+
+class JourneyView(BaseModel):
+    """What the `current_state` query returns: the journey as an operator wants to see it."""
+
+    journey_id: str | None
+    status: JourneyStatus
+    variation_id: str | None
+    step_index: int
+    total_steps: int
+    next_wake_at: datetime | None
+    exit_reason: str | None
+    trigger_count: int
+    decisions: list[DecisionRecord]
+
+
+# ---------------------------------------------------------------- activity I/O
+
+
+class EnrollRequest(BaseModel):
+    journey_id: str
+    workflow_id: str
+    section_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    is_test: bool = False
+    as_of: datetime
+
+
+class DecideRequest(BaseModel):
+    journey_id: str
+    section_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    step_index: int
+    as_of: datetime
+    exclude_channels: list[str] = Field(default_factory=list)
+
+
+class StepDecision(BaseModel):
+    action: Literal["send", "skip"]
+    reason: str | None = None
+    channel: str | None = None
+    integration_id: str | None = None
+    send_key: str | None = None
+
+
+class DeliverRequest(BaseModel):
+    journey_id: str
+    section_id: str
+    campaign_id: str
+    campaign_version: int
+    user_id: str
+    step_index: int
+    channel: str
+    integration_id: str
+    send_key: str
+    as_of: datetime
+    skus: list[str] = Field(default_factory=list)
+    trigger_event_ids: list[str] = Field(default_factory=list)
+
+
+class DeliverResult(BaseModel):
+    status: Literal["accepted", "failed"]
+    reason: str | None = None
+    provider_status: int | None = None
+    possible_duplicate: bool = False
+    fallback_allowed: bool = False  # a permanent failure on this channel: try the next one
+
+
+class GiveUpRequest(BaseModel):
+    """Delivery retries ran out: record the failure and give the cap slot back."""
+
+    journey_id: str
+    send_key: str
+    step_index: int
+    channel: str
+    as_of: datetime
+    reason: str
+
+
+class FinishRequest(BaseModel):
+    journey_id: str
+    status: JourneyStatus
+    exit_reason: str | None = None
+    as_of: datetime
+    step_index: int = 0
