@@ -20,6 +20,7 @@ from temporalio.worker import Worker
 from activities.delivery import Delivery
 from activities.journey import JourneyActivities
 from domain.caps import CapPolicy
+from domain.tracking import Signer
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
@@ -45,7 +46,13 @@ async def build_worker(
             CapPolicy(settings.global_cap_messages, settings.global_cap_window),
             settings.priority_window,
         )
-        delivery = Delivery(store, registry, SecretBox(settings.secret_keys))
+        delivery = Delivery(
+            store,
+            registry,
+            SecretBox(settings.secret_keys),
+            signer=Signer(settings.secret_keys),
+            public_url=settings.effective_public_url,
+        )
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(
                 client,

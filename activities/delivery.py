@@ -12,24 +12,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlmodel import Session, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
 from domain.matching import product_record
-from domain.render import RenderContext, render_payload
+from domain.render import MissingRequired, RenderContext, refs_in, render_payload
+from domain.tracking import Linker, Signer
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import decisions, reservations
+from store import decisions, recommendations, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
 from store.tables import Integration, Journey, Product, Send, User, now_utc
+from store.tracking_tables import MessageTemplate, ShortLink
 from workflows.models import DeliverRequest, DeliverResult
 
 log = logging.getLogger(__name__)
@@ -44,10 +47,20 @@ class _Prepared:
 
 
 class Delivery:
-    def __init__(self, store: Store, providers: ProviderRegistry, secrets: SecretBox) -> None:
+    def __init__(
+        self,
+        store: Store,
+        providers: ProviderRegistry,
+        secrets: SecretBox,
+        *,
+        signer: Signer | None = None,
+        public_url: str = "",
+    ) -> None:
         self.store = store
         self.providers = providers
         self.secrets = secrets
+        self.signer = signer  # None: messages go out without tracking links
+        self.public_url = public_url.rstrip("/")
 
     @activity.defn(name="delivery.deliver")
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
@@ -111,7 +124,15 @@ class Delivery:
             send.status = "in_flight"
             send.attempts += 1
             send.updated_at = now
-            message, step_name, variation_id = self._compose(s, req, integration)
+            try:
+                message, step_name, variation_id = self._compose(s, req, integration)
+            except MissingRequired as err:
+                send.variation_id = err.variation_id
+                s.add(send)
+                # The data is missing, not the channel: skip the step, never fall back.
+                return self._fail_in(
+                    s, req, err.step_name, f"skipped: {err}", None, "", fallback=False, outcome="skipped"
+                )
             send.variation_id = variation_id
             s.add(send)
             if message is None:
@@ -131,16 +152,23 @@ class Delivery:
         opt_in = reach(s, req.section_id, req.user_id, [req.channel]).opt_ins.get(req.channel)
         if opt_in is None:
             return None, step.name, variation.id
-        ctx = RenderContext(
-            user_identifier=self.secrets.decrypt(opt_in.value_enc),
-            campaign_name=spec.name,
-            variation_name=variation.name,
-            step_name=step.name,
-            channel=req.channel,
-            items=self._items(s, req, user, spec.type.value),
-            variables=variation.variables,
-        )
-        template = step.messages[req.channel].payload  # type: ignore[index]
+        try:
+            payload = compose_payload(
+                s,
+                section_id=req.section_id,
+                spec=spec,
+                variation=variation,
+                step_index=req.step_index,
+                channel=req.channel,
+                user=user,
+                identifier=self.secrets.decrypt(opt_in.value_enc),
+                items=trigger_items(s, req.section_id, user, spec.type.value, req.skus),
+                linker=self._linker(s, req),
+                as_of=req.as_of,
+            )
+        except MissingRequired as err:
+            err.step_name, err.variation_id = step.name, variation.id
+            raise
         secrets: dict[str, Any] = {}
         if integration.secrets_enc:
             import json
@@ -151,8 +179,8 @@ class Delivery:
                 section_id=req.section_id,
                 integration_id=integration.id,
                 channel=req.channel,
-                recipient=ctx.user_identifier,
-                payload=render_payload(template, ctx),
+                recipient=self.secrets.decrypt(opt_in.value_enc),
+                payload=payload,
                 idempotency_key=req.send_key,
                 config=dict(integration.config),
                 secrets=secrets,
@@ -161,19 +189,21 @@ class Delivery:
             variation.id,
         )
 
-    def _items(self, s: Session, req: DeliverRequest, user: User, campaign_type: str) -> list[dict[str, Any]]:
-        """Trigger items: the cart as it is now for cart campaigns, else the triggering products."""
-        if campaign_type == "cart_abandonment":
-            cart = [CartItem.model_validate(i) for i in user.cart]
-            skus = [i.sku for i in cart]
-        else:
-            cart, skus = [], list(req.skus)
-        if not skus:
-            return []
-        rows = s.exec(select(Product).where(Product.section_id == req.section_id, Product.sku.in_(skus))).all()  # type: ignore[attr-defined]
-        catalog = {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
-        by_sku = {i.sku: i for i in cart}
-        return [_public(product_record(sku, catalog, by_sku.get(sku))) for sku in skus]
+    def _linker(self, s: Session, req: DeliverRequest) -> Linker | None:
+        if self.signer is None or not self.public_url:
+            return None
+        linker = Linker(self.signer, self.public_url, req.send_key, req.user_id)
+        if req.channel == "sms":
+            signer = self.signer
+
+            def shorten(target: str) -> str:
+                code = signer.short_code(req.send_key, target)
+                s.merge(ShortLink(code=code, section_id=req.section_id, send_key=req.send_key,
+                                  user_id=req.user_id, target=target, created_at=req.as_of))  # fmt: skip
+                return f"{self.public_url}/s/{code}"
+
+            linker.shorten = shorten
+        return linker
 
     def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:
@@ -203,10 +233,11 @@ class Delivery:
         body: str,
         *,
         fallback: bool,
+        outcome: str = "failed",
     ) -> DeliverResult:
         send = s.get(Send, req.send_key)
         if send is not None:
-            send.status = "failed"
+            send.status = "failed" if outcome == "failed" else outcome
             send.provider_status = status
             send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
             send.updated_at = now_utc()
@@ -220,7 +251,7 @@ class Delivery:
             user_id=req.user_id,
             step_index=req.step_index,
             step_name=step_name,
-            outcome="failed",
+            outcome=outcome,
             reason=reason[:200],
             channel=req.channel,
             at=req.as_of,
@@ -255,6 +286,69 @@ class Delivery:
                 at=req.as_of,
                 detail={"provider_status": response.status, "possible_duplicate": send.possible_duplicate},
             )
+
+
+def trigger_items(
+    s: Session, section_id: str, user: User, campaign_type: str, trigger_skus: list[str]
+) -> list[dict[str, Any]]:
+    """Trigger items: the cart as it is now for cart campaigns, else the triggering products."""
+    if campaign_type == "cart_abandonment":
+        cart = [CartItem.model_validate(i) for i in user.cart]
+        skus = [i.sku for i in cart]
+    else:
+        cart, skus = [], list(trigger_skus)
+    if not skus:
+        return []
+    rows = s.exec(select(Product).where(Product.section_id == section_id, Product.sku.in_(skus))).all()  # type: ignore[attr-defined]
+    catalog = {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
+    by_sku = {i.sku: i for i in cart}
+    return [_public(product_record(sku, catalog, by_sku.get(sku))) for sku in skus]
+
+
+def compose_payload(
+    s: Session,
+    *,
+    section_id: str,
+    spec: CampaignSpec,
+    variation: Variation,
+    step_index: int,
+    channel: str,
+    user: User,
+    identifier: str,
+    items: list[dict[str, Any]],
+    linker: Linker | None,
+    as_of: datetime,
+) -> dict[str, Any]:
+    """Render one step's message for one user (used by delivery and by the preview endpoint)."""
+    step = variation.steps[step_index]
+    message = step.messages[channel]  # type: ignore[index]
+    template = message.payload
+    if message.template_id is not None:
+        saved = s.get(MessageTemplate, message.template_id)
+        template = saved.payload if saved is not None and saved.section_id == section_id else None
+    ctx = RenderContext(
+        user_identifier=identifier,
+        campaign_name=spec.name,
+        variation_name=variation.name,
+        step_name=step.name,
+        channel=channel,
+        locale=user.locale,
+        items=items,
+        variables=variation.variables,
+        user_attributes=user.attributes,
+        linker=linker,
+    )
+    # Load only the feed data the template refers to (product rows, recommendations).
+    refs = refs_in(template)
+    skus = sorted({r.args[0] for r in refs if r.kind == "product"})
+    if skus:
+        rows = s.exec(select(Product).where(Product.section_id == section_id, Product.sku.in_(skus))).all()  # type: ignore[attr-defined]
+        catalog = {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
+        ctx.products = {sku: _public(product_record(sku, catalog)) for sku in catalog}
+    strategies = {r.args[0] for r in refs if r.kind == "reco"}
+    if strategies:
+        ctx.recommendations = recommendations.load(s, section_id, items, as_of, strategies)
+    return render_payload(template, ctx)
 
 
 def _public(record: dict[str, Any]) -> dict[str, Any]:

@@ -120,9 +120,29 @@ class Audience(_Strict):
 
 
 class Message(_Strict):
-    """One channel's message in a step: a JSON payload template (None = the default payload)."""
+    """One channel's message in a step: a JSON payload template (None = the default payload).
+
+    `payload` may be given as JSON text (it is parsed and stored as an object) or as an object;
+    `template_id` refers to a saved template instead (docs/messages.md).
+    """
 
     payload: dict[str, Any] | None = None
+    template_id: str | None = Field(None, min_length=1, max_length=40)
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _parse_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            from domain.render import parse_json_template
+
+            return parse_json_template(v, "")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Message:
+        if self.payload is not None and self.template_id is not None:
+            raise ValueError("give either payload or template_id, not both")
+        return self
 
 
 class Step(_Strict):
@@ -144,7 +164,18 @@ class Variation(_Strict):
     share: float = Field(ge=0, le=100, description="Percent of triggered users allocated here")
     control: bool = Field(False, description="Holdout: allocated and reported, receives nothing")
     steps: list[Step] = Field(default_factory=list, max_length=MAX_STEPS)
-    variables: dict[str, str] = Field(default_factory=dict)
+    # Free-text variables: a text, or localized texts {"default": ..., "fr_FR": ...}.
+    variables: dict[str, str | dict[str, str]] = Field(default_factory=dict, max_length=200)
+
+    @field_validator("variables")
+    @classmethod
+    def _localized_have_default(cls, v: dict[str, str | dict[str, str]]) -> dict[str, str | dict[str, str]]:
+        for name, value in v.items():
+            if not name.strip() or "|" in name or "{" in name or "}" in name:
+                raise ValueError(f"variables.{name}: a variable name needs text and no | {{ }}")
+            if isinstance(value, dict) and "default" not in value:
+                raise ValueError(f"variables.{name}: localized values need a 'default' entry")
+        return v
 
     @model_validator(mode="after")
     def _steps_fit_role(self) -> Variation:
@@ -158,6 +189,15 @@ class Variation(_Strict):
             if i > 0 and step.wait is None:
                 raise ValueError(f"steps.{i}.wait is required (wait after the previous step)")
         return self
+
+
+def _check_template(payload: dict[str, Any], variation: Variation, place: str) -> None:
+    from domain.render import TemplateError, validate_template
+
+    try:
+        validate_template(payload, set(variation.variables), place)
+    except TemplateError as err:
+        raise ValueError(str(err)) from None
 
 
 class CampaignSpec(_Strict):
@@ -206,6 +246,9 @@ class CampaignSpec(_Strict):
                     raise ValueError(
                         f"variations.{vi}.steps.{si}.messages uses {missing} not listed in channel_priority"
                     )
+                for channel, message in step.messages.items():
+                    if message.payload is not None:
+                        _check_template(message.payload, var, f"variations.{vi}.steps.{si}.messages.{channel.value}.payload")
         return self
 
     def variation(self, variation_id: str) -> Variation | None:

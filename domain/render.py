@@ -1,32 +1,363 @@
-"""Message rendering: a step's JSON payload template filled for one recipient.
+"""Message rendering: a step's JSON payload template filled for one recipient. Pure, no I/O.
 
-Variables use the seeds' `${...}` syntax and are substituted inside JSON string values only,
-so a value containing quotes or newlines can never break the payload or add keys. A string
+Variables use the seeds' `${...}` syntax (reference: docs/messages.md) and are substituted
+inside JSON string values of the parsed template only, in a single pass, so a value holding
+quotes, newlines or `${...}` can never break the payload, add keys or expand again. A string
 that is exactly one variable takes that variable's value as-is (lists stay lists).
+
+Missing values render empty so templates can hide empty product blocks; `${!Name}` marks a
+variable required and rendering then raises `MissingRequired`, which the delivery activity
+records as a skipped step (no channel fallback: the data, not the channel, is missing).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-VARIABLE = re.compile(r"\$\{([^{}]+)\}")
+from domain.tracking import Linker
+
+VARIABLE = re.compile(r"\$\{([^{}]*)\}")
+MAX_ITEM = 20  # item1..item20
+ITEM_LISTS = {"items in cart", "trigger items", "dropped price items", "viewed items"}
+RECO_STRATEGIES = {"similar", "popular"}
+URL_FIELDS = {"url"}  # product fields wrapped in a click-tracking link
+DEFAULT_LOCALE = "default"
+# `${Tracking link}` renders this marker; the URL-encoded target the template appends after it
+# is then replaced by one signed link. The private-use characters are stripped from every
+# substituted value, so data can never forge a tracked link.
+_TL = "\ue000TL\ue000"
+_TL_TARGET = re.compile(re.escape(_TL) + r"([^\s\"'<>\ue000]*)")
+_SMS_URL = re.compile(r"https?://[^\s\"'<>]+")
+
+LocalizedText = str | dict[str, str]
 
 
 class RenderContext(BaseModel):
     """Everything a template may refer to for one send; built by the delivery activity."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     user_identifier: str
     campaign_name: str
     variation_name: str
     step_name: str
     channel: str
-    items: list[dict[str, Any]] = Field(default_factory=list)  # trigger items, newest first
-    variables: dict[str, str] = Field(default_factory=dict)  # per-variation text variables
-    extra: dict[str, Any] = Field(default_factory=dict)  # filled by later features (tracking, feeds)
+    locale: str | None = None
+    items: list[dict[str, Any]] = Field(default_factory=list)  # trigger items, in trigger order
+    variables: dict[str, LocalizedText] = Field(default_factory=dict)  # per-variation text variables
+    user_attributes: dict[str, Any] = Field(default_factory=dict)
+    products: dict[str, dict[str, Any]] = Field(default_factory=dict)  # sku -> record, for ${Product|sku|f}
+    recommendations: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # strategy -> records
+    linker: Linker | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class TemplateError(ValueError):
+    """A template mistake found at save time; `place` is the dotted path inside the payload."""
+
+    def __init__(self, place: str, message: str) -> None:
+        super().__init__(f"{place}: {message}" if place else message)
+        self.place = place
+        self.message = message
+
+
+class MissingRequired(Exception):
+    """A `${!...}` variable had no value for this recipient: the step must not be sent."""
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(f"required variable ${{{variable}}} is empty")
+        self.variable = variable
+        self.step_name = ""  # filled in by the delivery activity
+        self.variation_id = ""
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str
+    args: tuple[str, ...]
+    required: bool
+    raw: str
+
+
+_SIMPLE = {
+    "user identifier": "user_identifier",
+    "dycampaignname": "campaign_name",
+    "campaign name": "campaign_name",
+    "variation name": "variation_name",
+    "step name": "step_name",
+    "tracking link": "tracking_link",
+    "tracking pixel": "tracking_pixel",
+    "tracking pixel url": "tracking_pixel_url",
+    "push tracking data": "push_tracking",
+}
+
+
+def _item_index(which: str) -> int:
+    m = re.fullmatch(r"item(\d+)", which.strip().lower())
+    if not m or not 1 <= int(m.group(1)) <= MAX_ITEM:
+        raise ValueError(f"item index '{which}' must be item1..item{MAX_ITEM}")
+    return int(m.group(1)) - 1
+
+
+def parse_ref(raw: str, variables: set[str] | None = None) -> Ref:
+    """Parse the inside of `${...}`; `variables` (when given) are the names free text may use."""
+    body = raw.strip()
+    required = body.startswith("!")
+    if required:
+        body = body[1:].strip()
+    parts = [p.strip() for p in body.split("|")]
+    head = parts[0].lower()
+    if not body:
+        raise ValueError("empty variable")
+    if head in _SIMPLE and len(parts) == 1:
+        return Ref(_SIMPLE[head], (), required, raw)
+    if head in ITEM_LISTS:
+        if len(parts) == 1:
+            return Ref("item_list", (), required, raw)
+        if len(parts) != 3 or not parts[1]:
+            raise ValueError(f"use ${{{parts[0]}|field|itemN}}")
+        return Ref("item", (parts[1], str(_item_index(parts[2]))), required, raw)
+    if head == "viewed product":
+        if len(parts) != 2 or not parts[1]:
+            raise ValueError("use ${Viewed product|field}")
+        return Ref("item", (parts[1], "0"), required, raw)
+    if head == "product":
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError("use ${Product|sku|field}")
+        return Ref("product", (parts[1], parts[2]), required, raw)
+    if head == "user data":
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError("use ${User data|feed|property}")
+        return Ref("user_data", (parts[1], parts[2]), required, raw)
+    if head == "recommendations":
+        if len(parts) != 4 or parts[1].lower() not in RECO_STRATEGIES or not parts[2]:
+            raise ValueError("use ${Recommendations|similar or popular|field|itemN}")
+        return Ref("reco", (parts[1].lower(), parts[2], str(_item_index(parts[3]))), required, raw)
+    if len(parts) == 1 and (variables is None or body in variables):
+        return Ref("variable", (body,), required, raw)
+    raise ValueError(f"unknown variable ${{{raw.strip()}}}")
+
+
+def refs_in(template: Any) -> list[Ref]:
+    """Every well-formed variable reference of a template (for deciding what data to load)."""
+    found: list[Ref] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            for m in VARIABLE.finditer(v):
+                try:
+                    found.append(parse_ref(m.group(1)))
+                except ValueError:
+                    pass
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+
+    walk(template)
+    return found
+
+
+def validate_template(template: Any, variables: set[str], place: str = "payload") -> None:
+    """Raise TemplateError naming the first bad place: unknown variables, bad indices, `${` in keys."""
+    if isinstance(template, str):
+        for m in VARIABLE.finditer(template):
+            try:
+                parse_ref(m.group(1), variables)
+            except ValueError as err:
+                raise TemplateError(place, str(err)) from None
+        rest = VARIABLE.sub("", template)
+        if "${" in rest:
+            raise TemplateError(place, "unterminated ${ (variables look like ${Name})")
+    elif isinstance(template, list):
+        for i, v in enumerate(template):
+            validate_template(v, variables, f"{place}.{i}")
+    elif isinstance(template, Mapping):
+        for k, v in template.items():
+            if "${" in str(k):
+                raise TemplateError(f"{place}.{k}", "variables are not allowed in keys")
+            validate_template(v, variables, f"{place}.{k}")
+
+
+def parse_json_template(text: str, place: str = "payload") -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TemplateError(place, f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if not isinstance(value, dict):
+        raise TemplateError(place, "a message payload must be a JSON object")
+    return value
+
+
+# ---------------------------------------------------------------------------------- values
+
+
+def localized(value: LocalizedText | None, locale: str | None) -> str:
+    """A variation variable's text for the locale: exact, then same language, then default."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if locale:
+        if locale in value:
+            return value[locale]
+        lang = locale.replace("-", "_").split("_")[0].lower()
+        for key, text in value.items():
+            if key.replace("-", "_").split("_")[0].lower() == lang:
+                return text
+    return value.get(DEFAULT_LOCALE, "")
+
+
+def product_field(record: Mapping[str, Any], field: str, locale: str | None) -> Any:
+    """A product field, preferring the localized feed column `lng:<locale>:<field>`."""
+    if locale:
+        for key in (f"lng:{locale}:{field}", f"lng:{locale.replace('_', '-')}:{field}"):
+            if record.get(key) not in (None, ""):
+                return record[key]
+    return record.get(field)
+
+
+def _record_value(records: list[dict[str, Any]], index: int, field: str, ctx: RenderContext) -> Any:
+    if index >= len(records):
+        return None
+    value = product_field(records[index], field, ctx.locale)
+    if field.lower() in URL_FIELDS and isinstance(value, str) and ctx.linker is not None:
+        return ctx.linker.click(value)
+    return value
+
+
+def resolve(ref: Ref, ctx: RenderContext) -> Any:
+    k = ref.kind
+    if k in ("user_identifier", "campaign_name", "variation_name", "step_name"):
+        return getattr(ctx, k)
+    if k == "tracking_link":
+        return _TL
+    if k == "tracking_pixel":
+        if ctx.linker is None:
+            return ""
+        return (
+            f'<img src="{ctx.linker.pixel_url()}" alt="" width="1" height="1" border="0" '
+            'style="height:1px!important;width:1px!important;border-width:0!important;'
+            'margin:0!important;padding:0!important;" />'
+        )
+    if k == "tracking_pixel_url":
+        return ctx.linker.pixel_url() if ctx.linker else ""
+    if k == "push_tracking":
+        return {"rjt": ctx.linker.push_token()} if ctx.linker else {}
+    if k == "item_list":
+        return ctx.items
+    if k == "item":
+        return _record_value(ctx.items, int(ref.args[1]), ref.args[0], ctx)
+    if k == "product":
+        record = ctx.products.get(ref.args[0])
+        return None if record is None else _record_value([record], 0, ref.args[1], ctx)
+    if k == "user_data":
+        feed, prop = ref.args
+        nested = ctx.user_attributes.get(feed)
+        if isinstance(nested, Mapping) and prop in nested:
+            return nested[prop]
+        return ctx.user_attributes.get(prop)
+    if k == "reco":
+        return _record_value(ctx.recommendations.get(ref.args[0], []), int(ref.args[2]), ref.args[1], ctx)
+    if k == "variable":
+        name = ref.args[0]
+        if name in ctx.variables:
+            return localized(ctx.variables[name], ctx.locale)
+        return ctx.extra.get(name)
+    return None
+
+
+def _empty(v: Any) -> bool:
+    return v is None or v == "" or v == [] or v == {}
+
+
+def _value(raw: str, ctx: RenderContext) -> Any:
+    try:
+        ref = parse_ref(raw)
+    except ValueError:
+        return ""  # validated at save time; an old template with a bad variable renders empty
+    if ref.kind == "tracking_link":
+        return _TL  # the only source of the marker: data never carries it (see _clean)
+    v = resolve(ref, ctx)
+    if ref.required and _empty(v):
+        raise MissingRequired(raw.strip().lstrip("!").strip())
+    return _clean(v)
+
+
+def _clean(v: Any) -> Any:
+    """Strip the tracking marker characters from data so data cannot forge tracked links."""
+    if isinstance(v, str):
+        return v.replace("\ue000", "")
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _clean(x) for k, x in v.items()}
+    return v
+
+
+def _as_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
+
+
+def _links(text: str, ctx: RenderContext) -> str:
+    """Replace `${Tracking link}<url-encoded target>` with one signed click link."""
+    if _TL not in text:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        target = unquote(m.group(1))
+        if ctx.linker is None or target.startswith(ctx.linker.public_url + "/"):
+            return target  # already a tracked link (a wrapped product URL): never wrap twice
+        return ctx.linker.click(target)
+
+    return _TL_TARGET.sub(sub, text).replace(_TL, "")
+
+
+def render_value(value: Any, ctx: RenderContext) -> Any:
+    if isinstance(value, str):
+        whole = VARIABLE.fullmatch(value)
+        if whole:
+            v = _value(whole.group(1), ctx)
+            if v is None:
+                return ""  # missing renders empty, whatever the variable's type
+            return _links(v, ctx) if isinstance(v, str) else v
+        return _links(VARIABLE.sub(lambda m: _as_text(_value(m.group(1), ctx)), value), ctx)
+    if isinstance(value, list):
+        return [render_value(v, ctx) for v in value]
+    if isinstance(value, Mapping):
+        return {k: render_value(v, ctx) for k, v in value.items()}
+    return value
+
+
+def shorten_urls(value: Any, ctx: RenderContext) -> Any:
+    """SMS: every remaining http(s) link becomes a short tracked first-party link."""
+    if ctx.linker is None or ctx.linker.shorten is None:
+        return value
+    public = ctx.linker.public_url
+    if isinstance(value, str):
+        return _SMS_URL.sub(lambda m: m.group(0) if m.group(0).startswith(public) else ctx.linker.click(m.group(0)), value)  # type: ignore[union-attr]
+    if isinstance(value, list):
+        return [shorten_urls(v, ctx) for v in value]
+    if isinstance(value, Mapping):
+        return {k: shorten_urls(v, ctx) for k, v in value.items()}
+    return value
 
 
 def default_payload(ctx: RenderContext) -> dict[str, Any]:
@@ -41,58 +372,7 @@ def default_payload(ctx: RenderContext) -> dict[str, Any]:
     }
 
 
-def resolve(name: str, ctx: RenderContext) -> Any:
-    """Value of one `${name}`; unknown names render empty (templates tolerate empties)."""
-    name = name.strip()
-    if name == "User identifier":
-        return ctx.user_identifier
-    if name == "dyCampaignName":
-        return ctx.campaign_name
-    if name in {"Variation name", "Step name"}:
-        return ctx.variation_name if name == "Variation name" else ctx.step_name
-    if name in ctx.extra:
-        return ctx.extra[name]
-    parts = [p.strip() for p in name.split("|")]
-    if len(parts) == 3 and parts[0].lower() in {"items in cart", "trigger items", "viewed items"}:
-        return _item_field(ctx.items, parts[1], parts[2])
-    if len(parts) == 1 and parts[0].lower() in {"items in cart", "trigger items"}:
-        return ctx.items
-    return ctx.variables.get(name, "")
-
-
-def _item_field(items: list[dict[str, Any]], field: str, which: str) -> Any:
-    m = re.fullmatch(r"item(\d+)", which)
-    if not m:
-        return ""
-    index = int(m.group(1)) - 1
-    if index < 0 or index >= len(items):
-        return ""
-    value = items[index].get(field)
-    return "" if value is None else value
-
-
-def render_value(value: Any, ctx: RenderContext) -> Any:
-    if isinstance(value, str):
-        whole = VARIABLE.fullmatch(value)
-        if whole:
-            return resolve(whole.group(1), ctx)
-        return VARIABLE.sub(lambda m: _as_text(resolve(m.group(1), ctx)), value)
-    if isinstance(value, list):
-        return [render_value(v, ctx) for v in value]
-    if isinstance(value, Mapping):
-        return {k: render_value(v, ctx) for k, v in value.items()}
-    return value
-
-
-def _as_text(v: Any) -> str:
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return "" if v is None else str(v)
-
-
 def render_payload(template: dict[str, Any] | None, ctx: RenderContext) -> dict[str, Any]:
-    if template is None:
-        return default_payload(ctx)
-    rendered = render_value(template, ctx)
+    rendered = default_payload(ctx) if template is None else render_value(template, ctx)
     assert isinstance(rendered, dict)
-    return rendered
+    return dict(shorten_urls(rendered, ctx))

@@ -61,14 +61,23 @@ def _own(s: Session, section_id: str, campaign_id: str) -> Campaign:
     return c
 
 
+def _check_templates(state: StateDep, section_id: str, spec: CampaignSpec) -> None:
+    from api.routes.templates import check_campaign_templates  # saved templates referenced by id
+
+    with state.store.session() as s:
+        check_campaign_templates(s, section_id, spec)
+
+
 @router.post("/validate")
-def validate(spec: CampaignSpec, _: Management) -> Validated:
+def validate(spec: CampaignSpec, principal: Management, state: StateDep) -> Validated:
     """Validate a spec without saving it (422 with the field at fault when invalid)."""
+    _check_templates(state, principal.section_id, spec)
     return Validated(valid=True, spec=spec.model_dump(mode="json"))
 
 
 @router.post("", status_code=201)
 def create(spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    _check_templates(state, principal.section_id, spec)
     now = now_utc()
     with state.store.session() as s:
         c = Campaign(
@@ -116,6 +125,7 @@ def get_version(campaign_id: str, version: int, principal: Management, state: St
 
 @router.put("/{campaign_id}")
 def update(campaign_id: str, spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    _check_templates(state, principal.section_id, spec)
     with state.store.session() as s:
         c = _own(s, principal.section_id, campaign_id)
         if c.status == "archived":

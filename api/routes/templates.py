@@ -1,0 +1,198 @@
+"""Saved message templates (reusable across campaigns) and the render preview.
+
+A template is a JSON payload with `${...}` variables, validated on save like a campaign's
+inline payloads; `variables` lists the free-text variable names it expects the variation to
+define. Campaign messages refer to a template by `template_id`; a campaign is refused (422)
+when it refers to a template that does not exist or uses free text its variation lacks.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field, field_validator
+from sqlmodel import Session, col, select
+
+from activities.delivery import compose_payload, trigger_items
+from api.deps import Management, StateDep
+from api.errors import Conflict, NotFound, Unprocessable
+from domain.campaign import CampaignSpec, Channel
+from domain.render import MissingRequired, TemplateError, parse_json_template, validate_template
+from domain.tracking import Linker, Signer
+from security.crypto import SecretBox
+from store.campaigns import load_spec
+from store.reachability import reach
+from store.tables import Campaign, now_utc
+from store.tracking_tables import MessageTemplate
+from store.users import find_user
+
+router = APIRouter(prefix="/api/v1", tags=["templates"])
+
+
+class TemplateIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    channel: Channel | None = None
+    payload: dict[str, Any]
+    variables: list[str] = Field(default_factory=list, max_length=200)
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _parse_text(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return parse_json_template(v, "")
+            except TemplateError as err:
+                raise ValueError(err.message) from None
+        return v
+
+
+class TemplatePublic(TemplateIn):
+    id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _check(body: TemplateIn) -> None:
+    try:
+        validate_template(body.payload, set(body.variables), "payload")
+    except TemplateError as err:
+        raise Unprocessable(err.message, field=err.place) from None
+
+
+def _own(s: Session, section_id: str, template_id: str) -> MessageTemplate:
+    t = s.get(MessageTemplate, template_id)
+    if t is None or t.section_id != section_id:
+        raise NotFound("no such template", field="template_id")
+    return t
+
+
+def _public(t: MessageTemplate) -> TemplatePublic:
+    return TemplatePublic.model_validate(t.model_dump())
+
+
+def check_campaign_templates(s: Session, section_id: str, spec: CampaignSpec) -> None:
+    """422 naming the message when a referenced template is unknown or needs missing variables."""
+    for vi, var in enumerate(spec.variations):
+        for si, step in enumerate(var.steps):
+            for channel, message in step.messages.items():
+                if message.template_id is None:
+                    continue
+                place = f"variations.{vi}.steps.{si}.messages.{channel.value}"
+                t = s.get(MessageTemplate, message.template_id)
+                if t is None or t.section_id != section_id:
+                    raise Unprocessable(f"no template '{message.template_id}' in this section", field=f"{place}.template_id")
+                try:
+                    validate_template(t.payload, set(var.variables), f"{place}.template")
+                except TemplateError as err:
+                    raise Unprocessable(err.message, field=err.place) from None
+
+
+@router.post("/templates", status_code=201)
+def create_template(body: TemplateIn, principal: Management, state: StateDep) -> TemplatePublic:
+    _check(body)
+    now = now_utc()
+    with state.store.session() as s:
+        t = MessageTemplate(id="tpl_" + secrets.token_hex(6), section_id=principal.section_id,
+                            created_at=now, updated_at=now, **body.model_dump(mode="json"))  # fmt: skip
+        s.add(t)
+        return _public(t)
+
+
+@router.get("/templates")
+def list_templates(principal: Management, state: StateDep) -> list[TemplatePublic]:
+    with state.store.session() as s:
+        rows = s.exec(select(MessageTemplate).where(MessageTemplate.section_id == principal.section_id)
+                      .order_by(col(MessageTemplate.created_at))).all()  # fmt: skip
+        return [_public(t) for t in rows]
+
+
+@router.get("/templates/{template_id}")
+def get_template(template_id: str, principal: Management, state: StateDep) -> TemplatePublic:
+    with state.store.session() as s:
+        return _public(_own(s, principal.section_id, template_id))
+
+
+@router.put("/templates/{template_id}")
+def update_template(template_id: str, body: TemplateIn, principal: Management, state: StateDep) -> TemplatePublic:
+    _check(body)
+    with state.store.session() as s:
+        t = _own(s, principal.section_id, template_id)
+        for k, v in body.model_dump(mode="json").items():
+            setattr(t, k, v)
+        t.updated_at = now_utc()
+        s.add(t)
+        return _public(t)
+
+
+def _used_by(s: Session, section_id: str, template_id: str) -> list[str]:
+    used = []
+    for c in s.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status != "archived")).all():
+        spec = load_spec(s, c.id, c.version)
+        if any(m.template_id == template_id for v in spec.variations for st in v.steps for m in st.messages.values()):
+            used.append(c.id)
+    return used
+
+
+@router.delete("/templates/{template_id}", status_code=204)
+def delete_template(template_id: str, principal: Management, state: StateDep) -> Response:
+    with state.store.session() as s:
+        t = _own(s, principal.section_id, template_id)
+        used = _used_by(s, principal.section_id, template_id)
+        if used:
+            raise Conflict(f"template is used by campaigns {used}", field="template_id")
+        s.delete(t)
+    return Response(status_code=204)
+
+
+class PreviewIn(BaseModel):
+    user: str = Field(min_length=1, max_length=256, description="Rejoin user id, dyid or CUID")
+    variation_id: str | None = None
+    step_index: int = Field(0, ge=0)
+    channel: Channel | None = None
+    skus: list[str] = Field(default_factory=list, max_length=50, description="Trigger products (non-cart campaigns)")
+
+
+class PreviewOut(BaseModel):
+    channel: str
+    variation_id: str
+    step: str
+    payload: dict[str, Any] | None
+    skipped: str | None = None
+
+
+@router.post("/campaigns/{campaign_id}/preview")
+def preview(campaign_id: str, body: PreviewIn, principal: Management, state: StateDep) -> PreviewOut:
+    """The payload a step would send to this user now (links are signed but record nothing)."""
+    with state.store.session() as s:
+        c = s.get(Campaign, campaign_id)
+        if c is None or c.section_id != principal.section_id:
+            raise NotFound("no such campaign", field="campaign_id")
+        spec = load_spec(s, c.id, c.version)
+        var = spec.variation(body.variation_id) if body.variation_id else next((v for v in spec.variations if v.steps), None)
+        if var is None or not var.steps:
+            raise Unprocessable("no such variation with steps", field="variation_id")
+        if body.step_index >= len(var.steps):
+            raise Unprocessable(f"the variation has {len(var.steps)} steps", field="step_index")
+        step = var.steps[body.step_index]
+        channel = body.channel.value if body.channel else next(iter(step.messages)).value
+        if Channel(channel) not in step.messages:
+            raise Unprocessable("the step has no message on this channel", field="channel")
+        user = find_user(s, principal.section_id, body.user)
+        if user is None:
+            raise NotFound("no such user", field="user")
+        opt_in = reach(s, principal.section_id, user.id, [channel]).opt_ins.get(channel)
+        identifier = SecretBox(state.settings.secret_keys).decrypt(opt_in.value_enc) if opt_in else ""
+        linker = Linker(Signer(state.settings.secret_keys), state.settings.effective_public_url, "", user.id)
+        try:
+            payload = compose_payload(
+                s, section_id=principal.section_id, spec=spec, variation=var, step_index=body.step_index,
+                channel=channel, user=user, identifier=identifier,
+                items=trigger_items(s, principal.section_id, user, spec.type.value, body.skus),
+                linker=linker, as_of=now_utc(),
+            )  # fmt: skip
+        except MissingRequired as err:
+            return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err))
+        return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=payload)

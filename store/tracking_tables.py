@@ -1,0 +1,65 @@
+"""Tables for messages and tracking: saved templates, short links, clicks and impressions.
+
+`TrackingHit` keeps every hit, bots included (flagged with the reason), so filtering can be
+audited; reports count only `bot = false`. Campaign, variation, step and channel are copied
+from the send at hit time so report queries never join the send table for them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+from store.tables import UTCDateTime
+
+
+class MessageTemplate(SQLModel, table=True):
+    """A reusable message payload template, referenced from campaign messages by id."""
+
+    id: str = Field(primary_key=True, max_length=40)
+    section_id: str = Field(index=True, foreign_key="section.id", max_length=40)
+    name: str = Field(max_length=200)
+    channel: str | None = Field(default=None, max_length=16)
+    payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    variables: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class ShortLink(SQLModel, table=True):
+    """An SMS short code -> the send it belongs to and where it goes."""
+
+    code: str = Field(primary_key=True, max_length=32)
+    section_id: str = Field(max_length=40)
+    send_key: str = Field(max_length=300)
+    user_id: str = Field(max_length=40)
+    target: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class TrackingHit(SQLModel, table=True):
+    """One click or impression on a tracked message."""
+
+    __table_args__ = (
+        Index("ix_hit_campaign", "campaign_id", "kind", "bot", "at"),
+        Index("ix_hit_user", "section_id", "user_id", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    section_id: str = Field(max_length=40)
+    campaign_id: str = Field(max_length=40)
+    variation_id: str = Field(max_length=64)
+    step_index: int
+    channel: str = Field(max_length=16)
+    send_key: str = Field(max_length=300)
+    user_id: str = Field(max_length=40)
+    kind: str = Field(max_length=16)  # click | impression
+    source: str = Field(max_length=16)  # link | short | pixel | push
+    bot: bool = False
+    bot_reason: str | None = Field(default=None, max_length=32)
+    target: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    user_agent: str | None = Field(default=None, max_length=500)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

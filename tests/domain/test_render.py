@@ -1,0 +1,137 @@
+"""Template language: parsing, validation, JSON-safe rendering, localization, tracking links."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from pydantic import ValidationError
+
+from domain.campaign import CampaignSpec
+from domain.render import MissingRequired, RenderContext, TemplateError, render_payload, validate_template
+from domain.tracking import Linker, Signer
+
+SIGNER = Signer(["k1"])
+PUBLIC = "https://t.shop.example"
+
+
+def ctx(**kw: Any) -> RenderContext:
+    base: dict[str, Any] = dict(
+        user_identifier="ann@example.com", campaign_name="Cart", variation_name="A", step_name="First",
+        channel="email",
+        items=[{"sku": "s1", "name": "Red shoe", "url": "https://shop.example/p/s1", "price": 20.0,
+                "lng:fr_FR:name": "Chaussure rouge"}],
+    )  # fmt: skip
+    base.update(kw)
+    return RenderContext(**base)
+
+
+def test_substitutes_inside_strings_and_keeps_whole_values_raw() -> None:
+    """`${...}` fills string values; a string that is one variable keeps the raw value."""
+    out = render_payload(
+        {"to": "${User identifier}", "subject": "${dyCampaignName}: ${Items in cart|name|item1} for ${Items in cart|price|item1}",
+         "items": "${Items in cart}", "n": 3},
+        ctx(),
+    )  # fmt: skip
+    assert out["to"] == "ann@example.com"
+    assert out["subject"] == "Cart: Red shoe for 20"
+    assert out["items"][0]["sku"] == "s1" and out["n"] == 3
+
+
+def test_hostile_values_cannot_break_json_or_inject_keys() -> None:
+    """Quotes, newlines, braces and `${...}` in data stay inside their string and never expand."""
+    evil = 'x", "admin": true, "y": "\n}${User identifier}\ue000TL\ue000https%3A%2F%2Fevil.example'
+    c = ctx(items=[{"sku": "s1", "name": evil}], linker=Linker(SIGNER, PUBLIC, "send-1", "usr_1"))
+    out = render_payload({"body": "Hi ${Items in cart|name|item1}!"}, c)
+    assert set(out) == {"body"}
+    assert "ann@example.com" not in out["body"] and "/t/c/" not in out["body"]
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_missing_values_render_empty_and_required_raise() -> None:
+    """An absent item renders empty; `${!...}` on an absent value raises MissingRequired."""
+    out = render_payload({"b": "[${Items in cart|name|item2}]", "c": "${User data|crm|tier}"}, ctx())
+    assert out == {"b": "[]", "c": ""}
+    with pytest.raises(MissingRequired) as err:
+        render_payload({"b": "${!Items in cart|name|item2}"}, ctx())
+    assert err.value.variable == "Items in cart|name|item2"
+
+
+def test_validation_names_unknown_variable_and_bad_index() -> None:
+    """Unknown variables, item0/item21 and `${` in keys are errors naming the place."""
+    with pytest.raises(TemplateError) as e1:
+        validate_template({"a": {"b": ["ok", "${Nope}"]}}, set())
+    assert e1.value.place == "payload.a.b.1" and "unknown variable" in e1.value.message
+    with pytest.raises(TemplateError) as e2:
+        validate_template({"a": "${Items in cart|name|item0}"}, set())
+    assert "item1..item20" in e2.value.message
+    with pytest.raises(TemplateError):
+        validate_template({"a": "${Items in cart|name|item21}"}, set())
+    with pytest.raises(TemplateError):
+        validate_template({"${User identifier}": "x"}, set())
+    with pytest.raises(TemplateError):
+        validate_template({"a": "${Items in cart|name"}, set())
+    validate_template({"a": "${Headline} ${!User data|crm|tier} ${Recommendations|popular|url|item3}"}, {"Headline"})
+
+
+def _spec(payload: Any, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": "C", "type": "cart_abandonment", "channel_priority": ["email"],
+            "variations": [{"id": "a", "name": "A", "share": 100, "variables": variables or {},
+                            "steps": [{"name": "S", "messages": {"email": {"payload": payload}}}]}]}  # fmt: skip
+
+
+def test_campaign_spec_rejects_bad_templates_naming_the_message() -> None:
+    """A campaign with an unknown variable or invalid JSON text fails validation at that message."""
+    with pytest.raises(ValidationError) as e1:
+        CampaignSpec.model_validate(_spec({"subject": "${Headline}"}))
+    assert "variations.0.steps.0.messages.email.payload.subject" in str(e1.value)
+    with pytest.raises(ValidationError) as e2:
+        CampaignSpec.model_validate(_spec('{"subject": "x",}'))
+    assert "invalid JSON" in str(e2.value) and "payload" in str(e2.value)
+    spec = CampaignSpec.model_validate(_spec('{"subject": "${Headline}"}', {"Headline": "Hi"}))
+    assert spec.variations[0].steps[0].messages["email"].payload == {"subject": "${Headline}"}  # type: ignore[index]
+
+
+def test_localized_variables_and_product_fields_fall_back_to_default() -> None:
+    """Variation texts and product names use the user's locale, then the language, then default."""
+    variables = {"Headline": {"default": "Your cart", "fr_FR": "Votre panier", "de": "Ihr Warenkorb"}}
+    t = {"h": "${Headline}", "n": "${Items in cart|name|item1}"}
+    assert render_payload(t, ctx(variables=variables, locale="fr_FR")) == {"h": "Votre panier", "n": "Chaussure rouge"}
+    assert render_payload(t, ctx(variables=variables, locale="de_AT")) == {"h": "Ihr Warenkorb", "n": "Red shoe"}
+    assert render_payload(t, ctx(variables=variables, locale="es_ES")) == {"h": "Your cart", "n": "Red shoe"}
+    assert render_payload(t, ctx(variables=variables)) == {"h": "Your cart", "n": "Red shoe"}
+    with pytest.raises(ValidationError):
+        CampaignSpec.model_validate(_spec({"h": "${H}"}, {"H": {"fr_FR": "x"}}))
+
+
+def test_product_urls_and_tracking_link_become_signed_links() -> None:
+    """Item URLs are wrapped; `${Tracking link}` + encoded target becomes one signed link."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    target = "https://shop.example/cart?x=1&y=2"
+    out = render_payload(
+        {"p": "${Items in cart|url|item1}", "html": f'<a href="${{Tracking link}}{quote(target, safe="")}">Cart</a>',
+         "px": "${Tracking pixel}"},
+        ctx(linker=linker),
+    )  # fmt: skip
+    assert out["p"].startswith(PUBLIC + "/t/c/")
+    assert SIGNER.verify("c", out["p"].rsplit("/", 1)[1])["t"] == "https://shop.example/p/s1"  # type: ignore[index]
+    href = out["html"].split('"')[1]
+    assert SIGNER.verify("c", href.rsplit("/", 1)[1]) == {"k": "send-1", "u": "usr_1", "t": target}
+    assert '<img src="' + PUBLIC + "/t/o/" in out["px"] and 'width="1"' in out["px"]
+
+
+def test_sms_links_are_shortened() -> None:
+    """On SMS every link in the text becomes a first-party short link."""
+    seen: list[str] = []
+
+    def shorten(target: str) -> str:
+        seen.append(target)
+        return f"{PUBLIC}/s/{SIGNER.short_code('send-1', target)}"
+
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1", shorten=shorten)
+    out = render_payload({"text": "Back: ${Items in cart|url|item1} or https://shop.example/sale now"}, ctx(linker=linker, channel="sms"))
+    assert seen == ["https://shop.example/p/s1", "https://shop.example/sale"]
+    codes = [w.rsplit("/", 1)[1] for w in out["text"].split() if w.startswith(PUBLIC)]
+    assert len(codes) == 2 and all(len(c) >= 8 and c.isalnum() for c in codes)
