@@ -163,8 +163,8 @@ class PreviewOut(BaseModel):
     skipped: str | None = None
 
 
-@router.post("/campaigns/{campaign_id}/preview")
-def preview(campaign_id: str, body: PreviewIn, principal: Management, state: StateDep) -> PreviewOut:
+@router.post("/campaigns/{campaign_id}/render")
+def render_preview(campaign_id: str, body: PreviewIn, principal: Management, state: StateDep) -> PreviewOut:
     """The payload a step would send to this user now (links are signed but record nothing)."""
     with state.store.session() as s:
         c = s.get(Campaign, campaign_id)
