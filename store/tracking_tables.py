@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-from store.tables import UTCDateTime
+from store.tables import Journey, Send, UTCDateTime
 
 
 class MessageTemplate(SQLModel, table=True):
@@ -63,3 +63,9 @@ class TrackingHit(SQLModel, table=True):
     target: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     user_agent: str | None = Field(default=None, max_length=500)
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+# Report indexes on the engine's tables, declared here so store/tables.py stays untouched.
+# Allocation: first trigger per (campaign, user); sends per (campaign, time); purchases per user.
+Index("ix_journey_campaign_user", Journey.campaign_id, Journey.user_id, Journey.triggered_at)  # type: ignore[arg-type]
+Index("ix_send_campaign_status", Send.campaign_id, Send.status, Send.created_at)  # type: ignore[arg-type]

@@ -1,0 +1,269 @@
+"""Campaign reports: JSON, CSV (formula-injection safe) and an HTML page with inline SVG charts.
+
+Time range semantics (seeds): only users who FIRST triggered the campaign within [from, to),
+and their sends, clicks, impressions and purchases within the range. The maths is in
+domain/reports.py; docs/reports.md explains every figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import HTMLResponse
+from sqlmodel import Session, col, select
+
+from api.deps import Management, StateDep
+from api.errors import NotFound, Unprocessable
+from domain.campaign import CampaignSpec
+from domain.reports import aggregate, arms_for, winner
+from store import reports as q
+from store.campaigns import load_spec
+from store.tables import Campaign, now_utc
+
+router = APIRouter(prefix="/api/v1", tags=["reports"])
+
+
+def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, CampaignSpec]:
+    c = s.get(Campaign, campaign_id)
+    if c is None or c.section_id != section_id:
+        raise NotFound("no such campaign", field="campaign_id")
+    return c, load_spec(s, c.id, c.version)
+
+
+def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime) -> dict[str, Any]:
+    window = spec.settings.attribution_window
+    allocs = q.allocations(s, c.id, start, end)
+    hits = q.hits(s, c.id, start, end)
+    clickers = sorted({h.user_id for h in hits if h.kind == "click"})
+    events = q.site_events(s, c.section_id, clickers, start, end)
+    agg = aggregate(allocs, q.send_counts(s, c.id, start, end), hits, events, window)
+    names = {v.id: v.name for v in spec.variations}
+    step_names = {(v.id, i): st.name for v in spec.variations for i, st in enumerate(v.steps)}
+    order = [v.id for v in spec.variations] + sorted(set(agg.variations) - set(names))
+    variations = []
+    for vid in order:
+        bucket = agg.variations.get(vid)
+        table = bucket.table() if bucket else {"users": 0, "metrics": {}, "ctr": None}
+        control = next((v.control for v in spec.variations if v.id == vid), False)
+        variations.append({"id": vid, "name": names.get(vid, vid), "control": control, **table})
+    channels = [
+        {"variation_id": v, "channel": ch, **b.table()} for (v, ch), b in sorted(agg.channels.items())
+    ]
+    steps = [
+        {"variation_id": v, "step_index": i, "step_name": step_names.get((v, i), str(i)), **b.table()}
+        for (v, i), b in sorted(agg.steps.items())
+    ]
+    compared = [v.id for v in spec.variations if not v.control]
+    metric = spec.settings.primary_metric
+    verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
+    revenue_by_day: dict[str, float] = defaultdict(float)
+    for a in agg.attributed:
+        if a.event.kind == "purchase":
+            revenue_by_day[a.event.at.date().isoformat()] += a.event.value
+    totals = {m: sum(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in
+              ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")}  # fmt: skip
+    email = [ch for ch in channels if ch["channel"] == "email"]
+    imp = sum(ch["metrics"]["impressions"]["count"] for ch in email)
+    return {
+        "campaign": {"id": c.id, "name": c.name, "status": c.status, "primary_metric": metric,
+                     "attribution_window_hours": window / timedelta(hours=1)},  # fmt: skip
+        "range": {"from": start.isoformat(), "to": end.isoformat()},
+        "totals": {"users_triggered": len(allocs), **totals,
+                   "ctr": (sum(ch["metrics"]["clicks"]["count"] for ch in email) / imp) if imp else None},  # fmt: skip
+        "variations": variations,
+        "channels": channels,
+        "steps": steps,
+        "winner": verdict,
+        "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": dict(sorted(revenue_by_day.items()))},
+    }
+
+
+def _range(c: Campaign, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    start = start or c.created_at
+    end = end or now_utc() + timedelta(seconds=1)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Unprocessable("give times with a timezone (e.g. 2026-01-01T00:00:00Z)", field="from")
+    if end <= start:
+        raise Unprocessable("'to' must be after 'from'", field="to")
+    return start, end
+
+
+@router.get("/campaigns/{campaign_id}/report", response_model=None)
+def report(
+    campaign_id: str,
+    principal: Management,
+    state: StateDep,
+    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+    format: Literal["json", "csv"] = "json",
+) -> dict[str, Any] | Response:
+    """The campaign report for [from, to); `format=csv` for a spreadsheet-safe CSV."""
+    with state.store.session() as s:
+        c, spec = _campaign(s, principal.section_id, campaign_id)
+        body = build_report(s, c, spec, *_range(c, start, end))
+    if format == "csv":
+        return Response(to_csv(body), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="report-{campaign_id}.csv"'})  # fmt: skip
+    return body
+
+
+@router.get("/campaigns/{campaign_id}/report.html", response_class=HTMLResponse)
+def report_page(
+    campaign_id: str,
+    principal: Management,
+    state: StateDep,
+    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+) -> HTMLResponse:
+    with state.store.session() as s:
+        c, spec = _campaign(s, principal.section_id, campaign_id)
+        body = build_report(s, c, spec, *_range(c, start, end))
+    return HTMLResponse(to_html(body), headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
+
+@router.get("/reports/campaigns")
+def campaign_list(principal: Management, state: StateDep) -> list[dict[str, Any]]:
+    """Every campaign with its send requests over the last 7 days."""
+    with state.store.session() as s:
+        rows = s.exec(select(Campaign).where(Campaign.section_id == principal.section_id).order_by(col(Campaign.created_at))).all()
+        counts = q.sends_since(s, [c.id for c in rows], now_utc() - timedelta(days=7))
+        return [{"id": c.id, "name": c.name, "type": c.type, "status": c.status, "sends_last_7_days": counts.get(c.id, 0)}
+                for c in rows]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- CSV
+
+METRIC_COLUMNS = ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")
+
+
+def safe_cell(value: Any) -> Any:
+    """Spreadsheets run cells starting with = + - @ (or tab/CR): prefix text with a quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def to_csv(body: dict[str, Any]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    header = ["section", "variation", "variation_name", "channel", "step", "users", "ctr"]
+    for m in METRIC_COLUMNS:
+        header += [m, f"{m}_per_user"]
+    w.writerow(header)
+    names = {v["id"]: v["name"] for v in body["variations"]}
+
+    def row(section: str, r: dict[str, Any], vid: str, channel: str = "", step: str = "") -> None:
+        cells: list[Any] = [section, vid, names.get(vid, vid), channel, step, r["users"], "" if r["ctr"] is None else round(r["ctr"], 4)]
+        for m in METRIC_COLUMNS:
+            metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
+            cells += [metric["count"], round(metric["per_user"], 4)]
+        w.writerow([safe_cell(x) for x in cells])
+
+    for v in body["variations"]:
+        row("variation", v, v["id"])
+    for ch in body["channels"]:
+        row("channel", ch, ch["variation_id"], channel=ch["channel"])
+    for st in body["steps"]:
+        row("step", st, st["variation_id"], step=st["step_name"])
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------- HTML
+
+
+def _bars(title: str, series: dict[str, float], color: str, fmt: str = "{:g}") -> str:
+    """A small inline SVG bar chart (no scripts, no CDN)."""
+    e = html.escape
+    if not series:
+        return f"<figure><figcaption>{e(title)}</figcaption><p class=empty>No data in this range.</p></figure>"
+    width, height, pad = 640, 180, 28
+    top = max(series.values()) or 1
+    n = len(series)
+    bw = (width - 2 * pad) / n
+    bars = []
+    for i, (label, value) in enumerate(series.items()):
+        bh = (height - 2 * pad) * value / top
+        x, y = pad + i * bw, height - pad - bh
+        bars.append(
+            f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{max(bw - 4, 1):.1f}" height="{bh:.1f}" fill="{color}">'
+            f"<title>{e(label)}: {e(fmt.format(value))}</title></rect>"
+        )
+        if n <= 14 or i % max(n // 7, 1) == 0:
+            bars.append(f'<text x="{x + bw / 2:.1f}" y="{height - 8}" text-anchor="middle">{e(label[-5:])}</text>')
+    return (f'<figure><figcaption>{e(title)} (max {e(fmt.format(top))})</figcaption>'
+            f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">{"".join(bars)}'
+            f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/></svg></figure>')  # fmt: skip
+
+
+def _table(rows: list[dict[str, Any]], first: list[tuple[str, str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(t)}</th>" for _, t in first) + "<th>Users</th><th>CTR</th>" + "".join(
+        f"<th>{e(m.replace('_', ' ').title())}<br><small>per user</small></th>" for m in METRIC_COLUMNS
+    )
+    body = []
+    for r in rows:
+        cells = "".join(f"<td>{e(str(r.get(k, '')))}</td>" for k, _ in first)
+        ctr = "–" if r["ctr"] is None else f"{r['ctr']:.1%}"
+        cells += f"<td>{r['users']}</td><td>{ctr}</td>"
+        for m in METRIC_COLUMNS:
+            metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
+            cells += f"<td>{e(str(metric['count']))}<br><small>{metric['per_user']:.3f}</small></td>"
+        body.append(f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def to_html(body: dict[str, Any]) -> str:
+    e = html.escape
+    c, t, w = body["campaign"], body["totals"], body["winner"]
+    metric = c["primary_metric"]
+    per_user = {v["name"]: v["metrics"].get(metric, {}).get("per_user", 0.0) for v in body["variations"]} if metric != "ctr" else {
+        v["name"]: (v["ctr"] or 0.0) for v in body["variations"]}  # fmt: skip
+    verdict = {
+        "winner": f"Winner: <b>{e(str(w.get('winner')))}</b>",
+        "no_winner_yet": "No winner yet: no variation is at least 95% likely to be best.",
+        "not_enough_data": "Not enough data to call a winner yet.",
+        "single_variation": "Only one variation is compared.",
+    }[w["status"]]
+    prob_rows = "".join(
+        f"<tr><td>{e(r['id'])}</td><td>{r['probability_to_be_best']:.1%}</td><td>"
+        + ("baseline" if r["uplift_vs_baseline"] is None else f"{r['uplift_vs_baseline']['low']:+.1%} … {r['uplift_vs_baseline']['high']:+.1%}")
+        + "</td></tr>"
+        for r in w.get("variations", [])
+    )  # fmt: skip
+    kpis = "".join(
+        f"<div class=kpi><span>{e(label)}</span><b>{e(value)}</b></div>"
+        for label, value in [
+            ("Users triggered", str(t["users_triggered"])), ("Send requests", str(t["send_requests"])),
+            ("Clicks", str(t["clicks"])), ("CTR (email)", "–" if t["ctr"] is None else f"{t['ctr']:.1%}"),
+            ("Purchases", str(t["purchases"])), ("Revenue", f"{t['revenue']:,.2f}"),
+        ]
+    )  # fmt: skip
+    style = """body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
+h1{margin:0}small,.muted{color:#666}.kpis{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}
+.kpi{background:#f4f6fb;border-radius:8px;padding:.6rem 1rem;min-width:120px}.kpi span{display:block;color:#555;font-size:12px}
+.kpi b{font-size:20px}table{border-collapse:collapse;margin:.5rem 0 1.5rem;width:100%}
+th,td{border-bottom:1px solid #e3e3e3;padding:.35rem .5rem;text-align:right}th:first-child,td:first-child{text-align:left}
+figure{margin:1rem 0}svg{width:100%;max-width:640px;font-size:10px;fill:#555}.verdict{font-size:16px;margin:.5rem 0}"""
+    return f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(c['name'])} – report</title>
+<style>{style}</style></head><body>
+<h1>{e(c['name'])}</h1><p class=muted>{e(body['range']['from'])} → {e(body['range']['to'])} · primary metric: {e(metric)}
+· attribution window {c['attribution_window_hours']:g} h · users counted when they first triggered in this range</p>
+<div class=kpis>{kpis}</div>
+<h2>Winner</h2><p class=verdict>{verdict}</p>
+<table><thead><tr><th>Variation</th><th>Probability to be best</th><th>Uplift vs baseline (95% interval)</th></tr></thead>
+<tbody>{prob_rows}</tbody></table>
+{_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}")}
+{_bars("Send requests per day", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
+{_bars("Attributed revenue per day", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
+<h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>
+{_table(body['variations'], [('name', 'Variation')])}
+<h2>Channel performance</h2><p class=muted>Only users actually sent on the channel.</p>
+{_table(body['channels'], [('variation_id', 'Variation'), ('channel', 'Channel')])}
+<h2>Steps</h2>{_table(body['steps'], [('variation_id', 'Variation'), ('step_name', 'Step')])}
+</body></html>"""

@@ -1,0 +1,151 @@
+"""Campaign reports over real tables: time range, attribution, normalization, CSV, HTML, list."""
+
+from __future__ import annotations
+
+import csv
+import io
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from store.engine import Store
+from store.tables import Event, Journey, Send, User
+from store.tracking_tables import TrackingHit
+from tests.helpers import SectionKeys, create_campaign, step
+
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def spec(name: str = "Report test") -> dict:
+    return {"name": name, "type": "cart_abandonment", "channel_priority": ["email", "sms"],
+            "settings": {"primary_metric": "revenue", "attribution_window": "P1D"},
+            "variations": [{"id": "a", "name": "A", "share": 45, "steps": [step("S1"), step("S2", "P1D", ("email", "sms"))]},
+                           {"id": "b", "name": '=HYPERLINK("x")', "share": 45, "steps": [step("S1")]},
+                           {"id": "hold", "name": "Holdout", "share": 10, "control": True}]}  # fmt: skip
+
+
+class World:
+    """Writes journeys, sends, hits and events for one campaign at chosen times."""
+
+    def __init__(self, store: Store, section_id: str, campaign_id: str) -> None:
+        self.store, self.section_id, self.cid = store, section_id, campaign_id
+
+    def user(self, variation: str, triggered: datetime, identified: bool = True, control: bool = False) -> str:
+        uid = "usr_" + secrets.token_hex(6)
+        with self.store.session() as s:
+            s.add(User(id=uid, section_id=self.section_id, cuid=uid if identified else None, created_at=T0, updated_at=T0))
+            s.flush()
+            s.add(Journey(id=f"j_{uid}_{triggered.timestamp()}", workflow_id="w", section_id=self.section_id,
+                          campaign_id=self.cid, campaign_version=1, user_id=uid, variation_id=variation,
+                          is_control=control, triggered_at=triggered))  # fmt: skip
+        return uid
+
+    def retrigger(self, uid: str, variation: str, at: datetime) -> None:
+        with self.store.session() as s:
+            s.add(Journey(id=f"j_{uid}_{at.timestamp()}", workflow_id="w", section_id=self.section_id, campaign_id=self.cid,
+                          campaign_version=1, user_id=uid, variation_id=variation, triggered_at=at))  # fmt: skip
+
+    def send(self, uid: str, variation: str, step_index: int, channel: str, at: datetime, status: str = "accepted") -> str:
+        key = f"{self.cid}:{uid}:{step_index}:{channel}:{secrets.token_hex(3)}"
+        with self.store.session() as s:
+            s.add(Send(key=key, journey_id="j", section_id=self.section_id, campaign_id=self.cid, variation_id=variation,
+                       step_index=step_index, channel=channel, integration_id="i", user_id=uid, status=status,
+                       created_at=at, updated_at=at))  # fmt: skip
+        return key
+
+    def hit(self, uid: str, variation: str, kind: str, at: datetime, channel: str = "email", step_index: int = 0,
+            bot: bool = False) -> None:  # fmt: skip
+        with self.store.session() as s:
+            s.add(TrackingHit(section_id=self.section_id, campaign_id=self.cid, variation_id=variation, step_index=step_index,
+                              channel=channel, send_key="k", user_id=uid, kind=kind, source="link", bot=bot,
+                              bot_reason="head_request" if bot else None, at=at))  # fmt: skip
+
+    def event(self, uid: str, kind: str, at: datetime, value: float = 0.0, tx: str | None = None) -> None:
+        with self.store.session() as s:
+            s.add(Event(id="evt_" + secrets.token_hex(8), section_id=self.section_id, user_id=uid, kind=kind, name=kind,
+                        data={}, received_at=at, value=value, transaction_id=tx))  # fmt: skip
+
+
+async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, store: Store, section: SectionKeys) -> None:
+    """Users first triggered in range only; attributed revenue; per-user and per-channel figures."""
+    cid = await create_campaign(api, section, spec(), activate=False)
+    w = World(store, section.id, cid)
+    h = lambda hours: T0 + timedelta(hours=hours)  # noqa: E731
+    a1 = w.user("a", h(1))  # clicks email twice, buys after the second click (once, despite resend)
+    w.send(a1, "a", 0, "email", h(2)); w.hit(a1, "a", "impression", h(3)); w.hit(a1, "a", "click", h(3))  # noqa: E702
+    w.send(a1, "a", 1, "sms", h(26)); w.hit(a1, "a", "click", h(27), channel="sms", step_index=1)  # noqa: E702
+    w.event(a1, "purchase", h(28), 100.0, tx="T1"); w.event(a1, "purchase", h(28.5), 100.0, tx="T1")  # noqa: E702
+    w.event(a1, "add_to_cart", h(27.5))
+    a2 = w.user("a", h(1))  # sent, impression, a bot click, buys: nothing attributed
+    w.send(a2, "a", 0, "email", h(2)); w.hit(a2, "a", "impression", h(3)); w.hit(a2, "a", "click", h(3), bot=True)  # noqa: E702
+    w.event(a2, "purchase", h(4), 50.0)
+    a3 = w.user("a", h(1))  # not opted in anywhere: allocated, never sent
+    b1 = w.user("b", h(2), identified=False)  # clicks, buys while unidentified: not attributed
+    w.send(b1, "b", 0, "email", h(3)); w.hit(b1, "b", "click", h(4)); w.event(b1, "purchase", h(5), 70.0)  # noqa: E702
+    b2 = w.user("b", h(2))  # clicks, buys after the 1-day window
+    w.send(b2, "b", 0, "email", h(3), status="failed"); w.hit(b2, "b", "click", h(4)); w.event(b2, "purchase", h(29), 80.0)  # noqa: E702
+    w.user("hold", h(2), control=True)
+    old = w.user("a", T0 - timedelta(days=3))  # first triggered before the range: never counted
+    w.retrigger(old, "a", h(5)); w.send(old, "a", 0, "email", h(6)); w.hit(old, "a", "click", h(7))  # noqa: E702
+    late = w.user("b", h(100))  # first triggered after the range
+    w.send(late, "b", 0, "email", h(101))
+    del a3
+
+    r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                      params={"from": T0.isoformat(), "to": h(48).isoformat()})  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["totals"]["users_triggered"] == 6
+    v = {x["id"]: x for x in body["variations"]}
+    assert (v["a"]["users"], v["b"]["users"], v["hold"]["users"]) == (3, 2, 1) and v["hold"]["control"]
+    assert v["a"]["metrics"]["send_requests"] == {"count": 3, "per_user": 1.0}
+    assert v["a"]["metrics"]["revenue"] == {"count": 100, "per_user": 100 / 3}
+    assert v["a"]["metrics"]["purchases"]["count"] == 1 and v["a"]["metrics"]["add_to_carts"]["count"] == 1
+    assert v["a"]["ctr"] == 0.5  # 1 human email click / 2 impressions
+    assert v["b"]["metrics"]["revenue"]["count"] == 0 and v["b"]["metrics"]["clicks"]["count"] == 2
+    assert v["b"]["metrics"]["send_requests"]["count"] == 2  # a failed provider call is still a send request
+    ch = {(x["variation_id"], x["channel"]): x for x in body["channels"]}
+    assert ch[("a", "email")]["users"] == 2 and ch[("a", "sms")]["users"] == 1
+    assert ch[("a", "sms")]["metrics"]["revenue"] == {"count": 100, "per_user": 100.0}  # last click was the SMS
+    assert ch[("a", "email")]["metrics"]["revenue"]["count"] == 0
+    steps = {(x["variation_id"], x["step_name"]): x for x in body["steps"]}
+    assert steps[("a", "S2")]["metrics"]["purchases"]["count"] == 1
+    assert body["winner"]["status"] == "not_enough_data" and body["winner"]["baseline"] == "a"
+    assert body["series"]["revenue_by_day"] == {"2026-02-02": 100.0}
+    assert sum(body["series"]["sends_by_day"].values()) == 5
+
+    narrow = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                            params={"from": h(1.5).isoformat(), "to": h(48).isoformat()})).json()  # fmt: skip
+    assert narrow["totals"]["users_triggered"] == 3  # b1, b2, holdout: a-users triggered before 1.5 h
+
+    r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                      params={"from": T0.isoformat(), "to": h(48).isoformat(), "format": "csv"})  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows[0][:3] == ["section", "variation", "variation_name"]
+    assert any(row[2] == "'=HYPERLINK(\"x\")" for row in rows)
+    assert not any(cell.startswith(("=", "+", "@")) for row in rows for cell in row)
+
+    r = await api.get(f"/api/v1/campaigns/{cid}/report.html", headers=section.mgmt,
+                      params={"from": T0.isoformat(), "to": h(48).isoformat()})  # fmt: skip
+    assert r.status_code == 200 and "<svg" in r.text and "Not enough data" in r.text
+    assert "=HYPERLINK(&quot;x&quot;)" in r.text and "<script" not in r.text
+
+    bad = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                        params={"from": h(5).isoformat(), "to": h(1).isoformat()})  # fmt: skip
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["to"]
+
+
+async def test_campaign_list_counts_sends_of_the_last_7_days(api: httpx.AsyncClient, store: Store, section: SectionKeys) -> None:
+    """The list shows send requests of the last 7 days only."""
+    cid = await create_campaign(api, section, spec("Listed"), activate=False)
+    w = World(store, section.id, cid)
+    now = datetime.now(UTC)
+    uid = w.user("a", now - timedelta(days=10))
+    w.send(uid, "a", 0, "email", now - timedelta(days=8))
+    w.send(uid, "a", 1, "email", now - timedelta(days=2))
+    w.send(uid, "a", 1, "sms", now - timedelta(hours=1), status="skipped")
+    r = await api.get("/api/v1/reports/campaigns", headers=section.mgmt)
+    assert r.status_code == 200
+    assert [(c["id"], c["sends_last_7_days"]) for c in r.json()] == [(cid, 1)]
