@@ -337,6 +337,7 @@ def compose_payload(
         variables=variation.variables,
         user_attributes=user.attributes,
         linker=linker,
+        auto_tracking=spec.settings.auto_tracking,
     )
     # Load only the feed data the template refers to (product rows, recommendations).
     refs = refs_in(template)

@@ -75,6 +75,8 @@ class CampaignSettings(_Strict):
     primary_metric: Literal["revenue", "purchases", "clicks", "ctr", "add_to_carts"] = "revenue"
     attribution_window: timedelta = timedelta(days=7)
     frequency_caps: dict[Channel, FrequencyCap] = Field(default_factory=dict)
+    # Native email tracking: wrap every http(s) href of email HTML and add the open pixel.
+    auto_tracking: bool = False
 
     @field_validator("attribution_window")
     @classmethod

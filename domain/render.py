@@ -12,6 +12,7 @@ records as a skipped step (no channel fallback: the data, not the channel, is mi
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ DEFAULT_LOCALE = "default"
 _TL = "\ue000TL\ue000"
 _TL_TARGET = re.compile(re.escape(_TL) + r"([^\s\"'<>\ue000]*)")
 _SMS_URL = re.compile(r"https?://[^\s\"'<>]+")
+_HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
+_BODY = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 
 LocalizedText = str | dict[str, str]
 
@@ -56,6 +59,7 @@ class RenderContext(BaseModel):
     products: dict[str, dict[str, Any]] = Field(default_factory=dict)  # sku -> record, for ${Product|sku|f}
     recommendations: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # strategy -> records
     linker: Linker | None = None
+    auto_tracking: bool = False  # email: wrap every href and add the pixel (native email tracking)
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -360,6 +364,33 @@ def shorten_urls(value: Any, ctx: RenderContext) -> Any:
     return value
 
 
+def auto_track(value: Any, ctx: RenderContext, state: dict[str, bool] | None = None) -> Any:
+    """Native email tracking: every http(s) href becomes a tracked link; the pixel goes at the
+    top of the first HTML body that has none yet."""
+    linker = ctx.linker
+    if linker is None:
+        return value
+    state = {"pixel": False} if state is None else state
+    if isinstance(value, str):
+        def wrap(m: re.Match[str]) -> str:
+            target = html.unescape(m.group(3))
+            url = target if target.startswith(linker.public_url + "/") else linker.click(target)
+            return f"{m.group(1)}{m.group(2)}{html.escape(url)}{m.group(2)}"
+
+        out = _HREF.sub(wrap, value)
+        body = _BODY.search(out)
+        if body and not state["pixel"] and "/t/o/" not in out:
+            pixel = resolve(Ref("tracking_pixel", (), False, "Tracking pixel"), ctx)
+            out = out[: body.end()] + pixel + out[body.end() :]
+            state["pixel"] = True
+        return out
+    if isinstance(value, list):
+        return [auto_track(v, ctx, state) for v in value]
+    if isinstance(value, Mapping):
+        return {k: auto_track(v, ctx, state) for k, v in value.items()}
+    return value
+
+
 def default_payload(ctx: RenderContext) -> dict[str, Any]:
     """The payload sent when a step's message has no template: enough to see what happened."""
     return {
@@ -374,5 +405,7 @@ def default_payload(ctx: RenderContext) -> dict[str, Any]:
 
 def render_payload(template: dict[str, Any] | None, ctx: RenderContext) -> dict[str, Any]:
     rendered = default_payload(ctx) if template is None else render_value(template, ctx)
+    if ctx.auto_tracking and ctx.channel == "email":
+        rendered = auto_track(rendered, ctx)
     assert isinstance(rendered, dict)
     return dict(shorten_urls(rendered, ctx))

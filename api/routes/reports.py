@@ -94,6 +94,12 @@ def _range(c: Campaign, start: datetime | None, end: datetime | None) -> tuple[d
     return start, end
 
 
+def _load(state: StateDep, section_id: str, campaign_id: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+    with state.store.session() as s:
+        c, spec = _campaign(s, section_id, campaign_id)
+        return build_report(s, c, spec, *_range(c, start, end))
+
+
 @router.get("/campaigns/{campaign_id}/report", response_model=None)
 def report(
     campaign_id: str,
@@ -104,9 +110,7 @@ def report(
     format: Literal["json", "csv"] = "json",
 ) -> dict[str, Any] | Response:
     """The campaign report for [from, to); `format=csv` for a spreadsheet-safe CSV."""
-    with state.store.session() as s:
-        c, spec = _campaign(s, principal.section_id, campaign_id)
-        body = build_report(s, c, spec, *_range(c, start, end))
+    body = _load(state, principal.section_id, campaign_id, start, end)
     if format == "csv":
         return Response(to_csv(body), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="report-{campaign_id}.csv"'})  # fmt: skip
@@ -121,9 +125,7 @@ def report_page(
     start: Annotated[datetime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
     end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
 ) -> HTMLResponse:
-    with state.store.session() as s:
-        c, spec = _campaign(s, principal.section_id, campaign_id)
-        body = build_report(s, c, spec, *_range(c, start, end))
+    body = _load(state, principal.section_id, campaign_id, start, end)
     return HTMLResponse(to_html(body), headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
 
 

@@ -135,3 +135,17 @@ def test_sms_links_are_shortened() -> None:
     assert seen == ["https://shop.example/p/s1", "https://shop.example/sale"]
     codes = [w.rsplit("/", 1)[1] for w in out["text"].split() if w.startswith(PUBLIC)]
     assert len(codes) == 2 and all(len(c) >= 8 and c.isalnum() for c in codes)
+
+
+def test_native_email_tracking_wraps_every_href_and_adds_the_pixel() -> None:
+    """With auto tracking, every http(s) href is signed and the pixel opens the body, once."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    html_body = ('<html><body class="x"><a href="https://shop.example/a?x=1&amp;y=2">A</a>'
+                 "<a href='mailto:help@shop.example'>Mail</a></body></html>")  # fmt: skip
+    out = render_payload({"html": html_body, "text": "https://shop.example/a"}, ctx(linker=linker, auto_tracking=True))
+    href = out["html"].split('href="')[1].split('"')[0]
+    assert SIGNER.verify("c", href.rsplit("/", 1)[1])["t"] == "https://shop.example/a?x=1&y=2"  # type: ignore[index]
+    assert "mailto:help@shop.example" in out["html"] and out["text"] == "https://shop.example/a"
+    assert out["html"].index("/t/o/") < out["html"].index("href=") and out["html"].count("/t/o/") == 1
+    plain = render_payload({"html": html_body}, ctx(linker=linker))
+    assert plain == {"html": html_body}
