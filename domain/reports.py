@@ -182,8 +182,8 @@ def aggregate(
         steps[(s.variation_id, s.step_index)].users.add(s.user_id)
     clicks: list[Click] = []
     for h in hits:
-        a = alloc.get(h.user_id)
-        if a is None or h.at < a.first_triggered_at:
+        first = alloc.get(h.user_id)
+        if first is None or h.at < first.first_triggered_at:
             continue
         metric = "clicks" if h.kind == "click" else "impressions"
         buckets = (variations[h.variation_id], channels[(h.variation_id, h.channel)], steps[(h.variation_id, h.step_index)])

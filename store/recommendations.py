@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, cast, or_
+from sqlalchemy import ColumnElement, String, cast, or_
 from sqlmodel import Session, col, select
 
 from domain import recommend
@@ -18,7 +18,7 @@ MAX_EVENTS = 5000  # most recent activity considered; bounds the cost per send
 MAX_CANDIDATES = 2000
 
 
-def _event_skus(data: dict[str, Any]) -> list[str]:
+def _event_skus(data: Mapping[str, Any]) -> list[str]:
     skus = [str(i.get("productId")) for i in data.get("cart") or [] if isinstance(i, dict) and i.get("productId")]
     if data.get("sku"):
         skus.append(str(data["sku"]))
@@ -40,7 +40,7 @@ def load(
     categories = sorted({c for i in trigger for c in (i.get("categories") or [])})
     q = select(Product).where(Product.section_id == section_id)
     skus = set(score)
-    conds = [col(Product.sku).in_(list(skus)[:MAX_CANDIDATES])] if skus else []
+    conds: list[ColumnElement[bool]] = [col(Product.sku).in_(list(skus)[:MAX_CANDIDATES])] if skus else []
     if "similar" in strategies and categories:
         # JSON containment differs per database; fetch a bounded candidate set and filter in Python.
         conds.append(or_(*[cast(Product.categories, String).contains(f'"{c}"') for c in categories[:20]]))

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 
 from sqlalchemy import func
+from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
 from domain.reports import Allocation, Hit, SendCount, SiteEvent
@@ -49,22 +50,23 @@ def allocations(s: Session, campaign_id: str, start: datetime, end: datetime) ->
 def send_counts(s: Session, campaign_id: str, start: datetime, end: datetime) -> list[SendCount]:
     """Send requests grouped by user, variation, step, channel and UTC day (for the chart)."""
     day = func.date(Send.created_at)
-    rows = s.exec(
-        select(Send.user_id, Send.variation_id, Send.step_index, Send.channel, day, func.count())
-        .where(Send.campaign_id == campaign_id, col(Send.status).in_(SENT), Send.created_at >= start, Send.created_at < end)
+    rows = s.execute(
+        sa_select(col(Send.user_id), col(Send.variation_id), col(Send.step_index), col(Send.channel), day, func.count())
+        .where(col(Send.campaign_id) == campaign_id, col(Send.status).in_(SENT),
+               col(Send.created_at) >= start, col(Send.created_at) < end)  # fmt: skip
         .group_by(col(Send.user_id), col(Send.variation_id), col(Send.step_index), col(Send.channel), day)
     ).all()
     return [SendCount(u, v, i, c, int(n), str(d)) for u, v, i, c, d, n in rows]
 
 
 def hits(s: Session, campaign_id: str, start: datetime, end: datetime) -> list[Hit]:
-    rows = s.exec(
-        select(TrackingHit.user_id, TrackingHit.variation_id, TrackingHit.step_index, TrackingHit.channel,
-               TrackingHit.kind, TrackingHit.at)  # fmt: skip
-        .where(TrackingHit.campaign_id == campaign_id, col(TrackingHit.bot).is_(False),
-               TrackingHit.at >= start, TrackingHit.at < end)  # fmt: skip
+    rows = s.execute(
+        sa_select(col(TrackingHit.user_id), col(TrackingHit.variation_id), col(TrackingHit.step_index),
+                  col(TrackingHit.channel), col(TrackingHit.kind), col(TrackingHit.at))  # fmt: skip
+        .where(col(TrackingHit.campaign_id) == campaign_id, col(TrackingHit.bot).is_(False),
+               col(TrackingHit.at) >= start, col(TrackingHit.at) < end)  # fmt: skip
     ).all()
-    return [Hit(u, v, i, c, k, at) for u, v, i, c, k, at in rows]  # type: ignore[arg-type]
+    return [Hit(u, v, i, c, k, at) for u, v, i, c, k, at in rows]
 
 
 def site_events(s: Session, section_id: str, users: Sequence[str], start: datetime, end: datetime) -> list[SiteEvent]:
@@ -74,12 +76,13 @@ def site_events(s: Session, section_id: str, users: Sequence[str], start: dateti
         identified = {
             u for u, cuid in s.exec(select(User.id, User.cuid).where(col(User.id).in_(chunk))).all() if cuid
         }
-        rows = s.exec(
-            select(Event.id, Event.user_id, Event.kind, Event.received_at, Event.value, Event.transaction_id)
-            .where(Event.section_id == section_id, col(Event.user_id).in_(chunk),
-                   col(Event.kind).in_(["purchase", "add_to_cart"]), Event.received_at >= start, Event.received_at < end)  # fmt: skip
+        rows = s.execute(
+            sa_select(col(Event.id), col(Event.user_id), col(Event.kind), col(Event.received_at), col(Event.value),
+                      col(Event.transaction_id))  # fmt: skip
+            .where(col(Event.section_id) == section_id, col(Event.user_id).in_(chunk),
+                   col(Event.kind).in_(["purchase", "add_to_cart"]), col(Event.received_at) >= start, col(Event.received_at) < end)  # fmt: skip
         ).all()
-        out.extend(SiteEvent(i, u, k, at, float(v or 0.0), tx, u in identified) for i, u, k, at, v, tx in rows)  # type: ignore[arg-type]
+        out.extend(SiteEvent(i, u, k, at, float(v or 0.0), tx, u in identified) for i, u, k, at, v, tx in rows)
     return out
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import httpx
 
-from tests.helpers import SectionKeys, add_integration, cart_campaign, collect, create_campaign, reachable_user, sync_cart
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    cart_campaign,
+    collect,
+    create_campaign,
+    reachable_user,
+    sync_cart,
+)
 
 
 async def test_template_crud_and_validation_errors_name_the_place(api: httpx.AsyncClient, section: SectionKeys) -> None:
@@ -53,3 +61,30 @@ async def test_campaign_reuses_saved_template_and_preview_renders_it(api: httpx.
     assert r.json()["payload"] == {"subject": 'Still thinking? Mug "Deluxe"', "to": f"user{dyid}@example.com"}
     r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": "nobody"})
     assert r.status_code == 404
+
+
+async def test_preview_renders_recommendations_from_catalog_and_activity(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Similar (same category) and popular (recent purchases/views) items, never the cart's own."""
+    from tests.helpers import new_dyid, purchase
+
+    await add_integration(api, section)
+    await api.put("/api/v1/products", headers=section.mgmt, json=[
+        {"sku": "mug", "name": "Mug", "categories": ["kitchen"], "url": "https://shop.example/mug"},
+        {"sku": "cup", "name": "Cup", "categories": ["kitchen"]},
+        {"sku": "pan", "name": "Pan", "categories": ["kitchen"], "in_stock": False},
+        {"sku": "hat", "name": "Hat", "categories": ["hats"]},
+    ])  # fmt: skip
+    buyer = new_dyid()
+    await collect(api, section, buyer, purchase([("hat", 5.0), ("mug", 9.0)]), purchase([("hat", 5.0)]))
+    payload = {"similar": "${Recommendations|similar|name|item1} ${Recommendations|similar|name|item2}",
+               "popular": "${Recommendations|popular|name|item1}",
+               "link": "${Recommendations|similar|url|item1}"}  # fmt: skip
+    spec = cart_campaign(steps=[{"name": "S", "messages": {"email": {"payload": payload}}}])
+    cid = await create_campaign(api, section, spec, activate=False)
+    dyid, _ = await reachable_user(api, section)
+    await collect(api, section, dyid, sync_cart([("mug", 9.0)]))
+    r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": dyid})
+    assert r.status_code == 200, r.text
+    out = r.json()["payload"]
+    assert out["similar"] == "Cup " and out["popular"] == "Hat"
+    assert out["link"] == ""  # Cup has no URL

@@ -18,12 +18,12 @@ PUBLIC = "https://t.shop.example"
 
 
 def ctx(**kw: Any) -> RenderContext:
-    base: dict[str, Any] = dict(
-        user_identifier="ann@example.com", campaign_name="Cart", variation_name="A", step_name="First",
-        channel="email",
-        items=[{"sku": "s1", "name": "Red shoe", "url": "https://shop.example/p/s1", "price": 20.0,
-                "lng:fr_FR:name": "Chaussure rouge"}],
-    )  # fmt: skip
+    base: dict[str, Any] = {
+        "user_identifier": "ann@example.com", "campaign_name": "Cart", "variation_name": "A", "step_name": "First",
+        "channel": "email",
+        "items": [{"sku": "s1", "name": "Red shoe", "url": "https://shop.example/p/s1", "price": 20.0,
+                   "lng:fr_FR:name": "Chaussure rouge"}],
+    }  # fmt: skip
     base.update(kw)
     return RenderContext(**base)
 
