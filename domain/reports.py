@@ -29,14 +29,6 @@ SEED = 20_240_601  # fixed: the same data always gives the same report
 
 
 @dataclass(frozen=True)
-class Allocation:
-    user_id: str
-    variation_id: str
-    is_control: bool
-    first_triggered_at: datetime
-
-
-@dataclass(frozen=True)
 class Click:
     user_id: str
     variation_id: str
@@ -93,23 +85,17 @@ def attribute(clicks: Iterable[Click], events: Iterable[SiteEvent], window: time
 
 @dataclass
 class Bucket:
-    """Raw counts for a group of users, plus who they are (for normalization and the winner)."""
+    """Raw counts for a group of users; `users` is the normalization denominator."""
 
-    users: set[str] = field(default_factory=set)
+    users: int = 0
     counts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(METRICS, 0.0))
     email_impressions: float = 0.0
     email_clicks: float = 0.0
-    converters: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
-    revenue_by_user: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-
-    def add(self, metric: str, user: str, amount: float = 1.0) -> None:
-        self.counts[metric] += amount
-        self.converters[metric].add(user)
-        if metric == "revenue":
-            self.revenue_by_user[user] += amount
+    converters: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # users with >= 1 event
+    revenue_sumsq: float = 0.0  # sum over users of (their revenue)^2, for the revenue posterior
 
     def table(self) -> dict[str, Any]:
-        n = len(self.users)
+        n = self.users
         return {
             "users": n,
             "metrics": {
@@ -124,23 +110,39 @@ def _num(v: float) -> float | int:
 
 
 @dataclass(frozen=True)
-class SendCount:
-    user_id: str
+class SendGroup:
+    """Send requests of one (variation, channel, step, UTC day), counted in SQL."""
+
     variation_id: str
-    step_index: int
     channel: str
+    step_index: int
     count: int
-    day: str = ""  # UTC date, for the sends-per-day series
+    day: str = ""
 
 
 @dataclass(frozen=True)
-class Hit:
-    user_id: str
+class HitGroup:
+    """Human hits of one (variation, channel, step, kind), counted in SQL."""
+
     variation_id: str
-    step_index: int
     channel: str
+    step_index: int
     kind: Literal["click", "impression"]
-    at: datetime
+    count: int
+
+
+@dataclass
+class ReportInput:
+    """Everything the report needs for the users selected by the time range (see store/reports.py)."""
+
+    users: dict[str, int]  # variation -> allocated users
+    channel_users: dict[tuple[str, str], int] = field(default_factory=dict)  # users sent per (variation, channel)
+    step_users: dict[tuple[str, int], int] = field(default_factory=dict)  # users sent per (variation, step)
+    sends: list[SendGroup] = field(default_factory=list)
+    hits: list[HitGroup] = field(default_factory=list)
+    click_users: dict[str, int] = field(default_factory=dict)  # variation -> users with >= 1 human click
+    clicks: list[Click] = field(default_factory=list)  # each human click, for attribution
+    events: list[SiteEvent] = field(default_factory=list)  # purchases/add-to-carts of users who clicked
 
 
 @dataclass
@@ -152,59 +154,62 @@ class Aggregate:
     sends_by_day: dict[str, int] = field(default_factory=dict)
 
 
-def aggregate(
-    allocations: Sequence[Allocation],
-    sends: Iterable[SendCount],
-    hits: Iterable[Hit],
-    events: Iterable[SiteEvent],
-    window: timedelta,
-) -> Aggregate:
-    """Group everything by variation, by (variation, channel) and by (variation, step).
+def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
+    """Variation, (variation, channel) and (variation, step) tables from grouped counts.
 
-    Only users in `allocations` count (the time-range rule is applied by the caller when it
-    picks them). Channel and step buckets hold only users sent there, so their per-user
-    figures are "per user who actually got this message".
+    Variation figures are normalized per allocated user; channel and step figures per user
+    actually sent there. Purchases and add-to-carts come from attribution, so they land on
+    the variation, channel and step of the click they are attributed to.
     """
-    alloc = {a.user_id: a for a in allocations}
     variations: dict[str, Bucket] = defaultdict(Bucket)
     channels: dict[tuple[str, str], Bucket] = defaultdict(Bucket)
     steps: dict[tuple[str, int], Bucket] = defaultdict(Bucket)
-    for a in allocations:
-        variations[a.variation_id].users.add(a.user_id)
+    for vid, n in inp.users.items():
+        variations[vid].users = n
+    for ck, n in inp.channel_users.items():
+        channels[ck].users = n
+    for sk, n in inp.step_users.items():
+        steps[sk].users = n
     sends_by_day: dict[str, int] = defaultdict(int)
-    for s in sends:
-        if s.user_id not in alloc:
-            continue
-        sends_by_day[s.day] += s.count
-        for b in (variations[s.variation_id], channels[(s.variation_id, s.channel)], steps[(s.variation_id, s.step_index)]):
-            b.add("send_requests", s.user_id, s.count)
-        channels[(s.variation_id, s.channel)].users.add(s.user_id)
-        steps[(s.variation_id, s.step_index)].users.add(s.user_id)
-    clicks: list[Click] = []
-    for h in hits:
-        first = alloc.get(h.user_id)
-        if first is None or h.at < first.first_triggered_at:
-            continue
-        metric = "clicks" if h.kind == "click" else "impressions"
-        buckets = (variations[h.variation_id], channels[(h.variation_id, h.channel)], steps[(h.variation_id, h.step_index)])
-        for b in buckets:
-            b.add(metric, h.user_id)
-            if h.channel == "email":
+    for sg in inp.sends:
+        sends_by_day[sg.day] += sg.count
+        for b in (variations[sg.variation_id], channels[(sg.variation_id, sg.channel)], steps[(sg.variation_id, sg.step_index)]):
+            b.counts["send_requests"] += sg.count
+    for hg in inp.hits:
+        metric = "clicks" if hg.kind == "click" else "impressions"
+        for b in (variations[hg.variation_id], channels[(hg.variation_id, hg.channel)], steps[(hg.variation_id, hg.step_index)]):
+            b.counts[metric] += hg.count
+            if hg.channel == "email":
                 if metric == "clicks":
-                    b.email_clicks += 1
+                    b.email_clicks += hg.count
                 else:
-                    b.email_impressions += 1
-        if h.kind == "click":
-            clicks.append(Click(h.user_id, h.variation_id, h.step_index, h.channel, h.at))
-    attributed = attribute(clicks, (e for e in events if e.user_id in alloc), window)
+                    b.email_impressions += hg.count
+    for vid, n in inp.click_users.items():
+        variations[vid].converters["clicks"] = n
+    attributed = attribute(inp.clicks, inp.events, window)
+    converted: dict[tuple[str, Any, str], set[str]] = defaultdict(set)
+    revenue: dict[tuple[str, Any, str], float] = defaultdict(float)  # (level, key, user) -> revenue
     for item in attributed:
         c, e = item.click, item.event
-        for b in (variations[c.variation_id], channels[(c.variation_id, c.channel)], steps[(c.variation_id, c.step_index)]):
+        keyed = (("v", c.variation_id, variations[c.variation_id]),
+                 ("c", (c.variation_id, c.channel), channels[(c.variation_id, c.channel)]),
+                 ("s", (c.variation_id, c.step_index), steps[(c.variation_id, c.step_index)]))  # fmt: skip
+        for level, key, b in keyed:
             if e.kind == "purchase":
-                b.add("purchases", e.user_id)
-                b.add("revenue", e.user_id, e.value)
+                b.counts["purchases"] += 1
+                b.counts["revenue"] += e.value
+                converted[(level, key, "purchases")].add(e.user_id)
+                revenue[(level, key, e.user_id)] += e.value
             else:
-                b.add("add_to_carts", e.user_id)
+                b.counts["add_to_carts"] += 1
+                converted[(level, key, "add_to_carts")].add(e.user_id)
+    buckets: dict[str, Any] = {"v": variations, "c": channels, "s": steps}
+    for (level, key, metric), users in converted.items():
+        buckets[level][key].converters[metric] = len(users)
+        if metric == "purchases":
+            buckets[level][key].converters["revenue"] = len(users)
+    for (level, key, _user), value in revenue.items():
+        buckets[level][key].revenue_sumsq += value * value
     return Aggregate(dict(variations), dict(channels), dict(steps), attributed, dict(sorted(sends_by_day.items())))
 
 
@@ -219,22 +224,22 @@ class Arm:
     users: int
     successes: int = 0  # conversion-type metrics: users with at least one event (or clicks, for CTR)
     trials: int = 0  # users (or impressions, for CTR)
-    values: tuple[float, ...] = ()  # revenue: per-user revenue of every allocated user (zeros included)
+    total: float = 0.0  # revenue: sum over allocated users of their revenue
+    total_sq: float = 0.0  # revenue: sum over allocated users of their revenue squared
 
 
 def arms_for(metric: str, buckets: dict[str, Bucket], ids: Sequence[str]) -> list[Arm]:
     arms = []
     for vid in ids:
         b = buckets.get(vid) or Bucket()
-        n = len(b.users)
+        n = b.users
         if metric == "revenue":
-            values = [b.revenue_by_user.get(u, 0.0) for u in sorted(b.users)]
-            arms.append(Arm(vid, n, successes=len(b.converters["revenue"]), trials=n, values=tuple(values)))
+            arms.append(Arm(vid, n, b.converters["revenue"], n, b.counts["revenue"], b.revenue_sumsq))
         elif metric == "ctr":
             imp, clk = int(b.email_impressions), int(min(b.email_clicks, b.email_impressions))
             arms.append(Arm(vid, n, successes=clk, trials=imp))
         else:
-            arms.append(Arm(vid, n, successes=len(b.converters[metric]), trials=n))
+            arms.append(Arm(vid, n, successes=b.converters[metric], trials=n))
     return arms
 
 
@@ -255,9 +260,10 @@ def beta_prob_b_beats_a(a_succ: int, a_fail: int, b_succ: int, b_fail: int) -> f
 
 def _sampler(arm: Arm, metric: str, rng: random.Random) -> Any:
     if metric == "revenue":
-        n = max(len(arm.values), 1)
-        mean = sum(arm.values) / n
-        var = sum((v - mean) ** 2 for v in arm.values) / (n - 1) if n > 1 else 0.0
+        # Users who bought nothing contribute zeros: mean and variance follow from the two sums.
+        n = max(arm.users, 1)
+        mean = arm.total / n
+        var = max(arm.total_sq - n * mean * mean, 0.0) / (n - 1) if n > 1 else 0.0
         se = math.sqrt(var / n) if var > 0 else 1e-9
         return lambda: rng.gauss(mean, se)
     fails = max(arm.trials - arm.successes, 0)

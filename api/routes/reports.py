@@ -38,11 +38,8 @@ def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, 
 
 def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime) -> dict[str, Any]:
     window = spec.settings.attribution_window
-    allocs = q.allocations(s, c.id, start, end)
-    hits = q.hits(s, c.id, start, end)
-    clickers = sorted({h.user_id for h in hits if h.kind == "click"})
-    events = q.site_events(s, c.section_id, clickers, start, end)
-    agg = aggregate(allocs, q.send_counts(s, c.id, start, end), hits, events, window)
+    data = q.load(s, c.section_id, c.id, start, end)
+    agg = aggregate(data, window)
     names = {v.id: v.name for v in spec.variations}
     step_names = {(v.id, i): st.name for v in spec.variations for i, st in enumerate(v.steps)}
     order = [v.id for v in spec.variations] + sorted(set(agg.variations) - set(names))
@@ -74,7 +71,7 @@ def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, e
         "campaign": {"id": c.id, "name": c.name, "status": c.status, "primary_metric": metric,
                      "attribution_window_hours": window / timedelta(hours=1)},  # fmt: skip
         "range": {"from": start.isoformat(), "to": end.isoformat()},
-        "totals": {"users_triggered": len(allocs), **totals,
+        "totals": {"users_triggered": sum(data.users.values()), **totals,
                    "ctr": (sum(ch["metrics"]["clicks"]["count"] for ch in email) / imp) if imp else None},  # fmt: skip
         "variations": variations,
         "channels": channels,

@@ -88,6 +88,8 @@ async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, 
     w.user("hold", h(2), control=True)
     old = w.user("a", T0 - timedelta(days=3))  # first triggered before the range: never counted
     w.retrigger(old, "a", h(5)); w.send(old, "a", 0, "email", h(6)); w.hit(old, "a", "click", h(7))  # noqa: E702
+    early = w.user("b", h(10))  # a click before their first trigger is not theirs to count
+    w.hit(early, "b", "click", h(9))
     late = w.user("b", h(100))  # first triggered after the range
     w.send(late, "b", 0, "email", h(101))
     del a3
@@ -96,9 +98,9 @@ async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, 
                       params={"from": T0.isoformat(), "to": h(48).isoformat()})  # fmt: skip
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["totals"]["users_triggered"] == 6
+    assert body["totals"]["users_triggered"] == 7
     v = {x["id"]: x for x in body["variations"]}
-    assert (v["a"]["users"], v["b"]["users"], v["hold"]["users"]) == (3, 2, 1) and v["hold"]["control"]
+    assert (v["a"]["users"], v["b"]["users"], v["hold"]["users"]) == (3, 3, 1) and v["hold"]["control"]
     assert v["a"]["metrics"]["send_requests"] == {"count": 3, "per_user": 1.0}
     assert v["a"]["metrics"]["revenue"] == {"count": 100, "per_user": 100 / 3}
     assert v["a"]["metrics"]["purchases"]["count"] == 1 and v["a"]["metrics"]["add_to_carts"]["count"] == 1
@@ -117,7 +119,7 @@ async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, 
 
     narrow = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
                             params={"from": h(1.5).isoformat(), "to": h(48).isoformat()})).json()  # fmt: skip
-    assert narrow["totals"]["users_triggered"] == 3  # b1, b2, holdout: a-users triggered before 1.5 h
+    assert narrow["totals"]["users_triggered"] == 4  # b1, b2, early, holdout: a-users triggered before 1.5 h
 
     r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
                       params={"from": T0.isoformat(), "to": h(48).isoformat(), "format": "csv"})  # fmt: skip

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from domain.reports import (
-    Allocation,
     Arm,
     Bucket,
     Click,
-    Hit,
-    SendCount,
+    HitGroup,
+    ReportInput,
+    SendGroup,
     SiteEvent,
     aggregate,
     arms_for,
@@ -64,34 +64,35 @@ def test_unidentified_or_duplicate_purchases_are_not_attributed_twice() -> None:
 
 
 def test_normalization_and_channel_vs_variation_counting() -> None:
-    """Variation metrics divide by allocated users; channel metrics by users sent on that channel."""
-    allocs = [Allocation(f"u{i}", "a", False, h(0)) for i in range(4)] + [Allocation("c1", "ctl", True, h(0))]
-    sends = [SendCount("u0", "a", 0, "email", 1), SendCount("u1", "a", 0, "email", 1),
-             SendCount("u2", "a", 0, "sms", 1), SendCount("u0", "a", 1, "email", 1)]  # fmt: skip
-    hits = [Hit("u0", "a", 0, "email", "impression", h(1)), Hit("u1", "a", 0, "email", "impression", h(1)),
-            Hit("u0", "a", 0, "email", "click", h(2)), Hit("u2", "a", 0, "sms", "click", h(2)),
-            Hit("zz", "a", 0, "email", "click", h(2))]  # fmt: skip  (zz: not allocated in range)
-    events = [buy("p1", "u0", h(3), 30.0), buy("p2", "u2", h(3), 50.0), buy("p3", "zz", h(3), 99.0)]
-    agg = aggregate(allocs, sends, hits, events, WINDOW)
+    """Variation metrics divide by allocated users; channel and step metrics by users sent there."""
+    inp = ReportInput(
+        users={"a": 4, "ctl": 1},
+        channel_users={("a", "email"): 2, ("a", "sms"): 1},
+        step_users={("a", 0): 3, ("a", 1): 1},
+        sends=[SendGroup("a", "email", 0, 2, "2026-03-01"), SendGroup("a", "sms", 0, 1, "2026-03-01"),
+               SendGroup("a", "email", 1, 1, "2026-03-02")],
+        hits=[HitGroup("a", "email", 0, "impression", 2), HitGroup("a", "email", 0, "click", 1),
+              HitGroup("a", "sms", 0, "click", 1)],
+        click_users={"a": 2},
+        clicks=[click("u0", h(2)), click("u2", h(2), channel="sms")],
+        events=[buy("p1", "u0", h(3), 30.0), buy("p2", "u2", h(3), 50.0)],
+    )  # fmt: skip
+    agg = aggregate(inp, WINDOW)
     a = agg.variations["a"].table()
     assert a["users"] == 4 and agg.variations["ctl"].table()["users"] == 1
     assert a["metrics"]["send_requests"] == {"count": 4, "per_user": 1.0}
     assert a["metrics"]["revenue"] == {"count": 80, "per_user": 20.0}
     assert a["metrics"]["purchases"]["per_user"] == 0.5
     assert a["ctr"] == 0.5  # email only: 1 click / 2 impressions (the SMS click is not in CTR)
-    email = agg.channels[("a", "email")].table()
-    sms = agg.channels[("a", "sms")].table()
+    email, sms = agg.channels[("a", "email")].table(), agg.channels[("a", "sms")].table()
     assert email["users"] == 2 and email["metrics"]["revenue"] == {"count": 30, "per_user": 15.0}
     assert email["metrics"]["send_requests"]["count"] == 3
     assert sms["users"] == 1 and sms["metrics"]["revenue"]["per_user"] == 50.0 and sms["ctr"] is None
     assert agg.steps[("a", 1)].table()["users"] == 1
-
-
-def test_hits_before_the_users_first_trigger_in_range_are_ignored() -> None:
-    """Only a user's events from their first trigger in the range on are counted."""
-    allocs = [Allocation("u", "a", False, h(10))]
-    agg = aggregate(allocs, [], [Hit("u", "a", 0, "email", "click", h(5))], [buy("p", "u", h(6))], WINDOW)
-    assert agg.variations["a"].counts["clicks"] == 0 and agg.attributed == []
+    assert agg.sends_by_day == {"2026-03-01": 3, "2026-03-02": 1}
+    arms = arms_for("revenue", agg.variations, ["a"])
+    assert arms == [Arm("a", 4, 2, 4, 80.0, 30.0**2 + 50.0**2)]
+    assert arms_for("clicks", agg.variations, ["a"])[0].successes == 2
 
 
 def test_exact_beta_probability_matches_hand_computation() -> None:
@@ -112,9 +113,10 @@ def test_winner_for_conversions_against_normal_approximation() -> None:
 
 def test_winner_for_revenue_uses_per_user_means() -> None:
     """Revenue means 1.0 vs 1.3 (sd 2, n 400 each): z = 0.3 / 0.1414 = 2.12, P ~ 0.983 -> winner."""
-    a = tuple([3.0, -1.0] * 200)  # mean 1.0, sd ~2
-    b = tuple([3.3, -0.7] * 200)  # mean 1.3, sd ~2
-    result = winner("revenue", [Arm("a", 400, 200, 400, a), Arm("b", 400, 200, 400, b)], baseline="a")
+    # 200 users with 3.0 and 200 with -1.0 (a refund): mean 1.0, sd 2.0; B: 3.3 / -0.7, mean 1.3.
+    a = Arm("a", 400, 200, 400, total=200 * 3.0 + 200 * -1.0, total_sq=200 * 9.0 + 200 * 1.0)
+    b = Arm("b", 400, 200, 400, total=200 * 3.3 + 200 * -0.7, total_sq=200 * 3.3**2 + 200 * 0.7**2)
+    result = winner("revenue", [a, b], baseline="a")
     rows = {r["id"]: r for r in result["variations"]}
     assert rows["b"]["probability_to_be_best"] == pytest.approx(0.983, abs=0.01)
     assert result["winner"] == "b"
@@ -129,5 +131,5 @@ def test_not_enough_data_is_reported_as_such() -> None:
 
 def test_arms_for_ctr_uses_email_clicks_over_impressions() -> None:
     """CTR arms come from email clicks and impressions."""
-    b = Bucket(users={"u"}, email_impressions=10, email_clicks=3)
+    b = Bucket(users=1, email_impressions=10, email_clicks=3)
     assert arms_for("ctr", {"a": b}, ["a"]) == [Arm("a", 1, 3, 10)]
