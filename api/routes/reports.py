@@ -16,17 +16,21 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from domain.campaign import CampaignSpec
 from domain.reports import aggregate, arms_for, winner
+from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
 from store.tables import Campaign, now_utc
 
-router = APIRouter(prefix="/api/v1", tags=["reports"])
+# No prefix: the signed report page lives at /r/{token}, the rest under /api/v1.
+router = APIRouter(tags=["reports"])
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "Cache-Control": "no-store"}
 
 
 def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, CampaignSpec]:
@@ -97,7 +101,7 @@ def _load(state: StateDep, section_id: str, campaign_id: str, start: datetime | 
         return build_report(s, c, spec, *_range(c, start, end))
 
 
-@router.get("/campaigns/{campaign_id}/report", response_model=None)
+@router.get("/api/v1/campaigns/{campaign_id}/report", response_model=None)
 def report(
     campaign_id: str,
     principal: Management,
@@ -114,7 +118,7 @@ def report(
     return body
 
 
-@router.get("/campaigns/{campaign_id}/report.html", response_class=HTMLResponse)
+@router.get("/api/v1/campaigns/{campaign_id}/report.html", response_class=HTMLResponse)
 def report_page(
     campaign_id: str,
     principal: Management,
@@ -123,10 +127,42 @@ def report_page(
     end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
 ) -> HTMLResponse:
     body = _load(state, principal.section_id, campaign_id, start, end)
-    return HTMLResponse(to_html(body), headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+    return HTMLResponse(to_html(body), headers=PAGE_HEADERS)
 
 
-@router.get("/reports/campaigns")
+class ReportLinkIn(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    valid_hours: int = Field(24, ge=1, le=24 * 30)
+    start: datetime | None = Field(None, alias="from")
+    end: datetime | None = Field(None, alias="to")
+
+
+@router.post("/api/v1/campaigns/{campaign_id}/report-link")
+def report_link(campaign_id: str, body: ReportLinkIn, principal: Management, state: StateDep) -> dict[str, str]:
+    """A signed, expiring URL of the HTML report, to open in a browser or share without a key."""
+    with state.store.session() as s:
+        c, _ = _campaign(s, principal.section_id, campaign_id)
+        _range(c, body.start, body.end)
+    expires = now_utc() + timedelta(hours=body.valid_hours)
+    data = {"c": campaign_id, "s": principal.section_id, "e": int(expires.timestamp()),
+            "f": body.start.isoformat() if body.start else None, "t": body.end.isoformat() if body.end else None}  # fmt: skip
+    token = Signer(state.settings.secret_keys).sign("r", data)
+    return {"url": f"{state.settings.effective_public_url}/r/{token}", "expires_at": expires.isoformat()}
+
+
+@router.get("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
+def shared_report(token: str, state: StateDep) -> HTMLResponse:
+    data = Signer(state.settings.secret_keys).verify("r", token)
+    if data is None or not isinstance(data.get("e"), int) or data["e"] < now_utc().timestamp():
+        return HTMLResponse("This report link is not valid or has expired.", status_code=404)
+    start = datetime.fromisoformat(data["f"]) if data.get("f") else None
+    end = datetime.fromisoformat(data["t"]) if data.get("t") else None
+    body = _load(state, str(data["s"]), str(data["c"]), start, end)
+    return HTMLResponse(to_html(body), headers={**PAGE_HEADERS, "Referrer-Policy": "no-referrer"})
+
+
+@router.get("/api/v1/reports/campaigns")
 def campaign_list(principal: Management, state: StateDep) -> list[dict[str, Any]]:
     """Every campaign with its send requests over the last 7 days."""
     with state.store.session() as s:

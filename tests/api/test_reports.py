@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from domain.tracking import Signer
+from settings import Settings
 from store.engine import Store
 from store.tables import Event, Journey, Send, User
 from store.tracking_tables import TrackingHit
@@ -151,3 +153,19 @@ async def test_campaign_list_counts_sends_of_the_last_7_days(api: httpx.AsyncCli
     r = await api.get("/api/v1/reports/campaigns", headers=section.mgmt)
     assert r.status_code == 200
     assert [(c["id"], c["sends_last_7_days"]) for c in r.json()] == [(cid, 1)]
+
+
+async def test_signed_report_link_opens_without_a_key_and_refuses_tampering(
+    api: httpx.AsyncClient, settings: Settings, section: SectionKeys
+) -> None:
+    """A report link works without an API key until it expires; tampered or expired links get 404."""
+    cid = await create_campaign(api, section, spec("Shared"), activate=False)
+    r = await api.post(f"/api/v1/campaigns/{cid}/report-link", headers=section.mgmt, json={"valid_hours": 2})
+    assert r.status_code == 200, r.text
+    path = "/r/" + r.json()["url"].rsplit("/r/", 1)[1]
+    page = await api.get(path)
+    assert page.status_code == 200 and "Shared" in page.text and page.headers["cache-control"] == "no-store"
+    assert (await api.get(path[:-3] + ("AAA" if not path.endswith("AAA") else "BBB"))).status_code == 404
+    expired = Signer(settings.secret_keys).sign("r", {"c": cid, "s": section.id, "e": 1, "f": None, "t": None})
+    assert (await api.get(f"/r/{expired}")).status_code == 404
+    assert (await api.get(f"/api/v1/campaigns/{cid}/report.html")).status_code == 401
