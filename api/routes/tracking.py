@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
@@ -23,6 +24,7 @@ from store.tables import Send, now_utc
 from store.tracking_tables import ShortLink, TrackingHit
 
 router = APIRouter(tags=["tracking"])
+log = logging.getLogger(__name__)
 
 GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_CACHE = {
@@ -33,7 +35,16 @@ NO_CACHE = {
 UserAgent = Annotated[str | None, Header()]
 
 
-def record_hit(
+def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
+    """Best effort: a recipient is redirected (or gets the GIF) even if recording fails."""
+    try:
+        return _record(store, **kw)
+    except Exception:  # a click must never break because the database hiccuped
+        log.exception("could not record a %s hit", kw.get("kind"))
+        return None
+
+
+def _record(
     store: Store, *, send_key: str, user_id: str, kind: str, source: str, method: str,
     user_agent: str | None, target: str | None = None, section_id: str | None = None,
 ) -> TrackingHit | None:  # fmt: skip
