@@ -159,3 +159,31 @@ async def test_required_variable_missing_skips_step_without_fallback(
     assert "required variable ${Items in cart|name|item1} is empty" in (result.decisions[0].reason or "")
     assert result.decisions[0].channel == "email"
     assert await outbox(api, section) == []
+
+
+async def test_click_then_purchase_is_attributed_in_the_report(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, section: SectionKeys
+) -> None:
+    """End to end: send, human click, identified purchase -> one attributed purchase in the report."""
+    from datetime import UTC, datetime
+
+    from tests.helpers import purchase
+
+    await add_integration(api, section)
+    await products(api, section, {"sku": "s3", "name": "Bag", "url": "https://shop.example/p/s3"})
+    cid = await create_campaign(api, section, cart_campaign(steps=[step("First", payload={"link": "${Items in cart|url|item1}"})]))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("s3", 40.0))
+    result = await journey_result(env.client, section, cid, uid)
+    assert [d.outcome for d in result.decisions] == ["sent"], result
+    (msg,) = await outbox(api, section)
+    age_send(store, msg["send_key"])
+    assert (await api.get(path(msg["payload"]["link"]), headers=HUMAN)).status_code == 302
+    await collect(api, section, dyid, purchase([("s3", 40.0)], tx="order-1"))
+    await collect(api, section, dyid, purchase([("s3", 40.0)], tx="order-1"))  # resent by the site: counted once
+    far = datetime(2100, 1, 1, tzinfo=UTC).isoformat()  # sends carry (skipped-ahead) workflow time
+    r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt, params={"to": far})
+    assert r.status_code == 200, r.text
+    (a,) = r.json()["variations"]
+    assert a["users"] == 1 and a["metrics"]["send_requests"]["count"] == 1 and a["metrics"]["clicks"]["count"] == 1
+    assert a["metrics"]["purchases"]["count"] == 1 and a["metrics"]["revenue"]["count"] == 40
