@@ -72,6 +72,11 @@ class ProviderServer:
         async def _close() -> None:
             if self._server is not None:
                 self._server.close()
+            # Open keep-alive connections still have handlers waiting: end them before the loop.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
