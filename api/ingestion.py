@@ -25,7 +25,7 @@ from domain.matching import Catalog, event_skus, exit_reason, triggers
 from security.crypto import SecretBox
 from settings import Settings
 from store import users
-from store.campaigns import active_campaigns
+from store.campaigns import live_campaigns
 from store.engine import Store
 from store.tables import Campaign, Event, OptIn, Product, now_utc
 from workflows.ids import journey_workflow_id
@@ -79,7 +79,7 @@ def accept(
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
-        campaigns = active_campaigns(s, section_id)
+        campaigns = live_campaigns(s, section_id)
         for ev in events:
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
                 user = users.identify(s, user, ev.identity, body.user.device_key, now)
@@ -135,7 +135,7 @@ def _commands(
             continue
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
-        if not consented or not triggers(spec, ev, cart, catalog):
+        if campaign.status != "active" or not consented or not triggers(spec, ev, cart, catalog):
             continue
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             continue

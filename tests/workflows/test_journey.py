@@ -280,3 +280,42 @@ async def test_many_retriggers_continue_as_new_and_dedupe(
     decisions = [d for d in result.decisions if d.outcome == "sent"]
     assert len(decisions) == 1
     assert result.status == "completed", state_triggers
+
+
+async def test_audience_and_pause(api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys) -> None:
+    """Only the audience is triggered; a step due while the campaign is paused is skipped."""
+    await add_integration(api, section)
+    spec = cart_campaign(audience={"conditions": [{"field": "tier", "op": "eq", "value": "gold"}]},
+                         steps=[step("one"), step("two", "P1D")])  # fmt: skip
+    cid = await create_campaign(api, section, spec)
+    gold, gold_uid = await reachable_user(api, section)
+    plain, plain_uid = await reachable_user(api, section)
+    r = await api.patch(f"/api/v1/users/{gold}/attributes", json={"tier": "Gold"}, headers=section.mgmt)
+    assert r.status_code == 200 and r.json()["attributes"] == {"tier": "Gold"}
+    with env.with_time_skipping_disabled():
+        await collect(api, section, gold, add_to_cart("sku-1"))
+        await collect(api, section, plain, add_to_cart("sku-1"))
+        handle = journey_handle(env.client, section, cid, gold_uid)
+        assert await env.fast_forward(handle, timedelta(hours=2))
+        await api.post(f"/api/v1/campaigns/{cid}/pause", headers=section.mgmt)
+        await env.fast_forward(handle)
+    result = await journey_result(env.client, section, cid, gold_uid)
+    assert [(d.outcome, d.reason) for d in result.decisions] == [("sent", None), ("skipped", "campaign_paused")]
+    journeys = (await api.get(f"/api/v1/users/{plain}/journeys", headers=section.mgmt)).json()
+    assert journeys == [], "a user outside the audience starts no journey"
+    assert plain_uid
+
+
+async def test_paused_campaign_still_sees_exits(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A purchase while the campaign is paused still ends the journey, so resuming cannot remind a buyer."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="PT2H"))
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        await api.post(f"/api/v1/campaigns/{cid}/pause", headers=section.mgmt)
+        await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.exit_reason) == ("exited", "purchased")
