@@ -21,6 +21,7 @@ from tests.helpers import (
     add_to_cart,
     cart_campaign,
     collect,
+    purchase,
     create_campaign,
     eventually,
     journey_handle,
@@ -78,3 +79,35 @@ async def test_concurrent_triggers_make_one_journey(
         assert len(runs) == 1, runs
 
     await eventually(one_run)
+
+
+async def test_exit_in_the_same_batch_as_its_trigger_is_not_lost(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """[add-to-cart, purchase] in one request: the journey starts and exits; nothing is sent."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"), purchase([("sku-1", 10.0)]))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.sent) == ("exited", 0), result
+
+
+async def test_events_queue_behind_a_users_undispatched_events(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """A purchase arriving while the user's cart event still waits for dispatch is replayed after it."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    down = create_app(settings.model_copy(update={"temporal_address": "127.0.0.1:1"}), store=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=down), base_url="http://down.test") as offline:
+        r = await offline.post("/v2/collect/user/event", headers=section.ing, json={
+            "user": {"dyid": dyid, "active_consent_accepted": True}, "events": [add_to_cart("sku-1")]})  # fmt: skip
+        assert r.json()["warnings"][0]["code"] == "DISPATCH_DEFERRED"
+    ack = await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+    assert ack["warnings"][0]["code"] == "DISPATCH_DEFERRED", "must not overtake the pending trigger"
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    await redispatch_pending(state, older_than=timedelta(0))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.sent) == ("exited", 0), result
