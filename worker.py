@@ -39,7 +39,12 @@ async def build_worker(
     """A configured (not yet running) worker, with its HTTP client closed on exit."""
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
-        registry = ProviderRegistry(store, http, allow_private_urls=settings.allow_private_urls)
+        registry = ProviderRegistry(
+            store,
+            http,
+            allow_private_urls=settings.allow_private_urls,
+            allowed_targets=settings.allowed_private_targets,
+        )
         journey = JourneyActivities(
             store,
             CapPolicy(settings.global_cap_messages, settings.global_cap_window),

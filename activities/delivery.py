@@ -10,6 +10,7 @@ provider honours the key. Permanent failures release the cap slot and allow chan
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,7 @@ from domain.events import CartItem
 from domain.matching import product_record
 from domain.render import RenderContext, render_payload
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
+from providers import secret_fields
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import decisions, reservations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 class _Prepared:
     message: OutboundMessage
     provider: Provider
+    kind: str
     possible_duplicate: bool
     step_name: str
 
@@ -55,7 +58,7 @@ class Delivery:
         if isinstance(prepared, DeliverResult):
             return prepared
         try:
-            response = await prepared.provider.send(prepared.message)
+            response = await self.providers.send(prepared.kind, prepared.message)
         except ProviderError as err:
             if err.retryable:
                 await asyncio.to_thread(self._note_retry, req, err)
@@ -116,7 +119,7 @@ class Delivery:
             s.add(send)
             if message is None:
                 return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
-            return _Prepared(message, provider, send.possible_duplicate, step_name)
+            return _Prepared(message, provider, integration.kind, send.possible_duplicate, step_name)
 
     def _compose(
         self, s: Session, req: DeliverRequest, integration: Integration
@@ -143,8 +146,6 @@ class Delivery:
         template = step.messages[req.channel].payload  # type: ignore[index]
         secrets: dict[str, Any] = {}
         if integration.secrets_enc:
-            import json
-
             secrets = json.loads(self.secrets.decrypt(integration.secrets_enc))
         return (
             OutboundMessage(
@@ -154,8 +155,10 @@ class Delivery:
                 recipient=ctx.user_identifier,
                 payload=render_payload(template, ctx),
                 idempotency_key=req.send_key,
-                config=dict(integration.config),
+                config=secret_fields.merge(dict(integration.config), secrets),
                 secrets=secrets,
+                campaign_name=spec.name,
+                step_name=step.name,
             ),
             step.name,
             variation.id,
