@@ -12,3 +12,9 @@ from providers.oauth import TokenCache
 class AdapterContext:
     caller: HttpCaller
     tokens: TokenCache = field(default_factory=TokenCache)
+    # HTTP/2-capable caller (APNs requires HTTP/2; ALPN negotiates it over TLS). Falls back to `caller`.
+    http2: HttpCaller | None = None
+
+    @property
+    def h2_caller(self) -> HttpCaller:
+        return self.http2 or self.caller

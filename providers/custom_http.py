@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, cache_key, client_credentials
+from providers.oauth import Token, cache_key, client_credentials, with_token
 
 
 class HeaderParam(BaseModel):
@@ -100,21 +100,21 @@ class CustomHttpProvider:
         cfg = CustomHttpConfig.model_validate(message.config)
         headers = {h.key: h.value for h in cfg.headers}
         headers["Idempotency-Key"] = message.idempotency_key
-        token: Token | None = None
+        url = str(cfg.url)
+
+        async def post(token: Token | None = None) -> ProviderResponse:
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token.value}"
+            return await self.ctx.caller.request("POST", url, json=message.payload, headers=headers)
+
         if isinstance(cfg.auth, BasicAuth):
             raw = f"{cfg.auth.username}:{cfg.auth.password}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        elif isinstance(cfg.auth, OAuth2ClientCredentials):
+        if isinstance(cfg.auth, OAuth2ClientCredentials):
             key = self._key(message.integration_id, cfg.auth)
-            token = await self.ctx.tokens.get(key, self._fetcher(cfg.auth))
-            headers["Authorization"] = f"Bearer {token.value}"
-        resp = await self.ctx.caller.request("POST", str(cfg.url), json=message.payload, headers=headers)
-        if resp.status == 401 and token is not None and isinstance(cfg.auth, OAuth2ClientCredentials):
-            # The token may have been revoked early: refetch once, retry once.
-            key = self._key(message.integration_id, cfg.auth)
-            token = await self.ctx.tokens.get(key, self._fetcher(cfg.auth), rejected=token.value)
-            headers["Authorization"] = f"Bearer {token.value}"
-            resp = await self.ctx.caller.request("POST", str(cfg.url), json=message.payload, headers=headers)
+            resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg.auth), post)
+        else:
+            resp = await post()
         error = classify_http(resp.status, resp.body, resp.headers)
         if error is not None:
             raise error

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from providers.base import ConfigurationError, ProviderError
+from providers.base import ConfigurationError, ProviderError, ProviderResponse
 from providers.http import HttpCaller
 
 DEFAULT_EXPIRES_IN = 3600.0
@@ -171,3 +171,24 @@ def cache_key(integration_id: str, *parts: str) -> str:
 
     digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
     return f"{integration_id}:{digest}"
+
+
+def _unauthorized(resp: ProviderResponse) -> bool:
+    return resp.status == 401
+
+
+async def with_token(
+    cache: TokenCache,
+    key: str,
+    fetch: Fetcher,
+    call: Callable[[Token], Awaitable[ProviderResponse]],
+    rejected: Callable[[ProviderResponse], bool] = _unauthorized,
+) -> ProviderResponse:
+    """`call` with the cached token; when the answer says the token was refused (401 by default)
+    refetch the token once and call once more."""
+    token = await cache.get(key, fetch)
+    resp = await call(token)
+    if rejected(resp):
+        token = await cache.get(key, fetch, rejected=token.value)
+        resp = await call(token)
+    return resp

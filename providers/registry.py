@@ -14,18 +14,41 @@ from pydantic import BaseModel
 
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderResponse
 from providers.context import AdapterContext
+from providers.apns import ApnsProvider
 from providers.custom_http import CustomHttpProvider
+from providers.emarsys import EmarsysProvider
+from providers.fcm import FcmProvider
 from providers.http import HttpCaller
+from providers.iterable import IterableProvider
+from providers.klaviyo import KlaviyoProvider
 from providers.outbox import OutboxProvider
 from providers.ratelimit import RateLimiter
+from providers.responsys import ResponsysProvider
+from providers.sendgrid import SendGridProvider
+from providers.smtp import SmtpProvider
+from providers.twilio import TwilioProvider
 from providers.url_guard import UrlGuard
+from providers.webpush import WebPushProvider
 from store.engine import Store
 
 ALL_CHANNELS = ("email", "sms", "app_push", "web_push")
 
 # kind -> adapter class (outbox is special: it needs the store, not HTTP)
 ADAPTERS: dict[str, Any] = {
-    "custom_http": CustomHttpProvider,
+    cls.kind: cls
+    for cls in (
+        CustomHttpProvider,
+        SendGridProvider,
+        IterableProvider,
+        KlaviyoProvider,
+        ResponsysProvider,
+        EmarsysProvider,
+        SmtpProvider,
+        TwilioProvider,
+        FcmProvider,
+        ApnsProvider,
+        WebPushProvider,
+    )
 }
 INTEGRATION_KINDS = ("outbox", *ADAPTERS)
 
@@ -48,8 +71,12 @@ class ProviderRegistry:
         *,
         allow_private_urls: bool,
         allowed_targets: Iterable[str] = (),
+        http2: httpx.AsyncClient | None = None,
     ) -> None:
-        self.context = AdapterContext(HttpCaller(http, UrlGuard.of(allow_private_urls, allowed_targets)))
+        guard = UrlGuard.of(allow_private_urls, allowed_targets)
+        self.context = AdapterContext(
+            HttpCaller(http, guard), http2=HttpCaller(http2, guard) if http2 is not None else None
+        )
         self.limiter = RateLimiter()
         self._by_kind: dict[str, Provider] = {"outbox": OutboxProvider(store)}
         for kind, cls in ADAPTERS.items():

@@ -112,12 +112,16 @@ class UrlGuard:
     async def resolve(self, url: str) -> Target:
         """Check `url` and return the address to connect to; ConfigurationError when refused."""
         scheme, host, port = check_url_shape(url)
+        return Target(url, scheme, host, port, await self.resolve_host(host, port))
+
+    async def resolve_host(self, host: str, port: int) -> str:
+        """The checked address to connect to for `host` (any protocol, e.g. SMTP)."""
         allowed = self._allowed(host, port)
         ip = literal_ip(host)
         if ip is not None:
             if _forbidden(ip) and not allowed:
                 raise ConfigurationError(f"refusing to call {host}: not a public address ({ip})")
-            return Target(url, scheme, host, port, str(ip))
+            return str(ip)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
@@ -132,7 +136,7 @@ class UrlGuard:
                     raise ConfigurationError(f"refusing to call {host}: resolves to a non-public address ({addr})")
         # Prefer IPv4 (the local test servers and most vendors listen there).
         addresses.sort(key=lambda a: a.version)
-        return Target(url, scheme, host, port, str(addresses[0]))
+        return str(addresses[0])
 
 
 async def check_url(url: str, *, allow_private: bool) -> None:
