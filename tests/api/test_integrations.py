@@ -188,3 +188,39 @@ async def test_rotation_reencrypts_under_the_newest_key(
         rotate_all(store, SecretBox([*settings.secret_keys, new_key]))
     r = await api.post("/api/v1/admin/rotate-secrets", headers=ADMIN)
     assert r.status_code == 200 and r.json()["integrations"] >= 1
+
+
+async def test_presets_validate_channel_and_mask_credentials(
+    api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """A preset only serves its channels, its credentials come back masked, one integration per channel."""
+    twilio = {"channel": "email", "name": "Twilio", "kind": "twilio", "identifier_type": "phone",
+              "config": {"account_sid": "AC0123456789abcdef", "auth_token": "tw-secret-9", "sender": "Shop"}}  # fmt: skip
+    r = await api.post("/api/v1/integrations", json=twilio, headers=section.mgmt)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["channel"]
+    r = await api.post("/api/v1/integrations", json=twilio | {"channel": "sms", "rate_limit_per_second": 10},
+                       headers=section.mgmt)  # fmt: skip
+    assert r.status_code == 201, r.text
+    assert r.json()["config"]["auth_token"] == MASK and "tw-secret-9" not in r.text
+    assert r.json()["rate_limit_per_second"] == 10
+    r = await api.post("/api/v1/integrations", json=twilio | {"channel": "sms"}, headers=section.mgmt)
+    assert r.status_code == 409
+
+
+async def test_service_account_checked_against_token_uri_on_save(
+    api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """An FCM service account that the token URI refuses is a 422; a good one is saved with the file masked."""
+    from tests.providers.keys import service_account
+    from tests.providers.test_presets import jwt_token_endpoint
+
+    jwt_token_endpoint(fresh_provider, "https://www.googleapis.com/auth/firebase.messaging")
+    account = service_account(fresh_provider.url("/token"))
+    body = {"channel": "app_push", "name": "FCM", "kind": "fcm", "identifier_type": "custom",
+            "config": {"service_account": account | {"client_email": "intruder@x.iam"}}}  # fmt: skip
+    r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
+    assert r.status_code == 422 and "invalid_scope" in r.text, r.text
+    body["config"] = {"service_account": account, "base_url": fresh_provider.url()}
+    r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
+    assert r.status_code == 201, r.text
+    assert r.json()["config"]["service_account"] == MASK and "PRIVATE KEY" not in r.text

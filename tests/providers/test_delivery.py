@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import httpx
@@ -116,3 +117,22 @@ def test_retry_after_seconds_and_http_date() -> None:
     for status in (400, 401, 403, 404, 410, 422):
         e = classify_http(status, "", {})
         assert e is not None and not e.retryable
+
+
+async def test_journey_delivery_never_logs_secrets(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A journey sending with Basic auth and a secret header, retried after a 500, logs neither secret."""
+    caplog.set_level(logging.DEBUG)
+    config = {"url": fresh_provider.url("/secret"), "auth": {"type": "basic", "username": "u", "password": "pw-LOG-1"},
+              "headers": [{"key": "X-Token", "value": "hdr-LOG-2", "secret": True}]}  # fmt: skip
+    await add_integration(api, section, kind="custom_http", config=config)
+    fresh_provider.script("/secret", Reply(500, "boom"))
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-s"))
+    result = await journey_result(env.client, section, cid, uid)
+    assert [d.outcome for d in result.decisions if d.outcome == "sent"] == ["sent"]
+    assert fresh_provider.to("/secret")[-1].headers["x-token"] == "hdr-LOG-2"
+    assert caplog.records and "pw-LOG-1" not in caplog.text and "hdr-LOG-2" not in caplog.text
