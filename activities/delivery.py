@@ -23,8 +23,8 @@ from temporalio.exceptions import ApplicationError
 from domain.events import CartItem
 from domain.matching import product_record
 from domain.render import RenderContext, render_payload
-from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers import secret_fields
+from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import decisions, reservations

@@ -20,7 +20,7 @@ from pydantic import Field, HttpUrl
 
 from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, cache_key, with_token
+from providers.oauth import Fetcher, Token, cache_key, with_token
 from providers.preset import PresetConfig, accepted, join
 
 JWT_LIFETIME = 40 * 60.0
@@ -58,7 +58,7 @@ class ApnsProvider:
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
 
-    def _signer(self, cfg: ApnsConfig):  # type: ignore[no-untyped-def]
+    def _signer(self, cfg: ApnsConfig) -> Fetcher:
         async def sign() -> Token:
             import jwt
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, cache_key, client_credentials, with_token
+from providers.oauth import Fetcher, Token, cache_key, client_credentials, with_token
 
 
 class HeaderParam(BaseModel):
@@ -72,7 +72,7 @@ class CustomHttpProvider:
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
 
-    def _fetcher(self, auth: OAuth2ClientCredentials):  # type: ignore[no-untyped-def]
+    def _fetcher(self, auth: OAuth2ClientCredentials) -> Fetcher:
         async def fetch() -> Token:
             return await client_credentials(
                 self.ctx.caller,

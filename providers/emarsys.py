@@ -15,7 +15,7 @@ from pydantic import Field, HttpUrl, field_validator
 
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, cache_key, jwt_bearer, with_token
+from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
 from providers.preset import PresetConfig, accepted, join, json_body
 
 SCOPE = "https://api.emarsys.net/api/v3"
@@ -46,7 +46,7 @@ class EmarsysProvider:
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
 
-    def _fetcher(self, cfg: EmarsysConfig):  # type: ignore[no-untyped-def]
+    def _fetcher(self, cfg: EmarsysConfig) -> Fetcher:
         async def fetch() -> Token:
             return await jwt_bearer(self.ctx.caller, cfg.service_account, cfg.scope)
 

@@ -18,7 +18,7 @@ from pydantic import Field, HttpUrl, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, cache_key, jwt_bearer, with_token
+from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
 from providers.preset import PresetConfig, accepted, join, json_body
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -62,7 +62,7 @@ class FcmProvider:
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
 
-    def _fetcher(self, cfg: FcmConfig):  # type: ignore[no-untyped-def]
+    def _fetcher(self, cfg: FcmConfig) -> Fetcher:
         async def fetch() -> Token:
             return await jwt_bearer(self.ctx.caller, cfg.service_account, SCOPE)
 

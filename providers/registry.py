@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from providers.apns import ApnsProvider
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderResponse
 from providers.context import AdapterContext
-from providers.apns import ApnsProvider
 from providers.custom_http import CustomHttpProvider
 from providers.emarsys import EmarsysProvider
 from providers.fcm import FcmProvider
@@ -55,7 +55,7 @@ INTEGRATION_KINDS = ("outbox", *ADAPTERS)
 
 def config_model(kind: str) -> type[BaseModel] | None:
     cls = ADAPTERS.get(kind)
-    return cls.Config if cls is not None else None  # type: ignore[no-any-return]
+    return cls.Config if cls is not None else None
 
 
 def channels_for(kind: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from pydantic import Field, HttpUrl
 
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Token, TokenRejected, cache_key, with_token
+from providers.oauth import Fetcher, Token, TokenRejected, cache_key, with_token
 from providers.preset import PresetConfig, accepted, join, json_body
 
 TOKEN_LIFETIME = 3 * 3600.0
@@ -42,7 +42,7 @@ class ResponsysProvider:
     def __init__(self, ctx: AdapterContext) -> None:
         self.ctx = ctx
 
-    def _fetcher(self, cfg: ResponsysConfig):  # type: ignore[no-untyped-def]
+    def _fetcher(self, cfg: ResponsysConfig) -> Fetcher:
         async def login() -> Token:
             form = {"user_name": cfg.username, "password": cfg.password, "auth_type": "password"}
             resp = await self.ctx.caller.request(

@@ -50,7 +50,7 @@ class _PinnedSMTP(smtplib.SMTP):
 class _PinnedSMTPS(_PinnedSMTP):
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         raw = super()._get_socket(host, port, timeout)
-        return ssl.create_default_context().wrap_socket(raw, server_hostname=self._host)
+        return ssl.create_default_context().wrap_socket(raw, server_hostname=getattr(self, "_host", host))
 
 
 def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:

@@ -81,7 +81,7 @@ class WebPushProvider:
         self.ctx = ctx
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
-        import http_ece
+        import http_ece  # type: ignore[import-untyped]
         import jwt
 
         cfg = WebPushConfig.model_validate(message.config)
