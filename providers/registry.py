@@ -27,7 +27,7 @@ from providers.responsys import ResponsysProvider
 from providers.sendgrid import SendGridProvider
 from providers.smtp import SmtpProvider
 from providers.twilio import TwilioProvider
-from providers.url_guard import UrlGuard
+from providers.url_guard import RefusedAddress, UrlGuard
 from providers.webpush import WebPushProvider
 from store.engine import Store
 
@@ -51,6 +51,22 @@ ADAPTERS: dict[str, Any] = {
     )
 }
 INTEGRATION_KINDS = ("outbox", *ADAPTERS)
+
+
+URL_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "status_callback"})
+
+
+def _urls(node: Any, path: str) -> list[tuple[str, str]]:
+    """Every outbound URL in a configuration, with its dotted path."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if k in URL_KEYS and isinstance(v, str):
+                found.append((p, v))
+            else:
+                found.extend(_urls(v, p))
+    return found
 
 
 def config_model(kind: str) -> type[BaseModel] | None:
@@ -87,6 +103,20 @@ class ProviderRegistry:
         if provider is None:
             raise ConfigurationError(f"no provider adapter for integration kind '{kind}'")
         return provider
+
+    async def refused_urls(self, config: dict[str, Any]) -> tuple[str, str] | None:
+        """(dotted field, reason) of the first URL in `config` the SSRF guard refuses, if any.
+
+        Only refusals count: a host that does not resolve right now is left to send time.
+        """
+        for path, url in _urls(config, ""):
+            try:
+                await self.context.caller.guard.resolve(url)
+            except RefusedAddress as exc:
+                return path, str(exc)
+            except ConfigurationError:
+                continue
+        return None
 
     async def validate(self, kind: str, config: dict[str, Any]) -> None:
         """Save-time checks that need the network (credentials against a token URL)."""

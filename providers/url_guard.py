@@ -26,6 +26,10 @@ from providers.base import ConfigurationError
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class RefusedAddress(ConfigurationError):
+    """The URL points at an address the guard does not allow (as opposed to a malformed URL)."""
+
+
 def _forbidden(ip: IP) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
@@ -120,7 +124,7 @@ class UrlGuard:
         ip = literal_ip(host)
         if ip is not None:
             if _forbidden(ip) and not allowed:
-                raise ConfigurationError(f"refusing to call {host}: not a public address ({ip})")
+                raise RefusedAddress(f"refusing to call {host}: not a public address ({ip})")
             return str(ip)
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -133,7 +137,7 @@ class UrlGuard:
             for addr in addresses:
                 # Every answer is checked: a resolver may hand out a different one next time.
                 if _forbidden(addr):
-                    raise ConfigurationError(f"refusing to call {host}: resolves to a non-public address ({addr})")
+                    raise RefusedAddress(f"refusing to call {host}: resolves to a non-public address ({addr})")
         # Prefer IPv4 (the local test servers and most vendors listen there).
         addresses.sort(key=lambda a: a.version)
         return str(addresses[0])

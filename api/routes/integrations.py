@@ -122,8 +122,12 @@ async def _prepare(
     else:
         full = {}
     async with _http() as http:
+        registry = _registry(state.settings, state.store, http)
+        refused = await registry.refused_urls(full)
+        if refused is not None:
+            raise Unprocessable(refused[1], field=f"config.{refused[0]}")
         try:
-            await _registry(state.settings, state.store, http).validate(body.kind, full)
+            await registry.validate(body.kind, full)
         except (ConfigurationError, ProviderError) as exc:
             # Messages here never contain the secret itself (see providers/oauth.py).
             raise Unprocessable(f"credentials could not be verified: {exc}", field="config") from None

@@ -9,14 +9,16 @@ import logging
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from temporalio.testing import WorkflowEnvironment
 
+from api.main import create_app
 from providers.secret_fields import MASK
 from security.crypto import SecretBox
 from security.rotation import rotate_all
 from settings import Settings
 from store.engine import Store
 from store.tables import Integration
-from tests.helpers import ADMIN, SectionKeys
+from tests.helpers import ADMIN, SectionKeys, make_section
 from tests.provider_server import ProviderServer, Received, Reply
 
 PASSWORD = "pa55-Very-Secret-1"
@@ -224,3 +226,24 @@ async def test_service_account_checked_against_token_uri_on_save(
     r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
     assert r.status_code == 201, r.text
     assert r.json()["config"]["service_account"] == MASK and "PRIVATE KEY" not in r.text
+
+
+async def test_internal_urls_refused_on_save_and_test_call(
+    env: WorkflowEnvironment, settings: Settings, store: Store, fresh_provider: ProviderServer
+) -> None:
+    """Without allow_private_urls, an integration URL (or token URL) pointing inside is refused with the field named."""
+    strict = Settings(data_dir=settings.data_dir, database_url=settings.effective_database_url, admin_key="test-admin-key",
+                      secret_key=",".join(settings.secret_keys), allow_private_urls=False)  # fmt: skip
+    app = create_app(strict, store=store, temporal=env.client)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rejoin.test") as api:
+        sec = await make_section(api, "strict")
+        body = custom(fresh_provider)
+        body["config"]["url"] = "http://localhost:8080/hook"  # type: ignore[index]
+        r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "url"], r.text
+        auth = {"type": "oauth2", "token_url": "http://169.254.169.254/token", "client_id": "cid", "client_secret": "s"}
+        body = custom(fresh_provider, auth)
+        body["config"]["url"] = "https://93.184.215.14/hook"  # type: ignore[index]
+        r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "auth", "token_url"], r.text
+    assert fresh_provider.requests == []
