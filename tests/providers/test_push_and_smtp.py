@@ -10,15 +10,28 @@ from email import message_from_bytes
 from typing import Any
 
 import http_ece
+import httpx
 import jwt
 import pytest
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from temporalio.testing import WorkflowEnvironment
 
 from providers.base import ProviderError
 from providers.registry import ProviderRegistry
 from providers.webpush import b64url, unb64url
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    journey_result,
+    new_dyid,
+    step,
+)
 from tests.provider_server import ProviderServer, Received, Reply
 from tests.providers.keys import ec_key, pem
 from tests.providers.util import message
@@ -122,3 +135,31 @@ async def test_smtp_native_email(registry: ProviderRegistry, smtp_server: tuple[
     with pytest.raises(ProviderError) as err:
         await registry.for_kind("smtp").send(message(cfg, payload, recipient="bounce@example.com"))
     assert not err.value.retryable
+
+
+async def test_web_push_journey_end_to_end(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """A browser subscription sent as a push opt-in receives the journey's step, decrypted by the receiver."""
+    browser = Browser(fresh_provider.url("/push/e2e"))
+    got: list[Any] = []
+
+    def receive(req: Received) -> Reply:
+        got.append(browser.decrypt(req.body))
+        return Reply(201, "")
+
+    fresh_provider.handler("/push/e2e", receive)
+    await add_integration(api, section, "web_push", kind="webpush", identifier_type="custom",
+                          config={"vapid_private_key": pem(ec_key()), "subject": "mailto:ops@shop.example"})  # fmt: skip
+    payload = {"title": "Forgot something?", "sku": "${Items in cart|sku|item1}"}
+    spec = cart_campaign(wait="PT1H", channel_priority=["web_push"],
+                         steps=[step("Nudge", channels=("web_push",), payload=payload)])  # fmt: skip
+    cid = await create_campaign(api, section, spec)
+    dyid = new_dyid()
+    optin = {"name": "Push opt-in", "properties": {"dyType": "message-optin-v1", "channelType": "WEB_PUSH",
+                                                   "pushID": json.dumps(browser.subscription)}}  # fmt: skip
+    accepted = await collect(api, section, dyid, optin, add_to_cart("sku-wp"))
+    uid = accepted.get("user_id") or (await api.get(f"/api/v1/users/{dyid}", headers=section.mgmt)).json()["id"]
+    result = await journey_result(env.client, section, cid, uid)
+    assert [d.outcome for d in result.decisions if d.outcome in ("sent", "failed")] == ["sent"], result
+    assert got == [{"title": "Forgot something?", "sku": "sku-wp"}]
