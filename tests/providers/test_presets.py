@@ -6,12 +6,15 @@ import base64
 import json
 from urllib.parse import parse_qs, unquote
 
+import httpx
 import jwt
 import pytest
 
 from providers.base import ConfigurationError, ProviderError
 from providers.registry import ProviderRegistry
+from store.engine import Store
 from tests.provider_server import ProviderServer, Received, Reply
+from tests.providers.h2_server import h2_server
 from tests.providers.keys import ec_key, pem, rsa_key, service_account
 from tests.providers.util import message
 
@@ -218,3 +221,19 @@ def test_registry_maps_every_preset_kind() -> None:
     assert want <= set(ADAPTERS)
     assert channels_for("twilio") == ("sms",) and channels_for("webpush") == ("web_push",)
     assert json.dumps(sorted(ADAPTERS))
+
+
+async def test_apns_speaks_http2(store: Store) -> None:
+    """With the worker's HTTP/2 client, APNs pushes travel as HTTP/2 streams (h2c against the local server)."""
+    async with h2_server() as server, httpx.AsyncClient() as http, httpx.AsyncClient(http1=False, http2=True) as h2c:
+        registry = ProviderRegistry(store, http, allow_private_urls=True, http2=h2c)
+        cfg = {"team_id": "TEAM123456", "key_id": "KEY1234567", "private_key": pem(ec_key()), "topic": "com.shop.app",
+               "base_url": f"http://127.0.0.1:{server.port}"}  # fmt: skip
+        for n in range(2):
+            push = message(cfg, {"title": f"Hi {n}"}, channel="app_push", recipient="aa11", integration_id="int_h2")
+            resp = await registry.for_kind("apns").send(push)
+            assert resp.status == 200
+    assert [h[":path"] for h, _ in server.received] == ["/3/device/aa11"] * 2
+    headers, body = server.received[0]
+    assert headers[":method"] == "POST" and headers["apns-topic"] == "com.shop.app"
+    assert json.loads(body) == {"aps": {"alert": {"title": "Hi 0"}}}
