@@ -64,8 +64,9 @@ class HttpCaller:
                 raise ProviderError(f"timeout: {type(exc).__name__}", retryable=True, outcome_unknown=unknown) from exc
             except httpx.TransportError as exc:
                 unknown = not isinstance(exc, httpx.ConnectError)
+                # The cause (refused, reset, TLS verification) helps the marketer; it holds no secrets.
                 raise ProviderError(
-                    f"connection error: {type(exc).__name__}", retryable=True, outcome_unknown=unknown
+                    f"connection error: {type(exc).__name__}: {str(exc)[:200]}", retryable=True, outcome_unknown=unknown
                 ) from exc
             lowered = {k.lower(): v for k, v in resp.headers.items()}
             if resp.status_code in REDIRECTS and "location" in lowered:
