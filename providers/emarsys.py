@@ -1,7 +1,10 @@
-"""Emarsys external event trigger, authenticated with an uploaded service-account file.
+"""Emarsys external event trigger.
 
-The service-account JSON (`client_email`, `private_key`, `token_uri`) mints an access token
-with the JWT-bearer grant (cached, refreshed before expiry, refetched once on 401). Send:
+Credentials, either: the uploaded service-account JSON (`client_email`, `private_key`,
+`token_uri`), which mints an access token with the JWT-bearer grant; or Emarsys' OpenID Connect
+API credentials (`client_id`, `client_secret`), exchanged at `token_url` with the client
+credentials grant (`client_secret_basic`). Either token is cached, refreshed before expiry and
+refetched once on 401. Send:
 `POST {base}/api/v3/event/{event_id}/trigger` with `key_id`, `external_id` = the user
 identifier, `data` = the step payload and `trigger_id` = the send key: Emarsys processes a
 repeated `trigger_id` once, so repeats after an unknown outcome cannot duplicate.
@@ -11,30 +14,37 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl, model_validator
 
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
-from providers.preset import PresetConfig, accepted, join, json_body
+from providers.oauth import Fetcher, Token, cache_key, client_credentials, jwt_bearer, with_token
+from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
 
 SCOPE = "https://api.emarsys.net/api/v3"
 
 
 class EmarsysConfig(PresetConfig):
-    service_account: dict[str, Any]
+    service_account: ServiceAccount | None = None
+    client_id: str | None = Field(None, max_length=500)
+    client_secret: str | None = Field(None, max_length=2000)
+    token_url: HttpUrl = HttpUrl("https://auth.emarsys.net/oauth2/token")
     event_id: str = Field(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_-]+$")
     key_id: str = Field("3", max_length=64)
     scope: str = Field(SCOPE, max_length=500)
     base_url: HttpUrl = HttpUrl("https://api.emarsys.net")
 
-    @field_validator("service_account")
-    @classmethod
-    def _account(cls, v: dict[str, Any]) -> dict[str, Any]:
-        missing = [k for k in ("client_email", "private_key", "token_uri") if not v.get(k)]
-        if missing:
-            raise ValueError(f"service account file lacks {', '.join(missing)}")
-        return v
+    @model_validator(mode="after")
+    def _credentials(self) -> EmarsysConfig:
+        if self.service_account is None and not (self.client_id and self.client_secret):
+            raise ValueError("service_account, or client_id and client_secret, are required")
+        return self
+
+    def credential_parts(self) -> tuple[str, ...]:
+        if self.service_account is not None:
+            return (str(self.service_account.get("client_email")), str(self.service_account["private_key"]))
+        return (str(self.token_url), str(self.client_id), str(self.client_secret))
+
 
 
 class EmarsysProvider:
@@ -48,7 +58,14 @@ class EmarsysProvider:
 
     def _fetcher(self, cfg: EmarsysConfig) -> Fetcher:
         async def fetch() -> Token:
-            return await jwt_bearer(self.ctx.caller, cfg.service_account, cfg.scope)
+            if cfg.service_account is not None:
+                return await jwt_bearer(self.ctx.caller, cfg.service_account, cfg.scope)
+            return await client_credentials(
+                self.ctx.caller,
+                token_url=str(cfg.token_url),
+                client_id=str(cfg.client_id),
+                client_secret=str(cfg.client_secret),
+            )
 
         return fetch
 
@@ -64,7 +81,7 @@ class EmarsysProvider:
             "data": message.payload,
         }
         url = join(str(cfg.base_url), f"/api/v3/event/{cfg.event_id}/trigger")
-        key = cache_key(message.integration_id, cfg.service_account.get("client_email", ""), cfg.service_account["private_key"])
+        key = cache_key(message.integration_id, *cfg.credential_parts())
 
         async def post(token: Token) -> ProviderResponse:
             headers = {"Authorization": f"Bearer {token.value}"}

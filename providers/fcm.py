@@ -14,29 +14,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl
 
 from providers.base import OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
-from providers.preset import PresetConfig, accepted, join, json_body
+from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 PASSTHROUGH = ("notification", "data", "android", "apns", "webpush", "fcm_options")
 
 
 class FcmConfig(PresetConfig):
-    service_account: dict[str, Any]
+    service_account: ServiceAccount
     project_id: str | None = Field(None, max_length=200, description="default: the service account's project_id")
     base_url: HttpUrl = HttpUrl("https://fcm.googleapis.com")
 
-    @field_validator("service_account")
-    @classmethod
-    def _account(cls, v: dict[str, Any]) -> dict[str, Any]:
-        missing = [k for k in ("client_email", "private_key", "token_uri") if not v.get(k)]
-        if missing:
-            raise ValueError(f"service account file lacks {', '.join(missing)}")
-        return v
 
 
 def fcm_message(token: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from providers.base import ProviderResponse
 
@@ -14,6 +14,27 @@ class PresetConfig(BaseModel):
     """Base for preset configurations: `base_url` overrides the vendor host (EU regions, tests)."""
 
     model_config = ConfigDict(extra="ignore")
+
+
+def _parse_file(value: Any) -> Any:
+    """An uploaded JSON file may arrive as its text or already parsed."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("service account file is not JSON") from None
+    return value
+
+
+def _complete(value: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ("client_email", "private_key", "token_uri") if not value.get(k)]
+    if missing:
+        raise ValueError(f"service account file lacks {', '.join(missing)}")
+    return value
+
+
+# A Google-style service-account file (`client_email`, `private_key`, `token_uri`, ...).
+ServiceAccount = Annotated[dict[str, Any], BeforeValidator(_parse_file), AfterValidator(_complete)]
 
 
 def join(base: str, path: str) -> str:

@@ -237,3 +237,23 @@ async def test_apns_speaks_http2(store: Store) -> None:
     headers, body = server.received[0]
     assert headers[":method"] == "POST" and headers["apns-topic"] == "com.shop.app"
     assert json.loads(body) == {"aps": {"alert": {"title": "Hi 0"}}}
+
+
+async def test_emarsys_client_credentials_and_file_as_text(registry: ProviderRegistry, fresh_provider: ProviderServer) -> None:
+    """Emarsys also takes OpenID Connect API credentials (client credentials, Basic); a file may arrive as text."""
+    from providers.emarsys import EmarsysConfig
+    from tests.api.test_integrations import CLIENT_SECRET, token_endpoint
+
+    calls = token_endpoint(fresh_provider, "/oauth2/token")
+    path = "/api/v3/event/7/trigger"
+    fresh_provider.default(path, Reply(200, {"replyCode": 0, "replyText": "OK", "data": {}}))
+    cfg = {"client_id": "cid", "client_secret": CLIENT_SECRET, "token_url": fresh_provider.url("/oauth2/token"),
+           "event_id": "7", "base_url": fresh_provider.url()}  # fmt: skip
+    await registry.for_kind("emarsys").send(message(cfg, CART, key="snd_cc"))
+    assert len(calls) == 1 and calls[0].headers["authorization"].startswith("Basic ")
+    assert fresh_provider.to(path)[0].headers["authorization"] == "Bearer tok-1"
+    as_text = EmarsysConfig.model_validate({"service_account": json.dumps(service_account("https://t.example/token")),
+                                           "event_id": "7"})  # fmt: skip
+    assert as_text.service_account and as_text.service_account["client_email"].startswith("rejoin@")
+    with pytest.raises(ValueError, match="lacks private_key"):
+        EmarsysConfig.model_validate({"service_account": {"client_email": "x", "token_uri": "https://t"}, "event_id": "7"})
