@@ -247,3 +247,27 @@ async def test_internal_urls_refused_on_save_and_test_call(
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "auth", "token_url"], r.text
     assert fresh_provider.requests == []
+
+
+async def test_rotate_secrets_command(
+    api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer, settings: Settings, store: Store,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`rejoin rotate-secrets` re-encrypts under the first key of REJOIN_SECRET_KEY."""
+    from runtime.cli import main
+
+    r = await api.post("/api/v1/integrations", json=custom(fresh_provider), headers=section.mgmt)
+    iid = r.json()["id"]
+    new_key = Fernet.generate_key().decode()
+    monkeypatch.setenv("REJOIN_DATABASE_URL", settings.effective_database_url)
+    monkeypatch.setenv("REJOIN_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("REJOIN_SECRET_KEY", ",".join([new_key, *settings.secret_keys]))
+    monkeypatch.setenv("REJOIN_ADMIN_KEY", "test-admin-key")
+    try:
+        main(["rotate-secrets"])
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["integrations"] >= 1
+        with store.session() as s:
+            row = s.get(Integration, iid)
+            assert row is not None and row.secrets_enc and PASSWORD in SecretBox([new_key]).decrypt(row.secrets_enc)
+    finally:
+        rotate_all(store, SecretBox([*settings.secret_keys, new_key]))
