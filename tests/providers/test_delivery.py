@@ -136,3 +136,25 @@ async def test_journey_delivery_never_logs_secrets(
     assert [d.outcome for d in result.decisions if d.outcome == "sent"] == ["sent"]
     assert fresh_provider.to("/secret")[-1].headers["x-token"] == "hdr-LOG-2"
     assert caplog.records and "pw-LOG-1" not in caplog.text and "hdr-LOG-2" not in caplog.text
+
+
+async def test_rate_limit_applies_to_journey_sends(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """Journeys delivering through an integration limited to 2/s reach the provider no faster than that."""
+    stamps: list[float] = []
+    fresh_provider.on_request = lambda req: stamps.append(time.monotonic()) if req.path == "/limited" else None
+    try:
+        await add_integration(api, section, kind="custom_http", rate_limit_per_second=2,
+                              **http_config(fresh_provider, "/limited"))  # fmt: skip
+        cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
+        users = [await reachable_user(api, section) for _ in range(6)]
+        for dyid, _ in users:
+            await collect(api, section, dyid, add_to_cart("sku-l"))
+        for _, uid in users:
+            await journey_result(env.client, section, cid, uid)
+    finally:
+        fresh_provider.on_request = None
+    assert len(stamps) == 6
+    # a burst of 2, then one every 500 ms: the last of 6 is at least ~2 s after the first
+    assert stamps[-1] - stamps[0] >= 1.9, stamps
