@@ -49,6 +49,8 @@ class Settings(BaseSettings):
 
     # Outbound HTTP to providers: private/loopback targets are refused unless allowed (dev/tests).
     allow_private_urls: bool = False
+    # Exact internal `host:port` targets allowed anyway (comma-separated), e.g. an in-VPC relay.
+    private_url_allowlist: str = ""
     delivery_timeout: timedelta = timedelta(seconds=30)
 
     @field_validator("global_cap_messages")
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
     @cached_property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def allowed_private_targets(self) -> list[str]:
+        return [t.strip() for t in self.private_url_allowlist.split(",") if t.strip()]
 
     @cached_property
     def secret_keys(self) -> list[str]:

@@ -39,8 +39,20 @@ async def build_worker(
 ) -> AsyncIterator[Worker]:
     """A configured (not yet running) worker, with its HTTP client closed on exit."""
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
-        registry = ProviderRegistry(store, http, allow_private_urls=settings.allow_private_urls)
+    timeout = httpx.Timeout(10.0, connect=5.0)
+    # One pooled client per process (bounded, reused across messages); a second, HTTP/2-capable
+    # one for APNs, which speaks only HTTP/2 (one connection multiplexes many pushes).
+    async with (
+        httpx.AsyncClient(timeout=timeout, limits=limits) as http,
+        httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=20), http2=True) as http2,
+    ):
+        registry = ProviderRegistry(
+            store,
+            http,
+            allow_private_urls=settings.allow_private_urls,
+            allowed_targets=settings.allowed_private_targets,
+            http2=http2,
+        )
         journey = JourneyActivities(
             store,
             CapPolicy(settings.global_cap_messages, settings.global_cap_window),

@@ -10,6 +10,7 @@ provider honours the key. Permanent failures release the cap slot and allow chan
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from domain.events import CartItem
 from domain.matching import product_record
 from domain.render import MissingRequired, RenderContext, refs_in, render_payload
 from domain.tracking import Linker, Signer
+from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
@@ -64,6 +66,10 @@ class Delivery:
 
     @activity.defn(name="delivery.deliver")
     async def deliver(self, req: DeliverRequest) -> DeliverResult:
+        # Wait for the integration's rate limit before the send is marked in flight: a wait that
+        # outlasts the attempt must not make the retry look like a possible duplicate.
+        rate = await asyncio.to_thread(self._rate_limit, req.integration_id)
+        await self.providers.limiter.acquire(req.integration_id, rate)
         prepared = await asyncio.to_thread(self._begin, req)
         if isinstance(prepared, DeliverResult):
             return prepared
@@ -86,6 +92,12 @@ class Delivery:
         )
 
     # ------------------------------------------------------------ store steps (threads)
+
+    def _rate_limit(self, integration_id: str) -> float | None:
+        with self.store.session() as s:
+            integration = s.get(Integration, integration_id)
+            rate = integration.config.get("rate_limit_per_second") if integration is not None else None
+            return float(rate) if rate else None
 
     def _begin(self, req: DeliverRequest) -> _Prepared | DeliverResult:
         with self.store.session() as s:
@@ -171,8 +183,6 @@ class Delivery:
             raise
         secrets: dict[str, Any] = {}
         if integration.secrets_enc:
-            import json
-
             secrets = json.loads(self.secrets.decrypt(integration.secrets_enc))
         return (
             OutboundMessage(
@@ -182,8 +192,10 @@ class Delivery:
                 recipient=self.secrets.decrypt(opt_in.value_enc),
                 payload=payload,
                 idempotency_key=req.send_key,
-                config=dict(integration.config),
+                config=secret_fields.merge(dict(integration.config), secrets),
                 secrets=secrets,
+                campaign_name=spec.name,
+                step_name=step.name,
             ),
             step.name,
             variation.id,

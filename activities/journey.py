@@ -22,7 +22,7 @@ from store import decisions, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
-from store.tables import Decision, Journey, Section, Send, User, now_utc
+from store.tables import Campaign, Decision, Journey, Section, Send, User, now_utc
 from workflows.ids import decision_key, send_key
 from workflows.models import (
     DecideRequest,
@@ -115,6 +115,10 @@ class JourneyActivities:
     def _decide(
         self, s: Session, req: DecideRequest, spec: CampaignSpec, user: User, step_channels: list[str], key: str
     ) -> StepDecision:
+        campaign = s.get(Campaign, req.campaign_id)
+        if campaign is not None and campaign.status != "active":
+            # Paused or archived mid-journey: later steps stop; resuming lets the next ones send.
+            return StepDecision(action="skip", reason=f"campaign_{campaign.status}")
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             return StepDecision(action="skip", reason="audience")
         r = reach(s, req.section_id, req.user_id, step_channels)

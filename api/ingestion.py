@@ -25,7 +25,7 @@ from domain.matching import Catalog, event_skus, exit_reason, triggers
 from security.crypto import SecretBox
 from settings import Settings
 from store import users
-from store.campaigns import active_campaigns
+from store.campaigns import live_campaigns
 from store.engine import Store
 from store.tables import Campaign, Event, OptIn, Product, now_utc
 from workflows.ids import journey_workflow_id
@@ -42,6 +42,9 @@ class Accepted:
     event_ids: list[str] = field(default_factory=list)
     commands: list[JourneyCommand] = field(default_factory=list)
     user_id: str = ""
+    # The user has older events not yet dispatched: these must wait behind them (the sweeper
+    # replays in receive order), or an exit could overtake the trigger it is meant to cancel.
+    queued_behind_pending: bool = False
 
 
 def _catalog(s: Session, section_id: str, skus: set[str]) -> Catalog:
@@ -79,8 +82,8 @@ def accept(
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
-        campaigns = active_campaigns(s, section_id)
-        for ev in events:
+        campaigns = live_campaigns(s, section_id)
+        for position, ev in enumerate(events):
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
                 user = users.identify(s, user, ev.identity, body.user.device_key, now)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
@@ -99,7 +102,8 @@ def accept(
                     name=ev.name,
                     data=ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
                     consented=body.user.consented,
-                    received_at=now,
+                    # Distinct, increasing times keep a batch's order for the sweeper's replay.
+                    received_at=now + timedelta(microseconds=position),
                     dispatched=not commands,
                     transaction_id=ev.transaction_id,
                     value=ev.value,
@@ -111,7 +115,22 @@ def accept(
         user.updated_at = now
         s.add(user)
         result.user_id = user.id
+        if result.commands:
+            result.queued_behind_pending = _has_pending(s, section_id, user.id, result.event_ids)
     return result
+
+
+def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> bool:
+    row = s.exec(
+        select(Event.id).where(
+            Event.section_id == section_id,
+            Event.user_id == user_id,
+            Event.dispatched == False,  # noqa: E712
+            Event.deferred == True,  # noqa: E712  (in-flight inline dispatches don't block)
+            col(Event.id).not_in(own),
+        ).limit(1)
+    ).first()
+    return row is not None
 
 
 def _commands(
@@ -135,7 +154,7 @@ def _commands(
             continue
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
-        if not consented or not triggers(spec, ev, cart, catalog):
+        if campaign.status != "active" or not consented or not triggers(spec, ev, cart, catalog):
             continue
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             continue
@@ -155,10 +174,12 @@ def _commands(
     return out
 
 
-def mark_dispatched(store: Store, event_ids: list[str]) -> None:
+def mark_dispatched(store: Store, event_ids: list[str], *, dispatched: bool = True) -> None:
+    """Record the dispatch outcome; `dispatched=False` hands the events to the sweeper."""
     with store.session() as s:
         for ev in s.exec(select(Event).where(col(Event.id).in_(event_ids))).all():
-            ev.dispatched = True
+            ev.dispatched = dispatched
+            ev.deferred = not dispatched
             s.add(ev)
 
 
@@ -167,12 +188,13 @@ async def redispatch_pending(state: AppState, *, older_than: timedelta = timedel
     cutoff = now_utc() - older_than
 
     def pending() -> list[Event]:
+        # Oldest first: per user, commands must reach Temporal in the order events arrived.
         with state.store.session() as s:
             return list(
                 s.exec(
                     select(Event)
                     .where(Event.dispatched == False, col(Event.received_at) < cutoff)  # noqa: E712
-                    .order_by(col(Event.received_at))
+                    .order_by(col(Event.received_at), col(Event.id))
                     .limit(limit)
                 ).all()
             )

@@ -43,7 +43,17 @@ async def dispatch(client: Client, skipping_client: Client | None, task_queue: s
 
 
 async def dispatch_all(client: Client, skipping_client: Client | None, task_queue: str, cmds: list[JourneyCommand]) -> None:
-    await asyncio.gather(*(dispatch(client, skipping_client, task_queue, c) for c in cmds))
+    """Send commands; different journeys in parallel, each journey's commands in event order
+    (a trigger then an exit in one batch must not race: the exit would find no journey yet)."""
+    by_journey: dict[str, list[JourneyCommand]] = {}
+    for c in cmds:
+        by_journey.setdefault(c.workflow_id, []).append(c)
+
+    async def in_order(group: list[JourneyCommand]) -> None:
+        for c in group:
+            await dispatch(client, skipping_client, task_queue, c)
+
+    await asyncio.gather(*(in_order(g) for g in by_journey.values()))
 
 
 async def start_or_retrigger(
@@ -87,7 +97,7 @@ async def describe(client: Client, workflow_id: str) -> JourneyView | None:
         if desc.status == WorkflowExecutionStatus.RUNNING:
             return await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5)
         return None
-    except (RPCError, TimeoutError, asyncio.TimeoutError):
+    except (RPCError, TimeoutError):
         return None
     except Exception:  # a query failing (no worker) must not break the look-up endpoint
         return None

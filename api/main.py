@@ -14,7 +14,8 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
-from api.routes import campaigns, catalog, collect, integrations, journeys, reports, sections, templates, tracking, userdata
+from api.routes import (campaigns, catalog, collect, integrations, journeys, reports, secrets_admin, sections,
+                        templates, tracking, userdata)  # fmt: skip
 from settings import Settings
 from store.engine import Store
 
@@ -54,7 +55,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.state.rejoin = state
     install_error_handlers(app)
-    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys, templates, tracking, reports):
+    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,
+                   templates, tracking, reports):  # fmt: skip
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -22,10 +22,11 @@ class CapPolicy:
 
 @dataclass(frozen=True)
 class Competitor:
-    """Another open journey of the same user, from a different campaign."""
+    """Another journey of the same user, from a different campaign (never a holdout)."""
 
     campaign_id: str
     priority: int
+    active: bool
     triggered_at: datetime
     last_sent_at: datetime | None
 
@@ -51,15 +52,17 @@ def outranked_by(
     """The higher-priority campaign this step yields to, if any.
 
     The rule (docs/campaigns.md, "Campaign priority"): a step is outranked when the same user
-    has an open journey of a campaign with a strictly higher priority that was triggered, or
-    sent a message on any channel, within `window` before `as_of`. Equal priorities never
-    outrank each other; caps still apply to both.
+    has a journey of a campaign with a strictly higher priority that either is still open and
+    was triggered within `window` of this send, or sent a message (any channel) within
+    `window` of this send. Equal priorities never outrank each other; caps apply to both.
+    Journeys have their own clocks (time skipping), hence "within" in both directions.
     """
     best: Competitor | None = None
     for c in competitors:
         if c.priority <= priority:
             continue
-        recent = max(c.triggered_at, c.last_sent_at or c.triggered_at)
-        if as_of - window <= recent <= as_of + window and (best is None or c.priority > best.priority):
+        pending = c.active and abs(as_of - c.triggered_at) <= window
+        sent = c.last_sent_at is not None and abs(as_of - c.last_sent_at) <= window
+        if (pending or sent) and (best is None or c.priority > best.priority):
             best = c
     return best

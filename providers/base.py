@@ -19,8 +19,10 @@ class OutboundMessage:
     recipient: str
     payload: dict[str, Any]
     idempotency_key: str
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # secrets merged back in (never logged)
     secrets: dict[str, Any] = field(default_factory=dict)
+    campaign_name: str = ""
+    step_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ProviderError(Exception):
         body: str = "",
         retry_after: float | None = None,
         outcome_unknown: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -55,6 +58,7 @@ class ProviderError(Exception):
         self.body = body
         self.retry_after = retry_after
         self.outcome_unknown = outcome_unknown
+        self.headers = headers or {}
 
 
 class ConfigurationError(Exception):
@@ -95,20 +99,25 @@ def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderEr
     if 200 <= status < 300:
         return None
     snippet = body[:500]
+    kept = body[:2000]
     if status == 429:
         return ProviderError(
             f"rate limited (429): {snippet}",
             retryable=True,
             status=status,
-            body=snippet,
+            body=kept,
             retry_after=parse_retry_after(headers.get("retry-after")),
+            headers=headers,
         )
     if status >= 500 or status == 408:
         return ProviderError(
             f"provider unavailable ({status}): {snippet}",
             retryable=True,
             status=status,
-            body=snippet,
+            body=kept,
             retry_after=parse_retry_after(headers.get("retry-after")),
+            headers=headers,
         )
-    return ProviderError(f"rejected ({status}): {snippet}", retryable=False, status=status, body=snippet)
+    return ProviderError(
+        f"rejected ({status}): {snippet}", retryable=False, status=status, body=kept, headers=headers
+    )

@@ -1,48 +1,126 @@
 """Custom HTTP integration: POST the rendered JSON payload to the configured URL.
 
-Auth in this module: No Auth plus configured headers. Every request carries the send's
-idempotency key (`Idempotency-Key`) so a provider that honours it delivers once even when a
-call whose outcome was unknown is repeated. Redirects are not followed (a 3xx is a permanent
-failure): following them would let a provider bounce us to an internal address.
+Auth: No Auth, Basic (username, password) or OAuth2 client credentials (token URL, client id and
+secret under renameable parameter names, sent as `client_secret_basic` or `client_secret_post`).
+OAuth2 tokens come from the shared `TokenCache`: fetched once per integration, refreshed before
+`expires_in`, refetched once when the endpoint answers 401. Header values may be marked secret.
+Every request carries the send's idempotency key (`Idempotency-Key`) so a provider that honours
+it delivers once even when a call whose outcome was unknown is repeated.
 """
 
 from __future__ import annotations
 
-import httpx
+import base64
+from typing import Annotated, Any, Literal
 
-from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
-from providers.url_guard import check_url
+from pydantic import BaseModel, Field, HttpUrl, field_validator
+
+from providers.base import OutboundMessage, ProviderResponse, classify_http
+from providers.context import AdapterContext
+from providers.oauth import Fetcher, Token, cache_key, client_credentials, with_token
+
+
+class HeaderParam(BaseModel):
+    key: str = Field(min_length=1, max_length=200, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    value: str = Field(max_length=4000)
+    secret: bool = False
+
+
+class NoAuth(BaseModel):
+    type: Literal["none"] = "none"
+
+
+class BasicAuth(BaseModel):
+    type: Literal["basic"]
+    username: str = Field(min_length=1, max_length=300)
+    password: str = Field(min_length=1, max_length=1000)
+
+
+class OAuth2ClientCredentials(BaseModel):
+    type: Literal["oauth2"]
+    token_url: HttpUrl
+    client_id: str = Field(min_length=1, max_length=500)
+    client_secret: str = Field(min_length=1, max_length=2000)
+    client_id_name: str = Field("client_id", min_length=1, max_length=100)
+    client_secret_name: str = Field("client_secret", min_length=1, max_length=100)
+    client_auth: Literal["basic", "post"] = "basic"  # client_secret_basic | client_secret_post
+    scope: str | None = Field(None, max_length=1000)
+
+
+Auth = Annotated[NoAuth | BasicAuth | OAuth2ClientCredentials, Field(discriminator="type")]
+
+
+class CustomHttpConfig(BaseModel):
+    url: HttpUrl
+    headers: list[HeaderParam] = Field(default_factory=list, max_length=50)
+    auth: Auth = Field(default_factory=NoAuth)
+
+    @field_validator("headers", mode="before")
+    @classmethod
+    def _headers_map(cls, v: Any) -> Any:
+        # `{"X-Key": "v"}` is accepted as shorthand for non-secret headers.
+        if isinstance(v, dict):
+            return [{"key": k, "value": val} for k, val in v.items()]
+        return v
 
 
 class CustomHttpProvider:
+    kind = "custom_http"
+    Config = CustomHttpConfig
     honours_idempotency_key = False  # unknown for an arbitrary endpoint: repeats are flagged
 
-    def __init__(self, http: httpx.AsyncClient, *, allow_private_urls: bool) -> None:
-        self.http = http
-        self.allow_private_urls = allow_private_urls
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.ctx = ctx
+
+    def _fetcher(self, auth: OAuth2ClientCredentials) -> Fetcher:
+        async def fetch() -> Token:
+            return await client_credentials(
+                self.ctx.caller,
+                token_url=str(auth.token_url),
+                client_id=auth.client_id,
+                client_secret=auth.client_secret,
+                client_auth=auth.client_auth,
+                id_name=auth.client_id_name,
+                secret_name=auth.client_secret_name,
+                scope=auth.scope,
+            )
+
+        return fetch
+
+    def _key(self, integration_id: str, auth: OAuth2ClientCredentials) -> str:
+        return cache_key(integration_id, str(auth.token_url), auth.client_id, auth.client_secret, auth.client_auth)
+
+    async def validate(self, config: dict[str, Any]) -> None:
+        """Save-time check: OAuth2 credentials must obtain a token (TokenRejected otherwise)."""
+        cfg = CustomHttpConfig.model_validate(config)
+        if isinstance(cfg.auth, OAuth2ClientCredentials):
+            await self._fetcher(cfg.auth)()
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
-        url = str(message.config.get("url", ""))
-        await check_url(url, allow_private=self.allow_private_urls)
-        headers = {str(k): str(v) for k, v in (message.config.get("headers") or {}).items()}
-        headers.update({str(k): str(v) for k, v in (message.secrets.get("headers") or {}).items()})
+        cfg = CustomHttpConfig.model_validate(message.config)
+        headers = {h.key: h.value for h in cfg.headers}
         headers["Idempotency-Key"] = message.idempotency_key
-        try:
-            resp = await self.http.post(url, json=message.payload, headers=headers, follow_redirects=False)
-        except httpx.TimeoutException as exc:
-            # The request may have reached the provider: a retry is a possible duplicate.
-            raise ProviderError(f"timeout: {exc!r}", retryable=True, outcome_unknown=True) from exc
-        except httpx.TransportError as exc:
-            unknown = not isinstance(exc, httpx.ConnectError)
-            raise ProviderError(f"connection error: {exc!r}", retryable=True, outcome_unknown=unknown) from exc
-        body = resp.text
-        lowered = {k.lower(): v for k, v in resp.headers.items()}
-        error = classify_http(resp.status_code, body, lowered)
+        url = str(cfg.url)
+
+        async def post(token: Token | None = None) -> ProviderResponse:
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token.value}"
+            return await self.ctx.caller.request("POST", url, json=message.payload, headers=headers)
+
+        if isinstance(cfg.auth, BasicAuth):
+            raw = f"{cfg.auth.username}:{cfg.auth.password}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+        if isinstance(cfg.auth, OAuth2ClientCredentials):
+            key = self._key(message.integration_id, cfg.auth)
+            resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg.auth), post)
+        else:
+            resp = await post()
+        error = classify_http(resp.status, resp.body, resp.headers)
         if error is not None:
             raise error
         return ProviderResponse(
-            status=resp.status_code,
-            body=body[:2000],
-            headers=lowered,
-            message_id=lowered.get("x-message-id") or lowered.get("x-request-id"),
+            status=resp.status,
+            body=resp.body[:2000],
+            headers=resp.headers,
+            message_id=resp.headers.get("x-message-id") or resp.headers.get("x-request-id"),
         )

@@ -1,26 +1,132 @@
-"""Which adapter serves an integration kind."""
+"""Which adapter serves an integration kind: the single mapping from kind to adapter.
+
+Each adapter class declares its `kind`, the `channels` it can serve, its `Config` model (what
+the API validates and stores) and whether the vendor honours our idempotency key.
+"""
 
 from __future__ import annotations
 
-import httpx
+from collections.abc import Iterable
+from typing import Any
 
-from providers.base import ConfigurationError, Provider
+import httpx
+from pydantic import BaseModel
+
+from providers.apns import ApnsProvider
+from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderResponse
+from providers.context import AdapterContext
 from providers.custom_http import CustomHttpProvider
+from providers.emarsys import EmarsysProvider
+from providers.fcm import FcmProvider
+from providers.http import HttpCaller
+from providers.iterable import IterableProvider
+from providers.klaviyo import KlaviyoProvider
 from providers.outbox import OutboxProvider
+from providers.ratelimit import RateLimiter
+from providers.responsys import ResponsysProvider
+from providers.sendgrid import SendGridProvider
+from providers.smtp import SmtpProvider
+from providers.twilio import TwilioProvider
+from providers.url_guard import RefusedAddress, UrlGuard
+from providers.webpush import WebPushProvider
 from store.engine import Store
 
-INTEGRATION_KINDS = ("outbox", "custom_http")
+ALL_CHANNELS = ("email", "sms", "app_push", "web_push")
+
+# kind -> adapter class (outbox is special: it needs the store, not HTTP)
+ADAPTERS: dict[str, Any] = {
+    cls.kind: cls
+    for cls in (
+        CustomHttpProvider,
+        SendGridProvider,
+        IterableProvider,
+        KlaviyoProvider,
+        ResponsysProvider,
+        EmarsysProvider,
+        SmtpProvider,
+        TwilioProvider,
+        FcmProvider,
+        ApnsProvider,
+        WebPushProvider,
+    )
+}
+INTEGRATION_KINDS = ("outbox", *ADAPTERS)
+
+
+URL_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "status_callback"})
+
+
+def _urls(node: Any, path: str) -> list[tuple[str, str]]:
+    """Every outbound URL in a configuration, with its dotted path."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if k in URL_KEYS and isinstance(v, str):
+                found.append((p, v))
+            else:
+                found.extend(_urls(v, p))
+    return found
+
+
+def config_model(kind: str) -> type[BaseModel] | None:
+    cls = ADAPTERS.get(kind)
+    return cls.Config if cls is not None else None
+
+
+def channels_for(kind: str) -> tuple[str, ...]:
+    cls = ADAPTERS.get(kind)
+    return tuple(getattr(cls, "channels", ALL_CHANNELS)) if cls is not None else ALL_CHANNELS
 
 
 class ProviderRegistry:
-    def __init__(self, store: Store, http: httpx.AsyncClient, *, allow_private_urls: bool) -> None:
-        self._by_kind: dict[str, Provider] = {
-            "outbox": OutboxProvider(store),
-            "custom_http": CustomHttpProvider(http, allow_private_urls=allow_private_urls),
-        }
+    def __init__(
+        self,
+        store: Store,
+        http: httpx.AsyncClient,
+        *,
+        allow_private_urls: bool,
+        allowed_targets: Iterable[str] = (),
+        http2: httpx.AsyncClient | None = None,
+    ) -> None:
+        guard = UrlGuard.of(allow_private_urls, allowed_targets)
+        self.context = AdapterContext(
+            HttpCaller(http, guard), http2=HttpCaller(http2, guard) if http2 is not None else None
+        )
+        self.limiter = RateLimiter()
+        self._by_kind: dict[str, Provider] = {"outbox": OutboxProvider(store)}
+        for kind, cls in ADAPTERS.items():
+            self._by_kind[kind] = cls(self.context)
 
     def for_kind(self, kind: str) -> Provider:
         provider = self._by_kind.get(kind)
         if provider is None:
             raise ConfigurationError(f"no provider adapter for integration kind '{kind}'")
         return provider
+
+    async def refused_urls(self, config: dict[str, Any]) -> tuple[str, str] | None:
+        """(dotted field, reason) of the first URL in `config` the SSRF guard refuses, if any.
+
+        Only refusals count: a host that does not resolve right now is left to send time.
+        """
+        for path, url in _urls(config, ""):
+            try:
+                await self.context.caller.guard.resolve(url)
+            except RefusedAddress as exc:
+                return path, str(exc)
+            except ConfigurationError:
+                continue
+        return None
+
+    async def validate(self, kind: str, config: dict[str, Any]) -> None:
+        """Save-time checks that need the network (credentials against a token URL)."""
+        provider = self.for_kind(kind)
+        check = getattr(provider, "validate", None)
+        if check is not None:
+            await check(config)
+
+    async def send(self, kind: str, message: OutboundMessage) -> ProviderResponse:
+        """Wait for the integration's rate limit, then call its adapter."""
+        provider = self.for_kind(kind)
+        await self.limiter.acquire(message.integration_id, message.config.get("rate_limit_per_second"))
+        return await provider.send(message)

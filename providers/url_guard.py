@@ -1,8 +1,15 @@
 """Outbound URL guard (SSRF): provider URLs may not reach internal addresses.
 
 Loopback, private, link-local (cloud metadata), multicast, reserved and unspecified addresses
-are refused unless the operator allows private targets (local development and tests do).
-Every address a hostname resolves to is checked; IPv4 embedded in IPv6 is unwrapped.
+are refused unless the operator allows private targets (local development and tests do) or
+lists the exact `host:port` in the allow-list. Every address a hostname resolves to is
+checked; IPv4 embedded in IPv6 (mapped, 6to4, Teredo, NAT64) is unwrapped; the shorthand
+IPv4 notations inet_aton accepts (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`) are
+normalised before the check.
+
+The check returns a `Target` with the address that was checked; callers connect to that
+address (the host name travels in the Host header and TLS SNI), so a DNS answer that changes
+between the check and the connection (DNS rebinding) cannot redirect the call.
 """
 
 from __future__ import annotations
@@ -10,12 +17,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from urllib.parse import urlsplit
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from providers.base import ConfigurationError
 
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+
+class RefusedAddress(ConfigurationError):
+    """The URL points at an address the guard does not allow (as opposed to a malformed URL)."""
+
+
+def _forbidden(ip: IP) -> bool:
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
         if embedded is not None:
@@ -33,7 +48,44 @@ def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
-def check_url_shape(url: str) -> tuple[str, int]:
+def literal_ip(host: str) -> IP | None:
+    """The address a host string denotes by itself, in any notation a resolver would accept."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:  # inet_aton: 127.1, 2130706433, 0x7f000001, 0177.0.0.1
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked destination: connect to `ip`, present `host` (Host header, SNI)."""
+
+    url: str  # the original URL
+    scheme: str
+    host: str
+    port: int
+    ip: str
+
+    @property
+    def pinned_url(self) -> str:
+        """The URL with the host replaced by the checked address."""
+        parts = urlsplit(self.url)
+        ip_host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        netloc = f"{ip_host}:{self.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def check_url_shape(url: str) -> tuple[str, str, int]:
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"}:
         raise ConfigurationError(f"URL scheme must be http or https: {parts.scheme or 'none'}")
@@ -41,20 +93,56 @@ def check_url_shape(url: str) -> tuple[str, int]:
         raise ConfigurationError("URL has no host")
     if parts.username or parts.password:
         raise ConfigurationError("URL must not embed credentials")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.hostname, port
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise ConfigurationError(f"URL has an invalid port: {exc}") from exc
+    return parts.scheme, parts.hostname, port
+
+
+@dataclass(frozen=True)
+class UrlGuard:
+    allow_private: bool = False
+    # Exact `host:port` pairs an operator allows even though they are internal.
+    allowed_targets: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of(cls, allow_private: bool, allowed: Iterable[str] = ()) -> UrlGuard:
+        return cls(allow_private, frozenset(a.strip().lower() for a in allowed if a.strip()))
+
+    def _allowed(self, host: str, port: int) -> bool:
+        return self.allow_private or f"{host.lower()}:{port}" in self.allowed_targets
+
+    async def resolve(self, url: str) -> Target:
+        """Check `url` and return the address to connect to; ConfigurationError when refused."""
+        scheme, host, port = check_url_shape(url)
+        return Target(url, scheme, host, port, await self.resolve_host(host, port))
+
+    async def resolve_host(self, host: str, port: int) -> str:
+        """The checked address to connect to for `host` (any protocol, e.g. SMTP)."""
+        allowed = self._allowed(host, port)
+        ip = literal_ip(host)
+        if ip is not None:
+            if _forbidden(ip) and not allowed:
+                raise RefusedAddress(f"refusing to call {host}: not a public address ({ip})")
+            return str(ip)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConfigurationError(f"cannot resolve host {host}: {exc}") from exc
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses:
+            raise ConfigurationError(f"cannot resolve host {host}")
+        if not allowed:
+            for addr in addresses:
+                # Every answer is checked: a resolver may hand out a different one next time.
+                if _forbidden(addr):
+                    raise RefusedAddress(f"refusing to call {host}: resolves to a non-public address ({addr})")
+        # Prefer IPv4 (the local test servers and most vendors listen there).
+        addresses.sort(key=lambda a: a.version)
+        return str(addresses[0])
 
 
 async def check_url(url: str, *, allow_private: bool) -> None:
     """Raise ConfigurationError when `url` may not be called."""
-    host, port = check_url_shape(url)
-    if allow_private:
-        return
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ConfigurationError(f"cannot resolve host {host}: {exc}") from exc
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0])
-        if _forbidden(ip):
-            raise ConfigurationError(f"refusing to call {host}: resolves to a non-public address ({ip})")
+    await UrlGuard(allow_private).resolve(url)

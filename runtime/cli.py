@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="run a worker only")
     cs = sub.add_parser("create-section", help="create a section and print its keys")
     cs.add_argument("name")
+    sub.add_parser("rotate-secrets", help="re-encrypt stored secrets under the newest REJOIN_SECRET_KEY")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -104,5 +105,11 @@ def main(argv: list[str] | None = None) -> None:
         worker_main()
     elif args.command == "create-section":
         _create_section(settings, args.name)
+    elif args.command == "rotate-secrets":
+        from security.crypto import SecretBox
+        from security.rotation import rotate_all
+        from store.engine import Store
+
+        print(json.dumps(rotate_all(Store(settings.effective_database_url), SecretBox(settings.secret_keys))))
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from domain.campaign import CampaignSpec
 from store.tables import Campaign, CampaignVersion
@@ -30,6 +30,10 @@ def load_spec(session: Session, campaign_id: str, version: int) -> CampaignSpec:
     return spec
 
 
-def active_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:
-    rows = session.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status == "active")).all()
+def live_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:
+    """Active and paused campaigns: active ones trigger; both must still see exits, or a journey
+    paused mid-way would miss a purchase and remind a customer who already bought."""
+    rows = session.exec(
+        select(Campaign).where(Campaign.section_id == section_id, col(Campaign.status).in_(("active", "paused")))
+    ).all()
     return [(c, load_spec(session, c.id, c.version)) for c in rows]

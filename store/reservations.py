@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import Session, col, select
 
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
@@ -54,17 +54,17 @@ def _count(session: Session, req: SlotRequest, since: datetime, campaign_id: str
     return int(session.exec(q).one())
 
 
-def _competitors(session: Session, req: SlotRequest) -> list[Competitor]:
+def _competitors(session: Session, req: SlotRequest, window: timedelta) -> list[Competitor]:
     rows = session.exec(
         select(Journey).where(
             Journey.section_id == req.section_id,
             Journey.user_id == req.user_id,
-            Journey.status == "active",
             Journey.campaign_id != req.campaign_id,
             Journey.is_control == False,  # noqa: E712
+            or_(Journey.status == "active", col(Journey.last_sent_at) > req.as_of - window),
         )
     ).all()
-    return [Competitor(j.campaign_id, j.priority, j.triggered_at, j.last_sent_at) for j in rows]
+    return [Competitor(j.campaign_id, j.priority, j.status == "active", j.triggered_at, j.last_sent_at) for j in rows]
 
 
 def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_window: timedelta) -> SlotVerdict:
@@ -74,7 +74,7 @@ def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_wind
     if existing is not None and not existing.released:
         return SlotVerdict(True, detail="already reserved under this key")
     rival = outranked_by(
-        priority=req.priority, competitors=_competitors(session, req), as_of=req.as_of, window=priority_window
+        priority=req.priority, competitors=_competitors(session, req, priority_window), as_of=req.as_of, window=priority_window
     )
     if rival is not None:
         return SlotVerdict(False, "outranked", f"campaign {rival.campaign_id} (priority {rival.priority})")

@@ -175,6 +175,7 @@ class Event(SQLModel, table=True):
     consented: bool = True
     received_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     dispatched: bool = False
+    deferred: bool = False  # inline dispatch failed or waited: the sweeper owns it now
     transaction_id: str | None = Field(default=None, max_length=64)
     value: float | None = None
     # Journey commands computed when the event was accepted, replayed verbatim if dispatch to

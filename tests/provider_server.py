@@ -72,6 +72,12 @@ class ProviderServer:
         async def _close() -> None:
             if self._server is not None:
                 self._server.close()
+            # Keep-alive connections from pooled clients still have handlers waiting: end them
+            # here, not by garbage collection after the loop has stopped.
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(_close(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -276,6 +276,7 @@ class JourneyWorkflow:
             exit_reason=st.exit_reason,
             sent=sum(1 for d in st.decisions if d.outcome == "sent"),
             decisions=st.decisions,
+            runs=st.runs,
         )
 
     # ------------------------------------------------------------ helpers

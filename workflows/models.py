@@ -96,6 +96,7 @@ class JourneyResult(BaseModel):
     exit_reason: str | None = None
     sent: int = 0
     decisions: list[DecisionRecord] = Field(default_factory=list)
+    runs: int = 1  # runs in the continue-as-new chain
 
 
 class JourneyView(BaseModel):

@@ -29,12 +29,16 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
     box = SecretBox(state.settings.secret_keys)
     result = await asyncio.to_thread(accept, state.store, box, state.settings, section_id, body, events)
     warnings: list[dict[str, str]] = []
-    if result.commands:
+    if result.commands and result.queued_behind_pending:
+        await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)
+        warnings.append({"code": "DISPATCH_DEFERRED", "message": "queued behind this user's earlier events"})
+    elif result.commands:
         try:
             await dispatch_all(await state.client(), await state.skipping_client(), state.settings.task_queue, result.commands)
             await asyncio.to_thread(mark_dispatched, state.store, result.event_ids)
         except Exception as exc:  # stored: the sweeper replays it; the caller must not resend
             log.warning("dispatch deferred for %s: %s", result.event_ids, exc)
+            await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)
             warnings.append({"code": "DISPATCH_DEFERRED", "message": "stored; journeys will be updated shortly"})
     if not body.user.consented:
         warnings.append({"code": "NO_CONSENT", "message": "active_consent_accepted is not true: no journey starts"})

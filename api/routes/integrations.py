@@ -1,41 +1,49 @@
-"""Channel integrations (one per channel per section): the provider each channel sends through."""
+"""Channel integrations (one per channel per section): the provider each channel sends through.
+
+Create, read, update, delete, and a test call. Each kind's configuration is validated by the
+adapter's own `Config` model (providers/registry.py maps kinds to adapters). Secrets are split
+out (providers/secret_fields.py), encrypted with the configured key into `secrets_enc` and only
+ever returned masked; sending a masked value back on update keeps the stored secret. OAuth2
+credentials are checked against the token URL before anything is saved.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 from datetime import datetime
 from typing import Any, Literal
 
+import httpx
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, HttpUrl, model_validator
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from api.deps import Management, StateDep
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import Channel
+from providers import secret_fields
+from providers.base import ConfigurationError, OutboundMessage, ProviderError
+from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
+from security.crypto import SecretBox
+from settings import Settings
+from store.engine import Store
 from store.tables import Integration, now_utc
 
 router = APIRouter(prefix="/api/v1/integrations", tags=["integrations"])
 
-
-class CustomHttpConfig(BaseModel):
-    url: HttpUrl
-    headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+RATE_KEY = "rate_limit_per_second"
 
 
-class IntegrationCreate(BaseModel):
+class IntegrationIn(BaseModel):
     channel: Channel
     name: str = Field(min_length=1, max_length=200)
-    kind: Literal["outbox", "custom_http"]
+    kind: str = Field(min_length=1, max_length=40, description=f"one of {', '.join(INTEGRATION_KINDS)}")
     identifier_type: Literal["email", "phone", "custom"] = "email"
-    config: CustomHttpConfig | None = None
-
-    @model_validator(mode="after")
-    def _config_for_kind(self) -> IntegrationCreate:
-        if self.kind == "custom_http" and self.config is None:
-            raise ValueError("config.url is required for a custom_http integration")
-        return self
+    config: dict[str, Any] = Field(default_factory=dict)
+    rate_limit_per_second: float | None = Field(None, gt=0, le=100_000)
 
 
 class IntegrationPublic(BaseModel):
@@ -44,13 +52,108 @@ class IntegrationPublic(BaseModel):
     name: str
     kind: str
     identifier_type: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # secrets shown as "********"
+    rate_limit_per_second: float | None = None
     created_at: datetime
     updated_at: datetime
 
 
+class TestCall(BaseModel):
+    payload: dict[str, Any] = Field(default_factory=dict)
+    recipient: str = Field("test-recipient", max_length=2000)
+
+
+class TestCallResult(BaseModel):
+    ok: bool
+    status: int | None
+    headers: dict[str, str]
+    body: str
+    error: str | None = None
+
+
+def _public(row: Integration) -> IntegrationPublic:
+    config = dict(row.config)
+    rate = config.pop(RATE_KEY, None)
+    return IntegrationPublic(
+        id=row.id,
+        channel=row.channel,
+        name=row.name,
+        kind=row.kind,
+        identifier_type=row.identifier_type,
+        config=config,
+        rate_limit_per_second=rate,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _registry(settings: Settings, store: Store, http: httpx.AsyncClient) -> ProviderRegistry:
+    return ProviderRegistry(
+        store, http, allow_private_urls=settings.allow_private_urls, allowed_targets=settings.allowed_private_targets
+    )
+
+
+def _http() -> httpx.AsyncClient:
+    return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+
+
+async def _prepare(
+    state: StateDep, body: IntegrationIn, old_secrets: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate the body; returns (public config with masks, secrets by path). Raises 422."""
+    if body.kind not in INTEGRATION_KINDS:
+        raise Unprocessable(f"unknown kind '{body.kind}' (one of {', '.join(INTEGRATION_KINDS)})", field="kind")
+    if body.channel.value not in channels_for(body.kind):
+        raise Unprocessable(f"a {body.kind} integration cannot serve the {body.channel.value} channel", field="channel")
+    # Masked values sent back mean "keep what is stored".
+    public, sent = secret_fields.split(body.config)
+    kept, missing = secret_fields.keep_masked(sent, old_secrets)
+    if missing:
+        raise Unprocessable("a masked value was sent but no secret is stored there", field=f"config.{missing[0]}")
+    full = secret_fields.merge(public, kept)
+    model = config_model(body.kind)
+    if model is not None:
+        try:
+            full = model.model_validate(full).model_dump(mode="json")
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in ("config", *err["loc"]))
+            raise Unprocessable(str(err["msg"]), field=loc) from None
+    else:
+        full = {}
+    async with _http() as http:
+        registry = _registry(state.settings, state.store, http)
+        refused = await registry.refused_urls(full)
+        if refused is not None:
+            raise Unprocessable(refused[1], field=f"config.{refused[0]}")
+        try:
+            await registry.validate(body.kind, full)
+        except (ConfigurationError, ProviderError) as exc:
+            # Messages here never contain the secret itself (see providers/oauth.py).
+            raise Unprocessable(f"credentials could not be verified: {exc}", field="config") from None
+    public, secret_values = secret_fields.split(full)
+    if body.rate_limit_per_second is not None:
+        public[RATE_KEY] = body.rate_limit_per_second
+    return public, secret_values
+
+
+def _box(state: StateDep) -> SecretBox:
+    return SecretBox(state.settings.secret_keys)
+
+
+def _load(state: StateDep, section_id: str, integration_id: str) -> tuple[Integration, dict[str, Any]]:
+    with state.store.session() as s:
+        row = s.get(Integration, integration_id)
+        if row is None or row.section_id != section_id:
+            raise NotFound("no such integration", field="integration_id")
+        s.expunge(row)
+    old = json.loads(_box(state).decrypt(row.secrets_enc)) if row.secrets_enc else {}
+    return row, old
+
+
 @router.post("", status_code=201)
-def create(body: IntegrationCreate, principal: Management, state: StateDep) -> IntegrationPublic:
+async def create(body: IntegrationIn, principal: Management, state: StateDep) -> IntegrationPublic:
+    public, secret_values = await _prepare(state, body, {})
     now = now_utc()
     row = Integration(
         id="int_" + secrets.token_hex(6),
@@ -59,23 +162,59 @@ def create(body: IntegrationCreate, principal: Management, state: StateDep) -> I
         name=body.name,
         kind=body.kind,
         identifier_type=body.identifier_type,
-        config=body.config.model_dump(mode="json") if body.config else {},
+        config=public,
+        secrets_enc=_box(state).encrypt(json.dumps(secret_values)) if secret_values else None,
         created_at=now,
         updated_at=now,
     )
-    try:
-        with state.store.session() as s:
-            s.add(row)
-    except IntegrityError:
-        raise Conflict(f"the section already has a {body.channel.value} integration", field="channel") from None
-    return IntegrationPublic(**row.model_dump())
+
+    def save() -> IntegrationPublic:
+        try:
+            with state.store.session() as s:
+                s.add(row)
+        except IntegrityError:
+            raise Conflict(f"the section already has a {body.channel.value} integration", field="channel") from None
+        return _public(row)
+
+    return await asyncio.to_thread(save)
 
 
 @router.get("")
 def list_integrations(principal: Management, state: StateDep) -> list[IntegrationPublic]:
     with state.store.session() as s:
         rows = s.exec(select(Integration).where(Integration.section_id == principal.section_id)).all()
-        return [IntegrationPublic(**r.model_dump()) for r in rows]
+        return [_public(r) for r in rows]
+
+
+@router.get("/{integration_id}")
+def read(integration_id: str, principal: Management, state: StateDep) -> IntegrationPublic:
+    row, _ = _load(state, principal.section_id, integration_id)
+    return _public(row)
+
+
+@router.put("/{integration_id}")
+async def update(integration_id: str, body: IntegrationIn, principal: Management, state: StateDep) -> IntegrationPublic:
+    """Replace name, kind, identifier type, config and rate limit; the channel stays."""
+    row, old = await asyncio.to_thread(_load, state, principal.section_id, integration_id)
+    if body.channel.value != row.channel:
+        raise Unprocessable("the channel of an integration cannot change; create another", field="channel")
+    public, secret_values = await _prepare(state, body, old if body.kind == row.kind else {})
+
+    def save() -> IntegrationPublic:
+        with state.store.session() as s:
+            current = s.get(Integration, integration_id)
+            if current is None:
+                raise NotFound("no such integration", field="integration_id")
+            current.name, current.kind, current.identifier_type = body.name, body.kind, body.identifier_type
+            current.config = public
+            current.secrets_enc = _box(state).encrypt(json.dumps(secret_values)) if secret_values else None
+            current.updated_at = now_utc()
+            s.add(current)
+            s.flush()
+            s.refresh(current)
+            return _public(current)
+
+    return await asyncio.to_thread(save)
 
 
 @router.delete("/{integration_id}", status_code=204)
@@ -85,3 +224,30 @@ def delete(integration_id: str, principal: Management, state: StateDep) -> None:
         if row is None or row.section_id != principal.section_id:
             raise NotFound("no such integration", field="integration_id")
         s.delete(row)
+
+
+@router.post("/{integration_id}/test")
+async def test_call(integration_id: str, body: TestCall, principal: Management, state: StateDep) -> TestCallResult:
+    """Send `payload` through the integration now; answer with exactly what the provider said."""
+    row, stored = await asyncio.to_thread(_load, state, principal.section_id, integration_id)
+    message = OutboundMessage(
+        section_id=row.section_id,
+        integration_id=row.id,
+        channel=row.channel,
+        recipient=body.recipient,
+        payload=body.payload,
+        idempotency_key="test-" + secrets.token_hex(8),
+        config=secret_fields.merge(dict(row.config), stored),
+        secrets=stored,
+        campaign_name="Test call",
+        step_name="Test call",
+    )
+    async with _http() as http:
+        registry = _registry(state.settings, state.store, http)
+        try:
+            resp = await registry.for_kind(row.kind).send(message)
+        except ProviderError as err:
+            return TestCallResult(ok=False, status=err.status, headers=err.headers, body=err.body, error=err.message)
+        except ConfigurationError as err:
+            return TestCallResult(ok=False, status=None, headers={}, body="", error=f"configuration: {err}")
+    return TestCallResult(ok=True, status=resp.status, headers=resp.headers, body=resp.body)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from pydantic import BaseModel
 from sqlmodel import col, select
 
@@ -126,6 +126,21 @@ def flag_test_user(user_ref: str, body: TestFlag, principal: Management, state: 
         if user is None:
             raise NotFound("no such user", field="user_ref")
         user.is_test = body.is_test
+        s.add(user)
+        return UserOut(**user.model_dump())
+
+
+@router.patch("/users/{user_ref}/attributes")
+def update_attributes(
+    user_ref: str, body: Annotated[dict[str, Any], Body(max_length=200)], principal: Management, state: StateDep
+) -> UserOut:
+    """Merge attributes into a user (audience conditions read them); a null value removes one."""
+    with state.store.session() as s:
+        user = find_user(s, principal.section_id, user_ref)
+        if user is None:
+            raise NotFound("no such user", field="user_ref")
+        merged = {**user.attributes, **body}
+        user.attributes = {k: v for k, v in merged.items() if v is not None}
         s.add(user)
         return UserOut(**user.model_dump())
 

@@ -33,7 +33,7 @@ EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 class IdentifierIn(BaseModel):
     type: str = Field(min_length=1, max_length=32)
-    value: str = Field(min_length=1, max_length=320)
+    value: str = Field(min_length=1, max_length=2000)  # a Web Push subscription (JSON) is long
 
 
 class OptRequest(BaseModel):

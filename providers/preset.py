@@ -1,0 +1,61 @@
+"""Small helpers shared by the vendor presets."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+
+from providers.base import ProviderResponse
+
+
+class PresetConfig(BaseModel):
+    """Base for preset configurations: `base_url` overrides the vendor host (EU regions, tests)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def _parse_file(value: Any) -> Any:
+    """An uploaded JSON file may arrive as its text or already parsed."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("service account file is not JSON") from None
+    return value
+
+
+def _complete(value: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in ("client_email", "private_key", "token_uri") if not value.get(k)]
+    if missing:
+        raise ValueError(f"service account file lacks {', '.join(missing)}")
+    return value
+
+
+# A Google-style service-account file (`client_email`, `private_key`, `token_uri`, ...).
+ServiceAccount = Annotated[dict[str, Any], BeforeValidator(_parse_file), AfterValidator(_complete)]
+
+
+def join(base: str, path: str) -> str:
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def json_body(resp: ProviderResponse) -> Any:
+    try:
+        return json.loads(resp.body) if resp.body else None
+    except ValueError:
+        return None
+
+
+def accepted(resp: ProviderResponse, message_id: str | None) -> ProviderResponse:
+    return ProviderResponse(status=resp.status, body=resp.body[:2000], headers=resp.headers, message_id=message_id)
+
+
+def text_of(payload: dict[str, Any], *keys: str) -> str:
+    """The first non-empty string among `keys`, else the payload as JSON (never silently empty)."""
+    for key in keys:
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return json.dumps(payload, separators=(",", ":"))

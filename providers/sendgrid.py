@@ -1,0 +1,61 @@
+"""SendGrid v3 Mail Send: a dynamic template filled with the step's payload.
+
+POST {base}/v3/mail/send, `Authorization: Bearer <api key>`. The payload becomes
+`dynamic_template_data` (a payload with its own `template_id` / `dynamic_template_data` keys
+overrides the configured template). SendGrid has no idempotency key: the send key travels in
+`custom_args` so a possible duplicate can be traced in SendGrid's activity feed.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, HttpUrl
+
+from providers.base import OutboundMessage, ProviderResponse
+from providers.context import AdapterContext
+from providers.preset import PresetConfig, accepted, join
+
+
+class SendGridConfig(PresetConfig):
+    api_key: str = Field(min_length=1, max_length=500)
+    from_email: str = Field(min_length=3, max_length=320)
+    from_name: str | None = Field(None, max_length=200)
+    template_id: str | None = Field(None, max_length=100)
+    base_url: HttpUrl = HttpUrl("https://api.sendgrid.com")
+
+
+class SendGridProvider:
+    kind = "sendgrid"
+    channels = ("email",)
+    Config = SendGridConfig
+    honours_idempotency_key = False
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.ctx = ctx
+
+    async def send(self, message: OutboundMessage) -> ProviderResponse:
+        cfg = SendGridConfig.model_validate(message.config)
+        payload = dict(message.payload)
+        template_id = payload.pop("template_id", None) or cfg.template_id
+        data = payload.pop("dynamic_template_data", None) or payload
+        sender: dict[str, str] = {"email": cfg.from_email}
+        if cfg.from_name:
+            sender["name"] = cfg.from_name
+        body: dict[str, object] = {
+            "personalizations": [
+                {
+                    "to": [{"email": message.recipient}],
+                    "dynamic_template_data": data,
+                    "custom_args": {"rejoin_send_key": message.idempotency_key},
+                }
+            ],
+            "from": sender,
+        }
+        if template_id:
+            body["template_id"] = template_id
+        resp = await self.ctx.caller.call(
+            "POST",
+            join(str(cfg.base_url), "/v3/mail/send"),
+            json=body,
+            headers={"Authorization": f"Bearer {cfg.api_key}"},
+        )
+        return accepted(resp, resp.headers.get("x-message-id"))

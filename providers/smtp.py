@@ -1,0 +1,113 @@
+"""Native email over SMTP, for teams without an ESP.
+
+The payload gives `subject`, `html` and/or `text`; the sender is the configured address. The
+connection goes to the address the SSRF guard checked (pinned), while STARTTLS / implicit TLS
+verify the certificate against the configured host name. `Message-ID` is derived from the send
+key, so a repeat after an unknown outcome carries the same id (mail stores and clients
+de-duplicate on it) and the send key is in `X-Rejoin-Send-Key` for tracing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import smtplib
+import socket
+import ssl
+from email.message import EmailMessage
+from email.utils import formataddr, formatdate
+from typing import Any, Literal
+
+from pydantic import Field
+
+from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse
+from providers.context import AdapterContext
+from providers.preset import PresetConfig, text_of
+
+
+class SmtpConfig(PresetConfig):
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = Field(None, max_length=320)
+    password: str | None = Field(None, max_length=1000)
+    from_email: str = Field(min_length=3, max_length=320)
+    from_name: str | None = Field(None, max_length=200)
+    timeout: float = Field(20.0, gt=0, le=120)
+
+
+class _PinnedSMTP(smtplib.SMTP):
+    """SMTP that connects to a checked IP but keeps the host name for TLS verification."""
+
+    def __init__(self, ip: str, **kwargs: Any) -> None:
+        self._pinned_ip = ip
+        super().__init__(**kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((self._pinned_ip, port), timeout, self.source_address)
+
+
+class _PinnedSMTPS(_PinnedSMTP):
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        raw = super()._get_socket(host, port, timeout)
+        return ssl.create_default_context().wrap_socket(raw, server_hostname=getattr(self, "_host", host))
+
+
+def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
+    payload = message.payload
+    mail = EmailMessage()
+    mail["Subject"] = str(payload.get("subject", message.step_name or ""))
+    mail["From"] = formataddr((cfg.from_name or "", cfg.from_email))
+    mail["To"] = message.recipient
+    mail["Date"] = formatdate(usegmt=True)
+    digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
+    mail["Message-ID"] = f"<{digest}@{cfg.from_email.rpartition('@')[2] or 'rejoin'}>"
+    mail["X-Rejoin-Send-Key"] = message.idempotency_key
+    text = payload.get("text")
+    html = payload.get("html")
+    mail.set_content(str(text) if text else text_of(payload, "body"))
+    if html:
+        mail.add_alternative(str(html), subtype="html")
+    return mail
+
+
+class SmtpProvider:
+    kind = "smtp"
+    channels = ("email",)
+    Config = SmtpConfig
+    honours_idempotency_key = False
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.ctx = ctx
+
+    async def send(self, message: OutboundMessage) -> ProviderResponse:
+        cfg = SmtpConfig.model_validate(message.config)
+        ip = await self.ctx.caller.guard.resolve_host(cfg.host, cfg.port)
+        mail = build_email(cfg, message)
+        return await asyncio.to_thread(self._deliver, cfg, ip, mail)
+
+    def _deliver(self, cfg: SmtpConfig, ip: str, mail: EmailMessage) -> ProviderResponse:
+        cls = _PinnedSMTPS if cfg.security == "tls" else _PinnedSMTP
+        try:
+            with cls(ip, host=cfg.host, port=cfg.port, timeout=cfg.timeout) as smtp:
+                if cfg.security == "starttls":
+                    smtp.starttls(context=ssl.create_default_context())
+                if cfg.username and cfg.password:
+                    smtp.login(cfg.username, cfg.password)
+                refused = smtp.send_message(mail)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise ConfigurationError(f"SMTP login refused ({exc.smtp_code})") from None
+        except smtplib.SMTPResponseException as exc:
+            # 4xx replies are transient by definition (RFC 5321), 5xx permanent.
+            raise ProviderError(f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"[:300], retryable=400 <= exc.smtp_code < 500,
+                                status=exc.smtp_code) from None  # fmt: skip
+        except smtplib.SMTPRecipientsRefused as exc:
+            raise ProviderError(f"SMTP refused the recipient: {list(exc.recipients.values())!r}"[:300],
+                                retryable=False) from None  # fmt: skip
+        except smtplib.SMTPServerDisconnected as exc:
+            raise ProviderError(f"SMTP disconnected: {exc}", retryable=True, outcome_unknown=True) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise ProviderError(f"SMTP connection error: {type(exc).__name__}", retryable=True) from None
+        if refused:
+            raise ProviderError(f"SMTP refused the recipient: {refused!r}"[:300], retryable=False)
+        return ProviderResponse(status=250, body="queued", message_id=str(mail["Message-ID"]))

@@ -1,0 +1,118 @@
+"""Web Push (RFC 8030) with VAPID (RFC 8292) and aes128gcm payload encryption (RFC 8291).
+
+The user identifier is the browser's subscription JSON (`endpoint`, `keys.p256dh`,
+`keys.auth`), stored encrypted like any identifier. Each message is encrypted for that
+subscription with a fresh ephemeral key and salt (`http_ece`), and signed with the
+integration's VAPID key: `Authorization: vapid t=<ES256 JWT>, k=<public key>`, the JWT's `aud`
+being the endpoint's origin. `Topic` is derived from the send key, so a repeated send replaces
+the still-queued first one instead of showing twice. 404/410 mean the subscription is gone
+(a permanent failure).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import Field, field_validator
+
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse
+from providers.context import AdapterContext
+from providers.preset import PresetConfig, accepted
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def load_vapid_key(value: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 key as PEM, or as the base64url raw 32-byte scalar web-push tools print."""
+    try:
+        if "BEGIN" in value:
+            key = serialization.load_pem_private_key(value.encode(), password=None)
+        else:
+            key = ec.derive_private_key(int.from_bytes(unb64url(value.strip()), "big"), ec.SECP256R1())
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError("vapid_private_key is not a P-256 private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigurationError("vapid_private_key must be a P-256 (prime256v1) key")
+    return key
+
+
+def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    return b64url(raw)
+
+
+class WebPushConfig(PresetConfig):
+    vapid_private_key: str = Field(min_length=1, max_length=5000)
+    subject: str = Field(pattern=r"^(mailto:|https:).+", max_length=300)
+    ttl: int = Field(86400, ge=0, le=2_419_200)
+    urgency: Literal["very-low", "low", "normal", "high"] = "normal"
+
+    @field_validator("vapid_private_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        try:
+            load_vapid_key(v)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+
+class WebPushProvider:
+    kind = "webpush"
+    channels = ("web_push",)
+    Config = WebPushConfig
+    honours_idempotency_key = False
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        self.ctx = ctx
+
+    async def send(self, message: OutboundMessage) -> ProviderResponse:
+        import http_ece  # type: ignore[import-untyped]
+        import jwt
+
+        cfg = WebPushConfig.model_validate(message.config)
+        try:
+            sub = json.loads(message.recipient)
+            endpoint = str(sub["endpoint"])
+            ua_public = unb64url(sub["keys"]["p256dh"])
+            auth_secret = unb64url(sub["keys"]["auth"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError("the recipient is not a Web Push subscription (endpoint, keys)") from exc
+        vapid = load_vapid_key(cfg.vapid_private_key)
+        plaintext = json.dumps(message.payload, separators=(",", ":")).encode()
+        body = http_ece.encrypt(
+            plaintext,
+            salt=os.urandom(16),
+            private_key=ec.generate_private_key(ec.SECP256R1()),  # fresh per message (RFC 8291)
+            dh=ua_public,
+            auth_secret=auth_secret,
+            version="aes128gcm",
+        )
+        parts = urlsplit(endpoint)
+        claims: dict[str, Any] = {"aud": f"{parts.scheme}://{parts.netloc}", "exp": int(time.time()) + 12 * 3600,
+                                  "sub": cfg.subject}  # fmt: skip
+        token = jwt.encode(claims, vapid, algorithm="ES256")
+        headers = {
+            "TTL": str(cfg.ttl),
+            "Urgency": cfg.urgency,
+            "Topic": b64url(hashlib.sha256(message.idempotency_key.encode()).digest())[:32],
+            "Content-Encoding": "aes128gcm",
+            "Content-Type": "application/octet-stream",
+            "Authorization": f"vapid t={token}, k={public_key_b64(vapid)}",
+        }
+        resp = await self.ctx.caller.call("POST", endpoint, content=body, headers=headers)
+        return accepted(resp, resp.headers.get("location"))

@@ -1,0 +1,113 @@
+"""Accepted events are never lost, and concurrent triggers make one journey."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import httpx
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from api.deps import AppState
+from api.ingestion import redispatch_pending
+from api.main import create_app
+from settings import Settings
+from store.engine import Store
+from store.tables import Event
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    purchase,
+    create_campaign,
+    eventually,
+    journey_handle,
+    journey_result,
+    reachable_user,
+)
+from workflows.journey import JourneyWorkflow
+
+
+async def test_events_accepted_while_temporal_is_down_are_dispatched_later(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """With Temporal unreachable ingestion still answers 202; the sweeper starts the journey later."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    down = settings.model_copy(update={"temporal_address": "127.0.0.1:1"})
+    app = create_app(down, store=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://down.test") as offline:
+        r = await offline.post("/v2/collect/user/event", headers=section.ing, json={
+            "user": {"dyid": dyid, "active_consent_accepted": True}, "events": [add_to_cart("sku-1")]})  # fmt: skip
+    assert r.status_code == 202 and r.json()["warnings"][0]["code"] == "DISPATCH_DEFERRED"
+    event_id = r.json()["event_ids"][0]
+    with store.session() as s:
+        ev = s.get(Event, event_id)
+        assert ev is not None and not ev.dispatched
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    assert await redispatch_pending(state, older_than=timedelta(0)) >= 1
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 1
+    with store.session() as s:
+        ev = s.get(Event, event_id)
+        assert ev is not None and ev.dispatched
+
+
+async def test_concurrent_triggers_make_one_journey(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """Ten simultaneous cart events for one user start exactly one journey that sends once."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await asyncio.gather(*(collect(api, section, dyid, add_to_cart(f"sku-{i}")) for i in range(10)))
+        handle = journey_handle(env.client, section, cid, uid)
+        view = await handle.query(JourneyWorkflow.current_state)
+        assert view.trigger_count == 10, view
+        await env.fast_forward(handle)
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 1 and result.runs == 1
+    client: Client = env.client
+
+    async def one_run() -> None:
+        runs = [w async for w in client.list_workflows(f'WorkflowId = "{handle.id}"')]
+        assert len(runs) == 1, runs
+
+    await eventually(one_run)
+
+
+async def test_exit_in_the_same_batch_as_its_trigger_is_not_lost(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """[add-to-cart, purchase] in one request: the journey starts and exits; nothing is sent."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"), purchase([("sku-1", 10.0)]))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.sent) == ("exited", 0), result
+
+
+async def test_events_queue_behind_a_users_undispatched_events(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """A purchase arriving while the user's cart event still waits for dispatch is replayed after it."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    down = create_app(settings.model_copy(update={"temporal_address": "127.0.0.1:1"}), store=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=down), base_url="http://down.test") as offline:
+        r = await offline.post("/v2/collect/user/event", headers=section.ing, json={
+            "user": {"dyid": dyid, "active_consent_accepted": True}, "events": [add_to_cart("sku-1")]})  # fmt: skip
+        assert r.json()["warnings"][0]["code"] == "DISPATCH_DEFERRED"
+    ack = await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+    assert ack["warnings"][0]["code"] == "DISPATCH_DEFERRED", "must not overtake the pending trigger"
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    await redispatch_pending(state, older_than=timedelta(0))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.sent) == ("exited", 0), result

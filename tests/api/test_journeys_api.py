@@ -1,0 +1,124 @@
+"""Operators and testers: journey look-up, decision trace, search attributes, previews, versions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    email_for,
+    eventually,
+    journey_handle,
+    journey_result,
+    login,
+    new_dyid,
+    outbox,
+    reachable_user,
+    step,
+)
+
+
+async def test_user_journeys_show_live_state_trace_and_ui_link(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A waiting journey shows its next wake time; the UI link names the workflow."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="PT3H"))
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+
+        async def waiting() -> list[dict[str, object]]:
+            r = await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)
+            body = r.json()
+            assert body and body[0]["live"] and body[0]["live"]["status"] == "waiting", body
+            return list(body)
+
+        [journey] = await eventually(waiting)
+        assert journey["campaign_id"] == cid and "journey%2F" in str(journey["temporal_ui"])
+        live = journey["live"]
+        assert isinstance(live, dict) and live["next_wake_at"] and live["total_steps"] == 1
+        await env.fast_forward(journey_handle(env.client, section, cid, uid))
+    await journey_result(env.client, section, cid, uid)
+    r = await api.get(f"/api/v1/journeys/{journey['id']}", headers=section.mgmt)
+    outcomes = [(d["outcome"], d["channel"]) for d in r.json()["decisions"]]
+    assert outcomes == [("decided", "email"), ("sent", "email")], outcomes
+
+
+async def test_decision_trace_explains_why_nothing_was_sent(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """"Why did this user get nothing?" — the trace says not opted in."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid = new_dyid()
+    await collect(api, section, dyid, login(email_for(dyid)), add_to_cart("sku-1"))
+    uid = (await api.get(f"/api/v1/users/{dyid}", headers=section.mgmt)).json()["id"]
+    await journey_result(env.client, section, cid, uid)
+    [j] = (await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)).json()
+    assert [(d["outcome"], d["reason"]) for d in j["decisions"]] == [("skipped", "not_opted_in")]
+
+
+async def test_search_attributes_find_a_users_journeys(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """Operators find journeys by user and campaign in Temporal's visibility."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    await journey_result(env.client, section, cid, uid)
+
+    async def listed() -> None:
+        found = [w async for w in env.client.list_workflows(f'RejoinUserId = "{uid}" AND RejoinCampaignId = "{cid}"')]
+        assert len(found) == 1
+        assert found[0].typed_search_attributes is not None
+
+    await eventually(listed)
+
+
+async def test_in_flight_journeys_keep_their_campaign_version(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """Editing a campaign mid-journey does not change the journey already running."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(steps=[step("Old name")]))
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        r = await api.put(f"/api/v1/campaigns/{cid}", json=cart_campaign(steps=[step("New name")]), headers=section.mgmt)
+        assert r.json()["version"] == 2
+        await env.fast_forward(journey_handle(env.client, section, cid, uid))
+    await journey_result(env.client, section, cid, uid)
+    assert [m["payload"]["step"] for m in await outbox(api, section)] == ["Old name"]
+
+
+async def test_preview_runs_a_long_journey_for_a_test_user(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A flagged test user previews a 3-step, 60-day journey; non-test users are refused."""
+    await add_integration(api, section)
+    steps = [step("s1"), step("s2", "P30D"), step("s3", "P29D")]
+    cid = await create_campaign(api, section, cart_campaign(wait="P1D", steps=steps))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, {"name": "Sync", "properties": {"dyType": "sync-cart-v1", "value": 1,
+                                                                         "cart": [{"productId": "p", "quantity": 1}]}}, consent=False)  # fmt: skip
+    refused = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=section.mgmt)
+    assert refused.status_code == 422 and "test user" in refused.text
+    flagged = await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=section.mgmt)
+    assert flagged.json()["is_test"] is True
+    r = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=section.mgmt)
+    assert r.status_code == 202, r.text
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 3
+    span = result.decisions[-1].at - result.decisions[0].at
+    assert span >= timedelta(days=59)
+    assert [m["payload"]["items"][0]["sku"] for m in await outbox(api, section)] == ["p", "p", "p"]

@@ -1,0 +1,80 @@
+"""Management API: validation errors naming fields, lifecycle, versions, keys and isolation."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.helpers import SectionKeys, cart_campaign, create_campaign, make_section, step
+
+
+async def test_bad_campaign_spec_is_422_naming_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """A wait under 5 minutes is rejected with loc pointing at trigger.wait."""
+    r = await api.post("/api/v1/campaigns", json=cart_campaign(wait="PT1M"), headers=section.mgmt)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"][-2:] == ["trigger", "wait"], r.json()
+
+
+async def test_validate_endpoint_and_unsupported_type(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Validation works without saving; types this engine cannot run yet are refused clearly."""
+    ok = await api.post("/api/v1/campaigns/validate", json=cart_campaign(), headers=section.mgmt)
+    assert ok.status_code == 200 and ok.json()["valid"] is True
+    bad = await api.post("/api/v1/campaigns/validate", json=cart_campaign(type="scheduled"), headers=section.mgmt)
+    assert bad.status_code == 422 and "not supported yet" in bad.text
+
+
+async def test_lifecycle_transitions(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """draft -> active -> paused -> active -> archived; archived is final."""
+    cid = await create_campaign(api, section, cart_campaign(), activate=False)
+    for action, status in [("activate", "active"), ("pause", "paused"), ("activate", "active"), ("archive", "archived")]:
+        r = await api.post(f"/api/v1/campaigns/{cid}/{action}", headers=section.mgmt)
+        assert (r.status_code, r.json()["status"]) == (200, status)
+    r = await api.post(f"/api/v1/campaigns/{cid}/activate", headers=section.mgmt)
+    assert r.status_code == 409 and "archived" in r.text
+
+
+async def test_update_creates_a_new_version(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Changing the spec bumps the version; the old version stays readable."""
+    cid = await create_campaign(api, section, cart_campaign())
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=cart_campaign(steps=[step("Renamed")]), headers=section.mgmt)
+    assert r.json()["version"] == 2
+    same = await api.put(f"/api/v1/campaigns/{cid}", json=cart_campaign(steps=[step("Renamed")]), headers=section.mgmt)
+    assert same.json()["version"] == 2
+    v1 = await api.get(f"/api/v1/campaigns/{cid}/versions/1", headers=section.mgmt)
+    assert v1.json()["spec"]["variations"][0]["steps"][0]["name"] == "Reminder"
+
+
+async def test_keys_and_section_isolation(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Missing/wrong keys 401, ingestion key on management 403, another section sees nothing."""
+    assert (await api.get("/api/v1/campaigns")).status_code == 401
+    assert (await api.get("/api/v1/campaigns", headers={"Authorization": "Bearer rjk_x_y"})).status_code == 401
+    assert (await api.get("/api/v1/campaigns", headers={"Authorization": f"Bearer {section.ingestion}"})).status_code == 403
+    cid = await create_campaign(api, section, cart_campaign())
+    other = await make_section(api, "other")
+    assert (await api.get(f"/api/v1/campaigns/{cid}", headers=other.mgmt)).status_code == 404
+    assert (await api.get("/api/v1/campaigns", headers=other.mgmt)).json() == []
+    r = await api.post("/api/v1/keys", json={"kind": "management"}, headers=section.mgmt)
+    new_key = r.json()
+    hdr = {"Authorization": f"Bearer {new_key['key']}"}
+    assert (await api.get("/api/v1/campaigns", headers=hdr)).status_code == 200
+    assert (await api.delete(f"/api/v1/keys/{new_key['id']}", headers=section.mgmt)).status_code == 204
+    assert (await api.get("/api/v1/campaigns", headers=hdr)).status_code == 401
+
+
+async def test_sections_need_the_admin_key(api: httpx.AsyncClient) -> None:
+    """Creating a section without the admin key is refused."""
+    r = await api.post("/api/v1/sections", json={"name": "x"}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+
+
+async def test_api_keys_stored_hashed(api: httpx.AsyncClient, section: SectionKeys, store: object) -> None:
+    """Only a hash of each key's secret is stored."""
+    from sqlmodel import select
+
+    from store.engine import Store
+    from store.tables import ApiKey
+
+    assert isinstance(store, Store)
+    with store.session() as s:
+        rows = s.exec(select(ApiKey).where(ApiKey.section_id == section.id)).all()
+    secrets = {section.management.split("_", 2)[2], section.ingestion.split("_", 2)[2]}
+    assert rows and all(r.secret_hash not in secrets and len(r.secret_hash) == 64 for r in rows)

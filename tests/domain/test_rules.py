@@ -1,0 +1,124 @@
+"""Pure rules: conditions, caps, campaign priority, channel choice, trigger/exit matching."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from domain.campaign import CampaignSpec, Channel
+from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
+from domain.channels import choose_channel
+from domain.conditions import Condition, matches
+from domain.events import EventIn, EventValidationError, normalize_event
+from domain.matching import exit_reason, triggers
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("cond", "record", "expected"),
+    [
+        ({"field": "category", "op": "eq", "value": "shoes"}, {"category": ["Shoes", "Men"]}, True),
+        ({"field": "price", "op": "gt", "value": 50}, {"price": 49.99}, False),
+        ({"field": "price", "op": "gte", "value": 50}, {"price": "50"}, True),
+        ({"field": "brand", "op": "in", "value": ["acme", "zeta"]}, {"brand": "ACME"}, True),
+        ({"field": "brand", "op": "ne", "value": "acme"}, {}, True),
+        ({"field": "color", "op": "exists"}, {"color": None}, False),
+        ({"field": "attributes.size", "op": "eq", "value": "m"}, {"attributes": {"size": "M"}}, True),
+        ({"field": "name", "op": "contains", "value": "dress"}, {"name": "Little Red Dress"}, True),
+    ],
+)
+def test_condition_evaluation(cond: dict[str, object], record: dict[str, object], expected: bool) -> None:
+    """Each operator compares case-insensitively, numerically where numbers, over list values."""
+    assert matches([Condition.model_validate(cond)], record) is expected
+
+
+def test_condition_rejects_mistyped_values() -> None:
+    """A numeric operator with a text value is a validation error, not a silent mismatch."""
+    with pytest.raises(ValidationError, match="must be a number"):
+        Condition(field="price", op="gt", value="cheap")
+
+
+def test_global_and_campaign_caps() -> None:
+    """The 6th message in the window hits the global cap; the campaign cap is checked too."""
+    policy = CapPolicy(5, timedelta(hours=24))
+    assert cap_reason(global_policy=policy, global_used=4, campaign_limit=None, campaign_used=0) is None
+    assert cap_reason(global_policy=policy, global_used=5, campaign_limit=None, campaign_used=0) == "global_cap"
+    assert cap_reason(global_policy=policy, global_used=1, campaign_limit=1, campaign_used=1) == "campaign_cap"
+
+
+def test_priority_rule() -> None:
+    """Strictly higher priority outranks when pending or recently sent; equal never does."""
+    window = timedelta(hours=24)
+    pending = Competitor("hi", 90, True, T0, None)
+    assert outranked_by(priority=10, competitors=[pending], as_of=T0 + timedelta(hours=1), window=window) == pending
+    assert outranked_by(priority=90, competitors=[pending], as_of=T0, window=window) is None
+    stale = Competitor("hi", 90, True, T0, None)
+    assert outranked_by(priority=10, competitors=[stale], as_of=T0 + timedelta(days=2), window=window) is None
+    done_recently = Competitor("hi", 90, False, T0, T0 + timedelta(hours=2))
+    assert outranked_by(priority=10, competitors=[done_recently], as_of=T0 + timedelta(hours=3), window=window)
+    done_silently = Competitor("hi", 90, False, T0, None)
+    assert outranked_by(priority=10, competitors=[done_silently], as_of=T0, window=window) is None
+
+
+def test_channel_priority_skips_unreachable_channels() -> None:
+    """The first reachable channel in campaign priority wins; otherwise the best reason is given."""
+    prio = [Channel.SMS, Channel.EMAIL]
+    steps = [Channel.EMAIL, Channel.SMS]
+    assert choose_channel(prio, steps, {}).channel == Channel.SMS
+    assert choose_channel(prio, steps, {Channel.SMS: "not_opted_in"}).channel == Channel.EMAIL
+    none = choose_channel(prio, steps, {Channel.SMS: "no_identifier", Channel.EMAIL: "not_opted_in"})
+    assert none.channel is None and none.reason == "not_opted_in"
+    assert choose_channel(prio, steps, {}, exclude=[Channel.SMS]).channel == Channel.EMAIL
+
+
+def _spec(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "name": "c", "type": "cart_abandonment", "channel_priority": ["email"],
+        "trigger": {"wait": "PT1H", "conditions": [{"field": "category", "op": "eq", "value": "shoes"}]},
+        "variations": [{"id": "a", "name": "A", "share": 100, "steps": [{"name": "s", "messages": {"email": {}}}]}],
+    }  # fmt: skip
+    base.update(over)
+    return base
+
+
+def test_cart_trigger_uses_catalog_attributes_and_exit_rules() -> None:
+    """Cart triggers match on catalog categories; purchases and emptied carts exit."""
+    spec = CampaignSpec.model_validate(_spec())
+    ev = normalize_event(0, EventIn(name="Add", properties={
+        "dyType": "add-to-cart-v1", "value": 5, "productId": "s1", "quantity": 1,
+        "cart": [{"productId": "s1", "quantity": 1, "itemPrice": 5}]}))  # fmt: skip
+    assert ev.cart is not None
+    assert triggers(spec, ev, ev.cart, {"s1": {"categories": ["Shoes"]}})
+    assert not triggers(spec, ev, ev.cart, {"s1": {"categories": ["Hats"]}})
+    empty = normalize_event(0, EventIn(name="Sync", properties={"dyType": "sync-cart-v1", "value": 0, "cart": []}))
+    assert exit_reason(spec, empty, [], {}) == "cart_emptied"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"trigger": {"wait": "PT1M"}}, "trigger.wait"),
+        ({"trigger": {"wait": "P91D"}}, "trigger.wait"),
+        ({"channel_priority": ["email", "email"]}, "channel_priority"),
+        ({"type": "custom_trigger"}, "event_name"),
+        ({"variations": [{"id": "a", "name": "A", "share": 60, "steps": [{"name": "s", "messages": {"email": {}}}]}]}, "sum to 100"),
+        ({"variations": [{"id": "a", "name": "A", "share": 100, "steps": [{"name": f"s{i}", "messages": {"email": {}}, **({"wait": "PT1H"} if i else {})} for i in range(11)]}]}, "variations.0.steps"),
+        ({"channel_priority": ["sms"]}, "not listed in channel_priority"),
+    ],
+)
+def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
+    """Invalid campaign specs are rejected with the offending field in the error."""
+    with pytest.raises(ValidationError) as err:
+        CampaignSpec.model_validate(_spec(**change))
+    text = str(err.value).replace("\n", " ")
+    assert field in text, text
+
+
+def test_standard_events_validated_with_field_location() -> None:
+    """A sync-cart without its cart names events.N.properties.cart."""
+    with pytest.raises(EventValidationError) as err:
+        normalize_event(3, EventIn(name="Sync", properties={"dyType": "sync-cart-v1", "value": 1}))
+    assert err.value.loc == "events.3.properties.cart"
