@@ -102,7 +102,7 @@ class Delivery:
     def _begin(self, req: DeliverRequest) -> _Prepared | DeliverResult:
         with self.store.session() as s:
             send = s.get(Send, req.send_key)
-            if send is not None and send.status in ("accepted", "failed"):
+            if send is not None and send.status in ("accepted", "failed", "skipped"):
                 log.info("already %s under %s, skipping the provider call", send.status, req.send_key)
                 return DeliverResult(
                     status="accepted" if send.status == "accepted" else "failed",
