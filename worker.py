@@ -19,6 +19,7 @@ from temporalio.worker import Worker
 
 from activities.delivery import Delivery
 from activities.journey import JourneyActivities
+from activities.subscribers import SubscriberActivities
 from domain.caps import CapPolicy
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
@@ -26,6 +27,7 @@ from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
 from workflows.journey import JourneyWorkflow
+from workflows.subscribers import SubscriberSyncWorkflow
 
 log = logging.getLogger("rejoin.worker")
 
@@ -46,12 +48,17 @@ async def build_worker(
             settings.priority_window,
         )
         delivery = Delivery(store, registry, SecretBox(settings.secret_keys))
+        subscribers = SubscriberActivities(store, settings, SecretBox(settings.secret_keys))
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(
                 client,
                 task_queue=task_queue or settings.task_queue,
-                workflows=[JourneyWorkflow],
-                activities=[journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver],
+                workflows=[JourneyWorkflow, SubscriberSyncWorkflow],
+                activities=[
+                    journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver,
+                    subscribers.list_folders, subscribers.claim, subscribers.sync_folder, subscribers.finish,
+                    subscribers.cleanup,
+                ],  # fmt: skip
                 activity_executor=pool,
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 graceful_shutdown_timeout=settings.delivery_timeout,

@@ -23,6 +23,7 @@ from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
 from store.tables import Decision, Journey, Section, Send, User, now_utc
+from store.users import canonical_id, canonical_user
 from workflows.ids import decision_key, send_key
 from workflows.models import (
     DecideRequest,
@@ -59,7 +60,7 @@ class JourneyActivities:
                         campaign_id=req.campaign_id,
                         campaign_version=req.campaign_version,
                         priority=spec.priority,
-                        user_id=req.user_id,
+                        user_id=canonical_id(s, req.user_id),
                         variation_id=variation.id,
                         is_control=variation.control,
                         is_test=req.is_test,
@@ -89,7 +90,8 @@ class JourneyActivities:
                 return StepDecision.model_validate(previous.detail["decision"])
             spec = load_spec(s, req.campaign_id, req.campaign_version)
             journey = s.get(Journey, req.journey_id)
-            user = s.get(User, req.user_id)
+            # The journey may have started under an id since merged into another (identity).
+            user = canonical_user(s, req.user_id)
             if journey is None or user is None:
                 raise LookupError(f"journey {req.journey_id} or its user is missing")
             variation = spec.variation(journey.variation_id)
@@ -117,7 +119,7 @@ class JourneyActivities:
     ) -> StepDecision:
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             return StepDecision(action="skip", reason="audience")
-        r = reach(s, req.section_id, req.user_id, step_channels)
+        r = reach(s, req.section_id, user.id, step_channels)
         choice = choose_channel(
             [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
         )  # type: ignore[arg-type]
@@ -135,7 +137,7 @@ class JourneyActivities:
             reservations.SlotRequest(
                 key=skey,
                 section_id=req.section_id,
-                user_id=req.user_id,
+                user_id=user.id,
                 channel=channel,
                 campaign_id=req.campaign_id,
                 priority=spec.priority,

@@ -27,7 +27,7 @@ from settings import Settings
 from store import users
 from store.campaigns import active_campaigns
 from store.engine import Store
-from store.tables import Campaign, Event, OptIn, Product, now_utc
+from store.tables import Campaign, Event, Journey, OptIn, Product, now_utc
 from workflows.ids import journey_workflow_id
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,10 @@ def accept(
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
             catalog = _catalog(s, section_id, skus) if campaigns else {}
             event_id = new_event_id()
-            commands = _commands(section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings)
+            running = _running_journeys(s, user.id) if campaigns else {}
+            commands = _commands(
+                section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
+            )
             s.add(
                 Event(
                     id=event_id,
@@ -114,6 +117,21 @@ def accept(
     return result
 
 
+def _running_journeys(s: Session, user_id: str) -> dict[str, list[str]]:
+    """Campaign -> workflow ids of the user's active journeys.
+
+    After a merge, a journey started under a merged-away id keeps that workflow id; exits and
+    re-triggers must reach it rather than start a second journey for the same person.
+    """
+    rows = s.exec(
+        select(Journey.campaign_id, Journey.workflow_id).where(Journey.user_id == user_id, Journey.status == "active")
+    ).all()
+    out: dict[str, list[str]] = {}
+    for campaign_id, workflow_id in rows:
+        out.setdefault(campaign_id, []).append(workflow_id)
+    return out
+
+
 def _commands(
     section_id: str,
     user: users.User,
@@ -124,15 +142,20 @@ def _commands(
     event_id: str,
     consented: bool,
     settings: Settings,
+    running: dict[str, list[str]],
 ) -> list[JourneyCommand]:
     out: list[JourneyCommand] = []
     for campaign, spec in campaigns:
-        wid = journey_workflow_id(section_id, campaign.id, user.id)
+        own = journey_workflow_id(section_id, campaign.id, user.id)
+        wids = sorted(set(running.get(campaign.id, [])) | {own}, key=lambda w: w != own)
         reason = exit_reason(spec, ev, cart, catalog)
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]
-            out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
+            for wid in wids:
+                out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
             continue
+        # Re-trigger the person's running journey (maybe under a merged id), else start one.
+        wid = own if own in running.get(campaign.id, []) or len(wids) == 1 else wids[1]
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
         if not consented or not triggers(spec, ev, cart, catalog):
