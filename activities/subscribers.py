@@ -79,7 +79,9 @@ class SubscriberActivities:
             lst = s.get(SubscriberList, integration_id)
             integration = s.get(Integration, integration_id)
         if lst is None or integration is None:
-            raise ApplicationError("subscriber list not provisioned", type="NotProvisioned", non_retryable=True)
+            raise ApplicationError(
+                "subscriber list not provisioned", type="NotProvisioned", non_retryable=True
+            )
         return lst, integration
 
     @activity.defn(name="subscribers.list_folders")
@@ -88,7 +90,9 @@ class SubscriberActivities:
         lst, _ = self._list(req.integration_id)
         s3 = objects.client(self.settings)
         found: list[str] = []
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=lst.bucket, Prefix=lst.prefix, Delimiter="/"):
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=lst.bucket, Prefix=lst.prefix, Delimiter="/"
+        ):
             for p in page.get("CommonPrefixes", []):
                 name = p["Prefix"][len(lst.prefix) :].rstrip("/")
                 if rules.FOLDER.match(name) and (lst.last_folder is None or name > lst.last_folder):
@@ -202,11 +206,18 @@ class SubscriberActivities:
         if progress.line == 0:
             return SyncFolderResult(state="rejected", error="the file is empty (no header)")
         return SyncFolderResult(
-            state="staged", rows_accepted=progress.accepted, rows_rejected=progress.rejected, lines_read=progress.line
+            state="staged",
+            rows_accepted=progress.accepted,
+            rows_rejected=progress.rejected,
+            lines_read=progress.line,
         )
 
     def _write(
-        self, req: SyncFolderRequest, entries: list[tuple[str, str]], rejections: list[tuple[int, str]], p: SyncProgress
+        self,
+        req: SyncFolderRequest,
+        entries: list[tuple[str, str]],
+        rejections: list[tuple[int, str]],
+        p: SyncProgress,
     ) -> None:
         """Commit one batch with the sync's progress counters, then heartbeat the resume point."""
         with self.store.session() as s:

@@ -58,13 +58,17 @@ def upload_policy(bucket: str, prefix: str) -> str:
     )
 
 
-def issue_access_key(iam: Any, user_name: str, bucket: str, prefix: str, previous_key_id: str | None) -> tuple[str, str]:
+def issue_access_key(
+    iam: Any, user_name: str, bucket: str, prefix: str, previous_key_id: str | None
+) -> tuple[str, str]:
     """Create (or rotate) the uploader's access key; the old key stops working at once."""
     try:
         iam.get_user(UserName=user_name)
     except iam.exceptions.NoSuchEntityException:
         iam.create_user(UserName=user_name)
-    iam.put_user_policy(UserName=user_name, PolicyName="rejoin-upload", PolicyDocument=upload_policy(bucket, prefix))
+    iam.put_user_policy(
+        UserName=user_name, PolicyName="rejoin-upload", PolicyDocument=upload_policy(bucket, prefix)
+    )
     if previous_key_id:
         try:
             iam.delete_access_key(UserName=user_name, AccessKeyId=previous_key_id)

@@ -20,7 +20,9 @@ from store.subscriber_tables import SubscriberEntry, SubscriberList, SubscriberR
 from store.tables import OptIn
 
 
-def effective_opt_in(s: Session, lst: SubscriberList, section_id: str, channel: str, hashes: list[str]) -> OptIn | None:
+def effective_opt_in(
+    s: Session, lst: SubscriberList, section_id: str, channel: str, hashes: list[str]
+) -> OptIn | None:
     """The opt-in that makes one of `hashes` reachable under list `lst`, or None."""
     assert lst.active_generation is not None and lst.activated_at is not None
     api_rows = s.exec(
@@ -59,13 +61,20 @@ def _insert(s: Session, table: type, rows: list[dict[str, object]]) -> None:
     s.execute(ins(table).values(rows).on_conflict_do_nothing())  # type: ignore[arg-type]
 
 
-def stage_entries(s: Session, integration_id: str, generation: int, entries: Iterable[tuple[str, str]]) -> None:
-    rows = [{"integration_id": integration_id, "generation": generation, "value_hash": h, "value_enc": e} for h, e in entries]
+def stage_entries(
+    s: Session, integration_id: str, generation: int, entries: Iterable[tuple[str, str]]
+) -> None:
+    rows = [
+        {"integration_id": integration_id, "generation": generation, "value_hash": h, "value_enc": e}
+        for h, e in entries
+    ]
     _insert(s, SubscriberEntry, rows)
 
 
 def stage_rejections(s: Session, sync_id: str, rejections: Iterable[tuple[int, str]]) -> None:
-    _insert(s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections])
+    _insert(
+        s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
+    )
 
 
 def delete_generation_batch(s: Session, integration_id: str, generation: int, limit: int) -> int:

@@ -57,7 +57,10 @@ class SubscriberSyncWorkflow:
             claim = await workflow.execute_activity_method(
                 SubscriberActivities.claim,
                 ClaimRequest(
-                    section_id=inp.section_id, integration_id=inp.integration_id, folder=folder, as_of=workflow.now()
+                    section_id=inp.section_id,
+                    integration_id=inp.integration_id,
+                    folder=folder,
+                    as_of=workflow.now(),
                 ),
                 start_to_close_timeout=SHORT,
                 retry_policy=RETRY,

@@ -115,7 +115,9 @@ def _integration(store: Store, section_id: str, integration_id: str) -> Integrat
     return integration
 
 
-def _provision(store: Store, settings: Settings, integration: Integration) -> tuple[SubscriberList, Credentials | None]:
+def _provision(
+    store: Store, settings: Settings, integration: Integration
+) -> tuple[SubscriberList, Credentials | None]:
     """Create the list's S3 location and first credentials once; later calls return the row."""
     with store.session() as s:
         existing = s.get(SubscriberList, integration.id)
@@ -131,13 +133,17 @@ def _provision(store: Store, settings: Settings, integration: Integration) -> tu
         created_at=now_utc(),
     )
     objects.ensure_bucket(objects.client(settings), lst.bucket)
-    key_id, secret = objects.issue_access_key(objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None)
+    key_id, secret = objects.issue_access_key(
+        objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None
+    )
     lst.access_key_id, lst.credentials_issued = key_id, 1
     with store.session() as s:
         if s.get(SubscriberList, integration.id) is not None:  # a concurrent first click won
             raise Conflict("the subscriber list is being provisioned; retry", field="integration_id")
         s.add(lst)
-    return lst, Credentials(access_key_id=key_id, secret_access_key=secret, regenerations_left=MAX_CREDENTIALS - 1)
+    return lst, Credentials(
+        access_key_id=key_id, secret_access_key=secret, regenerations_left=MAX_CREDENTIALS - 1
+    )
 
 
 async def ensure_schedule(client: Client, settings: Settings, lst: SubscriberList) -> str:
@@ -173,7 +179,11 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep) 
     client = await state.client()
     sid = await ensure_schedule(client, state.settings, lst)
     await client.get_schedule_handle(sid).trigger()
-    return SyncNow(location=_location(state.settings, lst, integration.identifier_type), credentials=creds, triggered=True)
+    return SyncNow(
+        location=_location(state.settings, lst, integration.identifier_type),
+        credentials=creds,
+        triggered=True,
+    )
 
 
 def _regenerate(store: Store, settings: Settings, integration: Integration) -> Credentials:
@@ -205,7 +215,9 @@ async def regenerate_credentials(integration_id: str, principal: Management, sta
     return await asyncio.to_thread(_regenerate, state.store, state.settings, integration)
 
 
-def _status(store: Store, settings: Settings, integration: Integration, limit: int, rejections: int) -> ListStatus:
+def _status(
+    store: Store, settings: Settings, integration: Integration, limit: int, rejections: int
+) -> ListStatus:
     with store.session() as s:
         lst = s.get(SubscriberList, integration.id)
         if lst is None:

@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlmodel import select
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
@@ -101,7 +102,9 @@ async def test_journey_started_anonymously_sends_to_identified_person(
     assert messages[0]["payload"]["items"][0]["sku"] == "sku-7"
     with store.session() as s:
         assert {j.user_id for j in s.exec(select(Journey).where(Journey.campaign_id == cid)).all()} == {uid1}
-        assert {c.user_id for c in s.exec(select(CapReservation).where(CapReservation.campaign_id == cid)).all()} == {uid1}
+        assert {
+            c.user_id for c in s.exec(select(CapReservation).where(CapReservation.campaign_id == cid)).all()
+        } == {uid1}
         assert {x.user_id for x in s.exec(select(Send).where(Send.campaign_id == cid)).all()} == {uid1}
 
 
@@ -114,7 +117,7 @@ async def test_purchase_on_other_device_exits_journey_started_before_merge(
     result = await journey_result(env.client, section, cid, anon)
     assert result.status == "exited" and result.exit_reason == "purchased", result
     # One journey for the person: the add-to-cart on the first device re-triggered nothing new.
-    with pytest.raises(Exception):
+    with pytest.raises(RPCError):
         await journey_handle(env.client, section, cid, uid1).describe()
     assert await outbox(api, section) == []
 
@@ -128,7 +131,7 @@ async def test_cart_after_merge_retriggers_the_running_journey(
         await collect(api, section, dyid1, add_to_cart("sku-b", 6.0, cart=[("sku-a", 5.0), ("sku-b", 6.0)]))
     view = await journey_handle(env.client, section, cid, anon).query(JourneyWorkflow.current_state)
     assert view.trigger_count == 2, view
-    with pytest.raises(Exception):
+    with pytest.raises(RPCError):
         await journey_handle(env.client, section, cid, uid1).describe()
     await journey_handle(env.client, section, cid, anon).terminate("test done")
 
@@ -153,7 +156,9 @@ async def test_only_literal_true_is_consent(
     assert ev is not None and ev.consented is False and ev.commands == []
 
 
-async def test_true_consent_starts_journey(api: httpx.AsyncClient, section: SectionKeys, store: Store) -> None:
+async def test_true_consent_starts_journey(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
     """With active_consent_accepted true the same event starts the journey."""
     await add_integration(api, section)
     await create_campaign(api, section, cart_campaign())
