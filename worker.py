@@ -17,7 +17,9 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.broadcast import BroadcastActivities
 from activities.delivery import Delivery
+from activities.feeds import FeedActivities
 from activities.journey import JourneyActivities
 from activities.subscribers import SubscriberActivities
 from domain.caps import CapPolicy
@@ -26,6 +28,8 @@ from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feeds import FeedSyncWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.subscribers import SubscriberSyncWorkflow
 
@@ -49,15 +53,24 @@ async def build_worker(
         )
         delivery = Delivery(store, registry, SecretBox(settings.secret_keys))
         subscribers = SubscriberActivities(store, settings, SecretBox(settings.secret_keys))
+        feeds = FeedActivities(store, settings)
+        broadcast = BroadcastActivities(
+            store,
+            registry,
+            SecretBox(settings.secret_keys),
+            CapPolicy(settings.global_cap_messages, settings.global_cap_window),
+            settings.priority_window,
+        )
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(
                 client,
                 task_queue=task_queue or settings.task_queue,
-                workflows=[JourneyWorkflow, SubscriberSyncWorkflow],
+                workflows=[JourneyWorkflow, SubscriberSyncWorkflow, FeedSyncWorkflow, BroadcastWorkflow],
                 activities=[
                     journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver,
                     subscribers.list_folders, subscribers.claim, subscribers.sync_folder, subscribers.finish,
-                    subscribers.cleanup,
+                    subscribers.cleanup, feeds.begin, feeds.stage, feeds.apply, feeds.fail,
+                    broadcast.plan_feed_runs, broadcast.plan_audience, broadcast.set_state, broadcast.deliver_batch,
                 ],  # fmt: skip
                 activity_executor=pool,
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,

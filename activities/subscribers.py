@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import logging
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.streams import CHUNK, cells, lines_from
 from domain import subscribers as rules
 from security.crypto import SecretBox
 from settings import Settings
@@ -40,32 +40,7 @@ from workflows.subscriber_models import (
 )
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 16
 CLEANUP_BATCH = 5000
-
-
-def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int]]:
-    """Split a byte stream into lines; yields (line without its ending, offset after it)."""
-    pending = b""
-    offset = start
-    for chunk in chunks:
-        pending += chunk
-        while True:
-            cut = pending.find(b"\n")
-            if cut < 0:
-                break
-            line, pending = pending[:cut], pending[cut + 1 :]
-            offset += cut + 1
-            yield line.rstrip(b"\r"), offset
-    if pending:
-        offset += len(pending)
-        yield pending.rstrip(b"\r"), offset
-
-
-def _cells(line: bytes) -> list[str]:
-    """One CSV line as cells; raises UnicodeDecodeError for bytes that are not UTF-8."""
-    text = line.decode("utf-8")
-    return next(csv.reader([text]), [])
 
 
 class SubscriberActivities:
@@ -166,7 +141,7 @@ class SubscriberActivities:
                 progress.line += 1
                 if progress.line == 1:
                     try:
-                        err = rules.header_error(id_type, _cells(raw.removeprefix(b"\xef\xbb\xbf")))
+                        err = rules.header_error(id_type, cells(raw.removeprefix(b"\xef\xbb\xbf")))
                     except UnicodeDecodeError:
                         err = "header is not UTF-8"
                     if err:
@@ -175,7 +150,7 @@ class SubscriberActivities:
                     continue
                 if raw.strip():
                     try:
-                        verdict = rules.row_value(id_type, _cells(raw))
+                        verdict = rules.row_value(id_type, cells(raw))
                     except UnicodeDecodeError:
                         verdict = "not valid UTF-8"
                     except csv.Error as exc:

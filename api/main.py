@@ -14,7 +14,7 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
-from api.routes import campaigns, catalog, collect, integrations, journeys, sections, subscribers, userdata
+from api.routes import campaigns, catalog, collect, feeds, integrations, journeys, sections, subscribers, userdata
 from settings import Settings
 from store.engine import Store
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.state.rejoin = state
     install_error_handlers(app)
-    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys, subscribers):
+    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys, subscribers, feeds):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"])

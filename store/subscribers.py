@@ -53,7 +53,7 @@ def effective_opt_in(
     )  # fmt: skip
 
 
-def _insert(s: Session, table: type, rows: list[dict[str, object]]) -> None:
+def insert_ignoring(s: Session, table: type, rows: list[dict[str, object]]) -> None:
     """Bulk insert that ignores rows already there (a retried batch, a duplicate line)."""
     if not rows:
         return
@@ -68,11 +68,11 @@ def stage_entries(
         {"integration_id": integration_id, "generation": generation, "value_hash": h, "value_enc": e}
         for h, e in entries
     ]
-    _insert(s, SubscriberEntry, rows)
+    insert_ignoring(s, SubscriberEntry, rows)
 
 
 def stage_rejections(s: Session, sync_id: str, rejections: Iterable[tuple[int, str]]) -> None:
-    _insert(
+    insert_ignoring(
         s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
     )
 

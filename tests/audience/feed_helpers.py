@@ -1,0 +1,53 @@
+"""Helpers for feed and batched-campaign tests: feeds through the API, runs to completion."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from temporalio.client import Client
+
+from tests.helpers import SectionKeys
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feed_models import FeedSyncSummary, RunProgress
+from workflows.feeds import FeedSyncWorkflow, broadcast_workflow_id
+
+
+async def create_feed(api: httpx.AsyncClient, sec: SectionKeys, kind: str = "product", **extra: Any) -> str:
+    r = await api.post(
+        "/api/v1/feeds", json={"kind": kind, "name": f"{kind} feed", **extra}, headers=sec.mgmt
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def upload_feed(
+    api: httpx.AsyncClient, client: Client, sec: SectionKeys, feed_id: str, content: bytes
+) -> FeedSyncSummary:
+    """Upload a feed file and wait for its sync workflow to finish."""
+    r = await api.put(f"/api/v1/feeds/{feed_id}/file", content=content, headers=sec.mgmt)
+    assert r.status_code == 202, r.text
+    handle = client.get_workflow_handle_for(FeedSyncWorkflow.run, r.json()["workflow_id"])
+    return await asyncio.wait_for(handle.result(), 60)
+
+
+async def feed_syncs(api: httpx.AsyncClient, sec: SectionKeys, feed_id: str) -> list[dict[str, Any]]:
+    r = await api.get(f"/api/v1/feeds/{feed_id}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return list(r.json()["syncs"])
+
+
+async def run_result(client: Client, run_id: str, timeout: float = 60) -> RunProgress:
+    handle = client.get_workflow_handle_for(BroadcastWorkflow.run, broadcast_workflow_id(run_id))
+    return await asyncio.wait_for(handle.result(), timeout)
+
+
+async def get_run(api: httpx.AsyncClient, sec: SectionKeys, run_id: str) -> dict[str, Any]:
+    r = await api.get(f"/api/v1/runs/{run_id}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def csv_bytes(*lines: str) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
