@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -184,9 +184,7 @@ class BroadcastActivities:
             result.processed += 1
             setattr(result, outcome, getattr(result, outcome) + 1)
             activity.heartbeat(result.processed)
-        more, next_due = await asyncio.to_thread(self._remaining, req)
-        result.more_due, result.next_due = more, next_due
-        return result
+        return await asyncio.to_thread(self._remaining, req, result)
 
     def _load_batch(self, req: BatchRequest) -> tuple[CampaignSpec, float | None, list[str]]:
         with self.store.session() as s:
@@ -216,9 +214,11 @@ class BroadcastActivities:
                 limit = (integ.config or {}).get("rate_limit_per_second") if integ else None
                 if isinstance(limit, int | float) and limit > 0:
                     rate = min(rate or float(limit), float(limit))
-            return spec, rate, list(rows)
+            # Shards run in parallel: each gets its share of the run's rate.
+            return spec, (rate / max(1, req.shards)) if rate else None, list(rows)
 
-    def _remaining(self, req: BatchRequest) -> tuple[bool, datetime | None]:
+    def _remaining(self, req: BatchRequest, result: BatchResult) -> BatchResult:
+        """Fill in what is left for this shard and the run's totals so far."""
         with self.store.session() as s:
             base = (
                 BroadcastRecipient.run_id == req.run_id,
@@ -232,8 +232,12 @@ class BroadcastActivities:
                     | (col(BroadcastRecipient.not_before) <= req.as_of),
                 )
             ).one()
-            later = s.exec(select(func.min(BroadcastRecipient.not_before)).where(*base)).one()
-            return due > 0, later
+            result.more_due = due > 0
+            result.next_due = s.exec(select(func.min(BroadcastRecipient.not_before)).where(*base)).one()
+            run = s.get(BroadcastRun, req.run_id)
+            if run is not None:
+                result.run_sent, result.run_skipped, result.run_failed = run.sent, run.skipped, run.failed
+            return result
 
     def _finish(
         self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
@@ -241,10 +245,11 @@ class BroadcastActivities:
         """Move a pending recipient to its final status and count it on the run, once."""
         rec.status, rec.reason, rec.channel = status, reason, channel
         s.add(rec)
-        run = s.get(BroadcastRun, rec.run_id)
-        if run is not None:
-            setattr(run, status, getattr(run, status) + 1)
-            s.add(run)
+        # Shards finish recipients concurrently: increment in SQL, never read-modify-write.
+        counter = getattr(BroadcastRun, status)
+        s.execute(
+            update(BroadcastRun).where(col(BroadcastRun.id) == rec.run_id).values({counter: counter + 1})
+        )
         return status
 
     def _prepare(self, req: BatchRequest, spec: CampaignSpec, user_id: str) -> _Ready | str:

@@ -58,7 +58,9 @@ class BroadcastWorkflow:
                 *(
                     workflow.execute_activity_method(
                         BroadcastActivities.deliver_batch,
-                        BatchRequest(run_id=inp.run_id, shard=shard, as_of=now, limit=inp.batch_size),
+                        BatchRequest(
+                            run_id=inp.run_id, shard=shard, shards=inp.shards, as_of=now, limit=inp.batch_size
+                        ),
                         start_to_close_timeout=timedelta(minutes=30),
                         heartbeat_timeout=timedelta(minutes=1),
                         retry_policy=BATCH_RETRY,
@@ -68,10 +70,9 @@ class BroadcastWorkflow:
                 )
             )
             self.progress.batches += 1
-            for r in results:
-                self.progress.sent += r.sent
-                self.progress.skipped += r.skipped
-                self.progress.failed += r.failed
+            self.progress.sent = max(r.run_sent for r in results)
+            self.progress.skipped = max(r.run_skipped for r in results)
+            self.progress.failed = max(r.run_failed for r in results)
             workflow.set_current_details(
                 f"sent {self.progress.sent}, skipped {self.progress.skipped}, failed {self.progress.failed}"
             )

@@ -92,6 +92,7 @@ class BroadcastInput(BaseModel):
 class BatchRequest(BaseModel):
     run_id: str
     shard: int
+    shards: int = 1  # the run's rate limit is shared by its shards
     as_of: datetime
     limit: int = 200
 
@@ -104,6 +105,10 @@ class BatchResult(BaseModel):
     deferred: int = 0
     more_due: bool = False  # pending recipients due now remain
     next_due: datetime | None = None  # earliest deferred recipient (send window)
+    # The run's totals after this batch (from the store: they include work of failed attempts).
+    run_sent: int = 0
+    run_skipped: int = 0
+    run_failed: int = 0
 
 
 class RunProgress(BaseModel):

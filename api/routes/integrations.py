@@ -22,6 +22,8 @@ router = APIRouter(prefix="/api/v1/integrations", tags=["integrations"])
 class CustomHttpConfig(BaseModel):
     url: HttpUrl
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
+    # The provider's rate limit; batched campaign runs never call faster (journeys are per user).
+    rate_limit_per_second: float | None = Field(None, gt=0, le=100_000)
 
 
 class IntegrationCreate(BaseModel):
