@@ -4,6 +4,7 @@ quiet hours. Feed syncs and runs go through the real API, Temporal (virtual time
 from __future__ import annotations
 
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -185,6 +186,25 @@ async def _start_run(api: httpx.AsyncClient, sec: SectionKeys, cid: str) -> str:
     return str(r.json()["id"])
 
 
+async def _provider_push(
+    api: httpx.AsyncClient, sec: SectionKeys, provider: ProviderServer, **config: Any
+) -> str:
+    """An app push integration posting to the local provider server; returns the path it posts to."""
+    path = "/push-" + secrets.token_hex(3)
+    await add_integration(
+        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}
+    )
+    return path
+
+
+async def _scheduled_push_campaign(api: httpx.AsyncClient, sec: SectionKeys, send_at: datetime | None = None,
+                                   **extra: Any) -> str:  # fmt: skip
+    when = (send_at or datetime.now(UTC)).isoformat()
+    return await create_campaign(
+        api, sec, batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": when}, **extra)
+    )
+
+
 async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     api: httpx.AsyncClient,
     env: WorkflowEnvironment,
@@ -193,14 +213,10 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     fresh_provider: ProviderServer,
 ) -> None:
     """A scheduled push run survives a batch dying mid-way (connection lost): every user gets exactly one message."""
-    path = "/push-" + secrets.token_hex(3)
-    await add_integration(
-        api, section, channel="app_push", kind="custom_http", config={"url": fresh_provider.url(path)}
-    )
+    path = await _provider_push(api, section, fresh_provider)
     users = [await _push_user(api, section, store) for _ in range(7)]
-    send_at = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
-    spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": send_at})
-    cid = await create_campaign(api, section, spec)
+    send_at = datetime.now(UTC) + timedelta(hours=3)
+    cid = await _scheduled_push_campaign(api, section, send_at)
     fresh_provider.script(path, Reply(200), Reply(200), Reply(drop=True))  # the third call: outcome unknown
     run_id = await _start_run(api, section, cid)
     progress = await run_result(env.client, run_id)
@@ -210,7 +226,7 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     assert len(fresh_provider.deliveries) == 7
     sends = await _sends(store, cid)
     assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
-    assert min(s.created_at for s in sends) >= datetime.fromisoformat(send_at) - timedelta(seconds=1)
+    assert min(s.created_at for s in sends) >= send_at - timedelta(seconds=1)
     run = await get_run(api, section, run_id)
     assert (run["state"], run["total"], run["sent"], run["pending"]) == ("done", 7, 7, 0)
 
@@ -223,17 +239,12 @@ async def test_scheduled_run_is_throttled(
     fresh_provider: ProviderServer,
 ) -> None:
     """A run never calls the provider faster than the integration's rate limit."""
-    path = "/push-" + secrets.token_hex(3)
-    config = {"url": fresh_provider.url(path), "rate_limit_per_second": 10}
-    await add_integration(api, section, channel="app_push", kind="custom_http", config=config)
+    await _provider_push(api, section, fresh_provider, rate_limit_per_second=10)
     for _ in range(8):
         await _push_user(api, section, store)
-    spec = batch_campaign(
-        "scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()}
-    )
-    cid = await create_campaign(api, section, spec)
+    cid = await _scheduled_push_campaign(api, section)
     stamps: list[float] = []
-    fresh_provider.on_request = lambda _: stamps.append(__import__("time").monotonic())
+    fresh_provider.on_request = lambda _: stamps.append(time.monotonic())
     try:
         progress = await run_result(env.client, await _start_run(api, section, cid))
     finally:
@@ -256,17 +267,21 @@ def _zone_at_local_hour(hours: range) -> str:
     raise AssertionError("no zone found")
 
 
+async def _day_and_night_users(api: httpx.AsyncClient, sec: SectionKeys, store: Store) -> tuple[str, str]:
+    """An app push integration and two push users: one where it is afternoon now, one where it is night."""
+    await add_integration(api, sec, channel="app_push")
+    day = await _push_user(api, sec, store, _zone_at_local_hour(range(11, 18)))
+    night = await _push_user(api, sec, store, _zone_at_local_hour(range(0, 6)))
+    return day, night
+
+
 async def test_quiet_hours_wait_for_each_recipients_window(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
     """With a 09:00-21:00 window, a daytime user is messaged now and a night-time user at 09:00 their time."""
-    await add_integration(api, section, channel="app_push")
-    day = await _push_user(api, section, store, _zone_at_local_hour(range(11, 18)))
-    night = await _push_user(api, section, store, _zone_at_local_hour(range(0, 6)))
+    day, night = await _day_and_night_users(api, section, store)
     window = {"start": "09:00", "end": "21:00", "timezone": "UTC", "outside": "wait"}
-    spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()},
-                          send_window=window)  # fmt: skip
-    cid = await create_campaign(api, section, spec)
+    cid = await _scheduled_push_campaign(api, section, send_window=window)
     started = datetime.now(UTC)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert progress.sent == 2, progress
@@ -284,13 +299,9 @@ async def test_quiet_hours_drop_policy_skips_night_recipients(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
     """With outside='drop', a recipient in their night is skipped (reason quiet_hours), never sent later."""
-    await add_integration(api, section, channel="app_push")
-    day = await _push_user(api, section, store, _zone_at_local_hour(range(11, 18)))
-    await _push_user(api, section, store, _zone_at_local_hour(range(0, 6)))
+    day, _ = await _day_and_night_users(api, section, store)
     window = {"start": "09:00", "end": "21:00", "outside": "drop"}
-    spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()},
-                          send_window=window)  # fmt: skip
-    cid = await create_campaign(api, section, spec)
+    cid = await _scheduled_push_campaign(api, section, send_window=window)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert (progress.sent, progress.skipped) == (1, 1), progress
     assert [s.user_id for s in await _sends(store, cid)] == [day]
