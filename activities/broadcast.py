@@ -42,6 +42,7 @@ from store.reachability import reach
 from store.tables import Campaign, Integration, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, PlannedRun, PlanRunsRequest
+from workflows.ids import broadcast_send_key, feed_run_id
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class BroadcastActivities:
             for campaign, spec in active_campaigns(s, req.section_id):
                 if spec.type not in FEED_TYPES[feed.kind]:
                     continue
-                run_id = f"run_{req.sync_id}_{campaign.id}"[:40]
+                run_id = feed_run_id(req.sync_id, campaign.id)
                 existing = s.get(BroadcastRun, run_id)
                 if existing is None:
                     if spec.type == CampaignType.PRICE_DROP:
@@ -285,7 +286,7 @@ class BroadcastActivities:
             if choice.channel is None:
                 return self._finish(s, rec, "skipped", choice.reason)
             channel = str(choice.channel)
-            key = f"bcast:{run.id}:{user.id}:{channel}"
+            key = broadcast_send_key(run.id, user.id, channel)
             prior = s.get(Send, key)
             if prior is not None and prior.status == "accepted":
                 return self._finish(s, rec, "sent", None, channel)

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         FeedSyncSummary,
         PlanRunsRequest,
     )
+    from workflows.ids import broadcast_workflow_id
 
 SHORT = timedelta(minutes=1)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
@@ -35,10 +36,6 @@ FILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2), maximum_attempts=5,
     non_retryable_error_types=["NotFound", "NoSource"],
 )  # fmt: skip
-
-
-def broadcast_workflow_id(run_id: str) -> str:
-    return f"broadcast/{run_id}"
 
 
 @workflow.defn

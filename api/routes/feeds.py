@@ -41,7 +41,8 @@ from store.feed_tables import Feed, FeedRejection, FeedSync
 from store.tables import Campaign, now_utc
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import BroadcastInput, FeedSyncInput
-from workflows.feeds import FeedSyncWorkflow, broadcast_workflow_id
+from workflows.feeds import FeedSyncWorkflow
+from workflows.ids import broadcast_workflow_id, feed_sync_id
 
 router = APIRouter(prefix="/api/v1", tags=["feeds"])
 UPLOAD_SPOOL = 8 << 20  # bytes kept in memory before spooling an upload to disk
@@ -156,12 +157,12 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
     if body.sync_every is not None:
         client = await state.client()
         await client.create_schedule(
-            f"feed/{feed.section_id}/{feed.id}",
+            feed_sync_id(feed.section_id, feed.id),
             Schedule(
                 action=ScheduleActionStartWorkflow(
                     FeedSyncWorkflow.run,
                     _sync_input(state.settings, feed),
-                    id=f"feed/{feed.section_id}/{feed.id}",
+                    id=feed_sync_id(feed.section_id, feed.id),
                     task_queue=state.settings.task_queue,
                 ),  # fmt: skip
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=body.sync_every)]),
@@ -173,7 +174,7 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
 
 async def _start_sync(state: StateDep, feed: Feed, object_key: str | None) -> SyncStarted:
     client = await state.client()
-    wid = f"feed/{feed.section_id}/{feed.id}/{secrets.token_hex(4)}"
+    wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
     await client.start_workflow(
         FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key), id=wid,
         task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",

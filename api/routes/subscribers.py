@@ -33,6 +33,7 @@ from store import objects
 from store.engine import Store
 from store.subscriber_tables import SubscriberList, SubscriberRejection, SubscriberSync
 from store.tables import Integration, now_utc
+from workflows.ids import subscriber_sync_id
 from workflows.subscriber_models import SyncInput
 from workflows.subscribers import SubscriberSyncWorkflow
 
@@ -91,10 +92,6 @@ class ListStatus(BaseModel):
     syncs: list[SyncOut]
 
 
-def schedule_id(section_id: str, integration_id: str) -> str:
-    return f"subscribers/{section_id}/{integration_id}"
-
-
 def _location(settings: Settings, lst: SubscriberList, identifier_type: str) -> Location:
     return Location(
         bucket=lst.bucket, prefix=lst.prefix, endpoint_url=settings.s3_endpoint_url or None,
@@ -147,7 +144,7 @@ def _provision(
 
 
 async def ensure_schedule(client: Client, settings: Settings, lst: SubscriberList) -> str:
-    sid = schedule_id(lst.section_id, lst.integration_id)
+    sid = subscriber_sync_id(lst.section_id, lst.integration_id)
     try:
         await client.create_schedule(
             sid,
@@ -159,7 +156,7 @@ async def ensure_schedule(client: Client, settings: Settings, lst: SubscriberLis
                         integration_id=lst.integration_id,
                         max_rejected_rows=settings.subscriber_max_rejected_rows,
                     ),
-                    id=f"subscribers/{lst.section_id}/{lst.integration_id}",
+                    id=sid,
                     task_queue=settings.task_queue,
                 ),
                 spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=settings.subscriber_sync_every)]),

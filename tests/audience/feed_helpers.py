@@ -11,7 +11,8 @@ from temporalio.client import Client
 from tests.helpers import SectionKeys
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import FeedSyncSummary, RunProgress
-from workflows.feeds import FeedSyncWorkflow, broadcast_workflow_id
+from workflows.feeds import FeedSyncWorkflow
+from workflows.ids import broadcast_workflow_id
 
 
 async def create_feed(api: httpx.AsyncClient, sec: SectionKeys, kind: str = "product", **extra: Any) -> str:
