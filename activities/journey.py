@@ -8,11 +8,13 @@ step, and a retried call returns what the first one decided.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 from temporalio import activity
 
+from domain import schedule as sched
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.caps import CapPolicy
@@ -97,6 +99,10 @@ class JourneyActivities:
             variation = spec.variation(journey.variation_id)
             assert variation is not None, "a journey's variation exists in its campaign version"
             step = variation.steps[req.step_index]
+            not_before = _window_defer(spec, user, req.as_of)
+            if not_before is not None:
+                # Not recorded: the decision is made again when the window opens.
+                return StepDecision(action="defer", reason="send window", not_before=not_before)
             decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
             decisions.record(
                 s,
@@ -119,6 +125,8 @@ class JourneyActivities:
     ) -> StepDecision:
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             return StepDecision(action="skip", reason="audience")
+        if spec.send_window is not None and spec.send_window.outside == "drop" and _outside_window(spec, user, req.as_of):
+            return StepDecision(action="skip", reason="quiet_hours")
         r = reach(s, req.section_id, user.id, step_channels)
         choice = choose_channel(
             [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
@@ -207,3 +215,26 @@ class JourneyActivities:
                     at=req.as_of,
                     detail={"cancelled_from_step": req.step_index},
                 )
+
+
+def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | None:
+    """The campaign's send window in the user's timezone (their `timezone` attribute, else the default)."""
+    w = spec.send_window
+    if w is None:
+        return None
+    return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.zone(str(user.attributes.get("timezone") or ""), w.timezone)
+
+
+def _outside_window(spec: CampaignSpec, user: User, as_of: datetime) -> bool:
+    window = _window(spec, user)
+    return window is not None and not sched.in_window(as_of, *window)
+
+
+def _window_defer(spec: CampaignSpec, user: User, as_of: datetime) -> datetime | None:
+    """When a step due now outside the window (policy "wait") may be sent; None to go ahead."""
+    window = _window(spec, user)
+    if window is None or spec.send_window is None or spec.send_window.outside != "wait":
+        return None
+    if sched.in_window(as_of, *window):
+        return None
+    return sched.window_opens(as_of, *window)

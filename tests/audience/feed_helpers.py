@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 from temporalio.client import Client
@@ -52,3 +54,13 @@ async def get_run(api: httpx.AsyncClient, sec: SectionKeys, run_id: str) -> dict
 
 def csv_bytes(*lines: str) -> bytes:
     return ("\n".join(lines) + "\n").encode()
+
+
+def zone_at_local_hour(hours: range) -> str:
+    """A fixed-offset zone where the local hour now is in `hours` (quiet-hours tests)."""
+    now = datetime.now(UTC)
+    for offset in range(-12, 15):
+        name = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "Etc/GMT"
+        if now.astimezone(ZoneInfo(name)).hour in hours:
+            return name
+    raise AssertionError("no zone found")

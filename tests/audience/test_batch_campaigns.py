@@ -16,7 +16,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
 from store.tables import Send, User
-from tests.audience.feed_helpers import create_feed, csv_bytes, get_run, run_result, upload_feed
+from tests.audience.feed_helpers import (
+    create_feed,
+    csv_bytes,
+    get_run,
+    run_result,
+    upload_feed,
+    zone_at_local_hour,
+)
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -257,21 +264,11 @@ async def test_scheduled_run_is_throttled(
     )  # never 3 within 0.2 s
 
 
-def _zone_at_local_hour(hours: range) -> str:
-    """A fixed-offset zone where the local time now falls in `hours`."""
-    now = datetime.now(UTC)
-    for offset in range(-12, 15):
-        name = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "Etc/GMT"
-        if now.astimezone(ZoneInfo(name)).hour in hours:
-            return name
-    raise AssertionError("no zone found")
-
-
 async def _day_and_night_users(api: httpx.AsyncClient, sec: SectionKeys, store: Store) -> tuple[str, str]:
     """An app push integration and two push users: one where it is afternoon now, one where it is night."""
     await add_integration(api, sec, channel="app_push")
-    day = await _push_user(api, sec, store, _zone_at_local_hour(range(11, 18)))
-    night = await _push_user(api, sec, store, _zone_at_local_hour(range(0, 6)))
+    day = await _push_user(api, sec, store, zone_at_local_hour(range(11, 18)))
+    night = await _push_user(api, sec, store, zone_at_local_hour(range(0, 6)))
     return day, night
 
 
