@@ -270,7 +270,7 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", "holdout")
             window = spec.send_window
             if window is not None:
-                tz = sched.zone(str(user.attributes.get("timezone") or ""), window.timezone)
+                tz = sched.recipient_zone(user.attributes.get("timezone"), user.locale, window.timezone)
                 start, end = sched.parse_hhmm(window.start), sched.parse_hhmm(window.end)
                 if not sched.in_window(req.as_of, start, end, tz):
                     if window.outside == "drop":
@@ -282,7 +282,7 @@ class BroadcastActivities:
             step = variation.steps[0]
             step_channels = [c.value for c in step.messages]
             r = reach(s, run.section_id, user.id, step_channels)
-            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)  # type: ignore[arg-type]
+            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)  # type: ignore[arg-type,misc]
             if choice.channel is None:
                 return self._finish(s, rec, "skipped", choice.reason)
             channel = str(choice.channel)

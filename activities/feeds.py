@@ -9,6 +9,7 @@ applied whole or not at all.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import logging
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.streams import cells, lines_from, s3_chunks, url_chunks
 from domain import feeds as rules
+from providers.base import ConfigurationError
+from providers.url_guard import check_url
 from settings import Settings
 from store import objects
 from store import subscribers as staging
@@ -71,6 +74,11 @@ class FeedActivities:
         if feed.source == "s3" and feed.s3_bucket and feed.s3_key:
             return s3_chunks(objects.client(self.settings), feed.s3_bucket, feed.s3_key, offset)
         if feed.source == "url" and feed.url:
+            try:
+                # The worker fetches a customer-given URL: same guard as provider calls (no SSRF).
+                asyncio.run(check_url(feed.url, allow_private=self.settings.allow_private_urls))
+            except ConfigurationError as exc:
+                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
             return url_chunks(feed.url, offset)
         raise ApplicationError("the feed has no file to read", type="NoSource", non_retryable=True)
 

@@ -222,7 +222,7 @@ def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | Non
     w = spec.send_window
     if w is None:
         return None
-    return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.zone(str(user.attributes.get("timezone") or ""), w.timezone)
+    return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.recipient_zone(user.attributes.get("timezone"), user.locale, w.timezone)
 
 
 def _outside_window(spec: CampaignSpec, user: User, as_of: datetime) -> bool:

@@ -89,7 +89,7 @@ def accept(
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
             catalog = _catalog(s, section_id, skus) if campaigns else {}
             event_id = new_event_id()
-            running = _running_journeys(s, user.id) if campaigns else {}
+            running = _running_journeys(s, section_id, user.id) if campaigns else {}
             commands = _commands(
                 section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
             )
@@ -117,14 +117,16 @@ def accept(
     return result
 
 
-def _running_journeys(s: Session, user_id: str) -> dict[str, list[str]]:
+def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, list[str]]:
     """Campaign -> workflow ids of the user's active journeys.
 
     After a merge, a journey started under a merged-away id keeps that workflow id; exits and
     re-triggers must reach it rather than start a second journey for the same person.
     """
     rows = s.exec(
-        select(Journey.campaign_id, Journey.workflow_id).where(Journey.user_id == user_id, Journey.status == "active")
+        select(Journey.campaign_id, Journey.workflow_id).where(
+            Journey.section_id == section_id, Journey.user_id == user_id, Journey.status == "active"
+        )
     ).all()
     out: dict[str, list[str]] = {}
     for campaign_id, workflow_id in rows:

@@ -131,6 +131,7 @@ class Audience(_Strict):
 
 HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def _check_zone(v: str) -> str:
@@ -150,7 +151,7 @@ class SendSchedule(_Strict):
     """
 
     time_of_day: str = Field("10:00", pattern=HHMM)
-    days: list[Weekday] = Field(default_factory=lambda: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], min_length=1)
+    days: list[Weekday] = Field(default_factory=lambda: list(ALL_DAYS), min_length=1)
     timezone: str = "UTC"
     send_at: datetime | None = None
 

@@ -8,7 +8,9 @@ with their `as_of`. Times of day are local to a timezone; DST gaps and repeats f
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -57,3 +59,36 @@ def window_opens(instant: datetime, start: time, end: time, tz: ZoneInfo) -> dat
     if in_window(instant, start, end, tz):
         return instant.astimezone(UTC)
     return next_occurrence(instant, start, list(DAYS), tz)
+
+
+@lru_cache(maxsize=1)
+def _country_zones() -> dict[str, list[str]]:
+    """Country code -> its timezones, from the system tz database's zone.tab (empty if absent)."""
+    for base in TZPATH:
+        path = Path(base) / "zone.tab"
+        if path.exists():
+            out: dict[str, list[str]] = {}
+            for line in path.read_text().splitlines():
+                if line and not line.startswith("#"):
+                    cols = line.split("\t")
+                    if len(cols) >= 3:
+                        out.setdefault(cols[0], []).append(cols[2])
+            return out
+    return {}
+
+
+def locale_zone(locale: str | None) -> str | None:
+    """The timezone of a locale's country when the country has only one (fr_FR -> Europe/Paris)."""
+    if not locale:
+        return None
+    parts = locale.replace("-", "_").split("_")
+    if len(parts) < 2:
+        return None
+    zones = _country_zones().get(parts[-1].upper(), [])
+    return zones[0] if len(zones) == 1 else None
+
+
+def recipient_zone(timezone_attribute: object, locale: str | None, default: str) -> ZoneInfo:
+    """A recipient's timezone: their `timezone` attribute, else their locale's country, else the default."""
+    name = timezone_attribute if isinstance(timezone_attribute, str) and timezone_attribute else locale_zone(locale)
+    return zone(name, default)

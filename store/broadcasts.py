@@ -98,7 +98,7 @@ def price_drop_recipients(
     out: dict[str, list[dict[str, Any]]] = {}
     for page in all_users(s, section_id):
         for user in page:
-            in_cart = [i.get("productId") for i in user.cart if i.get("productId") in drops]
+            in_cart = [str(i["productId"]) for i in user.cart if i.get("productId") in drops]
             if in_cart and matches(spec.audience.conditions, user.attributes, spec.audience.match):
                 out[user.id] = [
                     _item(sku, catalog, old_price=drops[sku][0], price=drops[sku][1]) for sku in in_cart
@@ -128,9 +128,9 @@ def product_change_recipients(
     touched: dict[str, list[str]] = {}
     for page in all_users(s, section_id):
         for user in page:
-            skus = [i.get("productId") for i in user.cart if i.get("productId") in changed]
+            skus = [str(i["productId"]) for i in user.cart if i.get("productId") in changed]
             if skus:
-                touched[user.id] = [str(x) for x in skus]
+                touched[user.id] = skus
     since = as_of - VIEW_LOOKBACK
     views = s.exec(
         select(Event.user_id, Event.data).where(
@@ -138,15 +138,15 @@ def product_change_recipients(
         )
     )
     for user_id, data in views:
-        sku = (data or {}).get("sku")
+        sku = str((data or {}).get("sku"))
         if sku in changed and sku not in touched.get(user_id, []):
             touched.setdefault(user_id, []).append(sku)
     out: dict[str, list[dict[str, Any]]] = {}
     for user_id, skus in touched.items():
-        user = s.get(User, user_id)
-        if user is None or s.get(UserAlias, user_id) is not None:
+        person = s.get(User, user_id)
+        if person is None or s.get(UserAlias, user_id) is not None:
             continue
-        if matches(spec.audience.conditions, user.attributes, spec.audience.match):
+        if matches(spec.audience.conditions, person.attributes, spec.audience.match):
             out[user_id] = [
                 _item(sku, catalog, old_value=changed[sku][0], new_value=changed[sku][1]) for sku in skus
             ]

@@ -128,7 +128,7 @@ def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     into.locale = into.locale or merged.locale
     into.is_test = into.is_test or merged.is_test
     for table in _USER_ROWS:
-        s.execute(update(table).where(table.user_id == merged.id).values(user_id=into.id))  # type: ignore[attr-defined]
+        s.execute(update(table).where(table.user_id == merged.id).values(user_id=into.id))  # type: ignore[arg-type]
     s.execute(update(UserAlias).where(UserAlias.canonical_id == merged.id).values(canonical_id=into.id))  # type: ignore[arg-type]
     s.merge(UserAlias(alias_id=merged.id, section_id=merged.section_id, canonical_id=into.id, merged_at=now))
     merged.cart = []

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time
 import pytest
 
 from domain import feeds, subscribers
-from domain.schedule import DAYS, in_window, next_occurrence, window_opens, zone
+from domain.schedule import DAYS, in_window, next_occurrence, recipient_zone, window_opens, zone
 from workflows import ids
 
 
@@ -45,6 +45,14 @@ def test_send_window_wraps_midnight_and_opens_next_morning() -> None:
     opens = window_opens(datetime(2026, 1, 10, 7, 0, tzinfo=UTC), time(9, 0), time(21, 0), tz)  # 02:00 NY
     assert opens == datetime(2026, 1, 10, 14, 0, tzinfo=UTC)
     assert zone("Not/AZone", "Europe/Paris").key == "Europe/Paris"
+
+
+def test_recipient_zone_from_attribute_then_locale_then_default() -> None:
+    """The timezone attribute wins; else a single-zone locale country; else the campaign default."""
+    assert recipient_zone("Asia/Tokyo", "fr_FR", "UTC").key == "Asia/Tokyo"
+    assert recipient_zone(None, "fr_FR", "UTC").key == "Europe/Paris"
+    assert recipient_zone(None, "en_US", "Europe/Madrid").key == "Europe/Madrid"  # several US zones
+    assert recipient_zone("", None, "Europe/Madrid").key == "Europe/Madrid"
 
 
 def test_product_row_parsing_and_changes() -> None:
