@@ -3,6 +3,7 @@ quiet hours. Feed syncs and runs go through the real API, Temporal (virtual time
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,8 @@ import pytest
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
+from settings import Settings
+from store.broadcast_tables import BroadcastRun
 from store.engine import Store
 from store.tables import Send, User
 from tests.audience.feed_helpers import (
@@ -35,6 +38,10 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
+from worker import build_worker
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feed_models import BroadcastInput
+from workflows.ids import broadcast_workflow_id
 
 
 @pytest.fixture(autouse=True)
@@ -302,3 +309,53 @@ async def test_quiet_hours_drop_policy_skips_night_recipients(
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert (progress.sent, progress.skipped) == (1, 1), progress
     assert [s.user_id for s in await _sends(store, cid)] == [day]
+
+
+async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
+    api: httpx.AsyncClient,
+    env: WorkflowEnvironment,
+    section: SectionKeys,
+    store: Store,
+    settings: Settings,
+    fresh_provider: ProviderServer,
+) -> None:
+    """A worker stopped mid-batch (activity cancelled during a provider call): a new worker finishes the run,
+    nobody is messaged twice, and the one call whose outcome was unknown is repeated under its key."""
+    path = await _provider_push(api, section, fresh_provider)
+    users = [await _push_user(api, section, store) for _ in range(6)]
+    cid = await _scheduled_push_campaign(api, section)
+    fresh_provider.script(path, Reply(200), Reply(200), Reply(200, delay=30))  # the third hangs
+    third_call = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    fresh_provider.on_request = lambda _: (
+        loop.call_soon_threadsafe(third_call.set) if len(fresh_provider.to(path)) == 3 else None
+    )
+    run = BroadcastRun(
+        id="run_" + secrets.token_hex(8), section_id=section.id, campaign_id=cid, campaign_version=1,
+        reason="test", state="waiting", created_at=datetime.now(UTC),
+    )  # fmt: skip
+    with store.session() as s:
+        s.add(run)
+    queue = "crash-" + secrets.token_hex(4)
+    abrupt = settings.model_copy(update={"delivery_timeout": timedelta(0)})  # no graceful drain: a crash
+    inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1, plan_scheduled=True)
+    try:
+        async with build_worker(env.client, abrupt, store, task_queue=queue) as first:
+            task = asyncio.create_task(first.run())
+            handle = await env.client.start_workflow(
+                BroadcastWorkflow.run, inp, id=broadcast_workflow_id(run.id), task_queue=queue
+            )
+            await asyncio.wait_for(third_call.wait(), 30)
+            await first.shutdown()
+            await asyncio.gather(task, return_exceptions=True)
+        async with build_worker(env.client, settings, store, task_queue=queue) as second, second:
+            progress = await asyncio.wait_for(handle.result(), 90)
+    finally:
+        fresh_provider.on_request = None
+    assert progress.sent == 6, progress
+    keys = [r.headers["idempotency-key"] for r in fresh_provider.to(path)]
+    assert len(set(keys)) == 6 and len(keys) == 7, keys  # only the interrupted call was repeated
+    assert len(fresh_provider.deliveries) == 6
+    sends = await _sends(store, cid)
+    assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
+    assert sum(s.possible_duplicate for s in sends) == 1  # the repeated call is flagged, never hidden
