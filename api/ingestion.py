@@ -148,16 +148,18 @@ def _commands(
 ) -> list[JourneyCommand]:
     out: list[JourneyCommand] = []
     for campaign, spec in campaigns:
+        # One journey per person and campaign: after a merge the person's own journey is kept
+        # (else the one started under a merged id) and any other is exited as a duplicate.
         own = journey_workflow_id(section_id, campaign.id, user.id)
-        wids = sorted(set(running.get(campaign.id, [])) | {own}, key=lambda w: w != own)
+        active = running.get(campaign.id, [])
+        wid = own if own in active or not active else sorted(active)[0]
+        for dup in sorted(set(active) - {wid}):
+            out.append(JourneyCommand(action="exit", workflow_id=dup, event_id=event_id, campaign_id=campaign.id, reason="merged_duplicate"))
         reason = exit_reason(spec, ev, cart, catalog)
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]
-            for wid in wids:
-                out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
+            out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
             continue
-        # Re-trigger the person's running journey (maybe under a merged id), else start one.
-        wid = own if own in running.get(campaign.id, []) or len(wids) == 1 else wids[1]
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
         if not consented or not triggers(spec, ev, cart, catalog):

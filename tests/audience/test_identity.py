@@ -167,3 +167,28 @@ async def test_true_consent_starts_journey(
     with store.session() as s:
         ev = s.get(Event, r["event_ids"][0])
     assert ev is not None and ev.consented and [c["action"] for c in ev.commands] == ["trigger"]
+
+
+async def test_merge_leaves_one_journey_per_campaign(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """When both devices had a journey of the campaign, the merged-away one exits as a duplicate."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="PT2H"))
+    dyid1, uid1 = await reachable_user(api, section)
+    dyid2 = new_dyid()
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid1, add_to_cart("sku-1", 5.0))
+        await collect(api, section, dyid2, add_to_cart("sku-2", 6.0))
+    anon = await _user_id(api, section, dyid2)
+
+    async def both_enrolled() -> None:
+        assert await _journey_rows(api, section, anon) and await _journey_rows(api, section, uid1)
+
+    await eventually(both_enrolled)
+    await collect(api, section, dyid2, login(email_for(dyid1)))
+    dup = await journey_result(env.client, section, cid, anon)
+    assert dup.status == "exited" and dup.exit_reason == "merged_duplicate", dup
+    view = await journey_handle(env.client, section, cid, uid1).query(JourneyWorkflow.current_state)
+    assert view.status == "waiting" and view.exit_reason is None
+    await journey_handle(env.client, section, cid, uid1).terminate("test done")
