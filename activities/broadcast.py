@@ -323,6 +323,7 @@ class BroadcastActivities:
             ctx = RenderContext(
                 user_identifier=recipient, campaign_name=spec.name, variation_name=variation.name,
                 step_name=step.name, channel=channel, items=list(rec.items), variables=variation.variables,
+                extra={"user_data": dict(user.attributes)},
             )  # fmt: skip
             config_secrets: dict[str, Any] = (
                 json.loads(self.box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}

@@ -140,6 +140,7 @@ class Delivery:
             channel=req.channel,
             items=self._items(s, req, user, spec.type.value),
             variables=variation.variables,
+            extra={"user_data": dict(user.attributes)},
         )
         template = step.messages[req.channel].payload  # type: ignore[index]
         secrets: dict[str, Any] = {}

@@ -53,6 +53,10 @@ def resolve(name: str, ctx: RenderContext) -> Any:
     if name in ctx.extra:
         return ctx.extra[name]
     parts = [p.strip() for p in name.split("|")]
+    if len(parts) == 3 and parts[0].lower() == "user data":
+        # `${User data|FEED|PROPERTY}`: attributes from user data feeds (merged per user).
+        data = ctx.extra.get("user_data")
+        return data.get(parts[2], "") if isinstance(data, dict) else ""
     if len(parts) == 3 and parts[0].lower() in {"items in cart", "trigger items", "viewed items"}:
         return _item_field(ctx.items, parts[1], parts[2])
     if len(parts) == 1 and parts[0].lower() in {"items in cart", "trigger items"}:

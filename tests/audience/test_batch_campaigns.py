@@ -151,7 +151,12 @@ async def test_user_attribute_change_matches_old_and_new_values(
         "old": [{"op": "eq", "value": "Bronze"}],
         "new": [{"op": "eq", "value": "silver"}],
     }
-    cid = await create_campaign(api, section, batch_campaign("user_attribute_change", attribute_change=rule))
+    spec = batch_campaign("user_attribute_change", attribute_change=rule)
+    spec["variations"][0]["steps"][0]["messages"]["email"]["payload"] = {
+        "text": "Now ${User data|CRM|loyalty}!",
+        "change": "${Trigger items}",
+    }
+    cid = await create_campaign(api, section, spec)
     people = [await reachable_user(api, section) for _ in range(3)]
     cuids = []
     with store.session() as s:
@@ -168,8 +173,9 @@ async def test_user_attribute_change_matches_old_and_new_values(
     (run_id,) = summary.runs
     assert (await run_result(env.client, run_id)).sent == 1
     assert [s.user_id for s in await _sends(store, cid)] == [people[0][1]]
-    item = (await outbox(api, section))[0]["payload"]["items"][0]
-    assert (item["old_value"], item["new_value"]) == ("Bronze", "Silver")
+    payload = (await outbox(api, section))[0]["payload"]
+    assert payload["text"] == "Now Silver!"
+    assert payload["change"] == [{"attribute": "loyalty", "old_value": "Bronze", "new_value": "Silver"}]
 
 
 async def _push_user(
