@@ -272,9 +272,8 @@ async def test_scheduled_run_is_throttled(
     assert progress.sent == 8
     # 10/s shared by two shards (5/s each): the busier shard's 4+ calls span at least 0.6 s.
     assert max(stamps) - min(stamps) >= 0.55, stamps
-    assert all(b - a >= 0.19 for a, b in zip(stamps, stamps[2:], strict=False)), (
-        stamps
-    )  # never 3 within 0.2 s
+    # Any 3 consecutive calls include 2 of one shard, sent >= 0.2 s apart (receipt jitter allowed).
+    assert all(b - a >= 0.15 for a, b in zip(stamps, stamps[2:], strict=False)), stamps
 
 
 async def _day_and_night_users(api: httpx.AsyncClient, sec: SectionKeys, store: Store) -> tuple[str, str]:
