@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import logging
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -76,7 +77,7 @@ class FeedActivities:
         if feed.source == "url" and feed.url:
             try:
                 # The worker fetches a customer-given URL: same guard as provider calls (no SSRF).
-                asyncio.run(check_url(feed.url, allow_private=self.settings.allow_private_urls))
+                _run_coroutine(check_url(feed.url, allow_private=self.settings.allow_private_urls))
             except ConfigurationError as exc:
                 raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
             return url_chunks(feed.url, offset)
@@ -143,8 +144,8 @@ class FeedActivities:
         p: FeedProgress,
     ) -> None:
         with self.store.session() as s:
-            for key, data in rows.items():
-                s.merge(FeedStage(sync_id=sync_id, key=key, data=data))
+            staged = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
+            staging.upsert(s, FeedStage, staged, ["sync_id", "key"], ["data"])
             staging.insert_ignoring(
                 s, FeedRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
             )
@@ -185,6 +186,12 @@ class FeedActivities:
             s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
             _close(sync, req.result.state, req, 0)
             s.add(sync)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:
+    """Run an async check from this sync activity, whether or not its thread has an event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coro).result()
 
 
 def _close(sync: FeedSync, state: str, req: FeedFinishRequest, changes: int) -> None:

@@ -65,6 +65,16 @@ def insert_ignoring(s: Session, table: type, rows: list[dict[str, object]]) -> N
     s.connection().execute(ins(table.__table__).on_conflict_do_nothing(), rows)  # type: ignore[attr-defined]
 
 
+def upsert(s: Session, table: type, rows: list[dict[str, object]], keys: list[str], update: list[str]) -> None:
+    """Bulk insert-or-update by primary key (executemany; a retried batch rewrites the same rows)."""
+    if not rows:
+        return
+    ins = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = ins(table.__table__)  # type: ignore[attr-defined]
+    stmt = stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+    s.connection().execute(stmt, rows)
+
+
 def stage_entries(
     s: Session, integration_id: str, generation: int, entries: Iterable[tuple[str, str]]
 ) -> None:

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
 from tests.helpers import SectionKeys
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import FeedSyncSummary, RunProgress
 from workflows.feeds import FeedSyncWorkflow
 from workflows.ids import broadcast_workflow_id
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 async def create_feed(api: httpx.AsyncClient, sec: SectionKeys, kind: str = "product", **extra: Any) -> str:
@@ -64,3 +70,28 @@ def zone_at_local_hour(hours: range) -> str:
         if now.astimezone(ZoneInfo(name)).hour in hours:
             return name
     raise AssertionError("no zone found")
+
+
+def crash_then_resume(fn: Callable[[R], T], req: R) -> tuple[list[dict[str, Any]], list[dict[str, Any]], T]:
+    """Run a heartbeating sync activity that dies at its second heartbeat, then a retry resuming
+    from the last heartbeat (as Temporal would). Returns (heartbeats before, heartbeats after, result)."""
+    beats: list[dict[str, Any]] = []
+
+    def die_on_second(*details: Any) -> None:
+        beats.append(dict(details[0]))
+        if len(beats) == 2:
+            raise RuntimeError("worker lost")
+
+    crashing = ActivityEnvironment()
+    crashing.on_heartbeat = die_on_second
+    try:
+        crashing.run(fn, req)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the first attempt should have died at its second heartbeat")
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[beats[-1]])
+    later: list[dict[str, Any]] = []
+    resumed.on_heartbeat = lambda *d: later.append(dict(d[0]))
+    return beats, later, resumed.run(fn, req)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlmodel import select
-from temporalio.testing import WorkflowEnvironment
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.feeds import FeedActivities
 from settings import Settings
 from store.engine import Store
-from store.feed_tables import ProductChange
-from tests.audience.feed_helpers import create_feed, csv_bytes, feed_syncs, upload_feed
+from store.feed_tables import FeedStage, ProductChange
+from tests.audience.feed_helpers import crash_then_resume, create_feed, csv_bytes, feed_syncs, upload_feed
 from tests.helpers import SectionKeys, collect, new_dyid
 from tests.provider_server import ProviderServer, Reply
-from workflows.feed_models import FeedSyncInput
+from workflows.feed_models import FeedBeginRequest, FeedStageRequest, FeedSyncInput
 from workflows.feeds import FeedSyncWorkflow
 
 HEADER = "sku,name,url,price,image_url,categories,in_stock,color,lng:fr_FR:name"
@@ -134,3 +137,45 @@ async def test_user_feed_sets_attributes_by_cuid_and_records_changes(
     assert r.json()["attributes"] == {"loyalty": "Silver", "points": 10}
     r = await api.get("/api/v1/users/c-2", headers=section.mgmt)
     assert r.status_code == 200 and r.json()["attributes"] == {"loyalty": "Gold", "points": 5}
+
+
+async def test_interrupted_feed_stage_resumes_with_its_header(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store, settings: Settings, provider: ProviderServer
+) -> None:
+    """A feed attempt that dies mid-file resumes at its heartbeat (header kept) and stages every row once."""
+    path = f"/feed-{secrets.token_hex(3)}.csv"
+    rows = [f"sku-{i},{i}.5,Name {i}" for i in range(7)]
+    provider.default(path, Reply(200, csv_bytes("sku,price,name", *rows).decode()))
+    feed = await create_feed(api, section, source="url", url=provider.url(path))
+    acts = FeedActivities(store, settings)
+    sync_id = "fsync_" + secrets.token_hex(6)
+    ActivityEnvironment().run(
+        acts.begin, FeedBeginRequest(sync_id=sync_id, feed_id=feed, as_of=datetime.now(UTC))
+    )
+    req = FeedStageRequest(sync_id=sync_id, feed_id=feed, max_rejected_rows=10, batch_size=2)
+    _, _, result = crash_then_resume(acts.stage, req)
+    assert (result.state, result.rows_accepted, result.rows_rejected, result.lines_read) == (
+        "staged",
+        7,
+        0,
+        8,
+    )
+    with store.session() as s:
+        staged = {r.key: r.data for r in s.exec(select(FeedStage).where(FeedStage.sync_id == sync_id))}
+    assert sorted(staged) == [f"sku-{i}" for i in range(7)] and staged["sku-6"]["price"] == 6.5
+
+
+async def test_feed_url_to_a_private_address_is_refused(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store, settings: Settings
+) -> None:
+    """Outside dev/test, a feed URL resolving to a loopback/private address is never fetched (no SSRF)."""
+    feed = await create_feed(api, section, source="url", url="http://127.0.0.1:9/feed.csv")
+    acts = FeedActivities(store, settings.model_copy(update={"allow_private_urls": False}))
+    sync_id = "fsync_" + secrets.token_hex(6)
+    ActivityEnvironment().run(
+        acts.begin, FeedBeginRequest(sync_id=sync_id, feed_id=feed, as_of=datetime.now(UTC))
+    )
+    with pytest.raises(ApplicationError, match="non-public"):
+        ActivityEnvironment().run(
+            acts.stage, FeedStageRequest(sync_id=sync_id, feed_id=feed, max_rejected_rows=1)
+        )

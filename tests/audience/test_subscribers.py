@@ -6,7 +6,6 @@ S3 and IAM are moto in server mode on loopback, reached through boto3 with the c
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 from typing import Any
 
@@ -22,6 +21,7 @@ from settings import Settings
 from store.engine import Store
 from store.reachability import reach
 from store.subscriber_tables import SubscriberEntry, SubscriberRejection
+from tests.audience.feed_helpers import crash_then_resume
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -32,7 +32,7 @@ from tests.helpers import (
     new_dyid,
     opt_in,
 )
-from workflows.subscriber_models import ClaimRequest, SyncFolderRequest, SyncInput, SyncProgress
+from workflows.subscriber_models import ClaimRequest, SyncFolderRequest, SyncInput
 from workflows.subscribers import SubscriberSyncWorkflow
 
 
@@ -221,29 +221,14 @@ async def test_interrupted_file_sync_resumes_from_heartbeat(
         sync_id=claim.sync_id, integration_id=iid, folder=folder, generation=claim.generation,
         max_rejected_rows=100, batch_size=3,
     )  # fmt: skip
-    beats: list[SyncProgress] = []
-
-    def die_on_second(*details: Any) -> None:
-        beats.append(SyncProgress.model_validate(details[0]))
-        if len(beats) == 2:
-            raise RuntimeError("worker lost")
-
-    crashing = ActivityEnvironment()
-    crashing.on_heartbeat = die_on_second
-    with pytest.raises(RuntimeError):
-        crashing.run(acts.sync_folder, req)
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[beats[-1].model_dump()])
-    later: list[SyncProgress] = []
-    resumed.on_heartbeat = lambda *d: later.append(SyncProgress.model_validate(d[0]))
-    result = resumed.run(acts.sync_folder, req)
+    beats, later, result = crash_then_resume(acts.sync_folder, req)
     assert (result.state, result.rows_accepted, result.rows_rejected, result.lines_read) == (
         "staged",
         8,
         1,
         10,
     )
-    assert later[0].line > beats[-1].line  # it did not start over
+    assert later[0]["line"] > beats[-1]["line"]  # it did not start over
     with store.session() as s:
         staged = s.exec(
             select(func.count()).where(
