@@ -14,7 +14,17 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
-from api.routes import campaigns, catalog, collect, feeds, integrations, journeys, sections, subscribers, userdata
+from api.routes import (
+    campaigns,
+    catalog,
+    collect,
+    feeds,
+    integrations,
+    journeys,
+    sections,
+    subscribers,
+    userdata,
+)
 from settings import Settings
 from store.engine import Store
 

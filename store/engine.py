@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
-import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+import store.broadcast_tables  # noqa: F401
+import store.feed_tables  # noqa: F401
 import store.identity_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401
-import store.feed_tables  # noqa: F401
-import store.broadcast_tables  # noqa: F401
+import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
 def normalise_url(url: str) -> str:
