@@ -53,6 +53,18 @@ class Settings(BaseSettings):
     private_url_allowlist: str = ""
     delivery_timeout: timedelta = timedelta(seconds=30)
 
+    # Subscriber lists on S3 (or any S3-compatible endpoint). Empty endpoint: AWS itself; empty
+    # keys: boto3's default credential chain. Rejoin's own keys must be allowed to create IAM
+    # users/keys, because "Sync now" hands each integration its own credentials.
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    subscriber_bucket: str = "rejoin-subscribers"
+    subscriber_sync_every: timedelta = timedelta(minutes=5)
+    # A file with more bad rows than this is not applied at all (the previous list stays).
+    subscriber_max_rejected_rows: int = 100_000
+
     @field_validator("global_cap_messages")
     @classmethod
     def _positive_cap(cls, v: int) -> int:

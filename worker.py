@@ -17,8 +17,11 @@ import httpx
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.broadcast import BroadcastActivities
 from activities.delivery import Delivery
+from activities.feeds import FeedActivities
 from activities.journey import JourneyActivities
+from activities.subscribers import SubscriberActivities
 from domain.caps import CapPolicy
 from domain.tracking import Signer
 from providers.registry import ProviderRegistry
@@ -26,7 +29,10 @@ from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feeds import FeedSyncWorkflow
 from workflows.journey import JourneyWorkflow
+from workflows.subscribers import SubscriberSyncWorkflow
 
 log = logging.getLogger("rejoin.worker")
 
@@ -65,12 +71,26 @@ async def build_worker(
             signer=Signer(settings.secret_keys),
             public_url=settings.effective_public_url,
         )
+        subscribers = SubscriberActivities(store, settings, SecretBox(settings.secret_keys))
+        feeds = FeedActivities(store, settings)
+        broadcast = BroadcastActivities(
+            store,
+            registry,
+            SecretBox(settings.secret_keys),
+            CapPolicy(settings.global_cap_messages, settings.global_cap_window),
+            settings.priority_window,
+        )
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(
                 client,
                 task_queue=task_queue or settings.task_queue,
-                workflows=[JourneyWorkflow],
-                activities=[journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver],
+                workflows=[JourneyWorkflow, SubscriberSyncWorkflow, FeedSyncWorkflow, BroadcastWorkflow],
+                activities=[
+                    journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver,
+                    subscribers.list_folders, subscribers.claim, subscribers.sync_folder, subscribers.finish,
+                    subscribers.cleanup, feeds.begin, feeds.stage, feeds.apply, feeds.fail,
+                    broadcast.plan_feed_runs, broadcast.plan_audience, broadcast.set_state, broadcast.deliver_batch,
+                ],  # fmt: skip
                 activity_executor=pool,
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 graceful_shutdown_timeout=settings.delivery_timeout,

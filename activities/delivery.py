@@ -35,6 +35,7 @@ from store.engine import Store
 from store.reachability import reach
 from store.tables import Integration, Journey, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
+from store.users import canonical_id, canonical_user
 from workflows.models import DeliverRequest, DeliverResult
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class Delivery:
                     step_index=req.step_index,
                     channel=req.channel,
                     integration_id=req.integration_id,
-                    user_id=req.user_id,
+                    user_id=canonical_id(s, req.user_id),
                     status="in_flight",
                     created_at=req.as_of,
                     updated_at=now,
@@ -156,12 +157,12 @@ class Delivery:
     ) -> tuple[OutboundMessage | None, str, str]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
         journey = s.get(Journey, req.journey_id)
-        user = s.get(User, req.user_id)
+        user = canonical_user(s, req.user_id)
         assert journey is not None and user is not None
         variation = spec.variation(journey.variation_id)
         assert variation is not None
         step = variation.steps[req.step_index]
-        opt_in = reach(s, req.section_id, req.user_id, [req.channel]).opt_ins.get(req.channel)
+        opt_in = reach(s, req.section_id, user.id, [req.channel]).opt_ins.get(req.channel)
         if opt_in is None:
             return None, step.name, variation.id
         try:

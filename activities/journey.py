@@ -8,11 +8,13 @@ step, and a retried call returns what the first one decided.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 from temporalio import activity
 
+from domain import schedule as sched
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.caps import CapPolicy
@@ -23,6 +25,7 @@ from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
 from store.tables import Campaign, Decision, Journey, Section, Send, User, now_utc
+from store.users import canonical_id, canonical_user
 from workflows.ids import decision_key, send_key
 from workflows.models import (
     DecideRequest,
@@ -59,7 +62,7 @@ class JourneyActivities:
                         campaign_id=req.campaign_id,
                         campaign_version=req.campaign_version,
                         priority=spec.priority,
-                        user_id=req.user_id,
+                        user_id=canonical_id(s, req.user_id),
                         variation_id=variation.id,
                         is_control=variation.control,
                         is_test=req.is_test,
@@ -89,12 +92,17 @@ class JourneyActivities:
                 return StepDecision.model_validate(previous.detail["decision"])
             spec = load_spec(s, req.campaign_id, req.campaign_version)
             journey = s.get(Journey, req.journey_id)
-            user = s.get(User, req.user_id)
+            # The journey may have started under an id since merged into another (identity).
+            user = canonical_user(s, req.user_id)
             if journey is None or user is None:
                 raise LookupError(f"journey {req.journey_id} or its user is missing")
             variation = spec.variation(journey.variation_id)
             assert variation is not None, "a journey's variation exists in its campaign version"
             step = variation.steps[req.step_index]
+            not_before = _window_defer(spec, user, req.as_of)
+            if not_before is not None:
+                # Not recorded: the decision is made again when the window opens.
+                return StepDecision(action="defer", reason="send window", not_before=not_before)
             decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
             decisions.record(
                 s,
@@ -121,7 +129,9 @@ class JourneyActivities:
             return StepDecision(action="skip", reason=f"campaign_{campaign.status}")
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             return StepDecision(action="skip", reason="audience")
-        r = reach(s, req.section_id, req.user_id, step_channels)
+        if spec.send_window is not None and spec.send_window.outside == "drop" and _outside_window(spec, user, req.as_of):
+            return StepDecision(action="skip", reason="quiet_hours")
+        r = reach(s, req.section_id, user.id, step_channels)
         choice = choose_channel(
             [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
         )  # type: ignore[arg-type]
@@ -139,7 +149,7 @@ class JourneyActivities:
             reservations.SlotRequest(
                 key=skey,
                 section_id=req.section_id,
-                user_id=req.user_id,
+                user_id=user.id,
                 channel=channel,
                 campaign_id=req.campaign_id,
                 priority=spec.priority,
@@ -209,3 +219,26 @@ class JourneyActivities:
                     at=req.as_of,
                     detail={"cancelled_from_step": req.step_index},
                 )
+
+
+def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | None:
+    """The campaign's send window in the user's timezone (their `timezone` attribute, else the default)."""
+    w = spec.send_window
+    if w is None:
+        return None
+    return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.recipient_zone(user.attributes.get("timezone"), user.locale, w.timezone)
+
+
+def _outside_window(spec: CampaignSpec, user: User, as_of: datetime) -> bool:
+    window = _window(spec, user)
+    return window is not None and not sched.in_window(as_of, *window)
+
+
+def _window_defer(spec: CampaignSpec, user: User, as_of: datetime) -> datetime | None:
+    """When a step due now outside the window (policy "wait") may be sent; None to go ahead."""
+    window = _window(spec, user)
+    if window is None or spec.send_window is None or spec.send_window.outside != "wait":
+        return None
+    if sched.in_window(as_of, *window):
+        return None
+    return sched.window_opens(as_of, *window)

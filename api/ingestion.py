@@ -27,7 +27,7 @@ from settings import Settings
 from store import users
 from store.campaigns import live_campaigns
 from store.engine import Store
-from store.tables import Campaign, Event, OptIn, Product, now_utc
+from store.tables import Campaign, Event, Journey, OptIn, Product, now_utc
 from workflows.ids import journey_workflow_id
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,10 @@ def accept(
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
             catalog = _catalog(s, section_id, skus) if campaigns else {}
             event_id = new_event_id()
-            commands = _commands(section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings)
+            running = _running_journeys(s, section_id, user.id) if campaigns else {}
+            commands = _commands(
+                section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
+            )
             s.add(
                 Event(
                     id=event_id,
@@ -133,6 +136,23 @@ def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> b
     return row is not None
 
 
+def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, list[str]]:
+    """Campaign -> workflow ids of the user's active journeys.
+
+    After a merge, a journey started under a merged-away id keeps that workflow id; exits and
+    re-triggers must reach it rather than start a second journey for the same person.
+    """
+    rows = s.exec(
+        select(Journey.campaign_id, Journey.workflow_id).where(
+            Journey.section_id == section_id, Journey.user_id == user_id, Journey.status == "active"
+        )
+    ).all()
+    out: dict[str, list[str]] = {}
+    for campaign_id, workflow_id in rows:
+        out.setdefault(campaign_id, []).append(workflow_id)
+    return out
+
+
 def _commands(
     section_id: str,
     user: users.User,
@@ -143,10 +163,17 @@ def _commands(
     event_id: str,
     consented: bool,
     settings: Settings,
+    running: dict[str, list[str]],
 ) -> list[JourneyCommand]:
     out: list[JourneyCommand] = []
     for campaign, spec in campaigns:
-        wid = journey_workflow_id(section_id, campaign.id, user.id)
+        # One journey per person and campaign: after a merge the person's own journey is kept
+        # (else the one started under a merged id) and any other is exited as a duplicate.
+        own = journey_workflow_id(section_id, campaign.id, user.id)
+        active = running.get(campaign.id, [])
+        wid = own if own in active or not active else sorted(active)[0]
+        for dup in sorted(set(active) - {wid}):
+            out.append(JourneyCommand(action="exit", workflow_id=dup, event_id=event_id, campaign_id=campaign.id, reason="merged_duplicate"))
         reason = exit_reason(spec, ev, cart, catalog)
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]

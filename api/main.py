@@ -14,8 +14,21 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
-from api.routes import (campaigns, catalog, collect, integrations, journeys, reports, secrets_admin, sections,
-                        templates, tracking, userdata)  # fmt: skip
+from api.routes import (
+    campaigns,
+    catalog,
+    collect,
+    feeds,
+    integrations,
+    journeys,
+    reports,
+    secrets_admin,
+    sections,
+    subscribers,
+    templates,
+    tracking,
+    userdata,
+)
 from settings import Settings
 from store.engine import Store
 
@@ -55,8 +68,10 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.state.rejoin = state
     install_error_handlers(app)
-    for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,
-                   templates, tracking, reports):  # fmt: skip
+    for module in (
+        collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,
+        templates, tracking, reports, subscribers, feeds,
+    ):  # fmt: skip
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["ops"])

@@ -7,13 +7,13 @@ Validation errors name the offending field (pydantic locations), so the API's 42
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from domain.conditions import Condition
+from domain.conditions import Condition, Operator
 
 
 class Channel(StrEnum):
@@ -38,6 +38,16 @@ class CampaignType(StrEnum):
 EVENT_TRIGGERED_TYPES = frozenset(
     {CampaignType.CART_ABANDONMENT, CampaignType.PRODUCT_VIEW, CampaignType.CUSTOM_TRIGGER}
 )
+# Types sent as batched runs (feed changes, schedules): one message per recipient, no journey.
+BATCH_TYPES = frozenset(
+    {
+        CampaignType.PRICE_DROP,
+        CampaignType.PRODUCT_ATTRIBUTE_CHANGE,
+        CampaignType.USER_ATTRIBUTE_CHANGE,
+        CampaignType.SCHEDULED,
+    }
+)
+PUSH_CHANNELS = frozenset({"app_push", "web_push"})
 
 MIN_WAIT = timedelta(minutes=5)
 MAX_WAIT = timedelta(days=90)
@@ -119,6 +129,82 @@ class Audience(_Strict):
 
     conditions: list[Condition] = Field(default_factory=list, max_length=50)
     match: Literal["all", "any"] = "all"
+
+
+HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_DAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _check_zone(v: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone '{v}' (use an IANA name such as Europe/Paris)") from None
+    return v
+
+
+class SendSchedule(_Strict):
+    """When a batched campaign sends: the next `time_of_day` on one of `days`, in `timezone`.
+
+    `send_at` (scheduled campaigns) sends once at that instant instead.
+    """
+
+    time_of_day: str = Field("10:00", pattern=HHMM)
+    days: list[Weekday] = Field(default_factory=lambda: list(ALL_DAYS), min_length=1)
+    timezone: str = "UTC"
+    send_at: datetime | None = None
+
+    _zone = field_validator("timezone")(_check_zone)
+
+    @field_validator("send_at")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("send_at needs a timezone offset (e.g. 2026-05-01T09:00:00+02:00)")
+        return v
+
+
+class SendWindow(_Strict):
+    """Quiet hours: send only between `start` and `end` in the recipient's timezone.
+
+    The recipient's timezone is their `timezone` attribute; `timezone` here is the default.
+    Outside the window a message `wait`s for it to open or is `drop`ped.
+    """
+
+    start: str = Field("09:00", pattern=HHMM)
+    end: str = Field("21:00", pattern=HHMM)
+    timezone: str = "UTC"
+    outside: Literal["wait", "drop"] = "wait"
+
+    _zone = field_validator("timezone")(_check_zone)
+
+
+class ValueCondition(_Strict):
+    """A condition on one value (an attribute's old or new value)."""
+
+    op: Operator = "eq"
+    value: Any = None
+
+    def as_condition(self) -> Condition:
+        return Condition(field="value", op=self.op, value=self.value)
+
+
+class PriceDropRule(_Strict):
+    """Only drops of at least this much trigger (both may be set; both must hold)."""
+
+    min_amount: float | None = Field(None, gt=0)
+    min_percent: float | None = Field(None, gt=0, le=100)
+
+
+class AttributeChangeRule(_Strict):
+    """Which attribute's change triggers, with conditions on its old and new values."""
+
+    attribute: str = Field(min_length=1, max_length=200)
+    old: list[ValueCondition] = Field(default_factory=list, max_length=10)
+    new: list[ValueCondition] = Field(default_factory=list, max_length=10)
 
 
 class Message(_Strict):
@@ -214,13 +300,29 @@ class CampaignSpec(_Strict):
     exits: list[ExitRule] = Field(default_factory=list, max_length=20)
     channel_priority: list[Channel] = Field(min_length=1)
     variations: list[Variation] = Field(min_length=1, max_length=20)
+    # Feed- and schedule-driven campaigns (BATCH_TYPES).
+    schedule: SendSchedule | None = None
+    send_window: SendWindow | None = None
+    price_drop: PriceDropRule | None = None
+    attribute_change: AttributeChangeRule | None = None
+    throttle_per_second: float | None = Field(None, gt=0, le=10_000, description="Sends per second, at most")
 
-    @field_validator("type")
-    @classmethod
-    def _runnable_type(cls, v: CampaignType) -> CampaignType:
-        if v not in EVENT_TRIGGERED_TYPES:
-            raise ValueError(f"campaign type '{v.value}' is not supported yet by this engine")
-        return v
+    @model_validator(mode="after")
+    def _batch_rules(self) -> CampaignSpec:
+        if self.type not in BATCH_TYPES:
+            return self
+        if any(len(v.steps) > 1 for v in self.variations):
+            raise ValueError("variations: feed- and schedule-driven campaigns send one message (one step)")
+        if self.type in (CampaignType.PRODUCT_ATTRIBUTE_CHANGE, CampaignType.USER_ATTRIBUTE_CHANGE):
+            if self.attribute_change is None:
+                raise ValueError(f"attribute_change is required for a {self.type.value} campaign")
+        if self.type == CampaignType.SCHEDULED:
+            if self.schedule is None:
+                raise ValueError("schedule is required for a scheduled campaign")
+            not_push = [c.value for c in self.channel_priority if c.value not in PUSH_CHANNELS]
+            if not_push:
+                raise ValueError(f"channel_priority: scheduled campaigns use push channels only (got {not_push})")
+        return self
 
     @field_validator("channel_priority")
     @classmethod

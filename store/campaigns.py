@@ -37,3 +37,8 @@ def live_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, Ca
         select(Campaign).where(Campaign.section_id == section_id, col(Campaign.status).in_(("active", "paused")))
     ).all()
     return [(c, load_spec(session, c.id, c.version)) for c in rows]
+
+
+def active_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:
+    """Campaigns that may start journeys or runs now."""
+    return [(c, spec) for c, spec in live_campaigns(session, section_id) if c.status == "active"]

@@ -18,6 +18,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
+import store.broadcast_tables  # noqa: F401
+import store.feed_tables  # noqa: F401
+import store.identity_tables  # noqa: F401
+import store.subscriber_tables  # noqa: F401
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import store.tracking_tables  # noqa: F401
 

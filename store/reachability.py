@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
+from store.subscriber_tables import SubscriberList
+from store.subscribers import effective_opt_in
 from store.tables import Integration, OptIn, UserIdentifier
 
 # Identifier kinds stored per user, by the integration identifier type that reads them.
@@ -56,14 +58,22 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
         if not hashes:
             unreachable[channel] = "no_identifier"
             continue
-        rows = session.exec(
-            select(OptIn).where(
-                OptIn.section_id == section_id,
-                OptIn.channel == channel,
-                col(OptIn.value_hash).in_(hashes),
-                OptIn.opted_in == True,  # noqa: E712  (SQL expression)
+        lst = session.get(SubscriberList, integration.id)
+        if lst is not None and lst.active_generation is not None:
+            # A synced subscriber list overrides earlier opt-ins/outs (store/subscribers.py).
+            listed = effective_opt_in(session, lst, section_id, channel, hashes)
+            rows = [listed] if listed is not None else []
+        else:
+            rows = list(
+                session.exec(
+                    select(OptIn).where(
+                        OptIn.section_id == section_id,
+                        OptIn.channel == channel,
+                        col(OptIn.value_hash).in_(hashes),
+                        OptIn.opted_in == True,  # noqa: E712  (SQL expression)
+                    )
+                ).all()
             )
-        ).all()
         if not rows:
             unreachable[channel] = "not_opted_in"
             continue

@@ -1,8 +1,11 @@
 """Users: resolving the device id of an event to a user, identification, cart state.
 
 A device (`dyid`) belongs to one user. An identification event gives the user a CUID; when
-another user already holds that CUID (the same person on another device), the device is moved
-to that user and its cart and identifiers follow, so journeys and caps follow the person.
+another user already holds that CUID (the same person on another device), the device's user is
+merged into that owner (`merge_users`): devices, identifiers, events (also those from before
+identification), journeys, cap reservations, sends and decisions are re-pointed to the owner,
+and the merged id is kept as an alias (`UserAlias`) because journeys already running carry it.
+Everything that reads a user by id resolves aliases first (`canonical_user`).
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
+from sqlalchemy import update
 from sqlmodel import Session, select
 
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
-from store.tables import Device, User, UserIdentifier
+from store.identity_tables import UserAlias
+from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
+
+# Tables whose rows belong to a user by `user_id`: re-pointed when that user is merged away.
+_USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision)
 
 
 def new_user_id() -> str:
@@ -33,7 +41,7 @@ def resolve_user(
     if device_key:
         device = s.get(Device, (section_id, device_key))
         if device is not None:
-            user = s.get(User, device.user_id)
+            user = canonical_user(s, device.user_id)
             if user is not None:
                 return user
     user = by_cuid(s, section_id, cuid) if cuid else None
@@ -51,14 +59,29 @@ def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:
     return s.exec(select(User).where(User.section_id == section_id, User.cuid == cuid)).first()
 
 
+def canonical_id(s: Session, user_id: str) -> str:
+    """The id a (possibly merged-away) user id stands for today."""
+    alias = s.get(UserAlias, user_id)
+    return alias.canonical_id if alias is not None else user_id
+
+
+def canonical_user(s: Session, user_id: str) -> User | None:
+    return s.get(User, canonical_id(s, user_id))
+
+
+def alias_ids(s: Session, user_id: str) -> list[str]:
+    """Ids merged into this user (their journeys may still run under the old id)."""
+    return list(s.exec(select(UserAlias.alias_id).where(UserAlias.canonical_id == user_id)).all())
+
+
 def find_user(s: Session, section_id: str, ref: str) -> User | None:
-    """Look a user up by Rejoin id, device id or CUID (what an operator has at hand)."""
-    user = s.get(User, ref)
+    """Look a user up by Rejoin id (merged ids too), device id or CUID (what an operator has at hand)."""
+    user = canonical_user(s, ref)
     if user is not None and user.section_id == section_id:
         return user
     device = s.get(Device, (section_id, ref))
     if device is not None:
-        return s.get(User, device.user_id)
+        return canonical_user(s, device.user_id)
     return by_cuid(s, section_id, ref)
 
 
@@ -69,14 +92,14 @@ def add_identifier(s: Session, section_id: str, user_id: str, kind: str, value_h
 def identify(s: Session, user: User, identity: Identity, device_key: str | None, now: datetime) -> User:
     """Attach a CUID; merge into the user who already has it. Returns the user to continue with."""
     owner = by_cuid(s, user.section_id, identity.cuid)
-    if owner is not None and owner.id != user.id:
-        if not owner.cart and user.cart:
-            owner.cart = user.cart
+    if owner is not None and owner.id != user.id and user.cuid in (None, identity.cuid):
+        merge_users(s, merged=user, into=owner, now=now)
+        user = owner
+    elif owner is not None and owner.id != user.id:
+        # The device's user is another known person (shared device, account switch): the device
+        # changes hands; the previous person keeps their history.
         if device_key:
             s.merge(Device(section_id=user.section_id, device_key=device_key, user_id=owner.id))
-        for ident in s.exec(select(UserIdentifier).where(UserIdentifier.user_id == user.id)).all():
-            ident.user_id = owner.id
-            s.add(ident)
         user = owner
     else:
         user.cuid, user.cuid_type = identity.cuid, identity.cuid_type
@@ -89,6 +112,30 @@ def identify(s: Session, user: User, identity: Identity, device_key: str | None,
     user.updated_at = now
     s.add(user)
     return user
+
+
+def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
+    """Fold `merged` (an anonymous device user) into `into` (the CUID's owner), in this transaction.
+
+    The cart of the device being identified is the person's current cart when it has items;
+    attributes the owner lacks are kept. Rows are re-pointed with set-based updates (a user has
+    few rows; no per-row loading). Aliases of `merged` are flattened to point at `into`.
+    """
+    s.flush()
+    if merged.cart:
+        into.cart = merged.cart
+    into.attributes = {**merged.attributes, **into.attributes}
+    into.locale = into.locale or merged.locale
+    into.is_test = into.is_test or merged.is_test
+    for table in _USER_ROWS:
+        s.execute(update(table).where(table.user_id == merged.id).values(user_id=into.id))  # type: ignore[arg-type]
+    s.execute(update(UserAlias).where(UserAlias.canonical_id == merged.id).values(canonical_id=into.id))  # type: ignore[arg-type]
+    s.merge(UserAlias(alias_id=merged.id, section_id=merged.section_id, canonical_id=into.id, merged_at=now))
+    merged.cart = []
+    merged.updated_at = now
+    s.add(merged)
+    s.add(into)
+    s.flush()
 
 
 def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:

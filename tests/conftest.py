@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -53,9 +54,35 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
-def settings(db_url: str, data_dir: Path) -> Settings:
+def s3_port() -> int:
+    """Port of the loopback S3/IAM endpoint; the server itself starts only with the `s3` fixture."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_port: int) -> Iterator[str]:
+    """A real S3 + IAM endpoint on loopback (moto in server mode), reached through boto3."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{s3_port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(db_url: str, data_dir: Path, s3_port: int) -> Settings:
     return Settings(
+        s3_endpoint_url=f"http://127.0.0.1:{s3_port}",
+        s3_access_key_id="testing",
+        s3_secret_access_key="testing",
         data_dir=data_dir,
         database_url=db_url,
         allow_private_urls=True,

@@ -20,3 +20,28 @@ def decision_key(journey_id: str, step_index: int, excluded: list[str]) -> str:
     """Key of the channel/caps decision for a step (after excluding channels that failed for good)."""
     suffix = ",".join(sorted(excluded)) or "-"
     return f"{journey_id}:{step_index}:decide:{suffix}"
+
+
+def subscriber_sync_id(section_id: str, integration_id: str) -> str:
+    """Schedule id (and workflow id prefix) of an integration's subscriber-list sync."""
+    return f"subscribers/{section_id}/{integration_id}"
+
+
+def feed_sync_id(section_id: str, feed_id: str) -> str:
+    """Schedule id (and workflow id prefix) of a feed's syncs."""
+    return f"feed/{section_id}/{feed_id}"
+
+
+def feed_run_id(sync_id: str, campaign_id: str) -> str:
+    """The run a feed sync starts for a campaign: one per (sync, campaign), so planning is idempotent."""
+    return f"run_{sync_id}_{campaign_id}"[:40]
+
+
+def broadcast_workflow_id(run_id: str) -> str:
+    """One workflow per batched campaign run (it drives the run's batches)."""
+    return f"broadcast/{run_id}"
+
+
+def broadcast_send_key(run_id: str, user_id: str, channel: str) -> str:
+    """Idempotency key of a batched run's message to one user on one channel."""
+    return f"bcast:{run_id}:{user_id}:{channel}"

@@ -121,7 +121,8 @@ class JourneyWorkflow:
         while st.step_index < len(st.plan.steps):
             if not await self._wait_for_step(st.plan):
                 return await self._finish("exited")
-            await self._run_step(st.plan, st.step_index)
+            if not await self._run_step(st.plan, st.step_index):
+                return await self._finish("exited")
             st.step_index += 1
             st.wake_at = None
             self._continue_as_new_if_long()
@@ -170,24 +171,47 @@ class JourneyWorkflow:
                 pass
             self._continue_as_new_if_long()
 
-    async def _run_step(self, plan: JourneyPlan, index: int) -> None:
-        """Decide and deliver one step, falling back to the next channel after a permanent failure."""
+    async def _run_step(self, plan: JourneyPlan, index: int) -> bool:
+        """Decide and deliver one step, falling back to the next channel after a permanent failure.
+
+        False when the user exited while the step waited for their send window.
+        """
         step = plan.steps[index]
         self._set_status("sending", f"sending step '{step.name}'")
         excluded: list[str] = []
         while True:
             decision = await self._decide(index, excluded)
-            if decision.action == "skip":
+            if decision.action == "defer" and workflow.patched("send-window-defer"):
+                if not await self._wait_for_window(decision, step.name):
+                    return False
+                continue
+            if decision.action != "send":
                 self._record(index, "skipped", decision.reason, decision.channel)
-                return
+                return True
             result = await self._deliver(index, decision)
             if result.status == "accepted":
                 self._record(index, "sent", None, decision.channel, result.possible_duplicate)
-                return
+                return True
             self._record(index, "failed", result.reason, decision.channel)
             if not result.fallback_allowed or decision.channel is None:
-                return
+                return True
             excluded.append(decision.channel)
+
+    async def _wait_for_window(self, decision: StepDecision, step_name: str) -> bool:
+        """Quiet hours: sleep until the recipient's send window opens; False if they exited first."""
+        st = self.state
+        assert decision.not_before is not None
+        self._set_status("waiting", f"step '{step_name}' waits for the send window ({decision.not_before.isoformat()})")
+        try:
+            await workflow.wait_condition(
+                lambda: st.exit_reason is not None,
+                timeout=max(decision.not_before - workflow.now(), timedelta(seconds=1)),
+                timeout_summary=f"send window before {step_name}",
+            )
+        except asyncio.TimeoutError:
+            pass
+        self._set_status("sending", f"sending step '{step_name}'")
+        return st.exit_reason is None
 
     async def _decide(self, index: int, excluded: list[str]) -> StepDecision:
         assert self.state.journey_id is not None

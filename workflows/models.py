@@ -139,11 +139,12 @@ class DecideRequest(BaseModel):
 
 
 class StepDecision(BaseModel):
-    action: Literal["send", "skip"]
+    action: Literal["send", "skip", "defer"]
     reason: str | None = None
     channel: str | None = None
     integration_id: str | None = None
     send_key: str | None = None
+    not_before: datetime | None = None  # "defer": outside the recipient's send window until then
 
 
 class DeliverRequest(BaseModel):

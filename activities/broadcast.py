@@ -1,0 +1,385 @@
+"""Batched campaign runs: plan recipients, then deliver them in idempotent batches.
+
+`plan` turns a feed sync (price drops, attribute changes) or a scheduled campaign into runs
+with recipient rows. `deliver_batch` takes the next due recipients of one shard and, for each:
+audience and send-window check (recipient's timezone), channel and cap reservation, render,
+provider call with the idempotency key `bcast:<run>:<user>:<channel>`, and the recipient's
+final status, committed per recipient. A batch retried after a crash skips everyone already
+finished and repeats at most the one call whose outcome was unknown, under the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from domain import schedule as sched
+from domain.allocation import allocate
+from domain.campaign import CampaignSpec, CampaignType
+from domain.caps import CapPolicy
+from domain.channels import choose_channel
+from domain.conditions import matches
+from domain.render import RenderContext, render_payload
+from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError
+from providers.registry import ProviderRegistry
+from security.crypto import SecretBox
+from store import broadcasts, reservations
+from store.broadcast_tables import BroadcastRecipient, BroadcastRun
+from store.campaigns import active_campaigns, load_spec
+from store.engine import Store
+from store.feed_tables import Feed, FeedSync
+from store.reachability import reach
+from store.tables import Campaign, Integration, Section, Send, now_utc
+from store.users import canonical_user
+from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, PlannedRun, PlanRunsRequest
+from workflows.ids import broadcast_send_key, feed_run_id
+
+log = logging.getLogger(__name__)
+
+FEED_TYPES = {
+    "product": (CampaignType.PRICE_DROP, CampaignType.PRODUCT_ATTRIBUTE_CHANGE),
+    "user": (CampaignType.USER_ATTRIBUTE_CHANGE,),
+}
+
+
+def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
+    """When a run of this campaign sends: its schedule's next slot, or now without one."""
+    if spec.schedule is None:
+        return as_of
+    if spec.schedule.send_at is not None:
+        return max(spec.schedule.send_at, as_of)
+    tz = sched.zone(spec.schedule.timezone)
+    return sched.next_occurrence(
+        as_of, sched.parse_hhmm(spec.schedule.time_of_day), list(spec.schedule.days), tz
+    )
+
+
+@dataclass
+class _Ready:
+    message: OutboundMessage
+    provider: Provider
+    send_key: str
+
+
+class BroadcastActivities:
+    def __init__(
+        self,
+        store: Store,
+        providers: ProviderRegistry,
+        box: SecretBox,
+        cap_policy: CapPolicy,
+        priority_window: timedelta,
+    ) -> None:
+        self.store = store
+        self.providers = providers
+        self.box = box
+        self.cap_policy = cap_policy
+        self.priority_window = priority_window
+
+    # ------------------------------------------------------------ planning
+
+    @activity.defn(name="broadcast.plan_feed_runs")
+    def plan_feed_runs(self, req: PlanRunsRequest) -> list[PlannedRun]:
+        """Runs triggered by one applied feed sync, one per matching active campaign."""
+        assert req.sync_id is not None
+        planned: list[PlannedRun] = []
+        with self.store.session() as s:
+            sync = s.get(FeedSync, req.sync_id)
+            feed = s.get(Feed, sync.feed_id) if sync else None
+            if sync is None or feed is None or sync.state != "succeeded":
+                return []
+            for campaign, spec in active_campaigns(s, req.section_id):
+                if spec.type not in FEED_TYPES[feed.kind]:
+                    continue
+                run_id = feed_run_id(req.sync_id, campaign.id)
+                existing = s.get(BroadcastRun, run_id)
+                if existing is None:
+                    if spec.type == CampaignType.PRICE_DROP:
+                        who = broadcasts.price_drop_recipients(s, spec, req.section_id, sync.id)
+                    elif spec.type == CampaignType.PRODUCT_ATTRIBUTE_CHANGE:
+                        who = broadcasts.product_change_recipients(
+                            s, spec, req.section_id, sync.id, req.as_of
+                        )
+                    else:
+                        who = broadcasts.user_change_recipients(s, spec, sync.id)
+                    if not who:
+                        continue
+                    existing = self._new_run(
+                        s, campaign, spec, run_id, f"{feed.kind} feed sync", sync.id, req.as_of
+                    )
+                    existing.total = broadcasts.add_recipients(s, run_id, req.shards, who)
+                    s.add(existing)
+                planned.append(PlannedRun(run_id=run_id, campaign_id=campaign.id, send_at=existing.send_at))
+        return planned
+
+    def _new_run(
+        self, s: Session, campaign: Campaign, spec: CampaignSpec, run_id: str, reason: str, source: str | None,
+        as_of: datetime,
+    ) -> BroadcastRun:  # fmt: skip
+        run = BroadcastRun(
+            id=run_id, section_id=campaign.section_id, campaign_id=campaign.id, campaign_version=campaign.version,
+            reason=reason, source_id=source, state="waiting", send_at=send_time(spec, as_of), created_at=as_of,
+        )  # fmt: skip
+        s.add(run)
+        return run
+
+    @activity.defn(name="broadcast.plan_audience")
+    def plan_audience(self, inp: BroadcastInput) -> int:
+        """List every user of the campaign's audience as a recipient (scheduled campaigns)."""
+        total = 0
+        with self.store.session() as s:
+            run = s.get(BroadcastRun, inp.run_id)
+            assert run is not None
+            if run.total:
+                return run.total  # a retry after the listing committed
+            spec = load_spec(s, run.campaign_id, run.campaign_version)
+            for page in broadcasts.all_users(s, run.section_id):
+                who: dict[str, list[dict[str, Any]]] = {
+                    u.id: []
+                    for u in page
+                    if matches(spec.audience.conditions, u.attributes, spec.audience.match)
+                }
+                total += broadcasts.add_recipients(s, run.id, inp.shards, who)
+                activity.heartbeat(total)
+            run.total = total
+            s.add(run)
+        return total
+
+    @activity.defn(name="broadcast.set_state")
+    def set_state(self, run_id: str, state: str, as_of: datetime) -> None:
+        with self.store.session() as s:
+            run = s.get(BroadcastRun, run_id)
+            if run is None:
+                return
+            run.state = state
+            if state == "done":
+                run.finished_at = as_of
+            s.add(run)
+
+    # ------------------------------------------------------------ delivery
+
+    @activity.defn(name="broadcast.deliver_batch")
+    async def deliver_batch(self, req: BatchRequest) -> BatchResult:
+        spec, rate, due = await asyncio.to_thread(self._load_batch, req)
+        result = BatchResult()
+        interval = 1.0 / rate if rate else 0.0
+        next_slot = time.monotonic()
+        for user_id in due:
+            outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
+            if isinstance(outcome, _Ready):
+                if interval:
+                    # Throttle: at most `rate` provider calls per second from this shard.
+                    await asyncio.sleep(max(0.0, next_slot - time.monotonic()))
+                    next_slot = max(next_slot, time.monotonic()) + interval
+                outcome = await self._send(req, user_id, outcome)
+            result.processed += 1
+            setattr(result, outcome, getattr(result, outcome) + 1)
+            activity.heartbeat(result.processed)
+        return await asyncio.to_thread(self._remaining, req, result)
+
+    def _load_batch(self, req: BatchRequest) -> tuple[CampaignSpec, float | None, list[str]]:
+        with self.store.session() as s:
+            run = s.get(BroadcastRun, req.run_id)
+            if run is None:
+                raise ApplicationError("run missing", type="NotFound", non_retryable=True)
+            spec = load_spec(s, run.campaign_id, run.campaign_version)
+            rows = s.exec(
+                select(BroadcastRecipient.user_id)
+                .where(
+                    BroadcastRecipient.run_id == req.run_id,
+                    BroadcastRecipient.status == "pending",
+                    BroadcastRecipient.shard == req.shard,
+                    (col(BroadcastRecipient.not_before).is_(None))
+                    | (col(BroadcastRecipient.not_before) <= req.as_of),
+                )
+                .order_by(col(BroadcastRecipient.user_id))
+                .limit(req.limit)
+            ).all()
+            rate = spec.throttle_per_second
+            for channel in spec.channel_priority:
+                integ = s.exec(
+                    select(Integration).where(
+                        Integration.section_id == run.section_id, Integration.channel == channel.value
+                    )
+                ).first()
+                limit = (integ.config or {}).get("rate_limit_per_second") if integ else None
+                if isinstance(limit, int | float) and limit > 0:
+                    rate = min(rate or float(limit), float(limit))
+            # Shards run in parallel: each gets its share of the run's rate.
+            return spec, (rate / max(1, req.shards)) if rate else None, list(rows)
+
+    def _remaining(self, req: BatchRequest, result: BatchResult) -> BatchResult:
+        """Fill in what is left for this shard and the run's totals so far."""
+        with self.store.session() as s:
+            base = (
+                BroadcastRecipient.run_id == req.run_id,
+                BroadcastRecipient.status == "pending",
+                BroadcastRecipient.shard == req.shard,
+            )
+            due = s.exec(
+                select(func.count()).where(
+                    *base,
+                    (col(BroadcastRecipient.not_before).is_(None))
+                    | (col(BroadcastRecipient.not_before) <= req.as_of),
+                )
+            ).one()
+            result.more_due = due > 0
+            result.next_due = s.exec(select(func.min(BroadcastRecipient.not_before)).where(*base)).one()
+            run = s.get(BroadcastRun, req.run_id)
+            if run is not None:
+                result.run_sent, result.run_skipped, result.run_failed = run.sent, run.skipped, run.failed
+            return result
+
+    def _finish(
+        self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
+    ) -> str:
+        """Move a pending recipient to its final status and count it on the run, once."""
+        rec.status, rec.reason, rec.channel = status, reason, channel
+        s.add(rec)
+        # Shards finish recipients concurrently: increment in SQL, never read-modify-write.
+        counter = getattr(BroadcastRun, status)
+        s.execute(
+            update(BroadcastRun).where(col(BroadcastRun.id) == rec.run_id).values({counter: counter + 1})
+        )
+        return status
+
+    def _prepare(self, req: BatchRequest, spec: CampaignSpec, user_id: str) -> _Ready | str:
+        """Everything before the provider call, in one transaction; a string is a final outcome."""
+        with self.store.session() as s:
+            rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            run = s.get(BroadcastRun, req.run_id)
+            if rec is None or run is None or rec.status != "pending":
+                return "skipped" if rec is None or rec.status == "skipped" else rec.status
+            user = canonical_user(s, user_id)
+            if user is None:
+                return self._finish(s, rec, "skipped", "user deleted")
+            if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
+                return self._finish(s, rec, "skipped", "audience")
+            variation = allocate(run.campaign_id, user.id, spec.variations)
+            if variation.control:
+                return self._finish(s, rec, "skipped", "holdout")
+            window = spec.send_window
+            if window is not None:
+                tz = sched.recipient_zone(user.attributes.get("timezone"), user.locale, window.timezone)
+                start, end = sched.parse_hhmm(window.start), sched.parse_hhmm(window.end)
+                if not sched.in_window(req.as_of, start, end, tz):
+                    if window.outside == "drop":
+                        return self._finish(s, rec, "skipped", "quiet_hours")
+                    rec.not_before = sched.window_opens(req.as_of, start, end, tz)
+                    rec.reason = f"waiting for the send window ({tz.key})"
+                    s.add(rec)
+                    return "deferred"
+            step = variation.steps[0]
+            step_channels = [c.value for c in step.messages]
+            r = reach(s, run.section_id, user.id, step_channels)
+            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)  # type: ignore[arg-type,misc]
+            if choice.channel is None:
+                return self._finish(s, rec, "skipped", choice.reason)
+            channel = str(choice.channel)
+            key = broadcast_send_key(run.id, user.id, channel)
+            prior = s.get(Send, key)
+            if prior is not None and prior.status == "accepted":
+                return self._finish(s, rec, "sent", None, channel)
+            cap = spec.settings.frequency_caps.get(choice.channel)
+            section = s.get(Section, run.section_id)
+            policy = self.cap_policy
+            if section is not None and section.global_cap_messages:
+                policy = CapPolicy(section.global_cap_messages, policy.window)
+            verdict = reservations.reserve(
+                s,
+                reservations.SlotRequest(
+                    key=key, section_id=run.section_id, user_id=user.id, channel=channel, campaign_id=run.campaign_id,
+                    priority=spec.priority, as_of=req.as_of, campaign_limit=cap.max_messages if cap else None,
+                    campaign_period=cap.period if cap else timedelta(days=1),
+                ),
+                policy,
+                self.priority_window,
+            )  # fmt: skip
+            if not verdict.granted:
+                return self._finish(s, rec, "skipped", verdict.reason, channel)
+            integration = r.integrations[channel]
+            provider = self.providers.for_kind(integration.kind)
+            now = now_utc()
+            send = prior or Send(
+                key=key, journey_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id,
+                variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
+                user_id=user.id, status="in_flight", created_at=req.as_of, updated_at=now,
+            )  # fmt: skip
+            if prior is not None and prior.status == "in_flight" and not provider.honours_idempotency_key:
+                send.possible_duplicate = True  # the previous attempt died with its outcome unknown
+            send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
+            s.add(send)
+            recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
+            ctx = RenderContext(
+                user_identifier=recipient, campaign_name=spec.name, variation_name=variation.name,
+                step_name=step.name, channel=channel, items=list(rec.items), variables=variation.variables,
+                extra={"user_data": dict(user.attributes)},
+            )  # fmt: skip
+            config_secrets: dict[str, Any] = (
+                json.loads(self.box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
+            )
+            message = OutboundMessage(
+                section_id=run.section_id, integration_id=integration.id, channel=channel, recipient=recipient,
+                payload=render_payload(step.messages[choice.channel].payload, ctx), idempotency_key=key,
+                config=dict(integration.config), secrets=config_secrets,
+            )  # fmt: skip
+            return _Ready(message=message, provider=provider, send_key=key)
+
+    async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
+        try:
+            response = await ready.provider.send(ready.message)
+        except ProviderError as err:
+            if err.retryable:
+                # Everyone finished so far is committed; the retried batch resumes with this user.
+                raise ApplicationError(
+                    err.message,
+                    type="RateLimited" if err.status == 429 else "ProviderUnavailable",
+                    next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
+                ) from err
+            return await asyncio.to_thread(
+                self._record, req, user_id, ready, "failed", err.message, err.status
+            )
+        except ConfigurationError as err:
+            return await asyncio.to_thread(
+                self._record, req, user_id, ready, "failed", f"configuration: {err}", None
+            )
+        return await asyncio.to_thread(
+            self._record, req, user_id, ready, "sent", response.body, response.status
+        )
+
+    def _record(
+        self,
+        req: BatchRequest,
+        user_id: str,
+        ready: _Ready,
+        status: str,
+        detail: str,
+        provider_status: int | None,
+    ) -> str:
+        with self.store.session() as s:
+            send = s.get(Send, ready.send_key)
+            if send is not None:
+                send.status = "accepted" if status == "sent" else "failed"
+                send.provider_status = provider_status
+                send.provider_response = detail[:2000]
+                send.updated_at = now_utc()
+                s.add(send)
+            if status == "failed":
+                reservations.release(s, ready.send_key)
+            rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            if rec is not None and rec.status == "pending":
+                rec.provider_response = detail[:500]
+                self._finish(
+                    s, rec, status, None if status == "sent" else detail[:200], ready.message.channel
+                )
+        return status

@@ -1,0 +1,299 @@
+"""Feed sync activities: stream a product or user CSV into staging, then apply it atomically.
+
+`stage` streams the file (S3 object or URL) in chunks, parses rows, stages accepted ones and
+records rejected lines, one transaction per batch, heartbeating the byte offset and header so
+a retried attempt resumes where the last committed batch ended. `apply` then updates products
+or users and records every changed value with its previous one, in ONE transaction: a feed is
+applied whole or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import logging
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.streams import cells, lines_from, s3_chunks, url_chunks
+from domain import feeds as rules
+from providers.base import ConfigurationError
+from providers.url_guard import check_url
+from settings import Settings
+from store import objects
+from store import subscribers as staging
+from store.engine import Store
+from store.feed_tables import Feed, FeedRejection, FeedStage, FeedSync, ProductChange, UserAttributeChange
+from store.tables import Product, User
+from store.users import by_cuid, new_user_id
+from workflows.feed_models import (
+    FeedApplied,
+    FeedBeginRequest,
+    FeedFinishRequest,
+    FeedProgress,
+    FeedStageRequest,
+    FeedStageResult,
+)
+
+log = logging.getLogger(__name__)
+APPLY_CHUNK = 500
+
+
+class FeedActivities:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    @activity.defn(name="feeds.begin")
+    def begin(self, req: FeedBeginRequest) -> None:
+        with self.store.session() as s:
+            if s.get(FeedSync, req.sync_id) is not None:
+                return
+            feed = s.get(Feed, req.feed_id)
+            if feed is None:
+                raise ApplicationError("feed was deleted", type="NotFound", non_retryable=True)
+            s.add(
+                FeedSync(
+                    id=req.sync_id, feed_id=feed.id, section_id=feed.section_id, object_key=req.object_key,
+                    started_at=req.as_of,
+                )
+            )  # fmt: skip
+
+    def _open(self, feed: Feed, sync: FeedSync, offset: int) -> AbstractContextManager[Iterator[bytes]]:
+        if sync.object_key:
+            return s3_chunks(
+                objects.client(self.settings), self.settings.subscriber_bucket, sync.object_key, offset
+            )
+        if feed.source == "s3" and feed.s3_bucket and feed.s3_key:
+            return s3_chunks(objects.client(self.settings), feed.s3_bucket, feed.s3_key, offset)
+        if feed.source == "url" and feed.url:
+            try:
+                # The worker fetches a customer-given URL: same guard as provider calls (no SSRF).
+                _run_coroutine(check_url(feed.url, allow_private=self.settings.allow_private_urls))
+            except ConfigurationError as exc:
+                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+            return url_chunks(feed.url, offset)
+        raise ApplicationError("the feed has no file to read", type="NoSource", non_retryable=True)
+
+    @activity.defn(name="feeds.stage")
+    def stage(self, req: FeedStageRequest) -> FeedStageResult:
+        with self.store.session() as s:
+            feed, sync = s.get(Feed, req.feed_id), s.get(FeedSync, req.sync_id)
+        if feed is None or sync is None:
+            raise ApplicationError("feed or sync missing", type="NotFound", non_retryable=True)
+        details = activity.info().heartbeat_details
+        p = FeedProgress.model_validate(details[0]) if details else FeedProgress()
+        parse = rules.parse_product if feed.kind == "product" else rules.parse_user
+        key_name = "sku" if feed.kind == "product" else "cuid"
+        rows: dict[str, dict[str, Any]] = {}
+        rejections: list[tuple[int, str]] = []
+        with self._open(feed, sync, p.offset) as chunks:
+            for raw, end in lines_from(chunks, p.offset):
+                p.line += 1
+                if p.line == 1:
+                    try:
+                        p.header = cells(raw.removeprefix(b"\xef\xbb\xbf"))
+                        err = rules.header_error(feed.kind, p.header)
+                    except (UnicodeDecodeError, csv.Error):
+                        err = "the header is not valid UTF-8 CSV"
+                    if err:
+                        return FeedStageResult(state="rejected", error=err, lines_read=1)
+                elif raw.strip():
+                    try:
+                        parsed = parse(p.header, cells(raw))
+                    except UnicodeDecodeError:
+                        parsed = "not valid UTF-8"
+                    except csv.Error as exc:
+                        parsed = f"malformed CSV: {exc}"
+                    if isinstance(parsed, str):
+                        rejections.append((p.line, parsed))
+                        p.rejected += 1
+                    else:
+                        rows[parsed[key_name]] = parsed  # a later row for the same key wins
+                        p.accepted += 1
+                p.offset = end
+                if p.rejected > req.max_rejected_rows:
+                    self._write(req.sync_id, rows, rejections, p)
+                    return FeedStageResult(
+                        state="failed", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
+                        error=f"more than {req.max_rejected_rows} rejected rows; the feed was not applied",
+                    )  # fmt: skip
+                if len(rows) + len(rejections) >= req.batch_size:
+                    self._write(req.sync_id, rows, rejections, p)
+                    rows, rejections = {}, []
+        self._write(req.sync_id, rows, rejections, p)
+        if p.line == 0:
+            return FeedStageResult(state="rejected", error="the file is empty (no header)")
+        return FeedStageResult(
+            state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line
+        )
+
+    def _write(
+        self,
+        sync_id: str,
+        rows: dict[str, dict[str, Any]],
+        rejections: list[tuple[int, str]],
+        p: FeedProgress,
+    ) -> None:
+        with self.store.session() as s:
+            staged = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
+            staging.upsert(s, FeedStage, staged, ["sync_id", "key"], ["data"])
+            staging.insert_ignoring(
+                s, FeedRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
+            )
+            sync = s.get(FeedSync, sync_id)
+            if sync is not None:
+                sync.rows_accepted, sync.rows_rejected, sync.lines_read = p.accepted, p.rejected, p.line
+                s.add(sync)
+        activity.heartbeat(p.model_dump())
+
+    @activity.defn(name="feeds.apply")
+    def apply(self, req: FeedFinishRequest) -> FeedApplied:
+        """Apply the staged rows and record what changed, all in one transaction."""
+        with self.store.session() as s:
+            sync = s.get(FeedSync, req.sync_id)
+            if sync is None:
+                raise ApplicationError("sync missing", type="NotFound", non_retryable=True)
+            if sync.state != "running":
+                return FeedApplied(changes=sync.changes)  # a retry after success
+            feed = s.get(Feed, sync.feed_id)
+            assert feed is not None
+            changes = 0
+            for chunk in _staged_chunks(s, sync.id):
+                if feed.kind == "product":
+                    changes += _apply_products(s, sync, chunk, req.as_of)
+                else:
+                    changes += _apply_users(s, sync, chunk, req.as_of)
+            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
+            _close(sync, "succeeded", req, changes)
+            s.add(sync)
+            return FeedApplied(changes=changes)
+
+    @activity.defn(name="feeds.fail")
+    def fail(self, req: FeedFinishRequest) -> None:
+        with self.store.session() as s:
+            sync = s.get(FeedSync, req.sync_id)
+            if sync is None or sync.state != "running":
+                return
+            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
+            _close(sync, req.result.state, req, 0)
+            s.add(sync)
+
+
+def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:
+    """Run an async check from this sync activity, whether or not its thread has an event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, coro).result()
+
+
+def _close(sync: FeedSync, state: str, req: FeedFinishRequest, changes: int) -> None:
+    r = req.result
+    sync.state = state
+    sync.error = r.error
+    sync.rows_accepted = r.rows_accepted or sync.rows_accepted
+    sync.rows_rejected = r.rows_rejected or sync.rows_rejected
+    sync.lines_read = r.lines_read or sync.lines_read
+    sync.changes = changes
+    sync.finished_at = req.as_of
+    sync.duration_ms = int((req.as_of - sync.started_at).total_seconds() * 1000)
+
+
+def _staged_chunks(s: Session, sync_id: str) -> Iterator[list[FeedStage]]:
+    """Staged rows in key order, a chunk at a time (keyset pagination, bounded memory)."""
+    after = ""
+    while True:
+        chunk = list(
+            s.exec(
+                select(FeedStage)
+                .where(FeedStage.sync_id == sync_id, col(FeedStage.key) > after)
+                .order_by(col(FeedStage.key))
+                .limit(APPLY_CHUNK)
+            ).all()
+        )
+        if not chunk:
+            return
+        yield chunk
+        after = chunk[-1].key
+        for row in chunk:
+            s.expunge(row)
+
+
+def _apply_products(s: Session, sync: FeedSync, chunk: list[FeedStage], now: datetime) -> int:
+    skus = [r.key for r in chunk]
+    current = {
+        p.sku: p
+        for p in s.exec(
+            select(Product).where(Product.section_id == sync.section_id, col(Product.sku).in_(skus))
+        )
+    }
+    changes = 0
+    for row in chunk:
+        new = row.data
+        old = current.get(row.key)
+        before = old.model_dump(exclude={"section_id", "updated_at"}) if old is not None else None
+        for field, was, now_value in rules.product_changes(before, new):
+            s.add(
+                ProductChange(
+                    section_id=sync.section_id,
+                    sync_id=sync.id,
+                    sku=row.key,
+                    field=field,
+                    old=was,
+                    new=now_value,
+                )
+            )
+            changes += 1
+        product = old or Product(section_id=sync.section_id, sku=row.key, updated_at=now)
+        for name in rules.PRODUCT_FIELDS:
+            if name in new:
+                setattr(product, name, new[name])
+        product.attributes = dict(new.get("attributes") or {})
+        product.updated_at = now
+        s.add(product)
+    s.flush()
+    return changes
+
+
+def _apply_users(s: Session, sync: FeedSync, chunk: list[FeedStage], now: datetime) -> int:
+    changes = 0
+    for row in chunk:
+        user = by_cuid(s, sync.section_id, row.key)
+        attrs: dict[str, Any] = row.data.get("attributes") or {}
+        if user is None:
+            # Known from the feed first: a later identification with this CUID lands here.
+            user = User(
+                id=new_user_id(),
+                section_id=sync.section_id,
+                cuid=row.key,
+                cuid_type="id",
+                created_at=now,
+                updated_at=now,
+            )
+            user.attributes = attrs
+            s.add(user)
+            continue
+        for name, was, value in rules.attribute_changes(user.attributes, attrs):
+            s.add(
+                UserAttributeChange(
+                    section_id=sync.section_id,
+                    sync_id=sync.id,
+                    user_id=user.id,
+                    attribute=name,
+                    old=was,
+                    new=value,
+                )
+            )
+            changes += 1
+        user.attributes = {**user.attributes, **attrs}
+        user.updated_at = now
+        s.add(user)
+    s.flush()
+    return changes

@@ -1,0 +1,328 @@
+"""Feeds (product catalog, user data) and batched campaign runs.
+
+A feed syncs from an uploaded file (`PUT /feeds/{id}/file`, streamed to the object store),
+or from its URL / S3 location on demand (`POST /feeds/{id}/sync`) or on a schedule
+(`sync_every`). Each sync is a FeedSyncWorkflow; its status (rows accepted, rejected lines with
+reasons, changes, duration, state) is on `GET /feeds/{id}`. Runs of feed-driven and scheduled
+campaigns are visible on `GET /runs/{id}`; `POST /campaigns/{id}/runs` starts a scheduled one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+from datetime import datetime, timedelta
+from typing import Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import func
+from sqlmodel import col, select
+from temporalio.client import (
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+
+from activities.broadcast import send_time
+from api.deps import Management, StateDep
+from api.errors import NotFound, Unprocessable
+from domain.campaign import CampaignType
+from settings import Settings
+from store import objects
+from store.broadcast_tables import BroadcastRecipient, BroadcastRun
+from store.campaigns import load_spec
+from store.engine import Store
+from store.feed_tables import Feed, FeedRejection, FeedSync
+from store.tables import Campaign, now_utc
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feed_models import BroadcastInput, FeedSyncInput
+from workflows.feeds import FeedSyncWorkflow
+from workflows.ids import broadcast_workflow_id, feed_sync_id
+
+router = APIRouter(prefix="/api/v1", tags=["feeds"])
+UPLOAD_SPOOL = 8 << 20  # bytes kept in memory before spooling an upload to disk
+
+
+class FeedIn(BaseModel):
+    kind: Literal["product", "user"]
+    name: str = Field(min_length=1, max_length=200)
+    source: Literal["upload", "url", "s3"] = "upload"
+    url: str | None = Field(None, max_length=4096)
+    s3_bucket: str | None = Field(None, max_length=63)
+    s3_key: str | None = Field(None, max_length=1024)
+    sync_every: timedelta | None = Field(None, description="Sync on this interval (ISO 8601, e.g. PT6H)")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> FeedIn:
+        if self.source == "url" and not (self.url and self.url.startswith(("http://", "https://"))):
+            raise ValueError("url (http or https) is required for a url feed")
+        if self.source == "s3" and not (self.s3_bucket and self.s3_key):
+            raise ValueError("s3_bucket and s3_key are required for an s3 feed")
+        if self.sync_every is not None and self.sync_every < timedelta(minutes=5):
+            raise ValueError("sync_every must be at least 5 minutes")
+        if self.sync_every is not None and self.source == "upload":
+            raise ValueError("sync_every needs a url or s3 source (uploads sync when uploaded)")
+        return self
+
+
+class FeedOut(BaseModel):
+    id: str
+    kind: str
+    name: str
+    source: str
+    url: str | None
+    s3_bucket: str | None
+    s3_key: str | None
+    sync_every_seconds: int | None
+
+
+class Rejection(BaseModel):
+    line: int
+    reason: str
+
+
+class FeedSyncOut(BaseModel):
+    id: str
+    state: str
+    rows_accepted: int
+    rows_rejected: int
+    lines_read: int
+    changes: int
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_ms: int | None
+    rejections: list[Rejection] = []
+
+
+class FeedStatus(BaseModel):
+    feed: FeedOut
+    syncs: list[FeedSyncOut]
+
+
+class SyncStarted(BaseModel):
+    workflow_id: str
+
+
+class RunOut(BaseModel):
+    id: str
+    campaign_id: str
+    reason: str
+    state: str
+    send_at: datetime | None
+    total: int
+    sent: int
+    skipped: int
+    failed: int
+    pending: int
+    waiting_for_window: int
+    workflow_id: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def _feed(store: Store, section_id: str, feed_id: str) -> Feed:
+    with store.session() as s:
+        feed = s.get(Feed, feed_id)
+    if feed is None or feed.section_id != section_id:
+        raise NotFound("no such feed", field="feed_id")
+    return feed
+
+
+def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None) -> FeedSyncInput:
+    return FeedSyncInput(
+        section_id=feed.section_id, feed_id=feed.id, object_key=object_key,
+        max_rejected_rows=settings.subscriber_max_rejected_rows,
+    )  # fmt: skip
+
+
+@router.post("/feeds", status_code=201)
+async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> FeedOut:
+    feed = Feed(
+        id="feed_" + secrets.token_hex(6), section_id=principal.section_id, kind=body.kind, name=body.name,
+        source=body.source, url=body.url, s3_bucket=body.s3_bucket, s3_key=body.s3_key,
+        sync_every_seconds=int(body.sync_every.total_seconds()) if body.sync_every else None, created_at=now_utc(),
+    )  # fmt: skip
+
+    def save() -> None:
+        with state.store.session() as s:
+            s.add(feed)
+
+    await asyncio.to_thread(save)
+    if body.sync_every is not None:
+        client = await state.client()
+        await client.create_schedule(
+            feed_sync_id(feed.section_id, feed.id),
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    FeedSyncWorkflow.run,
+                    _sync_input(state.settings, feed),
+                    id=feed_sync_id(feed.section_id, feed.id),
+                    task_queue=state.settings.task_queue,
+                ),  # fmt: skip
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=body.sync_every)]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
+    return FeedOut(**feed.model_dump())
+
+
+async def _start_sync(state: StateDep, feed: Feed, object_key: str | None) -> SyncStarted:
+    client = await state.client()
+    wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
+    await client.start_workflow(
+        FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key), id=wid,
+        task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
+    )  # fmt: skip
+    return SyncStarted(workflow_id=wid)
+
+
+@router.put("/feeds/{feed_id}/file", status_code=202)
+async def upload_feed(feed_id: str, request: Request, principal: Management, state: StateDep) -> SyncStarted:
+    """Upload the feed's CSV (request body, streamed; never held whole in memory) and sync it."""
+    feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
+    key = (
+        f"feeds/{feed.section_id}/{feed.id}/{now_utc().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.csv"
+    )
+    with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL) as spool:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            await asyncio.to_thread(spool.write, chunk)
+        if size == 0:
+            raise Unprocessable("the file is empty", field="body")
+        spool.seek(0)
+
+        def put() -> None:
+            s3 = objects.client(state.settings)
+            objects.ensure_bucket(s3, state.settings.subscriber_bucket)
+            s3.upload_fileobj(spool, state.settings.subscriber_bucket, key)
+
+        await asyncio.to_thread(put)
+    return await _start_sync(state, feed, key)
+
+
+@router.post("/feeds/{feed_id}/sync", status_code=202)
+async def sync_feed(feed_id: str, principal: Management, state: StateDep) -> SyncStarted:
+    """Sync now from the feed's URL or S3 location."""
+    feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
+    if feed.source == "upload":
+        raise Unprocessable("an upload feed syncs when a file is uploaded (PUT .../file)", field="feed_id")
+    return await _start_sync(state, feed, None)
+
+
+def _status(store: Store, feed: Feed, limit: int, rejections: int) -> FeedStatus:
+    with store.session() as s:
+        syncs = s.exec(
+            select(FeedSync)
+            .where(FeedSync.feed_id == feed.id)
+            .order_by(col(FeedSync.started_at).desc())
+            .limit(limit)
+        ).all()
+        out = []
+        for sync in syncs:
+            rows = s.exec(
+                select(FeedRejection)
+                .where(FeedRejection.sync_id == sync.id)
+                .order_by(col(FeedRejection.line))
+                .limit(rejections)
+            ).all()
+            out.append(
+                FeedSyncOut(
+                    **sync.model_dump(exclude={"feed_id", "section_id", "object_key"}),
+                    rejections=[Rejection(line=r.line, reason=r.reason) for r in rows],
+                )
+            )
+        return FeedStatus(feed=FeedOut(**feed.model_dump()), syncs=out)
+
+
+@router.get("/feeds/{feed_id}")
+async def feed_status(
+    feed_id: str,
+    principal: Management,
+    state: StateDep,
+    limit: int = Query(10, ge=1, le=100),
+    rejections: int = Query(100, ge=0, le=10_000),
+) -> FeedStatus:
+    feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
+    return await asyncio.to_thread(_status, state.store, feed, limit, rejections)
+
+
+def _run_out(store: Store, section_id: str, run_id: str) -> RunOut:
+    with store.session() as s:
+        run = s.get(BroadcastRun, run_id)
+        if run is None or run.section_id != section_id:
+            raise NotFound("no such run", field="run_id")
+        base = (BroadcastRecipient.run_id == run.id, BroadcastRecipient.status == "pending")
+        pending = s.exec(select(func.count()).where(*base)).one()
+        waiting = s.exec(
+            select(func.count()).where(*base, col(BroadcastRecipient.not_before).is_not(None))
+        ).one()
+        return RunOut(
+            **run.model_dump(exclude={"section_id", "campaign_version", "source_id", "deferred"}),
+            pending=pending, waiting_for_window=waiting, workflow_id=broadcast_workflow_id(run.id),
+        )  # fmt: skip
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: str, principal: Management, state: StateDep) -> RunOut:
+    """Progress of a batched campaign run (counts come from the recipients' final statuses)."""
+    return await asyncio.to_thread(_run_out, state.store, principal.section_id, run_id)
+
+
+@router.get("/campaigns/{campaign_id}/runs")
+async def list_runs(campaign_id: str, principal: Management, state: StateDep) -> list[RunOut]:
+    def ids() -> list[str]:
+        with state.store.session() as s:
+            q = select(BroadcastRun.id).where(
+                BroadcastRun.section_id == principal.section_id, BroadcastRun.campaign_id == campaign_id
+            )
+            return list(s.exec(q.order_by(col(BroadcastRun.created_at).desc()).limit(50)).all())
+
+    return [
+        await asyncio.to_thread(_run_out, state.store, principal.section_id, i)
+        for i in await asyncio.to_thread(ids)
+    ]
+
+
+@router.post("/campaigns/{campaign_id}/runs", status_code=202)
+async def start_scheduled_run(campaign_id: str, principal: Management, state: StateDep) -> RunOut:
+    """Start a run of an active scheduled campaign: it sends at the campaign's schedule."""
+
+    def create() -> BroadcastRun:
+        with state.store.session() as s:
+            campaign = s.get(Campaign, campaign_id)
+            if campaign is None or campaign.section_id != principal.section_id:
+                raise NotFound("no such campaign", field="campaign_id")
+            spec = load_spec(s, campaign.id, campaign.version)
+            if spec.type != CampaignType.SCHEDULED:
+                raise Unprocessable("only scheduled campaigns are started by hand", field="campaign_id")
+            if campaign.status != "active":
+                raise Unprocessable("activate the campaign first", field="campaign_id")
+            now = now_utc()
+            run = BroadcastRun(
+                id="run_" + secrets.token_hex(8), section_id=campaign.section_id, campaign_id=campaign.id,
+                campaign_version=campaign.version, reason="schedule", state="waiting", send_at=send_time(spec, now),
+                created_at=now,
+            )  # fmt: skip
+            s.add(run)
+            return run
+
+    run = await asyncio.to_thread(create)
+    client = await state.client()
+    await client.start_workflow(
+        BroadcastWorkflow.run,
+        BroadcastInput(
+            run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
+            plan_scheduled=True,
+        ),
+        id=broadcast_workflow_id(run.id),
+        task_queue=state.settings.task_queue,
+        static_summary=f"scheduled campaign {run.campaign_id}: run {run.id}",
+    )  # fmt: skip
+    return await asyncio.to_thread(_run_out, state.store, principal.section_id, run.id)

@@ -1,0 +1,121 @@
+"""Feed CSV rules: parsing a product or user row, and what changed between two syncs.
+
+Product columns: `sku` (required), `name`, `url`, `price`, `image_url` (or `image`),
+`categories` (`|`-separated), `in_stock` (true/false/1/0/yes/no), localized columns
+`lng:<locale>:<field>` (kept under `attributes.lng.<locale>.<field>`), and any other column
+as an attribute (numbers stay numbers). User rows: a `cuid` column and attribute columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BOOLS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
+PRODUCT_FIELDS = ("name", "url", "image_url", "price", "in_stock", "categories")
+
+
+def _scalar(raw: str) -> Any:
+    """Attribute values: numbers as numbers, the rest as trimmed text."""
+    text = raw.strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text else number
+
+
+def header_error(kind: str, header: list[str]) -> str | None:
+    names = [h.strip() for h in header]
+    key = "sku" if kind == "product" else "cuid"
+    if key not in names:
+        return f"the header has no '{key}' column"
+    if len(set(names)) != len(names):
+        return "the header repeats a column"
+    if any(not n for n in names):
+        return "the header has an empty column name"
+    return None
+
+
+def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
+    """The product record of one row, or why the row is rejected."""
+    if len(cells) != len(header):
+        return f"expected {len(header)} columns, got {len(cells)}"
+    row = {h.strip(): c for h, c in zip(header, cells, strict=True)}
+    sku = row.pop("sku").strip()
+    if not sku or len(sku) > 256:
+        return "sku is empty or longer than 256 characters"
+    out: dict[str, Any] = {"sku": sku, "categories": [], "attributes": {}}
+    if "image" in row and "image_url" not in row:
+        row["image_url"] = row.pop("image")
+    for name, raw in row.items():
+        value = raw.strip()
+        if name == "price":
+            if value == "":
+                out["price"] = None
+                continue
+            try:
+                out["price"] = float(value)
+            except ValueError:
+                return f"price '{value[:20]}' is not a number"
+            if out["price"] < 0:
+                return "price is negative"
+        elif name == "in_stock":
+            if value == "":
+                out["in_stock"] = None
+            elif value.lower() in BOOLS:
+                out["in_stock"] = BOOLS[value.lower()]
+            else:
+                return f"in_stock '{value[:20]}' is not true/false"
+        elif name == "categories":
+            out["categories"] = [c.strip() for c in value.split("|") if c.strip()]
+        elif name in ("name", "url", "image_url"):
+            out[name] = value or None
+        elif name.startswith("lng:"):
+            parts = name.split(":", 2)
+            if len(parts) != 3 or not parts[1] or not parts[2]:
+                return f"localized column '{name}' must look like lng:fr_FR:name"
+            out["attributes"].setdefault("lng", {}).setdefault(parts[1], {})[parts[2]] = value
+        elif value != "":
+            out["attributes"][name] = _scalar(value)
+    return out
+
+
+def parse_user(header: list[str], cells: list[str]) -> dict[str, Any] | str:
+    if len(cells) != len(header):
+        return f"expected {len(header)} columns, got {len(cells)}"
+    row = {h.strip(): c.strip() for h, c in zip(header, cells, strict=True)}
+    cuid = row.pop("cuid")
+    if not cuid or len(cuid) > 256 or "/" in cuid:
+        return "cuid is empty, too long or contains '/'"
+    return {"cuid": cuid, "attributes": {k: _scalar(v) for k, v in row.items() if v != ""}}
+
+
+def product_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, old, new) for every field that differs; attributes by their own name.
+
+    A product seen for the first time has no changes: nothing "dropped" or "came back".
+    """
+    if old is None:
+        return []
+    out: list[tuple[str, Any, Any]] = []
+    for name in PRODUCT_FIELDS:
+        if name in new and old.get(name) != new[name]:
+            out.append((name, old.get(name), new[name]))
+    old_attrs, new_attrs = old.get("attributes") or {}, new.get("attributes") or {}
+    for name in sorted(set(old_attrs) | set(new_attrs)):
+        if old_attrs.get(name) != new_attrs.get(name):
+            out.append((name, old_attrs.get(name), new_attrs.get(name)))
+    return out
+
+
+def attribute_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Attributes the feed row sets to a different value (absent columns keep their value)."""
+    return [(k, old.get(k), v) for k, v in sorted(new.items()) if old.get(k) != v]
+
+
+def price_dropped(old: Any, new: Any, min_amount: float | None, min_percent: float | None) -> bool:
+    if not isinstance(old, int | float) or not isinstance(new, int | float) or new >= old or old <= 0:
+        return False
+    if min_amount is not None and old - new < min_amount - 1e-9:
+        return False
+    return not (min_percent is not None and (old - new) / old * 100 < min_percent - 1e-9)

@@ -1,0 +1,94 @@
+"""Send times: a campaign's schedule (time of day, days of week, timezone) and quiet hours.
+
+Pure functions of an instant, so workflows can call them with `workflow.now()` and activities
+with their `as_of`. Times of day are local to a timezone; DST gaps and repeats follow
+`zoneinfo` (a 02:30 that does not exist on a spring-forward day lands at 03:30).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
+    """The named timezone, or the default when the name is missing or unknown."""
+    for candidate in (name, default, "UTC"):
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    return ZoneInfo("UTC")
+
+
+def parse_hhmm(value: str) -> time:
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+def next_occurrence(after: datetime, at: time, days: list[str], tz: ZoneInfo) -> datetime:
+    """The first instant >= `after` that is `at` local time on one of `days` (UTC)."""
+    local = after.astimezone(tz)
+    for offset in range(8):
+        day = local.date() + timedelta(days=offset)
+        if DAYS[day.weekday()] not in days:
+            continue
+        candidate = datetime.combine(day, at, tzinfo=tz)
+        # Normalise through UTC so non-existent local times (DST gaps) move forward.
+        candidate_utc = candidate.astimezone(UTC)
+        if candidate_utc >= after.astimezone(UTC):
+            return candidate_utc
+    raise ValueError("days must name at least one weekday")
+
+
+def in_window(instant: datetime, start: time, end: time, tz: ZoneInfo) -> bool:
+    """Is the local time of `instant` within [start, end)? A window may wrap midnight (22:00-06:00)."""
+    t = instant.astimezone(tz).time().replace(tzinfo=None)
+    if start <= end:
+        return start <= t < end
+    return t >= start or t < end
+
+
+def window_opens(instant: datetime, start: time, end: time, tz: ZoneInfo) -> datetime:
+    """`instant` if it is inside the window, else when the window next opens (UTC)."""
+    if in_window(instant, start, end, tz):
+        return instant.astimezone(UTC)
+    return next_occurrence(instant, start, list(DAYS), tz)
+
+
+@lru_cache(maxsize=1)
+def _country_zones() -> dict[str, list[str]]:
+    """Country code -> its timezones, from the system tz database's zone.tab (empty if absent)."""
+    for base in TZPATH:
+        path = Path(base) / "zone.tab"
+        if path.exists():
+            out: dict[str, list[str]] = {}
+            for line in path.read_text().splitlines():
+                if line and not line.startswith("#"):
+                    cols = line.split("\t")
+                    if len(cols) >= 3:
+                        out.setdefault(cols[0], []).append(cols[2])
+            return out
+    return {}
+
+
+def locale_zone(locale: str | None) -> str | None:
+    """The timezone of a locale's country when the country has only one (fr_FR -> Europe/Paris)."""
+    if not locale:
+        return None
+    parts = locale.replace("-", "_").split("_")
+    if len(parts) < 2:
+        return None
+    zones = _country_zones().get(parts[-1].upper(), [])
+    return zones[0] if len(zones) == 1 else None
+
+
+def recipient_zone(timezone_attribute: object, locale: str | None, default: str) -> ZoneInfo:
+    """A recipient's timezone: their `timezone` attribute, else their locale's country, else the default."""
+    name = timezone_attribute if isinstance(timezone_attribute, str) and timezone_attribute else locale_zone(locale)
+    return zone(name, default)

@@ -1,0 +1,172 @@
+"""Who a batched campaign run sends to: recipients from feed changes or the whole audience.
+
+Selection scans users and events with keyset pagination (bounded memory); recipients are
+inserted in batches, ignoring ones already there, so a retried planning step is harmless.
+Aliases (merged-away user ids) are never recipients: their rows point at the canonical user.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from domain import feeds as feed_rules
+from domain.campaign import CampaignSpec
+from domain.conditions import matches
+from domain.matching import product_record
+from store.broadcast_tables import BroadcastRecipient
+from store.feed_tables import ProductChange, UserAttributeChange
+from store.identity_tables import UserAlias
+from store.subscribers import insert_ignoring
+from store.tables import Event, Product, User
+
+PAGE = 1000
+VIEW_LOOKBACK = timedelta(days=30)
+
+
+def shard_of(user_id: str, shards: int) -> int:
+    return zlib.crc32(user_id.encode()) % max(1, shards)
+
+
+def all_users(s: Session, section_id: str) -> Iterator[list[User]]:
+    after = ""
+    while True:
+        page = list(
+            s.exec(
+                select(User)
+                .where(User.section_id == section_id, col(User.id) > after)
+                .order_by(col(User.id))
+                .limit(PAGE)
+            ).all()
+        )
+        if not page:
+            return
+        after = page[-1].id
+        aliases = set(
+            s.exec(select(UserAlias.alias_id).where(col(UserAlias.alias_id).in_([u.id for u in page]))).all()
+        )
+        yield [u for u in page if u.id not in aliases]
+
+
+def add_recipients(s: Session, run_id: str, shards: int, recipients: dict[str, list[dict[str, Any]]]) -> int:
+    rows = [
+        {
+            "run_id": run_id,
+            "user_id": uid,
+            "shard": shard_of(uid, shards),
+            "status": "pending",
+            "items": items,
+        }
+        for uid, items in recipients.items()
+    ]
+    for i in range(0, len(rows), PAGE):
+        insert_ignoring(s, BroadcastRecipient, rows[i : i + PAGE])
+    return len(rows)
+
+
+def _catalog(s: Session, section_id: str, skus: set[str]) -> dict[str, dict[str, Any]]:
+    rows = s.exec(select(Product).where(Product.section_id == section_id, col(Product.sku).in_(skus))).all()
+    return {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
+
+
+def _item(sku: str, catalog: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    record = {k: v for k, v in product_record(sku, catalog).items() if k != "category"}
+    record.update(extra)
+    return record
+
+
+def price_drop_recipients(
+    s: Session, spec: CampaignSpec, section_id: str, sync_id: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Users with a dropped-price product in their cart -> the dropped items (old and new price)."""
+    rule = spec.price_drop
+    drops: dict[str, tuple[Any, Any]] = {}
+    for ch in s.exec(
+        select(ProductChange).where(ProductChange.sync_id == sync_id, ProductChange.field == "price")
+    ):
+        if feed_rules.price_dropped(
+            ch.old, ch.new, rule.min_amount if rule else None, rule.min_percent if rule else None
+        ):
+            drops[ch.sku] = (ch.old, ch.new)
+    if not drops:
+        return {}
+    catalog = _catalog(s, section_id, set(drops))
+    out: dict[str, list[dict[str, Any]]] = {}
+    for page in all_users(s, section_id):
+        for user in page:
+            in_cart = [str(i["productId"]) for i in user.cart if i.get("productId") in drops]
+            if in_cart and matches(spec.audience.conditions, user.attributes, spec.audience.match):
+                out[user.id] = [
+                    _item(sku, catalog, old_price=drops[sku][0], price=drops[sku][1]) for sku in in_cart
+                ]
+    return out
+
+
+def _value_ok(conditions: list[Any], value: Any) -> bool:
+    return matches([c.as_condition() for c in conditions], {"value": value})
+
+
+def product_change_recipients(
+    s: Session, spec: CampaignSpec, section_id: str, sync_id: str, as_of: datetime
+) -> dict[str, list[dict[str, Any]]]:
+    """Users who carted or viewed (last 30 days) a product whose attribute changed as configured."""
+    rule = spec.attribute_change
+    assert rule is not None
+    changed: dict[str, tuple[Any, Any]] = {}
+    for ch in s.exec(
+        select(ProductChange).where(ProductChange.sync_id == sync_id, ProductChange.field == rule.attribute)
+    ):
+        if _value_ok(rule.old, ch.old) and _value_ok(rule.new, ch.new):
+            changed[ch.sku] = (ch.old, ch.new)
+    if not changed:
+        return {}
+    catalog = _catalog(s, section_id, set(changed))
+    touched: dict[str, list[str]] = {}
+    for page in all_users(s, section_id):
+        for user in page:
+            skus = [str(i["productId"]) for i in user.cart if i.get("productId") in changed]
+            if skus:
+                touched[user.id] = skus
+    since = as_of - VIEW_LOOKBACK
+    views = s.exec(
+        select(Event.user_id, Event.data).where(
+            Event.section_id == section_id, Event.kind == "product_view", col(Event.received_at) >= since
+        )
+    )
+    for user_id, data in views:
+        sku = str((data or {}).get("sku"))
+        if sku in changed and sku not in touched.get(user_id, []):
+            touched.setdefault(user_id, []).append(sku)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for user_id, skus in touched.items():
+        person = s.get(User, user_id)
+        if person is None or s.get(UserAlias, user_id) is not None:
+            continue
+        if matches(spec.audience.conditions, person.attributes, spec.audience.match):
+            out[user_id] = [
+                _item(sku, catalog, old_value=changed[sku][0], new_value=changed[sku][1]) for sku in skus
+            ]
+    return out
+
+
+def user_change_recipients(s: Session, spec: CampaignSpec, sync_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Users whose attribute changed between two user-data syncs as configured (old -> new)."""
+    rule = spec.attribute_change
+    assert rule is not None
+    out: dict[str, list[dict[str, Any]]] = {}
+    rows = s.exec(
+        select(UserAttributeChange).where(
+            UserAttributeChange.sync_id == sync_id, UserAttributeChange.attribute == rule.attribute
+        )
+    )
+    for ch in rows:
+        if not (_value_ok(rule.old, ch.old) and _value_ok(rule.new, ch.new)):
+            continue
+        user = s.get(User, ch.user_id)
+        if user is not None and matches(spec.audience.conditions, user.attributes, spec.audience.match):
+            out[ch.user_id] = [{"attribute": rule.attribute, "old_value": ch.old, "new_value": ch.new}]
+    return out

@@ -1,0 +1,86 @@
+"""Feeds (product catalog, user data): definitions, sync runs, staged rows, detected changes.
+
+A sync streams the CSV into `FeedStage` (keyed by sync and row key), then applies it to
+`Product` / `User` in one transaction, writing every changed value with its previous value
+(`ProductChange`, `UserAttributeChange`). Those change rows are what Price Drop and the
+attribute-change campaigns trigger on; a failed sync stages nothing visible and changes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+from store.tables import UTCDateTime
+
+
+class Feed(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    section_id: str = Field(index=True, max_length=40)
+    kind: str = Field(max_length=16)  # product | user
+    name: str = Field(max_length=200)
+    source: str = Field(max_length=16)  # upload | url | s3
+    url: str | None = Field(default=None, max_length=4096)
+    s3_bucket: str | None = Field(default=None, max_length=63)
+    s3_key: str | None = Field(default=None, max_length=1024)
+    sync_every_seconds: int | None = None  # None: on demand only
+    created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
+class FeedSync(SQLModel, table=True):
+    __table_args__ = (Index("ix_feed_sync_recent", "feed_id", "started_at"),)
+
+    id: str = Field(primary_key=True, max_length=40)
+    feed_id: str = Field(max_length=40)
+    section_id: str = Field(max_length=40)
+    object_key: str | None = Field(default=None, max_length=1024)  # uploads: where the file is
+    state: str = Field(default="running", max_length=16)  # running | succeeded | failed | rejected
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    lines_read: int = 0
+    changes: int = 0
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    duration_ms: int | None = None
+
+
+class FeedRejection(SQLModel, table=True):
+    sync_id: str = Field(primary_key=True, max_length=40)
+    line: int = Field(primary_key=True)
+    reason: str = Field(max_length=200)
+
+
+class FeedStage(SQLModel, table=True):
+    """A parsed row waiting for the apply step (sku for products, CUID for users)."""
+
+    sync_id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(primary_key=True, max_length=256)
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+
+
+class ProductChange(SQLModel, table=True):
+    __table_args__ = (Index("ix_product_change_sync", "sync_id", "field"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    section_id: str = Field(max_length=40)
+    sync_id: str = Field(max_length=40)
+    sku: str = Field(max_length=256)
+    field: str = Field(max_length=200)
+    old: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    new: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class UserAttributeChange(SQLModel, table=True):
+    __table_args__ = (Index("ix_user_change_sync", "sync_id", "attribute"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    section_id: str = Field(max_length=40)
+    sync_id: str = Field(max_length=40)
+    user_id: str = Field(max_length=40)
+    attribute: str = Field(max_length=200)
+    old: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+    new: Any = Field(default=None, sa_column=Column(JSON, nullable=True))

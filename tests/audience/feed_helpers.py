@@ -1,0 +1,97 @@
+"""Helpers for feed and batched-campaign tests: feeds through the API, runs to completion."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import httpx
+from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
+
+from tests.helpers import SectionKeys
+from workflows.broadcast import BroadcastWorkflow
+from workflows.feed_models import FeedSyncSummary, RunProgress
+from workflows.feeds import FeedSyncWorkflow
+from workflows.ids import broadcast_workflow_id
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+async def create_feed(api: httpx.AsyncClient, sec: SectionKeys, kind: str = "product", **extra: Any) -> str:
+    r = await api.post(
+        "/api/v1/feeds", json={"kind": kind, "name": f"{kind} feed", **extra}, headers=sec.mgmt
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+async def upload_feed(
+    api: httpx.AsyncClient, client: Client, sec: SectionKeys, feed_id: str, content: bytes
+) -> FeedSyncSummary:
+    """Upload a feed file and wait for its sync workflow to finish."""
+    r = await api.put(f"/api/v1/feeds/{feed_id}/file", content=content, headers=sec.mgmt)
+    assert r.status_code == 202, r.text
+    handle = client.get_workflow_handle_for(FeedSyncWorkflow.run, r.json()["workflow_id"])
+    return await asyncio.wait_for(handle.result(), 60)
+
+
+async def feed_syncs(api: httpx.AsyncClient, sec: SectionKeys, feed_id: str) -> list[dict[str, Any]]:
+    r = await api.get(f"/api/v1/feeds/{feed_id}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return list(r.json()["syncs"])
+
+
+async def run_result(client: Client, run_id: str, timeout: float = 60) -> RunProgress:
+    handle = client.get_workflow_handle_for(BroadcastWorkflow.run, broadcast_workflow_id(run_id))
+    return await asyncio.wait_for(handle.result(), timeout)
+
+
+async def get_run(api: httpx.AsyncClient, sec: SectionKeys, run_id: str) -> dict[str, Any]:
+    r = await api.get(f"/api/v1/runs/{run_id}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def csv_bytes(*lines: str) -> bytes:
+    return ("\n".join(lines) + "\n").encode()
+
+
+def zone_at_local_hour(hours: range) -> str:
+    """A fixed-offset zone where the local hour now is in `hours` (quiet-hours tests)."""
+    now = datetime.now(UTC)
+    for offset in range(-12, 15):
+        name = f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}" if offset else "Etc/GMT"
+        if now.astimezone(ZoneInfo(name)).hour in hours:
+            return name
+    raise AssertionError("no zone found")
+
+
+def crash_then_resume(fn: Callable[[R], T], req: R) -> tuple[list[dict[str, Any]], list[dict[str, Any]], T]:
+    """Run a heartbeating sync activity that dies at its second heartbeat, then a retry resuming
+    from the last heartbeat (as Temporal would). Returns (heartbeats before, heartbeats after, result)."""
+    beats: list[dict[str, Any]] = []
+
+    def die_on_second(*details: Any) -> None:
+        beats.append(dict(details[0]))
+        if len(beats) == 2:
+            raise RuntimeError("worker lost")
+
+    crashing = ActivityEnvironment()
+    crashing.on_heartbeat = die_on_second
+    try:
+        crashing.run(fn, req)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the first attempt should have died at its second heartbeat")
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[beats[-1]])
+    later: list[dict[str, Any]] = []
+    resumed.on_heartbeat = lambda *d: later.append(dict(d[0]))
+    return beats, later, resumed.run(fn, req)

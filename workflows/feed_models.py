@@ -1,0 +1,120 @@
+"""Wire contracts of feed syncs and batched campaign runs (ids, counts and times only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from workflows.subscriber_models import SyncProgress
+
+
+class FeedSyncInput(BaseModel):
+    section_id: str
+    feed_id: str
+    object_key: str | None = None  # an uploaded file; None: the feed's own URL / S3 location
+    max_rejected_rows: int = 100_000
+
+
+class FeedBeginRequest(BaseModel):
+    sync_id: str
+    feed_id: str
+    object_key: str | None = None
+    as_of: datetime
+
+
+class FeedStageRequest(BaseModel):
+    sync_id: str
+    feed_id: str
+    max_rejected_rows: int
+    batch_size: int = 1000
+
+
+class FeedProgress(SyncProgress):
+    header: list[str] = Field(default_factory=list)
+
+
+class FeedStageResult(BaseModel):
+    state: Literal["staged", "rejected", "failed"]
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    lines_read: int = 0
+    error: str | None = None
+
+
+class FeedFinishRequest(BaseModel):
+    sync_id: str
+    result: FeedStageResult
+    as_of: datetime
+
+
+class FeedApplied(BaseModel):
+    changes: int = 0
+
+
+class FeedSyncSummary(BaseModel):
+    sync_id: str
+    state: str
+    changes: int = 0
+    runs: list[str] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- batched campaign runs
+
+
+class PlanRunsRequest(BaseModel):
+    """Create the runs a feed sync triggers (or one scheduled run) with their recipients."""
+
+    section_id: str
+    as_of: datetime
+    sync_id: str | None = None  # feed-driven
+    campaign_id: str | None = None  # scheduled: this campaign only
+    shards: int = 2
+
+
+class PlannedRun(BaseModel):
+    run_id: str
+    campaign_id: str
+    send_at: datetime | None = None
+
+
+class BroadcastInput(BaseModel):
+    run_id: str
+    section_id: str
+    campaign_id: str
+    send_at: datetime | None = None
+    shards: int = 2
+    batch_size: int = 200
+    plan_scheduled: bool = False  # a scheduled run lists its audience when it starts
+
+
+class BatchRequest(BaseModel):
+    run_id: str
+    shard: int
+    shards: int = 1  # the run's rate limit is shared by its shards
+    as_of: datetime
+    limit: int = 200
+
+
+class BatchResult(BaseModel):
+    processed: int = 0
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    deferred: int = 0
+    more_due: bool = False  # pending recipients due now remain
+    next_due: datetime | None = None  # earliest deferred recipient (send window)
+    # The run's totals after this batch (from the store: they include work of failed attempts).
+    run_sent: int = 0
+    run_skipped: int = 0
+    run_failed: int = 0
+
+
+class RunProgress(BaseModel):
+    run_id: str
+    state: str = "waiting"
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    batches: int = 0

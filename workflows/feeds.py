@@ -1,0 +1,102 @@
+"""FeedSyncWorkflow: stream a feed into staging, apply it atomically, start the runs it triggers.
+
+A product feed sync that lowers prices or changes attributes starts Price Drop / Change in
+Product Attribute runs; a user-data sync starts Change in User Attribute runs. Each run is a
+child BroadcastWorkflow (abandoned on close: it may wait days for the campaign schedule).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.broadcast import BroadcastActivities
+    from activities.feeds import FeedActivities
+    from workflows.broadcast import BroadcastWorkflow
+    from workflows.feed_models import (
+        BroadcastInput,
+        FeedBeginRequest,
+        FeedFinishRequest,
+        FeedStageRequest,
+        FeedStageResult,
+        FeedSyncInput,
+        FeedSyncSummary,
+        PlanRunsRequest,
+    )
+    from workflows.ids import broadcast_workflow_id
+
+SHORT = timedelta(minutes=1)
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+FILE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2), maximum_attempts=5,
+    non_retryable_error_types=["NotFound", "NoSource"],
+)  # fmt: skip
+
+
+@workflow.defn
+class FeedSyncWorkflow:
+    @workflow.run
+    async def run(self, inp: FeedSyncInput) -> FeedSyncSummary:
+        sync_id = "fsync_" + workflow.uuid4().hex[:16]
+        now = workflow.now()
+        await workflow.execute_activity_method(
+            FeedActivities.begin,
+            FeedBeginRequest(sync_id=sync_id, feed_id=inp.feed_id, object_key=inp.object_key, as_of=now),
+            start_to_close_timeout=SHORT,
+            retry_policy=RETRY,
+        )
+        try:
+            staged = await workflow.execute_activity_method(
+                FeedActivities.stage,
+                FeedStageRequest(
+                    sync_id=sync_id, feed_id=inp.feed_id, max_rejected_rows=inp.max_rejected_rows
+                ),
+                start_to_close_timeout=timedelta(hours=2),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=FILE_RETRY,
+                summary="stream the feed into staging",
+            )
+        except ActivityError as err:
+            message = getattr(err.cause, "message", None) or str(err.cause or err)
+            staged = FeedStageResult(state="failed", error=f"sync gave up: {message}"[:500])
+        finish = FeedFinishRequest(sync_id=sync_id, result=staged, as_of=workflow.now())
+        if staged.state != "staged":
+            await workflow.execute_activity_method(
+                FeedActivities.fail, finish, start_to_close_timeout=SHORT, retry_policy=RETRY
+            )
+            return FeedSyncSummary(sync_id=sync_id, state=staged.state)
+        applied = await workflow.execute_activity_method(
+            FeedActivities.apply,
+            finish,
+            start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=RETRY,
+            summary="apply the feed (one transaction)",
+        )
+        planned = await workflow.execute_activity_method(
+            BroadcastActivities.plan_feed_runs,
+            PlanRunsRequest(section_id=inp.section_id, sync_id=sync_id, as_of=workflow.now()),
+            start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=RETRY,
+            summary="plan triggered campaign runs",
+        )
+        for run in planned:
+            await workflow.start_child_workflow(
+                BroadcastWorkflow.run,
+                BroadcastInput(
+                    run_id=run.run_id,
+                    section_id=inp.section_id,
+                    campaign_id=run.campaign_id,
+                    send_at=run.send_at,
+                ),
+                id=broadcast_workflow_id(run.run_id),
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                static_summary=f"campaign {run.campaign_id}: run {run.run_id}",
+            )
+        return FeedSyncSummary(
+            sync_id=sync_id, state="succeeded", changes=applied.changes, runs=[r.run_id for r in planned]
+        )
