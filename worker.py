@@ -79,6 +79,8 @@ async def build_worker(
             SecretBox(settings.secret_keys),
             CapPolicy(settings.global_cap_messages, settings.global_cap_window),
             settings.priority_window,
+            signer=Signer(settings.secret_keys),
+            public_url=settings.effective_public_url,
         )
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(

@@ -23,13 +23,16 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.delivery import compose_payload, make_linker
 from domain import schedule as sched
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec, CampaignType
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from domain.render import RenderContext, render_payload
+from domain.render import MissingRequired
+from domain.tracking import Signer
+from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
@@ -79,12 +82,17 @@ class BroadcastActivities:
         box: SecretBox,
         cap_policy: CapPolicy,
         priority_window: timedelta,
+        *,
+        signer: Signer | None = None,
+        public_url: str = "",
     ) -> None:
         self.store = store
         self.providers = providers
         self.box = box
         self.cap_policy = cap_policy
         self.priority_window = priority_window
+        self.signer = signer
+        self.public_url = public_url
 
     # ------------------------------------------------------------ planning
 
@@ -309,6 +317,18 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", verdict.reason, channel)
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
+            recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
+            try:
+                # The same rendering as journeys: templates, tracking links, feeds, localization.
+                payload = compose_payload(
+                    s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
+                    user=user, identifier=recipient, items=list(rec.items),
+                    linker=make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of),
+                    as_of=req.as_of,
+                )  # fmt: skip
+            except MissingRequired as err:
+                reservations.release(s, key)
+                return self._finish(s, rec, "skipped", str(err)[:200], channel)
             now = now_utc()
             send = prior or Send(
                 key=key, journey_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id,
@@ -319,19 +339,14 @@ class BroadcastActivities:
                 send.possible_duplicate = True  # the previous attempt died with its outcome unknown
             send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
             s.add(send)
-            recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
-            ctx = RenderContext(
-                user_identifier=recipient, campaign_name=spec.name, variation_name=variation.name,
-                step_name=step.name, channel=channel, items=list(rec.items), variables=variation.variables,
-                extra={"user_data": dict(user.attributes)},
-            )  # fmt: skip
             config_secrets: dict[str, Any] = (
                 json.loads(self.box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
             )
             message = OutboundMessage(
                 section_id=run.section_id, integration_id=integration.id, channel=channel, recipient=recipient,
-                payload=render_payload(step.messages[choice.channel].payload, ctx), idempotency_key=key,
-                config=dict(integration.config), secrets=config_secrets,
+                payload=payload, idempotency_key=key,
+                config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
+                campaign_name=spec.name, step_name=variation.steps[0].name,
             )  # fmt: skip
             return _Ready(message=message, provider=provider, send_key=key)
 

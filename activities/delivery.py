@@ -203,20 +203,7 @@ class Delivery:
         )
 
     def _linker(self, s: Session, req: DeliverRequest) -> Linker | None:
-        if self.signer is None or not self.public_url:
-            return None
-        linker = Linker(self.signer, self.public_url, req.send_key, req.user_id)
-        if req.channel == "sms":
-            signer = self.signer
-
-            def shorten(target: str) -> str:
-                code = signer.short_code(req.send_key, target)
-                s.merge(ShortLink(code=code, section_id=req.section_id, send_key=req.send_key,
-                                  user_id=req.user_id, target=target, created_at=req.as_of))  # fmt: skip
-                return f"{self.public_url}/s/{code}"
-
-            linker.shorten = shorten
-        return linker
+        return make_linker(self.signer, self.public_url, s, req.section_id, req.send_key, req.user_id, req.channel, req.as_of)
 
     def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:
@@ -316,6 +303,32 @@ def trigger_items(
     catalog = {p.sku: p.model_dump(exclude={"section_id", "updated_at"}) for p in rows}
     by_sku = {i.sku: i for i in cart}
     return [_public(product_record(sku, catalog, by_sku.get(sku))) for sku in skus]
+
+
+def make_linker(
+    signer: Signer | None,
+    public_url: str,
+    s: Session,
+    section_id: str,
+    send_key: str,
+    user_id: str,
+    channel: str,
+    as_of: datetime,
+) -> Linker | None:
+    """The tracking-link minter for one send; SMS links become stored short codes."""
+    if signer is None or not public_url:
+        return None
+    linker = Linker(signer, public_url, send_key, user_id)
+    if channel == "sms":
+
+        def shorten(target: str) -> str:
+            code = signer.short_code(send_key, target)
+            s.merge(ShortLink(code=code, section_id=section_id, send_key=send_key,
+                              user_id=user_id, target=target, created_at=as_of))  # fmt: skip
+            return f"{public_url}/s/{code}"
+
+        linker.shorten = shorten
+    return linker
 
 
 def compose_payload(

@@ -14,12 +14,12 @@ async def test_bad_campaign_spec_is_422_naming_the_field(api: httpx.AsyncClient,
     assert r.json()["detail"][0]["loc"][-2:] == ["trigger", "wait"], r.json()
 
 
-async def test_validate_endpoint_and_unsupported_type(api: httpx.AsyncClient, section: SectionKeys) -> None:
-    """Validation works without saving; types this engine cannot run yet are refused clearly."""
+async def test_validate_endpoint_explains_what_a_type_needs(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Validation works without saving; a scheduled campaign without its schedule is refused clearly."""
     ok = await api.post("/api/v1/campaigns/validate", json=cart_campaign(), headers=section.mgmt)
     assert ok.status_code == 200 and ok.json()["valid"] is True
     bad = await api.post("/api/v1/campaigns/validate", json=cart_campaign(type="scheduled"), headers=section.mgmt)
-    assert bad.status_code == 422 and "not supported yet" in bad.text
+    assert bad.status_code == 422 and "schedule is required" in bad.text
 
 
 async def test_lifecycle_transitions(api: httpx.AsyncClient, section: SectionKeys) -> None:

@@ -211,8 +211,10 @@ async def _provider_push(
 ) -> str:
     """An app push integration posting to the local provider server; returns the path it posts to."""
     path = "/push-" + secrets.token_hex(3)
+    rate = config.pop("rate_limit_per_second", None)
+    extra = {"rate_limit_per_second": rate} if rate is not None else {}
     await add_integration(
-        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}
+        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}, **extra
     )
     return path
 
