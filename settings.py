@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
     delivery_timeout: timedelta = timedelta(seconds=30)
 
+    # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
+    # Raw events older than this are deleted by `rejoin purge-events` / the retention schedule.
+    event_retention: timedelta = timedelta(days=395)
+
     @field_validator("global_cap_messages")
     @classmethod
     def _positive_cap(cls, v: int) -> int:

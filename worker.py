@@ -23,6 +23,7 @@ from domain.caps import CapPolicy
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
+from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
 from workflows.journey import JourneyWorkflow
@@ -37,6 +38,7 @@ async def build_worker(
     client: Client, settings: Settings, store: Store, *, task_queue: str | None = None
 ) -> AsyncIterator[Worker]:
     """A configured (not yet running) worker, with its HTTP client closed on exit."""
+    install_log_redaction()
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
         registry = ProviderRegistry(store, http, allow_private_urls=settings.allow_private_urls)

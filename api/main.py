@@ -13,8 +13,10 @@ from temporalio.client import Client
 
 from api.deps import AppState
 from api.errors import install_error_handlers
+from api.limits import RequestLimits
 from api.ingestion import redispatch_pending
 from api.routes import campaigns, catalog, collect, integrations, journeys, sections, userdata
+from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
 
@@ -53,6 +55,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         lifespan=lifespan,
     )
     app.state.rejoin = state
+    install_log_redaction()
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        rate_per_second=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+    )
     install_error_handlers(app)
     for module in (collect, userdata, sections, campaigns, integrations, catalog, journeys):
         app.include_router(module.router)
