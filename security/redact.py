@@ -17,6 +17,7 @@ PHONE = re.compile(r"(?<![\w/:.-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 _installed = False
+_FORMATTER = logging.Formatter()
 
 
 def mask(text: str) -> str:
@@ -49,6 +50,11 @@ def install_log_redaction() -> None:
         masked = mask(message)
         if masked != message or record.args:
             record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            # Handlers print exc_text when set: pre-render the traceback masked (errors echo payloads).
+            record.exc_text = mask(_FORMATTER.formatException(record.exc_info))
+        if record.stack_info:
+            record.stack_info = mask(record.stack_info)
         return record
 
     logging.setLogRecordFactory(factory)
