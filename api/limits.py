@@ -21,6 +21,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_body
+
 MAX_BUCKETS = 100_000  # bounded memory: least recently used keys are forgotten
 
 
@@ -94,7 +96,7 @@ def _caller_key(scope: Scope) -> str:
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    body = json.dumps({"detail": [{"msg": message}], "error": message}).encode()
+    body = json.dumps(error_body(message, kind="request_limit")).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     return status, body, hdrs
