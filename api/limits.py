@@ -85,6 +85,35 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     return False
 
 
+def _unstorable_text(body: bytes) -> bool:
+    """True when a JSON string holds NUL or a lone surrogate (only reachable through \\u escapes).
+
+    PostgreSQL text cannot hold NUL and no UTF-8 database can hold a lone surrogate: such input
+    would fail at the INSERT as a 500, so it is refused up front.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False  # malformed JSON: FastAPI answers 422 itself
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(bad(k) or bad(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(bad(v) for v in value)
+        return False
+
+    return bad(doc)
+
+
 def _caller_key(scope: Scope) -> str:
     """The presented credential (hashed: raw keys are never kept), else the client address."""
     headers = dict(scope.get("headers") or [])
@@ -146,9 +175,13 @@ class RequestLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if b"json" in headers.get(b"content-type", b"") and json_depth_exceeds(body, self.max_json_depth):
-            await _respond(send, *_error(400, f"JSON nested deeper than {self.max_json_depth} levels"))
-            return
+        if b"json" in headers.get(b"content-type", b""):
+            if json_depth_exceeds(body, self.max_json_depth):
+                await _respond(send, *_error(400, f"JSON nested deeper than {self.max_json_depth} levels"))
+                return
+            if b"\\u" in body and _unstorable_text(body):
+                await _respond(send, *_error(422, "text may not contain NUL characters or unpaired surrogates"))
+                return
         replayed = False
 
         async def replay() -> Message:

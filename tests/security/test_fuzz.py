@@ -25,7 +25,7 @@ from api.routes.sections import SectionCreate, create_section
 from settings import Settings
 from store.engine import Store
 
-EXAMPLES = int(os.environ.get("REJOIN_FUZZ_EXAMPLES", "5"))
+EXAMPLES = int(os.environ.get("REJOIN_FUZZ_EXAMPLES", "4"))
 KEYS: dict[str, str] = {}
 
 # The schema is loaded at collection time from an app on a throw-away database; the fixture

@@ -100,3 +100,15 @@ async def test_rate_limit_per_key_answers_429_with_retry_after(limited_api: http
     assert [buckets.take("k", now=0.0) for _ in range(5)] == [0.0] * 5
     assert buckets.take("k", now=0.0) == pytest.approx(0.2)
     assert buckets.take("k", now=0.25) == 0.0  # refilled at 5 tokens/s
+
+
+async def test_nul_and_lone_surrogates_are_422_not_500(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Text PostgreSQL cannot store (NUL, unpaired surrogates) is refused with 422 instead of failing the INSERT."""
+    for bad in ('"cu\\u0000id"', '"\\ud854x"'):
+        raw = '{"user": {"dyid": "1", "cuid": ' + bad + '}, "events": [{"name": "x", "properties": {}}]}'
+        r = await api.post("/v2/collect/user/event", content=raw,
+                           headers={**section.ing, "content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 422, (bad, r.text)
+    ok = '{"user": {"dyid": "1", "cuid": "caf\\u00e9 \\ud83d\\ude00"}, "events": [{"name": "x", "properties": {}}]}'
+    r = await api.post("/v2/collect/user/event", content=ok, headers={**section.ing, "content-type": "application/json"})
+    assert r.status_code == 202, r.text
