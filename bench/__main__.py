@@ -240,11 +240,18 @@ async def bench_delivery(stack: Stack, api: Api, n: int) -> list[dict[str, Any]]
 async def bench_memory(stack: Stack, api: Api, n: int) -> dict[str, Any]:
     """(6) worker memory per waiting journey, and history events per journey step."""
     assert stack.worker is not None and stack.client is not None
+    # A fresh worker: its sticky cache (max_cached_workflows, default 1,000) must not already be
+    # full of earlier benchmarks' journeys, or new ones would just evict old ones.
+    stack.stop(stack.worker)
+    await stack.start_worker()
+    assert stack.worker is not None
     sec = await api.section(None, wait="P1D")
-    await asyncio.sleep(1)
+    warm = 50
+    await run_pool(warm, CONCURRENCY, lambda i: api.collect(sec, f"{8 * 10**12 + i}", add_to_cart(i)))
+    await asyncio.sleep(3)
     before = rss_mb(stack.worker.pid)
     await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{9 * 10**12 + i}", add_to_cart(i)))
-    await asyncio.sleep(3)  # let every journey reach its first timer
+    await asyncio.sleep(5)  # let every journey reach its first timer
     after = rss_mb(stack.worker.pid)
     # History growth: one test user through 1-step and 3-step journeys (time skipped).
     sink = stack.start_sink(0)
@@ -305,7 +312,7 @@ async def main(argv: list[str]) -> int:
             if "delivery" in only:
                 rows.extend(await bench_delivery(stack, api, size(1000)))
             if "memory" in only:
-                rows.append(await bench_memory(stack, api, size(500)))
+                rows.append(await bench_memory(stack, api, size(800)))
         finally:
             await api.close()
     finally:

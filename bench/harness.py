@@ -108,7 +108,8 @@ class Stack:
 
     async def start_api(self) -> None:
         self._spawn([sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
-                     "--port", str(self.api_port), "--log-level", "warning", "--no-access-log"])  # fmt: skip
+                     "--port", str(self.api_port), "--log-level", "warning", "--no-access-log",
+                     "--timeout-keep-alive", "300"])  # fmt: skip
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as c:
             while time.monotonic() < deadline:
