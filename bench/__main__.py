@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -295,7 +294,10 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     args = p.parse_args(argv)
     only = set(args.only.split(","))
-    size = lambda base: max(10, int(base * args.scale))  # noqa: E731
+
+    def size(base: int) -> int:
+        return max(10, int(base * args.scale))
+
     stack = Stack(args.database_url)
     rows: list[dict[str, Any]] = []
     try:

@@ -28,5 +28,5 @@ def purge_events(store: Store, cutoff: datetime, *, batch: int = 5000) -> int:
             ).all()
             if not ids:
                 return total
-            s.exec(delete(Event).where(col(Event.id).in_(ids)))  # type: ignore[call-overload]
+            s.exec(delete(Event).where(col(Event.id).in_(ids)))
             total += len(ids)

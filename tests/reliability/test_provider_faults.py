@@ -19,10 +19,10 @@ import pytest
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
+from api.journeys import start_or_retrigger, trigger_input
 from api.main import create_app
 from settings import Settings
 from store.engine import Store
-from api.journeys import start_or_retrigger, trigger_input
 from store.tables import Campaign, CapReservation, Send
 from tests.helpers import (
     add_integration,

@@ -11,7 +11,15 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import ADMIN, SectionKeys, add_integration, cart_campaign, create_campaign, make_section, reachable_user
+from tests.helpers import (
+    ADMIN,
+    SectionKeys,
+    add_integration,
+    cart_campaign,
+    create_campaign,
+    make_section,
+    reachable_user,
+)
 
 PUBLIC = {("GET", "/healthz")}
 ADMIN_OPS = {("POST", "/api/v1/sections"), ("GET", "/api/v1/sections")}
