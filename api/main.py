@@ -19,6 +19,7 @@ from api.routes import campaigns, catalog, collect, integrations, journeys, sect
 from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
+from store.retention import retention_loop
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 5.0
@@ -40,13 +41,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep(state))
+        tasks = [asyncio.create_task(_sweep(state))]
+        if state.settings.event_retention.total_seconds() > 0:
+            tasks.append(asyncio.create_task(retention_loop(state.store, state.settings.event_retention)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(
         title="Rejoin",

@@ -15,7 +15,7 @@ from runtime.cli import main as cli_main
 from security.redact import install_log_redaction, mask
 from settings import Settings
 from store.engine import Store
-from store.retention import purge_events
+from store.retention import purge_events, retention_loop
 from store.tables import Event, now_utc
 from tests.helpers import (
     SectionKeys,
@@ -105,4 +105,21 @@ def test_purge_events_command_uses_configured_retention(
     cli_main(["purge-events"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["deleted_events"] >= 1 and out["retention_days"] == 30
+    assert not _exists(store, old) and _exists(store, young)
+
+
+async def test_retention_loop_purges_in_the_background(store: Store, section: SectionKeys) -> None:
+    """The API's retention task deletes expired events on its own, without anyone running the command."""
+    import asyncio
+
+    old = _event(store, section.id, timedelta(days=500))
+    young = _event(store, section.id, timedelta(days=1))
+    task = asyncio.create_task(retention_loop(store, timedelta(days=395), every=timedelta(seconds=0.05)))
+    try:
+        for _ in range(100):
+            if not _exists(store, old):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
     assert not _exists(store, old) and _exists(store, young)
