@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     max_json_depth: int = 32
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
-    # Raw events older than this are deleted by `rejoin purge-events` / the retention schedule.
+    # Raw events older than this are deleted hourly by each API process and by `rejoin purge-events`.
     event_retention: timedelta = timedelta(days=395)
 
     @field_validator("global_cap_messages")

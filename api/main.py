@@ -13,8 +13,8 @@ from temporalio.client import Client
 
 from api.deps import AppState
 from api.errors import install_error_handlers
-from api.limits import RequestLimits
 from api.ingestion import redispatch_pending
+from api.limits import RequestLimits
 from api.routes import campaigns, catalog, collect, integrations, journeys, sections, userdata
 from security.redact import install_log_redaction
 from settings import Settings
