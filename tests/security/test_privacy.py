@@ -123,3 +123,32 @@ async def test_retention_loop_purges_in_the_background(store: Store, section: Se
     finally:
         task.cancel()
     assert not _exists(store, old) and _exists(store, young)
+
+
+async def test_journey_history_carries_no_address(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A journey's whole Temporal history (inputs, signals, activity payloads, results) holds ids, never the e-mail."""
+    from tests.helpers import journey_handle
+
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, uid)).sent == 1
+    history = (await journey_handle(env.client, section, cid, uid).fetch_history()).to_json()
+    import base64
+    import re
+
+    decoded = " ".join(base64.b64decode(b).decode("utf-8", "replace") for b in re.findall(r'"data": "([^"]+)"', history))
+    assert uid in decoded  # the payloads are there, and they name the user by id...
+    leaks = [m for m in re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", decoded + history) if "example" in m]
+    assert email_for(dyid) not in decoded + history and leaks == []  # ...never by address
+
+
+def test_committed_replay_histories_carry_no_address() -> None:
+    """The histories committed under tests/histories/ contain no e-mail address."""
+    from pathlib import Path
+
+    files = list((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
+    assert files and not [f.name for f in files if "@example.com" in f.read_text()]
