@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
 
 from domain.caps import CapPolicy
 from store import reservations
 from store.engine import Store
 from store.reservations import SlotRequest, SlotVerdict
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    journey_result,
+    outbox,
+    reachable_user,
+)
 
 POLICY = CapPolicy(max_messages=5, window=timedelta(hours=24))
 CONTENDERS = 40
@@ -74,3 +90,19 @@ def test_retried_reservation_is_not_counted_twice(store: Store) -> None:
     assert all(isinstance(r, SlotVerdict) and r.granted for r in results), results
     others = [_reserve(store, _request(section, user, f"o{i}", now)) for i in range(5)]
     assert [v.granted for v in others] == [True, True, True, True, False]
+
+
+async def test_forty_journeys_racing_for_one_user_send_exactly_the_cap(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """One add-to-cart starts 40 equal-priority journeys for one user: exactly 5 messages go out, 35 are capped."""
+    await add_integration(api, section)
+    cids = [await create_campaign(api, section, cart_campaign(name=f"C{i}")) for i in range(CONTENDERS)]
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    results = await asyncio.gather(*(journey_result(env.client, section, cid, uid, timeout=120) for cid in cids))
+    outcomes = Counter(d.outcome for r in results for d in r.decisions)
+    reasons = Counter(d.reason for r in results for d in r.decisions if d.outcome == "skipped")
+    assert outcomes == {"sent": POLICY.max_messages, "skipped": CONTENDERS - POLICY.max_messages}, outcomes
+    assert set(reasons) == {"global_cap"}, reasons
+    assert len(await outbox(api, section)) == POLICY.max_messages
