@@ -21,12 +21,15 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    eventually,
+    journey_handle,
     journey_result,
     make_section,
     reachable_user,
     step,
 )
 from tests.provider_server import ProviderServer, Received, Reply
+from workflows.journey import JourneyWorkflow
 
 
 def _sends(store: Store, journey_id: str) -> list[Send]:
@@ -99,3 +102,35 @@ async def _wait(flag: threading.Event, timeout: float = 30.0) -> bool:
 
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, flag.wait, timeout)
+
+
+@pytest.mark.slow  # ~14 s: two worker start-ups and a sticky-queue timeout
+async def test_worker_sigkill_during_wait_before_any_send_resumes_on_a_new_worker(
+    proc_api: httpx.AsyncClient,
+    env: WorkflowEnvironment,
+    store: Store,
+    fresh_provider: ProviderServer,
+    spawn_worker: Callable[[], subprocess.Popen[str]],
+) -> None:
+    """SIGKILL while the journey waits (no send started): a new worker resumes it, each step delivered once, none flagged."""
+    path = "/crash-wait"
+    sec, cid, dyid, uid = await _journey(proc_api, fresh_provider, path)
+    worker = spawn_worker()
+    with env.with_time_skipping_disabled():
+        await collect(proc_api, sec, dyid, add_to_cart("sku-1"))
+    handle = journey_handle(env.client, sec, cid, uid)
+
+    async def waiting() -> None:
+        assert (await handle.query(JourneyWorkflow.current_state)).status == "waiting"
+
+    await eventually(waiting)
+    worker_proc.kill(worker)
+    spawn_worker()
+    await env.fast_forward(handle)
+    result = await journey_result(env.client, sec, cid, uid, timeout=90)
+    assert result.status == "completed", result
+    assert len(fresh_provider.to(path)) == 2 and len(fresh_provider.deliveries) == 2
+    assert [(s.status, s.attempts, s.possible_duplicate) for s in _sends(store, result.journey_id)] == [
+        ("accepted", 1, False),
+        ("accepted", 1, False),
+    ]
