@@ -82,6 +82,15 @@ def test_failed_send_gives_its_slot_back(store: Store) -> None:
     assert sum(isinstance(r, SlotVerdict) and r.granted for r in results) == 1
 
 
+def test_reservation_committed_first_with_a_later_clock_still_counts(store: Store) -> None:
+    """Decisions commit in lock order, not clock order: 5 slots taken at t+2s leave none for a decision at t."""
+    section, user = "sec_race_" + secrets.token_hex(3), "usr_" + secrets.token_hex(6)
+    now = datetime.now(UTC)
+    assert all(_reserve(store, _request(section, user, f"ahead{i}", now + timedelta(seconds=2))).granted for i in range(5))
+    late = _reserve(store, _request(section, user, "behind", now))
+    assert not late.granted and late.reason == "global_cap"
+
+
 def test_retried_reservation_is_not_counted_twice(store: Store) -> None:
     """The same send key reserved concurrently (a retried decide) takes one slot, not several."""
     section, user = "sec_race_" + secrets.token_hex(3), "usr_" + secrets.token_hex(6)
