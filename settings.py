@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     # A file with more bad rows than this is not applied at all (the previous list stays).
     subscriber_max_rejected_rows: int = 100_000
 
+    # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    rate_limit_per_second: float = 1000.0
+    rate_limit_burst: int = 2000
+    # Raw events older than this are deleted hourly by each API process and by `rejoin purge-events`.
+    event_retention: timedelta = timedelta(days=395)
+
     @field_validator("global_cap_messages")
     @classmethod
     def _positive_cap(cls, v: int) -> int:

@@ -27,6 +27,7 @@ from domain.tracking import Signer
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
+from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
 from workflows.broadcast import BroadcastWorkflow
@@ -44,6 +45,7 @@ async def build_worker(
     client: Client, settings: Settings, store: Store, *, task_queue: str | None = None
 ) -> AsyncIterator[Worker]:
     """A configured (not yet running) worker, with its HTTP client closed on exit."""
+    install_log_redaction()
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
     timeout = httpx.Timeout(10.0, connect=5.0)
     # One pooled client per process (bounded, reused across messages); a second, HTTP/2-capable

@@ -45,10 +45,10 @@ class Unavailable(RejoinError):
     status_code = 503
 
 
-def error_body(message: str, field: str | None = None) -> dict[str, Any]:
-    detail: dict[str, Any] = {"msg": message}
-    if field:
-        detail["loc"] = field.split(".")
+def error_body(message: str, field: str | None = None, kind: str = "rejoin_error") -> dict[str, Any]:
+    # Same item shape as FastAPI's documented ValidationError (type, loc, msg), so every 422 the
+    # API returns matches its OpenAPI schema.
+    detail: dict[str, Any] = {"type": kind, "loc": field.split(".") if field else [], "msg": message}
     return {"detail": [detail], "error": message if not field else f"{field}: {message}"}
 
 

@@ -14,6 +14,7 @@ from temporalio.client import Client
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
+from api.limits import RequestLimits
 from api.routes import (
     campaigns,
     catalog,
@@ -29,8 +30,10 @@ from api.routes import (
     tracking,
     userdata,
 )
+from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
+from store.retention import retention_loop
 
 log = logging.getLogger(__name__)
 SWEEP_SECONDS = 5.0
@@ -52,13 +55,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_sweep(state))
+        tasks = [asyncio.create_task(_sweep(state))]
+        if state.settings.event_retention.total_seconds() > 0:
+            tasks.append(asyncio.create_task(retention_loop(state.store, state.settings.event_retention)))
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     app = FastAPI(
         title="Rejoin",
@@ -67,6 +73,14 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         lifespan=lifespan,
     )
     app.state.rejoin = state
+    install_log_redaction()
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        rate_per_second=settings.rate_limit_per_second,
+        burst=settings.rate_limit_burst,
+    )
     install_error_handlers(app)
     for module in (
         collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,

@@ -81,6 +81,18 @@ def _create_section(settings: Settings, name: str) -> None:
     print(json.dumps(created.model_dump(mode="json"), indent=2))
 
 
+def _purge_events(settings: Settings, days: float | None) -> None:
+    from datetime import timedelta
+
+    from store.engine import Store
+    from store.retention import purge_events
+    from store.tables import now_utc
+
+    retention = timedelta(days=days) if days is not None else settings.event_retention
+    deleted = purge_events(Store(settings.effective_database_url), now_utc() - retention)
+    print(json.dumps({"deleted_events": deleted, "retention_days": retention.total_seconds() / 86400}))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rejoin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     cs = sub.add_parser("create-section", help="create a section and print its keys")
     cs.add_argument("name")
     sub.add_parser("rotate-secrets", help="re-encrypt stored secrets under the newest REJOIN_SECRET_KEY")
+    pe = sub.add_parser("purge-events", help="delete raw events older than the retention (REJOIN_EVENT_RETENTION)")
+    pe.add_argument("--days", type=float, default=None, help="override the configured retention")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -111,5 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         from store.engine import Store
 
         print(json.dumps(rotate_all(Store(settings.effective_database_url), SecretBox(settings.secret_keys))))
+    elif args.command == "purge-events":
+        _purge_events(settings, args.days)
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

@@ -39,14 +39,21 @@ class SlotVerdict:
     detail: str | None = None
 
 
-def _count(session: Session, req: SlotRequest, since: datetime, campaign_id: str | None) -> int:
+def _count(session: Session, req: SlotRequest, window: timedelta, campaign_id: str | None) -> int:
+    """Live reservations within `window` of `as_of`, on either side.
+
+    Concurrent decisions commit in lock order, not in `as_of` order: a reservation committed
+    just before us may carry a slightly later `as_of` than ours (and time-skipped journeys each
+    have their own clock). Counting only `reserved_at <= as_of` let such a decision miss it and
+    grant one slot too many; any reservation less than a window away shares a window with us.
+    """
     q = select(func.count()).select_from(CapReservation).where(
         CapReservation.section_id == req.section_id,
         CapReservation.user_id == req.user_id,
         CapReservation.channel == req.channel,
         CapReservation.released == False,  # noqa: E712
-        col(CapReservation.reserved_at) > since,
-        col(CapReservation.reserved_at) <= req.as_of,
+        col(CapReservation.reserved_at) > req.as_of - window,
+        col(CapReservation.reserved_at) < req.as_of + window,
         CapReservation.key != req.key,
     )
     if campaign_id is not None:
@@ -80,9 +87,9 @@ def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_wind
         return SlotVerdict(False, "outranked", f"campaign {rival.campaign_id} (priority {rival.priority})")
     reason = cap_reason(
         global_policy=policy,
-        global_used=_count(session, req, req.as_of - policy.window, None),
+        global_used=_count(session, req, policy.window, None),
         campaign_limit=req.campaign_limit,
-        campaign_used=_count(session, req, req.as_of - req.campaign_period, req.campaign_id)
+        campaign_used=_count(session, req, req.campaign_period, req.campaign_id)
         if req.campaign_limit is not None
         else 0,
     )

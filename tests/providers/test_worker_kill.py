@@ -61,7 +61,7 @@ def spawn_worker(env: WorkflowEnvironment, s: Settings) -> subprocess.Popen[str]
     }
     proc = subprocess.Popen([sys.executable, "-m", "tests.worker_proc"], cwd=ROOT, env=vars_,
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
     return proc
 
 

@@ -1,0 +1,204 @@
+"""Request limits in front of every route: body size, JSON nesting, per-key rate.
+
+A pure ASGI middleware (no body re-parsing by FastAPI needed): it buffers at most
+`max_body_bytes` of the request, answering 413 beyond that (declared Content-Length or a
+chunked body that keeps going), 400 for JSON nested deeper than `max_json_depth` (deep
+nesting makes parsers and validators recurse), and 429 with Retry-After when the caller's
+key has spent its token bucket. Buckets are per process; behind N API processes the
+effective limit is N times the configured one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import error_body
+
+MAX_BUCKETS = 100_000  # bounded memory: least recently used keys are forgotten
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class TokenBuckets:
+    """`rate` tokens per second up to `burst`, per key; thread-safe, LRU-bounded."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = max(1, burst)
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 if a token was taken, else the seconds until one is available."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            b = self._buckets.get(key)
+            if b is None:
+                b = _Bucket(float(self.burst), now)
+                self._buckets[key] = b
+                if len(self._buckets) > MAX_BUCKETS:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+                b.tokens = min(float(self.burst), b.tokens + (now - b.updated) * self.rate)
+                b.updated = now
+            if b.tokens >= 1.0:
+                b.tokens -= 1.0
+                return 0.0
+            return (1.0 - b.tokens) / self.rate
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """True when arrays/objects nest deeper than `limit` (strings are skipped, escapes honoured)."""
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def _unstorable_text(body: bytes) -> bool:
+    """True when a JSON string holds NUL or a lone surrogate (only reachable through \\u escapes).
+
+    PostgreSQL text cannot hold NUL and no UTF-8 database can hold a lone surrogate: such input
+    would fail at the INSERT as a 500, so it is refused up front.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False  # malformed JSON: FastAPI answers 422 itself
+
+    def bad(value: Any) -> bool:
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            return False
+        if isinstance(value, dict):
+            return any(bad(k) or bad(v) for k, v in value.items())
+        if isinstance(value, list):
+            return any(bad(v) for v in value)
+        return False
+
+    return bad(doc)
+
+
+def _caller_key(scope: Scope) -> str:
+    """The presented credential (hashed: raw keys are never kept), else the client address."""
+    headers = dict(scope.get("headers") or [])
+    raw = headers.get(b"dy-api-key") or headers.get(b"x-rejoin-key") or headers.get(b"authorization")
+    if raw:
+        return "k:" + hashlib.sha256(raw).hexdigest()[:32]
+    client = scope.get("client")
+    return "ip:" + (client[0] if client else "unknown")
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    body = json.dumps(error_body(message, kind="request_limit")).encode()
+    hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return status, body, hdrs
+
+
+class RequestLimits:
+    """ASGI middleware enforcing body size, JSON depth and per-key rate limits."""
+
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int, rate_per_second: float, burst: int
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+        self.buckets = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.buckets is not None and scope.get("path") != "/healthz":
+            wait = self.buckets.take(_caller_key(scope))
+            if wait > 0:
+                await _respond(send, *_error(429, "rate limit exceeded for this key",
+                                             {"retry-after": str(max(1, math.ceil(wait)))}))  # fmt: skip
+                return
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await _drain_and_respond(receive, send, *_error(413, f"request body over {self.max_body_bytes} bytes"))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await _drain_and_respond(receive, send, *_error(413, f"request body over {self.max_body_bytes} bytes"))
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if b"json" in headers.get(b"content-type", b""):
+            if json_depth_exceeds(body, self.max_json_depth):
+                await _respond(send, *_error(400, f"JSON nested deeper than {self.max_json_depth} levels"))
+                return
+            if b"\\u" in body and _unstorable_text(body):
+                await _respond(send, *_error(422, "text may not contain NUL characters or unpaired surrogates"))
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _drain_and_respond(receive: Receive, send: Send, status: int, body: bytes, headers: Any) -> None:
+    # Answer without reading the rest: servers close the connection after an unread body.
+    await _respond(send, status, body, [*headers, (b"connection", b"close")])

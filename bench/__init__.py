@@ -1,0 +1,1 @@
+"""Rejoin benchmarks against the raw engines (Temporal, HTTP clients): `python -m bench`."""

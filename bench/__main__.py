@@ -1,0 +1,331 @@
+"""Run Rejoin's benchmarks, each beside its raw-engine baseline from the same run.
+
+    python -m bench                 # all, default sizes (~3 min on 2 cores)
+    python -m bench --only ingest,delivery --scale 2
+
+Prints a table and, last, one JSON line with every figure. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+import temporalio
+
+from bench.bare import BareOneActivity, BareWaiter
+from bench.harness import ADMIN_KEY, Stack, rss_mb
+from bench.placeholders import PLACEHOLDERS
+
+CONCURRENCY = 32
+WORKER_ACTIVITY_SLOTS = 100  # worker.MAX_CONCURRENT_ACTIVITIES
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+async def run_pool(n: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> tuple[float, list[float]]:
+    """Run job(0..n-1) with `concurrency` in flight; (elapsed seconds, per-call latencies)."""
+    latencies: list[float] = []
+    it = iter(range(n))
+
+    async def lane() -> None:
+        for i in it:
+            t0 = time.perf_counter()
+            await job(i)
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return time.perf_counter() - start, latencies
+
+
+# ------------------------------------------------------------------ Rejoin API helpers
+
+
+class Api:
+    def __init__(self, stack: Stack) -> None:
+        self.http = aiohttp.ClientSession(stack.api_url, connector=aiohttp.TCPConnector(limit=256))
+
+    async def call(self, method: str, path: str, headers: dict[str, str], body: Any = None, want: int = 200) -> Any:
+        async with self.http.request(method, path, json=body, headers=headers) as r:
+            text = await r.text()
+            if r.status != want:
+                raise RuntimeError(f"{method} {path}: {r.status} {text[:300]}")
+            return json.loads(text) if text else None
+
+    async def section(self, sink_url: str | None, steps: int = 1, wait: str = "PT1H") -> dict[str, Any]:
+        sec = await self.call("POST", "/api/v1/sections", ADMIN, {"name": "bench"}, 201)
+        mgmt = {"Authorization": f"Bearer {sec['management_key']['key']}"}
+        ing = {"dy-api-key": sec["ingestion_key"]["key"]}
+        integ: dict[str, Any] = {"channel": "email", "name": "sink", "kind": "outbox", "identifier_type": "email"}
+        if sink_url:
+            integ.update(kind="custom_http", config={"url": sink_url + "/send"})
+        await self.call("POST", "/api/v1/integrations", mgmt, integ, 201)
+        step_list = [{"name": f"S{i}", "messages": {"email": {"payload": {"s": i}}}, **({"wait": "P1D"} if i else {})}
+                     for i in range(steps)]  # fmt: skip
+        spec = {"name": "bench", "type": "cart_abandonment", "trigger": {"wait": wait}, "channel_priority": ["email"],
+                "variations": [{"id": "a", "name": "A", "share": 100, "steps": step_list}]}  # fmt: skip
+        camp = await self.call("POST", "/api/v1/campaigns", mgmt, spec, 201)
+        await self.call("POST", f"/api/v1/campaigns/{camp['id']}/activate", mgmt)
+        return {"id": sec["id"], "mgmt": mgmt, "ing": ing, "campaign": camp["id"]}
+
+    async def test_user(self, sec: dict[str, Any], i: int) -> str:
+        """A reachable test user (opted in, identified, flagged test: its journeys skip time)."""
+        dyid, email = f"{10**12 + i}", f"bench{i}@example.com"
+        import hashlib
+
+        await self.call("POST", "/v2/userdata/channels/email/opt-in", sec["ing"],
+                        {"identifier": {"type": "email", "value": email}})  # fmt: skip
+        login = {"name": "Login", "properties": {"dyType": "login-v1", "hashedEmail": hashlib.sha256(email.encode()).hexdigest()}}
+        await self.collect(sec, dyid, login)
+        await self.call("PUT", f"/api/v1/users/{dyid}/test", sec["mgmt"], {"is_test": True})
+        return dyid
+
+    async def collect(self, sec: dict[str, Any], dyid: str, event: dict[str, Any]) -> None:
+        body = {"user": {"dyid": dyid, "active_consent_accepted": True}, "events": [event]}
+        await self.call("POST", "/v2/collect/user/event", sec["ing"], body, 202)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+
+def add_to_cart(i: int) -> dict[str, Any]:
+    sku = f"sku-{i % 50}"
+    return {"name": "Add to Cart", "properties": {"dyType": "add-to-cart-v1", "value": 10.0, "productId": sku,
+            "quantity": 1, "cart": [{"productId": sku, "quantity": 1, "itemPrice": 10.0}]}}  # fmt: skip
+
+
+async def sink_count(url: str) -> int:
+    async with httpx.AsyncClient() as c:
+        return int((await c.get(url + "/count")).text)
+
+
+async def wait_count(url: str, target: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while await sink_count(url) < target:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sink saw {await sink_count(url)} of {target}")
+        await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ benchmarks
+
+
+async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
+    """(1) events/s through POST /v2/collect/user/event starting journeys vs raw signal_with_start."""
+    sec = await api.section(None, wait="P1D")
+    elapsed, lat = await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{7 * 10**12 + i}", add_to_cart(i)))
+    ours = n / elapsed
+    assert stack.client is not None
+    client = stack.client
+
+    async def raw(i: int) -> None:
+        await client.start_workflow(BareWaiter.run, id=f"bare-ingest-{i}", task_queue=stack.bare_queue,
+                                    start_signal="poke", start_signal_args=["x"])  # fmt: skip
+
+    b_elapsed, b_lat = await run_pool(n, CONCURRENCY, raw)
+    base = n / b_elapsed
+    return {"name": "ingest", "unit": "events/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
+            "target": 0.7, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
+            "baseline_p99_ms": pct(b_lat, 99) * 1000, "n": n,
+            "baseline_desc": "signal_with_start of a bare waiting workflow, same concurrency"}  # fmt: skip
+
+
+async def _journeys(stack: Stack, api: Api, n: int, sink: str) -> float:
+    sec = await api.section(sink)
+    users = [await api.test_user(sec, i) for i in range(n)]  # set-up, not timed
+    before = await sink_count(sink)
+    start = time.perf_counter()
+    await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, users[i], add_to_cart(i)))
+    await wait_count(sink, before + n)
+    return n / (time.perf_counter() - start)
+
+
+async def _bare_journeys(stack: Stack, n: int, tag: str) -> float:
+    assert stack.client is not None
+    client = stack.client
+    start = time.perf_counter()
+
+    async def one(i: int) -> None:
+        await client.execute_workflow(BareOneActivity.run, "x", id=f"bare-{tag}-{i}", task_queue=stack.bare_queue)
+
+    await run_pool(n, CONCURRENCY * 2, one)
+    return n / (time.perf_counter() - start)
+
+
+async def bench_journeys(stack: Stack, api: Api, n: int) -> dict[str, Any]:
+    """(2) triggered journeys/s end to end (cap reservation, render, delivery, waits skipped) vs bare workflow."""
+    sink = stack.start_sink(0)
+    ours = await _journeys(stack, api, n, sink)
+    base = await _bare_journeys(stack, n, "e2e")
+    return {"name": "journeys_e2e", "unit": "journeys/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
+            "target": 0.5, "n": n, "baseline_desc": "bare workflow with one trivial activity"}  # fmt: skip
+
+
+async def _bare_http(url: str, n: int, concurrency: int, kind: str) -> float:
+    body = {"to": "x@example.com", "subject": "hi"}
+    if kind == "httpx":
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(limits=limits) as c:
+            elapsed, _ = await run_pool(n, concurrency, lambda i: _httpx_post(c, url, body))
+    else:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
+            elapsed, _ = await run_pool(n, concurrency, lambda i: _aiohttp_post(s, url, body))
+    return n / elapsed
+
+
+async def _httpx_post(c: httpx.AsyncClient, url: str, body: dict[str, str]) -> None:
+    (await c.post(url, json=body)).raise_for_status()
+
+
+async def _aiohttp_post(s: aiohttp.ClientSession, url: str, body: dict[str, str]) -> None:
+    async with s.post(url, json=body) as r:
+        await r.read()
+        r.raise_for_status()
+
+
+async def _adapter_rate(url: str, n: int) -> float:
+    """Rejoin's delivery adapter (custom HTTP) with the worker's HTTP client settings, 100 sends in flight."""
+    from providers.base import OutboundMessage
+    from providers.custom_http import CustomHttpProvider
+
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)  # as in worker.build_worker
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
+        provider = CustomHttpProvider(http, allow_private_urls=True)
+
+        async def one(i: int) -> None:
+            await provider.send(OutboundMessage(section_id="s", integration_id="i", channel="email",
+                                                recipient="x@example.com", payload={"n": i}, idempotency_key=f"k{i}",
+                                                config={"url": url}))  # fmt: skip
+
+        elapsed, _ = await run_pool(n, WORKER_ACTIVITY_SLOTS, one)
+    return n / elapsed
+
+
+async def bench_delivery(stack: Stack, api: Api, n: int) -> list[dict[str, Any]]:
+    """(3) messages/s to a sink (instant, 50 ms): Rejoin's adapter and whole journeys vs the best bare client."""
+    out = []
+    for delay in (0, 50):
+        sink = stack.start_sink(delay)
+        bare: dict[str, float] = {}
+        for kind in ("httpx", "aiohttp"):
+            for conc in (1, 32, 128):
+                count = n if conc > 1 else max(50, n // 10)
+                bare[f"{kind}@{conc}"] = await _bare_http(sink + "/send", count, conc, kind)
+        adapter = await _adapter_rate(sink + "/send", n)
+        e2e = await _journeys(stack, api, max(20, n // 10), sink)
+        best = max(bare, key=lambda k: bare[k])
+        out.append({"name": f"delivery_{delay}ms", "unit": "msgs/s", "rejoin": adapter, "baseline": bare[best],
+                    "ratio": adapter / bare[best], "target": 0.5,
+                    "baseline_desc": f"best bare client: {best}; rejoin = custom_http adapter, 100 in flight",
+                    "journeys_e2e_msgs_per_s": e2e, "bare_clients": {k: round(v, 1) for k, v in bare.items()}})  # fmt: skip
+    return out
+
+
+async def bench_memory(stack: Stack, api: Api, n: int) -> dict[str, Any]:
+    """(6) worker memory per waiting journey, and history events per journey step."""
+    assert stack.worker is not None and stack.client is not None
+    # A fresh worker: its sticky cache (max_cached_workflows, default 1,000) must not already be
+    # full of earlier benchmarks' journeys, or new ones would just evict old ones.
+    stack.stop(stack.worker)
+    await stack.start_worker()
+    assert stack.worker is not None
+    sec = await api.section(None, wait="P1D")
+    warm = 50
+    await run_pool(warm, CONCURRENCY, lambda i: api.collect(sec, f"{8 * 10**12 + i}", add_to_cart(i)))
+    await asyncio.sleep(3)
+    before = rss_mb(stack.worker.pid)
+    await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{9 * 10**12 + i}", add_to_cart(i)))
+    await asyncio.sleep(5)  # let every journey reach its first timer
+    after = rss_mb(stack.worker.pid)
+    # History growth: one test user through 1-step and 3-step journeys (time skipped).
+    sink = stack.start_sink(0)
+    events = {}
+    for steps in (1, 3):
+        s = await api.section(sink, steps=steps)
+        dyid = await api.test_user(s, 100_000 + steps)
+        await api.collect(s, dyid, add_to_cart(1))
+        user = await api.call("GET", f"/api/v1/users/{dyid}", s["mgmt"])
+        handle = stack.client.get_workflow_handle(f"journey/{s['id']}/{s['campaign']}/{user['id']}")
+        await asyncio.wait_for(handle.result(), 60)
+        events[steps] = len((await handle.fetch_history()).events)
+    return {"name": "memory", "unit": "KiB/waiting journey", "rejoin": (after - before) * 1024 / n,
+            "baseline": None, "ratio": None, "n": n, "worker_rss_mb_before": before, "worker_rss_mb_after": after,
+            "history_events_1_step": events[1], "history_events_3_steps": events[3],
+            "history_events_per_extra_step": (events[3] - events[1]) / 2}  # fmt: skip
+
+
+# ------------------------------------------------------------------ main
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"\n{'benchmark':<16}{'unit':<22}{'rejoin':>10}{'baseline':>10}{'ratio':>8}{'target':>8}  baseline")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "-"
+        print(f"{r['name']:<16}{r['unit']:<22}{_fmt(r['rejoin']):>10}{_fmt(r.get('baseline')):>10}"
+              f"{ratio:>8}{_fmt(r.get('target')):>8}  {r.get('baseline_desc', '')}")  # fmt: skip
+    for r in rows:
+        extra = {k: v for k, v in r.items() if k not in {"name", "unit", "rejoin", "baseline", "ratio", "target", "baseline_desc"}}
+        print(f"  {r['name']}: {json.dumps(extra, default=lambda v: round(v, 2))}")
+
+
+async def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--only", default="ingest,journeys,delivery,memory")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
+    p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    args = p.parse_args(argv)
+    only = set(args.only.split(","))
+
+    def size(base: int) -> int:
+        return max(10, int(base * args.scale))
+
+    stack = Stack(args.database_url)
+    rows: list[dict[str, Any]] = []
+    try:
+        await stack.start()
+        await stack.start_worker()
+        await stack.start_bare_worker()
+        await stack.start_api()
+        api = Api(stack)
+        try:
+            if "ingest" in only:
+                rows.append(await bench_ingest(stack, api, size(1000)))
+            if "journeys" in only:
+                rows.append(await bench_journeys(stack, api, size(200)))
+            if "delivery" in only:
+                rows.extend(await bench_delivery(stack, api, size(1000)))
+            if "memory" in only:
+                rows.append(await bench_memory(stack, api, size(800)))
+        finally:
+            await api.close()
+    finally:
+        stack.close()
+    rows.extend(PLACEHOLDERS)
+    print_table(rows)
+    meta = {"python": platform.python_version(), "temporalio": temporalio.__version__, "machine": platform.machine(),
+            "cpus": __import__("os").cpu_count(), "scale": args.scale}  # fmt: skip
+    print(json.dumps({"bench": "rejoin", "meta": meta, "results": rows}, default=lambda v: round(v, 3)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1:])))

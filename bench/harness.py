@@ -1,0 +1,154 @@
+"""Start and stop what a benchmark needs: dev server, Rejoin worker and API, bare worker, sinks.
+
+Everything runs on loopback on free ports, in a temporary folder, as child processes that are
+stopped (by their own pid) when the stack closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from cryptography.fernet import Fernet
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from runtime.dev_server import dev_server_args, wait_until_serving
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "bench-admin-key"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Stack:
+    """The processes of one benchmark run."""
+
+    def __init__(self, database_url: str | None = None) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rejoin-bench-"))
+        self.temporal_port = free_port()
+        self.api_port = free_port()
+        self.queue = "rejoin-bench"
+        self.bare_queue = "bare-bench"
+        self.database_url = database_url or f"sqlite:///{self.dir / 'rejoin.db'}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.client: Client | None = None
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "TEMPORAL_ADDRESS": self.address,
+            "REJOIN_DATA_DIR": str(self.dir),
+            "REJOIN_DATABASE_URL": self.database_url,
+            "REJOIN_TASK_QUEUE": self.queue,
+            "REJOIN_ADMIN_KEY": ADMIN_KEY,
+            "REJOIN_SECRET_KEY": Fernet.generate_key().decode(),
+            "REJOIN_ALLOW_PRIVATE_URLS": "true",
+            "REJOIN_RATE_LIMIT_PER_SECOND": "0",  # measure the engine, not the limiter
+            "REJOIN_GLOBAL_CAP_MESSAGES": "1000",
+        }
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _spawn(self, args: list[str], ready_line: bool = False) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        self.procs.append(proc)
+        if ready_line:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if b"READY" not in line:
+                raise RuntimeError(f"{args} did not start")
+        return proc
+
+    async def start(self) -> None:
+        args = dev_server_args(self.dir / "temporal.db", self.temporal_port, None)
+        args += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        self._spawn(args)
+        await wait_until_serving(self.address, timeout=60)
+        self.client = await Client.connect(self.address, data_converter=pydantic_data_converter)
+
+    async def start_worker(self) -> subprocess.Popen[bytes]:
+        self.worker = self._spawn([sys.executable, "-m", "worker"])
+        await self.wait_for_poller(self.queue)
+        return self.worker
+
+    async def start_bare_worker(self) -> None:
+        self._spawn([sys.executable, "-m", "bench.bare", self.address, self.bare_queue], ready_line=True)
+        await self.wait_for_poller(self.bare_queue)
+
+    async def start_api(self) -> None:
+        self._spawn([sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
+                     "--port", str(self.api_port), "--log-level", "warning", "--no-access-log",
+                     "--timeout-keep-alive", "300"])  # fmt: skip
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as c:
+            while time.monotonic() < deadline:
+                try:
+                    if (await c.get(self.api_url + "/healthz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("API did not start")
+
+    def start_sink(self, delay_ms: float) -> str:
+        port = free_port()
+        self._spawn([sys.executable, "-m", "bench.sink", str(port), str(delay_ms)], ready_line=True)
+        return f"http://127.0.0.1:{port}"
+
+    async def wait_for_poller(self, queue: str, timeout: float = 60) -> None:
+        assert self.client is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            resp = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(namespace="default", task_queue=TaskQueue(name=queue),
+                                         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)  # fmt: skip
+            )
+            if resp.pollers:
+                return
+            await asyncio.sleep(0.3)
+        raise RuntimeError(f"no worker polling {queue}")
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)

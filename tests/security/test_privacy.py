@@ -1,0 +1,154 @@
+"""Privacy: PII masked in logs, raw events deleted after the retention period."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlmodel import select
+from temporalio.testing import WorkflowEnvironment
+
+from runtime.cli import main as cli_main
+from security.redact import install_log_redaction, mask
+from settings import Settings
+from store.engine import Store
+from store.retention import purge_events, retention_loop
+from store.tables import Event, now_utc
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    email_for,
+    journey_result,
+    reachable_user,
+)
+from tests.provider_server import ProviderServer
+
+
+def test_emails_and_phones_are_masked_in_any_log_record(caplog: pytest.LogCaptureFixture) -> None:
+    """Any logger's record with an e-mail or phone number (in msg or args) is masked before any handler sees it."""
+    install_log_redaction()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("some.library").info("delivering to %s / %s", "Jane.Doe@Example.com", "+33 6 12 34 56 78")
+    text = caplog.records[-1].getMessage()
+    assert "Jane.Doe" not in text and "12 34 56" not in text, text
+    assert "J***@Example.com" in text
+    assert mask("usr_6e6bc3b367b87492f608 journey/sec_1/cmp_2 at 2026-11-23 took 1234 ms") == (
+        "usr_6e6bc3b367b87492f608 journey/sec_1/cmp_2 at 2026-11-23 took 1234 ms"
+    )
+
+
+async def test_a_journey_logs_no_recipient_address(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Ingestion, delivery retries and provider errors (which echo the request) never log the user's e-mail."""
+    from tests.provider_server import Reply
+
+    fresh_provider.handler("/echo", lambda r: Reply(503, r.body.decode()))  # a vendor echoing our payload
+    fresh_provider.script("/echo", Reply(503, "busy"))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url("/echo")})
+    cid = await create_campaign(api, section, cart_campaign())
+    with caplog.at_level(logging.DEBUG):
+        dyid, uid = await reachable_user(api, section)
+        fresh_provider.script("/echo", Reply(503, json.dumps({"to": email_for(dyid)})), Reply(200))
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 1
+    assert any("503" in r.getMessage() for r in caplog.records)  # the echoing error was logged...
+    leaked = [r.getMessage() for r in caplog.records if email_for(dyid) in r.getMessage()]
+    assert leaked == []  # ...masked
+    assert email_for(dyid) not in caplog.text  # tracebacks included
+
+
+def _event(store: Store, section_id: str, age: timedelta, dispatched: bool = True) -> str:
+    import secrets
+
+    eid = "evt_" + secrets.token_hex(12)
+    with store.session() as s:
+        s.add(Event(id=eid, section_id=section_id, user_id="usr_x", kind="custom", name="x", data={},
+                    received_at=now_utc() - age, dispatched=dispatched))  # fmt: skip
+    return eid
+
+
+def _exists(store: Store, eid: str) -> bool:
+    with store.session() as s:
+        return s.exec(select(Event).where(Event.id == eid)).first() is not None
+
+
+def test_events_older_than_retention_are_deleted(store: Store, section: SectionKeys) -> None:
+    """purge_events deletes dispatched events before the cutoff, keeps newer ones and undispatched ones."""
+    old = [_event(store, section.id, timedelta(days=400)) for _ in range(7)]
+    pending = _event(store, section.id, timedelta(days=400), dispatched=False)
+    young = _event(store, section.id, timedelta(days=10))
+    assert purge_events(store, now_utc() - timedelta(days=395), batch=3) >= 7
+    assert not any(_exists(store, e) for e in old)
+    assert _exists(store, pending) and _exists(store, young)
+
+
+def test_purge_events_command_uses_configured_retention(
+    store: Store, settings: Settings, section: SectionKeys, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`rejoin purge-events` reads REJOIN_EVENT_RETENTION and reports how many events it deleted."""
+    old = _event(store, section.id, timedelta(days=40))
+    young = _event(store, section.id, timedelta(days=20))
+    monkeypatch.setenv("REJOIN_DATABASE_URL", settings.effective_database_url)
+    monkeypatch.setenv("REJOIN_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("REJOIN_EVENT_RETENTION", "P30D")
+    cli_main(["purge-events"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["deleted_events"] >= 1 and out["retention_days"] == 30
+    assert not _exists(store, old) and _exists(store, young)
+
+
+async def test_retention_loop_purges_in_the_background(store: Store, section: SectionKeys) -> None:
+    """The API's retention task deletes expired events on its own, without anyone running the command."""
+    import asyncio
+
+    old = _event(store, section.id, timedelta(days=500))
+    young = _event(store, section.id, timedelta(days=1))
+    task = asyncio.create_task(retention_loop(store, timedelta(days=395), every=timedelta(seconds=0.05)))
+    try:
+        for _ in range(100):
+            if not _exists(store, old):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    assert not _exists(store, old) and _exists(store, young)
+
+
+async def test_journey_history_carries_no_address(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A journey's whole Temporal history (inputs, signals, activity payloads, results) holds ids, never the e-mail."""
+    from tests.helpers import journey_handle
+
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, uid)).sent == 1
+    history = (await journey_handle(env.client, section, cid, uid).fetch_history()).to_json()
+    import base64
+    import re
+
+    decoded = " ".join(base64.b64decode(b).decode("utf-8", "replace") for b in re.findall(r'"data": "([^"]+)"', history))
+    assert uid in decoded  # the payloads are there, and they name the user by id...
+    leaks = [m for m in re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", decoded + history) if "example" in m]
+    assert email_for(dyid) not in decoded + history and leaks == []  # ...never by address
+
+
+def test_committed_replay_histories_carry_no_address() -> None:
+    """The histories committed under tests/histories/ contain no e-mail address."""
+    from pathlib import Path
+
+    files = list((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
+    assert files and not [f.name for f in files if "@example.com" in f.read_text()]
