@@ -22,7 +22,7 @@ from tests.helpers import (
 )
 
 PUBLIC = {("GET", "/healthz")}
-ADMIN_OPS = {("POST", "/api/v1/sections"), ("GET", "/api/v1/sections")}
+ADMIN_OPS = {("POST", "/api/v1/sections"), ("GET", "/api/v1/sections"), ("POST", "/api/v1/admin/rotate-secrets")}
 
 
 async def _operations(api: httpx.AsyncClient) -> list[tuple[str, str, str]]:
