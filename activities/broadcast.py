@@ -324,7 +324,7 @@ class BroadcastActivities:
                     s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
                     user=user, identifier=recipient, items=list(rec.items),
                     linker=make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of),
-                    as_of=req.as_of,
+                    as_of=req.as_of, native_email=integration.kind == "smtp",
                 )  # fmt: skip
             except MissingRequired as err:
                 reservations.release(s, key)

@@ -178,6 +178,7 @@ class Delivery:
                 items=trigger_items(s, req.section_id, user, spec.type.value, req.skus),
                 linker=self._linker(s, req),
                 as_of=req.as_of,
+                native_email=integration.kind == "smtp",
             )
         except MissingRequired as err:
             err.step_name, err.variation_id = step.name, variation.id
@@ -344,8 +345,13 @@ def compose_payload(
     items: list[dict[str, Any]],
     linker: Linker | None,
     as_of: datetime,
+    native_email: bool = False,
 ) -> dict[str, Any]:
-    """Render one step's message for one user (used by delivery and by the preview endpoint)."""
+    """Render one step's message for one user (used by delivery and by the preview endpoint).
+
+    `native_email`: Rejoin sends the email itself (SMTP), so it adds the open pixel and wraps
+    every link by itself, whatever the campaign's `auto_tracking` says.
+    """
     step = variation.steps[step_index]
     message = step.messages[channel]  # type: ignore[index]
     template = message.payload
@@ -363,7 +369,7 @@ def compose_payload(
         variables=variation.variables,
         user_attributes=user.attributes,
         linker=linker,
-        auto_tracking=spec.settings.auto_tracking,
+        auto_tracking=spec.settings.auto_tracking or native_email,
     )
     # Load only the feed data the template refers to (product rows, recommendations).
     refs = refs_in(template)

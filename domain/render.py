@@ -387,8 +387,17 @@ def auto_track(value: Any, ctx: RenderContext, state: dict[str, bool] | None = N
     if isinstance(value, list):
         return [auto_track(v, ctx, state) for v in value]
     if isinstance(value, Mapping):
-        return {k: auto_track(v, ctx, state) for k, v in value.items()}
+        out_map = {k: auto_track(v, ctx, state) for k, v in value.items()}
+        # An HTML fragment without <body> (common in payloads): the pixel opens the html field.
+        for k, v in out_map.items():
+            if not state["pixel"] and k.lower() in _HTML_KEYS and isinstance(v, str) and "/t/o/" not in v:
+                out_map[k] = resolve(Ref("tracking_pixel", (), False, "Tracking pixel"), ctx) + v
+                state["pixel"] = True
+        return out_map
     return value
+
+
+_HTML_KEYS = {"html", "html_body", "body_html", "htmlbody"}
 
 
 def default_payload(ctx: RenderContext) -> dict[str, Any]:

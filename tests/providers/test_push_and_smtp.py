@@ -30,6 +30,7 @@ from tests.helpers import (
     create_campaign,
     journey_result,
     new_dyid,
+    reachable_user,
     step,
 )
 from tests.provider_server import ProviderServer, Received, Reply
@@ -163,3 +164,21 @@ async def test_web_push_journey_end_to_end(
     result = await journey_result(env.client, section, cid, uid)
     assert [d.outcome for d in result.decisions if d.outcome in ("sent", "failed")] == ["sent"], result
     assert got == [{"title": "Forgot something?", "sku": "sku-wp"}]
+
+
+async def test_native_smtp_journey_adds_pixel_and_wraps_links(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, smtp_server: tuple[Mailbox, int]
+) -> None:
+    """Native email tracks by itself: the pixel is added and every link is a signed tracking link."""
+    box, port = smtp_server
+    await add_integration(api, section, "email", kind="smtp", config={
+        "host": "127.0.0.1", "port": port, "security": "none", "from_email": "shop@shop.example"})  # fmt: skip
+    payload = {"subject": "Your cart", "html": '<p><a href="https://shop.example/cart">Back to your cart</a></p>'}
+    cid = await create_campaign(api, section, cart_campaign(steps=[step("Nudge", payload=payload)]))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, uid)).sent == 1
+    mail = message_from_bytes(box.messages[-1][2])
+    html = next(p.get_payload(decode=True).decode() for p in mail.walk() if p.get_content_type() == "text/html")
+    assert 'href="https://shop.example/cart"' not in html and "/t/c/" in html, html
+    assert "/t/o/" in html and 'width="1"' in html, html
