@@ -14,7 +14,8 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -198,14 +199,58 @@ async def _aiohttp_post(s: aiohttp.ClientSession, url: str, body: dict[str, str]
         r.raise_for_status()
 
 
-async def _adapter_rate(url: str, n: int) -> float:
+class _Sharded:
+    """Option (b) measured for docs/performance.md: several httpx clients, round-robin."""
+
+    def __init__(self, clients: list[httpx.AsyncClient]) -> None:
+        from providers.http import HttpxTransport
+
+        self.shards = [HttpxTransport(c) for c in clients]
+        self.i = 0
+
+    async def send(self, *args: Any) -> Any:
+        self.i = (self.i + 1) % len(self.shards)
+        return await self.shards[self.i].send(*args)
+
+
+@asynccontextmanager
+async def _client(kind: str) -> AsyncIterator[Any]:
+    """The outbound client under test: `aiohttp` is what worker.build_worker uses."""
+    from providers.http import outbound_session
+
+    timeout = httpx.Timeout(10.0, connect=5.0)
+    if kind == "aiohttp":
+        async with outbound_session(limit=200, timeout=10.0, connect=5.0) as session:
+            yield session
+    elif kind == "httpx":  # the worker's client before: one shared httpx pool
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
+            yield http
+    elif kind == "httpx_tuned":  # option (c): keep every connection alive, HTTP/1.1 only
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, http1=True, http2=False) as http:
+            yield http
+    else:  # httpx_sharded, option (b): 8 clients of 25 connections
+        async with AsyncExitStack() as stack:
+            limits = httpx.Limits(max_connections=25, max_keepalive_connections=25)
+            clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=timeout, limits=limits))
+                       for _ in range(8)]  # fmt: skip
+            yield _Sharded(clients)
+
+
+ADAPTER_CLIENTS = ("aiohttp", "httpx", "httpx_tuned", "httpx_sharded")
+
+
+async def _adapter_rate(url: str, n: int, kind: str = "aiohttp") -> float:
     """Rejoin's delivery adapter (custom HTTP) with the worker's HTTP client settings, 100 sends in flight."""
     from providers.base import OutboundMessage
+    from providers.context import AdapterContext
     from providers.custom_http import CustomHttpProvider
+    from providers.http import HttpCaller
+    from providers.url_guard import UrlGuard
 
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)  # as in worker.build_worker
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), limits=limits) as http:
-        provider = CustomHttpProvider(http, allow_private_urls=True)
+    async with _client(kind) as http:
+        provider = CustomHttpProvider(AdapterContext(HttpCaller(http, UrlGuard(True))))
 
         async def one(i: int) -> None:
             await provider.send(OutboundMessage(section_id="s", integration_id="i", channel="email",
@@ -226,13 +271,15 @@ async def bench_delivery(stack: Stack, api: Api, n: int) -> list[dict[str, Any]]
             for conc in (1, 32, 128):
                 count = n if conc > 1 else max(50, n // 10)
                 bare[f"{kind}@{conc}"] = await _bare_http(sink + "/send", count, conc, kind)
-        adapter = await _adapter_rate(sink + "/send", n)
+        clients = {kind: await _adapter_rate(sink + "/send", n, kind) for kind in ADAPTER_CLIENTS}
+        adapter = clients["aiohttp"]
         e2e = await _journeys(stack, api, max(20, n // 10), sink)
         best = max(bare, key=lambda k: bare[k])
         out.append({"name": f"delivery_{delay}ms", "unit": "msgs/s", "rejoin": adapter, "baseline": bare[best],
                     "ratio": adapter / bare[best], "target": 0.5,
                     "baseline_desc": f"best bare client: {best}; rejoin = custom_http adapter, 100 in flight",
-                    "journeys_e2e_msgs_per_s": e2e, "bare_clients": {k: round(v, 1) for k, v in bare.items()}})  # fmt: skip
+                    "journeys_e2e_msgs_per_s": e2e, "bare_clients": {k: round(v, 1) for k, v in bare.items()},
+                    "adapter_clients": {k: round(v, 1) for k, v in clients.items()}})  # fmt: skip
     return out
 
 

@@ -6,25 +6,177 @@ for 307/308 (method and body kept), at most `MAX_REDIRECTS` hops, each hop check
 provider cannot bounce us to an internal address. Transport failures become retryable
 `ProviderError`s; whether the provider may have processed the request is recorded
 (`outcome_unknown`), because that decides whether a repeat could duplicate.
+
+Two transports sit behind the same caller: aiohttp (the worker's HTTP/1.1 sends: its pool stays
+fast with 100 sends in flight, where one shared httpx client collapses to ~120 req/s, see
+docs/performance.md) and httpx (APNs, which needs HTTP/2, and callers that pass an httpx client).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import urljoin
 
+import aiohttp
 import httpx
 
 from providers.base import ConfigurationError, ProviderError, ProviderResponse, classify_http
-from providers.url_guard import UrlGuard
+from providers.url_guard import Target, UrlGuard
 
 MAX_REDIRECTS = 3
 REDIRECTS = {301, 302, 303, 307, 308}
+# Adapters keep at most 2,000 characters of an answer; reading more only costs memory.
+MAX_RESPONSE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Body:
+    json: Any = None
+    data: dict[str, Any] | None = None
+    content: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    text: str
+
+
+class Transport(Protocol):
+    async def send(
+        self, method: str, target: Target, headers: dict[str, str], body: Body, timeout: float | None
+    ) -> RawResponse:
+        """Send to `target.ip` presenting `target.host`; ProviderError on transport failure."""
+        ...
+
+
+def _timeout_error(exc: Exception, unknown: bool) -> ProviderError:
+    return ProviderError(f"timeout: {type(exc).__name__}", retryable=True, outcome_unknown=unknown)
+
+
+def _connection_error(exc: Exception, unknown: bool) -> ProviderError:
+    # The cause (refused, reset, TLS verification) helps the marketer; it holds no secrets.
+    return ProviderError(
+        f"connection error: {type(exc).__name__}: {str(exc)[:300]}", retryable=True, outcome_unknown=unknown
+    )
+
+
+class HttpxTransport:
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def send(
+        self, method: str, target: Target, headers: dict[str, str], body: Body, timeout: float | None
+    ) -> RawResponse:
+        extensions: dict[str, Any] = {}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+        if timeout is not None:
+            extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+        kwargs: dict[str, Any] = {k: v for k, v in vars(body).items() if v is not None}
+        try:
+            request = self.client.build_request(
+                method, target.pinned_url, headers=headers, extensions=extensions, **kwargs
+            )
+            resp = await self.client.send(request, follow_redirects=False)
+        except httpx.TimeoutException as exc:
+            # Connect timeouts never reached the provider; read/write timeouts may have.
+            raise _timeout_error(exc, not isinstance(exc, httpx.ConnectTimeout)) from exc
+        except httpx.TransportError as exc:
+            raise _connection_error(exc, not isinstance(exc, httpx.ConnectError)) from exc
+        return RawResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.text)
+
+
+class AiohttpTransport:
+    """aiohttp: connects to the pinned IP; `server_hostname` carries SNI and the name verified."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def send(
+        self, method: str, target: Target, headers: dict[str, str], body: Body, timeout: float | None
+    ) -> RawResponse:
+        kwargs: dict[str, Any] = {k: v for k, v in vars(body).items() if v is not None}
+        if "content" in kwargs:
+            kwargs["data"] = kwargs.pop("content")
+        if target.scheme == "https":
+            kwargs["server_hostname"] = target.host
+        if timeout is not None:
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        try:
+            async with self.session.request(
+                method, target.pinned_url, headers=headers, allow_redirects=False, **kwargs
+            ) as resp:
+                raw = await _read_capped(resp)
+                try:
+                    text = raw.decode(resp.charset or "utf-8", errors="replace")
+                except LookupError:  # an unknown charset name
+                    text = raw.decode("utf-8", errors="replace")
+                return RawResponse(resp.status, {k.lower(): v for k, v in resp.headers.items()}, text)
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Waiting for a pooled connection or connecting: nothing was sent.
+            raise _timeout_error(exc, False) from exc
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            raise _timeout_error(exc, True) from exc
+        except aiohttp.ClientConnectorError as exc:
+            # Refused, unreachable or TLS verification failed: the request never left.
+            raise _connection_error(exc, False) from exc
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            # Reset, disconnect or a cut body after sending: the provider may have processed it.
+            raise _connection_error(exc, True) from exc
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The body up to MAX_RESPONSE_BYTES; a body cut short raises ClientPayloadError."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_RESPONSE_BYTES:
+        chunk = await resp.content.read(MAX_RESPONSE_BYTES - size)  # at most n bytes, b"" at the end
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def outbound_session(
+    *, limit: int = 200, timeout: float = 10.0, connect: float = 5.0, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """The worker's pooled aiohttp session: bounded connections, reused across messages.
+
+    Open inside a running event loop and close it (`async with`) on exit.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=0,  # one busy provider may use the whole pool, as with httpx
+        use_dns_cache=False,  # the URL guard resolves; we only ever connect to literal IPs
+        ssl=ssl_context if ssl_context is not None else True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        # connect = pool wait + TCP/TLS set-up; sock_read = silence between reads (as httpx's read).
+        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect, sock_read=timeout),
+        auto_decompress=True,
+        raise_for_status=False,
+        trust_env=False,
+    )
+
+
+def as_transport(http: httpx.AsyncClient | aiohttp.ClientSession | Transport) -> Transport:
+    if isinstance(http, httpx.AsyncClient):
+        return HttpxTransport(http)
+    if isinstance(http, aiohttp.ClientSession):
+        return AiohttpTransport(http)
+    return http
 
 
 class HttpCaller:
-    def __init__(self, http: httpx.AsyncClient, guard: UrlGuard) -> None:
-        self.http = http  # one pooled client per process: bounded connections, reused
+    def __init__(self, http: httpx.AsyncClient | aiohttp.ClientSession | Transport, guard: UrlGuard) -> None:
+        self.transport = as_transport(http)  # one pooled client per process: bounded, reused
         self.guard = guard
 
     async def request(
@@ -39,47 +191,24 @@ class HttpCaller:
         timeout: float | None = None,
     ) -> ProviderResponse:
         """Send and return whatever the provider answered (any status)."""
-        body: dict[str, Any] = {}
-        if json is not None:
-            body["json"] = json
-        if data is not None:
-            body["data"] = data
-        if content is not None:
-            body["content"] = content
+        body = Body(json=json, data=data, content=content)
         for _ in range(MAX_REDIRECTS + 1):
             target = await self.guard.resolve(url)
             hdrs = dict(headers or {})
             hdrs["Host"] = target.host_header
-            extensions: dict[str, Any] = {}
-            if target.scheme == "https":
-                extensions["sni_hostname"] = target.host
-            if timeout is not None:
-                extensions["timeout"] = httpx.Timeout(timeout).as_dict()
-            try:
-                request = self.http.build_request(method, target.pinned_url, headers=hdrs, extensions=extensions, **body)
-                resp = await self.http.send(request, follow_redirects=False)
-            except httpx.TimeoutException as exc:
-                # Connect timeouts never reached the provider; read/write timeouts may have.
-                unknown = not isinstance(exc, httpx.ConnectTimeout)
-                raise ProviderError(f"timeout: {type(exc).__name__}", retryable=True, outcome_unknown=unknown) from exc
-            except httpx.TransportError as exc:
-                unknown = not isinstance(exc, httpx.ConnectError)
-                # The cause (refused, reset, TLS verification) helps the marketer; it holds no secrets.
-                raise ProviderError(
-                    f"connection error: {type(exc).__name__}: {str(exc)[:200]}", retryable=True, outcome_unknown=unknown
-                ) from exc
-            lowered = {k.lower(): v for k, v in resp.headers.items()}
-            if resp.status_code in REDIRECTS and "location" in lowered:
-                if resp.status_code not in {307, 308}:
+            resp = await self.transport.send(method, target, hdrs, body, timeout)
+            lowered = resp.headers
+            if resp.status in REDIRECTS and "location" in lowered:
+                if resp.status not in {307, 308}:
                     raise ProviderError(
-                        f"provider redirected ({resp.status_code}) to {lowered['location']}: not followed",
+                        f"provider redirected ({resp.status}) to {lowered['location']}: not followed",
                         retryable=False,
-                        status=resp.status_code,
+                        status=resp.status,
                         headers=lowered,
                     )
                 url = urljoin(url, lowered["location"])
                 continue
-            return ProviderResponse(status=resp.status_code, body=resp.text, headers=lowered)
+            return ProviderResponse(status=resp.status, body=resp.text, headers=lowered)
         raise ConfigurationError(f"more than {MAX_REDIRECTS} redirects")
 
     async def call(self, method: str, url: str, **kwargs: Any) -> ProviderResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import aiohttp
 import httpx
 from pydantic import BaseModel
 
@@ -83,7 +84,7 @@ class ProviderRegistry:
     def __init__(
         self,
         store: Store,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | aiohttp.ClientSession,
         *,
         allow_private_urls: bool,
         allowed_targets: Iterable[str] = (),

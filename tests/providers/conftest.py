@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from providers.registry import ProviderRegistry
 from store.engine import Store
+from tests.providers.clients import CLIENT_KINDS, outbound
 
 
 @pytest.fixture
 async def registry(store: Store) -> AsyncIterator[ProviderRegistry]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0)) as http:
+    """Adapters on the worker's client (aiohttp)."""
+    async with outbound("aiohttp") as http:
         yield ProviderRegistry(store, http, allow_private_urls=True)
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Run a guarded-HTTP rule on each outbound client HttpCaller accepts."""
+    return str(request.param)

@@ -27,6 +27,7 @@ from tests.helpers import (
 )
 from tests.provider_server import ProviderServer, Reply
 from tests.providers.util import message
+from tests.providers.clients import outbound
 
 
 def http_config(server: ProviderServer, path: str) -> dict[str, object]:
@@ -95,11 +96,13 @@ async def test_rate_limit_spaces_a_blast(registry: ProviderRegistry, fresh_provi
     assert len(fresh_provider.to("/blast")) == 10
 
 
-async def test_timeouts_and_resets_are_retryable_with_unknown_outcome(store: Store, fresh_provider: ProviderServer) -> None:
+async def test_timeouts_and_resets_are_retryable_with_unknown_outcome(
+    store: Store, fresh_provider: ProviderServer, client_kind: str
+) -> None:
     """A slow answer past the timeout and a reset mid-response are retryable and flagged as possibly processed."""
     fresh_provider.script("/slow", Reply(200, {"ok": True}, delay=1.0))
     fresh_provider.script("/cut", Reply(200, {"ok": True, "pad": "x" * 100}, truncate=True))
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as http:
+    async with outbound(client_kind, timeout=0.3) as http:
         adapter = ProviderRegistry(store, http, allow_private_urls=True).for_kind("custom_http")
         for path in ("/slow", "/cut"):
             with pytest.raises(ProviderError) as err:

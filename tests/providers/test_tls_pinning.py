@@ -7,7 +7,6 @@ import datetime
 import ssl
 from pathlib import Path
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from providers.base import ProviderError
 from providers.http import HttpCaller
 from providers.url_guard import UrlGuard
+from tests.providers.clients import outbound
 
 
 def self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
@@ -38,7 +38,7 @@ def self_signed(tmp: Path, name: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def test_https_to_pinned_ip_verifies_the_host_name(tmp_path: Path) -> None:
+async def test_https_to_pinned_ip_verifies_the_host_name(tmp_path: Path, client_kind: str) -> None:
     """An https call pinned to 127.0.0.1 presents SNI `localhost` and accepts only a certificate for it."""
     cert, key = self_signed(tmp_path, "localhost")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -57,7 +57,7 @@ async def test_https_to_pinned_ip_verifies_the_host_name(tmp_path: Path) -> None
     guard = UrlGuard.of(False, [f"localhost:{port}"])
     client_ctx = ssl.create_default_context(cafile=str(cert))
     try:
-        async with httpx.AsyncClient(verify=client_ctx) as http:
+        async with outbound(client_kind, ssl_context=client_ctx) as http:
             resp = await HttpCaller(http, guard).request("GET", f"https://localhost:{port}/")
             assert resp.status == 200 and resp.body == "ok" and seen_sni == ["localhost"]
             # The same certificate does not pass for another name pinned to the same address.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from providers.base import ConfigurationError, ProviderError
@@ -12,6 +11,7 @@ from providers.url_guard import UrlGuard
 from store.engine import Store
 from tests.provider_server import ProviderServer, Reply
 from tests.providers.util import message
+from tests.providers.clients import outbound
 
 INTERNAL = [
     "http://localhost/",  # a host name resolving to 127.0.0.1
@@ -47,22 +47,22 @@ async def test_public_literal_is_allowed_and_shapes_checked() -> None:
             await UrlGuard(allow_private=True).resolve(bad)
 
 
-async def test_connection_is_pinned_to_the_checked_address(fresh_provider: ProviderServer) -> None:
+async def test_connection_is_pinned_to_the_checked_address(fresh_provider: ProviderServer, client_kind: str) -> None:
     """The call goes to the address the guard checked, with the original host in the Host header."""
     guard = UrlGuard.of(False, [f"localhost:{fresh_provider.port}"])
     target = await guard.resolve(f"http://localhost:{fresh_provider.port}/send")
     assert target.ip == "127.0.0.1" and target.pinned_url == f"http://127.0.0.1:{fresh_provider.port}/send"
-    async with httpx.AsyncClient() as http:
+    async with outbound(client_kind) as http:
         resp = await HttpCaller(http, guard).request("POST", f"http://localhost:{fresh_provider.port}/send", json={})
     assert resp.status == 200
     assert fresh_provider.to("/send")[0].headers["host"] == f"localhost:{fresh_provider.port}"
 
 
-async def test_redirect_to_private_address_refused(fresh_provider: ProviderServer, store: Store) -> None:
+async def test_redirect_to_private_address_refused(fresh_provider: ProviderServer, store: Store, client_kind: str) -> None:
     """A 307 to an internal address is refused before connecting; other redirects are not followed."""
     fresh_provider.script("/send", Reply(307, "", headers={"Location": "http://169.254.169.254/latest/meta-data/"}))
     fresh_provider.script("/moved", Reply(302, "", headers={"Location": fresh_provider.url("/send")}))
-    async with httpx.AsyncClient() as http:
+    async with outbound(client_kind) as http:
         registry = ProviderRegistry(store, http, allow_private_urls=False, allowed_targets=[f"127.0.0.1:{fresh_provider.port}"])
         adapter = registry.for_kind("custom_http")
         with pytest.raises(ConfigurationError, match="169.254.169.254"):
@@ -77,9 +77,9 @@ async def test_redirect_to_private_address_refused(fresh_provider: ProviderServe
     assert [r.path for r in fresh_provider.requests] == ["/send", "/moved"]
 
 
-async def test_safe_307_redirect_is_followed_with_the_same_body(fresh_provider: ProviderServer) -> None:
+async def test_safe_307_redirect_is_followed_with_the_same_body(fresh_provider: ProviderServer, client_kind: str) -> None:
     """A 307 to an allowed address is followed with method and body intact."""
     fresh_provider.script("/old", Reply(307, "", headers={"Location": "/new"}))
-    async with httpx.AsyncClient() as http:
+    async with outbound(client_kind) as http:
         resp = await HttpCaller(http, UrlGuard(True)).call("POST", fresh_provider.url("/old"), json={"a": 1})
     assert resp.status == 200 and fresh_provider.to("/new")[0].json() == {"a": 1}
