@@ -9,11 +9,13 @@ every step not yet sent. All I/O is in activities; every time passed to them is 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import Delivery
@@ -43,6 +45,18 @@ with workflow.unsafe.imports_passed_through():
 
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
+# Store-only steps (enroll, decide, give_up, finish) run as local activities in the worker that
+# runs the workflow task: no task-queue round trip and one marker event instead of ~6 history
+# events each, which is what bounded journey throughput (docs/performance.md). This changes the
+# command sequence, so journeys started before it keep the durable activities (the replay suite
+# in tests/reliability/test_replay.py holds both paths). Provider calls are never local: a local
+# activity's result is recorded only when its workflow task completes, so a worker crash in
+# between runs it again: harmless for these idempotent store writes, a duplicate for a send.
+LOCAL_STORE_PATCH = "store-steps-local-activities"
+# Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
+# Bound that: after this budget the step is handed to a durable activity that retries, like the
+# unpatched path, until the store answers (the store activities are idempotent).
+LOCAL_STORE_BUDGET = timedelta(minutes=2)
 # Provider errors classified permanent by the adapters are returned as results, not raised;
 # what is raised is worth retrying (429 honours Retry-After via next_retry_delay).
 DELIVERY_RETRY = RetryPolicy(
@@ -51,6 +65,9 @@ DELIVERY_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=10),
     non_retryable_error_types=["ConfigurationError"],
 )
+
+_Req = TypeVar("_Req")
+_Res = TypeVar("_Res")
 
 
 @workflow.defn
@@ -130,7 +147,7 @@ class JourneyWorkflow:
 
     async def _enroll(self) -> JourneyPlan:
         assert self.state.journey_id is not None
-        return await workflow.execute_activity_method(
+        return await self._store(
             JourneyActivities.enroll,
             EnrollRequest(
                 journey_id=self.state.journey_id,
@@ -142,9 +159,7 @@ class JourneyWorkflow:
                 is_test=self.inp.is_test,
                 as_of=workflow.now(),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary="enroll: allocate variation",
+            "enroll: allocate variation",
         )
 
     async def _wait_for_step(self, plan: JourneyPlan) -> bool:
@@ -215,7 +230,7 @@ class JourneyWorkflow:
 
     async def _decide(self, index: int, excluded: list[str]) -> StepDecision:
         assert self.state.journey_id is not None
-        return await workflow.execute_activity_method(
+        return await self._store(
             JourneyActivities.decide,
             DecideRequest(
                 journey_id=self.state.journey_id,
@@ -227,9 +242,7 @@ class JourneyWorkflow:
                 as_of=workflow.now(),
                 exclude_channels=list(excluded),
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=f"decide step {index}",
+            f"decide step {index}",
         )
 
     async def _deliver(self, index: int, decision: StepDecision) -> DeliverResult:
@@ -259,7 +272,7 @@ class JourneyWorkflow:
             )
         except ActivityError as err:
             # Retries exhausted (budget spent) or a configuration error: record, free the cap slot.
-            return await workflow.execute_activity_method(
+            return await self._store(
                 JourneyActivities.give_up,
                 GiveUpRequest(
                     journey_id=st.journey_id,
@@ -269,9 +282,7 @@ class JourneyWorkflow:
                     as_of=workflow.now(),
                     reason=_failure_reason(err),
                 ),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-                summary=f"give up step {index}",
+                f"give up step {index}",
             )
 
     async def _finish(self, status: JourneyStatus) -> JourneyResult:
@@ -280,7 +291,7 @@ class JourneyWorkflow:
         if status == "exited":
             self._record(st.step_index, "exited", st.exit_reason, None)
         st.status = status
-        await workflow.execute_activity_method(
+        await self._store(
             JourneyActivities.finish,
             FinishRequest(
                 journey_id=st.journey_id,
@@ -289,9 +300,7 @@ class JourneyWorkflow:
                 as_of=workflow.now(),
                 step_index=st.step_index,
             ),
-            start_to_close_timeout=STORE_TIMEOUT,
-            retry_policy=STORE_RETRY,
-            summary=f"finish: {status}",
+            f"finish: {status}",
         )
         self._set_status(status, f"journey {status}" + (f" ({st.exit_reason})" if st.exit_reason else ""))
         return JourneyResult(
@@ -304,6 +313,29 @@ class JourneyWorkflow:
         )
 
     # ------------------------------------------------------------ helpers
+
+    async def _store(self, fn: Callable[[JourneyActivities, _Req], _Res], req: _Req, summary: str) -> _Res:
+        """Run a store-only journey activity: local on new journeys, durable on older ones."""
+        # `patched` is memoised per run: a journey in flight before this change answers False at
+        # its first store step and stays on the durable path for the rest of the run.
+        if workflow.patched(LOCAL_STORE_PATCH):
+            try:
+                return await workflow.execute_local_activity_method(
+                    fn,
+                    req,
+                    start_to_close_timeout=STORE_TIMEOUT,
+                    schedule_to_close_timeout=LOCAL_STORE_BUDGET,
+                    retry_policy=STORE_RETRY,
+                    summary=summary,
+                )
+            except ActivityError as err:
+                if isinstance(err.cause, CancelledError):
+                    raise
+                # Store unavailable for the whole local budget: fall through to a durable
+                # activity (server-side retries, survives worker restarts).
+        return await workflow.execute_activity_method(
+            fn, req, start_to_close_timeout=STORE_TIMEOUT, retry_policy=STORE_RETRY, summary=summary
+        )
 
     def _first_sight(self, event_id: str) -> bool:
         seen = self.state.seen_event_ids

@@ -89,7 +89,9 @@ async def test_ten_steps_ninety_day_waits_hundreds_of_retriggers_stay_under_hist
     lengths = [(await env.client.get_workflow_handle(wid, run_id=r.run_id).describe()).history_length for r in runs]
     assert len(runs) >= 2, lengths  # it did continue as new
     assert max(lengths) < 600, lengths  # suggestContinueAsNew=200 in tests (production: 4k of 51k)
-    assert sum(lengths) > 600, lengths
+    # Twice the continue-as-new suggestion: one run would have held it all. (Was 600 when each
+    # store step was a durable activity; local activities made every step ~7 events shorter.)
+    assert sum(lengths) > 400, lengths
     assert elapsed < 60, elapsed
     print('history lengths per run:', lengths)
     statuses = {r.status for r in runs}

@@ -7,6 +7,8 @@ call, reordered commands) fails here. Histories are recorded by `python -m tests
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from workflows.journey import JourneyWorkflow
+from workflows.journey import LOCAL_STORE_PATCH, JourneyWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 RECORDING = os.environ.get("REJOIN_RECORD_HISTORIES") == "1"
@@ -54,11 +56,35 @@ def test_histories_are_committed() -> None:
     assert len(_files()) >= 4, _files()
 
 
+def _markers(path: Path) -> list[tuple[str, str]]:
+    """(marker name, decoded payload data) of every marker event in a recorded history."""
+    out = []
+    for event in json.loads(path.read_text())["events"]:
+        marker = event.get("markerRecordedEventAttributes")
+        if marker:
+            payloads = [p for d in marker.get("details", {}).values() for p in d.get("payloads", [])]
+            out.append((marker["markerName"], " ".join(base64.b64decode(p.get("data", "")).decode() for p in payloads)))
+    return out
+
+
+def test_both_store_step_paths_are_recorded() -> None:
+    """Histories cover journeys from before and after the store steps became local activities."""
+    markers = {p.stem: _markers(p) for p in _files()}
+    patched = {n for n, ms in markers.items() if any(k == "core_patch" and LOCAL_STORE_PATCH in d for k, d in ms)}
+    assert patched and all(any(k == "core_local_activity" for k, _ in markers[n]) for n in patched), markers
+    assert set(markers) - patched, "no history of the durable-activity path left"
+
+
+def _wanted(name: str) -> bool:
+    """Histories are append-only: those recorded on older code are what in-flight journeys replay."""
+    return not any(HISTORIES.glob(f"{name}.json")) and not any(HISTORIES.glob(f"{name}-run*.json"))
+
+
 @pytest.mark.skipif(not RECORDING, reason="records histories only when REJOIN_RECORD_HISTORIES=1")
 async def test_record_histories(
     api: httpx.AsyncClient, env: WorkflowEnvironment, fresh_provider: ProviderServer
 ) -> None:
-    """Run each representative journey and save every run of its history under tests/histories/."""
+    """Run each representative journey not yet recorded and save every run of its history."""
     HISTORIES.mkdir(exist_ok=True)
 
     async def save(name: str, sec, cid: str, uid: str) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +95,22 @@ async def test_record_histories(
             suffix = f"-run{i + 1}" if len(runs) > 1 else ""
             (HISTORIES / f"{name}{suffix}.json").write_text(hist.to_json())
 
-    # 1. Three steps sent through the outbox.
+    if _wanted("three_steps_completed"):
+        await _three_steps(api, env, save)
+    if _wanted("exited_by_purchase"):
+        await _exited_by_purchase(api, env, save)
+    if _wanted("retry_then_permanent_failure"):
+        await _retry_then_permanent_failure(api, env, fresh_provider, save, "retry_then_permanent_failure")
+    if _wanted("hot_cart_continued_as_new"):
+        await _hot_cart(api, env, save)
+    # 5. Recorded after the store steps became local activities (patch "store-steps-local-activities").
+    if _wanted("local_store_steps_retry_then_permanent_failure"):
+        name = "local_store_steps_retry_then_permanent_failure"
+        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
+
+
+async def _three_steps(api, env, save) -> None:  # type: ignore[no-untyped-def]
+    """1. Three steps sent through the outbox."""
     sec = await make_section(api)
     await add_integration(api, sec)
     cid = await create_campaign(api, sec, cart_campaign(steps=[step("A"), step("B", "P1D"), step("C", "P3D")]))
@@ -78,7 +119,9 @@ async def test_record_histories(
     await journey_result(env.client, sec, cid, uid)
     await save("three_steps_completed", sec, cid, uid)
 
-    # 2. Exited by a purchase during the first wait.
+
+async def _exited_by_purchase(api, env, save) -> None:  # type: ignore[no-untyped-def]
+    """2. Exited by a purchase during the first wait."""
     sec = await make_section(api)
     await add_integration(api, sec)
     cid = await create_campaign(api, sec, cart_campaign(wait="PT2H"))
@@ -90,17 +133,22 @@ async def test_record_histories(
     await journey_result(env.client, sec, cid, uid)
     await save("exited_by_purchase", sec, cid, uid)
 
-    # 3. Provider retries (503 then accepted), then a permanent 400 falling back to a skip.
-    fresh_provider.script("/replay", Reply(503), Reply(200), Reply(400, {"error": "bad"}))
+
+async def _retry_then_permanent_failure(api, env, fresh_provider, save, name: str) -> None:  # type: ignore[no-untyped-def]
+    """3. Provider retries (503 then accepted), then a permanent 400 falling back to a skip."""
+    path = f"/replay/{name}"
+    fresh_provider.script(path, Reply(503), Reply(200), Reply(400, {"error": "bad"}))
     sec = await make_section(api)
-    await add_integration(api, sec, kind="custom_http", config={"url": fresh_provider.url("/replay")})
+    await add_integration(api, sec, kind="custom_http", config={"url": fresh_provider.url(path)})
     cid = await create_campaign(api, sec, cart_campaign(steps=[step("A"), step("B", "P1D")]))
     dyid, uid = await reachable_user(api, sec)
     await collect(api, sec, dyid, add_to_cart("sku-4"))
     await journey_result(env.client, sec, cid, uid)
-    await save("retry_then_permanent_failure", sec, cid, uid)
+    await save(name, sec, cid, uid)
 
-    # 4. Hot cart: many re-triggers, continue-as-new, then two steps.
+
+async def _hot_cart(api, env, save) -> None:  # type: ignore[no-untyped-def]
+    """4. Hot cart: many re-triggers, continue-as-new, then two steps."""
     sec = await make_section(api)
     await add_integration(api, sec)
     cid = await create_campaign(api, sec, cart_campaign(wait="P1D", steps=[step("A"), step("B", "P1D")]))
