@@ -32,6 +32,7 @@ from store import objects
 from store import subscribers as staging
 from store.engine import Store
 from store.feed_tables import Feed, FeedRejection, FeedStage, FeedSync, ProductChange, UserAttributeChange
+from store.paging import keyset_pages
 from store.tables import Product, User
 from store.users import by_cuid, new_user_id
 from workflows.feed_models import (
@@ -208,22 +209,9 @@ def _close(sync: FeedSync, state: str, req: FeedFinishRequest, changes: int) -> 
 
 def _staged_chunks(s: Session, sync_id: str) -> Iterator[list[FeedStage]]:
     """Staged rows in key order, a chunk at a time (keyset pagination, bounded memory)."""
-    after = ""
-    while True:
-        chunk = list(
-            s.exec(
-                select(FeedStage)
-                .where(FeedStage.sync_id == sync_id, col(FeedStage.key) > after)
-                .order_by(col(FeedStage.key))
-                .limit(APPLY_CHUNK)
-            ).all()
-        )
-        if not chunk:
-            return
-        yield chunk
-        after = chunk[-1].key
-        for row in chunk:
-            s.expunge(row)
+    return keyset_pages(
+        s, FeedStage, FeedStage.key, FeedStage.sync_id == sync_id, page_size=APPLY_CHUNK, expunge=True
+    )
 
 
 def _apply_products(s: Session, sync: FeedSync, chunk: list[FeedStage], now: datetime) -> int:

@@ -21,6 +21,7 @@ from domain.matching import product_record
 from store.broadcast_tables import BroadcastRecipient
 from store.feed_tables import ProductChange, UserAttributeChange
 from store.identity_tables import UserAlias
+from store.paging import keyset_pages
 from store.subscribers import insert_ignoring
 from store.tables import Event, Product, User
 
@@ -33,19 +34,8 @@ def shard_of(user_id: str, shards: int) -> int:
 
 
 def all_users(s: Session, section_id: str) -> Iterator[list[User]]:
-    after = ""
-    while True:
-        page = list(
-            s.exec(
-                select(User)
-                .where(User.section_id == section_id, col(User.id) > after)
-                .order_by(col(User.id))
-                .limit(PAGE)
-            ).all()
-        )
-        if not page:
-            return
-        after = page[-1].id
+    """The section's users a page at a time, without ids merged into another person."""
+    for page in keyset_pages(s, User, User.id, User.section_id == section_id, page_size=PAGE):
         aliases = set(
             s.exec(select(UserAlias.alias_id).where(col(UserAlias.alias_id).in_([u.id for u in page]))).all()
         )
