@@ -15,7 +15,6 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
 import store.broadcast_tables  # noqa: F401
@@ -38,10 +37,13 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        # A pool of open connections: opening one per transaction (and re-running the PRAGMAs)
+        # cost more than the transaction itself. Writers still serialise on BEGIN IMMEDIATE.
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=NullPool if ":memory:" not in url else None,
+            pool_size=pool_size,
+            max_overflow=pool_size * 2,
         )
         _configure_sqlite(engine)
     else:
