@@ -56,6 +56,7 @@ async def build_worker(
         outbound_session(limit=HTTP_POOL_SIZE, timeout=10.0, connect=5.0) as http,
         httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=20), http2=True) as http2,
     ):
+        box = SecretBox(settings.secret_keys)  # one per worker, shared by every activity
         registry = ProviderRegistry(
             store,
             http,
@@ -71,16 +72,16 @@ async def build_worker(
         delivery = Delivery(
             store,
             registry,
-            SecretBox(settings.secret_keys),
+            box,
             signer=Signer(settings.secret_keys),
             public_url=settings.effective_public_url,
         )
-        subscribers = SubscriberActivities(store, settings, SecretBox(settings.secret_keys))
+        subscribers = SubscriberActivities(store, settings, box)
         feeds = FeedActivities(store, settings)
         broadcast = BroadcastActivities(
             store,
             registry,
-            SecretBox(settings.secret_keys),
+            box,
             CapPolicy(settings.global_cap_messages, settings.global_cap_window),
             settings.priority_window,
             signer=Signer(settings.secret_keys),

@@ -13,6 +13,7 @@ from temporalio.testing import TimeSkipper
 from api import auth
 from api.errors import Unavailable
 from runtime.temporal import connect_temporal
+from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
 
@@ -22,8 +23,13 @@ class AppState:
     settings: Settings
     store: Store
     temporal: Client | None = None
+    # Built once: every route that encrypts or decrypts shares it (ingestion is a hot path).
+    box: SecretBox = field(init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _skipper: TimeSkipper | None = None
+
+    def __post_init__(self) -> None:
+        self.box = SecretBox(self.settings.secret_keys)
 
     async def client(self) -> Client:
         if self.temporal is None:

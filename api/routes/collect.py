@@ -11,7 +11,6 @@ from pydantic import BaseModel
 from api.deps import Ingestion, StateDep
 from api.ingestion import accept, dispatch_all, mark_dispatched
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
-from security.crypto import SecretBox
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
 log = logging.getLogger(__name__)
@@ -26,8 +25,7 @@ class Acknowledged(BaseModel):
 
 
 async def _ingest(state: StateDep, section_id: str, body: EventRequest | PageviewRequest, events: list) -> Acknowledged:  # type: ignore[type-arg]
-    box = SecretBox(state.settings.secret_keys)
-    result = await asyncio.to_thread(accept, state.store, box, state.settings, section_id, body, events)
+    result = await asyncio.to_thread(accept, state.store, state.box, state.settings, section_id, body, events)
     warnings: list[dict[str, str]] = []
     if result.commands and result.queued_behind_pending:
         await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)

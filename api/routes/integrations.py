@@ -27,7 +27,6 @@ from domain.campaign import Channel
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError
 from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
-from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
 from store.tables import Integration, now_utc
@@ -137,17 +136,13 @@ async def _prepare(
     return public, secret_values
 
 
-def _box(state: StateDep) -> SecretBox:
-    return SecretBox(state.settings.secret_keys)
-
-
 def _load(state: StateDep, section_id: str, integration_id: str) -> tuple[Integration, dict[str, Any]]:
     with state.store.session() as s:
         row = s.get(Integration, integration_id)
         if row is None or row.section_id != section_id:
             raise NotFound("no such integration", field="integration_id")
         s.expunge(row)
-    old = json.loads(_box(state).decrypt(row.secrets_enc)) if row.secrets_enc else {}
+    old = json.loads(state.box.decrypt(row.secrets_enc)) if row.secrets_enc else {}
     return row, old
 
 
@@ -163,7 +158,7 @@ async def create(body: IntegrationIn, principal: Management, state: StateDep) ->
         kind=body.kind,
         identifier_type=body.identifier_type,
         config=public,
-        secrets_enc=_box(state).encrypt(json.dumps(secret_values)) if secret_values else None,
+        secrets_enc=state.box.encrypt(json.dumps(secret_values)) if secret_values else None,
         created_at=now,
         updated_at=now,
     )
@@ -207,7 +202,7 @@ async def update(integration_id: str, body: IntegrationIn, principal: Management
                 raise NotFound("no such integration", field="integration_id")
             current.name, current.kind, current.identifier_type = body.name, body.kind, body.identifier_type
             current.config = public
-            current.secrets_enc = _box(state).encrypt(json.dumps(secret_values)) if secret_values else None
+            current.secrets_enc = state.box.encrypt(json.dumps(secret_values)) if secret_values else None
             current.updated_at = now_utc()
             s.add(current)
             s.flush()

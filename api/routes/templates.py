@@ -22,7 +22,6 @@ from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import CampaignSpec, Channel
 from domain.render import MissingRequired, TemplateError, parse_json_template, validate_template
 from domain.tracking import Linker, Signer
-from security.crypto import SecretBox
 from store.campaigns import load_spec
 from store.reachability import reach
 from store.tables import Campaign, now_utc
@@ -184,7 +183,7 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
         if user is None:
             raise NotFound("no such user", field="user")
         opt_in = reach(s, principal.section_id, user.id, [channel]).opt_ins.get(channel)
-        identifier = SecretBox(state.settings.secret_keys).decrypt(opt_in.value_enc) if opt_in else ""
+        identifier = state.box.decrypt(opt_in.value_enc) if opt_in else ""
         linker = Linker(Signer(state.settings.secret_keys), state.settings.effective_public_url, "", user.id)
         try:
             payload = compose_payload(

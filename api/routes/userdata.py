@@ -16,7 +16,6 @@ from sqlmodel import select
 from api.deps import Ingestion, StateDep
 from api.errors import Unprocessable
 from domain.events import email_hash, phone_hash, sha256_hex
-from security.crypto import SecretBox
 from store.tables import Integration, OptIn, now_utc
 
 router = APIRouter(prefix="/v2/userdata/channels", tags=["ingestion"])
@@ -80,7 +79,7 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         row = s.exec(
             select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == value_hash)
         ).first()
-        box = SecretBox(state.settings.secret_keys)
+        box = state.box
         if row is None:
             row = OptIn(
                 section_id=section_id, channel=channel, identifier_type=id_type, value_hash=value_hash,
