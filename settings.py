@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # Exact internal `host:port` targets allowed anyway (comma-separated), e.g. an in-VPC relay.
     private_url_allowlist: str = ""
     delivery_timeout: timedelta = timedelta(seconds=30)
+    # Run workflows in Temporal's import sandbox. Off by default: the sandbox re-imports (and,
+    # without .pyc files, recompiles) the workflow module for every new journey, which measured
+    # as ~25% of the worker's CPU per journey (docs/performance.md). Determinism is still held
+    # by the code rules, the replay suite and the test suite, which runs with the sandbox on.
+    workflow_sandbox: bool = False
 
     # Subscriber lists on S3 (or any S3-compatible endpoint). Empty endpoint: AWS itself; empty
     # keys: boto3's default credential chain. Rejoin's own keys must be allowed to create IAM

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.broadcast import BroadcastActivities
 from activities.delivery import Delivery
@@ -99,6 +99,7 @@ async def build_worker(
                     broadcast.plan_feed_runs, broadcast.plan_audience, broadcast.set_state, broadcast.deliver_batch,
                 ],  # fmt: skip
                 activity_executor=pool,
+                **({} if settings.workflow_sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 graceful_shutdown_timeout=settings.delivery_timeout,
             )

@@ -126,11 +126,20 @@ async def wait_count(url: str, target: int, timeout: float = 300) -> None:
 # ------------------------------------------------------------------ benchmarks
 
 
+def _cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU milliseconds per item each component spent between two snapshots (where it went)."""
+    spent = {k: (after.get(k, 0.0) - before.get(k, 0.0)) * 1000 / n for k in after}
+    return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01}
+
+
 async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
     """(1) events/s through POST /v2/collect/user/event starting journeys vs raw signal_with_start."""
     sec = await api.section(None, wait="P1D")
+    cpu0 = stack.cpu()
     elapsed, lat = await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{7 * 10**12 + i}", add_to_cart(i)))
     ours = n / elapsed
+    await asyncio.sleep(2)  # let the worker finish the journeys' first tasks before the baseline starts
+    cpu1 = stack.cpu()
     assert stack.client is not None
     client = stack.client
 
@@ -140,9 +149,12 @@ async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
 
     b_elapsed, b_lat = await run_pool(n, CONCURRENCY, raw)
     base = n / b_elapsed
+    await asyncio.sleep(2)
+    cpu2 = stack.cpu()
     return {"name": "ingest", "unit": "events/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
             "target": 0.7, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
             "baseline_p99_ms": pct(b_lat, 99) * 1000, "n": n,
+            "cpu_ms_per_event": _cpu_per_item(cpu0, cpu1, n), "baseline_cpu_ms_per_event": _cpu_per_item(cpu1, cpu2, n),
             "baseline_desc": "signal_with_start of a bare waiting workflow, same concurrency"}  # fmt: skip
 
 
@@ -171,10 +183,15 @@ async def _bare_journeys(stack: Stack, n: int, tag: str) -> float:
 async def bench_journeys(stack: Stack, api: Api, n: int) -> dict[str, Any]:
     """(2) triggered journeys/s end to end (cap reservation, render, delivery, waits skipped) vs bare workflow."""
     sink = stack.start_sink(0)
+    cpu0 = stack.cpu()
     ours = await _journeys(stack, api, n, sink)
+    cpu1 = stack.cpu()
     base = await _bare_journeys(stack, n, "e2e")
+    cpu2 = stack.cpu()
     return {"name": "journeys_e2e", "unit": "journeys/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
-            "target": 0.5, "n": n, "baseline_desc": "bare workflow with one trivial activity"}  # fmt: skip
+            "target": 0.5, "n": n, "cpu_ms_per_journey": _cpu_per_item(cpu0, cpu1, n),
+            "baseline_cpu_ms_per_journey": _cpu_per_item(cpu1, cpu2, n),
+            "baseline_desc": "bare workflow with one trivial activity"}  # fmt: skip
 
 
 async def _bare_http(url: str, n: int, concurrency: int, kind: str) -> float:

@@ -44,6 +44,24 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (0 once it has gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _label(args: list[str]) -> str:
+    text = " ".join(args)
+    for needle, label in (("bench.bare", "bare worker"), ("bench.sink", "sink"), ("uvicorn", "api"),
+                          ("-m worker", "worker"), ("server start-dev", "temporal server")):  # fmt: skip
+        if needle in text:
+            return label
+    return Path(args[0]).name
+
+
 class Stack:
     """The processes of one benchmark run."""
 
@@ -55,6 +73,7 @@ class Stack:
         self.bare_queue = "bare-bench"
         self.database_url = database_url or f"sqlite:///{self.dir / 'rejoin.db'}"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.labels: dict[int, str] = {}
         self.worker: subprocess.Popen[bytes] | None = None
         self.client: Client | None = None
         self.env = {
@@ -71,6 +90,14 @@ class Stack:
             "REJOIN_GLOBAL_CAP_MESSAGES": "1000",
         }
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far per component (this process = the load generator)."""
+        out: dict[str, float] = {"load generator": sum(os.times()[:2])}
+        for proc in self.procs:
+            label = self.labels[proc.pid]
+            out[label] = out.get(label, 0.0) + cpu_seconds(proc.pid)
+        return out
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.temporal_port}"
@@ -83,6 +110,7 @@ class Stack:
         proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         self.procs.append(proc)
+        self.labels[proc.pid] = _label(args)
         if ready_line:
             assert proc.stdout is not None
             line = proc.stdout.readline()
@@ -109,7 +137,7 @@ class Stack:
     async def start_api(self) -> None:
         self._spawn([sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--host", "127.0.0.1",
                      "--port", str(self.api_port), "--log-level", "warning", "--no-access-log",
-                     "--timeout-keep-alive", "300"])  # fmt: skip
+                     "--timeout-keep-alive", "300", *os.environ.get("BENCH_UVICORN_ARGS", "").split()])  # fmt: skip
         deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as c:
             while time.monotonic() < deadline:

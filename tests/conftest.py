@@ -89,6 +89,8 @@ def settings(db_url: str, data_dir: Path, s3_port: int) -> Settings:
         task_queue="rejoin-test-" + secrets.token_hex(4),
         admin_key="test-admin-key",
         delivery_timeout="PT10S",  # type: ignore[arg-type]
+        # Stricter than production: the sandbox refuses non-deterministic calls in workflows.
+        workflow_sandbox=True,
     )
 
 

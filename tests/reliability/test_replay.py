@@ -17,7 +17,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from tests.helpers import (
     add_integration,
@@ -43,11 +43,14 @@ def _files() -> list[Path]:
     return sorted(HISTORIES.glob("*.json"))
 
 
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "production-runner"])
 @pytest.mark.parametrize("path", _files(), ids=lambda p: p.stem)
-async def test_recorded_history_replays(path: Path) -> None:
-    """A committed journey history replays deterministically on the current JourneyWorkflow."""
+async def test_recorded_history_replays(path: Path, sandboxed: bool) -> None:
+    """A committed journey history replays deterministically on the current JourneyWorkflow,
+    in the sandbox (strict) and on the unsandboxed runner production workers use by default."""
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    replayer = Replayer(workflows=[JourneyWorkflow], data_converter=pydantic_data_converter)
+    runner = {} if sandboxed else {"workflow_runner": UnsandboxedWorkflowRunner()}
+    replayer = Replayer(workflows=[JourneyWorkflow], data_converter=pydantic_data_converter, **runner)
     await replayer.replay_workflow(history)
 
 
