@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
@@ -125,13 +126,15 @@ def accept(
 
 def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> bool:
     row = s.exec(
-        select(Event.id).where(
+        select(Event.id)
+        .where(
             Event.section_id == section_id,
             Event.user_id == user_id,
             Event.dispatched == False,  # noqa: E712
             Event.deferred == True,  # noqa: E712  (in-flight inline dispatches don't block)
             col(Event.id).not_in(own),
-        ).limit(1)
+        )
+        .limit(1)
     ).first()
     return row is not None
 
@@ -173,11 +176,28 @@ def _commands(
         active = running.get(campaign.id, [])
         wid = own if own in active or not active else sorted(active)[0]
         for dup in sorted(set(active) - {wid}):
-            out.append(JourneyCommand(action="exit", workflow_id=dup, event_id=event_id, campaign_id=campaign.id, reason="merged_duplicate"))
+            out.append(
+                JourneyCommand(
+                    action="exit",
+                    workflow_id=dup,
+                    event_id=event_id,
+                    campaign_id=campaign.id,
+                    reason="merged_duplicate",
+                )
+            )
         reason = exit_reason(spec, ev, cart, catalog)
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]
-            out.append(JourneyCommand(action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign.id, reason=reason, skus=purchased))
+            out.append(
+                JourneyCommand(
+                    action="exit",
+                    workflow_id=wid,
+                    event_id=event_id,
+                    campaign_id=campaign.id,
+                    reason=reason,
+                    skus=purchased,
+                )
+            )
             continue
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
@@ -193,7 +213,12 @@ def _commands(
                 campaign_id=campaign.id,
                 skus=event_skus(ev, cart),
                 input=trigger_input(
-                    section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, user.is_test,
+                    section_id,
+                    campaign.id,
+                    campaign.version,
+                    user.id,
+                    spec.trigger.wait,
+                    user.is_test,
                     settings.delivery_timeout,
                 ),
             )
@@ -203,14 +228,15 @@ def _commands(
 
 def mark_dispatched(store: Store, event_ids: list[str], *, dispatched: bool = True) -> None:
     """Record the dispatch outcome; `dispatched=False` hands the events to the sweeper."""
-    with store.session() as s:
-        for ev in s.exec(select(Event).where(col(Event.id).in_(event_ids))).all():
-            ev.dispatched = dispatched
-            ev.deferred = not dispatched
-            s.add(ev)
+    with store.session() as s:  # one UPDATE: this runs once per accepted request
+        s.execute(
+            update(Event).where(col(Event.id).in_(event_ids)).values(dispatched=dispatched, deferred=not dispatched)
+        )
 
 
-async def redispatch_pending(state: AppState, *, older_than: timedelta = timedelta(seconds=10), limit: int = 500) -> int:
+async def redispatch_pending(
+    state: AppState, *, older_than: timedelta = timedelta(seconds=10), limit: int = 500
+) -> int:
     """Replay journey commands of events whose dispatch did not complete (the sweeper)."""
     cutoff = now_utc() - older_than
 

@@ -34,23 +34,23 @@ def _create_user(s: Session, section_id: str, now: datetime) -> User:
     return user
 
 
-def resolve_user(
-    s: Session, section_id: str, *, device_key: str | None, cuid: str | None, now: datetime
-) -> User:
+def resolve_user(s: Session, section_id: str, *, device_key: str | None, cuid: str | None, now: datetime) -> User:
     """The user an event belongs to, created on first sight."""
-    if device_key:
-        device = s.get(Device, (section_id, device_key))
-        if device is not None:
-            user = canonical_user(s, device.user_id)
-            if user is not None:
-                return user
+    device = s.get(Device, (section_id, device_key)) if device_key else None
+    if device is not None:
+        user = canonical_user(s, device.user_id)
+        if user is not None:
+            return user
     user = by_cuid(s, section_id, cuid) if cuid else None
     if user is None:
         user = _create_user(s, section_id, now)
         if cuid:
             user.cuid, user.cuid_type = cuid, "id"
-    if device_key:
-        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+    s.flush()  # the user row first: the device row below references it
+    if device is not None:
+        device.user_id = user.id  # its user was deleted: the device moves to this one
+    elif device_key:
+        s.add(Device(section_id=section_id, device_key=device_key, user_id=user.id))  # looked up above: new
     s.flush()
     return user
 
