@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
 import store.broadcast_tables  # noqa: F401
@@ -23,6 +24,7 @@ import store.identity_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import store.tracking_tables  # noqa: F401
+from store.upgrade import upgrade
 
 
 def normalise_url(url: str) -> str:
@@ -74,6 +76,12 @@ def is_sqlite(engine: Engine) -> bool:
 
 def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
+    try:
+        upgrade(engine, SQLModel.metadata)
+    except SQLAlchemyError:
+        # The API and a worker starting together may both add the same column: the loser's
+        # ALTER fails; by now the winner has committed, so a second look finds nothing to do.
+        upgrade(engine, SQLModel.metadata)
 
 
 class Store:
