@@ -41,7 +41,7 @@ from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
-from store.reachability import reach
+from store.reachability import opt_out_gone, reach
 from store.tables import Campaign, Integration, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, PlannedRun, PlanRunsRequest
@@ -72,6 +72,7 @@ class _Ready:
     message: OutboundMessage
     provider: Provider
     send_key: str
+    opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
 
 
 class BroadcastActivities:
@@ -348,7 +349,7 @@ class BroadcastActivities:
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
                 campaign_name=spec.name, step_name=variation.steps[0].name,
             )  # fmt: skip
-            return _Ready(message=message, provider=provider, send_key=key)
+            return _Ready(message=message, provider=provider, send_key=key, opt_in_id=r.opt_ins[channel].id)
 
     async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
         try:
@@ -362,7 +363,7 @@ class BroadcastActivities:
                     next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
                 ) from err
             return await asyncio.to_thread(
-                self._record, req, user_id, ready, "failed", err.message, err.status
+                self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone
             )
         except ConfigurationError as err:
             return await asyncio.to_thread(
@@ -380,8 +381,11 @@ class BroadcastActivities:
         status: str,
         detail: str,
         provider_status: int | None,
+        recipient_gone: bool = False,
     ) -> str:
         with self.store.session() as s:
+            if recipient_gone and ready.opt_in_id is not None:
+                opt_out_gone(s, ready.opt_in_id)
             send = s.get(Send, ready.send_key)
             if send is not None:
                 send.status = "accepted" if status == "sent" else "failed"

@@ -32,7 +32,7 @@ from security.crypto import SecretBox
 from store import decisions, recommendations, reservations
 from store.campaigns import load_spec
 from store.engine import Store
-from store.reachability import reach
+from store.reachability import opt_out_gone, reach
 from store.tables import Integration, Journey, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
 from store.users import canonical_id, canonical_user
@@ -47,6 +47,7 @@ class _Prepared:
     provider: Provider
     possible_duplicate: bool
     step_name: str
+    opt_in_id: int | None  # the recipient's consent row: opted out if the provider says it is gone
 
 
 class Delivery:
@@ -84,7 +85,8 @@ class Delivery:
                     type="RateLimited" if err.status == 429 else "ProviderUnavailable",
                     next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
                 ) from err
-            return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body)
+            gone = prepared.opt_in_id if err.recipient_gone else None
+            return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
         except ConfigurationError as err:
             return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
         await asyncio.to_thread(self._accept, req, prepared, response)
@@ -138,7 +140,7 @@ class Delivery:
             send.attempts += 1
             send.updated_at = now
             try:
-                message, step_name, variation_id = self._compose(s, req, integration)
+                message, step_name, variation_id, opt_in_id = self._compose(s, req, integration)
             except MissingRequired as err:
                 send.variation_id = err.variation_id
                 s.add(send)
@@ -150,11 +152,11 @@ class Delivery:
             s.add(send)
             if message is None:
                 return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
-            return _Prepared(message, provider, send.possible_duplicate, step_name)
+            return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
 
     def _compose(
         self, s: Session, req: DeliverRequest, integration: Integration
-    ) -> tuple[OutboundMessage | None, str, str]:
+    ) -> tuple[OutboundMessage | None, str, str, int | None]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
         journey = s.get(Journey, req.journey_id)
         user = canonical_user(s, req.user_id)
@@ -164,7 +166,7 @@ class Delivery:
         step = variation.steps[req.step_index]
         opt_in = reach(s, req.section_id, user.id, [req.channel]).opt_ins.get(req.channel)
         if opt_in is None:
-            return None, step.name, variation.id
+            return None, step.name, variation.id, None
         try:
             payload = compose_payload(
                 s,
@@ -201,6 +203,7 @@ class Delivery:
             ),
             step.name,
             variation.id,
+            opt_in.id,
         )
 
     def _linker(self, s: Session, req: DeliverRequest) -> Linker | None:
@@ -219,10 +222,17 @@ class Delivery:
             s.add(send)
 
     def _fail(
-        self, req: DeliverRequest, step_name: str, reason: str, status: int | None, body: str
+        self,
+        req: DeliverRequest,
+        step_name: str,
+        reason: str,
+        status: int | None,
+        body: str,
+        gone_opt_in: int | None = None,
     ) -> DeliverResult:
         with self.store.session() as s:
-            return self._fail_in(s, req, step_name, reason, status, body, fallback=True)
+            opted_out = gone_opt_in is not None and opt_out_gone(s, gone_opt_in)
+            return self._fail_in(s, req, step_name, reason, status, body, fallback=True, opted_out=opted_out)
 
     def _fail_in(
         self,
@@ -235,6 +245,7 @@ class Delivery:
         *,
         fallback: bool,
         outcome: str = "failed",
+        opted_out: bool = False,
     ) -> DeliverResult:
         send = s.get(Send, req.send_key)
         if send is not None:
@@ -256,7 +267,7 @@ class Delivery:
             reason=reason[:200],
             channel=req.channel,
             at=req.as_of,
-            detail={"provider_status": status},
+            detail={"provider_status": status, **({"opted_out": "recipient_gone"} if opted_out else {})},
         )
         return DeliverResult(status="failed", reason=reason[:200], provider_status=status, fallback_allowed=fallback)
 

@@ -18,12 +18,14 @@ from typing import Any, Literal
 
 from pydantic import Field, HttpUrl
 
-from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, with_token
 from providers.preset import PresetConfig, accepted, join
 
 JWT_LIFETIME = 40 * 60.0
+
+DEAD_TOKEN_REASONS = ("BadDeviceToken", "DeviceTokenNotForTopic")
 
 
 class ApnsConfig(PresetConfig):
@@ -100,5 +102,7 @@ class ApnsProvider:
         resp = await with_token(self.ctx.tokens, key, self._signer(cfg), post, _token_refused)
         error = classify_http(resp.status, resp.body, resp.headers)
         if error is not None:
-            raise error
+            # 410 Unregistered; 400 BadDeviceToken / DeviceTokenNotForTopic: the token is dead here.
+            dead = resp.status == 410 or (resp.status == 400 and any(r in resp.body for r in DEAD_TOKEN_REASONS))
+            raise gone_if(error, dead)
         return accepted(resp, resp.headers.get("apns-id", apns_id))

@@ -37,7 +37,9 @@ class ProviderError(Exception):
     """A provider call that did not succeed.
 
     `retryable`: worth trying again (429/5xx/timeout). `outcome_unknown`: the request may have
-    been processed (timeout after sending), so a retry is a possible duplicate.
+    been processed (timeout after sending), so a retry is a possible duplicate. `recipient_gone`:
+    the provider says this address/token will never work again (a push token unregistered, a
+    subscription expired), so delivery opts it out instead of failing on it at every send.
     """
 
     def __init__(
@@ -50,8 +52,10 @@ class ProviderError(Exception):
         retry_after: float | None = None,
         outcome_unknown: bool = False,
         headers: dict[str, str] | None = None,
+        recipient_gone: bool = False,
     ) -> None:
         super().__init__(message)
+        self.recipient_gone = recipient_gone
         self.message = message
         self.retryable = retryable
         self.status = status
@@ -121,3 +125,10 @@ def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderEr
     return ProviderError(
         f"rejected ({status}): {snippet}", retryable=False, status=status, body=kept, headers=headers
     )
+
+
+def gone_if(error: ProviderError, gone: bool) -> ProviderError:
+    """Mark a permanent error as 'recipient gone' when the adapter's rule says so."""
+    if gone and not error.retryable:
+        error.recipient_gone = True
+    return error

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, HttpUrl
 
-from providers.base import OutboundMessage, ProviderResponse, classify_http
+from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
 from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
@@ -79,6 +79,8 @@ class FcmProvider:
         resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post)
         error = classify_http(resp.status, resp.body, resp.headers)
         if error is not None:
-            raise error
+            # UNREGISTERED (404): the app instance is gone; 400 naming the registration token:
+            # it was never valid. Other 400s are about the message, not the token.
+            raise gone_if(error, resp.status == 404 or (resp.status == 400 and "registration token" in resp.body))
         answer = json_body(resp)
         return accepted(resp, answer.get("name") if isinstance(answer, dict) else None)

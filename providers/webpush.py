@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import Field, field_validator
 
-from providers.base import ConfigurationError, OutboundMessage, ProviderResponse
+from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse, gone_if
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted
 
@@ -114,5 +114,8 @@ class WebPushProvider:
             "Content-Type": "application/octet-stream",
             "Authorization": f"vapid t={token}, k={public_key_b64(vapid)}",
         }
-        resp = await self.ctx.caller.call("POST", endpoint, content=body, headers=headers)
+        try:
+            resp = await self.ctx.caller.call("POST", endpoint, content=body, headers=headers)
+        except ProviderError as err:
+            raise gone_if(err, err.status in (404, 410)) from None  # the subscription expired or was revoked
         return accepted(resp, resp.headers.get("location"))

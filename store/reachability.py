@@ -7,6 +7,7 @@ identifier of the integration's type, and that identifier is opted in on the cha
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -14,11 +15,13 @@ from sqlmodel import Session, col, select
 
 from store.subscriber_tables import SubscriberList
 from store.subscribers import effective_opt_in
-from store.tables import Integration, OptIn, UserIdentifier
+from store.tables import Integration, OptIn, UserIdentifier, now_utc
 
 # Identifier kinds stored per user, by the integration identifier type that reads them.
 KIND_FOR_IDENTIFIER_TYPE = {"email": "email", "phone": "phone", "phoneNumber": "phone", "custom": "custom"}
 PUSH_CHANNELS = {"app_push", "web_push"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,3 +82,18 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
             continue
         opt_ins[channel] = max(rows, key=lambda r: r.updated_at)
     return Reach(integrations=integrations, unreachable=unreachable, opt_ins=opt_ins)
+
+
+def opt_out_gone(s: Session, opt_in_id: int) -> bool:
+    """The provider says this token/subscription is dead for good: stop sending to it.
+
+    Recorded with source 'provider' so operators can tell it from a user's own opt-out; a
+    later opt-in (the app registers a fresh token) opts in again as usual.
+    """
+    row = s.get(OptIn, opt_in_id)
+    if row is None or not row.opted_in:
+        return False
+    row.opted_in, row.source, row.updated_at = False, "provider", now_utc()
+    s.add(row)
+    log.info("opted out %s identifier %s: the provider reports it gone", row.channel, row.id)
+    return True

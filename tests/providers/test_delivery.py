@@ -26,8 +26,8 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from tests.providers.util import message
 from tests.providers.clients import outbound
+from tests.providers.util import message
 
 
 def http_config(server: ProviderServer, path: str) -> dict[str, object]:

@@ -208,8 +208,42 @@ async def test_apns_es256_provider_token(registry: ProviderRegistry, fresh_provi
     assert resp.message_id == "echo"
     with pytest.raises(ProviderError, match="Unregistered") as err:
         await registry.for_kind("apns").send(push)
-    assert not err.value.retryable
+    assert not err.value.retryable and err.value.recipient_gone
     assert fresh_provider.to(path)[1].headers["apns-id"] == req.headers["apns-id"]
+
+
+async def test_push_adapters_tell_a_dead_token_from_a_bad_message(
+    registry: ProviderRegistry, fresh_provider: ProviderServer
+) -> None:
+    """FCM 404 UNREGISTERED / 400 naming the token and APNs BadDeviceToken mark the recipient gone;
+    a 400 about the payload, a 403 or a 5xx never do (the token may be fine)."""
+    jwt_token_endpoint(fresh_provider, "https://www.googleapis.com/auth/firebase.messaging")
+    path = "/v1/projects/demo-project/messages:send"
+    cfg = {"service_account": service_account(fresh_provider.url("/token")), "base_url": fresh_provider.url()}
+    fcm_answers = [
+        (Reply(404, {"error": {"status": "NOT_FOUND", "details": [{"errorCode": "UNREGISTERED"}]}}), True),
+        (Reply(400, {"error": {"message": "The registration token is not a valid FCM registration token"}}), True),
+        (Reply(400, {"error": {"message": "Invalid JSON payload received. Unknown name \"badge\""}}), False),
+        (Reply(403, {"error": {"status": "PERMISSION_DENIED"}}), False),
+    ]
+    for reply, gone in fcm_answers:
+        fresh_provider.script(path, reply)
+        with pytest.raises(ProviderError) as err:
+            await registry.for_kind("fcm").send(message(cfg, {"title": "t"}, channel="app_push", recipient="tok",
+                                                        integration_id="int_f"))  # fmt: skip
+        assert err.value.recipient_gone is gone, reply
+    fresh_provider.script(path, Reply(500, "boom"))
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("fcm").send(message(cfg, {"title": "t"}, channel="app_push", recipient="tok",
+                                                    integration_id="int_f"))  # fmt: skip
+    assert err.value.retryable and not err.value.recipient_gone
+    apns = {"team_id": "TEAM123456", "key_id": "KEY1234567", "private_key": pem(ec_key()), "topic": "com.shop.app",
+            "base_url": fresh_provider.url()}  # fmt: skip
+    for reason, gone in (("BadDeviceToken", True), ("PayloadTooLarge", False)):
+        fresh_provider.script("/3/device/beef", Reply(400 if gone else 413, {"reason": reason}))
+        with pytest.raises(ProviderError) as err:
+            await registry.for_kind("apns").send(message(apns, {"title": "t"}, channel="app_push", recipient="beef"))
+        assert err.value.recipient_gone is gone, reason
 
 
 def test_registry_maps_every_preset_kind() -> None:

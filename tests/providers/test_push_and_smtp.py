@@ -16,11 +16,14 @@ import pytest
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from providers.base import ProviderError
 from providers.registry import ProviderRegistry
 from providers.webpush import b64url, unb64url
+from store.engine import Store
+from store.tables import Decision, OptIn
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -88,7 +91,7 @@ async def test_webpush_gone_subscription_is_permanent(registry: ProviderRegistry
     with pytest.raises(ProviderError) as err:
         await registry.for_kind("webpush").send(message(cfg, {"t": 1}, channel="web_push",
                                                         recipient=json.dumps(browser.subscription)))  # fmt: skip
-    assert err.value.status == 410 and not err.value.retryable
+    assert err.value.status == 410 and not err.value.retryable and err.value.recipient_gone
 
 
 class Mailbox:
@@ -164,6 +167,38 @@ async def test_web_push_journey_end_to_end(
     result = await journey_result(env.client, section, cid, uid)
     assert [d.outcome for d in result.decisions if d.outcome in ("sent", "failed")] == ["sent"], result
     assert got == [{"title": "Forgot something?", "sku": "sku-wp"}]
+
+
+async def test_expired_web_push_subscription_is_opted_out_and_never_called_again(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store,
+) -> None:  # fmt: skip
+    """A 410 from the push service fails the step once, opts the subscription out (source 'provider'),
+    and the next journey finds the user unreachable on web push instead of calling the dead endpoint."""
+    browser = Browser(fresh_provider.url("/push/expired"))
+    fresh_provider.default("/push/expired", Reply(410, "push subscription has unsubscribed or expired"))
+    await add_integration(api, section, "web_push", kind="webpush", identifier_type="custom",
+                          config={"vapid_private_key": pem(ec_key()), "subject": "mailto:ops@shop.example"})  # fmt: skip
+    spec = cart_campaign(wait="PT1H", channel_priority=["web_push"], steps=[step("Nudge", channels=("web_push",))])
+    first = await create_campaign(api, section, spec)
+    dyid = new_dyid()
+    optin = {"name": "Push opt-in", "properties": {"dyType": "message-optin-v1", "channelType": "WEB_PUSH",
+                                                   "pushID": json.dumps(browser.subscription)}}  # fmt: skip
+    await collect(api, section, dyid, optin, add_to_cart("sku-gone"))
+    uid = (await api.get(f"/api/v1/users/{dyid}", headers=section.mgmt)).json()["id"]
+    result = await journey_result(env.client, section, first, uid)
+    failed = [d for d in result.decisions if d.outcome == "failed"]
+    assert len(failed) == 1 and failed[0].channel == "web_push", result
+    with store.session() as s:
+        row = s.exec(select(OptIn).where(OptIn.section_id == section.id, OptIn.channel == "web_push")).one()
+        assert not row.opted_in and row.source == "provider"
+        outcome = s.exec(select(Decision).where(Decision.journey_id == result.journey_id, Decision.outcome == "failed")).one()
+        assert outcome.detail.get("opted_out") == "recipient_gone", outcome.detail
+    second = await create_campaign(api, section, {**spec, "name": "Second nudge"})
+    await collect(api, section, dyid, add_to_cart("sku-gone-2"))
+    again = await journey_result(env.client, section, second, uid)
+    assert not [d for d in again.decisions if d.outcome in ("sent", "failed")], again
+    assert len(fresh_provider.to("/push/expired")) == 1  # the dead endpoint was called once, ever
 
 
 async def test_native_smtp_journey_adds_pixel_and_wraps_links(

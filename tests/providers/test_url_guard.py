@@ -10,8 +10,8 @@ from providers.registry import ProviderRegistry
 from providers.url_guard import UrlGuard
 from store.engine import Store
 from tests.provider_server import ProviderServer, Reply
-from tests.providers.util import message
 from tests.providers.clients import outbound
+from tests.providers.util import message
 
 INTERNAL = [
     "http://localhost/",  # a host name resolving to 127.0.0.1
