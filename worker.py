@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 import httpx
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.broadcast import BroadcastActivities
 from activities.delivery import Delivery
@@ -99,7 +100,7 @@ async def build_worker(
                     broadcast.plan_feed_runs, broadcast.plan_audience, broadcast.set_state, broadcast.deliver_batch,
                 ],  # fmt: skip
                 activity_executor=pool,
-                **({} if settings.workflow_sandbox else {"workflow_runner": UnsandboxedWorkflowRunner()}),
+                workflow_runner=SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),
                 max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
                 graceful_shutdown_timeout=settings.delivery_timeout,
             )

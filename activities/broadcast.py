@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 from activities.delivery import compose_payload, make_linker
 from domain import schedule as sched
 from domain.allocation import allocate
-from domain.campaign import CampaignSpec, CampaignType
+from domain.campaign import CampaignSpec, CampaignType, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
@@ -291,7 +291,7 @@ class BroadcastActivities:
             step = variation.steps[0]
             step_channels = [c.value for c in step.messages]
             r = reach(s, run.section_id, user.id, step_channels)
-            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)  # type: ignore[arg-type,misc]
+            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)
             if choice.channel is None:
                 return self._finish(s, rec, "skipped", choice.reason)
             channel = str(choice.channel)
@@ -299,7 +299,7 @@ class BroadcastActivities:
             prior = s.get(Send, key)
             if prior is not None and prior.status == "accepted":
                 return self._finish(s, rec, "sent", None, channel)
-            cap = spec.settings.frequency_caps.get(choice.channel)
+            cap = spec.settings.frequency_caps.get(Channel(channel))
             section = s.get(Section, run.section_id)
             policy = self.cap_policy
             if section is not None and section.global_cap_messages:

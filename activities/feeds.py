@@ -145,7 +145,7 @@ class FeedActivities:
         p: FeedProgress,
     ) -> None:
         with self.store.session() as s:
-            staged = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
+            staged: list[dict[str, object]] = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
             staging.upsert(s, FeedStage, staged, ["sync_id", "key"], ["data"])
             staging.insert_ignoring(
                 s, FeedRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
@@ -210,7 +210,7 @@ def _close(sync: FeedSync, state: str, req: FeedFinishRequest, changes: int) -> 
 def _staged_chunks(s: Session, sync_id: str) -> Iterator[list[FeedStage]]:
     """Staged rows in key order, a chunk at a time (keyset pagination, bounded memory)."""
     return keyset_pages(
-        s, FeedStage, FeedStage.key, FeedStage.sync_id == sync_id, page_size=APPLY_CHUNK, expunge=True
+        s, FeedStage, FeedStage.key, col(FeedStage.sync_id) == sync_id, page_size=APPLY_CHUNK, expunge=True
     )
 
 

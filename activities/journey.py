@@ -16,7 +16,7 @@ from temporalio import activity
 
 from domain import schedule as sched
 from domain.allocation import allocate
-from domain.campaign import CampaignSpec
+from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
@@ -134,11 +134,11 @@ class JourneyActivities:
         r = reach(s, req.section_id, user.id, step_channels)
         choice = choose_channel(
             [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
-        )  # type: ignore[arg-type]
+        )
         if choice.channel is None:
             return StepDecision(action="skip", reason=choice.reason)
         channel = str(choice.channel)
-        cap = spec.settings.frequency_caps.get(choice.channel)
+        cap = spec.settings.frequency_caps.get(Channel(channel))
         section = s.get(Section, req.section_id)
         policy = self.cap_policy
         if section is not None and section.global_cap_messages:

@@ -28,7 +28,7 @@ from settings import Settings
 from store import users
 from store.campaigns import live_campaigns
 from store.engine import Store
-from store.tables import Campaign, Event, Journey, OptIn, Product, now_utc
+from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, li
 
 def _commands(
     section_id: str,
-    user: users.User,
+    user: User,
     ev: NormalizedEvent,
     cart: list,  # type: ignore[type-arg]
     catalog: Catalog,

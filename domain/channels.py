@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from domain.campaign import Channel
-
 # Why a channel cannot carry a message to this user, most fundamental first: the reported
 # reason for a step that cannot send is the best one reached over all its channels.
 UNREACHABLE_ORDER = ("no_integration", "no_identifier", "not_opted_in")
@@ -14,19 +12,20 @@ UNREACHABLE_ORDER = ("no_integration", "no_identifier", "not_opted_in")
 
 @dataclass(frozen=True)
 class ChannelChoice:
-    channel: Channel | None
+    channel: str | None  # a Channel value
     reason: str | None  # set when no channel is usable
 
 
 def choose_channel(
-    priority: Iterable[Channel],
-    step_channels: Iterable[Channel],
-    unreachable: Mapping[Channel, str],
-    exclude: Iterable[Channel] = (),
+    priority: Iterable[str],
+    step_channels: Iterable[str],
+    unreachable: Mapping[str, str],
+    exclude: Iterable[str] = (),
 ) -> ChannelChoice:
     """First channel in `priority` that the step uses, not excluded, and reachable.
 
-    `unreachable` maps a channel to why it cannot be used (absent = reachable).
+    Channels are `Channel` values (a StrEnum, so plain names work too). `unreachable` maps a
+    channel to why it cannot be used (absent = reachable).
     """
     used = set(step_channels)
     skipped = set(exclude)

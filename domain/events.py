@@ -109,7 +109,7 @@ class EventRequest(CollectBase):
 
 
 class PageviewRequest(CollectBase):
-    context: ContextIn  # type: ignore[assignment]
+    context: ContextIn
 
     @field_validator("context")
     @classmethod
@@ -150,7 +150,7 @@ class _ItemCartProps(_CartProps):
 
 
 class _SyncCartProps(_CartProps):
-    cart: list[CartItem] = Field(max_length=1000)  # type: ignore[assignment]
+    cart: list[CartItem] = Field(max_length=1000)
 
 
 class _PurchaseProps(_SyncCartProps):

@@ -29,7 +29,8 @@ async def _serve_api(settings: Settings, stop: asyncio.Event) -> None:
         create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info", lifespan="on"
     )
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  (we own signals)
+    # We own SIGINT/SIGTERM (they stop the worker and dev server too): uvicorn must not take them.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     await stop.wait()
     server.should_exit = True

@@ -35,7 +35,7 @@ def shard_of(user_id: str, shards: int) -> int:
 
 def all_users(s: Session, section_id: str) -> Iterator[list[User]]:
     """The section's users a page at a time, without ids merged into another person."""
-    for page in keyset_pages(s, User, User.id, User.section_id == section_id, page_size=PAGE):
+    for page in keyset_pages(s, User, User.id, col(User.section_id) == section_id, page_size=PAGE):
         aliases = set(
             s.exec(select(UserAlias.alias_id).where(col(UserAlias.alias_id).in_([u.id for u in page]))).all()
         )

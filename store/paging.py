@@ -27,7 +27,7 @@ def keyset_pages(
     while True:
         page = list(
             s.exec(
-                select(model).where(*where, col(key) > after).order_by(col(key)).limit(page_size)  # type: ignore[arg-type]
+                select(model).where(*where, col(key) > after).order_by(col(key)).limit(page_size)
             ).all()
         )
         if not page:

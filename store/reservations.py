@@ -68,7 +68,7 @@ def _competitors(session: Session, req: SlotRequest, window: timedelta) -> list[
             Journey.user_id == req.user_id,
             Journey.campaign_id != req.campaign_id,
             Journey.is_control == False,  # noqa: E712
-            or_(Journey.status == "active", col(Journey.last_sent_at) > req.as_of - window),
+            or_(col(Journey.status) == "active", col(Journey.last_sent_at) > req.as_of - window),
         )
     ).all()
     return [Competitor(j.campaign_id, j.priority, j.status == "active", j.triggered_at, j.last_sent_at) for j in rows]

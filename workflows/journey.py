@@ -8,13 +8,12 @@ every step not yet sent. All I/O is in activities; every time passed to them is 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -182,7 +181,7 @@ class JourneyWorkflow:
                 await workflow.wait_condition(
                     lambda: self._woken, timeout=remaining, timeout_summary=f"wait before {step.name}"
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._continue_as_new_if_long()
 
@@ -223,7 +222,7 @@ class JourneyWorkflow:
                 timeout=max(decision.not_before - workflow.now(), timedelta(seconds=1)),
                 timeout_summary=f"send window before {step_name}",
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._set_status("sending", f"sending step '{step_name}'")
         return st.exit_reason is None
@@ -352,7 +351,7 @@ class JourneyWorkflow:
         self.state.decisions.append(
             DecisionRecord(
                 step_index=index,
-                outcome=outcome,  # type: ignore[arg-type]
+                outcome=outcome,
                 reason=reason,
                 channel=channel,
                 at=workflow.now(),
@@ -362,7 +361,10 @@ class JourneyWorkflow:
 
     def _set_status(self, status: JourneyStatus, details: str) -> None:
         self.state.status = status
-        attrs = [search.JOURNEY_STATUS.value_set(status), search.STEP_INDEX.value_set(self.state.step_index)]
+        attrs: list[SearchAttributeUpdate[Any]] = [
+            search.JOURNEY_STATUS.value_set(status),
+            search.STEP_INDEX.value_set(self.state.step_index),
+        ]
         if status == "waiting" and self.state.wake_at is not None:
             attrs.append(search.NEXT_SEND_AT.value_set(self.state.wake_at))
         else:

@@ -7,6 +7,8 @@ The embedded dev server registers these at start (`runtime/dev_server.py`); for 
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.common import SearchAttributeKey
 
 SECTION_ID = SearchAttributeKey.for_keyword("RejoinSectionId")
@@ -17,7 +19,7 @@ JOURNEY_STATUS = SearchAttributeKey.for_keyword("RejoinJourneyStatus")
 STEP_INDEX = SearchAttributeKey.for_int("RejoinStepIndex")
 NEXT_SEND_AT = SearchAttributeKey.for_datetime("RejoinNextSendAt")
 
-ALL = [SECTION_ID, CAMPAIGN_ID, USER_ID, VARIATION_ID, JOURNEY_STATUS, STEP_INDEX, NEXT_SEND_AT]
+ALL: list[SearchAttributeKey[Any]] = [SECTION_ID, CAMPAIGN_ID, USER_ID, VARIATION_ID, JOURNEY_STATUS, STEP_INDEX, NEXT_SEND_AT]
 
 _TYPE_NAMES = {"KEYWORD": "Keyword", "INT": "Int", "DATETIME": "Datetime"}
 

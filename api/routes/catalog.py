@@ -71,4 +71,4 @@ def list_outbox(
         if channel:
             q = q.where(OutboxMessage.channel == channel)
         rows = s.exec(q.order_by(col(OutboxMessage.id)).limit(limit)).all()
-        return [OutboxItem(**r.model_dump()) for r in rows]  # type: ignore[arg-type]
+        return [OutboxItem(**r.model_dump()) for r in rows]

@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
-from api.ingestion import accept, dispatch_all, mark_dispatched
+from api.ingestion import accept, mark_dispatched
+from api.journeys import dispatch_all
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
