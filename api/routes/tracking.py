@@ -113,8 +113,12 @@ def link_state(store: Store, data: dict[str, Any], ttl: timedelta) -> tuple[bool
     issued = issued_at(data)
     key = data.get("k")
     if (section is None or issued is None) and isinstance(key, str) and key:
-        with store.session() as s:
-            send = s.get(Send, key)
+        try:
+            with store.session() as s:
+                send = s.get(Send, key)
+        except Exception:  # like recording, best effort: a validly signed link still works
+            log.exception("could not read the send of a tracking link")
+            send = None
         if send is not None:
             section, issued = section or send.section_id, issued or send.created_at
     return not expired(issued, now_utc(), ttl), section
