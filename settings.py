@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from domain.tracking import safe_target
+
 
 class Settings(BaseSettings):
     """Environment-driven settings (prefix `REJOIN_`, Temporal's own `TEMPORAL_*` names too)."""
@@ -36,6 +38,10 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_url: str = ""  # how recipients reach tracking links; default http://{api_host}:{api_port}
+    # Tracking links (clicks, pixels, SMS short links, push tokens) die this long after the send;
+    # dead links go to the section's fallback URL, else this one, else a neutral page.
+    link_ttl: timedelta = timedelta(days=90)
+    link_fallback_url: str = ""
 
     # Secret key for encrypting provider credentials and identifiers at rest. Several keys may be
     # given comma-separated: the first encrypts, all decrypt (rotation). Empty: a key file in data_dir.
@@ -83,6 +89,20 @@ class Settings(BaseSettings):
     def _positive_cap(cls, v: int) -> int:
         if v < 1:
             raise ValueError("global cap must be at least 1 message")
+        return v
+
+    @field_validator("link_ttl")
+    @classmethod
+    def _positive_ttl(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("link lifetime must be positive")
+        return v
+
+    @field_validator("link_fallback_url")
+    @classmethod
+    def _fallback_url(cls, v: str) -> str:
+        if v and not safe_target(v):
+            raise ValueError("link fallback URL must be an absolute http(s) URL without credentials")
         return v
 
     @cached_property

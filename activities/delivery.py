@@ -330,7 +330,9 @@ def make_linker(
     """The tracking-link minter for one send; SMS links become stored short codes."""
     if signer is None or not public_url:
         return None
-    linker = Linker(signer, public_url, send_key, user_id)
+    # Links carry the section (fallback page) and the send time (lifetime), both from the
+    # activity input, so a retried delivery mints the very same links.
+    linker = Linker(signer, public_url, send_key, user_id, section_id=section_id, issued=as_of)
     if channel == "sms":
 
         def shorten(target: str) -> str:

@@ -28,6 +28,7 @@ from api.routes import (
     subscribers,
     templates,
     tracking,
+    tracking_legacy,
     userdata,
 )
 from security.redact import install_log_redaction
@@ -84,7 +85,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     install_error_handlers(app)
     for module in (
         collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,
-        templates, tracking, reports, subscribers, feeds,
+        templates, tracking, tracking_legacy, reports, subscribers, feeds,
     ):  # fmt: skip
         app.include_router(module.router)
 

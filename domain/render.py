@@ -5,6 +5,11 @@ inside JSON string values of the parsed template only, in a single pass, so a va
 quotes, newlines or `${...}` can never break the payload, add keys or expand again. A string
 that is exactly one variable takes that variable's value as-is (lists stay lists).
 
+Values landing in HTML (a string under a key named like `html`, `html_body`, `bodyHtml`, or the
+`value`/`content` of a `{"type": "text/html"}` object) are HTML-escaped, so data like a product
+named `<script>` or `" onmouseover=` stays text. Tracking links and the pixel are Rejoin's own
+markup and URLs, and free-text variables are the template author's own text: both go in as-is.
+
 Missing values render empty so templates can hide empty product blocks; `${!Name}` marks a
 variable required and rendering then raises `MissingRequired`, which the delivery activity
 records as a skipped step (no channel fallback: the data, not the channel, is missing).
@@ -284,7 +289,23 @@ def _empty(v: Any) -> bool:
     return v is None or v == "" or v == [] or v == {}
 
 
-def _value(raw: str, ctx: RenderContext) -> Any:
+# Not escaped in HTML: Rejoin's own tracking markup/URLs, and the author's free-text variables.
+_RAW_IN_HTML = {"tracking_link", "tracking_pixel", "tracking_pixel_url", "push_tracking", "variable"}
+
+
+def is_html_key(key: str) -> bool:
+    """Payload keys whose string values are HTML: `html`, `html_body`, `body_html`, `htmlBody`..."""
+    k = key.lower().replace("_", "").replace("-", "")
+    return k.startswith("html") or k.endswith("html")
+
+
+def _html_children(m: Mapping[str, Any]) -> set[str]:
+    """Keys of `m` holding HTML: html-named keys, and `value`/`content` of a typed text/html part."""
+    typed = isinstance(m.get("type"), str) and m["type"].strip().lower() == "text/html"
+    return {k for k in m if is_html_key(str(k)) or (typed and k in ("value", "content"))}
+
+
+def _value(raw: str, ctx: RenderContext, in_html: bool = False, whole: bool = False) -> Any:
     try:
         ref = parse_ref(raw)
     except ValueError:
@@ -294,7 +315,11 @@ def _value(raw: str, ctx: RenderContext) -> Any:
     v = resolve(ref, ctx)
     if ref.required and _empty(v):
         raise MissingRequired(raw.strip().lstrip("!").strip())
-    return _clean(v)
+    v = _clean(v)
+    # In HTML, data becomes escaped text; a whole-string number or list keeps its JSON type.
+    if in_html and ref.kind not in _RAW_IN_HTML and (isinstance(v, str) or not whole):
+        return html.escape(_as_text(v))
+    return v
 
 
 def _clean(v: Any) -> Any:
@@ -320,33 +345,35 @@ def _as_text(v: Any) -> str:
     return str(v)
 
 
-def _links(text: str, ctx: RenderContext) -> str:
-    """Replace `${Tracking link}<url-encoded target>` with one signed click link."""
+def _links(text: str, ctx: RenderContext, in_html: bool = False) -> str:
+    """Replace `${Tracking link}<url-encoded target>` with one signed click link. In HTML the
+    target is read as the browser would (entities decoded) and the link written escaped."""
     if _TL not in text:
         return text
 
     def sub(m: re.Match[str]) -> str:
-        target = unquote(m.group(1))
-        if ctx.linker is None or target.startswith(ctx.linker.public_url + "/"):
-            return target  # already a tracked link (a wrapped product URL): never wrap twice
-        return ctx.linker.click(target)
+        target = unquote(html.unescape(m.group(1)) if in_html else m.group(1))
+        if ctx.linker is not None and not target.startswith(ctx.linker.public_url + "/"):
+            target = ctx.linker.click(target)  # (an already tracked link, e.g. a product URL, is never wrapped twice)
+        return html.escape(target) if in_html else target
 
     return _TL_TARGET.sub(sub, text).replace(_TL, "")
 
 
-def render_value(value: Any, ctx: RenderContext) -> Any:
+def render_value(value: Any, ctx: RenderContext, in_html: bool = False) -> Any:
     if isinstance(value, str):
         whole = VARIABLE.fullmatch(value)
         if whole:
-            v = _value(whole.group(1), ctx)
+            v = _value(whole.group(1), ctx, in_html, whole=True)
             if v is None:
                 return ""  # missing renders empty, whatever the variable's type
-            return _links(v, ctx) if isinstance(v, str) else v
-        return _links(VARIABLE.sub(lambda m: _as_text(_value(m.group(1), ctx)), value), ctx)
+            return _links(v, ctx, in_html) if isinstance(v, str) else v
+        return _links(VARIABLE.sub(lambda m: _as_text(_value(m.group(1), ctx, in_html)), value), ctx, in_html)
     if isinstance(value, list):
-        return [render_value(v, ctx) for v in value]
+        return [render_value(v, ctx, in_html) for v in value]
     if isinstance(value, Mapping):
-        return {k: render_value(v, ctx) for k, v in value.items()}
+        markup = _html_children(value)
+        return {k: render_value(v, ctx, in_html or k in markup) for k, v in value.items()}
     return value
 
 
@@ -390,14 +417,12 @@ def auto_track(value: Any, ctx: RenderContext, state: dict[str, bool] | None = N
         out_map = {k: auto_track(v, ctx, state) for k, v in value.items()}
         # An HTML fragment without <body> (common in payloads): the pixel opens the html field.
         for k, v in out_map.items():
-            if not state["pixel"] and k.lower() in _HTML_KEYS and isinstance(v, str) and "/t/o/" not in v:
+            if not state["pixel"] and is_html_key(str(k)) and isinstance(v, str) and "/t/o/" not in v:
                 out_map[k] = resolve(Ref("tracking_pixel", (), False, "Tracking pixel"), ctx) + v
                 state["pixel"] = True
         return out_map
     return value
 
-
-_HTML_KEYS = {"html", "html_body", "body_html", "htmlbody"}
 
 
 def default_payload(ctx: RenderContext) -> dict[str, Any]:

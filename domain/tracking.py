@@ -5,6 +5,12 @@ bytes, truncated to 128 bits; the redirector follows only targets it signed itse
 never an open redirect. The key is derived from the deployment's secret keys (the first signs,
 all verify: rotating `REJOIN_SECRET_KEY` keeps old links working while the old key is listed).
 No PII travels in a link: users are opaque `usr_…` ids.
+
+Links carry their section and issue time (signed): a link older than the deployment's link
+lifetime (`REJOIN_LINK_TTL`) no longer redirects or counts, and any dead link (expired,
+tampered, unknown short code) is sent to the section's fallback page instead (api/routes/tracking.py).
+The legacy Reconnect `tremclk?...&targetUrl=` shape is parsed here too (`parse_legacy_click`):
+its target is unsigned, so it is only followed to hosts the section lists (`host_allowed`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SIG_BYTES = 16  # 128-bit truncated HMAC
 SHORT_CODE_LEN = 10  # base62, ~59 bits, derived from a keyed HMAC: not guessable, not sequential
@@ -75,6 +81,19 @@ class Signer:
             return None
         return data if isinstance(data, dict) else None
 
+    @staticmethod
+    def unverified(token: str) -> dict[str, Any] | None:
+        """The token's data WITHOUT checking the signature: only to pick which section's fallback
+        page a dead link shows (a choice among pages sections configured, never the target)."""
+        body = token.partition(".")[0]
+        if not body or len(token) > 8192:
+            return None
+        try:
+            data = json.loads(_unb64(body))
+        except (ValueError, TypeError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def short_code(self, send_key: str, target: str) -> str:
         """Deterministic per (send, target) so a retried delivery reuses its codes."""
         digest = hmac.new(self._keys[0], f"short|{send_key}|{target}".encode(), hashlib.sha256).digest()
@@ -108,6 +127,74 @@ def bot_reason(*, method: str, user_agent: str | None, at: datetime, sent_at: da
     return None
 
 
+def issued_at(data: dict[str, Any]) -> datetime | None:
+    """When a signed link was minted (`i`, unix seconds); None for links minted before links carried it."""
+    i = data.get("i")
+    if isinstance(i, bool) or not isinstance(i, int):
+        return None
+    try:
+        return datetime.fromtimestamp(i, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def expired(issued: datetime | None, now: datetime, ttl: timedelta) -> bool:
+    """A link older than the lifetime is dead. Unknown issue time: not expired (the caller
+    falls back to the send's time for links minted before links carried one)."""
+    return issued is not None and now - issued > ttl
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+def valid_domain(domain: str) -> bool:
+    """A bare host name (`shop.example`): no scheme, port, path, wildcard or credentials."""
+    return bool(_HOSTNAME.match(domain))
+
+
+def host_allowed(url: str, domains: Sequence[str]) -> bool:
+    """The URL is a safe target whose host is one of `domains` or a subdomain of one."""
+    if not safe_target(url):
+        return False
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    return any(host == d or host.endswith("." + d) for d in (x.lower() for x in domains) if d)
+
+
+@dataclass(frozen=True)
+class LegacyClick:
+    """A Reconnect-format click (`/tremclk?cuid=…&sec=…&expId=…&targetUrl=…`), unsigned.
+
+    Only `sec` (section), `expId` (campaign), `cuid`/`cuidType` (recipient) and `targetUrl` are
+    used; `expVer`, `expVisitId`, `mech`, `smech`, `va` and the parent `p…` fields have no
+    Rejoin counterpart and are ignored.
+    """
+
+    section: str
+    campaign: str
+    cuid: str
+    cuid_type: str
+    target: str
+
+
+_TARGET_PARAM = re.compile(r"(?:^|&)targetUrl=", re.IGNORECASE)
+
+
+def parse_legacy_click(query: str) -> LegacyClick:
+    """Parse the raw query string. `targetUrl` is the last parameter and everything after it is
+    the destination: URL-encoded per the docs (decoded once), or written plain as in the docs'
+    JSON sample, where its own `?`/`&` belong to it and must not be split off."""
+    m = _TARGET_PARAM.search(query)
+    head, raw = (query[: m.start()], query[m.end() :]) if m else (query, "")
+    target = unquote(raw) if raw.lower().startswith(("http%3a", "https%3a")) else raw
+    params = parse_qs(head, keep_blank_values=True)
+
+    def one(name: str) -> str:
+        return (params.get(name) or [""])[0].strip()[:256]
+
+    return LegacyClick(one("sec"), one("expId"), one("cuid"), one("cuidType"), target)
+
+
 @dataclass
 class Linker:
     """Mints the tracking URLs of one send. `shorten` (SMS) turns a target into a short link."""
@@ -118,19 +205,28 @@ class Linker:
     user_id: str
     shorten: Callable[[str], str] | None = None
     minted: list[str] = field(default_factory=list)
+    section_id: str = ""  # which section's fallback page a dead link shows
+    issued: datetime | None = None  # the send's time (workflow time, so retries mint identical links)
+
+    def _data(self, **more: str) -> dict[str, Any]:
+        data: dict[str, Any] = {"k": self.send_key, "u": self.user_id, **more}
+        if self.section_id:
+            data["s"] = self.section_id
+        if self.issued is not None:
+            data["i"] = int(self.issued.timestamp())
+        return data
 
     def click(self, target: str) -> str:
         if not safe_target(target):
             return target
         if self.shorten is not None:
             return self.shorten(target)
-        token = self.signer.sign("c", {"k": self.send_key, "u": self.user_id, "t": target})
-        url = f"{self.public_url}/t/c/{token}"
+        url = f"{self.public_url}/t/c/{self.signer.sign('c', self._data(t=target))}"
         self.minted.append(url)
         return url
 
     def pixel_url(self) -> str:
-        return f"{self.public_url}/t/o/{self.signer.sign('o', {'k': self.send_key, 'u': self.user_id})}.gif"
+        return f"{self.public_url}/t/o/{self.signer.sign('o', self._data())}.gif"
 
     def push_token(self) -> str:
-        return self.signer.sign("p", {"k": self.send_key, "u": self.user_id})
+        return self.signer.sign("p", self._data())

@@ -40,6 +40,23 @@ class ShortLink(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+class SectionLinks(SQLModel, table=True):
+    """A section's link settings (optional; no row = none set).
+
+    A table of its own rather than columns on `section`: tables are created with create_all and
+    existing tables are never altered, so new columns would not reach existing databases.
+    """
+
+    section_id: str = Field(primary_key=True, foreign_key="section.id", max_length=40)
+    # Where dead links (expired, tampered, unknown) go; None: a neutral "link expired" page.
+    fallback_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Hosts (and their subdomains) that unsigned legacy `tremclk` links may redirect to.
+    link_domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The section's former Reconnect section id (`sec=` of legacy links), unique across sections.
+    legacy_section_id: str | None = Field(default=None, max_length=64, unique=True)
+    updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+
+
 class TrackingHit(SQLModel, table=True):
     """One click or impression on a tracked message."""
 
@@ -57,7 +74,7 @@ class TrackingHit(SQLModel, table=True):
     send_key: str = Field(max_length=300)
     user_id: str = Field(max_length=40)
     kind: str = Field(max_length=16)  # click | impression
-    source: str = Field(max_length=16)  # link | short | pixel | push
+    source: str = Field(max_length=16)  # link | short | pixel | push | legacy
     bot: bool = False
     bot_reason: str | None = Field(default=None, max_length=32)
     target: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -7,24 +7,63 @@ clear, once. Keys of one section never see another section's data.
 from __future__ import annotations
 
 import secrets
+from dataclasses import asdict
 from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlmodel import Session, select
 
 from api import auth
 from api.deps import Admin, Management, StateDep
-from api.errors import NotFound
+from api.errors import Conflict, NotFound
+from domain.tracking import safe_target, valid_domain
 from security.api_keys import new_key
+from store import section_links
 from store.engine import Store
+from store.section_links import LinkSettings
 from store.tables import ApiKey, Section, now_utc
 
 router = APIRouter(prefix="/api/v1", tags=["sections"])
 
 
-class SectionCreate(BaseModel):
+class SectionLinksIn(BaseModel):
+    """Link settings of a section (docs/messages.md, Tracking)."""
+
+    fallback_url: str | None = Field(
+        None, max_length=2048, description="Where expired, tampered or unknown tracking links go (else a neutral page)"
+    )
+    link_domains: list[str] | None = Field(
+        None, max_length=50, description="Hosts (and subdomains) legacy `tremclk` links may redirect to"
+    )
+    legacy_section_id: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="`sec=` of legacy links"
+    )
+
+    @field_validator("fallback_url")
+    @classmethod
+    def _fallback(cls, v: str | None) -> str | None:
+        if v is not None and not safe_target(v):
+            raise ValueError("must be an absolute http(s) URL without credentials")
+        return v
+
+    @field_validator("link_domains")
+    @classmethod
+    def _domains(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        out: list[str] = []
+        for d in v:
+            d = d.strip().rstrip(".").lower()
+            if not valid_domain(d):
+                raise ValueError(f"'{d[:100]}' is not a host name (write shop.example: no scheme, port or path)")
+            if d not in out:
+                out.append(d)
+        return out
+
+
+class SectionCreate(SectionLinksIn):
     name: str = Field(min_length=1, max_length=200)
     global_cap_messages: int | None = Field(None, ge=1, le=1000, description="Override of the global cap")
 
@@ -34,6 +73,9 @@ class SectionPublic(BaseModel):
     name: str
     global_cap_messages: int | None
     created_at: datetime
+    fallback_url: str | None = None
+    link_domains: list[str] = Field(default_factory=list)
+    legacy_section_id: str | None = None
 
 
 class KeyCreated(BaseModel):
@@ -68,6 +110,27 @@ def _issue(s: Session, section_id: str, kind: str, label: str = "") -> KeyCreate
     return KeyCreated(id=k.key_id, kind=kind, key=k.plaintext)
 
 
+def _public(s: Session, section: Section) -> SectionPublic:
+    links = section_links.get(s, section.id)
+    return SectionPublic(**section.model_dump(), **asdict(links))
+
+
+def _set_links(s: Session, section_id: str, body: SectionLinksIn) -> None:
+    """Apply the link fields the request names (an explicit null clears one)."""
+    given = body.model_fields_set & {"fallback_url", "link_domains", "legacy_section_id"}
+    if not given:
+        return
+    old = section_links.get(s, section_id)
+    new = LinkSettings(
+        fallback_url=body.fallback_url if "fallback_url" in given else old.fallback_url,
+        link_domains=(body.link_domains or []) if "link_domains" in given else old.link_domains,
+        legacy_section_id=body.legacy_section_id if "legacy_section_id" in given else old.legacy_section_id,
+    )
+    if new.legacy_section_id and section_links.legacy_id_taken(s, section_id, new.legacy_section_id):
+        raise Conflict("another section already uses this legacy section id", field="legacy_section_id")
+    section_links.save(s, section_id, new)
+
+
 def create_section(store: Store, body: SectionCreate) -> SectionCreated:
     with store.session() as s:
         section = Section(
@@ -75,9 +138,10 @@ def create_section(store: Store, body: SectionCreate) -> SectionCreated:
         )
         s.add(section)
         s.flush()
+        _set_links(s, section.id, body)
         mgmt = _issue(s, section.id, "management", "initial")
         ing = _issue(s, section.id, "ingestion", "initial")
-        return SectionCreated(**section.model_dump(), management_key=mgmt, ingestion_key=ing)
+        return SectionCreated(**_public(s, section).model_dump(), management_key=mgmt, ingestion_key=ing)
 
 
 @router.post("/sections", status_code=201)
@@ -88,7 +152,7 @@ def post_section(body: SectionCreate, _: Admin, state: StateDep) -> SectionCreat
 @router.get("/sections")
 def list_sections(_: Admin, state: StateDep) -> list[SectionPublic]:
     with state.store.session() as s:
-        return [SectionPublic(**r.model_dump()) for r in s.exec(select(Section).order_by(Section.created_at)).all()]  # type: ignore[arg-type]
+        return [_public(s, r) for r in s.exec(select(Section).order_by(Section.created_at)).all()]  # type: ignore[arg-type]
 
 
 @router.get("/section")
@@ -96,7 +160,18 @@ def get_own_section(principal: Management, state: StateDep) -> SectionPublic:
     with state.store.session() as s:
         section = s.get(Section, principal.section_id)
         assert section is not None
-        return SectionPublic(**section.model_dump())
+        return _public(s, section)
+
+
+@router.patch("/section")
+def patch_own_section(body: SectionLinksIn, principal: Management, state: StateDep) -> SectionPublic:
+    """Change the section's link settings; fields left out keep their value, null clears one."""
+    with state.store.session() as s:
+        section = s.get(Section, principal.section_id)
+        assert section is not None
+        _set_links(s, section.id, body)
+        s.flush()
+        return _public(s, section)
 
 
 @router.get("/keys")

@@ -184,13 +184,15 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
             raise NotFound("no such user", field="user")
         opt_in = reach(s, principal.section_id, user.id, [channel]).opt_ins.get(channel)
         identifier = state.box.decrypt(opt_in.value_enc) if opt_in else ""
-        linker = Linker(Signer(state.settings.secret_keys), state.settings.effective_public_url, "", user.id)
+        now = now_utc()
+        linker = Linker(Signer(state.settings.secret_keys), state.settings.effective_public_url, "", user.id,
+                        section_id=principal.section_id, issued=now)  # fmt: skip
         try:
             payload = compose_payload(
                 s, section_id=principal.section_id, spec=spec, variation=var, step_index=body.step_index,
                 channel=channel, user=user, identifier=identifier,
                 items=trigger_items(s, principal.section_id, user, spec.type.value, body.skus),
-                linker=linker, as_of=now_utc(),
+                linker=linker, as_of=now,
             )  # fmt: skip
         except MissingRequired as err:
             return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err))

@@ -1,9 +1,11 @@
 """First-party tracking: click redirects, open pixel, SMS short links, push engagement.
 
-Click links are signed tokens (domain/tracking.py): a tampered or foreign token gets a 404 and
-no redirect, so this is never an open redirect. The pixel always answers the same GIF (no
-validity oracle) and records only valid hits. Every hit is stored; bots and link scanners are
-flagged (`bot_reason`) and left out of reports.
+Click links are signed tokens (domain/tracking.py), so this is never an open redirect. A dead
+link (tampered or foreign token, unknown short code, older than `REJOIN_LINK_TTL`) never goes
+to its own target and records nothing: it goes to the section's fallback URL, else the
+deployment's, else a neutral 200 page (never a 404 to a customer). The pixel always answers the
+same GIF (no validity oracle) and records only live, valid hits. Every hit is stored; bots and
+link scanners are flagged (`bot_reason`) and left out of reports.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Ingestion, StateDep
-from domain.tracking import Signer, bot_reason, safe_target
+from api.deps import AppState, Ingestion, StateDep
+from domain.tracking import Signer, bot_reason, expired, issued_at, safe_target
+from store import section_links
 from store.engine import Store
 from store.tables import Send, now_utc
 from store.tracking_tables import ShortLink, TrackingHit
@@ -33,6 +37,14 @@ NO_CACHE = {
     "Expires": "0",
 }
 UserAgent = Annotated[str | None, Header()]
+DEAD_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>This link has expired</title></head>
+<body style="font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;padding:0 1em;color:#333">
+<h1 style="font-size:1.4em">This link has expired</h1>
+<p>The link you followed is no longer valid. You can close this page.</p>
+</body></html>
+"""
 
 
 def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
@@ -71,31 +83,86 @@ def _signer(state: StateDep) -> Signer:
     return Signer(state.settings.secret_keys)
 
 
-def _redirect(target: str) -> Response:
+def redirect_to(target: str) -> Response:
     return RedirectResponse(target, status_code=302, headers={**NO_CACHE, "Referrer-Policy": "no-referrer"})
 
 
-def _refused() -> Response:
-    return PlainTextResponse("This link is not valid.", status_code=404, headers=NO_CACHE)
+def _fallback_url(store: Store, section_id: str | None) -> str | None:
+    if not section_id:
+        return None
+    try:
+        with store.session() as s:
+            return section_links.get(s, section_id).fallback_url
+    except Exception:  # the neutral page is always a valid answer
+        log.exception("could not read the fallback URL of %s", section_id)
+        return None
+
+
+async def dead_link(state: AppState, section_id: str | None) -> Response:
+    """Where a dead link goes: the section's fallback URL, the deployment's, or a neutral page."""
+    url = await asyncio.to_thread(_fallback_url, state.store, section_id) or state.settings.link_fallback_url
+    if url and safe_target(url):
+        return redirect_to(url)
+    return HTMLResponse(DEAD_PAGE, status_code=200, headers={**NO_CACHE, "Referrer-Policy": "no-referrer"})
+
+
+def link_state(store: Store, data: dict[str, Any], ttl: timedelta) -> tuple[bool, str | None]:
+    """(alive, section id) of a link's data. Links minted before links carried their section and
+    issue time (`s`, `i`) take both from their send; a preview link without either is alive."""
+    section = data.get("s") if isinstance(data.get("s"), str) else None
+    issued = issued_at(data)
+    key = data.get("k")
+    if (section is None or issued is None) and isinstance(key, str) and key:
+        try:
+            with store.session() as s:
+                send = s.get(Send, key)
+        except Exception:  # like recording, best effort: a validly signed link still works
+            log.exception("could not read the send of a tracking link")
+            send = None
+        if send is not None:
+            section, issued = section or send.section_id, issued or send.created_at
+    return not expired(issued, now_utc(), ttl), section
+
+
+async def _live(state: AppState, kind: str, token: str) -> dict[str, Any] | None:
+    """The data of a valid, unexpired token of `kind`, else None."""
+    data = _signer(state).verify(kind, token)
+    if data is None:
+        return None
+    alive, _ = await asyncio.to_thread(link_state, state.store, data, state.settings.link_ttl)
+    return data if alive else None
+
+
+async def _dead_token(state: AppState, token: str) -> Response:
+    """A dead click token: its section (read even from a forged token) only picks the fallback page."""
+    data = Signer.unverified(token)
+    section = None
+    if data is not None:
+        _, section = await asyncio.to_thread(link_state, state.store, data, state.settings.link_ttl)
+    return await dead_link(state, section)
 
 
 @router.api_route("/t/c/{token}", methods=["GET", "HEAD"], include_in_schema=False)
 async def click(token: str, request: Request, state: StateDep, user_agent: UserAgent = None) -> Response:
-    data = _signer(state).verify("c", token)
+    data = await _live(state, "c", token)
     target = data.get("t") if data else None
-    if not isinstance(target, str) or not safe_target(target):
-        return _refused()
-    await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),  # type: ignore[union-attr]
+    if data is None or not isinstance(target, str) or not safe_target(target):
+        return await _dead_token(state, token)
+    await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
                             kind="click", source="link", method=request.method, user_agent=user_agent, target=target)  # fmt: skip
-    return _redirect(target)
+    return redirect_to(target)
 
 
 @router.api_route("/t/o/{token}.gif", methods=["GET", "HEAD"], include_in_schema=False)
 async def pixel(token: str, request: Request, state: StateDep, user_agent: UserAgent = None) -> Response:
-    data = _signer(state).verify("o", token)
+    data = await _live(state, "o", token)
     if data is not None:
         await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
                                 kind="impression", source="pixel", method=request.method, user_agent=user_agent)  # fmt: skip
+    return gif()
+
+
+def gif() -> Response:
     return Response(GIF, media_type="image/gif", headers=NO_CACHE)
 
 
@@ -107,11 +174,13 @@ def _short(store: Store, code: str) -> ShortLink | None:
 @router.api_route("/s/{code}", methods=["GET", "HEAD"], include_in_schema=False)
 async def short_link(code: str, request: Request, state: StateDep, user_agent: UserAgent = None) -> Response:
     link = await asyncio.to_thread(_short, state.store, code) if 6 <= len(code) <= 32 else None
-    if link is None or not safe_target(link.target):
-        return _refused()
+    if link is None:
+        return await dead_link(state, None)
+    if expired(link.created_at, now_utc(), state.settings.link_ttl) or not safe_target(link.target):
+        return await dead_link(state, link.section_id)
     await asyncio.to_thread(record_hit, state.store, send_key=link.send_key, user_id=link.user_id, kind="click",
                             source="short", method=request.method, user_agent=user_agent, target=link.target)  # fmt: skip
-    return _redirect(link.target)
+    return redirect_to(link.target)
 
 
 class Engagement(BaseModel):
@@ -140,14 +209,13 @@ PUSH_KINDS: dict[str, Literal["click", "impression"]] = {"PN_CLICK": "click", "P
 @router.post("/v2/collect/user/engagement", status_code=202, tags=["ingestion"])
 async def engagement(body: EngagementRequest, principal: Ingestion, state: StateDep) -> EngagementAck:
     """Push clicks/impressions: the app echoes the `trackingData` ({"rjt": token}) it received."""
-    signer = _signer(state)
     device = (body.context or {}).get("device") or {}
     ua = device.get("userAgent") if isinstance(device, dict) else None
     recorded = 0
     for e in body.engagements:
         kind = PUSH_KINDS.get(e.type.upper())
         token = (e.trackingData or {}).get("rjt")
-        data = signer.verify("p", token) if kind and isinstance(token, str) else None
+        data = await _live(state, "p", token) if kind and isinstance(token, str) else None
         if data is None or kind is None:
             continue
         hit = await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),

@@ -149,3 +149,64 @@ def test_native_email_tracking_wraps_every_href_and_adds_the_pixel() -> None:
     assert out["html"].index("/t/o/") < out["html"].index("href=") and out["html"].count("/t/o/") == 1
     plain = render_payload({"html": html_body}, ctx(linker=linker))
     assert plain == {"html": html_body}
+
+
+HOSTILE = '<script>alert(1)</script>" onmouseover="alert(2)\' &amp;'
+
+
+def test_html_fields_escape_hostile_data_but_keep_tracking_markup() -> None:
+    """Data substituted into HTML fields is escaped text; the pixel, tracking links and the
+    author's free-text variables go in as they are; other fields and JSON types are untouched."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    target = "https://shop.example/cart?x=1&y=2"
+    c = ctx(items=[{"sku": "s1", "name": HOSTILE, "url": "https://shop.example/p/s1", "price": 20.0}],
+            user_attributes={"crm": {"tier": "<b>gold</b>"}}, variables={"Footer": "<i>Shop & Co</i>"},
+            linker=linker)  # fmt: skip
+    template = {
+        "html": (f'${{Tracking pixel}}<p title="${{Items in cart|name|item1}}">${{Items in cart|name|item1}}</p>'
+                 f'<a href="${{Items in cart|url|item1}}">x</a>'
+                 f'<a href="${{Tracking link}}{quote(target, safe="")}">cart</a>'
+                 '<img src="${Tracking pixel url}">${Footer} ${User data|crm|tier} ${Items in cart|price|item1}'),
+        "text": "${Items in cart|name|item1}",
+        "body_html": "${Items in cart|name|item1}",
+        "content": [{"type": "text/html", "value": "<b>${Items in cart|name|item1}</b>"},
+                    {"type": "text/plain", "value": "${Items in cart|name|item1}"}],
+        "htmlPrice": "${Items in cart|price|item1}",
+    }  # fmt: skip
+    out = render_payload(template, c)
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;&quot; onmouseover=&quot;alert(2)&#x27; &amp;amp;"
+    assert out["html"].count(escaped) == 2 and "<script>" not in out["html"] and 'onmouseover="' not in out["html"]
+    assert out["html"].startswith('<img src="' + PUBLIC + "/t/o/")  # the pixel is markup: not escaped
+    tokens = [h.split('"')[0].rsplit("/", 1)[1] for h in out["html"].split('href="')[1:]]
+    assert [SIGNER.verify("c", t)["t"] for t in tokens] == ["https://shop.example/p/s1", target]  # type: ignore[index]
+    assert out["html"].split('<img src="')[2].startswith(PUBLIC + "/t/o/")
+    assert out["html"].endswith("<i>Shop & Co</i> &lt;b&gt;gold&lt;/b&gt; 20")
+    assert out["text"] == HOSTILE and out["body_html"] == escaped
+    assert out["content"] == [
+        {"type": "text/html", "value": f"<b>{escaped}</b>"},
+        {"type": "text/plain", "value": HOSTILE},
+    ]
+    assert out["htmlPrice"] == 20.0  # a whole-string number keeps its JSON type
+    assert json.loads(json.dumps(out)) == out
+
+
+def test_injected_markup_cannot_become_a_tracked_link() -> None:
+    """Native tracking wraps the template's hrefs only: an href smuggled in a product name stays text."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    name = '"><a href="https://evil.example/phish">win</a>'
+    c = ctx(items=[{"sku": "s1", "name": name}], linker=linker, auto_tracking=True)
+    out = render_payload({"html": "<body><p>${Items in cart|name|item1}</p></body>"}, c)
+    assert linker.minted == [] and "evil.example" in out["html"] and 'href="https://evil' not in out["html"]
+
+
+def test_tracking_link_target_from_data_in_html() -> None:
+    """`${Tracking link}` followed by a data value: the signed target is the real URL (entities
+    decoded); without a linker the value is still written escaped, so it cannot end the attribute."""
+    c = ctx(user_attributes={"link": "https://shop.example/?a=1&b=2", "evil": "%22%3E%3Cscript%3E"},
+            linker=Linker(SIGNER, PUBLIC, "send-1", "usr_1"))  # fmt: skip
+    out = render_payload({"html": '<a href="${Tracking link}${User data|x|link}">a</a>'}, c)
+    signed = SIGNER.verify("c", out["html"].split('"')[1].rsplit("/", 1)[1])
+    assert signed is not None and signed["t"] == "https://shop.example/?a=1&b=2"
+    untracked = ctx(user_attributes=c.user_attributes)
+    bare = render_payload({"html": '<a href="${Tracking link}${User data|x|evil}">a</a>'}, untracked)
+    assert bare == {"html": '<a href="&quot;&gt;&lt;script&gt;">a</a>'}
