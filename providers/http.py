@@ -14,7 +14,6 @@ docs/performance.md) and httpx (APNs, which needs HTTP/2, and callers that pass 
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -120,7 +119,7 @@ class AiohttpTransport:
         except aiohttp.ConnectionTimeoutError as exc:
             # Waiting for a pooled connection or connecting: nothing was sent.
             raise _timeout_error(exc, False) from exc
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise _timeout_error(exc, True) from exc
         except aiohttp.ClientConnectorError as exc:
             # Refused, unreachable or TLS verification failed: the request never left.

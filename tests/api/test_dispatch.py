@@ -21,11 +21,11 @@ from tests.helpers import (
     add_to_cart,
     cart_campaign,
     collect,
-    purchase,
     create_campaign,
     eventually,
     journey_handle,
     journey_result,
+    purchase,
     reachable_user,
 )
 from workflows.journey import JourneyWorkflow
