@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     max_json_depth: int = 32
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
+    # Tracking links and pixels are answered for everyone, always (a customer never gets a
+    # 429), but hits are recorded at most this fast per client address: a flood from one
+    # address (a scanner, a bot, an attack on the database) is redirected and not stored.
+    tracking_hits_per_second: float = 5.0
+    tracking_hits_burst: int = 50
     # Raw events older than this are deleted hourly by each API process and by `rejoin purge-events`.
     event_retention: timedelta = timedelta(days=395)
 

@@ -12,6 +12,7 @@ from temporalio.testing import TimeSkipper
 
 from api import auth
 from api.errors import Unavailable
+from api.limits import TokenBuckets
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
 from settings import Settings
@@ -25,11 +26,16 @@ class AppState:
     temporal: Client | None = None
     # Built once: every route that encrypts or decrypts shares it (ingestion is a hot path).
     box: SecretBox = field(init=False)
+    # Per client address: how fast tracking hits are recorded (see Settings.tracking_hits_*).
+    tracking_hits: TokenBuckets = field(init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _skipper: TimeSkipper | None = None
 
     def __post_init__(self) -> None:
         self.box = SecretBox(self.settings.secret_keys)
+        self.tracking_hits = TokenBuckets(
+            max(self.settings.tracking_hits_per_second, 1e-9), self.settings.tracking_hits_burst
+        )
 
     async def client(self) -> Client:
         if self.temporal is None:

@@ -114,6 +114,15 @@ def _unstorable_text(body: bytes) -> bool:
     return bad(doc)
 
 
+# Recipients' clicks and pixels are always answered (a flood is simply not recorded, see
+# api/routes/tracking.py::record); the health check is for load balancers.
+EXEMPT_PREFIXES = ("/t/", "/s/", "/tremclk", "/tremop", "/healthz")
+
+
+def _exempt(path: str) -> bool:
+    return path.startswith(EXEMPT_PREFIXES)
+
+
 def _caller_key(scope: Scope) -> str:
     """The presented credential (hashed: raw keys are never kept), else the client address."""
     headers = dict(scope.get("headers") or [])
@@ -146,7 +155,7 @@ class RequestLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.buckets is not None and scope.get("path") != "/healthz":
+        if self.buckets is not None and not _exempt(scope.get("path", "")):
             wait = self.buckets.take(_caller_key(scope))
             if wait > 0:
                 await _respond(send, *_error(429, "rate limit exceeded for this key",

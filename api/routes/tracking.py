@@ -47,6 +47,15 @@ DEAD_PAGE = """<!doctype html>
 """
 
 
+async def record(state: AppState, request: Request, **kw: Any) -> TrackingHit | None:
+    """Record a hit unless its client address is over its recording rate (the caller answers anyway)."""
+    client = request.client.host if request.client else "unknown"
+    if state.settings.tracking_hits_per_second > 0 and state.tracking_hits.take(client) > 0:
+        log.info("not recording a %s hit: %s is over its tracking rate", kw.get("kind"), client)
+        return None
+    return await asyncio.to_thread(record_hit, state.store, method=request.method, **kw)
+
+
 def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
     """Best effort: a recipient is redirected (or gets the GIF) even if recording fails."""
     try:
@@ -148,8 +157,8 @@ async def click(token: str, request: Request, state: StateDep, user_agent: UserA
     target = data.get("t") if data else None
     if data is None or not isinstance(target, str) or not safe_target(target):
         return await _dead_token(state, token)
-    await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
-                            kind="click", source="link", method=request.method, user_agent=user_agent, target=target)  # fmt: skip
+    await record(state, request, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
+                 kind="click", source="link", user_agent=user_agent, target=target)  # fmt: skip
     return redirect_to(target)
 
 
@@ -157,8 +166,8 @@ async def click(token: str, request: Request, state: StateDep, user_agent: UserA
 async def pixel(token: str, request: Request, state: StateDep, user_agent: UserAgent = None) -> Response:
     data = await _live(state, "o", token)
     if data is not None:
-        await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
-                                kind="impression", source="pixel", method=request.method, user_agent=user_agent)  # fmt: skip
+        await record(state, request, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
+                     kind="impression", source="pixel", user_agent=user_agent)  # fmt: skip
     return gif()
 
 
@@ -178,8 +187,8 @@ async def short_link(code: str, request: Request, state: StateDep, user_agent: U
         return await dead_link(state, None)
     if expired(link.created_at, now_utc(), state.settings.link_ttl) or not safe_target(link.target):
         return await dead_link(state, link.section_id)
-    await asyncio.to_thread(record_hit, state.store, send_key=link.send_key, user_id=link.user_id, kind="click",
-                            source="short", method=request.method, user_agent=user_agent, target=link.target)  # fmt: skip
+    await record(state, request, send_key=link.send_key, user_id=link.user_id, kind="click",
+                 source="short", user_agent=user_agent, target=link.target)  # fmt: skip
     return redirect_to(link.target)
 
 

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from sqlmodel import Session, col, select
 
 from api.deps import StateDep
-from api.routes.tracking import UserAgent, dead_link, gif, record_hit, redirect_to
+from api.routes.tracking import UserAgent, dead_link, gif, record, redirect_to
 from domain.events import email_hash
 from domain.tracking import LegacyClick, host_allowed, parse_legacy_click
 from store import section_links
@@ -81,9 +81,8 @@ async def legacy_click(request: Request, state: StateDep, user_agent: UserAgent 
     if section_id is None or not host_allowed(click.target, domains):
         return await dead_link(state, section_id)
     if send is not None:
-        await asyncio.to_thread(record_hit, state.store, send_key=send.key, user_id=send.user_id, kind="click",
-                                source="legacy", method=request.method, user_agent=user_agent, target=click.target,
-                                section_id=section_id)  # fmt: skip
+        await record(state, request, send_key=send.key, user_id=send.user_id, kind="click", source="legacy",
+                     user_agent=user_agent, target=click.target, section_id=section_id)
     return redirect_to(click.target)
 
 
@@ -97,7 +96,6 @@ async def legacy_pixel(request: Request, state: StateDep, user_agent: UserAgent 
         log.exception("could not resolve a legacy pixel")
         section_id, send = None, None
     if send is not None and section_id is not None:
-        await asyncio.to_thread(record_hit, state.store, send_key=send.key, user_id=send.user_id,
-                                kind="impression", source="legacy", method=request.method, user_agent=user_agent,
-                                section_id=section_id)  # fmt: skip
+        await record(state, request, send_key=send.key, user_id=send.user_id, kind="impression", source="legacy",
+                     user_agent=user_agent, section_id=section_id)
     return gif()

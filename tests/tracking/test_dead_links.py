@@ -192,3 +192,29 @@ async def test_section_link_settings_are_validated_and_round_trip(api: httpx.Asy
     assert (r.json()["fallback_url"], r.json()["link_domains"], r.json()["legacy_section_id"]) == (None, [], legacy)
     listed = {x["id"]: x for x in (await api.get("/api/v1/sections", headers=ADMIN)).json()}
     assert listed[sec.id]["legacy_section_id"] == legacy and listed[other.id]["fallback_url"] is None
+
+
+async def test_a_flood_from_one_address_is_answered_but_not_recorded(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, settings: Settings, section: SectionKeys
+) -> None:
+    """Past its recording budget an address still gets every redirect and GIF (never a 429), but
+    its hits are no longer stored; another address is recorded as usual."""
+    from api.main import create_app
+
+    payload = {"link": "${Items in cart|url|item1}", "px": "${Tracking pixel url}"}
+    msg, _, _ = await one_send(api, env, section, "email", payload)
+    key, body = msg["send_key"], msg["payload"]
+    age_send(store, key)
+    strict = settings.model_copy(update={"tracking_hits_per_second": 0.001, "tracking_hits_burst": 3})
+    app = create_app(strict, store=store, temporal=env.client)
+    answers = []
+    for client_ip in ("203.0.113.7",) * 10 + ("198.51.100.9",):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://rejoin.test") as c:
+            click = await c.get(path(body["link"]), headers=HUMAN)
+            pixel = await c.get(path(body["px"]), headers=HUMAN)
+        answers.append((click.status_code, click.headers.get("location"), pixel.headers["content-type"]))
+    assert answers == [(302, "https://shop.example/p/s1", "image/gif")] * 11
+    recorded = hits(store, key)
+    # burst 3 for the flooding address (click, pixel, click), then one click + one pixel from the other
+    assert [h.kind for h in recorded] == ["click", "impression", "click", "click", "impression"], recorded
