@@ -89,6 +89,22 @@ class BroadcastInput(BaseModel):
     plan_scheduled: bool = False  # a scheduled run lists its audience when it starts
 
 
+class ScheduledFireInput(BaseModel):
+    """What a recurring campaign's Temporal Schedule starts at each fire time."""
+
+    section_id: str
+    campaign_id: str
+    fire_time: datetime | None = None  # None: the schedule's nominal time (TemporalScheduledStartTime)
+    shards: int = 2
+
+
+class FireRequest(BaseModel):
+    section_id: str
+    campaign_id: str
+    fire_time: datetime
+    as_of: datetime
+
+
 class BatchRequest(BaseModel):
     run_id: str
     shard: int

@@ -20,9 +20,12 @@ from store.broadcast_tables import BroadcastRun
 from store.engine import Store
 from store.tables import Send, User
 from tests.audience.feed_helpers import (
+    batch_campaign,
     create_feed,
     csv_bytes,
     get_run,
+    provider_push,
+    push_user,
     run_result,
     upload_feed,
     zone_at_local_hour,
@@ -35,7 +38,6 @@ from tests.helpers import (
     create_campaign,
     outbox,
     reachable_user,
-    step,
 )
 from tests.provider_server import ProviderServer, Reply
 from worker import build_worker
@@ -47,16 +49,6 @@ from workflows.ids import broadcast_workflow_id
 @pytest.fixture(autouse=True)
 def _s3(s3: str) -> str:
     return s3
-
-
-def batch_campaign(kind: str, channels: tuple[str, ...] = ("email",), **extra: Any) -> dict[str, Any]:
-    return {
-        "name": f"{kind} campaign",
-        "type": kind,
-        "channel_priority": list(channels),
-        "variations": [{"id": "a", "name": "A", "share": 100, "steps": [step("Only", channels=channels)]}],
-        **extra,
-    }
 
 
 async def _product_sync(
@@ -178,45 +170,10 @@ async def test_user_attribute_change_matches_old_and_new_values(
     assert payload["change"] == [{"attribute": "loyalty", "old_value": "Bronze", "new_value": "Silver"}]
 
 
-async def _push_user(
-    api: httpx.AsyncClient, sec: SectionKeys, store: Store, timezone: str | None = None
-) -> str:
-    """A user opted in to app push with a token (legacy opt-in event), optionally with a timezone attribute."""
-    dyid = str(secrets.randbelow(10**18))
-    token = "tok-" + secrets.token_hex(6)
-    event = {
-        "name": "Opt-in",
-        "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"},
-    }
-    await collect(api, sec, dyid, event)
-    r = await api.get(f"/api/v1/users/{dyid}", headers=sec.mgmt)
-    uid = str(r.json()["id"])
-    if timezone:
-        with store.session() as s:
-            user = s.get(User, uid)
-            assert user is not None
-            user.attributes = {"timezone": timezone}
-            s.add(user)
-    return uid
-
-
 async def _start_run(api: httpx.AsyncClient, sec: SectionKeys, cid: str) -> str:
     r = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=sec.mgmt)
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
-
-
-async def _provider_push(
-    api: httpx.AsyncClient, sec: SectionKeys, provider: ProviderServer, **config: Any
-) -> str:
-    """An app push integration posting to the local provider server; returns the path it posts to."""
-    path = "/push-" + secrets.token_hex(3)
-    rate = config.pop("rate_limit_per_second", None)
-    extra = {"rate_limit_per_second": rate} if rate is not None else {}
-    await add_integration(
-        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}, **extra
-    )
-    return path
 
 
 async def _scheduled_push_campaign(api: httpx.AsyncClient, sec: SectionKeys, send_at: datetime | None = None,
@@ -235,8 +192,8 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     fresh_provider: ProviderServer,
 ) -> None:
     """A scheduled push run survives a batch dying mid-way (connection lost): every user gets exactly one message."""
-    path = await _provider_push(api, section, fresh_provider)
-    users = [await _push_user(api, section, store) for _ in range(7)]
+    path = await provider_push(api, section, fresh_provider)
+    users = [await push_user(api, section, store) for _ in range(7)]
     send_at = datetime.now(UTC) + timedelta(hours=3)
     cid = await _scheduled_push_campaign(api, section, send_at)
     fresh_provider.script(path, Reply(200), Reply(200), Reply(drop=True))  # the third call: outcome unknown
@@ -261,9 +218,9 @@ async def test_scheduled_run_is_throttled(
     fresh_provider: ProviderServer,
 ) -> None:
     """A run never calls the provider faster than the integration's rate limit."""
-    await _provider_push(api, section, fresh_provider, rate_limit_per_second=10)
+    await provider_push(api, section, fresh_provider, rate_limit_per_second=10)
     for _ in range(8):
-        await _push_user(api, section, store)
+        await push_user(api, section, store)
     cid = await _scheduled_push_campaign(api, section)
     stamps: list[float] = []
     fresh_provider.on_request = lambda _: stamps.append(time.monotonic())
@@ -281,8 +238,8 @@ async def test_scheduled_run_is_throttled(
 async def _day_and_night_users(api: httpx.AsyncClient, sec: SectionKeys, store: Store) -> tuple[str, str]:
     """An app push integration and two push users: one where it is afternoon now, one where it is night."""
     await add_integration(api, sec, channel="app_push")
-    day = await _push_user(api, sec, store, zone_at_local_hour(range(11, 18)))
-    night = await _push_user(api, sec, store, zone_at_local_hour(range(0, 6)))
+    day = await push_user(api, sec, store, zone_at_local_hour(range(11, 18)))
+    night = await push_user(api, sec, store, zone_at_local_hour(range(0, 6)))
     return day, night
 
 
@@ -328,8 +285,8 @@ async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
 ) -> None:
     """A worker stopped mid-batch (activity cancelled during a provider call): a new worker finishes the run,
     nobody is messaged twice, and the one call whose outcome was unknown is repeated under its key."""
-    path = await _provider_push(api, section, fresh_provider)
-    users = [await _push_user(api, section, store) for _ in range(6)]
+    path = await provider_push(api, section, fresh_provider)
+    users = [await push_user(api, section, store) for _ in range(6)]
     cid = await _scheduled_push_campaign(api, section)
     fresh_provider.script(path, Reply(200), Reply(200), Reply(200, delay=30))  # the third hangs
     third_call = asyncio.Event()
