@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 import store.broadcast_tables  # noqa: F401
+import store.cart_tables  # noqa: F401
 import store.feed_tables  # noqa: F401
 import store.identity_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401
