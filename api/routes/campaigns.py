@@ -15,11 +15,12 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
+from temporalio.service import RPCError
 
 from api import campaign_schedules
 from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
-from api.errors import Conflict, NotFound
+from api.errors import Conflict, NotFound, Unavailable
 from domain.campaign import CampaignSpec, CampaignType
 from store.campaigns import load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
@@ -46,6 +47,7 @@ class CampaignPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     schedule: ScheduleOut | None = None  # recurring scheduled campaigns: their Temporal Schedule
+    schedule_error: str | None = None  # the schedule could not be read (Temporal unreachable)
 
 
 class Validated(BaseModel):
@@ -85,14 +87,23 @@ async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> Camp
     if out.type != CampaignType.SCHEDULED or (not campaign_schedules.recurs(spec) and out.version == 1):
         return out  # never recurred: no schedule to create or delete (and no need for Temporal)
     client = await state.client()
-    await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
+    try:
+        await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
+    except RPCError as err:
+        raise Unavailable(
+            f"the campaign was saved but its Temporal Schedule was not updated ({err.message}); repeat the request"
+        ) from err
     return await _with_schedule(state, section_id, out)
 
 
 async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
     if campaign_schedules.recurs(CampaignSpec.model_validate(out.spec)) and out.status != "archived":
-        client = await state.client()
-        out.schedule = await campaign_schedules.describe(client, section_id, out.id)
+        try:
+            client = await state.client()
+            out.schedule = await campaign_schedules.describe(client, section_id, out.id)
+        except (RPCError, Unavailable) as err:
+            # Reading a campaign never fails because Temporal is down; say what is unknown.
+            out.schedule_error = f"Temporal Schedule unavailable: {err}"[:300]
     return out
 
 
