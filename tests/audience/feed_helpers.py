@@ -11,11 +11,12 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from store.engine import Store
-from store.tables import User
+from store.tables import Send, User
 from tests.helpers import SectionKeys, add_integration, collect, step
 from tests.provider_server import ProviderServer
 from workflows.broadcast import BroadcastWorkflow
@@ -144,3 +145,14 @@ async def provider_push(
         api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}, **extra
     )
     return path
+
+
+async def get_product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dict[str, Any]:
+    r = await api.get(f"/api/v1/products/{sku}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return dict(r.json() or {})
+
+
+async def campaign_sends(store: Store, campaign_id: str) -> list[Send]:
+    with store.session() as s:
+        return list(s.exec(select(Send).where(Send.campaign_id == campaign_id)).all())

@@ -12,15 +12,15 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from settings import Settings
 from store.broadcast_tables import BroadcastRun
 from store.engine import Store
-from store.tables import Send, User
+from store.tables import User
 from tests.audience.feed_helpers import (
     batch_campaign,
+    campaign_sends,
     create_feed,
     csv_bytes,
     get_run,
@@ -57,11 +57,6 @@ async def _product_sync(
     return await upload_feed(api, env.client, sec, feed, csv_bytes("sku,name,price,in_stock", *rows))
 
 
-async def _sends(store: Store, campaign_id: str) -> list[Send]:
-    with store.session() as s:
-        return list(s.exec(select(Send).where(Send.campaign_id == campaign_id)).all())
-
-
 async def test_price_drop_triggers_cart_holders_at_campaign_schedule(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
@@ -90,13 +85,13 @@ async def test_price_drop_triggers_cart_holders_at_campaign_schedule(
     assert len(messages) == 1
     items = messages[0]["payload"]["items"]
     assert [(i["sku"], i["old_price"], i["price"]) for i in items] == [("sku-1", 100.0, 80.0)]
-    (send,) = await _sends(store, cid)
+    (send,) = await campaign_sends(store, cid)
     assert send.user_id == u1
     local = send.created_at.astimezone(ZoneInfo("Europe/Paris"))
     assert (local.hour, local.minute) == (10, 0), local
     run = await get_run(api, section, summary.runs[0])
     assert (run["state"], run["total"], run["sent"], run["pending"]) == ("done", 1, 1, 0)
-    assert u2 not in {s.user_id for s in await _sends(store, cid)}
+    assert u2 not in {s.user_id for s in await campaign_sends(store, cid)}
 
 
 async def test_back_in_stock_triggers_users_who_viewed_or_carted(
@@ -128,7 +123,7 @@ async def test_back_in_stock_triggers_users_who_viewed_or_carted(
     (run_id,) = summary.runs
     progress = await run_result(env.client, run_id)
     assert progress.sent == 2, progress
-    assert {s.user_id for s in await _sends(store, cid)} == {viewer[1], carter[1]}
+    assert {s.user_id for s in await campaign_sends(store, cid)} == {viewer[1], carter[1]}
     item = (await outbox(api, section))[0]["payload"]["items"][0]
     assert (item["sku"], item["old_value"], item["new_value"]) == ("sku-9", False, True)
 
@@ -164,7 +159,7 @@ async def test_user_attribute_change_matches_old_and_new_values(
     assert summary.changes == 2
     (run_id,) = summary.runs
     assert (await run_result(env.client, run_id)).sent == 1
-    assert [s.user_id for s in await _sends(store, cid)] == [people[0][1]]
+    assert [s.user_id for s in await campaign_sends(store, cid)] == [people[0][1]]
     payload = (await outbox(api, section))[0]["payload"]
     assert payload["text"] == "Now Silver!"
     assert payload["change"] == [{"attribute": "loyalty", "old_value": "Bronze", "new_value": "Silver"}]
@@ -203,7 +198,7 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     keys = [r.headers["idempotency-key"] for r in fresh_provider.to(path)]
     assert len(keys) == 8 and len(set(keys)) == 7  # only the call lost in flight was repeated, same key
     assert len(fresh_provider.deliveries) == 7
-    sends = await _sends(store, cid)
+    sends = await campaign_sends(store, cid)
     assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
     assert min(s.created_at for s in sends) >= send_at - timedelta(seconds=1)
     run = await get_run(api, section, run_id)
@@ -253,7 +248,7 @@ async def test_quiet_hours_wait_for_each_recipients_window(
     started = datetime.now(UTC)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert progress.sent == 2, progress
-    sends = {s.user_id: s.created_at for s in await _sends(store, cid)}
+    sends = {s.user_id: s.created_at for s in await campaign_sends(store, cid)}
     assert sends[day] - started < timedelta(minutes=5)
     with store.session() as s:
         night_user = s.get(User, night)
@@ -272,7 +267,7 @@ async def test_quiet_hours_drop_policy_skips_night_recipients(
     cid = await _scheduled_push_campaign(api, section, send_window=window)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert (progress.sent, progress.skipped) == (1, 1), progress
-    assert [s.user_id for s in await _sends(store, cid)] == [day]
+    assert [s.user_id for s in await campaign_sends(store, cid)] == [day]
 
 
 async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
@@ -320,6 +315,6 @@ async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
     keys = [r.headers["idempotency-key"] for r in fresh_provider.to(path)]
     assert len(set(keys)) == 6 and len(keys) == 7, keys  # only the interrupted call was repeated
     assert len(fresh_provider.deliveries) == 6
-    sends = await _sends(store, cid)
+    sends = await campaign_sends(store, cid)
     assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
     assert sum(s.possible_duplicate for s in sends) == 1  # the repeated call is flagged, never hidden

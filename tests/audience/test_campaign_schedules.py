@@ -18,8 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from settings import Settings
 from store.broadcast_tables import BroadcastRun
 from store.engine import Store
-from store.tables import Send
-from tests.audience.feed_helpers import batch_campaign, provider_push, push_user
+from tests.audience.feed_helpers import batch_campaign, campaign_sends, provider_push, push_user
 from tests.helpers import SectionKeys, create_campaign, eventually
 from tests.provider_server import ProviderServer
 from workflows.campaign_schedule import ScheduledCampaignWorkflow
@@ -98,11 +97,6 @@ async def test_recurring_spec_is_validated(api: httpx.AsyncClient, section: Sect
         assert r.status_code == 422, (spec, r.text)
 
 
-async def _sends(store: Store, cid: str) -> list[Send]:
-    with store.session() as s:
-        return list(s.exec(select(Send).where(Send.campaign_id == cid)).all())
-
-
 async def _done_runs(store: Store, cid: str, count: int) -> list[BroadcastRun]:
     async def check() -> list[BroadcastRun]:
         with store.session() as s:
@@ -133,7 +127,7 @@ async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
     await handle.trigger()
     (first,) = await _done_runs(store, cid, 1)
     assert first.total == 3 and first.sent == 3, first
-    assert sorted(s.user_id for s in await _sends(store, cid)) == users
+    assert sorted(s.user_id for s in await campaign_sends(store, cid)) == users
 
     now = datetime.now(UTC)
     slot = now.replace(hour=3, minute=0, second=0, microsecond=0)
@@ -144,7 +138,7 @@ async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
     )  # fmt: skip
     runs = await _done_runs(store, cid, 2)
     assert scheduled_run_id(cid, slot) in {r.id for r in runs}
-    assert len(await _sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
+    assert len(await campaign_sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
 
     # The same slot fired again: the run exists and is done; nobody is messaged twice.
     again = await env.client.execute_workflow(
@@ -154,7 +148,7 @@ async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
     )  # fmt: skip
     assert again is None
     await asyncio.sleep(0.5)
-    assert len(await _sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
+    assert len(await campaign_sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
     assert len(await _done_runs(store, cid, 2)) == 2
 
 

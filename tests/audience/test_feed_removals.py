@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
 from store.feed_tables import ProductChange
-from tests.audience.feed_helpers import create_feed, csv_bytes, feed_syncs, upload_feed
+from tests.audience.feed_helpers import create_feed, csv_bytes, feed_syncs, get_product, upload_feed
 from tests.helpers import SectionKeys
 from workflows.feed_models import FeedSyncSummary
 from workflows.feeds import FeedSyncWorkflow
@@ -24,12 +24,6 @@ FULL = "sku,name,price,in_stock"
 @pytest.fixture(autouse=True)
 def _s3(s3: str) -> str:
     return s3
-
-
-async def _product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dict[str, Any]:
-    r = await api.get(f"/api/v1/products/{sku}", headers=sec.mgmt)
-    assert r.status_code == 200, r.text
-    return dict(r.json() or {})
 
 
 def _changes(store: Store, sync_id: str) -> dict[tuple[str, str], tuple[Any, Any]]:
@@ -65,17 +59,17 @@ async def test_full_feed_marks_missing_products_removed_and_restores_them(
         api, env.client, section, feed, csv_bytes(FULL, *(f"sku-{c},Item {c},10,true" for c in "abc"))
     )
     assert (second.state, second.removed) == ("succeeded", 1), second
-    gone = await _product(api, section, "sku-d")
+    gone = await get_product(api, section, "sku-d")
     assert gone["in_stock"] is False and gone["attributes"]["removed"] is True and gone["price"] == 10
     assert _changes(store, second.sync_id) == {("sku-d", "removed"): (None, True), ("sku-d", "in_stock"): (True, False)}
     assert (await feed_syncs(api, section, feed))[0]["removed"] == 1
-    assert (await _product(api, section, "sku-api"))["name"] == "By API"
+    assert (await get_product(api, section, "sku-api"))["name"] == "By API"
 
     back = await upload_feed(
         api, env.client, section, feed, csv_bytes("sku,name,price", *(f"sku-{c},Item {c},10" for c in "abcd"))
     )
     assert (back.state, back.removed) == ("succeeded", 0), back
-    again = await _product(api, section, "sku-d")
+    again = await get_product(api, section, "sku-d")
     assert again["in_stock"] is True and "removed" not in again["attributes"]
     assert _changes(store, back.sync_id) == {("sku-d", "removed"): (True, None), ("sku-d", "in_stock"): (False, True)}
 
@@ -91,13 +85,13 @@ async def test_truncated_full_file_is_refused_unless_forced(
     assert (refused.state, refused.removed, refused.runs) == ("refused", 3, []), refused
     status = (await feed_syncs(api, section, feed))[0]
     assert status["state"] == "refused" and "3 of the feed's 4" in status["error"] and "force" in status["error"]
-    assert (await _product(api, section, "sku-a"))["price"] == 10  # nothing of the file was applied
-    assert (await _product(api, section, "sku-b"))["in_stock"] is True
+    assert (await get_product(api, section, "sku-a"))["price"] == 10  # nothing of the file was applied
+    assert (await get_product(api, section, "sku-b"))["in_stock"] is True
 
     forced = await _forced(api, env, section, feed, truncated)
     assert (forced.state, forced.removed) == ("succeeded", 3), forced
-    assert (await _product(api, section, "sku-a"))["price"] == 7
-    assert (await _product(api, section, "sku-b"))["attributes"]["removed"] is True
+    assert (await get_product(api, section, "sku-a"))["price"] == 7
+    assert (await get_product(api, section, "sku-b"))["attributes"]["removed"] is True
 
 
 async def test_delta_feed_never_removes(api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys) -> None:
@@ -105,4 +99,4 @@ async def test_delta_feed_never_removes(api: httpx.AsyncClient, env: WorkflowEnv
     await _four(api, env, section, feed)
     summary = await upload_feed(api, env.client, section, feed, csv_bytes(FULL, "sku-a,Item a,8,true"))
     assert (summary.state, summary.removed) == ("succeeded", 0), summary
-    assert (await _product(api, section, "sku-b"))["in_stock"] is True
+    assert (await get_product(api, section, "sku-b"))["in_stock"] is True
