@@ -167,3 +167,16 @@ async def test_fire_of_a_paused_campaign_sends_nothing(
     assert result is None
     with store.session() as s:
         assert s.exec(select(BroadcastRun).where(BroadcastRun.campaign_id == cid)).first() is None
+
+
+async def test_update_that_stops_recurring_deletes_the_schedule(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    cid = await create_campaign(api, section, _recurring(time_of_day="08:15"))
+    assert (await _campaign(api, section, cid))["schedule"]["paused"] is False
+    once = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()})
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=once, headers=section.mgmt)
+    assert r.status_code == 200 and r.json()["schedule"] is None, r.text
+    with pytest.raises(RPCError) as err:
+        await env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)).describe()
+    assert err.value.status == RPCStatusCode.NOT_FOUND

@@ -13,8 +13,16 @@ from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
 from store.feed_tables import ProductChange
-from tests.audience.feed_helpers import create_feed, csv_bytes, feed_syncs, get_product, upload_feed
-from tests.helpers import SectionKeys
+from tests.audience.feed_helpers import (
+    batch_campaign,
+    create_feed,
+    csv_bytes,
+    feed_syncs,
+    get_product,
+    run_result,
+    upload_feed,
+)
+from tests.helpers import SectionKeys, add_integration, add_to_cart, collect, create_campaign, outbox, reachable_user
 from workflows.feed_models import FeedSyncSummary
 from workflows.feeds import FeedSyncWorkflow
 
@@ -100,3 +108,25 @@ async def test_delta_feed_never_removes(api: httpx.AsyncClient, env: WorkflowEnv
     summary = await upload_feed(api, env.client, section, feed, csv_bytes(FULL, "sku-a,Item a,8,true"))
     assert (summary.state, summary.removed) == ("succeeded", 0), summary
     assert (await get_product(api, section, "sku-b"))["in_stock"] is True
+
+
+async def test_removed_product_counts_as_out_of_stock_for_campaigns(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """An "out of stock" campaign (in_stock true -> false) fires for cart holders of a removed product, and the
+    message's item says it is out of stock and removed."""
+    await add_integration(api, section)
+    rule = {"attribute": "in_stock", "old": [{"op": "eq", "value": True}], "new": [{"op": "eq", "value": False}]}
+    await create_campaign(api, section, batch_campaign("product_attribute_change", attribute_change=rule))
+    feed = await create_feed(api, section)
+    await _four(api, env, section, feed)
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-d", 10))
+    summary = await upload_feed(
+        api, env.client, section, feed, csv_bytes(FULL, *(f"sku-{c},Item {c},10,true" for c in "abc"))
+    )
+    (run_id,) = summary.runs
+    assert (await run_result(env.client, run_id)).sent == 1
+    (item,) = (await outbox(api, section))[0]["payload"]["items"]
+    assert (item["sku"], item["old_value"], item["new_value"], item["in_stock"]) == ("sku-d", True, False, False)
+    assert item["removed"] is True  # product records carry attributes at the top level
