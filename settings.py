@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     subscriber_sync_every: timedelta = timedelta(minutes=5)
     # A file with more bad rows than this is not applied at all (the previous list stays).
     subscriber_max_rejected_rows: int = 100_000
+    # A full product feed file that would remove more than this share of the feed's products
+    # (a truncated upload) is refused unless the sync is forced (`?force=true`).
+    feed_max_removal_share: float = Field(0.5, ge=0, le=1)
 
     # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
     max_body_bytes: int = 1024 * 1024

@@ -33,6 +33,7 @@ from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
 from workflows.broadcast import BroadcastWorkflow
+from workflows.campaign_schedule import ScheduledCampaignWorkflow
 from workflows.feeds import FeedSyncWorkflow
 from workflows.journey import JourneyWorkflow
 from workflows.subscribers import SubscriberSyncWorkflow
@@ -92,12 +93,16 @@ async def build_worker(
             yield Worker(
                 client,
                 task_queue=task_queue or settings.task_queue,
-                workflows=[JourneyWorkflow, SubscriberSyncWorkflow, FeedSyncWorkflow, BroadcastWorkflow],
+                workflows=[
+                    JourneyWorkflow, SubscriberSyncWorkflow, FeedSyncWorkflow, BroadcastWorkflow,
+                    ScheduledCampaignWorkflow,
+                ],  # fmt: skip
                 activities=[
                     journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver,
                     subscribers.list_folders, subscribers.claim, subscribers.sync_folder, subscribers.finish,
                     subscribers.cleanup, feeds.begin, feeds.stage, feeds.apply, feeds.fail,
-                    broadcast.plan_feed_runs, broadcast.plan_audience, broadcast.set_state, broadcast.deliver_batch,
+                    broadcast.plan_feed_runs, broadcast.plan_scheduled_fire, broadcast.plan_audience, broadcast.set_state,
+                    broadcast.deliver_batch,
                 ],  # fmt: skip
                 activity_executor=pool,
                 workflow_runner=SandboxedWorkflowRunner() if settings.workflow_sandbox else UnsandboxedWorkflowRunner(),

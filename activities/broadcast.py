@@ -44,8 +44,15 @@ from store.feed_tables import Feed, FeedSync
 from store.reachability import opt_out_gone, reach
 from store.tables import Campaign, Integration, Section, Send, now_utc
 from store.users import canonical_user
-from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, PlannedRun, PlanRunsRequest
-from workflows.ids import broadcast_send_key, feed_run_id
+from workflows.feed_models import (
+    BatchRequest,
+    BatchResult,
+    BroadcastInput,
+    FireRequest,
+    PlannedRun,
+    PlanRunsRequest,
+)
+from workflows.ids import broadcast_send_key, feed_run_id, scheduled_run_id
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +148,27 @@ class BroadcastActivities:
         )  # fmt: skip
         s.add(run)
         return run
+
+    @activity.defn(name="broadcast.plan_scheduled_fire")
+    def plan_scheduled_fire(self, req: FireRequest) -> PlannedRun | None:
+        """The run of one fire of a recurring campaign (insert-if-absent on its deterministic id).
+
+        None when the campaign is no longer active (paused or archived between the fire and now:
+        the schedule is paused or deleted with it, but a fire may already be on its way)."""
+        run_id = scheduled_run_id(req.campaign_id, req.fire_time)
+        with self.store.session() as s:
+            existing = s.get(BroadcastRun, run_id)
+            if existing is None:
+                campaign = s.get(Campaign, req.campaign_id)
+                if campaign is None or campaign.section_id != req.section_id or campaign.status != "active":
+                    return None
+                existing = BroadcastRun(
+                    id=run_id, section_id=campaign.section_id, campaign_id=campaign.id,
+                    campaign_version=campaign.version, reason=f"schedule {req.fire_time.isoformat()}",
+                    state="waiting", send_at=req.fire_time, created_at=req.as_of,
+                )  # fmt: skip
+                s.add(existing)
+            return PlannedRun(run_id=run_id, campaign_id=req.campaign_id, send_at=existing.send_at)
 
     @activity.defn(name="broadcast.plan_audience")
     def plan_audience(self, inp: BroadcastInput) -> int:

@@ -28,7 +28,7 @@ from domain import feeds as rules
 from providers.base import ConfigurationError
 from providers.url_guard import check_url
 from settings import Settings
-from store import objects
+from store import feed_products, objects
 from store import subscribers as staging
 from store.engine import Store
 from store.feed_tables import Feed, FeedRejection, FeedStage, FeedSync, ProductChange, UserAttributeChange
@@ -167,16 +167,29 @@ class FeedActivities:
                 return FeedApplied(changes=sync.changes)  # a retry after success
             feed = s.get(Feed, sync.feed_id)
             assert feed is not None
+            gone: list[str] = []
+            if feed.kind == "product" and feed.mode == "full":
+                gone = feed_products.missing(s, feed.id, sync.id)
+                refusal = _removal_refusal(len(gone), feed_products.listed_count(s, feed.id), req, self.settings)
+                if refusal:
+                    # Most likely a truncated file: apply nothing, say why and how to force it.
+                    s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
+                    _close(sync, "refused", req, 0)
+                    sync.error, sync.removed = refusal, len(gone)
+                    s.add(sync)
+                    return FeedApplied(state="refused", removed=len(gone))
             changes = 0
             for chunk in _staged_chunks(s, sync.id):
                 if feed.kind == "product":
-                    changes += _apply_products(s, sync, chunk, req.as_of)
+                    changes += _apply_products(s, feed, sync, chunk, req.as_of)
                 else:
                     changes += _apply_users(s, sync, chunk, req.as_of)
+            changes += feed_products.remove(s, feed, sync, gone, req.as_of)
             s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
             _close(sync, "succeeded", req, changes)
+            sync.removed = len(gone)
             s.add(sync)
-            return FeedApplied(changes=changes)
+            return FeedApplied(changes=changes, removed=len(gone))
 
     @activity.defn(name="feeds.fail")
     def fail(self, req: FeedFinishRequest) -> None:
@@ -214,8 +227,21 @@ def _staged_chunks(s: Session, sync_id: str) -> Iterator[list[FeedStage]]:
     )
 
 
-def _apply_products(s: Session, sync: FeedSync, chunk: list[FeedStage], now: datetime) -> int:
+def _removal_refusal(removing: int, listed: int, req: FeedFinishRequest, settings: Settings) -> str | None:
+    """Why a full file that would remove too much of the catalogue is refused, or None."""
+    if req.force or not listed or removing / listed <= settings.feed_max_removal_share:
+        return None
+    return (
+        f"the file would remove {removing} of the feed's {listed} products ({removing / listed:.0%}, more than "
+        f"{settings.feed_max_removal_share:.0%}); nothing was applied. If that is intended, sync again with "
+        "force=true"
+    )
+
+
+def _apply_products(s: Session, feed: Feed, sync: FeedSync, chunk: list[FeedStage], now: datetime) -> int:
     skus = [r.key for r in chunk]
+    back = feed_products.returning(s, feed.id, skus)
+    feed_products.mark_listed(s, feed, sync.id, skus)
     current = {
         p.sku: p
         for p in s.exec(
@@ -225,6 +251,8 @@ def _apply_products(s: Session, sync: FeedSync, chunk: list[FeedStage], now: dat
     changes = 0
     for row in chunk:
         new = row.data
+        if row.key in back and "in_stock" not in new:
+            new = {**new, "in_stock": back[row.key]}  # listed again: the stock flag it had before removal
         old = current.get(row.key)
         before = old.model_dump(exclude={"section_id", "updated_at"}) if old is not None else None
         for field, was, now_value in rules.product_changes(before, new):

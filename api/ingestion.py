@@ -25,7 +25,7 @@ from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
 from domain.matching import Catalog, event_skus, exit_reason, triggers
 from security.crypto import SecretBox
 from settings import Settings
-from store import users
+from store import cart_index, users
 from store.campaigns import live_campaigns
 from store.engine import Store
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
@@ -89,7 +89,10 @@ def accept(
                 user = users.identify(s, user, ev.identity, body.user.device_key, now)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
                 _push_opt(s, box, section_id, user.id, ev, now)
+            before = cart_index.skus(user)
             cart = users.apply_cart(user, ev)
+            if cart_index.skus(user) != before:
+                cart_index.reindex(s, user)  # same transaction as the cart itself
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
             catalog = _catalog(s, section_id, skus) if campaigns else {}
             event_id = new_event_id()

@@ -149,22 +149,34 @@ def _check_zone(v: str) -> str:
 class SendSchedule(_Strict):
     """When a batched campaign sends: the next `time_of_day` on one of `days`, in `timezone`.
 
-    `send_at` (scheduled campaigns) sends once at that instant instead.
+    `send_at` (scheduled campaigns) sends once at that instant instead. `recurring` (scheduled
+    campaigns) sends at every `time_of_day` on `days` until `until` (a Temporal Schedule per
+    campaign starts the runs; no `POST .../runs` needed).
     """
 
     time_of_day: str = Field("10:00", pattern=HHMM)
     days: list[Weekday] = Field(default_factory=lambda: list(ALL_DAYS), min_length=1)
     timezone: str = "UTC"
     send_at: datetime | None = None
+    recurring: bool = False
+    until: datetime | None = Field(None, description="Recurring schedules: no run after this instant")
 
     _zone = field_validator("timezone")(_check_zone)
 
-    @field_validator("send_at")
+    @field_validator("send_at", "until")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
-            raise ValueError("send_at needs a timezone offset (e.g. 2026-05-01T09:00:00+02:00)")
+            raise ValueError("needs a timezone offset (e.g. 2026-05-01T09:00:00+02:00)")
         return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SendSchedule:
+        if self.recurring and self.send_at is not None:
+            raise ValueError("send_at (once) and recurring exclude each other")
+        if self.until is not None and not self.recurring:
+            raise ValueError("until applies to recurring schedules only")
+        return self
 
 
 class SendWindow(_Strict):
@@ -322,6 +334,8 @@ class CampaignSpec(_Strict):
             not_push = [c.value for c in self.channel_priority if c.value not in PUSH_CHANNELS]
             if not_push:
                 raise ValueError(f"channel_priority: scheduled campaigns use push channels only (got {not_push})")
+        elif self.schedule is not None and self.schedule.recurring:
+            raise ValueError("schedule.recurring: only scheduled campaigns recur (feed-driven ones follow their feed)")
         return self
 
     @field_validator("channel_priority")

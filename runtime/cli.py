@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("rotate-secrets", help="re-encrypt stored secrets under the newest REJOIN_SECRET_KEY")
     pe = sub.add_parser("purge-events", help="delete raw events older than the retention (REJOIN_EVENT_RETENTION)")
     pe.add_argument("--days", type=float, default=None, help="override the configured retention")
+    sub.add_parser("reindex-carts", help="rebuild the cart index from users' carts (once, for data older than it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -128,5 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rotate_all(Store(settings.effective_database_url), SecretBox(settings.secret_keys))))
     elif args.command == "purge-events":
         _purge_events(settings, args.days)
+    elif args.command == "reindex-carts":
+        from store import cart_index
+        from store.engine import Store
+
+        with Store(settings.effective_database_url).session() as s:
+            print(json.dumps({"cart_entries": cart_index.rebuild(s)}))
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

@@ -1,6 +1,7 @@
 """Who a batched campaign run sends to: recipients from feed changes or the whole audience.
 
-Selection scans users and events with keyset pagination (bounded memory); recipients are
+Cart holders come from the cart index (`store/cart_index.py`), the whole audience from a
+keyset-paginated walk of users (bounded memory); recipients are
 inserted in batches, ignoring ones already there, so a retried planning step is harmless.
 Aliases (merged-away user ids) are never recipients: their rows point at the canonical user.
 """
@@ -18,6 +19,7 @@ from domain import feeds as feed_rules
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.matching import product_record
+from store import cart_index
 from store.broadcast_tables import BroadcastRecipient
 from store.feed_tables import ProductChange, UserAttributeChange
 from store.identity_tables import UserAlias
@@ -86,14 +88,22 @@ def price_drop_recipients(
         return {}
     catalog = _catalog(s, section_id, set(drops))
     out: dict[str, list[dict[str, Any]]] = {}
-    for page in all_users(s, section_id):
-        for user in page:
-            in_cart = [str(i["productId"]) for i in user.cart if i.get("productId") in drops]
-            if in_cart and matches(spec.audience.conditions, user.attributes, spec.audience.match):
-                out[user.id] = [
-                    _item(sku, catalog, old_price=drops[sku][0], price=drops[sku][1]) for sku in in_cart
-                ]
+    for user, in_cart in _cart_holders(s, section_id, set(drops)):
+        if matches(spec.audience.conditions, user.attributes, spec.audience.match):
+            out[user.id] = [_item(sku, catalog, old_price=drops[sku][0], price=drops[sku][1]) for sku in in_cart]
     return out
+
+
+def _cart_holders(s: Session, section_id: str, skus: set[str]) -> Iterator[tuple[User, list[str]]]:
+    """Users with any of `skus` in their cart, found through the cart index (not a scan of all
+    users), with those SKUs in cart order."""
+    found = cart_index.holders(s, section_id, skus)
+    ids = sorted(found)
+    for i in range(0, len(ids), PAGE):
+        for user in s.exec(select(User).where(col(User.id).in_(ids[i : i + PAGE])).order_by(col(User.id))):
+            in_cart = [str(item["productId"]) for item in user.cart if item.get("productId") in skus]
+            if in_cart:  # the index and the cart are written together; this only guards the order
+                yield user, in_cart
 
 
 def _value_ok(conditions: list[Any], value: Any) -> bool:
@@ -115,12 +125,7 @@ def product_change_recipients(
     if not changed:
         return {}
     catalog = _catalog(s, section_id, set(changed))
-    touched: dict[str, list[str]] = {}
-    for page in all_users(s, section_id):
-        for user in page:
-            skus = [str(i["productId"]) for i in user.cart if i.get("productId") in changed]
-            if skus:
-                touched[user.id] = skus
+    touched = {user.id: skus for user, skus in _cart_holders(s, section_id, set(changed))}
     since = as_of - VIEW_LOOKBACK
     views = s.exec(
         select(Event.user_id, Event.data).where(

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
 import store.broadcast_tables  # noqa: F401
+import store.cart_tables  # noqa: F401
 import store.feed_tables  # noqa: F401
 import store.identity_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401

@@ -27,6 +27,9 @@ class Feed(SQLModel, table=True):
     s3_bucket: str | None = Field(default=None, max_length=63)
     s3_key: str | None = Field(default=None, max_length=1024)
     sync_every_seconds: int | None = None  # None: on demand only
+    # full: every file lists the whole catalogue (products it leaves out are removed);
+    # delta: files list changed products only (nothing is removed).
+    mode: str = Field(default="full", max_length=8)
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
@@ -37,11 +40,12 @@ class FeedSync(SQLModel, table=True):
     feed_id: str = Field(max_length=40)
     section_id: str = Field(max_length=40)
     object_key: str | None = Field(default=None, max_length=1024)  # uploads: where the file is
-    state: str = Field(default="running", max_length=16)  # running | succeeded | failed | rejected
+    state: str = Field(default="running", max_length=16)  # running | succeeded | failed | rejected | refused
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0
     changes: int = 0
+    removed: int = 0  # products of the feed the file no longer lists (full feeds)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
@@ -84,3 +88,21 @@ class UserAttributeChange(SQLModel, table=True):
     attribute: str = Field(max_length=200)
     old: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
     new: Any = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class FeedProduct(SQLModel, table=True):
+    """Which products a feed lists: a full file that leaves one out removes it (`removed_at`).
+
+    Only products a feed brought are ever removed by it (not those of another feed or of the
+    catalog API). `stock_before` keeps `in_stock` as it was at removal, restored when a later
+    file lists the product again without an `in_stock` column.
+    """
+
+    __table_args__ = (Index("ix_feed_product_sku", "section_id", "sku"),)
+
+    feed_id: str = Field(primary_key=True, max_length=40)
+    sku: str = Field(primary_key=True, max_length=256)
+    section_id: str = Field(max_length=40)
+    last_sync_id: str = Field(max_length=40)
+    removed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
+    stock_before: bool | None = None

@@ -17,6 +17,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
+from store import cart_index
 from store.identity_tables import UserAlias
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
 
@@ -136,6 +137,8 @@ def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     s.add(merged)
     s.add(into)
     s.flush()
+    cart_index.reindex(s, merged)  # an alias holds no cart: its entries go
+    cart_index.reindex(s, into)
 
 
 def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:

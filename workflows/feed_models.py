@@ -15,6 +15,7 @@ class FeedSyncInput(BaseModel):
     feed_id: str
     object_key: str | None = None  # an uploaded file; None: the feed's own URL / S3 location
     max_rejected_rows: int = 100_000
+    force: bool = False  # apply a full file even if it removes more than the allowed share
 
 
 class FeedBeginRequest(BaseModel):
@@ -47,16 +48,20 @@ class FeedFinishRequest(BaseModel):
     sync_id: str
     result: FeedStageResult
     as_of: datetime
+    force: bool = False
 
 
 class FeedApplied(BaseModel):
+    state: str = "succeeded"  # | refused (a full file removing too much, not forced)
     changes: int = 0
+    removed: int = 0
 
 
 class FeedSyncSummary(BaseModel):
     sync_id: str
     state: str
     changes: int = 0
+    removed: int = 0
     runs: list[str] = Field(default_factory=list)
 
 
@@ -87,6 +92,22 @@ class BroadcastInput(BaseModel):
     shards: int = 2
     batch_size: int = 200
     plan_scheduled: bool = False  # a scheduled run lists its audience when it starts
+
+
+class ScheduledFireInput(BaseModel):
+    """What a recurring campaign's Temporal Schedule starts at each fire time."""
+
+    section_id: str
+    campaign_id: str
+    fire_time: datetime | None = None  # None: the schedule's nominal time (TemporalScheduledStartTime)
+    shards: int = 2
+
+
+class FireRequest(BaseModel):
+    section_id: str
+    campaign_id: str
+    fire_time: datetime
+    as_of: datetime
 
 
 class BatchRequest(BaseModel):

@@ -64,7 +64,7 @@ class FeedSyncWorkflow:
         except ActivityError as err:
             message = getattr(err.cause, "message", None) or str(err.cause or err)
             staged = FeedStageResult(state="failed", error=f"sync gave up: {message}"[:500])
-        finish = FeedFinishRequest(sync_id=sync_id, result=staged, as_of=workflow.now())
+        finish = FeedFinishRequest(sync_id=sync_id, result=staged, as_of=workflow.now(), force=inp.force)
         if staged.state != "staged":
             await workflow.execute_activity_method(
                 FeedActivities.fail, finish, start_to_close_timeout=SHORT, retry_policy=RETRY
@@ -77,6 +77,8 @@ class FeedSyncWorkflow:
             retry_policy=RETRY,
             summary="apply the feed (one transaction)",
         )
+        if applied.state != "succeeded":  # refused: a full file that would remove too much
+            return FeedSyncSummary(sync_id=sync_id, state=applied.state, removed=applied.removed)
         planned = await workflow.execute_activity_method(
             BroadcastActivities.plan_feed_runs,
             PlanRunsRequest(section_id=inp.section_id, sync_id=sync_id, as_of=workflow.now()),
@@ -98,5 +100,6 @@ class FeedSyncWorkflow:
                 static_summary=f"campaign {run.campaign_id}: run {run.run_id}",
             )
         return FeedSyncSummary(
-            sync_id=sync_id, state="succeeded", changes=applied.changes, runs=[r.run_id for r in planned]
+            sync_id=sync_id, state="succeeded", changes=applied.changes, removed=applied.removed,
+            runs=[r.run_id for r in planned],
         )

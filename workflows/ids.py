@@ -5,6 +5,8 @@ No email address or phone number ever appears here: users are opaque `usr_…` i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 
 def journey_workflow_id(section_id: str, campaign_id: str, user_id: str) -> str:
     """One open journey per (section, campaign, user): signal-with-start on this id merges triggers."""
@@ -45,3 +47,14 @@ def broadcast_workflow_id(run_id: str) -> str:
 def broadcast_send_key(run_id: str, user_id: str, channel: str) -> str:
     """Idempotency key of a batched run's message to one user on one channel."""
     return f"bcast:{run_id}:{user_id}:{channel}"
+
+
+def campaign_schedule_id(section_id: str, campaign_id: str) -> str:
+    """Temporal Schedule (and workflow id prefix) of a recurring scheduled campaign."""
+    return f"campaign/{section_id}/{campaign_id}"
+
+
+def scheduled_run_id(campaign_id: str, fire_time: datetime) -> str:
+    """The run of one schedule fire: deterministic per (campaign, fire time), so a duplicate fire
+    of the same time finds the same run and its recipients instead of messaging anyone twice."""
+    return f"run_{campaign_id}_{fire_time.astimezone(UTC).strftime('%Y%m%dT%H%M%S')}"[:40]

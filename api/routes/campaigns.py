@@ -7,6 +7,7 @@ journeys in flight keep the version they started with.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from datetime import datetime
 from typing import Any
@@ -14,10 +15,13 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
+from temporalio.service import RPCError
 
+from api import campaign_schedules
+from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
-from api.errors import Conflict, NotFound
-from domain.campaign import CampaignSpec
+from api.errors import Conflict, NotFound, Unavailable
+from domain.campaign import CampaignSpec, CampaignType
 from store.campaigns import load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
 
@@ -42,6 +46,8 @@ class CampaignPublic(BaseModel):
     spec: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    schedule: ScheduleOut | None = None  # recurring scheduled campaigns: their Temporal Schedule
+    schedule_error: str | None = None  # the schedule could not be read (Temporal unreachable)
 
 
 class Validated(BaseModel):
@@ -75,14 +81,45 @@ def validate(spec: CampaignSpec, principal: Management, state: StateDep) -> Vali
     return Validated(valid=True, spec=spec.model_dump(mode="json"))
 
 
+async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
+    """After a committed change: make the campaign's Temporal Schedule match, then show it."""
+    spec = CampaignSpec.model_validate(out.spec)
+    if out.type != CampaignType.SCHEDULED or (not campaign_schedules.recurs(spec) and out.version == 1):
+        return out  # never recurred: no schedule to create or delete (and no need for Temporal)
+    client = await state.client()
+    try:
+        await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
+    except RPCError as err:
+        raise Unavailable(
+            f"the campaign was saved but its Temporal Schedule was not updated ({err.message}); repeat the request"
+        ) from err
+    return await _with_schedule(state, section_id, out)
+
+
+async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
+    if campaign_schedules.recurs(CampaignSpec.model_validate(out.spec)) and out.status != "archived":
+        try:
+            client = await state.client()
+            out.schedule = await campaign_schedules.describe(client, section_id, out.id)
+        except (RPCError, Unavailable) as err:
+            # Reading a campaign never fails because Temporal is down; say what is unknown.
+            out.schedule_error = f"Temporal Schedule unavailable: {err}"[:300]
+    return out
+
+
 @router.post("", status_code=201)
-def create(spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
-    _check_templates(state, principal.section_id, spec)
+async def create(spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    await asyncio.to_thread(_check_templates, state, principal.section_id, spec)
+    out = await asyncio.to_thread(_insert, state, principal.section_id, spec)
+    return await _synced(state, principal.section_id, out)
+
+
+def _insert(state: StateDep, section_id: str, spec: CampaignSpec) -> CampaignPublic:
     now = now_utc()
     with state.store.session() as s:
         c = Campaign(
             id="cmp_" + secrets.token_hex(6),
-            section_id=principal.section_id,
+            section_id=section_id,
             name=spec.name,
             type=spec.type.value,
             priority=spec.priority,
@@ -97,18 +134,24 @@ def create(spec: CampaignSpec, principal: Management, state: StateDep) -> Campai
 
 
 @router.get("")
-def list_campaigns(principal: Management, state: StateDep, status: str | None = None) -> list[CampaignPublic]:
-    with state.store.session() as s:
-        q = select(Campaign).where(Campaign.section_id == principal.section_id)
-        if status:
-            q = q.where(Campaign.status == status)
-        return [_public(s, c) for c in s.exec(q.order_by(col(Campaign.created_at))).all()]
+async def list_campaigns(principal: Management, state: StateDep, status: str | None = None) -> list[CampaignPublic]:
+    def load() -> list[CampaignPublic]:
+        with state.store.session() as s:
+            q = select(Campaign).where(Campaign.section_id == principal.section_id)
+            if status:
+                q = q.where(Campaign.status == status)
+            return [_public(s, c) for c in s.exec(q.order_by(col(Campaign.created_at))).all()]
+
+    return [await _with_schedule(state, principal.section_id, c) for c in await asyncio.to_thread(load)]
 
 
 @router.get("/{campaign_id}")
-def get(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
-    with state.store.session() as s:
-        return _public(s, _own(s, principal.section_id, campaign_id))
+async def get(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    def load() -> CampaignPublic:
+        with state.store.session() as s:
+            return _public(s, _own(s, principal.section_id, campaign_id))
+
+    return await _with_schedule(state, principal.section_id, await asyncio.to_thread(load))
 
 
 @router.get("/{campaign_id}/versions/{version}")
@@ -124,10 +167,15 @@ def get_version(campaign_id: str, version: int, principal: Management, state: St
 
 
 @router.put("/{campaign_id}")
-def update(campaign_id: str, spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
-    _check_templates(state, principal.section_id, spec)
+async def update(campaign_id: str, spec: CampaignSpec, principal: Management, state: StateDep) -> CampaignPublic:
+    await asyncio.to_thread(_check_templates, state, principal.section_id, spec)
+    out = await asyncio.to_thread(_new_version, state, principal.section_id, campaign_id, spec)
+    return await _synced(state, principal.section_id, out)
+
+
+def _new_version(state: StateDep, section_id: str, campaign_id: str, spec: CampaignSpec) -> CampaignPublic:
     with state.store.session() as s:
-        c = _own(s, principal.section_id, campaign_id)
+        c = _own(s, section_id, campaign_id)
         if c.status == "archived":
             raise Conflict("an archived campaign cannot be changed", field="status")
         if spec.type.value != c.type:
@@ -142,28 +190,31 @@ def update(campaign_id: str, spec: CampaignSpec, principal: Management, state: S
         return _public(s, c)
 
 
-def _transition(state: StateDep, section_id: str, campaign_id: str, to: str) -> CampaignPublic:
-    with state.store.session() as s:
-        c = _own(s, section_id, campaign_id)
-        if c.status == to:
+async def _transition(state: StateDep, section_id: str, campaign_id: str, to: str) -> CampaignPublic:
+    def move() -> CampaignPublic:
+        with state.store.session() as s:
+            c = _own(s, section_id, campaign_id)
+            if c.status != to:
+                if to not in TRANSITIONS[c.status]:
+                    raise Conflict(f"cannot go from {c.status} to {to}", field="status")
+                c.status, c.updated_at = to, now_utc()
+                s.add(c)
             return _public(s, c)
-        if to not in TRANSITIONS[c.status]:
-            raise Conflict(f"cannot go from {c.status} to {to}", field="status")
-        c.status, c.updated_at = to, now_utc()
-        s.add(c)
-        return _public(s, c)
+
+    # Also when the status did not change: repeating the request repairs a schedule sync that failed.
+    return await _synced(state, section_id, await asyncio.to_thread(move))
 
 
 @router.post("/{campaign_id}/activate")
-def activate(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
-    return _transition(state, principal.section_id, campaign_id, "active")
+async def activate(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return await _transition(state, principal.section_id, campaign_id, "active")
 
 
 @router.post("/{campaign_id}/pause")
-def pause(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
-    return _transition(state, principal.section_id, campaign_id, "paused")
+async def pause(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return await _transition(state, principal.section_id, campaign_id, "paused")
 
 
 @router.post("/{campaign_id}/archive")
-def archive(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
-    return _transition(state, principal.section_id, campaign_id, "archived")
+async def archive(campaign_id: str, principal: Management, state: StateDep) -> CampaignPublic:
+    return await _transition(state, principal.section_id, campaign_id, "archived")

@@ -56,6 +56,9 @@ class FeedIn(BaseModel):
     s3_bucket: str | None = Field(None, max_length=63)
     s3_key: str | None = Field(None, max_length=1024)
     sync_every: timedelta | None = Field(None, description="Sync on this interval (ISO 8601, e.g. PT6H)")
+    mode: Literal["full", "delta"] = Field(
+        "full", description="full: each file is the whole catalogue (missing products are removed); delta: changes only"
+    )
 
     @model_validator(mode="after")
     def _source_fields(self) -> FeedIn:
@@ -79,6 +82,7 @@ class FeedOut(BaseModel):
     s3_bucket: str | None
     s3_key: str | None
     sync_every_seconds: int | None
+    mode: str
 
 
 class Rejection(BaseModel):
@@ -93,6 +97,7 @@ class FeedSyncOut(BaseModel):
     rows_rejected: int
     lines_read: int
     changes: int
+    removed: int
     error: str | None
     started_at: datetime
     finished_at: datetime | None
@@ -134,11 +139,13 @@ def _feed(store: Store, section_id: str, feed_id: str) -> Feed:
     return feed
 
 
-def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None) -> FeedSyncInput:
+def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None, force: bool = False) -> FeedSyncInput:
     return FeedSyncInput(
         section_id=feed.section_id, feed_id=feed.id, object_key=object_key,
-        max_rejected_rows=settings.subscriber_max_rejected_rows,
+        max_rejected_rows=settings.subscriber_max_rejected_rows, force=force,
     )  # fmt: skip
+
+FORCE = Query(False, description="Apply a full product file even if it removes more than the allowed share")
 
 
 @router.post("/feeds", status_code=201)
@@ -147,6 +154,7 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
         id="feed_" + secrets.token_hex(6), section_id=principal.section_id, kind=body.kind, name=body.name,
         source=body.source, url=body.url, s3_bucket=body.s3_bucket, s3_key=body.s3_key,
         sync_every_seconds=int(body.sync_every.total_seconds()) if body.sync_every else None, created_at=now_utc(),
+        mode=body.mode,
     )  # fmt: skip
 
     def save() -> None:
@@ -172,18 +180,20 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
     return FeedOut(**feed.model_dump())
 
 
-async def _start_sync(state: StateDep, feed: Feed, object_key: str | None) -> SyncStarted:
+async def _start_sync(state: StateDep, feed: Feed, object_key: str | None, force: bool) -> SyncStarted:
     client = await state.client()
     wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
     await client.start_workflow(
-        FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key), id=wid,
+        FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force), id=wid,
         task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
     )  # fmt: skip
     return SyncStarted(workflow_id=wid)
 
 
 @router.put("/feeds/{feed_id}/file", status_code=202)
-async def upload_feed(feed_id: str, request: Request, principal: Management, state: StateDep) -> SyncStarted:
+async def upload_feed(
+    feed_id: str, request: Request, principal: Management, state: StateDep, force: bool = FORCE
+) -> SyncStarted:
     """Upload the feed's CSV (request body, streamed; never held whole in memory) and sync it."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
     key = (
@@ -204,16 +214,16 @@ async def upload_feed(feed_id: str, request: Request, principal: Management, sta
             s3.upload_fileobj(spool, state.settings.subscriber_bucket, key)
 
         await asyncio.to_thread(put)
-    return await _start_sync(state, feed, key)
+    return await _start_sync(state, feed, key, force)
 
 
 @router.post("/feeds/{feed_id}/sync", status_code=202)
-async def sync_feed(feed_id: str, principal: Management, state: StateDep) -> SyncStarted:
+async def sync_feed(feed_id: str, principal: Management, state: StateDep, force: bool = FORCE) -> SyncStarted:
     """Sync now from the feed's URL or S3 location."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
     if feed.source == "upload":
         raise Unprocessable("an upload feed syncs when a file is uploaded (PUT .../file)", field="feed_id")
-    return await _start_sync(state, feed, None)
+    return await _start_sync(state, feed, None, force)
 
 
 def _status(store: Store, feed: Feed, limit: int, rejections: int) -> FeedStatus:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import httpx
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from tests.helpers import SectionKeys
+from store.engine import Store
+from store.tables import Send, User
+from tests.helpers import SectionKeys, add_integration, collect, step
+from tests.provider_server import ProviderServer
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import FeedSyncSummary, RunProgress
 from workflows.feeds import FeedSyncWorkflow
@@ -95,3 +100,59 @@ def crash_then_resume(fn: Callable[[R], T], req: R) -> tuple[list[dict[str, Any]
     later: list[dict[str, Any]] = []
     resumed.on_heartbeat = lambda *d: later.append(dict(d[0]))
     return beats, later, resumed.run(fn, req)
+
+
+def batch_campaign(kind: str, channels: tuple[str, ...] = ("email",), **extra: Any) -> dict[str, Any]:
+    return {
+        "name": f"{kind} campaign",
+        "type": kind,
+        "channel_priority": list(channels),
+        "variations": [{"id": "a", "name": "A", "share": 100, "steps": [step("Only", channels=channels)]}],
+        **extra,
+    }
+
+
+async def push_user(
+    api: httpx.AsyncClient, sec: SectionKeys, store: Store, timezone: str | None = None
+) -> str:
+    """A user opted in to app push with a token (legacy opt-in event), optionally with a timezone attribute."""
+    dyid = str(secrets.randbelow(10**18))
+    token = "tok-" + secrets.token_hex(6)
+    event = {
+        "name": "Opt-in",
+        "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"},
+    }
+    await collect(api, sec, dyid, event)
+    r = await api.get(f"/api/v1/users/{dyid}", headers=sec.mgmt)
+    uid = str(r.json()["id"])
+    if timezone:
+        with store.session() as s:
+            user = s.get(User, uid)
+            assert user is not None
+            user.attributes = {"timezone": timezone}
+            s.add(user)
+    return uid
+
+
+async def provider_push(
+    api: httpx.AsyncClient, sec: SectionKeys, provider: ProviderServer, **config: Any
+) -> str:
+    """An app push integration posting to the local provider server; returns the path it posts to."""
+    path = "/push-" + secrets.token_hex(3)
+    rate = config.pop("rate_limit_per_second", None)
+    extra = {"rate_limit_per_second": rate} if rate is not None else {}
+    await add_integration(
+        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}, **extra
+    )
+    return path
+
+
+async def get_product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dict[str, Any]:
+    r = await api.get(f"/api/v1/products/{sku}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return dict(r.json() or {})
+
+
+async def campaign_sends(store: Store, campaign_id: str) -> list[Send]:
+    with store.session() as s:
+        return list(s.exec(select(Send).where(Send.campaign_id == campaign_id)).all())

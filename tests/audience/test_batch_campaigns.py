@@ -12,17 +12,20 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from settings import Settings
 from store.broadcast_tables import BroadcastRun
 from store.engine import Store
-from store.tables import Send, User
+from store.tables import User
 from tests.audience.feed_helpers import (
+    batch_campaign,
+    campaign_sends,
     create_feed,
     csv_bytes,
     get_run,
+    provider_push,
+    push_user,
     run_result,
     upload_feed,
     zone_at_local_hour,
@@ -35,7 +38,6 @@ from tests.helpers import (
     create_campaign,
     outbox,
     reachable_user,
-    step,
 )
 from tests.provider_server import ProviderServer, Reply
 from worker import build_worker
@@ -49,25 +51,10 @@ def _s3(s3: str) -> str:
     return s3
 
 
-def batch_campaign(kind: str, channels: tuple[str, ...] = ("email",), **extra: Any) -> dict[str, Any]:
-    return {
-        "name": f"{kind} campaign",
-        "type": kind,
-        "channel_priority": list(channels),
-        "variations": [{"id": "a", "name": "A", "share": 100, "steps": [step("Only", channels=channels)]}],
-        **extra,
-    }
-
-
 async def _product_sync(
     api: httpx.AsyncClient, env: WorkflowEnvironment, sec: SectionKeys, feed: str, *rows: str
 ) -> Any:
     return await upload_feed(api, env.client, sec, feed, csv_bytes("sku,name,price,in_stock", *rows))
-
-
-async def _sends(store: Store, campaign_id: str) -> list[Send]:
-    with store.session() as s:
-        return list(s.exec(select(Send).where(Send.campaign_id == campaign_id)).all())
 
 
 async def test_price_drop_triggers_cart_holders_at_campaign_schedule(
@@ -98,13 +85,13 @@ async def test_price_drop_triggers_cart_holders_at_campaign_schedule(
     assert len(messages) == 1
     items = messages[0]["payload"]["items"]
     assert [(i["sku"], i["old_price"], i["price"]) for i in items] == [("sku-1", 100.0, 80.0)]
-    (send,) = await _sends(store, cid)
+    (send,) = await campaign_sends(store, cid)
     assert send.user_id == u1
     local = send.created_at.astimezone(ZoneInfo("Europe/Paris"))
     assert (local.hour, local.minute) == (10, 0), local
     run = await get_run(api, section, summary.runs[0])
     assert (run["state"], run["total"], run["sent"], run["pending"]) == ("done", 1, 1, 0)
-    assert u2 not in {s.user_id for s in await _sends(store, cid)}
+    assert u2 not in {s.user_id for s in await campaign_sends(store, cid)}
 
 
 async def test_back_in_stock_triggers_users_who_viewed_or_carted(
@@ -136,7 +123,7 @@ async def test_back_in_stock_triggers_users_who_viewed_or_carted(
     (run_id,) = summary.runs
     progress = await run_result(env.client, run_id)
     assert progress.sent == 2, progress
-    assert {s.user_id for s in await _sends(store, cid)} == {viewer[1], carter[1]}
+    assert {s.user_id for s in await campaign_sends(store, cid)} == {viewer[1], carter[1]}
     item = (await outbox(api, section))[0]["payload"]["items"][0]
     assert (item["sku"], item["old_value"], item["new_value"]) == ("sku-9", False, True)
 
@@ -172,51 +159,16 @@ async def test_user_attribute_change_matches_old_and_new_values(
     assert summary.changes == 2
     (run_id,) = summary.runs
     assert (await run_result(env.client, run_id)).sent == 1
-    assert [s.user_id for s in await _sends(store, cid)] == [people[0][1]]
+    assert [s.user_id for s in await campaign_sends(store, cid)] == [people[0][1]]
     payload = (await outbox(api, section))[0]["payload"]
     assert payload["text"] == "Now Silver!"
     assert payload["change"] == [{"attribute": "loyalty", "old_value": "Bronze", "new_value": "Silver"}]
-
-
-async def _push_user(
-    api: httpx.AsyncClient, sec: SectionKeys, store: Store, timezone: str | None = None
-) -> str:
-    """A user opted in to app push with a token (legacy opt-in event), optionally with a timezone attribute."""
-    dyid = str(secrets.randbelow(10**18))
-    token = "tok-" + secrets.token_hex(6)
-    event = {
-        "name": "Opt-in",
-        "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"},
-    }
-    await collect(api, sec, dyid, event)
-    r = await api.get(f"/api/v1/users/{dyid}", headers=sec.mgmt)
-    uid = str(r.json()["id"])
-    if timezone:
-        with store.session() as s:
-            user = s.get(User, uid)
-            assert user is not None
-            user.attributes = {"timezone": timezone}
-            s.add(user)
-    return uid
 
 
 async def _start_run(api: httpx.AsyncClient, sec: SectionKeys, cid: str) -> str:
     r = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=sec.mgmt)
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
-
-
-async def _provider_push(
-    api: httpx.AsyncClient, sec: SectionKeys, provider: ProviderServer, **config: Any
-) -> str:
-    """An app push integration posting to the local provider server; returns the path it posts to."""
-    path = "/push-" + secrets.token_hex(3)
-    rate = config.pop("rate_limit_per_second", None)
-    extra = {"rate_limit_per_second": rate} if rate is not None else {}
-    await add_integration(
-        api, sec, channel="app_push", kind="custom_http", config={"url": provider.url(path), **config}, **extra
-    )
-    return path
 
 
 async def _scheduled_push_campaign(api: httpx.AsyncClient, sec: SectionKeys, send_at: datetime | None = None,
@@ -235,8 +187,8 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     fresh_provider: ProviderServer,
 ) -> None:
     """A scheduled push run survives a batch dying mid-way (connection lost): every user gets exactly one message."""
-    path = await _provider_push(api, section, fresh_provider)
-    users = [await _push_user(api, section, store) for _ in range(7)]
+    path = await provider_push(api, section, fresh_provider)
+    users = [await push_user(api, section, store) for _ in range(7)]
     send_at = datetime.now(UTC) + timedelta(hours=3)
     cid = await _scheduled_push_campaign(api, section, send_at)
     fresh_provider.script(path, Reply(200), Reply(200), Reply(drop=True))  # the third call: outcome unknown
@@ -246,7 +198,7 @@ async def test_scheduled_push_fan_out_sends_each_user_once_after_a_crash(
     keys = [r.headers["idempotency-key"] for r in fresh_provider.to(path)]
     assert len(keys) == 8 and len(set(keys)) == 7  # only the call lost in flight was repeated, same key
     assert len(fresh_provider.deliveries) == 7
-    sends = await _sends(store, cid)
+    sends = await campaign_sends(store, cid)
     assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
     assert min(s.created_at for s in sends) >= send_at - timedelta(seconds=1)
     run = await get_run(api, section, run_id)
@@ -261,9 +213,9 @@ async def test_scheduled_run_is_throttled(
     fresh_provider: ProviderServer,
 ) -> None:
     """A run never calls the provider faster than the integration's rate limit."""
-    await _provider_push(api, section, fresh_provider, rate_limit_per_second=10)
+    await provider_push(api, section, fresh_provider, rate_limit_per_second=10)
     for _ in range(8):
-        await _push_user(api, section, store)
+        await push_user(api, section, store)
     cid = await _scheduled_push_campaign(api, section)
     stamps: list[float] = []
     fresh_provider.on_request = lambda _: stamps.append(time.monotonic())
@@ -281,8 +233,8 @@ async def test_scheduled_run_is_throttled(
 async def _day_and_night_users(api: httpx.AsyncClient, sec: SectionKeys, store: Store) -> tuple[str, str]:
     """An app push integration and two push users: one where it is afternoon now, one where it is night."""
     await add_integration(api, sec, channel="app_push")
-    day = await _push_user(api, sec, store, zone_at_local_hour(range(11, 18)))
-    night = await _push_user(api, sec, store, zone_at_local_hour(range(0, 6)))
+    day = await push_user(api, sec, store, zone_at_local_hour(range(11, 18)))
+    night = await push_user(api, sec, store, zone_at_local_hour(range(0, 6)))
     return day, night
 
 
@@ -296,7 +248,7 @@ async def test_quiet_hours_wait_for_each_recipients_window(
     started = datetime.now(UTC)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert progress.sent == 2, progress
-    sends = {s.user_id: s.created_at for s in await _sends(store, cid)}
+    sends = {s.user_id: s.created_at for s in await campaign_sends(store, cid)}
     assert sends[day] - started < timedelta(minutes=5)
     with store.session() as s:
         night_user = s.get(User, night)
@@ -315,7 +267,7 @@ async def test_quiet_hours_drop_policy_skips_night_recipients(
     cid = await _scheduled_push_campaign(api, section, send_window=window)
     progress = await run_result(env.client, await _start_run(api, section, cid))
     assert (progress.sent, progress.skipped) == (1, 1), progress
-    assert [s.user_id for s in await _sends(store, cid)] == [day]
+    assert [s.user_id for s in await campaign_sends(store, cid)] == [day]
 
 
 async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
@@ -328,8 +280,8 @@ async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
 ) -> None:
     """A worker stopped mid-batch (activity cancelled during a provider call): a new worker finishes the run,
     nobody is messaged twice, and the one call whose outcome was unknown is repeated under its key."""
-    path = await _provider_push(api, section, fresh_provider)
-    users = [await _push_user(api, section, store) for _ in range(6)]
+    path = await provider_push(api, section, fresh_provider)
+    users = [await push_user(api, section, store) for _ in range(6)]
     cid = await _scheduled_push_campaign(api, section)
     fresh_provider.script(path, Reply(200), Reply(200), Reply(200, delay=30))  # the third hangs
     third_call = asyncio.Event()
@@ -363,6 +315,6 @@ async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
     keys = [r.headers["idempotency-key"] for r in fresh_provider.to(path)]
     assert len(set(keys)) == 6 and len(keys) == 7, keys  # only the interrupted call was repeated
     assert len(fresh_provider.deliveries) == 6
-    sends = await _sends(store, cid)
+    sends = await campaign_sends(store, cid)
     assert sorted(s.user_id for s in sends) == sorted(users) and all(s.status == "accepted" for s in sends)
     assert sum(s.possible_duplicate for s in sends) == 1  # the repeated call is flagged, never hidden

@@ -15,7 +15,7 @@ from activities.feeds import FeedActivities
 from settings import Settings
 from store.engine import Store
 from store.feed_tables import FeedStage, ProductChange
-from tests.audience.feed_helpers import crash_then_resume, create_feed, csv_bytes, feed_syncs, upload_feed
+from tests.audience.feed_helpers import crash_then_resume, create_feed, csv_bytes, feed_syncs, get_product, upload_feed
 from tests.helpers import SectionKeys, collect, new_dyid
 from tests.provider_server import ProviderServer, Reply
 from workflows.feed_models import FeedBeginRequest, FeedStageRequest, FeedSyncInput
@@ -27,12 +27,6 @@ HEADER = "sku,name,url,price,image_url,categories,in_stock,color,lng:fr_FR:name"
 @pytest.fixture(autouse=True)
 def _s3(s3: str) -> str:
     return s3
-
-
-async def _product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dict[str, object]:
-    r = await api.get(f"/api/v1/products/{sku}", headers=sec.mgmt)
-    assert r.status_code == 200, r.text
-    return dict(r.json() or {})
 
 
 async def test_product_feed_upload_applies_rows_and_reports_bad_lines(
@@ -58,7 +52,7 @@ async def test_product_feed_upload_applies_rows_and_reports_bad_lines(
         and "columns" in reasons[4]
         and "in_stock" in reasons[5]
     )
-    product = await _product(api, section, "sku-1")
+    product = await get_product(api, section, "sku-1")
     assert (
         product["price"] == 100 and product["in_stock"] is True and product["categories"] == ["Shoes", "Sale"]
     )
@@ -85,7 +79,7 @@ async def test_feed_without_key_column_is_rejected_whole(
     assert summary.state == "rejected"
     sync = (await feed_syncs(api, section, feed))[0]
     assert sync["state"] == "rejected" and "sku" in sync["error"]
-    assert await _product(api, section, "sku-x") == {}
+    assert await get_product(api, section, "sku-x") == {}
 
 
 async def test_failed_feed_sync_changes_nothing(
@@ -112,8 +106,8 @@ async def test_failed_feed_sync_changes_nothing(
         task_queue=settings.task_queue,
     )
     assert result.state == "failed"
-    assert (await _product(api, section, "sku-a"))["price"] == 10
-    assert await _product(api, section, "sku-d") == {}
+    assert (await get_product(api, section, "sku-a"))["price"] == 10
+    assert await get_product(api, section, "sku-d") == {}
     assert "not applied" in (await feed_syncs(api, section, feed))[0]["error"]
 
 

@@ -1,0 +1,65 @@
+"""Keep the cart index (`CartEntry`) equal to users' carts, and query it.
+
+`reindex` runs in the transaction that changes a cart (ingestion of cart and purchase events,
+identity merges), so the index is never behind a committed cart. `rebuild` fills it for data
+written before the index existed (`rejoin reindex-carts`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete
+from sqlmodel import Session, col, select
+
+from store.cart_tables import CartEntry
+from store.identity_tables import UserAlias
+from store.paging import keyset_pages
+from store.subscribers import insert_ignoring
+from store.tables import User
+
+PAGE = 1000
+
+
+def skus(user: User) -> set[str]:
+    """The SKUs in a user's cart (what the index holds for them)."""
+    return {str(i["productId"]) for i in user.cart if isinstance(i, dict) and i.get("productId")}
+
+
+def reindex(s: Session, user: User) -> None:
+    """Make the index hold exactly this user's cart."""
+    s.execute(delete(CartEntry).where(col(CartEntry.user_id) == user.id))
+    rows: list[dict[str, object]] = [
+        {"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(skus(user))
+    ]
+    insert_ignoring(s, CartEntry, rows)
+
+
+def holders(s: Session, section_id: str, skus: set[str]) -> dict[str, list[str]]:
+    """user id -> the SKUs among `skus` in that user's cart (from the index; O(matching carts))."""
+    out: dict[str, list[str]] = {}
+    listed = sorted(skus)
+    for i in range(0, len(listed), PAGE):
+        rows = s.exec(
+            select(CartEntry.user_id, CartEntry.sku)
+            .where(CartEntry.section_id == section_id, col(CartEntry.sku).in_(listed[i : i + PAGE]))
+            .order_by(col(CartEntry.user_id), col(CartEntry.sku))
+        )
+        for user_id, sku in rows:
+            out.setdefault(user_id, []).append(sku)
+    return out
+
+
+def rebuild(s: Session, section_id: str | None = None) -> int:
+    """Re-create the index from users' carts (all sections, or one); the number of entries."""
+    scope = [CartEntry.section_id == section_id] if section_id else []
+    s.execute(delete(CartEntry).where(*scope))
+    where = [col(User.id).not_in(select(UserAlias.alias_id))]  # merged-away ids hold no cart
+    if section_id:
+        where.append(User.section_id == section_id)
+    total = 0
+    for page in keyset_pages(s, User, User.id, *where, page_size=PAGE, expunge=True):
+        rows: list[dict[str, object]] = [
+            {"section_id": u.section_id, "sku": sku, "user_id": u.id} for u in page for sku in sorted(skus(u))
+        ]
+        insert_ignoring(s, CartEntry, rows)
+        total += len(rows)
+    return total

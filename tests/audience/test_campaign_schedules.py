@@ -1,0 +1,182 @@
+"""Recurring scheduled campaigns: a real Temporal Schedule per campaign, kept in step with the
+campaign's lifecycle, whose fires run the batched push fan-out once per slot."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from sqlmodel import select
+from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.testing import WorkflowEnvironment
+
+from settings import Settings
+from store.broadcast_tables import BroadcastRun
+from store.engine import Store
+from tests.audience.feed_helpers import batch_campaign, campaign_sends, provider_push, push_user
+from tests.helpers import SectionKeys, create_campaign, eventually
+from tests.provider_server import ProviderServer
+from workflows.campaign_schedule import ScheduledCampaignWorkflow
+from workflows.feed_models import ScheduledFireInput
+from workflows.ids import campaign_schedule_id, scheduled_run_id
+
+
+def _recurring(**schedule: Any) -> dict[str, Any]:
+    return batch_campaign(
+        "scheduled", channels=("app_push",), schedule={"recurring": True, "days": ["mon", "wed"], **schedule}
+    )
+
+
+async def _campaign(api: httpx.AsyncClient, sec: SectionKeys, cid: str) -> dict[str, Any]:
+    r = await api.get(f"/api/v1/campaigns/{cid}", headers=sec.mgmt)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _local(times: list[str], tz: str) -> list[tuple[str, int, int]]:
+    out = []
+    for t in times:
+        local = datetime.fromisoformat(t).astimezone(ZoneInfo(tz))
+        out.append((("mon", "tue", "wed", "thu", "fri", "sat", "sun")[local.weekday()], local.hour, local.minute))
+    return out
+
+
+async def test_recurring_campaign_schedule_follows_the_campaign(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """Create (paused while draft), activate (fires at 10:00 Mon/Wed Tokyo time, until the end), update
+    (18:30), pause, archive (deleted): the Temporal Schedule follows, and the API shows the next fires."""
+    until = datetime.now(UTC) + timedelta(days=40)
+    spec = _recurring(time_of_day="10:00", timezone="Asia/Tokyo", until=until.isoformat())
+    cid = await create_campaign(api, section, spec, activate=False)
+    sid = campaign_schedule_id(section.id, cid)
+    draft = await _campaign(api, section, cid)
+    assert draft["schedule"] == {"id": sid, "paused": True, "next_fire_times": []}, draft
+
+    r = await api.post(f"/api/v1/campaigns/{cid}/activate", headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    fires = r.json()["schedule"]["next_fire_times"]
+    local = _local(fires, "Asia/Tokyo")
+    assert local and all((h, m) == (10, 0) and d in ("mon", "wed") for d, h, m in local), local
+    assert all(datetime.fromisoformat(t) <= until for t in fires)
+    desc = await env.client.get_schedule_handle(sid).describe()
+    assert desc.schedule.spec.time_zone_name == "Asia/Tokyo" and not desc.schedule.state.paused
+    assert desc.schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
+
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=_recurring(time_of_day="18:30", timezone="Asia/Tokyo"),
+                      headers=section.mgmt)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert {(h, m) for _, h, m in _local(r.json()["schedule"]["next_fire_times"], "Asia/Tokyo")} == {(18, 30)}
+
+    r = await api.post(f"/api/v1/campaigns/{cid}/pause", headers=section.mgmt)
+    assert r.status_code == 200 and r.json()["schedule"]["paused"] is True, r.text
+    assert (await env.client.get_schedule_handle(sid).describe()).schedule.state.paused
+
+    r = await api.post(f"/api/v1/campaigns/{cid}/archive", headers=section.mgmt)
+    assert r.status_code == 200 and r.json()["schedule"] is None, r.text
+    with pytest.raises(RPCError) as err:
+        await env.client.get_schedule_handle(sid).describe()
+    assert err.value.status == RPCStatusCode.NOT_FOUND
+
+
+async def test_recurring_spec_is_validated(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """recurring excludes send_at, `until` needs recurring, and only scheduled campaigns recur (422)."""
+    bad = [
+        _recurring(send_at=datetime.now(UTC).isoformat()),
+        batch_campaign("scheduled", channels=("app_push",), schedule={"until": "2030-01-01T00:00:00+00:00"}),
+        batch_campaign("price_drop", schedule={"recurring": True}),
+        _recurring(until="2030-01-01T00:00:00"),
+    ]
+    for spec in bad:
+        r = await api.post("/api/v1/campaigns", json=spec, headers=section.mgmt)
+        assert r.status_code == 422, (spec, r.text)
+
+
+async def _done_runs(store: Store, cid: str, count: int) -> list[BroadcastRun]:
+    async def check() -> list[BroadcastRun]:
+        with store.session() as s:
+            runs = list(s.exec(select(BroadcastRun).where(BroadcastRun.campaign_id == cid)).all())
+        assert len(runs) == count and all(r.state == "done" for r in runs), runs
+        return runs
+
+    return await eventually(check, timeout=60)
+
+
+async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
+    api: httpx.AsyncClient,
+    env: WorkflowEnvironment,
+    section: SectionKeys,
+    store: Store,
+    settings: Settings,
+    fresh_provider: ProviderServer,
+) -> None:
+    """A fire of the schedule (trigger, and a backfilled past slot) messages every opted-in push user once
+    in a run named after the slot; firing the same slot again (a duplicate) sends nothing more."""
+    await provider_push(api, section, fresh_provider)
+    users = sorted([await push_user(api, section, store) for _ in range(3)])
+    spec = _recurring(time_of_day="03:00", timezone="UTC")
+    spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    cid = await create_campaign(api, section, spec)
+    handle = env.client.get_schedule_handle(campaign_schedule_id(section.id, cid))
+
+    await handle.trigger()
+    (first,) = await _done_runs(store, cid, 1)
+    assert first.total == 3 and first.sent == 3, first
+    assert sorted(s.user_id for s in await campaign_sends(store, cid)) == users
+
+    now = datetime.now(UTC)
+    slot = now.replace(hour=3, minute=0, second=0, microsecond=0)
+    slot = slot if slot < now - timedelta(minutes=1) else slot - timedelta(days=1)
+    await handle.backfill(
+        ScheduleBackfill(start_at=slot - timedelta(minutes=1), end_at=slot + timedelta(minutes=1),
+                         overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+    )  # fmt: skip
+    runs = await _done_runs(store, cid, 2)
+    assert scheduled_run_id(cid, slot) in {r.id for r in runs}
+    assert len(await campaign_sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
+
+    # The same slot fired again: the run exists and is done; nobody is messaged twice.
+    again = await env.client.execute_workflow(
+        ScheduledCampaignWorkflow.run,
+        ScheduledFireInput(section_id=section.id, campaign_id=cid, fire_time=slot),
+        id=f"dup-{cid}", task_queue=settings.task_queue,
+    )  # fmt: skip
+    assert again is None
+    await asyncio.sleep(0.5)
+    assert len(await campaign_sends(store, cid)) == 6 and len(fresh_provider.deliveries) == 6
+    assert len(await _done_runs(store, cid, 2)) == 2
+
+
+async def test_fire_of_a_paused_campaign_sends_nothing(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store, settings: Settings
+) -> None:
+    """A fire already on its way when the campaign is paused creates no run."""
+    cid = await create_campaign(api, section, _recurring(time_of_day="03:00"))
+    r = await api.post(f"/api/v1/campaigns/{cid}/pause", headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    result = await env.client.execute_workflow(
+        ScheduledCampaignWorkflow.run,
+        ScheduledFireInput(section_id=section.id, campaign_id=cid, fire_time=datetime.now(UTC)),
+        id=f"paused-{cid}", task_queue=settings.task_queue,
+    )  # fmt: skip
+    assert result is None
+    with store.session() as s:
+        assert s.exec(select(BroadcastRun).where(BroadcastRun.campaign_id == cid)).first() is None
+
+
+async def test_update_that_stops_recurring_deletes_the_schedule(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    cid = await create_campaign(api, section, _recurring(time_of_day="08:15"))
+    assert (await _campaign(api, section, cid))["schedule"]["paused"] is False
+    once = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()})
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=once, headers=section.mgmt)
+    assert r.status_code == 200 and r.json()["schedule"] is None, r.text
+    with pytest.raises(RPCError) as err:
+        await env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)).describe()
+    assert err.value.status == RPCStatusCode.NOT_FOUND
