@@ -7,7 +7,7 @@ written before the index existed (`rejoin reindex-carts`).
 
 from __future__ import annotations
 
-from sqlalchemy import delete
+from sqlalchemy import ColumnElement, delete
 from sqlmodel import Session, col, select
 
 from store.cart_tables import CartEntry
@@ -50,11 +50,11 @@ def holders(s: Session, section_id: str, skus: set[str]) -> dict[str, list[str]]
 
 def rebuild(s: Session, section_id: str | None = None) -> int:
     """Re-create the index from users' carts (all sections, or one); the number of entries."""
-    scope = [CartEntry.section_id == section_id] if section_id else []
+    scope = [col(CartEntry.section_id) == section_id] if section_id else []
     s.execute(delete(CartEntry).where(*scope))
-    where = [col(User.id).not_in(select(UserAlias.alias_id))]  # merged-away ids hold no cart
+    where: list[ColumnElement[bool]] = [col(User.id).not_in(select(UserAlias.alias_id))]  # merged-away: no cart
     if section_id:
-        where.append(User.section_id == section_id)
+        where.append(col(User.section_id) == section_id)
     total = 0
     for page in keyset_pages(s, User, User.id, *where, page_size=PAGE, expunge=True):
         rows: list[dict[str, object]] = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import exists, func, update
+from sqlalchemy import ColumnElement, exists, func, update
 from sqlmodel import Session, col, select
 
 from store.feed_tables import Feed, FeedProduct, FeedStage, FeedSync, ProductChange
@@ -22,8 +22,8 @@ from store.tables import Product
 CHUNK = 500
 
 
-def _active(feed_id: str) -> tuple[object, ...]:
-    return (FeedProduct.feed_id == feed_id, col(FeedProduct.removed_at).is_(None))
+def _active(feed_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (col(FeedProduct.feed_id) == feed_id, col(FeedProduct.removed_at).is_(None))
 
 
 def listed_count(s: Session, feed_id: str) -> int:
@@ -32,7 +32,7 @@ def listed_count(s: Session, feed_id: str) -> int:
 
 def missing(s: Session, feed_id: str, sync_id: str) -> list[str]:
     """SKUs the feed listed until now that this sync's staged file leaves out."""
-    staged = exists().where(FeedStage.sync_id == sync_id, FeedStage.key == FeedProduct.sku)
+    staged = exists().where(col(FeedStage.sync_id) == sync_id, col(FeedStage.key) == col(FeedProduct.sku))
     return list(s.exec(select(FeedProduct.sku).where(*_active(feed_id), ~staged).order_by(col(FeedProduct.sku))))
 
 
