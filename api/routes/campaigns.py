@@ -84,8 +84,8 @@ def validate(spec: CampaignSpec, principal: Management, state: StateDep) -> Vali
 async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
     """After a committed change: make the campaign's Temporal Schedule match, then show it."""
     spec = CampaignSpec.model_validate(out.spec)
-    if out.type != CampaignType.SCHEDULED or (not campaign_schedules.recurs(spec) and out.version == 1):
-        return out  # never recurred: no schedule to create or delete (and no need for Temporal)
+    if out.type != CampaignType.SCHEDULED or (not campaign_schedules.has_schedule(spec) and out.version == 1):
+        return out  # never had a schedule: none to create or delete (and no need for Temporal)
     client = await state.client()
     try:
         await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
@@ -97,7 +97,7 @@ async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> Camp
 
 
 async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
-    if campaign_schedules.recurs(CampaignSpec.model_validate(out.spec)) and out.status != "archived":
+    if campaign_schedules.has_schedule(CampaignSpec.model_validate(out.spec)) and out.status != "archived":
         try:
             client = await state.client()
             out.schedule = await campaign_schedules.describe(client, section_id, out.id)

@@ -27,6 +27,8 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
 )
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.broadcast import send_time
 from api.deps import Management, StateDep
@@ -42,7 +44,7 @@ from store.tables import Campaign, now_utc
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import BroadcastInput, FeedSyncInput
 from workflows.feeds import FeedSyncWorkflow
-from workflows.ids import broadcast_workflow_id, feed_sync_id
+from workflows.ids import broadcast_workflow_id, feed_sync_id, scheduled_run_id
 
 router = APIRouter(prefix="/api/v1", tags=["feeds"])
 UPLOAD_SPOOL = 8 << 20  # bytes kept in memory before spooling an upload to disk
@@ -302,7 +304,10 @@ async def list_runs(campaign_id: str, principal: Management, state: StateDep) ->
 
 @router.post("/campaigns/{campaign_id}/runs", status_code=202)
 async def start_scheduled_run(campaign_id: str, principal: Management, state: StateDep) -> RunOut:
-    """Start a run of an active scheduled campaign: it sends at the campaign's schedule."""
+    """Start a run of an active scheduled campaign: it sends at the campaign's schedule.
+
+    A one-off campaign (`send_at`) has one run, named after that instant like its Temporal
+    Schedule's fire: starting it by hand as well finds the same run, so nobody gets it twice."""
 
     def create() -> BroadcastRun:
         with state.store.session() as s:
@@ -315,8 +320,13 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
             if campaign.status != "active":
                 raise Unprocessable("activate the campaign first", field="campaign_id")
             now = now_utc()
+            once = spec.schedule.send_at if spec.schedule is not None else None
+            run_id = scheduled_run_id(campaign.id, once) if once is not None else "run_" + secrets.token_hex(8)
+            existing = s.get(BroadcastRun, run_id)
+            if existing is not None:
+                return existing
             run = BroadcastRun(
-                id="run_" + secrets.token_hex(8), section_id=campaign.section_id, campaign_id=campaign.id,
+                id=run_id, section_id=campaign.section_id, campaign_id=campaign.id,
                 campaign_version=campaign.version, reason="schedule", state="waiting", send_at=send_time(spec, now),
                 created_at=now,
             )  # fmt: skip
@@ -325,14 +335,18 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
 
     run = await asyncio.to_thread(create)
     client = await state.client()
-    await client.start_workflow(
-        BroadcastWorkflow.run,
-        BroadcastInput(
-            run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
-            plan_scheduled=True,
-        ),
-        id=broadcast_workflow_id(run.id),
-        task_queue=state.settings.task_queue,
-        static_summary=f"scheduled campaign {run.campaign_id}: run {run.id}",
-    )  # fmt: skip
+    try:
+        await client.start_workflow(
+            BroadcastWorkflow.run,
+            BroadcastInput(
+                run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
+                plan_scheduled=True,
+            ),
+            id=broadcast_workflow_id(run.id),
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            task_queue=state.settings.task_queue,
+            static_summary=f"scheduled campaign {run.campaign_id}: run {run.id}",
+        )  # fmt: skip
+    except WorkflowAlreadyStartedError:
+        pass  # the schedule (or an earlier request) already drives this run
     return await asyncio.to_thread(_run_out, state.store, principal.section_id, run.id)

@@ -172,11 +172,60 @@ async def test_fire_of_a_paused_campaign_sends_nothing(
 async def test_update_that_stops_recurring_deletes_the_schedule(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
 ) -> None:
+    """Recurring -> once at `send_at` (a one-action schedule) -> the next slot by hand (no schedule)."""
     cid = await create_campaign(api, section, _recurring(time_of_day="08:15"))
     assert (await _campaign(api, section, cid))["schedule"]["paused"] is False
-    once = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()})
+    at = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
+    once = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": at.isoformat()})
     r = await api.put(f"/api/v1/campaigns/{cid}", json=once, headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    assert [datetime.fromisoformat(t) for t in r.json()["schedule"]["next_fire_times"]] == [at], r.text
+    by_hand = batch_campaign("scheduled", channels=("app_push",), schedule={"time_of_day": "09:00"})
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=by_hand, headers=section.mgmt)
     assert r.status_code == 200 and r.json()["schedule"] is None, r.text
     with pytest.raises(RPCError) as err:
         await env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)).describe()
     assert err.value.status == RPCStatusCode.NOT_FOUND
+
+
+async def test_one_off_campaign_fires_at_send_at_once_even_when_also_started_by_hand(
+    api: httpx.AsyncClient,
+    env: WorkflowEnvironment,
+    section: SectionKeys,
+    store: Store,
+    settings: Settings,
+    fresh_provider: ProviderServer,
+) -> None:
+    """`send_at` gets a one-action Temporal Schedule at that instant; a hand-started run and the
+    schedule's fire of that instant are the same run: every opted-in push user is messaged once."""
+    await provider_push(api, section, fresh_provider)
+    users = sorted([await push_user(api, section, store) for _ in range(2)])
+    later = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    cid = await create_campaign(
+        api, section, batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": later.isoformat()})
+    )
+    shown = (await _campaign(api, section, cid))["schedule"]
+    assert [datetime.fromisoformat(t) for t in shown["next_fire_times"]] == [later], shown
+    desc = await env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)).describe()
+    assert desc.schedule.state.limited_actions and desc.schedule.state.remaining_actions == 1
+
+    # Move the instant into the past (an update re-arms the schedule at the new instant), start
+    # it by hand, then let the schedule fire that same instant (a backfill gives the nominal time).
+    past = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+    spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": past.isoformat()})
+    r = await api.put(f"/api/v1/campaigns/{cid}", json=spec, headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    r = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)
+    assert r.status_code == 202, r.text
+    assert r.json()["id"] == scheduled_run_id(cid, past)
+    await env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)).backfill(
+        ScheduleBackfill(start_at=past - timedelta(seconds=30), end_at=past + timedelta(seconds=30),
+                         overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+    )  # fmt: skip
+    (run,) = await _done_runs(store, cid, 1)
+    assert run.sent == 2, run
+    await asyncio.sleep(1.0)  # the schedule's fire of the same instant must add nothing
+    assert sorted(s.user_id for s in await campaign_sends(store, cid)) == users
+    assert len(fresh_provider.deliveries) == 2
+    again = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)
+    assert again.status_code == 202 and again.json()["id"] == run.id
