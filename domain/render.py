@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.tracking import Linker
+from domain.tracking import Linker, safe_target
 
 VARIABLE = re.compile(r"\$\{([^{}]*)\}")
 MAX_ITEM = 20  # item1..item20
@@ -239,8 +239,11 @@ def _record_value(records: list[dict[str, Any]], index: int, field: str, ctx: Re
     if index >= len(records):
         return None
     value = product_field(records[index], field, ctx.locale)
-    if field.lower() in URL_FIELDS and isinstance(value, str) and ctx.linker is not None:
-        return ctx.linker.click(value)
+    if field.lower() in URL_FIELDS and isinstance(value, str):
+        if not safe_target(value):
+            return None  # a feed's `javascript:`/relative/odd URL never reaches an href: renders empty
+        if ctx.linker is not None:
+            return ctx.linker.click(value)
     return value
 
 

@@ -210,3 +210,16 @@ def test_tracking_link_target_from_data_in_html() -> None:
     untracked = ctx(user_attributes=c.user_attributes)
     bare = render_payload({"html": '<a href="${Tracking link}${User data|x|evil}">a</a>'}, untracked)
     assert bare == {"html": '<a href="&quot;&gt;&lt;script&gt;">a</a>'}
+
+
+def test_product_urls_that_are_not_http_render_empty_with_or_without_tracking() -> None:
+    """A feed URL like `javascript:...` (or relative, or with credentials) never reaches an href."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    bad = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "data:text/html,<b>x</b>", "/p/s1", "https://u:p@shop.example/"]
+    for url in bad:
+        for tracking in (linker, None):
+            c = ctx(items=[{"sku": "s1", "name": "Shoe", "url": url}], linker=tracking)
+            out = render_payload({"html": '<a href="${Items in cart|url|item1}">x</a>', "u": "${Items in cart|url|item1}"}, c)
+            assert out == {"html": '<a href="">x</a>', "u": ""}, (url, tracking, out)
+    c = ctx(items=[{"sku": "s1", "name": "Shoe", "url": "https://shop.example/p/s1"}])
+    assert render_payload({"u": "${Items in cart|url|item1}"}, c) == {"u": "https://shop.example/p/s1"}
