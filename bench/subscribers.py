@@ -226,10 +226,10 @@ def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> 
                     base = baseline_pg(database_url, path)
                 finally:
                     recreate_db(database_url, DB_NAME, drop_only=True)
-                out.append(_row("subscribers_pg", rows, ours, base, files[rows][1]))
+                out.append(_row("subs_sync_pg", rows, ours, base, files[rows][1]))
             sqlite_url = f"sqlite:///{Path(tmp) / 'rejoin.db'}"
             ours = run_child(sqlite_url, moto.url, files[sqlite_rows][0])
-            out.append(_row("subscribers_sqlite", sqlite_rows, ours, None, files[sqlite_rows][1]))
+            out.append(_row("subs_sync_sqlite", sqlite_rows, ours, None, files[sqlite_rows][1]))
         finally:
             moto.stop()
     return out
