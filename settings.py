@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     subscriber_sync_every: timedelta = timedelta(minutes=5)
     # A file with more bad rows than this is not applied at all (the previous list stays).
     subscriber_max_rejected_rows: int = 100_000
+    # Big list files (PostgreSQL) are parsed, hashed and sealed by this many helper processes
+    # (~45 MB each; 0 = in the worker process); smaller files stay in-process.
+    subscriber_sync_processes: int = 2
+    subscriber_sync_pool_min_bytes: int = 8 * 1024 * 1024
 
     # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
     max_body_bytes: int = 1024 * 1024

@@ -16,13 +16,16 @@ from __future__ import annotations
 import csv
 import logging
 import secrets
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 
 from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.seal_pool import SealPool, Sealed, seal_slice
 from activities.streams import BIG_CHUNK, LineTooLong, cells, line_blocks, s3_chunks
 from domain import subscribers as rules
 from security.crypto import SecretBox
@@ -44,6 +47,7 @@ from workflows.subscriber_models import (
 )
 
 log = logging.getLogger(__name__)
+SLICE = 8192  # lines parsed and sealed at a time (a helper's working set stays a few MB)
 
 
 class SubscriberActivities:
@@ -140,7 +144,7 @@ class SubscriberActivities:
         if p.offset < size:  # else a retry after the last batch was committed: nothing left to read
             try:
                 with s3_chunks(s3, lst.bucket, key, p.offset, BIG_CHUNK) as chunks:
-                    early = self._stream(req, integration.identifier_type, table, chunks, p)
+                    early = self._stream(req, integration.identifier_type, table, chunks, p, size)
             except LineTooLong as exc:
                 return SyncFolderResult(state="failed", error=str(exc), lines_read=p.line)
             if early is not None:
@@ -166,46 +170,85 @@ class SubscriberActivities:
         )
 
     def _stream(
-        self, req: SyncFolderRequest, id_type: str, table: str, chunks: Iterator[bytes], p: SyncProgress
+        self, req: SyncFolderRequest, id_type: str, table: str, chunks: Iterator[bytes], p: SyncProgress, size: int
     ) -> SyncFolderResult | None:
         """Validate, hash, seal and load the file from `p` on, committing every `batch_size` rows.
-        Returns the outcome when the file is rejected or fails, None when it was read to the end."""
-        with _Committer(self, req, table) as committer:
+        Returns the outcome when the file is rejected or fails, None when it was read to the end.
+
+        Slices go to seal helper processes when the file is big (PostgreSQL only), else are sealed
+        here; either way results are applied strictly in file order, so line numbers, counters,
+        the rejection limit and the committed offset are the same."""
+        frame = self.store.engine.dialect.name == "postgresql"
+        helpers = self.settings.subscriber_sync_processes if frame else 0
+        use_pool = helpers > 0 and size - p.offset >= self.settings.subscriber_sync_pool_min_bytes
+        with (
+            _Committer(self, req, table) as committer,
+            SealPool(self.settings.secret_keys, helpers) if use_pool else nullcontext() as pool,
+        ):
             pending = _Batch()
-            for lines, block_end in line_blocks(chunks, p.offset):
+            inflight: deque[tuple[Future[Sealed], list[bytes], int, int, int]] = deque()
+            line, offset = p.line, p.offset  # where the next slice starts
+
+            def seal(part: list[bytes], first: int) -> Future[Sealed]:
+                budget = req.max_rejected_rows - p.rejected
+                if pool is not None:
+                    return pool.submit(id_type, part, first, budget)
+                done: Future[Sealed] = Future()
+                done.set_result(seal_slice(self.box, id_type, part, first, budget, frame))
+                return done
+
+            def apply() -> SyncFolderResult | None:
+                nonlocal pending
+                future, part, first, start, end = inflight.popleft()
+                res = future.result()
+                budget = req.max_rejected_rows - p.rejected
+                if len(res.rejections) > budget:  # the limit falls in this slice: stop exactly where it does
+                    res = seal_slice(self.box, id_type, part, first, budget, frame)
+                consumed = part[: res.consumed]
+                p.line = first - 1 + res.consumed
+                # Whole lines, each with its "\n" (the file's last line may lack one: `end` caps it).
+                p.offset = end if res.consumed == len(part) else min(end, start + sum(map(len, consumed)) + len(consumed))
+                p.accepted += res.accepted
+                p.rejected += len(res.rejections)
+                pending.add(res)
+                if p.rejected > req.max_rejected_rows:
+                    committer.submit(pending, p)
+                    return SyncFolderResult(
+                        state="failed", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
+                        error=f"more than {req.max_rejected_rows} rejected rows; the file was not applied",
+                    )  # fmt: skip
+                if pending.rows >= req.batch_size:
+                    committer.submit(pending, p)
+                    pending = _Batch()
+                return None
+
+            for lines, block_end in line_blocks(chunks, offset):
                 at = 0
-                if p.line == 0:  # the header, in the first block
+                if line == 0:  # the header, in the first block
                     err = _header_error(id_type, lines[0])
                     if err:
                         return SyncFolderResult(state="rejected", error=err, lines_read=1)
-                    p.line, p.offset, at = 1, min(len(lines[0]) + 1, block_end), 1
+                    line, offset, at = 1, min(len(lines[0]) + 1, block_end), 1
+                    p.line, p.offset = line, offset
                 while at < len(lines):
-                    part = lines[at : at + req.batch_size]
-                    parsed = rules.parse_lines(id_type, part, p.line + 1, req.max_rejected_rows - p.rejected)
-                    consumed = part[: parsed.consumed]
-                    at += parsed.consumed
-                    p.line += parsed.consumed
-                    # Whole lines, each with its "\n" (the file's last line may lack one: block_end caps it).
-                    p.offset = block_end if at == len(lines) else p.offset + sum(map(len, consumed)) + len(consumed)
-                    p.accepted += len(parsed.values)
-                    p.rejected += len(parsed.rejections)
-                    pending.add(parsed.hashes, self.box.seal_many(parsed.values), parsed.rejections)
-                    if p.rejected > req.max_rejected_rows:
-                        committer.submit(pending, p)
-                        return SyncFolderResult(
-                            state="failed", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
-                            error=f"more than {req.max_rejected_rows} rejected rows; the file was not applied",
-                        )  # fmt: skip
-                    if pending.rows >= req.batch_size:
-                        committer.submit(pending, p)
-                        pending = _Batch()
+                    part = lines[at : at + min(req.batch_size, SLICE)]
+                    at += len(part)
+                    end = block_end if at == len(lines) else offset + sum(map(len, part)) + len(part)
+                    inflight.append((seal(part, line + 1), part, line + 1, offset, end))
+                    line, offset = line + len(part), end
+                    while len(inflight) > 2 * max(helpers, 1) or (pool is None and inflight):
+                        if (failed := apply()) is not None:
+                            return failed
+            while inflight:
+                if (failed := apply()) is not None:
+                    return failed
             committer.submit(pending, p)
         return None
 
     def _write(self, req: SyncFolderRequest, table: str, batch: _Batch, p: SyncProgress) -> None:
         """Commit one batch with the sync's progress (counters and resume offset)."""
         with self.store.session() as s:
-            lists.write_set(s, table, batch.hashes, batch.sealed)
+            lists.write_set(s, table, batch.hashes, batch.sealed, batch.framed)
             lists.stage_rejections(s, req.sync_id, batch.rejections)
             sync = s.get(SubscriberSync, req.sync_id)
             assert sync is not None
@@ -285,21 +328,22 @@ class _Committer:
 
 
 class _Batch:
-    """Rows staged since the last commit (bounded by the batch size, whatever the file size)."""
+    """Rows sealed since the last commit (bounded by the batch size, whatever the file size)."""
 
     def __init__(self) -> None:
         self.hashes: list[bytes] = []
         self.sealed: list[bytes] = []
+        self.framed: list[bytes] = []
         self.rejections: list[tuple[int, str]] = []
+        self.rows = 0
 
-    @property
-    def rows(self) -> int:
-        return len(self.hashes) + len(self.rejections)
-
-    def add(self, hashes: list[bytes], sealed: list[bytes], rejections: list[tuple[int, str]]) -> None:
-        self.hashes += hashes
-        self.sealed += sealed
-        self.rejections += rejections
+    def add(self, res: Sealed) -> None:
+        self.hashes += res.hashes
+        self.sealed += res.sealed
+        if res.framed:
+            self.framed.append(res.framed)
+        self.rejections += res.rejections
+        self.rows += res.accepted + len(res.rejections)
 
 
 def _header_error(id_type: str, raw: bytes) -> str | None:

@@ -57,12 +57,43 @@ def peak_rss_mb() -> tuple[float, float]:
     return fields["VmRSS"], fields["VmHWM"]
 
 
-def _cpu() -> float:
-    """CPU seconds of this process (all threads): what the sync cost us, whatever else ran."""
+def _cpu(who: int = 0) -> float:
+    """CPU seconds of this process (all threads; or of its finished children, the seal helpers)."""
     import resource
 
-    ru = resource.getrusage(resource.RUSAGE_SELF)
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN if who else resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+class ChildPeaks:
+    """Peak RSS (VmHWM) of this process's seal helper children, sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peaks: dict[int, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.2):
+            for task in Path("/proc/self/task").iterdir():
+                for pid in (task / "children").read_text().split():
+                    try:
+                        status = Path(f"/proc/{pid}/status").read_text()
+                        if b"seal_pool" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                            continue
+                    except OSError:
+                        continue
+                    for line in status.splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peaks[int(pid)] = max(self.peaks.get(int(pid), 0.0), int(line.split()[1]) / 1024)
+
+    def close(self) -> dict[int, float]:
+        self.stop.set()
+        self.thread.join()
+        return self.peaks
 
 
 class MotoServer:
@@ -179,7 +210,8 @@ def _child(database_url: str, s3_url: str, prefix: str, profile: bool) -> dict[s
     acts = SubscriberActivities(store, settings, SecretBox([Fernet.generate_key().decode()]))
     env = ActivityEnvironment()
     rss_before, _ = peak_rss_mb()
-    cpu0 = _cpu()
+    cpu0, helpers_cpu0 = _cpu(), _cpu(1)
+    children = ChildPeaks()
     start = time.perf_counter()
     claim = env.run(acts.claim, ClaimRequest(section_id=sid, integration_id=iid, folder=FOLDER, as_of=now))
     req = SyncFolderRequest(sync_id=claim.sync_id, integration_id=iid, folder=FOLDER, generation=claim.generation,
@@ -197,10 +229,12 @@ def _child(database_url: str, s3_url: str, prefix: str, profile: bool) -> dict[s
     env.run(acts.finish, FinishSyncRequest(sync_id=claim.sync_id, result=result, as_of=datetime.now(UTC)))
     end = time.perf_counter()
     _, peak = peak_rss_mb()
+    helpers = children.close()
     store.dispose()
     return {"seconds": end - start, "stage_s": staged - start, "finish_s": end - staged, "state": result.state,
             "accepted": result.rows_accepted, "rejected": result.rows_rejected, "rss_before_mb": rss_before,
-            "peak_mb": peak, "cpu_s": _cpu() - cpu0}  # fmt: skip
+            "peak_mb": peak, "cpu_s": _cpu() - cpu0, "helpers_cpu_s": _cpu(1) - helpers_cpu0, "helper_peaks_mb": sorted(helpers.values()),
+            "peak_total_mb": peak + sum(helpers.values())}  # fmt: skip
 
 
 def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> list[dict[str, Any]]:

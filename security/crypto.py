@@ -35,8 +35,8 @@ _SALT, _NONCE, _COUNTER = 16, 12, 4
 _INFO = b"rejoin sealed values v1"
 
 
-_MAX_SEAL = 1 << 16
-_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~4 MB, built once per process
+_MAX_SEAL = 1 << 14
+_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~1 MB, built once per process
 _NONCES = [bytes(_NONCE - _COUNTER) + c for c in _COUNTERS]
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from itertools import chain, repeat
-from operator import add
 from datetime import datetime
 
 from sqlalchemy import select as sa_select
@@ -27,11 +25,11 @@ from store.subscriber_tables import (
     subscriber_set,
 )
 from security.crypto import sealed_token
+from store import set_copy
+from store.set_copy import copy_rows
 from store.tables import OptIn
 
 SET_NAME = re.compile(r"subscriber_set_[0-9a-f]{16}_[0-9]+")
-_PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension length
-_LENGTHS = [i.to_bytes(4, "big") for i in range(4096)]  # field lengths: a sealed value is < 1.1 KB
 
 
 def effective_opt_in(
@@ -100,21 +98,18 @@ def create_set(s: Session, name: str) -> None:
     subscriber_set(name).create(s.connection(), checkfirst=True)
 
 
-def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes]) -> None:
-    """Append rows to a set table in this transaction: binary COPY on PostgreSQL, executemany on SQLite."""
-    if not hashes:
+def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], framed: list[bytes]) -> None:
+    """Append rows to a set table in this transaction: binary COPY on PostgreSQL (`framed`: rows
+    already in COPY format, from seal helpers), executemany on SQLite."""
+    if not hashes and not framed:
         return
     name = _checked(name)
     conn = s.connection()
     if conn.dialect.name != "postgresql":
+        assert not framed, "COPY-framed rows are for PostgreSQL"
         conn.exec_driver_sql(f'INSERT INTO "{name}" (value_hash, value_enc) VALUES (?, ?)', list(zip(hashes, sealed)))
         return
-    # PostgreSQL's binary COPY format: no escaping, bytea taken as is. Per row: 2 fields, each
-    # a 4-byte length then the bytes (every hash is 32 bytes, so its part is a constant).
-    n = len(hashes)
-    lengths = map(_LENGTHS.__getitem__, map(len, sealed))
-    rows = chain.from_iterable(zip(map(add, repeat(b"\x00\x02\x00\x00\x00\x20", n), hashes), lengths, sealed))
-    data = _PGCOPY_HEADER + b"".join(rows) + b"\xff\xff"  # map/zip/chain: no bytecode per row
+    data = b"".join([set_copy.HEADER, *framed, copy_rows(hashes, sealed), set_copy.TRAILER])
     raw = conn.connection.dbapi_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(f'COPY "{name}" (value_hash, value_enc) FROM STDIN (FORMAT BINARY)') as copy:  # type: ignore[attr-defined]

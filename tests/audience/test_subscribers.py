@@ -231,7 +231,9 @@ def _rejected_lines(store: Store, sync_id: str) -> list[int]:
 class _Direct:
     """The sync's activities called one by one (as the workflow does), for crash/resume cases."""
 
-    def __init__(self, store: Store, settings: Settings, section_id: str, iid: str) -> None:
+    def __init__(self, store: Store, settings: Settings, section_id: str, iid: str, helpers: bool = False) -> None:
+        if helpers:  # seal helper processes even for a small file (used on PostgreSQL only)
+            settings = settings.model_copy(update={"subscriber_sync_pool_min_bytes": 0})
         self.acts = SubscriberActivities(store, settings, SecretBox(settings.secret_keys))
         self.section_id, self.iid = section_id, iid
 
@@ -354,3 +356,29 @@ def _now() -> Any:
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_seal_helpers_keep_file_order_counts_and_the_exact_rejection_limit(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store, settings: Settings
+) -> None:
+    """With slices sealed by helper processes (several in flight), results apply in file order: a
+    crash resumes exactly, and the sync fails at exactly the rejection over the limit."""
+    iid = (await add_integration(api, section))["id"]
+    provisioned = await _sync_now(api, section, iid)
+    direct = _Direct(store, settings, section.id, iid, helpers=True)
+    good = direct.request("upload_2026-06-01_00-00", batch_size=3)
+    _upload(provisioned, good.folder, _csv("email", *[f"h{i}@example.com" for i in range(20)], "oops"))
+    beats, later, result = crash_then_resume(direct.acts.sync_folder, good)
+    assert (result.state, result.rows_accepted, result.rows_rejected, result.lines_read) == ("staged", 20, 1, 22)
+    assert _set_rows(store, iid, good.generation) == (20, 20) and _rejected_lines(store, good.sync_id) == [22]
+    direct.finish(good, result)
+    rows = [f"k{i}@example.com" for i in range(40)]
+    for i in (5, 13, 22, 23, 30):
+        rows[i] = f"bad{i}"
+    bad = direct.request("upload_2026-06-02_00-00", batch_size=4, max_rejected_rows=3)
+    _upload(provisioned, bad.folder, _csv("email", *rows))
+    result = ActivityEnvironment().run(direct.acts.sync_folder, bad)
+    assert (result.state, result.rows_accepted, result.rows_rejected, result.lines_read) == ("failed", 20, 4, 25)
+    assert _rejected_lines(store, bad.sync_id) == [7, 15, 24, 25]
+    direct.finish(bad, result)
+    assert _set_tables(store, iid) == [set_table_name(iid, good.generation)]
