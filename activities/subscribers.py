@@ -139,8 +139,10 @@ class SubscriberActivities:
         key = f"{lst.prefix}{req.folder}/{rules.FILE_NAME}"
         try:
             size = int(s3.head_object(Bucket=lst.bucket, Key=key)["ContentLength"])
-        except s3.exceptions.ClientError:
-            return SyncFolderResult(state="failed", error=f"{key} not found")
+        except s3.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return SyncFolderResult(state="failed", error=f"{key} not found")
+            raise  # anything else (403, 5xx) may pass: the attempt is retried
         if p.offset < size:  # else a retry after the last batch was committed: nothing left to read
             try:
                 with s3_chunks(s3, lst.bucket, key, p.offset, BIG_CHUNK) as chunks:
