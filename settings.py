@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     # A full product feed file that would remove more than this share of the feed's products
     # (a truncated upload) is refused unless the sync is forced (`?force=true`).
     feed_max_removal_share: float = Field(0.5, ge=0, le=1)
+    # Big list files (PostgreSQL) are parsed, hashed and sealed by this many helper processes
+    # (~45 MB each; 0 = in the worker process); smaller files stay in-process.
+    subscriber_sync_processes: int = 2
+    subscriber_sync_pool_min_bytes: int = 8 * 1024 * 1024
 
     # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
     max_body_bytes: int = 1024 * 1024

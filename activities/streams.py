@@ -14,6 +14,12 @@ from typing import Any
 import httpx
 
 CHUNK = 1 << 16
+BIG_CHUNK = 1 << 20  # bulk readers (subscriber lists): fewer, larger reads
+MAX_LINE = 1 << 20  # a longer "line" is not a CSV row; refuse it instead of buffering the file
+
+
+class LineTooLong(ValueError):
+    pass
 
 
 def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int]]:
@@ -34,6 +40,26 @@ def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int
         yield pending.rstrip(b"\r"), offset
 
 
+def line_blocks(chunks: Iterator[bytes], start: int) -> Iterator[tuple[list[bytes], int]]:
+    """Split a byte stream into blocks of whole lines (each without its "\n", "\r" kept), one
+    block per chunk read, with the byte offset after the block's last line."""
+    pending = b""
+    offset = start
+    for chunk in chunks:
+        data = pending + chunk if pending else chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            if len(data) > MAX_LINE:
+                raise LineTooLong(f"a line longer than {MAX_LINE} bytes after byte {offset}")
+            pending = data
+            continue
+        pending = data[cut + 1 :]
+        offset += cut + 1
+        yield data[:cut].split(b"\n"), offset
+    if pending:
+        yield [pending], offset + len(pending)
+
+
 def cells(line: bytes) -> list[str]:
     """One CSV line as cells; raises UnicodeDecodeError for bytes that are not UTF-8.
 
@@ -43,11 +69,11 @@ def cells(line: bytes) -> list[str]:
 
 
 @contextmanager
-def s3_chunks(s3: Any, bucket: str, key: str, offset: int) -> Iterator[Iterator[bytes]]:
+def s3_chunks(s3: Any, bucket: str, key: str, offset: int, chunk: int = CHUNK) -> Iterator[Iterator[bytes]]:
     extra: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
     body = s3.get_object(Bucket=bucket, Key=key, **extra)["Body"]
     try:
-        yield body.iter_chunks(CHUNK)
+        yield body.iter_chunks(chunk)
     finally:
         body.close()
 

@@ -1,11 +1,14 @@
 """Subscriber-list sync activities: list upload folders, claim one, stream its file, switch.
 
-`sync_folder` streams `data.csv` from S3 in chunks (the file is never held in memory), writes
-accepted values into a new list generation and rejected lines into the sync's report, one
-short transaction per batch, and heartbeats the byte offset after each batch. A retried
-attempt resumes at that offset with a ranged GET; a batch written but not yet heartbeated is
-written again harmlessly (inserts ignore existing rows). Nothing becomes visible to send
-decisions until `finish` switches the list's active generation in one transaction.
+`sync_folder` streams `data.csv` from S3 in 1 MiB chunks (the file is never held in memory),
+validates and hashes rows in bulk (`domain.subscribers.parse_lines`), seals the values
+(`SecretBox.seal_many`) and loads them into the generation's own set table (COPY on
+PostgreSQL), one transaction per batch that also commits the sync's counters and the byte
+offset reached; it heartbeats after each. A retried attempt (or a later run resuming the same
+claimed folder) restarts from the committed offset with a ranged GET: nothing is written or
+counted twice. At the end the set is indexed once. Nothing becomes visible to send decisions
+until `finish` switches the list's active generation in one transaction; `cleanup` drops the
+tables of superseded and failed generations.
 """
 
 from __future__ import annotations
@@ -13,20 +16,24 @@ from __future__ import annotations
 import csv
 import logging
 import secrets
-from typing import Any
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 
 from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.streams import CHUNK, cells, lines_from
+from activities.seal_pool import SealPool, Sealed, seal_slice
+from activities.streams import BIG_CHUNK, LineTooLong, cells, line_blocks, s3_chunks
 from domain import subscribers as rules
 from security.crypto import SecretBox
 from settings import Settings
 from store import objects
 from store import subscribers as lists
 from store.engine import Store
-from store.subscriber_tables import SubscriberList, SubscriberSync
+from store.subscriber_tables import SubscriberList, SubscriberSync, set_table_name
 from store.tables import Integration, now_utc
 from workflows.subscriber_models import (
     Claim,
@@ -40,7 +47,7 @@ from workflows.subscriber_models import (
 )
 
 log = logging.getLogger(__name__)
-CLEANUP_BATCH = 5000
+SLICE = 8192  # lines parsed and sealed at a time (a helper's working set stays a few MB)
 
 
 class SubscriberActivities:
@@ -122,87 +129,134 @@ class SubscriberActivities:
     @activity.defn(name="subscribers.sync_folder")
     def sync_folder(self, req: SyncFolderRequest) -> SyncFolderResult:
         lst, integration = self._list(req.integration_id)
-        details = activity.info().heartbeat_details
-        progress = SyncProgress.model_validate(details[0]) if details else SyncProgress()
-        if progress.line:
-            log.info("sync %s resuming at line %d (byte %d)", req.sync_id, progress.line, progress.offset)
+        p = self._committed(req.sync_id)
+        if p.line:
+            log.info("sync %s resuming at line %d (byte %d)", req.sync_id, p.line, p.offset)
+        table = set_table_name(req.integration_id, req.generation)
+        with self.store.session() as s:
+            lists.create_set(s, table)
         s3 = objects.client(self.settings)
         key = f"{lst.prefix}{req.folder}/{rules.FILE_NAME}"
-        extra: dict[str, Any] = {"Range": f"bytes={progress.offset}-"} if progress.offset else {}
         try:
-            body = s3.get_object(Bucket=lst.bucket, Key=key, **extra)["Body"]
-        except s3.exceptions.NoSuchKey:
-            return SyncFolderResult(state="failed", error=f"{key} not found")
-        id_type = integration.identifier_type
-        entries: list[tuple[str, str]] = []
-        rejections: list[tuple[int, str]] = []
-        try:
-            for raw, end in lines_from(body.iter_chunks(CHUNK), progress.offset):
-                progress.line += 1
-                if progress.line == 1:
-                    try:
-                        err = rules.header_error(id_type, cells(raw.removeprefix(b"\xef\xbb\xbf")))
-                    except UnicodeDecodeError:
-                        err = "header is not UTF-8"
-                    if err:
-                        return SyncFolderResult(state="rejected", error=err, lines_read=1)
-                    progress.offset = end
-                    continue
-                if raw.strip():
-                    try:
-                        verdict = rules.row_value(id_type, cells(raw))
-                    except UnicodeDecodeError:
-                        verdict = "not valid UTF-8"
-                    except csv.Error as exc:
-                        verdict = f"malformed CSV: {exc}"[:200]
-                    if isinstance(verdict, str):
-                        rejections.append((progress.line, verdict))
-                        progress.rejected += 1
-                    else:
-                        value, value_hash = verdict
-                        entries.append((value_hash, self.box.encrypt(value)))
-                        progress.accepted += 1
-                progress.offset = end
-                if progress.rejected > req.max_rejected_rows:
-                    self._write(req, entries, rejections, progress)
-                    return SyncFolderResult(
-                        state="failed",
-                        rows_accepted=progress.accepted,
-                        rows_rejected=progress.rejected,
-                        lines_read=progress.line,
-                        error=f"more than {req.max_rejected_rows} rejected rows; the file was not applied",
-                    )
-                if len(entries) + len(rejections) >= req.batch_size:
-                    self._write(req, entries, rejections, progress)
-                    entries, rejections = [], []
-            self._write(req, entries, rejections, progress)
-        finally:
-            body.close()
-        if progress.line == 0:
+            size = int(s3.head_object(Bucket=lst.bucket, Key=key)["ContentLength"])
+        except s3.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return SyncFolderResult(state="failed", error=f"{key} not found")
+            raise  # anything else (403, 5xx) may pass: the attempt is retried
+        if p.offset < size:  # else a retry after the last batch was committed: nothing left to read
+            try:
+                with s3_chunks(s3, lst.bucket, key, p.offset, BIG_CHUNK) as chunks:
+                    early = self._stream(req, integration.identifier_type, table, chunks, p, size)
+            except LineTooLong as exc:
+                return SyncFolderResult(state="failed", error=str(exc), lines_read=p.line)
+            if early is not None:
+                return early
+        if p.line == 0:
             return SyncFolderResult(state="rejected", error="the file is empty (no header)")
+        with self.store.session() as s:
+            lists.index_set(s, table)
+        activity.heartbeat(p.model_dump())
         return SyncFolderResult(
-            state="staged",
-            rows_accepted=progress.accepted,
-            rows_rejected=progress.rejected,
-            lines_read=progress.line,
+            state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line
         )
 
-    def _write(
-        self,
-        req: SyncFolderRequest,
-        entries: list[tuple[str, str]],
-        rejections: list[tuple[int, str]],
-        p: SyncProgress,
-    ) -> None:
-        """Commit one batch with the sync's progress counters, then heartbeat the resume point."""
+    def _committed(self, sync_id: str) -> SyncProgress:
+        """Where to (re)start: the progress committed with the last batch. The database, not the
+        heartbeat, is the truth: a batch committed just before a crash is never written twice."""
         with self.store.session() as s:
-            lists.stage_entries(s, req.integration_id, req.generation, entries)
-            lists.stage_rejections(s, req.sync_id, rejections)
+            sync = s.get(SubscriberSync, sync_id)
+        if sync is None:
+            raise ApplicationError("no such sync", type="NotProvisioned", non_retryable=True)
+        return SyncProgress(
+            offset=sync.resume_offset, line=sync.lines_read, accepted=sync.rows_accepted, rejected=sync.rows_rejected
+        )
+
+    def _stream(
+        self, req: SyncFolderRequest, id_type: str, table: str, chunks: Iterator[bytes], p: SyncProgress, size: int
+    ) -> SyncFolderResult | None:
+        """Validate, hash, seal and load the file from `p` on, committing every `batch_size` rows.
+        Returns the outcome when the file is rejected or fails, None when it was read to the end.
+
+        Slices go to seal helper processes when the file is big (PostgreSQL only), else are sealed
+        here; either way results are applied strictly in file order, so line numbers, counters,
+        the rejection limit and the committed offset are the same."""
+        frame = self.store.engine.dialect.name == "postgresql"
+        helpers = self.settings.subscriber_sync_processes if frame else 0
+        use_pool = helpers > 0 and size - p.offset >= self.settings.subscriber_sync_pool_min_bytes
+        with (
+            _Committer(self, req, table) as committer,
+            SealPool(self.settings.secret_keys, helpers) if use_pool else nullcontext() as pool,
+        ):
+            pending = _Batch()
+            inflight: deque[tuple[Future[Sealed], list[bytes], int, int, int]] = deque()
+            line, offset = p.line, p.offset  # where the next slice starts
+
+            def seal(part: list[bytes], first: int) -> Future[Sealed]:
+                budget = req.max_rejected_rows - p.rejected
+                if pool is not None:
+                    return pool.submit(id_type, part, first, budget)
+                done: Future[Sealed] = Future()
+                done.set_result(seal_slice(self.box, id_type, part, first, budget, frame))
+                return done
+
+            def apply() -> SyncFolderResult | None:
+                nonlocal pending
+                future, part, first, start, end = inflight.popleft()
+                res = future.result()
+                budget = req.max_rejected_rows - p.rejected
+                if len(res.rejections) > budget:  # the limit falls in this slice: stop exactly where it does
+                    res = seal_slice(self.box, id_type, part, first, budget, frame)
+                consumed = part[: res.consumed]
+                p.line = first - 1 + res.consumed
+                # Whole lines, each with its "\n" (the file's last line may lack one: `end` caps it).
+                p.offset = end if res.consumed == len(part) else min(end, start + sum(map(len, consumed)) + len(consumed))
+                p.accepted += res.accepted
+                p.rejected += len(res.rejections)
+                pending.add(res)
+                if p.rejected > req.max_rejected_rows:
+                    committer.submit(pending, p)
+                    return SyncFolderResult(
+                        state="failed", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
+                        error=f"more than {req.max_rejected_rows} rejected rows; the file was not applied",
+                    )  # fmt: skip
+                if pending.rows >= req.batch_size:
+                    committer.submit(pending, p)
+                    pending = _Batch()
+                return None
+
+            for lines, block_end in line_blocks(chunks, offset):
+                at = 0
+                if line == 0:  # the header, in the first block
+                    err = _header_error(id_type, lines[0])
+                    if err:
+                        return SyncFolderResult(state="rejected", error=err, lines_read=1)
+                    line, offset, at = 1, min(len(lines[0]) + 1, block_end), 1
+                    p.line, p.offset = line, offset
+                while at < len(lines):
+                    part = lines[at : at + min(req.batch_size, SLICE)]
+                    at += len(part)
+                    end = block_end if at == len(lines) else offset + sum(map(len, part)) + len(part)
+                    inflight.append((seal(part, line + 1), part, line + 1, offset, end))
+                    line, offset = line + len(part), end
+                    while len(inflight) > 2 * max(helpers, 1) or (pool is None and inflight):
+                        if (failed := apply()) is not None:
+                            return failed
+            while inflight:
+                if (failed := apply()) is not None:
+                    return failed
+            committer.submit(pending, p)
+        return None
+
+    def _write(self, req: SyncFolderRequest, table: str, batch: _Batch, p: SyncProgress) -> None:
+        """Commit one batch with the sync's progress (counters and resume offset)."""
+        with self.store.session() as s:
+            lists.write_set(s, table, batch.hashes, batch.sealed, batch.framed)
+            lists.stage_rejections(s, req.sync_id, batch.rejections)
             sync = s.get(SubscriberSync, req.sync_id)
-            if sync is not None:
-                sync.rows_accepted, sync.rows_rejected, sync.lines_read = p.accepted, p.rejected, p.line
-                s.add(sync)
-        activity.heartbeat(p.model_dump())
+            assert sync is not None
+            sync.rows_accepted, sync.rows_rejected, sync.lines_read = p.accepted, p.rejected, p.line
+            sync.resume_offset = p.offset
+            s.add(sync)
 
     @activity.defn(name="subscribers.finish")
     def finish(self, req: FinishSyncRequest) -> None:
@@ -230,17 +284,74 @@ class SubscriberActivities:
 
     @activity.defn(name="subscribers.cleanup")
     def cleanup(self, req: CleanupRequest) -> int:
-        """Delete entries of generations no longer active (superseded or failed), in batches."""
+        """Drop the set tables of generations no longer active (superseded or failed); returns how many."""
         with self.store.session() as s:
             lst = s.get(SubscriberList, req.integration_id)
             generations = lists.stale_generations(s, lst) if lst is not None else []
-        deleted = 0
         for gen in generations:
-            while True:
-                with self.store.session() as s:
-                    n = lists.delete_generation_batch(s, req.integration_id, gen, CLEANUP_BATCH)
-                deleted += n
-                activity.heartbeat(deleted)
-                if n < CLEANUP_BATCH:
-                    break
-        return deleted
+            with self.store.session() as s:
+                lists.drop_set(s, set_table_name(req.integration_id, gen))
+            activity.heartbeat(gen)
+        return len(generations)
+
+
+class _Committer:
+    """Commits batches on one writer thread while the activity thread parses and seals the next:
+    the database's work (COPY, commit) overlaps Python's instead of following it. At most one
+    batch is in flight, so memory stays two batches. Heartbeats stay on the activity thread
+    (they need its context), each after its batch is committed; leaving waits for the last one."""
+
+    def __init__(self, acts: SubscriberActivities, req: SyncFolderRequest, table: str) -> None:
+        self.acts, self.req, self.table = acts, req, table
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="subscriber-sync-writer")
+        self.inflight: tuple[Future[None], SyncProgress] | None = None
+
+    def submit(self, batch: _Batch, p: SyncProgress) -> None:
+        self._settle()
+        snapshot = p.model_copy()
+        self.inflight = (self.pool.submit(self.acts._write, self.req, self.table, batch, snapshot), snapshot)
+
+    def _settle(self) -> None:
+        if self.inflight is not None:
+            future, snapshot = self.inflight
+            self.inflight = None
+            future.result()  # a failed commit fails the attempt; the retry resumes from the last one
+            activity.heartbeat(snapshot.model_dump())
+
+    def __enter__(self) -> _Committer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._settle()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+class _Batch:
+    """Rows sealed since the last commit (bounded by the batch size, whatever the file size)."""
+
+    def __init__(self) -> None:
+        self.hashes: list[bytes] = []
+        self.sealed: list[bytes] = []
+        self.framed: list[bytes] = []
+        self.rejections: list[tuple[int, str]] = []
+        self.rows = 0
+
+    def add(self, res: Sealed) -> None:
+        self.hashes += res.hashes
+        self.sealed += res.sealed
+        if res.framed:
+            self.framed.append(res.framed)
+        self.rejections += res.rejections
+        self.rows += res.accepted + len(res.rejections)
+
+
+def _header_error(id_type: str, raw: bytes) -> str | None:
+    try:
+        return rules.header_error(id_type, cells(raw.rstrip(b"\r").removeprefix(b"\xef\xbb\xbf")))
+    except UnicodeDecodeError:
+        return "header is not UTF-8"
+    except csv.Error as exc:
+        return f"header is not CSV: {exc}"[:200]

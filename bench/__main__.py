@@ -25,6 +25,7 @@ import temporalio
 from bench.bare import BareOneActivity, BareWaiter
 from bench.harness import ADMIN_KEY, Stack, rss_mb
 from bench.placeholders import PLACEHOLDERS
+from bench.subscribers import bench_subscribers
 
 CONCURRENCY = 32
 WORKER_ACTIVITY_SLOTS = 100  # worker.MAX_CONCURRENT_ACTIVITIES
@@ -356,14 +357,23 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--only", default="ingest,journeys,delivery,memory")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    p.add_argument("--sqlite-rows", type=int, default=None,
+                   help="subscribers: rows of the SQLite run (default: min(rows, 1M))")  # fmt: skip
     args = p.parse_args(argv)
     only = set(args.only.split(","))
 
     def size(base: int) -> int:
         return max(10, int(base * args.scale))
 
-    stack = Stack(args.database_url)
     rows: list[dict[str, Any]] = []
+    if "subscribers" in only:  # no Temporal stack needed: the activities run in a child process
+        n = size(10_000_000)
+        rows.extend(await asyncio.to_thread(bench_subscribers, args.database_url, n,
+                                            args.sqlite_rows or min(n, 1_000_000)))  # fmt: skip
+        only.discard("subscribers")
+    if not only:
+        return _report(rows, args.scale)
+    stack = Stack(args.database_url)
     try:
         await stack.start()
         await stack.start_worker()
@@ -383,10 +393,14 @@ async def main(argv: list[str]) -> int:
             await api.close()
     finally:
         stack.close()
+    return _report(rows, args.scale)
+
+
+def _report(rows: list[dict[str, Any]], scale: float) -> int:
     rows.extend(PLACEHOLDERS)
     print_table(rows)
     meta = {"python": platform.python_version(), "temporalio": temporalio.__version__, "machine": platform.machine(),
-            "cpus": __import__("os").cpu_count(), "scale": args.scale}  # fmt: skip
+            "cpus": __import__("os").cpu_count(), "scale": scale}  # fmt: skip
     print(json.dumps({"bench": "rejoin", "meta": meta, "results": rows}, default=lambda v: round(v, 3)))
     return 0
 

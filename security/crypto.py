@@ -2,11 +2,51 @@
 
 Fernet (AES-128-CBC + HMAC-SHA256) via `cryptography`. Several keys may be configured: the first
 encrypts, all decrypt, so rotating means prepending a new key and re-encrypting (`rotate`).
+
+Bulk values (subscriber lists of millions of rows) are sealed by `seal_many` instead: Fernet
+costs ~8 us a value in Python (cipher context, HMAC, base64 per call), most of a 10M-row sync.
+`seal_many` seals each value with AES-256-GCM under a key derived (HKDF-SHA256) from the
+configured key and a random 16-byte salt drawn once per call, with nonces counting up from 0
+within the call: nonces never repeat under one derived key, however many values are sealed
+over the key's life (random 96-bit nonces under one key would near GCM's 2^32 bound after a
+few hundred 10M-row syncs). Each value stays separately authenticated and decryptable. The
+sealed form is binary (stored as-is, e.g. bytea): version 1 || salt || counter (4 bytes) ||
+ciphertext+tag; `sealed_token` turns it into the text token ("s1." + base64) that `decrypt`
+reads beside Fernet tokens.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+from collections.abc import Sequence
+from itertools import repeat
+from operator import add
+
+from cryptography.exceptions import InvalidTag
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEALED = "s1."
+_V1 = b"\x01"
+_SALT, _NONCE, _COUNTER = 16, 12, 4
+_INFO = b"rejoin sealed values v1"
+
+
+_MAX_SEAL = 1 << 14
+_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~1 MB, built once per process
+_NONCES = [bytes(_NONCE - _COUNTER) + c for c in _COUNTERS]
+
+
+def sealed_token(blob: bytes) -> str:
+    """The text form of a `seal_many` value, as `SecretBox.decrypt` takes it."""
+    return SEALED + base64.b64encode(blob).decode("ascii")
+
+
+def _derive(key: bytes, salt: bytes) -> AESGCM:
+    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(key))
 
 
 class SecretBox:
@@ -15,6 +55,7 @@ class SecretBox:
             raise ValueError("at least one secret key is required")
         try:
             self._fernet = MultiFernet([Fernet(k.encode()) for k in keys])
+            self._raw = [base64.urlsafe_b64decode(k.encode()) for k in keys]
         except (ValueError, TypeError) as exc:
             raise ValueError(
                 "REJOIN_SECRET_KEY must be url-safe base64 Fernet keys (32 bytes), comma-separated"
@@ -23,7 +64,33 @@ class SecretBox:
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
 
+    def seal_many(self, values: Sequence[bytes]) -> list[bytes]:
+        """Seal many UTF-8 values at once (see the module docstring); binary, in the same order."""
+        n = len(values)
+        if n > _MAX_SEAL:
+            raise ValueError(f"seal at most {_MAX_SEAL} values per call")
+        head = _V1 + os.urandom(_SALT)
+        seal = _derive(self._raw[0], head[1:]).encrypt
+        # map() over C callables: no Python bytecode per value (this runs 10M times a sync).
+        sealed = map(seal, _NONCES[:n], values, repeat(None, n))
+        return list(map(add, map(add, repeat(head, n), _COUNTERS[:n]), sealed))
+
+    def _unseal(self, token: str) -> str:
+        blob = base64.b64decode(token[len(SEALED) :].encode())
+        if blob[:1] != _V1:
+            raise ValueError("unknown sealed value version")
+        salt, counter, sealed = blob[1 : 1 + _SALT], blob[1 + _SALT : 1 + _SALT + _COUNTER], blob[1 + _SALT + _COUNTER :]
+        nonce = bytes(_NONCE - _COUNTER) + counter
+        for key in self._raw:
+            try:
+                return _derive(key, salt).decrypt(nonce, sealed, None).decode()
+            except InvalidTag:
+                continue
+        raise ValueError("stored secret cannot be decrypted with the configured keys")
+
     def decrypt(self, token: str) -> str:
+        if token.startswith(SEALED):
+            return self._unseal(token)
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
@@ -31,4 +98,6 @@ class SecretBox:
 
     def rotate(self, token: str) -> str:
         """Re-encrypt under the newest key."""
+        if token.startswith(SEALED):
+            return sealed_token(self.seal_many([self._unseal(token).encode()])[0])
         return self._fernet.rotate(token.encode()).decode()

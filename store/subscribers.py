@@ -8,16 +8,28 @@ activation and says "in", or, failing such a newer API call, when the active lis
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
-from store.subscriber_tables import SubscriberEntry, SubscriberList, SubscriberRejection, SubscriberSync
+from store.subscriber_tables import (
+    SubscriberList,
+    SubscriberRejection,
+    SubscriberSync,
+    set_table_name,
+    subscriber_set,
+)
+from security.crypto import sealed_token
+from store import set_copy
+from store.set_copy import copy_rows
 from store.tables import OptIn
+
+SET_NAME = re.compile(r"subscriber_set_[0-9a-f]{16}_[0-9]+")
 
 
 def effective_opt_in(
@@ -37,19 +49,18 @@ def effective_opt_in(
     rest = [h for h in hashes if h not in newer]
     if not rest:
         return None
-    entry = s.exec(
-        select(SubscriberEntry).where(
-            SubscriberEntry.integration_id == lst.integration_id,
-            SubscriberEntry.generation == lst.active_generation,
-            col(SubscriberEntry.value_hash).in_(rest),
-        )
+    entries = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
+    entry = s.connection().execute(
+        sa_select(entries.c.value_hash, entries.c.value_enc)
+        .where(entries.c.value_hash.in_([bytes.fromhex(h) for h in rest]))
+        .limit(1)
     ).first()
     if entry is None:
         return None
     # Not stored: a view of the list entry in the shape delivery reads (value_enc, hash).
     return OptIn(
-        section_id=section_id, channel=channel, identifier_type="list", value_hash=entry.value_hash,
-        value_enc=entry.value_enc, opted_in=True, source="list", updated_at=lst.activated_at,
+        section_id=section_id, channel=channel, identifier_type="list", value_hash=bytes(entry.value_hash).hex(),
+        value_enc=sealed_token(bytes(entry.value_enc)), opted_in=True, source="list", updated_at=lst.activated_at,
     )  # fmt: skip
 
 
@@ -75,39 +86,52 @@ def upsert(s: Session, table: type, rows: list[dict[str, object]], keys: list[st
     s.connection().execute(stmt, rows)
 
 
-def stage_entries(
-    s: Session, integration_id: str, generation: int, entries: Iterable[tuple[str, str]]
-) -> None:
-    rows = [
-        {"integration_id": integration_id, "generation": generation, "value_hash": h, "value_enc": e}
-        for h, e in entries
-    ]
-    insert_ignoring(s, SubscriberEntry, rows)
+def _checked(name: str) -> str:
+    """Set table names are spliced into SQL (COPY, DDL): only the shape `set_table_name` makes."""
+    if not SET_NAME.fullmatch(name):
+        raise ValueError(f"not a subscriber set table: {name!r}")
+    return name
+
+
+def create_set(s: Session, name: str) -> None:
+    """The (empty, unindexed) table a sync loads; kept as is when a retried attempt resumes."""
+    subscriber_set(name).create(s.connection(), checkfirst=True)
+
+
+def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], framed: list[bytes]) -> None:
+    """Append rows to a set table in this transaction: binary COPY on PostgreSQL (`framed`: rows
+    already in COPY format, from seal helpers), executemany on SQLite."""
+    if not hashes and not framed:
+        return
+    name = _checked(name)
+    conn = s.connection()
+    if conn.dialect.name != "postgresql":
+        assert not framed, "COPY-framed rows are for PostgreSQL"
+        conn.exec_driver_sql(f'INSERT INTO "{name}" (value_hash, value_enc) VALUES (?, ?)', list(zip(hashes, sealed)))
+        return
+    data = b"".join([set_copy.HEADER, *framed, copy_rows(hashes, sealed), set_copy.TRAILER])
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    with raw.cursor() as cur, cur.copy(f'COPY "{name}" (value_hash, value_enc) FROM STDIN (FORMAT BINARY)') as copy:  # type: ignore[attr-defined]
+        copy.write(data)
+
+
+def index_set(s: Session, name: str) -> None:
+    """Index a loaded set (once, after the load: far cheaper than per row) and give the planner its statistics."""
+    name = _checked(name)
+    s.connection().exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{name}_hash" ON "{name}" (value_hash)')
+    if s.get_bind().dialect.name == "postgresql":
+        s.connection().exec_driver_sql(f'ANALYZE "{name}"')
+
+
+def drop_set(s: Session, name: str) -> None:
+    subscriber_set(name).drop(s.connection(), checkfirst=True)
 
 
 def stage_rejections(s: Session, sync_id: str, rejections: Iterable[tuple[int, str]]) -> None:
     insert_ignoring(
         s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
     )
-
-
-def delete_generation_batch(s: Session, integration_id: str, generation: int, limit: int) -> int:
-    """Delete up to `limit` entries of a generation that is not active; returns how many."""
-    hashes = s.exec(
-        select(SubscriberEntry.value_hash)
-        .where(SubscriberEntry.integration_id == integration_id, SubscriberEntry.generation == generation)
-        .limit(limit)
-    ).all()
-    if not hashes:
-        return 0
-    s.execute(
-        delete(SubscriberEntry).where(
-            SubscriberEntry.integration_id == integration_id,  # type: ignore[arg-type]
-            SubscriberEntry.generation == generation,  # type: ignore[arg-type]
-            col(SubscriberEntry.value_hash).in_(hashes),
-        )
-    )
-    return len(hashes)
 
 
 def stale_generations(s: Session, lst: SubscriberList) -> list[int]:

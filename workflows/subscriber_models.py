@@ -37,7 +37,7 @@ class SyncFolderRequest(BaseModel):
     folder: str
     generation: int
     max_rejected_rows: int
-    batch_size: int = 2000
+    batch_size: int = 50_000  # rows per transaction (and heartbeat)
 
 
 class SyncProgress(BaseModel):
