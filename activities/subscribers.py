@@ -25,7 +25,7 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.seal_pool import SealPool, Sealed, seal_slice
+from activities.seal_pool import Sealed, SealPool, seal_slice
 from activities.streams import BIG_CHUNK, LineTooLong, cells, line_blocks, s3_chunks
 from domain import subscribers as rules
 from security.crypto import SecretBox

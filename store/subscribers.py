@@ -17,6 +17,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
+from security.crypto import sealed_token
+from store import set_copy
+from store.set_copy import copy_rows
 from store.subscriber_tables import (
     SubscriberList,
     SubscriberRejection,
@@ -24,9 +27,6 @@ from store.subscriber_tables import (
     set_table_name,
     subscriber_set,
 )
-from security.crypto import sealed_token
-from store import set_copy
-from store.set_copy import copy_rows
 from store.tables import OptIn
 
 SET_NAME = re.compile(r"subscriber_set_[0-9a-f]{16}_[0-9]+")
