@@ -25,6 +25,7 @@ import store.identity_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import store.tracking_tables  # noqa: F401
+from store.subscriber_legacy import adopt_legacy_entries
 from store.upgrade import upgrade
 
 
@@ -77,12 +78,17 @@ def is_sqlite(engine: Engine) -> bool:
 
 def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
-    try:
-        upgrade(engine, SQLModel.metadata)
-    except SQLAlchemyError:
-        # The API and a worker starting together may both add the same column: the loser's
-        # ALTER fails; by now the winner has committed, so a second look finds nothing to do.
-        upgrade(engine, SQLModel.metadata)
+    for step in (_upgrade_tables, adopt_legacy_entries):
+        try:
+            step(engine)
+        except SQLAlchemyError:
+            # The API and a worker starting together may both make the same change: the loser
+            # fails; by now the winner has committed, so a second look finds nothing to do.
+            step(engine)
+
+
+def _upgrade_tables(engine: Engine) -> list[str]:
+    return upgrade(engine, SQLModel.metadata)
 
 
 class Store:

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from security.crypto import sealed_token
@@ -30,6 +31,7 @@ from store.subscriber_tables import (
 from store.tables import OptIn
 
 SET_NAME = re.compile(r"subscriber_set_[0-9a-f]{16}_[0-9]+")
+FERNET_MARK = b"fernet:"  # value_enc of a list adopted from legacy rows (store/subscriber_legacy.py)
 
 
 def effective_opt_in(
@@ -57,10 +59,13 @@ def effective_opt_in(
     ).first()
     if entry is None:
         return None
+    raw = bytes(entry.value_enc)
+    # A list adopted from before set tables keeps its Fernet tokens (store/subscriber_legacy.py).
+    value_enc = raw[len(FERNET_MARK) :].decode() if raw.startswith(FERNET_MARK) else sealed_token(raw)
     # Not stored: a view of the list entry in the shape delivery reads (value_enc, hash).
     return OptIn(
         section_id=section_id, channel=channel, identifier_type="list", value_hash=bytes(entry.value_hash).hex(),
-        value_enc=sealed_token(bytes(entry.value_enc)), opted_in=True, source="list", updated_at=lst.activated_at,
+        value_enc=value_enc, opted_in=True, source="list", updated_at=lst.activated_at,
     )  # fmt: skip
 
 
@@ -118,10 +123,14 @@ def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], f
 
 def index_set(s: Session, name: str) -> None:
     """Index a loaded set (once, after the load: far cheaper than per row) and give the planner its statistics."""
+    index_set_on(s.connection(), name)
+
+
+def index_set_on(conn: Connection, name: str) -> None:
     name = _checked(name)
-    s.connection().exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{name}_hash" ON "{name}" (value_hash)')
-    if s.get_bind().dialect.name == "postgresql":
-        s.connection().exec_driver_sql(f'ANALYZE "{name}"')
+    conn.exec_driver_sql(f'CREATE INDEX IF NOT EXISTS "{name}_hash" ON "{name}" (value_hash)')
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f'ANALYZE "{name}"')
 
 
 def drop_set(s: Session, name: str) -> None:

@@ -1,0 +1,55 @@
+"""A list synced by an older version (one `subscriberentry` table) keeps working after an upgrade."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+
+from domain.events import email_hash
+from security.crypto import SecretBox
+from settings import Settings
+from store.engine import Store
+from store.subscriber_legacy import adopt_legacy_entries
+from store.subscriber_tables import SubscriberList, set_table_name
+from store.subscribers import effective_opt_in
+
+LEGACY_DDL = (
+    "CREATE TABLE IF NOT EXISTS subscriberentry (integration_id VARCHAR(40) NOT NULL, generation INTEGER NOT NULL, "
+    "value_hash VARCHAR(64) NOT NULL, value_enc TEXT NOT NULL, PRIMARY KEY (integration_id, generation, value_hash))"
+)
+
+
+def test_active_legacy_list_is_adopted_once_and_still_reaches_its_subscribers(store: Store, settings: Settings) -> None:
+    box = SecretBox(settings.secret_keys)
+    integration = "int_legacy_" + datetime.now(UTC).strftime("%H%M%S%f")
+    emails = [f"legacy{i}@shop.example" for i in range(7)]
+    now = datetime.now(UTC)
+    with store.engine.begin() as conn:
+        conn.execute(text(LEGACY_DDL))
+        for e in emails:
+            conn.execute(text("INSERT INTO subscriberentry VALUES (:i, 2, :h, :v)"),
+                         {"i": integration, "h": email_hash(e), "v": box.encrypt(e)})  # fmt: skip
+        conn.execute(text("INSERT INTO subscriberentry VALUES (:i, 1, :h, :v)"),  # an older generation: ignored
+                     {"i": integration, "h": email_hash("old@shop.example"), "v": box.encrypt("old@shop.example")})  # fmt: skip
+    with store.session() as s:
+        s.add(SubscriberList(integration_id=integration, section_id="sec_x", channel="email", bucket="b", prefix="p/",
+                             iam_user="u", active_generation=2, activated_at=now - timedelta(days=1),
+                             next_generation=3, created_at=now))  # fmt: skip
+    try:
+        adopted = adopt_legacy_entries(store.engine)
+        mine = [a for a in adopted if integration in a]
+        assert mine == [f"{set_table_name(integration, 2)}: 7 entries of list {integration} generation 2"], adopted
+        assert not [a for a in adopt_legacy_entries(store.engine) if integration in a]  # once
+        with store.session() as s:
+            lst = s.get(SubscriberList, integration)
+            assert lst is not None
+            for e in (emails[0], emails[6]):
+                row = effective_opt_in(s, lst, "sec_x", "email", [email_hash(e)])
+                assert row is not None and row.source == "list" and box.decrypt(row.value_enc) == e
+            assert effective_opt_in(s, lst, "sec_x", "email", [email_hash("old@shop.example")]) is None
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{set_table_name(integration, 2)}"'))
+            conn.execute(text("DELETE FROM subscriberentry WHERE integration_id = :i"), {"i": integration})
+            conn.execute(text("DELETE FROM subscriberlist WHERE integration_id = :i"), {"i": integration})
