@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 
 from domain.events import email_hash
 from security.crypto import SecretBox
+from security.rotation import rotate_all
 from settings import Settings
 from store.engine import Store
 from store.subscriber_legacy import adopt_legacy_entries
@@ -48,6 +50,18 @@ def test_active_legacy_list_is_adopted_once_and_still_reaches_its_subscribers(st
                 row = effective_opt_in(s, lst, "sec_x", "email", [email_hash(e)])
                 assert row is not None and row.source == "list" and box.decrypt(row.value_enc) == e
             assert effective_opt_in(s, lst, "sec_x", "email", [email_hash("old@shop.example")]) is None
+        # Key rotation re-seals the list too: afterwards the new key alone reads every entry.
+        new_key = Fernet.generate_key().decode()
+        counts = rotate_all(store, SecretBox([new_key, *settings.secret_keys]))
+        assert counts["list_entries"] >= len(emails), counts
+        only_new = SecretBox([new_key])
+        with store.session() as s:
+            lst = s.get(SubscriberList, integration)
+            assert lst is not None
+            for e in emails:
+                row = effective_opt_in(s, lst, "sec_x", "email", [email_hash(e)])
+                assert row is not None and only_new.decrypt(row.value_enc) == e
+        rotate_all(store, SecretBox([*settings.secret_keys, new_key]))  # back: other tests hold the old key
     finally:
         with store.engine.begin() as conn:
             conn.execute(text(f'DROP TABLE IF EXISTS "{set_table_name(integration, 2)}"'))
