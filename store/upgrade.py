@@ -15,6 +15,7 @@ import logging
 from enum import Enum
 
 from sqlalchemy import Column, MetaData, inspect, text
+from sqlalchemy.schema import CreateIndex
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def upgrade(engine: Engine, metadata: MetaData) -> list[str]:
             indexes = {i["name"] for i in inspector.get_indexes(table.name)}
             for index in table.indexes:
                 if index.name and index.name not in indexes:
-                    index.create(conn)
+                    conn.execute(CreateIndex(index, if_not_exists=True))  # reflection may lag: never fail on it
                     done.append(f"added index {index.name}")
     for line in done:
         log.warning("schema upgrade: %s", line)
