@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("rotate-secrets", help="re-encrypt stored secrets under the newest REJOIN_SECRET_KEY")
     pe = sub.add_parser("purge-events", help="delete raw events older than the retention (REJOIN_EVENT_RETENTION)")
     pe.add_argument("--days", type=float, default=None, help="override the configured retention")
+    rr = sub.add_parser("rebuild-reports", help="recompute the report pre-aggregation from the raw tables")
+    rr.add_argument("campaign_id", nargs="*", help="default: every campaign")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -127,5 +129,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(rotate_all(Store(settings.effective_database_url), SecretBox(settings.secret_keys))))
     elif args.command == "purge-events":
         _purge_events(settings, args.days)
+    elif args.command == "rebuild-reports":
+        from store.engine import Store
+        from store.report_rollup import rebuild
+
+        with Store(settings.effective_database_url).session() as s:
+            print(json.dumps({"campaigns_rebuilt": rebuild(s, args.campaign_id or None)}))
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Ingestion, StateDep
 from domain.tracking import Signer, bot_reason, safe_target
+from store import report_rollup
 from store.engine import Store
 from store.tables import Send, now_utc
 from store.tracking_tables import ShortLink, TrackingHit
@@ -64,6 +65,7 @@ def _record(
         )  # fmt: skip
         hit.bot = hit.bot_reason is not None
         s.add(hit)
+        report_rollup.count_hit(s, hit)
         return hit
 
 
