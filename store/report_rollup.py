@@ -84,7 +84,8 @@ def register_cohort(s: Session, journey: Journey) -> None:
     ins = _insert(s, COHORT).values(campaign_id=journey.campaign_id, user_id=journey.user_id,
                                     first_at=journey.triggered_at, cohort_hour=hour_of(journey.triggered_at),
                                     variation_id=journey.variation_id)  # fmt: skip
-    if s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "user_id"])).rowcount == 1:  # type: ignore[attr-defined]
+    added = ins.on_conflict_do_nothing(index_elements=["campaign_id", "user_id"]).returning(COHORT.c.user_id)
+    if s.execute(added).first() is not None:  # RETURNING: rowcount is not reliable across drivers
         bump(s, journey.campaign_id, hour_of(journey.triggered_at), "users", variation_id=journey.variation_id)
 
 
