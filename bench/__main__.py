@@ -2,6 +2,7 @@
 
     python -m bench                 # all, default sizes (~3 min on 2 cores)
     python -m bench --only ingest,delivery --scale 2
+    python -m bench --only reports --database-url postgresql://postgres@127.0.0.1:5432/postgres --scale 10  # 10M facts
 
 Prints a table and, last, one JSON line with every figure. See docs/performance.md.
 """
@@ -25,6 +26,7 @@ import temporalio
 from bench.bare import BareOneActivity, BareWaiter
 from bench.harness import ADMIN_KEY, Stack, rss_mb
 from bench.placeholders import PLACEHOLDERS
+from bench.report_bench import run as bench_reports
 
 CONCURRENCY = 32
 WORKER_ACTIVITY_SLOTS = 100  # worker.MAX_CONCURRENT_ACTIVITIES
@@ -353,7 +355,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 async def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="ingest,journeys,delivery,memory")
+    p.add_argument("--only", default="ingest,journeys,delivery,memory,reports")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     args = p.parse_args(argv)
@@ -362,27 +364,30 @@ async def main(argv: list[str]) -> int:
     def size(base: int) -> int:
         return max(10, int(base * args.scale))
 
-    stack = Stack(args.database_url)
     rows: list[dict[str, Any]] = []
-    try:
-        await stack.start()
-        await stack.start_worker()
-        await stack.start_bare_worker()
-        await stack.start_api()
-        api = Api(stack)
+    if "reports" in only:  # (5) needs no Temporal stack: 1M sends+hits+events per scale unit, own database
+        rows.append(bench_reports(args.database_url or "sqlite://", int(1_000_000 * args.scale)))
+    if only - {"reports"}:  # the other benchmarks share one Temporal + API + worker stack
+        stack = Stack(args.database_url)
         try:
-            if "ingest" in only:
-                rows.append(await bench_ingest(stack, api, size(1000)))
-            if "journeys" in only:
-                rows.append(await bench_journeys(stack, api, size(200)))
-            if "delivery" in only:
-                rows.extend(await bench_delivery(stack, api, size(1000)))
-            if "memory" in only:
-                rows.append(await bench_memory(stack, api, size(800)))
+            await stack.start()
+            await stack.start_worker()
+            await stack.start_bare_worker()
+            await stack.start_api()
+            api = Api(stack)
+            try:
+                if "ingest" in only:
+                    rows.append(await bench_ingest(stack, api, size(1000)))
+                if "journeys" in only:
+                    rows.append(await bench_journeys(stack, api, size(200)))
+                if "delivery" in only:
+                    rows.extend(await bench_delivery(stack, api, size(1000)))
+                if "memory" in only:
+                    rows.append(await bench_memory(stack, api, size(800)))
+            finally:
+                await api.close()
         finally:
-            await api.close()
-    finally:
-        stack.close()
+            stack.close()
     rows.extend(PLACEHOLDERS)
     print_table(rows)
     meta = {"python": platform.python_version(), "temporalio": temporalio.__version__, "machine": platform.machine(),

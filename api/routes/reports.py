@@ -1,8 +1,8 @@
 """Campaign reports: JSON, CSV (formula-injection safe) and an HTML page with inline SVG charts.
 
-Time range semantics (seeds): only users who FIRST triggered the campaign within [from, to),
-and their sends, clicks, impressions and purchases within the range. The maths is in
-domain/reports.py; docs/reports.md explains every figure.
+Time range semantics (seeds, cohort): the users who FIRST triggered the campaign within
+[from, to), and all the sends, clicks, impressions and purchases they generated for it (at any
+time). The maths is in domain/reports.py; docs/reports.md explains every figure.
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, 
     return c, load_spec(s, c.id, c.version)
 
 
-def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime) -> dict[str, Any]:
+def build_report(
+    s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime, *, raw: bool = False
+) -> dict[str, Any]:
+    """The report body; `raw` computes it from the raw tables only (the reference, benchmarks)."""
     window = spec.settings.attribution_window
-    data = q.load(s, c.section_id, c.id, start, end)
+    data = (q.load_raw if raw else q.load)(s, c.section_id, c.id, start, end)
     agg = aggregate(data, window)
     names = {v.id: v.name for v in spec.variations}
     step_names = {(v.id, i): st.name for v in spec.variations for i, st in enumerate(v.steps)}
