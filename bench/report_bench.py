@@ -49,33 +49,33 @@ STEPS = "(VALUES (0, 'email'), (1, 'sms')) AS st(step, ch)"
 VARIATION = "CASE WHEN g % 10 = 0 THEN 'h' WHEN g % 2 = 1 THEN 'a' ELSE 'b' END"
 SEED_SQL = [
     f"""INSERT INTO "user" (id, section_id, cuid, attributes, cart, is_test, created_at, updated_at)
-        SELECT 'u' || g, 'sec', 'u' || g, '{{}}', '[]', false, {TRIGGER}, {TRIGGER} FROM generate_series(0, %(n)s - 1) g""",
+        SELECT 'u' || g, 'sec', 'u' || g, '{{}}', '[]', false, {TRIGGER}, {TRIGGER} FROM generate_series(0::bigint, %(n)s - 1) g""",
     f"""INSERT INTO journey (id, workflow_id, section_id, campaign_id, campaign_version, priority, user_id, variation_id,
                              is_control, is_test, status, triggered_at)
         SELECT 'j' || g, 'w', 'sec', 'cmp', 1, 50, 'u' || g, {VARIATION}, g % 10 = 0, false, 'completed', {TRIGGER}
-        FROM generate_series(0, %(n)s - 1) g""",
+        FROM generate_series(0::bigint, %(n)s - 1) g""",
     f"""INSERT INTO send (key, journey_id, section_id, campaign_id, variation_id, step_index, channel, integration_id,
                           user_id, status, attempts, possible_duplicate, created_at, updated_at)
         SELECT 'j' || g || ':' || st.step, 'j' || g, 'sec', 'cmp', {VARIATION}, st.step, st.ch, 'i', 'u' || g,
                'accepted', 1, false, {SENT_AT}, {SENT_AT}
-        FROM generate_series(0, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0""",
+        FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0""",
     f"""INSERT INTO trackinghit (section_id, campaign_id, variation_id, step_index, channel, send_key, user_id, kind,
                                  source, bot, at)
         SELECT 'sec', 'cmp', {VARIATION}, st.step, st.ch, 'j' || g || ':' || st.step, 'u' || g, 'impression', 'pixel',
                false, {SENT_AT} + interval '5 minutes'
-        FROM generate_series(0, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND (g * 31 + st.step) % 2 = 0""",
+        FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND (g * 31 + st.step) % 2 = 0""",
     f"""INSERT INTO trackinghit (section_id, campaign_id, variation_id, step_index, channel, send_key, user_id, kind,
                                  source, bot, at)
         SELECT 'sec', 'cmp', {VARIATION}, st.step, st.ch, 'j' || g || ':' || st.step, 'u' || g, 'click', 'link',
                g % 50 = 7, {SENT_AT} + interval '6 minutes'
-        FROM generate_series(0, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND (g * 17 + st.step * 3) % 4 = 0""",
+        FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND (g * 17 + st.step * 3) % 4 = 0""",
     # 3 events per user: ~5% buy (2 h after the trigger, after the first click), ~5% add to cart, the rest views.
     f"""INSERT INTO event (id, section_id, user_id, kind, name, data, consented, received_at, dispatched, deferred,
                            transaction_id, value, commands)
         SELECT 'e' || g || '_' || k, 'sec', 'u' || g, kinds.kind, kinds.kind, '{{}}', true,
                {TRIGGER} + (2 + k) * interval '1 hour', true, false,
                CASE WHEN kinds.kind = 'purchase' THEN 'tx' || g END, CASE WHEN kinds.kind = 'purchase' THEN 20 + g % 80 END, '[]'
-        FROM generate_series(0, %(n)s - 1) g CROSS JOIN generate_series(0, 2) k
+        FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN generate_series(0, 2) k
         CROSS JOIN LATERAL (SELECT CASE WHEN k = 0 AND (g * 13) % 20 = 0 THEN 'purchase'
                                         WHEN k = 1 AND (g * 11) % 20 = 1 THEN 'add_to_cart'
                                         ELSE 'product_view' END AS kind) kinds""",

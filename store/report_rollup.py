@@ -185,6 +185,27 @@ def rebuild(s: Session, campaign_ids: Sequence[str] | None = None) -> int:
     return len(campaign_ids)
 
 
+def forget_users(s: Session, user_ids: Sequence[str]) -> list[str]:
+    """Before an identity merge re-points these users' rows: take out all they contributed.
+
+    Returns the campaigns they had cohorts in, for `recount_users` after the merge.
+    """
+    cids = list(s.execute(select(COHORT.c.campaign_id).where(COHORT.c.user_id.in_(user_ids)).distinct()).scalars())
+    for cid in cids:
+        _rebuild_counters(s, cid, user_ids, sign=-1)
+        for table in (COHORT, ATTRIBUTION):
+            s.execute(delete(table).where(table.c.campaign_id == cid, table.c.user_id.in_(user_ids)))
+    return cids
+
+
+def recount_users(s: Session, user_ids: Sequence[str], campaign_ids: Sequence[str]) -> None:
+    """After an identity merge: count the (now merged) users again from their raw rows."""
+    for cid in campaign_ids:
+        _rebuild_cohorts(s, cid, user_ids)
+        _rebuild_counters(s, cid, user_ids)
+        _rebuild_attributions(s, cid, user_ids)
+
+
 def rebuild_if_empty(s: Session) -> int:
     """Startup migration: raw data but no pre-aggregation yet (a deployment from before it)."""
     if s.execute(select(literal(1)).select_from(COHORT).limit(1)).first() is not None:
@@ -197,8 +218,9 @@ def rebuild_if_empty(s: Session) -> int:
     return n
 
 
-def _rebuild_cohorts(s: Session, cid: str) -> None:
-    live = (col(Journey.campaign_id) == cid, col(Journey.is_test).is_(False))
+def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
+    live = (col(Journey.campaign_id) == cid, col(Journey.is_test).is_(False),
+            *([col(Journey.user_id).in_(users)] if users is not None else []))  # fmt: skip
     first = (
         select(col(Journey.user_id).label("user_id"), func.min(col(Journey.triggered_at)).label("first_at"))
         .where(*live).group_by(col(Journey.user_id)).subquery()
@@ -212,39 +234,43 @@ def _rebuild_cohorts(s: Session, cid: str) -> None:
 
 
 def _counter_rows(s: Session, cid: str, metric: Any, hour: Any, dims: list[Any], n: Any, frm: Any, *where: Any) -> None:
-    """INSERT INTO report_rollup SELECT (cid, hour, variation, channel, step, day, metric, n) ... GROUP BY."""
+    """INSERT INTO report_rollup SELECT (cid, hour, variation, channel, step, day, metric, n) ... GROUP BY ... UPSERT."""
     variation, channel, step, day = dims
     grouped = [x for x in (hour, variation, channel, step, day) if not _is_literal(x)]
     if not _is_literal(metric):
         grouped.append(metric)
     rows = select(literal(cid), hour, variation, channel, step, day, metric, n).select_from(frm).where(*where).group_by(*grouped)
-    s.execute(insert(ROLLUP).from_select([*ROLLUP_KEY, "n"], rows))
+    ins = _insert(s, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
+    s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
 
 
 def _is_literal(x: Any) -> bool:
     return isinstance(x, BindParameter)  # a constant dimension: not grouped by
 
 
-def _rebuild_counters(s: Session, cid: str) -> None:
+def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, sign: int = 1) -> None:
+    """Every counter of the campaign (of these users only: None = all), times `sign`."""
     c = COHORT.c
-    _counter_rows(s, cid, literal("users"), c.cohort_hour, [c.variation_id, literal(""), literal(-1), literal("")], func.count(),
-                  COHORT, c.campaign_id == cid)  # fmt: skip
+    mine = (c.campaign_id == cid, *([c.user_id.in_(users)] if users is not None else []))
+    count, distinct = func.count() * sign, (lambda x: func.count(func.distinct(x)) * sign)
+    _counter_rows(s, cid, literal("users"), c.cohort_hour, [c.variation_id, literal(""), literal(-1), literal("")], count,
+                  COHORT, *mine)  # fmt: skip
     sends = COHORT.join(Send, (col(Send.campaign_id) == c.campaign_id) & (col(Send.user_id) == c.user_id))
-    sent = (c.campaign_id == cid, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at)
+    sent = (*mine, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at)
     v, ch, st = col(Send.variation_id), col(Send.channel), col(Send.step_index)
-    users = func.count(func.distinct(col(Send.user_id)))
-    _counter_rows(s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], func.count(), sends, *sent)
-    _counter_rows(s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], users, sends, *sent)
-    _counter_rows(s, cid, literal("step_users"), c.cohort_hour, [v, literal(""), st, literal("")], users, sends, *sent)
+    sent_users = distinct(col(Send.user_id))
+    _counter_rows(s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], count, sends, *sent)
+    _counter_rows(s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent)
+    _counter_rows(s, cid, literal("step_users"), c.cohort_hour, [v, literal(""), st, literal("")], sent_users, sends, *sent)
     hits = COHORT.join(TrackingHit, (col(TrackingHit.campaign_id) == c.campaign_id) & (col(TrackingHit.user_id) == c.user_id))
-    human = (c.campaign_id == cid, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
+    human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
     hv, hch, hst = col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index)
-    _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], func.count(), hits, *human)
+    _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *human)
     _counter_rows(s, cid, literal("click_users"), c.cohort_hour, [hv, literal(""), literal(-1), literal("")],
-                  func.count(func.distinct(col(TrackingHit.user_id))), hits, *human, col(TrackingHit.kind) == "click")  # fmt: skip
+                  distinct(col(TrackingHit.user_id)), hits, *human, col(TrackingHit.kind) == "click")  # fmt: skip
 
 
-def _rebuild_attributions(s: Session, cid: str) -> None:
+def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
     section_id = s.execute(select(col(Campaign.section_id)).where(col(Campaign.id) == cid)).scalar()
     if section_id is None:
         return
@@ -260,7 +286,8 @@ def _rebuild_attributions(s: Session, cid: str) -> None:
                last_click.label("click_at"))
         .join_from(Event, COHORT, (c.campaign_id == cid) & (c.user_id == col(Event.user_id)))
         .join(User, col(User.id) == col(Event.user_id))
-        .where(col(Event.section_id) == section_id, col(Event.kind).in_(ATTRIBUTED_KINDS), col(User.cuid).is_not(None))
+        .where(col(Event.section_id) == section_id, col(Event.kind).in_(ATTRIBUTED_KINDS), col(User.cuid).is_not(None),
+               *([col(Event.user_id).in_(users)] if users is not None else []))
         .subquery()
     )  # fmt: skip
     x = candidates.c
