@@ -119,7 +119,9 @@ def seed(store: Store, users: int) -> dict[str, int]:
 
 
 def _vacuum(url: str) -> None:
-    with psycopg.connect(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True) as conn:
+    with psycopg.connect(
+        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as conn:
         conn.execute("VACUUM ANALYZE")
 
 

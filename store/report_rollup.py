@@ -66,11 +66,29 @@ def _insert(s: Session, table: Table) -> Any:
     return (postgresql.insert if _dialect(s) == "postgresql" else sqlite.insert)(table)
 
 
-def bump(s: Session, campaign_id: str, hour: datetime, metric: str, *, variation_id: str = "", channel: str = "",
-         step_index: int = -1, day: str = "", n: int = 1) -> None:  # fmt: skip
+def bump(
+    s: Session,
+    campaign_id: str,
+    hour: datetime,
+    metric: str,
+    *,
+    variation_id: str = "",
+    channel: str = "",
+    step_index: int = -1,
+    day: str = "",
+    n: int = 1,
+) -> None:
     """Add `n` to one counter (UPSERT: concurrent writers add up, never overwrite)."""
-    ins = _insert(s, ROLLUP).values(campaign_id=campaign_id, cohort_hour=hour, variation_id=variation_id,
-                                    channel=channel, step_index=step_index, day=day, metric=metric, n=n)  # fmt: skip
+    ins = _insert(s, ROLLUP).values(
+        campaign_id=campaign_id,
+        cohort_hour=hour,
+        variation_id=variation_id,
+        channel=channel,
+        step_index=step_index,
+        day=day,
+        metric=metric,
+        n=n,
+    )
     s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
 
 
@@ -81,9 +99,13 @@ def register_cohort(s: Session, journey: Journey) -> None:
     """A journey was allocated: the user's first non-test one starts their cohort."""
     if journey.is_test:
         return
-    ins = _insert(s, COHORT).values(campaign_id=journey.campaign_id, user_id=journey.user_id,
-                                    first_at=journey.triggered_at, cohort_hour=hour_of(journey.triggered_at),
-                                    variation_id=journey.variation_id)  # fmt: skip
+    ins = _insert(s, COHORT).values(
+        campaign_id=journey.campaign_id,
+        user_id=journey.user_id,
+        first_at=journey.triggered_at,
+        cohort_hour=hour_of(journey.triggered_at),
+        variation_id=journey.variation_id,
+    )
     added = ins.on_conflict_do_nothing(index_elements=["campaign_id", "user_id"]).returning(COHORT.c.user_id)
     if s.execute(added).first() is not None:  # RETURNING: rowcount is not reliable across drivers
         bump(s, journey.campaign_id, hour_of(journey.triggered_at), "users", variation_id=journey.variation_id)
@@ -101,12 +123,25 @@ def count_send(s: Session, send: Send, previous_status: str | None) -> None:
     if cohort is None or send.created_at < cohort.first_at:  # test users and broadcasts have no cohort
         return
     hour, v = cohort.cohort_hour, send.variation_id
-    bump(s, send.campaign_id, hour, "sends", variation_id=v, channel=send.channel, step_index=send.step_index,
-         day=day_of(send.created_at))  # fmt: skip
+    bump(
+        s,
+        send.campaign_id,
+        hour,
+        "sends",
+        variation_id=v,
+        channel=send.channel,
+        step_index=send.step_index,
+        day=day_of(send.created_at),
+    )
     s.add(send)
     s.flush()  # the checks below must see this send's final status
-    other = (col(Send.campaign_id) == send.campaign_id, col(Send.user_id) == send.user_id,
-             col(Send.variation_id) == v, col(Send.status).in_(SENT), col(Send.key) != send.key)  # fmt: skip
+    other = (
+        col(Send.campaign_id) == send.campaign_id,
+        col(Send.user_id) == send.user_id,
+        col(Send.variation_id) == v,
+        col(Send.status).in_(SENT),
+        col(Send.key) != send.key,
+    )
     if not s.execute(select(exists().where(*other, col(Send.channel) == send.channel))).scalar():
         bump(s, send.campaign_id, hour, "channel_users", variation_id=v, channel=send.channel)
     if not s.execute(select(exists().where(*other, col(Send.step_index) == send.step_index))).scalar():
@@ -126,10 +161,15 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
         return
     s.add(hit)
     s.flush()  # gives the hit its id
-    earlier = exists().where(col(TrackingHit.campaign_id) == hit.campaign_id, col(TrackingHit.user_id) == hit.user_id,
-                             col(TrackingHit.variation_id) == v, col(TrackingHit.kind) == "click",
-                             col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= cohort.first_at,
-                             col(TrackingHit.id) != hit.id)  # fmt: skip
+    earlier = exists().where(
+        col(TrackingHit.campaign_id) == hit.campaign_id,
+        col(TrackingHit.user_id) == hit.user_id,
+        col(TrackingHit.variation_id) == v,
+        col(TrackingHit.kind) == "click",
+        col(TrackingHit.bot).is_(False),
+        col(TrackingHit.at) >= cohort.first_at,
+        col(TrackingHit.id) != hit.id,
+    )
     if not s.execute(select(earlier)).scalar():
         bump(s, hit.campaign_id, hour, "click_users", variation_id=v)
 
@@ -144,21 +184,39 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
         return
     cohorts = s.execute(select(ReportCohort).where(col(ReportCohort.user_id) == event.user_id)).scalars().all()
     for cohort in cohorts:
-        last = s.execute(
-            select(TrackingHit)
-            .where(col(TrackingHit.campaign_id) == cohort.campaign_id, col(TrackingHit.user_id) == event.user_id,
-                   col(TrackingHit.kind) == "click", col(TrackingHit.bot).is_(False),
-                   col(TrackingHit.at) >= cohort.first_at, col(TrackingHit.at) <= event.received_at)
-            .order_by(col(TrackingHit.at).desc()).limit(1)
-        ).scalars().first()  # fmt: skip
+        last = (
+            s.execute(
+                select(TrackingHit)
+                .where(
+                    col(TrackingHit.campaign_id) == cohort.campaign_id,
+                    col(TrackingHit.user_id) == event.user_id,
+                    col(TrackingHit.kind) == "click",
+                    col(TrackingHit.bot).is_(False),
+                    col(TrackingHit.at) >= cohort.first_at,
+                    col(TrackingHit.at) <= event.received_at,
+                )
+                .order_by(col(TrackingHit.at).desc())
+                .limit(1)
+            )
+            .scalars()
+            .first()
+        )
         if last is None:
             continue
         ins = _insert(s, ATTRIBUTION).values(
-            campaign_id=cohort.campaign_id, event_id=event.id, user_id=event.user_id, cohort_hour=cohort.cohort_hour,
-            kind=event.kind, value=float(event.value or 0.0), transaction_id=event.transaction_id,
-            at=event.received_at, click_at=last.at, variation_id=last.variation_id, channel=last.channel,
+            campaign_id=cohort.campaign_id,
+            event_id=event.id,
+            user_id=event.user_id,
+            cohort_hour=cohort.cohort_hour,
+            kind=event.kind,
+            value=float(event.value or 0.0),
+            transaction_id=event.transaction_id,
+            at=event.received_at,
+            click_at=last.at,
+            variation_id=last.variation_id,
+            channel=last.channel,
             step_index=last.step_index,
-        )  # fmt: skip
+        )
         s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
 
 
@@ -219,27 +277,46 @@ def rebuild_if_empty(s: Session) -> int:
 
 
 def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
-    live = (col(Journey.campaign_id) == cid, col(Journey.is_test).is_(False),
-            *([col(Journey.user_id).in_(users)] if users is not None else []))  # fmt: skip
+    live = (
+        col(Journey.campaign_id) == cid,
+        col(Journey.is_test).is_(False),
+        *([col(Journey.user_id).in_(users)] if users is not None else []),
+    )
     first = (
         select(col(Journey.user_id).label("user_id"), func.min(col(Journey.triggered_at)).label("first_at"))
-        .where(*live).group_by(col(Journey.user_id)).subquery()
-    )  # fmt: skip
+        .where(*live)
+        .group_by(col(Journey.user_id))
+        .subquery()
+    )
     rows = (
-        select(literal(cid), first.c.user_id, first.c.first_at, hour_sql(s, first.c.first_at), func.min(col(Journey.variation_id)))
-        .join_from(first, Journey, (col(Journey.user_id) == first.c.user_id) & (col(Journey.triggered_at) == first.c.first_at))
-        .where(*live).group_by(first.c.user_id, first.c.first_at)
-    )  # fmt: skip
+        select(
+            literal(cid),
+            first.c.user_id,
+            first.c.first_at,
+            hour_sql(s, first.c.first_at),
+            func.min(col(Journey.variation_id)),
+        )
+        .join_from(
+            first, Journey, (col(Journey.user_id) == first.c.user_id) & (col(Journey.triggered_at) == first.c.first_at)
+        )
+        .where(*live)
+        .group_by(first.c.user_id, first.c.first_at)
+    )
     s.execute(insert(COHORT).from_select(["campaign_id", "user_id", "first_at", "cohort_hour", "variation_id"], rows))
 
 
 def _counter_rows(s: Session, cid: str, metric: Any, hour: Any, dims: list[Any], n: Any, frm: Any, *where: Any) -> None:
-    """INSERT INTO report_rollup SELECT (cid, hour, variation, channel, step, day, metric, n) ... GROUP BY ... UPSERT."""
+    """INSERT INTO report_rollup SELECT cid, hour, variation, channel, step, day, metric, n ... GROUP BY (UPSERT)."""
     variation, channel, step, day = dims
     grouped = [x for x in (hour, variation, channel, step, day) if not _is_literal(x)]
     if not _is_literal(metric):
         grouped.append(metric)
-    rows = select(literal(cid), hour, variation, channel, step, day, metric, n).select_from(frm).where(*where).group_by(*grouped)
+    rows = (
+        select(literal(cid), hour, variation, channel, step, day, metric, n)
+        .select_from(frm)
+        .where(*where)
+        .group_by(*grouped)
+    )
     ins = _insert(s, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
     s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
 
@@ -253,21 +330,46 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
     c = COHORT.c
     mine = (c.campaign_id == cid, *([c.user_id.in_(users)] if users is not None else []))
     count, distinct = func.count() * sign, (lambda x: func.count(func.distinct(x)) * sign)
-    _counter_rows(s, cid, literal("users"), c.cohort_hour, [c.variation_id, literal(""), literal(-1), literal("")], count,
-                  COHORT, *mine)  # fmt: skip
+    _counter_rows(
+        s,
+        cid,
+        literal("users"),
+        c.cohort_hour,
+        [c.variation_id, literal(""), literal(-1), literal("")],
+        count,
+        COHORT,
+        *mine,
+    )
     sends = COHORT.join(Send, (col(Send.campaign_id) == c.campaign_id) & (col(Send.user_id) == c.user_id))
     sent = (*mine, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at)
     v, ch, st = col(Send.variation_id), col(Send.channel), col(Send.step_index)
     sent_users = distinct(col(Send.user_id))
-    _counter_rows(s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], count, sends, *sent)
-    _counter_rows(s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent)
-    _counter_rows(s, cid, literal("step_users"), c.cohort_hour, [v, literal(""), st, literal("")], sent_users, sends, *sent)
-    hits = COHORT.join(TrackingHit, (col(TrackingHit.campaign_id) == c.campaign_id) & (col(TrackingHit.user_id) == c.user_id))
+    _counter_rows(
+        s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], count, sends, *sent
+    )
+    _counter_rows(
+        s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent
+    )
+    _counter_rows(
+        s, cid, literal("step_users"), c.cohort_hour, [v, literal(""), st, literal("")], sent_users, sends, *sent
+    )
+    hits = COHORT.join(
+        TrackingHit, (col(TrackingHit.campaign_id) == c.campaign_id) & (col(TrackingHit.user_id) == c.user_id)
+    )
     human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
     hv, hch, hst = col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index)
     _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *human)
-    _counter_rows(s, cid, literal("click_users"), c.cohort_hour, [hv, literal(""), literal(-1), literal("")],
-                  distinct(col(TrackingHit.user_id)), hits, *human, col(TrackingHit.kind) == "click")  # fmt: skip
+    _counter_rows(
+        s,
+        cid,
+        literal("click_users"),
+        c.cohort_hour,
+        [hv, literal(""), literal(-1), literal("")],
+        distinct(col(TrackingHit.user_id)),
+        hits,
+        *human,
+        col(TrackingHit.kind) == "click",
+    )
 
 
 def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
@@ -275,30 +377,80 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
     if section_id is None:
         return
     c = COHORT.c
-    click = (col(TrackingHit.campaign_id) == cid, col(TrackingHit.user_id) == col(Event.user_id),
-             col(TrackingHit.kind) == "click", col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at,
-             col(TrackingHit.at) <= col(Event.received_at))  # fmt: skip
+    click = (
+        col(TrackingHit.campaign_id) == cid,
+        col(TrackingHit.user_id) == col(Event.user_id),
+        col(TrackingHit.kind) == "click",
+        col(TrackingHit.bot).is_(False),
+        col(TrackingHit.at) >= c.first_at,
+        col(TrackingHit.at) <= col(Event.received_at),
+    )
     last_click = select(func.max(col(TrackingHit.at))).where(*click).correlate(Event, COHORT).scalar_subquery()
     candidates = (
-        select(col(Event.id).label("event_id"), col(Event.user_id).label("user_id"), c.cohort_hour,
-               col(Event.kind).label("kind"), func.coalesce(col(Event.value), 0.0).label("value"),
-               col(Event.transaction_id).label("transaction_id"), col(Event.received_at).label("at"),
-               last_click.label("click_at"))
+        select(
+            col(Event.id).label("event_id"),
+            col(Event.user_id).label("user_id"),
+            c.cohort_hour,
+            col(Event.kind).label("kind"),
+            func.coalesce(col(Event.value), 0.0).label("value"),
+            col(Event.transaction_id).label("transaction_id"),
+            col(Event.received_at).label("at"),
+            last_click.label("click_at"),
+        )
         .join_from(Event, COHORT, (c.campaign_id == cid) & (c.user_id == col(Event.user_id)))
         .join(User, col(User.id) == col(Event.user_id))
-        .where(col(Event.section_id) == section_id, col(Event.kind).in_(ATTRIBUTED_KINDS), col(User.cuid).is_not(None),
-               *([col(Event.user_id).in_(users)] if users is not None else []))
+        .where(
+            col(Event.section_id) == section_id,
+            col(Event.kind).in_(ATTRIBUTED_KINDS),
+            col(User.cuid).is_not(None),
+            *([col(Event.user_id).in_(users)] if users is not None else []),
+        )
         .subquery()
-    )  # fmt: skip
+    )
     x = candidates.c
     rows = (
-        select(literal(cid), x.event_id, x.user_id, x.cohort_hour, x.kind, x.value, x.transaction_id, x.at, x.click_at,
-               col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index))
-        .join_from(candidates, TrackingHit, (col(TrackingHit.campaign_id) == cid) & (col(TrackingHit.user_id) == x.user_id)
-                   & (col(TrackingHit.at) == x.click_at) & (col(TrackingHit.kind) == "click") & col(TrackingHit.bot).is_(False))
+        select(
+            literal(cid),
+            x.event_id,
+            x.user_id,
+            x.cohort_hour,
+            x.kind,
+            x.value,
+            x.transaction_id,
+            x.at,
+            x.click_at,
+            col(TrackingHit.variation_id),
+            col(TrackingHit.channel),
+            col(TrackingHit.step_index),
+        )
+        .join_from(
+            candidates,
+            TrackingHit,
+            (col(TrackingHit.campaign_id) == cid)
+            & (col(TrackingHit.user_id) == x.user_id)
+            & (col(TrackingHit.at) == x.click_at)
+            & (col(TrackingHit.kind) == "click")
+            & col(TrackingHit.bot).is_(False),
+        )
         .where(x.click_at.is_not(None))
-    )  # fmt: skip
-    cols = ["campaign_id", "event_id", "user_id", "cohort_hour", "kind", "value", "transaction_id", "at", "click_at",
-            "variation_id", "channel", "step_index"]  # fmt: skip
+    )
+    cols = [
+        "campaign_id",
+        "event_id",
+        "user_id",
+        "cohort_hour",
+        "kind",
+        "value",
+        "transaction_id",
+        "at",
+        "click_at",
+        "variation_id",
+        "channel",
+        "step_index",
+    ]
     # Two clicks at the same instant: keep one (the raw path's choice between them is arbitrary too).
-    s.execute(_insert(s, ATTRIBUTION).from_select(cols, rows).on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
+    s.execute(
+        _insert(s, ATTRIBUTION)
+        .from_select(cols, rows)
+        .on_conflict_do_nothing(index_elements=["campaign_id", "event_id"])
+    )

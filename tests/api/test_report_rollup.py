@@ -17,9 +17,8 @@ from typing import Any
 import httpx
 
 from domain.reports import Aggregate, aggregate
-from store import report_rollup
+from store import report_rollup, users
 from store import reports as q
-from store import users
 from store.engine import Store
 from store.tables import Event, User
 from tests.helpers import SectionKeys, create_campaign, step
@@ -27,11 +26,17 @@ from tests.reports_world import World
 
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
 WINDOW = timedelta(hours=20)
-SPEC = {"name": "Rollup", "type": "cart_abandonment", "channel_priority": ["email", "sms"],
-        "settings": {"primary_metric": "purchases", "attribution_window": "PT20H"},
-        "variations": [{"id": "a", "name": "A", "share": 45, "steps": [step("S1"), step("S2", "P1D", ("email", "sms"))]},
-                       {"id": "b", "name": "B", "share": 45, "steps": [step("S1")]},
-                       {"id": "hold", "name": "Holdout", "share": 10, "control": True}]}  # fmt: skip
+SPEC = {
+    "name": "Rollup",
+    "type": "cart_abandonment",
+    "channel_priority": ["email", "sms"],
+    "settings": {"primary_metric": "purchases", "attribution_window": "PT20H"},
+    "variations": [
+        {"id": "a", "name": "A", "share": 45, "steps": [step("S1"), step("S2", "P1D", ("email", "sms"))]},
+        {"id": "b", "name": "B", "share": 45, "steps": [step("S1")]},
+        {"id": "hold", "name": "Holdout", "share": 10, "control": True},
+    ],
+}
 
 
 def _plan(w: World, rng: random.Random, users: int) -> list[tuple[datetime, Callable[[], Any]]]:
@@ -79,8 +84,9 @@ def _view(agg: Aggregate) -> dict[str, Any]:
         "channels": buckets(agg.channels),
         "steps": buckets(agg.steps),
         "sends_by_day": agg.sends_by_day,
-        "attributed": sorted((a.event.id, a.click.variation_id, a.click.channel, a.click.step_index, a.click.at)
-                             for a in agg.attributed),  # fmt: skip
+        "attributed": sorted(
+            (a.event.id, a.click.variation_id, a.click.channel, a.click.step_index, a.click.at) for a in agg.attributed
+        ),
     }
 
 
@@ -103,8 +109,14 @@ async def test_rollup_report_equals_raw_recompute(api: httpx.AsyncClient, store:
     for _, write in sorted(_plan(w, rng, 70), key=lambda a: a[0]):
         write()
     h = lambda hours: T0 + timedelta(hours=hours)  # noqa: E731
-    ranges = [(h(-24), h(24 * 10)), (h(0), h(24)), (h(5.25), h(47.5)), (h(10.1), h(10.9)), (h(30.5), h(31)),
-              (h(23.999), h(72.001))]  # fmt: skip
+    ranges = [
+        (h(-24), h(24 * 10)),
+        (h(0), h(24)),
+        (h(5.25), h(47.5)),
+        (h(10.1), h(10.9)),
+        (h(30.5), h(31)),
+        (h(23.999), h(72.001)),
+    ]
     assert _compare(store, section.id, cid, ranges) > 30  # the full range sees most users
     with store.session() as s:
         full = _view(aggregate(q.load(s, section.id, cid, *ranges[0]), WINDOW))
