@@ -277,14 +277,14 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
     rng = random.Random(SEED)
     samplers = [_sampler(a, metric, rng) for a in arms]
     base = next((i for i, a in enumerate(arms) if a.id == baseline), 0)
+    # Joint draws in the same order as always (so the same data gives the same figures), then
+    # counted per column: list operations instead of per-draw Python loops.
+    draws = [[sample() for sample in samplers] for _ in range(DRAWS)]
     wins = [0] * len(arms)
-    uplifts: list[list[float]] = [[] for _ in arms]
-    for _ in range(DRAWS):
-        draw = [s() for s in samplers]
-        wins[max(range(len(draw)), key=draw.__getitem__)] += 1
-        for i, d in enumerate(draw):
-            if draw[base] > 0:
-                uplifts[i].append(d / draw[base] - 1)
+    for draw in draws:
+        wins[draw.index(max(draw))] += 1  # the first best, as max(range(...), key=...) did
+    priced = [d for d in draws if d[base] > 0]
+    uplifts = [[d[i] / d[base] - 1 for d in priced] for i in range(len(arms))]
     prob = [w / DRAWS for w in wins]
     if metric != "revenue" and len(arms) == 2:
         # Two conversion arms: use the exact value instead of the simulation's estimate.
