@@ -173,7 +173,10 @@ def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, A
                     t, fast = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b))
                     times.append(t)
                 # The database part alone (the rest is the winner's 20,000-draw simulation, size-independent).
-                loads = [_timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b))[0] for _ in range(3)]
+                loads = [
+                    _timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
+                    for _ in range(3)
+                ]
                 raw_s, ref = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b, raw=True))
                 same = fast == ref
                 out[label] = {"median_s": statistics.median(times), "runs_s": times, "raw_s": raw_s, "same_report": same,

@@ -15,10 +15,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, ColumnElement, Table, delete, exists, func, insert, literal, select
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Table,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
@@ -56,6 +68,18 @@ def day_sql(s: Session, column: Any) -> ColumnElement[str]:
     if _dialect(s) == "postgresql":
         return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
     return func.date(column)
+
+
+def lag_us_sql(s: Session, later: Any, earlier: Any) -> ColumnElement[int]:
+    """`later - earlier` in whole microseconds, exactly (no floating-point day fractions)."""
+    if _dialect(s) == "postgresql":
+        return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
+
+    # SQLite stores UTCDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds plus the digits.
+    def us(x: Any) -> Any:
+        return cast(func.strftime("%s", x), BigInteger) * 1_000_000 + cast(func.substr(x, 21, 6), BigInteger)
+
+    return us(later) - us(earlier)
 
 
 def _dialect(s: Session) -> str:
@@ -213,6 +237,7 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
             transaction_id=event.transaction_id,
             at=event.received_at,
             click_at=last.at,
+            lag_us=(event.received_at - last.at) // timedelta(microseconds=1),
             variation_id=last.variation_id,
             channel=last.channel,
             step_index=last.step_index,
@@ -419,6 +444,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
             x.transaction_id,
             x.at,
             x.click_at,
+            lag_us_sql(s, x.at, x.click_at),
             col(TrackingHit.variation_id),
             col(TrackingHit.channel),
             col(TrackingHit.step_index),
@@ -444,6 +470,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
         "transaction_id",
         "at",
         "click_at",
+        "lag_us",
         "variation_id",
         "channel",
         "step_index",

@@ -71,6 +71,7 @@ class ReportAttribution(SQLModel, table=True):
     transaction_id: str | None = Field(default=None, max_length=64)
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     click_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    lag_us: int = Field(sa_column=Column(BigInteger(), nullable=False))  # at - click_at, exact, for the window
     variation_id: str = Field(max_length=64)
     channel: str = Field(max_length=16)
     step_index: int

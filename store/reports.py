@@ -21,12 +21,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, func, insert
+from sqlalchemy import Column, MetaData, String, Table, case, func, insert, literal, union_all
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
-from domain.reports import Click, HitGroup, ReportInput, SendGroup, SiteEvent
+from domain.reports import AttributedGroup, Click, HitGroup, ReportInput, SendGroup, SiteEvent
 from store.report_rollup import SENT, day_sql, hour_of
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.tables import Event, Journey, Send, User, UTCDateTime
@@ -78,13 +79,15 @@ def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime
         table.drop(conn)
 
 
-def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime) -> ReportInput:
+def load(
+    s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, window: timedelta
+) -> ReportInput:
     """The report input for users first triggered in [start, end): counters plus raw edges."""
     first_hour = hour_of(start) if start == hour_of(start) else hour_of(start) + HOUR
     last_hour = hour_of(end)
     if first_hour >= last_hour:
         return load_raw(s, section_id, campaign_id, start, end, registry=True)
-    parts = [load_counters(s, campaign_id, first_hour, last_hour)]
+    parts = [load_counters(s, campaign_id, first_hour, last_hour, window)]
     if start < first_hour:
         parts.append(load_raw(s, section_id, campaign_id, start, first_hour, registry=True))
     if last_hour < end:
@@ -104,10 +107,15 @@ def combine(parts: Sequence[ReportInput]) -> ReportInput:
         out.hits += p.hits
         out.clicks += p.clicks
         out.events += p.events
+        out.attributed_groups += p.attributed_groups
+        for day, value in p.revenue_by_day.items():
+            out.revenue_by_day[day] = out.revenue_by_day.get(day, 0.0) + value
     return out
 
 
-def load_counters(s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime) -> ReportInput:
+def load_counters(
+    s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
+) -> ReportInput:
     """Users first triggered in the whole hours [first_hour, last_hour), from the counters."""
     r = ReportRollup
     in_range = (col(r.campaign_id) == campaign_id, col(r.cohort_hour) >= first_hour, col(r.cohort_hour) < last_hour)
@@ -128,17 +136,57 @@ def load_counters(s: Session, campaign_id: str, first_hour: datetime, last_hour:
             inp.step_users[(v, step)] = n
         elif metric == "click_users":
             inp.click_users[v] = n
-    a = ReportAttribution
-    attributed = s.execute(
-        sa_select(col(a.event_id), col(a.user_id), col(a.kind), col(a.at), col(a.value), col(a.transaction_id),
-                  col(a.variation_id), col(a.step_index), col(a.channel), col(a.click_at))
-        .where(col(a.campaign_id) == campaign_id, col(a.cohort_hour) >= first_hour, col(a.cohort_hour) < last_hour)
-    ).all()  # fmt: skip
-    # Each row's click is the last one before its event, so the set of these clicks gives every
-    # event the same last click as all of the user's clicks would (domain.reports.attribute).
-    inp.clicks = list({Click(u, v, i, ch, cat) for _, u, _, _, _, _, v, i, ch, cat in attributed})
-    inp.events = [SiteEvent(e, u, k, at, float(val), tx, True) for e, u, k, at, val, tx, *_ in attributed]
+    for level, v, ch, step, kind, n, total, users, sumsq in s.execute(_attributed(s, campaign_id, first_hour, last_hour, window)):
+        if level == "d":
+            inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
+        else:
+            inp.attributed_groups.append(AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq)))
     return inp
+
+
+def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta) -> Any:
+    """Attribution of the cohorts' candidate rows, in SQL, as domain.reports.attribute does it.
+
+    Each row already holds the buyer's last click before the event; the window is applied here
+    and then the dedupe: per (kind, user, transaction id or else event id) the first event by
+    (time, id) that falls in the window is kept. Then, per level (variation / variation and
+    channel / variation and step) and kind: events, value, distinct buyers and the sum over
+    buyers of their value squared; and purchase value per UTC day. One statement: the kept rows
+    are a CTE the parts share.
+    """
+    a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
+    dedupe = case((a.transaction_id.is_(None), literal("id:") + a.event_id), else_=literal("tx:") + a.transaction_id)
+    ranked = (
+        sa_select(a.user_id, a.kind, a.value, a.at, a.variation_id, a.channel, a.step_index,
+                  func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id)).label("rn"))
+        .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
+               a.lag_us <= window // timedelta(microseconds=1))
+        .subquery()
+    )  # fmt: skip
+    kept = sa_select(ranked).where(ranked.c.rn == 1).cte("kept")
+    k = kept.c
+    parts = []
+    for level, dims in (("v", []), ("c", [k.channel]), ("s", [k.step_index])):
+        keys = [k.variation_id, *dims, k.kind]
+        per_user = (
+            sa_select(*keys, k.user_id, func.count().label("n"), func.sum(k.value).label("total"))
+            .group_by(*keys, k.user_id).subquery()
+        )  # fmt: skip
+        u = per_user.c
+        channel = u.channel if level == "c" else literal("")
+        step = u.step_index if level == "s" else literal(-1)
+        parts.append(
+            sa_select(literal(level), u.variation_id, channel, step, u.kind, func.sum(u.n), func.sum(u.total),
+                      func.count(), func.sum(u.total * u.total))
+            .group_by(u.variation_id, *([u.channel] if level == "c" else []), *([u.step_index] if level == "s" else []), u.kind)
+        )  # fmt: skip
+    day = day_sql(s, k.at)
+    parts.append(
+        sa_select(literal("d"), literal(""), day, literal(-1), literal("purchase"), func.count(), func.sum(k.value),
+                  literal(0), literal(0.0))
+        .where(k.kind == "purchase").group_by(day)
+    )  # fmt: skip
+    return union_all(*parts)
 
 
 def load_raw(
