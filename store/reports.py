@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, case, func, insert, literal, union_all
+from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, union_all
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
@@ -136,11 +136,13 @@ def load_counters(
             inp.step_users[(v, step)] = n
         elif metric == "click_users":
             inp.click_users[v] = n
-    for level, v, ch, step, kind, n, total, users, sumsq in s.execute(_attributed(s, campaign_id, first_hour, last_hour, window)):
-        if level == "d":
+    attributed = s.execute(_attributed(s, campaign_id, first_hour, last_hour, window))
+    for level, v, ch, step, kind, n, total, users, sumsq in attributed:
+        if level == "d":  # purchase value per day: the day is in the channel column
             inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
         else:
-            inp.attributed_groups.append(AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq)))
+            group = AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq))
+            inp.attributed_groups.append(group)
     return inp
 
 
@@ -156,9 +158,9 @@ def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: d
     """
     a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
     dedupe = case((a.transaction_id.is_(None), literal("id:") + a.event_id), else_=literal("tx:") + a.transaction_id)
+    first = func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id))
     ranked = (
-        sa_select(a.user_id, a.kind, a.value, a.at, a.variation_id, a.channel, a.step_index,
-                  func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id)).label("rn"))
+        sa_select(a.user_id, a.kind, a.value, a.at, a.variation_id, a.channel, a.step_index, first.label("rn"))
         .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
                a.lag_us <= window // timedelta(microseconds=1))
         .subquery()
@@ -178,7 +180,7 @@ def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: d
         parts.append(
             sa_select(literal(level), u.variation_id, channel, step, u.kind, func.sum(u.n), func.sum(u.total),
                       func.count(), func.sum(u.total * u.total))
-            .group_by(u.variation_id, *([u.channel] if level == "c" else []), *([u.step_index] if level == "s" else []), u.kind)
+            .group_by(u.variation_id, *[x for x in (channel, step) if not isinstance(x, BindParameter)], u.kind)
         )  # fmt: skip
     day = day_sql(s, k.at)
     parts.append(
