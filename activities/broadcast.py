@@ -36,7 +36,7 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import broadcasts, reservations
+from store import broadcasts, report_rollup, reservations
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
@@ -416,11 +416,12 @@ class BroadcastActivities:
                 opt_out_gone(s, ready.opt_in_id)
             send = s.get(Send, ready.send_key)
             if send is not None:
-                send.status = "accepted" if status == "sent" else "failed"
+                previous, send.status = send.status, "accepted" if status == "sent" else "failed"
                 send.provider_status = provider_status
                 send.provider_response = detail[:2000]
                 send.updated_at = now_utc()
                 s.add(send)
+                report_rollup.count_send(s, send, previous)
             if status == "failed":
                 reservations.release(s, ready.send_key)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))

@@ -29,7 +29,7 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import decisions, recommendations, reservations
+from store import decisions, recommendations, report_rollup, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import opt_out_gone, reach
@@ -249,11 +249,12 @@ class Delivery:
     ) -> DeliverResult:
         send = s.get(Send, req.send_key)
         if send is not None:
-            send.status = "failed" if outcome == "failed" else outcome
+            previous, send.status = send.status, "failed" if outcome == "failed" else outcome
             send.provider_status = status
             send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
             send.updated_at = now_utc()
             s.add(send)
+            report_rollup.count_send(s, send, previous)
         reservations.release(s, req.send_key)
         decisions.record(
             s,
@@ -275,12 +276,13 @@ class Delivery:
         with self.store.session() as s:
             send = s.get(Send, req.send_key)
             assert send is not None
-            send.status = "accepted"
+            previous, send.status = send.status, "accepted"
             send.provider_status = response.status
             send.provider_message_id = response.message_id
             send.provider_response = response.body[:2000]
             send.updated_at = now_utc()
             s.add(send)
+            report_rollup.count_send(s, send, previous)
             journey = s.get(Journey, req.journey_id)
             if journey is not None:
                 journey.last_sent_at = req.as_of

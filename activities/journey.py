@@ -20,7 +20,7 @@ from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from store import decisions, reservations
+from store import decisions, report_rollup, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
@@ -54,23 +54,23 @@ class JourneyActivities:
             spec = load_spec(s, req.campaign_id, req.campaign_version)
             variation = allocate(req.campaign_id, req.user_id, spec.variations)
             if s.get(Journey, req.journey_id) is None:
-                s.add(
-                    Journey(
-                        id=req.journey_id,
-                        workflow_id=req.workflow_id,
-                        section_id=req.section_id,
-                        campaign_id=req.campaign_id,
-                        campaign_version=req.campaign_version,
-                        priority=spec.priority,
-                        user_id=canonical_id(s, req.user_id),
-                        variation_id=variation.id,
-                        is_control=variation.control,
-                        is_test=req.is_test,
-                        status="holdout" if variation.control else "active",
-                        triggered_at=req.as_of,
-                        ended_at=req.as_of if variation.control else None,
-                    )
+                journey = Journey(
+                    id=req.journey_id,
+                    workflow_id=req.workflow_id,
+                    section_id=req.section_id,
+                    campaign_id=req.campaign_id,
+                    campaign_version=req.campaign_version,
+                    priority=spec.priority,
+                    user_id=canonical_id(s, req.user_id),
+                    variation_id=variation.id,
+                    is_control=variation.control,
+                    is_test=req.is_test,
+                    status="holdout" if variation.control else "active",
+                    triggered_at=req.as_of,
+                    ended_at=req.as_of if variation.control else None,
                 )
+                s.add(journey)
+                report_rollup.register_cohort(s, journey)  # same transaction: counters never drift
         return JourneyPlan(
             variation_id=variation.id,
             variation_name=variation.name,

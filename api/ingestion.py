@@ -25,7 +25,7 @@ from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
 from domain.matching import Catalog, event_skus, exit_reason, triggers
 from security.crypto import SecretBox
 from settings import Settings
-from store import cart_index, users
+from store import cart_index, report_rollup, users
 from store.campaigns import live_campaigns
 from store.engine import Store
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
@@ -100,23 +100,24 @@ def accept(
             commands = _commands(
                 section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
             )
-            s.add(
-                Event(
-                    id=event_id,
-                    section_id=section_id,
-                    user_id=user.id,
-                    kind=ev.kind.value,
-                    name=ev.name,
-                    data=ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
-                    consented=body.user.consented,
-                    # Distinct, increasing times keep a batch's order for the sweeper's replay.
-                    received_at=now + timedelta(microseconds=position),
-                    dispatched=not commands,
-                    transaction_id=ev.transaction_id,
-                    value=ev.value,
-                    commands=[c.model_dump(mode="json") for c in commands],
-                )
+            event = Event(
+                id=event_id,
+                section_id=section_id,
+                user_id=user.id,
+                kind=ev.kind.value,
+                name=ev.name,
+                data=ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
+                consented=body.user.consented,
+                # Distinct, increasing times keep a batch's order for the sweeper's replay.
+                received_at=now + timedelta(microseconds=position),
+                dispatched=not commands,
+                transaction_id=ev.transaction_id,
+                value=ev.value,
+                commands=[c.model_dump(mode="json") for c in commands],
             )
+            s.add(event)
+            # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
+            report_rollup.attribute_event(s, event, identified=bool(user.cuid))
             result.event_ids.append(event_id)
             result.commands.extend(commands)
         user.updated_at = now

@@ -2,6 +2,7 @@
 
     python -m bench                 # all, default sizes (~3 min on 2 cores)
     python -m bench --only ingest,delivery --scale 2
+    python -m bench --only reports --database-url postgresql://postgres@127.0.0.1:5432/postgres --scale 10  # 10M facts
 
 Prints a table and, last, one JSON line with every figure. See docs/performance.md.
 """
@@ -24,7 +25,7 @@ import temporalio
 
 from bench.bare import BareOneActivity, BareWaiter
 from bench.harness import ADMIN_KEY, Stack, rss_mb
-from bench.placeholders import PLACEHOLDERS
+from bench.report_bench import run as bench_reports
 from bench.subscribers import bench_subscribers
 
 CONCURRENCY = 32
@@ -354,7 +355,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 async def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="ingest,journeys,delivery,memory")
+    p.add_argument("--only", default="ingest,journeys,delivery,memory,reports")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     p.add_argument("--sqlite-rows", type=int, default=None,
@@ -366,38 +367,37 @@ async def main(argv: list[str]) -> int:
         return max(10, int(base * args.scale))
 
     rows: list[dict[str, Any]] = []
-    if "subscribers" in only:  # no Temporal stack needed: the activities run in a child process
+    if "subscribers" in only:  # (4) no Temporal stack needed: the activities run in a child process
         n = size(10_000_000)
         rows.extend(await asyncio.to_thread(bench_subscribers, args.database_url, n,
                                             args.sqlite_rows or min(n, 1_000_000)))  # fmt: skip
-        only.discard("subscribers")
-    if not only:
-        return _report(rows, args.scale)
-    stack = Stack(args.database_url)
-    try:
-        await stack.start()
-        await stack.start_worker()
-        await stack.start_bare_worker()
-        await stack.start_api()
-        api = Api(stack)
+    if "reports" in only:  # (5) no Temporal stack either: 1M sends+hits+events per scale unit, own database
+        rows.append(bench_reports(args.database_url or "sqlite://", int(1_000_000 * args.scale)))
+    if only - {"subscribers", "reports"}:  # the others share one Temporal + API + worker stack
+        stack = Stack(args.database_url)
         try:
-            if "ingest" in only:
-                rows.append(await bench_ingest(stack, api, size(1000)))
-            if "journeys" in only:
-                rows.append(await bench_journeys(stack, api, size(200)))
-            if "delivery" in only:
-                rows.extend(await bench_delivery(stack, api, size(1000)))
-            if "memory" in only:
-                rows.append(await bench_memory(stack, api, size(800)))
+            await stack.start()
+            await stack.start_worker()
+            await stack.start_bare_worker()
+            await stack.start_api()
+            api = Api(stack)
+            try:
+                if "ingest" in only:
+                    rows.append(await bench_ingest(stack, api, size(1000)))
+                if "journeys" in only:
+                    rows.append(await bench_journeys(stack, api, size(200)))
+                if "delivery" in only:
+                    rows.extend(await bench_delivery(stack, api, size(1000)))
+                if "memory" in only:
+                    rows.append(await bench_memory(stack, api, size(800)))
+            finally:
+                await api.close()
         finally:
-            await api.close()
-    finally:
-        stack.close()
+            stack.close()
     return _report(rows, args.scale)
 
 
 def _report(rows: list[dict[str, Any]], scale: float) -> int:
-    rows.extend(PLACEHOLDERS)
     print_table(rows)
     meta = {"python": platform.python_version(), "temporalio": temporalio.__version__, "machine": platform.machine(),
             "cpus": __import__("os").cpu_count(), "scale": scale}  # fmt: skip

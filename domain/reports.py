@@ -131,6 +131,25 @@ class HitGroup:
     count: int
 
 
+@dataclass(frozen=True)
+class AttributedGroup:
+    """Attributed events of one kind at one level, already attributed and summed in SQL.
+
+    `level` is "v" (variation), "c" (variation, channel) or "s" (variation, step); `users` the
+    distinct buyers, `value_sumsq` the sum over those users of (their value total)^2.
+    """
+
+    level: Literal["v", "c", "s"]
+    variation_id: str
+    channel: str
+    step_index: int
+    kind: Literal["purchase", "add_to_cart"]
+    count: int
+    value: float
+    users: int
+    value_sumsq: float
+
+
 @dataclass
 class ReportInput:
     """Everything the report needs for the users selected by the time range (see store/reports.py)."""
@@ -143,6 +162,9 @@ class ReportInput:
     click_users: dict[str, int] = field(default_factory=dict)  # variation -> users with >= 1 human click
     clicks: list[Click] = field(default_factory=list)  # each human click, for attribution
     events: list[SiteEvent] = field(default_factory=list)  # purchases/add-to-carts of users who clicked
+    # Users whose attribution was computed in SQL (store/reports.py, whole cohort hours):
+    attributed_groups: list[AttributedGroup] = field(default_factory=list)
+    revenue_by_day: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,8 +172,9 @@ class Aggregate:
     variations: dict[str, Bucket]
     channels: dict[tuple[str, str], Bucket]  # (variation, channel)
     steps: dict[tuple[str, int], Bucket]  # (variation, step)
-    attributed: list[Attributed]
+    attributed: list[Attributed]  # those attributed here (not those in inp.attributed_groups)
     sends_by_day: dict[str, int] = field(default_factory=dict)
+    revenue_by_day: dict[str, float] = field(default_factory=dict)  # attributed purchase value per UTC day
 
 
 def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
@@ -210,7 +233,25 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
             buckets[level][key].converters["revenue"] = len(users)
     for (level, key, _user), value in revenue.items():
         buckets[level][key].revenue_sumsq += value * value
-    return Aggregate(dict(variations), dict(channels), dict(steps), attributed, dict(sorted(sends_by_day.items())))
+    # Groups attributed in SQL belong to other users (other cohorts): their figures add up.
+    revenue_by_day: dict[str, float] = defaultdict(float, inp.revenue_by_day)
+    for item in attributed:
+        if item.event.kind == "purchase":
+            revenue_by_day[item.event.at.date().isoformat()] += item.event.value
+    for g in inp.attributed_groups:
+        group_key: Any = {"v": g.variation_id, "c": (g.variation_id, g.channel), "s": (g.variation_id, g.step_index)}[g.level]
+        b = buckets[g.level][group_key]
+        if g.kind == "purchase":
+            b.counts["purchases"] += g.count
+            b.counts["revenue"] += g.value
+            b.converters["purchases"] += g.users
+            b.converters["revenue"] += g.users
+            b.revenue_sumsq += g.value_sumsq
+        else:
+            b.counts["add_to_carts"] += g.count
+            b.converters["add_to_carts"] += g.users
+    return Aggregate(dict(variations), dict(channels), dict(steps), attributed, dict(sorted(sends_by_day.items())),
+                     dict(sorted(revenue_by_day.items())))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ winner
@@ -277,14 +318,14 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
     rng = random.Random(SEED)
     samplers = [_sampler(a, metric, rng) for a in arms]
     base = next((i for i, a in enumerate(arms) if a.id == baseline), 0)
+    # Joint draws in the same order as always (so the same data gives the same figures), then
+    # counted per column: list operations instead of per-draw Python loops.
+    draws = [[sample() for sample in samplers] for _ in range(DRAWS)]
     wins = [0] * len(arms)
-    uplifts: list[list[float]] = [[] for _ in arms]
-    for _ in range(DRAWS):
-        draw = [s() for s in samplers]
-        wins[max(range(len(draw)), key=draw.__getitem__)] += 1
-        for i, d in enumerate(draw):
-            if draw[base] > 0:
-                uplifts[i].append(d / draw[base] - 1)
+    for draw in draws:
+        wins[draw.index(max(draw))] += 1  # the first best, as max(range(...), key=...) did
+    priced = [d for d in draws if d[base] > 0]
+    uplifts = [[d[i] / d[base] - 1 for d in priced] for i in range(len(arms))]
     prob = [w / DRAWS for w in wins]
     if metric != "revenue" and len(arms) == 2:
         # Two conversion arms: use the exact value instead of the simulation's estimate.

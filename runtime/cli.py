@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     pe = sub.add_parser("purge-events", help="delete raw events older than the retention (REJOIN_EVENT_RETENTION)")
     pe.add_argument("--days", type=float, default=None, help="override the configured retention")
     sub.add_parser("reindex-carts", help="rebuild the cart index from users' carts (once, for data older than it)")
+    rr = sub.add_parser("rebuild-reports", help="recompute the report pre-aggregation from the raw tables")
+    rr.add_argument("campaign_id", nargs="*", help="default: every campaign")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
@@ -135,5 +137,11 @@ def main(argv: list[str] | None = None) -> None:
 
         with Store(settings.effective_database_url).session() as s:
             print(json.dumps({"cart_entries": cart_index.rebuild(s)}))
+    elif args.command == "rebuild-reports":
+        from store.engine import Store
+        from store.report_rollup import rebuild
+
+        with Store(settings.effective_database_url).session() as s:
+            print(json.dumps({"campaigns_rebuilt": rebuild(s, args.campaign_id or None)}))
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

@@ -22,6 +22,7 @@ import store.broadcast_tables  # noqa: F401
 import store.cart_tables  # noqa: F401
 import store.feed_tables  # noqa: F401
 import store.identity_tables  # noqa: F401
+import store.report_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401
 import store.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 import store.tracking_tables  # noqa: F401
@@ -97,6 +98,10 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         create_schema(self.engine)
+        from store.report_rollup import rebuild_if_empty  # imports the table modules this one registers
+
+        with self.session() as s:
+            rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,10 +1,17 @@
-"""Report queries: the users selected by the time range, then counts grouped in SQL.
+"""Report queries: pre-aggregated counters for whole cohort hours, raw queries for the rest.
 
-The users who FIRST triggered the campaign in [start, end) are computed once into a temporary
-table (`user_id`, `first_at`) and every other query joins it, so the database returns only
-grouped counts (variations x channels x steps x days) plus the individual human clicks and
-the purchases of users who clicked, which attribution needs. Python work therefore follows
-the number of clicks, not the number of sends or users.
+A report for [from, to) covers the users whose FIRST trigger falls in the range (cohort
+semantics) and everything they did for the campaign, at any time. Cohorts of different hours
+are disjoint and every figure is a sum over users, so `load` adds up
+- the counters (store/report_tables.py) of the whole hours inside the range, and
+- an exact raw computation (`load_raw`) for the users first triggered in the partial hours at
+  either edge.
+`load_raw` over the whole range, with cohorts computed from journeys, is the reference the
+counters are tested against.
+
+Raw path: the selected users (`user_id`, `first_at`) go into a temporary table once and every
+query joins it, so the database returns only grouped counts plus the individual human clicks
+and the purchases of users who clicked, which attribution needs.
 """
 
 from __future__ import annotations
@@ -13,18 +20,21 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Column, MetaData, String, Table, func, insert
+from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, union_all
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
-from domain.reports import Click, HitGroup, ReportInput, SendGroup, SiteEvent
+from domain.reports import AttributedGroup, Click, HitGroup, ReportInput, SendGroup, SiteEvent
+from store.report_rollup import SENT, day_sql, hour_of
+from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.tables import Event, Journey, Send, User, UTCDateTime
 from store.tracking_tables import TrackingHit
 
+HOUR = timedelta(hours=1)
 CHUNK = 500
-SENT = ("accepted", "failed")  # a provider call was made (a skipped step made none)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -33,8 +43,12 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 @contextmanager
-def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime) -> Iterator[Table]:
-    """A temp table of users whose first trigger (test users excluded) falls in [start, end)."""
+def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime, registry: bool) -> Iterator[Table]:
+    """A temp table of users whose first trigger (test users excluded) falls in [start, end).
+
+    `registry`: read them from the cohort registry (an index range) instead of grouping all the
+    campaign's journeys (the reference definition, which the registry is tested against).
+    """
     table = Table(
         f"rpt_first_{secrets.token_hex(4)}",
         MetaData(),
@@ -46,15 +60,17 @@ def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime
     table.create(conn)
     try:
         first_at = func.min(Journey.triggered_at)
-        conn.execute(
-            insert(table).from_select(
-                ["user_id", "first_at"],
-                sa_select(col(Journey.user_id), first_at)
-                .where(col(Journey.campaign_id) == campaign_id, col(Journey.is_test).is_(False))
-                .group_by(col(Journey.user_id))
-                .having((first_at >= start) & (first_at < end)),
-            )
+        cohort = col(ReportCohort.first_at)
+        users = (
+            sa_select(col(ReportCohort.user_id), cohort)
+            .where(col(ReportCohort.campaign_id) == campaign_id, cohort >= start, cohort < end)
+            if registry
+            else sa_select(col(Journey.user_id), first_at)
+            .where(col(Journey.campaign_id) == campaign_id, col(Journey.is_test).is_(False))
+            .group_by(col(Journey.user_id))
+            .having((first_at >= start) & (first_at < end))
         )
+        conn.execute(insert(table).from_select(["user_id", "first_at"], users))
         if conn.dialect.name == "postgresql":
             # Without statistics the planner assumes a tiny temp table and picks nested loops.
             conn.exec_driver_sql(f"ANALYZE {table.name}")
@@ -63,8 +79,126 @@ def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime
         table.drop(conn)
 
 
-def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime) -> ReportInput:
-    with _first_triggers(s, campaign_id, start, end) as f:
+def load(
+    s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, window: timedelta
+) -> ReportInput:
+    """The report input for users first triggered in [start, end): counters plus raw edges."""
+    first_hour = hour_of(start) if start == hour_of(start) else hour_of(start) + HOUR
+    last_hour = hour_of(end)
+    if first_hour >= last_hour:
+        return load_raw(s, section_id, campaign_id, start, end, registry=True)
+    parts = [load_counters(s, campaign_id, first_hour, last_hour, window)]
+    if start < first_hour:
+        parts.append(load_raw(s, section_id, campaign_id, start, first_hour, registry=True))
+    if last_hour < end:
+        parts.append(load_raw(s, section_id, campaign_id, last_hour, end, registry=True))
+    return combine(parts)
+
+
+def combine(parts: Sequence[ReportInput]) -> ReportInput:
+    """Inputs of disjoint sets of users, added up."""
+    out = ReportInput(users={})
+    for p in parts:
+        pairs: list[tuple[dict[Any, int], dict[Any, int]]] = [
+            (out.users, p.users), (out.channel_users, p.channel_users),
+            (out.step_users, p.step_users), (out.click_users, p.click_users),
+        ]  # fmt: skip
+        for mine, theirs in pairs:
+            for k, n in theirs.items():
+                mine[k] = mine.get(k, 0) + n
+        out.sends += p.sends
+        out.hits += p.hits
+        out.clicks += p.clicks
+        out.events += p.events
+        out.attributed_groups += p.attributed_groups
+        for day, value in p.revenue_by_day.items():
+            out.revenue_by_day[day] = out.revenue_by_day.get(day, 0.0) + value
+    return out
+
+
+def load_counters(
+    s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
+) -> ReportInput:
+    """Users first triggered in the whole hours [first_hour, last_hour), from the counters."""
+    r = ReportRollup
+    in_range = (col(r.campaign_id) == campaign_id, col(r.cohort_hour) >= first_hour, col(r.cohort_hour) < last_hour)
+    dims = (col(r.metric), col(r.variation_id), col(r.channel), col(r.step_index), col(r.day))
+    rows = s.execute(sa_select(*dims, func.sum(col(r.n))).where(*in_range).group_by(*dims)).all()
+    inp = ReportInput(users={})
+    for metric, v, ch, step, day, n in rows:
+        n = int(n)
+        if metric == "users":
+            inp.users[v] = n
+        elif metric == "sends":
+            inp.sends.append(SendGroup(v, ch, step, n, day))
+        elif metric in ("impression", "click"):
+            inp.hits.append(HitGroup(v, ch, step, metric, n))
+        elif metric == "channel_users":
+            inp.channel_users[(v, ch)] = n
+        elif metric == "step_users":
+            inp.step_users[(v, step)] = n
+        elif metric == "click_users":
+            inp.click_users[v] = n
+    attributed = s.execute(_attributed(s, campaign_id, first_hour, last_hour, window))
+    for level, v, ch, step, kind, n, total, users, sumsq in attributed:
+        if level == "d":  # purchase value per day: the day is in the channel column
+            inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
+        else:
+            group = AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq))
+            inp.attributed_groups.append(group)
+    return inp
+
+
+def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta) -> Any:
+    """Attribution of the cohorts' candidate rows, in SQL, as domain.reports.attribute does it.
+
+    Each row already holds the buyer's last click before the event; the window is applied here
+    and then the dedupe: per (kind, user, transaction id or else event id) the first event by
+    (time, id) that falls in the window is kept. Then, per level (variation / variation and
+    channel / variation and step) and kind: events, value, distinct buyers and the sum over
+    buyers of their value squared; and purchase value per UTC day. One statement: the kept rows
+    are a CTE the parts share.
+    """
+    a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
+    dedupe = case((a.transaction_id.is_(None), literal("id:") + a.event_id), else_=literal("tx:") + a.transaction_id)
+    first = func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id))
+    ranked = (
+        sa_select(a.user_id, a.kind, a.value, a.at, a.variation_id, a.channel, a.step_index, first.label("rn"))
+        .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
+               a.lag_us <= window // timedelta(microseconds=1))
+        .subquery()
+    )  # fmt: skip
+    kept = sa_select(ranked).where(ranked.c.rn == 1).cte("kept")
+    k = kept.c
+    parts = []
+    for level, dims in (("v", []), ("c", [k.channel]), ("s", [k.step_index])):
+        keys = [k.variation_id, *dims, k.kind]
+        per_user = (
+            sa_select(*keys, k.user_id, func.count().label("n"), func.sum(k.value).label("total"))
+            .group_by(*keys, k.user_id).subquery()
+        )  # fmt: skip
+        u = per_user.c
+        channel = u.channel if level == "c" else literal("")
+        step = u.step_index if level == "s" else literal(-1)
+        parts.append(
+            sa_select(literal(level), u.variation_id, channel, step, u.kind, func.sum(u.n), func.sum(u.total),
+                      func.count(), func.sum(u.total * u.total))
+            .group_by(u.variation_id, *[x for x in (channel, step) if not isinstance(x, BindParameter)], u.kind)
+        )  # fmt: skip
+    day = day_sql(s, k.at)
+    parts.append(
+        sa_select(literal("d"), literal(""), day, literal(-1), literal("purchase"), func.count(), func.sum(k.value),
+                  literal(0), literal(0.0))
+        .where(k.kind == "purchase").group_by(day)
+    )  # fmt: skip
+    return union_all(*parts)
+
+
+def load_raw(
+    s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, *, registry: bool = False
+) -> ReportInput:
+    """The report input computed from the raw tables (the reference implementation)."""
+    with _first_triggers(s, campaign_id, start, end, registry) as f:
         uid, first_at = f.c.user_id, f.c.first_at
         users = s.execute(
             sa_select(col(Journey.variation_id), func.count(func.distinct(col(Journey.user_id))))
@@ -73,9 +207,8 @@ def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: da
             .group_by(col(Journey.variation_id))
         ).all()
 
-        sent = (col(Send.campaign_id) == campaign_id, col(Send.status).in_(SENT),
-                col(Send.created_at) >= start, col(Send.created_at) < end)  # fmt: skip
-        day = func.date(col(Send.created_at))
+        sent = (col(Send.campaign_id) == campaign_id, col(Send.status).in_(SENT), col(Send.created_at) >= first_at)
+        day = day_sql(s, col(Send.created_at))
         sends = s.execute(
             sa_select(col(Send.variation_id), col(Send.channel), col(Send.step_index), day, func.count())
             .join(f, uid == col(Send.user_id)).where(*sent)
@@ -92,7 +225,7 @@ def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: da
         ).all()
 
         human = (col(TrackingHit.campaign_id) == campaign_id, col(TrackingHit.bot).is_(False),
-                 col(TrackingHit.at) >= start, col(TrackingHit.at) < end, col(TrackingHit.at) >= first_at)  # fmt: skip
+                 col(TrackingHit.at) >= first_at)  # fmt: skip
         on_hit = uid == col(TrackingHit.user_id)
         hits = s.execute(
             sa_select(col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index),
@@ -110,7 +243,7 @@ def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: da
                       col(TrackingHit.channel), col(TrackingHit.at))  # fmt: skip
             .join(f, on_hit).where(*human, is_click)
         ).all()
-        # Purchases/add-to-carts in the range of selected users who clicked at least once (nobody
+        # Purchases/add-to-carts (at any time) of selected users who clicked at least once (nobody
         # else can be attributed); `identified` = the buyer has a CUID. The subquery is not
         # correlated, so planners compute it once instead of once per event.
         clickers = sa_select(col(TrackingHit.user_id)).where(*human, is_click).join(f, on_hit)
@@ -120,7 +253,6 @@ def load(s: Session, section_id: str, campaign_id: str, start: datetime, end: da
             .join(f, uid == col(Event.user_id))
             .join(User, col(User.id) == col(Event.user_id), isouter=True)
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
-                   col(Event.received_at) >= start, col(Event.received_at) < end,
                    col(Event.user_id).in_(clickers))  # fmt: skip
         ).all()
     return ReportInput(

@@ -15,8 +15,8 @@ import logging
 from enum import Enum
 
 from sqlalchemy import Column, MetaData, inspect, text
-from sqlalchemy.schema import CreateIndex
 from sqlalchemy.engine import Engine
+from sqlalchemy.schema import CreateIndex
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from sqlalchemy import update
 from sqlmodel import Session, select
 
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
-from store import cart_index
+from store import cart_index, report_rollup
 from store.identity_tables import UserAlias
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
 
@@ -128,8 +128,11 @@ def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     into.attributes = {**merged.attributes, **into.attributes}
     into.locale = into.locale or merged.locale
     into.is_test = into.is_test or merged.is_test
+    # Report counters are per user: take both users out, re-point, count the merged person again.
+    campaigns = report_rollup.forget_users(s, [merged.id, into.id])
     for table in _USER_ROWS:
         s.execute(update(table).where(table.user_id == merged.id).values(user_id=into.id))  # type: ignore[arg-type]
+    report_rollup.recount_users(s, [into.id], campaigns)
     s.execute(update(UserAlias).where(UserAlias.canonical_id == merged.id).values(canonical_id=into.id))  # type: ignore[arg-type]
     s.merge(UserAlias(alias_id=merged.id, section_id=merged.section_id, canonical_id=into.id, merged_at=now))
     merged.cart = []

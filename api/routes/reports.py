@@ -1,8 +1,8 @@
 """Campaign reports: JSON, CSV (formula-injection safe) and an HTML page with inline SVG charts.
 
-Time range semantics (seeds): only users who FIRST triggered the campaign within [from, to),
-and their sends, clicks, impressions and purchases within the range. The maths is in
-domain/reports.py; docs/reports.md explains every figure.
+Time range semantics (seeds, cohort): the users who FIRST triggered the campaign within
+[from, to), and all the sends, clicks, impressions and purchases they generated for it (at any
+time). The maths is in domain/reports.py; docs/reports.md explains every figure.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -40,9 +39,12 @@ def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, 
     return c, load_spec(s, c.id, c.version)
 
 
-def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime) -> dict[str, Any]:
+def build_report(
+    s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime, *, raw: bool = False
+) -> dict[str, Any]:
+    """The report body; `raw` computes it from the raw tables only (the reference, benchmarks)."""
     window = spec.settings.attribution_window
-    data = q.load(s, c.section_id, c.id, start, end)
+    data = q.load_raw(s, c.section_id, c.id, start, end) if raw else q.load(s, c.section_id, c.id, start, end, window)
     agg = aggregate(data, window)
     names = {v.id: v.name for v in spec.variations}
     step_names = {(v.id, i): st.name for v in spec.variations for i, st in enumerate(v.steps)}
@@ -63,10 +65,6 @@ def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, e
     compared = [v.id for v in spec.variations if not v.control]
     metric = spec.settings.primary_metric
     verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
-    revenue_by_day: dict[str, float] = defaultdict(float)
-    for a in agg.attributed:
-        if a.event.kind == "purchase":
-            revenue_by_day[a.event.at.date().isoformat()] += a.event.value
     totals = {m: sum(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in
               ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")}  # fmt: skip
     email = [ch for ch in channels if ch["channel"] == "email"]
@@ -81,7 +79,7 @@ def build_report(s: Session, c: Campaign, spec: CampaignSpec, start: datetime, e
         "channels": channels,
         "steps": steps,
         "winner": verdict,
-        "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": dict(sorted(revenue_by_day.items()))},
+        "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": agg.revenue_by_day},
     }
 
 

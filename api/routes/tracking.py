@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import AppState, Ingestion, StateDep
 from domain.tracking import Signer, bot_reason, expired, issued_at, safe_target
-from store import section_links
+from store import report_rollup, section_links
 from store.engine import Store
 from store.tables import Send, now_utc
 from store.tracking_tables import ShortLink, TrackingHit
@@ -85,6 +85,7 @@ def _record(
         )  # fmt: skip
         hit.bot = hit.bot_reason is not None
         s.add(hit)
+        report_rollup.count_hit(s, hit)
         return hit
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -12,9 +11,8 @@ import httpx
 from domain.tracking import Signer
 from settings import Settings
 from store.engine import Store
-from store.tables import Event, Journey, Send, User
-from store.tracking_tables import TrackingHit
 from tests.helpers import SectionKeys, create_campaign, step
+from tests.reports_world import World
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -25,48 +23,6 @@ def spec(name: str = "Report test") -> dict:
             "variations": [{"id": "a", "name": "A", "share": 45, "steps": [step("S1"), step("S2", "P1D", ("email", "sms"))]},
                            {"id": "b", "name": '=HYPERLINK("x")', "share": 45, "steps": [step("S1")]},
                            {"id": "hold", "name": "Holdout", "share": 10, "control": True}]}  # fmt: skip
-
-
-class World:
-    """Writes journeys, sends, hits and events for one campaign at chosen times."""
-
-    def __init__(self, store: Store, section_id: str, campaign_id: str) -> None:
-        self.store, self.section_id, self.cid = store, section_id, campaign_id
-
-    def user(self, variation: str, triggered: datetime, identified: bool = True, control: bool = False) -> str:
-        uid = "usr_" + secrets.token_hex(6)
-        with self.store.session() as s:
-            s.add(User(id=uid, section_id=self.section_id, cuid=uid if identified else None, created_at=T0, updated_at=T0))
-            s.flush()
-            s.add(Journey(id=f"j_{uid}_{triggered.timestamp()}", workflow_id="w", section_id=self.section_id,
-                          campaign_id=self.cid, campaign_version=1, user_id=uid, variation_id=variation,
-                          is_control=control, triggered_at=triggered))  # fmt: skip
-        return uid
-
-    def retrigger(self, uid: str, variation: str, at: datetime) -> None:
-        with self.store.session() as s:
-            s.add(Journey(id=f"j_{uid}_{at.timestamp()}", workflow_id="w", section_id=self.section_id, campaign_id=self.cid,
-                          campaign_version=1, user_id=uid, variation_id=variation, triggered_at=at))  # fmt: skip
-
-    def send(self, uid: str, variation: str, step_index: int, channel: str, at: datetime, status: str = "accepted") -> str:
-        key = f"{self.cid}:{uid}:{step_index}:{channel}:{secrets.token_hex(3)}"
-        with self.store.session() as s:
-            s.add(Send(key=key, journey_id="j", section_id=self.section_id, campaign_id=self.cid, variation_id=variation,
-                       step_index=step_index, channel=channel, integration_id="i", user_id=uid, status=status,
-                       created_at=at, updated_at=at))  # fmt: skip
-        return key
-
-    def hit(self, uid: str, variation: str, kind: str, at: datetime, channel: str = "email", step_index: int = 0,
-            bot: bool = False) -> None:  # fmt: skip
-        with self.store.session() as s:
-            s.add(TrackingHit(section_id=self.section_id, campaign_id=self.cid, variation_id=variation, step_index=step_index,
-                              channel=channel, send_key="k", user_id=uid, kind=kind, source="link", bot=bot,
-                              bot_reason="head_request" if bot else None, at=at))  # fmt: skip
-
-    def event(self, uid: str, kind: str, at: datetime, value: float = 0.0, tx: str | None = None) -> None:
-        with self.store.session() as s:
-            s.add(Event(id="evt_" + secrets.token_hex(8), section_id=self.section_id, user_id=uid, kind=kind, name=kind,
-                        data={}, received_at=at, value=value, transaction_id=tx))  # fmt: skip
 
 
 async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, store: Store, section: SectionKeys) -> None:
@@ -122,6 +78,21 @@ async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, 
     narrow = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
                             params={"from": h(1.5).isoformat(), "to": h(48).isoformat()})).json()  # fmt: skip
     assert narrow["totals"]["users_triggered"] == 4  # b1, b2, early, holdout: a-users triggered before 1.5 h
+
+    # Cohort semantics: a user first triggered in range brings all their later facts; others none.
+    day1 = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                          params={"from": T0.isoformat(), "to": h(24).isoformat()})).json()  # fmt: skip
+    a = {x["id"]: x for x in day1["variations"]}["a"]
+    assert a["users"] == 3 and a["metrics"]["send_requests"]["count"] == 3  # a1's SMS at 26 h counts
+    assert a["metrics"]["revenue"]["count"] == 100 and day1["series"]["revenue_by_day"] == {"2026-02-02": 100.0}
+    before = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                            params={"from": (T0 - timedelta(days=4)).isoformat(), "to": T0.isoformat()})).json()  # fmt: skip
+    assert before["totals"]["users_triggered"] == 1 and before["totals"]["send_requests"] == 1  # old's send at 6 h
+    assert before["totals"]["clicks"] == 1
+    later = (await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
+                           params={"from": h(3).isoformat(), "to": h(200).isoformat()})).json()  # fmt: skip
+    assert later["totals"]["users_triggered"] == 2  # early and late; old's retrigger at 5 h is not a first trigger
+    assert later["totals"]["send_requests"] == 1 and later["totals"]["clicks"] == 0  # early's click preceded its trigger
 
     r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
                       params={"from": T0.isoformat(), "to": h(48).isoformat(), "format": "csv"})  # fmt: skip

@@ -1,0 +1,487 @@
+"""Keeping the report pre-aggregation (store/report_tables.py) in step with the raw tables.
+
+Write paths call these in the SAME transaction as the fact they count, so a counter can never
+disagree with a committed fact: `register_cohort` when a journey is allocated, `count_send`
+when a send reaches a final sent status, `count_hit` for a tracking hit, `attribute_event`
+for an ingested purchase/add-to-cart. `rebuild` recomputes everything from the raw tables
+with set-based INSERT ... SELECT (startup migration, `rejoin rebuild-reports`, benchmark).
+
+Every figure is a sum over users, and a user counts in exactly one cohort (their first trigger),
+so counters of different cohort hours add up; the unique-user counters are incremented on a
+user's first such fact only (checked with an indexed query on the raw table).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    BindParameter,
+    ColumnElement,
+    Table,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col
+
+from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
+from store.tables import Campaign, Event, Journey, Send, User
+from store.tracking_tables import TrackingHit
+
+log = logging.getLogger(__name__)
+
+SENT = ("accepted", "failed")  # a provider call was made (a skipped step made none)
+ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
+ROLLUP: Table = ReportRollup.__table__  # type: ignore[attr-defined]
+COHORT: Table = ReportCohort.__table__  # type: ignore[attr-defined]
+ATTRIBUTION: Table = ReportAttribution.__table__  # type: ignore[attr-defined]
+ROLLUP_KEY = ["campaign_id", "cohort_hour", "variation_id", "channel", "step_index", "day", "metric"]
+
+
+def hour_of(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def day_of(at: datetime) -> str:
+    return at.astimezone(UTC).date().isoformat()
+
+
+def hour_sql(s: Session, column: Any) -> ColumnElement[Any]:
+    """`column` truncated to the UTC hour, in the stored form of UTCDateTime."""
+    if _dialect(s) == "postgresql":
+        return func.timezone("UTC", func.date_trunc("hour", func.timezone("UTC", column)))
+    return func.strftime("%Y-%m-%d %H:00:00.000000", column)
+
+
+def day_sql(s: Session, column: Any) -> ColumnElement[str]:
+    """The UTC day of `column` as 'YYYY-MM-DD' (independent of the session's time zone)."""
+    if _dialect(s) == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.date(column)
+
+
+def lag_us_sql(s: Session, later: Any, earlier: Any) -> ColumnElement[int]:
+    """`later - earlier` in whole microseconds, exactly (no floating-point day fractions)."""
+    if _dialect(s) == "postgresql":
+        return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
+
+    # SQLite stores UTCDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds plus the digits.
+    def us(x: Any) -> ColumnElement[int]:
+        return cast(func.strftime("%s", x), BigInteger) * 1_000_000 + cast(func.substr(x, 21, 6), BigInteger)
+
+    return us(later) - us(earlier)
+
+
+def _dialect(s: Session) -> str:
+    return s.get_bind().dialect.name
+
+
+def _insert(s: Session, table: Table) -> Any:
+    return (postgresql.insert if _dialect(s) == "postgresql" else sqlite.insert)(table)
+
+
+def bump(
+    s: Session,
+    campaign_id: str,
+    hour: datetime,
+    metric: str,
+    *,
+    variation_id: str = "",
+    channel: str = "",
+    step_index: int = -1,
+    day: str = "",
+    n: int = 1,
+) -> None:
+    """Add `n` to one counter (UPSERT: concurrent writers add up, never overwrite)."""
+    ins = _insert(s, ROLLUP).values(
+        campaign_id=campaign_id,
+        cohort_hour=hour,
+        variation_id=variation_id,
+        channel=channel,
+        step_index=step_index,
+        day=day,
+        metric=metric,
+        n=n,
+    )
+    s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
+
+
+# ------------------------------------------------------------------ write paths
+
+
+def register_cohort(s: Session, journey: Journey) -> None:
+    """A journey was allocated: the user's first non-test one starts their cohort."""
+    if journey.is_test:
+        return
+    ins = _insert(s, COHORT).values(
+        campaign_id=journey.campaign_id,
+        user_id=journey.user_id,
+        first_at=journey.triggered_at,
+        cohort_hour=hour_of(journey.triggered_at),
+        variation_id=journey.variation_id,
+    )
+    added = ins.on_conflict_do_nothing(index_elements=["campaign_id", "user_id"]).returning(COHORT.c.user_id)
+    if s.execute(added).first() is not None:  # RETURNING: rowcount is not reliable across drivers
+        bump(s, journey.campaign_id, hour_of(journey.triggered_at), "users", variation_id=journey.variation_id)
+
+
+def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:
+    return s.get(ReportCohort, (campaign_id, user_id))
+
+
+def count_send(s: Session, send: Send, previous_status: str | None) -> None:
+    """`send` just got its final status: count it if that status means a provider call was made."""
+    if send.status not in SENT or previous_status in SENT:
+        return
+    cohort = _cohort(s, send.campaign_id, send.user_id)
+    if cohort is None or send.created_at < cohort.first_at:  # test users and broadcasts have no cohort
+        return
+    hour, v = cohort.cohort_hour, send.variation_id
+    bump(
+        s,
+        send.campaign_id,
+        hour,
+        "sends",
+        variation_id=v,
+        channel=send.channel,
+        step_index=send.step_index,
+        day=day_of(send.created_at),
+    )
+    s.add(send)
+    s.flush()  # the checks below must see this send's final status
+    other = (
+        col(Send.campaign_id) == send.campaign_id,
+        col(Send.user_id) == send.user_id,
+        col(Send.variation_id) == v,
+        col(Send.status).in_(SENT),
+        col(Send.key) != send.key,
+    )
+    if not s.execute(select(exists().where(*other, col(Send.channel) == send.channel))).scalar():
+        bump(s, send.campaign_id, hour, "channel_users", variation_id=v, channel=send.channel)
+    if not s.execute(select(exists().where(*other, col(Send.step_index) == send.step_index))).scalar():
+        bump(s, send.campaign_id, hour, "step_users", variation_id=v, step_index=send.step_index)
+
+
+def count_hit(s: Session, hit: TrackingHit) -> None:
+    """A human impression or click of a cohort user, on or after their first trigger."""
+    if hit.bot:
+        return
+    cohort = _cohort(s, hit.campaign_id, hit.user_id)
+    if cohort is None or hit.at < cohort.first_at:
+        return
+    hour, v = cohort.cohort_hour, hit.variation_id
+    bump(s, hit.campaign_id, hour, hit.kind, variation_id=v, channel=hit.channel, step_index=hit.step_index)
+    if hit.kind != "click":
+        return
+    s.add(hit)
+    s.flush()  # gives the hit its id
+    earlier = exists().where(
+        col(TrackingHit.campaign_id) == hit.campaign_id,
+        col(TrackingHit.user_id) == hit.user_id,
+        col(TrackingHit.variation_id) == v,
+        col(TrackingHit.kind) == "click",
+        col(TrackingHit.bot).is_(False),
+        col(TrackingHit.at) >= cohort.first_at,
+        col(TrackingHit.id) != hit.id,
+    )
+    if not s.execute(select(earlier)).scalar():
+        bump(s, hit.campaign_id, hour, "click_users", variation_id=v)
+
+
+def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
+    """Store a purchase/add-to-cart against each campaign whose click by this user precedes it.
+
+    The window and the transaction dedupe are applied when the report is read, so this keeps
+    the candidate (the last human click before the event, per campaign) and nothing more.
+    """
+    if event.kind not in ATTRIBUTED_KINDS or not identified:
+        return
+    cohorts = s.execute(select(ReportCohort).where(col(ReportCohort.user_id) == event.user_id)).scalars().all()
+    for cohort in cohorts:
+        last = (
+            s.execute(
+                select(TrackingHit)
+                .where(
+                    col(TrackingHit.campaign_id) == cohort.campaign_id,
+                    col(TrackingHit.user_id) == event.user_id,
+                    col(TrackingHit.kind) == "click",
+                    col(TrackingHit.bot).is_(False),
+                    col(TrackingHit.at) >= cohort.first_at,
+                    col(TrackingHit.at) <= event.received_at,
+                )
+                .order_by(col(TrackingHit.at).desc())
+                .limit(1)
+            )
+            .scalars()
+            .first()
+        )
+        if last is None:
+            continue
+        ins = _insert(s, ATTRIBUTION).values(
+            campaign_id=cohort.campaign_id,
+            event_id=event.id,
+            user_id=event.user_id,
+            cohort_hour=cohort.cohort_hour,
+            kind=event.kind,
+            value=float(event.value or 0.0),
+            transaction_id=event.transaction_id,
+            at=event.received_at,
+            click_at=last.at,
+            lag_us=(event.received_at - last.at) // timedelta(microseconds=1),
+            variation_id=last.variation_id,
+            channel=last.channel,
+            step_index=last.step_index,
+        )
+        s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
+
+
+# ------------------------------------------------------------------ rebuild from raw tables
+
+
+def rebuild(s: Session, campaign_ids: Sequence[str] | None = None) -> int:
+    """Recompute cohorts, counters and attributions of these campaigns (all: None) from raw rows.
+
+    Returns the number of campaigns rebuilt. On PostgreSQL the counter table is locked for the
+    transaction so live increments wait instead of being lost in between.
+    """
+    if _dialect(s) == "postgresql":
+        s.execute(select(literal(1)))  # begin before locking
+        s.connection().exec_driver_sql("LOCK TABLE report_rollup, report_cohort, report_attribution IN EXCLUSIVE MODE")
+    if campaign_ids is None:
+        campaign_ids = list(s.execute(select(col(Journey.campaign_id)).distinct()).scalars().all())
+    for cid in campaign_ids:
+        for table in (ROLLUP, COHORT, ATTRIBUTION):
+            s.execute(delete(table).where(table.c.campaign_id == cid))
+        _rebuild_cohorts(s, cid)
+        _rebuild_counters(s, cid)
+        _rebuild_attributions(s, cid)
+    return len(campaign_ids)
+
+
+def forget_users(s: Session, user_ids: Sequence[str]) -> list[str]:
+    """Before an identity merge re-points these users' rows: take out all they contributed.
+
+    Returns the campaigns they had cohorts in, for `recount_users` after the merge.
+    """
+    cids = list(s.execute(select(COHORT.c.campaign_id).where(COHORT.c.user_id.in_(user_ids)).distinct()).scalars())
+    for cid in cids:
+        _rebuild_counters(s, cid, user_ids, sign=-1)
+        for table in (COHORT, ATTRIBUTION):
+            s.execute(delete(table).where(table.c.campaign_id == cid, table.c.user_id.in_(user_ids)))
+    return cids
+
+
+def recount_users(s: Session, user_ids: Sequence[str], campaign_ids: Sequence[str]) -> None:
+    """After an identity merge: count the (now merged) users again from their raw rows."""
+    for cid in campaign_ids:
+        _rebuild_cohorts(s, cid, user_ids)
+        _rebuild_counters(s, cid, user_ids)
+        _rebuild_attributions(s, cid, user_ids)
+
+
+def rebuild_if_empty(s: Session) -> int:
+    """Startup migration: raw data but no pre-aggregation yet (a deployment from before it)."""
+    if s.execute(select(literal(1)).select_from(COHORT).limit(1)).first() is not None:
+        return 0
+    has_journeys = s.execute(select(literal(1)).select_from(Journey).where(col(Journey.is_test).is_(False)).limit(1))
+    if has_journeys.first() is None:
+        return 0
+    n = rebuild(s)
+    log.info("report pre-aggregation rebuilt for %d campaigns", n)
+    return n
+
+
+def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
+    live = (
+        col(Journey.campaign_id) == cid,
+        col(Journey.is_test).is_(False),
+        *([col(Journey.user_id).in_(users)] if users is not None else []),
+    )
+    first = (
+        select(col(Journey.user_id).label("user_id"), func.min(col(Journey.triggered_at)).label("first_at"))
+        .where(*live)
+        .group_by(col(Journey.user_id))
+        .subquery()
+    )
+    rows = (
+        select(
+            literal(cid),
+            first.c.user_id,
+            first.c.first_at,
+            hour_sql(s, first.c.first_at),
+            func.min(col(Journey.variation_id)),
+        )
+        .join_from(
+            first, Journey, (col(Journey.user_id) == first.c.user_id) & (col(Journey.triggered_at) == first.c.first_at)
+        )
+        .where(*live)
+        .group_by(first.c.user_id, first.c.first_at)
+    )
+    s.execute(insert(COHORT).from_select(["campaign_id", "user_id", "first_at", "cohort_hour", "variation_id"], rows))
+
+
+def _counter_rows(s: Session, cid: str, metric: Any, hour: Any, dims: list[Any], n: Any, frm: Any, *where: Any) -> None:
+    """INSERT INTO report_rollup SELECT cid, hour, variation, channel, step, day, metric, n ... GROUP BY (UPSERT)."""
+    variation, channel, step, day = dims
+    grouped = [x for x in (hour, variation, channel, step, day) if not _is_literal(x)]
+    if not _is_literal(metric):
+        grouped.append(metric)
+    rows = (
+        select(literal(cid), hour, variation, channel, step, day, metric, n)
+        .select_from(frm)
+        .where(*where)
+        .group_by(*grouped)
+    )
+    ins = _insert(s, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
+    s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
+
+
+def _is_literal(x: Any) -> bool:
+    return isinstance(x, BindParameter)  # a constant dimension: not grouped by
+
+
+def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, sign: int = 1) -> None:
+    """Every counter of the campaign (of these users only: None = all), times `sign`."""
+    c = COHORT.c
+    mine = (c.campaign_id == cid, *([c.user_id.in_(users)] if users is not None else []))
+    count = func.count() * sign
+
+    def distinct(x: Any) -> Any:
+        return func.count(func.distinct(x)) * sign
+
+    _counter_rows(
+        s,
+        cid,
+        literal("users"),
+        c.cohort_hour,
+        [c.variation_id, literal(""), literal(-1), literal("")],
+        count,
+        COHORT,
+        *mine,
+    )
+    sends = COHORT.join(Send, (col(Send.campaign_id) == c.campaign_id) & (col(Send.user_id) == c.user_id))
+    sent = (*mine, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at)
+    v, ch, st = col(Send.variation_id), col(Send.channel), col(Send.step_index)
+    sent_users = distinct(col(Send.user_id))
+    _counter_rows(
+        s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], count, sends, *sent
+    )
+    _counter_rows(
+        s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent
+    )
+    _counter_rows(
+        s, cid, literal("step_users"), c.cohort_hour, [v, literal(""), st, literal("")], sent_users, sends, *sent
+    )
+    hits = COHORT.join(
+        TrackingHit, (col(TrackingHit.campaign_id) == c.campaign_id) & (col(TrackingHit.user_id) == c.user_id)
+    )
+    human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
+    hv, hch, hst = col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index)
+    _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *human)
+    _counter_rows(
+        s,
+        cid,
+        literal("click_users"),
+        c.cohort_hour,
+        [hv, literal(""), literal(-1), literal("")],
+        distinct(col(TrackingHit.user_id)),
+        hits,
+        *human,
+        col(TrackingHit.kind) == "click",
+    )
+
+
+def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
+    section_id = s.execute(select(col(Campaign.section_id)).where(col(Campaign.id) == cid)).scalar()
+    if section_id is None:
+        return
+    c = COHORT.c
+    click = (
+        col(TrackingHit.campaign_id) == cid,
+        col(TrackingHit.user_id) == col(Event.user_id),
+        col(TrackingHit.kind) == "click",
+        col(TrackingHit.bot).is_(False),
+        col(TrackingHit.at) >= c.first_at,
+        col(TrackingHit.at) <= col(Event.received_at),
+    )
+    last_click = select(func.max(col(TrackingHit.at))).where(*click).correlate(Event, COHORT).scalar_subquery()
+    candidates = (
+        select(
+            col(Event.id).label("event_id"),
+            col(Event.user_id).label("user_id"),
+            c.cohort_hour,
+            col(Event.kind).label("kind"),
+            func.coalesce(col(Event.value), 0.0).label("value"),
+            col(Event.transaction_id).label("transaction_id"),
+            col(Event.received_at).label("at"),
+            last_click.label("click_at"),
+        )
+        .join_from(Event, COHORT, (c.campaign_id == cid) & (c.user_id == col(Event.user_id)))
+        .join(User, col(User.id) == col(Event.user_id))
+        .where(
+            col(Event.section_id) == section_id,
+            col(Event.kind).in_(ATTRIBUTED_KINDS),
+            col(User.cuid).is_not(None),
+            *([col(Event.user_id).in_(users)] if users is not None else []),
+        )
+        .subquery()
+    )
+    x = candidates.c
+    rows = (
+        select(
+            literal(cid),
+            x.event_id,
+            x.user_id,
+            x.cohort_hour,
+            x.kind,
+            x.value,
+            x.transaction_id,
+            x.at,
+            x.click_at,
+            lag_us_sql(s, x.at, x.click_at),
+            col(TrackingHit.variation_id),
+            col(TrackingHit.channel),
+            col(TrackingHit.step_index),
+        )
+        .join_from(
+            candidates,
+            TrackingHit,
+            (col(TrackingHit.campaign_id) == cid)
+            & (col(TrackingHit.user_id) == x.user_id)
+            & (col(TrackingHit.at) == x.click_at)
+            & (col(TrackingHit.kind) == "click")
+            & col(TrackingHit.bot).is_(False),
+        )
+        .where(x.click_at.is_not(None))
+    )
+    cols = [
+        "campaign_id",
+        "event_id",
+        "user_id",
+        "cohort_hour",
+        "kind",
+        "value",
+        "transaction_id",
+        "at",
+        "click_at",
+        "lag_us",
+        "variation_id",
+        "channel",
+        "step_index",
+    ]
+    # Two clicks at the same instant: keep one (the raw path's choice between them is arbitrary too).
+    s.execute(
+        _insert(s, ATTRIBUTION)
+        .from_select(cols, rows)
+        .on_conflict_do_nothing(index_elements=["campaign_id", "event_id"])
+    )

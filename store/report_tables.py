@@ -1,0 +1,83 @@
+"""Report pre-aggregation tables (docs/reports.md, "Performance"): cohorts, counters, attributions.
+
+A report covers the users whose first trigger falls in its range (cohort semantics), so every
+fact is counted under the hour of its user's first trigger: a report over whole hours reads a
+few counter rows instead of scanning sends and hits. All three tables are derived data: the
+raw tables stay the source of truth and `store.report_rollup.rebuild` recreates them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Column, Index
+from sqlmodel import Field, SQLModel
+
+from store.tables import Send, UTCDateTime
+from store.tracking_tables import TrackingHit
+
+
+class ReportCohort(SQLModel, table=True):
+    """A user's first (non-test) trigger of a campaign: the cohort the user's facts count in."""
+
+    __tablename__ = "report_cohort"
+    __table_args__ = (
+        Index("ix_report_cohort_first", "campaign_id", "first_at"),
+        Index("ix_report_cohort_user", "user_id"),  # a buyer's campaigns, at purchase time
+    )
+
+    campaign_id: str = Field(primary_key=True, max_length=40)
+    user_id: str = Field(primary_key=True, max_length=40)
+    first_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    cohort_hour: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))  # first_at truncated, UTC
+    variation_id: str = Field(max_length=64)
+
+
+class ReportRollup(SQLModel, table=True):
+    """One counter: `metric` of the cohort hour's users, per variation/channel/step/UTC day.
+
+    Metrics: users (allocated), sends (send requests, by day), impression, click, and the
+    unique-user counts channel_users, step_users, click_users. Unused dimensions are '' / -1.
+    """
+
+    __tablename__ = "report_rollup"
+
+    campaign_id: str = Field(primary_key=True, max_length=40)
+    cohort_hour: datetime = Field(sa_column=Column(UTCDateTime(), primary_key=True))
+    variation_id: str = Field(primary_key=True, max_length=64)
+    channel: str = Field(primary_key=True, max_length=16)
+    step_index: int = Field(primary_key=True)
+    day: str = Field(primary_key=True, max_length=10)
+    metric: str = Field(primary_key=True, max_length=16)
+    n: int = Field(sa_column=Column(BigInteger(), nullable=False))
+
+
+class ReportAttribution(SQLModel, table=True):
+    """A purchase/add-to-cart of a cohort user with the campaign's last human click before it.
+
+    The attribution window is applied when reading (so a changed window applies to old data),
+    and so is the transaction-id dedupe (domain.reports.attribute), exactly as the raw path does.
+    """
+
+    __tablename__ = "report_attribution"
+    __table_args__ = (Index("ix_report_attr_cohort", "campaign_id", "cohort_hour"),)
+
+    campaign_id: str = Field(primary_key=True, max_length=40)
+    event_id: str = Field(primary_key=True, max_length=40)
+    user_id: str = Field(max_length=40)
+    cohort_hour: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    kind: str = Field(max_length=32)
+    value: float = 0.0
+    transaction_id: str | None = Field(default=None, max_length=64)
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    click_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    lag_us: int = Field(sa_column=Column(BigInteger(), nullable=False))  # at - click_at, exact, for the window
+    variation_id: str = Field(max_length=64)
+    channel: str = Field(max_length=16)
+    step_index: int
+
+
+# Raw-table indexes the reports need: a cohort's sends and hits by user (edge hours of a
+# report, first-fact checks, last click before a purchase).
+Index("ix_send_campaign_user", Send.campaign_id, Send.user_id)
+Index("ix_hit_campaign_user", TrackingHit.campaign_id, TrackingHit.user_id, TrackingHit.at)  # type: ignore[arg-type]
