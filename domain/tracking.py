@@ -75,11 +75,7 @@ class Signer:
             return None
         if not any(hmac.compare_digest(self._mac(k, kind, body), given) for k in self._keys):
             return None
-        try:
-            data = json.loads(_unb64(body))
-        except (ValueError, TypeError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _body_data(body)
 
     @staticmethod
     def unverified(token: str) -> dict[str, Any] | None:
@@ -88,11 +84,16 @@ class Signer:
         body = token.partition(".")[0]
         if not body or len(token) > 8192:
             return None
-        try:
-            data = json.loads(_unb64(body))
-        except (ValueError, TypeError):
-            return None
-        return data if isinstance(data, dict) else None
+        return _body_data(body)
+
+
+def _body_data(body: str) -> dict[str, Any] | None:
+    """A token body's JSON object, or None when it is not one."""
+    try:
+        data = json.loads(_unb64(body))
+    except (ValueError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
 
     def short_code(self, send_key: str, target: str) -> str:
         """Deterministic per (send, target) so a retried delivery reuses its codes."""
