@@ -51,6 +51,15 @@ def derive_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), b"rejoin/tracking/v1", hashlib.sha256).digest()
 
 
+def _body_data(body: str) -> dict[str, Any] | None:
+    """A token body's JSON object, or None when it is not one."""
+    try:
+        data = json.loads(_unb64(body))
+    except (ValueError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 class Signer:
     def __init__(self, secrets: Sequence[str]) -> None:
         if not secrets:
@@ -85,15 +94,6 @@ class Signer:
         if not body or len(token) > 8192:
             return None
         return _body_data(body)
-
-
-def _body_data(body: str) -> dict[str, Any] | None:
-    """A token body's JSON object, or None when it is not one."""
-    try:
-        data = json.loads(_unb64(body))
-    except (ValueError, TypeError):
-        return None
-    return data if isinstance(data, dict) else None
 
     def short_code(self, send_key: str, target: str) -> str:
         """Deterministic per (send, target) so a retried delivery reuses its codes."""
