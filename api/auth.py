@@ -35,14 +35,21 @@ def forget_key(key_id: str) -> None:
             _cache.pop(k, None)
 
 
-def verify(session: Session, presented: str | None, *, want: str) -> Principal:
-    """The principal for a presented key of kind `want`, or 401/403."""
+def verify_cached(presented: str | None, *, want: str) -> Principal | None:
+    """`verify` without the database: the principal if the key was verified recently, else None."""
     if not presented:
         raise Unauthorized("missing API key")
     cached = _cache.get(presented)
-    if cached is not None and cached[0] > time.monotonic():
-        principal = cached[1]
-    else:
+    if cached is None or cached[0] <= time.monotonic():
+        return None
+    return _of_kind(cached[1], want)
+
+
+def verify(session: Session, presented: str | None, *, want: str) -> Principal:
+    """The principal for a presented key of kind `want`, or 401/403."""
+    principal = verify_cached(presented, want=want)
+    if principal is None:
+        assert presented is not None  # verify_cached refused a missing key
         parsed = parse_key(presented)
         if parsed is None:
             raise Unauthorized("invalid API key")
@@ -52,6 +59,10 @@ def verify(session: Session, presented: str | None, *, want: str) -> Principal:
             raise Unauthorized("invalid or revoked API key")
         principal = Principal(section_id=row.section_id, kind=row.kind, key_id=row.id)
         _cache[presented] = (time.monotonic() + CACHE_SECONDS, principal)
+    return _of_kind(principal, want)
+
+
+def _of_kind(principal: Principal, want: str) -> Principal:
     if principal.kind != want:
         raise Forbidden(f"a {principal.kind} key cannot be used here; use a {want} key")
     return principal

@@ -11,6 +11,7 @@ from temporalio.client import Client
 from temporalio.testing import TimeSkipper
 
 from api import auth
+from api.dispatch_marks import DispatchMarks
 from api.errors import Unavailable
 from api.limits import TokenBuckets
 from runtime.temporal import connect_temporal
@@ -28,11 +29,14 @@ class AppState:
     box: SecretBox = field(init=False)
     # Per client address: how fast tracking hits are recorded (see Settings.tracking_hits_*).
     tracking_hits: TokenBuckets = field(init=False)
+    # Successful dispatches are marked in batches (see api/dispatch_marks.py).
+    dispatch_marks: DispatchMarks = field(init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _skipper: TimeSkipper | None = None
 
     def __post_init__(self) -> None:
         self.box = SecretBox(self.settings.secret_keys)
+        self.dispatch_marks = DispatchMarks(self.store)
         self.tracking_hits = TokenBuckets(
             max(self.settings.tracking_hits_per_second, 1e-9), self.settings.tracking_hits_burst
         )
@@ -54,7 +58,8 @@ class AppState:
         return self._skipper.client
 
 
-def app_state(request: Request) -> AppState:
+async def app_state(request: Request) -> AppState:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a hop on every request.
     state: AppState = request.app.state.rejoin
     return state
 
@@ -70,18 +75,30 @@ def _bearer(authorization: str | None, x_rejoin_key: str | None) -> str | None:
     return None
 
 
-def management(
+async def _verify(state: AppState, presented: str | None, want: str) -> auth.Principal:
+    # A recently verified key is answered on the event loop: no database, no thread hop (this
+    # runs for every ingestion request); otherwise the lookup runs in a worker thread.
+    principal = auth.verify_cached(presented, want=want)
+    if principal is not None:
+        return principal
+
+    def lookup() -> auth.Principal:
+        with state.store.session() as s:
+            return auth.verify(s, presented, want=want)
+
+    return await asyncio.to_thread(lookup)
+
+
+async def management(
     state: StateDep,
     authorization: Annotated[str | None, Header()] = None,
     x_rejoin_key: Annotated[str | None, Header()] = None,
 ) -> auth.Principal:
-    with state.store.session() as s:
-        return auth.verify(s, _bearer(authorization, x_rejoin_key), want="management")
+    return await _verify(state, _bearer(authorization, x_rejoin_key), "management")
 
 
-def ingestion(state: StateDep, dy_api_key: Annotated[str | None, Header()] = None) -> auth.Principal:
-    with state.store.session() as s:
-        return auth.verify(s, dy_api_key, want="ingestion")
+async def ingestion(state: StateDep, dy_api_key: Annotated[str | None, Header()] = None) -> auth.Principal:
+    return await _verify(state, dy_api_key, "ingestion")
 
 
 def admin(

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import Table, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
@@ -22,16 +22,19 @@ from api.journeys import JourneyCommand, dispatch_all, trigger_input
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
-from domain.matching import Catalog, event_skus, exit_reason, triggers
+from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, triggers
 from security.crypto import SecretBox
 from settings import Settings
 from store import cart_index, report_rollup, users
+from store.event_marks import mark_dispatched
 from store.campaigns import live_campaigns
 from store.engine import Store
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
 
 log = logging.getLogger(__name__)
+# Core INSERTs of events: the ORM's bulk-insert layer cost more than the statement.
+EVENT_TABLE: Table = Event.__table__  # type: ignore[attr-defined]
 
 
 def new_event_id() -> str:
@@ -79,51 +82,63 @@ def accept(
     now = now_utc()
     result = Accepted()
     with store.session() as s:
-        user = users.resolve_user(s, section_id, device_key=body.user.device_key, cuid=body.user.cuid, now=now)
+        campaigns = live_campaigns(s, section_id)
+        needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
+        device_key = body.user.device_key
+        user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=body.user.cuid, now=now)
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
-        campaigns = live_campaigns(s, section_id)
         for position, ev in enumerate(events):
+            if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
+                users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
+                unsaved = False
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
-                user = users.identify(s, user, ev.identity, body.user.device_key, now)
+                user = users.identify(s, user, ev.identity, device_key, now)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
                 _push_opt(s, box, section_id, user.id, ev, now)
             before = cart_index.skus(user)
             cart = users.apply_cart(user, ev)
-            if cart_index.skus(user) != before:
+            if cart_index.skus(user) != before and not unsaved:
                 cart_index.reindex(s, user)  # same transaction as the cart itself
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
-            catalog = _catalog(s, section_id, skus) if campaigns else {}
+            catalog = _catalog(s, section_id, skus) if needs_catalog else {}
             event_id = new_event_id()
-            running = _running_journeys(s, section_id, user.id) if campaigns else {}
+            # A user first seen in this request has no journeys yet: nothing to look up.
+            running = _running_journeys(s, section_id, user.id) if campaigns and not unsaved else {}
             commands = _commands(
                 section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
             )
-            event = Event(
-                id=event_id,
-                section_id=section_id,
-                user_id=user.id,
-                kind=ev.kind.value,
-                name=ev.name,
-                data=ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
-                consented=body.user.consented,
+            row = {
+                "id": event_id,
+                "section_id": section_id,
+                "user_id": user.id,
+                "kind": ev.kind.value,
+                "name": ev.name,
+                "data": ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
+                "consented": body.user.consented,
                 # Distinct, increasing times keep a batch's order for the sweeper's replay.
-                received_at=now + timedelta(microseconds=position),
-                dispatched=not commands,
-                transaction_id=ev.transaction_id,
-                value=ev.value,
-                commands=[c.model_dump(mode="json") for c in commands],
-            )
-            s.add(event)
-            # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
-            report_rollup.attribute_event(s, event, identified=bool(user.cuid))
+                "received_at": now + timedelta(microseconds=position),
+                "dispatched": not commands,
+                "deferred": False,
+                "transaction_id": ev.transaction_id,
+                "value": ev.value,
+                "commands": [c.model_dump(mode="json") for c in commands],
+            }
+            s.execute(insert(EVENT_TABLE), row)  # a plain INSERT: events are never changed in this transaction
+            if report_rollup.attributes(ev.kind.value) and user.cuid:
+                # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
+                report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
             result.event_ids.append(event_id)
             result.commands.extend(commands)
         user.updated_at = now
-        s.add(user)
+        if unsaved:  # one INSERT with the cart as the events left it, then its device and index
+            users.save_new_user(s, user, device_key)
+            cart_index.add_entries(s, user)
+        else:
+            s.add(user)
         result.user_id = user.id
-        if result.commands:
+        if result.commands and not unsaved:  # a new user has no earlier events to wait behind
             result.queued_behind_pending = _has_pending(s, section_id, user.id, result.event_ids)
     return result
 
@@ -228,14 +243,6 @@ def _commands(
             )
         )
     return out
-
-
-def mark_dispatched(store: Store, event_ids: list[str], *, dispatched: bool = True) -> None:
-    """Record the dispatch outcome; `dispatched=False` hands the events to the sweeper."""
-    with store.session() as s:  # one UPDATE: this runs once per accepted request
-        s.execute(
-            update(Event).where(col(Event.id).in_(event_ids)).values(dispatched=dispatched, deferred=not dispatched)
-        )
 
 
 async def redispatch_pending(

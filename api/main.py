@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.dispatch_marks.close()
 
     app = FastAPI(
         title="Rejoin",

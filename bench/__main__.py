@@ -140,7 +140,7 @@ async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
     cpu0 = stack.cpu()
     elapsed, lat = await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{7 * 10**12 + i}", add_to_cart(i)))
     ours = n / elapsed
-    await asyncio.sleep(2)  # let the worker finish the journeys' first tasks before the baseline starts
+    await stack.settle()  # the worker finishes the journeys' first tasks before the baseline starts
     cpu1 = stack.cpu()
     assert stack.client is not None
     client = stack.client
@@ -151,7 +151,7 @@ async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
 
     b_elapsed, b_lat = await run_pool(n, CONCURRENCY, raw)
     base = n / b_elapsed
-    await asyncio.sleep(2)
+    await stack.settle()
     cpu2 = stack.cpu()
     return {"name": "ingest", "unit": "events/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
             "target": 0.7, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
@@ -187,8 +187,10 @@ async def bench_journeys(stack: Stack, api: Api, n: int) -> dict[str, Any]:
     sink = stack.start_sink(0)
     cpu0 = stack.cpu()
     ours = await _journeys(stack, api, n, sink)
+    await stack.settle()  # journeys finishing after their delivery must not overlap the baseline
     cpu1 = stack.cpu()
     base = await _bare_journeys(stack, n, "e2e")
+    await stack.settle()
     cpu2 = stack.cpu()
     return {"name": "journeys_e2e", "unit": "journeys/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
             "target": 0.5, "n": n, "cpu_ms_per_journey": _cpu_per_item(cpu0, cpu1, n),

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 
 @activity.defn
@@ -46,8 +46,10 @@ class BareWaiter:
 
 async def _main(address: str, queue: str) -> None:
     client = await Client.connect(address)
+    # The same workflow runner as Rejoin's workers (unsandboxed, `REJOIN_WORKFLOW_SANDBOX=false`):
+    # the sandbox's per-workflow import cost would slow the baseline and flatter the ratios.
     worker = Worker(client, task_queue=queue, workflows=[BareOneActivity, BareWaiter], activities=[noop],
-                    max_concurrent_activities=100)  # fmt: skip
+                    max_concurrent_activities=100, workflow_runner=UnsandboxedWorkflowRunner())  # fmt: skip
     async with worker:
         print("READY", flush=True)
         await asyncio.Event().wait()

@@ -90,6 +90,23 @@ class Stack:
             "REJOIN_GLOBAL_CAP_MESSAGES": "1000",
         }
 
+    async def settle(self, timeout: float = 60.0) -> None:
+        """Wait until the stack is idle (every process under 10% of a core over half a second).
+
+        The phase that follows (a baseline, say) must not share the machine with work left over
+        from the previous one: a worker still starting journeys would slow the baseline and
+        flatter the ratio.
+        """
+        deadline = time.monotonic() + timeout
+        before = self.cpu()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            now = self.cpu()
+            busy = [k for k in now if k != "load generator" and now[k] - before.get(k, 0.0) > 0.05]
+            if not busy:
+                return
+            before = now
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far per component (this process = the load generator)."""
         out: dict[str, float] = {"load generator": sum(os.times()[:2])}

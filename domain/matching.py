@@ -44,6 +44,12 @@ def trigger_products(event: NormalizedEvent, cart: Sequence[CartItem], catalog: 
     return []
 
 
+def reads_catalog(spec: CampaignSpec) -> bool:
+    """Whether deciding this campaign's triggers and exits can look at product data: only its
+    conditions do (ingestion skips the catalog lookup when no live campaign has any)."""
+    return bool(spec.trigger.conditions) or any(rule.conditions for rule in spec.exits)
+
+
 def triggers(spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> bool:
     """Does this event start (or re-trigger) a journey of the campaign?"""
     trig = spec.trigger

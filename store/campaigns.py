@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from domain.campaign import CampaignSpec
@@ -30,12 +31,16 @@ def load_spec(session: Session, campaign_id: str, version: int) -> CampaignSpec:
     return spec
 
 
+# Built once (this runs for every ingested request): composing the statement cost more than running it.
+_LIVE = select(Campaign).where(
+    Campaign.section_id == bindparam("section_id"), col(Campaign.status).in_(("active", "paused"))
+)
+
+
 def live_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:
     """Active and paused campaigns: active ones trigger; both must still see exits, or a journey
     paused mid-way would miss a purchase and remind a customer who already bought."""
-    rows = session.exec(
-        select(Campaign).where(Campaign.section_id == section_id, col(Campaign.status).in_(("active", "paused")))
-    ).all()
+    rows = session.exec(_LIVE, params={"section_id": section_id}).all()
     return [(c, load_spec(session, c.id, c.version)) for c in rows]
 
 

@@ -27,6 +27,11 @@ def skus(user: User) -> set[str]:
 def reindex(s: Session, user: User) -> None:
     """Make the index hold exactly this user's cart."""
     s.execute(delete(CartEntry).where(col(CartEntry.user_id) == user.id))
+    add_entries(s, user)
+
+
+def add_entries(s: Session, user: User) -> None:
+    """Index this user's cart; alone (without `reindex`'s delete) only for a user with no entries yet."""
     rows: list[dict[str, object]] = [
         {"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(skus(user))
     ]

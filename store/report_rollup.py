@@ -198,6 +198,11 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
         bump(s, hit.campaign_id, hour, "click_users", variation_id=v)
 
 
+def attributes(kind: str) -> bool:
+    """Whether events of this kind can be attributed to a campaign (purchases, add-to-carts)."""
+    return kind in ATTRIBUTED_KINDS
+
+
 def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
     """Store a purchase/add-to-cart against each campaign whose click by this user precedes it.
 

@@ -13,13 +13,18 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlmodel import Session, col, select
 
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
 from store import cart_index, report_rollup
 from store.identity_tables import UserAlias
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
+
+# Plain tables for the INSERTs of a first visit (Core statements skip the ORM's bulk-insert layer).
+USER_TABLE: Table = User.__table__  # type: ignore[attr-defined]
+DEVICE_TABLE: Table = Device.__table__  # type: ignore[attr-defined]
 
 # Tables whose rows belong to a user by `user_id`: re-pointed when that user is merged away.
 _USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision)
@@ -29,31 +34,69 @@ def new_user_id() -> str:
     return "usr_" + secrets.token_hex(10)
 
 
-def _create_user(s: Session, section_id: str, now: datetime) -> User:
-    user = User(id=new_user_id(), section_id=section_id, created_at=now, updated_at=now)
-    s.add(user)
-    return user
+# The device, its user and any alias of that user, in one round trip; built once (hot path).
+_BY_DEVICE = (
+    select(Device.user_id, User, UserAlias.canonical_id)
+    .outerjoin(User, col(User.id) == Device.user_id)
+    .outerjoin(UserAlias, col(UserAlias.alias_id) == Device.user_id)
+    .where(Device.section_id == bindparam("section_id"), Device.device_key == bindparam("device_key"))
+)
 
 
-def resolve_user(s: Session, section_id: str, *, device_key: str | None, cuid: str | None, now: datetime) -> User:
-    """The user an event belongs to, created on first sight."""
-    device = s.get(Device, (section_id, device_key)) if device_key else None
-    if device is not None:
-        user = canonical_user(s, device.user_id)
-        if user is not None:
-            return user
+def resolve_user(
+    s: Session, section_id: str, *, device_key: str | None, cuid: str | None, now: datetime
+) -> tuple[User, bool]:
+    """The user an event belongs to, and whether that user is new.
+
+    A new user is returned *unsaved* (not in the session): ingestion applies the request's
+    events to it first and then writes it once, complete (`save_new_user`), instead of an
+    INSERT followed by an UPDATE of the same row on every first visit.
+    """
+    row = None
+    if device_key:
+        row = s.exec(_BY_DEVICE, params={"section_id": section_id, "device_key": device_key}).first()
+        if row is not None:
+            _, known, canonical = row
+            user = s.get(User, canonical) if canonical is not None else known
+            if user is not None:
+                return user, False
+    dangling = device_key is not None and row is not None  # the device's user row is gone
     user = by_cuid(s, section_id, cuid) if cuid else None
-    if user is None:
-        user = _create_user(s, section_id, now)
-        if cuid:
-            user.cuid, user.cuid_type = cuid, "id"
-    s.flush()  # the user row first: the device row below references it
-    if device is not None:
-        device.user_id = user.id  # its user was deleted: the device moves to this one
-    elif device_key:
-        s.add(Device(section_id=section_id, device_key=device_key, user_id=user.id))  # looked up above: new
-    s.flush()
-    return user
+    if user is not None:
+        if device_key:
+            s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+        return user, False
+    # Every field given: pydantic inspects a default factory's signature on each use (measurable here).
+    user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
+    if cuid:
+        user.cuid, user.cuid_type = cuid, "id"
+    if dangling and device_key:  # rare: write the user now and move the device to it
+        s.add(user)
+        s.flush()
+        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+        return user, False
+    return user, True
+
+
+def save_new_user(s: Session, user: User, device_key: str | None) -> None:
+    """Write a user from `resolve_user(...)` that was new, then its device (which references it).
+
+    Plain INSERTs (this runs for every first visit: the ORM's unit of work cost more than the
+    statements); the object then joins the session as a loaded row, so later changes to it in
+    this transaction are ordinary UPDATEs.
+    """
+    s.execute(
+        insert(USER_TABLE),
+        {
+            "id": user.id, "section_id": user.section_id, "cuid": user.cuid, "cuid_type": user.cuid_type,
+            "attributes": user.attributes, "cart": user.cart, "locale": user.locale, "is_test": user.is_test,
+            "created_at": user.created_at, "updated_at": user.updated_at,
+        },
+    )  # fmt: skip
+    make_transient_to_detached(user)
+    s.add(user)
+    if device_key:  # `resolve_user` found no such device: no lookup needed
+        s.execute(insert(DEVICE_TABLE), {"section_id": user.section_id, "device_key": device_key, "user_id": user.id})
 
 
 def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 from temporalio.client import Client, WorkflowHandle
 
+from api.deps import AppState
 from workflows.ids import journey_workflow_id
 from workflows.journey import JourneyWorkflow
 from workflows.models import JourneyResult
@@ -33,6 +34,14 @@ class SectionKeys:
     @property
     def ing(self) -> dict[str, str]:
         return {"dy-api-key": self.ingestion}
+
+
+def app_state(api: httpx.AsyncClient) -> AppState:
+    """The shared state of the app behind the test client (ASGI transport)."""
+    transport = api._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    state: AppState = transport.app.state.rejoin  # type: ignore[attr-defined]
+    return state
 
 
 async def make_section(api: httpx.AsyncClient, name: str = "shop", **extra: Any) -> SectionKeys:

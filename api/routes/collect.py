@@ -9,7 +9,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
-from api.ingestion import accept, mark_dispatched
+from api.ingestion import accept
+from store.event_marks import mark_dispatched
 from api.journeys import dispatch_all
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
 
@@ -34,7 +35,7 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
     elif result.commands:
         try:
             await dispatch_all(await state.client(), await state.skipping_client(), state.settings.task_queue, result.commands)
-            await asyncio.to_thread(mark_dispatched, state.store, result.event_ids)
+            state.dispatch_marks.add(result.event_ids)
         except Exception as exc:  # stored: the sweeper replays it; the caller must not resend
             log.warning("dispatch deferred for %s: %s", result.event_ids, exc)
             await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)

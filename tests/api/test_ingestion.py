@@ -9,7 +9,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
-from store.tables import Event
+from store.cart_tables import CartEntry
+from store.tables import Device, Event, User
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -69,3 +70,23 @@ async def test_no_consent_starts_no_journey(
     with pytest.raises(RPCError) as err:
         await journey_handle(env.client, section, cid, uid).describe()
     assert err.value.status == RPCStatusCode.NOT_FOUND
+
+
+async def test_a_first_visit_writes_the_user_once_complete_and_the_device_finds_it_again(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
+    """A new device's first request (two cart events) creates one user holding the cart as the
+    events left it, with its device and cart index; the next request from the device is that user."""
+    dyid = new_dyid()
+    both = [("sku-1", 10.0), ("sku-2", 10.0)]
+    first = await collect(api, section, dyid, add_to_cart("sku-1"), add_to_cart("sku-2", cart=both))
+    again = await collect(api, section, dyid, {"name": "Browsed", "properties": {"page": 1}})
+    with store.session() as s:
+        device = s.get(Device, (section.id, dyid))
+        assert device is not None
+        user = s.get(User, device.user_id)
+        assert user is not None and [i["productId"] for i in user.cart] == ["sku-1", "sku-2"]
+        events = [s.get(Event, e) for e in first["event_ids"] + again["event_ids"]]
+        assert all(e is not None and e.user_id == user.id for e in events)
+        entries = s.exec(select(CartEntry.sku).where(CartEntry.user_id == user.id)).all()
+    assert sorted(entries) == ["sku-1", "sku-2"]

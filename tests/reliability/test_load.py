@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
 from store.tables import Event
-from tests.helpers import SectionKeys, add_integration, add_to_cart, cart_campaign, create_campaign, new_dyid
+from tests.helpers import SectionKeys, app_state, add_integration, add_to_cart, cart_campaign, create_campaign, new_dyid
 
 EVENTS = int(os.environ.get("REJOIN_LOAD_EVENTS", "5000"))  # raise for a longer soak
 PER_REQUEST = 20
@@ -52,6 +52,7 @@ async def test_thousands_of_events_accepted_equals_stored_and_no_5xx(
         await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
     assert not [s for s in statuses if s >= 500], statuses
     assert statuses[202] == EVENTS // PER_REQUEST, statuses
+    await app_state(api).dispatch_marks.flush()  # dispatch marks are written in batches
     with store.session() as s:
         stored = s.exec(select(func.count()).select_from(Event).where(Event.section_id == section.id)).one()
         pending = s.exec(

@@ -80,8 +80,9 @@ async def test_page_sizes_are_capped(api: httpx.AsyncClient, section: SectionKey
 
 @pytest.fixture
 async def limited_api(env: WorkflowEnvironment, settings: Settings, store: Store) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with a tight rate limit: 5 requests per second per key, burst 5."""
-    app = create_app(settings.model_copy(update={"rate_limit_per_second": 5.0, "rate_limit_burst": 5}),
+    """The app with a tight rate limit: burst 5, then one request per 2 s per key (slow enough that a
+    loaded machine cannot refill a token while the test's burst is still going)."""
+    app = create_app(settings.model_copy(update={"rate_limit_per_second": 0.5, "rate_limit_burst": 5}),
                      store=store, temporal=env.client)  # fmt: skip
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rejoin.test") as c:
         yield c
