@@ -111,3 +111,22 @@ async def test_events_queue_behind_a_users_undispatched_events(
     await redispatch_pending(state, older_than=timedelta(0))
     result = await journey_result(env.client, section, cid, uid)
     assert (result.status, result.sent) == ("exited", 0), result
+
+
+async def test_dispatched_events_are_marked_in_batches_without_anyone_flushing(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    """The marks of inline dispatches land by themselves shortly after (so the sweeper leaves them
+    alone), without a second transaction per request."""
+    await add_integration(api, section)
+    await create_campaign(api, section, cart_campaign(wait="P1D"))
+    dyid, _ = await reachable_user(api, section)
+    acks = [await collect(api, section, dyid, add_to_cart(f"sku-{i}")) for i in range(3)]
+    ids = [i for ack in acks for i in ack["event_ids"]]
+
+    async def all_marked() -> None:
+        with store.session() as s:
+            rows = [s.get(Event, i) for i in ids]
+        assert all(r is not None and r.dispatched and not r.deferred for r in rows), rows
+
+    await eventually(all_marked, timeout=5)
