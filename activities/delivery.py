@@ -29,11 +29,11 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import decisions, recommendations, report_rollup, reservations
+from store import decisions, journey_rows, recommendations, report_rollup, reservations
 from store.campaigns import load_spec
 from store.engine import Store
-from store.reachability import opt_out_gone, reach
-from store.tables import Integration, Journey, Product, Send, User, now_utc
+from store.reachability import integration_config, opt_out_gone, reach
+from store.tables import Integration, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
 from store.users import canonical_id, canonical_user
 from workflows.models import DeliverRequest, DeliverResult
@@ -98,8 +98,8 @@ class Delivery:
 
     def _rate_limit(self, integration_id: str) -> float | None:
         with self.store.session() as s:
-            integration = s.get(Integration, integration_id)
-            rate = integration.config.get("rate_limit_per_second") if integration is not None else None
+            config = integration_config(s, integration_id)
+            rate = config.get("rate_limit_per_second") if config is not None else None
             return float(rate) if rate else None
 
     def _begin(self, req: DeliverRequest) -> _Prepared | DeliverResult:
@@ -118,6 +118,7 @@ class Delivery:
                 raise ApplicationError("integration was deleted", type="ConfigurationError", non_retryable=True)
             provider = self.providers.for_kind(integration.kind)
             now = now_utc()
+            user = canonical_user(s, req.user_id)  # once: the send row and the message both need it
             if send is None:
                 send = Send(
                     key=req.send_key,
@@ -128,7 +129,7 @@ class Delivery:
                     step_index=req.step_index,
                     channel=req.channel,
                     integration_id=req.integration_id,
-                    user_id=canonical_id(s, req.user_id),
+                    user_id=user.id if user is not None else canonical_id(s, req.user_id),
                     status="in_flight",
                     created_at=req.as_of,
                     updated_at=now,
@@ -140,7 +141,7 @@ class Delivery:
             send.attempts += 1
             send.updated_at = now
             try:
-                message, step_name, variation_id, opt_in_id = self._compose(s, req, integration)
+                message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user)
             except MissingRequired as err:
                 send.variation_id = err.variation_id
                 s.add(send)
@@ -155,13 +156,12 @@ class Delivery:
             return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
 
     def _compose(
-        self, s: Session, req: DeliverRequest, integration: Integration
+        self, s: Session, req: DeliverRequest, integration: Integration, user: User | None
     ) -> tuple[OutboundMessage | None, str, str, int | None]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
-        journey = s.get(Journey, req.journey_id)
-        user = canonical_user(s, req.user_id)
-        assert journey is not None and user is not None
-        variation = spec.variation(journey.variation_id)
+        variation_id = journey_rows.variation_of(s, req.journey_id)
+        assert variation_id is not None and user is not None
+        variation = spec.variation(variation_id)
         assert variation is not None
         step = variation.steps[req.step_index]
         opt_in = reach(s, req.section_id, user.id, [req.channel]).opt_ins.get(req.channel)
@@ -283,10 +283,7 @@ class Delivery:
             send.updated_at = now_utc()
             s.add(send)
             report_rollup.count_send(s, send, previous)
-            journey = s.get(Journey, req.journey_id)
-            if journey is not None:
-                journey.last_sent_at = req.as_of
-                s.add(journey)
+            journey_rows.mark_sent(s, req.journey_id, req.as_of)
             decisions.record(
                 s,
                 key=f"{req.send_key}:outcome",

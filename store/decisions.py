@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
 from store.statements import per_dialect, table_of, upsert_for
@@ -51,6 +53,15 @@ def record(
         "detail": detail or {},
     }
     session.execute(_upsert(session), row)
+
+
+_DETAIL = core_select(DECISION.c.detail).where(DECISION.c.key == bindparam("decision_key"))
+
+
+def detail_of(session: Session, key: str) -> dict[str, Any] | None:
+    """The detail recorded under `key`; None if nothing was recorded yet."""
+    detail: dict[str, Any] | None = session.execute(_DETAIL, {"decision_key": key}).scalar_one_or_none()
+    return detail
 
 
 def for_journey(session: Session, journey_id: str) -> list[Decision]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from store.subscriber_tables import SubscriberList
@@ -37,19 +39,38 @@ def identifier_kind(channel: str, identifier_type: str) -> str:
     return KIND_FOR_IDENTIFIER_TYPE.get(identifier_type, identifier_type)
 
 
+# Prepared once: reach runs twice per journey step (decide, deliver), and building these per
+# call cost more CPU than running them (docs/performance.md).
+_INTEGRATIONS = select(Integration).where(
+    col(Integration.section_id) == bindparam("section_id"), col(Integration.channel).in_(bindparam("channels", expanding=True))
+)
+_IDENTIFIERS = select(col(UserIdentifier.kind), col(UserIdentifier.value_hash)).where(
+    col(UserIdentifier.section_id) == bindparam("section_id"), col(UserIdentifier.user_id) == bindparam("user_id")
+)
+_OPTED_IN = select(OptIn).where(
+    col(OptIn.section_id) == bindparam("section_id"),
+    col(OptIn.channel) == bindparam("channel"),
+    col(OptIn.value_hash).in_(bindparam("hashes", expanding=True)),
+    col(OptIn.opted_in) == True,  # noqa: E712  (SQL expression)
+)
+_CONFIG = select(col(Integration.config)).where(col(Integration.id) == bindparam("integration_id"))
+
+
+def integration_config(session: Session, integration_id: str) -> dict[str, Any] | None:
+    """An integration's (non-secret) config; None if it was deleted."""
+    config: dict[str, Any] | None = session.execute(_CONFIG, {"integration_id": integration_id}).scalar_one_or_none()
+    return config
+
+
 def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
     wanted = list(dict.fromkeys(channels))
     integrations = {
         i.channel: i
-        for i in session.exec(
-            select(Integration).where(Integration.section_id == section_id, col(Integration.channel).in_(wanted))
-        ).all()
+        for i in session.execute(_INTEGRATIONS, {"section_id": section_id, "channels": wanted}).scalars().all()
     }
     identifiers: dict[str, list[str]] = {}
-    for ident in session.exec(
-        select(UserIdentifier).where(UserIdentifier.section_id == section_id, UserIdentifier.user_id == user_id)
-    ).all():
-        identifiers.setdefault(ident.kind, []).append(ident.value_hash)
+    for kind, value_hash in session.execute(_IDENTIFIERS, {"section_id": section_id, "user_id": user_id}):
+        identifiers.setdefault(kind, []).append(value_hash)
     unreachable: dict[str, str] = {}
     opt_ins: dict[str, OptIn] = {}
     for channel in wanted:
@@ -67,16 +88,8 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
             listed = effective_opt_in(session, lst, section_id, channel, hashes)
             rows = [listed] if listed is not None else []
         else:
-            rows = list(
-                session.exec(
-                    select(OptIn).where(
-                        OptIn.section_id == section_id,
-                        OptIn.channel == channel,
-                        col(OptIn.value_hash).in_(hashes),
-                        OptIn.opted_in == True,  # noqa: E712  (SQL expression)
-                    )
-                ).all()
-            )
+            params = {"section_id": section_id, "channel": channel, "hashes": hashes}
+            rows = list(session.execute(_OPTED_IN, params).scalars().all())
         if not rows:
             unreachable[channel] = "not_opted_in"
             continue
