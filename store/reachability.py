@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
@@ -53,13 +52,17 @@ _OPTED_IN = select(OptIn).where(
     col(OptIn.value_hash).in_(bindparam("hashes", expanding=True)),
     col(OptIn.opted_in) == True,  # noqa: E712  (SQL expression)
 )
-_CONFIG = select(col(Integration.config)).where(col(Integration.id) == bindparam("integration_id"))
+_LIST_GENERATION = select(col(SubscriberList.active_generation)).where(
+    col(SubscriberList.integration_id) == bindparam("integration_id")
+)
 
 
-def integration_config(session: Session, integration_id: str) -> dict[str, Any] | None:
-    """An integration's (non-secret) config; None if it was deleted."""
-    config: dict[str, Any] | None = session.execute(_CONFIG, {"integration_id": integration_id}).scalar_one_or_none()
-    return config
+def _active_list(session: Session, integration_id: str) -> SubscriberList | None:
+    """The integration's synced subscriber list if one is active (most have none: one cheap read)."""
+    if session.execute(_LIST_GENERATION, {"integration_id": integration_id}).scalar_one_or_none() is None:
+        return None
+    lst = session.get(SubscriberList, integration_id)
+    return lst if lst is not None and lst.active_generation is not None else None
 
 
 def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
@@ -82,8 +85,8 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
         if not hashes:
             unreachable[channel] = "no_identifier"
             continue
-        lst = session.get(SubscriberList, integration.id)
-        if lst is not None and lst.active_generation is not None:
+        lst = _active_list(session, integration.id)
+        if lst is not None:
             # A synced subscriber list overrides earlier opt-ins/outs (store/subscribers.py).
             listed = effective_opt_in(session, lst, section_id, channel, hashes)
             rows = [listed] if listed is not None else []

@@ -38,6 +38,7 @@ from sqlmodel import Session, col
 
 from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
+from store.sends import SentMessage
 from store.tables import Campaign, Event, Journey, Send, User
 from store.tracking_tables import TrackingHit
 
@@ -221,6 +222,13 @@ def count_send(s: Session, send: Send, previous_status: str | None) -> None:
         return
     s.add(send)
     s.flush()  # the send's final status is written before its counters (same transaction)
+    count_sent(s, send, previous_status)
+
+
+def count_sent(s: Session, send: SentMessage | Send, previous_status: str | None) -> None:
+    """`send`'s final status, one of SENT, is written: count it unless an earlier status was counted."""
+    if previous_status in SENT:
+        return
     facts = {
         "campaign_id": send.campaign_id,
         "user_id": send.user_id,
