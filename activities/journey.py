@@ -20,11 +20,11 @@ from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from store import decisions, report_rollup, reservations
+from store import decisions, journey_rows, report_rollup, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
-from store.tables import Campaign, Decision, Journey, Section, Send, User, now_utc
+from store.tables import Journey, Send, User, now_utc
 from store.users import canonical_id, canonical_user
 from workflows.ids import decision_key, send_key
 from workflows.models import (
@@ -53,23 +53,22 @@ class JourneyActivities:
         with self.store.session() as s:
             spec = load_spec(s, req.campaign_id, req.campaign_version)
             variation = allocate(req.campaign_id, req.user_id, spec.variations)
-            if s.get(Journey, req.journey_id) is None:
-                journey = Journey(
-                    id=req.journey_id,
-                    workflow_id=req.workflow_id,
-                    section_id=req.section_id,
-                    campaign_id=req.campaign_id,
-                    campaign_version=req.campaign_version,
-                    priority=spec.priority,
-                    user_id=canonical_id(s, req.user_id),
-                    variation_id=variation.id,
-                    is_control=variation.control,
-                    is_test=req.is_test,
-                    status="holdout" if variation.control else "active",
-                    triggered_at=req.as_of,
-                    ended_at=req.as_of if variation.control else None,
-                )
-                s.add(journey)
+            journey = Journey(
+                id=req.journey_id,
+                workflow_id=req.workflow_id,
+                section_id=req.section_id,
+                campaign_id=req.campaign_id,
+                campaign_version=req.campaign_version,
+                priority=spec.priority,
+                user_id=canonical_id(s, req.user_id),
+                variation_id=variation.id,
+                is_control=variation.control,
+                is_test=req.is_test,
+                status="holdout" if variation.control else "active",
+                triggered_at=req.as_of,
+                ended_at=req.as_of if variation.control else None,
+            )
+            if journey_rows.insert_new(s, journey):  # not on a retry: the first call recorded it
                 report_rollup.register_cohort(s, journey)  # same transaction: counters never drift
         return JourneyPlan(
             variation_id=variation.id,
@@ -86,17 +85,17 @@ class JourneyActivities:
         """Pick the channel and reserve a capped slot, or say why the step cannot send."""
         key = decision_key(req.journey_id, req.step_index, req.exclude_channels)
         with self.store.session() as s:
-            previous = s.get(Decision, key)
+            previous = decisions.detail_of(s, key)
             if previous is not None:
                 log.info("decision %s already made, returning it", key)
-                return StepDecision.model_validate(previous.detail["decision"])
+                return StepDecision.model_validate(previous["decision"])
             spec = load_spec(s, req.campaign_id, req.campaign_version)
-            journey = s.get(Journey, req.journey_id)
+            variation_id = journey_rows.variation_of(s, req.journey_id)
             # The journey may have started under an id since merged into another (identity).
             user = canonical_user(s, req.user_id)
-            if journey is None or user is None:
+            if variation_id is None or user is None:
                 raise LookupError(f"journey {req.journey_id} or its user is missing")
-            variation = spec.variation(journey.variation_id)
+            variation = spec.variation(variation_id)
             assert variation is not None, "a journey's variation exists in its campaign version"
             step = variation.steps[req.step_index]
             not_before = _window_defer(spec, user, req.as_of)
@@ -123,10 +122,10 @@ class JourneyActivities:
     def _decide(
         self, s: Session, req: DecideRequest, spec: CampaignSpec, user: User, step_channels: list[str], key: str
     ) -> StepDecision:
-        campaign = s.get(Campaign, req.campaign_id)
-        if campaign is not None and campaign.status != "active":
+        status = journey_rows.campaign_status(s, req.campaign_id)
+        if status is not None and status != "active":
             # Paused or archived mid-journey: later steps stop; resuming lets the next ones send.
-            return StepDecision(action="skip", reason=f"campaign_{campaign.status}")
+            return StepDecision(action="skip", reason=f"campaign_{status}")
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             return StepDecision(action="skip", reason="audience")
         if spec.send_window is not None and spec.send_window.outside == "drop" and _outside_window(spec, user, req.as_of):
@@ -139,10 +138,10 @@ class JourneyActivities:
             return StepDecision(action="skip", reason=choice.reason)
         channel = str(choice.channel)
         cap = spec.settings.frequency_caps.get(Channel(channel))
-        section = s.get(Section, req.section_id)
         policy = self.cap_policy
-        if section is not None and section.global_cap_messages:
-            policy = CapPolicy(section.global_cap_messages, policy.window)
+        section_cap = journey_rows.section_cap(s, req.section_id)
+        if section_cap:
+            policy = CapPolicy(section_cap, policy.window)
         skey = send_key(req.journey_id, req.step_index, channel)
         verdict = reservations.reserve(
             s,
@@ -198,20 +197,17 @@ class JourneyActivities:
     @activity.defn(name="journey.finish")
     def finish(self, req: FinishRequest) -> None:
         with self.store.session() as s:
-            journey = s.get(Journey, req.journey_id)
-            if journey is None:
+            ended = journey_rows.end(s, req.journey_id, req.status, req.exit_reason, req.as_of)
+            if ended is None:
                 return
-            journey.status = req.status
-            journey.exit_reason = req.exit_reason
-            journey.ended_at = req.as_of
-            s.add(journey)
+            section_id, user_id = ended
             if req.status == "exited":
                 decisions.record(
                     s,
                     key=f"{req.journey_id}:{req.step_index}:exit",
                     journey_id=req.journey_id,
-                    section_id=journey.section_id,
-                    user_id=journey.user_id,
+                    section_id=section_id,
+                    user_id=user_id,
                     step_index=req.step_index,
                     step_name=f"step {req.step_index}",
                     outcome="exited",

@@ -5,9 +5,22 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlmodel import Session, select
 
+from store.statements import per_dialect, table_of, upsert_for
 from store.tables import Decision
+
+DECISION = table_of(Decision)
+# What a rewrite of an existing key replaces; the journey, user and step it belongs to stay.
+REWRITTEN = ("outcome", "reason", "channel", "at", "detail")
+
+
+@per_dialect
+def _upsert(dialect_name: str) -> Any:
+    ins = upsert_for(dialect_name, DECISION)
+    return ins.on_conflict_do_update(index_elements=["key"], set_={c: ins.excluded[c] for c in REWRITTEN})
 
 
 def record(
@@ -25,19 +38,30 @@ def record(
     channel: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    row = session.get(Decision, key) or Decision(
-        key=key,
-        journey_id=journey_id,
-        section_id=section_id,
-        user_id=user_id,
-        step_index=step_index,
-        step_name=step_name,
-        outcome=outcome,
-        at=at,
-    )
-    row.outcome, row.reason, row.channel, row.at = outcome, reason, channel, at
-    row.detail = detail or {}
-    session.add(row)
+    """Write the decision under `key`, or rewrite it (one UPSERT: no read, no ORM flush)."""
+    row = {
+        "key": key,
+        "journey_id": journey_id,
+        "section_id": section_id,
+        "user_id": user_id,
+        "step_index": step_index,
+        "step_name": step_name,
+        "outcome": outcome,
+        "reason": reason,
+        "channel": channel,
+        "at": at,
+        "detail": detail or {},
+    }
+    session.execute(_upsert(session), row)
+
+
+_DETAIL = core_select(DECISION.c.detail).where(DECISION.c.key == bindparam("decision_key"))
+
+
+def detail_of(session: Session, key: str) -> dict[str, Any] | None:
+    """The detail recorded under `key`; None if nothing was recorded yet."""
+    detail: dict[str, Any] | None = session.execute(_DETAIL, {"decision_key": key}).scalar_one_or_none()
+    return detail
 
 
 def for_journey(session: Session, journey_id: str) -> list[Decision]:

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
 from store.subscriber_tables import SubscriberList
@@ -37,19 +38,42 @@ def identifier_kind(channel: str, identifier_type: str) -> str:
     return KIND_FOR_IDENTIFIER_TYPE.get(identifier_type, identifier_type)
 
 
+# Prepared once: reach runs twice per journey step (decide, deliver), and building these per
+# call cost more CPU than running them (docs/performance.md).
+_INTEGRATIONS = select(Integration).where(
+    col(Integration.section_id) == bindparam("section_id"), col(Integration.channel).in_(bindparam("channels", expanding=True))
+)
+_IDENTIFIERS = select(col(UserIdentifier.kind), col(UserIdentifier.value_hash)).where(
+    col(UserIdentifier.section_id) == bindparam("section_id"), col(UserIdentifier.user_id) == bindparam("user_id")
+)
+_OPTED_IN = select(OptIn).where(
+    col(OptIn.section_id) == bindparam("section_id"),
+    col(OptIn.channel) == bindparam("channel"),
+    col(OptIn.value_hash).in_(bindparam("hashes", expanding=True)),
+    col(OptIn.opted_in) == True,  # noqa: E712  (SQL expression)
+)
+_LIST_GENERATION = select(col(SubscriberList.active_generation)).where(
+    col(SubscriberList.integration_id) == bindparam("integration_id")
+)
+
+
+def _active_list(session: Session, integration_id: str) -> SubscriberList | None:
+    """The integration's synced subscriber list if one is active (most have none: one cheap read)."""
+    if session.execute(_LIST_GENERATION, {"integration_id": integration_id}).scalar_one_or_none() is None:
+        return None
+    lst = session.get(SubscriberList, integration_id)
+    return lst if lst is not None and lst.active_generation is not None else None
+
+
 def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
     wanted = list(dict.fromkeys(channels))
     integrations = {
         i.channel: i
-        for i in session.exec(
-            select(Integration).where(Integration.section_id == section_id, col(Integration.channel).in_(wanted))
-        ).all()
+        for i in session.execute(_INTEGRATIONS, {"section_id": section_id, "channels": wanted}).scalars().all()
     }
     identifiers: dict[str, list[str]] = {}
-    for ident in session.exec(
-        select(UserIdentifier).where(UserIdentifier.section_id == section_id, UserIdentifier.user_id == user_id)
-    ).all():
-        identifiers.setdefault(ident.kind, []).append(ident.value_hash)
+    for kind, value_hash in session.execute(_IDENTIFIERS, {"section_id": section_id, "user_id": user_id}):
+        identifiers.setdefault(kind, []).append(value_hash)
     unreachable: dict[str, str] = {}
     opt_ins: dict[str, OptIn] = {}
     for channel in wanted:
@@ -61,22 +85,14 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
         if not hashes:
             unreachable[channel] = "no_identifier"
             continue
-        lst = session.get(SubscriberList, integration.id)
-        if lst is not None and lst.active_generation is not None:
+        lst = _active_list(session, integration.id)
+        if lst is not None:
             # A synced subscriber list overrides earlier opt-ins/outs (store/subscribers.py).
             listed = effective_opt_in(session, lst, section_id, channel, hashes)
             rows = [listed] if listed is not None else []
         else:
-            rows = list(
-                session.exec(
-                    select(OptIn).where(
-                        OptIn.section_id == section_id,
-                        OptIn.channel == channel,
-                        col(OptIn.value_hash).in_(hashes),
-                        OptIn.opted_in == True,  # noqa: E712  (SQL expression)
-                    )
-                ).all()
-            )
+            params = {"section_id": section_id, "channel": channel, "hashes": hashes}
+            rows = list(session.execute(_OPTED_IN, params).scalars().all())
         if not rows:
             unreachable[channel] = "not_opted_in"
             continue

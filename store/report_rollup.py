@@ -22,7 +22,9 @@ from sqlalchemy import (
     BigInteger,
     BindParameter,
     ColumnElement,
-    Table,
+    Integer,
+    String,
+    bindparam,
     cast,
     delete,
     exists,
@@ -30,11 +32,13 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    union_all,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col
 
+from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
+from store.sends import SentMessage
 from store.tables import Campaign, Event, Journey, Send, User
 from store.tracking_tables import TrackingHit
 
@@ -42,9 +46,10 @@ log = logging.getLogger(__name__)
 
 SENT = ("accepted", "failed")  # a provider call was made (a skipped step made none)
 ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
-ROLLUP: Table = ReportRollup.__table__  # type: ignore[attr-defined]
-COHORT: Table = ReportCohort.__table__  # type: ignore[attr-defined]
-ATTRIBUTION: Table = ReportAttribution.__table__  # type: ignore[attr-defined]
+ROLLUP = table_of(ReportRollup)
+COHORT = table_of(ReportCohort)
+ATTRIBUTION = table_of(ReportAttribution)
+SEND = table_of(Send)
 ROLLUP_KEY = ["campaign_id", "cohort_hour", "variation_id", "channel", "step_index", "day", "metric"]
 
 
@@ -58,21 +63,21 @@ def day_of(at: datetime) -> str:
 
 def hour_sql(s: Session, column: Any) -> ColumnElement[Any]:
     """`column` truncated to the UTC hour, in the stored form of UTCDateTime."""
-    if _dialect(s) == "postgresql":
+    if dialect(s) == "postgresql":
         return func.timezone("UTC", func.date_trunc("hour", func.timezone("UTC", column)))
     return func.strftime("%Y-%m-%d %H:00:00.000000", column)
 
 
 def day_sql(s: Session, column: Any) -> ColumnElement[str]:
     """The UTC day of `column` as 'YYYY-MM-DD' (independent of the session's time zone)."""
-    if _dialect(s) == "postgresql":
+    if dialect(s) == "postgresql":
         return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
     return func.date(column)
 
 
 def lag_us_sql(s: Session, later: Any, earlier: Any) -> ColumnElement[int]:
     """`later - earlier` in whole microseconds, exactly (no floating-point day fractions)."""
-    if _dialect(s) == "postgresql":
+    if dialect(s) == "postgresql":
         return cast(func.extract("epoch", later - earlier) * 1_000_000, BigInteger)
 
     # SQLite stores UTCDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds plus the digits.
@@ -82,12 +87,10 @@ def lag_us_sql(s: Session, later: Any, earlier: Any) -> ColumnElement[int]:
     return us(later) - us(earlier)
 
 
-def _dialect(s: Session) -> str:
-    return s.get_bind().dialect.name
-
-
-def _insert(s: Session, table: Table) -> Any:
-    return (postgresql.insert if _dialect(s) == "postgresql" else sqlite.insert)(table)
+@per_dialect
+def _bump_stmt(dialect_name: str) -> Any:
+    ins = upsert_for(dialect_name, ROLLUP)
+    return ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n})
 
 
 def bump(
@@ -103,73 +106,144 @@ def bump(
     n: int = 1,
 ) -> None:
     """Add `n` to one counter (UPSERT: concurrent writers add up, never overwrite)."""
-    ins = _insert(s, ROLLUP).values(
-        campaign_id=campaign_id,
-        cohort_hour=hour,
-        variation_id=variation_id,
-        channel=channel,
-        step_index=step_index,
-        day=day,
-        metric=metric,
-        n=n,
-    )
-    s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
+    counter = {
+        "campaign_id": campaign_id,
+        "cohort_hour": hour,
+        "variation_id": variation_id,
+        "channel": channel,
+        "step_index": step_index,
+        "day": day,
+        "metric": metric,
+        "n": n,
+    }
+    s.execute(_bump_stmt(s), counter)
 
 
 # ------------------------------------------------------------------ write paths
+
+
+def _const(value: Any, type_: Any) -> ColumnElement[Any]:
+    """A typed constant in a SELECT list (PostgreSQL cannot infer a bare parameter's type there)."""
+    return cast(literal(value, type_), type_)
+
+
+def _param(name: str, type_: Any) -> ColumnElement[Any]:
+    return cast(bindparam(name, type_=type_), type_)
+
+
+def _users_row(source: Any) -> Any:
+    """The `users` counter row (+1) of each cohort in `source` (campaign_id, cohort_hour, variation_id)."""
+    return select(
+        source.c.campaign_id,
+        source.c.cohort_hour,
+        source.c.variation_id,
+        _const("", String),
+        _const(-1, Integer),
+        _const("", String),
+        _const("users", String),
+        _const(1, BigInteger),
+    )
+
+
+@per_dialect
+def _cohort_stmt(dialect_name: str) -> Any:
+    """Insert the cohort row unless the user has one; on PostgreSQL also bump `users`, same statement."""
+    added = (
+        upsert_for(dialect_name, COHORT)
+        .values({c.name: bindparam(c.name, type_=c.type) for c in COHORT.columns})  # named: also inside WITH
+        .on_conflict_do_nothing(index_elements=["campaign_id", "user_id"])
+        .returning(COHORT.c.campaign_id, COHORT.c.cohort_hour, COHORT.c.variation_id)
+    )
+    if dialect_name != "postgresql":
+        return added  # SQLite has no INSERT inside WITH: the caller bumps when a row comes back
+    new = added.cte("added")
+    ins = upsert_for(dialect_name, ROLLUP).from_select([*ROLLUP_KEY, "n"], _users_row(new)).add_cte(new)
+    return ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n})
 
 
 def register_cohort(s: Session, journey: Journey) -> None:
     """A journey was allocated: the user's first non-test one starts their cohort."""
     if journey.is_test:
         return
-    ins = _insert(s, COHORT).values(
-        campaign_id=journey.campaign_id,
-        user_id=journey.user_id,
-        first_at=journey.triggered_at,
-        cohort_hour=hour_of(journey.triggered_at),
-        variation_id=journey.variation_id,
+    hour = hour_of(journey.triggered_at)
+    cohort = {
+        "campaign_id": journey.campaign_id,
+        "user_id": journey.user_id,
+        "first_at": journey.triggered_at,
+        "cohort_hour": hour,
+        "variation_id": journey.variation_id,
+    }
+    result = s.execute(_cohort_stmt(s), cohort)
+    # RETURNING: rowcount is not reliable across drivers.
+    if dialect(s) != "postgresql" and result.first() is not None:
+        bump(s, journey.campaign_id, hour, "users", variation_id=journey.variation_id)
+
+
+@per_dialect
+def _count_send_stmt(dialect_name: str) -> Any:
+    """The send's counters in one statement: `sends`, and `channel_users` / `step_users` when it
+    is the user's first sent message on that channel / step. Nothing without a cohort that had
+    started by the send (test users and broadcasts have none)."""
+    c = COHORT.c
+    variation, channel, step = _param("variation_id", String), _param("channel", String), _param("step_index", Integer)
+    in_cohort = (
+        c.campaign_id == bindparam("campaign_id"),
+        c.user_id == bindparam("user_id"),
+        c.first_at <= bindparam("created_at"),
     )
-    added = ins.on_conflict_do_nothing(index_elements=["campaign_id", "user_id"]).returning(COHORT.c.user_id)
-    if s.execute(added).first() is not None:  # RETURNING: rowcount is not reliable across drivers
-        bump(s, journey.campaign_id, hour_of(journey.triggered_at), "users", variation_id=journey.variation_id)
+    other = (
+        SEND.c.campaign_id == bindparam("campaign_id"),
+        SEND.c.user_id == bindparam("user_id"),
+        SEND.c.variation_id == bindparam("variation_id"),
+        SEND.c.status.in_(SENT),
+        SEND.c.key != bindparam("key"),
+    )
+    one, none, no_step = _const(1, BigInteger), _const("", String), _const(-1, Integer)
 
+    def row(metric: str, ch: Any, st: Any, day: Any) -> Any:
+        return select(c.campaign_id, c.cohort_hour, variation, ch, st, day, _const(metric, String), one)
 
-def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:
-    return s.get(ReportCohort, (campaign_id, user_id))
+    rows = union_all(
+        row("sends", channel, step, _param("day", String)).where(*in_cohort),
+        row("channel_users", channel, no_step, none).where(
+            *in_cohort, ~exists().where(*other, SEND.c.channel == bindparam("channel"))
+        ),
+        row("step_users", none, step, none).where(
+            *in_cohort, ~exists().where(*other, SEND.c.step_index == bindparam("step_index"))
+        ),
+    )
+    ins = upsert_for(dialect_name, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
+    return ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n})
 
 
 def count_send(s: Session, send: Send, previous_status: str | None) -> None:
     """`send` just got its final status: count it if that status means a provider call was made."""
     if send.status not in SENT or previous_status in SENT:
         return
-    cohort = _cohort(s, send.campaign_id, send.user_id)
-    if cohort is None or send.created_at < cohort.first_at:  # test users and broadcasts have no cohort
-        return
-    hour, v = cohort.cohort_hour, send.variation_id
-    bump(
-        s,
-        send.campaign_id,
-        hour,
-        "sends",
-        variation_id=v,
-        channel=send.channel,
-        step_index=send.step_index,
-        day=day_of(send.created_at),
-    )
     s.add(send)
-    s.flush()  # the checks below must see this send's final status
-    other = (
-        col(Send.campaign_id) == send.campaign_id,
-        col(Send.user_id) == send.user_id,
-        col(Send.variation_id) == v,
-        col(Send.status).in_(SENT),
-        col(Send.key) != send.key,
-    )
-    if not s.execute(select(exists().where(*other, col(Send.channel) == send.channel))).scalar():
-        bump(s, send.campaign_id, hour, "channel_users", variation_id=v, channel=send.channel)
-    if not s.execute(select(exists().where(*other, col(Send.step_index) == send.step_index))).scalar():
-        bump(s, send.campaign_id, hour, "step_users", variation_id=v, step_index=send.step_index)
+    s.flush()  # the send's final status is written before its counters (same transaction)
+    count_sent(s, send, previous_status)
+
+
+def count_sent(s: Session, send: SentMessage | Send, previous_status: str | None) -> None:
+    """`send`'s final status, one of SENT, is written: count it unless an earlier status was counted."""
+    if previous_status in SENT:
+        return
+    facts = {
+        "campaign_id": send.campaign_id,
+        "user_id": send.user_id,
+        "created_at": send.created_at,
+        "variation_id": send.variation_id,
+        "channel": send.channel,
+        "step_index": send.step_index,
+        "day": day_of(send.created_at),
+        "key": send.key,
+    }
+    s.execute(_count_send_stmt(s), facts)
+
+
+def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:
+    return s.get(ReportCohort, (campaign_id, user_id))
 
 
 def count_hit(s: Session, hit: TrackingHit) -> None:
@@ -232,7 +306,7 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
         )
         if last is None:
             continue
-        ins = _insert(s, ATTRIBUTION).values(
+        ins = upsert_base(s, ATTRIBUTION).values(
             campaign_id=cohort.campaign_id,
             event_id=event.id,
             user_id=event.user_id,
@@ -259,7 +333,7 @@ def rebuild(s: Session, campaign_ids: Sequence[str] | None = None) -> int:
     Returns the number of campaigns rebuilt. On PostgreSQL the counter table is locked for the
     transaction so live increments wait instead of being lost in between.
     """
-    if _dialect(s) == "postgresql":
+    if dialect(s) == "postgresql":
         s.execute(select(literal(1)))  # begin before locking
         s.connection().exec_driver_sql("LOCK TABLE report_rollup, report_cohort, report_attribution IN EXCLUSIVE MODE")
     if campaign_ids is None:
@@ -347,7 +421,7 @@ def _counter_rows(s: Session, cid: str, metric: Any, hour: Any, dims: list[Any],
         .where(*where)
         .group_by(*grouped)
     )
-    ins = _insert(s, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
+    ins = upsert_base(s, ROLLUP).from_select([*ROLLUP_KEY, "n"], rows)
     s.execute(ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n}))
 
 
@@ -486,7 +560,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
     ]
     # Two clicks at the same instant: keep one (the raw path's choice between them is arbitrary too).
     s.execute(
-        _insert(s, ATTRIBUTION)
+        upsert_base(s, ATTRIBUTION)
         .from_select(cols, rows)
         .on_conflict_do_nothing(index_elements=["campaign_id", "event_id"])
     )

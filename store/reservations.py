@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_
-from sqlmodel import Session, col, select
+from sqlalchemy import ColumnElement, bindparam, func, insert, or_, select, update
+from sqlmodel import Session
 
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
 from store.locks import lock_key
+from store.statements import table_of
 from store.tables import CapReservation, Journey
 
 
@@ -39,6 +40,43 @@ class SlotVerdict:
     detail: str | None = None
 
 
+RESERVATION = table_of(CapReservation)
+JOURNEY = table_of(Journey)
+_r = RESERVATION.c
+
+
+def _live_within(window_from: str, window_to: str) -> tuple[ColumnElement[bool], ...]:
+    """Unreleased reservations of the request's (section, user, channel) in a window, but its own."""
+    return (
+        _r.section_id == bindparam("section_id"),
+        _r.user_id == bindparam("user_id"),
+        _r.channel == bindparam("channel"),
+        _r.released == False,  # noqa: E712  (SQL, as indexed)
+        _r.reserved_at > bindparam(window_from, type_=_r.reserved_at.type),
+        _r.reserved_at < bindparam(window_to, type_=_r.reserved_at.type),
+        _r.key != bindparam("key"),
+    )
+
+
+# Prepared once (docs/performance.md): built per call, these cost more CPU than running them.
+_COUNT_ALL = select(func.count()).select_from(RESERVATION).where(*_live_within("after", "before"))
+_COUNT_CAMPAIGN = _COUNT_ALL.where(_r.campaign_id == bindparam("campaign_id"))
+_STATE = select(_r.released).where(_r.key == bindparam("key"))
+_RENEW = update(RESERVATION).where(_r.key == bindparam("slot")).values(
+    released=False, reserved_at=bindparam("as_of", type_=_r.reserved_at.type)
+)
+_RESERVE = insert(RESERVATION)
+_RELEASE = update(RESERVATION).where(_r.key == bindparam("slot"), _r.released == False).values(released=True)  # noqa: E712
+_j = JOURNEY.c
+_COMPETITORS = select(_j.campaign_id, _j.priority, _j.status, _j.triggered_at, _j.last_sent_at).where(
+    _j.section_id == bindparam("section_id"),
+    _j.user_id == bindparam("user_id"),
+    _j.campaign_id != bindparam("campaign_id"),
+    _j.is_control == False,  # noqa: E712
+    or_(_j.status == "active", _j.last_sent_at > bindparam("recent_after", type_=_j.last_sent_at.type)),
+)
+
+
 def _count(session: Session, req: SlotRequest, window: timedelta, campaign_id: str | None) -> int:
     """Live reservations within `window` of `as_of`, on either side.
 
@@ -47,38 +85,37 @@ def _count(session: Session, req: SlotRequest, window: timedelta, campaign_id: s
     have their own clock). Counting only `reserved_at <= as_of` let such a decision miss it and
     grant one slot too many; any reservation less than a window away shares a window with us.
     """
-    q = select(func.count()).select_from(CapReservation).where(
-        CapReservation.section_id == req.section_id,
-        CapReservation.user_id == req.user_id,
-        CapReservation.channel == req.channel,
-        CapReservation.released == False,  # noqa: E712
-        col(CapReservation.reserved_at) > req.as_of - window,
-        col(CapReservation.reserved_at) < req.as_of + window,
-        CapReservation.key != req.key,
-    )
-    if campaign_id is not None:
-        q = q.where(CapReservation.campaign_id == campaign_id)
-    return int(session.exec(q).one())
+    params = {
+        "section_id": req.section_id,
+        "user_id": req.user_id,
+        "channel": req.channel,
+        "after": req.as_of - window,
+        "before": req.as_of + window,
+        "key": req.key,
+    }
+    if campaign_id is None:
+        return int(session.execute(_COUNT_ALL, params).scalar_one())
+    return int(session.execute(_COUNT_CAMPAIGN, {**params, "campaign_id": campaign_id}).scalar_one())
 
 
 def _competitors(session: Session, req: SlotRequest, window: timedelta) -> list[Competitor]:
-    rows = session.exec(
-        select(Journey).where(
-            Journey.section_id == req.section_id,
-            Journey.user_id == req.user_id,
-            Journey.campaign_id != req.campaign_id,
-            Journey.is_control == False,  # noqa: E712
-            or_(col(Journey.status) == "active", col(Journey.last_sent_at) > req.as_of - window),
-        )
-    ).all()
-    return [Competitor(j.campaign_id, j.priority, j.status == "active", j.triggered_at, j.last_sent_at) for j in rows]
+    params = {
+        "section_id": req.section_id,
+        "user_id": req.user_id,
+        "campaign_id": req.campaign_id,
+        "recent_after": req.as_of - window,
+    }
+    return [
+        Competitor(j.campaign_id, j.priority, j.status == "active", j.triggered_at, j.last_sent_at)
+        for j in session.execute(_COMPETITORS, params)
+    ]
 
 
 def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_window: timedelta) -> SlotVerdict:
     """Grant a slot unless a cap or a higher-priority campaign forbids it (inside the caller's tx)."""
     lock_key(session, f"caps/{req.section_id}/{req.user_id}")
-    existing = session.get(CapReservation, req.key)
-    if existing is not None and not existing.released:
+    released = session.execute(_STATE, {"key": req.key}).scalar_one_or_none()
+    if released is False:
         return SlotVerdict(True, detail="already reserved under this key")
     rival = outranked_by(
         priority=req.priority, competitors=_competitors(session, req, priority_window), as_of=req.as_of, window=priority_window
@@ -95,27 +132,24 @@ def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_wind
     )
     if reason is not None:
         return SlotVerdict(False, reason)
-    if existing is not None:  # released earlier (failed send) and now retried: count it again
-        existing.released = False
-        existing.reserved_at = req.as_of
-        session.add(existing)
+    if released:  # released earlier (failed send) and now retried: count it again
+        session.execute(_RENEW, {"slot": req.key, "as_of": req.as_of})
     else:
-        session.add(
-            CapReservation(
-                key=req.key,
-                section_id=req.section_id,
-                user_id=req.user_id,
-                channel=req.channel,
-                campaign_id=req.campaign_id,
-                reserved_at=req.as_of,
-            )
+        session.execute(
+            _RESERVE,
+            {
+                "key": req.key,
+                "section_id": req.section_id,
+                "user_id": req.user_id,
+                "channel": req.channel,
+                "campaign_id": req.campaign_id,
+                "reserved_at": req.as_of,
+                "released": False,
+            },
         )
     return SlotVerdict(True)
 
 
 def release(session: Session, key: str) -> None:
     """Give a slot back (the send failed for good)."""
-    row = session.get(CapReservation, key)
-    if row is not None and not row.released:
-        row.released = True
-        session.add(row)
+    session.execute(_RELEASE, {"slot": key})

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from temporalio.testing import WorkflowEnvironment
 
 from domain.reports import Aggregate, aggregate
 from store import report_rollup, users
@@ -23,7 +24,17 @@ from store import reports as q
 from store.engine import Store
 from store.report_tables import ReportAttribution
 from store.tables import User
-from tests.helpers import SectionKeys, create_campaign, step
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    journey_result,
+    reachable_user,
+    step,
+)
 from tests.reports_world import World
 
 T0 = datetime(2026, 4, 1, 0, 0, tzinfo=UTC)
@@ -146,3 +157,22 @@ async def test_rollup_report_equals_raw_recompute(api: httpx.AsyncClient, store:
     assert _compare(store, section.id, cid, ranges) > 30
     with store.session() as s:
         assert _view(aggregate(q.load(s, section.id, cid, *ranges[0], WINDOW), WINDOW)) == full
+
+
+async def test_counters_of_real_journeys_equal_raw_recompute(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, section: SectionKeys
+) -> None:
+    """Journeys run by the worker (enroll, decide, deliver, finish) keep the counters exact."""
+    await add_integration(api, section)
+    spec = cart_campaign("Rollup e2e", steps=[step("S1"), step("S2", "P1D")])
+    cid = await create_campaign(api, section, spec)
+    for _ in range(3):
+        dyid, uid = await reachable_user(api, section)
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        assert (await journey_result(env.client, section, cid, uid)).sent == 2
+    now = datetime.now(UTC)
+    span = (now - timedelta(days=30), now + timedelta(days=30))
+    assert _compare(store, section.id, cid, [span]) == 3
+    with store.session() as s:
+        fast = aggregate(q.load(s, section.id, cid, *span, WINDOW), WINDOW)
+    assert sum(fast.sends_by_day.values()) == 6, "both steps' sends were counted"

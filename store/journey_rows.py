@@ -1,0 +1,62 @@
+"""The journey row and the few campaign/section fields a journey step reads, as prepared Core
+statements (store/statements.py): the journey activities run these for every journey."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlmodel import Session
+
+from store.statements import per_dialect, table_of, upsert_for
+from store.tables import Campaign, Journey, Section
+
+JOURNEY = table_of(Journey)
+_j = JOURNEY.c
+_VARIATION = select(_j.variation_id).where(_j.id == bindparam("journey_id"))
+_END = (
+    update(JOURNEY)
+    .where(_j.id == bindparam("journey_id"))
+    .values(status=bindparam("new_status"), exit_reason=bindparam("reason"), ended_at=bindparam("at", type_=_j.ended_at.type))
+    .returning(_j.section_id, _j.user_id)
+)
+_SENT = update(JOURNEY).where(_j.id == bindparam("journey_id")).values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type))
+_CAMPAIGN_STATUS = select(table_of(Campaign).c.status).where(table_of(Campaign).c.id == bindparam("campaign_id"))
+_SECTION_CAP = select(table_of(Section).c.global_cap_messages).where(table_of(Section).c.id == bindparam("section_id"))
+
+
+@per_dialect
+def _insert(dialect_name: str) -> Any:
+    return upsert_for(dialect_name, JOURNEY).on_conflict_do_nothing(index_elements=["id"]).returning(_j.id)
+
+
+def insert_new(s: Session, journey: Journey) -> bool:
+    """Insert the journey unless its id exists (a retried enroll); True if this call inserted it."""
+    row = {c.name: getattr(journey, c.name) for c in JOURNEY.columns}
+    return s.execute(_insert(s), row).first() is not None
+
+
+def variation_of(s: Session, journey_id: str) -> str | None:
+    """The journey's variation id; None if there is no such journey."""
+    return s.execute(_VARIATION, {"journey_id": journey_id}).scalar_one_or_none()
+
+
+def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: datetime) -> tuple[str, str] | None:
+    """Record how the journey ended; (section id, user id), or None if there is no such journey."""
+    params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
+    row = s.execute(_END, params).first()
+    return (row.section_id, row.user_id) if row is not None else None
+
+
+def mark_sent(s: Session, journey_id: str, at: datetime) -> None:
+    s.execute(_SENT, {"journey_id": journey_id, "at": at})
+
+
+def campaign_status(s: Session, campaign_id: str) -> str | None:
+    return s.execute(_CAMPAIGN_STATUS, {"campaign_id": campaign_id}).scalar_one_or_none()
+
+
+def section_cap(s: Session, section_id: str) -> int | None:
+    """The section's own global cap (None: no such section, or the deployment default)."""
+    return s.execute(_SECTION_CAP, {"section_id": section_id}).scalar_one_or_none()
