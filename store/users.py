@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Table, bindparam, insert, update
+from sqlalchemy import Table, bindparam, func, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
@@ -109,8 +109,19 @@ def canonical_id(s: Session, user_id: str) -> str:
     return alias.canonical_id if alias is not None else user_id
 
 
+# The user an id stands for, alias resolved in the same statement (one round trip instead of
+# two lookups; journeys and deliveries resolve their user on every step).
+_CANONICAL_USER = select(User).where(
+    User.id
+    == func.coalesce(
+        select(UserAlias.canonical_id).where(UserAlias.alias_id == bindparam("user_id")).scalar_subquery(),
+        bindparam("user_id"),
+    )
+)
+
+
 def canonical_user(s: Session, user_id: str) -> User | None:
-    return s.get(User, canonical_id(s, user_id))
+    return s.exec(_CANONICAL_USER, params={"user_id": user_id}).first()
 
 
 def alias_ids(s: Session, user_id: str) -> list[str]:
