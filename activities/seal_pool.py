@@ -45,10 +45,13 @@ def seal_slice(box: Any, id_type: str, lines: list[bytes], first_line: int, budg
     from store.set_copy import copy_rows
 
     parsed = parse_lines(id_type, lines, first_line, budget)
-    sealed = box.seal_many(parsed.values) if parsed.values else []
+    n = len(parsed.values)
+    if not n:
+        return Sealed(parsed.consumed, parsed.rejections)
+    sealed = box.seal_parts(parsed.values)
     if frame:
-        return Sealed(parsed.consumed, parsed.rejections, len(sealed), framed=copy_rows(parsed.hashes, sealed))
-    return Sealed(parsed.consumed, parsed.rejections, len(sealed), hashes=parsed.hashes, sealed=sealed)
+        return Sealed(parsed.consumed, parsed.rejections, n, framed=copy_rows(parsed.hashes, sealed))
+    return Sealed(parsed.consumed, parsed.rejections, n, hashes=parsed.hashes, sealed=sealed.joined())
 
 
 def _send(pipe: IO[bytes], obj: object) -> None:

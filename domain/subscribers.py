@@ -17,7 +17,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from domain.events import email_hash, phone_hash, sha256_hex
+from domain.hashing import email_hash, phone_hash, sha256_hex
 
 FOLDER = re.compile(r"^upload_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}$")
 FILE_NAME = "data.csv"

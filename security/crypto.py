@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import add
 
@@ -32,12 +33,29 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 SEALED = "s1."
 _V1 = b"\x01"
 _SALT, _NONCE, _COUNTER = 16, 12, 4
+COUNTER_BYTES = _COUNTER
 _INFO = b"rejoin sealed values v1"
 
 
 _MAX_SEAL = 1 << 14
 _COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~1 MB, built once per process
 _NONCES = [bytes(_NONCE - _COUNTER) + c for c in _COUNTERS]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedParts:
+    """Values sealed by one `seal_parts` call, in pieces: value i is prefix + counters[i] +
+    bodies[i] (version and salt, the nonce's counter, ciphertext and tag). A bulk writer
+    concatenates each value once, straight into its output row (`store.set_copy.copy_rows`),
+    instead of building every value first (two concatenations a value, ~0.2 us each)."""
+
+    prefix: bytes
+    counters: list[bytes]  # each COUNTER_BYTES long
+    bodies: list[bytes]
+
+    def joined(self) -> list[bytes]:
+        n = len(self.bodies)
+        return list(map(add, map(add, repeat(self.prefix, n), self.counters), self.bodies))
 
 
 def sealed_token(blob: bytes) -> str:
@@ -66,14 +84,17 @@ class SecretBox:
 
     def seal_many(self, values: Sequence[bytes]) -> list[bytes]:
         """Seal many UTF-8 values at once (see the module docstring); binary, in the same order."""
+        return self.seal_parts(values).joined()
+
+    def seal_parts(self, values: Sequence[bytes]) -> SealedParts:
+        """`seal_many`, with each value left in its pieces (see `SealedParts`)."""
         n = len(values)
         if n > _MAX_SEAL:
             raise ValueError(f"seal at most {_MAX_SEAL} values per call")
         head = _V1 + os.urandom(_SALT)
         seal = _derive(self._raw[0], head[1:]).encrypt
         # map() over C callables: no Python bytecode per value (this runs 10M times a sync).
-        sealed = map(seal, _NONCES[:n], values, repeat(None, n))
-        return list(map(add, map(add, repeat(head, n), _COUNTERS[:n]), sealed))
+        return SealedParts(head, _COUNTERS[:n], list(map(seal, _NONCES[:n], values, repeat(None, n))))
 
     def _unseal(self, token: str) -> str:
         blob = base64.b64decode(token[len(SEALED) :].encode())

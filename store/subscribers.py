@@ -20,7 +20,6 @@ from sqlmodel import Session, col, select
 
 from security.crypto import sealed_token
 from store import set_copy
-from store.set_copy import copy_rows
 from store.subscriber_tables import (
     SubscriberList,
     SubscriberRejection,
@@ -105,7 +104,7 @@ def create_set(s: Session, name: str) -> None:
 
 def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], framed: list[bytes]) -> None:
     """Append rows to a set table in this transaction: binary COPY on PostgreSQL (`framed`: rows
-    already in COPY format, from seal helpers), executemany on SQLite."""
+    already in COPY format, `store.set_copy.copy_rows`), executemany on SQLite (`hashes`, `sealed`)."""
     if not hashes and not framed:
         return
     name = _checked(name)
@@ -114,7 +113,8 @@ def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], f
         assert not framed, "COPY-framed rows are for PostgreSQL"
         conn.exec_driver_sql(f'INSERT INTO "{name}" (value_hash, value_enc) VALUES (?, ?)', list(zip(hashes, sealed)))
         return
-    data = b"".join([set_copy.HEADER, *framed, copy_rows(hashes, sealed), set_copy.TRAILER])
+    assert not hashes, "PostgreSQL rows come COPY-framed (activities/seal_pool.py: seal_slice)"
+    data = b"".join([set_copy.HEADER, *framed, set_copy.TRAILER])
     raw = conn.connection.dbapi_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(f'COPY "{name}" (value_hash, value_enc) FROM STDIN (FORMAT BINARY)') as copy:  # type: ignore[attr-defined]

@@ -40,3 +40,21 @@ def test_rotation_reads_old_key_and_reseals_under_new() -> None:
     assert both.decrypt(token) == "a@b.com"
     rotated = both.rotate(token)
     assert rotated.startswith("s1.") and SecretBox([new]).decrypt(rotated) == "a@b.com"
+
+
+def test_copy_framing_writes_each_sealed_value_whole() -> None:
+    """Rows framed from a value's pieces (`SealedParts`) hold exactly the value `seal_many` gives."""
+    from store.set_copy import copy_rows
+
+    box = SecretBox([Fernet.generate_key().decode()])
+    values = [b"a@b.com", "é@x.io".encode(), b"x" * 300 + b"@example.com"]
+    hashes = [bytes([i]) * 32 for i in range(len(values))]
+    parts = box.seal_parts(values)
+    framed, rows, at = copy_rows(hashes, parts), [], 0
+    while at < len(framed):
+        assert framed[at : at + 6] == b"\x00\x02\x00\x00\x00\x20"  # 2 fields, a 32-byte hash
+        digest, size = framed[at + 6 : at + 38], int.from_bytes(framed[at + 38 : at + 42], "big")
+        rows.append((digest, framed[at + 42 : at + 42 + size]))
+        at += 42 + size
+    assert rows == list(zip(hashes, parts.joined()))
+    assert [box.decrypt(sealed_token(v)) for _, v in rows] == [v.decode() for v in values]
