@@ -42,16 +42,16 @@ def seal_slice(box: Any, id_type: str, lines: list[bytes], first_line: int, budg
     """Parse, hash and seal one slice (`domain.subscribers.parse_lines` for the rules): in a helper,
     or in-process (small files, SQLite, and the rare re-parse of a slice with an exact budget)."""
     from domain.subscribers import parse_lines
-    from store.set_copy import copy_rows
+    from store.set_copy import seal_rows
 
-    parsed = parse_lines(id_type, lines, first_line, budget)
+    parsed = parse_lines(id_type, lines, first_line, budget, digest=not frame)  # COPY rows: hashed in bulk
     n = len(parsed.values)
     if not n:
         return Sealed(parsed.consumed, parsed.rejections)
-    sealed = box.seal_parts(parsed.values)
     if frame:
-        return Sealed(parsed.consumed, parsed.rejections, n, framed=copy_rows(parsed.hashes, sealed))
-    return Sealed(parsed.consumed, parsed.rejections, n, hashes=parsed.hashes, sealed=sealed.joined())
+        framed = seal_rows(box, parsed.values, parsed.hashes, parsed.digested)
+        return Sealed(parsed.consumed, parsed.rejections, n, framed=framed)
+    return Sealed(parsed.consumed, parsed.rejections, n, hashes=parsed.hashes, sealed=box.seal_many(parsed.values))
 
 
 def _send(pipe: IO[bytes], obj: object) -> None:

@@ -37,8 +37,8 @@ COUNTER_BYTES = _COUNTER
 _INFO = b"rejoin sealed values v1"
 
 
-_MAX_SEAL = 1 << 14
-_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~1 MB, built once per process
+MAX_SEAL = 1 << 14  # values per call (security/_bulkseal.c: MAX_ROWS)
+_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(MAX_SEAL)]  # ~1 MB, built once per process
 _NONCES = [bytes(_NONCE - _COUNTER) + c for c in _COUNTERS]
 
 
@@ -63,8 +63,12 @@ def sealed_token(blob: bytes) -> str:
     return SEALED + base64.b64encode(blob).decode("ascii")
 
 
+def _hkdf(key: bytes, salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(key)
+
+
 def _derive(key: bytes, salt: bytes) -> AESGCM:
-    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(key))
+    return AESGCM(_hkdf(key, salt))
 
 
 class SecretBox:
@@ -86,15 +90,24 @@ class SecretBox:
         """Seal many UTF-8 values at once (see the module docstring); binary, in the same order."""
         return self.seal_parts(values).joined()
 
-    def seal_parts(self, values: Sequence[bytes]) -> SealedParts:
-        """`seal_many`, with each value left in its pieces (see `SealedParts`)."""
+    def seal_parts(self, values: Sequence[bytes], bulk: tuple[bytes, bytes] | None = None) -> SealedParts:
+        """`seal_many`, with each value left in its pieces (see `SealedParts`); `bulk`: the
+        `bulk_key()` to use (else a fresh one)."""
         n = len(values)
-        if n > _MAX_SEAL:
-            raise ValueError(f"seal at most {_MAX_SEAL} values per call")
-        head = _V1 + os.urandom(_SALT)
-        seal = _derive(self._raw[0], head[1:]).encrypt
+        if n > MAX_SEAL:
+            raise ValueError(f"seal at most {MAX_SEAL} values per call")
+        head, key = bulk or self.bulk_key()
+        seal = AESGCM(key).encrypt
         # map() over C callables: no Python bytecode per value (this runs 10M times a sync).
         return SealedParts(head, _COUNTERS[:n], list(map(seal, _NONCES[:n], values, repeat(None, n))))
+
+    def bulk_key(self) -> tuple[bytes, bytes]:
+        """(prefix, key) for sealing one batch of at most MAX_SEAL values: the version byte and a
+        fresh random salt, and the AES-256 key derived from the newest configured key and that
+        salt. Use it for one batch only (nonces count from 0 in each): `seal_parts`, or the
+        compiled sealer (`store.set_copy.seal_rows`), which makes the same values."""
+        head = _V1 + os.urandom(_SALT)
+        return head, _hkdf(self._raw[0], head[1:])
 
     def _unseal(self, token: str) -> str:
         blob = base64.b64decode(token[len(SEALED) :].encode())
