@@ -5,9 +5,10 @@
  * around them); here the same work is ~0.3 us. The result must be byte for byte what the
  * Python path makes (store/set_copy.py: seal_rows, tests/security/test_bulk_seal.py checks):
  *
- *   per row:  00 02 | 00 00 00 20 | digest (32) | len (4, BE) | prefix | counter (4, BE) | ct | tag (16)
+ *   per row:  00 02 | key_bytes (4, BE) | key | len (4, BE) | prefix | counter (4, BE) | ct | tag (16)
  *
- * where digest is SHA-256(item) (or the item itself when `digested`: already a digest),
+ * where key is the first key_bytes (1-32) of SHA-256(item) (of the item itself when `digested`:
+ * already a digest),
  * prefix is the version byte and salt of security/crypto.py's "s1" format, and the value is
  * AES-256-GCM under `key` (derived by the caller from the configured key and that salt) with
  * nonce 00*8 | counter, the counter being the row's index in this call. One key per call and
@@ -44,14 +45,16 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer key, prefix;
     PyObject *values, *items, *out = NULL;
-    int digested;
+    int digested, key_bytes;
     EVP_CIPHER_CTX *ctx = NULL;
     EVP_MD_CTX *md = NULL;
-    if (!PyArg_ParseTuple(args, "y*y*O!O!p", &key, &prefix, &PyList_Type, &values, &PyList_Type, &items, &digested))
+    if (!PyArg_ParseTuple(args, "y*y*O!O!pi", &key, &prefix, &PyList_Type, &values, &PyList_Type, &items, &digested,
+                          &key_bytes))
         return NULL;
     Py_ssize_t n = PyList_GET_SIZE(values), total = 0;
-    if (key.len != 32 || prefix.len > 64 || PyList_GET_SIZE(items) != n || n > MAX_ROWS) {
-        PyErr_SetString(PyExc_ValueError, "seal_rows: bad key, prefix or row count");
+    if (key.len != 32 || prefix.len > 64 || PyList_GET_SIZE(items) != n || n > MAX_ROWS || key_bytes < 1 ||
+        key_bytes > DIGEST) {
+        PyErr_SetString(PyExc_ValueError, "seal_rows: bad key, prefix, row count or key length");
         goto done;
     }
     /* Size the output first, checking every item (the lists are not touched by Python meanwhile:
@@ -63,7 +66,7 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "seal_rows: values and items must be bytes (digests: 32 bytes)");
             goto done;
         }
-        total += 6 + DIGEST + 4 + prefix.len + 4 + PyBytes_GET_SIZE(v) + TAG;
+        total += 6 + key_bytes + 4 + prefix.len + 4 + PyBytes_GET_SIZE(v) + TAG;
     }
     out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL)
@@ -76,8 +79,8 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
         goto done;
     }
     unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out), *end = p + total;
-    unsigned char nonce[12] = {0};
-    static const unsigned char row_head[6] = {0, 2, 0, 0, 0, 32};
+    unsigned char nonce[12] = {0}, digest[DIGEST];
+    const unsigned char row_head[6] = {0, 2, 0, 0, 0, (unsigned char)key_bytes};
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *v = PyList_GET_ITEM(values, i), *h = PyList_GET_ITEM(items, i);
         Py_ssize_t vlen = PyBytes_GET_SIZE(v);
@@ -85,15 +88,16 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
         memcpy(p, row_head, 6);
         p += 6;
         if (digested)
-            memcpy(p, PyBytes_AS_STRING(h), DIGEST);
+            memcpy(p, PyBytes_AS_STRING(h), (size_t)key_bytes);
         else if (EVP_DigestInit_ex2(md, sha256, NULL) != 1 ||
                  EVP_DigestUpdate(md, PyBytes_AS_STRING(h), (size_t)PyBytes_GET_SIZE(h)) != 1 ||
-                 EVP_DigestFinal_ex(md, p, NULL) != 1) {
+                 EVP_DigestFinal_ex(md, digest, NULL) != 1) {
             PyErr_SetString(PyExc_RuntimeError, "seal_rows: SHA-256 failed");
             Py_CLEAR(out);
             goto done;
-        }
-        p += DIGEST;
+        } else
+            memcpy(p, digest, (size_t)key_bytes);
+        p += key_bytes;
         put32(p, (uint32_t)(prefix.len + 4 + vlen + TAG));
         p += 4;
         memcpy(p, prefix.buf, (size_t)prefix.len);
@@ -126,8 +130,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"seal_rows", seal_rows, METH_VARARGS,
-     "seal_rows(key, prefix, values, items, digested) -> bytes: PostgreSQL binary COPY rows "
-     "(SHA-256 of item or the item as digest, value sealed with AES-256-GCM)."},
+     "seal_rows(key, prefix, values, items, digested, key_bytes) -> bytes: PostgreSQL binary COPY rows "
+     "(SHA-256 of item or the item as digest, cut to key_bytes; value sealed with AES-256-GCM)."},
     {NULL, NULL, 0, NULL},
 };
 

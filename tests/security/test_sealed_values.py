@@ -48,12 +48,12 @@ def test_rotation_reads_old_key_and_reseals_under_new() -> None:
 
 def _copy_rows_read(framed: bytes) -> list[tuple[bytes, bytes]]:
     """(hash, sealed value) of each binary COPY row (store/set_copy.py)."""
-    rows, at = [], 0
+    rows, at, k = [], 0, set_copy.KEY_BYTES
     while at < len(framed):
-        assert framed[at : at + 6] == b"\x00\x02\x00\x00\x00\x20"  # 2 fields, a 32-byte hash
-        digest, size = framed[at + 6 : at + 38], int.from_bytes(framed[at + 38 : at + 42], "big")
-        rows.append((digest, framed[at + 42 : at + 42 + size]))
-        at += 42 + size
+        assert framed[at : at + 6] == b"\x00\x02" + k.to_bytes(4, "big")  # 2 fields, a KEY_BYTES key
+        key, size = framed[at + 6 : at + 6 + k], int.from_bytes(framed[at + 6 + k : at + 10 + k], "big")
+        rows.append((key, framed[at + 10 + k : at + 10 + k + size]))
+        at += 10 + k + size
     return rows
 
 
@@ -61,7 +61,7 @@ def test_copy_framing_writes_each_sealed_value_whole() -> None:
     """Rows framed from a value's pieces (`SealedParts`) hold exactly the value `seal_many` gives."""
     box = SecretBox([Fernet.generate_key().decode()])
     values = [b"a@b.com", "é@x.io".encode(), b"x" * 300 + b"@example.com"]
-    hashes = [bytes([i]) * 32 for i in range(len(values))]
+    hashes = [bytes([i]) * set_copy.KEY_BYTES for i in range(len(values))]
     parts = box.seal_parts(values)
     rows = _copy_rows_read(copy_rows(hashes, parts))
     assert rows == list(zip(hashes, parts.joined()))
@@ -83,7 +83,7 @@ def test_compiled_sealer_makes_the_python_paths_bytes(digested: bool, monkeypatc
     monkeypatch.setattr(set_copy, "compiled", None)
     assert fast == set_copy.seal_rows(box, VALUES, items, digested)
     rows = _copy_rows_read(fast)
-    assert [h for h, _ in rows] == [hashlib.sha256(v.lower()).digest() for v in VALUES]
+    assert [h for h, _ in rows] == [hashlib.sha256(v.lower()).digest()[: set_copy.KEY_BYTES] for v in VALUES]
     assert [box.decrypt(sealed_token(v)) for _, v in rows] == [v.decode() for v in VALUES]
 
 
@@ -107,12 +107,14 @@ def test_compiled_sealer_refuses_bad_input() -> None:
     seal = set_copy.compiled.seal_rows
     prefix = b"\x01" + bytes(16)
     with pytest.raises(ValueError):
-        seal(bytes(16), prefix, [b"a"], [b"a"], False)  # not an AES-256 key
+        seal(bytes(16), prefix, [b"a"], [b"a"], False, 16)  # not an AES-256 key
     with pytest.raises(ValueError):
-        seal(bytes(32), prefix, [b"a"] * (MAX_SEAL + 1), [b"a"] * (MAX_SEAL + 1), False)  # nonces would run out
+        seal(bytes(32), prefix, [b"a"] * (MAX_SEAL + 1), [b"a"] * (MAX_SEAL + 1), False, 16)  # nonces would run out
     with pytest.raises(ValueError):
-        seal(bytes(32), prefix, [b"a"], [b"short"], True)  # a digest is 32 bytes
+        seal(bytes(32), prefix, [b"a"], [b"short"], True, 16)  # a digest is 32 bytes
     with pytest.raises(ValueError):
-        seal(bytes(32), prefix, ["a"], [b"a"], False)  # str, not bytes
+        seal(bytes(32), prefix, ["a"], [b"a"], False, 16)  # str, not bytes
     with pytest.raises(ValueError):
-        seal(bytes(32), prefix, [b"a", b"b"], [b"a"], False)  # lists of different lengths
+        seal(bytes(32), prefix, [b"a", b"b"], [b"a"], False, 16)  # lists of different lengths
+    with pytest.raises(ValueError):
+        seal(bytes(32), prefix, [b"a"], [b"a"], False, 33)  # longer than a SHA-256 digest
