@@ -242,7 +242,8 @@ def _child(database_url: str, s3_url: str, prefix: str, profile: bool) -> dict[s
     return {"seconds": end - start, "stage_s": staged - start, "finish_s": end - staged, "state": result.state,
             "accepted": result.rows_accepted, "rejected": result.rows_rejected, "rss_before_mb": rss_before,
             "peak_mb": peak, "cpu_s": _cpu() - cpu0, "helpers_cpu_s": _cpu(1) - helpers_cpu0, "helper_peaks_mb": sorted(helpers.values()),
-            "peak_total_mb": peak + sum(helpers.values()), "index_s": sum(index_s), "pg_backend_cpu_s": pg_cpu}  # fmt: skip
+            "peak_total_mb": peak + sum(helpers.values()), "index_s": sum(index_s),
+            "pg_backend_cpu_s": pg_cpu}  # fmt: skip
 
 
 def _backend_cpu(store: Any) -> dict[int, float]:

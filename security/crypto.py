@@ -12,7 +12,9 @@ over the key's life (random 96-bit nonces under one key would near GCM's 2^32 bo
 few hundred 10M-row syncs). Each value stays separately authenticated and decryptable. The
 sealed form is binary (stored as-is, e.g. bytea): version 1 || salt || counter (4 bytes) ||
 ciphertext+tag; `sealed_token` turns it into the text token ("s1." + base64) that `decrypt`
-reads beside Fernet tokens.
+reads beside Fernet tokens. `seal_parts` gives the same values in pieces, and `bulk_key` the
+salt and derived key of one call, for the compiled bulk sealer (`store/set_copy.py: seal_rows`)
+that makes the same values outside Python.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PostgreSQL binary COPY framing for subscriber set rows (hash, sealed value), without escaping.
+"""PostgreSQL binary COPY framing for subscriber set rows (key, sealed value), without escaping.
 
 `seal_rows` hashes, seals and frames a slice's rows in one call to the compiled sealer
 (`security/_bulkseal.c`, ~0.3 us a row) when it is built, else in Python (`copy_rows` over

@@ -1,4 +1,4 @@
-"""Lists stored by older versions (one `subscriberentry` table; sets keyed by whole hashes) keep working after an upgrade."""
+"""Lists stored by older versions (a `subscriberentry` table; sets keyed by whole hashes) keep working."""
 
 from __future__ import annotations
 
