@@ -34,7 +34,7 @@ class Sealed:
     rejections: list[tuple[int, str]] = field(default_factory=list)
     accepted: int = 0
     framed: bytes = b""  # PostgreSQL: the accepted rows in binary COPY format
-    hashes: list[bytes] = field(default_factory=list)  # SQLite: the accepted rows as values
+    hashes: list[bytes] = field(default_factory=list)  # SQLite: the accepted rows as values (keys: cut hashes)
     sealed: list[bytes] = field(default_factory=list)
 
 
@@ -42,13 +42,17 @@ def seal_slice(box: Any, id_type: str, lines: list[bytes], first_line: int, budg
     """Parse, hash and seal one slice (`domain.subscribers.parse_lines` for the rules): in a helper,
     or in-process (small files, SQLite, and the rare re-parse of a slice with an exact budget)."""
     from domain.subscribers import parse_lines
-    from store.set_copy import copy_rows
+    from store.set_copy import KEY_BYTES, seal_rows
 
-    parsed = parse_lines(id_type, lines, first_line, budget)
-    sealed = box.seal_many(parsed.values) if parsed.values else []
+    parsed = parse_lines(id_type, lines, first_line, budget, digest=not frame)  # COPY rows: hashed in bulk
+    n = len(parsed.values)
+    if not n:
+        return Sealed(parsed.consumed, parsed.rejections)
     if frame:
-        return Sealed(parsed.consumed, parsed.rejections, len(sealed), framed=copy_rows(parsed.hashes, sealed))
-    return Sealed(parsed.consumed, parsed.rejections, len(sealed), hashes=parsed.hashes, sealed=sealed)
+        framed = seal_rows(box, parsed.values, parsed.hashes, parsed.digested)
+        return Sealed(parsed.consumed, parsed.rejections, n, framed=framed)
+    keys = [h[:KEY_BYTES] for h in parsed.hashes]
+    return Sealed(parsed.consumed, parsed.rejections, n, hashes=keys, sealed=box.seal_many(parsed.values))
 
 
 def _send(pipe: IO[bytes], obj: object) -> None:

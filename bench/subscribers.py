@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import psycopg
 
-from bench.harness import ROOT, free_port
+from bench.harness import ROOT, cpu_seconds, free_port
 
 BUCKET = "rejoin-bench-subs"
 FOLDER = "upload_2026-11-23_08-00"
@@ -148,6 +148,8 @@ def baseline_pg(database_url: str, path: Path) -> dict[str, float]:
         conn.execute("CREATE TABLE IF NOT EXISTS optin_live (email text NOT NULL)")
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS optin_live_email ON optin_live (email)")
         conn.execute("DROP TABLE IF EXISTS optin_next")
+        backend = conn.info.backend_pid
+        cpu0 = cpu_seconds(backend)
         start = time.perf_counter()
         conn.execute("CREATE TABLE optin_next (email text NOT NULL)")
         with conn.cursor() as cur, cur.copy("COPY optin_next (email) FROM STDIN (FORMAT csv, HEADER true)") as copy:
@@ -162,7 +164,9 @@ def baseline_pg(database_url: str, path: Path) -> dict[str, float]:
             conn.execute("ALTER TABLE optin_next RENAME TO optin_live")
             conn.execute("ALTER INDEX optin_next_email RENAME TO optin_live_email")
         end = time.perf_counter()
-    return {"seconds": end - start, "copy_s": copied - start, "index_s": indexed - copied, "swap_s": end - indexed}
+        cpu = cpu_seconds(backend) - cpu0  # the backend only: parallel index workers are not counted
+    return {"seconds": end - start, "copy_s": copied - start, "index_s": indexed - copied, "swap_s": end - indexed,
+            "pg_backend_cpu_s": cpu}  # fmt: skip
 
 
 def run_child(database_url: str, s3_url: str, key_prefix: str, profile: bool = False) -> dict[str, Any]:
@@ -209,6 +213,8 @@ def _child(database_url: str, s3_url: str, prefix: str, profile: bool) -> dict[s
                              iam_user="bench", created_at=now))  # fmt: skip
     acts = SubscriberActivities(store, settings, SecretBox([Fernet.generate_key().decode()]))
     env = ActivityEnvironment()
+    index_s = _time_index_builds()
+    backends0 = _backend_cpu(store)
     rss_before, _ = peak_rss_mb()
     cpu0, helpers_cpu0 = _cpu(), _cpu(1)
     children = ChildPeaks()
@@ -230,11 +236,40 @@ def _child(database_url: str, s3_url: str, prefix: str, profile: bool) -> dict[s
     end = time.perf_counter()
     _, peak = peak_rss_mb()
     helpers = children.close()
+    backends = _backend_cpu(store)
     store.dispose()
+    pg_cpu = sum(cpu - backends0.get(pid, 0.0) for pid, cpu in backends.items())
     return {"seconds": end - start, "stage_s": staged - start, "finish_s": end - staged, "state": result.state,
             "accepted": result.rows_accepted, "rejected": result.rows_rejected, "rss_before_mb": rss_before,
             "peak_mb": peak, "cpu_s": _cpu() - cpu0, "helpers_cpu_s": _cpu(1) - helpers_cpu0, "helper_peaks_mb": sorted(helpers.values()),
-            "peak_total_mb": peak + sum(helpers.values())}  # fmt: skip
+            "peak_total_mb": peak + sum(helpers.values()), "index_s": sum(index_s),
+            "pg_backend_cpu_s": pg_cpu}  # fmt: skip
+
+
+def _backend_cpu(store: Any) -> dict[int, float]:
+    """CPU seconds so far of the PostgreSQL backends serving this process's database (its pool's
+    connections; parallel index workers are not counted, as for the baseline)."""
+    if store.engine.dialect.name != "postgresql":
+        return {}
+    with store.engine.connect() as conn:
+        pids = conn.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE datname = current_database()").scalars()
+        return {int(pid): cpu_seconds(int(pid)) for pid in pids}
+
+
+def _time_index_builds() -> list[float]:
+    """Wrap the set index build to time it (benchmark instrumentation only); durations land in the list."""
+    from store import subscribers as lists
+
+    spent: list[float] = []
+    build = lists.index_set
+
+    def timed(s: Any, name: str) -> None:
+        t0 = time.perf_counter()
+        build(s, name)
+        spent.append(time.perf_counter() - t0)
+
+    lists.index_set = timed
+    return spent
 
 
 def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> list[dict[str, Any]]:
@@ -255,7 +290,9 @@ def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> 
             if database_url and database_url.startswith("postgres"):
                 recreate_db(database_url, DB_NAME)
                 try:
+                    moto_cpu = cpu_seconds(moto.proc.pid)
                     ours = run_child(server_url(database_url, DB_NAME), moto.url, files[rows][0])
+                    ours["moto_cpu_s"] = cpu_seconds(moto.proc.pid) - moto_cpu
                     write_csv(path, rows)
                     base = baseline_pg(database_url, path)
                 finally:
@@ -271,9 +308,13 @@ def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> 
 
 def _row(name: str, rows: int, ours: dict[str, Any], base: dict[str, float] | None, size: int) -> dict[str, Any]:
     rate = rows / ours["seconds"]
+    # CPU per row of everything the sync ran on (the sync process, seal helpers, its PostgreSQL backends, moto)
+    cpu = sum(ours.get(k, 0.0) for k in ("cpu_s", "helpers_cpu_s", "pg_backend_cpu_s", "moto_cpu_s"))
+    ours["cpu_us_per_row"] = cpu / rows * 1e6
     row: dict[str, Any] = {"name": name, "unit": "rows/s", "rejoin": rate, "n": rows, "file_mb": size / 2**20,
                            "rejoin_s": ours["seconds"], "rejoin_detail": ours, "target": 0.5}  # fmt: skip
     if base is not None:
+        base["cpu_us_per_row"] = base["pg_backend_cpu_s"] / rows * 1e6
         row.update(baseline=rows / base["seconds"], baseline_s=base["seconds"], baseline_detail=base,
                    ratio=base["seconds"] / ours["seconds"],
                    baseline_desc="psycopg COPY into a fresh unindexed table + unique index + rename swap")  # fmt: skip

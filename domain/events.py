@@ -9,11 +9,15 @@ accept any properties.
 
 from __future__ import annotations
 
-import hashlib
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
+from domain.hashing import email_hash as email_hash
+from domain.hashing import phone_hash as phone_hash
+from domain.hashing import sha256_hex as sha256_hex
 
 
 class EventKind(StrEnum):
@@ -241,20 +245,6 @@ class EventValidationError(ValueError):
         super().__init__(f"{loc}: {message}")
         self.loc = loc
         self.message = message
-
-
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def email_hash(email: str) -> str:
-    """The Experience API's hashed email: SHA-256 hex of the lower-cased address."""
-    return sha256_hex(email.strip().lower())
-
-
-def phone_hash(phone: str) -> str:
-    digits = "".join(ch for ch in phone if ch.isdigit())
-    return sha256_hex("+" + digits)
 
 
 def _identity(p: _IdentifyProps) -> Identity | None:

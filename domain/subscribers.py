@@ -17,7 +17,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from domain.events import email_hash, phone_hash, sha256_hex
+from domain.hashing import email_hash, phone_hash, sha256_hex
 
 FOLDER = re.compile(r"^upload_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}$")
 FILE_NAME = "data.csv"
@@ -80,18 +80,21 @@ MAX_LEN = {"email": 320, "phone": 16, "custom": 256}
 @dataclass
 class Parsed:
     """What `parse_lines` made of lines[:consumed]: accepted values (UTF-8) with their hashes
-    (SHA-256 digests, the bytes of `row_value`'s hex), rejections."""
+    (SHA-256 digests, the bytes of `row_value`'s hex), rejections. When not `digested`, `hashes`
+    holds what to hash instead (the normalised values), for a caller that hashes in bulk."""
 
     consumed: int = 0
     values: list[bytes] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     rejections: list[tuple[int, str]] = field(default_factory=list)
+    digested: bool = True
 
 
-def parse_lines(identifier_type: str, lines: list[bytes], first_line: int, budget: int) -> Parsed:
+def parse_lines(identifier_type: str, lines: list[bytes], first_line: int, budget: int, digest: bool = True) -> Parsed:
     """Rows of `lines` (numbered from `first_line`, "\n" removed); stops after the rejection
-    that exceeds `budget`, so a file failing for too many bad rows reports exactly the first ones."""
-    fast = _fast(identifier_type, lines)
+    that exceeds `budget`, so a file failing for too many bad rows reports exactly the first ones.
+    `digest=False`: the bulk path may leave hashing to the caller (see `Parsed`)."""
+    fast = _fast(identifier_type, lines, digest)
     if fast is not None:
         return fast
     out = Parsed()
@@ -116,7 +119,7 @@ def parse_lines(identifier_type: str, lines: list[bytes], first_line: int, budge
     return out
 
 
-def _fast(identifier_type: str, lines: list[bytes]) -> Parsed | None:
+def _fast(identifier_type: str, lines: list[bytes], digest: bool) -> Parsed | None:
     """The bulk path: every line blank or plainly valid, else None (then line by line)."""
     if identifier_type not in FAST_SLICE or not lines:
         return None
@@ -149,9 +152,9 @@ def _fast(identifier_type: str, lines: list[bytes]) -> Parsed | None:
         len(v.decode()) > MAX_LEN[identifier_type] for v in values
     ):
         return None
-    sha = hashlib.sha256
     if identifier_type == "phone":
-        hashes = [sha(b"+" + v.removeprefix(b"+")).digest() for v in values]
-    else:
-        hashes = [sha(v).digest() for v in folded]
-    return Parsed(consumed=len(lines), values=values, hashes=hashes)
+        folded = [b"+" + v.removeprefix(b"+") for v in values]
+    if not digest:
+        return Parsed(consumed=len(lines), values=values, hashes=folded, digested=False)
+    sha = hashlib.sha256
+    return Parsed(consumed=len(lines), values=values, hashes=[sha(v).digest() for v in folded])

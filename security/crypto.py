@@ -12,7 +12,9 @@ over the key's life (random 96-bit nonces under one key would near GCM's 2^32 bo
 few hundred 10M-row syncs). Each value stays separately authenticated and decryptable. The
 sealed form is binary (stored as-is, e.g. bytea): version 1 || salt || counter (4 bytes) ||
 ciphertext+tag; `sealed_token` turns it into the text token ("s1." + base64) that `decrypt`
-reads beside Fernet tokens.
+reads beside Fernet tokens. `seal_parts` gives the same values in pieces, and `bulk_key` the
+salt and derived key of one call, for the compiled bulk sealer (`store/set_copy.py: seal_rows`)
+that makes the same values outside Python.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from operator import add
 
@@ -32,12 +35,29 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 SEALED = "s1."
 _V1 = b"\x01"
 _SALT, _NONCE, _COUNTER = 16, 12, 4
+COUNTER_BYTES = _COUNTER
 _INFO = b"rejoin sealed values v1"
 
 
-_MAX_SEAL = 1 << 14
-_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(_MAX_SEAL)]  # ~1 MB, built once per process
+MAX_SEAL = 1 << 14  # values per call (security/_bulkseal.c: MAX_ROWS)
+_COUNTERS = [i.to_bytes(_COUNTER, "big") for i in range(MAX_SEAL)]  # ~1 MB, built once per process
 _NONCES = [bytes(_NONCE - _COUNTER) + c for c in _COUNTERS]
+
+
+@dataclass(frozen=True, slots=True)
+class SealedParts:
+    """Values sealed by one `seal_parts` call, in pieces: value i is prefix + counters[i] +
+    bodies[i] (version and salt, the nonce's counter, ciphertext and tag). A bulk writer
+    concatenates each value once, straight into its output row (`store.set_copy.copy_rows`),
+    instead of building every value first (two concatenations a value, ~0.2 us each)."""
+
+    prefix: bytes
+    counters: list[bytes]  # each COUNTER_BYTES long
+    bodies: list[bytes]
+
+    def joined(self) -> list[bytes]:
+        n = len(self.bodies)
+        return list(map(add, map(add, repeat(self.prefix, n), self.counters), self.bodies))
 
 
 def sealed_token(blob: bytes) -> str:
@@ -45,8 +65,12 @@ def sealed_token(blob: bytes) -> str:
     return SEALED + base64.b64encode(blob).decode("ascii")
 
 
+def _hkdf(key: bytes, salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(key)
+
+
 def _derive(key: bytes, salt: bytes) -> AESGCM:
-    return AESGCM(HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_INFO).derive(key))
+    return AESGCM(_hkdf(key, salt))
 
 
 class SecretBox:
@@ -66,14 +90,26 @@ class SecretBox:
 
     def seal_many(self, values: Sequence[bytes]) -> list[bytes]:
         """Seal many UTF-8 values at once (see the module docstring); binary, in the same order."""
+        return self.seal_parts(values).joined()
+
+    def seal_parts(self, values: Sequence[bytes], bulk: tuple[bytes, bytes] | None = None) -> SealedParts:
+        """`seal_many`, with each value left in its pieces (see `SealedParts`); `bulk`: the
+        `bulk_key()` to use (else a fresh one)."""
         n = len(values)
-        if n > _MAX_SEAL:
-            raise ValueError(f"seal at most {_MAX_SEAL} values per call")
-        head = _V1 + os.urandom(_SALT)
-        seal = _derive(self._raw[0], head[1:]).encrypt
+        if n > MAX_SEAL:
+            raise ValueError(f"seal at most {MAX_SEAL} values per call")
+        head, key = bulk or self.bulk_key()
+        seal = AESGCM(key).encrypt
         # map() over C callables: no Python bytecode per value (this runs 10M times a sync).
-        sealed = map(seal, _NONCES[:n], values, repeat(None, n))
-        return list(map(add, map(add, repeat(head, n), _COUNTERS[:n]), sealed))
+        return SealedParts(head, _COUNTERS[:n], list(map(seal, _NONCES[:n], values, repeat(None, n))))
+
+    def bulk_key(self) -> tuple[bytes, bytes]:
+        """(prefix, key) for sealing one batch of at most MAX_SEAL values: the version byte and a
+        fresh random salt, and the AES-256 key derived from the newest configured key and that
+        salt. Use it for one batch only (nonces count from 0 in each): `seal_parts`, or the
+        compiled sealer (`store.set_copy.seal_rows`), which makes the same values."""
+        head = _V1 + os.urandom(_SALT)
+        return head, _hkdf(self._raw[0], head[1:])
 
     def _unseal(self, token: str) -> str:
         blob = base64.b64decode(token[len(SEALED) :].encode())

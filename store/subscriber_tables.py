@@ -50,8 +50,8 @@ def set_table_name(integration_id: str, generation: int) -> str:
 
 @lru_cache(maxsize=512)
 def subscriber_set(name: str) -> Table:
-    """Shape of a set table: an opted-in identifier's hash (the 32 bytes of the hex hash used
-    elsewhere: half the size to load and index) and its value sealed by `SecretBox.seal_many`,
+    """Shape of a set table: an opted-in identifier's key (the first `store.set_copy.KEY_BYTES`
+    bytes of the hash used elsewhere; all 32 in sets written before) and its value sealed by `SecretBox.seal_many`,
     one row per accepted line (a value listed twice is two rows: harmless, lookups take the first).
     Own MetaData: created by the sync that loads it, never by create_all. No index here:
     `Table.create` would build it before the load; `store.subscribers.index_set` adds it after."""

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 
 from security.crypto import sealed_token
 from store import set_copy
-from store.set_copy import copy_rows
+from store.set_copy import KEY_BYTES
 from store.subscriber_tables import (
     SubscriberList,
     SubscriberRejection,
@@ -52,10 +52,11 @@ def effective_opt_in(
     if not rest:
         return None
     entries = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
+    # A set is keyed by the hash cut to KEY_BYTES, or (written before that) by the whole hash.
+    full = {bytes.fromhex(h): h for h in rest}
+    keys = {**full, **{digest[:KEY_BYTES]: h for digest, h in full.items()}}
     entry = s.connection().execute(
-        sa_select(entries.c.value_hash, entries.c.value_enc)
-        .where(entries.c.value_hash.in_([bytes.fromhex(h) for h in rest]))
-        .limit(1)
+        sa_select(entries.c.value_hash, entries.c.value_enc).where(entries.c.value_hash.in_(list(keys))).limit(1)
     ).first()
     if entry is None:
         return None
@@ -64,7 +65,7 @@ def effective_opt_in(
     value_enc = raw[len(FERNET_MARK) :].decode() if raw.startswith(FERNET_MARK) else sealed_token(raw)
     # Not stored: a view of the list entry in the shape delivery reads (value_enc, hash).
     return OptIn(
-        section_id=section_id, channel=channel, identifier_type="list", value_hash=bytes(entry.value_hash).hex(),
+        section_id=section_id, channel=channel, identifier_type="list", value_hash=keys[bytes(entry.value_hash)],
         value_enc=value_enc, opted_in=True, source="list", updated_at=lst.activated_at,
     )  # fmt: skip
 
@@ -105,7 +106,7 @@ def create_set(s: Session, name: str) -> None:
 
 def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], framed: list[bytes]) -> None:
     """Append rows to a set table in this transaction: binary COPY on PostgreSQL (`framed`: rows
-    already in COPY format, from seal helpers), executemany on SQLite."""
+    already in COPY format, `store.set_copy.copy_rows`), executemany on SQLite (`hashes`, `sealed`)."""
     if not hashes and not framed:
         return
     name = _checked(name)
@@ -114,7 +115,8 @@ def write_set(s: Session, name: str, hashes: list[bytes], sealed: list[bytes], f
         assert not framed, "COPY-framed rows are for PostgreSQL"
         conn.exec_driver_sql(f'INSERT INTO "{name}" (value_hash, value_enc) VALUES (?, ?)', list(zip(hashes, sealed)))
         return
-    data = b"".join([set_copy.HEADER, *framed, copy_rows(hashes, sealed), set_copy.TRAILER])
+    assert not hashes, "PostgreSQL rows come COPY-framed (activities/seal_pool.py: seal_slice)"
+    data = b"".join([set_copy.HEADER, *framed, set_copy.TRAILER])
     raw = conn.connection.dbapi_connection
     assert raw is not None
     with raw.cursor() as cur, cur.copy(f'COPY "{name}" (value_hash, value_enc) FROM STDIN (FORMAT BINARY)') as copy:  # type: ignore[attr-defined]

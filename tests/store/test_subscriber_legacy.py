@@ -1,11 +1,11 @@
-"""A list synced by an older version (one `subscriberentry` table) keeps working after an upgrade."""
+"""Lists stored by older versions (a `subscriberentry` table; sets keyed by whole hashes) keep working."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 from cryptography.fernet import Fernet
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from domain.events import email_hash
 from security.crypto import SecretBox
@@ -13,8 +13,8 @@ from security.rotation import rotate_all
 from settings import Settings
 from store.engine import Store
 from store.subscriber_legacy import adopt_legacy_entries
-from store.subscriber_tables import SubscriberList, set_table_name
-from store.subscribers import effective_opt_in
+from store.subscriber_tables import SubscriberList, set_table_name, subscriber_set
+from store.subscribers import create_set, effective_opt_in, index_set
 
 LEGACY_DDL = (
     "CREATE TABLE IF NOT EXISTS subscriberentry (integration_id VARCHAR(40) NOT NULL, generation INTEGER NOT NULL, "
@@ -66,4 +66,39 @@ def test_active_legacy_list_is_adopted_once_and_still_reaches_its_subscribers(st
         with store.engine.begin() as conn:
             conn.execute(text(f'DROP TABLE IF EXISTS "{set_table_name(integration, 2)}"'))
             conn.execute(text("DELETE FROM subscriberentry WHERE integration_id = :i"), {"i": integration})
+            conn.execute(text("DELETE FROM subscriberlist WHERE integration_id = :i"), {"i": integration})
+
+
+def test_set_keyed_by_whole_hashes_is_still_read_and_rotated(store: Store, settings: Settings) -> None:
+    """Sets synced before keys were cut to `KEY_BYTES` hold whole 32-byte hashes: lookups still
+    find their values (and answer with the whole hash), rotation re-seals them."""
+    box = SecretBox(settings.secret_keys)
+    integration = "int_whole_" + datetime.now(UTC).strftime("%H%M%S%f")
+    name, now = set_table_name(integration, 1), datetime.now(UTC)
+    emails = [f"whole{i}@shop.example" for i in range(5)]
+    rows = zip([bytes.fromhex(email_hash(e)) for e in emails], box.seal_many([e.encode() for e in emails]))
+    with store.session() as s:
+        create_set(s, name)
+        s.connection().execute(insert(subscriber_set(name)), [{"value_hash": h, "value_enc": v} for h, v in rows])
+        index_set(s, name)
+        s.add(SubscriberList(integration_id=integration, section_id="sec_x", channel="email", bucket="b", prefix="p/",
+                             iam_user="u", active_generation=1, activated_at=now - timedelta(days=1),
+                             next_generation=2, created_at=now))  # fmt: skip
+    new_key = Fernet.generate_key().decode()
+    try:
+        for reader in (box, None):  # before rotation, then with the new key alone
+            if reader is None:
+                rotate_all(store, SecretBox([new_key, *settings.secret_keys]))
+                reader = SecretBox([new_key])
+            with store.session() as s:
+                lst = s.get(SubscriberList, integration)
+                assert lst is not None
+                for e in emails:
+                    row = effective_opt_in(s, lst, "sec_x", "email", [email_hash("other@x.io"), email_hash(e)])
+                    assert row is not None and row.value_hash == email_hash(e) and reader.decrypt(row.value_enc) == e
+                assert effective_opt_in(s, lst, "sec_x", "email", [email_hash("absent@shop.example")]) is None
+        rotate_all(store, SecretBox([*settings.secret_keys, new_key]))  # back: other tests hold the old key
+    finally:
+        with store.engine.begin() as conn:
+            conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
             conn.execute(text("DELETE FROM subscriberlist WHERE integration_id = :i"), {"i": integration})
