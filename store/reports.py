@@ -64,14 +64,18 @@ def _first_triggers(s: Session, campaign_id: str, ranges: Ranges, registry: bool
     try:
         first_at = func.min(Journey.triggered_at)
         cohort = col(ReportCohort.first_at)
+
+        def in_ranges(at: Any) -> Any:
+            return or_(*((at >= a) & (at < b) for a, b in ranges))
+
         users = (
             sa_select(col(ReportCohort.user_id), cohort)
-            .where(col(ReportCohort.campaign_id) == campaign_id, or_(*((cohort >= a) & (cohort < b) for a, b in ranges)))
+            .where(col(ReportCohort.campaign_id) == campaign_id, in_ranges(cohort))
             if registry
             else sa_select(col(Journey.user_id), first_at)
             .where(col(Journey.campaign_id) == campaign_id, col(Journey.is_test).is_(False))
             .group_by(col(Journey.user_id))
-            .having(or_(*((first_at >= a) & (first_at < b) for a, b in ranges)))
+            .having(in_ranges(first_at))
         )
         conn.execute(insert(table).from_select(["user_id", "first_at"], users))
         if conn.dialect.name == "postgresql":

@@ -143,10 +143,11 @@ def _miller_sum(a_succ: int, a_fail: int, b_succ: int, b_fail: int) -> float:
     def lbeta(x: float, y: float) -> float:
         return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
 
-    return sum(
-        math.exp(lbeta(alpha_a + i, beta_a + beta_b) - math.log(beta_b + i) - lbeta(1 + i, beta_b) - lbeta(alpha_a, beta_a))
+    terms = (
+        lbeta(alpha_a + i, beta_a + beta_b) - math.log(beta_b + i) - lbeta(1 + i, beta_b) - lbeta(alpha_a, beta_a)
         for i in range(alpha_b)
     )
+    return sum(math.exp(t) for t in terms)
 
 
 @pytest.mark.parametrize("counts", [(0, 0, 0, 0), (3, 7, 0, 10), (100, 900, 150, 850), (2000, 8000, 2100, 7900)])
