@@ -172,7 +172,7 @@ def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, A
                 for _ in range(3):
                     t, fast = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b))
                     times.append(t)
-                # The database part alone (the rest is the winner's 20,000-draw simulation, size-independent).
+                # The database part alone (the rest: aggregation and the winner's numpy draws, a few ms).
                 loads = [
                     _timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
                     for _ in range(3)

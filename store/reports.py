@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, union_all
+from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, or_, union_all
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
@@ -35,6 +35,7 @@ from store.tracking_tables import TrackingHit
 
 HOUR = timedelta(hours=1)
 CHUNK = 500
+Ranges = Sequence[tuple[datetime, datetime]]  # disjoint [start, end) ranges of first triggers
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -43,8 +44,10 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 @contextmanager
-def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime, registry: bool) -> Iterator[Table]:
-    """A temp table of users whose first trigger (test users excluded) falls in [start, end).
+def _first_triggers(s: Session, campaign_id: str, ranges: Ranges, registry: bool) -> Iterator[Table]:
+    """A temp table of users whose first trigger (test users excluded) falls in one of the ranges.
+
+    `ranges`: disjoint [start, end) pairs (a report's two edges go in one table, one set of queries).
 
     `registry`: read them from the cohort registry (an index range) instead of grouping all the
     campaign's journeys (the reference definition, which the registry is tested against).
@@ -61,14 +64,18 @@ def _first_triggers(s: Session, campaign_id: str, start: datetime, end: datetime
     try:
         first_at = func.min(Journey.triggered_at)
         cohort = col(ReportCohort.first_at)
+
+        def in_ranges(at: Any) -> Any:
+            return or_(*((at >= a) & (at < b) for a, b in ranges))
+
         users = (
             sa_select(col(ReportCohort.user_id), cohort)
-            .where(col(ReportCohort.campaign_id) == campaign_id, cohort >= start, cohort < end)
+            .where(col(ReportCohort.campaign_id) == campaign_id, in_ranges(cohort))
             if registry
             else sa_select(col(Journey.user_id), first_at)
             .where(col(Journey.campaign_id) == campaign_id, col(Journey.is_test).is_(False))
             .group_by(col(Journey.user_id))
-            .having((first_at >= start) & (first_at < end))
+            .having(in_ranges(first_at))
         )
         conn.execute(insert(table).from_select(["user_id", "first_at"], users))
         if conn.dialect.name == "postgresql":
@@ -88,10 +95,9 @@ def load(
     if first_hour >= last_hour:
         return load_raw(s, section_id, campaign_id, start, end, registry=True)
     parts = [load_counters(s, campaign_id, first_hour, last_hour, window)]
-    if start < first_hour:
-        parts.append(load_raw(s, section_id, campaign_id, start, first_hour, registry=True))
-    if last_hour < end:
-        parts.append(load_raw(s, section_id, campaign_id, last_hour, end, registry=True))
+    edges = [(a, b) for a, b in ((start, first_hour), (last_hour, end)) if a < b]
+    if edges:  # both partial hours in one raw load: their users are disjoint, figures add up
+        parts.append(load_raw_ranges(s, section_id, campaign_id, edges, registry=True))
     return combine(parts)
 
 
@@ -198,7 +204,14 @@ def load_raw(
     s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, *, registry: bool = False
 ) -> ReportInput:
     """The report input computed from the raw tables (the reference implementation)."""
-    with _first_triggers(s, campaign_id, start, end, registry) as f:
+    return load_raw_ranges(s, section_id, campaign_id, [(start, end)], registry=registry)
+
+
+def load_raw_ranges(
+    s: Session, section_id: str, campaign_id: str, ranges: Ranges, *, registry: bool = False
+) -> ReportInput:
+    """`load_raw` for the users first triggered in any of the disjoint ranges."""
+    with _first_triggers(s, campaign_id, ranges, registry) as f:
         uid, first_at = f.c.user_id, f.c.first_at
         users = s.execute(
             sa_select(col(Journey.variation_id), func.count(func.distinct(col(Journey.user_id))))
