@@ -103,10 +103,15 @@ def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:
     return s.exec(select(User).where(User.section_id == section_id, User.cuid == cuid)).first()
 
 
+_ALIAS_OF = select(UserAlias.canonical_id).where(UserAlias.alias_id == bindparam("user_id"))
+
+
 def canonical_id(s: Session, user_id: str) -> str:
     """The id a (possibly merged-away) user id stands for today."""
-    alias = s.get(UserAlias, user_id)
-    return alias.canonical_id if alias is not None else user_id
+    # A plain statement built once: `Session.get` misses (no alias is the usual case) paid the
+    # ORM's whole load path, a visible share of every journey's enrollment.
+    canonical: str | None = s.connection().execute(_ALIAS_OF, {"user_id": user_id}).scalar()
+    return canonical if canonical is not None else user_id
 
 
 # The user an id stands for, alias resolved in the same statement (one round trip instead of
