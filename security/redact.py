@@ -43,6 +43,8 @@ def install_log_redaction() -> None:
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
+        if _mask_in_place(record):
+            return _mask_extras(record)
         try:
             message = record.getMessage()
         except Exception:  # a broken format string: leave it to logging's own error path
@@ -50,12 +52,37 @@ def install_log_redaction() -> None:
         masked = mask(message)
         if masked != message or record.args:
             record.msg, record.args = masked, None
-        if record.exc_info and not record.exc_text:
-            # Handlers print exc_text when set: pre-render the traceback masked (errors echo payloads).
-            record.exc_text = mask(_FORMATTER.formatException(record.exc_info))
-        if record.stack_info:
-            record.stack_info = mask(record.stack_info)
-        return record
+        return _mask_extras(record)
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+def _mask_in_place(record: logging.LogRecord) -> bool:
+    """Mask a record whose arguments are all plain values without formatting it: formatters that
+    read `record.args` themselves (uvicorn's access log takes client, method, path, version and
+    status from it) keep working. False when the record needs the format-then-mask path."""
+    if not isinstance(record.msg, str) or not isinstance(record.args, tuple) or not record.args:
+        return False
+    if not all(_plain(a) for a in record.args):
+        return False  # objects may render PII only when formatted
+    record.msg = mask(record.msg)
+    record.args = tuple(mask(a) if isinstance(a, str) else a for a in record.args)
+    return True
+
+
+def _plain(value: object) -> bool:
+    """A value that shows no PII unless it is a string (masked): short numbers (a status code, a
+    count; 8+ digits could be a phone number, left to the format-then-mask path), None."""
+    if value is None or isinstance(value, (str, float)) and not isinstance(value, bool):
+        return True
+    return isinstance(value, int) and abs(value) < 10_000_000
+
+
+def _mask_extras(record: logging.LogRecord) -> logging.LogRecord:
+    if record.exc_info and not record.exc_text:
+        # Handlers print exc_text when set: pre-render the traceback masked (errors echo payloads).
+        record.exc_text = mask(_FORMATTER.formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = mask(record.stack_info)
+    return record

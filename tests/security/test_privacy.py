@@ -44,6 +44,25 @@ def test_emails_and_phones_are_masked_in_any_log_record(caplog: pytest.LogCaptur
     )
 
 
+def test_masking_keeps_formatters_that_read_args_working(caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn's access log formats from `record.args` (client, method, path, version, status): it
+    still formats, with the address in the path masked; numbers long enough to be phone numbers
+    and objects go through format-then-mask instead."""
+    from uvicorn.logging import AccessFormatter
+
+    install_log_redaction()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/u/jane@example.com", "1.1", 200
+        )
+        access = caplog.records[-1]
+        logging.getLogger("some.library").info("call %d about %s", 33612345678, ValueError("jane@example.com"))
+        other = caplog.records[-1]
+    line = AccessFormatter(fmt='%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False).format(access)
+    assert line == '127.0.0.1:5000 - "GET /u/j***@example.com HTTP/1.1" 200 OK', line
+    assert other.getMessage() == "call 336******678 about j***@example.com", other.getMessage()
+
+
 async def test_a_journey_logs_no_recipient_address(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
     caplog: pytest.LogCaptureFixture,
