@@ -18,7 +18,7 @@ from sqlalchemy import Table, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
-from api.journeys import JourneyCommand, dispatch_all, trigger_input
+from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
@@ -270,6 +270,11 @@ async def redispatch_pending(
     skipping = await state.skipping_client()
     for ev in rows:
         cmds = [JourneyCommand.model_validate(c) for c in ev.commands]
+        # A trigger that reached a journey which has ended since must not start a second one.
+        cmds = [
+            c for c in cmds
+            if c.action != "trigger" or not await trigger_already_applied(client, c.workflow_id, c.event_id)
+        ]  # fmt: skip
         await dispatch_all(client, skipping, state.settings.task_queue, cmds)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))

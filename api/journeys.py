@@ -21,6 +21,9 @@ from workflows.journey import JourneyWorkflow
 from workflows.models import ExitSignal, JourneyInput, JourneyView, TriggerSignal
 
 
+RETRIGGER_SIGNAL = "retrigger"  # JourneyWorkflow.retrigger
+
+
 class JourneyCommand(BaseModel):
     """What an event asks of one journey; stored with the event until dispatched."""
 
@@ -64,7 +67,7 @@ async def start_or_retrigger(
         inp,
         id=workflow_id,
         task_queue=task_queue,
-        start_signal="retrigger",
+        start_signal=RETRIGGER_SIGNAL,
         start_signal_args=[trigger],
         search_attributes=TypedSearchAttributes(
             [
@@ -87,6 +90,40 @@ async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> 
             return False
         raise
     return True
+
+
+async def trigger_already_applied(client: Client, workflow_id: str, event_id: str) -> bool:
+    """Whether the journey's latest run has *ended* having seen this trigger event.
+
+    For the sweeper: an event whose dispatch went through but whose "dispatched" mark was lost
+    (a crash in between) is replayed. A running journey ignores an event id it has seen, but a
+    signal-with-start to an ended journey would start a second one and send again; so for an
+    ended run the history is read (its start input carries the ids seen by earlier runs of a
+    continue-as-new chain, its signals the rest).
+    """
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        return False  # the signal is harmless: the journey deduplicates by event id
+    converter = client.data_converter
+    async for ev in handle.fetch_history_events():
+        if ev.HasField("workflow_execution_started_event_attributes"):
+            payloads = ev.workflow_execution_started_event_attributes.input.payloads
+            inp = (await converter.decode(payloads, [JourneyInput]))[0] if payloads else None
+            if isinstance(inp, JourneyInput) and inp.state is not None and event_id in inp.state.seen_event_ids:
+                return True
+        elif ev.HasField("workflow_execution_signaled_event_attributes"):
+            attrs = ev.workflow_execution_signaled_event_attributes
+            if attrs.signal_name == RETRIGGER_SIGNAL and attrs.input.payloads:
+                signal = (await converter.decode(attrs.input.payloads, [TriggerSignal]))[0]
+                if isinstance(signal, TriggerSignal) and signal.event_id == event_id:
+                    return True
+    return False
 
 
 async def describe(client: Client, workflow_id: str) -> JourneyView | None:

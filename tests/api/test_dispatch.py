@@ -130,3 +130,30 @@ async def test_dispatched_events_are_marked_in_batches_without_anyone_flushing(
         assert all(r is not None and r.dispatched and not r.deferred for r in rows), rows
 
     await eventually(all_marked, timeout=5)
+
+
+async def test_a_replayed_trigger_does_not_restart_a_journey_that_has_ended(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """The dispatch went through but its "dispatched" mark was lost (a crash in between): the sweeper
+    replays the event later. The journey it started has ended meanwhile; the replay must not start
+    a second journey (a second send), and the event ends up marked."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    ack = await collect(api, section, dyid, add_to_cart("sku-1"))
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 1
+    handle = journey_handle(env.client, section, cid, uid)
+    first_run = (await handle.describe()).run_id
+    with store.session() as s:  # the mark is lost
+        ev = s.get(Event, ack["event_ids"][0])
+        assert ev is not None
+        ev.dispatched, ev.deferred = False, True
+        s.add(ev)
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    await redispatch_pending(state, older_than=timedelta(0))
+    assert (await handle.describe()).run_id == first_run  # no second journey
+    with store.session() as s:
+        ev = s.get(Event, ack["event_ids"][0])
+        assert ev is not None and ev.dispatched
