@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 
-from store.event_marks import mark_dispatched
 from store.engine import Store
+from store.event_marks import mark_dispatched
 
 log = logging.getLogger(__name__)
 

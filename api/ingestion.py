@@ -26,9 +26,9 @@ from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, tri
 from security.crypto import SecretBox
 from settings import Settings
 from store import cart_index, report_rollup, users
-from store.event_marks import mark_dispatched
 from store.campaigns import live_campaigns
 from store.engine import Store
+from store.event_marks import mark_dispatched
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
 

@@ -20,7 +20,6 @@ from workflows import search
 from workflows.journey import JourneyWorkflow
 from workflows.models import ExitSignal, JourneyInput, JourneyView, TriggerSignal
 
-
 RETRIGGER_SIGNAL = "retrigger"  # JourneyWorkflow.retrigger
 
 

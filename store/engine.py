@@ -30,7 +30,6 @@ import store.tracking_tables  # noqa: F401
 from store.subscriber_legacy import adopt_legacy_entries
 from store.upgrade import upgrade
 
-
 # A pooled PostgreSQL connection idle this long is pinged before reuse (see `_ping_after_idle`).
 PING_AFTER_IDLE = 5.0
 

@@ -36,9 +36,9 @@ from sqlalchemy import (
 )
 from sqlmodel import Session, col
 
-from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.sends import SentMessage
+from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.tables import Campaign, Event, Journey, Send, User
 from store.tracking_tables import TrackingHit
 

@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
 from api.ingestion import accept
-from store.event_marks import mark_dispatched
 from api.journeys import dispatch_all
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
+from store.event_marks import mark_dispatched
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
 log = logging.getLogger(__name__)

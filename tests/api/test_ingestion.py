@@ -8,8 +8,8 @@ from sqlmodel import select
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from store.engine import Store
 from store.cart_tables import CartEntry
+from store.engine import Store
 from store.tables import Device, Event, User
 from tests.helpers import (
     SectionKeys,

@@ -14,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from store.engine import Store
 from store.tables import Event
-from tests.helpers import SectionKeys, app_state, add_integration, add_to_cart, cart_campaign, create_campaign, new_dyid
+from tests.helpers import SectionKeys, add_integration, add_to_cart, app_state, cart_campaign, create_campaign, new_dyid
 
 EVENTS = int(os.environ.get("REJOIN_LOAD_EVENTS", "5000"))  # raise for a longer soak
 PER_REQUEST = 20
