@@ -7,7 +7,6 @@ from sqlalchemy import Table, bindparam, update
 from store.engine import Store
 from store.tables import Event
 
-
 EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
 # Built once: composing an UPDATE over hundreds of ids per call was a visible share of the API's CPU.
 _MARK = (
