@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
@@ -143,18 +143,25 @@ def accept(
     return result
 
 
+# Built once (they run for most requests of known users): composing them cost more than running them.
+_PENDING = (
+    select(Event.id)
+    .where(
+        Event.section_id == bindparam("section_id"),
+        Event.user_id == bindparam("user_id"),
+        Event.dispatched == False,  # noqa: E712
+        Event.deferred == True,  # noqa: E712  (in-flight inline dispatches don't block)
+        col(Event.id).not_in(bindparam("own", expanding=True)),
+    )
+    .limit(1)
+)
+_RUNNING = select(Journey.campaign_id, Journey.workflow_id).where(
+    Journey.section_id == bindparam("section_id"), Journey.user_id == bindparam("user_id"), Journey.status == "active"
+)
+
+
 def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> bool:
-    row = s.exec(
-        select(Event.id)
-        .where(
-            Event.section_id == section_id,
-            Event.user_id == user_id,
-            Event.dispatched == False,  # noqa: E712
-            Event.deferred == True,  # noqa: E712  (in-flight inline dispatches don't block)
-            col(Event.id).not_in(own),
-        )
-        .limit(1)
-    ).first()
+    row = s.exec(_PENDING, params={"section_id": section_id, "user_id": user_id, "own": own}).first()
     return row is not None
 
 
@@ -164,11 +171,7 @@ def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, li
     After a merge, a journey started under a merged-away id keeps that workflow id; exits and
     re-triggers must reach it rather than start a second journey for the same person.
     """
-    rows = s.exec(
-        select(Journey.campaign_id, Journey.workflow_id).where(
-            Journey.section_id == section_id, Journey.user_id == user_id, Journey.status == "active"
-        )
-    ).all()
+    rows = s.exec(_RUNNING, params={"section_id": section_id, "user_id": user_id}).all()
     out: dict[str, list[str]] = {}
     for campaign_id, workflow_id in rows:
         out.setdefault(campaign_id, []).append(workflow_id)
