@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import bindparam, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
@@ -29,12 +29,13 @@ from store import cart_index, report_rollup, users
 from store.campaigns import live_campaigns
 from store.engine import Store
 from store.event_marks import mark_dispatched
+from store.statements import table_of
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
 
 log = logging.getLogger(__name__)
 # Core INSERTs of events: the ORM's bulk-insert layer cost more than the statement.
-EVENT_TABLE: Table = Event.__table__  # type: ignore[attr-defined]
+EVENT_TABLE = table_of(Event)
 
 
 def new_event_id() -> str:

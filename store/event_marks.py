@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Table, bindparam, update
+from sqlalchemy import bindparam, update
 
 from store.engine import Store
+from store.statements import table_of
 from store.tables import Event
 
-EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
+EVENTS = table_of(Event)
 # Built once: composing an UPDATE over hundreds of ids per call was a visible share of the API's CPU.
 _MARK = (
     update(EVENTS)

@@ -13,18 +13,19 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import Table, bindparam, func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
 from store import cart_index, report_rollup
 from store.identity_tables import UserAlias
+from store.statements import table_of
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
 
 # Plain tables for the INSERTs of a first visit (Core statements skip the ORM's bulk-insert layer).
-USER_TABLE: Table = User.__table__  # type: ignore[attr-defined]
-DEVICE_TABLE: Table = Device.__table__  # type: ignore[attr-defined]
+USER_TABLE = table_of(User)
+DEVICE_TABLE = table_of(Device)
 
 # Tables whose rows belong to a user by `user_id`: re-pointed when that user is merged away.
 _USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision)
