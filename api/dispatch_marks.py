@@ -30,6 +30,9 @@ class DispatchMarks:
         self._interval = interval
         self._ids: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        # One write at a time: `flush()` returns only when every mark queued before it is written,
+        # including a batch the background round took a moment earlier.
+        self._writing = asyncio.Lock()
 
     def add(self, event_ids: list[str]) -> None:
         """Queue marks; the flusher starts on first use in the running loop (tests run no lifespan)."""
@@ -39,13 +42,14 @@ class DispatchMarks:
 
     async def flush(self) -> None:
         """Write every queued mark now (shutdown, tests)."""
-        while self._ids:
-            batch, self._ids = self._ids[:BATCH], self._ids[BATCH:]
-            try:
-                await asyncio.to_thread(mark_dispatched, self._store, batch)
-            except Exception:
-                self._ids[:0] = batch  # kept for the next round; the sweeper covers a long outage
-                raise
+        async with self._writing:
+            while self._ids:
+                batch, self._ids = self._ids[:BATCH], self._ids[BATCH:]
+                try:
+                    await asyncio.to_thread(mark_dispatched, self._store, batch)
+                except Exception:
+                    self._ids[:0] = batch  # kept for the next round; the sweeper covers a long outage
+                    raise
 
     async def close(self) -> None:
         if self._task is not None:
