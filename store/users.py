@@ -86,14 +86,7 @@ def save_new_user(s: Session, user: User, device_key: str | None) -> None:
     statements); the object then joins the session as a loaded row, so later changes to it in
     this transaction are ordinary UPDATEs.
     """
-    s.execute(
-        insert(USER_TABLE),
-        {
-            "id": user.id, "section_id": user.section_id, "cuid": user.cuid, "cuid_type": user.cuid_type,
-            "attributes": user.attributes, "cart": user.cart, "locale": user.locale, "is_test": user.is_test,
-            "created_at": user.created_at, "updated_at": user.updated_at,
-        },
-    )  # fmt: skip
+    s.execute(insert(USER_TABLE), {c.name: getattr(user, c.name) for c in USER_TABLE.columns})
     make_transient_to_detached(user)
     s.add(user)
     if device_key:  # `resolve_user` found no such device: no lookup needed
