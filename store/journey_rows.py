@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
-from store.statements import per_dialect, table_of, upsert_for
+from store.statements import per_dialect, row_of, table_of, upsert_for
 from store.tables import Campaign, Journey, Section
 
 JOURNEY = table_of(Journey)
@@ -33,8 +33,7 @@ def _insert(dialect_name: str) -> Any:
 
 def insert_new(s: Session, journey: Journey) -> bool:
     """Insert the journey unless its id exists (a retried enroll); True if this call inserted it."""
-    row = {c.name: getattr(journey, c.name) for c in JOURNEY.columns}
-    return s.execute(_insert(s), row).first() is not None
+    return s.execute(_insert(s), row_of(journey)).first() is not None
 
 
 def variation_of(s: Session, journey_id: str) -> str | None:

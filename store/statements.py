@@ -50,3 +50,8 @@ def table_of(model: Any) -> Table:
     """The Core table of a SQLModel table class."""
     table: Table = model.__table__
     return table
+
+
+def row_of(obj: Any) -> dict[str, Any]:
+    """A SQLModel table object as the parameter dict of a Core INSERT into its table (every column)."""
+    return {c.name: getattr(obj, c.name) for c in table_of(type(obj)).columns}

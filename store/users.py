@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from domain.events import CART_KINDS, CartItem, EventKind, Identity, NormalizedEvent, sha256_hex
 from store import cart_index, report_rollup
 from store.identity_tables import UserAlias
-from store.statements import table_of
+from store.statements import row_of, table_of
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
 
 # Plain tables for the INSERTs of a first visit (Core statements skip the ORM's bulk-insert layer).
@@ -86,7 +86,7 @@ def save_new_user(s: Session, user: User, device_key: str | None) -> None:
     statements); the object then joins the session as a loaded row, so later changes to it in
     this transaction are ordinary UPDATEs.
     """
-    s.execute(insert(USER_TABLE), {c.name: getattr(user, c.name) for c in USER_TABLE.columns})
+    s.execute(insert(USER_TABLE), row_of(user))
     make_transient_to_detached(user)
     s.add(user)
     if device_key:  # `resolve_user` found no such device: no lookup needed
