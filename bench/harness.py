@@ -25,6 +25,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench import scratch_db
 from runtime.dev_server import dev_server_args, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,12 @@ class Stack:
         self.api_port = free_port()
         self.queue = "rejoin-bench"
         self.bare_queue = "bare-bench"
+        # PostgreSQL: a fresh database of this run's own on the server the URL names (created in
+        # start, dropped in close), so no run measures against an earlier run's rows.
+        self.scratch_db: str | None = None
+        if database_url and scratch_db.is_postgres(database_url):
+            self.scratch_db = scratch_db.unique_name("rejoin_bench")
+            database_url = scratch_db.on_server(database_url, self.scratch_db)
         self.database_url = database_url or f"sqlite:///{self.dir / 'rejoin.db'}"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.labels: dict[int, str] = {}
@@ -124,18 +131,29 @@ class Stack:
         return f"http://127.0.0.1:{self.api_port}"
 
     def _spawn(self, args: list[str], ready_line: bool = False) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)  # fmt: skip
+        label = _label(args)
+        # stderr to a file of its own, so a process that fails to start can say why (see _failed).
+        with (self.dir / f"{label.replace(' ', '-')}.log").open("ab") as log:
+            proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stderr=log,
+                                    stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL)  # fmt: skip
         self.procs.append(proc)
-        self.labels[proc.pid] = _label(args)
+        self.labels[proc.pid] = label
         if ready_line:
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if b"READY" not in line:
-                raise RuntimeError(f"{args} did not start")
+                raise self._failed(label, f"{args} did not start")
         return proc
 
+    def _failed(self, label: str, message: str) -> RuntimeError:
+        """An error carrying the end of the process's stderr (the temp folder goes with close())."""
+        path = self.dir / f"{label.replace(' ', '-')}.log"
+        tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        return RuntimeError(f"{message}\n--- {label} stderr (last lines) ---\n{tail}")
+
     async def start(self) -> None:
+        if self.scratch_db:
+            scratch_db.create(self.database_url, self.scratch_db)
         args = dev_server_args(self.dir / "temporal.db", self.temporal_port, None)
         args += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
         self._spawn(args)
@@ -144,7 +162,10 @@ class Stack:
 
     async def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = self._spawn([sys.executable, "-m", "worker"])
-        await self.wait_for_poller(self.queue)
+        try:
+            await self.wait_for_poller(self.queue)
+        except RuntimeError as err:
+            raise self._failed("worker", str(err)) from None
         return self.worker
 
     async def start_bare_worker(self) -> None:
@@ -164,7 +185,7 @@ class Stack:
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.2)
-        raise RuntimeError("API did not start")
+        raise self._failed("api", "API did not start")
 
     def start_sink(self, delay_ms: float) -> str:
         port = free_port()
@@ -196,4 +217,6 @@ class Stack:
     def close(self) -> None:
         for proc in reversed(self.procs):
             self.stop(proc)
+        if self.scratch_db:
+            scratch_db.drop(self.database_url, self.scratch_db)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -25,13 +25,13 @@ from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from api.routes.reports import build_report
+from bench import scratch_db
 from store import reports as q
 from store.campaigns import load_spec
 from store.engine import Store
 from store.report_rollup import rebuild
 from store.tables import Campaign, CampaignVersion, Section
 
-DB_NAME = "rejoin_bench_reports"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 30
 FACTS_PER_USER = 0.9 * 2 + (0.9 * 2 * 0.5 + 0.9 * 2 * 0.25) + 3  # sends + hits (impressions, clicks) + events
@@ -90,14 +90,6 @@ SEED_SQL = [
 ]
 
 
-def _admin(url: str) -> str:
-    return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-
-
-def _own_db(url: str) -> str:
-    return make_url(url).set(database=DB_NAME).render_as_string(hide_password=False)
-
-
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t = time.perf_counter()
     out = fn()
@@ -141,10 +133,8 @@ def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, A
     if make_url(url).get_backend_name() != "postgresql":
         return {"name": "reports", "unit": "s/report", "rejoin": None, "baseline": None, "ratio": None, "target": 1.0,
                 "baseline_desc": "not measured: needs --database-url postgresql://..."}  # fmt: skip
-    with psycopg.connect(_admin(url), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
-    own = _own_db(url)
+    db_name = scratch_db.unique_name("rejoin_bench_reports")
+    own = scratch_db.create(url, db_name)
     store = Store(own)
     try:
         users = int(facts / FACTS_PER_USER)
@@ -198,8 +188,7 @@ def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, A
                 "baseline_desc": "same report from the raw tables (load_raw); ratio = speed-up; target: < 1 s"}  # fmt: skip
     finally:
         store.dispose()
-        with psycopg.connect(_admin(url), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        scratch_db.drop(url, db_name)
 
 
 def main() -> None:

@@ -25,11 +25,11 @@ from typing import Any
 import boto3
 import psycopg
 
+from bench import scratch_db
 from bench.harness import ROOT, cpu_seconds, free_port
 
 BUCKET = "rejoin-bench-subs"
 FOLDER = "upload_2026-11-23_08-00"
-DB_NAME = "rejoin_bench_subs"
 
 
 def write_csv(path: Path, rows: int) -> int:
@@ -130,21 +130,9 @@ class MotoServer:
             self.proc.wait(5)
 
 
-def server_url(database_url: str, db: str) -> str:
-    return database_url.rsplit("/", 1)[0] + "/" + db
-
-
-def recreate_db(database_url: str, db: str, drop_only: bool = False) -> None:
-    with psycopg.connect(server_url(database_url, "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        if not drop_only:
-            conn.execute(f'CREATE DATABASE "{db}"')
-
-
 def baseline_pg(database_url: str, path: Path) -> dict[str, float]:
     """COPY the file into a fresh unindexed table, index it, swap it in by rename."""
-    url = server_url(database_url, DB_NAME)
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(scratch_db.libpq(database_url), autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS optin_live (email text NOT NULL)")
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS optin_live_email ON optin_live (email)")
         conn.execute("DROP TABLE IF EXISTS optin_next")
@@ -287,16 +275,13 @@ def bench_subscribers(database_url: str | None, rows: int, sqlite_rows: int) -> 
                 key = f"n{n}/"
                 s3.upload_file(str(path), BUCKET, f"{key}{FOLDER}/data.csv")
                 files[n] = (key, size)
-            if database_url and database_url.startswith("postgres"):
-                recreate_db(database_url, DB_NAME)
-                try:
+            if database_url and scratch_db.is_postgres(database_url):
+                with scratch_db.scratch_database(database_url, "rejoin_bench_subs") as own:
                     moto_cpu = cpu_seconds(moto.proc.pid)
-                    ours = run_child(server_url(database_url, DB_NAME), moto.url, files[rows][0])
+                    ours = run_child(own, moto.url, files[rows][0])
                     ours["moto_cpu_s"] = cpu_seconds(moto.proc.pid) - moto_cpu
                     write_csv(path, rows)
-                    base = baseline_pg(database_url, path)
-                finally:
-                    recreate_db(database_url, DB_NAME, drop_only=True)
+                    base = baseline_pg(own, path)
                 out.append(_row("subs_sync_pg", rows, ours, base, files[rows][1]))
             sqlite_url = f"sqlite:///{Path(tmp) / 'rejoin.db'}"
             ours = run_child(sqlite_url, moto.url, files[sqlite_rows][0])
