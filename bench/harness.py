@@ -133,7 +133,7 @@ class Stack:
     def _spawn(self, args: list[str], ready_line: bool = False) -> subprocess.Popen[bytes]:
         label = _label(args)
         # stderr to a file of its own, so a process that fails to start can say why (see _failed).
-        with (self.dir / f"{label.replace(' ', '-')}.log").open("ab") as log:
+        with self._log_path(label).open("ab") as log:
             proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stderr=log,
                                     stdout=subprocess.PIPE if ready_line else subprocess.DEVNULL)  # fmt: skip
         self.procs.append(proc)
@@ -145,9 +145,12 @@ class Stack:
                 raise self._failed(label, f"{args} did not start")
         return proc
 
+    def _log_path(self, label: str) -> Path:
+        return self.dir / f"{label.replace(' ', '-')}.log"
+
     def _failed(self, label: str, message: str) -> RuntimeError:
         """An error carrying the end of the process's stderr (the temp folder goes with close())."""
-        path = self.dir / f"{label.replace(' ', '-')}.log"
+        path = self._log_path(label)
         tail = path.read_text(errors="replace")[-3000:] if path.exists() else ""
         return RuntimeError(f"{message}\n--- {label} stderr (last lines) ---\n{tail}")
 

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 from api.routes.reports import build_report
@@ -122,73 +121,69 @@ def seed(store: Store, users: int) -> dict[str, int]:
 
 
 def _vacuum(url: str) -> None:
-    with psycopg.connect(
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
-    ) as conn:
+    with psycopg.connect(scratch_db.libpq(url), autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
 
 
 def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Seed FACTS facts in a database of our own on `url`'s server, time the reports, drop it."""
-    if make_url(url).get_backend_name() != "postgresql":
+    if not scratch_db.is_postgres(url):
         return {"name": "reports", "unit": "s/report", "rejoin": None, "baseline": None, "ratio": None, "target": 1.0,
                 "baseline_desc": "not measured: needs --database-url postgresql://..."}  # fmt: skip
-    db_name = scratch_db.unique_name("rejoin_bench_reports")
-    own = scratch_db.create(url, db_name)
-    store = Store(own)
-    try:
-        users = int(facts / FACTS_PER_USER)
-        seed_s, counts = _timed(lambda: seed(store, users))
-        n_facts = counts["send"] + counts["trackinghit"] + counts["event"]
-        log(f"seeded {users} users, {n_facts} facts {counts} in {seed_s:.0f} s")
-        _vacuum(own)
+    with scratch_db.scratch_database(url, "rejoin_bench_reports") as own:
+        store = Store(own)
+        try:
+            users = int(facts / FACTS_PER_USER)
+            seed_s, counts = _timed(lambda: seed(store, users))
+            n_facts = counts["send"] + counts["trackinghit"] + counts["event"]
+            log(f"seeded {users} users, {n_facts} facts {counts} in {seed_s:.0f} s")
+            _vacuum(own)
 
-        def build() -> int:
+            def build() -> int:
+                with store.session() as s:
+                    return rebuild(s, ["cmp"])
+
+            rollup_s, _ = _timed(build)
+            _vacuum(own)
+            log(f"report pre-aggregation rebuilt in {rollup_s:.1f} s")
+            week = (T0 + timedelta(days=10, minutes=17, seconds=30), T0 + timedelta(days=17, minutes=42, seconds=15))
+            ranges = {"full": (T0, T0 + timedelta(days=DAYS + 10)), "week": week}
+            out: dict[str, Any] = {}
             with store.session() as s:
-                return rebuild(s, ["cmp"])
-
-        rollup_s, _ = _timed(build)
-        _vacuum(own)
-        log(f"report pre-aggregation rebuilt in {rollup_s:.1f} s")
-        week = (T0 + timedelta(days=10, minutes=17, seconds=30), T0 + timedelta(days=17, minutes=42, seconds=15))
-        ranges = {"full": (T0, T0 + timedelta(days=DAYS + 10)), "week": week}
-        out: dict[str, Any] = {}
-        with store.session() as s:
-            c = s.get(Campaign, "cmp")
-            assert c is not None
-            spec = load_spec(s, "cmp", 1)
-            for label, (a, b) in ranges.items():
-                times = []
-                for _ in range(3):
-                    t, fast = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b))
-                    times.append(t)
-                # The database part alone (the rest: aggregation and the winner's numpy draws, a few ms).
-                loads = [
-                    _timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
-                    for _ in range(3)
-                ]
-                raw_s, ref = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b, raw=True))
-                same = fast == ref
-                out[label] = {"median_s": statistics.median(times), "runs_s": times, "raw_s": raw_s, "same_report": same,
-                              "load_median_s": statistics.median(loads),
-                              "users": fast["totals"]["users_triggered"], "sends": fast["totals"]["send_requests"],
-                              "purchases": fast["totals"]["purchases"]}  # fmt: skip
-                log(f"report {label}: {statistics.median(times):.3f} s (runs {', '.join(f'{x:.3f}' for x in times)}); "
-                    f"raw {raw_s:.1f} s; same report: {same}; users {out[label]['users']}, sends {out[label]['sends']}, "
-                    f"purchases {out[label]['purchases']}; database part {statistics.median(loads):.3f} s")  # fmt: skip
-            list_s, _ = _timed(lambda: q.sends_since(s, ["cmp"], T0 + timedelta(days=DAYS - 7)))
-        full = out["full"]
-        return {"name": "reports", "unit": "s/report", "rejoin": full["median_s"], "baseline": full["raw_s"],
-                "ratio": full["raw_s"] / full["median_s"], "target": 1.0, "facts": n_facts, "rows": counts,
-                "seed_s": seed_s, "rollup_rebuild_s": rollup_s, "week_median_s": out["week"]["median_s"],
-                "week_raw_s": out["week"]["raw_s"],
-                "load_median_s": full["load_median_s"],
-                "week_load_median_s": out["week"]["load_median_s"], "same_report": all(o["same_report"] for o in out.values()),
-                "campaign_list_7_days_s": list_s,
-                "baseline_desc": "same report from the raw tables (load_raw); ratio = speed-up; target: < 1 s"}  # fmt: skip
-    finally:
-        store.dispose()
-        scratch_db.drop(url, db_name)
+                c = s.get(Campaign, "cmp")
+                assert c is not None
+                spec = load_spec(s, "cmp", 1)
+                for label, (a, b) in ranges.items():
+                    times = []
+                    for _ in range(3):
+                        t, fast = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b))
+                        times.append(t)
+                    # The database part alone (the rest: aggregation and the winner's numpy draws, a few ms).
+                    loads = [
+                        _timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
+                        for _ in range(3)
+                    ]
+                    raw_s, ref = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b, raw=True))
+                    same = fast == ref
+                    out[label] = {"median_s": statistics.median(times), "runs_s": times, "raw_s": raw_s, "same_report": same,
+                                  "load_median_s": statistics.median(loads),
+                                  "users": fast["totals"]["users_triggered"], "sends": fast["totals"]["send_requests"],
+                                  "purchases": fast["totals"]["purchases"]}  # fmt: skip
+                    log(f"report {label}: {statistics.median(times):.3f} s (runs {', '.join(f'{x:.3f}' for x in times)}); "
+                        f"raw {raw_s:.1f} s; same report: {same}; users {out[label]['users']}, sends {out[label]['sends']}, "
+                        f"purchases {out[label]['purchases']}; database part {statistics.median(loads):.3f} s")  # fmt: skip
+                list_s, _ = _timed(lambda: q.sends_since(s, ["cmp"], T0 + timedelta(days=DAYS - 7)))
+            full = out["full"]
+            return {"name": "reports", "unit": "s/report", "rejoin": full["median_s"], "baseline": full["raw_s"],
+                    "ratio": full["raw_s"] / full["median_s"], "target": 1.0, "facts": n_facts, "rows": counts,
+                    "seed_s": seed_s, "rollup_rebuild_s": rollup_s, "week_median_s": out["week"]["median_s"],
+                    "week_raw_s": out["week"]["raw_s"],
+                    "load_median_s": full["load_median_s"],
+                    "week_load_median_s": out["week"]["load_median_s"], "same_report": all(o["same_report"] for o in out.values()),
+                    "campaign_list_7_days_s": list_s,
+                    "baseline_desc": "same report from the raw tables (load_raw); ratio = speed-up; target: < 1 s"}  # fmt: skip
+        finally:
+            store.dispose()
 
 
 def main() -> None:
