@@ -22,6 +22,7 @@ from activities.broadcast import BroadcastActivities
 from activities.delivery import Delivery
 from activities.feeds import FeedActivities
 from activities.journey import JourneyActivities
+from activities.journey_step import JourneySteps
 from activities.subscribers import SubscriberActivities
 from domain.caps import CapPolicy
 from domain.tracking import Signer
@@ -78,6 +79,7 @@ async def build_worker(
             signer=Signer(settings.secret_keys),
             public_url=settings.effective_public_url,
         )
+        steps = JourneySteps(journey, delivery)
         subscribers = SubscriberActivities(store, settings, box)
         feeds = FeedActivities(store, settings)
         broadcast = BroadcastActivities(
@@ -99,6 +101,7 @@ async def build_worker(
                 ],  # fmt: skip
                 activities=[
                     journey.enroll, journey.decide, journey.give_up, journey.finish, delivery.deliver,
+                    steps.send_step, journey.give_up_step,
                     subscribers.list_folders, subscribers.claim, subscribers.sync_folder, subscribers.finish,
                     subscribers.cleanup, feeds.begin, feeds.stage, feeds.apply, feeds.fail,
                     broadcast.plan_feed_runs, broadcast.plan_scheduled_fire, broadcast.plan_audience, broadcast.set_state,

@@ -295,7 +295,8 @@ class Delivery:
             accepted = sends.accept(s, req.send_key, response.status, response.message_id, response.body[:2000], now_utc())
             assert accepted is not None
             report_rollup.count_sent(s, accepted.message, accepted.previous_status)
-            journey_rows.mark_sent(s, req.journey_id, req.as_of)
+            # The last step's send also ends the journey: its finish shares this transaction.
+            journey_rows.mark_sent(s, req.journey_id, req.as_of, completes=req.end_journey)
             decisions.record(
                 s,
                 key=f"{req.send_key}:outcome",

@@ -33,8 +33,10 @@ from workflows.models import (
     EnrollRequest,
     FinishRequest,
     GiveUpRequest,
+    GiveUpStepRequest,
     JourneyPlan,
     StepDecision,
+    StepOutcome,
     StepPlan,
 )
 
@@ -170,28 +172,57 @@ class JourneyActivities:
     def give_up(self, req: GiveUpRequest) -> DeliverResult:
         """Delivery could not complete within its budget: record it and release the cap slot."""
         with self.store.session() as s:
-            reservations.release(s, req.send_key)
-            send = s.get(Send, req.send_key)
-            if send is not None and send.status != "accepted":
-                send.status = "failed"
-                send.provider_response = req.reason
-                send.updated_at = now_utc()
-                s.add(send)
-            journey = s.get(Journey, req.journey_id)
-            if journey is not None:
-                decisions.record(
-                    s,
-                    key=f"{req.send_key}:outcome",
-                    journey_id=req.journey_id,
-                    section_id=journey.section_id,
-                    user_id=journey.user_id,
-                    step_index=req.step_index,
-                    step_name=f"step {req.step_index}",
-                    outcome="failed",
-                    reason=req.reason,
-                    channel=req.channel,
-                    at=req.as_of,
-                )
+            return self._give_up(s, req)
+
+    @activity.defn(name="journey.give_up_step")
+    def give_up_step(self, req: GiveUpStepRequest) -> StepOutcome:
+        """`journey.send_step` ran out of budget: give up the send its decision chose, if it chose one.
+
+        The workflow holds only the decision key; the decision recorded under it names the send.
+        """
+        with self.store.session() as s:
+            previous = decisions.detail_of(s, req.decision_key)
+            decision = StepDecision.model_validate(previous["decision"]) if previous is not None else None
+            if decision is None or decision.action != "send" or not decision.channel or not decision.send_key:
+                # The step never got as far as a send (the store failed for the whole budget).
+                return StepOutcome(decision=StepDecision(action="skip", reason=req.reason))
+            given_up = GiveUpRequest(
+                journey_id=req.journey_id,
+                send_key=decision.send_key,
+                step_index=req.step_index,
+                channel=decision.channel,
+                as_of=req.as_of,
+                reason=req.reason,
+            )
+            return StepOutcome(decision=decision, delivery=self._give_up(s, given_up))
+
+    def _give_up(self, s: Session, req: GiveUpRequest) -> DeliverResult:
+        send = s.get(Send, req.send_key)
+        if send is not None and send.status == "accepted":
+            # The provider accepted it and only the activity's answer was lost: a send, not a failure.
+            return DeliverResult(status="accepted", provider_status=send.provider_status,
+                                 possible_duplicate=send.possible_duplicate)  # fmt: skip
+        reservations.release(s, req.send_key)
+        if send is not None:
+            send.status = "failed"
+            send.provider_response = req.reason
+            send.updated_at = now_utc()
+            s.add(send)
+        journey = s.get(Journey, req.journey_id)
+        if journey is not None:
+            decisions.record(
+                s,
+                key=f"{req.send_key}:outcome",
+                journey_id=req.journey_id,
+                section_id=journey.section_id,
+                user_id=journey.user_id,
+                step_index=req.step_index,
+                step_name=f"step {req.step_index}",
+                outcome="failed",
+                reason=req.reason,
+                channel=req.channel,
+                at=req.as_of,
+            )
         return DeliverResult(status="failed", reason=req.reason, fallback_allowed=True)
 
     @activity.defn(name="journey.finish")

@@ -22,6 +22,13 @@ _END = (
     .returning(_j.section_id, _j.user_id)
 )
 _SENT = update(JOURNEY).where(_j.id == bindparam("journey_id")).values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type))
+# The last step's send: the journey's end recorded in the same statement (no finish step after it).
+_SENT_AND_COMPLETED = (
+    update(JOURNEY)
+    .where(_j.id == bindparam("journey_id"))
+    .values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type), status="completed", exit_reason=None,
+            ended_at=bindparam("at", type_=_j.ended_at.type))  # fmt: skip
+)
 _CAMPAIGN_STATUS = select(table_of(Campaign).c.status).where(table_of(Campaign).c.id == bindparam("campaign_id"))
 _SECTION_CAP = select(table_of(Section).c.global_cap_messages).where(table_of(Section).c.id == bindparam("section_id"))
 
@@ -48,8 +55,9 @@ def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: d
     return (row.section_id, row.user_id) if row is not None else None
 
 
-def mark_sent(s: Session, journey_id: str, at: datetime) -> None:
-    s.execute(_SENT, {"journey_id": journey_id, "at": at})
+def mark_sent(s: Session, journey_id: str, at: datetime, *, completes: bool = False) -> None:
+    """Record a send at `at`; `completes`: it was the last step, so the journey ends with it."""
+    s.execute(_SENT_AND_COMPLETED if completes else _SENT, {"journey_id": journey_id, "at": at})
 
 
 def campaign_status(s: Session, campaign_id: str) -> str | None:

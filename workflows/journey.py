@@ -19,7 +19,9 @@ from temporalio.exceptions import ActivityError, CancelledError
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import Delivery
     from activities.journey import JourneyActivities
+    from activities.journey_step import JourneySteps
     from workflows import search
+    from workflows.ids import decision_key
     from workflows.models import (
         MAX_SEEN_EVENTS,
         MAX_SKUS,
@@ -32,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         ExitSignal,
         FinishRequest,
         GiveUpRequest,
+        GiveUpStepRequest,
         JourneyInput,
         JourneyPlan,
         JourneyResult,
@@ -39,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         JourneyStatus,
         JourneyView,
         StepDecision,
+        StepOutcome,
+        StepRequest,
         TriggerSignal,
     )
 
@@ -52,6 +57,13 @@ STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interva
 # activity's result is recorded only when its workflow task completes, so a worker crash in
 # between runs it again: harmless for these idempotent store writes, a duplicate for a send.
 LOCAL_STORE_PATCH = "store-steps-local-activities"
+# Each step is one durable activity (`journey.send_step`: decide, then deliver) instead of a local
+# decide and a durable deliver; the last step's send ends the journey row in its own transaction
+# (no finish step after it); search attributes change once per status change (the variation
+# rides on the first status, "sending" is shown in the details and the query, not upserted).
+# Fewer workflow tasks, markers and visibility writes per journey: docs/performance.md. Journeys
+# started before it keep the path they started on until they continue-as-new.
+STEP_ACTIVITY_PATCH = "step-in-one-activity"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -76,6 +88,9 @@ class JourneyWorkflow:
         self.inp = inp
         self.state = inp.state.model_copy(deep=True) if inp.state else JourneyState()
         self._woken = False
+        self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
+        self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
+        self._shown: tuple[str, int, Any] | None = None  # the status attributes last upserted
 
     # ------------------------------------------------------------ signals and queries
 
@@ -125,13 +140,20 @@ class JourneyWorkflow:
     @workflow.run
     async def run(self, inp: JourneyInput) -> JourneyResult:
         st = self.state
+        # Memoised for the run: a journey started before the patch answers False here, at its
+        # first command, and keeps its own path; a continued-as-new run takes the current one.
+        self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
         if st.journey_id is None:
             st.journey_id = str(workflow.uuid4())
         if st.last_trigger_at is None:
             st.last_trigger_at = st.first_trigger_at or workflow.now()
         if st.plan is None:
             st.plan = await self._enroll()
-            workflow.upsert_search_attributes([search.VARIATION_ID.value_set(st.plan.variation_id)])
+            variation = search.VARIATION_ID.value_set(st.plan.variation_id)
+            if self._one_activity_steps:
+                self._pending_attrs.append(variation)  # one upsert with the first status
+            else:
+                workflow.upsert_search_attributes([variation])
             if st.plan.control:
                 return await self._finish("holdout")
         while st.step_index < len(st.plan.steps):
@@ -194,22 +216,72 @@ class JourneyWorkflow:
         self._set_status("sending", f"sending step '{step.name}'")
         excluded: list[str] = []
         while True:
-            decision = await self._decide(index, excluded)
-            if decision.action == "defer" and workflow.patched("send-window-defer"):
+            if self._one_activity_steps:
+                outcome = await self._send_step(index, excluded, last=index == len(plan.steps) - 1)
+            else:
+                outcome = await self._decide_then_deliver(index, excluded)
+            decision, result = outcome.decision, outcome.delivery
+            if decision.action == "defer" and (self._one_activity_steps or workflow.patched("send-window-defer")):
                 if not await self._wait_for_window(decision, step.name):
                     return False
                 continue
-            if decision.action != "send":
+            if decision.action != "send" or result is None:
                 self._record(index, "skipped", decision.reason, decision.channel)
                 return True
-            result = await self._deliver(index, decision)
             if result.status == "accepted":
                 self._record(index, "sent", None, decision.channel, result.possible_duplicate)
+                self.state.row_ended = outcome.journey_ended
                 return True
             self._record(index, "failed", result.reason, decision.channel)
             if not result.fallback_allowed or decision.channel is None:
                 return True
             excluded.append(decision.channel)
+
+    async def _decide_then_deliver(self, index: int, excluded: list[str]) -> StepOutcome:
+        """A step attempt of journeys started before STEP_ACTIVITY_PATCH: a decide store step,
+        then the delivery activity if it sends."""
+        decision = await self._decide(index, excluded)
+        if decision.action != "send":
+            return StepOutcome(decision=decision)
+        return StepOutcome(decision=decision, delivery=await self._deliver(index, decision))
+
+    async def _send_step(self, index: int, excluded: list[str], *, last: bool) -> StepOutcome:
+        st = self.state
+        assert st.journey_id is not None
+        try:
+            return await workflow.execute_activity_method(
+                JourneySteps.send_step,
+                StepRequest(
+                    journey_id=st.journey_id,
+                    section_id=self.inp.section_id,
+                    campaign_id=self.inp.campaign_id,
+                    campaign_version=self.inp.campaign_version,
+                    user_id=self.inp.user_id,
+                    step_index=index,
+                    as_of=workflow.now(),
+                    exclude_channels=list(excluded),
+                    skus=list(st.skus),
+                    trigger_event_ids=list(st.trigger_event_ids),
+                    last_step=last,
+                ),
+                start_to_close_timeout=self.inp.delivery_timeout,
+                schedule_to_close_timeout=self.inp.delivery_budget,
+                retry_policy=DELIVERY_RETRY,
+                summary=f"send step {index}" + (f" (not via {', '.join(excluded)})" if excluded else ""),
+            )
+        except ActivityError as err:
+            # Retries exhausted (budget spent) or a configuration error: record, free the cap slot.
+            return await self._store(
+                JourneyActivities.give_up_step,
+                GiveUpStepRequest(
+                    journey_id=st.journey_id,
+                    decision_key=decision_key(st.journey_id, index, excluded),
+                    step_index=index,
+                    as_of=workflow.now(),
+                    reason=_failure_reason(err),
+                ),
+                f"give up step {index}",
+            )
 
     async def _wait_for_window(self, decision: StepDecision, step_name: str) -> bool:
         """Quiet hours: sleep until the recipient's send window opens; False if they exited first."""
@@ -290,17 +362,18 @@ class JourneyWorkflow:
         if status == "exited":
             self._record(st.step_index, "exited", st.exit_reason, None)
         st.status = status
-        await self._store(
-            JourneyActivities.finish,
-            FinishRequest(
-                journey_id=st.journey_id,
-                status=status,
-                exit_reason=st.exit_reason,
-                as_of=workflow.now(),
-                step_index=st.step_index,
-            ),
-            f"finish: {status}",
-        )
+        if not (status == "completed" and st.row_ended):  # else the last send recorded the end
+            await self._store(
+                JourneyActivities.finish,
+                FinishRequest(
+                    journey_id=st.journey_id,
+                    status=status,
+                    exit_reason=st.exit_reason,
+                    as_of=workflow.now(),
+                    step_index=st.step_index,
+                ),
+                f"finish: {status}",
+            )
         self._set_status(status, f"journey {status}" + (f" ({st.exit_reason})" if st.exit_reason else ""))
         return JourneyResult(
             journey_id=st.journey_id,
@@ -316,8 +389,9 @@ class JourneyWorkflow:
     async def _store(self, fn: Callable[[JourneyActivities, _Req], _Res], req: _Req, summary: str) -> _Res:
         """Run a store-only journey activity: local on new journeys, durable on older ones."""
         # `patched` is memoised per run: a journey in flight before this change answers False at
-        # its first store step and stays on the durable path for the rest of the run.
-        if workflow.patched(LOCAL_STORE_PATCH):
+        # its first store step and stays on the durable path for the rest of the run. Journeys on
+        # the later STEP_ACTIVITY_PATCH path run them locally without asking (no second marker).
+        if self._one_activity_steps or workflow.patched(LOCAL_STORE_PATCH):
             try:
                 return await workflow.execute_local_activity_method(
                     fn,
@@ -361,16 +435,27 @@ class JourneyWorkflow:
 
     def _set_status(self, status: JourneyStatus, details: str) -> None:
         self.state.status = status
+        workflow.set_current_details(details)
+        next_send_at = self.state.wake_at if status == "waiting" else None
+        if self._one_activity_steps:
+            # One upsert per change an operator searches by: "sending" lasts one activity (the
+            # query and the details show it; a retrying send is in the UI's pending activities),
+            # and a re-trigger that leaves the deadline as it was changes nothing.
+            shown = (status, self.state.step_index, next_send_at)
+            if status == "sending" or shown == self._shown:
+                return
+            self._shown = shown
         attrs: list[SearchAttributeUpdate[Any]] = [
+            *self._pending_attrs,
             search.JOURNEY_STATUS.value_set(status),
             search.STEP_INDEX.value_set(self.state.step_index),
         ]
-        if status == "waiting" and self.state.wake_at is not None:
-            attrs.append(search.NEXT_SEND_AT.value_set(self.state.wake_at))
+        self._pending_attrs = []
+        if next_send_at is not None:
+            attrs.append(search.NEXT_SEND_AT.value_set(next_send_at))
         else:
             attrs.append(search.NEXT_SEND_AT.value_unset())
         workflow.upsert_search_attributes(attrs)
-        workflow.set_current_details(details)
 
     def _continue_as_new_if_long(self) -> None:
         """Hot carts re-trigger thousands of times: start a fresh history, carrying the state."""

@@ -76,6 +76,9 @@ class JourneyState(BaseModel):
     exit_reason: str | None = None
     decisions: list[DecisionRecord] = Field(default_factory=list)
     runs: int = 1
+    # The last step's send ended the journey row in its own transaction (`StepRequest.last_step`),
+    # so finishing as "completed" needs no store step of its own.
+    row_ended: bool = False
 
 
 class JourneyInput(BaseModel):
@@ -160,6 +163,9 @@ class DeliverRequest(BaseModel):
     as_of: datetime
     skus: list[str] = Field(default_factory=list)
     trigger_event_ids: list[str] = Field(default_factory=list)
+    # The journey's last step: an accepted send also ends the journey row ("completed") in the
+    # transaction that records the acceptance.
+    end_journey: bool = False
 
 
 class DeliverResult(BaseModel):
@@ -187,3 +193,44 @@ class FinishRequest(BaseModel):
     exit_reason: str | None = None
     as_of: datetime
     step_index: int = 0
+
+
+class StepRequest(DecideRequest):
+    """One step as one activity (patch `step-in-one-activity`): the decision's inputs, and what
+    delivery needs besides the decision it makes."""
+
+    skus: list[str] = Field(default_factory=list)
+    trigger_event_ids: list[str] = Field(default_factory=list)
+    last_step: bool = False
+
+    def deliver_request(self, decision: StepDecision) -> DeliverRequest:
+        assert decision.channel and decision.integration_id and decision.send_key, decision
+        return DeliverRequest(
+            **self.model_dump(include=_DELIVERY_IDS),
+            channel=decision.channel,
+            integration_id=decision.integration_id,
+            send_key=decision.send_key,
+            end_journey=self.last_step,
+        )
+
+
+_DELIVERY_IDS = {"journey_id", "section_id", "campaign_id", "campaign_version", "user_id", "step_index", "as_of",
+                 "skus", "trigger_event_ids"}  # fmt: skip
+
+
+class StepOutcome(BaseModel):
+    """What a step came to: the decision and, when it sent, the delivery's result."""
+
+    decision: StepDecision
+    delivery: DeliverResult | None = None
+    journey_ended: bool = False  # the journey row was ended with the accepted send
+
+
+class GiveUpStepRequest(BaseModel):
+    """The step activity ran out of budget: the workflow knows the decision key, not the send key."""
+
+    journey_id: str
+    decision_key: str
+    step_index: int
+    as_of: datetime
+    reason: str

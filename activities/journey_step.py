@@ -1,0 +1,37 @@
+"""One journey step as one durable activity: decide (channel, caps, priority), then deliver.
+
+Journeys started after patch `step-in-one-activity` run each step through `send_step` instead
+of a local `journey.decide` followed by a durable `delivery.deliver`: one activity task and no
+marker per step, which is what bounded journey throughput (docs/performance.md). Both halves
+keep their own idempotency, so a retried attempt is safe wherever the previous one stopped:
+the decision is looked up by its decision key (a retry returns what the first attempt
+decided, the cap slot is never counted twice), the send by its send key (`accepted` is never
+called again; `in_flight` is called again with the same key and flagged possible duplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+
+from activities.delivery import Delivery
+from activities.journey import JourneyActivities
+from workflows.models import StepOutcome, StepRequest
+
+
+class JourneySteps:
+    def __init__(self, journey: JourneyActivities, delivery: Delivery) -> None:
+        self.journey = journey
+        self.delivery = delivery
+
+    @activity.defn(name="journey.send_step")
+    async def send_step(self, req: StepRequest) -> StepOutcome:
+        """Decide the step and, if it sends, deliver it; the last step's send also ends the journey."""
+        decision = await asyncio.to_thread(self.journey.decide, req)
+        if decision.action != "send":  # skipped (caps, audience, no channel) or deferred (send window)
+            return StepOutcome(decision=decision)
+        result = await self.delivery.deliver(req.deliver_request(decision))
+        return StepOutcome(
+            decision=decision, delivery=result, journey_ended=req.last_step and result.status == "accepted"
+        )

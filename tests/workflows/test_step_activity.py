@@ -1,0 +1,94 @@
+"""New journeys run each step as one durable activity (decide + deliver) and enroll/finish as
+local activities; the last step's send ends the journey row itself (patch `step-in-one-activity`)."""
+
+from __future__ import annotations
+
+import httpx
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.testing import WorkflowEnvironment
+
+from store.engine import Store
+from store.tables import Journey
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    add_to_cart,
+    cart_campaign,
+    collect,
+    create_campaign,
+    journey_handle,
+    journey_result,
+    reachable_user,
+    step,
+)
+from workflows import search
+from workflows.journey import STEP_ACTIVITY_PATCH
+
+
+def _of_type(events: list[HistoryEvent], kind: EventType.ValueType) -> list[HistoryEvent]:
+    return [e for e in events if e.event_type == kind]
+
+
+async def test_one_step_journey_is_one_activity_and_one_local_store_step(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    """A one-step journey schedules only journey.send_step; enroll is its one local activity,
+    the finish was written with the send, and search attributes change once per status."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.status == "completed" and result.sent == 1, result
+    events = list((await journey_handle(env.client, section, cid, uid).fetch_history()).events)
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in _of_type(events, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    ]
+    markers = [e.marker_recorded_event_attributes for e in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)]
+    assert scheduled == ["journey.send_step"], scheduled
+    assert [m.marker_name for m in markers] == ["core_patch", "core_local_activity"], markers  # patch, enroll
+    patch_data = b" ".join(p.data for d in markers[0].details.values() for p in d.payloads)
+    assert STEP_ACTIVITY_PATCH.encode() in patch_data, patch_data
+    upserts = [
+        sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
+        for e in _of_type(events, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
+    ]
+    # The SDK's own patch record, "waiting" carrying the variation, the final status.
+    assert upserts == [
+        ["TemporalChangeVersion"],
+        ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex", "RejoinVariationId"],
+        ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex"],
+    ], upserts
+    assert len(events) <= 24, len(events)  # 28 with local decide/finish, 40 with durable store steps
+    desc = await journey_handle(env.client, section, cid, uid).describe()
+    assert desc.typed_search_attributes.get(search.JOURNEY_STATUS) == "completed"
+    with store.session() as s:
+        row = s.get(Journey, result.journey_id)
+        assert row is not None and row.status == "completed" and row.ended_at is not None
+        assert row.last_sent_at == row.ended_at
+
+
+async def test_only_the_last_step_ends_the_journey_with_its_send(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    """Three steps: two sends leave the journey open, the third closes it; one activity per step."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(steps=[step("one"), step("two", "P1D"), step("three", "P3D")]))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.status == "completed" and result.sent == 3, result
+    events = list((await journey_handle(env.client, section, cid, uid).fetch_history()).events)
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in _of_type(events, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    ]
+    assert scheduled == ["journey.send_step"] * 3, scheduled
+    locals_ = [m for m in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)
+               if m.marker_recorded_event_attributes.marker_name == "core_local_activity"]  # fmt: skip
+    assert len(locals_) == 1, locals_  # enroll only: no decide, no finish
+    with store.session() as s:
+        row = s.get(Journey, result.journey_id)
+        assert row is not None and row.status == "completed" and row.ended_at == row.last_sent_at
