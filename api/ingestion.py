@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from api.deps import AppState
 from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input
+from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
@@ -107,9 +108,12 @@ def accept(
             event_id = new_event_id()
             # A user first seen in this request has no journeys yet: nothing to look up.
             running = _running_journeys(s, section_id, user.id) if campaigns and not unsaved else {}
+            # Distinct, increasing times keep a batch's order for the sweeper's replay.
+            received_at = now + timedelta(microseconds=position)
             commands = _commands(
-                section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running
-            )
+                section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running,
+                received_at,
+            )  # fmt: skip
             row = {
                 "id": event_id,
                 "section_id": section_id,
@@ -118,8 +122,7 @@ def accept(
                 "name": ev.name,
                 "data": ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
                 "consented": body.user.consented,
-                # Distinct, increasing times keep a batch's order for the sweeper's replay.
-                "received_at": now + timedelta(microseconds=position),
+                "received_at": received_at,
                 "dispatched": not commands,
                 "deferred": False,
                 "transaction_id": ev.transaction_id,
@@ -190,6 +193,7 @@ def _commands(
     consented: bool,
     settings: Settings,
     running: dict[str, list[str]],
+    received_at: datetime,
 ) -> list[JourneyCommand]:
     out: list[JourneyCommand] = []
     for campaign, spec in campaigns:
@@ -243,7 +247,9 @@ def _commands(
                     spec.trigger.wait,
                     user.is_test,
                     settings.delivery_timeout,
+                    received_at,
                 ),
+                variation_id=allocate(campaign.id, user.id, spec.variations).id,
             )
         )
     return out

@@ -9,11 +9,11 @@ every step not yet sent. All I/O is in activities; every time passed to them is 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeUpdate
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -90,7 +90,6 @@ class JourneyWorkflow:
         self._woken = False
         self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
         self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
-        self._shown: tuple[str, int, Any] | None = None  # the status attributes last upserted
 
     # ------------------------------------------------------------ signals and queries
 
@@ -102,13 +101,30 @@ class JourneyWorkflow:
         st.trigger_count += 1
         st.skus = list(dict.fromkeys([*t.skus, *st.skus]))[:MAX_SKUS]
         st.trigger_event_ids = [t.event_id, *st.trigger_event_ids][:MAX_TRIGGER_EVENTS]
+        at = self._trigger_time()
         if st.first_trigger_at is None:
-            st.first_trigger_at = workflow.now()
+            st.first_trigger_at = at
         if st.step_index == 0 and st.status in ("triggered", "waiting"):
             # Delivery relevancy: the first message waits from the latest trigger.
-            st.last_trigger_at = workflow.now()
+            st.last_trigger_at = at
             st.wake_at = None
             self._woken = True
+
+    def _trigger_time(self) -> datetime:
+        """When the trigger being applied happened, in workflow time.
+
+        The trigger that started the journey happened when Rejoin received its event
+        (`inp.triggered_at`, patch STEP_ACTIVITY_PATCH): its wait runs from then, as the API
+        showed at the start, however long the first workflow task queued. Later triggers are
+        signals applied as they arrive. Signals are applied before `run` starts, so the patch is
+        asked here too (memoised: the same answer as in `run`).
+        """
+        now = workflow.now()
+        first = self.inp.state is None and self.state.trigger_count == 1 and self.inp.triggered_at is not None
+        if first and workflow.patched(STEP_ACTIVITY_PATCH):
+            assert self.inp.triggered_at is not None
+            return min(self.inp.triggered_at, now)  # never ahead of the journey's own clock
+        return now
 
     @workflow.signal
     def exit(self, e: ExitSignal) -> None:
@@ -440,11 +456,13 @@ class JourneyWorkflow:
         if self._one_activity_steps:
             # One upsert per change an operator searches by: "sending" lasts one activity (the
             # query and the details show it; a retrying send is in the UI's pending activities),
-            # and a re-trigger that leaves the deadline as it was changes nothing.
-            shown = (status, self.state.step_index, next_send_at)
-            if status == "sending" or shown == self._shown:
+            # and what the journey shows already (from its start, or a re-trigger that left the
+            # deadline as it was) is not written again.
+            if status == "sending":
                 return
-            self._shown = shown
+            if self._shows(status, next_send_at):
+                self._pending_attrs = []
+                return
         attrs: list[SearchAttributeUpdate[Any]] = [
             *self._pending_attrs,
             search.JOURNEY_STATUS.value_set(status),
@@ -456,6 +474,15 @@ class JourneyWorkflow:
         else:
             attrs.append(search.NEXT_SEND_AT.value_unset())
         workflow.upsert_search_attributes(attrs)
+
+    def _shows(self, status: JourneyStatus, next_send_at: datetime | None) -> bool:
+        """Whether the journey's search attributes already say this (and any pending ones)."""
+        current = workflow.info().typed_search_attributes
+        wanted: list[tuple[SearchAttributeKey[Any], Any]] = [
+            (search.JOURNEY_STATUS, status), (search.STEP_INDEX, self.state.step_index), (search.NEXT_SEND_AT, next_send_at),
+        ]  # fmt: skip
+        wanted += [(u.key, u.value) for u in self._pending_attrs]
+        return all(current.get(key) == value for key, value in wanted)
 
     def _continue_as_new_if_long(self) -> None:
         """Hot carts re-trigger thousands of times: start a fresh history, carrying the state."""

@@ -91,6 +91,9 @@ class JourneyInput(BaseModel):
     delivery_timeout: timedelta = timedelta(seconds=30)
     delivery_budget: timedelta = timedelta(hours=6)  # a cart reminder hours late is worse than none
     state: JourneyState | None = None
+    # When Rejoin received the event that started the journey: the first wait runs from then
+    # (patch `step-in-one-activity`), and the API shows that deadline from the start.
+    triggered_at: datetime | None = None
 
 
 class JourneyResult(BaseModel):

@@ -17,13 +17,14 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    eventually,
     journey_handle,
     journey_result,
     reachable_user,
     step,
 )
 from workflows import search
-from workflows.journey import STEP_ACTIVITY_PATCH
+from workflows.journey import STEP_ACTIVITY_PATCH, JourneyWorkflow
 
 
 def _of_type(events: list[HistoryEvent], kind: EventType.ValueType) -> list[HistoryEvent]:
@@ -55,13 +56,12 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
         sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
         for e in _of_type(events, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
     ]
-    # The SDK's own patch record, "waiting" carrying the variation, the final status.
-    assert upserts == [
-        ["TemporalChangeVersion"],
-        ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex", "RejoinVariationId"],
-        ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex"],
-    ], upserts
-    assert len(events) <= 24, len(events)  # 28 with local decide/finish, 40 with durable store steps
+    # The SDK's own patch record and the final status: the API started the journey "waiting"
+    # in its variation until the deadline the workflow then computed (no upsert for those).
+    assert upserts == [["TemporalChangeVersion"], ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex"]], upserts
+    started = events[0].workflow_execution_started_event_attributes
+    assert set(started.search_attributes.indexed_fields) >= {"RejoinVariationId", "RejoinNextSendAt"}, started
+    assert len(events) <= 23, len(events)  # 28 with local decide/finish, 40 with durable store steps
     desc = await journey_handle(env.client, section, cid, uid).describe()
     assert desc.typed_search_attributes.get(search.JOURNEY_STATUS) == "completed"
     with store.session() as s:
@@ -92,3 +92,33 @@ async def test_only_the_last_step_ends_the_journey_with_its_send(
     with store.session() as s:
         row = s.get(Journey, result.journey_id)
         assert row is not None and row.status == "completed" and row.ended_at == row.last_sent_at
+
+
+async def test_a_new_journey_is_searchable_as_waiting_until_its_real_deadline(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """From its start a journey shows "waiting", its variation and the deadline it really keeps
+    (the API's receive time + the trigger wait); a re-trigger that moves the deadline moves it too."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
+    dyid, uid = await reachable_user(api, section)
+    handle = journey_handle(env.client, section, cid, uid)
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        view = await handle.query(JourneyWorkflow.current_state)
+        attrs = (await handle.describe()).typed_search_attributes
+        assert view.status == "waiting" and view.next_wake_at is not None
+        assert attrs.get(search.JOURNEY_STATUS) == "waiting" and attrs.get(search.VARIATION_ID) == "a"
+        assert attrs.get(search.NEXT_SEND_AT) == view.next_wake_at  # one deadline, not an estimate
+        first = view.next_wake_at
+        await collect(api, section, dyid, add_to_cart("sku-2"))  # delivery relevancy: waits from now
+
+        async def moved() -> None:
+            again = await handle.query(JourneyWorkflow.current_state)
+            assert again.next_wake_at is not None and again.next_wake_at > first
+            assert (await handle.describe()).typed_search_attributes.get(search.NEXT_SEND_AT) == again.next_wake_at
+
+        await eventually(moved)
+        await env.fast_forward(handle)
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.status == "completed" and result.sent == 1 and result.runs == 1
