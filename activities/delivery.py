@@ -56,6 +56,11 @@ class _RateLimited:
     per_second: float  # the integration's limit, to wait for before the send is marked in flight
 
 
+# What `begin_in` leaves for the provider call: a message to send, a result already known (done
+# before, skipped, no longer opted in), or a rate limit to wait for first.
+Prepared = _Prepared | DeliverResult | _RateLimited
+
+
 def _rate_limit(integration: Integration | None) -> float | None:
     """The integration's sends-per-second limit; None when it has none (or it was deleted)."""
     rate = integration.config.get("rate_limit_per_second") if integration is not None else None
@@ -84,7 +89,10 @@ class Delivery:
         # outlasts the attempt must not make the retry look like a possible duplicate.
         # Most integrations have no rate limit: then `_begin` goes ahead in the same transaction
         # that looked (one thread hop and one transaction fewer per send than a separate read).
-        prepared = await asyncio.to_thread(self._begin, req, False)
+        return await self.deliver_prepared(req, await asyncio.to_thread(self._begin, req, False))
+
+    async def deliver_prepared(self, req: DeliverRequest, prepared: Prepared) -> DeliverResult:
+        """`deliver` after `begin_in`: wait for the rate limit if asked, call the provider, record."""
         if isinstance(prepared, _RateLimited):
             await self.providers.limiter.acquire(req.integration_id, prepared.per_second)
             prepared = await asyncio.to_thread(self._begin, req, True)
@@ -112,66 +120,69 @@ class Delivery:
 
     # ------------------------------------------------------------ store steps (threads)
 
-    def _begin(self, req: DeliverRequest, rate_waited: bool) -> _Prepared | DeliverResult | _RateLimited:
+    def _begin(self, req: DeliverRequest, rate_waited: bool) -> Prepared:
+        with self.store.session() as s:
+            return self.begin_in(s, req, rate_waited)
+
+    def begin_in(self, s: Session, req: DeliverRequest, rate_waited: bool) -> Prepared:
         """Mark the send in flight and compose its message, unless it is done already.
 
         Returns `_RateLimited`, having written nothing, when the integration has a rate limit not
         yet waited for; the caller waits for it and calls again.
         """
-        with self.store.session() as s:
-            integration = s.get(Integration, req.integration_id)
-            rate = _rate_limit(integration)
-            if rate is not None and not rate_waited:
-                return _RateLimited(rate)
-            send = s.get(Send, req.send_key)
-            if send is not None and send.status in ("accepted", "failed", "skipped"):
-                log.info("already %s under %s, skipping the provider call", send.status, req.send_key)
-                return DeliverResult(
-                    status="accepted" if send.status == "accepted" else "failed",
-                    provider_status=send.provider_status,
-                    possible_duplicate=send.possible_duplicate,
-                    reason=None if send.status == "accepted" else send.provider_response,
-                )
-            if integration is None:
-                raise ApplicationError("integration was deleted", type="ConfigurationError", non_retryable=True)
-            provider = self.providers.for_kind(integration.kind)
-            now = now_utc()
-            user = canonical_user(s, req.user_id)  # once: the send row and the message both need it
-            if send is None:
-                send = Send(
-                    key=req.send_key,
-                    journey_id=req.journey_id,
-                    section_id=req.section_id,
-                    campaign_id=req.campaign_id,
-                    variation_id="",
-                    step_index=req.step_index,
-                    channel=req.channel,
-                    integration_id=req.integration_id,
-                    user_id=user.id if user is not None else canonical_id(s, req.user_id),
-                    status="in_flight",
-                    created_at=req.as_of,
-                    updated_at=now,
-                )
-            elif send.status == "in_flight" and not provider.honours_idempotency_key:
-                # The previous attempt died after (maybe) reaching the provider: say so, never silently.
-                send.possible_duplicate = True
-            send.status = "in_flight"
-            send.attempts += 1
-            send.updated_at = now
-            try:
-                message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user)
-            except MissingRequired as err:
-                send.variation_id = err.variation_id
-                s.add(send)
-                # The data is missing, not the channel: skip the step, never fall back.
-                return self._fail_in(
-                    s, req, err.step_name, f"skipped: {err}", None, "", fallback=False, outcome="skipped"
-                )
-            send.variation_id = variation_id
+        integration = s.get(Integration, req.integration_id)
+        rate = _rate_limit(integration)
+        if rate is not None and not rate_waited:
+            return _RateLimited(rate)
+        send = s.get(Send, req.send_key)
+        if send is not None and send.status in ("accepted", "failed", "skipped"):
+            log.info("already %s under %s, skipping the provider call", send.status, req.send_key)
+            return DeliverResult(
+                status="accepted" if send.status == "accepted" else "failed",
+                provider_status=send.provider_status,
+                possible_duplicate=send.possible_duplicate,
+                reason=None if send.status == "accepted" else send.provider_response,
+            )
+        if integration is None:
+            raise ApplicationError("integration was deleted", type="ConfigurationError", non_retryable=True)
+        provider = self.providers.for_kind(integration.kind)
+        now = now_utc()
+        user = canonical_user(s, req.user_id)  # once: the send row and the message both need it
+        if send is None:
+            send = Send(
+                key=req.send_key,
+                journey_id=req.journey_id,
+                section_id=req.section_id,
+                campaign_id=req.campaign_id,
+                variation_id="",
+                step_index=req.step_index,
+                channel=req.channel,
+                integration_id=req.integration_id,
+                user_id=user.id if user is not None else canonical_id(s, req.user_id),
+                status="in_flight",
+                created_at=req.as_of,
+                updated_at=now,
+            )
+        elif send.status == "in_flight" and not provider.honours_idempotency_key:
+            # The previous attempt died after (maybe) reaching the provider: say so, never silently.
+            send.possible_duplicate = True
+        send.status = "in_flight"
+        send.attempts += 1
+        send.updated_at = now
+        try:
+            message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user)
+        except MissingRequired as err:
+            send.variation_id = err.variation_id
             s.add(send)
-            if message is None:
-                return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
-            return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
+            # The data is missing, not the channel: skip the step, never fall back.
+            return self._fail_in(
+                s, req, err.step_name, f"skipped: {err}", None, "", fallback=False, outcome="skipped"
+            )
+        send.variation_id = variation_id
+        s.add(send)
+        if message is None:
+            return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
+        return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
 
     def _compose(
         self, s: Session, req: DeliverRequest, integration: Integration, user: User | None

@@ -85,41 +85,45 @@ class JourneyActivities:
     @activity.defn(name="journey.decide")
     def decide(self, req: DecideRequest) -> StepDecision:
         """Pick the channel and reserve a capped slot, or say why the step cannot send."""
-        key = decision_key(req.journey_id, req.step_index, req.exclude_channels)
         with self.store.session() as s:
-            previous = decisions.detail_of(s, key)
-            if previous is not None:
-                log.info("decision %s already made, returning it", key)
-                return StepDecision.model_validate(previous["decision"])
-            spec = load_spec(s, req.campaign_id, req.campaign_version)
-            variation_id = journey_rows.variation_of(s, req.journey_id)
-            # The journey may have started under an id since merged into another (identity).
-            user = canonical_user(s, req.user_id)
-            if variation_id is None or user is None:
-                raise LookupError(f"journey {req.journey_id} or its user is missing")
-            variation = spec.variation(variation_id)
-            assert variation is not None, "a journey's variation exists in its campaign version"
-            step = variation.steps[req.step_index]
-            not_before = _window_defer(spec, user, req.as_of)
-            if not_before is not None:
-                # Not recorded: the decision is made again when the window opens.
-                return StepDecision(action="defer", reason="send window", not_before=not_before)
-            decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
-            decisions.record(
-                s,
-                key=key,
-                journey_id=req.journey_id,
-                section_id=req.section_id,
-                user_id=req.user_id,
-                step_index=req.step_index,
-                step_name=step.name,
-                outcome="decided" if decision.action == "send" else "skipped",
-                reason=decision.reason,
-                channel=decision.channel,
-                at=req.as_of,
-                detail={"decision": decision.model_dump(mode="json"), "excluded": req.exclude_channels},
-            )
-            return decision
+            return self.decide_in(s, req)
+
+    def decide_in(self, s: Session, req: DecideRequest) -> StepDecision:
+        """`decide` in the caller's transaction (the step activity delivers in the same one)."""
+        key = decision_key(req.journey_id, req.step_index, req.exclude_channels)
+        previous = decisions.detail_of(s, key)
+        if previous is not None:
+            log.info("decision %s already made, returning it", key)
+            return StepDecision.model_validate(previous["decision"])
+        spec = load_spec(s, req.campaign_id, req.campaign_version)
+        variation_id = journey_rows.variation_of(s, req.journey_id)
+        # The journey may have started under an id since merged into another (identity).
+        user = canonical_user(s, req.user_id)
+        if variation_id is None or user is None:
+            raise LookupError(f"journey {req.journey_id} or its user is missing")
+        variation = spec.variation(variation_id)
+        assert variation is not None, "a journey's variation exists in its campaign version"
+        step = variation.steps[req.step_index]
+        not_before = _window_defer(spec, user, req.as_of)
+        if not_before is not None:
+            # Not recorded: the decision is made again when the window opens.
+            return StepDecision(action="defer", reason="send window", not_before=not_before)
+        decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
+        decisions.record(
+            s,
+            key=key,
+            journey_id=req.journey_id,
+            section_id=req.section_id,
+            user_id=req.user_id,
+            step_index=req.step_index,
+            step_name=step.name,
+            outcome="decided" if decision.action == "send" else "skipped",
+            reason=decision.reason,
+            channel=decision.channel,
+            at=req.as_of,
+            detail={"decision": decision.model_dump(mode="json"), "excluded": req.exclude_channels},
+        )
+        return decision
 
     def _decide(
         self, s: Session, req: DecideRequest, spec: CampaignSpec, user: User, step_channels: list[str], key: str
@@ -184,7 +188,8 @@ class JourneyActivities:
             previous = decisions.detail_of(s, req.decision_key)
             decision = StepDecision.model_validate(previous["decision"]) if previous is not None else None
             if decision is None or decision.action != "send" or not decision.channel or not decision.send_key:
-                # The step never got as far as a send (the store failed for the whole budget).
+                # The step never got as far as a send (its transaction failed for the whole budget).
+                self._note_gave_up(s, req)
                 return StepOutcome(decision=StepDecision(action="skip", reason=req.reason))
             given_up = GiveUpRequest(
                 journey_id=req.journey_id,
@@ -195,6 +200,23 @@ class JourneyActivities:
                 reason=req.reason,
             )
             return StepOutcome(decision=decision, delivery=self._give_up(s, given_up))
+
+    def _note_gave_up(self, s: Session, req: GiveUpStepRequest) -> None:
+        """Put a step that gave up before deciding in the decision trace (so "why nothing?" has an answer)."""
+        journey = s.get(Journey, req.journey_id)
+        if journey is not None:
+            decisions.record(
+                s,
+                key=f"{req.decision_key}:gave_up",
+                journey_id=req.journey_id,
+                section_id=journey.section_id,
+                user_id=journey.user_id,
+                step_index=req.step_index,
+                step_name=f"step {req.step_index}",
+                outcome="skipped",
+                reason=req.reason,
+                at=req.as_of,
+            )
 
     def _give_up(self, s: Session, req: GiveUpRequest) -> DeliverResult:
         send = s.get(Send, req.send_key)

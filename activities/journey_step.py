@@ -15,9 +15,9 @@ import asyncio
 
 from temporalio import activity
 
-from activities.delivery import Delivery
+from activities.delivery import Delivery, Prepared
 from activities.journey import JourneyActivities
-from workflows.models import StepOutcome, StepRequest
+from workflows.models import StepDecision, StepOutcome, StepRequest
 
 
 class JourneySteps:
@@ -28,10 +28,19 @@ class JourneySteps:
     @activity.defn(name="journey.send_step")
     async def send_step(self, req: StepRequest) -> StepOutcome:
         """Decide the step and, if it sends, deliver it; the last step's send also ends the journey."""
-        decision = await asyncio.to_thread(self.journey.decide, req)
-        if decision.action != "send":  # skipped (caps, audience, no channel) or deferred (send window)
+        decision, prepared = await asyncio.to_thread(self._decide_and_begin, req)
+        if prepared is None:  # skipped (caps, audience, no channel) or deferred (send window)
             return StepOutcome(decision=decision)
-        result = await self.delivery.deliver(req.deliver_request(decision))
+        result = await self.delivery.deliver_prepared(req.deliver_request(decision), prepared)
         return StepOutcome(
             decision=decision, delivery=result, journey_ended=req.last_step and result.status == "accepted"
         )
+
+    def _decide_and_begin(self, req: StepRequest) -> tuple[StepDecision, Prepared | None]:
+        """The decision and the send marked in flight in one transaction (one commit, one thread
+        hop): the reservation and the in-flight send are written together or not at all."""
+        with self.journey.store.session() as s:
+            decision = self.journey.decide_in(s, req)
+            if decision.action != "send":
+                return decision, None
+            return decision, self.delivery.begin_in(s, req.deliver_request(decision), rate_waited=False)

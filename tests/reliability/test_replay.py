@@ -33,7 +33,7 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from workflows.journey import LOCAL_STORE_PATCH, JourneyWorkflow
+from workflows.journey import LOCAL_STORE_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 RECORDING = os.environ.get("REJOIN_RECORD_HISTORIES") == "1"
@@ -68,6 +68,15 @@ def _markers(path: Path) -> list[tuple[str, str]]:
             payloads = [p for d in marker.get("details", {}).values() for p in d.get("payloads", [])]
             out.append((marker["markerName"], " ".join(base64.b64decode(p.get("data", "")).decode() for p in payloads)))
     return out
+
+
+def test_step_activity_path_is_recorded() -> None:
+    """Histories cover journeys whose steps are one `journey.send_step` activity each."""
+    markers = {p.stem: _markers(p) for p in _files()}
+    patched = {n for n, ms in markers.items() if any(k == "core_patch" and STEP_ACTIVITY_PATCH in d for k, d in ms)}
+    texts = {name: (HISTORIES / f"{name}.json").read_text() for name in patched}
+    assert not [n for n, text in texts.items() if '"journey.decide"' in text], "a patched journey decided apart"
+    assert len([n for n, text in texts.items() if '"journey.send_step"' in text]) >= 3, sorted(patched)
 
 
 def test_both_store_step_paths_are_recorded() -> None:
@@ -110,9 +119,19 @@ async def test_record_histories(
     if _wanted("local_store_steps_retry_then_permanent_failure"):
         name = "local_store_steps_retry_then_permanent_failure"
         await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
+    # 6-9. Recorded after each step became one activity (patch "step-in-one-activity").
+    if _wanted("step_activity_three_steps_completed"):
+        await _three_steps(api, env, save, "step_activity_three_steps_completed")
+    if _wanted("step_activity_exited_by_purchase"):
+        await _exited_by_purchase(api, env, save, "step_activity_exited_by_purchase")
+    if _wanted("step_activity_retry_then_permanent_failure"):
+        name = "step_activity_retry_then_permanent_failure"
+        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
+    if _wanted("step_activity_hot_cart_continued_as_new"):
+        await _hot_cart(api, env, save, "step_activity_hot_cart_continued_as_new")
 
 
-async def _three_steps(api, env, save) -> None:  # type: ignore[no-untyped-def]
+async def _three_steps(api, env, save, name: str = "three_steps_completed") -> None:  # type: ignore[no-untyped-def]
     """1. Three steps sent through the outbox."""
     sec = await make_section(api)
     await add_integration(api, sec)
@@ -120,10 +139,10 @@ async def _three_steps(api, env, save) -> None:  # type: ignore[no-untyped-def]
     dyid, uid = await reachable_user(api, sec)
     await collect(api, sec, dyid, add_to_cart("sku-1"))
     await journey_result(env.client, sec, cid, uid)
-    await save("three_steps_completed", sec, cid, uid)
+    await save(name, sec, cid, uid)
 
 
-async def _exited_by_purchase(api, env, save) -> None:  # type: ignore[no-untyped-def]
+async def _exited_by_purchase(api, env, save, name: str = "exited_by_purchase") -> None:  # type: ignore[no-untyped-def]
     """2. Exited by a purchase during the first wait."""
     sec = await make_section(api)
     await add_integration(api, sec)
@@ -134,7 +153,7 @@ async def _exited_by_purchase(api, env, save) -> None:  # type: ignore[no-untype
         await collect(api, sec, dyid, add_to_cart("sku-3"))
     await collect(api, sec, dyid, purchase([("sku-2", 10.0)]))
     await journey_result(env.client, sec, cid, uid)
-    await save("exited_by_purchase", sec, cid, uid)
+    await save(name, sec, cid, uid)
 
 
 async def _retry_then_permanent_failure(api, env, fresh_provider, save, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +169,7 @@ async def _retry_then_permanent_failure(api, env, fresh_provider, save, name: st
     await save(name, sec, cid, uid)
 
 
-async def _hot_cart(api, env, save) -> None:  # type: ignore[no-untyped-def]
+async def _hot_cart(api, env, save, name: str = "hot_cart_continued_as_new") -> None:  # type: ignore[no-untyped-def]
     """4. Hot cart: many re-triggers, continue-as-new, then two steps."""
     sec = await make_section(api)
     await add_integration(api, sec)
@@ -161,4 +180,4 @@ async def _hot_cart(api, env, save) -> None:  # type: ignore[no-untyped-def]
             await collect(api, sec, dyid, add_to_cart(f"sku-{i}"))
     await env.fast_forward(journey_handle(env.client, sec, cid, uid))
     await journey_result(env.client, sec, cid, uid)
-    await save("hot_cart_continued_as_new", sec, cid, uid)
+    await save(name, sec, cid, uid)
