@@ -3,6 +3,7 @@
     python -m bench                 # all, default sizes (~3 min on 2 cores)
     python -m bench --only ingest,delivery --scale 2
     python -m bench --only reports --database-url postgresql://postgres@127.0.0.1:5432/postgres --scale 10  # 10M facts
+    python -m bench --only costs    # what each Temporal feature of a journey costs the server and worker
 
 Prints a table and, last, one JSON line with every figure. See docs/performance.md.
 """
@@ -24,6 +25,7 @@ import httpx
 import temporalio
 
 from bench.bare import BareOneActivity, BareWaiter
+from bench.feature_costs import bench_feature_costs
 from bench.harness import ADMIN_KEY, Stack, rss_mb
 from bench.report_bench import run as bench_reports
 from bench.subscribers import bench_subscribers
@@ -367,7 +369,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 async def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--only", default="ingest,journeys,delivery,memory,reports")
+    p.add_argument("--only", default="ingest,journeys,delivery,memory,reports,costs")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     p.add_argument("--sqlite-rows", type=int, default=None,
@@ -385,7 +387,14 @@ async def main(argv: list[str]) -> int:
                                             args.sqlite_rows or min(n, 1_000_000)))  # fmt: skip
     if "reports" in only:  # (5) no Temporal stack either: 1M sends+hits+events per scale unit, own database
         rows.append(bench_reports(args.database_url or "sqlite://", int(1_000_000 * args.scale)))
-    if only - {"subscribers", "reports"}:  # the others share one Temporal + API + worker stack
+    if "costs" in only:  # (7) bare workflows with one journey feature more each, own dev server
+        stack = Stack()  # Temporal only: no store
+        try:
+            await stack.start()
+            rows.append(await bench_feature_costs(stack, size(200)))
+        finally:
+            stack.close()
+    if only - {"subscribers", "reports", "costs"}:  # the others share one Temporal + API + worker stack
         stack = Stack(args.database_url)
         try:
             await stack.start()

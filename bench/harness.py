@@ -123,6 +123,11 @@ class Stack:
         return out
 
     @property
+    def server_pid(self) -> int | None:
+        """The Temporal dev server's pid, once started."""
+        return next((pid for pid, label in self.labels.items() if label == "temporal server"), None)
+
+    @property
     def address(self) -> str:
         return f"127.0.0.1:{self.temporal_port}"
 

@@ -59,10 +59,11 @@ STORE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interva
 LOCAL_STORE_PATCH = "store-steps-local-activities"
 # Each step is one durable activity (`journey.send_step`: decide, then deliver) instead of a local
 # decide and a durable deliver; the last step's send ends the journey row in its own transaction
-# (no finish step after it); search attributes change once per status change (the variation
-# rides on the first status, "sending" is shown in the details and the query, not upserted).
-# Fewer workflow tasks, markers and visibility writes per journey: docs/performance.md. Journeys
-# started before it keep the path they started on until they continue-as-new.
+# (no finish step after it); search attributes are upserted only when they change (the API
+# starts the journey as it is at once: waiting for step 0, in its variation, until the deadline
+# from the event's receive time). Two local activities and their markers fewer per journey:
+# docs/performance.md. Journeys started before it keep the path they started on until they
+# continue-as-new.
 STEP_ACTIVITY_PATCH = "step-in-one-activity"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
@@ -453,16 +454,11 @@ class JourneyWorkflow:
         self.state.status = status
         workflow.set_current_details(details)
         next_send_at = self.state.wake_at if status == "waiting" else None
-        if self._one_activity_steps:
-            # One upsert per change an operator searches by: "sending" lasts one activity (the
-            # query and the details show it; a retrying send is in the UI's pending activities),
-            # and what the journey shows already (from its start, or a re-trigger that left the
-            # deadline as it was) is not written again.
-            if status == "sending":
-                return
-            if self._shows(status, next_send_at):
-                self._pending_attrs = []
-                return
+        if self._one_activity_steps and self._shows(status, next_send_at):
+            # What the journey shows already (from its start, or a re-trigger that left the
+            # deadline as it was) is not written again: one history event less each.
+            self._pending_attrs = []
+            return
         attrs: list[SearchAttributeUpdate[Any]] = [
             *self._pending_attrs,
             search.JOURNEY_STATUS.value_set(status),

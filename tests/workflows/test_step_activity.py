@@ -25,6 +25,7 @@ from tests.helpers import (
 )
 from workflows import search
 from workflows.journey import STEP_ACTIVITY_PATCH, JourneyWorkflow
+from workflows.models import JourneyView
 
 
 def _of_type(events: list[HistoryEvent], kind: EventType.ValueType) -> list[HistoryEvent]:
@@ -35,7 +36,7 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
     """A one-step journey schedules only journey.send_step; enroll is its one local activity,
-    the finish was written with the send, and search attributes change once per status."""
+    the finish was written with the send, and search attributes are written only when they change."""
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign())
     dyid, uid = await reachable_user(api, section)
@@ -56,12 +57,13 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
         sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
         for e in _of_type(events, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
     ]
-    # The SDK's own patch record and the final status: the API started the journey "waiting"
-    # in its variation until the deadline the workflow then computed (no upsert for those).
-    assert upserts == [["TemporalChangeVersion"], ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex"]], upserts
+    # The SDK's own patch record, "sending", the final status: the API started the journey
+    # "waiting" in its variation until the deadline the workflow then computed (no upsert for those).
+    status = ["RejoinJourneyStatus", "RejoinNextSendAt", "RejoinStepIndex"]
+    assert upserts == [["TemporalChangeVersion"], status, status], upserts
     started = events[0].workflow_execution_started_event_attributes
     assert set(started.search_attributes.indexed_fields) >= {"RejoinVariationId", "RejoinNextSendAt"}, started
-    assert len(events) <= 23, len(events)  # 28 with local decide/finish, 40 with durable store steps
+    assert len(events) <= 24, len(events)  # 28 with local decide/finish, 40 with durable store steps
     desc = await journey_handle(env.client, section, cid, uid).describe()
     assert desc.typed_search_attributes.get(search.JOURNEY_STATUS) == "completed"
     with store.session() as s:
@@ -105,12 +107,20 @@ async def test_a_new_journey_is_searchable_as_waiting_until_its_real_deadline(
     handle = journey_handle(env.client, section, cid, uid)
     with env.with_time_skipping_disabled():
         await collect(api, section, dyid, add_to_cart("sku-1"))
-        view = await handle.query(JourneyWorkflow.current_state)
-        attrs = (await handle.describe()).typed_search_attributes
-        assert view.status == "waiting" and view.next_wake_at is not None
+        attrs = (await handle.describe()).typed_search_attributes  # as the API started it
         assert attrs.get(search.JOURNEY_STATUS) == "waiting" and attrs.get(search.VARIATION_ID) == "a"
+
+        async def waiting() -> JourneyView:
+            view = await handle.query(JourneyWorkflow.current_state)
+            assert view.status == "waiting" and view.next_wake_at is not None, view  # past its first task
+            return view
+
+        view = await eventually(waiting)
+        attrs = (await handle.describe()).typed_search_attributes
         assert attrs.get(search.NEXT_SEND_AT) == view.next_wake_at  # one deadline, not an estimate
+        assert attrs.get(search.JOURNEY_STATUS) == "waiting"
         first = view.next_wake_at
+        assert first is not None
         await collect(api, section, dyid, add_to_cart("sku-2"))  # delivery relevancy: waits from now
 
         async def moved() -> None:
