@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
 from domain.matching import product_record
@@ -124,13 +125,20 @@ class Delivery:
         with self.store.session() as s:
             return self.begin_in(s, req, rate_waited)
 
-    def begin_in(self, s: Session, req: DeliverRequest, rate_waited: bool) -> Prepared:
+    def begin_in(
+        self, s: Session, req: DeliverRequest, rate_waited: bool, reads: StepReads | None = None
+    ) -> Prepared:
         """Mark the send in flight and compose its message, unless it is done already.
 
         Returns `_RateLimited`, having written nothing, when the integration has a rate limit not
-        yet waited for; the caller waits for it and calls again.
+        yet waited for; the caller waits for it and calls again. `reads`: what the decision made
+        in this transaction read already (the user, the variation, the step's reach).
         """
-        integration = s.get(Integration, req.integration_id)
+        reads = reads or StepReads()
+        known = reads.reach.integrations.get(req.channel) if reads.reach is not None else None
+        if known is None or known.id != req.integration_id:
+            known = s.get(Integration, req.integration_id)
+        integration = known
         rate = _rate_limit(integration)
         if rate is not None and not rate_waited:
             return _RateLimited(rate)
@@ -147,7 +155,7 @@ class Delivery:
             raise ApplicationError("integration was deleted", type="ConfigurationError", non_retryable=True)
         provider = self.providers.for_kind(integration.kind)
         now = now_utc()
-        user = canonical_user(s, req.user_id)  # once: the send row and the message both need it
+        user = reads.user or canonical_user(s, req.user_id)  # once: the send row and the message both need it
         if send is None:
             send = Send(
                 key=req.send_key,
@@ -170,7 +178,7 @@ class Delivery:
         send.attempts += 1
         send.updated_at = now
         try:
-            message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user)
+            message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user, reads)
         except MissingRequired as err:
             send.variation_id = err.variation_id
             s.add(send)
@@ -185,15 +193,16 @@ class Delivery:
         return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
 
     def _compose(
-        self, s: Session, req: DeliverRequest, integration: Integration, user: User | None
+        self, s: Session, req: DeliverRequest, integration: Integration, user: User | None, reads: StepReads
     ) -> tuple[OutboundMessage | None, str, str, int | None]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
-        variation_id = journey_rows.variation_of(s, req.journey_id)
+        variation_id = reads.variation_id or journey_rows.variation_of(s, req.journey_id)
         assert variation_id is not None and user is not None
         variation = spec.variation(variation_id)
         assert variation is not None
         step = variation.steps[req.step_index]
-        opt_in = reach(s, req.section_id, user.id, [req.channel]).opt_ins.get(req.channel)
+        step_reach = reads.reach if reads.reach is not None else reach(s, req.section_id, user.id, [req.channel])
+        opt_in = step_reach.opt_ins.get(req.channel)
         if opt_in is None:
             return None, step.name, variation.id, None
         try:

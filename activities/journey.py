@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 from temporalio import activity
 
+from activities.step_reads import StepReads
 from domain import schedule as sched
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec, Channel
@@ -88,8 +89,9 @@ class JourneyActivities:
         with self.store.session() as s:
             return self.decide_in(s, req)
 
-    def decide_in(self, s: Session, req: DecideRequest) -> StepDecision:
-        """`decide` in the caller's transaction (the step activity delivers in the same one)."""
+    def decide_in(self, s: Session, req: DecideRequest, reads: StepReads | None = None) -> StepDecision:
+        """`decide` in the caller's transaction (the step activity delivers in the same one);
+        `reads` gets the rows a new decision read, for the delivery that follows."""
         key = decision_key(req.journey_id, req.step_index, req.exclude_channels)
         previous = decisions.detail_of(s, key)
         if previous is not None:
@@ -108,7 +110,9 @@ class JourneyActivities:
         if not_before is not None:
             # Not recorded: the decision is made again when the window opens.
             return StepDecision(action="defer", reason="send window", not_before=not_before)
-        decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key)
+        if reads is not None:
+            reads.user, reads.variation_id = user, variation_id
+        decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key, reads)
         decisions.record(
             s,
             key=key,
@@ -126,7 +130,14 @@ class JourneyActivities:
         return decision
 
     def _decide(
-        self, s: Session, req: DecideRequest, spec: CampaignSpec, user: User, step_channels: list[str], key: str
+        self,
+        s: Session,
+        req: DecideRequest,
+        spec: CampaignSpec,
+        user: User,
+        step_channels: list[str],
+        key: str,
+        reads: StepReads | None,
     ) -> StepDecision:
         status = journey_rows.campaign_status(s, req.campaign_id)
         if status is not None and status != "active":
@@ -137,6 +148,8 @@ class JourneyActivities:
         if spec.send_window is not None and spec.send_window.outside == "drop" and _outside_window(spec, user, req.as_of):
             return StepDecision(action="skip", reason="quiet_hours")
         r = reach(s, req.section_id, user.id, step_channels)
+        if reads is not None:
+            reads.reach = r
         choice = choose_channel(
             [c.value for c in spec.channel_priority], step_channels, r.unreachable, req.exclude_channels
         )

@@ -17,6 +17,7 @@ from temporalio import activity
 
 from activities.delivery import Delivery, Prepared
 from activities.journey import JourneyActivities
+from activities.step_reads import StepReads
 from workflows.models import StepDecision, StepOutcome, StepRequest
 
 
@@ -39,8 +40,9 @@ class JourneySteps:
     def _decide_and_begin(self, req: StepRequest) -> tuple[StepDecision, Prepared | None]:
         """The decision and the send marked in flight in one transaction (one commit, one thread
         hop): the reservation and the in-flight send are written together or not at all."""
+        reads = StepReads()
         with self.journey.store.session() as s:
-            decision = self.journey.decide_in(s, req)
+            decision = self.journey.decide_in(s, req, reads)
             if decision.action != "send":
                 return decision, None
-            return decision, self.delivery.begin_in(s, req.deliver_request(decision), rate_waited=False)
+            return decision, self.delivery.begin_in(s, req.deliver_request(decision), rate_waited=False, reads=reads)

@@ -80,14 +80,18 @@ class CostsProbe:
         return result
 
 
-async def _run_variant(client: Client, skipping: Client, queue: str, tag: str, features: frozenset[str], n: int) -> None:
+async def _run_variant(
+    client: Client, skipping: Client, queue: str, tag: str, features: frozenset[str], n: int
+) -> None:
     lanes = asyncio.Semaphore(64)
     use = skipping if "timer" in features else client
 
     async def one(i: int) -> None:
         async with lanes:
             extra: dict[str, Any] = {"start_signal": "poke", "start_signal_args": ["x"]} if "sws" in features else {}
-            handle = await use.start_workflow(CostsProbe.run, sorted(features), id=f"{tag}-{i}", task_queue=queue, **extra)
+            handle = await use.start_workflow(
+                CostsProbe.run, sorted(features), id=f"{tag}-{i}", task_queue=queue, **extra
+            )
             await handle.result()
 
     await asyncio.gather(*(one(i) for i in range(n)))
@@ -124,8 +128,12 @@ async def bench_feature_costs(stack: Stack, n: int, rounds: int = 3) -> dict[str
     names = [name for name, _ in VARIANTS]
     for before, after in zip(names, names[1:], strict=False):
         rows[after]["server_ms_added"] = rows[after]["server_ms"] - rows[before]["server_ms"]
-        rows[after]["worker_and_client_ms_added"] = rows[after]["worker_and_client_ms"] - rows[before]["worker_and_client_ms"]
-    print(f"\n{'feature costs (median of ' + str(rounds) + ')':<28}{'server ms':>11}{'added':>8}{'worker ms':>11}{'added':>8}")
+        rows[after]["worker_and_client_ms_added"] = (
+            rows[after]["worker_and_client_ms"] - rows[before]["worker_and_client_ms"]
+        )
+    print(
+        f"\n{'feature costs (median of ' + str(rounds) + ')':<28}{'server ms':>11}{'added':>8}{'worker ms':>11}{'added':>8}"
+    )
     for name in names:
         row = rows[name]
         print(f"{name:<28}{row['server_ms']:>11.1f}{row.get('server_ms_added', 0.0):>8.1f}"

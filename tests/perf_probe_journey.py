@@ -7,8 +7,8 @@ journey's store steps cost, with the activities called directly against a real s
     PROBE_SQL=1 ...                     # + the statements of one journey
     PROBE_N=150 ...                     # journeys per round (default 60)
 
-Per round: enroll, decide, deliver (custom HTTP to a local server) and finish for N fresh
-users, as benchmark 2 does per journey, alternating test and real users (real ones also
+Per round: enroll, then the step activity (decide, deliver by custom HTTP to a local server,
+the journey's end with the send) for N fresh users, as benchmark 2 does per journey, alternating test and real users (real ones also
 write the report counters). Delivery's thread hops run inline, so the profile sees them.
 docs/performance.md ("Worker CPU per journey") has the figures.
 """
@@ -31,6 +31,7 @@ from sqlalchemy import event
 
 from activities.delivery import Delivery
 from activities.journey import JourneyActivities
+from activities.journey_step import JourneySteps
 from domain.caps import CapPolicy
 from domain.tracking import Signer
 from providers.http import outbound_session
@@ -40,7 +41,7 @@ from settings import Settings
 from store.engine import Store
 from tests.helpers import SectionKeys, add_integration, cart_campaign, create_campaign, reachable_user, step
 from tests.provider_server import ProviderServer
-from workflows.models import DecideRequest, DeliverRequest, EnrollRequest, FinishRequest
+from workflows.models import EnrollRequest, StepRequest
 
 N = int(os.environ.get("PROBE_N", "60"))
 T = TypeVar("T")
@@ -54,12 +55,9 @@ async def _journey(journey: JourneyActivities, delivery: Delivery, sec: str, cid
     jid, now = str(uuid.uuid4()), datetime.now(UTC)
     ids: dict[str, Any] = {"journey_id": jid, "section_id": sec, "campaign_id": cid, "campaign_version": 1, "user_id": uid}
     journey.enroll(EnrollRequest(**ids, workflow_id=f"wf-{jid}", is_test=is_test, as_of=now))
-    d = journey.decide(DecideRequest(**ids, step_index=0, as_of=now))
-    assert d.action == "send" and d.channel and d.integration_id and d.send_key, d
-    r = await delivery.deliver(DeliverRequest(**ids, step_index=0, channel=d.channel, integration_id=d.integration_id,
-                                              send_key=d.send_key, as_of=now))  # fmt: skip
-    assert r.status == "accepted", r
-    journey.finish(FinishRequest(journey_id=jid, status="completed", as_of=now))
+    # One step as new journeys run it (patch step-in-one-activity): its send ends the journey.
+    outcome = await JourneySteps(journey, delivery).send_step(StepRequest(**ids, step_index=0, as_of=now, last_step=True))
+    assert outcome.delivery is not None and outcome.delivery.status == "accepted" and outcome.journey_ended, outcome
 
 
 async def test_probe(api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer, store: Store,

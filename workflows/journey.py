@@ -475,8 +475,10 @@ class JourneyWorkflow:
         """Whether the journey's search attributes already say this (and any pending ones)."""
         current = workflow.info().typed_search_attributes
         wanted: list[tuple[SearchAttributeKey[Any], Any]] = [
-            (search.JOURNEY_STATUS, status), (search.STEP_INDEX, self.state.step_index), (search.NEXT_SEND_AT, next_send_at),
-        ]  # fmt: skip
+            (search.JOURNEY_STATUS, status),
+            (search.STEP_INDEX, self.state.step_index),
+            (search.NEXT_SEND_AT, next_send_at),
+        ]
         wanted += [(u.key, u.value) for u in self._pending_attrs]
         return all(current.get(key) == value for key, value in wanted)
 

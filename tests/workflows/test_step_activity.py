@@ -77,7 +77,8 @@ async def test_only_the_last_step_ends_the_journey_with_its_send(
 ) -> None:
     """Three steps: two sends leave the journey open, the third closes it; one activity per step."""
     await add_integration(api, section)
-    cid = await create_campaign(api, section, cart_campaign(steps=[step("one"), step("two", "P1D"), step("three", "P3D")]))
+    steps = [step("one"), step("two", "P1D"), step("three", "P3D")]
+    cid = await create_campaign(api, section, cart_campaign(steps=steps))
     dyid, uid = await reachable_user(api, section)
     await collect(api, section, dyid, add_to_cart("sku-1"))
     result = await journey_result(env.client, section, cid, uid)
