@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 from sqlmodel import select
-from temporalio.client import ScheduleBackfill, ScheduleOverlapPolicy
+from temporalio.client import ScheduleBackfill, ScheduleHandle, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
@@ -123,7 +123,24 @@ async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
     spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     cid = await create_campaign(api, section, spec)
     handle = env.client.get_schedule_handle(campaign_schedule_id(section.id, cid))
+    try:
+        await _fire_once_each(env, handle, store, settings, fresh_provider, section, cid, users)
+    finally:
+        # A daily 03:00 UTC schedule left running fires into whatever test runs at 03:00 on the
+        # shared provider (a CI run across 03:00 UTC counted its 3 pushes as another test's sends).
+        await handle.delete()
 
+
+async def _fire_once_each(
+    env: WorkflowEnvironment,
+    handle: ScheduleHandle,
+    store: Store,
+    settings: Settings,
+    fresh_provider: ProviderServer,
+    section: SectionKeys,
+    cid: str,
+    users: list[str],
+) -> None:
     await handle.trigger()
     (first,) = await _done_runs(store, cid, 1)
     assert first.total == 3 and first.sent == 3, first
