@@ -135,10 +135,9 @@ class Delivery:
         in this transaction read already (the user, the variation, the step's reach).
         """
         reads = reads or StepReads()
-        known = reads.reach.integrations.get(req.channel) if reads.reach is not None else None
-        if known is None or known.id != req.integration_id:
-            known = s.get(Integration, req.integration_id)
-        integration = known
+        integration = reads.reach.integrations.get(req.channel) if reads.reach is not None else None
+        if integration is None or integration.id != req.integration_id:
+            integration = s.get(Integration, req.integration_id)
         rate = _rate_limit(integration)
         if rate is not None and not rate_waited:
             return _RateLimited(rate)

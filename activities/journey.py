@@ -201,8 +201,10 @@ class JourneyActivities:
             previous = decisions.detail_of(s, req.decision_key)
             decision = StepDecision.model_validate(previous["decision"]) if previous is not None else None
             if decision is None or decision.action != "send" or not decision.channel or not decision.send_key:
-                # The step never got as far as a send (its transaction failed for the whole budget).
-                self._note_gave_up(s, req)
+                # The step never got as far as a send (its transaction failed for the whole budget):
+                # still in the decision trace, so "why nothing?" has an answer.
+                _trace_gave_up(s, req.journey_id, f"{req.decision_key}:gave_up", req.step_index, "skipped",
+                               req.reason, req.as_of)  # fmt: skip
                 return StepOutcome(decision=StepDecision(action="skip", reason=req.reason))
             given_up = GiveUpRequest(
                 journey_id=req.journey_id,
@@ -213,23 +215,6 @@ class JourneyActivities:
                 reason=req.reason,
             )
             return StepOutcome(decision=decision, delivery=self._give_up(s, given_up))
-
-    def _note_gave_up(self, s: Session, req: GiveUpStepRequest) -> None:
-        """Put a step that gave up before deciding in the decision trace (so "why nothing?" has an answer)."""
-        journey = s.get(Journey, req.journey_id)
-        if journey is not None:
-            decisions.record(
-                s,
-                key=f"{req.decision_key}:gave_up",
-                journey_id=req.journey_id,
-                section_id=journey.section_id,
-                user_id=journey.user_id,
-                step_index=req.step_index,
-                step_name=f"step {req.step_index}",
-                outcome="skipped",
-                reason=req.reason,
-                at=req.as_of,
-            )
 
     def _give_up(self, s: Session, req: GiveUpRequest) -> DeliverResult:
         send = s.get(Send, req.send_key)
@@ -243,21 +228,8 @@ class JourneyActivities:
             send.provider_response = req.reason
             send.updated_at = now_utc()
             s.add(send)
-        journey = s.get(Journey, req.journey_id)
-        if journey is not None:
-            decisions.record(
-                s,
-                key=f"{req.send_key}:outcome",
-                journey_id=req.journey_id,
-                section_id=journey.section_id,
-                user_id=journey.user_id,
-                step_index=req.step_index,
-                step_name=f"step {req.step_index}",
-                outcome="failed",
-                reason=req.reason,
-                channel=req.channel,
-                at=req.as_of,
-            )
+        _trace_gave_up(s, req.journey_id, f"{req.send_key}:outcome", req.step_index, "failed", req.reason,
+                       req.as_of, req.channel)  # fmt: skip
         return DeliverResult(status="failed", reason=req.reason, fallback_allowed=True)
 
     @activity.defn(name="journey.finish")
@@ -281,6 +253,34 @@ class JourneyActivities:
                     at=req.as_of,
                     detail={"cancelled_from_step": req.step_index},
                 )
+
+
+def _trace_gave_up(
+    s: Session,
+    journey_id: str,
+    key: str,
+    step_index: int,
+    outcome: str,
+    reason: str,
+    at: datetime,
+    channel: str | None = None,
+) -> None:
+    """Record a step that ran out of budget in its journey's decision trace (if the journey exists)."""
+    journey = s.get(Journey, journey_id)
+    if journey is not None:
+        decisions.record(
+            s,
+            key=key,
+            journey_id=journey_id,
+            section_id=journey.section_id,
+            user_id=journey.user_id,
+            step_index=step_index,
+            step_name=f"step {step_index}",
+            outcome=outcome,
+            reason=reason,
+            channel=channel,
+            at=at,
+        )
 
 
 def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | None:

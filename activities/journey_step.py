@@ -18,7 +18,7 @@ from temporalio import activity
 from activities.delivery import Delivery, Prepared
 from activities.journey import JourneyActivities
 from activities.step_reads import StepReads
-from workflows.models import StepDecision, StepOutcome, StepRequest
+from workflows.models import DeliverRequest, StepDecision, StepOutcome, StepRequest
 
 
 class JourneySteps:
@@ -29,15 +29,15 @@ class JourneySteps:
     @activity.defn(name="journey.send_step")
     async def send_step(self, req: StepRequest) -> StepOutcome:
         """Decide the step and, if it sends, deliver it; the last step's send also ends the journey."""
-        decision, prepared = await asyncio.to_thread(self._decide_and_begin, req)
-        if prepared is None:  # skipped (caps, audience, no channel) or deferred (send window)
+        decision, begun = await asyncio.to_thread(self._decide_and_begin, req)
+        if begun is None:  # skipped (caps, audience, no channel) or deferred (send window)
             return StepOutcome(decision=decision)
-        result = await self.delivery.deliver_prepared(req.deliver_request(decision), prepared)
+        result = await self.delivery.deliver_prepared(*begun)
         return StepOutcome(
             decision=decision, delivery=result, journey_ended=req.last_step and result.status == "accepted"
         )
 
-    def _decide_and_begin(self, req: StepRequest) -> tuple[StepDecision, Prepared | None]:
+    def _decide_and_begin(self, req: StepRequest) -> tuple[StepDecision, tuple[DeliverRequest, Prepared] | None]:
         """The decision and the send marked in flight in one transaction (one commit, one thread
         hop): the reservation and the in-flight send are written together or not at all."""
         reads = StepReads()
@@ -45,4 +45,5 @@ class JourneySteps:
             decision = self.journey.decide_in(s, req, reads)
             if decision.action != "send":
                 return decision, None
-            return decision, self.delivery.begin_in(s, req.deliver_request(decision), rate_waited=False, reads=reads)
+            delivery = req.deliver_request(decision)
+            return decision, (delivery, self.delivery.begin_in(s, delivery, rate_waited=False, reads=reads))

@@ -86,7 +86,7 @@ def _start_attributes(inp: JourneyInput, variation_id: str | None) -> list[Searc
 
     A journey whose trigger time is known starts as it will be at once: waiting for its first
     step until `triggered_at + trigger_wait`, in the variation allocation picks; the workflow
-    upserts only what turns out different (a visibility write each, docs/performance.md).
+    upserts only what turns out different (a history event each).
     """
     pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(search.SECTION_ID, inp.section_id),

@@ -32,6 +32,14 @@ def _of_type(events: list[HistoryEvent], kind: EventType.ValueType) -> list[Hist
     return [e for e in events if e.event_type == kind]
 
 
+def _scheduled(events: list[HistoryEvent]) -> list[str]:
+    """The activity types the journey scheduled on the task queue, in order."""
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in _of_type(events, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    ]
+
+
 async def test_one_step_journey_is_one_activity_and_one_local_store_step(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
@@ -44,10 +52,7 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
     result = await journey_result(env.client, section, cid, uid)
     assert result.status == "completed" and result.sent == 1, result
     events = list((await journey_handle(env.client, section, cid, uid).fetch_history()).events)
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in _of_type(events, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-    ]
+    scheduled = _scheduled(events)
     markers = [e.marker_recorded_event_attributes for e in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)]
     assert scheduled == ["journey.send_step"], scheduled
     assert [m.marker_name for m in markers] == ["core_patch", "core_local_activity"], markers  # patch, enroll
@@ -84,10 +89,7 @@ async def test_only_the_last_step_ends_the_journey_with_its_send(
     result = await journey_result(env.client, section, cid, uid)
     assert result.status == "completed" and result.sent == 3, result
     events = list((await journey_handle(env.client, section, cid, uid).fetch_history()).events)
-    scheduled = [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in _of_type(events, EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
-    ]
+    scheduled = _scheduled(events)
     assert scheduled == ["journey.send_step"] * 3, scheduled
     locals_ = [m for m in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)
                if m.marker_recorded_event_attributes.marker_name == "core_local_activity"]  # fmt: skip
