@@ -21,7 +21,7 @@ from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from store import decisions, journey_rows, report_rollup, reservations
+from store import decisions, journey_rows, reservations
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import reach
@@ -38,7 +38,6 @@ from workflows.models import (
     JourneyPlan,
     StepDecision,
     StepOutcome,
-    StepPlan,
 )
 
 log = logging.getLogger(__name__)
@@ -56,32 +55,20 @@ class JourneyActivities:
         with self.store.session() as s:
             spec = load_spec(s, req.campaign_id, req.campaign_version)
             variation = allocate(req.campaign_id, req.user_id, spec.variations)
-            journey = Journey(
-                id=req.journey_id,
+            journey = journey_rows.new_journey(
+                journey_id=req.journey_id,
                 workflow_id=req.workflow_id,
                 section_id=req.section_id,
                 campaign_id=req.campaign_id,
                 campaign_version=req.campaign_version,
                 priority=spec.priority,
                 user_id=canonical_id(s, req.user_id),
-                variation_id=variation.id,
-                is_control=variation.control,
+                variation=variation,
                 is_test=req.is_test,
-                status="holdout" if variation.control else "active",
-                triggered_at=req.as_of,
-                ended_at=req.as_of if variation.control else None,
+                at=req.as_of,
             )
-            if journey_rows.insert_new(s, journey):  # not on a retry: the first call recorded it
-                report_rollup.register_cohort(s, journey)  # same transaction: counters never drift
-        return JourneyPlan(
-            variation_id=variation.id,
-            variation_name=variation.name,
-            control=variation.control,
-            steps=[
-                StepPlan(index=i, name=st.name, wait=st.wait, channels=[c.value for c in st.messages])
-                for i, st in enumerate(variation.steps)
-            ],
-        )
+            journey_rows.enroll(s, journey)  # insert-if-absent: a retry records nothing twice
+        return JourneyPlan.of(variation)
 
     @activity.defn(name="journey.decide")
     def decide(self, req: DecideRequest) -> StepDecision:

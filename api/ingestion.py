@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,13 +27,14 @@ from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
 from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, triggers
 from security.crypto import SecretBox
 from settings import Settings
-from store import cart_index, report_rollup, users
+from store import cart_index, journey_rows, report_rollup, users
 from store.campaigns import live_campaigns
 from store.engine import Store
 from store.event_marks import mark_dispatched
 from store.statements import table_of
 from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
+from workflows.models import Enrollment, JourneyPlan
 
 log = logging.getLogger(__name__)
 # Core INSERTs of events: the ORM's bulk-insert layer cost more than the statement.
@@ -91,6 +93,9 @@ def accept(
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
+        # Journeys this request enrolled (campaign -> workflow id): a later event of the same
+        # request re-triggers them rather than enrolling a second one.
+        enrolled_now: dict[str, list[str]] = {}
         for position, ev in enumerate(events):
             if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
                 users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
@@ -108,6 +113,7 @@ def accept(
             event_id = new_event_id()
             # A user first seen in this request has no journeys yet: nothing to look up.
             running = _running_journeys(s, section_id, user.id) if campaigns and not unsaved else {}
+            running = {**running, **enrolled_now}
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
             commands = _commands(
@@ -130,6 +136,10 @@ def accept(
                 "commands": [c.model_dump(mode="json") for c in commands],
             }
             s.execute(insert(EVENT_TABLE), row)  # a plain INSERT: events are never changed in this transaction
+            for c in commands:
+                if c.input is not None and c.input.enrollment is not None:
+                    _enroll(s, c, user.id, campaigns)
+                    enrolled_now[c.campaign_id] = [c.workflow_id]
             if report_rollup.attributes(ev.kind.value) and user.cuid:
                 # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
                 report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
@@ -182,6 +192,29 @@ def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, li
     return out
 
 
+def _enroll(s: Session, cmd: JourneyCommand, user_id: str, campaigns: list[tuple[Campaign, CampaignSpec]]) -> None:
+    """Record the journey a trigger enrolls (row and cohort) in the ingestion transaction, so it
+    exists from the trigger on and its workflow needs no enroll step (patch `enroll-at-trigger`)."""
+    inp, enrollment = cmd.input, cmd.input.enrollment if cmd.input else None
+    assert inp is not None and enrollment is not None and inp.triggered_at is not None
+    spec = next(spec for campaign, spec in campaigns if campaign.id == cmd.campaign_id)
+    variation = spec.variation(enrollment.plan.variation_id)
+    assert variation is not None
+    journey = journey_rows.new_journey(
+        journey_id=enrollment.journey_id,
+        workflow_id=cmd.workflow_id,
+        section_id=inp.section_id,
+        campaign_id=inp.campaign_id,
+        campaign_version=inp.campaign_version,
+        priority=spec.priority,
+        user_id=user_id,
+        variation=variation,
+        is_test=inp.is_test,
+        at=inp.triggered_at,
+    )
+    journey_rows.enroll(s, journey)
+
+
 def _commands(
     section_id: str,
     user: User,
@@ -232,6 +265,16 @@ def _commands(
             continue
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             continue
+        variation = allocate(campaign.id, user.id, spec.variations)
+        inp = trigger_input(
+            section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, user.is_test,
+            settings.delivery_timeout, received_at,
+        )  # fmt: skip
+        if not active:
+            # No journey of this person runs in the campaign: this trigger starts one, enrolled
+            # here (`accept` records it). If another request's trigger started it first, the
+            # dispatch finds the workflow running and withdraws this enrollment.
+            inp.enrollment = Enrollment(journey_id=str(uuid.uuid4()), plan=JourneyPlan.of(variation))
         out.append(
             JourneyCommand(
                 action="trigger",
@@ -239,20 +282,19 @@ def _commands(
                 event_id=event_id,
                 campaign_id=campaign.id,
                 skus=event_skus(ev, cart),
-                input=trigger_input(
-                    section_id,
-                    campaign.id,
-                    campaign.version,
-                    user.id,
-                    spec.trigger.wait,
-                    user.is_test,
-                    settings.delivery_timeout,
-                    received_at,
-                ),
-                variation_id=allocate(campaign.id, user.id, spec.variations).id,
+                input=inp,
+                variation_id=variation.id,
             )
         )
     return out
+
+
+def withdraw_enrollments(store: Store, journey_ids: list[str]) -> None:
+    """Delete the journeys enrolled at triggers that did not start them (`dispatch_all`)."""
+    if journey_ids:
+        with store.session() as s:
+            gone = journey_rows.withdraw(s, journey_ids)
+        log.info("withdrew %d of %d enrollments whose journey was already running", gone, len(journey_ids))
 
 
 async def redispatch_pending(
@@ -279,13 +321,17 @@ async def redispatch_pending(
     client = await state.client()
     skipping = await state.skipping_client()
     for ev in rows:
-        cmds = [JourneyCommand.model_validate(c) for c in ev.commands]
-        # A trigger that reached a journey which has ended since must not start a second one.
-        cmds = [
-            c for c in cmds
-            if c.action != "trigger" or not await trigger_already_applied(client, c.workflow_id, c.event_id)
-        ]  # fmt: skip
-        await dispatch_all(client, skipping, state.settings.task_queue, cmds)
+        cmds, applied = [], []
+        for c in (JourneyCommand.model_validate(c) for c in ev.commands):
+            # A trigger that reached a journey which has ended since must not start a second one.
+            if c.action == "trigger" and await trigger_already_applied(client, c.workflow_id, c.event_id):
+                applied.append(c)
+            else:
+                cmds.append(c)
+        unstarted = await dispatch_all(client, skipping, state.settings.task_queue, cmds)
+        # Its enrollment, if any, was not the journey that ran: withdrawn like an unstarted one.
+        unstarted += [c.input.enrollment.journey_id for c in applied if c.input and c.input.enrollment]
+        await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))
     return len(rows)

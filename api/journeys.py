@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -36,28 +36,41 @@ class JourneyCommand(BaseModel):
     variation_id: str | None = None  # for triggers: the variation enroll will allocate, searchable from the start
 
 
-async def dispatch(client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand) -> None:
+async def dispatch(client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand) -> bool:
+    """Send one command; for a trigger, whether it started a new journey (False: it re-triggered
+    a running one, or it was an exit)."""
     if cmd.action == "trigger":
         assert cmd.input is not None
         use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
         trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
-        await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
-    else:
-        await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
+        return await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
+    await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
+    return False
 
 
-async def dispatch_all(client: Client, skipping_client: Client | None, task_queue: str, cmds: list[JourneyCommand]) -> None:
+async def dispatch_all(
+    client: Client, skipping_client: Client | None, task_queue: str, cmds: list[JourneyCommand]
+) -> list[str]:
     """Send commands; different journeys in parallel, each journey's commands in event order
-    (a trigger then an exit in one batch must not race: the exit would find no journey yet)."""
+    (a trigger then an exit in one batch must not race: the exit would find no journey yet).
+
+    Returns the journeys enrolled at their trigger that did not start, because the trigger found
+    the person's journey already running (another request started it first): the caller
+    withdraws them (`store.journey_rows.withdraw`)."""
     by_journey: dict[str, list[JourneyCommand]] = {}
     for c in cmds:
         by_journey.setdefault(c.workflow_id, []).append(c)
+    unstarted: list[str] = []
 
     async def in_order(group: list[JourneyCommand]) -> None:
         for c in group:
-            await dispatch(client, skipping_client, task_queue, c)
+            started = await dispatch(client, skipping_client, task_queue, c)
+            enrollment = c.input.enrollment if c.input else None
+            if enrollment is not None and not started:
+                unstarted.append(enrollment.journey_id)
 
     await asyncio.gather(*(in_order(g) for g in by_journey.values()))
+    return unstarted
 
 
 async def start_or_retrigger(
@@ -68,8 +81,9 @@ async def start_or_retrigger(
     trigger: TriggerSignal,
     *,
     variation_id: str | None = None,
-) -> None:
-    await client.start_workflow(
+) -> bool:
+    """Signal-with-start; True if it started a new run (False: the journey was running already)."""
+    handle = await client.start_workflow(
         JourneyWorkflow.run,
         inp,
         id=workflow_id,
@@ -79,6 +93,20 @@ async def start_or_retrigger(
         search_attributes=TypedSearchAttributes(_start_attributes(inp, variation_id)),
         static_summary=f"campaign {inp.campaign_id} v{inp.campaign_version} for user {inp.user_id}",
     )
+    return started_new_run(handle)
+
+
+def started_new_run(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the signal-with-start that returned `handle` started a run rather than signalled one.
+
+    The server answers it (`SignalWithStartWorkflowExecutionResponse.started`); temporalio 1.35
+    keeps that response on the handle without a public accessor (its `first_execution_run_id` is
+    set in both cases), so it is read here, in one place, and pinned by
+    tests/api/test_enroll_at_trigger.py. Unknown counts as started: nothing is withdrawn.
+    """
+    response = getattr(handle, "_start_workflow_response", None)
+    started = getattr(response, "started", None)
+    return True if started is None else bool(started)
 
 
 def _start_attributes(inp: JourneyInput, variation_id: str | None) -> list[SearchAttributePair[Any]]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlmodel import Session
 
+from domain.campaign import Variation
+from store import report_rollup
 from store.statements import per_dialect, row_of, table_of, upsert_for
 from store.tables import Campaign, Journey, Section
 
@@ -41,6 +43,55 @@ def _insert(dialect_name: str) -> Any:
 def insert_new(s: Session, journey: Journey) -> bool:
     """Insert the journey unless its id exists (a retried enroll); True if this call inserted it."""
     return s.execute(_insert(s), row_of(journey)).first() is not None
+
+
+def new_journey(
+    *, journey_id: str, workflow_id: str, section_id: str, campaign_id: str, campaign_version: int, priority: int,
+    user_id: str, variation: Variation, is_test: bool, at: datetime,
+) -> Journey:  # fmt: skip
+    """The row of a journey allocated to `variation` at `at` (a holdout ends as it starts)."""
+    return Journey(
+        id=journey_id,
+        workflow_id=workflow_id,
+        section_id=section_id,
+        campaign_id=campaign_id,
+        campaign_version=campaign_version,
+        priority=priority,
+        user_id=user_id,
+        variation_id=variation.id,
+        is_control=variation.control,
+        is_test=is_test,
+        status="holdout" if variation.control else "active",
+        triggered_at=at,
+        ended_at=at if variation.control else None,
+    )
+
+
+def enroll(s: Session, journey: Journey) -> bool:
+    """Record a new journey and start its user's cohort, in the caller's transaction (the report
+    counters never drift from the rows); False if the journey was recorded already (a retry)."""
+    if not insert_new(s, journey):
+        return False
+    report_rollup.register_cohort(s, journey)
+    return True
+
+
+# Only a journey no step has touched is withdrawn: `last_sent_at` is still empty and it is active
+# (or a holdout, which ends as it starts).
+_WITHDRAW = delete(JOURNEY).where(
+    _j.id.in_(bindparam("journey_ids", expanding=True)),
+    _j.status.in_(["active", "holdout"]),
+    _j.last_sent_at.is_(None),
+)
+
+
+def withdraw(s: Session, journey_ids: list[str]) -> int:
+    """Delete journeys the API enrolled whose trigger reached a journey already running instead
+    (signal-with-start signalled it): no workflow runs them. The user's cohort stays: the
+    running journey is theirs too. Returns how many rows went."""
+    if not journey_ids:
+        return 0
+    return s.connection().execute(_WITHDRAW, {"journey_ids": journey_ids}).rowcount
 
 
 def variation_of(s: Session, journey_id: str) -> str | None:

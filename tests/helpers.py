@@ -80,6 +80,13 @@ def cart_campaign(name: str = "Cart", wait: str = "PT1H", steps: list[dict[str, 
     return spec
 
 
+def holdout_campaign() -> dict[str, Any]:
+    """A cart campaign that allocates everyone to its control (holdout) variation."""
+    return cart_campaign(variations=[
+        {"id": "ctl", "name": "Holdout", "share": 100, "control": True},
+        {"id": "a", "name": "A", "share": 0, "steps": [step("x")]}])  # fmt: skip
+
+
 async def create_campaign(api: httpx.AsyncClient, sec: SectionKeys, spec: dict[str, Any], activate: bool = True) -> str:
     r = await api.post("/api/v1/campaigns", json=spec, headers=sec.mgmt)
     assert r.status_code == 201, r.text

@@ -65,6 +65,15 @@ LOCAL_STORE_PATCH = "store-steps-local-activities"
 # docs/performance.md. Journeys started before it keep the path they started on until they
 # continue-as-new.
 STEP_ACTIVITY_PATCH = "step-in-one-activity"
+# The API enrolls a journey when it accepts the trigger (the journey row and the user's cohort in
+# the ingestion transaction; `JourneyInput.enrollment`), so a new journey's first workflow task
+# runs no enroll local activity: one marker, a local-activity round and a store transaction fewer
+# per journey (docs/performance.md). Asked only when the input carries an enrollment: journeys
+# started before it (and previews, and re-triggers that started a journey after an operator
+# ended one) enroll themselves as before. It implies STEP_ACTIVITY_PATCH (it came after), so a
+# new journey records this one marker, not both; a journey whose history has the older marker
+# only (an older worker took its first task and enrolled it itself) stays on that path.
+ENROLL_AT_TRIGGER_PATCH = "enroll-at-trigger"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -89,7 +98,9 @@ class JourneyWorkflow:
         self.inp = inp
         self.state = inp.state.model_copy(deep=True) if inp.state else JourneyState()
         self._woken = False
+        self._path_chosen = False
         self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
+        self._enrolled_at_trigger = False  # patch ENROLL_AT_TRIGGER_PATCH, likewise
         self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
 
     # ------------------------------------------------------------ signals and queries
@@ -122,9 +133,11 @@ class JourneyWorkflow:
         """
         now = workflow.now()
         first = self.inp.state is None and self.state.trigger_count == 1 and self.inp.triggered_at is not None
-        if first and workflow.patched(STEP_ACTIVITY_PATCH):
-            assert self.inp.triggered_at is not None
-            return min(self.inp.triggered_at, now)  # never ahead of the journey's own clock
+        if first:
+            self._choose_path()
+            if self._one_activity_steps:
+                assert self.inp.triggered_at is not None
+                return min(self.inp.triggered_at, now)  # never ahead of the journey's own clock
         return now
 
     @workflow.signal
@@ -157,18 +170,14 @@ class JourneyWorkflow:
     @workflow.run
     async def run(self, inp: JourneyInput) -> JourneyResult:
         st = self.state
-        # Memoised for the run: a journey started before the patch answers False here, at its
-        # first command, and keeps its own path; a continued-as-new run takes the current one.
-        self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
-        if st.journey_id is None:
-            st.journey_id = str(workflow.uuid4())
+        self._choose_path()
         if st.last_trigger_at is None:
             st.last_trigger_at = st.first_trigger_at or workflow.now()
         if st.plan is None:
-            st.plan = await self._enroll()
+            st.plan = await self._plan(inp)
             variation = search.VARIATION_ID.value_set(st.plan.variation_id)
             if self._one_activity_steps:
-                self._pending_attrs.append(variation)  # one upsert with the first status
+                self._pending_attrs.append(variation)  # one upsert with the first status, if it differs
             else:
                 workflow.upsert_search_attributes([variation])
             if st.plan.control:
@@ -182,6 +191,35 @@ class JourneyWorkflow:
             st.wake_at = None
             self._continue_as_new_if_long()
         return await self._finish("completed")
+
+    def _choose_path(self) -> None:
+        """Decide the run's path once, at its first command (the first trigger's signal or `run`).
+
+        Memoised for the run: a journey started before a patch answers False at its first command
+        and keeps its own path; a continued-as-new run takes the current one. A new journey the
+        API enrolled records only ENROLL_AT_TRIGGER_PATCH, which implies STEP_ACTIVITY_PATCH.
+        """
+        if self._path_chosen:
+            return
+        self._path_chosen = True
+        enrolled = self.inp.state is None and self.inp.enrollment is not None
+        if enrolled and workflow.patched(ENROLL_AT_TRIGGER_PATCH):
+            self._enrolled_at_trigger = self._one_activity_steps = True
+        else:
+            self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
+
+    async def _plan(self, inp: JourneyInput) -> JourneyPlan:
+        """The journey's id and plan: as the API enrolled it at the trigger, else enrolled now."""
+        st = self.state
+        enrolled = inp.enrollment
+        if enrolled is not None and self._enrolled_at_trigger:
+            # The API recorded the row (a holdout's as ended already): no enroll, no finish step.
+            st.journey_id = enrolled.journey_id
+            st.row_ended = enrolled.plan.control
+            return enrolled.plan
+        if st.journey_id is None:
+            st.journey_id = str(workflow.uuid4())
+        return await self._enroll()
 
     async def _enroll(self) -> JourneyPlan:
         assert self.state.journey_id is not None
@@ -379,7 +417,7 @@ class JourneyWorkflow:
         if status == "exited":
             self._record(st.step_index, "exited", st.exit_reason, None)
         st.status = status
-        if not (status == "completed" and st.row_ended):  # else the last send recorded the end
+        if not (status in ("completed", "holdout") and st.row_ended):  # else the row says so already
             await self._store(
                 JourneyActivities.finish,
                 FinishRequest(

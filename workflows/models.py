@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from domain.campaign import Variation
+
 MAX_SEEN_EVENTS = 500  # signal ids remembered for de-duplication (signals are at-least-once)
 MAX_TRIGGER_EVENTS = 50
 MAX_SKUS = 50
@@ -45,6 +47,24 @@ class JourneyPlan(BaseModel):
     variation_name: str
     control: bool = False
     steps: list[StepPlan] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, variation: Variation) -> JourneyPlan:
+        """The plan of a journey allocated to `variation` (enroll and the API build it alike)."""
+        steps = [
+            StepPlan(index=i, name=st.name, wait=st.wait, channels=[c.value for c in st.messages])
+            for i, st in enumerate(variation.steps)
+        ]
+        return cls(variation_id=variation.id, variation_name=variation.name, control=variation.control, steps=steps)
+
+
+class Enrollment(BaseModel):
+    """A journey enrolled when its trigger was accepted: the API recorded the journey row (and the
+    user's cohort) in the ingestion transaction, so the workflow starts with its id and plan and
+    runs no enroll step of its own (patch `enroll-at-trigger`)."""
+
+    journey_id: str
+    plan: JourneyPlan
 
 
 class DecisionRecord(BaseModel):
@@ -94,6 +114,9 @@ class JourneyInput(BaseModel):
     # When Rejoin received the event that started the journey: the first wait runs from then
     # (patch `step-in-one-activity`), and the API shows that deadline from the start.
     triggered_at: datetime | None = None
+    # Set by the API for a trigger that finds no active journey of the person in the campaign;
+    # None for re-triggers, previews and journeys started before patch `enroll-at-trigger`.
+    enrollment: Enrollment | None = None
 
 
 class JourneyResult(BaseModel):

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
-from api.ingestion import accept
+from api.ingestion import accept, withdraw_enrollments
 from api.journeys import dispatch_all
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
 from store.event_marks import mark_dispatched
@@ -34,7 +34,10 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
         warnings.append({"code": "DISPATCH_DEFERRED", "message": "queued behind this user's earlier events"})
     elif result.commands:
         try:
-            await dispatch_all(await state.client(), await state.skipping_client(), state.settings.task_queue, result.commands)
+            client, skipping = await state.client(), await state.skipping_client()
+            unstarted = await dispatch_all(client, skipping, state.settings.task_queue, result.commands)
+            if unstarted:  # rare: a concurrent request's trigger started the person's journey first
+                await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
             state.dispatch_marks.add(result.event_ids)
         except Exception as exc:  # stored: the sweeper replays it; the caller must not resend
             log.warning("dispatch deferred for %s: %s", result.event_ids, exc)

@@ -6,6 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import httpx
+from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -14,7 +15,7 @@ from api.ingestion import redispatch_pending
 from api.main import create_app
 from settings import Settings
 from store.engine import Store
-from store.tables import Event
+from store.tables import Event, Journey
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -55,6 +56,9 @@ async def test_events_accepted_while_temporal_is_down_are_dispatched_later(
     with store.session() as s:
         ev = s.get(Event, event_id)
         assert ev is not None and ev.dispatched
+        # The journey was enrolled when the event was accepted; the replay ran that enrollment.
+        rows = s.exec(select(Journey).where(Journey.campaign_id == cid)).all()
+        assert [(j.id, j.triggered_at) for j in rows] == [(result.journey_id, ev.received_at)], rows
 
 
 async def test_concurrent_triggers_make_one_journey(

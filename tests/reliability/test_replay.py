@@ -33,7 +33,7 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from workflows.journey import LOCAL_STORE_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
+from workflows.journey import ENROLL_AT_TRIGGER_PATCH, LOCAL_STORE_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 RECORDING = os.environ.get("REJOIN_RECORD_HISTORIES") == "1"
@@ -77,6 +77,16 @@ def test_step_activity_path_is_recorded() -> None:
     texts = {name: (HISTORIES / f"{name}.json").read_text() for name in patched}
     assert not [n for n, text in texts.items() if '"journey.decide"' in text], "a patched journey decided apart"
     assert len([n for n, text in texts.items() if '"journey.send_step"' in text]) >= 3, sorted(patched)
+
+
+def test_enroll_at_trigger_path_is_recorded() -> None:
+    """Histories cover journeys the API enrolled (no enroll step; that patch's marker only)."""
+    markers = {p.stem: _markers(p) for p in _files()}
+    enrolled = {n for n, ms in markers.items() if any(k == "core_patch" and ENROLL_AT_TRIGGER_PATCH in d for k, d in ms)}
+    first_runs = {n for n in enrolled if not n.endswith(("-run2", "-run3", "-run4", "-run5"))}
+    assert len(first_runs) >= 3, sorted(enrolled)
+    texts = {name: (HISTORIES / f"{name}.json").read_text() for name in first_runs}
+    assert not [n for n, text in texts.items() if '"journey.enroll"' in text], "an API-enrolled journey enrolled again"
 
 
 def test_both_store_step_paths_are_recorded() -> None:
@@ -129,6 +139,16 @@ async def test_record_histories(
         await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
     if _wanted("step_activity_hot_cart_continued_as_new"):
         await _hot_cart(api, env, save, "step_activity_hot_cart_continued_as_new")
+    # 10-13. Recorded after the API enrolls journeys with their trigger (patch "enroll-at-trigger").
+    if _wanted("enrolled_at_trigger_three_steps_completed"):
+        await _three_steps(api, env, save, "enrolled_at_trigger_three_steps_completed")
+    if _wanted("enrolled_at_trigger_exited_by_purchase"):
+        await _exited_by_purchase(api, env, save, "enrolled_at_trigger_exited_by_purchase")
+    if _wanted("enrolled_at_trigger_retry_then_permanent_failure"):
+        name = "enrolled_at_trigger_retry_then_permanent_failure"
+        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
+    if _wanted("enrolled_at_trigger_hot_cart_continued_as_new"):
+        await _hot_cart(api, env, save, "enrolled_at_trigger_hot_cart_continued_as_new")
 
 
 async def _three_steps(api, env, save, name: str = "three_steps_completed") -> None:  # type: ignore[no-untyped-def]

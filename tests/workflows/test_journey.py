@@ -16,6 +16,7 @@ from tests.helpers import (
     create_campaign,
     email_for,
     eventually,
+    holdout_campaign,
     journey_handle,
     journey_result,
     login,
@@ -232,10 +233,7 @@ async def test_holdout_gets_nothing_but_is_recorded(
 ) -> None:
     """Users allocated to the control variation receive nothing; their allocation is recorded."""
     await add_integration(api, section)
-    spec = cart_campaign(variations=[
-        {"id": "ctl", "name": "Holdout", "share": 100, "control": True},
-        {"id": "a", "name": "A", "share": 0, "steps": [step("x")]}])  # fmt: skip
-    cid = await create_campaign(api, section, spec)
+    cid = await create_campaign(api, section, holdout_campaign())
     dyid, uid = await reachable_user(api, section)
     await collect(api, section, dyid, add_to_cart("sku-1"))
     result = await journey_result(env.client, section, cid, uid)

@@ -1,5 +1,7 @@
-"""New journeys run each step as one durable activity (decide + deliver) and enroll/finish as
-local activities; the last step's send ends the journey row itself (patch `step-in-one-activity`)."""
+"""New journeys run each step as one durable activity (decide + deliver) (patch
+`step-in-one-activity`), are enrolled by the API with their trigger (patch `enroll-at-trigger`:
+no enroll step) and finish as a local activity only when no send ended them: the last step's
+send ends the journey row itself."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from tests.helpers import (
     step,
 )
 from workflows import search
-from workflows.journey import STEP_ACTIVITY_PATCH, JourneyWorkflow
+from workflows.journey import ENROLL_AT_TRIGGER_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
 from workflows.models import JourneyView
 
 
@@ -40,11 +42,12 @@ def _scheduled(events: list[HistoryEvent]) -> list[str]:
     ]
 
 
-async def test_one_step_journey_is_one_activity_and_one_local_store_step(
+async def test_one_step_journey_is_one_activity_and_no_local_store_step(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
-    """A one-step journey schedules only journey.send_step; enroll is its one local activity,
-    the finish was written with the send, and search attributes are written only when they change."""
+    """A one-step journey schedules only journey.send_step and runs no local activity: the API
+    enrolled it, the finish was written with the send; search attributes are written only when
+    they change."""
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign())
     dyid, uid = await reachable_user(api, section)
@@ -55,9 +58,10 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
     scheduled = _scheduled(events)
     markers = [e.marker_recorded_event_attributes for e in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)]
     assert scheduled == ["journey.send_step"], scheduled
-    assert [m.marker_name for m in markers] == ["core_patch", "core_local_activity"], markers  # patch, enroll
+    assert [m.marker_name for m in markers] == ["core_patch"], markers  # no local activity
     patch_data = b" ".join(p.data for d in markers[0].details.values() for p in d.payloads)
-    assert STEP_ACTIVITY_PATCH.encode() in patch_data, patch_data
+    # One marker: enroll-at-trigger implies step-in-one-activity.
+    assert ENROLL_AT_TRIGGER_PATCH.encode() in patch_data and STEP_ACTIVITY_PATCH.encode() not in patch_data
     upserts = [
         sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
         for e in _of_type(events, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
@@ -68,7 +72,7 @@ async def test_one_step_journey_is_one_activity_and_one_local_store_step(
     assert upserts == [["TemporalChangeVersion"], status, status], upserts
     started = events[0].workflow_execution_started_event_attributes
     assert set(started.search_attributes.indexed_fields) >= {"RejoinVariationId", "RejoinNextSendAt"}, started
-    assert len(events) <= 24, len(events)  # 28 with local decide/finish, 40 with durable store steps
+    assert len(events) <= 23, len(events)  # 24 with a local enroll, 28 with local decide/finish, 40 durable
     desc = await journey_handle(env.client, section, cid, uid).describe()
     assert desc.typed_search_attributes.get(search.JOURNEY_STATUS) == "completed"
     with store.session() as s:
@@ -93,7 +97,7 @@ async def test_only_the_last_step_ends_the_journey_with_its_send(
     assert scheduled == ["journey.send_step"] * 3, scheduled
     locals_ = [m for m in _of_type(events, EventType.EVENT_TYPE_MARKER_RECORDED)
                if m.marker_recorded_event_attributes.marker_name == "core_local_activity"]  # fmt: skip
-    assert len(locals_) == 1, locals_  # enroll only: no decide, no finish
+    assert not locals_, locals_  # no enroll (the API did), no decide, no finish
     with store.session() as s:
         row = s.get(Journey, result.journey_id)
         assert row is not None and row.status == "completed" and row.ended_at == row.last_sent_at
