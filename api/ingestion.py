@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
-from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input
+from api.journeys import JourneyCommand, dispatch_all, journey_id_of_run, trigger_already_applied, trigger_input
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
@@ -329,8 +329,12 @@ async def redispatch_pending(
             else:
                 cmds.append(c)
         unstarted = await dispatch_all(client, skipping, state.settings.task_queue, cmds)
-        # Its enrollment, if any, was not the journey that ran: withdrawn like an unstarted one.
-        unstarted += [c.input.enrollment.journey_id for c in applied if c.input and c.input.enrollment]
+        for c in applied:
+            # An ended journey saw this trigger: if it was another journey than the one the trigger
+            # enrolled (the trigger only signalled it), that enrollment never ran.
+            enrollment = c.input.enrollment if c.input else None
+            if enrollment is not None and await journey_id_of_run(client, c.workflow_id, None) != enrollment.journey_id:
+                unstarted.append(enrollment.journey_id)
         await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))

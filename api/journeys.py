@@ -36,16 +36,26 @@ class JourneyCommand(BaseModel):
     variation_id: str | None = None  # for triggers: the variation enroll will allocate, searchable from the start
 
 
-async def dispatch(client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand) -> bool:
-    """Send one command; for a trigger, whether it started a new journey (False: it re-triggered
-    a running one, or it was an exit)."""
-    if cmd.action == "trigger":
-        assert cmd.input is not None
-        use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
-        trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
-        return await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
-    await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
-    return False
+async def dispatch(
+    client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand
+) -> str | None:
+    """Send one command. For a trigger enrolled by the API whose journey turned out to be running
+    already as another journey, that enrollment's journey id (to withdraw); else None."""
+    if cmd.action == "exit":
+        await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
+        return None
+    assert cmd.input is not None
+    use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
+    trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
+    handle = await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
+    enrollment = cmd.input.enrollment
+    if enrollment is None or started_new_run(handle):
+        return None
+    # Only signalled: the running journey is either this enrollment's own (a replay of the very
+    # trigger that started it, after a crash before its "dispatched" mark) or another one.
+    if await journey_id_of_run(client, cmd.workflow_id, handle.result_run_id) == enrollment.journey_id:
+        return None
+    return enrollment.journey_id
 
 
 async def dispatch_all(
@@ -54,9 +64,10 @@ async def dispatch_all(
     """Send commands; different journeys in parallel, each journey's commands in event order
     (a trigger then an exit in one batch must not race: the exit would find no journey yet).
 
-    Returns the journeys enrolled at their trigger that did not start, because the trigger found
-    the person's journey already running (another request started it first): the caller
-    withdraws them (`store.journey_rows.withdraw`)."""
+    Returns the journeys enrolled at their trigger that never ran, because the trigger found
+    another journey of the person already running (another request started it first, or a last
+    send had ended the row while its workflow was finishing): the caller withdraws them
+    (`store.journey_rows.withdraw`)."""
     by_journey: dict[str, list[JourneyCommand]] = {}
     for c in cmds:
         by_journey.setdefault(c.workflow_id, []).append(c)
@@ -64,13 +75,34 @@ async def dispatch_all(
 
     async def in_order(group: list[JourneyCommand]) -> None:
         for c in group:
-            started = await dispatch(client, skipping_client, task_queue, c)
-            enrollment = c.input.enrollment if c.input else None
-            if enrollment is not None and not started:
-                unstarted.append(enrollment.journey_id)
+            withdrawn = await dispatch(client, skipping_client, task_queue, c)
+            if withdrawn is not None:
+                unstarted.append(withdrawn)
 
     await asyncio.gather(*(in_order(g) for g in by_journey.values()))
     return unstarted
+
+
+async def journey_id_of_run(client: Client, workflow_id: str, run_id: str | None) -> str | None:
+    """The journey id a run carries from its start (an enrollment's, or the state a
+    continue-as-new handed on); None for a first run that enrolled itself, or no such run."""
+    handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+    try:
+        async for ev in handle.fetch_history_events(page_size=1):
+            payloads = ev.workflow_execution_started_event_attributes.input.payloads
+            if not payloads:
+                return None
+            inp = (await client.data_converter.decode(payloads, [JourneyInput]))[0]
+            if not isinstance(inp, JourneyInput):
+                return None
+            if inp.state is not None and inp.state.journey_id is not None:
+                return inp.state.journey_id
+            return inp.enrollment.journey_id if inp.enrollment is not None else None
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return None
 
 
 async def start_or_retrigger(
@@ -81,8 +113,8 @@ async def start_or_retrigger(
     trigger: TriggerSignal,
     *,
     variation_id: str | None = None,
-) -> bool:
-    """Signal-with-start; True if it started a new run (False: the journey was running already)."""
+) -> WorkflowHandle[Any, Any]:
+    """Signal-with-start: start the journey, or signal it if it runs (`started_new_run` tells)."""
     handle = await client.start_workflow(
         JourneyWorkflow.run,
         inp,
@@ -93,7 +125,7 @@ async def start_or_retrigger(
         search_attributes=TypedSearchAttributes(_start_attributes(inp, variation_id)),
         static_summary=f"campaign {inp.campaign_id} v{inp.campaign_version} for user {inp.user_id}",
     )
-    return started_new_run(handle)
+    return handle
 
 
 def started_new_run(handle: WorkflowHandle[Any, Any]) -> bool:

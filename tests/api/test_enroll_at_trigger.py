@@ -11,7 +11,9 @@ from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
-from api.journeys import start_or_retrigger, trigger_input
+from api.deps import AppState
+from api.ingestion import redispatch_pending
+from api.journeys import start_or_retrigger, started_new_run, trigger_input
 from settings import Settings
 from store.engine import Store
 from store.tables import Event, Journey
@@ -132,7 +134,7 @@ async def test_start_or_retrigger_says_whether_it_started_a_run(
     first = await start_or_retrigger(env.client, settings.task_queue, wid, inp, TriggerSignal(event_id="e1"))
     again = await start_or_retrigger(env.client, settings.task_queue, wid, inp, TriggerSignal(event_id="e2"))
     await env.client.get_workflow_handle(wid).terminate("test over")
-    assert (first, again) == (True, False)
+    assert (started_new_run(first), started_new_run(again)) == (True, False)
 
 
 async def test_a_holdout_is_recorded_by_the_api_and_its_workflow_writes_nothing(
@@ -150,3 +152,31 @@ async def test_a_holdout_is_recorded_by_the_api_and_its_workflow_writes_nothing(
     assert result.status == "holdout" and result.journey_id == row.id
     events = (await journey_handle(env.client, section, cid, uid).fetch_history()).events
     assert not [e for e in events if e.marker_recorded_event_attributes.marker_name == "core_local_activity"]
+
+
+async def test_a_replayed_trigger_keeps_the_journey_it_started(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """The API started the journey but its "dispatched" mark was lost (a crash): the sweeper's
+    replay only signals the journey, which is this enrollment's own, so nothing is withdrawn;
+    likewise once it has ended (a holdout ends at once)."""
+    await add_integration(api, section)
+    running_cid = await create_campaign(api, section, cart_campaign(name="running", wait="PT1H"))
+    holdout_cid = await create_campaign(api, section, holdout_campaign())
+    dyid, uid = await reachable_user(api, section)
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    with env.with_time_skipping_disabled():
+        ack = await collect(api, section, dyid, add_to_cart("sku-1"))
+        await journey_result(env.client, section, holdout_cid, uid)
+        with store.session() as s:
+            event = s.get(Event, ack["event_ids"][0])
+            assert event is not None
+            event.dispatched = False  # as if the API died between the dispatch and its mark
+            s.add(event)
+        assert await redispatch_pending(state, older_than=timedelta(0)) >= 1
+        for cid in (running_cid, holdout_cid):
+            assert len(_journeys(store, cid, uid)) == 1, cid
+        view = await journey_handle(env.client, section, running_cid, uid).query(JourneyWorkflow.current_state)
+        assert view.journey_id == _journeys(store, running_cid, uid)[0].id and view.trigger_count == 1, view
+        await env.fast_forward(journey_handle(env.client, section, running_cid, uid))
+    assert (await journey_result(env.client, section, running_cid, uid)).sent == 1
