@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, case
 from sqlalchemy import select as core_select
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from store.statements import per_dialect, table_of, upsert_for
 from store.tables import Decision
@@ -67,6 +67,9 @@ def detail_of(session: Session, key: str) -> dict[str, Any] | None:
 def for_journey(session: Session, journey_id: str) -> list[Decision]:
     return list(
         session.exec(
-            select(Decision).where(Decision.journey_id == journey_id).order_by(Decision.step_index, Decision.at)  # type: ignore[arg-type]
+            select(Decision)
+            .where(Decision.journey_id == journey_id)
+            # A step's decision and its outcome can share one workflow time: the decision first.
+            .order_by(col(Decision.step_index), col(Decision.at), case((col(Decision.outcome) == "decided", 0), else_=1))
         ).all()
     )

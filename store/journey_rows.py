@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from domain.campaign import Variation
@@ -15,6 +15,8 @@ from store.statements import per_dialect, row_of, table_of, upsert_for
 from store.tables import Campaign, Journey, Section
 
 JOURNEY = table_of(Journey)
+# The status of an enrollment whose trigger was merged into the person's running journey.
+MERGED = "merged"
 _j = JOURNEY.c
 _VARIATION = select(_j.variation_id).where(_j.id == bindparam("journey_id"))
 _END = (
@@ -76,19 +78,24 @@ def enroll(s: Session, journey: Journey) -> bool:
     return True
 
 
-# Only a journey no step has touched is withdrawn: `last_sent_at` is still empty and it is active
-# (or a holdout, which ends as it starts).
-_WITHDRAW = delete(JOURNEY).where(
-    _j.id.in_(bindparam("journey_ids", expanding=True)),
-    _j.status.in_(["active", "holdout"]),
-    _j.last_sent_at.is_(None),
+# Only a journey no step has touched is withdrawn: still active (or a holdout, which ends as it
+# starts) and never sent.
+_WITHDRAW = (
+    update(JOURNEY)
+    .where(
+        _j.id.in_(bindparam("journey_ids", expanding=True)),
+        _j.status.in_(["active", "holdout"]),
+        _j.last_sent_at.is_(None),
+    )
+    .values(status=MERGED, ended_at=_j.triggered_at)
 )
 
 
 def withdraw(s: Session, journey_ids: list[str]) -> int:
-    """Delete journeys the API enrolled whose trigger reached a journey already running instead
-    (signal-with-start signalled it): no workflow runs them. The user's cohort stays: the
-    running journey is theirs too. Returns how many rows went."""
+    """End journeys the API enrolled whose trigger reached another journey of the person already
+    running (signal-with-start only signalled it): no workflow runs them. The row is kept, ended
+    as "merged" at its trigger time: the person did trigger then, and a report's cohort is the
+    person's earliest journey row (`store/reports.py`). Returns how many rows it ended."""
     if not journey_ids:
         return 0
     return s.connection().execute(_WITHDRAW, {"journey_ids": journey_ids}).rowcount

@@ -201,7 +201,7 @@ class Journey(SQLModel, table=True):
     variation_id: str = Field(max_length=64)
     is_control: bool = False
     is_test: bool = False
-    status: str = Field(default="active", max_length=16)  # active | completed | exited | holdout
+    status: str = Field(default="active", max_length=16)  # active | completed | exited | holdout | merged
     exit_reason: str | None = Field(default=None, max_length=200)
     triggered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     last_sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from api.journeys import describe, start_or_retrigger, trigger_input
-from store import decisions
+from store import decisions, journey_rows
 from store.campaigns import load_spec
 from store.tables import Campaign, Journey, User
 from store.users import find_user
@@ -83,6 +83,8 @@ def _journeys(state: StateDep, section_id: str, user_ref: str | None, journey_id
         q = select(Journey).where(Journey.section_id == section_id)
         if journey_id:
             q = q.where(Journey.id == journey_id)
+        else:  # a trigger merged into a running journey is part of that one, not a journey of its own
+            q = q.where(Journey.status != journey_rows.MERGED)
         if user_ref:
             user = find_user(s, section_id, user_ref)
             if user is None:

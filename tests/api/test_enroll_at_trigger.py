@@ -1,6 +1,7 @@
 """The API enrolls a journey with the trigger that starts it (patch `enroll-at-trigger`): the
 journey row exists from the 202 on, the workflow runs no enroll step, and an enrollment whose
-trigger found the person's journey already running is withdrawn (one row per journey run)."""
+trigger found another journey of the person already running is withdrawn: ended as "merged"
+(one active row per journey run; reports still see when the person first triggered)."""
 
 from __future__ import annotations
 
@@ -34,10 +35,11 @@ from workflows.journey import JourneyWorkflow
 from workflows.models import TriggerSignal
 
 
-def _journeys(store: Store, campaign_id: str, user_id: str) -> list[Journey]:
+def _journeys(store: Store, campaign_id: str, user_id: str, *, merged: bool = False) -> list[Journey]:
+    """The person's journey rows in the campaign, oldest first (withdrawn ones only if `merged`)."""
     with store.session() as s:
         rows = s.exec(select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)).all()
-        return sorted(rows, key=lambda j: j.triggered_at)
+        return sorted((j for j in rows if merged or j.status != "merged"), key=lambda j: j.triggered_at)
 
 
 async def test_the_trigger_records_the_journey_and_the_workflow_enrolls_nothing(
@@ -96,7 +98,11 @@ async def test_a_trigger_that_finds_the_journey_running_withdraws_its_enrollment
         await collect(api, section, dyid, add_to_cart("sku-2"))
         view = await handle.query(JourneyWorkflow.current_state)
         assert view.trigger_count == 2 and view.journey_id == first.id, view
-        assert [j.id for j in _journeys(store, cid, uid)] == [first.id]  # the second enrollment is gone
+        rows = _journeys(store, cid, uid, merged=True)  # the second enrollment ended as merged, at its trigger
+        assert [(j.id, j.status) for j in rows] == [(first.id, "completed"), (rows[1].id, "merged")], rows
+        assert rows[1].ended_at == rows[1].triggered_at and rows[1].id != first.id
+        listed = (await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)).json()
+        assert [j["id"] for j in listed] == [first.id]  # a merged trigger is not a journey of its own
         await env.fast_forward(handle)
     result = await journey_result(env.client, section, cid, uid)
     assert result.journey_id == first.id and result.sent == 1
@@ -106,7 +112,7 @@ async def test_concurrent_first_triggers_leave_one_journey_row(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
     """Simultaneous first triggers of one person may each enroll: exactly the row of the journey
-    that runs is left, and only it is counted in the report's cohort."""
+    that runs stays active; each person counts once in the report, from their first trigger."""
     import asyncio
 
     await add_integration(api, section)
@@ -124,15 +130,14 @@ async def test_concurrent_first_triggers_leave_one_journey_row(
     assert report["totals"]["users_triggered"] == 3, report["totals"]
 
 
-async def test_start_or_retrigger_says_whether_it_started_a_run(
-    env: WorkflowEnvironment, section: SectionKeys, settings: Settings
-) -> None:
+async def test_start_or_retrigger_says_whether_it_started_a_run(env: WorkflowEnvironment, section: SectionKeys) -> None:
     """Pins what the withdrawal relies on: signal-with-start tells a new run from a signalled one
     (read from the handle temporalio returns)."""
     wid = f"journey/{section.id}/pin/started"
     inp = trigger_input(section.id, "nope", 1, "usr_none", timedelta(days=1), False, timedelta(seconds=5))
-    first = await start_or_retrigger(env.client, settings.task_queue, wid, inp, TriggerSignal(event_id="e1"))
-    again = await start_or_retrigger(env.client, settings.task_queue, wid, inp, TriggerSignal(event_id="e2"))
+    queue = "no-worker-polls-this"  # the journey itself must not run: only the answers matter
+    first = await start_or_retrigger(env.client, queue, wid, inp, TriggerSignal(event_id="e1"))
+    again = await start_or_retrigger(env.client, queue, wid, inp, TriggerSignal(event_id="e2"))
     await env.client.get_workflow_handle(wid).terminate("test over")
     assert (started_new_run(first), started_new_run(again)) == (True, False)
 
