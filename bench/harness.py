@@ -54,6 +54,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU time of the local PostgreSQL server: its postmaster with every child it has reaped
+    (backends of closed connections) plus the children alive now. 0 without a local server.
+
+    The store's backends do part of every request's work on the same cores as the rest of the
+    stack, so CPU per event counts them too."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, rest = (entry / "stat").read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if head.endswith("(postgres"):
+            stats[int(entry.name)] = rest.split()
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for fields in stats.values():
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        if int(fields[1]) not in stats:  # the postmaster (its parent is not a postgres process)
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime: reaped backends
+    return total / tick
+
+
 def _label(args: list[str]) -> str:
     text = " ".join(args)
     for needle, label in (("bench.bare", "bare worker"), ("bench.sink", "sink"), ("uvicorn", "api"),
@@ -117,6 +142,8 @@ class Stack:
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far per component (this process = the load generator)."""
         out: dict[str, float] = {"load generator": sum(os.times()[:2])}
+        if self.database_url and scratch_db.is_postgres(self.database_url):
+            out["postgresql"] = postgres_cpu_seconds()
         for proc in self.procs:
             label = self.labels[proc.pid]
             out[label] = out.get(label, 0.0) + cpu_seconds(proc.pid)
