@@ -138,7 +138,7 @@ def accept(
             s.execute(insert(EVENT_TABLE), row)  # a plain INSERT: events are never changed in this transaction
             for c in commands:
                 if c.input is not None and c.input.enrollment is not None:
-                    _enroll(s, c, user.id, campaigns)
+                    _enroll(s, c, campaigns)
                     enrolled_now[c.campaign_id] = [c.workflow_id]
             if report_rollup.attributes(ev.kind.value) and user.cuid:
                 # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
@@ -192,7 +192,7 @@ def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, li
     return out
 
 
-def _enroll(s: Session, cmd: JourneyCommand, user_id: str, campaigns: list[tuple[Campaign, CampaignSpec]]) -> None:
+def _enroll(s: Session, cmd: JourneyCommand, campaigns: list[tuple[Campaign, CampaignSpec]]) -> None:
     """Record the journey a trigger enrolls (row and cohort) in the ingestion transaction, so it
     exists from the trigger on and its workflow needs no enroll step (patch `enroll-at-trigger`)."""
     inp, enrollment = cmd.input, cmd.input.enrollment if cmd.input else None
@@ -207,7 +207,7 @@ def _enroll(s: Session, cmd: JourneyCommand, user_id: str, campaigns: list[tuple
         campaign_id=inp.campaign_id,
         campaign_version=inp.campaign_version,
         priority=spec.priority,
-        user_id=user_id,
+        user_id=inp.user_id,
         variation=variation,
         is_test=inp.is_test,
         at=inp.triggered_at,
@@ -290,11 +290,11 @@ def _commands(
 
 
 def withdraw_enrollments(store: Store, journey_ids: list[str]) -> None:
-    """Delete the journeys enrolled at triggers that did not start them (`dispatch_all`)."""
+    """End, as merged, the journeys enrolled at triggers that did not start them (`dispatch_all`)."""
     if journey_ids:
         with store.session() as s:
-            gone = journey_rows.withdraw(s, journey_ids)
-        log.info("withdrew %d of %d enrollments whose journey was already running", gone, len(journey_ids))
+            ended = journey_rows.withdraw(s, journey_ids)
+        log.info("merged %d of %d enrollments into the person's running journey", ended, len(journey_ids))
 
 
 async def redispatch_pending(

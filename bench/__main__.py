@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,8 @@ from bench.report_bench import run as bench_reports
 from bench.subscribers import bench_subscribers
 
 CONCURRENCY = 32
+# Benchmarks 1 and 2 alternate Rejoin and baseline phases this many times (see _interleaved).
+ROUNDS = 3
 WORKER_ACTIVITY_SLOTS = 100  # worker.MAX_CONCURRENT_ACTIVITIES
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -141,29 +144,53 @@ def _cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> 
     return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
-async def bench_ingest(stack: Stack, api: Api, n: int) -> dict[str, Any]:
-    """(1) events/s through POST /v2/collect/user/event starting journeys vs raw signal_with_start."""
+def _add_cpu(total: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+    for k in after:
+        total[k] = total.get(k, 0.0) + after[k] - before.get(k, 0.0)
+
+
+def _interleaved(rounds: list[tuple[float, float]]) -> dict[str, Any]:
+    """Per-round rates (Rejoin, baseline) of phases run in turn: the ratio is the median of the
+    rounds' ratios, so a machine whose speed drifts during the run (a shared VM) moves both sides
+    of a round alike instead of one side of the whole benchmark."""
+    ratios = [ours / base for ours, base in rounds]
+    return {"rejoin": statistics.median(r[0] for r in rounds), "baseline": statistics.median(r[1] for r in rounds),
+            "ratio": statistics.median(ratios), "round_ratios": [round(r, 3) for r in ratios]}  # fmt: skip
+
+
+async def bench_ingest(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -> dict[str, Any]:
+    """(1) events/s through POST /v2/collect/user/event starting journeys vs raw signal_with_start,
+    in `rounds` interleaved rounds of n events each."""
     sec = await api.section(None, wait="P1D")
-    cpu0 = stack.cpu()
-    elapsed, lat = await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{7 * 10**12 + i}", add_to_cart(i)))
-    ours = n / elapsed
-    await stack.settle()  # the worker finishes the journeys' first tasks before the baseline starts
-    cpu1 = stack.cpu()
     assert stack.client is not None
     client = stack.client
+    rates: list[tuple[float, float]] = []
+    lat: list[float] = []
+    b_lat: list[float] = []
+    cpu: dict[str, float] = {}
+    b_cpu: dict[str, float] = {}
+    for r in range(rounds):
+        first = (7 * 10**12) + r * n  # new users every round: each event starts a journey
 
-    async def raw(i: int) -> None:
-        await client.start_workflow(BareWaiter.run, id=f"bare-ingest-{i}", task_queue=stack.bare_queue,
-                                    start_signal="poke", start_signal_args=["x"])  # fmt: skip
+        async def raw(i: int, r: int = r) -> None:
+            await client.start_workflow(BareWaiter.run, id=f"bare-ingest-{r}-{i}", task_queue=stack.bare_queue,
+                                        start_signal="poke", start_signal_args=["x"])  # fmt: skip
 
-    b_elapsed, b_lat = await run_pool(n, CONCURRENCY, raw)
-    base = n / b_elapsed
-    await stack.settle()
-    cpu2 = stack.cpu()
-    return {"name": "ingest", "unit": "events/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
-            "target": 0.7, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
-            "baseline_p99_ms": pct(b_lat, 99) * 1000, "n": n,
-            "cpu_ms_per_event": _cpu_per_item(cpu0, cpu1, n), "baseline_cpu_ms_per_event": _cpu_per_item(cpu1, cpu2, n),
+        cpu0 = stack.cpu()
+        elapsed, ours_lat = await run_pool(n, CONCURRENCY, lambda i: api.collect(sec, f"{first + i}", add_to_cart(i)))
+        await stack.settle()  # the worker finishes the journeys' first tasks before the baseline starts
+        cpu1 = stack.cpu()
+        b_elapsed, base_lat = await run_pool(n, CONCURRENCY, raw)
+        await stack.settle()
+        _add_cpu(cpu, cpu0, cpu1)
+        _add_cpu(b_cpu, cpu1, stack.cpu())
+        rates.append((n / elapsed, n / b_elapsed))
+        lat += ours_lat
+        b_lat += base_lat
+    return {"name": "ingest", "unit": "events/s", **_interleaved(rates), "target": 0.7,
+            "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000, "baseline_p99_ms": pct(b_lat, 99) * 1000,
+            "n": n * rounds, "rounds": rounds, "cpu_ms_per_event": _cpu_per_item({}, cpu, n * rounds),
+            "baseline_cpu_ms_per_event": _cpu_per_item({}, b_cpu, n * rounds),
             "baseline_desc": "signal_with_start of a bare waiting workflow, same concurrency"}  # fmt: skip
 
 
@@ -194,19 +221,26 @@ async def _bare_journeys(stack: Stack, n: int, tag: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-async def bench_journeys(stack: Stack, api: Api, n: int) -> dict[str, Any]:
-    """(2) triggered journeys/s end to end (cap reservation, render, delivery, waits skipped) vs bare workflow."""
+async def bench_journeys(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -> dict[str, Any]:
+    """(2) triggered journeys/s end to end (cap reservation, render, delivery, waits skipped) vs bare
+    workflow, in `rounds` interleaved rounds of n journeys each."""
     sink = stack.start_sink(0)
-    cpu0: dict[str, float] = {}
-    ours = await _journeys(stack, api, n, sink, cpu0)
-    await stack.settle()  # journeys finishing after their delivery must not overlap the baseline
-    cpu1 = stack.cpu()
-    base = await _bare_journeys(stack, n, "e2e")
-    await stack.settle()
-    cpu2 = stack.cpu()
-    return {"name": "journeys_e2e", "unit": "journeys/s", "rejoin": ours, "baseline": base, "ratio": ours / base,
-            "target": 0.5, "n": n, "cpu_ms_per_journey": _cpu_per_item(cpu0, cpu1, n),
-            "baseline_cpu_ms_per_journey": _cpu_per_item(cpu1, cpu2, n),
+    rates: list[tuple[float, float]] = []
+    cpu: dict[str, float] = {}
+    b_cpu: dict[str, float] = {}
+    for r in range(rounds):
+        cpu0: dict[str, float] = {}
+        ours = await _journeys(stack, api, n, sink, cpu0)
+        await stack.settle()  # journeys finishing after their delivery must not overlap the baseline
+        cpu1 = stack.cpu()
+        base = await _bare_journeys(stack, n, f"e2e-{r}")
+        await stack.settle()
+        _add_cpu(cpu, cpu0, cpu1)
+        _add_cpu(b_cpu, cpu1, stack.cpu())
+        rates.append((ours, base))
+    return {"name": "journeys_e2e", "unit": "journeys/s", **_interleaved(rates), "target": 0.5, "n": n * rounds,
+            "rounds": rounds, "cpu_ms_per_journey": _cpu_per_item({}, cpu, n * rounds),
+            "baseline_cpu_ms_per_journey": _cpu_per_item({}, b_cpu, n * rounds),
             "baseline_desc": "bare workflow with one trivial activity"}  # fmt: skip
 
 
@@ -371,6 +405,7 @@ async def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--only", default="ingest,journeys,delivery,memory,reports,costs")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every workload size")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="ingest, journeys: interleaved Rejoin/baseline rounds")
     p.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     p.add_argument("--sqlite-rows", type=int, default=None,
                    help="subscribers: rows of the SQLite run (default: min(rows, 1M))")  # fmt: skip
@@ -404,9 +439,9 @@ async def main(argv: list[str]) -> int:
             api = Api(stack)
             try:
                 if "ingest" in only:
-                    rows.append(await bench_ingest(stack, api, size(1000)))
+                    rows.append(await bench_ingest(stack, api, size(1000), max(1, args.rounds)))
                 if "journeys" in only:
-                    rows.append(await bench_journeys(stack, api, size(200)))
+                    rows.append(await bench_journeys(stack, api, size(200), max(1, args.rounds)))
                 if "delivery" in only:
                     rows.extend(await bench_delivery(stack, api, size(1000)))
                 if "memory" in only:

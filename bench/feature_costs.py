@@ -3,8 +3,10 @@
     python -m bench --only costs
 
 A journey is more than "a workflow with one activity": it is started by signal-with-start, waits
-on a timer (time skipped for test users), runs its enroll store step as a local activity, carries
-a `workflow.patched` version marker and writes its status as search attributes. Each variant below
+on a timer (time skipped for test users), ran its enroll store step as a local activity (until
+patch `enroll-at-trigger` moved enrollment into the API's ingestion transaction; previews and older
+journeys still do), carries a `workflow.patched` version marker and writes its status as search
+attributes. Each variant below
 adds one of those to the one before; the variants run interleaved for a few rounds against one
 dev server, and the table gives the median CPU milliseconds per workflow of the Temporal server
 and of this process (the worker and the client), so the cost of a design choice in a workflow

@@ -74,6 +74,15 @@ STEP_ACTIVITY_PATCH = "step-in-one-activity"
 # new journey records this one marker, not both; a journey whose history has the older marker
 # only (an older worker took its first task and enrolled it itself) stays on that path.
 ENROLL_AT_TRIGGER_PATCH = "enroll-at-trigger"
+# A test user's journey keeps its own clock: a wait (trigger wait, step wait, send window) passes
+# at once by moving the journey's clock forward (`JourneyState.clock_offset`), where before it
+# was a real timer that the server's per-workflow time skipping fired at once. Every time the
+# journey hands out (`as_of` of its activities, recorded decisions, deadlines) is the same as
+# under time skipping, but a test user's step costs no timer, no time-skipping transition and no
+# workflow task of its own (docs/performance.md). Asked only for test users' journeys (implied by
+# ENROLL_AT_TRIGGER_PATCH, which came in the same release); real users' journeys never move their
+# clock. Test users' journeys started before it keep their timers until they continue-as-new.
+TEST_USER_CLOCK_PATCH = "test-user-own-clock"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -101,6 +110,7 @@ class JourneyWorkflow:
         self._path_chosen = False
         self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
         self._enrolled_at_trigger = False  # patch ENROLL_AT_TRIGGER_PATCH, likewise
+        self._own_clock = False  # patch TEST_USER_CLOCK_PATCH (test users only), likewise
         self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
 
     # ------------------------------------------------------------ signals and queries
@@ -131,7 +141,7 @@ class JourneyWorkflow:
         signals applied as they arrive. Signals are applied before `run` starts, so the patch is
         asked here too (memoised: the same answer as in `run`).
         """
-        now = workflow.now()
+        now = self._now()
         first = self.inp.state is None and self.state.trigger_count == 1 and self.inp.triggered_at is not None
         if first:
             self._choose_path()
@@ -172,7 +182,7 @@ class JourneyWorkflow:
         st = self.state
         self._choose_path()
         if st.last_trigger_at is None:
-            st.last_trigger_at = st.first_trigger_at or workflow.now()
+            st.last_trigger_at = st.first_trigger_at or self._now()
         if st.plan is None:
             st.plan = await self._plan(inp)
             variation = search.VARIATION_ID.value_set(st.plan.variation_id)
@@ -197,16 +207,28 @@ class JourneyWorkflow:
 
         Memoised for the run: a journey started before a patch answers False at its first command
         and keeps its own path; a continued-as-new run takes the current one. A new journey the
-        API enrolled records only ENROLL_AT_TRIGGER_PATCH, which implies STEP_ACTIVITY_PATCH.
+        API enrolled records only ENROLL_AT_TRIGGER_PATCH, which implies STEP_ACTIVITY_PATCH and,
+        for a test user, TEST_USER_CLOCK_PATCH (asked on its own by previews and continued runs).
         """
         if self._path_chosen:
             return
         self._path_chosen = True
         enrolled = self.inp.state is None and self.inp.enrollment is not None
         if enrolled and workflow.patched(ENROLL_AT_TRIGGER_PATCH):
+            # Came with TEST_USER_CLOCK_PATCH in one release: it implies it too (one marker).
             self._enrolled_at_trigger = self._one_activity_steps = True
-        else:
-            self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
+            self._own_clock = self.inp.is_test
+            return
+        self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
+        self._own_clock = self.inp.is_test and self._one_activity_steps and workflow.patched(TEST_USER_CLOCK_PATCH)
+
+    def _now(self) -> datetime:
+        """The journey's time: workflow time, plus what a test user's waits skipped (own clock)."""
+        return workflow.now() + self.state.clock_offset
+
+    def _pass_time(self, wait: timedelta) -> None:
+        """A test user's wait, on the journey's own clock: it passes at once."""
+        self.state.clock_offset += wait
 
     async def _plan(self, inp: JourneyInput) -> JourneyPlan:
         """The journey's id and plan: as the API enrolled it at the trigger, else enrolled now."""
@@ -233,7 +255,7 @@ class JourneyWorkflow:
                 campaign_version=self.inp.campaign_version,
                 user_id=self.inp.user_id,
                 is_test=self.inp.is_test,
-                as_of=workflow.now(),
+                as_of=self._now(),
             ),
             "enroll: allocate variation",
         )
@@ -246,13 +268,16 @@ class JourneyWorkflow:
             if st.exit_reason is not None:
                 return False
             if st.wake_at is None:
-                base = st.last_trigger_at if st.step_index == 0 else workflow.now()
+                base = st.last_trigger_at if st.step_index == 0 else self._now()
                 assert base is not None
                 st.wake_at = base + (self.inp.trigger_wait if st.step_index == 0 else step.wait or timedelta())
-            remaining = st.wake_at - workflow.now()
+            remaining = st.wake_at - self._now()
             if remaining <= timedelta():
                 return True
             self._set_status("waiting", f"waiting until {st.wake_at.isoformat()} before step '{step.name}'")
+            if self._own_clock:
+                self._pass_time(remaining)
+                continue
             self._woken = False
             try:
                 await workflow.wait_condition(
@@ -313,7 +338,7 @@ class JourneyWorkflow:
                     campaign_version=self.inp.campaign_version,
                     user_id=self.inp.user_id,
                     step_index=index,
-                    as_of=workflow.now(),
+                    as_of=self._now(),
                     exclude_channels=list(excluded),
                     skus=list(st.skus),
                     trigger_event_ids=list(st.trigger_event_ids),
@@ -332,7 +357,7 @@ class JourneyWorkflow:
                     journey_id=st.journey_id,
                     decision_key=decision_key(st.journey_id, index, excluded),
                     step_index=index,
-                    as_of=workflow.now(),
+                    as_of=self._now(),
                     reason=_failure_reason(err),
                 ),
                 f"give up step {index}",
@@ -343,14 +368,16 @@ class JourneyWorkflow:
         st = self.state
         assert decision.not_before is not None
         self._set_status("waiting", f"step '{step_name}' waits for the send window ({decision.not_before.isoformat()})")
-        try:
-            await workflow.wait_condition(
-                lambda: st.exit_reason is not None,
-                timeout=max(decision.not_before - workflow.now(), timedelta(seconds=1)),
-                timeout_summary=f"send window before {step_name}",
-            )
-        except TimeoutError:
-            pass
+        wait = max(decision.not_before - self._now(), timedelta(seconds=1))
+        if self._own_clock:
+            self._pass_time(wait)
+        else:
+            try:
+                await workflow.wait_condition(
+                    lambda: st.exit_reason is not None, timeout=wait, timeout_summary=f"send window before {step_name}"
+                )
+            except TimeoutError:
+                pass
         self._set_status("sending", f"sending step '{step_name}'")
         return st.exit_reason is None
 
@@ -365,7 +392,7 @@ class JourneyWorkflow:
                 campaign_version=self.inp.campaign_version,
                 user_id=self.inp.user_id,
                 step_index=index,
-                as_of=workflow.now(),
+                as_of=self._now(),
                 exclude_channels=list(excluded),
             ),
             f"decide step {index}",
@@ -387,7 +414,7 @@ class JourneyWorkflow:
                     channel=decision.channel,
                     integration_id=decision.integration_id,
                     send_key=decision.send_key,
-                    as_of=workflow.now(),
+                    as_of=self._now(),
                     skus=list(st.skus),
                     trigger_event_ids=list(st.trigger_event_ids),
                 ),
@@ -405,7 +432,7 @@ class JourneyWorkflow:
                     send_key=decision.send_key,
                     step_index=index,
                     channel=decision.channel,
-                    as_of=workflow.now(),
+                    as_of=self._now(),
                     reason=_failure_reason(err),
                 ),
                 f"give up step {index}",
@@ -424,7 +451,7 @@ class JourneyWorkflow:
                     journey_id=st.journey_id,
                     status=status,
                     exit_reason=st.exit_reason,
-                    as_of=workflow.now(),
+                    as_of=self._now(),
                     step_index=st.step_index,
                 ),
                 f"finish: {status}",
@@ -483,7 +510,7 @@ class JourneyWorkflow:
                 outcome=outcome,
                 reason=reason,
                 channel=channel,
-                at=workflow.now(),
+                at=self._now(),
                 possible_duplicate=dup,
             )
         )

@@ -99,6 +99,9 @@ class JourneyState(BaseModel):
     # The last step's send ended the journey row in its own transaction (`StepRequest.last_step`),
     # so finishing as "completed" needs no store step of its own.
     row_ended: bool = False
+    # How far a test user's journey has moved its own clock past workflow time (patch
+    # `test-user-own-clock`: its waits pass at once); zero for every other journey.
+    clock_offset: timedelta = timedelta()
 
 
 class JourneyInput(BaseModel):

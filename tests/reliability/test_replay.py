@@ -33,7 +33,13 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from workflows.journey import ENROLL_AT_TRIGGER_PATCH, LOCAL_STORE_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
+from workflows.journey import (
+    ENROLL_AT_TRIGGER_PATCH,
+    LOCAL_STORE_PATCH,
+    STEP_ACTIVITY_PATCH,
+    TEST_USER_CLOCK_PATCH,
+    JourneyWorkflow,
+)
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 RECORDING = os.environ.get("REJOIN_RECORD_HISTORIES") == "1"
@@ -87,6 +93,15 @@ def test_enroll_at_trigger_path_is_recorded() -> None:
     assert len(first_runs) >= 3, sorted(enrolled)
     texts = {name: (HISTORIES / f"{name}.json").read_text() for name in first_runs}
     assert not [n for n, text in texts.items() if '"journey.enroll"' in text], "an API-enrolled journey enrolled again"
+
+
+def test_test_user_clock_path_is_recorded() -> None:
+    """Histories cover test users' journeys on their own clock (no timers), enrolled or previewed."""
+    own = [p for p in _files() if p.stem.startswith("test_user_clock_")]
+    assert len(own) >= 2, own
+    assert not [p for p in own if '"EVENT_TYPE_TIMER_STARTED"' in p.read_text()], "a test user's journey slept"
+    # The preview enrolls itself and records the clock patch; the enrolled one has it implied.
+    assert any(k == "core_patch" and TEST_USER_CLOCK_PATCH in d for p in own for k, d in _markers(p)), own
 
 
 def test_both_store_step_paths_are_recorded() -> None:
@@ -149,14 +164,21 @@ async def test_record_histories(
         await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
     if _wanted("enrolled_at_trigger_hot_cart_continued_as_new"):
         await _hot_cart(api, env, save, "enrolled_at_trigger_hot_cart_continued_as_new")
+    # 14-15. Recorded after test users' journeys keep their own clock (patch "test-user-own-clock").
+    if _wanted("test_user_clock_three_steps_completed"):
+        await _three_steps(api, env, save, "test_user_clock_three_steps_completed", test_user=True)
+    if _wanted("test_user_clock_preview"):
+        await _preview(api, env, save, "test_user_clock_preview")
 
 
-async def _three_steps(api, env, save, name: str = "three_steps_completed") -> None:  # type: ignore[no-untyped-def]
-    """1. Three steps sent through the outbox."""
+async def _three_steps(api, env, save, name: str = "three_steps_completed", test_user: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """1. Three steps sent through the outbox (for a flagged test user: on its own clock)."""
     sec = await make_section(api)
     await add_integration(api, sec)
     cid = await create_campaign(api, sec, cart_campaign(steps=[step("A"), step("B", "P1D"), step("C", "P3D")]))
     dyid, uid = await reachable_user(api, sec)
+    if test_user:
+        await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=sec.mgmt)
     await collect(api, sec, dyid, add_to_cart("sku-1"))
     await journey_result(env.client, sec, cid, uid)
     await save(name, sec, cid, uid)
@@ -199,5 +221,18 @@ async def _hot_cart(api, env, save, name: str = "hot_cart_continued_as_new") -> 
         for i in range(120):
             await collect(api, sec, dyid, add_to_cart(f"sku-{i}"))
     await env.fast_forward(journey_handle(env.client, sec, cid, uid))
+    await journey_result(env.client, sec, cid, uid)
+    await save(name, sec, cid, uid)
+
+
+async def _preview(api, env, save, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A preview: a test user's journey started without an enrollment (it enrolls itself)."""
+    sec = await make_section(api)
+    await add_integration(api, sec)
+    cid = await create_campaign(api, sec, cart_campaign(steps=[step("A"), step("B", "P2D")]))
+    dyid, uid = await reachable_user(api, sec)
+    await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=sec.mgmt)
+    r = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=sec.mgmt)
+    assert r.status_code == 202, r.text
     await journey_result(env.client, sec, cid, uid)
     await save(name, sec, cid, uid)
