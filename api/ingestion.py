@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
-from api.journeys import JourneyCommand, dispatch_all, journey_id_of_run, trigger_already_applied, trigger_input
+from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
@@ -116,7 +116,7 @@ def accept(
             running = {**running, **enrolled_now}
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
-            commands = _commands(
+            commands, enrolled = _commands(
                 section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running,
                 received_at,
             )  # fmt: skip
@@ -136,10 +136,9 @@ def accept(
                 "commands": [c.model_dump(mode="json") for c in commands],
             }
             s.execute(insert(EVENT_TABLE), row)  # a plain INSERT: events are never changed in this transaction
-            for c in commands:
-                if c.input is not None and c.input.enrollment is not None:
-                    _enroll(s, c, campaigns)
-                    enrolled_now[c.campaign_id] = [c.workflow_id]
+            for journey in enrolled:  # same transaction: the journey exists from its trigger on
+                journey_rows.enroll(s, journey)
+                enrolled_now[journey.campaign_id] = [journey.workflow_id]
             if report_rollup.attributes(ev.kind.value) and user.cuid:
                 # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
                 report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
@@ -192,29 +191,6 @@ def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, li
     return out
 
 
-def _enroll(s: Session, cmd: JourneyCommand, campaigns: list[tuple[Campaign, CampaignSpec]]) -> None:
-    """Record the journey a trigger enrolls (row and cohort) in the ingestion transaction, so it
-    exists from the trigger on and its workflow needs no enroll step (patch `enroll-at-trigger`)."""
-    inp, enrollment = cmd.input, cmd.input.enrollment if cmd.input else None
-    assert inp is not None and enrollment is not None and inp.triggered_at is not None
-    spec = next(spec for campaign, spec in campaigns if campaign.id == cmd.campaign_id)
-    variation = spec.variation(enrollment.plan.variation_id)
-    assert variation is not None
-    journey = journey_rows.new_journey(
-        journey_id=enrollment.journey_id,
-        workflow_id=cmd.workflow_id,
-        section_id=inp.section_id,
-        campaign_id=inp.campaign_id,
-        campaign_version=inp.campaign_version,
-        priority=spec.priority,
-        user_id=inp.user_id,
-        variation=variation,
-        is_test=inp.is_test,
-        at=inp.triggered_at,
-    )
-    journey_rows.enroll(s, journey)
-
-
 def _commands(
     section_id: str,
     user: User,
@@ -227,8 +203,11 @@ def _commands(
     settings: Settings,
     running: dict[str, list[str]],
     received_at: datetime,
-) -> list[JourneyCommand]:
+) -> tuple[list[JourneyCommand], list[Journey]]:
+    """The event's journey commands, and the journeys its triggers enroll (rows to record, in the
+    ingestion transaction, so a journey exists from its trigger on: patch `enroll-at-trigger`)."""
     out: list[JourneyCommand] = []
+    enrolled: list[Journey] = []
     for campaign, spec in campaigns:
         # One journey per person and campaign: after a merge the person's own journey is kept
         # (else the one started under a merged id) and any other is exited as a duplicate.
@@ -275,6 +254,13 @@ def _commands(
             # here (`accept` records it). If another request's trigger started it first, the
             # dispatch finds the workflow running and withdraws this enrollment.
             inp.enrollment = Enrollment(journey_id=str(uuid.uuid4()), plan=JourneyPlan.of(variation))
+            enrolled.append(
+                journey_rows.new_journey(
+                    journey_id=inp.enrollment.journey_id, workflow_id=wid, section_id=section_id,
+                    campaign_id=campaign.id, campaign_version=campaign.version, priority=spec.priority,
+                    user_id=user.id, variation=variation, is_test=user.is_test, at=received_at,
+                )  # fmt: skip
+            )
         out.append(
             JourneyCommand(
                 action="trigger",
@@ -286,7 +272,7 @@ def _commands(
                 variation_id=variation.id,
             )
         )
-    return out
+    return out, enrolled
 
 
 def withdraw_enrollments(store: Store, journey_ids: list[str]) -> None:
@@ -321,20 +307,17 @@ async def redispatch_pending(
     client = await state.client()
     skipping = await state.skipping_client()
     for ev in rows:
-        cmds, applied = [], []
+        cmds: list[JourneyCommand] = []
+        unrun: list[str] = []
         for c in (JourneyCommand.model_validate(c) for c in ev.commands):
-            # A trigger that reached a journey which has ended since must not start a second one.
-            if c.action == "trigger" and await trigger_already_applied(client, c.workflow_id, c.event_id):
-                applied.append(c)
-            else:
+            # A trigger that reached a journey which has ended since must not start a second one;
+            # if that journey was another than the one the trigger enrolled, the enrollment never ran.
+            applied = await trigger_already_applied(client, c.workflow_id, c.event_id) if c.action == "trigger" else None
+            if applied is None:
                 cmds.append(c)
-        unstarted = await dispatch_all(client, skipping, state.settings.task_queue, cmds)
-        for c in applied:
-            # An ended journey saw this trigger: if it was another journey than the one the trigger
-            # enrolled (the trigger only signalled it), that enrollment never ran.
-            enrollment = c.input.enrollment if c.input else None
-            if enrollment is not None and await journey_id_of_run(client, c.workflow_id, None) != enrollment.journey_id:
-                unstarted.append(enrollment.journey_id)
+            elif (journey_id := unrun_enrollment(c, applied.journey_id)) is not None:
+                unrun.append(journey_id)
+        unstarted = unrun + await dispatch_all(client, skipping, state.settings.task_queue, cmds)
         await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))

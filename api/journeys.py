@@ -8,10 +8,12 @@ journey that does not exist (never started, already ended) is normal, not an err
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
@@ -48,12 +50,18 @@ async def dispatch(
     use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
     trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
     handle = await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
-    enrollment = cmd.input.enrollment
-    if enrollment is None or started_new_run(handle):
+    if cmd.input.enrollment is None or started_new_run(handle):
         return None
     # Only signalled: the running journey is either this enrollment's own (a replay of the very
     # trigger that started it, after a crash before its "dispatched" mark) or another one.
-    if await journey_id_of_run(client, cmd.workflow_id, handle.result_run_id) == enrollment.journey_id:
+    return unrun_enrollment(cmd, await journey_id_of_run(client, cmd.workflow_id, handle.result_run_id))
+
+
+def unrun_enrollment(cmd: JourneyCommand, ran: str | None) -> str | None:
+    """The journey id `cmd`'s trigger enrolled, if the journey that took the trigger (`ran`: the
+    id its run carries) is another one, so the enrollment never ran; else None."""
+    enrollment = cmd.input.enrollment if cmd.input else None
+    if enrollment is None or ran == enrollment.journey_id:
         return None
     return enrollment.journey_id
 
@@ -89,20 +97,29 @@ async def journey_id_of_run(client: Client, workflow_id: str, run_id: str | None
     handle = client.get_workflow_handle(workflow_id, run_id=run_id)
     try:
         async for ev in handle.fetch_history_events(page_size=1):
-            payloads = ev.workflow_execution_started_event_attributes.input.payloads
-            if not payloads:
-                return None
-            inp = (await client.data_converter.decode(payloads, [JourneyInput]))[0]
-            if not isinstance(inp, JourneyInput):
-                return None
-            if inp.state is not None and inp.state.journey_id is not None:
-                return inp.state.journey_id
-            return inp.enrollment.journey_id if inp.enrollment is not None else None
+            return _journey_id(await _start_input(client, ev))
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
     return None
+
+
+async def _start_input(client: Client, ev: HistoryEvent) -> JourneyInput | None:
+    """The input a run started with, from its first history event."""
+    payloads = ev.workflow_execution_started_event_attributes.input.payloads
+    inp = (await client.data_converter.decode(payloads, [JourneyInput]))[0] if payloads else None
+    return inp if isinstance(inp, JourneyInput) else None
+
+
+def _journey_id(inp: JourneyInput | None) -> str | None:
+    """The journey id a run carries from its start: the state a continue-as-new handed on, else
+    the API's enrollment (None: a first run that enrolled itself)."""
+    if inp is None:
+        return None
+    if inp.state is not None and inp.state.journey_id is not None:
+        return inp.state.journey_id
+    return inp.enrollment.journey_id if inp.enrollment is not None else None
 
 
 async def start_or_retrigger(
@@ -176,8 +193,15 @@ async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> 
     return True
 
 
-async def trigger_already_applied(client: Client, workflow_id: str, event_id: str) -> bool:
-    """Whether the journey's latest run has *ended* having seen this trigger event.
+@dataclass(frozen=True)
+class AppliedTrigger:
+    """A trigger the journey's ended latest run had already seen; `journey_id`: that run's journey."""
+
+    journey_id: str | None
+
+
+async def trigger_already_applied(client: Client, workflow_id: str, event_id: str) -> AppliedTrigger | None:
+    """Whether the journey's latest run has *ended* having seen this trigger event (None if not).
 
     For the sweeper: an event whose dispatch went through but whose "dispatched" mark was lost
     (a crash in between) is replayed. A running journey ignores an event id it has seen, but a
@@ -190,24 +214,23 @@ async def trigger_already_applied(client: Client, workflow_id: str, event_id: st
         desc = await handle.describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
+            return None
         raise
     if desc.status == WorkflowExecutionStatus.RUNNING:
-        return False  # the signal is harmless: the journey deduplicates by event id
-    converter = client.data_converter
+        return None  # the signal is harmless: the journey deduplicates by event id
+    started: JourneyInput | None = None
     async for ev in handle.fetch_history_events():
         if ev.HasField("workflow_execution_started_event_attributes"):
-            payloads = ev.workflow_execution_started_event_attributes.input.payloads
-            inp = (await converter.decode(payloads, [JourneyInput]))[0] if payloads else None
-            if isinstance(inp, JourneyInput) and inp.state is not None and event_id in inp.state.seen_event_ids:
-                return True
+            started = await _start_input(client, ev)
+            if started is not None and started.state is not None and event_id in started.state.seen_event_ids:
+                return AppliedTrigger(_journey_id(started))
         elif ev.HasField("workflow_execution_signaled_event_attributes"):
             attrs = ev.workflow_execution_signaled_event_attributes
             if attrs.signal_name == RETRIGGER_SIGNAL and attrs.input.payloads:
-                signal = (await converter.decode(attrs.input.payloads, [TriggerSignal]))[0]
+                signal = (await client.data_converter.decode(attrs.input.payloads, [TriggerSignal]))[0]
                 if isinstance(signal, TriggerSignal) and signal.event_id == event_id:
-                    return True
-    return False
+                    return AppliedTrigger(_journey_id(started))
+    return None
 
 
 async def describe(client: Client, workflow_id: str) -> JourneyView | None:
