@@ -28,17 +28,19 @@ from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, tri
 from security.crypto import SecretBox
 from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
-from store.campaigns import live_campaigns
+from store.campaigns import LiveCampaign, live_campaigns
 from store.engine import Store
 from store.event_marks import mark_dispatched
 from store.statements import table_of
-from store.tables import Campaign, Event, Journey, OptIn, Product, User, now_utc
+from store.tables import Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
 from workflows.models import Enrollment, JourneyPlan
 
 log = logging.getLogger(__name__)
-# Core INSERTs of events: the ORM's bulk-insert layer cost more than the statement.
+# Core INSERTs of events, built once: the ORM's bulk-insert layer cost more than the statement,
+# and a statement built per call pays its construction and cache key every time.
 EVENT_TABLE = table_of(Event)
+_INSERT_EVENT = insert(EVENT_TABLE)
 
 
 def new_event_id() -> str:
@@ -135,7 +137,7 @@ def accept(
                 "value": ev.value,
                 "commands": [c.model_dump(mode="json") for c in commands],
             }
-            s.execute(insert(EVENT_TABLE), row)  # a plain INSERT: events are never changed in this transaction
+            s.connection().execute(_INSERT_EVENT, row)  # a plain INSERT: events are never changed in this transaction
             for journey in enrolled:  # same transaction: the journey exists from its trigger on
                 journey_rows.enroll(s, journey)
                 enrolled_now[journey.campaign_id] = [journey.workflow_id]
@@ -197,7 +199,7 @@ def _commands(
     ev: NormalizedEvent,
     cart: list,  # type: ignore[type-arg]
     catalog: Catalog,
-    campaigns: list[tuple[Campaign, CampaignSpec]],
+    campaigns: list[tuple[LiveCampaign, CampaignSpec]],
     event_id: str,
     consented: bool,
     settings: Settings,

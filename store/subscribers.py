@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -70,6 +71,9 @@ def effective_opt_in(
     )  # fmt: skip
 
 
+_IGNORING: dict[tuple[str, type], Any] = {}  # (dialect, table) -> INSERT ... ON CONFLICT DO NOTHING
+
+
 def insert_ignoring(s: Session, table: type, rows: list[dict[str, object]]) -> None:
     """Bulk insert that ignores rows already there (a retried batch, a duplicate line).
 
@@ -78,8 +82,12 @@ def insert_ignoring(s: Session, table: type, rows: list[dict[str, object]]) -> N
     """
     if not rows:
         return
-    ins = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    s.connection().execute(ins(table.__table__).on_conflict_do_nothing(), rows)  # type: ignore[attr-defined]
+    dialect_name = s.get_bind().dialect.name
+    stmt = _IGNORING.get((dialect_name, table))
+    if stmt is None:  # built once per table: ingestion indexes every new cart through here
+        ins = pg_insert if dialect_name == "postgresql" else sqlite_insert
+        stmt = _IGNORING[(dialect_name, table)] = ins(table.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
+    s.connection().execute(stmt, rows)
 
 
 def upsert(s: Session, table: type, rows: list[dict[str, object]], keys: list[str], update: list[str]) -> None:

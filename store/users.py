@@ -26,6 +26,8 @@ from store.tables import CapReservation, Decision, Device, Event, Journey, Send,
 # Plain tables for the INSERTs of a first visit (Core statements skip the ORM's bulk-insert layer).
 USER_TABLE = table_of(User)
 DEVICE_TABLE = table_of(Device)
+_INSERT_USER = insert(USER_TABLE)
+_INSERT_DEVICE = insert(DEVICE_TABLE)
 
 # Tables whose rows belong to a user by `user_id`: re-pointed when that user is merged away.
 _USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision)
@@ -86,11 +88,11 @@ def save_new_user(s: Session, user: User, device_key: str | None) -> None:
     statements); the object then joins the session as a loaded row, so later changes to it in
     this transaction are ordinary UPDATEs.
     """
-    s.execute(insert(USER_TABLE), row_of(user))
+    s.connection().execute(_INSERT_USER, row_of(user))
     make_transient_to_detached(user)
     s.add(user)
     if device_key:  # `resolve_user` found no such device: no lookup needed
-        s.execute(insert(DEVICE_TABLE), {"section_id": user.section_id, "device_key": device_key, "user_id": user.id})
+        s.connection().execute(_INSERT_DEVICE, {"section_id": user.section_id, "device_key": device_key, "user_id": user.id})
 
 
 def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:
