@@ -83,6 +83,16 @@ ENROLL_AT_TRIGGER_PATCH = "enroll-at-trigger"
 # ENROLL_AT_TRIGGER_PATCH, which came in the same release); real users' journeys never move their
 # clock. Test users' journeys started before it keep their timers until they continue-as-new.
 TEST_USER_CLOCK_PATCH = "test-user-own-clock"
+# A re-trigger that only postpones the first step writes nothing: it keeps the running timer
+# (the journey wakes at the earlier deadline, finds it moved and sleeps the rest) and leaves
+# `RejoinNextSendAt` at that timer's deadline, a lower bound of the send, rewritten when the
+# journey wakes. Before, every re-trigger cancelled and restarted the timer and upserted the new
+# deadline (three history events and a visibility write); returning shoppers' cart updates are
+# most of a shop's events, and the upsert was ~half of a re-trigger's server CPU
+# (docs/performance.md). The journeys API and the `current_state` query show the exact deadline
+# at once. It implies every path patch before it (one marker per run); journeys started before it
+# keep their path until they continue-as-new.
+RETRIGGER_KEEPS_TIMER_PATCH = "retrigger-keeps-timer"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -111,6 +121,9 @@ class JourneyWorkflow:
         self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
         self._enrolled_at_trigger = False  # patch ENROLL_AT_TRIGGER_PATCH, likewise
         self._own_clock = False  # patch TEST_USER_CLOCK_PATCH (test users only), likewise
+        self._keeps_timer = False  # patch RETRIGGER_KEEPS_TIMER_PATCH, likewise
+        # The deadline of the first step's running timer (None when not sleeping on one).
+        self._sleeping_until: datetime | None = None
         self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
 
     # ------------------------------------------------------------ signals and queries
@@ -129,6 +142,16 @@ class JourneyWorkflow:
         if st.step_index == 0 and st.status in ("triggered", "waiting"):
             # Delivery relevancy: the first message waits from the latest trigger.
             st.last_trigger_at = at
+            postponed = at + self.inp.trigger_wait
+            if self._keeps_timer and self._sleeping_until is not None and postponed >= self._sleeping_until \
+                    and not workflow.info().is_continue_as_new_suggested():  # else wake: the wait continues as new
+                # The running timer fires first; the wait then sleeps the rest (no new timer now).
+                assert st.plan is not None  # a timer runs only once the plan is known
+                st.wake_at = postponed
+                # `RejoinNextSendAt` keeps the timer's deadline (the journey's next wake-up, a lower
+                # bound of the send) until then: an upsert per re-trigger was most of its server cost.
+                workflow.set_current_details(_waiting_details(postponed, st.plan.steps[0].name))
+                return
             st.wake_at = None
             self._woken = True
 
@@ -214,6 +237,11 @@ class JourneyWorkflow:
             return
         self._path_chosen = True
         enrolled = self.inp.state is None and self.inp.enrollment is not None
+        if workflow.patched(RETRIGGER_KEEPS_TIMER_PATCH):  # implies the path patches before it
+            self._keeps_timer = self._one_activity_steps = True
+            self._enrolled_at_trigger = enrolled
+            self._own_clock = self.inp.is_test
+            return
         if enrolled and workflow.patched(ENROLL_AT_TRIGGER_PATCH):
             # Came with TEST_USER_CLOCK_PATCH in one release: it implies it too (one marker).
             self._enrolled_at_trigger = self._one_activity_steps = True
@@ -274,17 +302,20 @@ class JourneyWorkflow:
             remaining = st.wake_at - self._now()
             if remaining <= timedelta():
                 return True
-            self._set_status("waiting", f"waiting until {st.wake_at.isoformat()} before step '{step.name}'")
+            self._set_status("waiting", _waiting_details(st.wake_at, step.name))
             if self._own_clock:
                 self._pass_time(remaining)
                 continue
             self._woken = False
+            self._sleeping_until = st.wake_at if st.step_index == 0 else None
             try:
                 await workflow.wait_condition(
                     lambda: self._woken, timeout=remaining, timeout_summary=f"wait before {step.name}"
                 )
             except TimeoutError:
                 pass
+            finally:
+                self._sleeping_until = None
             self._continue_as_new_if_long()
 
     async def _run_step(self, plan: JourneyPlan, index: int) -> bool:
@@ -552,6 +583,10 @@ class JourneyWorkflow:
         if workflow.info().is_continue_as_new_suggested():
             self.state.runs += 1
             workflow.continue_as_new(self.inp.model_copy(update={"state": self.state}))
+
+
+def _waiting_details(until: datetime, step_name: str) -> str:
+    return f"waiting until {until.isoformat()} before step '{step_name}'"
 
 
 def _failure_reason(err: ActivityError) -> str:

@@ -25,6 +25,7 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    eventually,
     journey_handle,
     journey_result,
     make_section,
@@ -36,6 +37,7 @@ from tests.provider_server import ProviderServer, Reply
 from workflows.journey import (
     ENROLL_AT_TRIGGER_PATCH,
     LOCAL_STORE_PATCH,
+    RETRIGGER_KEEPS_TIMER_PATCH,
     STEP_ACTIVITY_PATCH,
     TEST_USER_CLOCK_PATCH,
     JourneyWorkflow,
@@ -104,6 +106,17 @@ def test_test_user_clock_path_is_recorded() -> None:
     assert any(k == "core_patch" and TEST_USER_CLOCK_PATCH in d for p in own for k, d in _markers(p)), own
 
 
+def test_retrigger_keeps_timer_path_is_recorded() -> None:
+    """Histories cover journeys whose re-triggers keep the running timer (that patch's marker only),
+    among them one re-triggered during its first wait."""
+    markers = {p.stem: _markers(p) for p in _files()}
+    kept = {n for n, ms in markers.items() if any(k == "core_patch" and RETRIGGER_KEEPS_TIMER_PATCH in d for k, d in ms)}
+    assert len({n for n in kept if not n.endswith(("-run2", "-run3", "-run4", "-run5"))}) >= 4, sorted(kept)
+    # Two add-to-carts, then a purchase, all during the first wait: one timer, cancelled by the exit.
+    text = (HISTORIES / "retrigger_keeps_timer_exited_by_purchase.json").read_text()
+    assert text.count('"EVENT_TYPE_TIMER_STARTED"') == 1 and text.count('"EVENT_TYPE_TIMER_CANCELED"') == 1
+
+
 def test_both_store_step_paths_are_recorded() -> None:
     """Histories cover journeys from before and after the store steps became local activities."""
     markers = {p.stem: _markers(p) for p in _files()}
@@ -169,6 +182,18 @@ async def test_record_histories(
         await _three_steps(api, env, save, "test_user_clock_three_steps_completed", test_user=True)
     if _wanted("test_user_clock_preview"):
         await _preview(api, env, save, "test_user_clock_preview")
+    # 16-20. Recorded after re-triggers keep the running timer (patch "retrigger-keeps-timer").
+    if _wanted("retrigger_keeps_timer_three_steps_completed"):
+        await _three_steps(api, env, save, "retrigger_keeps_timer_three_steps_completed")
+    if _wanted("retrigger_keeps_timer_exited_by_purchase"):
+        await _exited_by_purchase(api, env, save, "retrigger_keeps_timer_exited_by_purchase")
+    if _wanted("retrigger_keeps_timer_retry_then_permanent_failure"):
+        name = "retrigger_keeps_timer_retry_then_permanent_failure"
+        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
+    if _wanted("retrigger_keeps_timer_hot_cart_continued_as_new"):
+        await _hot_cart(api, env, save, "retrigger_keeps_timer_hot_cart_continued_as_new")
+    if _wanted("retrigger_keeps_timer_test_user_three_steps"):
+        await _three_steps(api, env, save, "retrigger_keeps_timer_test_user_three_steps", test_user=True)
 
 
 async def _three_steps(api, env, save, name: str = "three_steps_completed", test_user: bool = False) -> None:  # type: ignore[no-untyped-def]
@@ -192,6 +217,12 @@ async def _exited_by_purchase(api, env, save, name: str = "exited_by_purchase") 
     dyid, uid = await reachable_user(api, sec)
     with env.with_time_skipping_disabled():
         await collect(api, sec, dyid, add_to_cart("sku-2"))
+        handle = journey_handle(env.client, sec, cid, uid)
+
+        async def waiting() -> None:  # the re-trigger below finds the first wait's timer running
+            assert (await handle.query(JourneyWorkflow.current_state)).status == "waiting"
+
+        await eventually(waiting)
         await collect(api, sec, dyid, add_to_cart("sku-3"))
     await collect(api, sec, dyid, purchase([("sku-2", 10.0)]))
     await journey_result(env.client, sec, cid, uid)

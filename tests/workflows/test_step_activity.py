@@ -5,6 +5,8 @@ send ends the journey row itself."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import httpx
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import HistoryEvent
@@ -26,7 +28,7 @@ from tests.helpers import (
     step,
 )
 from workflows import search
-from workflows.journey import ENROLL_AT_TRIGGER_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
+from workflows.journey import ENROLL_AT_TRIGGER_PATCH, RETRIGGER_KEEPS_TIMER_PATCH, STEP_ACTIVITY_PATCH, JourneyWorkflow
 from workflows.models import JourneyView
 
 
@@ -60,8 +62,9 @@ async def test_one_step_journey_is_one_activity_and_no_local_store_step(
     assert scheduled == ["journey.send_step"], scheduled
     assert [m.marker_name for m in markers] == ["core_patch"], markers  # no local activity
     patch_data = b" ".join(p.data for d in markers[0].details.values() for p in d.payloads)
-    # One marker: enroll-at-trigger implies step-in-one-activity.
-    assert ENROLL_AT_TRIGGER_PATCH.encode() in patch_data and STEP_ACTIVITY_PATCH.encode() not in patch_data
+    # One marker: the newest path patch implies enroll-at-trigger and step-in-one-activity.
+    assert RETRIGGER_KEEPS_TIMER_PATCH.encode() in patch_data
+    assert ENROLL_AT_TRIGGER_PATCH.encode() not in patch_data and STEP_ACTIVITY_PATCH.encode() not in patch_data
     upserts = [
         sorted(e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields)
         for e in _of_type(events, EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES)
@@ -107,7 +110,9 @@ async def test_a_new_journey_is_searchable_as_waiting_until_its_real_deadline(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
 ) -> None:
     """From its start a journey shows "waiting", its variation and the deadline it really keeps
-    (the API's receive time + the trigger wait); a re-trigger that moves the deadline moves it too."""
+    (the API's receive time + the trigger wait). A re-trigger that postpones the send leaves the
+    attribute at the running timer's deadline (a lower bound; the query shows the new deadline at
+    once) and the journey writes the new one when it wakes there and sleeps the rest."""
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
     dyid, uid = await reachable_user(api, section)
@@ -128,14 +133,24 @@ async def test_a_new_journey_is_searchable_as_waiting_until_its_real_deadline(
         assert attrs.get(search.JOURNEY_STATUS) == "waiting"
         first = view.next_wake_at
         assert first is not None
+        assert await env.fast_forward(handle, timedelta(minutes=30))
         await collect(api, section, dyid, add_to_cart("sku-2"))  # delivery relevancy: waits from now
 
-        async def moved() -> None:
+        async def moved() -> datetime:
             again = await handle.query(JourneyWorkflow.current_state)
-            assert again.next_wake_at is not None and again.next_wake_at > first
-            assert (await handle.describe()).typed_search_attributes.get(search.NEXT_SEND_AT) == again.next_wake_at
+            assert again.trigger_count == 2 and again.next_wake_at is not None and again.next_wake_at > first
+            return again.next_wake_at
 
-        await eventually(moved)
+        postponed = await eventually(moved)
+        assert (await handle.describe()).typed_search_attributes.get(search.NEXT_SEND_AT) == first
+        assert postponed - first > timedelta(minutes=29)
+        assert await env.fast_forward(handle, timedelta(minutes=31))  # the first timer fires, not the second
+
+        async def rewritten() -> None:
+            attrs = (await handle.describe()).typed_search_attributes
+            assert attrs.get(search.NEXT_SEND_AT) == postponed and attrs.get(search.JOURNEY_STATUS) == "waiting"
+
+        await eventually(rewritten)
         await env.fast_forward(handle)
     result = await journey_result(env.client, section, cid, uid)
     assert result.status == "completed" and result.sent == 1 and result.runs == 1

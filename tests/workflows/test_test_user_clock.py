@@ -25,7 +25,7 @@ from tests.helpers import (
     reachable_user,
     step,
 )
-from workflows.journey import ENROLL_AT_TRIGGER_PATCH, TEST_USER_CLOCK_PATCH
+from workflows.journey import RETRIGGER_KEEPS_TIMER_PATCH, TEST_USER_CLOCK_PATCH
 
 
 def _count(events: list[HistoryEvent], kind: EventType.ValueType) -> int:
@@ -64,9 +64,9 @@ async def test_a_test_users_waits_pass_on_its_own_clock_a_real_users_on_timers(
     assert _count(events, EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 4  # start, then one per step result
     patches = b" ".join(p.data for e in events for d in e.marker_recorded_event_attributes.details.values()
                         for p in d.payloads)  # fmt: skip
-    # One marker: enroll-at-trigger implies the own clock for a test user (previews ask for it apart).
+    # One marker: the newest path patch implies the own clock for a test user.
     assert _count(events, EventType.EVENT_TYPE_MARKER_RECORDED) == 1
-    assert ENROLL_AT_TRIGGER_PATCH.encode() in patches and TEST_USER_CLOCK_PATCH.encode() not in patches
+    assert RETRIGGER_KEEPS_TIMER_PATCH.encode() in patches and TEST_USER_CLOCK_PATCH.encode() not in patches
 
     real = await journey_result(env.client, section, cid, shopper_id)
     assert real.sent == 3, real
