@@ -142,18 +142,27 @@ class JourneyWorkflow:
         if st.step_index == 0 and st.status in ("triggered", "waiting"):
             # Delivery relevancy: the first message waits from the latest trigger.
             st.last_trigger_at = at
-            postponed = at + self.inp.trigger_wait
-            if self._keeps_timer and self._sleeping_until is not None and postponed >= self._sleeping_until \
-                    and not workflow.info().is_continue_as_new_suggested():  # else wake: the wait continues as new
+            if self._postpones_running_timer():
                 # The running timer fires first; the wait then sleeps the rest (no new timer now).
-                assert st.plan is not None  # a timer runs only once the plan is known
-                st.wake_at = postponed
                 # `RejoinNextSendAt` keeps the timer's deadline (the journey's next wake-up, a lower
                 # bound of the send) until then: an upsert per re-trigger was most of its server cost.
-                workflow.set_current_details(_waiting_details(postponed, st.plan.steps[0].name))
+                assert st.plan is not None  # a timer runs only once the plan is known
+                st.wake_at = self._first_step_deadline()
+                workflow.set_current_details(_waiting_details(st.wake_at, st.plan.steps[0].name))
                 return
             st.wake_at = None
             self._woken = True
+
+    def _postpones_running_timer(self) -> bool:
+        """Whether a re-trigger may leave the first step's running timer as it is (patch
+        RETRIGGER_KEEPS_TIMER_PATCH): the timer fires no later than the new deadline, and the
+        history is not long enough to continue as new (which needs the wait to wake)."""
+        return (
+            self._keeps_timer
+            and self._sleeping_until is not None
+            and self._first_step_deadline() >= self._sleeping_until
+            and not workflow.info().is_continue_as_new_suggested()
+        )
 
     def _trigger_time(self) -> datetime:
         """When the trigger being applied happened, in workflow time.
@@ -254,6 +263,11 @@ class JourneyWorkflow:
         """The journey's time: workflow time, plus what a test user's waits skipped (own clock)."""
         return workflow.now() + self.state.clock_offset
 
+    def _first_step_deadline(self) -> datetime:
+        """Delivery relevancy: the first step is due the trigger wait after the latest trigger."""
+        assert self.state.last_trigger_at is not None
+        return self.state.last_trigger_at + self.inp.trigger_wait
+
     def _pass_time(self, wait: timedelta) -> None:
         """A test user's wait, on the journey's own clock: it passes at once."""
         self.state.clock_offset += wait
@@ -295,10 +309,10 @@ class JourneyWorkflow:
         while True:
             if st.exit_reason is not None:
                 return False
-            if st.wake_at is None:
-                base = st.last_trigger_at if st.step_index == 0 else self._now()
-                assert base is not None
-                st.wake_at = base + (self.inp.trigger_wait if st.step_index == 0 else step.wait or timedelta())
+            if st.wake_at is None and st.step_index == 0:
+                st.wake_at = self._first_step_deadline()
+            elif st.wake_at is None:
+                st.wake_at = self._now() + (step.wait or timedelta())
             remaining = st.wake_at - self._now()
             if remaining <= timedelta():
                 return True

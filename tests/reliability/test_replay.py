@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -65,6 +66,13 @@ async def test_recorded_history_replays(path: Path, sandboxed: bool) -> None:
 def test_histories_are_committed() -> None:
     """The replay suite is not empty (an empty folder would make the check above vacuous)."""
     assert len(_files()) >= 4, _files()
+
+
+def test_committed_histories_are_the_recorded_list() -> None:
+    """Every history of `RECORDED` is committed, and every committed one is listed there."""
+    listed = {name for name, _ in RECORDED}
+    committed = {re.sub(r"-run\d+$", "", p.stem) for p in _files()}
+    assert committed == listed, (sorted(listed - committed), sorted(committed - listed))
 
 
 def _markers(path: Path) -> list[tuple[str, str]]:
@@ -125,6 +133,38 @@ def test_both_store_step_paths_are_recorded() -> None:
     assert set(markers) - patched, "no history of the durable-activity path left"
 
 
+# Every recorded history (file name, scenario), by the patch that was newest when it was recorded;
+# a new path patch appends its own. Histories are append-only (`_wanted`): those recorded on older
+# code are what journeys in flight replay.
+RECORDED: list[tuple[str, str]] = [
+    ("three_steps_completed", "three_steps"),
+    ("exited_by_purchase", "exited_by_purchase"),
+    ("retry_then_permanent_failure", "retry_then_permanent_failure"),
+    ("hot_cart_continued_as_new", "hot_cart"),
+    # Patch "store-steps-local-activities".
+    ("local_store_steps_retry_then_permanent_failure", "retry_then_permanent_failure"),
+    # Patch "step-in-one-activity".
+    ("step_activity_three_steps_completed", "three_steps"),
+    ("step_activity_exited_by_purchase", "exited_by_purchase"),
+    ("step_activity_retry_then_permanent_failure", "retry_then_permanent_failure"),
+    ("step_activity_hot_cart_continued_as_new", "hot_cart"),
+    # Patch "enroll-at-trigger".
+    ("enrolled_at_trigger_three_steps_completed", "three_steps"),
+    ("enrolled_at_trigger_exited_by_purchase", "exited_by_purchase"),
+    ("enrolled_at_trigger_retry_then_permanent_failure", "retry_then_permanent_failure"),
+    ("enrolled_at_trigger_hot_cart_continued_as_new", "hot_cart"),
+    # Patch "test-user-own-clock".
+    ("test_user_clock_three_steps_completed", "test_user_three_steps"),
+    ("test_user_clock_preview", "preview"),
+    # Patch "retrigger-keeps-timer".
+    ("retrigger_keeps_timer_three_steps_completed", "three_steps"),
+    ("retrigger_keeps_timer_exited_by_purchase", "exited_by_purchase"),
+    ("retrigger_keeps_timer_retry_then_permanent_failure", "retry_then_permanent_failure"),
+    ("retrigger_keeps_timer_hot_cart_continued_as_new", "hot_cart"),
+    ("retrigger_keeps_timer_test_user_three_steps", "test_user_three_steps"),
+]
+
+
 def _wanted(name: str) -> bool:
     """Histories are append-only: those recorded on older code are what in-flight journeys replay."""
     return not any(HISTORIES.glob(f"{name}.json")) and not any(HISTORIES.glob(f"{name}-run*.json"))
@@ -145,58 +185,20 @@ async def test_record_histories(
             suffix = f"-run{i + 1}" if len(runs) > 1 else ""
             (HISTORIES / f"{name}{suffix}.json").write_text(hist.to_json())
 
-    if _wanted("three_steps_completed"):
-        await _three_steps(api, env, save)
-    if _wanted("exited_by_purchase"):
-        await _exited_by_purchase(api, env, save)
-    if _wanted("retry_then_permanent_failure"):
-        await _retry_then_permanent_failure(api, env, fresh_provider, save, "retry_then_permanent_failure")
-    if _wanted("hot_cart_continued_as_new"):
-        await _hot_cart(api, env, save)
-    # 5. Recorded after the store steps became local activities (patch "store-steps-local-activities").
-    if _wanted("local_store_steps_retry_then_permanent_failure"):
-        name = "local_store_steps_retry_then_permanent_failure"
-        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
-    # 6-9. Recorded after each step became one activity (patch "step-in-one-activity").
-    if _wanted("step_activity_three_steps_completed"):
-        await _three_steps(api, env, save, "step_activity_three_steps_completed")
-    if _wanted("step_activity_exited_by_purchase"):
-        await _exited_by_purchase(api, env, save, "step_activity_exited_by_purchase")
-    if _wanted("step_activity_retry_then_permanent_failure"):
-        name = "step_activity_retry_then_permanent_failure"
-        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
-    if _wanted("step_activity_hot_cart_continued_as_new"):
-        await _hot_cart(api, env, save, "step_activity_hot_cart_continued_as_new")
-    # 10-13. Recorded after the API enrolls journeys with their trigger (patch "enroll-at-trigger").
-    if _wanted("enrolled_at_trigger_three_steps_completed"):
-        await _three_steps(api, env, save, "enrolled_at_trigger_three_steps_completed")
-    if _wanted("enrolled_at_trigger_exited_by_purchase"):
-        await _exited_by_purchase(api, env, save, "enrolled_at_trigger_exited_by_purchase")
-    if _wanted("enrolled_at_trigger_retry_then_permanent_failure"):
-        name = "enrolled_at_trigger_retry_then_permanent_failure"
-        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
-    if _wanted("enrolled_at_trigger_hot_cart_continued_as_new"):
-        await _hot_cart(api, env, save, "enrolled_at_trigger_hot_cart_continued_as_new")
-    # 14-15. Recorded after test users' journeys keep their own clock (patch "test-user-own-clock").
-    if _wanted("test_user_clock_three_steps_completed"):
-        await _three_steps(api, env, save, "test_user_clock_three_steps_completed", test_user=True)
-    if _wanted("test_user_clock_preview"):
-        await _preview(api, env, save, "test_user_clock_preview")
-    # 16-20. Recorded after re-triggers keep the running timer (patch "retrigger-keeps-timer").
-    if _wanted("retrigger_keeps_timer_three_steps_completed"):
-        await _three_steps(api, env, save, "retrigger_keeps_timer_three_steps_completed")
-    if _wanted("retrigger_keeps_timer_exited_by_purchase"):
-        await _exited_by_purchase(api, env, save, "retrigger_keeps_timer_exited_by_purchase")
-    if _wanted("retrigger_keeps_timer_retry_then_permanent_failure"):
-        name = "retrigger_keeps_timer_retry_then_permanent_failure"
-        await _retry_then_permanent_failure(api, env, fresh_provider, save, name)
-    if _wanted("retrigger_keeps_timer_hot_cart_continued_as_new"):
-        await _hot_cart(api, env, save, "retrigger_keeps_timer_hot_cart_continued_as_new")
-    if _wanted("retrigger_keeps_timer_test_user_three_steps"):
-        await _three_steps(api, env, save, "retrigger_keeps_timer_test_user_three_steps", test_user=True)
+    scenarios = {
+        "three_steps": lambda name: _three_steps(api, env, save, name),
+        "test_user_three_steps": lambda name: _three_steps(api, env, save, name, test_user=True),
+        "exited_by_purchase": lambda name: _exited_by_purchase(api, env, save, name),
+        "retry_then_permanent_failure": lambda name: _retry_then_permanent_failure(api, env, fresh_provider, save, name),
+        "hot_cart": lambda name: _hot_cart(api, env, save, name),
+        "preview": lambda name: _preview(api, env, save, name),
+    }
+    for name, scenario in RECORDED:
+        if _wanted(name):
+            await scenarios[scenario](name)
 
 
-async def _three_steps(api, env, save, name: str = "three_steps_completed", test_user: bool = False) -> None:  # type: ignore[no-untyped-def]
+async def _three_steps(api, env, save, name: str, test_user: bool = False) -> None:  # type: ignore[no-untyped-def]
     """1. Three steps sent through the outbox (for a flagged test user: on its own clock)."""
     sec = await make_section(api)
     await add_integration(api, sec)
@@ -209,7 +211,7 @@ async def _three_steps(api, env, save, name: str = "three_steps_completed", test
     await save(name, sec, cid, uid)
 
 
-async def _exited_by_purchase(api, env, save, name: str = "exited_by_purchase") -> None:  # type: ignore[no-untyped-def]
+async def _exited_by_purchase(api, env, save, name: str) -> None:  # type: ignore[no-untyped-def]
     """2. Exited by a purchase during the first wait."""
     sec = await make_section(api)
     await add_integration(api, sec)
@@ -242,7 +244,7 @@ async def _retry_then_permanent_failure(api, env, fresh_provider, save, name: st
     await save(name, sec, cid, uid)
 
 
-async def _hot_cart(api, env, save, name: str = "hot_cart_continued_as_new") -> None:  # type: ignore[no-untyped-def]
+async def _hot_cart(api, env, save, name: str) -> None:  # type: ignore[no-untyped-def]
     """4. Hot cart: many re-triggers, continue-as-new, then two steps."""
     sec = await make_section(api)
     await add_integration(api, sec)
