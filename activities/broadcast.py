@@ -24,6 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.delivery import compose_payload, make_linker
+from activities.provider_retry import retry_later
 from domain import schedule as sched
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -385,11 +386,7 @@ class BroadcastActivities:
         except ProviderError as err:
             if err.retryable:
                 # Everyone finished so far is committed; the retried batch resumes with this user.
-                raise ApplicationError(
-                    err.message,
-                    type="RateLimited" if err.status == 429 else "ProviderUnavailable",
-                    next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
-                ) from err
+                raise retry_later(err, f"run {req.run_id} shard {req.shard}, user {user_id}") from err
             return await asyncio.to_thread(
                 self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone
             )

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam
@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.provider_retry import retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
@@ -105,11 +106,7 @@ class Delivery:
         except ProviderError as err:
             if err.retryable:
                 await asyncio.to_thread(self._note_retry, req, err)
-                raise ApplicationError(
-                    err.message,
-                    type="RateLimited" if err.status == 429 else "ProviderUnavailable",
-                    next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
-                ) from err
+                raise retry_later(err, req.send_key) from err
             gone = prepared.opt_in_id if err.recipient_gone else None
             return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
         except ConfigurationError as err:

@@ -8,6 +8,7 @@ given back, redirect never followed. Requests are counted so a retry storm fails
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -91,14 +92,21 @@ def _slot_released(store: Store, send_key: str) -> bool:
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
 async def test_server_errors_are_retried_then_delivered_once(
-    fault_api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, fresh_provider: ProviderServer, status: int
-) -> None:
-    """5xx/408 is retried with backoff; the message goes out once and is not flagged (the answer was known)."""
-    result, arrivals = await _run(fault_api, env, fresh_provider, Reply(status, "busy"), Reply(status), Reply(200))
+    fault_api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, fresh_provider: ProviderServer, status: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """5xx/408 is retried with backoff; the message goes out once and is not flagged (the answer was known).
+    Each retried attempt is one log line naming the send and the answer, not the SDK's traceback."""
+    with caplog.at_level(logging.INFO):
+        result, arrivals = await _run(fault_api, env, fresh_provider, Reply(status, "busy"), Reply(status), Reply(200))
     assert result.sent == 1 and len(arrivals) == 3
     assert len(fresh_provider.deliveries) == 1
     send = _send(store, result.journey_id)
     assert (send.status, send.attempts, send.possible_duplicate) == ("accepted", 3, False)
+    retries = [r.getMessage() for r in caplog.records if r.name == "activities.provider_retry"]
+    assert retries == [f"{send.key}: provider failed ({status}); Temporal retries it"] * 2, retries
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
+    assert noisy == [], [r.getMessage() for r in noisy]
 
 
 @pytest.mark.parametrize("form", ["seconds", "http-date"])
