@@ -12,6 +12,7 @@ import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
@@ -43,6 +44,17 @@ log = logging.getLogger("rejoin.worker")
 
 MAX_CONCURRENT_ACTIVITIES = 100
 HTTP_POOL_SIZE = 200  # connections across all HTTP/1.1 providers
+PROVIDER_READ_TIMEOUT_S = 10.0  # a provider's silence, at most (seconds)
+PROVIDER_CONNECT_TIMEOUT_S = 5.0
+
+
+def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
+    """(read, connect) seconds for provider calls: the defaults, or less when a delivery attempt
+    (`REJOIN_DELIVERY_TIMEOUT`) is shorter, so that a silent provider times out inside the attempt,
+    which records it (outcome unknown: retried with the same key, flagged) and logs one line,
+    rather than Temporal's start-to-close timeout cancelling the attempt mid-call."""
+    budget = 0.8 * delivery_timeout.total_seconds()  # the rest: the attempt's store steps
+    return min(PROVIDER_READ_TIMEOUT_S, budget), min(PROVIDER_CONNECT_TIMEOUT_S, budget)
 
 
 @asynccontextmanager
@@ -51,12 +63,13 @@ async def build_worker(
 ) -> AsyncIterator[Worker]:
     """A configured (not yet running) worker, with its HTTP client closed on exit."""
     install_log_redaction()
-    timeout = httpx.Timeout(10.0, connect=5.0)
+    read, connect = provider_call_timeouts(settings.delivery_timeout)
+    timeout = httpx.Timeout(read, connect=connect)
     # One pooled aiohttp session per process (bounded, reused across messages; it keeps up with
     # 100 sends in flight where a shared httpx client does not, see docs/performance.md); an
     # HTTP/2-capable httpx client for APNs, which speaks only HTTP/2 (one connection multiplexes).
     async with (
-        outbound_session(limit=HTTP_POOL_SIZE, timeout=10.0, connect=5.0) as http,
+        outbound_session(limit=HTTP_POOL_SIZE, timeout=read, connect=connect) as http,
         httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=20), http2=True) as http2,
     ):
         box = SecretBox(settings.secret_keys)  # one per worker, shared by every activity

@@ -176,10 +176,17 @@ async def test_redirect_is_a_permanent_failure_and_not_followed(
     ],
 )
 async def test_unknown_outcomes_retry_once_and_flag(
-    fault_api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, fresh_provider: ProviderServer, fault: Reply
-) -> None:
-    """Timeout or reset after sending: retried with the same key, delivered once, flagged as possible duplicate."""
-    result, arrivals = await _run(fault_api, env, fresh_provider, fault, Reply(200))
+    fault_api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, fresh_provider: ProviderServer, fault: Reply,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Timeout or reset after sending: retried with the same key, delivered once, flagged as possible duplicate.
+    The attempt itself notices (its read timeout is inside the attempt's budget) and logs one line;
+    Temporal never has to cancel it mid-call."""
+    with caplog.at_level(logging.INFO):
+        result, arrivals = await _run(fault_api, env, fresh_provider, fault, Reply(200))
+    retries = [r.getMessage() for r in caplog.records if r.name == "activities.provider_retry"]
+    assert len(retries) == 1 and ("(timeout)" in retries[0] or "(connection error)" in retries[0]), retries
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info] == []
     assert result.sent == 1 and len(arrivals) == 2
     keys = {r.headers["idempotency-key"] for r in fresh_provider.requests}
     assert len(keys) == 1
