@@ -168,5 +168,10 @@ class ProviderServer:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels handlers still waiting (a slow reply). Ending normally instead of as
+            # cancelled: Python 3.11's stream callback calls task.exception() on the handler's
+            # task, which raises for a cancelled task and prints a traceback per handler.
+            pass
         finally:
             writer.close()
