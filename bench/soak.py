@@ -3,7 +3,7 @@ then the promises a journey engine makes, checked in the store, at the provider 
 
     python -m bench.soak                                  # SQLite, 100 test users, 60 s of traffic
     python -m bench.soak --database-url postgresql://postgres@127.0.0.1:5432/postgres --real-share 0.2
-    python -m bench.soak --kill-worker-every 15            # SIGKILL + restart the worker during the traffic
+    python -m bench.soak --kill-worker-every 20 --kill-api-every 13   # SIGKILL + restart them during the traffic
 
 Not a benchmark and not in the suite: a run no test scripted (docs/reliability.md). The dev
 server, a worker and the API run as processes (`bench/harness.py`); the provider is the suite's
@@ -15,7 +15,8 @@ campaign's exit), and send malformed requests. Test users skip their waits; "rea
 (`--real-share`) wait the campaign's minimum of 5 minutes per step, so such a run lasts ~20 min.
 
 When every journey has ended it checks, and exits 1 if any fails:
-- the API answered no 5xx, and stored and dispatched every accepted event;
+- the API answered no 5xx, and stored and dispatched every event it answered 202 (and any the
+  killed API stored without answering);
 - no journey is left active and no send in flight or retrying;
 - a message the provider received more than once is flagged `possible_duplicate`, never silent;
 - every send recorded accepted reached the provider with a complete 2xx; none is unknown to us;
@@ -35,7 +36,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -109,15 +110,20 @@ class Api:
         kw: dict[str, Any] = {"json": body, "headers": headers}
         if raw is not None:
             kw = {"data": raw, "headers": {**headers, "content-type": "application/json"}}
-        async with self.http.request(method, path, **kw) as r:
-            body_text = await r.text()
-            self.statuses[r.status] += 1
-            if r.status >= 500:
-                self.server_errors.append(f"{method} {path}: {r.status} {body_text[:300]}")
-            try:
-                return r.status, json.loads(body_text) if body_text else None
-            except ValueError:
-                return r.status, body_text
+        try:
+            async with self.http.request(method, path, **kw) as r:
+                body_text = await r.text()
+                status = r.status
+        except aiohttp.ClientConnectionError:  # the API is down (killed): no answer, status 0
+            self.statuses[0] += 1
+            return 0, None
+        self.statuses[status] += 1
+        if status >= 500:
+            self.server_errors.append(f"{method} {path}: {status} {body_text[:300]}")
+        try:
+            return status, json.loads(body_text) if body_text else None
+        except ValueError:
+            return status, body_text
 
     async def must(self, want: int, method: str, path: str, headers: dict[str, str], body: Any = None) -> Any:
         status, out = await self.call(method, path, headers, body)
@@ -153,6 +159,7 @@ class Shop:
         self.ing: dict[str, str] = {}
         self.campaign_id = ""
         self.purchases = 0
+        self.accepted_ids: set[str] = set()  # events answered 202: each must be stored and dispatched
 
     async def open(self, provider_url: str) -> None:
         sec = await self.api.must(201, "POST", "/api/v1/sections", ADMIN, {"name": "soak"})
@@ -212,12 +219,16 @@ class Shop:
                 status, _ = await self.api.call(
                     "POST", "/v2/collect/user/event", self.ing, raw=self.rng.choice(MALFORMED)
                 )
-                if status not in (400, 413, 422):
+                if status not in (0, 400, 413, 422):  # 0: the API was down
                     self.api.server_errors.append(f"malformed body answered {status}")
                 continue
             else:  # a batch: a cart change and a custom event
                 events = [add_to_cart(cart or ["sku-0"]), {"name": "Custom", "properties": {"x": self.rng.random()}}]
-            await self.api.must(202, "POST", "/v2/collect/user/event", self.ing, self._body(dyid, events))
+            status, out = await self.api.call("POST", "/v2/collect/user/event", self.ing, self._body(dyid, events))
+            if status == 202:
+                self.accepted_ids.update(out["event_ids"])
+            elif status != 0:  # 0: the API was down; the shop's backend would retry later
+                self.api.server_errors.append(f"an event answered {status}: {out}")
 
 
 # ------------------------------------------------------------------ checks
@@ -234,11 +245,16 @@ def drained(url: str) -> tuple[int, int, int]:
         )
 
 
-def check_store(url: str, delivered: Counter[str]) -> tuple[list[str], dict[str, Any]]:
+def check_store(url: str, delivered: Counter[str], accepted: set[str]) -> tuple[list[str], dict[str, Any]]:
     problems: list[str] = []
     with Session(make_engine(url)) as session:  # the tables' own types: SQLite keeps times as text
         sends = list(session.exec(select(Send)).all())
         journeys = list(session.exec(select(Journey)).all())
+        stored = dict(session.exec(select(Event.id, Event.dispatched)).all())
+    lost = accepted - stored.keys()
+    problems += [f"{len(lost)} events answered 202 are not stored, e.g. {sorted(lost)[:3]}"] if lost else []
+    undispatched = [e for e in accepted & stored.keys() if not stored[e]]
+    problems += [f"{len(undispatched)} accepted events never dispatched"] if undispatched else []
     by_key = {s.key: s for s in sends}
     for key, n in delivered.items():
         row = by_key.get(key)
@@ -304,17 +320,20 @@ def check_logs(stack: Stack) -> tuple[list[str], dict[str, int]]:
 # ------------------------------------------------------------------ run
 
 
-async def kill_workers(stack: Stack, every: float, until: float) -> int:
-    """SIGKILL the worker every `every` seconds until `until` and start a new one at once (a
-    crash, or a deploy without draining); returns how many it killed. 0: never."""
+async def kill_repeatedly(
+    stack: Stack, label: str, restart: Callable[[], Awaitable[object]], every: float, until: float
+) -> int:
+    """SIGKILL the `label` process every `every` seconds until `until` and start a new one at once
+    (a crash, or a deploy without draining); returns how many times. `every` 0: never."""
     kills = 0
     while every and time.monotonic() + every < until:
         await asyncio.sleep(every)
-        assert stack.worker is not None
-        stack.worker.kill()
-        stack.worker.wait()
+        for proc in stack.procs:
+            if stack.labels[proc.pid] == label and proc.poll() is None:
+                proc.kill()
+                proc.wait()
         kills += 1
-        await stack.start_worker()
+        await restart()
     return kills
 
 
@@ -335,9 +354,16 @@ async def soak(args: argparse.Namespace) -> int:
         print(f"{len(users)} shoppers; traffic for {args.seconds:g} s", flush=True)
         t0 = time.monotonic()
         shoppers = asyncio.gather(*(shop.browse(d, t0 + args.seconds, args.mean_gap) for d in users))
-        kills = asyncio.create_task(kill_workers(stack, args.kill_worker_every, t0 + args.seconds))
+        until = t0 + args.seconds
+        kills = {
+            "worker": asyncio.create_task(
+                kill_repeatedly(stack, "worker", stack.start_worker, args.kill_worker_every, until)
+            ),
+            "api": asyncio.create_task(kill_repeatedly(stack, "api", stack.start_api, args.kill_api_every, until)),
+        }
         await shoppers
-        print(f"worker killed {await kills} times", flush=True)
+        killed = {label: await task for label, task in kills.items()}
+        print(f"killed (SIGKILL, restarted): {killed}", flush=True)
         print(f"traffic done in {time.monotonic() - t0:.0f} s; API answers {dict(api.statuses)}", flush=True)
         deadline = time.monotonic() + (args.drain or (1500 if args.real_share else 300))
         while (left := drained(stack.database_url)) != (0, 0, 0) and time.monotonic() < deadline:
@@ -347,12 +373,12 @@ async def soak(args: argparse.Namespace) -> int:
                 flush=True,
             )
             await asyncio.sleep(10)
-        problems, summary = check_store(stack.database_url, provider.delivered())
+        problems, summary = check_store(stack.database_url, provider.delivered(), shop.accepted_ids)
         problems += check_report(stack.database_url, shop.campaign_id)
         log_problems, log_kinds = check_logs(stack)
         problems += log_problems + api.server_errors
         result = {"soak": "rejoin", "seed": args.seed, "users": args.users, "purchases": shop.purchases,
-                  "worker_kills": kills.result(),
+                  "killed": killed,
                   "api": dict(api.statuses), "provider": dict(provider.answered), **summary,
                   "log_warnings": log_kinds, "problems": problems}  # fmt: skip
         print("\n".join(f"PROBLEM: {p}" for p in problems[:50]) or "no problems")
@@ -384,6 +410,8 @@ def main(argv: list[str]) -> int:
         default=0,
         help="SIGKILL and restart the worker this often (seconds) during the traffic",
     )
+    p.add_argument("--kill-api-every", type=float, default=0,
+                   help="SIGKILL and restart the API this often (seconds) during the traffic")  # fmt: skip
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", action="store_true", help="keep the run's folder and database to look at")
     return asyncio.run(soak(p.parse_args(argv)))
