@@ -82,8 +82,8 @@ class FaultyProvider:
         self.rng = rng
         self.answered: Counter[str] = Counter()
         self.server = ProviderServer().start()
-        self.server.handler("/send", self._answer)
-        self.url = self.server.url("/send")
+        for channel in ("email", "sms"):
+            self.server.handler(f"/{channel}", self._answer)
 
     def _answer(self, request: Received) -> Reply:  # noqa: ARG002 (any request: the fault is random)
         weights = [w for w, _, _ in FAULTS]
@@ -151,7 +151,7 @@ MALFORMED = [b"{", b"[]", b'{"user": {}, "events": [{}]}',
 
 
 class Shop:
-    """One section with a flaky e-mail integration and a three-step cart campaign (exit: purchase)."""
+    """One section with flaky e-mail and SMS integrations and a three-step cart campaign (exit: purchase)."""
 
     def __init__(self, api: Api, rng: random.Random) -> None:
         self.api, self.rng = api, rng
@@ -161,17 +161,19 @@ class Shop:
         self.purchases = 0
         self.accepted_ids: set[str] = set()  # events answered 202: each must be stored and dispatched
 
-    async def open(self, provider_url: str) -> None:
+    async def open(self, provider: ProviderServer) -> None:
+        """E-mail first, SMS the fallback (a permanent e-mail failure moves the step to SMS)."""
         sec = await self.api.must(201, "POST", "/api/v1/sections", ADMIN, {"name": "soak"})
         self.mgmt = {"Authorization": f"Bearer {sec['management_key']['key']}"}
         self.ing = {"dy-api-key": sec["ingestion_key"]["key"]}
-        integration = {"channel": "email", "name": "flaky", "kind": "custom_http", "identifier_type": "email",
-                       "config": {"url": provider_url}}  # fmt: skip
-        await self.api.must(201, "POST", "/api/v1/integrations", self.mgmt, integration)
-        steps = [{"name": f"S{i}", "messages": {"email": {"payload": {"step": i}}}, **({"wait": "PT5M"} if i else {})}
-                 for i in range(3)]  # fmt: skip
+        for channel, id_type in (("email", "email"), ("sms", "phone")):
+            integration = {"channel": channel, "name": f"flaky {channel}", "kind": "custom_http",
+                           "identifier_type": id_type, "config": {"url": provider.url(f"/{channel}")}}  # fmt: skip
+            await self.api.must(201, "POST", "/api/v1/integrations", self.mgmt, integration)
+        messages = {"email": {"payload": {"subject": "Your cart"}}, "sms": {"payload": {"body": "Your cart"}}}
+        steps = [{"name": f"S{i}", "messages": messages, **({"wait": "PT5M"} if i else {})} for i in range(3)]
         spec = {"name": "soak cart", "type": "cart_abandonment", "trigger": {"wait": "PT5M"},
-                "channel_priority": ["email"], "exits": [{"event": "purchase"}],
+                "channel_priority": ["email", "sms"], "exits": [{"event": "purchase"}],
                 "variations": [{"id": "a", "name": "Three steps", "share": 50, "steps": steps},
                                {"id": "b", "name": "Two steps", "share": 40, "steps": steps[:2]},
                                {"id": "c", "name": "Holdout", "share": 10, "control": True}]}  # fmt: skip
@@ -180,14 +182,17 @@ class Shop:
         await self.api.must(200, "POST", f"/api/v1/campaigns/{self.campaign_id}/activate", self.mgmt)
 
     async def shopper(self, i: int, is_test: bool) -> str:
-        """An opted-in, identified user; test users' journeys skip their waits."""
-        dyid, mail = f"{5 * 10**12 + i}", f"soak{i}@example.com"
+        """An identified user opted in to e-mail, every other one to SMS too; test users' journeys
+        skip their waits."""
+        dyid, mail, phone = f"{5 * 10**12 + i}", f"soak{i}@example.com", f"+1555{i:07d}"
         await self.api.must(200, "POST", "/v2/userdata/channels/email/opt-in", self.ing,
                             {"identifier": {"type": "email", "value": mail}})  # fmt: skip
-        login = {
-            "name": "Login",
-            "properties": {"dyType": "login-v1", "hashedEmail": hashlib.sha256(mail.encode()).hexdigest()},
-        }
+        properties: dict[str, Any] = {"dyType": "login-v1", "hashedEmail": hashlib.sha256(mail.encode()).hexdigest()}
+        if i % 2:
+            await self.api.must(200, "POST", "/v2/userdata/channels/sms/opt-in", self.ing,
+                                {"identifier": {"type": "phoneNumber", "value": phone}})  # fmt: skip
+            properties["secondaryIdentifiers"] = [{"type": "phoneNumber", "value": phone}]
+        login = {"name": "Login", "properties": properties}
         await self.api.must(202, "POST", "/v2/collect/user/event", self.ing, self._body(dyid, [login]))
         if is_test:
             await self.api.must(200, "PUT", f"/api/v1/users/{dyid}/test", self.mgmt, {"is_test": True})
@@ -265,8 +270,11 @@ def check_store(url: str, delivered: Counter[str], accepted: set[str]) -> tuple[
     for s in sends:
         if s.status == "accepted" and s.key not in delivered:
             problems.append(f"recorded accepted without a complete 2xx at the provider: {s.key} ({s.provider_status})")
-    twice = Counter((s.journey_id, s.step_index) for s in sends)
+    # One message per step: a permanent failure may fall back to the next channel, once per channel.
+    twice = Counter((s.journey_id, s.step_index) for s in sends if s.status == "accepted")
     problems += [f"journey {j} sent step {i} {n} times" for (j, i), n in twice.items() if n > 1]
+    per_channel = Counter((s.journey_id, s.step_index, s.channel) for s in sends)
+    problems += [f"journey {j} step {i} has {n} {c} sends" for (j, i, c), n in per_channel.items() if n > 1]
     holdouts = {j.id for j in journeys if j.is_control}
     problems += [f"holdout journey {s.journey_id} got a send" for s in sends if s.journey_id in holdouts]
     exited = {j.id: j.ended_at for j in journeys if j.status == "exited" and j.ended_at is not None}
@@ -277,7 +285,9 @@ def check_store(url: str, delivered: Counter[str], accepted: set[str]) -> tuple[
     problems += [f"journey {j.id} still active" for j in journeys if j.status == "active"]
     summary = {
         "journeys": dict(Counter(f"{j.status}{'/' + j.exit_reason if j.exit_reason else ''}" for j in journeys)),
-        "sends": dict(Counter(f"{s.status}{' (possible duplicate)' if s.possible_duplicate else ''}" for s in sends)),
+        "sends": dict(
+            Counter(f"{s.channel} {s.status}{' (possible duplicate)' if s.possible_duplicate else ''}" for s in sends)
+        ),
     }
     return problems, summary
 
@@ -349,7 +359,7 @@ async def soak(args: argparse.Namespace) -> int:
         await stack.start_api()
         api = Api(stack.api_url)
         shop = Shop(api, rng)
-        await shop.open(provider.url)
+        await shop.open(provider.server)
         users = [await shop.shopper(i, rng.random() >= args.real_share) for i in range(args.users)]
         print(f"{len(users)} shoppers; traffic for {args.seconds:g} s", flush=True)
         t0 = time.monotonic()
