@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,14 +157,14 @@ def run(url: str, facts: int, log: Callable[[str], None] = print) -> dict[str, A
                 for label, (a, b) in ranges.items():
                     times = []
                     for _ in range(3):
-                        t, fast = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b))
+                        t, fast = _timed(partial(build_report, s, c, spec, a, b))
                         times.append(t)
                     # The database part alone (the rest: aggregation and the winner's numpy draws, a few ms).
                     loads = [
-                        _timed(lambda a=a, b=b: q.load(s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
+                        _timed(partial(q.load, s, "sec", "cmp", a, b, spec.settings.attribution_window))[0]
                         for _ in range(3)
                     ]
-                    raw_s, ref = _timed(lambda a=a, b=b: build_report(s, c, spec, a, b, raw=True))
+                    raw_s, ref = _timed(partial(build_report, s, c, spec, a, b, raw=True))
                     same = fast == ref
                     out[label] = {"median_s": statistics.median(times), "runs_s": times, "raw_s": raw_s, "same_report": same,
                                   "load_median_s": statistics.median(loads),

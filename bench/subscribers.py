@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
+import boto3  # type: ignore[import-untyped]
 import psycopg
 
 from bench import scratch_db
