@@ -10,7 +10,8 @@ server, a worker and the API run as processes (`bench/harness.py`); the provider
 scriptable server (`tests/provider_server.py`), answering each call with a fault drawn at random:
 5xx, 429 with Retry-After in seconds or as an HTTP date, a dropped connection, a truncated body,
 an answer slower than the delivery timeout, permanent 4xx, a redirect to a metadata address, a
-non-JSON 200, an empty 202. Shoppers add to cart (re-triggering their journey), view, buy (the
+non-JSON 200, an empty 202. Two campaigns compete for the shoppers (cart, browse), e-mail first
+and SMS as the fallback. Shoppers add to cart (re-triggering their journey), view, buy (the cart
 campaign's exit), and send malformed requests. Test users skip their waits; "real" users
 (`--real-share`) wait the campaign's minimum of 5 minutes per step, so such a run lasts ~20 min.
 
@@ -20,8 +21,10 @@ When every journey has ended it checks, and exits 1 if any fails:
 - no journey is left active and no send in flight or retrying;
 - a message the provider received more than once is flagged `possible_duplicate`, never silent;
 - every send recorded accepted reached the provider with a complete 2xx; none is unknown to us;
-- no journey sent a step twice, no holdout got a message, no send began after its journey exited;
-- the campaign report from the pre-aggregated counters equals the one computed from raw rows;
+- no journey sent a step twice, no person got more than the global cap (5 per channel in any
+  24 h of their journeys' clocks), no holdout got a message, no send began after its journey
+  exited;
+- each campaign's report from the pre-aggregated counters equals the one computed from raw rows;
 - the worker and API logged no traceback (expected provider faults are one INFO line each).
 """
 
@@ -37,6 +40,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -45,11 +49,12 @@ from sqlmodel import Session, col, select
 
 from bench.harness import ADMIN_KEY, Stack
 from store.engine import make_engine
-from store.tables import Event, Journey, Send
+from store.tables import CapReservation, Event, Journey, Send
 from tests.provider_server import ProviderServer, Received, Reply
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 DELIVERY_TIMEOUT_S = 5  # an attempt's budget: the provider's slowest answer outlasts it
+CAP = 5  # the global frequency cap, per person and channel per 24 h (the product's default)
 
 
 # ------------------------------------------------------------------ the provider's faults
@@ -157,7 +162,7 @@ class Shop:
         self.api, self.rng = api, rng
         self.mgmt: dict[str, str] = {}
         self.ing: dict[str, str] = {}
-        self.campaign_id = ""
+        self.campaign_ids: list[str] = []
         self.purchases = 0
         self.accepted_ids: set[str] = set()  # events answered 202: each must be stored and dispatched
 
@@ -177,9 +182,14 @@ class Shop:
                 "variations": [{"id": "a", "name": "Three steps", "share": 50, "steps": steps},
                                {"id": "b", "name": "Two steps", "share": 40, "steps": steps[:2]},
                                {"id": "c", "name": "Holdout", "share": 10, "control": True}]}  # fmt: skip
-        camp = await self.api.must(201, "POST", "/api/v1/campaigns", self.mgmt, spec)
-        self.campaign_id = camp["id"]
-        await self.api.must(200, "POST", f"/api/v1/campaigns/{self.campaign_id}/activate", self.mgmt)
+        # A browse campaign competing for the same people: lower priority, one step, no exit.
+        browse = {"name": "soak browse", "type": "product_view", "priority": 10, "trigger": {"wait": "PT5M"},
+                  "channel_priority": ["email", "sms"],
+                  "variations": [{"id": "a", "name": "One step", "share": 100, "steps": steps[:1]}]}  # fmt: skip
+        for campaign in (spec, browse):
+            camp = await self.api.must(201, "POST", "/api/v1/campaigns", self.mgmt, campaign)
+            await self.api.must(200, "POST", f"/api/v1/campaigns/{camp['id']}/activate", self.mgmt)
+            self.campaign_ids.append(camp["id"])
 
     async def shopper(self, i: int, is_test: bool) -> str:
         """An identified user opted in to e-mail, every other one to SMS too; test users' journeys
@@ -292,6 +302,28 @@ def check_store(url: str, delivered: Counter[str], accepted: set[str]) -> tuple[
     return problems, summary
 
 
+def check_global_cap(url: str) -> list[str]:
+    """No person got more than the global cap (5) per channel in any 24 h of their journeys'
+    clocks (a reservation's time), across both campaigns: retries, failures giving slots back and
+    fallbacks included."""
+    with Session(make_engine(url)) as session:
+        rows = session.exec(
+            select(CapReservation.user_id, CapReservation.channel, CapReservation.reserved_at)
+            .join(Send, col(Send.key) == CapReservation.key)
+            .where(Send.status == "accepted")
+        ).all()
+    times: dict[tuple[str, str], list[datetime]] = {}
+    for user_id, channel, at in rows:
+        times.setdefault((user_id, channel), []).append(at)
+    problems = []
+    for (user_id, channel), ats in times.items():
+        ats.sort()
+        over = [a for a, b in zip(ats, ats[CAP:], strict=False) if b - a < timedelta(hours=24)]
+        if over:
+            problems.append(f"user {user_id} got {CAP + 1}+ {channel} messages within 24 h from {over[0]}")
+    return problems
+
+
 def check_report(url: str, campaign_id: str) -> list[str]:
     """The report as the API serves it (pre-aggregated counters) against the raw rows' report."""
     from api.routes.reports import _campaign, _range, build_report
@@ -352,6 +384,7 @@ async def soak(args: argparse.Namespace) -> int:
     provider = FaultyProvider(rng)
     stack = Stack(args.database_url)
     stack.env["REJOIN_DELIVERY_TIMEOUT"] = f"PT{DELIVERY_TIMEOUT_S}S"
+    stack.env["REJOIN_GLOBAL_CAP_MESSAGES"] = str(CAP)  # the harness lifts it for throughput runs
     api: Api | None = None
     try:
         await stack.start()
@@ -384,7 +417,8 @@ async def soak(args: argparse.Namespace) -> int:
             )
             await asyncio.sleep(10)
         problems, summary = check_store(stack.database_url, provider.delivered(), shop.accepted_ids)
-        problems += check_report(stack.database_url, shop.campaign_id)
+        problems += [p for cid in shop.campaign_ids for p in check_report(stack.database_url, cid)]
+        problems += check_global_cap(stack.database_url)
         log_problems, log_kinds = check_logs(stack)
         problems += log_problems + api.server_errors
         result = {"soak": "rejoin", "seed": args.seed, "users": args.users, "purchases": shop.purchases,
