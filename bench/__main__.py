@@ -99,7 +99,10 @@ class Api:
 
         await self.call("POST", "/v2/userdata/channels/email/opt-in", sec["ing"],
                         {"identifier": {"type": "email", "value": email}})  # fmt: skip
-        login = {"name": "Login", "properties": {"dyType": "login-v1", "hashedEmail": hashlib.sha256(email.encode()).hexdigest()}}
+        login = {
+            "name": "Login",
+            "properties": {"dyType": "login-v1", "hashedEmail": hashlib.sha256(email.encode()).hexdigest()},
+        }
         await self.collect(sec, dyid, login)
         await self.call("PUT", f"/api/v1/users/{dyid}/test", sec["mgmt"], {"is_test": True})
         return dyid
@@ -225,7 +228,9 @@ async def bench_ingest(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -> 
         await retriggers.run_round(stack, n, next_visit, raw)
     return [
         starts.result("ingest", "signal_with_start starting a bare waiting workflow, same concurrency"),
-        retriggers.result("ingest_retrigger", "signal_with_start signalling the running bare workflow, same concurrency"),
+        retriggers.result(
+            "ingest_retrigger", "signal_with_start signalling the running bare workflow, same concurrency"
+        ),
     ]
 
 
@@ -432,7 +437,11 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"{r['name']:<16}{r['unit']:<22}{_fmt(r['rejoin']):>10}{_fmt(r.get('baseline')):>10}"
               f"{ratio:>8}{_fmt(r.get('target')):>8}  {r.get('baseline_desc', '')}")  # fmt: skip
     for r in rows:
-        extra = {k: v for k, v in r.items() if k not in {"name", "unit", "rejoin", "baseline", "ratio", "target", "baseline_desc"}}
+        extra = {
+            k: v
+            for k, v in r.items()
+            if k not in {"name", "unit", "rejoin", "baseline", "ratio", "target", "baseline_desc"}
+        }
         print(f"  {r['name']}: {json.dumps(extra, default=lambda v: round(v, 2))}")
 
 

@@ -1,6 +1,6 @@
 """The raw-engine baselines: bare Temporal workflows with no Rejoin code, and their worker.
 
-    python -m bench.bare ADDRESS TASK_QUEUE     (runs a worker; prints READY)
+python -m bench.bare ADDRESS TASK_QUEUE     (runs a worker; prints READY)
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ class Stack:
         self.labels: dict[int, str] = {}
         self.worker: subprocess.Popen[bytes] | None = None
         self.client: Client | None = None
+        self._server_args: list[str] = []
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -191,9 +192,16 @@ class Stack:
             scratch_db.create(self.database_url, self.scratch_db)
         args = dev_server_args(self.dir / "temporal.db", self.temporal_port, None)
         args += ["--http-port", str(free_port()), "--metrics-port", str(free_port())]
+        self._server_args = args
         self._spawn(args)
         await wait_until_serving(self.address, timeout=60)
         self.client = await Client.connect(self.address, data_converter=pydantic_data_converter)
+
+    async def restart_server(self) -> None:
+        """Start the dev server again on the same port and database file (after it was killed);
+        clients, the worker and the API reconnect by themselves."""
+        self._spawn(self._server_args)
+        await wait_until_serving(self.address, timeout=60)
 
     async def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = self._spawn([sys.executable, "-m", "worker"])
@@ -232,8 +240,11 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             resp = await self.client.workflow_service.describe_task_queue(
-                DescribeTaskQueueRequest(namespace="default", task_queue=TaskQueue(name=queue),
-                                         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW)  # fmt: skip
+                DescribeTaskQueueRequest(
+                    namespace="default",
+                    task_queue=TaskQueue(name=queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                )  # fmt: skip
             )
             if resp.pollers:
                 return

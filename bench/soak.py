@@ -3,7 +3,7 @@ then the promises a journey engine makes, checked in the store, at the provider 
 
     python -m bench.soak                                  # SQLite, 100 test users, 60 s of traffic
     python -m bench.soak --database-url postgresql://postgres@127.0.0.1:5432/postgres --real-share 0.2
-    python -m bench.soak --kill-worker-every 20 --kill-api-every 13   # SIGKILL + restart them during the traffic
+    python -m bench.soak --kill-worker-every 20 --kill-api-every 13 --kill-server-every 25   # crashes
 
 Not a benchmark and not in the suite: a run no test scripted (docs/reliability.md). The dev
 server, a worker and the API run as processes (`bench/harness.py`); the provider is the suite's
@@ -403,6 +403,9 @@ async def soak(args: argparse.Namespace) -> int:
                 kill_repeatedly(stack, "worker", stack.start_worker, args.kill_worker_every, until)
             ),
             "api": asyncio.create_task(kill_repeatedly(stack, "api", stack.start_api, args.kill_api_every, until)),
+            "temporal server": asyncio.create_task(
+                kill_repeatedly(stack, "temporal server", stack.restart_server, args.kill_server_every, until)
+            ),
         }
         await shoppers
         killed = {label: await task for label, task in kills.items()}
@@ -456,6 +459,8 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--kill-api-every", type=float, default=0,
                    help="SIGKILL and restart the API this often (seconds) during the traffic")  # fmt: skip
+    p.add_argument("--kill-server-every", type=float, default=0,
+                   help="SIGKILL and restart the Temporal dev server (same database file) this often")  # fmt: skip
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep", action="store_true", help="keep the run's folder and database to look at")
     return asyncio.run(soak(p.parse_args(argv)))
