@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, insert
+from sqlalchemy import and_, bindparam, exists, insert
 from sqlmodel import Session, col, select
 
 from api.deps import AppState
@@ -95,6 +95,11 @@ def accept(
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
+        # Set before the events, not after: the user's row is then written once, at commit,
+        # with its cart, instead of once when a lookup autoflushes the cart and again for this.
+        user.updated_at = now
+        # user id -> has events still queued for dispatch (read with the running journeys).
+        pending: dict[str, bool] = {}
         # Journeys this request enrolled (campaign -> workflow id): a later event of the same
         # request re-triggers them rather than enrolling a second one.
         enrolled_now: dict[str, list[str]] = {}
@@ -108,13 +113,13 @@ def accept(
                 _push_opt(s, box, section_id, user.id, ev, now)
             before = cart_index.skus(user)
             cart = users.apply_cart(user, ev)
-            if cart_index.skus(user) != before and not unsaved:
-                cart_index.reindex(s, user)  # same transaction as the cart itself
+            if not unsaved:
+                cart_index.update(s, user, before)  # same transaction as the cart itself
             skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
             catalog = _catalog(s, section_id, skus) if needs_catalog else {}
             event_id = new_event_id()
             # A user first seen in this request has no journeys yet: nothing to look up.
-            running = _running_journeys(s, section_id, user.id) if campaigns and not unsaved else {}
+            running = _running_journeys(s, section_id, user.id, pending) if campaigns and not unsaved else {}
             running = {**running, **enrolled_now}
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
@@ -146,7 +151,7 @@ def accept(
                 report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
             result.event_ids.append(event_id)
             result.commands.extend(commands)
-        user.updated_at = now
+        user.updated_at = now  # again: an identify may have moved the request to another user
         if unsaved:  # one INSERT with the cart as the events left it, then its device and index
             users.save_new_user(s, user, device_key)
             cart_index.add_entries(s, user)
@@ -154,7 +159,10 @@ def accept(
             s.add(user)
         result.user_id = user.id
         if result.commands and not unsaved:  # a new user has no earlier events to wait behind
-            result.queued_behind_pending = _has_pending(s, section_id, user.id, result.event_ids)
+            queued = pending.get(user.id)  # not read: an identify moved the request to another user
+            if queued is None:
+                queued = _has_pending(s, section_id, user.id, result.event_ids)
+            result.queued_behind_pending = queued
     return result
 
 
@@ -170,8 +178,33 @@ _PENDING = (
     )
     .limit(1)
 )
-_RUNNING = select(Journey.campaign_id, Journey.workflow_id).where(
-    Journey.section_id == bindparam("section_id"), Journey.user_id == bindparam("user_id"), Journey.status == "active"
+# The user's active journeys and, in the same round trip, whether the user has events queued
+# for dispatch (`_PENDING` without the request's own events: they are stored not deferred). One
+# row per journey, or one row of NULLs with the flag when none runs.
+_QUEUED = (
+    select(
+        exists()
+        .where(
+            col(Event.section_id) == bindparam("section_id"),
+            col(Event.user_id) == bindparam("user_id"),
+            col(Event.dispatched) == False,  # noqa: E712
+            col(Event.deferred) == True,  # noqa: E712
+        )
+        .label("pending")
+    )
+    .subquery("queued")
+)
+_RUNNING = (
+    select(_QUEUED.c.pending, Journey.campaign_id, Journey.workflow_id)
+    .select_from(_QUEUED)
+    .outerjoin(
+        Journey,
+        and_(
+            col(Journey.section_id) == bindparam("section_id"),
+            col(Journey.user_id) == bindparam("user_id"),
+            col(Journey.status) == "active",
+        ),
+    )
 )
 
 
@@ -180,16 +213,19 @@ def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> b
     return row is not None
 
 
-def _running_journeys(s: Session, section_id: str, user_id: str) -> dict[str, list[str]]:
-    """Campaign -> workflow ids of the user's active journeys.
+def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[str, bool]) -> dict[str, list[str]]:
+    """Campaign -> workflow ids of the user's active journeys; records in `pending` whether the
+    user has events queued for dispatch (a round trip fewer than asking apart).
 
     After a merge, a journey started under a merged-away id keeps that workflow id; exits and
     re-triggers must reach it rather than start a second journey for the same person.
     """
     rows = s.exec(_RUNNING, params={"section_id": section_id, "user_id": user_id}).all()
     out: dict[str, list[str]] = {}
-    for campaign_id, workflow_id in rows:
-        out.setdefault(campaign_id, []).append(workflow_id)
+    for queued, campaign_id, workflow_id in rows:
+        pending[user_id] = pending.get(user_id, False) or bool(queued)
+        if campaign_id is not None:
+            out.setdefault(campaign_id, []).append(workflow_id)
     return out
 
 

@@ -115,10 +115,12 @@ class Api:
         await self.http.close()
 
 
-def add_to_cart(i: int) -> dict[str, Any]:
+def add_to_cart(i: int, *, in_cart: int | None = None) -> dict[str, Any]:
+    """Item `i` added to a cart holding item `in_cart` already (if given)."""
     sku = f"sku-{i % 50}"
+    skus = ([f"sku-{in_cart % 50}"] if in_cart is not None else []) + [sku]
     return {"name": "Add to Cart", "properties": {"dyType": "add-to-cart-v1", "value": 10.0, "productId": sku,
-            "quantity": 1, "cart": [{"productId": sku, "quantity": 1, "itemPrice": 10.0}]}}  # fmt: skip
+            "quantity": 1, "cart": [{"productId": s, "quantity": 1, "itemPrice": 10.0} for s in skus]}}  # fmt: skip
 
 
 async def sink_count(url: str, client: httpx.AsyncClient | None = None) -> int:
@@ -202,10 +204,10 @@ async def bench_ingest(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -> 
     - `ingest`: each event is a new user's add-to-cart, starting a journey (user, device, cart
       index, event, journey and cohort rows; signal-with-start starting a workflow), against
       signal-with-start starting a bare waiting workflow;
-    - `ingest_retrigger`: the same users' next add-to-cart, re-triggering their waiting journey
-      (the user read and updated, the cart re-indexed, the event stored; signal-with-start
-      signalling the running workflow, which restarts its wait from the new trigger), against
-      signal-with-start signalling the running bare workflows.
+    - `ingest_retrigger`: the same users' next add-to-cart (a second item joins the first),
+      re-triggering their waiting journey (the user read and updated, the new item indexed, the
+      event stored; signal-with-start signalling the running workflow), against signal-with-start
+      signalling the running bare workflows.
     """
     sec = await api.section(None, wait="P1D")
     assert stack.client is not None
@@ -222,7 +224,7 @@ async def bench_ingest(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -> 
             await api.collect(sec, f"{first + i}", add_to_cart(i))
 
         async def next_visit(i: int, first: int = first) -> None:
-            await api.collect(sec, f"{first + i}", add_to_cart(i + 1))  # another item: the cart changes
+            await api.collect(sec, f"{first + i}", add_to_cart(i + 1, in_cart=i))  # another item joins the cart
 
         await starts.run_round(stack, n, first_visit, raw)
         await retriggers.run_round(stack, n, next_visit, raw)

@@ -1,7 +1,10 @@
-"""Campaign specs by version: immutable once written, so cached per process."""
+"""Campaign specs by version (immutable once written, so cached per process), and the live
+campaigns ingestion reads on every request (cached for a second: `LIVE_SECONDS`)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import NamedTuple
 
 from sqlalchemy import bindparam
@@ -48,11 +51,41 @@ _LIVE = select(Campaign.id, Campaign.version, Campaign.status).where(
 )
 
 
-def live_campaigns(session: Session, section_id: str) -> list[tuple[LiveCampaign, CampaignSpec]]:
+Live = list[tuple[LiveCampaign, CampaignSpec]]
+
+# A section's live campaigns are read by every ingested request, and change a few times a day.
+# Kept per process for this long: a round trip fewer per event (docs/performance.md). A change
+# through this process's API is seen at once (`forget_live`); one made through another API
+# process within `LIVE_SECONDS`. That is safe to miss briefly: a paused or archived campaign's
+# steps are skipped when they come to send (`activities/journey.py::_decide`), and a journey
+# triggered a moment after activation is what the shop asked for a moment earlier.
+LIVE_SECONDS = 1.0
+_live: dict[str, tuple[float, Live]] = {}
+# Bumped by `forget_live`: a read that began before a change must not cache what it read.
+_generation: dict[str, int] = {}
+_lock = threading.Lock()
+
+
+def live_campaigns(session: Session, section_id: str) -> Live:
     """Active and paused campaigns: active ones trigger; both must still see exits, or a journey
     paused mid-way would miss a purchase and remind a customer who already bought."""
+    cached = _live.get(section_id)
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    generation = _generation.get(section_id, 0)
     rows = session.connection().execute(_LIVE, {"section_id": section_id}).all()
-    return [(LiveCampaign(*row), load_spec(session, row.id, row.version)) for row in rows]
+    live = [(LiveCampaign(*row), load_spec(session, row.id, row.version)) for row in rows]
+    with _lock:
+        if _generation.get(section_id, 0) == generation:
+            _live[section_id] = (time.monotonic() + LIVE_SECONDS, live)
+    return live
+
+
+def forget_live(section_id: str) -> None:
+    """After a committed change to a section's campaigns: the next request reads them again."""
+    with _lock:
+        _generation[section_id] = _generation.get(section_id, 0) + 1
+        _live.pop(section_id, None)
 
 
 def active_campaigns(session: Session, section_id: str) -> list[tuple[Campaign, CampaignSpec]]:

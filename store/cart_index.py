@@ -7,12 +7,13 @@ written before the index existed (`rejoin reindex-carts`).
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, delete
+from sqlalchemy import ColumnElement, bindparam, delete
 from sqlmodel import Session, col, select
 
 from store.cart_tables import CartEntry
 from store.identity_tables import UserAlias
 from store.paging import keyset_pages
+from store.statements import table_of
 from store.subscribers import insert_ignoring
 from store.tables import User
 
@@ -28,6 +29,27 @@ def reindex(s: Session, user: User) -> None:
     """Make the index hold exactly this user's cart."""
     s.execute(delete(CartEntry).where(col(CartEntry.user_id) == user.id))
     add_entries(s, user)
+
+
+_TABLE = table_of(CartEntry)
+# Built once: this runs for most cart events of known users.
+_REMOVE = delete(_TABLE).where(
+    _TABLE.c.user_id == bindparam("user_id"), _TABLE.c.sku.in_(bindparam("skus", expanding=True))
+)
+
+
+def update(s: Session, user: User, before: set[str]) -> None:
+    """Bring the index from `before` (the user's cart SKUs before an event) to the user's cart.
+
+    Only the difference is written: an add-to-cart is one INSERT, where `reindex` deletes and
+    re-inserts the whole cart (two round trips on the hot path of every returning shopper).
+    """
+    after = skus(user)
+    if gone := before - after:
+        s.connection().execute(_REMOVE, {"user_id": user.id, "skus": sorted(gone)})
+    insert_ignoring(
+        s, CartEntry, [{"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(after - before)]
+    )
 
 
 def add_entries(s: Session, user: User) -> None:

@@ -22,7 +22,7 @@ from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable
 from domain.campaign import CampaignSpec, CampaignType
-from store.campaigns import load_spec
+from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
@@ -83,6 +83,7 @@ def validate(spec: CampaignSpec, principal: Management, state: StateDep) -> Vali
 
 async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
     """After a committed change: make the campaign's Temporal Schedule match, then show it."""
+    forget_live(section_id)  # ingestion in this process sees the change from the next request on
     spec = CampaignSpec.model_validate(out.spec)
     if out.type != CampaignType.SCHEDULED or (not campaign_schedules.has_schedule(spec) and out.version == 1):
         return out  # never had a schedule: none to create or delete (and no need for Temporal)
