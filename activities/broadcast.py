@@ -418,7 +418,6 @@ class BroadcastActivities:
                 send.provider_response = detail[:2000]
                 send.updated_at = now_utc()
                 s.add(send)
-                report_rollup.count_send(s, send, previous)
             if status == "failed":
                 reservations.release(s, ready.send_key)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
@@ -427,4 +426,6 @@ class BroadcastActivities:
                 self._finish(
                     s, rec, status, None if status == "sent" else detail[:200], ready.message.channel
                 )
+            if send is not None:  # last: the hot counter rows stay locked until the commit
+                report_rollup.count_send(s, send, previous)
         return status

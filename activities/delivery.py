@@ -282,13 +282,13 @@ class Delivery:
         opted_out: bool = False,
     ) -> DeliverResult:
         send = s.get(Send, req.send_key)
+        previous: str | None = None
         if send is not None:
             previous, send.status = send.status, "failed" if outcome == "failed" else outcome
             send.provider_status = status
             send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
             send.updated_at = now_utc()
             s.add(send)
-            report_rollup.count_send(s, send, previous)
         reservations.release(s, req.send_key)
         decisions.record(
             s,
@@ -304,13 +304,14 @@ class Delivery:
             at=req.as_of,
             detail={"provider_status": status, **({"opted_out": "recipient_gone"} if opted_out else {})},
         )
+        if send is not None:  # last: see `_accept`
+            report_rollup.count_send(s, send, previous)
         return DeliverResult(status="failed", reason=reason[:200], provider_status=status, fallback_allowed=fallback)
 
     def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
         with self.store.session() as s:
             accepted = sends.accept(s, req.send_key, response.status, response.message_id, response.body[:2000], now_utc())
             assert accepted is not None
-            report_rollup.count_sent(s, accepted.message, accepted.previous_status)
             # The last step's send also ends the journey: its finish shares this transaction.
             journey_rows.mark_sent(s, req.journey_id, req.as_of, completes=req.end_journey)
             decisions.record(
@@ -326,6 +327,9 @@ class Delivery:
                 at=req.as_of,
                 detail={"provider_status": response.status, "possible_duplicate": accepted.possible_duplicate},
             )
+            # Last before the commit: the campaign's counters for the hour are rows every send
+            # updates, locked until the commit; nothing else of the transaction waits under them.
+            report_rollup.count_sent(s, accepted.message, accepted.previous_status)
 
 
 def trigger_items(

@@ -30,6 +30,7 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    new_dyid,
     purchase,
     reachable_user,
     sync_cart,
@@ -43,6 +44,8 @@ def statements(store: Store) -> Iterator[list[str]]:
 
     def note(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
         words = sql.split()
+        if words[0].upper() == "WITH":  # PostgreSQL's cohort row and counter bump: named by its last target
+            words = sql[sql.upper().rindex("INSERT INTO") :].split()
         if words[0].upper() not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
             return  # BEGIN (SQLite's is a statement; psycopg's is not): one per transaction, as ever
         # A SELECT is named by its first column's table, the others by their target.
@@ -74,6 +77,18 @@ async def test_a_retrigger_costs_six_statements(api: httpx.AsyncClient, section:
     expected = ["INSERT cartentry", "INSERT event", "SELECT device", "SELECT queued", "SELECT report_cohort", "UPDATE user"]
     assert sorted(seen) == expected, seen
     assert _cart(store, uid) == {"sku-1", "sku-2"}
+
+
+async def test_a_start_bumps_the_campaign_counter_last(api: httpx.AsyncClient, section: SectionKeys, store: Store) -> None:
+    """The report counter of a campaign's hour is a row every start updates; its lock lasts until
+    the commit, so the bump is the transaction's last statement (concurrent starts queued behind
+    whatever came after it)."""
+    await add_integration(api, section)
+    await create_campaign(api, section, cart_campaign(wait="PT1H"))
+    for dyid in (await reachable_user(api, section))[0], new_dyid():  # a known shopper, a first visit
+        with statements(store) as seen:
+            await collect(api, section, dyid, add_to_cart("sku-1"))
+        assert "INSERT journey" in seen and seen[-1] == "INSERT report_rollup", seen
 
 
 async def test_a_cart_change_rewrites_only_what_changed(
