@@ -107,6 +107,7 @@ def accept(
         for position, ev in enumerate(events):
             if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
                 users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
+                cart_index.add_entries(s, user)  # the cart of this request's earlier events
                 unsaved = False
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
                 user = users.identify(s, user, ev.identity, device_key, now)

@@ -30,6 +30,7 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    login,
     new_dyid,
     purchase,
     reachable_user,
@@ -143,3 +144,15 @@ async def test_a_campaign_changed_elsewhere_is_seen_within_the_cache_time(
 def _journey_count(store: Store, campaign_id: str, user_id: str) -> int:
     with store.session() as s:
         return len(s.exec(select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)).all())
+
+
+async def test_a_first_visit_identified_mid_request_indexes_its_cart(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
+    """A new shopper's cart, then a login in the same request: the login writes the user early
+    (merges and identifiers reference the row), and the cart must still reach the index."""
+    dyid = new_dyid()
+    await collect(api, section, dyid, add_to_cart("sku-1"), login("early@example.com"))
+    r = await api.get(f"/api/v1/users/{dyid}", headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    assert _cart(store, str(r.json()["id"])) == {"sku-1"}
