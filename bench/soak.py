@@ -25,6 +25,7 @@ When every journey has ended it checks, and exits 1 if any fails:
   24 h of their journeys' clocks), no holdout got a message, no send began after its journey
   exited;
 - each campaign's report from the pre-aggregated counters equals the one computed from raw rows;
+- the cart index holds exactly every person's cart;
 - the worker and API logged no traceback (expected provider faults are one INFO line each).
 """
 
@@ -49,7 +50,10 @@ from sqlmodel import Session, col, select
 
 from bench.harness import ADMIN_KEY, Stack
 from store.engine import make_engine
-from store.tables import CapReservation, Event, Journey, Send
+from store import cart_index
+from store.cart_tables import CartEntry
+from store.identity_tables import UserAlias
+from store.tables import CapReservation, Event, Journey, Send, User
 from tests.provider_server import ProviderServer, Received, Reply
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -191,9 +195,10 @@ class Shop:
             await self.api.must(200, "POST", f"/api/v1/campaigns/{camp['id']}/activate", self.mgmt)
             self.campaign_ids.append(camp["id"])
 
-    async def shopper(self, i: int, is_test: bool) -> str:
+    async def shopper(self, i: int, is_test: bool) -> tuple[str, list[str]]:
         """An identified user opted in to e-mail, every other one to SMS too; test users' journeys
-        skip their waits."""
+        skip their waits. Every third one carts an item in the body that logs them in (no consent
+        yet, so no journey starts before the test flag): (dyid, the cart it starts with)."""
         dyid, mail, phone = f"{5 * 10**12 + i}", f"soak{i}@example.com", f"+1555{i:07d}"
         await self.api.must(200, "POST", "/v2/userdata/channels/email/opt-in", self.ing,
                             {"identifier": {"type": "email", "value": mail}})  # fmt: skip
@@ -203,17 +208,19 @@ class Shop:
                                 {"identifier": {"type": "phoneNumber", "value": phone}})  # fmt: skip
             properties["secondaryIdentifiers"] = [{"type": "phoneNumber", "value": phone}]
         login = {"name": "Login", "properties": properties}
-        await self.api.must(202, "POST", "/v2/collect/user/event", self.ing, self._body(dyid, [login]))
+        cart = ["sku-0"] if i % 3 == 0 else []
+        events = ([add_to_cart(cart)] if cart else []) + [login]
+        await self.api.must(202, "POST", "/v2/collect/user/event", self.ing, self._body(dyid, events, consent=not cart))
         if is_test:
             await self.api.must(200, "PUT", f"/api/v1/users/{dyid}/test", self.mgmt, {"is_test": True})
-        return dyid
+        return dyid, cart
 
-    def _body(self, dyid: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"user": {"dyid": dyid, "active_consent_accepted": True}, "events": events}
+    def _body(self, dyid: str, events: list[dict[str, Any]], consent: bool = True) -> dict[str, Any]:
+        return {"user": {"dyid": dyid, "active_consent_accepted": consent}, "events": events}
 
-    async def browse(self, dyid: str, until: float, mean_gap: float) -> None:
+    async def browse(self, dyid: str, cart: list[str], until: float, mean_gap: float) -> None:
         """Random visits until `until`: mostly cart changes (re-triggers), some views, buys, junk."""
-        cart: list[str] = []
+        cart = list(cart)
         while time.monotonic() < until:
             await asyncio.sleep(self.rng.expovariate(1 / mean_gap))
             roll = self.rng.random()
@@ -324,6 +331,23 @@ def check_global_cap(url: str) -> list[str]:
     return problems
 
 
+def check_cart_index(url: str) -> list[str]:
+    """The cart index holds exactly each person's cart (price-drop and attribute campaigns find
+    shoppers through it), and nothing for ids merged into another."""
+    with Session(make_engine(url)) as s:
+        carts = {u.id: cart_index.skus(u) for u in s.exec(select(User)).all()}
+        aliases = set(s.exec(select(UserAlias.alias_id)).all())
+        indexed: dict[str, set[str]] = {}
+        for user_id, sku in s.exec(select(CartEntry.user_id, CartEntry.sku)).all():
+            indexed.setdefault(user_id, set()).add(sku)
+    problems = []
+    for user_id, cart in carts.items():
+        want = set() if user_id in aliases else cart
+        if indexed.get(user_id, set()) != want:
+            problems.append(f"cart index of {user_id}: {sorted(indexed.get(user_id, set()))} != cart {sorted(want)}")
+    return problems
+
+
 def check_report(url: str, campaign_id: str) -> list[str]:
     """The report as the API serves it (pre-aggregated counters) against the raw rows' report."""
     from api.routes.reports import _campaign, _range, build_report
@@ -396,7 +420,7 @@ async def soak(args: argparse.Namespace) -> int:
         users = [await shop.shopper(i, rng.random() >= args.real_share) for i in range(args.users)]
         print(f"{len(users)} shoppers; traffic for {args.seconds:g} s", flush=True)
         t0 = time.monotonic()
-        shoppers = asyncio.gather(*(shop.browse(d, t0 + args.seconds, args.mean_gap) for d in users))
+        shoppers = asyncio.gather(*(shop.browse(d, cart, t0 + args.seconds, args.mean_gap) for d, cart in users))
         until = t0 + args.seconds
         kills = {
             "worker": asyncio.create_task(
@@ -422,6 +446,7 @@ async def soak(args: argparse.Namespace) -> int:
         problems, summary = check_store(stack.database_url, provider.delivered(), shop.accepted_ids)
         problems += [p for cid in shop.campaign_ids for p in check_report(stack.database_url, cid)]
         problems += check_global_cap(stack.database_url)
+        problems += check_cart_index(stack.database_url)
         log_problems, log_kinds = check_logs(stack)
         problems += log_problems + api.server_errors
         result = {"soak": "rejoin", "seed": args.seed, "users": args.users, "purchases": shop.purchases,
