@@ -177,33 +177,21 @@ def accept(
 
 
 # Built once (they run for most requests of known users): composing them cost more than running them.
+# Events of the user still queued for dispatch (deferred, not yet dispatched; in-flight inline
+# dispatches don't block). One definition for both statements below.
+_QUEUED_FOR_DISPATCH = (
+    col(Event.section_id) == bindparam("section_id"),
+    col(Event.user_id) == bindparam("user_id"),
+    col(Event.dispatched) == False,  # noqa: E712
+    col(Event.deferred) == True,  # noqa: E712
+)
 _PENDING = (
-    select(Event.id)
-    .where(
-        Event.section_id == bindparam("section_id"),
-        Event.user_id == bindparam("user_id"),
-        Event.dispatched == False,  # noqa: E712
-        Event.deferred == True,  # noqa: E712  (in-flight inline dispatches don't block)
-        col(Event.id).not_in(bindparam("own", expanding=True)),
-    )
-    .limit(1)
+    select(Event.id).where(*_QUEUED_FOR_DISPATCH, col(Event.id).not_in(bindparam("own", expanding=True))).limit(1)
 )
 # The user's active journeys and, in the same round trip, whether the user has events queued
 # for dispatch (`_PENDING` without the request's own events: they are stored not deferred). One
 # row per journey, or one row of NULLs with the flag when none runs.
-_QUEUED = (
-    select(
-        exists()
-        .where(
-            col(Event.section_id) == bindparam("section_id"),
-            col(Event.user_id) == bindparam("user_id"),
-            col(Event.dispatched) == False,  # noqa: E712
-            col(Event.deferred) == True,  # noqa: E712
-        )
-        .label("pending")
-    )
-    .subquery("queued")
-)
+_QUEUED = select(exists().where(*_QUEUED_FOR_DISPATCH).label("pending")).subquery("queued")
 _RUNNING = (
     select(_QUEUED.c.pending, Journey.campaign_id, Journey.workflow_id)
     .select_from(_QUEUED)
@@ -233,7 +221,7 @@ def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[s
     rows = s.exec(_RUNNING, params={"section_id": section_id, "user_id": user_id}).all()
     out: dict[str, list[str]] = {}
     for queued, campaign_id, workflow_id in rows:
-        pending[user_id] = pending.get(user_id, False) or bool(queued)
+        pending[user_id] = bool(queued)  # the same on every row
         if campaign_id is not None:
             out.setdefault(campaign_id, []).append(workflow_id)
     return out

@@ -45,19 +45,28 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its children, live or reaped (0 once it has gone):
-    uvicorn's `--workers` serve from child processes, which a count of the parent alone missed."""
-    stats: dict[int, list[str]] = {}
+def _proc_stats() -> dict[int, tuple[str, list[str]]]:
+    """pid -> (command name, the /proc stat fields after it) of every process now."""
+    stats: dict[int, tuple[str, list[str]]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                head, rest = (entry / "stat").read_text().rsplit(")", 1)
             except OSError:
                 continue
+            stats[int(entry.name)] = (head.split("(", 1)[-1], rest.split())
+    return stats
+
+
+# Stat fields after the name: state (0), ppid (1), ..., utime (11), stime (12), cutime (13), cstime (14).
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children, live or reaped (0 once it has gone):
+    uvicorn's `--workers` serve from child processes, which a count of the parent alone missed."""
+    stats = {p: fields for p, (_, fields) in _proc_stats().items()}
     if pid not in stats:
         return 0.0
-    # Fields after the name: state, ppid (1), ..., utime (11), stime (12), cutime (13), cstime (14).
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
@@ -75,16 +84,7 @@ def postgres_cpu_seconds() -> float:
 
     The store's backends do part of every request's work on the same cores as the rest of the
     stack, so CPU per event counts them too."""
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            head, rest = (entry / "stat").read_text().rsplit(")", 1)
-        except OSError:
-            continue
-        if head.endswith("(postgres"):
-            stats[int(entry.name)] = rest.split()
+    stats = {p: fields for p, (name, fields) in _proc_stats().items() if name == "postgres"}
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for fields in stats.values():

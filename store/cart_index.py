@@ -47,17 +47,17 @@ def update(s: Session, user: User, before: set[str]) -> None:
     after = skus(user)
     if gone := before - after:
         s.connection().execute(_REMOVE, {"user_id": user.id, "skus": sorted(gone)})
-    insert_ignoring(
-        s, CartEntry, [{"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(after - before)]
-    )
+    insert_ignoring(s, CartEntry, _entries(user, after - before))
 
 
 def add_entries(s: Session, user: User) -> None:
     """Index this user's cart; alone (without `reindex`'s delete) only for a user with no entries yet."""
-    rows: list[dict[str, object]] = [
-        {"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(skus(user))
-    ]
-    insert_ignoring(s, CartEntry, rows)
+    insert_ignoring(s, CartEntry, _entries(user, skus(user)))
+
+
+def _entries(user: User, cart_skus: set[str]) -> list[dict[str, object]]:
+    """Index rows of these SKUs in the user's cart."""
+    return [{"section_id": user.section_id, "sku": sku, "user_id": user.id} for sku in sorted(cart_skus)]
 
 
 def holders(s: Session, section_id: str, skus: set[str]) -> dict[str, list[str]]:
@@ -84,9 +84,7 @@ def rebuild(s: Session, section_id: str | None = None) -> int:
         where.append(col(User.section_id) == section_id)
     total = 0
     for page in keyset_pages(s, User, User.id, *where, page_size=PAGE, expunge=True):
-        rows: list[dict[str, object]] = [
-            {"section_id": u.section_id, "sku": sku, "user_id": u.id} for u in page for sku in sorted(skus(u))
-        ]
+        rows = [row for u in page for row in _entries(u, skus(u))]
         insert_ignoring(s, CartEntry, rows)
         total += len(rows)
     return total
