@@ -22,6 +22,7 @@ from tests.helpers import (
     SectionKeys,
     add_integration,
     add_to_cart,
+    app_state,
     cart_campaign,
     collect,
     create_campaign,
@@ -173,6 +174,8 @@ async def test_a_replayed_trigger_keeps_the_journey_it_started(
     with env.with_time_skipping_disabled():
         ack = await collect(api, section, dyid, add_to_cart("sku-1"))
         await journey_result(env.client, section, holdout_cid, uid)
+        # The API's batched mark must land first, or it would overwrite the lost mark set below.
+        await app_state(api).dispatch_marks.flush()
         with store.session() as s:
             event = s.get(Event, ack["event_ids"][0])
             assert event is not None
