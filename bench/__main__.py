@@ -150,6 +150,15 @@ def _cpu_per_item(before: dict[str, float], after: dict[str, float], n: int) -> 
     return {k: round(v, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.01}
 
 
+def _cpu_ratio(ours: dict[str, float], baseline: dict[str, float]) -> float:
+    """Baseline CPU over Rejoin's CPU, every process counted, whenever it was spent (the calls or
+    the settling after): the sustained rate's ratio on a machine whose cores are the bound. The
+    rate ratio counts only the calls, and each side leaves a different share of its work (the
+    workflow tasks a signal causes) to run after its last call has returned."""
+    spent = sum(ours.values())
+    return round(sum(baseline.values()) / spent, 3) if spent else 0.0
+
+
 def _add_cpu(total: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
     for k in after:
         total[k] = total.get(k, 0.0) + after[k] - before.get(k, 0.0)
@@ -192,6 +201,7 @@ class _PhasePairs:
     def result(self, name: str, desc: str) -> dict[str, Any]:
         total, rounds = len(self.latencies), len(self.rates)  # events and rounds run
         return {"name": name, "unit": "events/s", **_interleaved(self.rates), "target": 0.7,
+                "cpu_ratio": _cpu_ratio(self.cpu, self.baseline_cpu),
                 "p50_ms": pct(self.latencies, 50) * 1000, "p99_ms": pct(self.latencies, 99) * 1000,
                 "baseline_p99_ms": pct(self.baseline_latencies, 99) * 1000, "n": total, "rounds": rounds,
                 "cpu_ms_per_event": _cpu_per_item({}, self.cpu, total),
@@ -281,7 +291,8 @@ async def bench_journeys(stack: Stack, api: Api, n: int, rounds: int = ROUNDS) -
         _add_cpu(b_cpu, cpu1, stack.cpu())
         rates.append((ours, base))
     return {"name": "journeys_e2e", "unit": "journeys/s", **_interleaved(rates), "target": 0.5, "n": n * rounds,
-            "rounds": rounds, "cpu_ms_per_journey": _cpu_per_item({}, cpu, n * rounds),
+            "rounds": rounds, "cpu_ratio": _cpu_ratio(cpu, b_cpu),
+            "cpu_ms_per_journey": _cpu_per_item({}, cpu, n * rounds),
             "baseline_cpu_ms_per_journey": _cpu_per_item({}, b_cpu, n * rounds),
             "baseline_desc": "bare workflow with one trivial activity"}  # fmt: skip
 
