@@ -45,9 +45,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _proc_stats() -> dict[int, tuple[str, list[str]]]:
-    """pid -> (command name, the /proc stat fields after it) of every process now."""
-    stats: dict[int, tuple[str, list[str]]] = {}
+ProcStats = dict[int, tuple[str, list[str]]]
+
+
+def proc_stats() -> ProcStats:
+    """pid -> (command name, the /proc stat fields after it) of every process now. The fields
+    used here: ppid (1), utime (11), stime (12), cutime (13), cstime (14)."""
+    stats: ProcStats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -58,13 +62,11 @@ def _proc_stats() -> dict[int, tuple[str, list[str]]]:
     return stats
 
 
-# Stat fields after the name: state (0), ppid (1), ..., utime (11), stime (12), cutime (13), cstime (14).
-
-
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, snapshot: ProcStats | None = None) -> float:
     """User + system CPU time of a process and its children, live or reaped (0 once it has gone):
-    uvicorn's `--workers` serve from child processes, which a count of the parent alone missed."""
-    stats = {p: fields for p, (_, fields) in _proc_stats().items()}
+    uvicorn's `--workers` serve from child processes, which a count of the parent alone missed.
+    `snapshot` (`proc_stats()`) lets one scan of /proc serve several processes."""
+    stats = {p: fields for p, (_, fields) in (snapshot or proc_stats()).items()}
     if pid not in stats:
         return 0.0
     tree, frontier = {pid}, [pid]
@@ -78,13 +80,13 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_seconds() -> float:
+def postgres_cpu_seconds(snapshot: ProcStats | None = None) -> float:
     """CPU time of the local PostgreSQL server: its postmaster with every child it has reaped
     (backends of closed connections) plus the children alive now. 0 without a local server.
 
     The store's backends do part of every request's work on the same cores as the rest of the
     stack, so CPU per event counts them too."""
-    stats = {p: fields for p, (name, fields) in _proc_stats().items() if name == "postgres"}
+    stats = {p: fields for p, (name, fields) in (snapshot or proc_stats()).items() if name == "postgres"}
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     for fields in stats.values():
@@ -158,11 +160,12 @@ class Stack:
     def cpu(self) -> dict[str, float]:
         """CPU seconds used so far per component (this process = the load generator)."""
         out: dict[str, float] = {"load generator": sum(os.times()[:2])}
+        snapshot = proc_stats()  # one scan of /proc for every component (settle polls this)
         if self.database_url and scratch_db.is_postgres(self.database_url):
-            out["postgresql"] = postgres_cpu_seconds()
+            out["postgresql"] = postgres_cpu_seconds(snapshot)
         for proc in self.procs:
             label = self.labels[proc.pid]
-            out[label] = out.get(label, 0.0) + cpu_seconds(proc.pid)
+            out[label] = out.get(label, 0.0) + cpu_seconds(proc.pid, snapshot)
         return out
 
     @property
