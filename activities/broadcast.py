@@ -34,7 +34,7 @@ from domain.conditions import matches
 from domain.render import MissingRequired
 from domain.tracking import Signer
 from providers import secret_fields
-from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError
+from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import broadcasts, report_rollup, reservations
@@ -392,10 +392,10 @@ class BroadcastActivities:
             )
         except ConfigurationError as err:
             return await asyncio.to_thread(
-                self._record, req, user_id, ready, "failed", f"configuration: {err}", None
+                self._record, req, user_id, ready, "failed", kept_answer(f"configuration: {err}"), None
             )
         return await asyncio.to_thread(
-            self._record, req, user_id, ready, "sent", response.body, response.status
+            self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status
         )
 
     def _record(

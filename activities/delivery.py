@@ -29,7 +29,14 @@ from domain.matching import product_record
 from domain.render import MissingRequired, RenderContext, refs_in, render_payload
 from domain.tracking import Linker, Signer
 from providers import secret_fields
-from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, ProviderResponse
+from providers.base import (
+    ConfigurationError,
+    OutboundMessage,
+    Provider,
+    ProviderError,
+    ProviderResponse,
+    kept_answer,
+)
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import decisions, journey_rows, recommendations, report_rollup, reservations, sends
@@ -110,7 +117,8 @@ class Delivery:
             gone = prepared.opt_in_id if err.recipient_gone else None
             return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
         except ConfigurationError as err:
-            return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
+            reason = kept_answer(f"configuration: {err}")  # it may name the address it refused
+            return await asyncio.to_thread(self._fail, req, prepared.step_name, reason, None, "")
         await asyncio.to_thread(self._accept, req, prepared, response)
         return DeliverResult(
             status="accepted", provider_status=response.status, possible_duplicate=prepared.possible_duplicate
@@ -310,7 +318,9 @@ class Delivery:
 
     def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
         with self.store.session() as s:
-            accepted = sends.accept(s, req.send_key, response.status, response.message_id, response.body[:2000], now_utc())
+            accepted = sends.accept(
+                s, req.send_key, response.status, response.message_id, kept_answer(response.body), now_utc()
+            )
             assert accepted is not None
             # The last step's send also ends the journey: its finish shares this transaction.
             journey_rows.mark_sent(s, req.journey_id, req.as_of, completes=req.end_journey)

@@ -3,12 +3,29 @@
 Adapters translate HTTP answers at the boundary: 2xx accepted; 429, 408, 5xx, timeouts and
 connection errors retryable (honouring Retry-After); every other answer permanent. Delivery
 (`activities/delivery.py`) turns these into Temporal retries or recorded failures.
+
+What Rejoin keeps of an answer is masked (`kept_answer`): vendors echo the request, so an error
+body quotes the address it refused and Twilio's message resource repeats `to`. An error's text
+is masked when the error is made, since it travels on into the send row, the decision trace,
+the journey's result and the Temporal history of a retried attempt; an accepted answer's body
+is masked where delivery stores it (adapters parse the raw body first, for the message id).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from security.redact import mask
+
+# The longest provider answer kept with a send (what an operator needs to see why it failed).
+KEPT_ANSWER_CHARS = 2000
+
+
+def kept_answer(text: str, limit: int = KEPT_ANSWER_CHARS) -> str:
+    """A provider's answer as Rejoin stores and shows it: e-mail addresses and phone numbers
+    masked, then cut to `limit` (masking first, so a cut never leaves part of an address)."""
+    return mask(text)[:limit]
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class ProviderError(Exception):
         headers: dict[str, str] | None = None,
         recipient_gone: bool = False,
     ) -> None:
+        message, body = mask(message), kept_answer(body)
         super().__init__(message)
         self.recipient_gone = recipient_gone
         self.message = message

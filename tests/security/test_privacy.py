@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import collections
 import json
 import logging
+import re
 from datetime import timedelta
 
 import httpx
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 
 from runtime.cli import main as cli_main
@@ -16,7 +19,7 @@ from security.redact import install_log_redaction, mask
 from settings import Settings
 from store.engine import Store
 from store.retention import purge_events, retention_loop
-from store.tables import Event, now_utc
+from store.tables import Decision, Event, Send, now_utc
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -25,10 +28,11 @@ from tests.helpers import (
     collect,
     create_campaign,
     email_for,
+    journey_handle,
     journey_result,
     reachable_user,
 )
-from tests.provider_server import ProviderServer
+from tests.provider_server import ProviderServer, Reply
 
 
 def test_emails_and_phones_are_masked_in_any_log_record(caplog: pytest.LogCaptureFixture) -> None:
@@ -63,13 +67,25 @@ def test_masking_keeps_formatters_that_read_args_working(caplog: pytest.LogCaptu
     assert other.getMessage() == "call 336******678 about j***@example.com", other.getMessage()
 
 
+
+def test_provider_errors_keep_their_text_masked() -> None:
+    """A classified provider error masks its message and kept body at creation (they travel on to
+    the send row, the decision trace and Temporal), while the adapter still sees the raw answer."""
+    from providers.base import classify_http, kept_answer
+
+    raw = '{"to": "+14155550123", "message": "jane.doe@example.com is on the blocklist"}'
+    error = classify_http(400, raw, {})
+    assert error is not None and not error.retryable
+    for text in (error.message, error.body, str(error)):
+        assert "jane.doe" not in text and "4155550123" not in text, text
+        assert "j***@example.com" in text and "+14******123" in text, text
+    assert kept_answer("x" * 1990 + " jane.doe@example.com") == "x" * 1990 + " j***@exam"  # masked, then cut
+
 async def test_a_journey_logs_no_recipient_address(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """Ingestion, delivery retries and provider errors (which echo the request) never log the user's e-mail."""
-    from tests.provider_server import Reply
-
     fresh_provider.handler("/echo", lambda r: Reply(503, r.body.decode()))  # a vendor echoing our payload
     fresh_provider.script("/echo", Reply(503, "busy"))
     await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url("/echo")})
@@ -148,17 +164,12 @@ async def test_journey_history_carries_no_address(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
 ) -> None:
     """A journey's whole Temporal history (inputs, signals, activity payloads, results) holds ids, never the e-mail."""
-    from tests.helpers import journey_handle
-
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign())
     dyid, uid = await reachable_user(api, section)
     await collect(api, section, dyid, add_to_cart("sku-1"))
     assert (await journey_result(env.client, section, cid, uid)).sent == 1
     history = (await journey_handle(env.client, section, cid, uid).fetch_history()).to_json()
-    import base64
-    import re
-
     decoded = " ".join(base64.b64decode(b).decode("utf-8", "replace") for b in re.findall(r'"data": "([^"]+)"', history))
     assert uid in decoded  # the payloads are there, and they name the user by id...
     leaks = [m for m in re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", decoded + history) if "example" in m]
@@ -171,3 +182,47 @@ def test_committed_replay_histories_carry_no_address() -> None:
 
     files = list((Path(__file__).resolve().parent.parent / "histories").glob("*.json"))
     assert files and not [f.name for f in files if "@example.com" in f.read_text()]
+
+
+async def test_provider_answers_that_echo_the_address_are_kept_masked(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store,
+) -> None:  # fmt: skip
+    """Vendors echo the request in their answers (Twilio's message resource repeats `to`, error
+    bodies quote the address they refused). What Rejoin keeps of an answer (the send's provider
+    response, the decision trace, the journeys API, the retried attempt's failure in the Temporal
+    history) has the address masked."""
+    statuses = collections.deque([503, 200, 400])  # first user: busy, then accepted; second: refused
+    fresh_provider.handler("/echo", lambda r: Reply(statuses.popleft(), r.body.decode()))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url("/echo")})
+    cid = await create_campaign(api, section, cart_campaign())
+    accepted_dyid, accepted_uid = await reachable_user(api, section)
+    await collect(api, section, accepted_dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, accepted_uid)).sent == 1
+    refused_dyid, refused_uid = await reachable_user(api, section)
+    await collect(api, section, refused_dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, refused_uid)).sent == 0
+    assert not statuses and all(email_for(d) in r.body.decode() for d, r in
+                                zip([accepted_dyid, accepted_dyid, refused_dyid], fresh_provider.to("/echo")))
+
+    kept: list[str] = []
+    with store.session() as s:
+        sends = s.exec(select(Send).where(col(Send.user_id).in_([accepted_uid, refused_uid]))).all()
+        assert sorted(x.status for x in sends) == ["accepted", "failed"]
+        kept += [x.provider_response or "" for x in sends]
+        decisions = s.exec(select(Decision).where(col(Decision.user_id).in_([accepted_uid, refused_uid]))).all()
+        kept += [json.dumps([d.reason, d.detail]) for d in decisions]
+    for dyid, uid in ((accepted_dyid, accepted_uid), (refused_dyid, refused_uid)):
+        journeys = await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)
+        assert journeys.status_code == 200, journeys.text
+        kept.append(journeys.text)
+        for j in journeys.json():
+            detail = await api.get(f"/api/v1/journeys/{j['id']}", headers=section.mgmt)
+            kept.append(detail.text)
+        history = (await journey_handle(env.client, section, cid, uid).fetch_history()).to_json()
+        kept.append(history)
+        kept += [base64.b64decode(b).decode("utf-8", "replace") for b in re.findall(r'"data": "([^"]+)"', history)]
+    text = "\n".join(kept)
+    assert "503" in text and "400" in text  # the answers are kept...
+    assert "***@example.com" in text
+    assert not [d for d in (accepted_dyid, refused_dyid) if email_for(d) in text]  # ...masked
