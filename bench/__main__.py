@@ -1,6 +1,6 @@
 """Run Rejoin's benchmarks, each beside its raw-engine baseline from the same run.
 
-    python -m bench                 # all, default sizes (~10 min on 2 cores)
+    python -m bench                 # all but subscribers, default sizes (~10 min on 2 cores)
     python -m bench --only ingest,delivery --scale 2
     python -m bench --only reports --database-url postgresql://postgres@127.0.0.1:5432/postgres --scale 10  # 10M facts
     python -m bench --only costs    # what each Temporal feature of a journey costs the server and worker
