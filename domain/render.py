@@ -227,11 +227,17 @@ def localized(value: LocalizedText | None, locale: str | None) -> str:
 
 
 def product_field(record: Mapping[str, Any], field: str, locale: str | None) -> Any:
-    """A product field, preferring the localized feed column `lng:<locale>:<field>`."""
+    """A product field, preferring its translation for `locale`: an attribute `lng:<locale>:<field>`
+    (as set through the products API) or, as a product feed's `lng:fr_FR:name` columns are stored,
+    `lng: {<locale>: {<field>: ...}}`."""
     if locale:
-        for key in (f"lng:{locale}:{field}", f"lng:{locale.replace('_', '-')}:{field}"):
-            if record.get(key) not in (None, ""):
-                return record[key]
+        nested = record.get("lng")
+        for variant in (locale, locale.replace("_", "-")):
+            found = record.get(f"lng:{variant}:{field}")
+            if found in (None, "") and isinstance(nested, Mapping) and isinstance(nested.get(variant), Mapping):
+                found = nested[variant].get(field)
+            if found not in (None, ""):
+                return found
     return record.get(field)
 
 
