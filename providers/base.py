@@ -20,12 +20,16 @@ from security.redact import mask
 
 # The longest provider answer kept with a send (what an operator needs to see why it failed).
 KEPT_ANSWER_CHARS = 2000
+# Read past the cut before masking, so an address that straddles it is still recognised whole
+# (254 characters is the longest valid e-mail address), without masking a megabyte of body.
+_ADDRESS_MARGIN = 254
 
 
 def kept_answer(text: str, limit: int = KEPT_ANSWER_CHARS) -> str:
     """A provider's answer as Rejoin stores and shows it: e-mail addresses and phone numbers
-    masked, then cut to `limit` (masking first, so a cut never leaves part of an address)."""
-    return mask(text)[:limit]
+    masked, then cut to `limit`. A `ProviderError` keeps its body through this, so adapters
+    pass error bodies whole."""
+    return mask(text[: limit + _ADDRESS_MARGIN])[:limit]
 
 
 @dataclass(frozen=True)
@@ -121,13 +125,12 @@ def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderEr
     if 200 <= status < 300:
         return None
     snippet = body[:500]
-    kept = body[:2000]
     if status == 429:
         return ProviderError(
             f"rate limited (429): {snippet}",
             retryable=True,
             status=status,
-            body=kept,
+            body=body,
             retry_after=parse_retry_after(headers.get("retry-after")),
             headers=headers,
         )
@@ -136,12 +139,12 @@ def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderEr
             f"provider unavailable ({status}): {snippet}",
             retryable=True,
             status=status,
-            body=kept,
+            body=body,
             retry_after=parse_retry_after(headers.get("retry-after")),
             headers=headers,
         )
     return ProviderError(
-        f"rejected ({status}): {snippet}", retryable=False, status=status, body=kept, headers=headers
+        f"rejected ({status}): {snippet}", retryable=False, status=status, body=body, headers=headers
     )
 
 

@@ -94,5 +94,5 @@ class EmarsysProvider:
         answer = json_body(resp)
         if isinstance(answer, dict) and answer.get("replyCode", 0) != 0:
             raise ProviderError(f"rejected: {answer.get('replyText')}", retryable=False, status=resp.status,
-                                body=resp.body[:2000], headers=resp.headers)  # fmt: skip
+                                body=resp.body, headers=resp.headers)  # fmt: skip
         return accepted(resp, None)

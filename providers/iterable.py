@@ -46,5 +46,5 @@ class IterableProvider:
         answer = json_body(resp)
         if isinstance(answer, dict) and answer.get("code") not in (None, "Success"):
             raise ProviderError(f"rejected: {answer.get('code')}: {answer.get('msg')}", retryable=False,
-                                status=resp.status, body=resp.body[:2000], headers=resp.headers)  # fmt: skip
+                                status=resp.status, body=resp.body, headers=resp.headers)  # fmt: skip
         return accepted(resp, None)

@@ -82,7 +82,7 @@ class ResponsysProvider:
         first = results[0] if isinstance(results, list) and results else {}
         if isinstance(first, dict) and first.get("success") is False:
             raise ProviderError(f"rejected: {first.get('errorMessage')}", retryable=False, status=resp.status,
-                                body=resp.body[:2000], headers=resp.headers)  # fmt: skip
+                                body=resp.body, headers=resp.headers)  # fmt: skip
         rid = first.get("recipientId") if isinstance(first, dict) else None
         return accepted(resp, str(rid) if rid is not None else None)
 

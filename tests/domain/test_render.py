@@ -10,6 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from domain.campaign import CampaignSpec
+from domain.feeds import parse_product
+from domain.matching import product_record
 from domain.render import MissingRequired, RenderContext, TemplateError, render_payload, validate_template
 from domain.tracking import Linker, Signer
 
@@ -106,19 +108,16 @@ def test_localized_variables_and_product_fields_fall_back_to_default() -> None:
         CampaignSpec.model_validate(_spec({"h": "${H}"}, {"H": {"fr_FR": "x"}}))
 
 
-
 def test_product_feed_translations_are_rendered() -> None:
     """A feed's `lng:fr_FR:name` column (stored nested under `attributes.lng`) names the product
     for French users; other locales keep the default name."""
-    from domain.feeds import parse_product
-    from domain.matching import product_record
-
     parsed = parse_product(["sku", "name", "price", "lng:fr_FR:name"], ["s1", "Red shoe", "20", "Chaussure rouge"])
     assert isinstance(parsed, dict), parsed
     item = product_record("s1", {"s1": parsed})
     t = {"n": "${Items in cart|name|item1}"}
     assert render_payload(t, ctx(items=[item], locale="fr_FR")) == {"n": "Chaussure rouge"}
     assert render_payload(t, ctx(items=[item], locale="de_DE")) == {"n": "Red shoe"}
+
 
 def test_product_urls_and_tracking_link_become_signed_links() -> None:
     """Item URLs are wrapped; `${Tracking link}` + encoded target becomes one signed link."""

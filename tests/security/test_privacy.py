@@ -14,6 +14,7 @@ import pytest
 from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 
+from providers.base import classify_http, kept_answer
 from runtime.cli import main as cli_main
 from security.redact import install_log_redaction, mask
 from settings import Settings
@@ -67,12 +68,9 @@ def test_masking_keeps_formatters_that_read_args_working(caplog: pytest.LogCaptu
     assert other.getMessage() == "call 336******678 about j***@example.com", other.getMessage()
 
 
-
 def test_provider_errors_keep_their_text_masked() -> None:
     """A classified provider error masks its message and kept body at creation (they travel on to
     the send row, the decision trace and Temporal), while the adapter still sees the raw answer."""
-    from providers.base import classify_http, kept_answer
-
     raw = '{"to": "+14155550123", "message": "jane.doe@example.com is on the blocklist"}'
     error = classify_http(400, raw, {})
     assert error is not None and not error.retryable
@@ -80,6 +78,11 @@ def test_provider_errors_keep_their_text_masked() -> None:
         assert "jane.doe" not in text and "4155550123" not in text, text
         assert "j***@example.com" in text and "+14******123" in text, text
     assert kept_answer("x" * 1990 + " jane.doe@example.com") == "x" * 1990 + " j***@exam"  # masked, then cut
+    # An address straddling the cut of a long body is recognised whole, not left half visible.
+    assert kept_answer("x" * 1995 + " jane.doe@example.com" + "y" * 50_000) == "x" * 1995 + " j***"
+    long_error = classify_http(500, "z" * 1995 + " jane.doe@example.com" + "z" * 50_000, {})
+    assert long_error is not None and long_error.body == "z" * 1995 + " j***"
+
 
 async def test_a_journey_logs_no_recipient_address(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
