@@ -227,18 +227,41 @@ def localized(value: LocalizedText | None, locale: str | None) -> str:
 
 
 def product_field(record: Mapping[str, Any], field: str, locale: str | None) -> Any:
-    """A product field, preferring its translation for `locale`: an attribute `lng:<locale>:<field>`
-    (as set through the products API) or, as a product feed's `lng:fr_FR:name` columns are stored,
-    `lng: {<locale>: {<field>: ...}}`."""
-    if locale:
-        nested = record.get("lng")
-        for variant in (locale, locale.replace("_", "-")):
-            found = record.get(f"lng:{variant}:{field}")
-            if found in (None, "") and isinstance(nested, Mapping) and isinstance(nested.get(variant), Mapping):
-                found = nested[variant].get(field)
-            if found not in (None, ""):
-                return found
+    """A product field, preferring its translation for `locale` as variation texts do (`localized`): the
+    exact locale, then any translation of the same language (`fr_FR` for `fr_CA`), then the plain field.
+    A translation is an attribute `lng:<locale>:<field>` (as set through the products API) or, as a
+    product feed's `lng:fr_FR:name` columns are stored, `lng: {<locale>: {<field>: ...}}`."""
+    if not locale:
+        return record.get(field)
+    translations = _translations(record, field)
+    wanted = _locale_key(locale)
+    for key, text in translations.items():
+        if _locale_key(key) == wanted:
+            return text
+    language = wanted.split("_")[0]
+    for key, text in translations.items():
+        if _locale_key(key).split("_")[0] == language:
+            return text
     return record.get(field)
+
+
+def _locale_key(locale: str) -> str:
+    return locale.replace("-", "_").lower()
+
+
+def _translations(record: Mapping[str, Any], field: str) -> dict[str, Any]:
+    """The product's non-empty translations of `field` by locale, flat attributes first."""
+    found: dict[str, Any] = {}
+    suffix = f":{field}"
+    for key, text in record.items():
+        if key.startswith("lng:") and key.endswith(suffix) and text not in (None, ""):
+            found.setdefault(key[4 : -len(suffix)], text)
+    nested = record.get("lng")
+    if isinstance(nested, Mapping):
+        for locale, fields in nested.items():
+            if isinstance(fields, Mapping) and fields.get(field) not in (None, ""):
+                found.setdefault(str(locale), fields[field])
+    return found
 
 
 def _record_value(records: list[dict[str, Any]], index: int, field: str, ctx: RenderContext) -> Any:

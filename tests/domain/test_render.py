@@ -119,6 +119,22 @@ def test_product_feed_translations_are_rendered() -> None:
     assert render_payload(t, ctx(items=[item], locale="de_DE")) == {"n": "Red shoe"}
 
 
+def test_product_translations_fall_back_to_the_same_language() -> None:
+    """As variation texts do: the exact locale first, then any translation of the same language, in
+    either stored form and either spelling (`fr-CA`, `fr_FR`), then the plain field."""
+    feed = parse_product(["sku", "name", "lng:fr_FR:name", "lng:fr_CA:name"], ["s1", "Shoe", "Chaussure", "Soulier"])
+    assert isinstance(feed, dict), feed
+    from_feed = product_record("s1", {"s1": feed})
+    from_api = {"sku": "s2", "name": "Hat", "lng:de-DE:name": "Hut", "lng:fr_FR:name": ""}
+    t = {"a": "${Items in cart|name|item1}", "b": "${Items in cart|name|item2}"}
+    items = [from_feed, from_api]
+    assert render_payload(t, ctx(items=items, locale="fr-CA")) == {"a": "Soulier", "b": "Hat"}
+    assert render_payload(t, ctx(items=items, locale="fr_BE")) == {"a": "Chaussure", "b": "Hat"}
+    assert render_payload(t, ctx(items=items, locale="de_AT")) == {"a": "Shoe", "b": "Hut"}
+    assert render_payload(t, ctx(items=items, locale="de_de")) == {"a": "Shoe", "b": "Hut"}
+    assert render_payload(t, ctx(items=items, locale=None)) == {"a": "Shoe", "b": "Hat"}
+
+
 def test_product_urls_and_tracking_link_become_signed_links() -> None:
     """Item URLs are wrapped; `${Tracking link}` + encoded target becomes one signed link."""
     linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
