@@ -392,7 +392,7 @@ class BroadcastActivities:
             )
         except ConfigurationError as err:
             return await asyncio.to_thread(
-                self._record, req, user_id, ready, "failed", kept_answer(f"configuration: {err}"), None
+                self._record, req, user_id, ready, "failed", f"configuration: {err}", None
             )
         return await asyncio.to_thread(
             self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status

@@ -117,8 +117,8 @@ class Delivery:
             gone = prepared.opt_in_id if err.recipient_gone else None
             return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
         except ConfigurationError as err:
-            reason = kept_answer(f"configuration: {err}")  # it may name the address it refused
-            return await asyncio.to_thread(self._fail, req, prepared.step_name, reason, None, "")
+            # Rejoin's own words (a vendor's text in it is masked where it was quoted: oauth.py)
+            return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
         await asyncio.to_thread(self._accept, req, prepared, response)
         return DeliverResult(
             status="accepted", provider_status=response.status, possible_duplicate=prepared.possible_duplicate

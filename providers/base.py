@@ -9,6 +9,8 @@ body quotes the address it refused and Twilio's message resource repeats `to`. A
 is masked when the error is made, since it travels on into the send row, the decision trace,
 the journey's result and the Temporal history of a retried attempt; an accepted answer's body
 is masked where delivery stores it (adapters parse the raw body first, for the message id).
+A `ConfigurationError` is Rejoin's own words (a refused URL keeps its address readable); the one
+that quotes a vendor, a refused token, masks the quote (`oauth.py`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from providers.base import ConfigurationError, ProviderError, ProviderResponse
+from providers.base import ConfigurationError, ProviderError, ProviderResponse, kept_answer
 from providers.http import HttpCaller
 
 DEFAULT_EXPIRES_IN = 3600.0
@@ -97,13 +97,14 @@ def _raise_for_token_status(status: int, body: str, headers: dict[str, str]) -> 
             status=status,
             retry_after=parse_retry_after(headers.get("retry-after")),
         )
-    # The OAuth2 error code is safe to show; the description may echo input, keep it short.
+    # The OAuth2 error code is safe to show; the description is the vendor's text and may echo
+    # input, so it is kept short and masked like any answer Rejoin keeps.
     try:
         err = json.loads(body)
         reason = str(err.get("error", "")) + (f": {err['error_description']}" if err.get("error_description") else "")
     except (ValueError, AttributeError):
-        reason = body[:200]
-    raise TokenRejected(f"token endpoint refused the credentials ({status}) {reason}".strip())
+        reason = body
+    raise TokenRejected(f"token endpoint refused the credentials ({status}) {kept_answer(reason, 200)}".strip())
 
 
 async def client_credentials(

@@ -229,3 +229,32 @@ async def test_provider_answers_that_echo_the_address_are_kept_masked(
     assert "503" in text and "400" in text  # the answers are kept...
     assert "***@example.com" in text
     assert not [d for d in (accepted_dyid, refused_dyid) if email_for(d) in text]  # ...masked
+
+
+async def test_a_refused_token_is_recorded_with_the_vendor_text_masked(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store,
+) -> None:  # fmt: skip
+    """A token endpoint that later refuses the credentials fails the send as a configuration error:
+    the OAuth2 error code stays readable, the vendor's description is quoted masked."""
+    token_calls: list[int] = []
+
+    def token(_: object) -> Reply:
+        token_calls.append(1)
+        if len(token_calls) == 1:  # the check when the integration is saved
+            return Reply(200, {"access_token": "tok", "token_type": "Bearer", "expires_in": 3600})
+        return Reply(401, {"error": "invalid_client", "error_description": "owner jane.doe@example.com is suspended"})
+
+    fresh_provider.handler("/oauth/token", token)
+    auth = {"type": "oauth2", "token_url": fresh_provider.url("/oauth/token"), "client_id": "cid", "client_secret": "s"}
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url("/send"), "auth": auth})
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    assert (await journey_result(env.client, section, cid, uid)).sent == 0
+    assert len(token_calls) >= 2 and not fresh_provider.to("/send")
+    with store.session() as s:
+        send = s.exec(select(Send).where(Send.user_id == uid)).one()
+    reason = send.provider_response or ""
+    assert send.status == "failed" and "configuration: token endpoint refused the credentials (401)" in reason, reason
+    assert "invalid_client: owner j***@example.com is suspended" in reason and "jane.doe" not in reason, reason
