@@ -3,7 +3,7 @@
 Installed once per process as a log-record factory, so it covers every logger (ours, uvicorn,
 httpx, temporalio) and every handler, including ones added later. The message is formatted
 first (`msg % args`), then masked: `jane.doe@example.com` -> `j***@example.com`,
-`+33612345678` -> `+33******678` (runs of 8-15 digits, dates excepted).
+`+33612345678` -> `+33******678` (runs of 8-15 digits, dates and IPv4 addresses excepted).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 PHONE = re.compile(r"(?<![\w/:.-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
 _installed = False
 _FORMATTER = logging.Formatter()
@@ -26,10 +28,11 @@ def mask(text: str) -> str:
 
 
 def _mask_phone(m: re.Match[str]) -> str:
-    """Phone-like runs of 8-15 digits keep their first 3 and last 3 characters; dates are left alone."""
+    """Phone-like runs of 8-15 digits keep their first 3 and last 3 characters; dates and IPv4
+    addresses (a refused URL's address, a client's) are left alone."""
     found = m.group(0)
     digits = sum(c.isdigit() for c in found)
-    if not 8 <= digits <= 15 or DATE.match(found):
+    if not 8 <= digits <= 15 or DATE.match(found) or IPV4.fullmatch(found.lstrip("(")):
         return found
     return found[:3] + "******" + found[-3:]
 

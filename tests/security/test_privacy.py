@@ -47,6 +47,11 @@ def test_emails_and_phones_are_masked_in_any_log_record(caplog: pytest.LogCaptur
     assert mask("usr_6e6bc3b367b87492f608 journey/sec_1/cmp_2 at 2026-11-23 took 1234 ms") == (
         "usr_6e6bc3b367b87492f608 journey/sec_1/cmp_2 at 2026-11-23 took 1234 ms"
     )
+    # IPv4 addresses (a refused URL's, a client's) stay readable; dotted phone numbers do not.
+    assert mask("refusing to call h: not a public address (169.254.169.254), client 10.20.30.40:5") == (
+        "refusing to call h: not a public address (169.254.169.254), client 10.20.30.40:5"
+    )
+    assert mask("call 06.12.34.56.78 or 415.555.0123") == "call 06.******.78 or 415******123"
 
 
 def test_masking_keeps_formatters_that_read_args_working(caplog: pytest.LogCaptureFixture) -> None:
