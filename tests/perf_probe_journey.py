@@ -7,9 +7,12 @@ journey's store steps cost, with the activities called directly against a real s
     PROBE_SQL=1 ...                     # + the statements of one journey
     PROBE_N=150 ...                     # journeys per round (default 60)
 
-Per round: enroll, then the step activity (decide, deliver by custom HTTP to a local server,
-the journey's end with the send) for N fresh users, as benchmark 2 does per journey, alternating test and real users (real ones also
-write the report counters). Delivery's thread hops run inline, so the profile sees them.
+Per round: N fresh users are enrolled first, outside the timing (new journeys are enrolled by the
+API in the ingestion transaction, patch `enroll-at-trigger`; the old `enroll` activity writes the
+same rows), then the worker's step activity is timed for each (decide, deliver by custom HTTP to a
+local server, the journey's end with the send), as benchmark 2 does per journey, alternating test
+and real users (real ones also write the report counters). Delivery's thread hops run inline, so
+the profile sees them.
 docs/performance.md ("Worker CPU per journey") has the figures.
 """
 
@@ -51,12 +54,18 @@ async def _inline(fn: Callable[..., T], *args: Any) -> T:
     return fn(*args)
 
 
-async def _journey(journey: JourneyActivities, delivery: Delivery, sec: str, cid: str, uid: str, is_test: bool) -> None:
-    jid, now = str(uuid.uuid4()), datetime.now(UTC)
-    ids: dict[str, Any] = {"journey_id": jid, "section_id": sec, "campaign_id": cid, "campaign_version": 1, "user_id": uid}
-    journey.enroll(EnrollRequest(**ids, workflow_id=f"wf-{jid}", is_test=is_test, as_of=now))
-    # One step as new journeys run it (patch step-in-one-activity): its send ends the journey.
-    outcome = await JourneySteps(journey, delivery).send_step(StepRequest(**ids, step_index=0, as_of=now, last_step=True))
+def _ids(sec: str, cid: str, uid: str) -> dict[str, Any]:
+    return {"journey_id": str(uuid.uuid4()), "section_id": sec, "campaign_id": cid, "campaign_version": 1, "user_id": uid}
+
+
+def _enroll(journey: JourneyActivities, ids: dict[str, Any], is_test: bool) -> None:
+    journey.enroll(EnrollRequest(**ids, workflow_id=f"wf-{ids['journey_id']}", is_test=is_test, as_of=datetime.now(UTC)))
+
+
+async def _step(journey: JourneyActivities, delivery: Delivery, ids: dict[str, Any]) -> None:
+    """One step as new journeys run it (patch step-in-one-activity): its send ends the journey."""
+    request = StepRequest(**ids, step_index=0, as_of=datetime.now(UTC), last_step=True)
+    outcome = await JourneySteps(journey, delivery).send_step(request)
     assert outcome.delivery is not None and outcome.delivery.status == "accepted" and outcome.journey_ended, outcome
 
 
@@ -77,7 +86,9 @@ async def test_probe(api: httpx.AsyncClient, section: SectionKeys, fresh_provide
         delivery = Delivery(store, registry, SecretBox(settings.secret_keys), signer=Signer(settings.secret_keys),
                             public_url=settings.effective_public_url)  # fmt: skip
         for is_test in (True, False, True, False):
-            users = [(await reachable_user(api, section))[1] for _ in range(N)]
+            journeys = [_ids(section.id, cid, (await reachable_user(api, section))[1]) for _ in range(N)]
+            for ids in journeys:
+                _enroll(journey, ids, is_test)
             prof = cProfile.Profile() if os.environ.get("PROBE_PROFILE") else None
             if os.environ.get("PROBE_SQL"):
                 statements.clear()
@@ -85,8 +96,8 @@ async def test_probe(api: httpx.AsyncClient, section: SectionKeys, fresh_provide
             cpu0, wall0 = time.process_time(), time.perf_counter()
             if prof:
                 prof.enable()
-            for uid in users:
-                await _journey(journey, delivery, section.id, cid, uid, is_test)
+            for ids in journeys:
+                await _step(journey, delivery, ids)
             if prof:
                 prof.disable()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
