@@ -25,7 +25,7 @@ from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import Channel
 from providers import secret_fields
-from providers.base import ConfigurationError, OutboundMessage, ProviderError
+from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
 from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
 from settings import Settings
 from store.engine import Store
@@ -223,7 +223,8 @@ def delete(integration_id: str, principal: Management, state: StateDep) -> None:
 
 @router.post("/{integration_id}/test")
 async def test_call(integration_id: str, body: TestCall, principal: Management, state: StateDep) -> TestCallResult:
-    """Send `payload` through the integration now; answer with exactly what the provider said."""
+    """Send `payload` through the integration now; answer with what the provider said, addresses in
+    its body masked as wherever Rejoin shows or keeps an answer (`providers/base.py::kept_answer`)."""
     row, stored = await asyncio.to_thread(_load, state, principal.section_id, integration_id)
     message = OutboundMessage(
         section_id=row.section_id,
@@ -245,4 +246,4 @@ async def test_call(integration_id: str, body: TestCall, principal: Management, 
             return TestCallResult(ok=False, status=err.status, headers=err.headers, body=err.body, error=err.message)
         except ConfigurationError as err:
             return TestCallResult(ok=False, status=None, headers={}, body="", error=f"configuration: {err}")
-    return TestCallResult(ok=True, status=resp.status, headers=resp.headers, body=resp.body)
+    return TestCallResult(ok=True, status=resp.status, headers=resp.headers, body=kept_answer(resp.body))

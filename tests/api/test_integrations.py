@@ -133,7 +133,8 @@ async def test_oauth2_integration_sends_bearer_token(
 async def test_test_call_returns_provider_status_headers_and_body(
     api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer
 ) -> None:
-    """The test call reports exactly what the provider answered, also for a rejection."""
+    """The test call reports what the provider answered, also for a rejection; an address the
+    vendor echoes is masked either way, as in every answer Rejoin keeps."""
     r = await api.post("/api/v1/integrations", json=custom(fresh_provider), headers=section.mgmt)
     iid = r.json()["id"]
     fresh_provider.script("/send", Reply(400, {"error": "bad template"}, headers={"X-Trace": "t-1"}))
@@ -143,6 +144,10 @@ async def test_test_call_returns_provider_status_headers_and_body(
     assert out["status"] == 400 and out["headers"]["x-trace"] == "t-1"
     assert json.loads(out["body"]) == {"error": "bad template"}
     assert fresh_provider.to("/send")[-1].json() == {"x": "y"}
+    for status in (400, 202):
+        fresh_provider.script("/send", Reply(status, {"to": "jane.doe@example.com"}))
+        r = await api.post(f"/api/v1/integrations/{iid}/test", json={"payload": {}}, headers=section.mgmt)
+        assert r.json()["ok"] is (status == 202) and json.loads(r.json()["body"]) == {"to": "j***@example.com"}, r.text
 
 
 async def test_config_errors_name_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
