@@ -1,22 +1,32 @@
 """API key checks: ingestion keys (`dy-api-key`), management keys and the admin key.
 
 Keys are looked up by id and their secret compared in constant time. Verified keys are cached
-briefly per process (revocation through the API clears the cache at once).
+per process for up to `CACHE_SECONDS`, so ingestion answers without a database read. Revocation
+through the API clears that process's cache at once; every other API process checks the keys it
+holds cached every `REVOCATION_CHECK_SECONDS` (`watch_revocations`, one small query), so a key
+revoked anywhere stops working everywhere within about a second, and within `CACHE_SECONDS`
+even while that check cannot reach the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 from dataclasses import dataclass
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from api.errors import Forbidden, Unauthorized
 from security.api_keys import parse_key, secret_matches
+from store.engine import Store
 from store.tables import ApiKey
 
+log = logging.getLogger(__name__)
+
 CACHE_SECONDS = 30.0
+REVOCATION_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,29 @@ def forget_key(key_id: str) -> None:
     for k, (_, p) in list(_cache.items()):
         if p.key_id == key_id:
             _cache.pop(k, None)
+
+
+def forget_revoked(store: Store) -> list[str]:
+    """Drop cached keys that were revoked since they were cached (by any process); their ids."""
+    cached = {p.key_id for _, p in list(_cache.values())}
+    if not cached:
+        return []
+    with store.session() as s:
+        query = select(ApiKey.id).where(col(ApiKey.id).in_(cached), col(ApiKey.revoked_at).is_not(None))
+        revoked = list(s.exec(query).all())
+    for key_id in revoked:
+        forget_key(key_id)
+    return revoked
+
+
+async def watch_revocations(store: Store, interval: float = REVOCATION_CHECK_SECONDS) -> None:
+    """Run `forget_revoked` every `interval` seconds (an API process's lifespan task)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(forget_revoked, store)
+        except Exception as exc:  # database briefly away: the cache's expiry still bounds a revoked key
+            log.warning("checking cached API keys for revocation failed: %s", exc)
 
 
 def verify_cached(presented: str | None, *, want: str) -> Principal | None:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from temporalio.client import Client
 
+from api import auth
 from api.deps import AppState
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(_sweep(state))]
+        tasks = [asyncio.create_task(_sweep(state)), asyncio.create_task(auth.watch_revocations(state.store))]
         if state.settings.event_retention.total_seconds() > 0:
             tasks.append(asyncio.create_task(retention_loop(state.store, state.settings.event_retention)))
         try:

@@ -6,11 +6,16 @@ covered automatically and fails here if it forgets its key dependency.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from typing import Any
 
 import httpx
 
+from api.auth import watch_revocations
+from store.engine import Store
+from store.tables import ApiKey, now_utc
 from tests.helpers import (
     ADMIN,
     SectionKeys,
@@ -84,6 +89,35 @@ async def test_missing_wrong_and_revoked_keys_get_401(api: httpx.AsyncClient, se
             if r.status_code != 401:
                 failures.append((method, path, list(headers), r.status_code))
     assert failures == []
+
+
+async def test_a_key_revoked_by_another_process_stops_working_within_a_second(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
+    """Another API process revoked a key this process holds cached (its row written directly here,
+    as that process would): this process refuses it once its revocation check has run, long before
+    the cache would expire; the keys not revoked keep working."""
+    key = (await api.post("/api/v1/keys", json={"kind": "management"}, headers=section.mgmt)).json()
+    own = {"Authorization": f"Bearer {key['key']}"}
+    assert (await api.get("/api/v1/keys", headers=own)).status_code == 200  # now cached
+    with store.session() as s:
+        row = s.get(ApiKey, key["id"])
+        assert row is not None
+        row.revoked_at = now_utc()
+        s.add(row)
+    assert (await api.get("/api/v1/keys", headers=own)).status_code == 200  # the cache still answers
+    watch = asyncio.create_task(watch_revocations(store, interval=0.05))
+    try:
+        for _ in range(40):
+            if (await api.get("/api/v1/keys", headers=own)).status_code == 401:
+                break
+            await asyncio.sleep(0.05)
+        assert (await api.get("/api/v1/keys", headers=own)).status_code == 401
+        assert (await api.get("/api/v1/keys", headers=section.mgmt)).status_code == 200
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
 
 
 async def test_key_of_the_wrong_kind_is_403(api: httpx.AsyncClient, section: SectionKeys) -> None:
