@@ -3,7 +3,8 @@
 Reads like the campaign canvas: enroll (allocate a variation), then for each step wait, decide
 (channel, caps, priority), deliver, record. Re-triggers during the first wait restart it from
 the latest trigger ("delivery relevancy"); later ones only add context. An exit signal cancels
-every step not yet sent. All I/O is in activities; every time passed to them is workflow time.
+every step not yet sent, and the retries of a send the provider has not accepted yet. All I/O is
+in activities; every time passed to them is workflow time.
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ TEST_USER_CLOCK_PATCH = "test-user-own-clock"
 # at once. It implies every path patch before it (one marker per run); journeys started before it
 # keep their path until they continue-as-new.
 RETRIGGER_KEEPS_TIMER_PATCH = "retrigger-keeps-timer"
+# An exit that arrives while a step's send is being retried (the provider answering 5xx or 429)
+# cancels the retries: only an attempt already talking to the provider may still complete, so a
+# provider down for hours no longer delivers "your cart is waiting" hours after the purchase.
+# Before, the step retried to the end and only later steps were cancelled. Asked only when an
+# exit meets a send still running, so other journeys record no marker; a history without the
+# marker at that point (an exit during a send before this change) replays the old way.
+EXIT_CANCELS_SEND_PATCH = "exit-cancels-retrying-send"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -118,6 +126,7 @@ class JourneyWorkflow:
         self.state = inp.state.model_copy(deep=True) if inp.state else JourneyState()
         self._woken = False
         self._path_chosen = False
+        self._send_cancelled = False  # the running step's send was cancelled by an exit
         self._one_activity_steps = False  # patch STEP_ACTIVITY_PATCH, decided at the run's start
         self._enrolled_at_trigger = False  # patch ENROLL_AT_TRIGGER_PATCH, likewise
         self._own_clock = False  # patch TEST_USER_CLOCK_PATCH (test users only), likewise
@@ -358,6 +367,8 @@ class JourneyWorkflow:
                 self.state.row_ended = outcome.journey_ended
                 return True
             self._record(index, "failed", result.reason, decision.channel)
+            if self._send_cancelled:
+                return False
             if not result.fallback_allowed or decision.channel is None:
                 return True
             excluded.append(decision.channel)
@@ -373,29 +384,40 @@ class JourneyWorkflow:
     async def _send_step(self, index: int, excluded: list[str], *, last: bool) -> StepOutcome:
         st = self.state
         assert st.journey_id is not None
+        sending = workflow.start_activity_method(
+            JourneySteps.send_step,
+            StepRequest(
+                journey_id=st.journey_id,
+                section_id=self.inp.section_id,
+                campaign_id=self.inp.campaign_id,
+                campaign_version=self.inp.campaign_version,
+                user_id=self.inp.user_id,
+                step_index=index,
+                as_of=self._now(),
+                exclude_channels=list(excluded),
+                skus=list(st.skus),
+                trigger_event_ids=list(st.trigger_event_ids),
+                last_step=last,
+            ),
+            start_to_close_timeout=self.inp.delivery_timeout,
+            schedule_to_close_timeout=self.inp.delivery_budget,
+            retry_policy=DELIVERY_RETRY,
+            # A cancel reaches an attempt only between attempts (sends do not heartbeat): the
+            # workflow waits for the attempt talking to the provider, whose answer then counts.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"send step {index}" + (f" (not via {', '.join(excluded)})" if excluded else ""),
+        )
+        await workflow.wait_condition(lambda: sending.done() or st.exit_reason is not None)
+        if not sending.done() and workflow.patched(EXIT_CANCELS_SEND_PATCH):
+            sending.cancel()
         try:
-            return await workflow.execute_activity_method(
-                JourneySteps.send_step,
-                StepRequest(
-                    journey_id=st.journey_id,
-                    section_id=self.inp.section_id,
-                    campaign_id=self.inp.campaign_id,
-                    campaign_version=self.inp.campaign_version,
-                    user_id=self.inp.user_id,
-                    step_index=index,
-                    as_of=self._now(),
-                    exclude_channels=list(excluded),
-                    skus=list(st.skus),
-                    trigger_event_ids=list(st.trigger_event_ids),
-                    last_step=last,
-                ),
-                start_to_close_timeout=self.inp.delivery_timeout,
-                schedule_to_close_timeout=self.inp.delivery_budget,
-                retry_policy=DELIVERY_RETRY,
-                summary=f"send step {index}" + (f" (not via {', '.join(excluded)})" if excluded else ""),
-            )
+            return await sending
         except ActivityError as err:
-            # Retries exhausted (budget spent) or a configuration error: record, free the cap slot.
+            cancelled = isinstance(err.cause, CancelledError)
+            self._send_cancelled = cancelled
+            # Cancelled by an exit, out of retries (budget spent) or a configuration error: record
+            # it and free the cap slot (an attempt the provider accepted meanwhile stays a send).
+            reason = f"cancelled: the user exited ({st.exit_reason}) while the send was retried"
             return await self._store(
                 JourneyActivities.give_up_step,
                 GiveUpStepRequest(
@@ -403,9 +425,9 @@ class JourneyWorkflow:
                     decision_key=decision_key(st.journey_id, index, excluded),
                     step_index=index,
                     as_of=self._now(),
-                    reason=_failure_reason(err),
+                    reason=reason if cancelled else _failure_reason(err),
                 ),
-                f"give up step {index}",
+                f"give up step {index}" + (" (exited)" if cancelled else ""),
             )
 
     async def _wait_for_window(self, decision: StepDecision, step_name: str) -> bool:

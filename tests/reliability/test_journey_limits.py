@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import httpx
+from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -15,7 +16,7 @@ from temporalio.worker import Worker
 from api.journeys import start_or_retrigger, trigger_input
 from settings import Settings
 from store.engine import Store
-from store.tables import Campaign
+from store.tables import Campaign, Send
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -56,6 +57,39 @@ async def test_exit_while_send_in_flight_sends_at_most_that_send(
     assert result.status == "exited" and result.exit_reason == "purchased", result
     assert [d.step_index for d in result.decisions if d.outcome == "sent"] == [0]
     assert len(fresh_provider.to(path)) == 1
+
+
+async def test_exit_while_a_send_is_retried_cancels_it(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store,
+) -> None:  # fmt: skip
+    """A purchase arriving while the provider answers 503 and the step's send is being retried:
+    the retries stop (a provider down for hours must not deliver the reminder after the purchase),
+    the journey ends exited with the purchase as its reason, and the send is recorded as failed,
+    cancelled by the exit. A one-step journey: before, its exit was lost and it ended completed."""
+    path = "/down"
+    fresh_provider.default(path, Reply(503, "down"))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=[step("Only")]))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    for _ in range(200):  # until the send has been retried at least once
+        if len(fresh_provider.to(path)) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert len(fresh_provider.to(path)) >= 2
+    await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.status == "exited" and result.exit_reason == "purchased", result
+    assert [(d.outcome, d.step_index) for d in result.decisions] == [("failed", 0), ("exited", 0)], result
+    assert "cancelled: the user exited (purchased)" in (result.decisions[0].reason or "")
+    attempts = len(fresh_provider.to(path))
+    fresh_provider.default(path, Reply(200, {"id": "late"}))
+    await asyncio.sleep(4)  # longer than the retry interval: a retry still scheduled would arrive
+    assert len(fresh_provider.to(path)) == attempts and not fresh_provider.deliveries
+    with store.session() as s:
+        send = s.exec(select(Send).where(Send.user_id == uid)).one()
+    assert send.status == "failed" and "cancelled" in (send.provider_response or ""), send
 
 
 async def test_ten_steps_ninety_day_waits_hundreds_of_retriggers_stay_under_history_limits(

@@ -38,6 +38,7 @@ from tests.provider_server import ProviderServer, Reply
 from workflows.journey import (
     ENROLL_AT_TRIGGER_PATCH,
     LOCAL_STORE_PATCH,
+    EXIT_CANCELS_SEND_PATCH,
     RETRIGGER_KEEPS_TIMER_PATCH,
     STEP_ACTIVITY_PATCH,
     TEST_USER_CLOCK_PATCH,
@@ -125,6 +126,17 @@ def test_retrigger_keeps_timer_path_is_recorded() -> None:
     assert text.count('"EVENT_TYPE_TIMER_STARTED"') == 1 and text.count('"EVENT_TYPE_TIMER_CANCELED"') == 1
 
 
+def test_exit_cancelling_a_retried_send_is_recorded() -> None:
+    """Histories cover an exit during a retried send from before the patch (the send retried to
+    the end) and after it (one marker, then the activity's cancellation)."""
+    before = (HISTORIES / "exit_during_retried_send.json").read_text()
+    after = HISTORIES / "exit_cancels_retrying_send.json"
+    assert EXIT_CANCELS_SEND_PATCH not in before and '"EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED"' not in before
+    assert [d for k, d in _markers(after) if k == "core_patch" and EXIT_CANCELS_SEND_PATCH in d]
+    assert '"EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED"' in after.read_text()
+    assert '"EVENT_TYPE_ACTIVITY_TASK_CANCELED"' in after.read_text()
+
+
 def test_both_store_step_paths_are_recorded() -> None:
     """Histories cover journeys from before and after the store steps became local activities."""
     markers = {p.stem: _markers(p) for p in _files()}
@@ -162,6 +174,10 @@ RECORDED: list[tuple[str, str]] = [
     ("retrigger_keeps_timer_retry_then_permanent_failure", "retry_then_permanent_failure"),
     ("retrigger_keeps_timer_hot_cart_continued_as_new", "hot_cart"),
     ("retrigger_keeps_timer_test_user_three_steps", "test_user_three_steps"),
+    # Before patch "exit-cancels-retrying-send": the exit waits for the retried send to end.
+    ("exit_during_retried_send", "exit_during_retried_send"),
+    # Patch "exit-cancels-retrying-send".
+    ("exit_cancels_retrying_send", "exit_during_retried_send"),
 ]
 
 
@@ -192,6 +208,7 @@ async def test_record_histories(
         "retry_then_permanent_failure": lambda name: _retry_then_permanent_failure(api, env, fresh_provider, save, name),
         "hot_cart": lambda name: _hot_cart(api, env, save, name),
         "preview": lambda name: _preview(api, env, save, name),
+        "exit_during_retried_send": lambda name: _exit_during_retried_send(api, env, fresh_provider, save, name),
     }
     for name, scenario in RECORDED:
         if _wanted(name):
@@ -267,5 +284,24 @@ async def _preview(api, env, save, name: str) -> None:  # type: ignore[no-untype
     await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=sec.mgmt)
     r = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=sec.mgmt)
     assert r.status_code == 202, r.text
+    await journey_result(env.client, sec, cid, uid)
+    await save(name, sec, cid, uid)
+
+
+async def _exit_during_retried_send(api, env, fresh_provider, save, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A purchase while the only step's send is retried against a provider answering 503."""
+    path = f"/replay/{name}"
+    fresh_provider.default(path, Reply(503))
+    sec = await make_section(api)
+    await add_integration(api, sec, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, sec, cart_campaign(steps=[step("A")]))
+    dyid, uid = await reachable_user(api, sec)
+    await collect(api, sec, dyid, add_to_cart("sku-5"))
+
+    async def retried() -> None:
+        assert len(fresh_provider.to(path)) >= 2
+
+    await eventually(retried)
+    await collect(api, sec, dyid, purchase([("sku-5", 10.0)]))
     await journey_result(env.client, sec, cid, uid)
     await save(name, sec, cid, uid)
