@@ -97,8 +97,12 @@ def verify(session: Session, presented: str | None, *, want: str) -> Principal:
 
 def _of_kind(principal: Principal, want: str) -> Principal:
     if principal.kind != want:
-        raise Forbidden(f"a {principal.kind} key cannot be used here; use a {want} key")
+        raise Forbidden(f"{_article(principal.kind)} {principal.kind} key cannot be used here; use {_article(want)} {want} key")
     return principal
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def verify_admin(presented: str | None, admin_key: str) -> None:

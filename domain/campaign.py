@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from domain.conditions import Condition, Operator
+from domain.durations import Duration
 
 
 class Channel(StrEnum):
@@ -60,7 +61,7 @@ def _check_wait(value: timedelta) -> timedelta:
     return value
 
 
-WaitTime = Annotated[timedelta, Field(description="ISO 8601 duration (PT4H) or seconds; 5 minutes to 90 days")]
+WaitTime = Annotated[Duration, Field(description="ISO 8601 duration (PT4H) or seconds; 5 minutes to 90 days")]
 
 
 class _Strict(BaseModel):
@@ -71,7 +72,7 @@ class FrequencyCap(_Strict):
     """At most `max_messages` from this campaign per user on one channel per rolling `period`."""
 
     max_messages: int = Field(ge=1, le=1000)
-    period: timedelta = timedelta(days=1)
+    period: Duration = timedelta(days=1)
 
     @field_validator("period")
     @classmethod
@@ -83,7 +84,7 @@ class FrequencyCap(_Strict):
 
 class CampaignSettings(_Strict):
     primary_metric: Literal["revenue", "purchases", "clicks", "ctr", "add_to_carts"] = "revenue"
-    attribution_window: timedelta = timedelta(days=7)
+    attribution_window: Duration = timedelta(days=7)
     frequency_caps: dict[Channel, FrequencyCap] = Field(default_factory=dict)
     # Native email tracking: wrap every http(s) href of email HTML and add the open pixel.
     auto_tracking: bool = False

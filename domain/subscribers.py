@@ -36,7 +36,7 @@ def header_error(identifier_type: str, cells: list[str]) -> str | None:
     got = [c.strip().lower() for c in cells]
     if got != [want]:
         shown = ",".join(cells)[:80]
-        return f"header must be exactly '{want}' for a {identifier_type} integration (got '{shown}')"
+        return f"header must be exactly '{want}' for {identifier_type} integrations (got '{shown}')"
     return None
 
 

@@ -34,6 +34,7 @@ from activities.broadcast import send_time
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from domain.campaign import CampaignType
+from domain.durations import Duration
 from settings import Settings
 from store import objects
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
@@ -57,7 +58,7 @@ class FeedIn(BaseModel):
     url: str | None = Field(None, max_length=4096)
     s3_bucket: str | None = Field(None, max_length=63)
     s3_key: str | None = Field(None, max_length=1024)
-    sync_every: timedelta | None = Field(None, description="Sync on this interval (ISO 8601, e.g. PT6H)")
+    sync_every: Duration | None = Field(None, description="Sync on this interval (ISO 8601, e.g. PT6H, or seconds)")
     mode: Literal["full", "delta"] = Field(
         "full", description="full: each file is the whole catalogue (missing products are removed); delta: changes only"
     )

@@ -14,6 +14,19 @@ async def test_bad_campaign_spec_is_422_naming_the_field(api: httpx.AsyncClient,
     assert r.json()["detail"][0]["loc"][-2:] == ["trigger", "wait"], r.json()
 
 
+async def test_durations_are_iso_8601_or_seconds_also_as_text(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """As the docs say, a wait is ISO 8601 or seconds: `"300"` is 300 seconds like `300`; anything
+    else is refused with the accepted forms named, at the field."""
+    for wait in (300, "300", "PT5M"):
+        r = await api.post("/api/v1/campaigns/validate", json=cart_campaign(wait=wait), headers=section.mgmt)
+        assert r.status_code == 200, (wait, r.text)
+    r = await api.post("/api/v1/campaigns", json=cart_campaign(wait="5m"), headers=section.mgmt)
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"][-2:] == ["trigger", "wait"], error
+    assert "ISO 8601 duration (PT4H, P3D) or a number of seconds; got '5m'" in error["msg"], error
+
+
 async def test_validate_endpoint_explains_what_a_type_needs(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """Validation works without saving; a scheduled campaign without its schedule is refused clearly."""
     ok = await api.post("/api/v1/campaigns/validate", json=cart_campaign(), headers=section.mgmt)
