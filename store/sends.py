@@ -1,5 +1,6 @@
-"""Marking a send accepted with prepared Core statements (store/statements.py): every delivered
-message does this, and the ORM's load-modify-flush cost more CPU than the two statements."""
+"""Sends: marking one accepted with prepared Core statements (store/statements.py): every
+delivered message does this, and the ORM's load-modify-flush cost more CPU than the two
+statements; and reading a journey's sends for operators."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from store.statements import table_of
 from store.tables import Send
@@ -61,3 +62,18 @@ def accept(s: Session, key: str, status: int, message_id: str | None, body: str,
         key, before.campaign_id, before.user_id, before.created_at, before.variation_id, before.channel, before.step_index
     )
     return Accepted(message, before.status, before.possible_duplicate)
+
+
+def of_journeys(session: Session, journey_ids: list[str]) -> dict[str, list[Send]]:
+    """The sends of these journeys, by journey, in step then creation order."""
+    if not journey_ids:
+        return {}
+    rows = session.exec(  # type: ignore[call-overload]
+        select(Send)
+        .where(col(Send.journey_id).in_(journey_ids))
+        .order_by(col(Send.step_index), col(Send.created_at))
+    ).scalars()
+    out: dict[str, list[Send]] = {}
+    for row in rows:
+        out.setdefault(row.journey_id, []).append(row)
+    return out

@@ -254,7 +254,7 @@ class Send(SQLModel, table=True):
     channel: str = Field(max_length=16)
     integration_id: str = Field(max_length=40)
     user_id: str = Field(max_length=40)
-    status: str = Field(max_length=16)  # in_flight | accepted | failed
+    status: str = Field(max_length=16)  # in_flight | retrying | accepted | failed
     attempts: int = 0
     possible_duplicate: bool = False
     provider_status: int | None = None

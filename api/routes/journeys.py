@@ -1,8 +1,9 @@
 """Journey look-up for operators: a user's journeys, their live state and decision trace.
 
 "Why did this user get nothing?" is answered by `GET /api/v1/users/{ref}/journeys`: each
-journey with its variation, status, the live workflow state (next wake time) and every
-decision with its reason, plus a link to the journey in the Temporal UI.
+journey with its variation, status, the live workflow state (next wake time), every decision
+with its reason, every provider call with its state (a send being retried shows its attempts
+and the provider's last answer), plus a link to the journey in the Temporal UI.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlmodel import col, select
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from api.journeys import describe, start_or_retrigger, trigger_input
-from store import decisions, journey_rows
+from store import decisions, journey_rows, sends
 from store.campaigns import load_spec
 from store.tables import Campaign, Journey, User
 from store.users import find_user
@@ -39,6 +40,21 @@ class DecisionOut(BaseModel):
     detail: dict[str, Any]
 
 
+class SendOut(BaseModel):
+    """One provider call of a step on a channel; `retrying` (the provider answered 429/5xx) and
+    `in_flight` (no answer yet, or a timeout) are the states of a send not finished yet."""
+
+    step_index: int
+    channel: str
+    status: str
+    attempts: int
+    provider_status: int | None
+    provider_response: str | None  # masked (providers/base.py::kept_answer)
+    possible_duplicate: bool
+    created_at: datetime
+    updated_at: datetime
+
+
 class JourneyOut(BaseModel):
     id: str
     workflow_id: str
@@ -54,6 +70,7 @@ class JourneyOut(BaseModel):
     temporal_ui: str
     live: JourneyView | None = None
     decisions: list[DecisionOut] = []
+    sends: list[SendOut] = []
 
 
 class UserOut(BaseModel):
@@ -91,11 +108,13 @@ def _journeys(state: StateDep, section_id: str, user_ref: str | None, journey_id
                 raise NotFound("no such user", field="user")
             q = q.where(Journey.user_id == user.id)
         rows = s.exec(q.order_by(col(Journey.triggered_at).desc()).limit(200)).all()
+        calls = sends.of_journeys(s, [j.id for j in rows])
         return [
             JourneyOut(
                 **j.model_dump(),
                 temporal_ui=state.settings.temporal_ui_link(j.workflow_id),
                 decisions=[DecisionOut(**d.model_dump()) for d in decisions.for_journey(s, j.id)],
+                sends=[SendOut(**c.model_dump()) for c in calls.get(j.id, [])],
             )
             for j in rows
         ]

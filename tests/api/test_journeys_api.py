@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from temporalio.testing import WorkflowEnvironment
@@ -24,6 +25,7 @@ from tests.helpers import (
     reachable_user,
     step,
 )
+from tests.provider_server import ProviderServer, Reply
 
 
 async def test_user_journeys_show_live_state_trace_and_ui_link(
@@ -51,6 +53,36 @@ async def test_user_journeys_show_live_state_trace_and_ui_link(
     r = await api.get(f"/api/v1/journeys/{journey['id']}", headers=section.mgmt)
     outcomes = [(d["outcome"], d["channel"]) for d in r.json()["decisions"]]
     assert outcomes == [("decided", "email"), ("sent", "email")], outcomes
+
+
+async def test_a_send_being_retried_shows_its_attempts_and_the_last_answer(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """While the provider answers 503 the journey's send shows `retrying`, its attempts and the
+    provider's last answer (not only the journey's "sending"); once accepted, the same send shows it."""
+    path = "/flaky"
+    fresh_provider.default(path, Reply(503, "maintenance until 10:00"))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+
+    async def retrying() -> dict[str, Any]:
+        journeys = (await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)).json()
+        assert len(journeys) == 1 and len(journeys[0]["sends"]) == 1, journeys
+        send = journeys[0]["sends"][0]
+        assert send["status"] == "retrying" and send["attempts"] >= 2, send
+        return dict(send)
+
+    send = await eventually(retrying)
+    assert send["provider_status"] == 503 and "maintenance until 10:00" in send["provider_response"], send
+    assert (send["step_index"], send["channel"]) == (0, "email")
+    fresh_provider.default(path, Reply(200, {"id": "m-1"}))
+    assert (await journey_result(env.client, section, cid, uid)).sent == 1
+    [journey] = (await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)).json()
+    [done] = journey["sends"]
+    assert done["status"] == "accepted" and done["attempts"] == len(fresh_provider.to(path)), done
+    assert done["provider_status"] == 200
 
 
 async def test_decision_trace_explains_why_nothing_was_sent(
