@@ -23,7 +23,7 @@ from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, 
 from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
-from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex
+from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex, user_identity
 from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, triggers
 from security.crypto import SecretBox
 from settings import Settings
@@ -91,7 +91,16 @@ def accept(
         campaigns = live_campaigns(s, section_id)
         needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
         device_key = body.user.device_key
-        user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=body.user.cuid, now=now)
+        identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
+        cuid = identity.cuid if identity is not None else None
+        user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=cuid, now=now)
+        if identity is not None and user.cuid != identity.cuid:
+            # The request's own cuid identifies the user as an identify event does (merge, identifiers
+            # linked); a user already holding it (the usual repeat request) costs nothing more.
+            if unsaved:
+                users.save_new_user(s, user, device_key)  # identifiers reference the row
+                unsaved = False
+            user = users.identify(s, user, identity, device_key, now)
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale

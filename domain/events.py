@@ -247,16 +247,30 @@ class EventValidationError(ValueError):
         self.message = message
 
 
-def _identity(p: _IdentifyProps) -> Identity | None:
-    email_h = p.hashedEmail.lower() if p.hashedEmail else None
-    cuid, cuid_type = p.cuid, (p.cuidType or "id")
-    if cuid and cuid_type.lower() in {"email", "plaintextemail"}:
+def _primary(cuid: str | None, cuid_type: str | None, hashed_email: str | None) -> tuple[str | None, str, str | None]:
+    """(CUID, its type, email hash) named by a cuid/cuidType/hashedEmail: one rule for an
+    identification event's properties and for the request's `user.cuid`/`cuidType`."""
+    email_h = hashed_email.lower() if hashed_email else None
+    kind = cuid_type or "id"
+    if cuid and kind.lower() in {"email", "plaintextemail"}:
         # A plain email as CUID is accepted for convenience but kept only as its hash.
-        email_h, cuid, cuid_type = email_hash(cuid), None, "he"
-    if cuid and cuid_type.lower() in {"he", "hashedemail"}:
-        email_h, cuid_type = cuid.lower(), "he"
+        email_h, cuid, kind = email_hash(cuid), None, "he"
+    if cuid and kind.lower() in {"he", "hashedemail"}:
+        email_h, kind = cuid.lower(), "he"
     if not cuid and email_h:
-        cuid, cuid_type = email_h, "he"
+        cuid, kind = email_h, "he"
+    return cuid, kind, email_h
+
+
+def user_identity(user: UserIn) -> Identity | None:
+    """The identification a request's `user.cuid` + `cuidType` makes (None without a cuid), hashed
+    exactly as an identification event's cuid is, so the same person gets the same CUID either way."""
+    cuid, cuid_type, email_h = _primary(user.cuid, user.cuidType, None)
+    return Identity(cuid=cuid, cuid_type=cuid_type, email_hash=email_h) if cuid else None
+
+
+def _identity(p: _IdentifyProps) -> Identity | None:
+    cuid, cuid_type, email_h = _primary(p.cuid, p.cuidType, p.hashedEmail)
     if not cuid:
         return None
     phone_h = phone_hash(p.phoneNumber) if p.phoneNumber else None

@@ -54,6 +54,10 @@ def resolve_user(
     A new user is returned *unsaved* (not in the session): ingestion applies the request's
     events to it first and then writes it once, complete (`save_new_user`), instead of an
     INSERT followed by an UPDATE of the same row on every first visit.
+
+    `cuid` is the request's own CUID, already normalised (`domain.events.user_identity`). A new
+    user is returned without it: the caller gives it with `identify`, which also links the
+    identifiers (the hashed email an opt-in is found by) that a bare CUID here would lack.
     """
     row = None
     if device_key:
@@ -71,8 +75,6 @@ def resolve_user(
         return user, False
     # Every field given: pydantic inspects a default factory's signature on each use (measurable here).
     user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
-    if cuid:
-        user.cuid, user.cuid_type = cuid, "id"
     if dangling and device_key:  # rare: write the user now and move the device to it
         s.add(user)
         s.flush()
