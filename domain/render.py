@@ -264,16 +264,45 @@ def _translations(record: Mapping[str, Any], field: str) -> dict[str, Any]:
     return found
 
 
-def _record_value(records: list[dict[str, Any]], index: int, field: str, ctx: RenderContext) -> Any:
-    if index >= len(records):
-        return None
-    value = product_field(records[index], field, ctx.locale)
+def _field_value(record: Mapping[str, Any], field: str, ctx: RenderContext) -> Any:
+    """One field of a record as a template gets it: localized, and a URL made safe and tracked."""
+    value = product_field(record, field, ctx.locale)
     if field.lower() in URL_FIELDS and isinstance(value, str):
         if not safe_target(value):
-            return None  # a feed's `javascript:`/relative/odd URL never reaches an href: renders empty
+            return ""  # a feed's `javascript:`/relative/odd URL never reaches an href: renders empty
         if ctx.linker is not None:
             return ctx.linker.click(value)
     return value
+
+
+def _record_value(records: list[dict[str, Any]], index: int, field: str, ctx: RenderContext) -> Any:
+    if index >= len(records):
+        return None
+    return _field_value(records[index], field, ctx)
+
+
+def _fields(record: Mapping[str, Any]) -> list[str]:
+    """The record's field names, a field only translated (`lng:fr_FR:subtitle`) included, without the
+    translation keys themselves (`lng:<locale>:<field>`, the feed's nested `lng`): see `product_field`."""
+    names = [k for k in record if k != "lng" and not k.startswith("lng:")]
+    translated = [k.split(":", 2)[2] for k in record if k.startswith("lng:") and k.count(":") >= 2]
+    nested = record.get("lng")
+    if isinstance(nested, Mapping):
+        translated += [str(f) for fields in nested.values() if isinstance(fields, Mapping) for f in fields]
+    return list(dict.fromkeys(names + translated))
+
+
+def _list_value(records: list[dict[str, Any]], ctx: RenderContext) -> list[dict[str, Any]]:
+    """A whole item list (`${Items in cart}`...): copies of the records with every field as a single
+    reference renders it, so a list can't be the way around link tracking or the URL check. The
+    translations are left out: the fields already hold the locale's text, and a translated `url`
+    kept raw would reach the provider unchecked."""
+    out: list[dict[str, Any]] = []
+    for record in records:
+        copy = {f: _field_value(record, f, ctx) for f in _fields(record)}
+        # A field only translated, and not into this locale, is absent, as in the record.
+        out.append({f: v for f, v in copy.items() if v is not None or f in record})
+    return out
 
 
 def resolve(ref: Ref, ctx: RenderContext) -> Any:
@@ -295,7 +324,7 @@ def resolve(ref: Ref, ctx: RenderContext) -> Any:
     if k == "push_tracking":
         return {"rjt": ctx.linker.push_token()} if ctx.linker else {}
     if k == "item_list":
-        return ctx.items
+        return _list_value(ctx.items, ctx)
     if k == "item":
         return _record_value(ctx.items, int(ref.args[1]), ref.args[0], ctx)
     if k == "product":
@@ -465,7 +494,7 @@ def default_payload(ctx: RenderContext) -> dict[str, Any]:
         "campaign": ctx.campaign_name,
         "variation": ctx.variation_name,
         "step": ctx.step_name,
-        "items": ctx.items,
+        "items": _list_value(ctx.items, ctx),  # as `${Items in cart}` renders them: URLs safe and tracked
     }
 
 

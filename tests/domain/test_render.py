@@ -252,3 +252,46 @@ def test_product_urls_that_are_not_http_render_empty_with_or_without_tracking() 
             assert out == {"html": '<a href="">x</a>', "u": ""}, (url, tracking, out)
     c = ctx(items=[{"sku": "s1", "name": "Shoe", "url": "https://shop.example/p/s1"}])
     assert render_payload({"u": "${Items in cart|url|item1}"}, c) == {"u": "https://shop.example/p/s1"}
+
+
+def test_whole_item_lists_wrap_product_urls_in_tracking_links() -> None:
+    """`${Items in cart}` / `${Viewed items}` give items whose URLs are signed click links, like
+    `${Items in cart|url|item1}`, without changing the context's own items."""
+    linker = Linker(SIGNER, PUBLIC, "send-1", "usr_1")
+    c = ctx(linker=linker)
+    before = [dict(i) for i in c.items]
+    out = render_payload({"cart": "${Items in cart}", "viewed": "${Viewed items}"}, c)
+    for items in (out["cart"], out["viewed"]):
+        (item,) = items
+        assert item["url"].startswith(PUBLIC + "/t/c/") and item["sku"] == "s1" and item["price"] == 20.0
+        signed = SIGNER.verify("c", item["url"].rsplit("/", 1)[1])
+        assert signed is not None and signed["t"] == "https://shop.example/p/s1"
+    assert c.items == before
+
+
+def test_whole_item_lists_render_unsafe_urls_empty() -> None:
+    """A catalog `javascript:` URL (also as a translation) never reaches the provider through a whole
+    list (a variable, or the default payload of a step without a template): it renders empty as `${Viewed product|url}` does, tracked or not; a safe one stays as-is untracked."""
+    bad = "javascript:alert(document.cookie)"
+    for tracking in (Linker(SIGNER, PUBLIC, "send-1", "usr_1"), None):
+        items = [{"sku": "s1", "url": bad}, {"sku": "s2", "url": "https://shop.example/p/s2", "lng:fr_FR:url": bad}]
+        c = ctx(items=items, linker=tracking, locale="fr_FR")
+        out = render_payload({"v": "${Viewed items}", "one": "${Viewed product|url}", "t": "${Trigger items}"}, c)
+        assert out["one"] == ""
+        default = render_payload(None, c)["items"]  # a step without a template sends the list too
+        for listed in (out["v"], out["t"], default):
+            assert [i["url"] for i in listed] == ["", ""] and "javascript" not in json.dumps(listed)
+    plain = render_payload({"v": "${Viewed items}"}, ctx())
+    assert plain["v"][0]["url"] == "https://shop.example/p/s1"
+
+
+def test_whole_item_lists_are_localized_like_single_fields() -> None:
+    """List items carry each field in the user's locale, as `${Items in cart|name|item1}` does,
+    without the raw translation keys; with no translation for the locale the plain field stays."""
+    feed = {"sku": "s1", "name": "Shoe", "lng": {"fr_FR": {"name": "Chaussure", "subtitle": "Rouge"}}}
+    c = ctx(items=[feed], locale="fr_CA")
+    out = render_payload({"items": "${Items in cart}", "n": "${Items in cart|name|item1}"}, c)
+    assert out == {"items": [{"sku": "s1", "name": "Chaussure", "subtitle": "Rouge"}], "n": "Chaussure"}
+    assert render_payload({"items": "${Items in cart}"}, ctx(locale="de_DE"))["items"] == [
+        {"sku": "s1", "name": "Red shoe", "url": "https://shop.example/p/s1", "price": 20.0}
+    ]
