@@ -12,7 +12,6 @@ import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 import httpx
 from temporalio.client import Client
@@ -27,7 +26,7 @@ from activities.journey_step import JourneySteps
 from activities.subscribers import SubscriberActivities
 from domain.caps import CapPolicy
 from domain.tracking import Signer
-from providers.http import outbound_session
+from providers.http import outbound_session, provider_call_timeouts
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
@@ -44,17 +43,6 @@ log = logging.getLogger("rejoin.worker")
 
 MAX_CONCURRENT_ACTIVITIES = 100
 HTTP_POOL_SIZE = 200  # connections across all HTTP/1.1 providers
-PROVIDER_READ_TIMEOUT_S = 10.0  # a provider's silence, at most (seconds)
-PROVIDER_CONNECT_TIMEOUT_S = 5.0
-
-
-def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
-    """(read, connect) seconds for provider calls: the defaults, or less when a delivery attempt
-    (`REJOIN_DELIVERY_TIMEOUT`) is shorter, so that a silent provider times out inside the attempt,
-    which records it (outcome unknown: retried with the same key, flagged) and logs one line,
-    rather than Temporal's start-to-close timeout cancelling the attempt mid-call."""
-    budget = 0.8 * delivery_timeout.total_seconds()  # the rest: the attempt's store steps
-    return min(PROVIDER_READ_TIMEOUT_S, budget), min(PROVIDER_CONNECT_TIMEOUT_S, budget)
 
 
 @asynccontextmanager

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from domain.events import EventValidationError
@@ -52,7 +54,20 @@ def error_body(message: str, field: str | None = None, kind: str = "rejoin_error
     return {"detail": [detail], "error": message if not field else f"{field}: {message}"}
 
 
+def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's validation errors reduced to `type`, `loc` and `msg`.
+
+    The default handler also returns each error's `input` (for a missing field, the whole body:
+    an integration's password, a shopper's e-mail address) and `ctx` (which can quote the input,
+    e.g. the text of a JSON decode error); neither leaves the API."""
+    return [{"type": str(e["type"]), "loc": list(e["loc"]), "msg": str(e["msg"])} for e in errors]
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+
     @app.exception_handler(RejoinError)
     async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None

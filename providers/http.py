@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
@@ -29,6 +30,21 @@ MAX_REDIRECTS = 3
 REDIRECTS = {301, 302, 303, 307, 308}
 # Adapters keep at most 2,000 characters of an answer; reading more only costs memory.
 MAX_RESPONSE_BYTES = 1 << 20
+PROVIDER_READ_TIMEOUT_S = 10.0  # a provider's silence, at most (seconds)
+PROVIDER_CONNECT_TIMEOUT_S = 5.0
+TIMEOUT_ERROR = "timeout"  # how a ProviderError for a timed-out call begins
+
+
+def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
+    """(read, connect) seconds for provider calls: the defaults, or less when a delivery attempt
+    (`REJOIN_DELIVERY_TIMEOUT`) is shorter, so that a silent provider times out inside the attempt,
+    which records it (outcome unknown: retried with the same key, flagged) and logs one line,
+    rather than Temporal's start-to-close timeout cancelling the attempt mid-call.
+
+    The worker's sends and the API's test call both use it, so a test call that succeeds means a
+    delivery would not time out on the same answer."""
+    budget = 0.8 * delivery_timeout.total_seconds()  # the rest: the attempt's store steps
+    return min(PROVIDER_READ_TIMEOUT_S, budget), min(PROVIDER_CONNECT_TIMEOUT_S, budget)
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,12 @@ class Transport(Protocol):
 
 
 def _timeout_error(exc: Exception, unknown: bool) -> ProviderError:
-    return ProviderError(f"timeout: {type(exc).__name__}", retryable=True, outcome_unknown=unknown)
+    return ProviderError(f"{TIMEOUT_ERROR}: {type(exc).__name__}", retryable=True, outcome_unknown=unknown)
+
+
+def is_timeout(err: ProviderError) -> bool:
+    """Whether `err` is a call that timed out (as made by the transports here)."""
+    return err.message.startswith(f"{TIMEOUT_ERROR}:")
 
 
 def _connection_error(exc: Exception, unknown: bool) -> ProviderError:
@@ -143,7 +164,11 @@ async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
 
 
 def outbound_session(
-    *, limit: int = 200, timeout: float = 10.0, connect: float = 5.0, ssl_context: ssl.SSLContext | None = None
+    *,
+    limit: int = 200,
+    timeout: float = PROVIDER_READ_TIMEOUT_S,
+    connect: float = PROVIDER_CONNECT_TIMEOUT_S,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> aiohttp.ClientSession:
     """The worker's pooled aiohttp session: bounded connections, reused across messages.
 

@@ -4,7 +4,10 @@ Rule (one place, every kind): a key named in `SECRET_KEYS` anywhere in the confi
 the `value` of any `{"key", "value", "secret": true}` header entry, is a secret. `split` moves
 secrets out (stored encrypted in `Integration.secrets_enc`, keyed by their dotted path) and
 leaves `MASK` in the public configuration, which is what the API returns. `merge` puts them back
-for the adapter. On update, a value sent back as `MASK` keeps the stored secret.
+for the adapter. On update, a value sent back as `MASK` keeps the stored secret of the same
+field: a named secret by its path (`auth.password`, `api_key`), a secret header by its name
+(case-insensitive, as HTTP's), wherever the header now sits in its list, since positions move
+when headers are reordered, added or removed.
 """
 
 from __future__ import annotations
@@ -64,16 +67,70 @@ def merge(public: dict[str, Any], secrets: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def keep_masked(new_secrets: dict[str, Any], old_secrets: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Replace MASK placeholders by the stored values; returns (secrets, paths with no stored value)."""
+def _get(root: Any, path: str) -> Any:
+    """The node at a dotted path, or None when the shape has no such node."""
+    node = root
+    for part in path.split("."):
+        try:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return None
+    return node
+
+
+def _header_at(public: dict[str, Any], path: str) -> tuple[str, str] | None:
+    """(path of its list, lower-cased name) when `path` is the value of a secret header entry."""
+    if not path.endswith(".value"):
+        return None
+    entry_path = path.removesuffix(".value")
+    entry = _get(public, entry_path)
+    if not isinstance(entry, dict) or entry.get("secret") is not True or not isinstance(entry.get("key"), str):
+        return None
+    list_path = entry_path.rpartition(".")[0]
+    return list_path, entry["key"].lower()
+
+
+def keep_masked(
+    new_secrets: dict[str, Any],
+    old_secrets: dict[str, Any],
+    *,
+    public: dict[str, Any] | None = None,
+    old_public: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Replace MASK placeholders by the stored values; returns (secrets, paths with no stored value).
+
+    `public` is the configuration `new_secrets` came from and `old_public` the stored one: with
+    them a masked header value takes the stored secret of the header with the same name. Without
+    them every secret is matched by path."""
+    old_headers: dict[tuple[str, str], Any] = {}
+    if old_public is not None:
+        for path, value in old_secrets.items():
+            header = _header_at(old_public, path)
+            if header is not None:
+                old_headers[header] = value  # a repeated name: the last wins, as when it is sent
     result: dict[str, Any] = {}
     missing: list[str] = []
     for path, value in new_secrets.items():
-        if value == MASK:
-            if path in old_secrets:
-                result[path] = old_secrets[path]
-            else:
-                missing.append(path)
-        else:
+        if value != MASK:
             result[path] = value
+            continue
+        header = _header_at(public, path) if public is not None and old_public is not None else None
+        if header is not None:
+            # Never by position: the stored value at this index may belong to another header.
+            found, stored = header in old_headers, old_headers.get(header)
+        else:
+            found, stored = path in old_secrets, old_secrets.get(path)
+        if found:
+            result[path] = stored
+        else:
+            missing.append(path)
     return result, missing
+
+
+def masks_in(config: Any, path: str = "") -> list[str]:
+    """Dotted paths whose value is still MASK (after `keep_masked` and `merge`: not secret fields)."""
+    if isinstance(config, dict):
+        return [p for k, v in config.items() for p in masks_in(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(config, list):
+        return [p for i, v in enumerate(config) for p in masks_in(v, f"{path}.{i}" if path else str(i))]
+    return [path] if config == MASK else []

@@ -3,8 +3,10 @@
 Create, read, update, delete, and a test call. Each kind's configuration is validated by the
 adapter's own `Config` model (providers/registry.py maps kinds to adapters). Secrets are split
 out (providers/secret_fields.py), encrypted with the configured key into `secrets_enc` and only
-ever returned masked; sending a masked value back on update keeps the stored secret. OAuth2
-credentials are checked against the token URL before anything is saved.
+ever returned masked; sending a masked value back on update keeps the stored secret (a header's
+by its name, wherever it now sits). OAuth2 credentials are checked against the token URL before
+anything is saved. Calls made here (token checks, the test call) wait for a provider exactly as
+long as the worker's deliveries do (`providers/http.py::provider_call_timeouts`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import Channel
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
+from providers.http import is_timeout, provider_call_timeouts
 from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
 from settings import Settings
 from store.engine import Store
@@ -92,24 +95,37 @@ def _registry(settings: Settings, store: Store, http: httpx.AsyncClient) -> Prov
     )
 
 
-def _http() -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(15.0, connect=5.0))
+def _http(settings: Settings) -> httpx.AsyncClient:
+    # The deliveries' limits, not longer ones: a test call must not pass on an answer that would
+    # time out (and be retried) in every real send.
+    read, connect = provider_call_timeouts(settings.delivery_timeout)
+    return httpx.AsyncClient(timeout=httpx.Timeout(read, connect=connect))
 
 
 async def _prepare(
-    state: StateDep, body: IntegrationIn, old_secrets: dict[str, Any]
+    state: StateDep, body: IntegrationIn, old_public: dict[str, Any], old_secrets: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Validate the body; returns (public config with masks, secrets by path). Raises 422."""
+    """Validate the body against the stored configuration (`old_public`, `old_secrets`; empty on
+    create); returns (public config with masks, secrets by path). Raises 422."""
     if body.kind not in INTEGRATION_KINDS:
         raise Unprocessable(f"unknown kind '{body.kind}' (one of {', '.join(INTEGRATION_KINDS)})", field="kind")
     if body.channel.value not in channels_for(body.kind):
         raise Unprocessable(f"a {body.kind} integration cannot serve the {body.channel.value} channel", field="channel")
     # Masked values sent back mean "keep what is stored".
     public, sent = secret_fields.split(body.config)
-    kept, missing = secret_fields.keep_masked(sent, old_secrets)
+    kept, missing = secret_fields.keep_masked(sent, old_secrets, public=public, old_public=old_public)
     if missing:
         raise Unprocessable("a masked value was sent but no secret is stored there", field=f"config.{missing[0]}")
     full = secret_fields.merge(public, kept)
+    # A mask left in a field that is not secret (a header with "secret": false) would otherwise
+    # be sent to the vendor as the literal text.
+    unresolved = secret_fields.masks_in(full)
+    if unresolved:
+        raise Unprocessable(
+            "a masked value only stands for a stored secret, and this field is not secret: send the real value, "
+            "or mark the header secret to keep its stored one",
+            field=f"config.{unresolved[0]}",
+        )
     model = config_model(body.kind)
     if model is not None:
         try:
@@ -120,7 +136,7 @@ async def _prepare(
             raise Unprocessable(str(err["msg"]), field=loc) from None
     else:
         full = {}
-    async with _http() as http:
+    async with _http(state.settings) as http:
         registry = _registry(state.settings, state.store, http)
         refused = await registry.refused_urls(full)
         if refused is not None:
@@ -148,7 +164,7 @@ def _load(state: StateDep, section_id: str, integration_id: str) -> tuple[Integr
 
 @router.post("", status_code=201)
 async def create(body: IntegrationIn, principal: Management, state: StateDep) -> IntegrationPublic:
-    public, secret_values = await _prepare(state, body, {})
+    public, secret_values = await _prepare(state, body, {}, {})
     now = now_utc()
     row = Integration(
         id="int_" + secrets.token_hex(6),
@@ -193,7 +209,8 @@ async def update(integration_id: str, body: IntegrationIn, principal: Management
     row, old = await asyncio.to_thread(_load, state, principal.section_id, integration_id)
     if body.channel.value != row.channel:
         raise Unprocessable("the channel of an integration cannot change; create another", field="channel")
-    public, secret_values = await _prepare(state, body, old if body.kind == row.kind else {})
+    same_kind = body.kind == row.kind
+    public, secret_values = await _prepare(state, body, row.config if same_kind else {}, old if same_kind else {})
 
     def save() -> IntegrationPublic:
         with state.store.session() as s:
@@ -238,12 +255,19 @@ async def test_call(integration_id: str, body: TestCall, principal: Management, 
         campaign_name="Test call",
         step_name="Test call",
     )
-    async with _http() as http:
+    async with _http(state.settings) as http:
         registry = _registry(state.settings, state.store, http)
         try:
             resp = await registry.for_kind(row.kind).send(message)
         except ProviderError as err:
-            return TestCallResult(ok=False, status=err.status, headers=err.headers, body=err.body, error=err.message)
+            error = err.message
+            if is_timeout(err):
+                read, connect = provider_call_timeouts(state.settings.delivery_timeout)
+                error = (
+                    f"{err.message}: the provider did not answer within the limits every delivery has "
+                    f"({read:g} s, {connect:g} s to connect); real sends to it would time out and be retried"
+                )
+            return TestCallResult(ok=False, status=err.status, headers=err.headers, body=err.body, error=error)
         except ConfigurationError as err:
             return TestCallResult(ok=False, status=None, headers={}, body="", error=f"configuration: {err}")
     return TestCallResult(ok=True, status=resp.status, headers=resp.headers, body=kept_answer(resp.body))
