@@ -58,6 +58,9 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+_PLAIN_EMAIL = frozenset({"email", "plaintextemail"})  # cuidTypes naming a plain email, hashed on arrival
+
+
 class UserIn(_Open):
     dyid: str | None = Field(None, max_length=128)
     dyid_server: str | None = Field(None, max_length=128)
@@ -65,6 +68,13 @@ class UserIn(_Open):
     active_consent_accepted: Any = None
     cuid: str | None = Field(None, max_length=256)
     cuidType: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _kept_cuid_has_no_slash(self) -> UserIn:
+        # As for an identification event's cuid; a plain email is only ever kept as its hash.
+        if self.cuid and "/" in self.cuid and (self.cuidType or "").lower() not in _PLAIN_EMAIL:
+            raise ValueError("user.cuid must not contain '/'")
+        return self
 
     @property
     def consented(self) -> bool:
@@ -252,11 +262,13 @@ def _primary(cuid: str | None, cuid_type: str | None, hashed_email: str | None) 
     identification event's properties and for the request's `user.cuid`/`cuidType`."""
     email_h = hashed_email.lower() if hashed_email else None
     kind = cuid_type or "id"
-    if cuid and kind.lower() in {"email", "plaintextemail"}:
+    if cuid and kind.lower() in _PLAIN_EMAIL:
         # A plain email as CUID is accepted for convenience but kept only as its hash.
         email_h, cuid, kind = email_hash(cuid), None, "he"
     if cuid and kind.lower() in {"he", "hashedemail"}:
-        email_h, kind = cuid.lower(), "he"
+        # A hex digest in capitals is the same hash: one CUID for the person, however it is written.
+        cuid = email_h = cuid.lower()
+        kind = "he"
     if not cuid and email_h:
         cuid, kind = email_h, "he"
     return cuid, kind, email_h

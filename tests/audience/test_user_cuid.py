@@ -44,12 +44,15 @@ async def _user(api: httpx.AsyncClient, sec: SectionKeys, ref: str) -> httpx.Res
     return r
 
 
-@pytest.mark.parametrize(("cuid", "cuid_type"), [(" Kim@Example.com ", "email"), (HASHED, "he")])
+@pytest.mark.parametrize(
+    ("cuid", "cuid_type"), [(" Kim@Example.com ", "email"), (HASHED, "he"), (HASHED.upper(), "hashedEmail")]
+)
 async def test_user_cuid_email_is_stored_hashed_and_reaches_the_opted_in_email(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store, cuid: str, cuid_type: str
 ) -> None:
     """A plain email as `user.cuid` (cuidType email) is stored as its hash, never in clear (the API
-    shows the hash); an already hashed one (cuidType he) passes through. Either way the user is
+    shows the hash); an already hashed one (cuidType he) passes through, in lower case (a digest in
+    capitals is the same person). Either way the user is
     linked to the email, so the journey step reaches the opt-in instead of skipping with `no_identifier`."""
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign())
@@ -83,3 +86,14 @@ async def test_user_cuid_email_joins_the_person_a_login_identified(
     await _collect_as(api, section, anon_dyid, plain, "email", add_to_cart("sku-b", 6.0))
     assert (await _user(api, section, anon_dyid)).json()["id"] == person
     assert (await _user(api, section, anon)).json()["id"] == person  # merged, as a login would
+
+
+async def test_a_kept_user_cuid_with_a_slash_is_422(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """As an identification event's cuid: one kept as written may not contain '/'; a plain email is
+    kept only as its hash, so it may."""
+    user = {"dyid": new_dyid(), "cuid": "crm/42", "active_consent_accepted": True}
+    body = {"user": user, "events": [add_to_cart("s", 1.0)]}
+    r = await api.post("/v2/collect/user/event", json=body, headers=section.ing)
+    assert r.status_code == 422 and "user.cuid must not contain '/'" in r.text, r.text
+    assert "user" in r.json()["detail"][0]["loc"], r.json()
+    await _collect_as(api, section, new_dyid(), "a/b@example.com", "email", add_to_cart("s", 1.0))
