@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -114,6 +115,52 @@ def _unstorable_text(body: bytes) -> bool:
     return bad(doc)
 
 
+# Python's json reads a number as non-finite only from a NaN or Infinity literal or when it is too
+# large for a float: an exponent of two or more digits (after a digit), or 300 digits in a row (a
+# one-digit exponent adds at most 9; also what an integer beyond the float range needs). With
+# digits read as "0" and E as "e" these are plain substring searches (a regular expression costs
+# as much as the parse it would save); most bodies match none and skip the second parse. Text can
+# match too (a hex hash holding "5e12"): that only costs the parse.
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789E", b"0000000000e")
+
+
+def _may_hold_non_finite(body: bytes) -> bool:
+    if b"NaN" in body or b"Infinity" in body:
+        return True
+    shape = body.translate(_DIGITS_AS_ZERO)
+    return b"0e00" in shape or b"0e+00" in shape or b"0" * 300 in shape
+
+
+def non_finite_path(body: bytes) -> list[str | int] | None:
+    """Where the first number no float can hold sits (`["events", 0, "properties", "value"]`).
+
+    Python's json reads `NaN`, `Infinity` and `1e400` (as infinity) without complaint; stored, such
+    a value is null in one place, `inf` in another and a 500 wherever it is rendered as JSON (a
+    report, forever). An integer beyond the float range is refused too: no float field takes it,
+    and audience conditions compare numbers as floats.
+    """
+    if not _may_hold_non_finite(body):
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON (FastAPI answers it) or absurdly deep (no content type)
+        return None
+    # Depth-first in document order, without recursion: a body without a content type skipped the
+    # depth limit.
+    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+            return path
+        if isinstance(value, dict):
+            stack.extend((v, [*path, k]) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
 # Recipients' clicks and pixels are always answered (a flood is simply not recorded, see
 # api/routes/tracking.py::record); the health check is for load balancers.
 EXEMPT_PREFIXES = ("/t/", "/s/", "/tremclk", "/tremop", "/healthz")
@@ -138,6 +185,14 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     return status, body, hdrs
+
+
+def _non_finite_error(loc: list[str | int]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """422 in the shape (and with the type and message) pydantic gives a non-finite float field."""
+    content = error_body("Input should be a finite number", ".".join(str(p) for p in loc), kind="finite_number")
+    content["detail"][0]["loc"] = loc  # list indexes stay numbers and a key with a dot stays one part, as in FastAPI's
+    body = json.dumps(content).encode()
+    return 422, body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
 class RequestLimits:
@@ -184,12 +239,19 @@ class RequestLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        if b"json" in headers.get(b"content-type", b""):
+        content_type = headers.get(b"content-type", b"")
+        if b"json" in content_type:
             if json_depth_exceeds(body, self.max_json_depth):
                 await _respond(send, *_error(400, f"JSON nested deeper than {self.max_json_depth} levels"))
                 return
             if b"\\u" in body and _unstorable_text(body):
                 await _respond(send, *_error(422, "text may not contain NUL characters or unpaired surrogates"))
+                return
+        # FastAPI also parses a body without a content type as JSON: it gets the same check.
+        if b"json" in content_type or not content_type:
+            path = non_finite_path(body)
+            if path is not None:
+                await _respond(send, *_non_finite_error(["body", *path]))
                 return
         replayed = False
 

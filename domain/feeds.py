@@ -4,23 +4,35 @@ Product columns: `sku` (required), `name`, `url`, `price`, `image_url` (or `imag
 `categories` (`|`-separated), `in_stock` (true/false/1/0/yes/no), localized columns
 `lng:<locale>:<field>` (kept under `attributes.lng.<locale>.<field>`), and any other column
 as an attribute (numbers stay numbers). User rows: a `cuid` column and attribute columns.
+A number no float can hold (`1e400`, or a price of `inf`/`nan`) rejects its row; in an attribute
+column `nan`/`inf`/`infinity` are words and stay text.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 BOOLS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 PRODUCT_FIELDS = ("name", "url", "image_url", "price", "in_stock", "categories")
 
 
-def _scalar(raw: str) -> Any:
+class _BadCell(ValueError):
+    """A cell that rejects its row; the message is the reason recorded for the line."""
+
+
+def _scalar(name: str, raw: str) -> Any:
     """Attribute values: numbers as numbers, the rest as trimmed text."""
     text = raw.strip()
     try:
         number = float(text)
     except ValueError:
         return text
+    if not math.isfinite(number):
+        if text.lstrip("+-").isalpha():
+            return text  # "NaN", "Inf": a word (someone called Nan), not a number anyone meant
+        # Stored, an overflowing number is inf: null in messages, a 500 wherever it is rendered as JSON.
+        raise _BadCell(f"{name} '{text[:20]}' is too large for a number")
     return int(number) if number.is_integer() and "." not in text else number
 
 
@@ -57,6 +69,8 @@ def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
                 out["price"] = float(value)
             except ValueError:
                 return f"price '{value[:20]}' is not a number"
+            if not math.isfinite(out["price"]):  # float() reads "inf", "nan" and "1e400" too
+                return f"price '{value[:20]}' is not a finite number"
             if out["price"] < 0:
                 return "price is negative"
         elif name == "in_stock":
@@ -76,7 +90,10 @@ def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
                 return f"localized column '{name}' must look like lng:fr_FR:name"
             out["attributes"].setdefault("lng", {}).setdefault(parts[1], {})[parts[2]] = value
         elif value != "":
-            out["attributes"][name] = _scalar(value)
+            try:
+                out["attributes"][name] = _scalar(name, value)
+            except _BadCell as exc:
+                return str(exc)
     return out
 
 
@@ -87,7 +104,10 @@ def parse_user(header: list[str], cells: list[str]) -> dict[str, Any] | str:
     cuid = row.pop("cuid")
     if not cuid or len(cuid) > 256 or "/" in cuid:
         return "cuid is empty, too long or contains '/'"
-    return {"cuid": cuid, "attributes": {k: _scalar(v) for k, v in row.items() if v != ""}}
+    try:
+        return {"cuid": cuid, "attributes": {k: _scalar(k, v) for k, v in row.items() if v != ""}}
+    except _BadCell as exc:
+        return str(exc)
 
 
 def product_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -14,6 +14,8 @@ user's first such fact only (checked with an indexed query on the raw table).
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +28,7 @@ from sqlalchemy import (
     String,
     and_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
@@ -86,6 +89,20 @@ def lag_us_sql(s: Session, later: Any, earlier: Any) -> ColumnElement[int]:
         return cast(func.strftime("%s", x), BigInteger) * 1_000_000 + cast(func.substr(x, 21, 6), BigInteger)
 
     return us(later) - us(earlier)
+
+
+# A purchase value stored as ±Infinity or NaN (versions before the API refused them took `1e400`
+# as infinity) counts as 0: the purchase itself still counts, only its unknown value adds nothing,
+# so one bad row neither hides the rest of the campaign's revenue (as skipping the group's sum
+# would) nor turns every report into a 500 (JSON has no infinity). Every path a value takes into
+# a report goes through one of these two.
+def finite_value(value: float | None) -> float:
+    return float(value) if value is not None and math.isfinite(value) else 0.0
+
+
+def finite_value_sql(column: Any) -> ColumnElement[float]:
+    """`column`, or 0 where it is NULL, ±Infinity or NaN (NaN sorts above every number in PostgreSQL)."""
+    return case((column.between(-sys.float_info.max, sys.float_info.max), column), else_=0.0)
 
 
 @per_dialect
@@ -323,7 +340,7 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
             user_id=event.user_id,
             cohort_hour=cohort_hour,
             kind=event.kind,
-            value=float(event.value or 0.0),
+            value=finite_value(event.value),
             transaction_id=event.transaction_id,
             at=event.received_at,
             click_at=last.at,
@@ -511,7 +528,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
             col(Event.user_id).label("user_id"),
             c.cohort_hour,
             col(Event.kind).label("kind"),
-            func.coalesce(col(Event.value), 0.0).label("value"),
+            finite_value_sql(col(Event.value)).label("value"),
             col(Event.transaction_id).label("transaction_id"),
             col(Event.received_at).label("at"),
             last_click.label("click_at"),

@@ -28,7 +28,7 @@ from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at 
 from sqlmodel import Session, col, select
 
 from domain.reports import AttributedGroup, Click, HitGroup, ReportInput, SendGroup, SiteEvent
-from store.report_rollup import SENT, day_sql, hour_of
+from store.report_rollup import SENT, day_sql, finite_value, finite_value_sql, hour_of
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.tables import Event, Journey, Send, User, UTCDateTime
 from store.tracking_tables import TrackingHit
@@ -169,7 +169,8 @@ def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: d
     dedupe = case((a.transaction_id.is_(None), literal("id:") + a.event_id), else_=literal("tx:") + a.transaction_id)
     first = func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id))
     ranked = (
-        sa_select(a.user_id, a.kind, a.value, a.at, a.variation_id, a.channel, a.step_index, first.label("rn"))
+        sa_select(a.user_id, a.kind, finite_value_sql(a.value).label("value"), a.at, a.variation_id, a.channel,
+                  a.step_index, first.label("rn"))
         .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
                a.lag_us <= window // timedelta(microseconds=1))
         .subquery()
@@ -276,7 +277,7 @@ def load_raw_ranges(
         hits=[HitGroup(v, c, i, k, int(n)) for v, c, i, k, n in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
-        events=[SiteEvent(i, u, k, at, float(v or 0.0), tx, bool(cuid)) for i, u, k, at, v, tx, cuid in events],
+        events=[SiteEvent(i, u, k, at, finite_value(v), tx, bool(cuid)) for i, u, k, at, v, tx, cuid in events],
     )
 
 
