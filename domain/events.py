@@ -58,6 +58,7 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+MAX_AMOUNT = 1e24  # the largest event value accepted (revenue)
 _PLAIN_EMAIL = frozenset({"email", "plaintextemail"})  # cuidTypes naming a plain email, hashed on arrival
 
 
@@ -153,7 +154,9 @@ class _CartProps(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     dyType: str
-    value: float = Field(ge=0)
+    # Bounded so that no sum or square a report takes of purchase values can overflow (a float
+    # beyond 1.8e308 is inf, which JSON cannot carry); a trillion trillions of any currency is none.
+    value: float = Field(ge=0, le=MAX_AMOUNT)
     currency: str | None = Field(None, max_length=8)
     cart: list[CartItem] | None = Field(None, max_length=1000)
 

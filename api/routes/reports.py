@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from domain.campaign import CampaignSpec
-from domain.reports import aggregate, arms_for, winner
+from domain.reports import Bucket, aggregate, arms_for, winner
 from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
@@ -52,7 +52,7 @@ def build_report(
     variations = []
     for vid in order:
         bucket = agg.variations.get(vid)
-        table = bucket.table() if bucket else {"users": 0, "metrics": {}, "ctr": None}
+        table = (bucket or Bucket()).table()  # a variation nobody reached yet: every metric at 0
         control = next((v.control for v in spec.variations if v.id == vid), False)
         variations.append({"id": vid, "name": names.get(vid, vid), "control": control, **table})
     channels = [

@@ -140,3 +140,20 @@ async def test_signed_report_link_opens_without_a_key_and_refuses_tampering(
     expired = Signer(settings.secret_keys).sign("r", {"c": cid, "s": section.id, "e": 1, "f": None, "t": None})
     assert (await api.get(f"/r/{expired}")).status_code == 404
     assert (await api.get(f"/api/v1/campaigns/{cid}/report.html")).status_code == 401
+
+
+async def test_a_variation_nobody_reached_reports_every_metric_at_zero(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """Before any user arrives, each variation lists every metric with count 0 (it had `metrics: {}`,
+    which broke clients reading `metrics.clicks.count`), in JSON, CSV and HTML alike."""
+    cid = await create_campaign(api, section, spec("Nobody yet"))
+    r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    variations = r.json()["variations"]
+    assert variations and all(v["users"] == 0 for v in variations)
+    for v in variations:
+        assert v["metrics"]["clicks"] == {"count": 0, "per_user": 0.0}, v
+        assert {"send_requests", "impressions", "clicks", "purchases", "revenue"} <= set(v["metrics"]), v
+    for path in ("report?format=csv", "report.html"):
+        assert (await api.get(f"/api/v1/campaigns/{cid}/{path}", headers=section.mgmt)).status_code == 200
