@@ -3,7 +3,8 @@
 A template is a JSON payload with `${...}` variables, validated on save like a campaign's
 inline payloads; `variables` lists the free-text variable names it expects the variation to
 define. Campaign messages refer to a template by `template_id`; a campaign is refused (422)
-when it refers to a template that does not exist or uses free text its variation lacks.
+when it refers to a template that does not exist or uses free text its variation lacks, and a
+template change is refused (422) when a campaign using it would then lack free text it needs.
 """
 
 from __future__ import annotations
@@ -119,11 +120,33 @@ def update_template(template_id: str, body: TemplateIn, principal: Management, s
     _check(body)
     with state.store.session() as s:
         t = _own(s, principal.section_id, template_id)
+        _check_users(s, principal.section_id, template_id, body.payload)
         for k, v in body.model_dump(mode="json").items():
             setattr(t, k, v)
         t.updated_at = now_utc()
         s.add(t)
         return _public(t)
+
+
+def _check_users(s: Session, section_id: str, template_id: str, payload: dict[str, Any]) -> None:
+    """422 when a campaign using the template lacks free text the changed payload needs: saved, it
+    would render those variables empty and refuse its own next edit."""
+    for c in s.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status != "archived")).all():
+        spec = load_spec(s, c.id, c.version)
+        for vi, var in enumerate(spec.variations):
+            for si, step in enumerate(var.steps):
+                for channel, message in step.messages.items():
+                    if message.template_id != template_id:
+                        continue
+                    place = f"variations.{vi}.steps.{si}.messages.{channel.value}"
+                    try:
+                        validate_template(payload, set(var.variables), "payload")
+                    except TemplateError as err:
+                        raise Unprocessable(
+                            f"campaign '{c.name}' ({c.id}) uses this template at {place} and {err.message}; "
+                            "define the variable in that variation first",
+                            field=err.place,
+                        ) from None
 
 
 def _used_by(s: Session, section_id: str, template_id: str) -> list[str]:

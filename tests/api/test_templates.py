@@ -88,3 +88,26 @@ async def test_preview_renders_recommendations_from_catalog_and_activity(api: ht
     out = r.json()["payload"]
     assert out["similar"] == "Cup " and out["popular"] == "Hat"
     assert out["link"] == ""  # Cup has no URL
+
+
+async def test_a_template_change_a_campaign_could_not_render_is_422(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """Adding `${Other}` to a template that a campaign without `Other` uses is refused, naming the
+    campaign and the message (saved, the campaign would render it empty and refuse its own next
+    edit); once the campaign defines it, the same change saves."""
+    r = await api.post("/api/v1/templates", headers=section.mgmt,
+                       json={"name": "T", "variables": ["Headline"], "payload": {"subject": "${Headline}"}})  # fmt: skip
+    tid = r.json()["id"]
+    spec = cart_campaign(steps=[{"name": "S", "messages": {"email": {"template_id": tid}}}])
+    spec["variations"][0]["variables"] = {"Headline": "Still thinking?"}
+    cid = await create_campaign(api, section, spec, activate=False)
+    changed = {"name": "T", "variables": ["Headline", "Other"], "payload": {"subject": "${Headline} ${Other}"}}
+    r = await api.put(f"/api/v1/templates/{tid}", headers=section.mgmt, json=changed)
+    assert r.status_code == 422, r.text
+    assert cid in r.text and "variations.0.steps.0.messages.email" in r.text and "Other" in r.text, r.text
+    assert (await api.get(f"/api/v1/templates/{tid}", headers=section.mgmt)).json()["payload"] == {"subject": "${Headline}"}
+    spec["variations"][0]["variables"] = {"Headline": "Still thinking?", "Other": "10% off"}
+    assert (await api.put(f"/api/v1/campaigns/{cid}", headers=section.mgmt, json=spec)).status_code == 200
+    r = await api.put(f"/api/v1/templates/{tid}", headers=section.mgmt, json=changed)
+    assert r.status_code == 200, r.text
