@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from domain.events import EventValidationError
+from domain.field_error import FieldError
 
 
 class RejoinError(Exception):
@@ -60,7 +61,13 @@ def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     The default handler also returns each error's `input` (for a missing field, the whole body:
     an integration's password, a shopper's e-mail address) and `ctx` (which can quote the input,
     e.g. the text of a JSON decode error); neither leaves the API."""
-    return [{"type": str(e["type"]), "loc": list(e["loc"]), "msg": str(e["msg"])} for e in errors]
+    return [{"type": str(e["type"]), "loc": _loc(e), "msg": str(e["msg"])} for e in errors]
+
+
+def _loc(error: Any) -> list[Any]:
+    """The error's `loc`, extended by the field a model validator named (`domain/field_error.py`)."""
+    cause = (error.get("ctx") or {}).get("error")
+    return [*error["loc"], *cause.loc()] if isinstance(cause, FieldError) else list(error["loc"])
 
 
 def install_error_handlers(app: FastAPI) -> None:

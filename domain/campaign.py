@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from domain.conditions import Condition, Operator
 from domain.durations import Duration
+from domain.field_error import FieldError
 
 
 class Channel(StrEnum):
@@ -121,7 +122,7 @@ class ExitRule(_Strict):
     @model_validator(mode="after")
     def _custom_needs_name(self) -> ExitRule:
         if self.event == "custom" and not self.event_name:
-            raise ValueError("event_name is required when event is 'custom'")
+            raise FieldError("event_name", "required when event is 'custom'")
         return self
 
 
@@ -273,22 +274,22 @@ class Variation(_Strict):
     def _localized_have_default(cls, v: dict[str, str | dict[str, str]]) -> dict[str, str | dict[str, str]]:
         for name, value in v.items():
             if not name.strip() or "|" in name or "{" in name or "}" in name:
-                raise ValueError(f"variables.{name}: a variable name needs text and no | {{ }}")
+                raise FieldError(name, "a variable name needs text and no | { }")  # loc: variables.<name>
             if isinstance(value, dict) and "default" not in value:
-                raise ValueError(f"variables.{name}: localized values need a 'default' entry")
+                raise FieldError(name, "localized values need a 'default' entry")
         return v
 
     @model_validator(mode="after")
     def _steps_fit_role(self) -> Variation:
         if self.control and self.steps:
-            raise ValueError("a control (holdout) variation has no steps")
+            raise FieldError("steps", "a control (holdout) variation has no steps")
         if not self.control and not self.steps:
-            raise ValueError("a variation needs at least one step")
+            raise FieldError("steps", "a variation needs at least one step")
         for i, step in enumerate(self.steps):
             if i == 0 and step.wait is not None:
-                raise ValueError("steps.0.wait: the first step waits the trigger's wait; leave it empty")
+                raise FieldError("steps.0.wait", "the first step waits the trigger's wait; leave it empty")
             if i > 0 and step.wait is None:
-                raise ValueError(f"steps.{i}.wait is required (wait after the previous step)")
+                raise FieldError(f"steps.{i}.wait", "required (the wait after the previous step)")
         return self
 
 
@@ -298,7 +299,7 @@ def _check_template(payload: dict[str, Any], variation: Variation, place: str) -
     try:
         validate_template(payload, set(variation.variables), place)
     except TemplateError as err:
-        raise ValueError(str(err)) from None
+        raise FieldError(err.place, err.message) from None
 
 
 class CampaignSpec(_Strict):
@@ -325,18 +326,18 @@ class CampaignSpec(_Strict):
         if self.type not in BATCH_TYPES:
             return self
         if any(len(v.steps) > 1 for v in self.variations):
-            raise ValueError("variations: feed- and schedule-driven campaigns send one message (one step)")
+            raise FieldError("variations", "feed- and schedule-driven campaigns send one message (one step)")
         if self.type in (CampaignType.PRODUCT_ATTRIBUTE_CHANGE, CampaignType.USER_ATTRIBUTE_CHANGE):
             if self.attribute_change is None:
-                raise ValueError(f"attribute_change is required for a {self.type.value} campaign")
+                raise FieldError("attribute_change", f"required for a {self.type.value} campaign")
         if self.type == CampaignType.SCHEDULED:
             if self.schedule is None:
-                raise ValueError("schedule is required for a scheduled campaign")
+                raise FieldError("schedule", "required for a scheduled campaign")
             not_push = [c.value for c in self.channel_priority if c.value not in PUSH_CHANNELS]
             if not_push:
-                raise ValueError(f"channel_priority: scheduled campaigns use push channels only (got {not_push})")
+                raise FieldError("channel_priority", f"scheduled campaigns use push channels only (got {not_push})")
         elif self.schedule is not None and self.schedule.recurring:
-            raise ValueError("schedule.recurring: only scheduled campaigns recur (feed-driven ones follow their feed)")
+            raise FieldError("schedule.recurring", "only scheduled campaigns recur (feed-driven ones follow their feed)")
         return self
 
     @field_validator("channel_priority")
@@ -349,21 +350,21 @@ class CampaignSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:
         if self.type == CampaignType.CUSTOM_TRIGGER and not self.trigger.event_name:
-            raise ValueError("trigger.event_name is required for a custom_trigger campaign")
+            raise FieldError("trigger.event_name", "required for a custom_trigger campaign")
         total = sum(v.share for v in self.variations)
         if abs(total - 100.0) > 1e-6:
-            raise ValueError(f"variations: shares must sum to 100 (got {total:g})")
+            raise FieldError("variations", f"shares must sum to 100 (got {total:g})")
         ids = [v.id for v in self.variations]
         if len(set(ids)) != len(ids):
-            raise ValueError("variations: ids must be unique")
+            raise FieldError("variations", "ids must be unique")
         if sum(1 for v in self.variations if v.control) > 1:
-            raise ValueError("variations: at most one control (holdout) variation")
+            raise FieldError("variations", "at most one control (holdout) variation")
         for vi, var in enumerate(self.variations):
             for si, step in enumerate(var.steps):
                 missing = [c.value for c in step.messages if c not in self.channel_priority]
                 if missing:
-                    raise ValueError(
-                        f"variations.{vi}.steps.{si}.messages uses {missing} not listed in channel_priority"
+                    raise FieldError(
+                        f"variations.{vi}.steps.{si}.messages", f"uses {missing}, not listed in channel_priority"
                     )
                 for channel, message in step.messages.items():
                     if message.payload is not None:

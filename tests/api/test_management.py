@@ -27,12 +27,37 @@ async def test_durations_are_iso_8601_or_seconds_also_as_text(api: httpx.AsyncCl
     assert "ISO 8601 duration (PT4H, P3D) or a number of seconds; got '5m'" in error["msg"], error
 
 
+async def test_rules_across_fields_name_the_field_in_loc(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Errors found across fields (shares, channels, steps, custom triggers, localized texts) name the
+    field in `loc`, not just `["body"]` with the field in the message."""
+    two = cart_campaign()
+    two["variations"] = [{**two["variations"][0], "share": 60}, {**two["variations"][0], "id": "b", "share": 30}]
+    custom = cart_campaign(type="custom_trigger")
+    steps = cart_campaign(steps=[step("A"), step("B")])
+    texts = cart_campaign()
+    texts["variations"][0]["variables"] = {"Headline": {"fr_FR": "Bonjour"}}
+    channels = cart_campaign(channel_priority=["sms"])
+    cases = [
+        (two, ["body", "variations"], "shares must sum to 100 (got 90)"),
+        (custom, ["body", "trigger", "event_name"], "required for a custom_trigger campaign"),
+        (steps, ["body", "variations", 0, "steps", 1, "wait"], "required (the wait after the previous step)"),
+        (texts, ["body", "variations", 0, "variables", "Headline"], "need a 'default' entry"),
+        (channels, ["body", "variations", 0, "steps", 0, "messages"], "not listed in channel_priority"),
+    ]
+    for spec, loc, message in cases:
+        r = await api.post("/api/v1/campaigns/validate", json=spec, headers=section.mgmt)
+        assert r.status_code == 422, r.text
+        [error] = r.json()["detail"]
+        assert error["loc"] == loc and message in error["msg"], error
+
+
 async def test_validate_endpoint_explains_what_a_type_needs(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """Validation works without saving; a scheduled campaign without its schedule is refused clearly."""
     ok = await api.post("/api/v1/campaigns/validate", json=cart_campaign(), headers=section.mgmt)
     assert ok.status_code == 200 and ok.json()["valid"] is True
     bad = await api.post("/api/v1/campaigns/validate", json=cart_campaign(type="scheduled"), headers=section.mgmt)
-    assert bad.status_code == 422 and "schedule is required" in bad.text
+    assert bad.status_code == 422 and "schedule: required for a scheduled campaign" in bad.text
+    assert bad.json()["detail"][0]["loc"] == ["body", "schedule"]
 
 
 async def test_lifecycle_transitions(api: httpx.AsyncClient, section: SectionKeys) -> None:
