@@ -70,10 +70,22 @@ def _loc(error: Any) -> list[Any]:
     return [*error["loc"], *cause.loc()] if isinstance(cause, FieldError) else list(error["loc"])
 
 
+_NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "list_type"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": validation_detail(exc.errors())}, status_code=422)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = validation_detail(exc.errors())
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type:
+            # FastAPI reads JSON only under a JSON content type: any other body reaches the model as
+            # raw bytes, and "Input should be a valid dictionary" does not say what went wrong.
+            for d in detail:
+                if d["loc"] == ["body"] and d["type"] in _NOT_AN_OBJECT:
+                    sent = content_type.split(";")[0]
+                    d["msg"] = f"the body was sent as {sent}; send JSON with Content-Type: application/json"
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RejoinError)
     async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:

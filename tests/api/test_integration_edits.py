@@ -4,6 +4,7 @@ nothing of the request, and a test call that waits for a provider exactly as lon
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -216,3 +217,15 @@ async def test_test_call_times_out_when_deliveries_would(
     fresh_provider.script("/send", Reply(200, {"ok": True}, delay=0.1))
     r = await quick_api.post(f"/api/v1/integrations/{iid}/test", json={"payload": {}}, headers=sec.mgmt)
     assert r.json()["ok"] is True, r.text
+
+
+async def test_a_body_not_sent_as_json_is_told_so(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """A JSON body sent as text/plain is a 422 saying to send it as JSON, where pydantic's message
+    ("Input should be a valid dictionary") left the sender guessing; management and ingestion alike."""
+    body = json.dumps({"user": {"dyid": "1"}, "events": []})
+    for path, keys in (("/api/v1/integrations", section.mgmt), ("/v2/collect/user/event", section.ing)):
+        r = await api.post(path, content=body, headers={**keys, "content-type": "text/plain"})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["msg"] == (
+            "the body was sent as text/plain; send JSON with Content-Type: application/json"
+        ), r.text
