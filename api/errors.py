@@ -78,13 +78,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = validation_detail(exc.errors())
         content_type = request.headers.get("content-type", "")
-        if content_type and "json" not in content_type:
+        if "json" not in content_type:
             # FastAPI reads JSON only under a JSON content type: any other body reaches the model as
             # raw bytes, and "Input should be a valid dictionary" does not say what went wrong.
             for d in detail:
                 if d["loc"] == ["body"] and d["type"] in _NOT_AN_OBJECT:
-                    sent = content_type.split(";")[0]
-                    d["msg"] = f"the body was sent as {sent}; send JSON with Content-Type: application/json"
+                    sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
+                    d["msg"] = f"the body was sent {sent}; send JSON with Content-Type: application/json"
         return JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(RejoinError)

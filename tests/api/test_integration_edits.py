@@ -229,3 +229,5 @@ async def test_a_body_not_sent_as_json_is_told_so(api: httpx.AsyncClient, sectio
         assert r.json()["detail"][0]["msg"] == (
             "the body was sent as text/plain; send JSON with Content-Type: application/json"
         ), r.text
+        r = await api.post(path, content=body, headers=keys)  # no content type at all
+        assert r.json()["detail"][0]["msg"].startswith("the body was sent without a Content-Type; send JSON"), r.text
