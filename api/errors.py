@@ -94,4 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EventValidationError)
     async def _event(_: Request, exc: EventValidationError) -> JSONResponse:
-        return JSONResponse(error_body(exc.message, exc.loc), status_code=422)
+        body = error_body(exc.message, exc.place)
+        body["detail"][0]["loc"] = ["body", *exc.loc()]  # as FastAPI gives its own: list indexes as numbers
+        return JSONResponse(body, status_code=422)

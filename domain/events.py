@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
+from domain.field_error import FieldError
 from domain.hashing import email_hash as email_hash
 from domain.hashing import phone_hash as phone_hash
 from domain.hashing import sha256_hex as sha256_hex
@@ -251,13 +252,8 @@ class NormalizedEvent(BaseModel):
     push_channel: str | None = None
 
 
-class EventValidationError(ValueError):
-    """A standard event whose properties break its schema; `loc` names the field."""
-
-    def __init__(self, loc: str, message: str) -> None:
-        super().__init__(f"{loc}: {message}")
-        self.loc = loc
-        self.message = message
+class EventValidationError(FieldError):
+    """A standard event whose properties break its schema; `place` names the field in the body."""
 
 
 def _primary(cuid: str | None, cuid_type: str | None, hashed_email: str | None) -> tuple[str | None, str, str | None]:

@@ -91,7 +91,7 @@ async def test_event_value_and_item_price_beyond_float_range_are_422_naming_the_
     r = await api.post(url, content=_event_body(dyid, huge), headers=headers)
     assert r.status_code == 422, r.text
     [detail] = r.json()["detail"]
-    assert detail["loc"] == ["events", "0", "properties", "value"] and "less than or equal to" in detail["msg"], detail
+    assert detail["loc"] == ["body", "events", 0, "properties", "value"] and "less than or equal to" in detail["msg"], detail
 
     lookalikes = '{"dyType": "purchase-v1", "value": 1e24, "note": "NaN 1e400", "cart": ' + cart % "5e-400" + "}"
     r = await api.post(url, content=_event_body(dyid, lookalikes), headers=headers)

@@ -28,7 +28,7 @@ async def test_malformed_events_are_422_naming_the_field(api: httpx.AsyncClient,
     """Bad bodies name their problem; nothing is stored."""
     r = await api.post("/v2/collect/user/event", headers=section.ing, json={
         "user": {"dyid": "1"}, "events": [{"name": "Add", "properties": {"dyType": "add-to-cart-v1", "value": 3}}]})  # fmt: skip
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:3] == ["events", "0", "properties"], r.json()
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == ["body", "events", 0, "properties"], r.json()
     r = await api.post("/v2/collect/user/event", headers=section.ing, json={"user": {}, "events": [{"name": "x"}]})
     assert r.status_code == 422 and "dyid" in r.text
     r = await api.post("/v2/collect/user/event", headers=section.ing, json={"user": {"dyid": "1"}, "events": []})

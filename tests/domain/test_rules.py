@@ -121,4 +121,4 @@ def test_standard_events_validated_with_field_location() -> None:
     """A sync-cart without its cart names events.N.properties.cart."""
     with pytest.raises(EventValidationError) as err:
         normalize_event(3, EventIn(name="Sync", properties={"dyType": "sync-cart-v1", "value": 1}))
-    assert err.value.loc == "events.3.properties.cart"
+    assert err.value.place == "events.3.properties.cart"
