@@ -63,6 +63,18 @@ class CustomHttpConfig(BaseModel):
             return [{"key": k, "value": val} for k, val in v.items()]
         return v
 
+    @field_validator("headers")
+    @classmethod
+    def _names_once(cls, v: list[HeaderParam]) -> list[HeaderParam]:
+        # Header names are case-insensitive: two `X-Key`s would both be sent, and which secret a
+        # masked value keeps on an edit is found by name (providers/secret_fields.py).
+        seen: set[str] = set()
+        for h in v:
+            if h.key.lower() in seen:
+                raise ValueError(f"header '{h.key}' is given twice (names are case-insensitive)")
+            seen.add(h.key.lower())
+        return v
+
 
 class CustomHttpProvider:
     kind = "custom_http"

@@ -102,6 +102,19 @@ async def test_removing_a_secret_header_does_not_pass_its_secret_on(
     assert A_SECRET not in str(sent.headers)
 
 
+async def test_a_header_name_given_twice_is_422(
+    api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """`X-A` and `x-a` are one header name: both would be sent, and an edit could not tell which
+    stored secret a mask means. Refused, naming the headers; nothing saved."""
+    body = integration(fresh_provider, [header("X-A", A_SECRET), header("x-a", B_SECRET)])
+    r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
+    assert r.status_code == 422 and "header 'x-a' is given twice" in r.text, r.text
+    assert r.json()["detail"][0]["loc"][:2] == ["config", "headers"], r.text
+    assert A_SECRET not in r.text and B_SECRET not in r.text
+    assert (await api.get("/api/v1/integrations", headers=section.mgmt)).json() == []
+
+
 async def test_mask_for_a_header_with_no_stored_secret_is_422(
     api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer
 ) -> None:
