@@ -63,6 +63,11 @@ class CustomHttpConfig(BaseModel):
             return [{"key": k, "value": val} for k, val in v.items()]
         return v
 
+
+class CustomHttpSaveConfig(CustomHttpConfig):
+    """What the API accepts on save (`Config`): each header name once. Sends read stored configs
+    with the lenient `CustomHttpConfig`, so one saved before this rule still sends."""
+
     @field_validator("headers")
     @classmethod
     def _names_once(cls, v: list[HeaderParam]) -> list[HeaderParam]:
@@ -78,7 +83,7 @@ class CustomHttpConfig(BaseModel):
 
 class CustomHttpProvider:
     kind = "custom_http"
-    Config = CustomHttpConfig
+    Config = CustomHttpSaveConfig
     honours_idempotency_key = False  # unknown for an arbitrary endpoint: repeats are flagged
 
     def __init__(self, ctx: AdapterContext) -> None:

@@ -14,6 +14,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from api.main import create_app
+from providers.custom_http import CustomHttpConfig
 from providers.http import provider_call_timeouts
 from providers.secret_fields import MASK
 from settings import Settings
@@ -113,6 +114,9 @@ async def test_a_header_name_given_twice_is_422(
     assert r.json()["detail"][0]["loc"][:2] == ["config", "headers"], r.text
     assert A_SECRET not in r.text and B_SECRET not in r.text
     assert (await api.get("/api/v1/integrations", headers=section.mgmt)).json() == []
+    # One saved before the rule still reads for sending (the rule is the save model's only).
+    stored = {"url": "https://esp.example/send", "headers": body["config"]["headers"]}
+    assert len(CustomHttpConfig.model_validate(stored).headers) == 2
 
 
 async def test_mask_for_a_header_with_no_stored_secret_is_422(
