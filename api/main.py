@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from temporalio.client import Client
@@ -95,4 +96,22 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    _document_validation_errors(app)
     return app
+
+
+def _document_validation_errors(app: FastAPI) -> None:
+    """The schema's ValidationError as the API sends it: `type`, `loc`, `msg` only (FastAPI lists
+    `input` and `ctx` too, which `api/errors.py::validation_detail` never returns)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            error = schema.get("components", {}).get("schemas", {}).get("ValidationError", {})
+            for extra in ("input", "ctx"):
+                error.get("properties", {}).pop(extra, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -248,3 +248,10 @@ async def test_a_body_not_sent_as_json_is_told_so(api: httpx.AsyncClient, sectio
         ), r.text
         r = await api.post(path, content=body, headers=keys)  # no content type at all
         assert r.json()["detail"][0]["msg"].startswith("the body was sent without a Content-Type; send JSON"), r.text
+
+
+async def test_the_schema_documents_validation_errors_as_sent(api: httpx.AsyncClient) -> None:
+    """The OpenAPI ValidationError lists what a 422 carries (type, loc, msg), not FastAPI's `input`
+    and `ctx`, which are never sent."""
+    schema = (await api.get("/openapi.json")).json()
+    assert set(schema["components"]["schemas"]["ValidationError"]["properties"]) == {"type", "loc", "msg"}
