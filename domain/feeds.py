@@ -4,6 +4,8 @@ Product columns: `sku` (required), `name`, `url`, `price`, `image_url` (or `imag
 `categories` (`|`-separated), `in_stock` (true/false/1/0/yes/no), localized columns
 `lng:<locale>:<field>` (kept under `attributes.lng.<locale>.<field>`), and any other column
 as an attribute (numbers stay numbers). User rows: a `cuid` column and attribute columns.
+A number is a plain decimal (`42`, `-3.5`, `1e6`); anything else stays text: a code with a
+leading zero (`01234`, a ZIP code keeps its zero), digits with `_` or other scripts' digits.
 A number no float can hold (`1e400`, or a price of `inf`/`nan`) rejects its row; in an attribute
 column `nan`/`inf`/`infinity` are words and stay text.
 """
@@ -11,10 +13,16 @@ column `nan`/`inf`/`infinity` are words and stay text.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 BOOLS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 PRODUCT_FIELDS = ("name", "url", "image_url", "price", "in_stock", "categories")
+# What a feed cell must look like to be read as a number; Python's float() also takes "1_000",
+# " ٣ " and "01234", which in a CSV are a typo, another script and a code.
+NUMBER = re.compile(r"[+-]?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?|[+-]?\.[0-9]+")
+INTEGER = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+PRICE = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")  # a price is a number: "007.50" too
 
 
 class _BadCell(ValueError):
@@ -24,15 +32,14 @@ class _BadCell(ValueError):
 def _scalar(name: str, raw: str) -> Any:
     """Attribute values: numbers as numbers, the rest as trimmed text."""
     text = raw.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return text
+    if not NUMBER.fullmatch(text):
+        return text  # words ("NaN", "Inf": someone called Nan), codes, typos
+    number = float(text)
     if not math.isfinite(number):
-        if text.lstrip("+-").isalpha():
-            return text  # "NaN", "Inf": a word (someone called Nan), not a number anyone meant
         # Stored, an overflowing number is inf: null in messages, a 500 wherever it is rendered as JSON.
         raise _BadCell(f"{name} '{text[:20]}' is too large for a number")
+    if INTEGER.fullmatch(text):
+        return int(text)  # exact (a float would round an 18-digit id); within the float range, as checked
     return int(number) if number.is_integer() and "." not in text else number
 
 
@@ -65,10 +72,9 @@ def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
             if value == "":
                 out["price"] = None
                 continue
-            try:
-                out["price"] = float(value)
-            except ValueError:
+            if not PRICE.fullmatch(value) and value.lower().lstrip("+-") not in ("inf", "infinity", "nan"):
                 return f"price '{value[:20]}' is not a number"
+            out["price"] = float(value)
             if not math.isfinite(out["price"]):  # float() reads "inf", "nan" and "1e400" too
                 return f"price '{value[:20]}' is not a finite number"
             if out["price"] < 0:
