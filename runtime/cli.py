@@ -89,7 +89,12 @@ def _purge_events(settings: Settings, days: float | None) -> None:
     from store.retention import purge_events
     from store.tables import now_utc
 
+    if days is not None and days <= 0:
+        sys.exit("--days must be positive: it is how many days of events to keep")
     retention = timedelta(days=days) if days is not None else settings.event_retention
+    if retention <= timedelta(0):  # REJOIN_EVENT_RETENTION=PT0S switches retention off (docs/security.md)
+        print(json.dumps({"deleted_events": 0, "retention": "off"}))
+        return
     deleted = purge_events(Store(settings.effective_database_url), now_utc() - retention)
     print(json.dumps({"deleted_events": deleted, "retention_days": retention.total_seconds() / 86400}))
 
@@ -141,7 +146,12 @@ def main(argv: list[str] | None = None) -> None:
         from store.engine import Store
         from store.report_rollup import rebuild
 
+        from store.tables import Campaign
+
         with Store(settings.effective_database_url).session() as s:
+            unknown = [cid for cid in args.campaign_id if s.get(Campaign, cid) is None]
+            if unknown:
+                sys.exit(f"no such campaign: {', '.join(unknown)}")
             print(json.dumps({"campaigns_rebuilt": rebuild(s, args.campaign_id or None)}))
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)

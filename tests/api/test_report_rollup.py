@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlmodel import col
 from temporalio.testing import WorkflowEnvironment
 
 from domain.reports import Aggregate, aggregate
@@ -23,7 +24,8 @@ from store import report_rollup, users
 from store import reports as q
 from store.engine import Store
 from store.report_tables import ReportAttribution
-from store.tables import User
+from store.retention import purge_events
+from store.tables import Event, User
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -176,3 +178,30 @@ async def test_counters_of_real_journeys_equal_raw_recompute(
     with store.session() as s:
         fast = aggregate(q.load(s, section.id, cid, *span, WINDOW), WINDOW)
     assert sum(fast.sends_by_day.values()) == 6, "both steps' sends were counted"
+
+
+async def test_a_rebuild_keeps_the_attributions_of_purged_events(
+    api: httpx.AsyncClient, store: Store, section: SectionKeys
+) -> None:
+    """Retention deletes raw events, but their purchases stay in the report (docs/reports.md): a
+    rebuild recomputes what it can from the raw rows and keeps the attributions it cannot (it
+    deleted them: purchases and revenue fell to 0)."""
+    cid = await create_campaign(api, section, SPEC, activate=False)
+    w = World(store, section.id, cid)
+    for _, write in sorted(_plan(w, random.Random(11), 40), key=lambda a: a[0]):
+        write()
+    window = (T0 - timedelta(days=1), T0 + timedelta(days=10))
+    with store.session() as s:
+        before = _view(aggregate(q.load(s, section.id, cid, *window, WINDOW), WINDOW))
+        kept = s.execute(select(ReportAttribution.event_id).where(ReportAttribution.campaign_id == cid)).scalars().all()
+    assert before["revenue_by_day"] and kept, "the random data exercises attribution"
+    with store.session() as s:
+        s.execute(update(Event).where(col(Event.section_id) == section.id).values(dispatched=True))
+    assert purge_events(store, T0 + timedelta(days=400)) > 0
+    with store.session() as s:
+        assert report_rollup.rebuild(s, [cid]) == 1
+    with store.session() as s:
+        after = _view(aggregate(q.load(s, section.id, cid, *window, WINDOW), WINDOW))
+        again = s.execute(select(ReportAttribution.event_id).where(ReportAttribution.campaign_id == cid)).scalars().all()
+    assert sorted(again) == sorted(kept)
+    assert after == before

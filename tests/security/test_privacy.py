@@ -151,6 +151,25 @@ def test_purge_events_command_uses_configured_retention(
     assert not _exists(store, old) and _exists(store, young)
 
 
+def test_purge_events_with_retention_off_or_a_bad_override_deletes_nothing(
+    store: Store, settings: Settings, section: SectionKeys, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """REJOIN_EVENT_RETENTION=PT0S switches retention off, so the command deletes nothing (it read a
+    0-day retention and deleted every event); `--days` of 0 or less is refused, not a cutoff at or
+    after now."""
+    old = _event(store, section.id, timedelta(days=400))
+    monkeypatch.setenv("REJOIN_DATABASE_URL", settings.effective_database_url)
+    monkeypatch.setenv("REJOIN_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("REJOIN_EVENT_RETENTION", "PT0S")
+    cli_main(["purge-events"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"deleted_events": 0, "retention": "off"}
+    for days in ("0", "-1"):
+        with pytest.raises(SystemExit, match="--days must be positive"):
+            cli_main(["purge-events", "--days", days])
+    assert _exists(store, old)
+
+
 async def test_retention_loop_purges_in_the_background(store: Store, section: SectionKeys) -> None:
     """The API's retention task deletes expired events on its own, without anyone running the command."""
     import asyncio
