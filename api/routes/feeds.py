@@ -307,8 +307,10 @@ async def list_runs(campaign_id: str, principal: Management, state: StateDep) ->
 async def start_scheduled_run(campaign_id: str, principal: Management, state: StateDep) -> RunOut:
     """Start a run of an active scheduled campaign: it sends at the campaign's schedule.
 
-    A one-off campaign (`send_at`) has one run, named after that instant like its Temporal
-    Schedule's fire: starting it by hand as well finds the same run, so nobody gets it twice."""
+    The run is named after the slot it sends at, as the Temporal Schedule names its fires: a
+    one-off campaign (`send_at`) has one run, and a recurring one's next slot started by hand is
+    the run the schedule finds when that slot fires (it sent that slot's message twice, once per
+    run); starting the same slot by hand again finds it too. Nobody gets one slot twice."""
 
     def create() -> BroadcastRun:
         with state.store.session() as s:
@@ -322,7 +324,7 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
                 raise Unprocessable("activate the campaign first", field="campaign_id")
             now = now_utc()
             once = spec.schedule.send_at if spec.schedule is not None else None
-            run_id = scheduled_run_id(campaign.id, once) if once is not None else "run_" + secrets.token_hex(8)
+            run_id = scheduled_run_id(campaign.id, once if once is not None else send_time(spec, now))
             existing = s.get(BroadcastRun, run_id)
             if existing is not None:
                 return existing

@@ -246,3 +246,42 @@ async def test_one_off_campaign_fires_at_send_at_once_even_when_also_started_by_
     assert len(fresh_provider.deliveries) == 2
     again = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)
     assert again.status_code == 202 and again.json()["id"] == run.id
+
+
+async def test_a_recurring_slot_started_by_hand_and_fired_by_the_schedule_sends_once(
+    api: httpx.AsyncClient,
+    env: WorkflowEnvironment,
+    section: SectionKeys,
+    store: Store,
+    settings: Settings,
+    fresh_provider: ProviderServer,
+) -> None:
+    """Starting a recurring campaign's next slot by hand names the run after that slot, as the
+    schedule names its fires: when the schedule fires the slot it finds that run, and every
+    opted-in push user gets the slot's message once (it made a second run, and two messages)."""
+    await provider_push(api, section, fresh_provider)
+    users = sorted([await push_user(api, section, store) for _ in range(2)])
+    spec = _recurring(time_of_day="03:00", timezone="UTC")
+    spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    cid = await create_campaign(api, section, spec)
+    handle = env.client.get_schedule_handle(campaign_schedule_id(section.id, cid))
+    try:
+        now = datetime.now(UTC)
+        slot = now.replace(hour=3, minute=0, second=0, microsecond=0)
+        slot = slot if slot > now else slot + timedelta(days=1)
+        r = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)
+        assert r.status_code == 202 and r.json()["id"] == scheduled_run_id(cid, slot), r.text
+        again = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)  # a second click
+        assert again.json()["id"] == r.json()["id"]
+        fired = await env.client.execute_workflow(
+            ScheduledCampaignWorkflow.run,
+            ScheduledFireInput(section_id=section.id, campaign_id=cid, fire_time=slot),
+            id=f"fire-{cid}", task_queue=settings.task_queue,
+        )  # fmt: skip
+        assert fired is None  # the slot's run was already started by hand
+        (run,) = await _done_runs(store, cid, 1)
+        assert run.sent == 2, run
+        assert sorted(s.user_id for s in await campaign_sends(store, cid)) == users
+        assert len(fresh_provider.deliveries) == 2
+    finally:
+        await handle.delete()
