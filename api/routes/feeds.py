@@ -35,6 +35,7 @@ from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from domain.campaign import CampaignType
 from domain.durations import Duration
+from domain.field_error import FieldError
 from settings import Settings
 from store import objects
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
@@ -66,13 +67,15 @@ class FeedIn(BaseModel):
     @model_validator(mode="after")
     def _source_fields(self) -> FeedIn:
         if self.source == "url" and not (self.url and self.url.startswith(("http://", "https://"))):
-            raise ValueError("url (http or https) is required for a url feed")
-        if self.source == "s3" and not (self.s3_bucket and self.s3_key):
-            raise ValueError("s3_bucket and s3_key are required for an s3 feed")
+            raise FieldError("url", "an http or https URL is required for a url feed")
+        if self.source == "s3" and not self.s3_bucket:
+            raise FieldError("s3_bucket", "required for an s3 feed (with s3_key)")
+        if self.source == "s3" and not self.s3_key:
+            raise FieldError("s3_key", "required for an s3 feed (with s3_bucket)")
         if self.sync_every is not None and self.sync_every < timedelta(minutes=5):
-            raise ValueError("sync_every must be at least 5 minutes")
+            raise FieldError("sync_every", "must be at least 5 minutes")
         if self.sync_every is not None and self.source == "upload":
-            raise ValueError("sync_every needs a url or s3 source (uploads sync when uploaded)")
+            raise FieldError("sync_every", "needs a url or s3 source (uploads sync when uploaded)")
         return self
 
 

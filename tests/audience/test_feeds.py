@@ -173,3 +173,16 @@ async def test_feed_url_to_a_private_address_is_refused(
         ActivityEnvironment().run(
             acts.stage, FeedStageRequest(sync_id=sync_id, feed_id=feed, max_rejected_rows=1)
         )
+
+
+async def test_feed_source_errors_name_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """A url feed without an http(s) URL (`file:///etc/passwd`), an s3 feed without its key, a
+    too-short interval: 422 with `loc` at the field (it was `["body"]`)."""
+    cases = [
+        ({"source": "url", "url": "file:///etc/passwd"}, ["body", "url"]),
+        ({"source": "s3", "s3_bucket": "b"}, ["body", "s3_key"]),
+        ({"source": "url", "url": "https://shop.example/feed.csv", "sync_every": "PT1M"}, ["body", "sync_every"]),
+    ]
+    for extra, loc in cases:
+        r = await api.post("/api/v1/feeds", json={"kind": "product", "name": "F", **extra}, headers=section.mgmt)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == loc, r.text
