@@ -255,7 +255,9 @@ def _apply_products(s: Session, feed: Feed, sync: FeedSync, chunk: list[FeedStag
             new = {**new, "in_stock": back[row.key]}  # listed again: the stock flag it had before removal
         old = current.get(row.key)
         before = old.model_dump(exclude={"section_id", "updated_at"}) if old is not None else None
-        for field, was, now_value in rules.product_changes(before, new):
+        # Merged in memory from the chunk's one read: columns the file leaves out keep their stored value.
+        after = rules.merge_product(before, new)
+        for field, was, now_value in rules.product_changes(before, after):
             s.add(
                 ProductChange(
                     section_id=sync.section_id,
@@ -269,9 +271,8 @@ def _apply_products(s: Session, feed: Feed, sync: FeedSync, chunk: list[FeedStag
             changes += 1
         product = old or Product(section_id=sync.section_id, sku=row.key, updated_at=now)
         for name in rules.PRODUCT_FIELDS:
-            if name in new:
-                setattr(product, name, new[name])
-        product.attributes = dict(new.get("attributes") or {})
+            setattr(product, name, after[name])
+        product.attributes = after["attributes"]
         product.updated_at = now
         s.add(product)
     s.flush()

@@ -3,7 +3,9 @@
 Product columns: `sku` (required), `name`, `url`, `price`, `image_url` (or `image`),
 `categories` (`|`-separated), `in_stock` (true/false/1/0/yes/no), localized columns
 `lng:<locale>:<field>` (kept under `attributes.lng.<locale>.<field>`), and any other column
-as an attribute (numbers stay numbers). User rows: a `cuid` column and attribute columns.
+as an attribute (numbers stay numbers). A row sets only the columns its file has: `merge_product`
+keeps the stored value of every column left out, and a present but empty cell clears its value.
+User rows: a `cuid` column and attribute columns.
 A number is a plain decimal (`42`, `-3.5`, `1e6`); anything else stays text: a code with a
 leading zero (`01234`, a ZIP code keeps its zero), digits with `_` or other scripts' digits.
 A number no float can hold (`1e400`, or a price of `inf`/`nan`) rejects its row; in an attribute
@@ -56,14 +58,18 @@ def header_error(kind: str, header: list[str]) -> str | None:
 
 
 def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
-    """The product record of one row, or why the row is rejected."""
+    """The product fields and attributes of one row (only the file's columns), or why the row is rejected.
+
+    An empty attribute cell is kept as None: it clears that attribute when the row is merged.
+    """
     if len(cells) != len(header):
         return f"expected {len(header)} columns, got {len(cells)}"
     row = {h.strip(): c for h, c in zip(header, cells, strict=True)}
     sku = row.pop("sku").strip()
     if not sku or len(sku) > 256:
         return "sku is empty or longer than 256 characters"
-    out: dict[str, Any] = {"sku": sku, "categories": [], "attributes": {}}
+    # No default for a field: an absent column must not look like "set to nothing" (see merge_product).
+    out: dict[str, Any] = {"sku": sku, "attributes": {}}
     if "image" in row and "image_url" not in row:
         row["image_url"] = row.pop("image")
     for name, raw in row.items():
@@ -95,11 +101,46 @@ def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
             if len(parts) != 3 or not parts[1] or not parts[2]:
                 return f"localized column '{name}' must look like lng:fr_FR:name"
             out["attributes"].setdefault("lng", {}).setdefault(parts[1], {})[parts[2]] = value
-        elif value != "":
+        elif value == "":
+            out["attributes"][name] = None  # the column is there, empty: clear the attribute
+        else:
             try:
                 out["attributes"][name] = _scalar(name, value)
             except _BadCell as exc:
                 return str(exc)
+    return out
+
+
+def merge_product(old: dict[str, Any] | None, row: dict[str, Any]) -> dict[str, Any]:
+    """The product after a feed row (`parse_product`): the row's columns over the stored product.
+
+    Columns are what a row speaks for, in a full feed too (full says which products exist, not which
+    columns): a field, attribute or translation whose column the file leaves out keeps its stored value.
+    An empty attribute cell (None) removes the attribute; an empty `lng:` cell stores "" (no translation,
+    the default text is used). Being listed clears the `removed` mark of a full feed (unless the row sets it).
+    """
+    base = old or {}
+    out: dict[str, Any] = {name: row[name] if name in row else base.get(name) for name in PRODUCT_FIELDS}
+    out["categories"] = list(out["categories"] or [])
+    attributes = dict(base.get("attributes") or {})
+    attributes.pop("removed", None)
+    for name, value in (row.get("attributes") or {}).items():
+        if name == "lng" and isinstance(value, dict):
+            attributes["lng"] = _merge_translations(attributes.get("lng"), value)
+        elif value is None:
+            attributes.pop(name, None)
+        else:
+            attributes[name] = value
+    out["attributes"] = attributes
+    return out
+
+
+def _merge_translations(old: Any, new: dict[str, Any]) -> dict[str, Any]:
+    """Stored `lng` translations with the row's set over them, locale by locale and field by field."""
+    out: dict[str, Any] = dict(old) if isinstance(old, dict) else {}
+    for locale, fields in new.items():
+        kept = out.get(locale)
+        out[locale] = {**(kept if isinstance(kept, dict) else {}), **fields}
     return out
 
 
@@ -119,6 +160,7 @@ def parse_user(header: list[str], cells: list[str]) -> dict[str, Any] | str:
 def product_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(field, old, new) for every field that differs; attributes by their own name.
 
+    `new` is the whole product after the row (`merge_product`), so a column the file left out is no change.
     A product seen for the first time has no changes: nothing "dropped" or "came back".
     """
     if old is None:

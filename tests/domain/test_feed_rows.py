@@ -18,6 +18,6 @@ def test_only_plain_decimals_become_numbers() -> None:
 def test_a_price_is_a_plain_number() -> None:
     """A price may carry leading zeros (`007.50`) but not `_` or other scripts' digits."""
     header = ["sku", "price"]
-    assert parse_product(header, ["s1", "007.50"]) == {"sku": "s1", "categories": [], "attributes": {}, "price": 7.5}
+    assert parse_product(header, ["s1", "007.50"]) == {"sku": "s1", "attributes": {}, "price": 7.5}
     for bad in ("1_000", "٣", "12 EUR"):
         assert parse_product(header, ["s1", bad]) == f"price '{bad}' is not a number"
