@@ -11,6 +11,7 @@ finished and repeats at most the one call whose outcome was unknown, under the s
 from __future__ import annotations
 
 import asyncio
+import math
 import json
 import logging
 import time
@@ -73,6 +74,19 @@ def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
     return sched.next_occurrence(
         as_of, sched.parse_hhmm(spec.schedule.time_of_day), list(spec.schedule.days), tz
     )
+
+
+def _first_slot(interval: float, shard: int, shards: int) -> float:
+    """The next wall-clock time on this shard's phase of a grid every `interval` seconds.
+
+    Each shard gets 1/shards of the run's rate; started together, they called the provider in
+    bursts of one call per shard (a throttle of 1/s with 2 shards: two calls 40 ms apart every
+    2 s, which a vendor enforcing 1/s refuses). Shard k keeps to times k/shards of an interval
+    after the grid's ticks, so the run's calls are evenly spaced at its whole rate. Wall-clock,
+    not monotonic: the shards run as separate activities, possibly in different workers."""
+    offset = (shard % max(1, shards)) / max(1, shards) * interval
+    now = time.time()
+    return math.ceil((now - offset) / interval) * interval + offset
 
 
 @dataclass
@@ -211,14 +225,15 @@ class BroadcastActivities:
         spec, rate, due = await asyncio.to_thread(self._load_batch, req)
         result = BatchResult()
         interval = 1.0 / rate if rate else 0.0
-        next_slot = time.monotonic()
+        next_slot = _first_slot(interval, req.shard, req.shards) if interval else 0.0
         for user_id in due:
             outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
             if isinstance(outcome, _Ready):
                 if interval:
-                    # Throttle: at most `rate` provider calls per second from this shard.
-                    await asyncio.sleep(max(0.0, next_slot - time.monotonic()))
-                    next_slot = max(next_slot, time.monotonic()) + interval
+                    # Throttle: at most `rate` provider calls per second from this shard, on its
+                    # phase of the run's grid, so the shards' calls interleave evenly.
+                    await asyncio.sleep(max(0.0, next_slot - time.time()))
+                    next_slot = max(next_slot + interval, _first_slot(interval, req.shard, req.shards))
                 outcome = await self._send(req, user_id, outcome)
             result.processed += 1
             setattr(result, outcome, getattr(result, outcome) + 1)
