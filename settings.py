@@ -7,15 +7,23 @@ pointing `TEMPORAL_ADDRESS` at a cluster and `REJOIN_DATABASE_URL` at PostgreSQL
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.tracking import safe_target
+
+
+_AWS_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
 
 
 class Settings(BaseSettings):
@@ -72,6 +80,11 @@ class Settings(BaseSettings):
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     subscriber_bucket: str = "rejoin-subscribers"
+    # Where uploaded feed files are kept: "s3", "local" (data_dir/objects, one host only: the
+    # API and the workers must share that folder) or "auto" (S3 when an endpoint or access key
+    # is set, or AWS credentials are in the environment; else local, so `bin/dev` needs no object
+    # store). An EC2 instance role: set "s3". Subscriber lists and S3 feeds always need S3.
+    object_store: Literal["auto", "s3", "local"] = "auto"
     subscriber_sync_every: timedelta = timedelta(minutes=5)
     # A file with more bad rows than this is not applied at all (the previous list stays).
     subscriber_max_rejected_rows: int = 100_000
@@ -127,6 +140,16 @@ class Settings(BaseSettings):
     @cached_property
     def effective_public_url(self) -> str:
         return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def uses_s3(self) -> bool:
+        """Whether an S3 store is configured (else uploads stay in data_dir, subscriber lists are off)."""
+        if self.object_store != "auto":
+            return self.object_store == "s3"
+        # AWS's own credential settings (keys, a profile, a role for web identity or a container)
+        # also say S3 is meant; an EC2 instance role sets none of them: "s3" must be said.
+        aws = any(os.environ.get(v) for v in _AWS_CREDENTIALS)
+        return bool(self.s3_endpoint_url or self.s3_access_key_id or aws)
 
     @property
     def allowed_private_targets(self) -> list[str]:

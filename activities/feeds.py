@@ -1,10 +1,10 @@
 """Feed sync activities: stream a product or user CSV into staging, then apply it atomically.
 
-`stage` streams the file (S3 object or URL) in chunks, parses rows, stages accepted ones and
-records rejected lines, one transaction per batch, heartbeating the byte offset and header so
-a retried attempt resumes where the last committed batch ended. `apply` then updates products
-or users and records every changed value with its previous one, in ONE transaction: a feed is
-applied whole or not at all.
+`stage` streams the file (an upload, an S3 object or a URL) in chunks, parses rows, stages
+accepted ones and records rejected lines, one transaction per batch, heartbeating the byte
+offset and header so a retried attempt resumes where the last committed batch ended. `apply`
+then updates products or users and records every changed value with its previous one, in ONE
+transaction: a feed is applied whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import csv
 import logging
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -70,9 +70,7 @@ class FeedActivities:
 
     def _open(self, feed: Feed, sync: FeedSync, offset: int) -> AbstractContextManager[Iterator[bytes]]:
         if sync.object_key:
-            return s3_chunks(
-                objects.client(self.settings), self.settings.subscriber_bucket, sync.object_key, offset
-            )
+            return _uploaded(objects.uploads(self.settings), sync.object_key, offset)
         if feed.source == "s3" and feed.s3_bucket and feed.s3_key:
             return s3_chunks(objects.client(self.settings), feed.s3_bucket, feed.s3_key, offset)
         if feed.source == "url" and feed.url:
@@ -200,6 +198,17 @@ class FeedActivities:
             s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
             _close(sync, req.result.state, req, 0)
             s.add(sync)
+
+
+@contextmanager
+def _uploaded(store: objects.Uploads, key: str, offset: int) -> Iterator[Iterator[bytes]]:
+    with ExitStack() as stack:
+        try:
+            chunks = stack.enter_context(store.chunks(key, offset))
+        except objects.ObjectMissing as exc:
+            # Retrying cannot bring the file to this host; fail the sync saying why.
+            raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+        yield chunks
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:

@@ -1,23 +1,141 @@
-"""boto3 clients for the S3-compatible object store (subscriber lists, feeds).
+"""The object store: boto3 clients for S3 (subscriber lists, feeds) and the uploads store.
 
 One factory so the API (provisioning) and the activities (streaming files) talk to the same
 endpoint with the same credentials. Clients are cheap to make and not shared across threads.
+
+Uploaded feed files go through `uploads(settings)`: S3 when one is configured, else a folder
+under the data dir (`bin/dev` runs no object store). The local store serves one host only: the
+API writes the file and a worker reads it, so several hosts need S3.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from settings import Settings
+
+CHUNK = 1 << 16
+
+
+class ObjectStoreUnavailable(Exception):
+    """The configured object store cannot be used (unreachable, refused credentials, none set up)."""
+
+
+class ObjectMissing(Exception):
+    """The object is not in the store."""
+
+
+class Uploads(Protocol):
+    """Where uploaded files are kept until a sync reads them."""
+
+    def put(self, key: str, body: IO[bytes]) -> None: ...
+
+    def chunks(self, key: str, offset: int, chunk: int = CHUNK) -> AbstractContextManager[Iterator[bytes]]: ...
+
+
+def uploads(settings: Settings) -> Uploads:
+    if settings.uses_s3:
+        return S3Uploads(settings)
+    return LocalUploads(settings.data_dir / "objects" / settings.subscriber_bucket)
+
+
+def describe(settings: Settings) -> str:
+    return f"S3 at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else "AWS S3"
+
+
+@contextmanager
+def reachable(settings: Settings) -> Iterator[None]:
+    """Turn boto3's failures to reach or sign in to S3 into one error naming the store and the cause."""
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ObjectStoreUnavailable(f"the object store ({describe(settings)}) refused the request: {code}") from exc
+    except BotoCoreError as exc:
+        # NoCredentialsError, EndpointConnectionError, timeouts: configuration or network, not the request.
+        raise ObjectStoreUnavailable(f"the object store ({describe(settings)}) is unavailable: {exc}") from exc
+
+
+class S3Uploads:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bucket = settings.subscriber_bucket
+
+    def put(self, key: str, body: IO[bytes]) -> None:
+        with reachable(self.settings):
+            s3 = client(self.settings)
+            ensure_bucket(s3, self.bucket)
+            s3.upload_fileobj(body, self.bucket, key)
+
+    @contextmanager
+    def chunks(self, key: str, offset: int, chunk: int = CHUNK) -> Iterator[Iterator[bytes]]:
+        extra: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
+        body = client(self.settings).get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        try:
+            yield body.iter_chunks(chunk)
+        finally:
+            body.close()
+
+
+class LocalUploads:
+    """Files under a directory, keyed like S3 objects (`feeds/<section>/<feed>/<name>.csv`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        root = self.root.resolve()
+        path = (root / key).resolve()
+        # Keys are made by Rejoin, but a key must never name a file outside the store.
+        if not key or not path.is_relative_to(root) or path == root:
+            raise ValueError(f"invalid object key {key!r}")
+        return path
+
+    def put(self, key: str, body: IO[bytes]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            with tmp.open("wb") as out:
+                shutil.copyfileobj(body, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            # Renamed when complete: a sync never reads a half-written file.
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @contextmanager
+    def chunks(self, key: str, offset: int, chunk: int = CHUNK) -> Iterator[Iterator[bytes]]:
+        try:
+            f = self._path(key).open("rb")
+        except FileNotFoundError as exc:
+            raise ObjectMissing(
+                f"{key} is not in the local object store {self.root}; with API and workers on several hosts, "
+                "configure S3 (REJOIN_S3_ENDPOINT_URL)"
+            ) from exc
+        with f:
+            f.seek(offset)
+            yield iter(lambda: f.read(chunk), b"")
 
 
 def client(settings: Settings, service: str = "s3") -> Any:
     kwargs: dict[str, Any] = {
         "region_name": settings.s3_region,
-        "config": Config(retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}),
+        # A short connect timeout: an unreachable store answers the API caller in seconds, not minutes.
+        "config": Config(
+            retries={"max_attempts": 3, "mode": "standard"}, s3={"addressing_style": "path"}, connect_timeout=10
+        ),
     }
     if settings.s3_endpoint_url:
         kwargs["endpoint_url"] = settings.s3_endpoint_url

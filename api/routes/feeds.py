@@ -1,10 +1,11 @@
 """Feeds (product catalog, user data) and batched campaign runs.
 
-A feed syncs from an uploaded file (`PUT /feeds/{id}/file`, streamed to the object store),
-or from its URL / S3 location on demand (`POST /feeds/{id}/sync`) or on a schedule
-(`sync_every`). Each sync is a FeedSyncWorkflow; its status (rows accepted, rejected lines with
-reasons, changes, duration, state) is on `GET /feeds/{id}`. Runs of feed-driven and scheduled
-campaigns are visible on `GET /runs/{id}`; `POST /campaigns/{id}/runs` starts a scheduled one.
+A feed syncs from an uploaded file (`PUT /feeds/{id}/file`, streamed to S3, or without S3 to
+data_dir on one host: `store/objects.py`), or from its URL / S3 location on demand
+(`POST /feeds/{id}/sync`) or on a schedule (`sync_every`). Each sync is a FeedSyncWorkflow; its
+status (rows accepted, rejected lines with reasons, changes, duration, state) is on
+`GET /feeds/{id}`. Runs of feed-driven and scheduled campaigns are visible on `GET /runs/{id}`;
+`POST /campaigns/{id}/runs` starts a scheduled one.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.broadcast import send_time
 from api.deps import Management, StateDep
-from api.errors import NotFound, Unprocessable
+from api.errors import NotFound, Unavailable, Unprocessable
 from domain.campaign import CampaignType
 from domain.durations import Duration
 from domain.field_error import FieldError
@@ -214,12 +215,11 @@ async def upload_feed(
             raise Unprocessable("the file is empty", field="body")
         spool.seek(0)
 
-        def put() -> None:
-            s3 = objects.client(state.settings)
-            objects.ensure_bucket(s3, state.settings.subscriber_bucket)
-            s3.upload_fileobj(spool, state.settings.subscriber_bucket, key)
-
-        await asyncio.to_thread(put)
+        try:
+            await asyncio.to_thread(objects.uploads(state.settings).put, key, spool)
+        except objects.ObjectStoreUnavailable as exc:
+            # A configured S3 that is down or refuses the keys: the operator's problem, said as such.
+            raise Unavailable(str(exc)) from exc
     return await _start_sync(state, feed, key, force)
 
 

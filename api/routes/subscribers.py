@@ -9,6 +9,8 @@ after that the API refuses (the seeds: "contact support").
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from fastapi import APIRouter, Query
@@ -26,7 +28,7 @@ from temporalio.client import (
 )
 
 from api.deps import Management, StateDep
-from api.errors import Conflict, NotFound, Unprocessable
+from api.errors import Conflict, NotFound, Unavailable, Unprocessable
 from domain.subscribers import FILE_NAME, expected_header
 from settings import Settings
 from store import objects
@@ -112,6 +114,22 @@ def _integration(store: Store, section_id: str, integration_id: str) -> Integrat
     return integration
 
 
+@contextmanager
+def _s3(settings: Settings) -> Iterator[None]:
+    """S3 calls of provisioning: no S3 configured, or one down or refusing the keys, is a 503 saying so."""
+    if not settings.uses_s3:
+        # Customers upload lists straight into S3 with their own keys: the local store cannot do that.
+        raise Unavailable(
+            "subscriber lists need an S3 object store: set REJOIN_S3_ENDPOINT_URL and keys "
+            "(or REJOIN_OBJECT_STORE=s3 for AWS credentials from the environment)"
+        )
+    try:
+        with objects.reachable(settings):
+            yield
+    except objects.ObjectStoreUnavailable as exc:
+        raise Unavailable(str(exc)) from exc
+
+
 def _provision(
     store: Store, settings: Settings, integration: Integration
 ) -> tuple[SubscriberList, Credentials | None]:
@@ -129,10 +147,11 @@ def _provision(
         iam_user=f"rejoin-{integration.id}"[:64],
         created_at=now_utc(),
     )
-    objects.ensure_bucket(objects.client(settings), lst.bucket)
-    key_id, secret = objects.issue_access_key(
-        objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None
-    )
+    with _s3(settings):
+        objects.ensure_bucket(objects.client(settings), lst.bucket)
+        key_id, secret = objects.issue_access_key(
+            objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None
+        )
     lst.access_key_id, lst.credentials_issued = key_id, 1
     with store.session() as s:
         if s.get(SubscriberList, integration.id) is not None:  # a concurrent first click won
@@ -195,9 +214,10 @@ def _regenerate(store: Store, settings: Settings, integration: Integration) -> C
             )
         # Count first (committed with the new key): a crash after IAM issued a key cannot
         # grant a third credential.
-        key_id, secret = objects.issue_access_key(
-            objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, lst.access_key_id
-        )
+        with _s3(settings):
+            key_id, secret = objects.issue_access_key(
+                objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, lst.access_key_id
+            )
         lst.access_key_id = key_id
         lst.credentials_issued += 1
         s.add(lst)
