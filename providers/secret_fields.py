@@ -45,12 +45,16 @@ def split(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return public, secrets
 
 
+def _child(node: Any, part: str) -> Any:
+    """One step of a dotted path: a list index or a mapping key."""
+    return node[int(part)] if isinstance(node, list) else node[part]
+
+
 def _set(root: Any, path: str, value: Any) -> None:
-    parts = path.split(".")
+    *parents, last = path.split(".")
     node = root
-    for part in parts[:-1]:
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    last = parts[-1]
+    for part in parents:
+        node = _child(node, part)
     if isinstance(node, list):
         node[int(last)] = value
     else:
@@ -72,7 +76,7 @@ def _get(root: Any, path: str) -> Any:
     node = root
     for part in path.split("."):
         try:
-            node = node[int(part)] if isinstance(node, list) else node[part]
+            node = _child(node, part)
         except (KeyError, IndexError, ValueError, TypeError):
             return None
     return node
@@ -94,27 +98,26 @@ def keep_masked(
     new_secrets: dict[str, Any],
     old_secrets: dict[str, Any],
     *,
-    public: dict[str, Any] | None = None,
-    old_public: dict[str, Any] | None = None,
+    public: dict[str, Any],
+    old_public: dict[str, Any],
 ) -> tuple[dict[str, Any], list[str]]:
     """Replace MASK placeholders by the stored values; returns (secrets, paths with no stored value).
 
-    `public` is the configuration `new_secrets` came from and `old_public` the stored one: with
-    them a masked header value takes the stored secret of the header with the same name. Without
-    them every secret is matched by path."""
+    `public` is the configuration `new_secrets` came from and `old_public` the stored one: a
+    masked header value takes the stored secret of the header with the same name, any other
+    secret the stored value at its path."""
     old_headers: dict[tuple[str, str], Any] = {}
-    if old_public is not None:
-        for path, value in old_secrets.items():
-            header = _header_at(old_public, path)
-            if header is not None:
-                old_headers[header] = value  # a repeated name: the last wins, as when it is sent
+    for path, value in old_secrets.items():
+        header = _header_at(old_public, path)
+        if header is not None:
+            old_headers[header] = value  # a repeated name: the last wins, as when it is sent
     result: dict[str, Any] = {}
     missing: list[str] = []
     for path, value in new_secrets.items():
         if value != MASK:
             result[path] = value
             continue
-        header = _header_at(public, path) if public is not None and old_public is not None else None
+        header = _header_at(public, path)
         if header is not None:
             # Never by position: the stored value at this index may belong to another header.
             found, stored = header in old_headers, old_headers.get(header)
