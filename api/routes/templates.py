@@ -10,6 +10,7 @@ template change is refused (422) when a campaign using it would then lack free t
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlmodel import Session, col, select
 from activities.delivery import compose_payload, trigger_items
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
-from domain.campaign import CampaignSpec, Channel
+from domain.campaign import CampaignSpec, Channel, Variation
 from domain.render import MissingRequired, TemplateError, parse_json_template, validate_template
 from domain.tracking import Linker, Signer
 from store.campaigns import load_spec
@@ -73,21 +74,31 @@ def _public(t: MessageTemplate) -> TemplatePublic:
     return TemplatePublic.model_validate(t.model_dump())
 
 
-def check_campaign_templates(s: Session, section_id: str, spec: CampaignSpec) -> None:
-    """422 naming the message when a referenced template is unknown or needs missing variables."""
+def _templated(spec: CampaignSpec) -> Iterator[tuple[str, Variation, str]]:
+    """(place, variation, template id) of every message of the campaign that uses a saved template."""
     for vi, var in enumerate(spec.variations):
         for si, step in enumerate(var.steps):
             for channel, message in step.messages.items():
-                if message.template_id is None:
-                    continue
-                place = f"variations.{vi}.steps.{si}.messages.{channel.value}"
-                t = s.get(MessageTemplate, message.template_id)
-                if t is None or t.section_id != section_id:
-                    raise Unprocessable(f"no template '{message.template_id}' in this section", field=f"{place}.template_id")
-                try:
-                    validate_template(t.payload, set(var.variables), f"{place}.template")
-                except TemplateError as err:
-                    raise Unprocessable(err.message, field=err.place) from None
+                if message.template_id is not None:
+                    yield f"variations.{vi}.steps.{si}.messages.{channel.value}", var, message.template_id
+
+
+def _live_campaigns(s: Session, section_id: str) -> Iterator[tuple[Campaign, CampaignSpec]]:
+    """The section's campaigns that are not archived, with their current spec."""
+    for c in s.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status != "archived")).all():
+        yield c, load_spec(s, c.id, c.version)
+
+
+def check_campaign_templates(s: Session, section_id: str, spec: CampaignSpec) -> None:
+    """422 naming the message when a referenced template is unknown or needs missing variables."""
+    for place, var, template_id in _templated(spec):
+        t = s.get(MessageTemplate, template_id)
+        if t is None or t.section_id != section_id:
+            raise Unprocessable(f"no template '{template_id}' in this section", field=f"{place}.template_id")
+        try:
+            validate_template(t.payload, set(var.variables), f"{place}.template")
+        except TemplateError as err:
+            raise Unprocessable(err.message, field=err.place) from None
 
 
 @router.post("/templates", status_code=201)
@@ -131,31 +142,22 @@ def update_template(template_id: str, body: TemplateIn, principal: Management, s
 def _check_users(s: Session, section_id: str, template_id: str, payload: dict[str, Any]) -> None:
     """422 when a campaign using the template lacks free text the changed payload needs: saved, it
     would render those variables empty and refuse its own next edit."""
-    for c in s.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status != "archived")).all():
-        spec = load_spec(s, c.id, c.version)
-        for vi, var in enumerate(spec.variations):
-            for si, step in enumerate(var.steps):
-                for channel, message in step.messages.items():
-                    if message.template_id != template_id:
-                        continue
-                    place = f"variations.{vi}.steps.{si}.messages.{channel.value}"
-                    try:
-                        validate_template(payload, set(var.variables), "payload")
-                    except TemplateError as err:
-                        raise Unprocessable(
-                            f"campaign '{c.name}' ({c.id}) uses this template at {place} and {err.message}; "
-                            "define the variable in that variation first",
-                            field=err.place,
-                        ) from None
+    for c, spec in _live_campaigns(s, section_id):
+        for place, var, used in _templated(spec):
+            if used != template_id:
+                continue
+            try:
+                validate_template(payload, set(var.variables), "payload")
+            except TemplateError as err:
+                raise Unprocessable(
+                    f"campaign '{c.name}' ({c.id}) uses this template at {place} and {err.message}; "
+                    "define the variable in that variation first",
+                    field=err.place,
+                ) from None
 
 
 def _used_by(s: Session, section_id: str, template_id: str) -> list[str]:
-    used = []
-    for c in s.exec(select(Campaign).where(Campaign.section_id == section_id, Campaign.status != "archived")).all():
-        spec = load_spec(s, c.id, c.version)
-        if any(m.template_id == template_id for v in spec.variations for st in v.steps for m in st.messages.values()):
-            used.append(c.id)
-    return used
+    return [c.id for c, spec in _live_campaigns(s, section_id) if template_id in {t for _, _, t in _templated(spec)}]
 
 
 @router.delete("/templates/{template_id}", status_code=204)
