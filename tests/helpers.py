@@ -61,6 +61,17 @@ async def add_integration(
     return dict(r.json())
 
 
+def custom_http_integration(url: str, headers: Any, auth: dict[str, Any]) -> dict[str, Any]:
+    """The body creating an email integration "My ESP" that POSTs to `url` (custom HTTP)."""
+    return {
+        "channel": "email",
+        "name": "My ESP",
+        "kind": "custom_http",
+        "identifier_type": "email",
+        "config": {"url": url, "headers": headers, "auth": auth},
+    }
+
+
 def step(name: str, wait: str | None = None, channels: tuple[str, ...] = ("email",), payload: Any = None) -> dict[str, Any]:
     s: dict[str, Any] = {"name": name, "messages": {c: {"payload": payload} for c in channels}}
     if wait:

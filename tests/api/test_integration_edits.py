@@ -19,7 +19,7 @@ from providers.http import provider_call_timeouts
 from providers.secret_fields import MASK
 from settings import Settings
 from store.engine import Store
-from tests.helpers import SectionKeys, make_section
+from tests.helpers import SectionKeys, custom_http_integration, make_section
 from tests.provider_server import ProviderServer, Received, Reply
 
 A_SECRET = "AAA-SECRET"
@@ -32,17 +32,8 @@ def header(key: str, value: str, secret: bool = True) -> dict[str, Any]:
 
 
 def integration(server: ProviderServer, headers: list[dict[str, Any]] | dict[str, str]) -> dict[str, Any]:
-    return {
-        "channel": "email",
-        "name": "My ESP",
-        "kind": "custom_http",
-        "identifier_type": "email",
-        "config": {
-            "url": server.url("/send"),
-            "headers": headers,
-            "auth": {"type": "basic", "username": "shop", "password": PASSWORD},
-        },
-    }
+    basic = {"type": "basic", "username": "shop", "password": PASSWORD}
+    return custom_http_integration(server.url("/send"), headers, basic)
 
 
 def masked(server: ProviderServer, headers: list[dict[str, Any]] | dict[str, str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from security.rotation import rotate_all
 from settings import Settings
 from store.engine import Store
 from store.tables import Integration
-from tests.helpers import ADMIN, SectionKeys, make_section
+from tests.helpers import ADMIN, SectionKeys, custom_http_integration, make_section
 from tests.provider_server import ProviderServer, Received, Reply
 
 PASSWORD = "pa55-Very-Secret-1"
@@ -46,18 +47,10 @@ def token_endpoint(server: ProviderServer, path: str = "/oauth/token", secret: s
     return calls
 
 
-def custom(server: ProviderServer, auth: dict[str, object] | None = None) -> dict[str, object]:
-    return {
-        "channel": "email",
-        "name": "My ESP",
-        "kind": "custom_http",
-        "identifier_type": "email",
-        "config": {
-            "url": server.url("/send"),
-            "headers": [{"key": "X-Plain", "value": "visible"}, {"key": "X-Api-Key", "value": HEADER_SECRET, "secret": True}],
-            "auth": auth or {"type": "basic", "username": "shop", "password": PASSWORD},
-        },
-    }
+def custom(server: ProviderServer, auth: dict[str, Any] | None = None) -> dict[str, Any]:
+    headers = [{"key": "X-Plain", "value": "visible"}, {"key": "X-Api-Key", "value": HEADER_SECRET, "secret": True}]
+    basic = {"type": "basic", "username": "shop", "password": PASSWORD}
+    return custom_http_integration(server.url("/send"), headers, auth or basic)
 
 
 async def test_crud_returns_secrets_masked_and_keeps_them_on_update(
@@ -243,12 +236,12 @@ async def test_internal_urls_refused_on_save_and_test_call(
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rejoin.test") as api:
         sec = await make_section(api, "strict")
         body = custom(fresh_provider)
-        body["config"]["url"] = "http://localhost:8080/hook"  # type: ignore[index]
+        body["config"]["url"] = "http://localhost:8080/hook"
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "url"], r.text
         auth = {"type": "oauth2", "token_url": "http://169.254.169.254/token", "client_id": "cid", "client_secret": "s"}
         body = custom(fresh_provider, auth)
-        body["config"]["url"] = "https://93.184.215.14/hook"  # type: ignore[index]
+        body["config"]["url"] = "https://93.184.215.14/hook"
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "auth", "token_url"], r.text
     assert fresh_provider.requests == []

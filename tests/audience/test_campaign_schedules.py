@@ -107,6 +107,20 @@ async def _done_runs(store: Store, cid: str, count: int) -> list[BroadcastRun]:
     return await eventually(check, timeout=60)
 
 
+async def _daily_at_three(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store,
+    fresh_provider: ProviderServer, *, users: int,
+) -> tuple[str, ScheduleHandle, list[str]]:  # fmt: skip
+    """A push integration, `users` opted-in push users (sorted) and an active campaign recurring
+    every day at 03:00 UTC: (campaign id, its schedule, the users). Delete the schedule after."""
+    await provider_push(api, section, fresh_provider)
+    ids = sorted([await push_user(api, section, store) for _ in range(users)])
+    spec = _recurring(time_of_day="03:00", timezone="UTC")
+    spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    cid = await create_campaign(api, section, spec)
+    return cid, env.client.get_schedule_handle(campaign_schedule_id(section.id, cid)), ids
+
+
 async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
     api: httpx.AsyncClient,
     env: WorkflowEnvironment,
@@ -117,12 +131,7 @@ async def test_each_fire_sends_once_and_a_duplicate_fire_sends_nothing(
 ) -> None:
     """A fire of the schedule (trigger, and a backfilled past slot) messages every opted-in push user once
     in a run named after the slot; firing the same slot again (a duplicate) sends nothing more."""
-    await provider_push(api, section, fresh_provider)
-    users = sorted([await push_user(api, section, store) for _ in range(3)])
-    spec = _recurring(time_of_day="03:00", timezone="UTC")
-    spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-    cid = await create_campaign(api, section, spec)
-    handle = env.client.get_schedule_handle(campaign_schedule_id(section.id, cid))
+    cid, handle, users = await _daily_at_three(api, env, section, store, fresh_provider, users=3)
     try:
         await _fire_once_each(env, handle, store, settings, fresh_provider, section, cid, users)
     finally:
@@ -259,12 +268,7 @@ async def test_a_recurring_slot_started_by_hand_and_fired_by_the_schedule_sends_
     """Starting a recurring campaign's next slot by hand names the run after that slot, as the
     schedule names its fires: when the schedule fires the slot it finds that run, and every
     opted-in push user gets the slot's message once (it made a second run, and two messages)."""
-    await provider_push(api, section, fresh_provider)
-    users = sorted([await push_user(api, section, store) for _ in range(2)])
-    spec = _recurring(time_of_day="03:00", timezone="UTC")
-    spec["schedule"]["days"] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-    cid = await create_campaign(api, section, spec)
-    handle = env.client.get_schedule_handle(campaign_schedule_id(section.id, cid))
+    cid, handle, users = await _daily_at_three(api, env, section, store, fresh_provider, users=2)
     try:
         now = datetime.now(UTC)
         slot = now.replace(hour=3, minute=0, second=0, microsecond=0)
