@@ -38,7 +38,7 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import broadcasts, report_rollup, reservations
+from store import broadcasts, journey_rows, report_rollup, reservations
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
@@ -54,7 +54,13 @@ from workflows.feed_models import (
     PlannedRun,
     PlanRunsRequest,
 )
-from workflows.ids import broadcast_send_key, feed_run_id, scheduled_run_id
+from workflows.ids import (
+    batched_journey_id,
+    broadcast_send_key,
+    broadcast_workflow_id,
+    feed_run_id,
+    scheduled_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,7 @@ class _Ready:
     message: OutboundMessage
     provider: Provider
     send_key: str
+    journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
 
 
@@ -319,6 +326,19 @@ class BroadcastActivities:
             if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
                 return self._finish(s, rec, "skipped", "audience")
             variation = allocate(run.campaign_id, user.id, spec.variations)
+            # The allocation is a journey row, like a triggered journey's: the campaign report
+            # counts the recipient (cohort and variation, holdout included) and later sends of
+            # other campaigns see this one's priority. A retried or deferred recipient keeps
+            # the row (and the time) of its first allocation.
+            journey_id = batched_journey_id(run.id, user.id)
+            journey_rows.enroll(
+                s,
+                journey_rows.new_journey(
+                    journey_id=journey_id, workflow_id=broadcast_workflow_id(run.id), section_id=run.section_id,
+                    campaign_id=run.campaign_id, campaign_version=run.campaign_version, priority=spec.priority,
+                    user_id=user.id, variation=variation, is_test=user.is_test, at=req.as_of, batched=True,
+                ),
+            )  # fmt: skip
             if variation.control:
                 return self._finish(s, rec, "skipped", "holdout")
             window = spec.send_window
@@ -359,7 +379,7 @@ class BroadcastActivities:
                 self.priority_window,
             )  # fmt: skip
             if not verdict.granted:
-                return self._finish(s, rec, "skipped", verdict.reason, channel)
+                return self._finish(s, rec, "skipped", verdict.explained, channel)
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
             recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
@@ -376,7 +396,7 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", str(err)[:200], channel)
             now = now_utc()
             send = prior or Send(
-                key=key, journey_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id,
+                key=key, journey_id=journey_id, section_id=run.section_id, campaign_id=run.campaign_id,
                 variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
                 user_id=user.id, status="in_flight", created_at=req.as_of, updated_at=now,
             )  # fmt: skip
@@ -393,7 +413,9 @@ class BroadcastActivities:
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
                 campaign_name=spec.name, step_name=variation.steps[0].name,
             )  # fmt: skip
-            return _Ready(message=message, provider=provider, send_key=key, opt_in_id=r.opt_ins[channel].id)
+            return _Ready(
+                message=message, provider=provider, send_key=key, journey_id=journey_id, opt_in_id=r.opt_ins[channel].id
+            )
 
     async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
         try:
@@ -435,6 +457,8 @@ class BroadcastActivities:
                 s.add(send)
             if status == "failed":
                 reservations.release(s, ready.send_key)
+            elif send is not None:
+                journey_rows.mark_sent(s, ready.journey_id, send.created_at)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
             if rec is not None and rec.status == "pending":
                 rec.provider_response = detail[:500]

@@ -166,8 +166,7 @@ class JourneyActivities:
             self.priority_window,
         )
         if not verdict.granted:
-            reason = verdict.reason if not verdict.detail else f"{verdict.reason}: {verdict.detail}"
-            return StepDecision(action="skip", reason=reason, channel=channel)
+            return StepDecision(action="skip", reason=verdict.explained, channel=channel)
         return StepDecision(
             action="send", channel=channel, integration_id=r.integrations[channel].id, send_key=skey
         )

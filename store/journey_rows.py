@@ -49,9 +49,17 @@ def insert_new(s: Session, journey: Journey) -> bool:
 
 def new_journey(
     *, journey_id: str, workflow_id: str, section_id: str, campaign_id: str, campaign_version: int, priority: int,
-    user_id: str, variation: Variation, is_test: bool, at: datetime,
+    user_id: str, variation: Variation, is_test: bool, at: datetime, batched: bool = False,
 ) -> Journey:  # fmt: skip
-    """The row of a journey allocated to `variation` at `at` (a holdout ends as it starts)."""
+    """The row of a journey allocated to `variation` at `at` (a holdout ends as it starts).
+
+    `batched`: a batched run's recipient (activities/broadcast.py). Its row records the
+    allocation (the report cohort's first trigger and variation) and, once sent, the send time
+    that priority compares. No workflow of its own runs it, so it is never "active" (ingestion
+    signals the workflows of active journeys): it ends as it starts, "completed" (its delivery
+    is the run's: the recipient row and the send) or a holdout.
+    """
+    ends = variation.control or batched
     return Journey(
         id=journey_id,
         workflow_id=workflow_id,
@@ -63,9 +71,9 @@ def new_journey(
         variation_id=variation.id,
         is_control=variation.control,
         is_test=is_test,
-        status="holdout" if variation.control else "active",
+        status="holdout" if variation.control else "completed" if batched else "active",
         triggered_at=at,
-        ended_at=at if variation.control else None,
+        ended_at=at if ends else None,
     )
 
 

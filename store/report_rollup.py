@@ -202,7 +202,7 @@ def register_cohort(s: Session, journey: Journey) -> None:
 def _count_send_stmt(dialect_name: str) -> Any:
     """The send's counters in one statement: `sends`, and `channel_users` / `step_users` when it
     is the user's first sent message on that channel / step. Nothing without a cohort that had
-    started by the send (test users and broadcasts have none)."""
+    started by the send (test users have none)."""
     c = COHORT.c
     variation, channel, step = _param("variation_id", String), _param("channel", String), _param("step_index", Integer)
     in_cohort = (

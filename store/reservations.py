@@ -39,6 +39,11 @@ class SlotVerdict:
     reason: str | None = None
     detail: str | None = None
 
+    @property
+    def explained(self) -> str | None:
+        """The refusal as recorded for operators: the reason, and which campaign or cap when known."""
+        return f"{self.reason}: {self.detail}" if self.reason and self.detail else self.reason
+
 
 RESERVATION = table_of(CapReservation)
 JOURNEY = table_of(Journey)

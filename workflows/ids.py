@@ -5,6 +5,7 @@ No email address or phone number ever appears here: users are opaque `usr_…` i
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 
@@ -42,6 +43,14 @@ def feed_run_id(sync_id: str, campaign_id: str) -> str:
 def broadcast_workflow_id(run_id: str) -> str:
     """One workflow per batched campaign run (it drives the run's batches)."""
     return f"broadcast/{run_id}"
+
+
+def batched_journey_id(run_id: str, user_id: str) -> str:
+    """The journey row of one recipient of a batched run (its allocation, for reports and priority).
+
+    Hashed: a run id and a user id together exceed the journey id's 64 characters."""
+    digest = hashlib.sha256(f"{run_id}:{user_id}".encode()).hexdigest()[:40]
+    return f"bj_{digest}"
 
 
 def broadcast_send_key(run_id: str, user_id: str, channel: str) -> str:
