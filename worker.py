@@ -30,7 +30,7 @@ from providers.http import outbound_session, provider_call_timeouts
 from providers.registry import ProviderRegistry
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
-from security.redact import install_log_redaction
+from security.redact import configure_logging, install_log_redaction
 from settings import Settings
 from store.engine import Store
 from workflows.broadcast import BroadcastWorkflow
@@ -137,7 +137,7 @@ async def run_worker(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # as `rejoin worker`: PII masked, no request URLs (push tokens) at INFO
     asyncio.run(run_worker(Settings()))
 
 

@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from temporalio.client import Client
-from temporalio.testing import TimeSkipper
 
 from api import auth
 from api.dispatch_marks import DispatchMarks
@@ -32,7 +31,6 @@ class AppState:
     # Successful dispatches are marked in batches (see api/dispatch_marks.py).
     dispatch_marks: DispatchMarks = field(init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _skipper: TimeSkipper | None = None
 
     def __post_init__(self) -> None:
         self.box = SecretBox(self.settings.secret_keys)
@@ -52,10 +50,18 @@ class AppState:
         return self.temporal
 
     async def skipping_client(self) -> Client:
-        """A client whose started workflows skip time (test users, previews)."""
-        if self._skipper is None:
-            self._skipper = TimeSkipper(await self.client())
-        return self._skipper.client
+        """The client test users' journeys and previews are started with: the plain client.
+
+        Their waits pass on the journey's own clock (workflows/journey.py, TEST_USER_CLOCK_PATCH),
+        so server-side time skipping has nothing left to skip but the timers Temporal waits
+        between a send's retries. It skipped those too: a provider answering 429 with
+        Retry-After: 3 was called again every ~1 s (one skip's cost) for the whole delivery
+        budget. Without it a test user's retries wait Retry-After and the back-off in real time,
+        like everyone's (docs/channels.md, "Retries"). Kept as a method: callers still say which
+        journeys are test users' (a journey of the old timer path, started before that patch,
+        keeps the time skipping it was started with).
+        """
+        return await self.client()
 
 
 async def app_state(request: Request) -> AppState:

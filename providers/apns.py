@@ -12,11 +12,15 @@ an HTTP/2 client (ALPN over TLS).
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, HttpUrl
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import Field, HttpUrl, field_validator
 
 from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
@@ -26,6 +30,26 @@ from providers.preset import PresetConfig, accepted, join
 JWT_LIFETIME = 40 * 60.0
 
 DEAD_TOKEN_REASONS = ("BadDeviceToken", "DeviceTokenNotForTopic")
+# Device tokens are hex (32 bytes today; Apple says the length may grow). Anything else would be
+# spliced into the request path, so it is refused before a request is made.
+DEVICE_TOKEN = re.compile(r"^[0-9A-Fa-f]{1,400}$")
+
+
+def p256_key_problem(pem: str) -> str | None:
+    """Why `pem` cannot sign APNs provider tokens (ES256), or None when it can."""
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "not a PEM private key (the .p8 file from Apple)"
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        return "must be a P-256 (ES256) key, the .p8 file from Apple"
+    return None
+
+
+def device_path(token: str) -> str:
+    if not DEVICE_TOKEN.match(token):
+        raise ConfigurationError("the recipient is not an APNs device token (hex digits expected)")
+    return f"/3/device/{token}"
 
 
 class ApnsConfig(PresetConfig):
@@ -36,6 +60,14 @@ class ApnsConfig(PresetConfig):
     push_type: Literal["alert", "background"] = "alert"
     priority: Literal[5, 10] = 10
     base_url: HttpUrl = HttpUrl("https://api.push.apple.com")
+
+    @field_validator("private_key")
+    @classmethod
+    def _signing_key(cls, value: str) -> str:
+        problem = p256_key_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 def apns_body(payload: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +103,7 @@ class ApnsProvider:
                     algorithm="ES256",
                     headers={"kid": cfg.key_id},
                 )
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, jwt.PyJWTError) as exc:  # PyJWT: InvalidKeyError for a wrong type
                 raise ConfigurationError("APNs private_key is not a valid P-256 (.p8) key") from exc
             return Token(value, JWT_LIFETIME)
 
@@ -82,7 +114,7 @@ class ApnsProvider:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = ApnsConfig.model_validate(message.config)
-        url = join(str(cfg.base_url), f"/3/device/{message.recipient}")
+        url = join(str(cfg.base_url), device_path(message.recipient))
         apns_id = str(uuid.uuid5(uuid.NAMESPACE_URL, message.idempotency_key))
         headers = {
             "apns-topic": cfg.topic,

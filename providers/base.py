@@ -15,6 +15,8 @@ that quotes a vendor, a refused token, masks the quote (`oauth.py`).
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -120,6 +122,27 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# A rate-limit reset further ahead than this is a misread header (milliseconds, a clock far off),
+# not a throttling window: vendors reset per second or per minute. Back-off is safer then, since a
+# next-retry delay past the delivery budget makes Temporal give the step up at once.
+MAX_RATE_LIMIT_RESET_S = 3600.0
+
+
+def parse_rate_limit_reset(value: str | None, now: float | None = None) -> float | None:
+    """Seconds until `X-RateLimit-Reset` (unix epoch seconds, as SendGrid sends it): a Retry-After
+    equivalent, never negative; None when absent, unparseable or implausibly far."""
+    if not value:
+        return None
+    try:
+        reset = float(value.strip())
+    except ValueError:
+        return None
+    wait = reset - (time.time() if now is None else now)
+    if not math.isfinite(wait) or wait > MAX_RATE_LIMIT_RESET_S:
+        return None
+    return max(0.0, wait)
 
 
 def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderError | None:

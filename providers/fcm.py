@@ -5,31 +5,85 @@ file's `token_uri`, scope firebase.messaging), cached and refreshed before expir
 once on 401. Send: `POST {base}/v1/projects/{project_id}/messages:send` with `message.token` =
 the device's registration token. A payload with `title`/`body` becomes the notification; FCM's
 own keys (`notification`, `data`, `android`, `apns`, `webpush`, `fcm_options`) pass through;
-`data` values are stringified because FCM accepts only string maps. FCM has no idempotency
-key: repeats after an unknown outcome are flagged.
+`data` values are stringified because FCM accepts only string maps. The payload's
+`trackingData` (`${Push tracking data}`, `{"rjt": token}`) is not an FCM key: its token travels as
+`data.rjt`, which the app echoes as `{"rjt": data.rjt}` on click (docs/messages.md, "Push"). FCM
+has no idempotency key: repeats after an unknown outcome are flagged.
+
+Only FCM's own word that the token is dead opts it out: an `UNREGISTERED` error code, or a 400
+INVALID_ARGUMENT about the registration token. A bare 404 (a wrong project, a bad URL) does not.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, ValidationError, ValidationInfo, field_validator
 
-from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
-from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, with_token
+from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, rsa_key_problem, with_token
 from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 PASSTHROUGH = ("notification", "data", "android", "apns", "webpush", "fcm_options")
+TRACKING_KEY = "rjt"  # the data key carrying the push tracking token (the app echoes it on click)
+FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+# Google project ids (also legacy "example.com:name"): it is a path segment, so no "/", "?", "#" or "%".
+PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,199}$")
 
 
 class FcmConfig(PresetConfig):
     service_account: ServiceAccount
-    project_id: str | None = Field(None, max_length=200, description="default: the service account's project_id")
+    project_id: str | None = Field(
+        None, max_length=200, validate_default=True, description="default: the service account's project_id"
+    )
     base_url: HttpUrl = HttpUrl("https://fcm.googleapis.com")
 
+    @field_validator("service_account")
+    @classmethod
+    def _signing_key(cls, account: dict[str, Any]) -> dict[str, Any]:
+        problem = rsa_key_problem(account.get("private_key"))
+        if problem is not None:
+            raise ValueError(problem)
+        return account
+
+    @field_validator("project_id")
+    @classmethod
+    def _project(cls, value: str | None, info: ValidationInfo) -> str | None:
+        account = info.data.get("service_account")
+        if account is None:  # the service account itself was refused; that error is reported
+            return value
+        project = value or account.get("project_id")
+        if not project:
+            # Without it every send would go to /v1/projects//messages:send.
+            raise ValueError("required: the service account file has no project_id")
+        if not isinstance(project, str) or not PROJECT_ID.match(project):
+            raise ValueError("not a Firebase project id")
+        return value
+
+    def project(self) -> str:
+        return str(self.project_id or self.service_account["project_id"])
+
+
+def _config(raw: dict[str, Any]) -> FcmConfig:
+    """The stored configuration; one saved before a rule existed fails the send permanently
+    (a ConfigurationError) instead of crashing every retry."""
+    try:
+        return FcmConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in ("config", *err["loc"]))
+        raise ConfigurationError(f"{where}: {err['msg']}") from None
+
+
+def _tracking_token(payload: dict[str, Any]) -> str | None:
+    tracking = payload.get("trackingData")
+    token = tracking.get(TRACKING_KEY) if isinstance(tracking, dict) else None
+    return token if isinstance(token, str) and token else None
 
 
 def fcm_message(token: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +97,48 @@ def fcm_message(token: str, payload: dict[str, Any]) -> dict[str, Any]:
         message["data"] = {
             str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in message["data"].items()
         }
+    tracking = _tracking_token(payload)
+    if tracking is not None:
+        # FCM allows only its own message keys, so `trackingData` rides in the string map `data`.
+        message["data"] = {**message.get("data", {}), TRACKING_KEY: tracking}
     return message
+
+
+def _error_of(body: str) -> dict[str, Any]:
+    """The `error` object of an FCM answer ({} when the body is not FCM's JSON, e.g. a proxy's page)."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return {}
+    error = answer.get("error") if isinstance(answer, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _details(error: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    # A detail without "@type" counts as the kind asked for: proxies and older answers may omit it.
+    details = error.get("details")
+    if not isinstance(details, list):
+        return []
+    return [d for d in details if isinstance(d, dict) and d.get("@type", kind) == kind]
+
+
+def _unregistered(error: dict[str, Any]) -> bool:
+    return any(d.get("errorCode") == "UNREGISTERED" for d in _details(error, FCM_ERROR))
+
+
+def _token_invalid(error: dict[str, Any]) -> bool:
+    """INVALID_ARGUMENT about the registration token itself, not about the message."""
+    if error.get("status", "INVALID_ARGUMENT") != "INVALID_ARGUMENT":
+        return False
+    if "registration token" in str(error.get("message", "")).lower():
+        return True
+    violations = [v for d in _details(error, BAD_REQUEST) for v in d.get("fieldViolations") or []]
+    return any(isinstance(v, dict) and v.get("field") == "message.token" for v in violations)
+
+
+def recipient_gone(status: int, body: str) -> bool:
+    error = _error_of(body)
+    return _unregistered(error) or (status == 400 and _token_invalid(error))
 
 
 class FcmProvider:
@@ -65,9 +160,8 @@ class FcmProvider:
         await self._fetcher(FcmConfig.model_validate(config))()
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
-        cfg = FcmConfig.model_validate(message.config)
-        project = cfg.project_id or cfg.service_account.get("project_id") or ""
-        url = join(str(cfg.base_url), f"/v1/projects/{project}/messages:send")
+        cfg = _config(message.config)
+        url = join(str(cfg.base_url), f"/v1/projects/{cfg.project()}/messages:send")
         body = {"message": fcm_message(message.recipient, message.payload)}
         account = cfg.service_account
         key = cache_key(message.integration_id, str(account.get("client_email")), str(account["private_key"]))
@@ -79,8 +173,8 @@ class FcmProvider:
         resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post)
         error = classify_http(resp.status, resp.body, resp.headers)
         if error is not None:
-            # UNREGISTERED (404): the app instance is gone; 400 naming the registration token:
-            # it was never valid. Other 400s are about the message, not the token.
-            raise gone_if(error, resp.status == 404 or (resp.status == 400 and "registration token" in resp.body))
+            # UNREGISTERED: the app instance is gone; 400 about the registration token: it was never
+            # valid. Other 400s are about the message, and a bare 404 about the project or URL.
+            raise gone_if(error, recipient_gone(resp.status, resp.body))
         answer = json_body(resp)
         return accepted(resp, answer.get("name") if isinstance(answer, dict) else None)

@@ -10,19 +10,45 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted, join
 
 
+ProfileField = Literal["email", "phone_number", "external_id"]
+# The profile field a channel's recipient fills when none is configured: an SMS recipient is a
+# phone number, and sent as `email` Klaviyo would file it as a (bogus) address.
+DEFAULT_PROFILE_FIELD: dict[str, ProfileField] = {"email": "email", "sms": "phone_number"}
+# The identifier type whose values each profile field takes (the integration's `identifier_type`).
+IDENTIFIER_TYPE_BY_PROFILE_FIELD: dict[str, str] = {"email": "email", "phone_number": "phone", "external_id": "custom"}
+
+
+def profile_field_for(configured: ProfileField | None, channel: str) -> ProfileField:
+    """The configured field, else the channel's default (a config validated without a channel)."""
+    return configured or DEFAULT_PROFILE_FIELD.get(channel, "email")
+
+
 class KlaviyoConfig(PresetConfig):
+    """Validated with `context={"channel": ...}` on save, so `profile_field` gets the channel's
+    default there; without a context (at send) it may stay None and `profile_field_for` decides."""
+
     api_key: str = Field(min_length=1, max_length=500)
     metric_name: str = Field("Rejoin Message", min_length=1, max_length=127)
     revision: str = Field("2024-10-15", pattern=r"^\d{4}-\d{2}-\d{2}(\.\w+)?$")
-    profile_field: Literal["email", "phone_number", "external_id"] = "email"
+    profile_field: ProfileField | None = Field(None, validate_default=True)
     base_url: HttpUrl = HttpUrl("https://a.klaviyo.com")
+
+    @field_validator("profile_field")
+    @classmethod
+    def _fits_channel(cls, v: ProfileField | None, info: ValidationInfo) -> ProfileField | None:
+        channel = (info.context or {}).get("channel")
+        if not isinstance(channel, str):
+            return v
+        if v == "email" and channel == "sms":
+            raise ValueError("an SMS recipient is a phone number: use phone_number (or external_id), not email")
+        return v or DEFAULT_PROFILE_FIELD.get(channel, "email")
 
 
 class KlaviyoProvider:
@@ -36,9 +62,10 @@ class KlaviyoProvider:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = KlaviyoConfig.model_validate(message.config)
+        field = profile_field_for(cfg.profile_field, message.channel)
         attributes = {
             "metric": {"data": {"type": "metric", "attributes": {"name": cfg.metric_name}}},
-            "profile": {"data": {"type": "profile", "attributes": {cfg.profile_field: message.recipient}}},
+            "profile": {"data": {"type": "profile", "attributes": {field: message.recipient}}},
             "properties": {**message.payload, "campaign": message.campaign_name, "step": message.step_name},
             "unique_id": message.idempotency_key,
             "time": datetime.now(UTC).replace(microsecond=0).isoformat(),

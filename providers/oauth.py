@@ -152,8 +152,29 @@ def service_account_assertion(account: dict[str, Any], scope: str, audience: str
         return jwt.encode(claims, account["private_key"], algorithm="RS256", headers=headers)
     except KeyError as exc:
         raise ConfigurationError(f"service account file lacks {exc.args[0]}") from None
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        # PyJWT reports an unparseable or non-RSA key as InvalidKeyError, not ValueError.
         raise ConfigurationError("service account private_key is not a valid RSA key") from exc
+
+
+def rsa_key_problem(pem: Any) -> str | None:
+    """Why `pem` cannot sign RS256 service-account assertions, or None when it can (a save-time
+    check, so a bad key is a 422 naming the field rather than a failure at the first send)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if not isinstance(pem, str):
+        return "service account private_key must be a PEM string"
+    try:
+        # The full RSA consistency check costs ~40 ms per load and this runs on every send's config;
+        # minting a token (which the save-time credentials check does) loads the key fully anyway.
+        key = load_pem_private_key(pem.encode(), password=None, unsafe_skip_rsa_key_validation=True)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return "service account private_key is not a PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return "service account private_key must be an RSA key"
+    return None
 
 
 async def jwt_bearer(caller: HttpCaller, account: dict[str, Any], scope: str) -> Token:

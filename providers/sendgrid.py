@@ -4,15 +4,26 @@ POST {base}/v3/mail/send, `Authorization: Bearer <api key>`. The payload becomes
 `dynamic_template_data` (a payload with its own `template_id` / `dynamic_template_data` keys
 overrides the configured template). SendGrid has no idempotency key: the send key travels in
 `custom_args` so a possible duplicate can be traced in SendGrid's activity feed.
+
+SendGrid's 429 carries no Retry-After, only `X-RateLimit-Reset` (unix epoch seconds when the
+limit resets): read here as the Retry-After, so the retry waits for the reset rather than a blind
+back-off. Only here: other vendors send the same header name meaning seconds from now.
 """
 
 from __future__ import annotations
 
 from pydantic import Field, HttpUrl
 
-from providers.base import OutboundMessage, ProviderResponse
+from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, parse_rate_limit_reset
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted, join
+
+
+def with_reset_wait(error: ProviderError) -> ProviderError:
+    """A 429 without Retry-After waits until SendGrid's `X-RateLimit-Reset` (when it has one)."""
+    if error.status == 429 and error.retry_after is None:
+        error.retry_after = parse_rate_limit_reset(error.headers.get("x-ratelimit-reset"))
+    return error
 
 
 class SendGridConfig(PresetConfig):
@@ -52,10 +63,13 @@ class SendGridProvider:
         }
         if template_id:
             body["template_id"] = template_id
-        resp = await self.ctx.caller.call(
+        resp = await self.ctx.caller.request(
             "POST",
             join(str(cfg.base_url), "/v3/mail/send"),
             json=body,
             headers={"Authorization": f"Bearer {cfg.api_key}"},
         )
+        error = classify_http(resp.status, resp.body, resp.headers)
+        if error is not None:
+            raise with_reset_wait(error)
         return accepted(resp, resp.headers.get("x-message-id"))

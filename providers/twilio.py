@@ -3,17 +3,34 @@
 The sender is a number / alphanumeric sender id (`From`) or a Messaging Service
 (`MessagingServiceSid`). The SMS text is the payload's `body` (or `text`). Twilio has no
 idempotency key for message creation, so repeats after an unknown outcome are flagged.
+
+Twilio's error codes that say the number itself will never take an SMS mark the error
+`recipient_gone` (delivery opts the number out, like a dead push token): 21610, the recipient
+replied STOP (Twilio refuses every message to it until they reply START, which reaches the shop
+as a fresh opt-in); 21211, the 'To' value is not a valid phone number; 21614, it is not a mobile
+number (a landline cannot receive SMS). Other codes (21408 region not enabled, 21606 bad sender,
+...) are about the account or the message and never opt anyone out.
 """
 
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from pydantic import Field, HttpUrl, model_validator
 
-from providers.base import OutboundMessage, ProviderResponse
+from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted, join, json_body, text_of
+
+
+# Twilio error codes that are permanent for the 'To' number (see the module docstring).
+RECIPIENT_GONE_CODES = frozenset({21610, 21211, 21614})
+
+
+def recipient_gone(answer: Any) -> bool:
+    """Whether Twilio's error answer (parsed JSON) names a code that is permanent for the number."""
+    return isinstance(answer, dict) and answer.get("code") in RECIPIENT_GONE_CODES
 
 
 class TwilioConfig(PresetConfig):
@@ -50,11 +67,14 @@ class TwilioProvider:
         if cfg.status_callback:
             form["StatusCallback"] = str(cfg.status_callback)
         auth = base64.b64encode(f"{cfg.account_sid}:{cfg.auth_token}".encode()).decode()
-        resp = await self.ctx.caller.call(
+        resp = await self.ctx.caller.request(
             "POST",
             join(str(cfg.base_url), f"/2010-04-01/Accounts/{cfg.account_sid}/Messages.json"),
             data=form,
             headers={"Authorization": f"Basic {auth}", "Accept": "application/json"},
         )
         answer = json_body(resp)
+        error = classify_http(resp.status, resp.body, resp.headers)
+        if error is not None:
+            raise gone_if(error, recipient_gone(answer))
         return accepted(resp, answer.get("sid") if isinstance(answer, dict) else None)

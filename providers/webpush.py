@@ -15,12 +15,15 @@ import base64
 import hashlib
 import json
 import os
+import re
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pydantic import Field, field_validator
 
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse, gone_if
@@ -36,18 +39,39 @@ def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+RAW_KEY_BYTES = 32  # a P-256 private scalar
+# The order of the P-256 group: a private scalar is 1 .. n-1 (SEC 1 3.2.1).
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
 def load_vapid_key(value: str) -> ec.EllipticCurvePrivateKey:
     """A P-256 key as PEM, or as the base64url raw 32-byte scalar web-push tools print."""
     try:
-        if "BEGIN" in value:
-            key = serialization.load_pem_private_key(value.encode(), password=None)
-        else:
-            key = ec.derive_private_key(int.from_bytes(unb64url(value.strip()), "big"), ec.SECP256R1())
-    except (ValueError, TypeError) as exc:
+        key = _pem_key(value) if "BEGIN" in value else _raw_key(value.strip())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigurationError("vapid_private_key is not a P-256 private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
         raise ConfigurationError("vapid_private_key must be a P-256 (prime256v1) key")
     return key
+
+
+def _pem_key(value: str) -> PrivateKeyTypes:
+    return serialization.load_pem_private_key(value.encode(), password=None)
+
+
+def _raw_key(value: str) -> ec.EllipticCurvePrivateKey:
+    # Strict base64url of exactly 32 bytes: the lenient decoder drops stray characters, and any
+    # short string ("notakey") would otherwise become a small, guessable scalar.
+    if not _B64URL.match(value):
+        raise ConfigurationError("vapid_private_key must be PEM or base64url")
+    raw = unb64url(value.rstrip("="))
+    if len(raw) != RAW_KEY_BYTES:
+        raise ConfigurationError(f"a raw vapid_private_key is {RAW_KEY_BYTES} bytes (base64url), not {len(raw)}")
+    scalar = int.from_bytes(raw, "big")
+    if not 0 < scalar < P256_ORDER:
+        raise ConfigurationError("vapid_private_key is not a P-256 private key (scalar out of range)")
+    return ec.derive_private_key(scalar, ec.SECP256R1())
 
 
 def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:

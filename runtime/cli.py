@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from security.redact import configure_logging
 from settings import Settings
 
 log = logging.getLogger("rejoin")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     rr = sub.add_parser("rebuild-reports", help="recompute the report pre-aggregation from the raw tables")
     rr.add_argument("campaign_id", nargs="*", help="default: every campaign")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # PII masked and no request URLs (push tokens) at INFO, for every command
     settings = Settings()
     settings.secret_keys  # noqa: B018  (creates the key file on first run, before any process needs it)
     settings.effective_admin_key  # noqa: B018

@@ -3,7 +3,10 @@
 Installed once per process as a log-record factory, so it covers every logger (ours, uvicorn,
 httpx, temporalio) and every handler, including ones added later. The message is formatted
 first (`msg % args`), then masked: `jane.doe@example.com` -> `j***@example.com`,
-`+33612345678` -> `+33******678` (runs of 8-15 digits, dates and IPv4 addresses excepted).
+`+33612345678` -> `+33******678` (runs of 8-15 digits, dates and IPv4 addresses excepted, and
+a bare JSON number under a `timestamp` key: APNs's epoch milliseconds).
+The request loggers of the HTTP clients, whose lines carry push tokens and Web Push endpoints in
+URLs, are kept to WARNING (`quiet_request_loggers`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,20 @@ from typing import Any
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 PHONE = re.compile(r"(?<![\w/:.-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# The text before a bare JSON number under a key naming a timestamp (`"timestamp": `): APNs's 410
+# answer `{"reason":"Unregistered","timestamp":1790000000456}` carries epoch milliseconds, 13
+# digits that read like a phone number. A phone number is a string in JSON, so this spares no PII.
+TIMESTAMP_KEY = re.compile(r'"[\w-]*timestamp"\s*:\s*$', re.IGNORECASE)
+_KEY_LOOKBACK = 64  # characters before a match searched for its key
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+# Loggers that write every outbound request's URL at INFO (httpx: `HTTP Request: POST <url>
+# "HTTP/1.1 410 Gone"`; httpcore and aiohttp's access log likewise, at their levels). An APNs/FCM
+# token or a Web Push endpoint sits in that URL and is a bearer capability (whoever has it can
+# push to the device), in no shape the masking below recognises: keep them to WARNING and up.
+REQUEST_LOGGERS = ("httpx", "httpcore", "aiohttp.access", "aiohttp.client")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _installed = False
 _FORMATTER = logging.Formatter()
@@ -32,13 +47,35 @@ def _mask_phone(m: re.Match[str]) -> str:
     addresses (a refused URL's address, a client's) are left alone."""
     found = m.group(0)
     digits = sum(c.isdigit() for c in found)
-    if not 8 <= digits <= 15 or DATE.match(found) or IPV4.fullmatch(found.lstrip("(")):
+    if not 8 <= digits <= 15 or DATE.match(found) or IPV4.fullmatch(found.lstrip("(")) or _json_timestamp(m):
         return found
     return found[:3] + "******" + found[-3:]
 
 
+def _json_timestamp(m: re.Match[str]) -> bool:
+    """Whether the match is a bare JSON number that is a `...timestamp` key's value."""
+    key = TIMESTAMP_KEY.search(m.string, max(0, m.start() - _KEY_LOOKBACK), m.start())
+    return key is not None and m.group(0).isdigit()
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """A process's logging: one line per record on stderr, PII masked, request URLs not logged."""
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+    install_log_redaction()
+
+
+def quiet_request_loggers() -> None:
+    """Keep the HTTP clients' per-request lines (URLs holding push tokens) out of the logs."""
+    for name in REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def install_log_redaction() -> None:
-    """Mask PII in all log records created from now on (idempotent)."""
+    """Mask PII in all log records created from now on and quiet the request loggers (idempotent).
+
+    Every process that builds a worker or the API calls it, so the request loggers are quiet
+    there even when the embedding program configured logging itself."""
+    quiet_request_loggers()
     global _installed
     if _installed:
         return

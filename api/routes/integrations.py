@@ -29,6 +29,7 @@ from domain.campaign import Channel
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
 from providers.http import is_timeout, provider_call_timeouts
+from providers.recipients import identifier_type_error
 from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
 from settings import Settings
 from store.engine import Store
@@ -89,17 +90,23 @@ def _public(row: Integration) -> IntegrationPublic:
     )
 
 
-def _registry(settings: Settings, store: Store, http: httpx.AsyncClient) -> ProviderRegistry:
+def _registry(
+    settings: Settings, store: Store, http: httpx.AsyncClient, http2: httpx.AsyncClient | None = None
+) -> ProviderRegistry:
     return ProviderRegistry(
-        store, http, allow_private_urls=settings.allow_private_urls, allowed_targets=settings.allowed_private_targets
+        store,
+        http,
+        allow_private_urls=settings.allow_private_urls,
+        allowed_targets=settings.allowed_private_targets,
+        http2=http2,
     )
 
 
-def _http(settings: Settings) -> httpx.AsyncClient:
+def _http(settings: Settings, *, http2: bool = False) -> httpx.AsyncClient:
     # The deliveries' limits, not longer ones: a test call must not pass on an answer that would
     # time out (and be retried) in every real send.
     read, connect = provider_call_timeouts(settings.delivery_timeout)
-    return httpx.AsyncClient(timeout=httpx.Timeout(read, connect=connect))
+    return httpx.AsyncClient(timeout=httpx.Timeout(read, connect=connect), http2=http2)
 
 
 async def _prepare(
@@ -129,13 +136,17 @@ async def _prepare(
     model = config_model(body.kind)
     if model is not None:
         try:
-            full = model.model_validate(full).model_dump(mode="json")
+            # The channel lets a preset default by it (Klaviyo's profile_field: phone_number on SMS).
+            full = model.model_validate(full, context={"channel": body.channel.value}).model_dump(mode="json")
         except ValidationError as exc:
             err = exc.errors()[0]
             loc = ".".join(str(p) for p in ("config", *err["loc"]))
             raise Unprocessable(str(err["msg"]), field=loc) from None
     else:
         full = {}
+    mismatch = identifier_type_error(body.kind, body.identifier_type, full)
+    if mismatch is not None:
+        raise Unprocessable(mismatch, field="identifier_type")
     async with _http(state.settings) as http:
         registry = _registry(state.settings, state.store, http)
         refused = await registry.refused_urls(full)
@@ -255,8 +266,9 @@ async def test_call(integration_id: str, body: TestCall, principal: Management, 
         campaign_name="Test call",
         step_name="Test call",
     )
-    async with _http(state.settings) as http:
-        registry = _registry(state.settings, state.store, http)
+    # APNs gets an HTTP/2 client as in the worker (build_worker), so the test call speaks what deliveries do.
+    async with _http(state.settings) as http, _http(state.settings, http2=True) as http2:
+        registry = _registry(state.settings, state.store, http, http2)
         try:
             resp = await registry.for_kind(row.kind).send(message)
         except ProviderError as err:

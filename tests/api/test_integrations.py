@@ -155,8 +155,11 @@ async def test_config_errors_name_the_field(api: httpx.AsyncClient, section: Sec
 async def test_secrets_never_logged(
     api: httpx.AsyncClient, section: SectionKeys, fresh_provider: ProviderServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No log line carries a secret through create, test call, a rejected call and listing."""
+    """No log line carries a secret through create, test call, a rejected call and listing, even
+    with the HTTP client's request loggers (quiet by default: security/redact.py) at DEBUG."""
     caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore"):
+        caplog.set_level(logging.DEBUG, logger=name)
     r = await api.post("/api/v1/integrations", json=custom(fresh_provider), headers=section.mgmt)
     iid = r.json()["id"]
     fresh_provider.script("/send", Reply(401, {"error": "no"}))
