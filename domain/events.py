@@ -9,16 +9,18 @@ accept any properties.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
 from domain.field_error import FieldError
 from domain.hashing import email_hash as email_hash
 from domain.hashing import phone_hash as phone_hash
 from domain.hashing import sha256_hex as sha256_hex
+from domain.identifiers import check_web_push_subscription, normalize_phone
 
 
 class EventKind(StrEnum):
@@ -61,6 +63,18 @@ class _Open(BaseModel):
 
 MAX_AMOUNT = 1e24  # the largest event value accepted (revenue)
 _PLAIN_EMAIL = frozenset({"email", "plaintextemail"})  # cuidTypes naming a plain email, hashed on arrival
+_HASHED_EMAIL = frozenset({"he", "hashedemail"})  # cuidTypes naming an email's SHA-256
+_HASHED_TYPES = _HASHED_EMAIL | {"hashedphonenumber"}  # secondary identifier types holding a SHA-256
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_SKU_MAX = 256  # as a cart item's productId
+
+
+def _sha256_digest(value: str) -> str:
+    """A hashed identifier in lower case; `ValueError` unless it is a SHA-256 hex digest. Anything
+    else is a plain email or phone sent by mistake: kept, it would be PII in clear and match no opt-in."""
+    if not _SHA256_HEX.match(value):
+        raise ValueError("must be a SHA-256 hex digest (64 hex characters)")
+    return value.lower()
 
 
 class UserIn(_Open):
@@ -76,6 +90,13 @@ class UserIn(_Open):
         # As for an identification event's cuid; a plain email is only ever kept as its hash.
         if self.cuid and "/" in self.cuid and (self.cuidType or "").lower() not in _PLAIN_EMAIL:
             raise ValueError("user.cuid must not contain '/'")
+        return self
+
+    @model_validator(mode="after")
+    def _hashed_cuid_is_a_digest(self) -> UserIn:
+        # FieldError: the 422 names `user.cuid`, not the whole `user`.
+        if self.cuid and (self.cuidType or "").lower() in _HASHED_EMAIL and not _SHA256_HEX.match(self.cuid):
+            raise FieldError("cuid", "a cuid of cuidType he must be a SHA-256 hex digest (64 hex characters)")
         return self
 
     @property
@@ -179,6 +200,17 @@ class Identifier(BaseModel):
     type: str = Field(min_length=1, max_length=64)
     value: str = Field(min_length=1, max_length=512)
 
+    @field_validator("value")
+    @classmethod
+    def _phone_in_e164(cls, v: str, info: ValidationInfo) -> str:
+        # Normalised here, not only hashed: the hash must equal the opt-in API's for the same phone.
+        # A hashed one must be a digest (lower-cased): a plain phone or email here is PII in clear.
+        given = info.data.get("type")
+        kind = given.lower() if isinstance(given, str) else None
+        if kind in _HASHED_TYPES:
+            return _sha256_digest(v)
+        return normalize_phone(v) if kind == "phonenumber" else v
+
 
 class _IdentifyProps(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -196,6 +228,16 @@ class _IdentifyProps(BaseModel):
         if v is not None and "/" in v:
             raise ValueError("cuid must not contain '/'")
         return v
+
+    @field_validator("phoneNumber")
+    @classmethod
+    def _phone_in_e164(cls, v: str | None) -> str | None:
+        return normalize_phone(v) if v is not None else None
+
+    @field_validator("hashedEmail")
+    @classmethod
+    def _hashed_email_is_a_digest(cls, v: str | None) -> str | None:
+        return _sha256_digest(v) if v is not None else None
 
 
 class _PushOptProps(BaseModel):
@@ -291,15 +333,41 @@ def _identity(p: _IdentifyProps) -> Identity | None:
             phone_h = phone_hash(ident.value)
         elif kind == "hashedphonenumber":
             phone_h = ident.value.lower()
+        # A secondary email only stands in when the event names no primary one: the primary hashed
+        # email is the person's email identity (the one opted in); overwriting it skipped their sends.
         elif kind in {"email", "plaintextemail"}:
-            email_h = email_hash(ident.value)
+            email_h = email_h or email_hash(ident.value)
         elif kind in {"he", "hashedemail"}:
-            email_h = ident.value.lower()
+            email_h = email_h or ident.value.lower()
     return Identity(cuid=cuid, cuid_type=cuid_type, email_hash=email_h, phone_hash=phone_h)
 
 
-def normalize_event(index: int, event: EventIn) -> NormalizedEvent:
-    """Validate one `events[index]` entry against its standard schema and normalise it."""
+def _check_hashed_cuid(index: int, props: _IdentifyProps) -> None:
+    """A cuid declared a hashed email must be one, as `hashedEmail` must (checked here, after the
+    schema: the rule reads two fields and the 422 must name `cuid`)."""
+    if props.cuid and (props.cuidType or "").lower() in _HASHED_EMAIL and not _SHA256_HEX.match(props.cuid):
+        raise EventValidationError(
+            f"events.{index}.properties.cuid", "a cuid of cuidType he must be a SHA-256 hex digest (64 hex characters)"
+        )
+
+
+def _check_push_opt_in(index: int, dy_type: str, props: _PushOptProps, allow_http_push: bool) -> None:
+    """A Web Push opt-in must carry a subscription a send can use; refused now, not at every send.
+    Opt-outs are not checked: one naming a value stored before this check must still work."""
+    if dy_type != "message-optin-v1" or props.channelType != "WEB_PUSH":
+        return
+    field, token = ("pushID", props.pushID) if props.pushID else ("pushId", props.pushId)
+    try:
+        check_web_push_subscription(token or "", allow_http=allow_http_push)
+    except ValueError as exc:
+        raise EventValidationError(f"events.{index}.properties.{field}", str(exc)) from None
+
+
+def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False) -> NormalizedEvent:
+    """Validate one `events[index]` entry against its standard schema and normalise it.
+
+    `allow_http_push` admits Web Push subscriptions with an http endpoint (private URLs allowed:
+    local development and tests); real push services are https."""
     dy_type = event.properties.get("dyType")
     if dy_type is None:
         return NormalizedEvent(kind=EventKind.CUSTOM, name=event.name, properties=dict(event.properties))
@@ -325,10 +393,12 @@ def normalize_event(index: int, event: EventIn) -> NormalizedEvent:
         if isinstance(props, _PurchaseProps):
             base.transaction_id = props.uniqueTransactionId
     elif isinstance(props, _IdentifyProps):
+        _check_hashed_cuid(index, props)
         base.identity = _identity(props)
         if base.identity is None and dy_type in {"login-v1", "identify-v1"}:
             raise EventValidationError(f"events.{index}.properties.cuid", "a cuid or hashedEmail is required")
     elif isinstance(props, _PushOptProps):
+        _check_push_opt_in(index, dy_type, props, allow_http_push)
         base.push_token = props.pushID or props.pushId
         base.push_channel = props.channelType
     return base
@@ -340,6 +410,7 @@ def pageview_event(req: PageviewRequest) -> NormalizedEvent:
     if page.type == "PRODUCT":
         if not page.data:
             raise EventValidationError("context.page.data", "a PRODUCT page needs its SKU as data[0]")
+        _check_page_sku(page.data[0])
         return NormalizedEvent(
             kind=EventKind.PRODUCT_VIEW,
             name="Product View",
@@ -351,3 +422,9 @@ def pageview_event(req: PageviewRequest) -> NormalizedEvent:
         name=f"{(page.type or 'OTHER').title()} View",
         properties={"type": page.type, "data": page.data, "location": page.location},
     )
+
+
+def _check_page_sku(sku: str) -> None:
+    # A blank SKU would start a browse journey for no product; the length is a cart productId's.
+    if not sku.strip() or len(sku) > _SKU_MAX:
+        raise EventValidationError("context.page.data.0", f"a SKU must be 1 to {_SKU_MAX} characters, not blank")

@@ -63,7 +63,9 @@ def triggers(spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem
                 return False
             return any(matches(trig.conditions, p, trig.match) for p in trigger_products(event, cart, catalog))
         case CampaignType.CUSTOM_TRIGGER:
-            if event.kind not in {EventKind.CUSTOM, EventKind.OTHER_STANDARD}:
+            # Any event posted by name, standard (purchase, add-to-cart...) or not (docs/campaigns.md);
+            # pageviews are not: their names ("Product View") are made up here, not sent.
+            if event.kind in {EventKind.PRODUCT_VIEW, EventKind.PAGE_VIEW}:
                 return False
             if event.name.casefold() != (trig.event_name or "").casefold():
                 return False

@@ -3,7 +3,7 @@
 A device (`dyid`) belongs to one user. An identification event gives the user a CUID; when
 another user already holds that CUID (the same person on another device), the device's user is
 merged into that owner (`merge_users`): devices, identifiers, events (also those from before
-identification), journeys, cap reservations, sends and decisions are re-pointed to the owner,
+identification), journeys, cap reservations, sends, tracking hits and decisions are re-pointed to the owner,
 and the merged id is kept as an alias (`UserAlias`) because journeys already running carry it.
 Everything that reads a user by id resolves aliases first (`canonical_user`).
 """
@@ -22,6 +22,7 @@ from store import cart_index, report_rollup
 from store.identity_tables import UserAlias
 from store.statements import row_of, table_of
 from store.tables import CapReservation, Decision, Device, Event, Journey, Send, User, UserIdentifier
+from store.tracking_tables import TrackingHit
 
 # Plain tables for the INSERTs of a first visit (Core statements skip the ORM's bulk-insert layer).
 USER_TABLE = table_of(User)
@@ -30,7 +31,10 @@ _INSERT_USER = insert(USER_TABLE)
 _INSERT_DEVICE = insert(DEVICE_TABLE)
 
 # Tables whose rows belong to a user by `user_id`: re-pointed when that user is merged away.
-_USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision)
+# Tracking hits too: report counters and attribution read a person's clicks by their id. Short
+# links are not: their `user_id` is the recipient the link was minted for, like the `u` of a
+# signed token (which cannot be rewritten); a hit accepts it as an alias of the send's user.
+_USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision, TrackingHit)
 
 
 def new_user_id() -> str:
@@ -156,9 +160,13 @@ def identify(s: Session, user: User, identity: Identity, device_key: str | None,
     elif owner is not None and owner.id != user.id:
         # The device's user is another known person (shared device, account switch): the device
         # changes hands; the previous person keeps their history.
-        if device_key:
-            s.merge(Device(section_id=user.section_id, device_key=device_key, user_id=owner.id))
+        _move_device(s, user.section_id, device_key, owner.id)
         user = owner
+    elif user.cuid is not None and user.cuid != identity.cuid and not _known_as(s, user, identity):
+        # A person not seen before logs in on a device that belongs to someone else: a new user for
+        # them. Renaming the device's user would hand the previous person's identifiers, cart and
+        # journeys (and so their messages) to the newcomer, and lose the previous person's CUID.
+        user = _new_person(s, user.section_id, identity, device_key, now)
     else:
         user.cuid, user.cuid_type = identity.cuid, identity.cuid_type
     if identity.email_hash:
@@ -169,6 +177,37 @@ def identify(s: Session, user: User, identity: Identity, device_key: str | None,
         add_identifier(s, user.section_id, user.id, "custom", sha256_hex(identity.cuid))
     user.updated_at = now
     s.add(user)
+    return user
+
+
+def _known_as(s: Session, user: User, identity: Identity) -> bool:
+    """Whether `user` already holds an identifier of `identity`: the same person under another CUID
+    (e.g. their hashed email after an external id), not a newcomer on their device."""
+    wanted = [("email", identity.email_hash)] if identity.email_hash else []
+    if identity.cuid_type != "he":
+        wanted.append(("custom", sha256_hex(identity.cuid)))
+    for kind, value_hash in wanted:
+        held = s.get(UserIdentifier, (user.section_id, kind, value_hash))
+        if held is not None and held.user_id == user.id:
+            return True
+    return False
+
+
+def _move_device(s: Session, section_id: str, device_key: str | None, user_id: str) -> None:
+    if device_key:
+        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user_id))
+
+
+def _new_person(s: Session, section_id: str, identity: Identity, device_key: str | None, now: datetime) -> User:
+    """A user holding `identity`'s CUID and nothing else, written now (identifiers reference it),
+    with the device moved to it."""
+    user = User(
+        id=new_user_id(), section_id=section_id, cuid=identity.cuid, cuid_type=identity.cuid_type,
+        attributes={}, cart=[], created_at=now, updated_at=now,
+    )  # fmt: skip
+    s.add(user)
+    s.flush()
+    _move_device(s, section_id, device_key, user.id)
     return user
 
 
@@ -188,7 +227,9 @@ def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     # Report counters are per user: take both users out, re-point, count the merged person again.
     campaigns = report_rollup.forget_users(s, [merged.id, into.id])
     for table in _USER_ROWS:
-        s.execute(update(table).where(table.user_id == merged.id).values(user_id=into.id))  # type: ignore[arg-type]
+        # The section too: the indexes on (section_id, user_id, ...) of hits and events then serve it.
+        mine = (col(table.section_id) == merged.section_id) & (col(table.user_id) == merged.id)
+        s.execute(update(table).where(mine).values(user_id=into.id))
     report_rollup.recount_users(s, [into.id], campaigns)
     s.execute(update(UserAlias).where(UserAlias.canonical_id == merged.id).values(canonical_id=into.id))  # type: ignore[arg-type]
     s.merge(UserAlias(alias_id=merged.id, section_id=merged.section_id, canonical_id=into.id, merged_at=now))
@@ -208,7 +249,9 @@ def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:
         cart = []
     elif event.kind in CART_KINDS:
         if event.cart is not None:
-            cart = list(event.cart)
+            # Items at quantity 0 are not in the cart (as a remove-from-cart leaves them): an all-zero
+            # cart is an empty one, which triggers nothing and exits cart journeys.
+            cart = [i for i in event.cart if i.quantity > 0]
         elif event.kind == EventKind.ADD_TO_CART and event.sku:
             qty = float(event.properties.get("quantity") or 1)
             existing = next((i for i in cart if i.sku == event.sku), None)

@@ -50,7 +50,8 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
 
 @router.post("/event", status_code=202)
 async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
-    events = [normalize_event(i, e) for i, e in enumerate(body.events)]
+    allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
+    events = [normalize_event(i, e, allow_http_push=allow_http) for i, e in enumerate(body.events)]
     return await _ingest(state, principal.section_id, body, events)
 
 

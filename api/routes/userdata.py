@@ -1,7 +1,9 @@
 """Opt-in / opt-out (Experience API shape): `/v2/userdata/channels/{channel}/opt-in|opt-out`.
 
 The identifier type must equal the channel integration's; the value is stored encrypted and
-looked up by hash. Takes effect for the very next send decision.
+looked up by hash. Phone numbers are stored in E.164 (`domain/identifiers.py`), so any way of
+writing one finds the same row; a Web Push opt-in must be a usable subscription. Takes effect for
+the very next send decision.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlmodel import select
 from api.deps import Ingestion, StateDep
 from api.errors import Unprocessable
 from domain.events import email_hash, phone_hash, sha256_hex
+from domain.identifiers import check_web_push_subscription, normalize_phone
 from store.tables import Integration, OptIn, now_utc
 
 router = APIRouter(prefix="/v2/userdata/channels", tags=["ingestion"])
@@ -26,7 +29,6 @@ CHANNEL_NAMES = {
     "web_push": "web_push", "webpush": "web_push", "web-push": "web_push",
 }  # fmt: skip
 TYPE_NAMES = {"email": "email", "phonenumber": "phone", "phone": "phone", "custom": "custom"}
-E164 = re.compile(r"^\+?[1-9]\d{6,14}$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -44,15 +46,26 @@ class OptResult(BaseModel):
     status: Literal["opted_in", "opted_out"]
 
 
+def _normalized(channel: str, id_type: str, value: str, opted_in: bool, allow_http: bool) -> str:
+    """The value as stored and sent: phones in E.164; a Web Push opt-in must be a usable
+    subscription (opt-outs are not checked, so a value stored before this check can still opt out)."""
+    try:
+        if id_type == "phone":
+            return normalize_phone(value)
+        if channel == "web_push" and opted_in:
+            check_web_push_subscription(value, allow_http=allow_http)
+    except ValueError as exc:
+        raise Unprocessable(str(exc), field="identifier.value") from None
+    return value
+
+
 def _hash_for(id_type: str, value: str) -> str:
     if id_type == "email":
         if not EMAIL.match(value.strip()):
             raise Unprocessable("not a valid email address", field="identifier.value")
         return email_hash(value)
     if id_type == "phone":
-        if not E164.match(value.strip().replace(" ", "")):
-            raise Unprocessable("phone numbers must be E.164, e.g. +15551234567", field="identifier.value")
-        return phone_hash(value)
+        return phone_hash(value)  # already E.164 (`_normalized`)
     return sha256_hex(value)
 
 
@@ -74,7 +87,9 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
                 f"the {channel} integration identifies users by {integration.identifier_type}, not {id_type}",
                 field="identifier.type",
             )
-        value = body.identifier.value.strip()
+        # http push endpoints only where private URLs are allowed (local stand-ins for push services).
+        allow_http = state.settings.allow_private_urls
+        value = _normalized(channel, id_type, body.identifier.value.strip(), opted_in, allow_http)
         value_hash = _hash_for(id_type, value)
         row = s.exec(
             select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == value_hash)
@@ -85,6 +100,9 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
                 section_id=section_id, channel=channel, identifier_type=id_type, value_hash=value_hash,
                 value_enc=box.encrypt(value), opted_in=opted_in, updated_at=now_utc(),
             )  # fmt: skip
+        elif id_type == "phone":
+            # A row stored before phones were normalised may hold "+1 555 ..."; sends use this value.
+            row.value_enc = box.encrypt(value)
         row.opted_in, row.source, row.updated_at = opted_in, "api", now_utc()
         s.add(row)
     return OptResult(channel=channel, status="opted_in" if opted_in else "opted_out")

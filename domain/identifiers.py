@@ -1,0 +1,71 @@
+"""Identifier values as they enter Rejoin: phone numbers normalised to E.164, Web Push subscriptions checked.
+
+One place for these rules, so an opt-in, an opt-out and an identification event give the same
+stored value and hash for the same phone however it was typed, and a value no send could ever
+use is refused when it arrives (a 422 naming the field) instead of failing every send later.
+Stdlib only: raised as `ValueError`, callers name the field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+# Separators people type inside phone numbers ("+1 (555) 123-4567", "+44.20.7946.0000").
+_PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
+# E.164: a "+", a country code (never starting with 0) and at most 15 digits in all.
+_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
+P256_POINT_BYTES = 65  # an uncompressed P-256 point: 0x04, x, y (RFC 8291 3.1)
+AUTH_SECRET_BYTES = 16  # RFC 8291 3.2
+
+
+def normalize_phone(value: str) -> str:
+    """The E.164 form (`+15551234567`) of a phone number written with spaces, dashes, dots or
+    parentheses; `ValueError` when what is left is not a "+" and 8 to 15 digits."""
+    compact = _PHONE_SEPARATORS.sub("", value)
+    if not _E164.match(compact):
+        raise ValueError("phone numbers must be E.164: a leading + and 8 to 15 digits, e.g. +15551234567")
+    return compact
+
+
+def check_web_push_subscription(value: str, *, allow_http: bool = False) -> None:
+    """`ValueError` unless `value` is a browser's PushSubscription JSON: an https `endpoint`, and
+    `keys.p256dh` and `keys.auth` in base64url. `allow_http` admits an http endpoint (local push
+    service stand-ins, where private URLs are allowed too)."""
+    try:
+        sub = json.loads(value)
+    except ValueError:
+        raise ValueError("a Web Push subscription must be the browser's subscription JSON") from None
+    if not isinstance(sub, dict):
+        raise ValueError("a Web Push subscription must be a JSON object (endpoint, keys)")
+    _check_endpoint(sub.get("endpoint"), allow_http)
+    keys = sub.get("keys")
+    if not isinstance(keys, dict):
+        raise ValueError("a Web Push subscription needs keys.p256dh and keys.auth")
+    p256dh = _b64url_bytes(keys.get("p256dh"), "keys.p256dh")
+    if len(p256dh) != P256_POINT_BYTES or p256dh[0] != 4:
+        raise ValueError("keys.p256dh must be an uncompressed P-256 public key (65 bytes)")
+    if len(_b64url_bytes(keys.get("auth"), "keys.auth")) != AUTH_SECRET_BYTES:
+        raise ValueError("keys.auth must be the 16-byte auth secret")
+
+
+def _check_endpoint(endpoint: Any, allow_http: bool) -> None:
+    schemes = {"https", "http"} if allow_http else {"https"}
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    if parts is None or parts.scheme not in schemes or not parts.hostname:
+        raise ValueError("a Web Push subscription needs an https endpoint URL")
+
+
+def _b64url_bytes(text: Any, name: str) -> bytes:
+    # Strict: the default decoder drops characters outside the alphabet, so "not a key!" would pass.
+    if not isinstance(text, str) or not _B64URL.match(text):
+        raise ValueError(f"{name} must be base64url")
+    try:
+        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} must be base64url") from None
