@@ -151,6 +151,7 @@ def accept(
                 "deferred": False,
                 "transaction_id": ev.transaction_id,
                 "value": ev.value,
+                "identified": bool(user.cuid),  # as attribution sees it below
                 "commands": [c.model_dump(mode="json") for c in commands],
             }
             s.connection().execute(_INSERT_EVENT, row)  # a plain INSERT: events are never changed in this transaction

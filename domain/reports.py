@@ -65,14 +65,10 @@ def attribute(clicks: Iterable[Click], events: Iterable[SiteEvent], window: time
         by_user[c.user_id].append(c)
     for cs in by_user.values():
         cs.sort(key=lambda c: c.at)
-    seen: set[tuple[str, str]] = set()
     out: list[Attributed] = []
-    for e in sorted(events, key=lambda e: (e.at, e.id)):
+    for e in first_of_each_transaction(events):
         if not e.identified:
             continue  # attribution needs the user identified when buying
-        dedupe = (e.kind, f"tx:{e.user_id}:{e.transaction_id}" if e.transaction_id else f"id:{e.id}")
-        if dedupe in seen:
-            continue
         last = None
         for c in by_user.get(e.user_id, ()):
             if c.at > e.at:
@@ -80,9 +76,27 @@ def attribute(clicks: Iterable[Click], events: Iterable[SiteEvent], window: time
             last = c
         if last is None or e.at - last.at > window:
             continue
-        seen.add(dedupe)
         out.append(Attributed(e, last))
     return out
+
+
+def first_of_each_transaction(events: Iterable[SiteEvent]) -> list[SiteEvent]:
+    """The first event (by time, id) per (kind, user, transaction id), in that order.
+
+    The first one decides, attributed or not: a purchase sent before any click and sent again
+    (same uniqueTransactionId) after one must not count, so repeats are dropped before
+    attribution, never after. Events without a transaction id are each their own. The user is
+    the one the event belongs to now (an identity merge re-points a device's events to the
+    merged person, whose first event of the transaction then decides).
+    """
+    seen: set[tuple[str, str, str]] = set()
+    first: list[SiteEvent] = []
+    for e in sorted(events, key=lambda e: (e.at, e.id)):
+        key = (e.kind, e.user_id, e.transaction_id) if e.transaction_id else (e.kind, "id", e.id)
+        if key not in seen:
+            seen.add(key)
+            first.append(e)
+    return first
 
 
 @dataclass

@@ -32,8 +32,10 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOT_CLICK_DELAY = timedelta(seconds=1)
 # Link scanners and prefetchers that follow links or load images without a human.
 SCANNER_AGENTS = re.compile(
-    r"bot|crawl|spider|preview|scanner|barracuda|mimecast|proofpoint|safelinks|symantec|"
-    r"trendmicro|forcepoint|ironport|python-requests|curl/|wget|headless|phantomjs|slurp",
+    r"bot|crawl|spider|preview|scanner|barracuda|mimecast|proofpoint|safe ?links|symantec|"
+    r"trendmicro|forcepoint|ironport|python-requests|curl/|wget|headless|phantomjs|slurp|"
+    # HTTP libraries: a person follows a link in a browser or a mail app, never through these
+    r"go-http-client|java/|libwww-perl|axios/|node-fetch|aiohttp|httpx|apache-httpclient",
     re.IGNORECASE,
 )
 
@@ -121,6 +123,10 @@ def bot_reason(*, method: str, user_agent: str | None, at: datetime, sent_at: da
     """Why a hit is not a human one (None: counted). Used for clicks and impressions alike."""
     if method.upper() == "HEAD":
         return "head_request"
+    # Every browser and mail app names itself; a GET without a User-Agent is a script or a
+    # scanner. (Push engagements arrive by POST from the shop's app or backend, often without one.)
+    if method.upper() == "GET" and not (user_agent or "").strip():
+        return "no_user_agent"
     if user_agent and SCANNER_AGENTS.search(user_agent):
         return "scanner_user_agent"
     if sent_at is not None and at - sent_at < BOT_CLICK_DELAY:

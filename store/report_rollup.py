@@ -323,10 +323,23 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
     """Store a purchase/add-to-cart against each campaign whose click by this user precedes it.
 
     The window and the transaction dedupe are applied when the report is read, so this keeps
-    the candidate (the last human click before the event, per campaign) and nothing more.
+    the candidate (the last human click before the event, per campaign) and nothing more. A
+    repeat of a transaction the user already sent (same kind and transaction id, earlier by
+    time, id) is no candidate: the first event decided, even when it came before any click and
+    so counted for nothing (docs/reports.md). The user is the event's user now: after an
+    identity merge the merged person's earlier events are theirs too.
     """
     if event.kind not in ATTRIBUTED_KINDS or not identified:
         return
+    if event.transaction_id is not None:
+        e = EVENT.c
+        repeat = exists().where(
+            e.section_id == event.section_id, e.user_id == event.user_id, e.kind == event.kind,
+            e.transaction_id == event.transaction_id,
+            (e.received_at < event.received_at) | ((e.received_at == event.received_at) & (e.id < event.id)),
+        )  # fmt: skip
+        if s.execute(select(repeat)).scalar():
+            return
     rows = s.execute(
         _LAST_CLICKS, {"section_id": event.section_id, "user_id": event.user_id, "received_at": event.received_at}
     ).all()
@@ -518,6 +531,11 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
     if section_id is None:
         return
     c = COHORT.c
+    # Identified = the buyer had a CUID when the event was accepted (ingestion's flag): a later
+    # login merging the device must not make an anonymous purchase attributed. Events stored
+    # before the flag existed fall back to the CUID the user has now.
+    flag = col(Event.identified)
+    identified = flag.is_(True) | (flag.is_(None) & col(User.cuid).is_not(None))
     click = (
         col(TrackingHit.campaign_id) == cid,
         col(TrackingHit.user_id) == col(Event.user_id),
@@ -543,7 +561,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
         .where(
             col(Event.section_id) == section_id,
             col(Event.kind).in_(ATTRIBUTED_KINDS),
-            col(User.cuid).is_not(None),
+            identified,
             *([col(Event.user_id).in_(users)] if users is not None else []),
         )
         .subquery()

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
 
-from store.tables import Send, UTCDateTime
+from store.tables import Journey, Send, UTCDateTime
 from store.tracking_tables import TrackingHit
 
 
@@ -81,3 +81,6 @@ class ReportAttribution(SQLModel, table=True):
 # report, first-fact checks, last click before a purchase).
 Index("ix_send_campaign_user", Send.campaign_id, Send.user_id)
 Index("ix_hit_campaign_user", TrackingHit.campaign_id, TrackingHit.user_id, TrackingHit.at)  # type: ignore[arg-type]
+# A campaign's test journeys (few; partial, so tiny): the campaign list leaves their sends out.
+_TEST_JOURNEY = Journey.is_test == True  # noqa: E712  (the same form as the query, so planners match it)
+Index("ix_journey_campaign_test", Journey.campaign_id, postgresql_where=_TEST_JOURNEY, sqlite_where=_TEST_JOURNEY)

@@ -23,7 +23,9 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, or_, union_all
+from sqlalchemy import (
+    BindParameter, Column, MetaData, String, Table, case, exists, func, insert, literal, or_, union_all,
+)  # fmt: skip
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
@@ -94,7 +96,7 @@ def load(
     last_hour = hour_of(end)
     if first_hour >= last_hour:
         return load_raw(s, section_id, campaign_id, start, end, registry=True)
-    parts = [load_counters(s, campaign_id, first_hour, last_hour, window)]
+    parts = [load_counters(s, section_id, campaign_id, first_hour, last_hour, window)]
     edges = [(a, b) for a, b in ((start, first_hour), (last_hour, end)) if a < b]
     if edges:  # both partial hours in one raw load: their users are disjoint, figures add up
         parts.append(load_raw_ranges(s, section_id, campaign_id, edges, registry=True))
@@ -123,7 +125,7 @@ def combine(parts: Sequence[ReportInput]) -> ReportInput:
 
 
 def load_counters(
-    s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
+    s: Session, section_id: str, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
 ) -> ReportInput:
     """Users first triggered in the whole hours [first_hour, last_hour), from the counters."""
     r = ReportRollup
@@ -145,7 +147,7 @@ def load_counters(
             inp.step_users[(v, step)] = n
         elif metric == "click_users":
             inp.click_users[v] = n
-    attributed = s.execute(_attributed(s, campaign_id, first_hour, last_hour, window))
+    attributed = s.execute(_attributed(s, section_id, campaign_id, first_hour, last_hour, window))
     for level, v, ch, step, kind, n, total, users, sumsq in attributed:
         if level == "d":  # purchase value per day: the day is in the channel column
             inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
@@ -155,12 +157,18 @@ def load_counters(
     return inp
 
 
-def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta) -> Any:
+def _attributed(
+    s: Session, section_id: str, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
+) -> Any:
     """Attribution of the cohorts' candidate rows, in SQL, as domain.reports.attribute does it.
 
-    Each row already holds the buyer's last click before the event; the window is applied here
-    and then the dedupe: per (kind, user, transaction id or else event id) the first event by
-    (time, id) that falls in the window is kept. Then, per level (variation / variation and
+    Each row already holds the buyer's last click before the event; the dedupe comes first, then
+    the window: per (kind, user, transaction id or else event id) only the first event by (time,
+    id) decides, and counts if it falls in the window (a repeat never counts, even when the
+    first event was too late or came before any click). The first event may have no candidate
+    row (no click before it), so a row with an earlier raw event of its transaction is dropped
+    too: that keeps rows stored by a rebuild or an identity merge's recount (every event with a
+    click before it) in line with the raw path. Then, per level (variation / variation and
     channel / variation and step) and kind: events, value, distinct buyers and the sum over
     buyers of their value squared; and purchase value per UTC day. One statement: the kept rows
     are a CTE the parts share.
@@ -170,12 +178,13 @@ def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: d
     first = func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id))
     ranked = (
         sa_select(a.user_id, a.kind, finite_value_sql(a.value).label("value"), a.at, a.variation_id, a.channel,
-                  a.step_index, first.label("rn"))
+                  a.step_index, a.lag_us, first.label("rn"))
         .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
-               a.lag_us <= window // timedelta(microseconds=1))
+               ~_earlier_event_of_transaction(section_id, a))
         .subquery()
     )  # fmt: skip
-    kept = sa_select(ranked).where(ranked.c.rn == 1).cte("kept")
+    in_window = ranked.c.lag_us <= window // timedelta(microseconds=1)
+    kept = sa_select(ranked).where(ranked.c.rn == 1, in_window).cte("kept")
     k = kept.c
     parts = []
     for level, dims in (("v", []), ("c", [k.channel]), ("s", [k.step_index])):
@@ -199,6 +208,17 @@ def _attributed(s: Session, campaign_id: str, first_hour: datetime, last_hour: d
         .where(k.kind == "purchase").group_by(day)
     )  # fmt: skip
     return union_all(*parts)
+
+
+def _earlier_event_of_transaction(section_id: str, a: Any) -> Any:
+    """EXISTS: the buyer has an earlier raw event (time, id) of the candidate's kind and transaction id.
+
+    On `ix_event_user_time` (section, user, time). NULL transaction ids compare unknown: no match.
+    """
+    e = Event.__table__.c  # type: ignore[attr-defined]
+    earlier = (e.received_at < a.at) | ((e.received_at == a.at) & (e.id < a.event_id))
+    return exists().where(e.section_id == section_id, e.user_id == a.user_id, e.kind == a.kind,
+                          e.transaction_id == a.transaction_id, earlier)  # fmt: skip
 
 
 def load_raw(
@@ -258,12 +278,13 @@ def load_raw_ranges(
             .join(f, on_hit).where(*human, is_click)
         ).all()
         # Purchases/add-to-carts (at any time) of selected users who clicked at least once (nobody
-        # else can be attributed); `identified` = the buyer has a CUID. The subquery is not
+        # else can be attributed); `identified` = the buyer had a CUID when the event was received
+        # (rows stored before that flag: has one now). The subquery is not
         # correlated, so planners compute it once instead of once per event.
         clickers = sa_select(col(TrackingHit.user_id)).where(*human, is_click).join(f, on_hit)
         events = s.execute(
             sa_select(col(Event.id), col(Event.user_id), col(Event.kind), col(Event.received_at), col(Event.value),
-                      col(Event.transaction_id), col(User.cuid))  # fmt: skip
+                      col(Event.transaction_id), func.coalesce(col(Event.identified), col(User.cuid).is_not(None)))  # fmt: skip
             .join(f, uid == col(Event.user_id))
             .join(User, col(User.id) == col(Event.user_id), isouter=True)
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
@@ -277,18 +298,34 @@ def load_raw_ranges(
         hits=[HitGroup(v, c, i, k, int(n)) for v, c, i, k, n in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
-        events=[SiteEvent(i, u, k, at, finite_value(v), tx, bool(cuid)) for i, u, k, at, v, tx, cuid in events],
+        events=[SiteEvent(i, u, k, at, finite_value(v), tx, bool(known)) for i, u, k, at, v, tx, known in events],
     )
 
 
 def sends_since(s: Session, campaign_ids: Sequence[str], since: datetime) -> dict[str, int]:
-    """Send requests per campaign since `since` (campaign ids keep the query on its index)."""
+    """Send requests per campaign since `since`, test users' sends left out as the report leaves them.
+
+    All sends (an index-only range count on `ix_send_campaign_status`) minus those of test
+    journeys (a send's journey row says; batched runs' recipients have journey rows too), found
+    from the campaign's few test journeys (`ix_journey_campaign_test`) rather than by looking up
+    the journey of every send. A send without a journey row counts.
+    """
     counts: dict[str, int] = defaultdict(int)
+    window = (col(Send.status).in_(SENT), Send.created_at >= since)
     for chunk in _chunks(list(campaign_ids)):
         rows = s.exec(
             select(Send.campaign_id, func.count())
-            .where(col(Send.campaign_id).in_(chunk), col(Send.status).in_(SENT), Send.created_at >= since)
+            .where(col(Send.campaign_id).in_(chunk), *window)
             .group_by(col(Send.campaign_id))
         ).all()
         counts.update({c: int(n) for c, n in rows})
+        test_sends = s.exec(
+            select(Journey.campaign_id, func.count())
+            .join(Send, col(Send.journey_id) == col(Journey.id))
+            .where(col(Journey.campaign_id).in_(chunk), Journey.is_test == True,  # noqa: E712  (the index's form)
+                   col(Send.campaign_id) == col(Journey.campaign_id), *window)  # fmt: skip
+            .group_by(col(Journey.campaign_id))
+        ).all()
+        for c, n in test_sends:
+            counts[c] -= int(n)
     return counts

@@ -178,6 +178,9 @@ class Event(SQLModel, table=True):
     deferred: bool = False  # inline dispatch failed or waited: the sweeper owns it now
     transaction_id: str | None = Field(default=None, max_length=64)
     value: float | None = None
+    # Whether the user had a CUID when the event was accepted: attribution asks that of a buyer,
+    # and a later login must not change the answer. NULL: stored before this column existed.
+    identified: bool | None = None
     # Journey commands computed when the event was accepted, replayed verbatim if dispatch to
     # Temporal failed (signals carry the event id, so a replay is harmless).
     commands: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))

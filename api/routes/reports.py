@@ -20,12 +20,13 @@ from sqlmodel import Session, col, select
 
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
-from domain.campaign import CampaignSpec
+from api.report_times import ReportTime, within_report_bounds
+from domain.campaign import CampaignSpec, Variation
 from domain.reports import Bucket, aggregate, arms_for, winner
 from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
-from store.tables import Campaign, now_utc
+from store.tables import Campaign, CampaignVersion, now_utc
 
 # No prefix: the signed report page lives at /r/{token}, the rest under /api/v1.
 router = APIRouter(tags=["reports"])
@@ -46,15 +47,17 @@ def build_report(
     window = spec.settings.attribution_window
     data = q.load_raw(s, c.section_id, c.id, start, end) if raw else q.load(s, c.section_id, c.id, start, end, window)
     agg = aggregate(data, window)
-    names = {v.id: v.name for v in spec.variations}
-    step_names = {(v.id, i): st.name for v in spec.variations for i, st in enumerate(v.steps)}
-    order = [v.id for v in spec.variations] + sorted(set(agg.variations) - set(names))
+    in_data = {*agg.variations, *(v for v, _ in agg.channels), *(v for v, _ in agg.steps)}
+    defined = _definitions(s, c, spec, in_data)
+    step_names = {(v.id, i): st.name for v in defined.values() for i, st in enumerate(v.steps)}
+    order = [v.id for v in spec.variations] + sorted(set(agg.variations) - {v.id for v in spec.variations})
     variations = []
     for vid in order:
         bucket = agg.variations.get(vid)
         table = (bucket or Bucket()).table()  # a variation nobody reached yet: every metric at 0
-        control = next((v.control for v in spec.variations if v.id == vid), False)
-        variations.append({"id": vid, "name": names.get(vid, vid), "control": control, **table})
+        known = defined.get(vid)
+        name, control = (known.name, known.control) if known else (vid, False)
+        variations.append({"id": vid, "name": name, "control": control, **table})
     channels = [
         {"variation_id": v, "channel": ch, **b.table()} for (v, ch), b in sorted(agg.channels.items())
     ]
@@ -83,13 +86,34 @@ def build_report(
     }
 
 
-def _range(c: Campaign, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+def _definitions(s: Session, c: Campaign, spec: CampaignSpec, ids: set[str]) -> dict[str, Variation]:
+    """Each variation of the latest version, and each of `ids` it no longer has as the most recent
+    earlier version defined it: a variation removed by an edit keeps its name and its control flag
+    in reports of the users it had (else an old holdout would show as a normal variation)."""
+    found = {v.id: v for v in spec.variations}
+    missing = ids - set(found)
+    if not missing:
+        return found
+    version_col = col(CampaignVersion.version)
+    older = select(version_col).where(CampaignVersion.campaign_id == c.id, version_col < c.version)
+    for version in s.exec(older.order_by(version_col.desc())).all():
+        for v in load_spec(s, c.id, version).variations:
+            if v.id in missing:
+                found[v.id] = v
+                missing.discard(v.id)
+        if not missing:
+            break
+    return found
+
+
+def _range(
+    c: Campaign, start: datetime | None, end: datetime | None, given_in: str = "query"
+) -> tuple[datetime, datetime]:
+    """The report's [from, to): defaults filled in; `given_in` ("query" or "body") locates a refusal."""
     start = start or c.created_at
     end = end or now_utc() + timedelta(seconds=1)
-    if start.tzinfo is None or end.tzinfo is None:
-        raise Unprocessable("give times with a timezone (e.g. 2026-01-01T00:00:00Z)", field="from")
     if end <= start:
-        raise Unprocessable("'to' must be after 'from'", field="to")
+        raise Unprocessable("'to' must be after 'from'", field=f"{given_in}.to")
     return start, end
 
 
@@ -104,8 +128,8 @@ def report(
     campaign_id: str,
     principal: Management,
     state: StateDep,
-    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+    start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
     format: Literal["json", "csv"] = "json",
 ) -> dict[str, Any] | Response:
     """The campaign report for [from, to); `format=csv` for a spreadsheet-safe CSV."""
@@ -121,8 +145,8 @@ def report_page(
     campaign_id: str,
     principal: Management,
     state: StateDep,
-    start: Annotated[datetime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
-    end: Annotated[datetime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+    start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
 ) -> HTMLResponse:
     body = _load(state, principal.section_id, campaign_id, start, end)
     return HTMLResponse(to_html(body), headers=PAGE_HEADERS)
@@ -132,8 +156,8 @@ class ReportLinkIn(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
     valid_hours: int = Field(24, ge=1, le=24 * 30)
-    start: datetime | None = Field(None, alias="from")
-    end: datetime | None = Field(None, alias="to")
+    start: ReportTime | None = Field(None, alias="from")
+    end: ReportTime | None = Field(None, alias="to")
 
 
 @router.post("/api/v1/campaigns/{campaign_id}/report-link")
@@ -141,7 +165,7 @@ def report_link(campaign_id: str, body: ReportLinkIn, principal: Management, sta
     """A signed, expiring URL of the HTML report, to open in a browser or share without a key."""
     with state.store.session() as s:
         c, _ = _campaign(s, principal.section_id, campaign_id)
-        _range(c, body.start, body.end)
+        _range(c, body.start, body.end, given_in="body")
     expires = now_utc() + timedelta(hours=body.valid_hours)
     data = {"c": campaign_id, "s": principal.section_id, "e": int(expires.timestamp()),
             "f": body.start.isoformat() if body.start else None, "t": body.end.isoformat() if body.end else None}  # fmt: skip
@@ -154,8 +178,10 @@ def shared_report(token: str, state: StateDep) -> HTMLResponse:
     data = Signer(state.settings.secret_keys).verify("r", token)
     if data is None or not isinstance(data.get("e"), int) or data["e"] < now_utc().timestamp():
         return HTMLResponse("This report link is not valid or has expired.", status_code=404)
-    start = datetime.fromisoformat(data["f"]) if data.get("f") else None
-    end = datetime.fromisoformat(data["t"]) if data.get("t") else None
+    try:  # links signed before the bounds were checked may carry a range no report can take
+        start, end = (within_report_bounds(datetime.fromisoformat(data[k])) if data.get(k) else None for k in "ft")
+    except (TypeError, ValueError):
+        return HTMLResponse("This report link is not valid or has expired.", status_code=404)
     body = _load(state, str(data["s"]), str(data["c"]), start, end)
     return HTMLResponse(to_html(body), headers={**PAGE_HEADERS, "Referrer-Policy": "no-referrer"})
 

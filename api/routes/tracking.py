@@ -19,12 +19,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session
 
 from api.deps import AppState, Ingestion, StateDep
 from domain.tracking import Signer, bot_reason, expired, issued_at, safe_target
 from store import report_rollup, section_links
 from store.engine import Store
 from store.tables import Send, now_utc
+from store.users import canonical_id
 from store.tracking_tables import ShortLink, TrackingHit
 
 router = APIRouter(tags=["tracking"])
@@ -69,17 +71,20 @@ def _record(
     store: Store, *, send_key: str, user_id: str, kind: str, source: str, method: str,
     user_agent: str | None, target: str | None = None, section_id: str | None = None,
 ) -> TrackingHit | None:  # fmt: skip
-    """Store one hit for the send; None when the send is unknown (previews) or not this user's."""
+    """Store one hit for the send; None when the send is unknown (previews) or not this user's.
+
+    The hit belongs to the send's user: a link's user may since have been merged into them.
+    """
     if not send_key:
         return None
     with store.session() as s:
         send = s.get(Send, send_key)
-        if send is None or send.user_id != user_id or (section_id and send.section_id != section_id):
+        if send is None or not _recipient(s, send, user_id) or (section_id and send.section_id != section_id):
             return None
         at = now_utc()
         hit = TrackingHit(
             section_id=send.section_id, campaign_id=send.campaign_id, variation_id=send.variation_id,
-            step_index=send.step_index, channel=send.channel, send_key=send.key, user_id=user_id,
+            step_index=send.step_index, channel=send.channel, send_key=send.key, user_id=send.user_id,
             kind=kind, source=source, target=target, user_agent=(user_agent or "")[:500] or None, at=at,
             bot_reason=bot_reason(method=method, user_agent=user_agent, at=at, sent_at=send.updated_at),
         )  # fmt: skip
@@ -87,6 +92,12 @@ def _record(
         s.add(hit)
         report_rollup.count_hit(s, hit)
         return hit
+
+
+def _recipient(s: Session, send: Send, user_id: str) -> bool:
+    """Whether a link minted for `user_id` may count for `send`: the send's own user, or a user
+    merged into it since (a merge re-points the send; the signed `u` of the link keeps the old id)."""
+    return send.user_id == user_id or (bool(user_id) and canonical_id(s, user_id) == send.user_id)
 
 
 def _signer(state: StateDep) -> Signer:

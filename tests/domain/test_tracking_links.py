@@ -115,3 +115,18 @@ def test_legacy_targets_only_to_listed_hosts() -> None:
                 "https://evil.com/?u=https://shop.example/"]:  # fmt: skip
         assert not host_allowed(bad, domains), bad
     assert not host_allowed("https://shop.example/", [])
+
+
+def test_scripts_and_link_scanners_are_not_people() -> None:
+    """Microsoft's Safe Links, HTTP libraries and a GET naming no client at all are flagged; a
+    push engagement (POST from the shop's app) needs no User-Agent, and browsers still count."""
+    sent = datetime(2026, 1, 1, tzinfo=UTC)
+    later = sent + timedelta(minutes=5)
+    for agent in ("Microsoft Office Safe Links", "Go-http-client/1.1", "Java/17.0.2",
+                  "python-httpx/0.28.1", "axios/1.7.2"):  # fmt: skip
+        assert bot_reason(method="GET", user_agent=agent, at=later, sent_at=sent) == "scanner_user_agent", agent
+    for missing in (None, "", "  "):
+        assert bot_reason(method="GET", user_agent=missing, at=later, sent_at=sent) == "no_user_agent"
+    assert bot_reason(method="POST", user_agent=None, at=later, sent_at=sent) is None
+    iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148"
+    assert bot_reason(method="GET", user_agent=iphone, at=later, sent_at=sent) is None
