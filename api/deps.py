@@ -49,20 +49,6 @@ class AppState:
                         raise Unavailable(f"Temporal is not reachable at {self.settings.temporal_address}") from exc
         return self.temporal
 
-    async def skipping_client(self) -> Client:
-        """The client test users' journeys and previews are started with: the plain client.
-
-        Their waits pass on the journey's own clock (workflows/journey.py, TEST_USER_CLOCK_PATCH),
-        so server-side time skipping has nothing left to skip but the timers Temporal waits
-        between a send's retries. It skipped those too: a provider answering 429 with
-        Retry-After: 3 was called again every ~1 s (one skip's cost) for the whole delivery
-        budget. Without it a test user's retries wait Retry-After and the back-off in real time,
-        like everyone's (docs/channels.md, "Retries"). Kept as a method: callers still say which
-        journeys are test users' (a journey of the old timer path, started before that patch,
-        keeps the time skipping it was started with).
-        """
-        return await self.client()
-
 
 async def app_state(request: Request) -> AppState:
     # async: FastAPI runs a plain `def` dependency in a worker thread, a hop on every request.

@@ -351,7 +351,6 @@ async def redispatch_pending(
     if not rows:
         return 0
     client = await state.client()
-    skipping = await state.skipping_client()
     for ev in rows:
         cmds: list[JourneyCommand] = []
         unrun: list[str] = []
@@ -363,7 +362,7 @@ async def redispatch_pending(
                 cmds.append(c)
             elif (journey_id := unrun_enrollment(c, applied.journey_id)) is not None:
                 unrun.append(journey_id)
-        unstarted = unrun + await dispatch_all(client, skipping, state.settings.task_queue, cmds)
+        unstarted = unrun + await dispatch_all(client, state.settings.task_queue, cmds)
         await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))

@@ -38,18 +38,18 @@ class JourneyCommand(BaseModel):
     variation_id: str | None = None  # for triggers: the variation enroll will allocate, searchable from the start
 
 
-async def dispatch(
-    client: Client, skipping_client: Client | None, task_queue: str, cmd: JourneyCommand
-) -> str | None:
+async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand) -> str | None:
     """Send one command. For a trigger enrolled by the API whose journey turned out to be running
     already as another journey, that enrollment's journey id (to withdraw); else None."""
     if cmd.action == "exit":
         await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
         return None
     assert cmd.input is not None
-    use = skipping_client if (cmd.input.is_test and skipping_client is not None) else client
+    # Test users' journeys too go through the plain client: their waits pass on the journey's own
+    # clock, and server-side time skipping would also fire the waits between a send's retries at
+    # once (a vendor's Retry-After ignored: docs/channels.md, "Retries").
     trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
-    handle = await start_or_retrigger(use, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
+    handle = await start_or_retrigger(client, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
     if cmd.input.enrollment is None or started_new_run(handle):
         return None
     # Only signalled: the running journey is either this enrollment's own (a replay of the very
@@ -66,9 +66,7 @@ def unrun_enrollment(cmd: JourneyCommand, ran: str | None) -> str | None:
     return enrollment.journey_id
 
 
-async def dispatch_all(
-    client: Client, skipping_client: Client | None, task_queue: str, cmds: list[JourneyCommand]
-) -> list[str]:
+async def dispatch_all(client: Client, task_queue: str, cmds: list[JourneyCommand]) -> list[str]:
     """Send commands; different journeys in parallel, each journey's commands in event order
     (a trigger then an exit in one batch must not race: the exit would find no journey yet).
 
@@ -83,7 +81,7 @@ async def dispatch_all(
 
     async def in_order(group: list[JourneyCommand]) -> None:
         for c in group:
-            withdrawn = await dispatch(client, skipping_client, task_queue, c)
+            withdrawn = await dispatch(client, task_queue, c)
             if withdrawn is not None:
                 unstarted.append(withdrawn)
 

@@ -2,7 +2,8 @@
 
 Persistent (SQLite file under the data folder, WAL + synchronous=NORMAL, which roughly doubles
 the dev server's throughput on small machines), with Rejoin's search attributes registered and
-per-workflow time skipping enabled (test users and previews use it).
+per-workflow time skipping enabled (test users' journeys started before they kept their own clock
+still run with it; new ones skip their waits on that clock).
 """
 
 from __future__ import annotations

@@ -34,8 +34,7 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
         warnings.append({"code": "DISPATCH_DEFERRED", "message": "queued behind this user's earlier events"})
     elif result.commands:
         try:
-            client, skipping = await state.client(), await state.skipping_client()
-            unstarted = await dispatch_all(client, skipping, state.settings.task_queue, result.commands)
+            unstarted = await dispatch_all(await state.client(), state.settings.task_queue, result.commands)
             if unstarted:  # rare: a concurrent request's trigger started the person's journey first
                 await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
             state.dispatch_marks.add(result.event_ids)

@@ -201,7 +201,7 @@ def _preview_input(state: StateDep, section_id: str, campaign_id: str, user_ref:
 async def preview(campaign_id: str, body: PreviewRequest, principal: Management, state: StateDep) -> PreviewStarted:
     """Run the campaign for a test user with time skipped: a 90-day journey lands in seconds."""
     wid, inp = await asyncio.to_thread(_preview_input, state, principal.section_id, campaign_id, body.user)
-    client = await state.skipping_client()
+    client = await state.client()
     await start_or_retrigger(
         client, state.settings.task_queue, wid, inp, TriggerSignal(event_id="preview_" + secrets.token_hex(8))
     )
