@@ -106,6 +106,27 @@ def finite_value_sql(column: Any) -> ColumnElement[float]:
     return case((column.between(-sys.float_info.max, sys.float_info.max), column), else_=0.0)
 
 
+def identified_sql() -> ColumnElement[bool]:
+    """Whether the buyer of an `Event` row (joined to its `User`) was identified when it arrived:
+    ingestion's flag, or for rows stored before the flag existed, whether the user has a CUID now.
+    Attribution asks it of every purchase, so a later login cannot make an anonymous one count."""
+    flag = col(Event.identified)
+    return flag.is_(True) | (flag.is_(None) & col(User.cuid).is_not(None))
+
+
+def earlier_event_of_transaction(section_id: Any, user_id: Any, kind: Any, transaction_id: Any, at: Any,
+                                 event_id: Any) -> Any:  # fmt: skip
+    """EXISTS: the user has an earlier event (by time, then id) of this kind and transaction id.
+
+    The first event of a transaction decides attribution and repeats never count (docs/reports.md).
+    Values or columns alike; on `ix_event_user_time` (section, user, time). A NULL transaction id
+    compares unknown: no match."""
+    e = EVENT.c
+    earlier = (e.received_at < at) | ((e.received_at == at) & (e.id < event_id))
+    return exists().where(e.section_id == section_id, e.user_id == user_id, e.kind == kind,
+                          e.transaction_id == transaction_id, earlier)  # fmt: skip
+
+
 @per_dialect
 def _bump_stmt(dialect_name: str) -> Any:
     ins = upsert_for(dialect_name, ROLLUP)
@@ -332,12 +353,9 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
     if event.kind not in ATTRIBUTED_KINDS or not identified:
         return
     if event.transaction_id is not None:
-        e = EVENT.c
-        repeat = exists().where(
-            e.section_id == event.section_id, e.user_id == event.user_id, e.kind == event.kind,
-            e.transaction_id == event.transaction_id,
-            (e.received_at < event.received_at) | ((e.received_at == event.received_at) & (e.id < event.id)),
-        )  # fmt: skip
+        repeat = earlier_event_of_transaction(
+            event.section_id, event.user_id, event.kind, event.transaction_id, event.received_at, event.id
+        )
         if s.execute(select(repeat)).scalar():
             return
     rows = s.execute(
@@ -531,11 +549,6 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
     if section_id is None:
         return
     c = COHORT.c
-    # Identified = the buyer had a CUID when the event was accepted (ingestion's flag): a later
-    # login merging the device must not make an anonymous purchase attributed. Events stored
-    # before the flag existed fall back to the CUID the user has now.
-    flag = col(Event.identified)
-    identified = flag.is_(True) | (flag.is_(None) & col(User.cuid).is_not(None))
     click = (
         col(TrackingHit.campaign_id) == cid,
         col(TrackingHit.user_id) == col(Event.user_id),
@@ -561,7 +574,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
         .where(
             col(Event.section_id) == section_id,
             col(Event.kind).in_(ATTRIBUTED_KINDS),
-            identified,
+            identified_sql(),
             *([col(Event.user_id).in_(users)] if users is not None else []),
         )
         .subquery()

@@ -23,14 +23,20 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    BindParameter, Column, MetaData, String, Table, case, exists, func, insert, literal, or_, union_all,
-)  # fmt: skip
+from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, or_, union_all
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
 from domain.reports import AttributedGroup, Click, HitGroup, ReportInput, SendGroup, SiteEvent
-from store.report_rollup import SENT, day_sql, finite_value, finite_value_sql, hour_of
+from store.report_rollup import (
+    SENT,
+    day_sql,
+    earlier_event_of_transaction,
+    finite_value,
+    finite_value_sql,
+    hour_of,
+    identified_sql,
+)
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.tables import Event, Journey, Send, User, UTCDateTime
 from store.tracking_tables import TrackingHit
@@ -180,7 +186,7 @@ def _attributed(
         sa_select(a.user_id, a.kind, finite_value_sql(a.value).label("value"), a.at, a.variation_id, a.channel,
                   a.step_index, a.lag_us, first.label("rn"))
         .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
-               ~_earlier_event_of_transaction(section_id, a))
+               ~earlier_event_of_transaction(section_id, a.user_id, a.kind, a.transaction_id, a.at, a.event_id))
         .subquery()
     )  # fmt: skip
     in_window = ranked.c.lag_us <= window // timedelta(microseconds=1)
@@ -208,17 +214,6 @@ def _attributed(
         .where(k.kind == "purchase").group_by(day)
     )  # fmt: skip
     return union_all(*parts)
-
-
-def _earlier_event_of_transaction(section_id: str, a: Any) -> Any:
-    """EXISTS: the buyer has an earlier raw event (time, id) of the candidate's kind and transaction id.
-
-    On `ix_event_user_time` (section, user, time). NULL transaction ids compare unknown: no match.
-    """
-    e = Event.__table__.c  # type: ignore[attr-defined]
-    earlier = (e.received_at < a.at) | ((e.received_at == a.at) & (e.id < a.event_id))
-    return exists().where(e.section_id == section_id, e.user_id == a.user_id, e.kind == a.kind,
-                          e.transaction_id == a.transaction_id, earlier)  # fmt: skip
 
 
 def load_raw(
@@ -284,7 +279,7 @@ def load_raw_ranges(
         clickers = sa_select(col(TrackingHit.user_id)).where(*human, is_click).join(f, on_hit)
         events = s.execute(
             sa_select(col(Event.id), col(Event.user_id), col(Event.kind), col(Event.received_at), col(Event.value),
-                      col(Event.transaction_id), func.coalesce(col(Event.identified), col(User.cuid).is_not(None)))  # fmt: skip
+                      col(Event.transaction_id), identified_sql())  # fmt: skip
             .join(f, uid == col(Event.user_id))
             .join(User, col(User.id) == col(Event.user_id), isouter=True)
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
