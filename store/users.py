@@ -74,15 +74,14 @@ def resolve_user(
     dangling = device_key is not None and row is not None  # the device's user row is gone
     user = by_cuid(s, section_id, cuid) if cuid else None
     if user is not None:
-        if device_key:
-            s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+        _move_device(s, section_id, device_key, user.id)
         return user, False
     # Every field given: pydantic inspects a default factory's signature on each use (measurable here).
     user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
     if dangling and device_key:  # rare: write the user now and move the device to it
         s.add(user)
         s.flush()
-        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user.id))
+        _move_device(s, section_id, device_key, user.id)
         return user, False
     return user, True
 
@@ -169,25 +168,30 @@ def identify(s: Session, user: User, identity: Identity, device_key: str | None,
         user = _new_person(s, user.section_id, identity, device_key, now)
     else:
         user.cuid, user.cuid_type = identity.cuid, identity.cuid_type
-    if identity.email_hash:
-        add_identifier(s, user.section_id, user.id, "email", identity.email_hash)
-    if identity.phone_hash:
-        add_identifier(s, user.section_id, user.id, "phone", identity.phone_hash)
-    if identity.cuid_type != "he":
-        add_identifier(s, user.section_id, user.id, "custom", sha256_hex(identity.cuid))
+    for kind, value_hash in _identifiers(identity):
+        add_identifier(s, user.section_id, user.id, kind, value_hash)
     user.updated_at = now
     s.add(user)
     return user
 
 
-def _known_as(s: Session, user: User, identity: Identity) -> bool:
-    """Whether `user` already holds an identifier of `identity`: the same person under another CUID
-    (e.g. their hashed email after an external id), not a newcomer on their device."""
-    wanted = [("email", identity.email_hash)] if identity.email_hash else []
+def _identifiers(identity: Identity) -> list[tuple[str, str]]:
+    """The (kind, hash) identifiers an identification gives its user: the hashed email, the phone,
+    and the CUID itself unless it is the hashed email."""
+    found = [("email", identity.email_hash)] if identity.email_hash else []
+    if identity.phone_hash:
+        found.append(("phone", identity.phone_hash))
     if identity.cuid_type != "he":
-        wanted.append(("custom", sha256_hex(identity.cuid)))
-    for kind, value_hash in wanted:
-        held = s.get(UserIdentifier, (user.section_id, kind, value_hash))
+        found.append(("custom", sha256_hex(identity.cuid)))
+    return found
+
+
+def _known_as(s: Session, user: User, identity: Identity) -> bool:
+    """Whether `user` already holds an email or custom identifier of `identity`: the same person
+    under another CUID (e.g. their hashed email after an external id), not a newcomer on their
+    device. A phone does not count: a shared device's household may share one."""
+    for kind, value_hash in _identifiers(identity):
+        held = s.get(UserIdentifier, (user.section_id, kind, value_hash)) if kind != "phone" else None
         if held is not None and held.user_id == user.id:
             return True
     return False
