@@ -61,11 +61,20 @@ def _check_endpoint(endpoint: Any, allow_http: bool) -> None:
         raise ValueError("a Web Push subscription needs an https endpoint URL")
 
 
-def _b64url_bytes(text: Any, name: str) -> bytes:
-    # Strict: the default decoder drops characters outside the alphabet, so "not a key!" would pass.
+def strict_b64url(text: Any) -> bytes:
+    """The bytes of base64url `text` (padding optional); `ValueError` for anything else. Strict:
+    the default decoder drops characters outside the alphabet, so "not a key!" would pass."""
     if not isinstance(text, str) or not _B64URL.match(text):
-        raise ValueError(f"{name} must be base64url")
+        raise ValueError("not base64url")
+    bare = text.rstrip("=")
     try:
-        return base64.urlsafe_b64decode(text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4))
+        return base64.urlsafe_b64decode(bare + "=" * (-len(bare) % 4))
     except (binascii.Error, ValueError):
+        raise ValueError("not base64url") from None
+
+
+def _b64url_bytes(text: Any, name: str) -> bytes:
+    try:
+        return strict_b64url(text)
+    except ValueError:
         raise ValueError(f"{name} must be base64url") from None

@@ -18,7 +18,7 @@ from pydantic import Field, HttpUrl, field_validator, model_validator
 
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
 from providers.context import AdapterContext
-from providers.oauth import Fetcher, Token, cache_key, client_credentials, jwt_bearer, rsa_key_problem, with_token
+from providers.oauth import Fetcher, Token, cache_key, client_credentials, jwt_bearer, signing_account, with_token
 from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
 
 SCOPE = "https://api.emarsys.net/api/v3"
@@ -34,13 +34,7 @@ class EmarsysConfig(PresetConfig):
     scope: str = Field(SCOPE, max_length=500)
     base_url: HttpUrl = HttpUrl("https://api.emarsys.net")
 
-    @field_validator("service_account")
-    @classmethod
-    def _signing_key(cls, account: dict[str, Any] | None) -> dict[str, Any] | None:
-        problem = rsa_key_problem(account.get("private_key")) if account is not None else None
-        if problem is not None:
-            raise ValueError(problem)
-        return account
+    _signing_key = field_validator("service_account")(signing_account)
 
     @model_validator(mode="after")
     def _credentials(self) -> EmarsysConfig:

@@ -24,7 +24,7 @@ from pydantic import Field, HttpUrl, ValidationError, ValidationInfo, field_vali
 
 from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
 from providers.context import AdapterContext
-from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, rsa_key_problem, with_token
+from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, signing_account, with_token
 from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -43,13 +43,7 @@ class FcmConfig(PresetConfig):
     )
     base_url: HttpUrl = HttpUrl("https://fcm.googleapis.com")
 
-    @field_validator("service_account")
-    @classmethod
-    def _signing_key(cls, account: dict[str, Any]) -> dict[str, Any]:
-        problem = rsa_key_problem(account.get("private_key"))
-        if problem is not None:
-            raise ValueError(problem)
-        return account
+    _signing_key = field_validator("service_account")(signing_account)
 
     @field_validator("project_id")
     @classmethod

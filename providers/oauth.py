@@ -177,6 +177,17 @@ def rsa_key_problem(pem: Any) -> str | None:
     return None
 
 
+def signing_account(account: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config's service account if its private key can sign assertions (None: none given);
+    `ValueError` (a 422 at the field) if it cannot."""
+    if account is None:
+        return None
+    problem = rsa_key_problem(account.get("private_key"))
+    if problem is not None:
+        raise ValueError(problem)
+    return account
+
+
 async def jwt_bearer(caller: HttpCaller, account: dict[str, Any], scope: str) -> Token:
     """Mint an access token from a Google-style service account (FCM HTTP v1, Emarsys preset)."""
     token_uri = str(account.get("token_uri") or "https://oauth2.googleapis.com/token")

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import json
 import os
-import re
 import time
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pydantic import Field, field_validator
 
+from domain.identifiers import strict_b64url
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse, gone_if
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted
@@ -39,7 +39,6 @@ def unb64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
 RAW_KEY_BYTES = 32  # a P-256 private scalar
 # The order of the P-256 group: a private scalar is 1 .. n-1 (SEC 1 3.2.1).
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -63,9 +62,10 @@ def _pem_key(value: str) -> PrivateKeyTypes:
 def _raw_key(value: str) -> ec.EllipticCurvePrivateKey:
     # Strict base64url of exactly 32 bytes: the lenient decoder drops stray characters, and any
     # short string ("notakey") would otherwise become a small, guessable scalar.
-    if not _B64URL.match(value):
-        raise ConfigurationError("vapid_private_key must be PEM or base64url")
-    raw = unb64url(value.rstrip("="))
+    try:
+        raw = strict_b64url(value)
+    except ValueError:
+        raise ConfigurationError("vapid_private_key must be PEM or base64url") from None
     if len(raw) != RAW_KEY_BYTES:
         raise ConfigurationError(f"a raw vapid_private_key is {RAW_KEY_BYTES} bytes (base64url), not {len(raw)}")
     scalar = int.from_bytes(raw, "big")
