@@ -24,7 +24,7 @@ from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex, user_identity
-from domain.matching import Catalog, event_skus, exit_reason, reads_catalog, triggers
+from domain.matching import CART_NO_LONGER_MATCHES, Catalog, event_skus, exit_reason, reads_catalog, triggers
 from security.crypto import SecretBox
 from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
@@ -271,6 +271,8 @@ def _commands(
                 )
             )
         reason = exit_reason(spec, ev, cart, catalog)
+        if reason == CART_NO_LONGER_MATCHES and not active:
+            reason = None  # most cart events of most users: no journey to tell, no signal to send
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]
             out.append(

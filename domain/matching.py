@@ -8,6 +8,7 @@ the event's item (SKU, price, quantity) over the catalog's attributes, so condit
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from domain.events import CART_KINDS, CartItem, EventKind, NormalizedEvent
 
 ProductRecord = dict[str, Any]
 Catalog = Mapping[str, Mapping[str, Any]]  # sku -> product attributes
+CART_NO_LONGER_MATCHES = "cart_no_longer_matches"
 
 
 def product_record(sku: str, catalog: Catalog, item: CartItem | None = None) -> ProductRecord:
@@ -44,6 +46,16 @@ def trigger_products(event: NormalizedEvent, cart: Sequence[CartItem], catalog: 
     return []
 
 
+def same_event_name(sent: str, configured: str | None) -> bool:
+    """Event names match ignoring case, surrounding spaces and Unicode composition: a backend's
+    "Called support " or a decomposed "Café" (e + combining accent) is the campaign's name."""
+
+    def key(name: str) -> str:
+        return unicodedata.normalize("NFC", name).strip().casefold()
+
+    return configured is not None and key(sent) == key(configured)
+
+
 def reads_catalog(spec: CampaignSpec) -> bool:
     """Whether deciding this campaign's triggers and exits can look at product data: only its
     conditions do (ingestion skips the catalog lookup when no live campaign has any)."""
@@ -67,7 +79,7 @@ def triggers(spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem
             # pageviews are not: their names ("Product View") are made up here, not sent.
             if event.kind in {EventKind.PRODUCT_VIEW, EventKind.PAGE_VIEW}:
                 return False
-            if event.name.casefold() != (trig.event_name or "").casefold():
+            if not same_event_name(event.name, trig.event_name):
                 return False
             return matches(trig.conditions, event.properties, trig.match)
     return False
@@ -86,6 +98,10 @@ def exit_reason(
             return "purchased"
         if event.kind in CART_KINDS and not cart:
             return "cart_emptied"
+        # The items that made the cart qualify were removed (a Shoes campaign, a cart of socks now):
+        # the journey would remind the user of a cart its trigger conditions no longer hold for.
+        if event.kind in CART_KINDS and spec.trigger.conditions and not triggers(spec, event, cart, catalog):
+            return CART_NO_LONGER_MATCHES
     for rule in spec.exits:
         if _exit_rule_matches(rule, event, catalog):
             return rule.event if rule.event != "custom" else f"custom:{rule.event_name}"
@@ -110,7 +126,7 @@ def _exit_rule_matches(rule: ExitRule, event: NormalizedEvent, catalog: Catalog)
                 return False
             return matches(rule.conditions, product_record(event.sku, catalog), rule.match)
         case "custom":
-            if event.name.casefold() != (rule.event_name or "").casefold():
+            if not same_event_name(event.name, rule.event_name):
                 return False
             return matches(rule.conditions, event.properties, rule.match)
     return False

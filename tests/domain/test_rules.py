@@ -97,6 +97,22 @@ def test_cart_trigger_uses_catalog_attributes_and_exit_rules() -> None:
     assert exit_reason(spec, empty, [], {}) == "cart_emptied"
 
 
+def test_cart_that_no_longer_matches_exits() -> None:
+    """A cart event leaving only items outside the trigger conditions ends the journey; a cart that
+    still holds a matching item, or a campaign without conditions, does not."""
+    spec = CampaignSpec.model_validate(_spec())
+    catalog = {"shoe": {"categories": ["Shoes"]}, "sock": {"categories": ["Socks"]}}
+    socks = normalize_event(0, EventIn(name="Sync", properties={
+        "dyType": "sync-cart-v1", "value": 2, "cart": [{"productId": "sock", "quantity": 1, "itemPrice": 2}]}))  # fmt: skip
+    both = normalize_event(0, EventIn(name="Sync", properties={"dyType": "sync-cart-v1", "value": 7, "cart": [
+        {"productId": "sock", "quantity": 1, "itemPrice": 2}, {"productId": "shoe", "quantity": 1, "itemPrice": 5}]}))  # fmt: skip
+    assert socks.cart is not None and both.cart is not None
+    assert exit_reason(spec, socks, socks.cart, catalog) == "cart_no_longer_matches"
+    assert exit_reason(spec, both, both.cart, catalog) is None
+    unconditioned = CampaignSpec.model_validate({**_spec(), "trigger": {"wait": "PT1H"}})
+    assert exit_reason(unconditioned, socks, socks.cart, catalog) is None
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -122,3 +138,10 @@ def test_standard_events_validated_with_field_location() -> None:
     with pytest.raises(EventValidationError) as err:
         normalize_event(3, EventIn(name="Sync", properties={"dyType": "sync-cart-v1", "value": 1}))
     assert err.value.place == "events.3.properties.cart"
+
+
+def test_event_names_match_ignoring_case_spaces_and_composition() -> None:
+    spec = CampaignSpec.model_validate(_spec(type="custom_trigger", trigger={"wait": "PT1H", "event_name": "Café visit"}))
+    for sent, expected in [("café VISIT", True), (" Cafe\u0301 visit\t", True), ("Cafe visit", False)]:
+        ev = normalize_event(0, EventIn(name=sent, properties={}))
+        assert triggers(spec, ev, [], {}) is expected, sent

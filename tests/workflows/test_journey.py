@@ -122,6 +122,25 @@ async def test_emptied_cart_exits(api: httpx.AsyncClient, env: WorkflowEnvironme
     assert (result.status, result.exit_reason) == ("exited", "cart_emptied")
 
 
+async def test_cart_that_no_longer_matches_exits(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
+) -> None:
+    """A Shoes cart campaign: once the shoes leave the cart (socks stay), no reminder goes out."""
+    await add_integration(api, section)
+    r = await api.put("/api/v1/products", headers=section.mgmt, json=[
+        {"sku": "shoe", "name": "Shoe", "categories": ["Shoes"]}, {"sku": "sock", "name": "Sock", "categories": ["Socks"]}])  # fmt: skip
+    assert r.status_code < 300, r.text
+    shoes = [{"field": "category", "op": "eq", "value": "Shoes"}]
+    cid = await create_campaign(api, section, cart_campaign(trigger={"wait": "PT1H", "conditions": shoes}))
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("shoe", cart=[("shoe", 50.0), ("sock", 5.0)]))
+        await collect(api, section, dyid, sync_cart([("sock", 5.0)]))
+    result = await journey_result(env.client, section, cid, uid)
+    assert (result.status, result.exit_reason) == ("exited", "cart_no_longer_matches")
+    assert await outbox(api, section) == []
+
+
 async def test_purchase_of_other_item_does_not_exit_trigger_item_rule(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
 ) -> None:
