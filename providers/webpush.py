@@ -40,6 +40,8 @@ def unb64url(text: str) -> bytes:
 
 
 RAW_KEY_BYTES = 32  # a P-256 private scalar
+# RFC 8291: one aes128gcm record of 4096 bytes holds 4096 - 86 (header) - 16 (tag) - 1 (padding delimiter).
+MAX_PLAINTEXT = 3993
 # The order of the P-256 group: a private scalar is 1 .. n-1 (SEC 1 3.2.1).
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -118,6 +120,14 @@ class WebPushProvider:
             raise ConfigurationError("the recipient is not a Web Push subscription (endpoint, keys)") from exc
         vapid = load_vapid_key(cfg.vapid_private_key)
         plaintext = json.dumps(message.payload, separators=(",", ":")).encode()
+        if len(plaintext) > MAX_PLAINTEXT:
+            # Push services take one 4096-byte record and answer 413 to more; a longer body would
+            # be encrypted as several records, which no browser accepts either.
+            raise ProviderError(
+                f"Web Push payload is {len(plaintext)} bytes; push services accept at most {MAX_PLAINTEXT}"
+                " (shorten the title, body or data)",
+                retryable=False,
+            )
         body = http_ece.encrypt(
             plaintext,
             salt=os.urandom(16),

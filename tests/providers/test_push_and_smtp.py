@@ -94,6 +94,27 @@ async def test_webpush_gone_subscription_is_permanent(registry: ProviderRegistry
     assert err.value.status == 410 and not err.value.retryable and err.value.recipient_gone
 
 
+async def test_webpush_payload_over_one_record_fails_without_a_call(
+    registry: ProviderRegistry, fresh_provider: ProviderServer
+) -> None:
+    """RFC 8291 allows 3993 bytes of plaintext: a longer payload fails for good, naming its size,
+    and the push service is never called (it would answer 413); the limit itself still goes."""
+    browser = Browser(fresh_provider.url("/push/big"))
+    fresh_provider.default("/push/big", Reply(201, ""))
+    cfg = {"vapid_private_key": pem(ec_key()), "subject": "mailto:ops@shop.example"}
+    fits = {"body": "x" * (3993 - len('{"body":""}'))}
+    await registry.for_kind("webpush").send(
+        message(cfg, fits, channel="web_push", recipient=json.dumps(browser.subscription))
+    )
+    assert browser.decrypt(fresh_provider.to("/push/big")[0].body) == fits
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("webpush").send(
+            message(cfg, {"body": fits["body"] + "x"}, channel="web_push", recipient=json.dumps(browser.subscription))
+        )
+    assert not err.value.retryable and "3994 bytes" in str(err.value)
+    assert len(fresh_provider.to("/push/big")) == 1
+
+
 class Mailbox:
     def __init__(self) -> None:
         self.messages: list[tuple[str, list[str], bytes]] = []
