@@ -86,33 +86,41 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
     return False
 
 
-def _unstorable_text(body: bytes) -> bool:
-    """True when a JSON string holds NUL or a lone surrogate (only reachable through \\u escapes).
+def unstorable_text_path(body: bytes) -> list[str | int] | None:
+    """Where the first JSON string (or key) holding NUL or a lone surrogate sits; only reachable
+    through \\u escapes.
 
     PostgreSQL text cannot hold NUL and no UTF-8 database can hold a lone surrogate: such input
-    would fail at the INSERT as a 500, so it is refused up front.
+    would fail at the INSERT as a 500, so it is refused up front, at the field that holds it.
     """
     try:
         doc = json.loads(body)
-    except ValueError:
-        return False  # malformed JSON: FastAPI answers 422 itself
+    except (ValueError, RecursionError):
+        return None  # malformed JSON: FastAPI answers 422 itself
 
-    def bad(value: Any) -> bool:
-        if isinstance(value, str):
-            if "\x00" in value:
-                return True
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-            return False
-        if isinstance(value, dict):
-            return any(bad(k) or bad(v) for k, v in value.items())
-        if isinstance(value, list):
-            return any(bad(v) for v in value)
+    def bad(value: str) -> bool:
+        if "\x00" in value:
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
         return False
 
-    return bad(doc)
+    # Depth-first in document order, without recursion, as non_finite_path.
+    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str) and bad(value):
+            return path
+        if isinstance(value, dict):
+            for k in value:
+                if bad(k):
+                    return [*path, k.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")]
+            stack.extend((v, [*path, k]) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(value))))
+    return None
 
 
 # Python's json reads a number as non-finite only from a NaN or Infinity literal or when it is too
@@ -143,8 +151,12 @@ def non_finite_path(body: bytes) -> list[str | int] | None:
         return None
     try:
         doc = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON (FastAPI answers it) or absurdly deep (no content type)
+    except json.JSONDecodeError:  # not JSON: FastAPI answers it
         return None
+    except RecursionError:  # absurdly deep (no content type)
+        return None
+    except ValueError:  # an integer of more than 4300 digits: Python refuses to read it at all
+        return []  # where is unknown: the body
     # Depth-first in document order, without recursion: a body without a content type skipped the
     # depth limit.
     stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
@@ -187,12 +199,28 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return status, body, hdrs
 
 
-def _non_finite_error(loc: list[str | int]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """422 in the shape (and with the type and message) pydantic gives a non-finite float field."""
-    content = error_body("Input should be a finite number", ".".join(str(p) for p in loc), kind="finite_number")
+UNSTORABLE_TEXT = "text may not contain NUL characters or unpaired surrogates"
+
+
+def _utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _field_error(loc: list[str | int], message: str, kind: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """422 naming the field at `loc`, in the shape FastAPI gives its own validation errors."""
+    content = error_body(message, ".".join(str(p) for p in loc), kind=kind)
     content["detail"][0]["loc"] = loc  # list indexes stay numbers and a key with a dot stays one part, as in FastAPI's
     body = json.dumps(content).encode()
     return 422, body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+
+def _non_finite_error(loc: list[str | int]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """422 in the shape (and with the type and message) pydantic gives a non-finite float field."""
+    return _field_error(loc, "Input should be a finite number", "finite_number")
 
 
 class RequestLimits:
@@ -244,11 +272,15 @@ class RequestLimits:
             if json_depth_exceeds(body, self.max_json_depth):
                 await _respond(send, *_error(400, f"JSON nested deeper than {self.max_json_depth} levels"))
                 return
-            if b"\\u" in body and _unstorable_text(body):
-                await _respond(send, *_error(422, "text may not contain NUL characters or unpaired surrogates"))
+            bad_text = unstorable_text_path(body) if b"\\u" in body else None
+            if bad_text is not None:
+                await _respond(send, *_field_error(["body", *bad_text], UNSTORABLE_TEXT, "string_unstorable"))
                 return
-        # FastAPI also parses a body without a content type as JSON: it gets the same check.
+        # FastAPI also parses a body without a content type as JSON: it gets the same checks.
         if b"json" in content_type or not content_type:
+            if not _utf8(body):  # else FastAPI's 400 "error parsing the body", naming nothing
+                await _respond(send, *_field_error(["body"], "request body is not valid UTF-8", "json_invalid"))
+                return
             path = non_finite_path(body)
             if path is not None:
                 await _respond(send, *_non_finite_error(["body", *path]))

@@ -110,6 +110,26 @@ async def test_nul_and_lone_surrogates_are_422_not_500(api: httpx.AsyncClient, s
         r = await api.post("/v2/collect/user/event", content=raw,
                            headers={**section.ing, "content-type": "application/json"})  # fmt: skip
         assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"] == ["body", "user", "cuid"], r.text
     ok = '{"user": {"dyid": "1", "cuid": "caf\\u00e9 \\ud83d\\ude00"}, "events": [{"name": "x", "properties": {}}]}'
     r = await api.post("/v2/collect/user/event", content=ok, headers={**section.ing, "content-type": "application/json"})
     assert r.status_code == 202, r.text
+
+
+async def test_unreadable_bodies_are_422_naming_where(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Bodies Python's JSON reader refuses outright (not UTF-8, an integer of 5000 digits) and bad
+    text deep in a list are 422s naming the place, not 400 "error parsing the body"."""
+    headers = {**section.ing, "content-type": "application/json"}
+    url = "/v2/collect/user/event"
+    latin1 = '{"user": {"dyid": "1"}, "events": [{"name": "Caf\xe9", "properties": {}}]}'.encode("latin-1")
+    r = await api.post(url, content=latin1, headers=headers)
+    assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body"]), r.text
+    huge = '{"user": {"dyid": "1"}, "events": [{"name": "x", "properties": {"n": ' + "9" * 5000 + "}}]}"
+    r = await api.post(url, content=huge, headers=headers)
+    assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body"]), r.text
+    nul = '{"user": {"dyid": "1"}, "events": [{"name": "ok", "properties": {}}, {"name": "x\\u0000", "properties": {}}]}'
+    r = await api.post(url, content=nul, headers=headers)
+    assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body", "events", 1, "name"]), r.text
+    key = '{"user": {"dyid": "1"}, "events": [{"name": "x", "properties": {"a\\ud800": 1}}]}'
+    r = await api.post(url, content=key, headers=headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == ["body", "events", 0, "properties"], r.text
