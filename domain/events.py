@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
 from domain.field_error import FieldError
@@ -159,10 +159,20 @@ class PageviewRequest(CollectBase):
 # ---------------------------------------------------------------- standard schemas
 
 
+def _not_blank(sku: str) -> str:
+    # "   " would be an item no catalog row or condition can ever name, yet it fills the cart.
+    if not sku.strip():
+        raise ValueError("a productId may not be blank")
+    return sku
+
+
+Sku = Annotated[str, Field(min_length=1, max_length=_SKU_MAX), AfterValidator(_not_blank)]
+
+
 class CartItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    productId: str = Field(min_length=1, max_length=256)
+    productId: Sku
     quantity: float = Field(1, ge=0)
     itemPrice: float | None = Field(None, ge=0)
     size: str | None = None
@@ -184,7 +194,7 @@ class _CartProps(BaseModel):
 
 
 class _ItemCartProps(_CartProps):
-    productId: str = Field(min_length=1, max_length=256)
+    productId: Sku
     quantity: float = Field(ge=0)
 
 

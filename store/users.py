@@ -257,9 +257,11 @@ def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:
             # cart is an empty one, which triggers nothing and exits cart journeys.
             cart = [i for i in event.cart if i.quantity > 0]
         elif event.kind == EventKind.ADD_TO_CART and event.sku:
-            qty = float(event.properties.get("quantity") or 1)
+            qty = float(event.properties.get("quantity", 1))
             existing = next((i for i in cart if i.sku == event.sku), None)
-            if existing is not None:
+            if qty <= 0:
+                pass  # adding none of a product leaves the cart as it was
+            elif existing is not None:
                 existing.quantity += qty
             else:
                 cart.append(CartItem(productId=event.sku, quantity=qty))

@@ -147,3 +147,34 @@ async def test_a_product_page_sku_of_256_characters_is_accepted(
     assert r.status_code == 202, r.text
     with store.session() as s:
         assert s.exec(select(Event.kind).where(Event.id == r.json()["event_ids"][0])).one() == "product_view"
+
+
+# ---------------------------------------------------------------- blank cart SKUs, adding none
+
+
+@pytest.mark.parametrize(
+    ("props", "loc"),
+    [
+        ({"dyType": "add-to-cart-v1", "value": 1, "productId": "   ", "quantity": 1}, ["productId"]),
+        ({"dyType": "sync-cart-v1", "value": 1, "cart": [{"productId": "ok"}, {"productId": " \t"}]},
+         ["cart", 1, "productId"]),
+    ],
+)
+async def test_a_blank_cart_product_id_is_422(
+    api: httpx.AsyncClient, section: SectionKeys, props: dict[str, Any], loc: list[Any]
+) -> None:
+    body = {"user": {"dyid": new_dyid()}, "events": [{"name": "Cart", "properties": props}]}
+    assert _loc(await _post(api, section, "event", body)) == ["body", "events", 0, "properties", *loc]
+
+
+async def test_adding_quantity_0_without_a_cart_adds_nothing(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
+    """An add-to-cart of quantity 0 (no cart given) leaves the cart as it was: it used to add one item."""
+    dyid = new_dyid()
+    await collect(api, section, dyid, add_to_cart("sku-a"))
+    zero = {"name": "Add", "properties": {"dyType": "add-to-cart-v1", "value": 0, "productId": "sku-b", "quantity": 0}}
+    await collect(api, section, dyid, zero)
+    two = {"name": "Add", "properties": {"dyType": "add-to-cart-v1", "value": 2, "productId": "sku-a", "quantity": 2}}
+    await collect(api, section, dyid, two)
+    assert [(i["productId"], i["quantity"]) for i in _user_of(store, section, dyid).cart] == [("sku-a", 3.0)]
