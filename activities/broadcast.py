@@ -64,6 +64,15 @@ from workflows.ids import (
 
 log = logging.getLogger(__name__)
 
+# A recipient whose provider answers 429/5xx (or no answer) is retried on its own, with backoff,
+# so one address a vendor keeps refusing never holds up the rest of its shard; and given up,
+# recorded failed and its cap slot returned, once its first attempt is this old (a journey's
+# delivery budget, workflows.models.JourneyInput.delivery_budget).
+RECIPIENT_RETRY_BUDGET = timedelta(hours=6)
+RECIPIENT_FIRST_BACKOFF = timedelta(seconds=2)
+RECIPIENT_MAX_BACKOFF = timedelta(minutes=10)
+OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no final status
+
 FEED_TYPES = {
     "product": (CampaignType.PRICE_DROP, CampaignType.PRODUCT_ATTRIBUTE_CHANGE),
     "user": (CampaignType.USER_ATTRIBUTE_CHANGE,),
@@ -99,6 +108,7 @@ def _first_slot(interval: float, shard: int, shards: int) -> float:
 class _Ready:
     message: OutboundMessage
     provider: Provider
+    kind: str  # the integration's provider kind
     send_key: str
     journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
@@ -304,6 +314,8 @@ class BroadcastActivities:
         self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
     ) -> str:
         """Move a pending recipient to its final status and count it on the run, once."""
+        if status == "skipped":
+            _close_open_sends(s, batched_journey_id(rec.run_id, rec.user_id), reason)
         rec.status, rec.reason, rec.channel = status, reason, channel
         s.add(rec)
         # Shards finish recipients concurrently: increment in SQL, never read-modify-write.
@@ -320,6 +332,11 @@ class BroadcastActivities:
             run = s.get(BroadcastRun, req.run_id)
             if rec is None or run is None or rec.status != "pending":
                 return "skipped" if rec is None or rec.status == "skipped" else rec.status
+            status = journey_rows.campaign_status(s, run.campaign_id)
+            if status is not None and status != "active":
+                # Paused or archived while the run sends: the rest of it is skipped, as a journey's
+                # steps that come due then are (docs/campaigns.md).
+                return self._finish(s, rec, "skipped", f"campaign_{status}")
             user = canonical_user(s, user_id)
             if user is None:
                 return self._finish(s, rec, "skipped", "user deleted")
@@ -414,16 +431,21 @@ class BroadcastActivities:
                 campaign_name=spec.name, step_name=variation.steps[0].name,
             )  # fmt: skip
             return _Ready(
-                message=message, provider=provider, send_key=key, journey_id=journey_id, opt_in_id=r.opt_ins[channel].id
-            )
+                message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
+                opt_in_id=r.opt_ins[channel].id,
+            )  # fmt: skip
 
     async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
         try:
-            response = await ready.provider.send(ready.message)
+            # Through the registry: its per-integration limit holds across runs sharing the worker.
+            response = await self.providers.send(ready.kind, ready.message)
         except ProviderError as err:
             if err.retryable:
-                # Everyone finished so far is committed; the retried batch resumes with this user.
-                raise retry_later(err, f"run {req.run_id} shard {req.shard}, user {user_id}") from err
+                if await asyncio.to_thread(self._defer_retry, req, user_id, ready, err) == "deferred":
+                    # The shard backs off too (a vendor throttling or down answers everyone so);
+                    # the retried batch goes on with the others while this recipient waits its turn.
+                    raise retry_later(err, f"run {req.run_id} shard {req.shard}, user {user_id}") from err
+                return "failed"
             return await asyncio.to_thread(
                 self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone
             )
@@ -434,6 +456,28 @@ class BroadcastActivities:
         return await asyncio.to_thread(
             self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status
         )
+
+    def _defer_retry(self, req: BatchRequest, user_id: str, ready: _Ready, err: ProviderError) -> str:
+        """A retryable answer for one recipient: record it and let the recipient wait its backoff
+        ("deferred"), or give up once its retries have run out of budget ("failed")."""
+        with self.store.session() as s:
+            send = s.get(Send, ready.send_key)
+            rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            if send is not None and rec is not None and req.as_of - send.created_at < RECIPIENT_RETRY_BUDGET:
+                # A definite answer (429, 5xx) is no possible duplicate; an unknown outcome stays in flight.
+                send.status = "in_flight" if err.outcome_unknown else "retrying"
+                send.provider_status, send.provider_response = err.status, err.message[:2000]
+                send.updated_at = now_utc()
+                s.add(send)
+                backoff = RECIPIENT_FIRST_BACKOFF * 2 ** max(0, send.attempts - 1)
+                delay = max(timedelta(seconds=err.retry_after or 0), min(backoff, RECIPIENT_MAX_BACKOFF))
+                rec.not_before = max(req.as_of, now_utc()) + delay
+                rec.reason = f"retrying after {err.status or 'no answer'} (attempt {send.attempts})"
+                s.add(rec)
+                return "deferred"
+            attempts = send.attempts if send is not None else 1
+        reason = f"gave up after {attempts} attempts: {err.message}"
+        return self._record(req, user_id, ready, "failed", reason, err.status)
 
     def _record(
         self,
@@ -468,3 +512,15 @@ class BroadcastActivities:
             if send is not None:  # last: the hot counter rows stay locked until the commit
                 report_rollup.count_send(s, send, previous)
         return status
+
+
+def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> None:
+    """A recipient skipped after an attempt that got no final answer (retried, then no longer
+    reachable, in the audience or the campaign active): that send is over. It is recorded failed
+    (a call was made; an unknown outcome stays flagged as such) and its cap slot is given back."""
+    for send in s.exec(select(Send).where(Send.journey_id == journey_id, col(Send.status).in_(OPEN_SEND))).all():
+        previous, send.status, send.updated_at = send.status, "failed", now_utc()
+        send.provider_response = f"not retried: {reason}; last answer: {send.provider_response or 'none'}"[:2000]
+        s.add(send)
+        reservations.release(s, send.key)
+        report_rollup.count_send(s, send, previous)
