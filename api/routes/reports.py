@@ -26,6 +26,7 @@ from domain.reports import Bucket, aggregate, arms_for, winner
 from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
+from store.delivery_health import delivery_summary
 from store.tables import Campaign, CampaignVersion, now_utc
 
 # No prefix: the signed report page lives at /r/{token}, the rest under /api/v1.
@@ -150,6 +151,22 @@ def report_page(
 ) -> HTMLResponse:
     body = _load(state, principal.section_id, campaign_id, start, end)
     return HTMLResponse(to_html(body), headers=PAGE_HEADERS)
+
+
+@router.get("/api/v1/campaigns/{campaign_id}/deliveries")
+def deliveries(
+    campaign_id: str,
+    principal: Management,
+    state: StateDep,
+    start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+) -> dict[str, Any]:
+    """Delivery health: the campaign's provider calls made in [from, to) by channel and status
+    (accepted, failed, in_flight, retrying; test users' apart; possible duplicates), and the most
+    frequent failure reasons, addresses masked."""
+    with state.store.session() as s:
+        c, _ = _campaign(s, principal.section_id, campaign_id)
+        return delivery_summary(s, c.id, *_range(c, start, end))
 
 
 class ReportLinkIn(BaseModel):
