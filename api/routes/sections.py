@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session, select
 
 from api import auth
@@ -66,6 +66,15 @@ class SectionLinksIn(BaseModel):
 class SectionCreate(SectionLinksIn):
     name: str = Field(min_length=1, max_length=200)
     global_cap_messages: int | None = Field(None, ge=1, le=1000, description="Override of the global cap")
+
+
+class SectionPatch(SectionLinksIn):
+    # A misspelt or unsupported field is a 422 naming it, not a 200 that changed nothing.
+    model_config = ConfigDict(extra="forbid")
+
+    global_cap_messages: int | None = Field(
+        None, ge=1, le=1000, description="Override of the global cap; null: the deployment's REJOIN_GLOBAL_CAP_MESSAGES"
+    )
 
 
 class SectionPublic(BaseModel):
@@ -164,12 +173,16 @@ def get_own_section(principal: Management, state: StateDep) -> SectionPublic:
 
 
 @router.patch("/section")
-def patch_own_section(body: SectionLinksIn, principal: Management, state: StateDep) -> SectionPublic:
-    """Change the section's link settings; fields left out keep their value, null clears one."""
+def patch_own_section(body: SectionPatch, principal: Management, state: StateDep) -> SectionPublic:
+    """Change the section's link settings and global cap; fields left out keep their value, null
+    clears one. The next send decision reads the new cap."""
     with state.store.session() as s:
         section = s.get(Section, principal.section_id)
         assert section is not None
         _set_links(s, section.id, body)
+        if "global_cap_messages" in body.model_fields_set:
+            section.global_cap_messages = body.global_cap_messages
+            s.add(section)
         s.flush()
         return _public(s, section)
 
