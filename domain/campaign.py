@@ -11,11 +11,15 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from domain.conditions import Condition, Operator
 from domain.durations import Duration
 from domain.field_error import FieldError
+
+# Validation context of a spec read back from the store: checks added after it was saved do not
+# refuse it (a journey in flight must still load its campaign).
+STORED = "stored"
 
 
 class Channel(StrEnum):
@@ -194,6 +198,14 @@ class SendWindow(_Strict):
     outside: Literal["wait", "drop"] = "wait"
 
     _zone = field_validator("timezone")(_check_zone)
+
+    @model_validator(mode="after")
+    def _opens(self, info: ValidationInfo) -> SendWindow:
+        # A window of no time never opens: its journeys would defer for ever. Specs stored before
+        # this check (`STORED`) still load; domain.schedule.in_window reads theirs as all day.
+        if self.start == self.end and not (info.context or {}).get(STORED):
+            raise ValueError("start and end must differ (a window from 10:00 to 10:00 never opens)")
+        return self
 
 
 class ValueCondition(_Strict):

@@ -47,8 +47,12 @@ def next_occurrence(after: datetime, at: time, days: list[str], tz: ZoneInfo) ->
 
 
 def in_window(instant: datetime, start: time, end: time, tz: ZoneInfo) -> bool:
-    """Is the local time of `instant` within [start, end)? A window may wrap midnight (22:00-06:00)."""
+    """Is the local time of `instant` within [start, end)? A window may wrap midnight (22:00-06:00).
+    start == end (refused on save; only specs stored before that) is the whole day, never empty:
+    an empty window would defer its messages for ever."""
     t = instant.astimezone(tz).time().replace(tzinfo=None)
+    if start == end:
+        return True
     if start <= end:
         return start <= t < end
     return t >= start or t < end

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
-from domain.campaign import CampaignSpec
+from domain.campaign import STORED, CampaignSpec
 from store.tables import Campaign, CampaignVersion
 
 # (campaign id, version) -> spec. A version never changes after it is written, so this cache
@@ -31,7 +31,7 @@ def load_spec(session: Session, campaign_id: str, version: int) -> CampaignSpec:
     ).first()
     if row is None:
         raise UnknownCampaign(f"campaign {campaign_id} v{version} does not exist")
-    spec = CampaignSpec.model_validate(row.spec)
+    spec = CampaignSpec.model_validate(row.spec, context={STORED: True})
     _specs[(campaign_id, version)] = spec
     return spec
 
