@@ -17,7 +17,7 @@ from sqlmodel import Session
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
 from store.locks import lock_key
 from store.statements import table_of
-from store.tables import CapReservation, Journey
+from store.tables import Campaign, CapReservation, Journey
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class SlotVerdict:
 
 RESERVATION = table_of(CapReservation)
 JOURNEY = table_of(Journey)
+CAMPAIGN = table_of(Campaign)
 _r = RESERVATION.c
 
 
@@ -73,7 +74,13 @@ _RENEW = update(RESERVATION).where(_r.key == bindparam("slot")).values(
 _RESERVE = insert(RESERVATION)
 _RELEASE = update(RESERVATION).where(_r.key == bindparam("slot"), _r.released == False).values(released=True)  # noqa: E712
 _j = JOURNEY.c
-_COMPETITORS = select(_j.campaign_id, _j.priority, _j.status, _j.triggered_at, _j.last_sent_at).where(
+_c = CAMPAIGN.c
+# A journey is still open (may yet send) only while its campaign is active: a paused or archived
+# campaign's journeys skip their steps, so they must not silence other campaigns meanwhile.
+_OPEN = (_j.status == "active") & (_c.status == "active")
+_COMPETITORS = select(
+    _j.campaign_id, _j.priority, _OPEN.label("open"), _j.triggered_at, _j.last_sent_at
+).select_from(JOURNEY.join(CAMPAIGN, _c.id == _j.campaign_id)).where(
     _j.section_id == bindparam("section_id"),
     _j.user_id == bindparam("user_id"),
     _j.campaign_id != bindparam("campaign_id"),
@@ -111,7 +118,7 @@ def _competitors(session: Session, req: SlotRequest, window: timedelta) -> list[
         "recent_after": req.as_of - window,
     }
     return [
-        Competitor(j.campaign_id, j.priority, j.status == "active", j.triggered_at, j.last_sent_at)
+        Competitor(j.campaign_id, j.priority, bool(j.open), j.triggered_at, j.last_sent_at)
         for j in session.execute(_COMPETITORS, params)
     ]
 

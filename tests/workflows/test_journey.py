@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
+import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests.helpers import (
@@ -202,6 +203,17 @@ async def test_campaign_cap(api: httpx.AsyncClient, env: WorkflowEnvironment, se
     assert [(d.outcome, d.reason) for d in result.decisions] == [("sent", None), ("skipped", "campaign_cap"), ("sent", None)]
 
 
+async def _trigger_both(api: httpx.AsyncClient, section: SectionKeys, dyid: str) -> None:
+    """An add-to-cart that enrolls the user in both cart campaigns, once both journeys are listed."""
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+
+    async def both_enrolled() -> None:
+        r = await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)
+        assert len(r.json()) == 2, r.text
+
+    await eventually(both_enrolled)
+
+
 async def test_campaign_priority_only_highest_sends(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys
 ) -> None:
@@ -211,17 +223,31 @@ async def test_campaign_priority_only_highest_sends(
     low = await create_campaign(api, section, cart_campaign("Low", priority=10))
     dyid, uid = await reachable_user(api, section)
     with env.with_time_skipping_disabled():
-        await collect(api, section, dyid, add_to_cart("sku-1"))
-        async def both_enrolled() -> None:
-            r = await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)
-            assert len(r.json()) == 2, r.text
-        await eventually(both_enrolled)
+        await _trigger_both(api, section, dyid)
         await env.fast_forward(journey_handle(env.client, section, low, uid))
         await env.fast_forward(journey_handle(env.client, section, high, uid))
     assert (await journey_result(env.client, section, high, uid)).sent == 1
     low_result = await journey_result(env.client, section, low, uid)
     assert low_result.sent == 0
     assert (low_result.decisions[0].reason or "").startswith("outranked"), low_result.decisions
+
+
+@pytest.mark.parametrize("action", ["archive", "pause"])
+async def test_a_paused_or_archived_campaign_outranks_nobody(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, action: str
+) -> None:
+    """Its open journeys skip their steps, so they no longer silence a lower-priority campaign."""
+    await add_integration(api, section)
+    high = await create_campaign(api, section, cart_campaign("High", wait="P1D", priority=100))
+    low = await create_campaign(api, section, cart_campaign("Low", priority=10))
+    dyid, uid = await reachable_user(api, section)
+    with env.with_time_skipping_disabled():
+        await _trigger_both(api, section, dyid)
+        r = await api.post(f"/api/v1/campaigns/{high}/{action}", headers=section.mgmt)
+        assert r.status_code == 200, r.text
+        await env.fast_forward(journey_handle(env.client, section, low, uid))
+    low_result = await journey_result(env.client, section, low, uid)
+    assert low_result.sent == 1, low_result.decisions
 
 
 async def test_channel_priority_with_opt_in_gaps(
