@@ -197,14 +197,34 @@ def validate_template(template: Any, variables: set[str], place: str = "payload"
             validate_template(v, variables, f"{place}.{k}")
 
 
+# As deep as a request body may nest (REJOIN_MAX_JSON_DEPTH's default): a payload given as JSON
+# text would otherwise get round that limit, and deeper still fail to parse or serialise (500s).
+MAX_PAYLOAD_DEPTH = 32
+
+
 def parse_json_template(text: str, place: str = "payload") -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise TemplateError(place, f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    except RecursionError:  # nested past the parser's own limit
+        raise TemplateError(place, f"a message payload may nest at most {MAX_PAYLOAD_DEPTH} levels") from None
+    if _depth_exceeds(value, MAX_PAYLOAD_DEPTH):
+        raise TemplateError(place, f"a message payload may nest at most {MAX_PAYLOAD_DEPTH} levels")
     if not isinstance(value, dict):
         raise TemplateError(place, "a message payload must be a JSON object")
     return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]  # without recursion: the value may be deep
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 # ---------------------------------------------------------------------------------- values

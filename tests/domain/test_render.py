@@ -12,7 +12,14 @@ from pydantic import ValidationError
 from domain.campaign import CampaignSpec
 from domain.feeds import parse_product
 from domain.matching import product_record
-from domain.render import MissingRequired, RenderContext, TemplateError, render_payload, validate_template
+from domain.render import (
+    MissingRequired,
+    RenderContext,
+    TemplateError,
+    parse_json_template,
+    render_payload,
+    validate_template,
+)
 from domain.tracking import Linker, Signer
 
 SIGNER = Signer(["k1"])
@@ -295,3 +302,19 @@ def test_whole_item_lists_are_localized_like_single_fields() -> None:
     assert render_payload({"items": "${Items in cart}"}, ctx(locale="de_DE"))["items"] == [
         {"sku": "s1", "name": "Red shoe", "url": "https://shop.example/p/s1", "price": 20.0}
     ]
+
+
+@pytest.mark.parametrize("depth", [40, 300, 5000])
+def test_a_payload_given_as_json_text_nests_no_deeper_than_a_body(depth: int) -> None:
+    """JSON text got round the request's nesting limit, and deeper still failed to parse or to
+    serialise (500s): it is refused at the payload, as any other bad template."""
+    text = '{"a": ' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(ValidationError) as err:
+        CampaignSpec.model_validate({
+            "name": "c", "type": "custom_trigger", "channel_priority": ["email"],
+            "trigger": {"wait": "PT1H", "event_name": "E"},
+            "variations": [{"id": "a", "name": "A", "share": 100,
+                            "steps": [{"name": "s", "messages": {"email": {"payload": text}}}]}],
+        })  # fmt: skip
+    assert "nest at most 32 levels" in str(err.value)
+    assert parse_json_template('{"a": ' + "[" * 30 + "]" * 30 + "}")  # within the limit
