@@ -135,7 +135,7 @@ def accept(
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
             commands, enrolled = _commands(
-                section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running,
+                s, section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running,
                 received_at,
             )  # fmt: skip
             row = {
@@ -238,6 +238,7 @@ def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[s
 
 
 def _commands(
+    s: Session,
     section_id: str,
     user: User,
     ev: NormalizedEvent,
@@ -293,6 +294,10 @@ def _commands(
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             continue
         variation = allocate(campaign.id, user.id, spec.variations)
+        if variation.control and not active and report_rollup.held_out(s, campaign.id, user.id, variation.id):
+            # Already counted in the holdout, where every later trigger would start (and at once
+            # end) one more journey and workflow: a busy holdout cart cost more than a treated one.
+            continue
         inp = trigger_input(
             section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, user.is_test,
             settings.delivery_timeout, received_at,

@@ -201,6 +201,19 @@ def _cohort_stmt(dialect_name: str) -> Any:
     return ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n})
 
 
+_HELD_OUT = select(literal(1)).where(
+    COHORT.c.campaign_id == bindparam("campaign_id"),
+    COHORT.c.user_id == bindparam("user_id"),
+    COHORT.c.variation_id == bindparam("variation_id"),
+)
+
+
+def held_out(s: Session, campaign_id: str, user_id: str, control_id: str) -> bool:
+    """Whether the user's cohort of the campaign is its control `control_id` (held out already)."""
+    params = {"campaign_id": campaign_id, "user_id": user_id, "variation_id": control_id}
+    return s.execute(_HELD_OUT, params).first() is not None
+
+
 def register_cohort(s: Session, journey: Journey) -> None:
     """A journey was allocated: the user's first non-test one starts their cohort."""
     if journey.is_test:
