@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
@@ -21,7 +21,7 @@ from api import campaign_schedules
 from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable
-from domain.campaign import CampaignSpec, CampaignType
+from domain.campaign import STORED, CampaignSpec, CampaignType
 from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
 
@@ -84,7 +84,7 @@ def validate(spec: CampaignSpec, principal: Management, state: StateDep) -> Vali
 async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
     """After a committed change: make the campaign's Temporal Schedule match, then show it."""
     forget_live(section_id)  # ingestion in this process sees the change from the next request on
-    spec = CampaignSpec.model_validate(out.spec)
+    spec = CampaignSpec.model_validate(out.spec, context={STORED: True})
     if out.type != CampaignType.SCHEDULED or (not campaign_schedules.has_schedule(spec) and out.version == 1):
         return out  # never had a schedule: none to create or delete (and no need for Temporal)
     client = await state.client()
@@ -98,7 +98,7 @@ async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> Camp
 
 
 async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
-    if campaign_schedules.has_schedule(CampaignSpec.model_validate(out.spec)) and out.status != "archived":
+    if campaign_schedules.has_schedule(CampaignSpec.model_validate(out.spec, context={STORED: True})) and out.status != "archived":
         try:
             client = await state.client()
             out.schedule = await campaign_schedules.describe(client, section_id, out.id)
@@ -135,7 +135,9 @@ def _insert(state: StateDep, section_id: str, spec: CampaignSpec) -> CampaignPub
 
 
 @router.get("")
-async def list_campaigns(principal: Management, state: StateDep, status: str | None = None) -> list[CampaignPublic]:
+async def list_campaigns(
+    principal: Management, state: StateDep, status: Literal["draft", "active", "paused", "archived"] | None = None
+) -> list[CampaignPublic]:
     def load() -> list[CampaignPublic]:
         with state.store.session() as s:
             q = select(Campaign).where(Campaign.section_id == principal.section_id)
@@ -156,7 +158,9 @@ async def get(campaign_id: str, principal: Management, state: StateDep) -> Campa
 
 
 @router.get("/{campaign_id}/versions/{version}")
-def get_version(campaign_id: str, version: int, principal: Management, state: StateDep) -> dict[str, Any]:
+def get_version(
+    campaign_id: str, version: Annotated[int, Path(ge=1, le=2**31 - 1)], principal: Management, state: StateDep
+) -> dict[str, Any]:
     with state.store.session() as s:
         _own(s, principal.section_id, campaign_id)
         row = s.exec(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from api.deps import Management, StateDep
+from api.errors import NotFound
 from store.tables import OutboxMessage, Product, now_utc
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
@@ -42,10 +43,12 @@ def upsert_products(
 
 
 @router.get("/products/{sku}")
-def get_product(sku: str, principal: Management, state: StateDep) -> ProductIn | None:
+def get_product(sku: str, principal: Management, state: StateDep) -> ProductIn:
     with state.store.session() as s:
         row = s.get(Product, (principal.section_id, sku))
-        return ProductIn(**row.model_dump()) if row else None
+        if row is None:
+            raise NotFound("no such product", field="sku")
+        return ProductIn(**row.model_dump())
 
 
 class OutboxItem(BaseModel):

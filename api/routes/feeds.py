@@ -295,6 +295,9 @@ async def get_run(run_id: str, principal: Management, state: StateDep) -> RunOut
 async def list_runs(campaign_id: str, principal: Management, state: StateDep) -> list[RunOut]:
     def ids() -> list[str]:
         with state.store.session() as s:
+            campaign = s.get(Campaign, campaign_id)
+            if campaign is None or campaign.section_id != principal.section_id:
+                raise NotFound("no such campaign", field="campaign_id")  # as every campaign route
             q = select(BroadcastRun.id).where(
                 BroadcastRun.section_id == principal.section_id, BroadcastRun.campaign_id == campaign_id
             )

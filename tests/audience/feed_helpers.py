@@ -149,8 +149,10 @@ async def provider_push(
 
 async def get_product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dict[str, Any]:
     r = await api.get(f"/api/v1/products/{sku}", headers=sec.mgmt)
+    if r.status_code == 404:
+        return {}  # no such product
     assert r.status_code == 200, r.text
-    return dict(r.json() or {})
+    return dict(r.json())
 
 
 async def campaign_sends(store: Store, campaign_id: str) -> list[Send]:
