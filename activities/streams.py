@@ -22,6 +22,10 @@ class LineTooLong(ValueError):
     pass
 
 
+class MixedLineEnds(ValueError):
+    """A file whose lines end with CR alone also holds an LF: where its rows end is ambiguous."""
+
+
 def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int]]:
     """Split a byte stream into lines; yields (line without its ending, offset after it)."""
     pending = b""
@@ -42,12 +46,21 @@ def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int
 
 def line_blocks(chunks: Iterator[bytes], start: int) -> Iterator[tuple[list[bytes], int]]:
     """Split a byte stream into blocks of whole lines (each without its "\n", "\r" kept), one
-    block per chunk read, with the byte offset after the block's last line."""
+    block per chunk read, with the byte offset after the block's last line.
+
+    Lines may also end with CR alone (classic Mac exports): told apart by a first chunk holding a
+    CR before more data but no LF at all, then split at CRs. Either way each line ends with one
+    byte, so callers count offsets the same; a later LF in such a file fails it (`MixedLineEnds`)."""
     pending = b""
     offset = start
+    end = b""  # the line ending once known: b"\n" (LF or CRLF) or b"\r" (CR only)
     for chunk in chunks:
         data = pending + chunk if pending else chunk
-        cut = data.rfind(b"\n")
+        if not end:
+            end = _line_end(data)
+        elif end == b"\r" and b"\n" in chunk:
+            raise MixedLineEnds(f"lines end with CR only, then with LF after byte {offset}: use LF or CRLF")
+        cut = data.rfind(end) if end else -1
         if cut < 0:
             if len(data) > MAX_LINE:
                 raise LineTooLong(f"a line longer than {MAX_LINE} bytes after byte {offset}")
@@ -55,9 +68,17 @@ def line_blocks(chunks: Iterator[bytes], start: int) -> Iterator[tuple[list[byte
             continue
         pending = data[cut + 1 :]
         offset += cut + 1
-        yield data[:cut].split(b"\n"), offset
+        yield data[:cut].split(end), offset
     if pending:
         yield [pending], offset + len(pending)
+
+
+def _line_end(data: bytes) -> bytes:
+    """How the lines in `data` (a file's first bytes, or from a resume offset) end; b"" while unknown
+    (no LF yet, and no CR but maybe the last byte, which the next chunk's LF may make a CRLF)."""
+    if b"\n" in data:
+        return b"\n"
+    return b"\r" if -1 < data.find(b"\r") < len(data) - 1 else b""
 
 
 def cells(line: bytes) -> list[str]:
@@ -69,8 +90,14 @@ def cells(line: bytes) -> list[str]:
 
 
 @contextmanager
-def s3_chunks(s3: Any, bucket: str, key: str, offset: int, chunk: int = CHUNK) -> Iterator[Iterator[bytes]]:
+def s3_chunks(
+    s3: Any, bucket: str, key: str, offset: int, chunk: int = CHUNK, if_match: str | None = None
+) -> Iterator[Iterator[bytes]]:
+    """`if_match`: the ETag the read must be of (S3 answers 412 PreconditionFailed if the object was
+    replaced), so a ranged resume never splices another file's tail onto the rows already read."""
     extra: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
+    if if_match is not None:
+        extra["IfMatch"] = if_match
     body = s3.get_object(Bucket=bucket, Key=key, **extra)["Body"]
     try:
         yield body.iter_chunks(chunk)

@@ -26,7 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.seal_pool import Sealed, SealPool, seal_slice
-from activities.streams import BIG_CHUNK, LineTooLong, cells, line_blocks, s3_chunks
+from activities.streams import BIG_CHUNK, LineTooLong, MixedLineEnds, cells, line_blocks, s3_chunks
 from domain import subscribers as rules
 from security.crypto import SecretBox
 from settings import Settings
@@ -138,17 +138,26 @@ class SubscriberActivities:
         s3 = objects.client(self.settings)
         key = f"{lst.prefix}{req.folder}/{rules.FILE_NAME}"
         try:
-            size = int(s3.head_object(Bucket=lst.bucket, Key=key)["ContentLength"])
+            head = s3.head_object(Bucket=lst.bucket, Key=key)
         except s3.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return SyncFolderResult(state="failed", error=f"{key} not found")
             raise  # anything else (403, 5xx) may pass: the attempt is retried
+        size, etag = int(head["ContentLength"]), str(head["ETag"])
+        p = self._pin(req, table, p, etag)
         if p.offset < size:  # else a retry after the last batch was committed: nothing left to read
             try:
-                with s3_chunks(s3, lst.bucket, key, p.offset, BIG_CHUNK) as chunks:
+                with s3_chunks(s3, lst.bucket, key, p.offset, BIG_CHUNK, if_match=etag) as chunks:
                     early = self._stream(req, integration.identifier_type, table, chunks, p, size)
-            except LineTooLong as exc:
+            except (LineTooLong, MixedLineEnds) as exc:
                 return SyncFolderResult(state="failed", error=str(exc), lines_read=p.line)
+            except s3.exceptions.ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                    raise
+                # Replaced between the HEAD and the GET: the retry pins the new object and starts over.
+                raise ApplicationError(
+                    f"{key} was replaced while the sync started; retrying", type="SourceChanged"
+                ) from exc
             if early is not None:
                 return early
         if p.line == 0:
@@ -170,6 +179,27 @@ class SubscriberActivities:
         return SyncProgress(
             offset=sync.resume_offset, line=sync.lines_read, accepted=sync.rows_accepted, rejected=sync.rows_rejected
         )
+
+    def _pin(self, req: SyncFolderRequest, table: str, p: SyncProgress, etag: str) -> SyncProgress:
+        """Tie the sync to the object version `etag`. Rows committed from another version (the
+        customer replaced data.csv mid-sync; or a sync begun before ETags were kept) are discarded
+        with their counters and rejections, so the file is read again from its start: a ranged
+        read of the new object at the old offset would splice two files and cut a row in half."""
+        with self.store.session() as s:
+            sync = s.get(SubscriberSync, req.sync_id)
+            assert sync is not None
+            if sync.source_etag == etag:
+                return p
+            if p.offset:
+                log.warning("sync %s: %s changed since line %d; starting it over", req.sync_id, req.folder, p.line)
+                lists.drop_set(s, table)
+                lists.create_set(s, table)
+                lists.clear_rejections(s, req.sync_id)
+                sync.rows_accepted = sync.rows_rejected = sync.lines_read = sync.resume_offset = 0
+                p = SyncProgress()
+            sync.source_etag = etag
+            s.add(sync)
+        return p
 
     def _stream(
         self, req: SyncFolderRequest, id_type: str, table: str, chunks: Iterator[bytes], p: SyncProgress, size: int

@@ -18,12 +18,12 @@ import re
 from dataclasses import dataclass, field
 
 from domain.hashing import email_hash, phone_hash, sha256_hex
+from domain.identifiers import normalize_phone
 
 FOLDER = re.compile(r"^upload_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}$")
 FILE_NAME = "data.csv"
 HEADERS = {"email": "email", "phone": "phone numbers", "custom": "id"}
 EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
-E164_DIGITS = re.compile(r"^\+?[1-9]\d{6,14}$")
 
 
 def expected_header(identifier_type: str) -> str:
@@ -52,17 +52,23 @@ def row_value(identifier_type: str, cells: list[str]) -> tuple[str, str] | str:
             return "not a valid email address"
         return value, email_hash(value)
     if identifier_type == "phone":
-        if not E164_DIGITS.match(value):
-            return "not an E.164 phone number (country code and digits only)"
-        return value, phone_hash(value)
+        # List rows are E.164 digits with the "+" optional (seeds: "country code ... digits only"), so
+        # bare digits are taken as international; anything else follows the API's rule (separators
+        # allowed after a "+"). The "+" form is stored, hashed and sent, as for an API opt-in.
+        try:
+            e164 = normalize_phone("+" + value if value.isascii() and value.isdigit() else value)
+        except ValueError:
+            return "not an E.164 phone number (country code first, 8 to 15 digits; separators only after a +)"
+        return e164, phone_hash(e164)
     if len(value) > 256:
         return "identifier longer than 256 characters"
     return value, sha256_hex(value)
 
 
-# A line that `row_value` accepts unchanged: no CSV quoting or comma, no padding, no NUL/CR.
+# A line that `row_value` accepts as it is (a phone only gains its "+"): no CSV quoting or comma, no
+# padding, no NUL/CR.
 _PLAIN = r'[^@\s,;"\x00]+'
-_LINE = {"email": rf"{_PLAIN}@{_PLAIN}\.{_PLAIN}", "phone": r"\+?[1-9][0-9]{6,14}", "custom": r'[^\s,"\x00]+'}
+_LINE = {"email": rf"{_PLAIN}@{_PLAIN}\.{_PLAIN}", "phone": r"\+?[1-9][0-9]{7,14}", "custom": r'[^\s,"\x00]+'}
 # Whole slices at once: lines joined by "\n", each blank or plain; possessive, so a slice that
 # does not match fails at once instead of backtracking through earlier lines.
 FAST_SLICE = {k: re.compile(rf"(?:{v})?+(?:\n(?:{v})?+)*+") for k, v in _LINE.items()}
@@ -70,7 +76,7 @@ FAST_SLICE = {k: re.compile(rf"(?:{v})?+(?:\n(?:{v})?+)*+") for k, v in _LINE.it
 _PLAIN_ASCII = rb'[^@\x00-\x20,;"\x7f]+'
 _LINE_ASCII = {
     "email": _PLAIN_ASCII + b"@" + _PLAIN_ASCII + rb"\." + _PLAIN_ASCII,
-    "phone": rb"\+?[1-9][0-9]{6,14}",
+    "phone": rb"\+?[1-9][0-9]{7,14}",
     "custom": rb'[^\x00-\x20,"\x7f]+',
 }
 FAST_ASCII = {k: re.compile(rb"(?:" + v + rb")?+(?:\n(?:" + v + rb")?+)*+") for k, v in _LINE_ASCII.items()}
@@ -104,7 +110,8 @@ def parse_lines(identifier_type: str, lines: list[bytes], first_line: int, budge
         if not raw.strip():
             continue
         try:
-            verdict = row_value(identifier_type, next(csv.reader([raw.decode("utf-8")]), []))
+            # strict: an unclosed quote is a bad row, not a value (the lenient reader drops the quote)
+            verdict = row_value(identifier_type, next(csv.reader([raw.decode("utf-8")], strict=True), []))
         except UnicodeDecodeError:
             verdict = "not valid UTF-8"
         except csv.Error as exc:
@@ -152,8 +159,8 @@ def _fast(identifier_type: str, lines: list[bytes], digest: bool) -> Parsed | No
         len(v.decode()) > MAX_LEN[identifier_type] for v in values
     ):
         return None
-    if identifier_type == "phone":
-        folded = [b"+" + v.removeprefix(b"+") for v in values]
+    if identifier_type == "phone":  # stored and sent in E.164 with its "+", as `row_value` gives it
+        values = folded = [b"+" + v.removeprefix(b"+") for v in values]
     if not digest:
         return Parsed(consumed=len(lines), values=values, hashes=folded, digested=False)
     sha = hashlib.sha256

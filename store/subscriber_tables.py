@@ -80,6 +80,8 @@ class SubscriberSync(SQLModel, table=True):
     rows_rejected: int = 0
     lines_read: int = 0
     resume_offset: int = 0  # bytes of the file whose rows are committed (with the counters above)
+    # ETag of the object those bytes were read from: a resume reads only that object (If-Match)
+    source_etag: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

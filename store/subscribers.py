@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -151,6 +152,11 @@ def stage_rejections(s: Session, sync_id: str, rejections: Iterable[tuple[int, s
     insert_ignoring(
         s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
     )
+
+
+def clear_rejections(s: Session, sync_id: str) -> None:
+    """Forget a sync's rejected lines (its file is read again from the start)."""
+    s.execute(sa_delete(SubscriberRejection).where(col(SubscriberRejection.sync_id) == sync_id))
 
 
 def stale_generations(s: Session, lst: SubscriberList) -> list[int]:

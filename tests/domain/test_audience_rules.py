@@ -85,7 +85,7 @@ def test_subscriber_rows() -> None:
     """Headers are exact per identifier type; phones are E.164 digits; emails are checked."""
     assert subscribers.header_error("phone", ["Phone Numbers"]) is None
     assert subscribers.header_error("email", ["mail"]) is not None
-    assert subscribers.row_value("phone", ["15551234567"])[0] == "15551234567"  # type: ignore[index]
+    assert subscribers.row_value("phone", ["15551234567"])[0] == "+15551234567"  # type: ignore[index]
     assert isinstance(subscribers.row_value("phone", ["555-1234"]), str)
     assert isinstance(subscribers.row_value("email", ["a@b"]), str)
     assert subscribers.row_value("email", ["a", "b"]) == "expected 1 column, got 2"
