@@ -11,12 +11,14 @@ it delivers once even when a call whose outcome was unknown is repeated.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse, classify_http
 from providers.context import AdapterContext
+from providers.http import FORBIDDEN_IN_VALUES, RESERVED_HEADERS
 from providers.oauth import Fetcher, Token, cache_key, client_credentials, with_token
 
 
@@ -24,6 +26,28 @@ class HeaderParam(BaseModel):
     key: str = Field(min_length=1, max_length=200, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
     value: str = Field(max_length=4000)
     secret: bool = False
+
+
+class SaveHeaderParam(HeaderParam):
+    """A header as the API accepts it on save: one the HTTP client can send as configured. Stored
+    headers saved before this rule are read with `HeaderParam` and refused at send time
+    (`providers/http.py::header_problem`), as a configuration error rather than a retried call."""
+
+    @field_validator("key")
+    @classmethod
+    def _not_reserved(cls, v: str) -> str:
+        if v.lower() in RESERVED_HEADERS:
+            raise ValueError(f"header '{v}' is set by Rejoin's HTTP client (framing, Host) and cannot be configured")
+        return v
+
+    @field_validator("value")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        # A line break would start a new header (injection); clients refuse it at send time, which
+        # would fail every delivery. The message never quotes the value: it may be a secret.
+        if any(c in v for c in FORBIDDEN_IN_VALUES):
+            raise ValueError("a header value may not contain a line break (CR or LF) or NUL")
+        return v
 
 
 class NoAuth(BaseModel):
@@ -52,7 +76,7 @@ Auth = Annotated[NoAuth | BasicAuth | OAuth2ClientCredentials, Field(discriminat
 
 class CustomHttpConfig(BaseModel):
     url: HttpUrl
-    headers: list[HeaderParam] = Field(default_factory=list, max_length=50)
+    headers: Sequence[HeaderParam] = Field(default_factory=list, max_length=50)
     auth: Auth = Field(default_factory=NoAuth)
 
     @field_validator("headers", mode="before")
@@ -68,9 +92,11 @@ class CustomHttpSaveConfig(CustomHttpConfig):
     """What the API accepts on save (`Config`): each header name once. Sends read stored configs
     with the lenient `CustomHttpConfig`, so one saved before this rule still sends."""
 
+    headers: list[SaveHeaderParam] = Field(default_factory=list, max_length=50)
+
     @field_validator("headers")
     @classmethod
-    def _names_once(cls, v: list[HeaderParam]) -> list[HeaderParam]:
+    def _names_once(cls, v: list[SaveHeaderParam]) -> list[SaveHeaderParam]:
         # Header names are case-insensitive: two `X-Key`s would both be sent, and which secret a
         # masked value keeps on an edit is found by name (providers/secret_fields.py).
         seen: set[str] = set()

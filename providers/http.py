@@ -2,8 +2,11 @@
 
 Each hop is checked by the URL guard and sent to the address that was checked (pinned), with
 the real host name in the Host header and TLS SNI/verification. Redirects are followed only
-for 307/308 (method and body kept), at most `MAX_REDIRECTS` hops, each hop checked again, so a
-provider cannot bounce us to an internal address. Transport failures become retryable
+for 307/308 (method and body kept) to the same origin, at most `MAX_REDIRECTS` hops, each hop
+checked again, so a provider cannot bounce us to an internal address nor hand our credentials to
+another host. Headers that cannot be sent as given (CR, LF or NUL; framing and hop-by-hop names
+that would contradict the request we build) are a `ConfigurationError` before anything is sent,
+whichever client is used, and never quote the value. Transport failures become retryable
 `ProviderError`s; whether the provider may have processed the request is recorded
 (`outcome_unknown`), because that decides whether a repeat could duplicate.
 
@@ -14,13 +17,15 @@ docs/performance.md) and httpx (APNs, which needs HTTP/2, and callers that pass 
 
 from __future__ import annotations
 
+import re
 import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+import h11
 import httpx
 
 from providers.base import ConfigurationError, ProviderError, ProviderResponse, classify_http
@@ -33,6 +38,46 @@ MAX_RESPONSE_BYTES = 1 << 20
 PROVIDER_READ_TIMEOUT_S = 10.0  # a provider's silence, at most (seconds)
 PROVIDER_CONNECT_TIMEOUT_S = 5.0
 TIMEOUT_ERROR = "timeout"  # how a ProviderError for a timed-out call begins
+# A line break would end the header and start another (injection); NUL is refused by servers.
+FORBIDDEN_IN_VALUES = "\r\n\0"
+# RFC 7230 `token`: what a header name may be.
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# The client frames the request and sets Host itself (the pinned address needs it); a configured
+# one would contradict it (a short Content-Length smuggles the rest of the body as a second
+# request, a second Host is refused by h11) or change the connection under the pool.
+RESERVED_HEADERS = frozenset(
+    {"content-length", "transfer-encoding", "host", "connection", "keep-alive", "te", "trailer", "upgrade",
+     "proxy-connection"}
+)  # fmt: skip
+
+
+def header_problem(name: str, value: str) -> str | None:
+    """Why a header cannot be sent as given, or None. The value is never quoted: it may be a secret."""
+    if not HEADER_NAME.match(name):
+        return "a header name must be a token (letters, digits and !#$%&'*+.^_`|~-)"
+    if name.lower() in RESERVED_HEADERS:
+        return f"header '{name}' is set by Rejoin's HTTP client and cannot be configured"
+    if any(c in value for c in FORBIDDEN_IN_VALUES):
+        return f"the value of header '{name}' contains a line break (CR or LF) or NUL"
+    return None
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, with the default port filled in."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def _unbuildable(exc: Exception) -> ConfigurationError:
+    # The client refused to write the request (a header it will not send): nothing reached the
+    # provider, and the same request fails the same way every time. The client's text quotes the
+    # offending header value, which may be a secret, so only the exception type is kept.
+    return ConfigurationError(f"the request could not be built ({type(exc).__name__}); check the configured headers")
 
 
 def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
@@ -103,6 +148,8 @@ class HttpxTransport:
                 method, target.pinned_url, headers=headers, extensions=extensions, **kwargs
             )
             resp = await self.client.send(request, follow_redirects=False)
+        except (httpx.LocalProtocolError, h11.LocalProtocolError, ValueError) as exc:
+            raise _unbuildable(exc) from None
         except httpx.TimeoutException as exc:
             # Connect timeouts never reached the provider; read/write timeouts may have.
             raise _timeout_error(exc, not isinstance(exc, httpx.ConnectTimeout)) from exc
@@ -145,6 +192,9 @@ class AiohttpTransport:
         except aiohttp.ClientConnectorError as exc:
             # Refused, unreachable or TLS verification failed: the request never left.
             raise _connection_error(exc, False) from exc
+        except ValueError as exc:
+            # aiohttp refuses a control character in a header before writing anything.
+            raise _unbuildable(exc) from None
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             # Reset, disconnect or a cut body after sending: the provider may have processed it.
             raise _connection_error(exc, True) from exc
@@ -216,6 +266,11 @@ class HttpCaller:
     ) -> ProviderResponse:
         """Send and return whatever the provider answered (any status)."""
         body = Body(json=json, data=data, content=content)
+        for name, value in (headers or {}).items():
+            problem = header_problem(name, value)
+            if problem is not None:
+                raise ConfigurationError(problem)
+        start = origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             target = await self.guard.resolve(url)
             hdrs = dict(headers or {})
@@ -231,6 +286,19 @@ class HttpCaller:
                         headers=lowered,
                     )
                 url = urljoin(url, lowered["location"])
+                if origin(url) != start:
+                    # Our headers carry the vendor's credentials (API key, Basic, a bearer token):
+                    # replaying them to another host would hand them over. Vendors do not move API
+                    # calls across hosts, so this is refused rather than followed without them.
+                    # An internal target keeps the guard's own refusal, which names the address.
+                    await self.guard.resolve(url)
+                    scheme, host, port = origin(url)
+                    raise ProviderError(
+                        f"provider redirected ({resp.status}) to another host ({scheme}://{host}:{port}): not followed",
+                        retryable=False,
+                        status=resp.status,
+                        headers=lowered,
+                    )
                 continue
             return ProviderResponse(status=resp.status, body=resp.text, headers=lowered)
         raise ConfigurationError(f"more than {MAX_REDIRECTS} redirects")

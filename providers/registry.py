@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -70,6 +71,26 @@ def _urls(node: Any, path: str) -> list[tuple[str, str]]:
     return found
 
 
+# Where an integration's secrets are sent: its URLs (the status callback is Twilio calling us, not
+# where a credential goes) and the SMTP server. A change here re-targets the stored credentials,
+# so an update that changes one must re-enter its secrets (api/routes/integrations.py). So does
+# SMTP's `security`: turning TLS off would send the kept password in clear to the same server.
+ADDRESS_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "host", "port", "security"})
+
+
+def addresses(node: Any, path: str = "") -> dict[str, Any]:
+    """{dotted path: value} of every address field in a (public) configuration."""
+    found: dict[str, Any] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            p = f"{path}.{k}" if path else str(k)
+            if k in ADDRESS_KEYS and not isinstance(v, dict | list):
+                found[p] = v
+            else:
+                found.update(addresses(v, p))
+    return found
+
+
 def config_model(kind: str) -> type[BaseModel] | None:
     cls = ADAPTERS.get(kind)
     return cls.Config if cls is not None else None
@@ -108,15 +129,30 @@ class ProviderRegistry:
     async def refused_urls(self, config: dict[str, Any]) -> tuple[str, str] | None:
         """(dotted field, reason) of the first URL in `config` the SSRF guard refuses, if any.
 
-        Only refusals count: a host that does not resolve right now is left to send time.
+        Only refusals count: a host that does not resolve right now is left to send time. A URL
+        with credentials in it (`user:pw@`) is refused too: send time refuses it, and its host is
+        easily misread (`http://127.0.0.1:9532@evil.example` goes to evil.example).
         """
+        guard = self.context.caller.guard
         for path, url in _urls(config, ""):
+            parts = urlsplit(url)
+            if parts.username is not None or parts.password is not None:
+                return path, "a URL may not carry credentials (user:password@): put them in the auth configuration"
             try:
-                await self.context.caller.guard.resolve(url)
+                await guard.resolve(url)
             except RefusedAddress as exc:
                 return path, str(exc)
             except ConfigurationError:
                 continue
+        # The SMTP server, checked like URLs (send time resolves it through the same guard).
+        host, port = config.get("host"), config.get("port")
+        if isinstance(host, str) and isinstance(port, int):
+            try:
+                await guard.resolve_host(host, port)
+            except RefusedAddress as exc:
+                return "host", str(exc)
+            except ConfigurationError:
+                pass
         return None
 
     async def validate(self, kind: str, config: dict[str, Any]) -> None:

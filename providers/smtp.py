@@ -53,12 +53,20 @@ class _PinnedSMTPS(_PinnedSMTP):
         return ssl.create_default_context().wrap_socket(raw, server_hostname=getattr(self, "_host", host))
 
 
+def one_line(value: str) -> str:
+    """`value` fit for a header: every line break (CR, LF, and the other separators `splitlines`
+    knows) and NUL becomes a space. Headers are built from data (a subject naming a product, a
+    recipient): a break there would add a header (`Bcc:`), and the email library refuses it with a
+    ValueError that would fail every send of that message."""
+    return " ".join(value.replace("\0", " ").splitlines())
+
+
 def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
     payload = message.payload
     mail = EmailMessage()
-    mail["Subject"] = str(payload.get("subject", message.step_name or ""))
-    mail["From"] = formataddr((cfg.from_name or "", cfg.from_email))
-    mail["To"] = message.recipient
+    mail["Subject"] = one_line(str(payload.get("subject", message.step_name or "")))
+    mail["From"] = formataddr((one_line(cfg.from_name or ""), one_line(cfg.from_email)))
+    mail["To"] = one_line(message.recipient)
     mail["Date"] = formatdate(usegmt=True)
     digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
     mail["Message-ID"] = f"<{digest}@{cfg.from_email.rpartition('@')[2] or 'rejoin'}>"
@@ -83,7 +91,12 @@ class SmtpProvider:
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = SmtpConfig.model_validate(message.config)
         ip = await self.ctx.caller.guard.resolve_host(cfg.host, cfg.port)
-        mail = build_email(cfg, message)
+        try:
+            mail = build_email(cfg, message)
+        except ValueError as exc:
+            # What data brings is made one line above; what is left is the configuration (a
+            # from_email the library refuses), and it would fail the same way on every retry.
+            raise ConfigurationError(f"the email could not be built ({type(exc).__name__}): check from_email") from None
         return await asyncio.to_thread(self._deliver, cfg, ip, mail)
 
     def _deliver(self, cfg: SmtpConfig, ip: str, mail: EmailMessage) -> ProviderResponse:

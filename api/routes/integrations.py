@@ -30,7 +30,7 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
 from providers.http import is_timeout, provider_call_timeouts
 from providers.recipients import identifier_type_error
-from providers.registry import INTEGRATION_KINDS, ProviderRegistry, channels_for, config_model
+from providers.registry import INTEGRATION_KINDS, ProviderRegistry, addresses, channels_for, config_model
 from settings import Settings
 from store.engine import Store
 from store.tables import Integration, now_utc
@@ -144,6 +144,13 @@ async def _prepare(
             raise Unprocessable(str(err["msg"]), field=loc) from None
     else:
         full = {}
+    # A kept (masked) secret goes wherever the configuration now points: changing an address
+    # (custom URL, base/token/login URL, SMTP host or port) while keeping stored secrets would let
+    # any management key send them to a host of its choosing, so they must be entered again. Checked
+    # before anything is called: the OAuth2 check below would already send the secret there.
+    masked = [path for path, value in sent.items() if value == secret_fields.MASK]
+    if masked and addresses(full) != addresses(old_public):
+        raise Unprocessable("re-enter this secret: the integration's address changed", field=f"config.{masked[0]}")
     mismatch = identifier_type_error(body.kind, body.identifier_type, full)
     if mismatch is not None:
         raise Unprocessable(mismatch, field="identifier_type")
