@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     def effective_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # owner only: the database holds PII
         return f"sqlite:///{(self.data_dir / 'rejoin.db').resolve()}"
 
     @cached_property
@@ -181,7 +181,7 @@ def _key_file(path: Path, make: object) -> str:
     """Read a generated secret from `path`, creating it (mode 600) on first use."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data folder: keys, databases (PII)
     value = make()  # type: ignore[operator]
     path.touch(mode=0o600)
     path.write_text(str(value))

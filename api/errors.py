@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 
 from domain.events import EventValidationError
 from domain.field_error import FieldError
+from security.crypto import UndecryptableSecret
+from security.rotation import RotationIncomplete
 
 
 class RejoinError(Exception):
@@ -91,6 +93,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(UndecryptableSecret)
+    async def _undecryptable(_: Request, exc: UndecryptableSecret) -> JSONResponse:
+        # This process lacks a key the stored value needs (started before a rotation, or a key
+        # dropped too early): the operator's to fix, and the request may succeed on another process.
+        return JSONResponse(error_body(str(exc)), status_code=503)
+
+    @app.exception_handler(RotationIncomplete)
+    async def _rotation(_: Request, exc: RotationIncomplete) -> JSONResponse:
+        return JSONResponse(error_body(str(exc)), status_code=409)
 
     @app.exception_handler(EventValidationError)
     async def _event(_: Request, exc: EventValidationError) -> JSONResponse:

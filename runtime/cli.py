@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import signal
+import subprocess
 import sys
 from urllib.parse import urlsplit
 
@@ -38,21 +39,72 @@ async def _serve_api(settings: Settings, stop: asyncio.Event) -> None:
     await task
 
 
+def _taken_port(settings: Settings) -> str | None:
+    """Why `rejoin dev` cannot start: one of its ports is held (else None).
+
+    Checked before starting anything: the dev server would only log "address already in use",
+    and the worker and API would attach to whatever holds the port (often an orphaned server of
+    an earlier run), so the journeys would run somewhere else.
+    """
+    from runtime.dev_server import port_in_use
+
+    temporal = urlsplit(f"//{settings.temporal_address}")
+    ui = urlsplit(settings.temporal_ui_url)
+    wanted = [  # (port, host clients use, what it serves, the setting that moves it)
+        (temporal.port or 7233, temporal.hostname or "localhost", "Temporal server",
+         "TEMPORAL_ADDRESS=localhost:<port>"),
+        (ui.port or 8233, ui.hostname or "localhost", "Temporal Web UI",
+         "REJOIN_TEMPORAL_UI_URL=http://localhost:<port>"),
+        (settings.api_port, settings.api_host, "API", "REJOIN_API_PORT=<port>"),
+    ]
+    for port, host, what, setting in wanted:
+        if port_in_use(port, ("127.0.0.1", host)):
+            return (
+                f"port {port} (the {what}) is in use: another program holds it, often a `rejoin dev` or "
+                f"`temporal server` still running; find it with `ss -ltnp 'sport = :{port}'` (or `lsof -i :{port}`), "
+                f"stop it, or set {setting}"
+            )
+    return None
+
+
+async def _watch_server(proc: subprocess.Popen[bytes], stop: asyncio.Event, failed: list[str]) -> None:
+    """Stop everything if the dev server dies: the worker would otherwise retry a dead address forever."""
+    while not stop.is_set():
+        if proc.poll() is not None:
+            failed.append(f"the Temporal dev server exited (exit code {proc.returncode}): stopping")
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
 async def _dev(settings: Settings) -> None:
     from runtime.dev_server import start_dev_server, wait_until_serving
     from worker import run_worker_until
 
+    taken = _taken_port(settings)
+    if taken is not None:
+        sys.exit(f"rejoin dev: {taken}")
     parts = urlsplit(f"//{settings.temporal_address}")
     ui_port = urlsplit(settings.temporal_ui_url).port or 8233
-    proc = start_dev_server(settings.data_dir.resolve() / "temporal.db", port=parts.port or 7233, ui_port=ui_port)
+    db_file = settings.data_dir.resolve() / "temporal.db"
+    proc = start_dev_server(db_file, port=parts.port or 7233, ui_port=ui_port, die_with_parent=True)
     stop = asyncio.Event()
+    failed: list[str] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await wait_until_serving(settings.temporal_address)
+        try:
+            await wait_until_serving(settings.temporal_address, proc=proc)
+        except RuntimeError as exc:
+            sys.exit(f"rejoin dev: {exc}")
         print(_banner(settings), flush=True)
+        watch = asyncio.create_task(_watch_server(proc, stop, failed))
         await asyncio.gather(run_worker_until(settings, stop), _serve_api(settings, stop))
+        await watch
+        if failed:
+            sys.exit(f"rejoin dev: {failed[0]}")
     finally:
         proc.terminate()
         with contextlib.suppress(Exception):
@@ -76,11 +128,37 @@ def _banner(settings: Settings) -> str:
 
 
 def _create_section(settings: Settings, name: str) -> None:
+    from pydantic import ValidationError
+
     from api.routes.sections import SectionCreate, create_section
     from store.engine import Store
 
-    created = create_section(Store(settings.effective_database_url), SectionCreate(name=name))
+    try:
+        body = SectionCreate(name=name)
+    except ValidationError as exc:  # a usage error, as argparse reports its own: one line, exit 2
+        print(f"rejoin create-section: name: {exc.errors()[0]['msg']}", file=sys.stderr)
+        sys.exit(2)
+    created = create_section(Store(settings.effective_database_url), body)
     print(json.dumps(created.model_dump(mode="json"), indent=2))
+
+
+def _rotate_secrets(settings: Settings) -> None:
+    from security.crypto import SecretBox
+    from security.rotation import RotationIncomplete, rotate_all
+    from store.engine import Store
+
+    if not settings.secret_key and not (settings.data_dir / "secret.key").exists():
+        sys.exit(f"rejoin rotate-secrets: no REJOIN_SECRET_KEY and no key file ({settings.data_dir / 'secret.key'}): "
+                 "nothing to rotate")  # fmt: skip
+    try:
+        box = SecretBox(settings.secret_keys)
+    except ValueError as exc:  # a malformed REJOIN_SECRET_KEY
+        sys.exit(f"rejoin rotate-secrets: {exc}")
+    try:
+        counts = rotate_all(Store(settings.effective_database_url), box)
+    except RotationIncomplete as exc:
+        sys.exit(f"rejoin rotate-secrets: {exc}")
+    print(json.dumps(counts))
 
 
 def _purge_events(settings: Settings, days: float | None) -> None:
@@ -117,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging()  # PII masked and no request URLs (push tokens) at INFO, for every command
     settings = Settings()
-    settings.secret_keys  # noqa: B018  (creates the key file on first run, before any process needs it)
+    if args.command != "rotate-secrets":  # rotating under a key made up on the spot would be nonsense
+        settings.secret_keys  # noqa: B018  (creates the key file on first run, before any process needs it)
     settings.effective_admin_key  # noqa: B018
     if args.command == "dev":
         asyncio.run(_dev(settings))
@@ -130,11 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "create-section":
         _create_section(settings, args.name)
     elif args.command == "rotate-secrets":
-        from security.crypto import SecretBox
-        from security.rotation import rotate_all
-        from store.engine import Store
-
-        print(json.dumps(rotate_all(Store(settings.effective_database_url), SecretBox(settings.secret_keys))))
+        _rotate_secrets(settings)
     elif args.command == "purge-events":
         _purge_events(settings, args.days)
     elif args.command == "reindex-carts":

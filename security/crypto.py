@@ -73,6 +73,18 @@ def _derive(key: bytes, salt: bytes) -> AESGCM:
     return AESGCM(_hkdf(key, salt))
 
 
+class UndecryptableSecret(ValueError):
+    """A stored value that none of the configured keys decrypts: a key dropped (or mistyped) while
+    values encrypted under it remain, or a process started before a rotation that still lacks the
+    new key. A ValueError, as `decrypt` raised before, so existing handlers keep catching it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "stored secret cannot be decrypted with the configured keys: REJOIN_SECRET_KEY must list the newest "
+            "key first and every older key still in use after it (new,old); restart processes after changing it"
+        )
+
+
 class SecretBox:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
@@ -84,6 +96,10 @@ class SecretBox:
             raise ValueError(
                 "REJOIN_SECRET_KEY must be url-safe base64 Fernet keys (32 bytes), comma-separated"
             ) from exc
+
+    @property
+    def key_count(self) -> int:
+        return len(self._raw)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -122,7 +138,7 @@ class SecretBox:
                 return _derive(key, salt).decrypt(nonce, sealed, None).decode()
             except InvalidTag:
                 continue
-        raise ValueError("stored secret cannot be decrypted with the configured keys")
+        raise UndecryptableSecret()
 
     def decrypt(self, token: str) -> str:
         if token.startswith(SEALED):
@@ -130,10 +146,13 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
-            raise ValueError("stored secret cannot be decrypted with the configured keys") from exc
+            raise UndecryptableSecret() from exc
 
     def rotate(self, token: str) -> str:
-        """Re-encrypt under the newest key."""
+        """Re-encrypt under the newest key; `UndecryptableSecret` if no configured key opens it."""
         if token.startswith(SEALED):
             return sealed_token(self.seal_many([self._unseal(token).encode()])[0])
-        return self._fernet.rotate(token.encode()).decode()
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise UndecryptableSecret() from exc

@@ -1,7 +1,13 @@
 """Key rotation: re-encrypt every stored secret under the newest configured key.
 
 Procedure: prepend a new key to REJOIN_SECRET_KEY (`new,old`), restart, run `rejoin
-rotate-secrets` (or POST /api/v1/admin/rotate-secrets), then drop the old key.
+rotate-secrets` (or POST /api/v1/admin/rotate-secrets). Keep the old key listed (after the new
+one) for at least REJOIN_LINK_TTL before dropping it: tracking links, pixels and report links
+are signed, and are checked against the listed keys only (docs/security.md).
+
+A value no configured key decrypts is left as it is and named in `RotationIncomplete`, raised
+once everything else is done: the usual cause is the old key missing from the list, and after
+fixing that a second run finishes the job (rotating a value twice is harmless).
 """
 
 from __future__ import annotations
@@ -11,22 +17,58 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 from sqlmodel import select
 
-from security.crypto import SecretBox, sealed_token
+from security.crypto import SecretBox, UndecryptableSecret, sealed_token
 from store.engine import Store
 from store.subscriber_tables import SubscriberList, set_table_name, subscriber_set
 from store.subscribers import FERNET_MARK, index_set_on
 from store.tables import Integration, OptIn
 
 LIST_CHUNK = 10_000
+SHOWN = 5  # ids named per kind in `RotationIncomplete` (a wrong key fails every row)
+
+
+class RotationIncomplete(RuntimeError):
+    """Some stored values could not be decrypted with the configured keys; they were left as they were."""
+
+
+class _Failures:
+    """What no configured key decrypted, per kind: a count and the first few ids (a wrong key fails every row)."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.shown: dict[str, list[str]] = {}
+
+    def add(self, kind: str, ident: str) -> None:
+        self.count[kind] = self.count.get(kind, 0) + 1
+        if len(shown := self.shown.setdefault(kind, [])) < SHOWN:
+            shown.append(ident)
+
+    def line(self, keys: int) -> str:
+        parts = []
+        for kind, n in self.count.items():
+            more = f" and {n - SHOWN} more" if n > SHOWN else ""
+            parts.append(f"{kind}: {', '.join(self.shown[kind])}{more}")
+        return (
+            f"could not decrypt with the {keys} configured key{'' if keys == 1 else 's'}: {'; '.join(parts)}; "
+            "those were left unchanged, the rest re-encrypted. List the old key after the new one "
+            "(REJOIN_SECRET_KEY=new,old) and run rotate-secrets again"
+        )
 
 
 def rotate_all(store: Store, box: SecretBox, batch: int = 500) -> dict[str, int]:
-    """Re-encrypt integration secrets, stored identifiers and active subscriber lists; counts per kind."""
+    """Re-encrypt integration secrets, stored identifiers and active subscriber lists; counts per kind.
+
+    Raises `RotationIncomplete` naming what no configured key decrypts, after rotating the rest."""
     counts = {"integrations": 0, "identifiers": 0, "list_entries": 0}
+    failed = _Failures()
     with store.session() as s:
         for row in s.exec(select(Integration).where(Integration.secrets_enc.is_not(None))).all():  # type: ignore[union-attr]
             assert row.secrets_enc is not None
-            row.secrets_enc = box.rotate(row.secrets_enc)
+            try:
+                row.secrets_enc = box.rotate(row.secrets_enc)
+            except UndecryptableSecret:
+                failed.add("integration secrets", row.id)
+                continue
             s.add(row)
             counts["integrations"] += 1
     last_id = 0
@@ -36,16 +78,25 @@ def rotate_all(store: Store, box: SecretBox, batch: int = 500) -> dict[str, int]
             if not rows:
                 break
             for opt in rows:
-                opt.value_enc = box.rotate(opt.value_enc)
-                s.add(opt)
                 last_id = opt.id  # type: ignore[assignment]
-            counts["identifiers"] += len(rows)
+                try:
+                    opt.value_enc = box.rotate(opt.value_enc)
+                except UndecryptableSecret:
+                    failed.add("identifiers (opt-in ids)", str(opt.id))
+                    continue
+                s.add(opt)
+                counts["identifiers"] += 1
     with store.session() as s:
         lists = [(lst.integration_id, lst.active_generation) for lst in s.exec(select(SubscriberList)).all()]
     for integration_id, generation in lists:
         if generation is not None:
-            with store.engine.begin() as conn:  # one list at a time, each swapped atomically
-                counts["list_entries"] += _rotate_set(conn, box, set_table_name(integration_id, generation))
+            try:
+                with store.engine.begin() as conn:  # one list at a time, each swapped atomically
+                    counts["list_entries"] += _rotate_set(conn, box, set_table_name(integration_id, generation))
+            except UndecryptableSecret:  # the transaction rolled back: the list keeps its old set
+                failed.add("subscriber lists", f"{integration_id} generation {generation}")
+    if failed.count:
+        raise RotationIncomplete(failed.line(box.key_count))
     return counts
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
@@ -32,6 +32,9 @@ from store.upgrade import upgrade
 
 # A pooled PostgreSQL connection idle this long is pinged before reuse (see `_ping_after_idle`).
 PING_AFTER_IDLE = 5.0
+# Advisory lock key serialising start-up schema work across processes (`schema_lock`): a fixed
+# number ("rejoin" in ASCII); `store/locks.py` keys are 64-bit hashes, so they cannot clash in practice.
+SCHEMA_LOCK_KEY = 0x72656A6F696E
 
 
 def normalise_url(url: str) -> str:
@@ -108,6 +111,25 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold PostgreSQL's start-up schema lock, so processes starting together take turns.
+
+    `create_all` checks then creates each table, and two processes doing so at once on a fresh
+    database both try to create the same type (a UniqueViolation on pg_type): the API and workers
+    start together (docker-compose). The lock is transaction-level on a connection of its own, so
+    it is released when that transaction ends, or when a crashed holder's connection closes.
+    SQLite needs none: each step below runs in one `BEGIN IMMEDIATE` transaction, which already
+    serialises processes, and checks what exists inside it.
+    """
+    if is_sqlite(engine):
+        yield
+        return
+    with engine.begin() as conn:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        yield
+
+
 def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine)
     for step in (_upgrade_tables, adopt_legacy_entries):
@@ -128,11 +150,12 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        create_schema(self.engine)
         from store.report_rollup import rebuild_if_empty  # imports the table modules this one registers
 
-        with self.session() as s:
-            rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
+        with schema_lock(self.engine):  # one process at a time makes or upgrades the schema
+            create_schema(self.engine)
+            with self.session() as s:
+                rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,0 +1,146 @@
+"""The `rejoin` launcher: `rejoin dev` refuses held ports and a dying server, its Temporal server
+dies with it, usage errors are one line, and the data folder it makes is the owner's only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environment(data_dir: Path, frontend: int, ui: int, api: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REJOIN_", "TEMPORAL_"))}
+    return env | {
+        "REJOIN_DATA_DIR": str(data_dir),
+        "TEMPORAL_ADDRESS": f"localhost:{frontend}",
+        "REJOIN_TEMPORAL_UI_URL": f"http://localhost:{ui}",
+        "REJOIN_API_PORT": str(api),
+    }
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    # Its own session: whatever it leaves behind (a Temporal server without the fix) can be killed.
+    command = [sys.executable, "-c", "from runtime.cli import main; main()", *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int | None, str, str]:
+    """(exit code, stdout, stderr) within `timeout`; exit code None if it was still running (then killed)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return None, out, err
+
+
+@pytest.fixture
+def ports() -> dict[str, int]:
+    return {"frontend": free_port(), "ui": free_port(), "api": free_port()}
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A listening socket; the test binds it to the port it holds."""
+    sock = socket.socket()
+    yield sock
+    sock.close()
+
+
+@pytest.mark.parametrize("held", ["frontend", "ui"])
+def test_dev_refuses_a_port_in_use_and_names_it(
+    held: str, ports: dict[str, int], listener: socket.socket, tmp_path: Path
+) -> None:
+    listener.bind(("127.0.0.1", ports[held]))
+    listener.listen()
+    code, out, err = finish(start(environment(tmp_path / "data", **ports), "dev"), timeout=30)
+    assert code not in (0, None), (code, out, err)
+    assert f"port {ports[held]}" in err and "is in use" in err and "ss -ltnp" in err, err
+    assert "Rejoin is running" not in out
+
+
+def test_dev_fails_when_its_temporal_server_exits_during_start_up(ports: dict[str, int], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "temporal.db").mkdir(parents=True)  # a database file the server cannot open: it exits at once
+    code, out, err = finish(start(environment(data, **ports), "dev"), timeout=30)
+    assert code not in (0, None), (code, out, err)
+    assert "the Temporal dev server exited during start-up" in err, err
+    assert "Rejoin is running" not in out
+
+
+def _children(pid: int) -> list[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return [int(c) for t in tasks.iterdir() for c in (t / "children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_temporal_server_dies_with_a_killed_rejoin_dev(ports: dict[str, int], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = start(environment(data, **ports), "dev")
+    server: list[int] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # the banner comes once the server is serving
+            if "Rejoin is running" in line or time.monotonic() > deadline:
+                break
+        server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(server) == 1, server
+        assert data.stat().st_mode & 0o777 == 0o700  # the data folder holding temporal.db and rejoin.db
+        proc.kill()  # SIGKILL: no chance to stop its children itself
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server[0]), "the Temporal dev server outlived `rejoin dev`"
+    finally:
+        for pid in [proc.pid, *server]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_create_section_with_an_empty_name_is_a_one_line_usage_error(ports: dict[str, int], tmp_path: Path) -> None:
+    code, out, err = finish(start(environment(tmp_path / "data", **ports), "create-section", ""), timeout=60)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == ["rejoin create-section: name: String should have at least 1 character"]
+
+
+@pytest.mark.parametrize("keys_given", [False, True])
+def test_the_data_folder_rejoin_makes_is_the_owners_only(
+    keys_given: bool, ports: dict[str, int], tmp_path: Path
+) -> None:
+    """Whichever file makes it first (a key file, or the SQLite database when keys are configured)."""
+    data = tmp_path / "data"
+    env = environment(data, **ports)
+    if keys_given:
+        env |= {"REJOIN_SECRET_KEY": "x" * 43 + "=", "REJOIN_ADMIN_KEY": "admin"}
+    code, _, err = finish(start(env, "create-section", "Shop"), timeout=60)
+    assert code == 0, err
+    assert (data / "rejoin.db").exists()
+    assert data.stat().st_mode & 0o777 == 0o700
