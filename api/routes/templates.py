@@ -12,10 +12,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlmodel import Session, col, select
 
 from activities.delivery import compose_payload, trigger_items
@@ -34,10 +34,13 @@ router = APIRouter(prefix="/api/v1", tags=["templates"])
 
 
 class TemplateIn(BaseModel):
+    # A misspelt field is a 422 naming it (as campaign bodies), not silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=200)
-    channel: Channel | None = None
+    channel: Channel | None = Field(None, description="The channel the template is for; none: any channel")
     payload: dict[str, Any]
-    variables: list[str] = Field(default_factory=list, max_length=200)
+    variables: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(default_factory=list, max_length=200)
 
     @field_validator("payload", mode="before")
     @classmethod
@@ -51,6 +54,9 @@ class TemplateIn(BaseModel):
 
 
 class TemplatePublic(TemplateIn):
+    model_config = ConfigDict(extra="ignore")  # read from the row (section_id is not shown)
+
+    variables: list[str] = Field(default_factory=list)  # rows saved before names had to be non-empty
     id: str
     created_at: datetime
     updated_at: datetime
@@ -74,13 +80,21 @@ def _public(t: MessageTemplate) -> TemplatePublic:
     return TemplatePublic.model_validate(t.model_dump())
 
 
-def _templated(spec: CampaignSpec) -> Iterator[tuple[str, Variation, str]]:
-    """(place, variation, template id) of every message of the campaign that uses a saved template."""
+def _templated(spec: CampaignSpec) -> Iterator[tuple[str, Variation, str, Channel]]:
+    """(place, variation, template id, channel) of every message of the campaign that uses a saved template."""
     for vi, var in enumerate(spec.variations):
         for si, step in enumerate(var.steps):
             for channel, message in step.messages.items():
                 if message.template_id is not None:
-                    yield f"variations.{vi}.steps.{si}.messages.{channel.value}", var, message.template_id
+                    yield f"variations.{vi}.steps.{si}.messages.{channel.value}", var, message.template_id, channel
+
+
+def _wrong_channel(template: Channel | str | None, used_on: Channel) -> str | None:
+    """Why a template for `template`'s channel cannot be used on `used_on` (an SMS body sent as an
+    email, a push payload as an SMS), or None."""
+    if template is None or Channel(template) == used_on:
+        return None
+    return f"the template is for {Channel(template).value}, not {used_on.value}"
 
 
 def _live_campaigns(s: Session, section_id: str) -> Iterator[tuple[Campaign, CampaignSpec]]:
@@ -91,10 +105,13 @@ def _live_campaigns(s: Session, section_id: str) -> Iterator[tuple[Campaign, Cam
 
 def check_campaign_templates(s: Session, section_id: str, spec: CampaignSpec) -> None:
     """422 naming the message when a referenced template is unknown or needs missing variables."""
-    for place, var, template_id in _templated(spec):
+    for place, var, template_id, channel in _templated(spec):
         t = s.get(MessageTemplate, template_id)
         if t is None or t.section_id != section_id:
             raise Unprocessable(f"no template '{template_id}' in this section", field=f"{place}.template_id")
+        wrong = _wrong_channel(t.channel, channel)
+        if wrong is not None:
+            raise Unprocessable(wrong, field=f"{place}.template_id")
         try:
             validate_template(t.payload, set(var.variables), f"{place}.template")
         except TemplateError as err:
@@ -131,7 +148,7 @@ def update_template(template_id: str, body: TemplateIn, principal: Management, s
     _check(body)
     with state.store.session() as s:
         t = _own(s, principal.section_id, template_id)
-        _check_users(s, principal.section_id, template_id, body.payload)
+        _check_users(s, principal.section_id, template_id, body)
         for k, v in body.model_dump(mode="json").items():
             setattr(t, k, v)
         t.updated_at = now_utc()
@@ -139,15 +156,20 @@ def update_template(template_id: str, body: TemplateIn, principal: Management, s
         return _public(t)
 
 
-def _check_users(s: Session, section_id: str, template_id: str, payload: dict[str, Any]) -> None:
-    """422 when a campaign using the template lacks free text the changed payload needs: saved, it
-    would render those variables empty and refuse its own next edit."""
+def _check_users(s: Session, section_id: str, template_id: str, body: TemplateIn) -> None:
+    """422 when a campaign using the template lacks free text the changed payload needs (saved, it
+    would render those variables empty and refuse its own next edit), or uses it on another
+    channel than the one the template is now for."""
     for c, spec in _live_campaigns(s, section_id):
-        for place, var, used in _templated(spec):
+        for place, var, used, channel in _templated(spec):
             if used != template_id:
                 continue
+            wrong = _wrong_channel(body.channel, channel)
+            if wrong is not None:
+                raise Unprocessable(f"campaign '{c.name}' ({c.id}) uses this template on {channel.value} at {place}",
+                                    field="channel")  # fmt: skip
             try:
-                validate_template(payload, set(var.variables), "payload")
+                validate_template(body.payload, set(var.variables), "payload")
             except TemplateError as err:
                 raise Unprocessable(
                     f"campaign '{c.name}' ({c.id}) uses this template at {place} and {err.message}; "
@@ -157,7 +179,7 @@ def _check_users(s: Session, section_id: str, template_id: str, payload: dict[st
 
 
 def _used_by(s: Session, section_id: str, template_id: str) -> list[str]:
-    return [c.id for c, spec in _live_campaigns(s, section_id) if template_id in {t for _, _, t in _templated(spec)}]
+    return [c.id for c, spec in _live_campaigns(s, section_id) if template_id in {t[2] for t in _templated(spec)}]
 
 
 @router.delete("/templates/{template_id}", status_code=204)
