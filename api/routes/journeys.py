@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from sqlmodel import col, select
 
 from api.deps import Management, StateDep
-from api.errors import NotFound, Unprocessable
+from api.errors import Conflict, NotFound, Unprocessable
 from api.journeys import describe, start_or_retrigger, trigger_input
 from store import decisions, journey_rows, sends
 from store.campaigns import load_spec
@@ -190,6 +190,20 @@ def _preview_input(state: StateDep, section_id: str, campaign_id: str, user_ref:
             raise NotFound("no such user", field="user")
         if not user.is_test:
             raise Unprocessable("previews run only for test users (PUT /api/v1/users/{ref}/test)", field="user")
+        real_time = s.exec(
+            select(Journey.id).where(
+                Journey.section_id == section_id, Journey.campaign_id == campaign.id, Journey.user_id == user.id,
+                Journey.status == "active", Journey.is_test == False,  # noqa: E712  (SQL expression)
+            )
+        ).first()  # fmt: skip
+        if real_time is not None:
+            # Started before the user was flagged: it keeps real time, and the preview would only
+            # re-trigger it (202, yet nothing would run on a skipped clock).
+            raise Conflict(
+                f"the user has a journey of this campaign running on real time ({real_time}) from before they "
+                "became a test user; wait for it to end, or preview with another test user",
+                field="user",
+            )
         spec = load_spec(s, campaign.id, campaign.version)
         inp = trigger_input(
             section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, True, state.settings.delivery_timeout

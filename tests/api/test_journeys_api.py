@@ -154,3 +154,17 @@ async def test_preview_runs_a_long_journey_for_a_test_user(
     span = result.decisions[-1].at - result.decisions[0].at
     assert span >= timedelta(days=59)
     assert [m["payload"]["items"][0]["sku"] for m in await outbox(api, section)] == ["p", "p", "p"]
+
+
+async def test_preview_refuses_a_user_whose_real_time_journey_still_runs(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """Flagged as a test user while a journey of theirs runs on real time: the preview would only
+    re-trigger that journey (it answered 202 and nothing ran on a skipped clock); a 409 says why."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="P1D"))
+    dyid, _ = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=section.mgmt)
+    r = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=section.mgmt)
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["user"] and "real time" in r.text, r.text
