@@ -334,8 +334,10 @@ class CampaignSpec(_Strict):
     throttle_per_second: float | None = Field(None, gt=0, le=10_000, description="Sends per second, at most")
 
     @model_validator(mode="after")
-    def _batch_rules(self) -> CampaignSpec:
+    def _batch_rules(self, info: ValidationInfo) -> CampaignSpec:
         if self.type not in BATCH_TYPES:
+            if not (info.context or {}).get(STORED):  # specs saved before this check still load
+                self._no_batch_fields()
             return self
         if any(len(v.steps) > 1 for v in self.variations):
             raise FieldError("variations", "feed- and schedule-driven campaigns send one message (one step)")
@@ -351,6 +353,17 @@ class CampaignSpec(_Strict):
         elif self.schedule is not None and self.schedule.recurring:
             raise FieldError("schedule.recurring", "only scheduled campaigns recur (feed-driven ones follow their feed)")
         return self
+
+    def _no_batch_fields(self) -> None:
+        """A triggered campaign refuses what only batched runs read: accepted, it would do nothing
+        (a custom-trigger campaign with a recurring schedule never recurred)."""
+        for name in ("schedule", "price_drop", "attribute_change", "throttle_per_second"):
+            if getattr(self, name) is not None:
+                raise FieldError(name, f"only feed- and schedule-driven campaigns take {name}, not {self.type.value}")
+        if self.type != CampaignType.CUSTOM_TRIGGER and self.trigger.event_name is not None:
+            raise FieldError(
+                "trigger.event_name", f"only custom_trigger campaigns are named by an event, not {self.type.value}"
+            )
 
     @field_validator("channel_priority")
     @classmethod

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from domain.campaign import CampaignSpec, Channel
+from domain.campaign import STORED, CampaignSpec, Channel
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
 from domain.channels import choose_channel
 from domain.conditions import Condition, matches
@@ -123,6 +123,10 @@ def test_cart_that_no_longer_matches_exits() -> None:
         ({"variations": [{"id": "a", "name": "A", "share": 60, "steps": [{"name": "s", "messages": {"email": {}}}]}]}, "sum to 100"),
         ({"variations": [{"id": "a", "name": "A", "share": 100, "steps": [{"name": f"s{i}", "messages": {"email": {}}, **({"wait": "PT1H"} if i else {})} for i in range(11)]}]}, "variations.0.steps"),
         ({"channel_priority": ["sms"]}, "not listed in channel_priority"),
+        ({"schedule": {"recurring": True, "time_of_day": "10:00"}}, "schedule"),
+        ({"throttle_per_second": 5}, "throttle_per_second"),
+        ({"price_drop": {"min_percent": 10}}, "price_drop"),
+        ({"trigger": {"wait": "PT1H", "event_name": "Added"}}, "trigger.event_name"),
     ],
 )
 def test_bad_specs_name_the_field(change: dict[str, object], field: str) -> None:
@@ -145,3 +149,9 @@ def test_event_names_match_ignoring_case_spaces_and_composition() -> None:
     for sent, expected in [("café VISIT", True), (" Cafe\u0301 visit\t", True), ("Cafe visit", False)]:
         ev = normalize_event(0, EventIn(name=sent, properties={}))
         assert triggers(spec, ev, [], {}) is expected, sent
+
+
+def test_batched_fields_of_a_stored_triggered_spec_still_load() -> None:
+    """Saved before triggered campaigns refused them: a journey in flight must still load its spec."""
+    spec = CampaignSpec.model_validate(_spec(throttle_per_second=5), context={STORED: True})
+    assert spec.throttle_per_second == 5
