@@ -14,7 +14,7 @@ import csv
 import logging
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -68,19 +68,65 @@ class FeedActivities:
                 )
             )  # fmt: skip
 
-    def _open(self, feed: Feed, sync: FeedSync, offset: int) -> AbstractContextManager[Iterator[bytes]]:
+    @contextmanager
+    def _open(self, feed: Feed, sync: FeedSync, p: FeedProgress) -> Iterator[tuple[Iterator[bytes], FeedProgress]]:
+        """The file's bytes from where `p` resumes, with `p` as it stands once the source's version is
+        pinned (`_pin`: back to the start when the file is not the version `p` was read from)."""
         if sync.object_key:
-            return _uploaded(objects.uploads(self.settings), sync.object_key, offset)
-        if feed.source == "s3" and feed.s3_bucket and feed.s3_key:
-            return s3_chunks(objects.client(self.settings), feed.s3_bucket, feed.s3_key, offset)
-        if feed.source == "url" and feed.url:
+            # Every upload gets a key of its own (time + random suffix) and is never rewritten: no pin.
+            with _uploaded(objects.uploads(self.settings), sync.object_key, p.offset) as chunks:
+                yield chunks, p
+        elif feed.source == "s3" and feed.s3_bucket and feed.s3_key:
+            s3 = objects.client(self.settings)
+            head = s3.head_object(Bucket=feed.s3_bucket, Key=feed.s3_key)
+            etag, size = str(head["ETag"]), int(head["ContentLength"])
+            p = self._pin(sync.id, etag, p, restartable=True)
+            if p.offset and p.offset >= size:  # a retry after the last batch was committed (S3 refuses the range)
+                yield iter(()), p
+                return
+            with ExitStack() as stack:
+                try:
+                    # If-Match: a file replaced after the HEAD is refused (412), never read at this offset.
+                    chunks = stack.enter_context(s3_chunks(s3, feed.s3_bucket, feed.s3_key, p.offset, if_match=etag))
+                except s3.exceptions.ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+                        raise
+                    raise _source_changed(f"s3://{feed.s3_bucket}/{feed.s3_key}") from exc
+                yield chunks, p
+        elif feed.source == "url" and feed.url:
             try:
                 # The worker fetches a customer-given URL: same guard as provider calls (no SSRF).
                 _run_coroutine(check_url(feed.url, allow_private=self.settings.allow_private_urls))
             except ConfigurationError as exc:
                 raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
-            return url_chunks(feed.url, offset)
-        raise ApplicationError("the feed has no file to read", type="NoSource", non_retryable=True)
+            with url_chunks(feed.url, p.offset, if_range=p.etag) as read:
+                # start 0: the server sent the whole (changed) file, so starting over needs no new request.
+                p = self._pin(sync.id, read.version, p, restartable=read.start == 0)
+                yield read.chunks, p
+        else:
+            raise ApplicationError("the feed has no file to read", type="NoSource", non_retryable=True)
+
+    def _pin(self, sync_id: str, version: str | None, p: FeedProgress, restartable: bool) -> FeedProgress:
+        """Tie the sync to the source file's `version` (S3 ETag; a URL's strong ETag or Last-Modified).
+        Rows staged from another version (the file was replaced mid-sync; or a sync begun before versions
+        were kept) are discarded with their counters and rejections and the file is read from its start:
+        the new file read at the old byte offset would splice two files and accept half a row. When the
+        read already began at the offset (`restartable` false), the attempt fails (retryable) instead."""
+        with self.store.session() as s:
+            sync = s.get(FeedSync, sync_id)
+            assert sync is not None
+            if sync.source_etag == version and p.etag == version:
+                return p
+            if p.offset:
+                log.warning("feed sync %s: the file changed since line %d; starting it over", sync_id, p.line)
+            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync_id))  # type: ignore[arg-type]
+            s.execute(delete(FeedRejection).where(FeedRejection.sync_id == sync_id))  # type: ignore[arg-type]
+            sync.rows_accepted = sync.rows_rejected = sync.lines_read = 0
+            sync.source_etag = version
+            s.add(sync)
+        if p.offset and not restartable:
+            raise _source_changed("the feed's file")
+        return FeedProgress(etag=version)
 
     @activity.defn(name="feeds.stage")
     def stage(self, req: FeedStageRequest) -> FeedStageResult:
@@ -90,11 +136,14 @@ class FeedActivities:
             raise ApplicationError("feed or sync missing", type="NotFound", non_retryable=True)
         details = activity.info().heartbeat_details
         p = FeedProgress.model_validate(details[0]) if details else FeedProgress()
+        if p.etag != sync.source_etag:
+            # A heartbeat of a version since discarded (its retry lost the heartbeat that restarted): from 0.
+            p = FeedProgress()
         parse = rules.parse_product if feed.kind == "product" else rules.parse_user
         key_name = "sku" if feed.kind == "product" else "cuid"
         rows: dict[str, dict[str, Any]] = {}
         rejections: list[tuple[int, str]] = []
-        with self._open(feed, sync, p.offset) as chunks:
+        with self._open(feed, sync, p) as (chunks, p):
             for raw, end in lines_from(chunks, p.offset):
                 p.line += 1
                 if p.line == 1:
@@ -209,6 +258,11 @@ def _uploaded(store: objects.Uploads, key: str, offset: int) -> Iterator[Iterato
             # Retrying cannot bring the file to this host; fail the sync saying why.
             raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
         yield chunks
+
+
+def _source_changed(what: str) -> ApplicationError:
+    """Retryable: the retry pins the file's new version and reads it from its start."""
+    return ApplicationError(f"{what} was replaced during the sync; retrying from its start", type="SourceChanged")
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:

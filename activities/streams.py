@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -105,16 +106,42 @@ def s3_chunks(
         body.close()
 
 
+@dataclass
+class UrlRead:
+    """A GET of a file by URL: its bytes from `start`, and the version (validator) of what was sent."""
+
+    chunks: Iterator[bytes]
+    start: int  # the offset asked for, or 0 when the server sent the whole file because it changed
+    version: str | None  # strong ETag, else Last-Modified; None when the server names no version
+
+
+def url_version(headers: httpx.Headers) -> str | None:
+    """The validator to pin a URL's file by: a weak ETag (W/) never matches If-Range, so Last-Modified then."""
+    etag: str | None = headers.get("etag")
+    last_modified: str | None = headers.get("last-modified")
+    return etag if etag and not etag.startswith("W/") else last_modified
+
+
 @contextmanager
-def url_chunks(url: str, offset: int, timeout: float = 60.0) -> Iterator[Iterator[bytes]]:
-    """GET `url` streaming from `offset` (a server ignoring Range is skipped through)."""
+def url_chunks(url: str, offset: int, if_range: str | None = None, timeout: float = 60.0) -> Iterator[UrlRead]:
+    """GET `url` streaming from `offset` (a server ignoring Range is skipped through).
+
+    `if_range`: the version the bytes before `offset` were read from. A server that honours it sends
+    the rest only if the file is unchanged (206), else the whole new file (200): then `start` is 0
+    and nothing is skipped, as when a 200 names another version than `if_range`. A 206 of another
+    version (If-Range ignored) is left to the caller, who compares `version`."""
     headers = {"Range": f"bytes={offset}-"} if offset else {}
+    if offset and if_range is not None:
+        headers["If-Range"] = if_range
     with (
         httpx.Client(timeout=timeout, follow_redirects=False) as http,
         http.stream("GET", url, headers=headers) as r,
     ):
         r.raise_for_status()
-        skip = offset if offset and r.status_code != 206 else 0
+        version = url_version(r.headers)
+        whole = bool(offset) and r.status_code != 206
+        changed = whole and if_range is not None and version != if_range
+        skip = offset if whole and not changed else 0
 
         def chunks() -> Iterator[bytes]:
             nonlocal skip
@@ -125,4 +152,4 @@ def url_chunks(url: str, offset: int, timeout: float = 60.0) -> Iterator[Iterato
                 if chunk:
                     yield chunk
 
-        yield chunks()
+        yield UrlRead(chunks(), 0 if changed else offset, version)

@@ -46,6 +46,9 @@ class FeedSync(SQLModel, table=True):
     lines_read: int = 0
     changes: int = 0
     removed: int = 0  # products of the feed the file no longer lists (full feeds)
+    # Version of the URL / S3 file the staged rows were read from (S3 ETag; a URL's strong ETag, else its
+    # Last-Modified): a resumed read only continues that version, so two files are never spliced.
+    source_etag: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

@@ -34,6 +34,9 @@ class FeedStageRequest(BaseModel):
 
 class FeedProgress(SyncProgress):
     header: list[str] = Field(default_factory=list)
+    # The source version (FeedSync.source_etag) the offset belongs to: a heartbeat of another version
+    # (the file was replaced since) is not resumed from. Heartbeat details only: no workflow reads it.
+    etag: str | None = None
 
 
 class FeedStageResult(BaseModel):
