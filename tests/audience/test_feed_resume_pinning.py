@@ -26,6 +26,7 @@ from store import objects
 from store.engine import Store
 from store.feed_tables import FeedRejection, FeedStage, FeedSync
 from tests.audience.feed_helpers import create_feed, csv_bytes
+from tests.audience.test_subscriber_list_fixes import _ReplacedAfterHead  # the same race, on a feed's file
 from tests.helpers import SectionKeys
 from tests.provider_server import ProviderServer, Received, Reply
 from workflows.feed_models import FeedBeginRequest, FeedStageRequest, FeedStageResult
@@ -110,21 +111,6 @@ async def test_s3_feed_replaced_during_an_interrupted_sync_is_read_again_from_it
         sync = s.get(FeedSync, req.sync_id)
     head = objects.client(settings).head_object(Bucket=bucket, Key=key)
     assert sync is not None and sync.source_etag == head["ETag"]
-
-
-class _ReplacedAfterHead:
-    """An S3 client whose object is replaced right after the sync's HEAD (the race before the GET)."""
-
-    def __init__(self, real: Any, bucket: str, key: str, body: bytes) -> None:
-        self.real, self.bucket, self.key, self.body = real, bucket, key, body
-
-    def head_object(self, **kw: Any) -> Any:
-        head = self.real.head_object(**kw)
-        self.real.put_object(Bucket=self.bucket, Key=self.key, Body=self.body)
-        return head
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
 
 
 async def test_s3_feed_replaced_between_head_and_ranged_get_is_not_spliced(
