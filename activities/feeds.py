@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.streams import cells, lines_from, s3_chunks, url_chunks
+from activities.streams import cells, lines_from, s3_chunks, source_changed, url_chunks
 from domain import feeds as rules
 from providers.base import ConfigurationError
 from providers.url_guard import check_url
@@ -84,14 +84,8 @@ class FeedActivities:
             if p.offset and p.offset >= size:  # a retry after the last batch was committed (S3 refuses the range)
                 yield iter(()), p
                 return
-            with ExitStack() as stack:
-                try:
-                    # If-Match: a file replaced after the HEAD is refused (412), never read at this offset.
-                    chunks = stack.enter_context(s3_chunks(s3, feed.s3_bucket, feed.s3_key, p.offset, if_match=etag))
-                except s3.exceptions.ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
-                        raise
-                    raise _source_changed(f"s3://{feed.s3_bucket}/{feed.s3_key}") from exc
+            # If-Match: a file replaced after the HEAD is refused (SourceChanged), never read at this offset.
+            with s3_chunks(s3, feed.s3_bucket, feed.s3_key, p.offset, if_match=etag) as chunks:
                 yield chunks, p
         elif feed.source == "url" and feed.url:
             try:
@@ -125,7 +119,7 @@ class FeedActivities:
             sync.source_etag = version
             s.add(sync)
         if p.offset and not restartable:
-            raise _source_changed("the feed's file")
+            raise source_changed("the feed's file")
         return FeedProgress(etag=version)
 
     @activity.defn(name="feeds.stage")
@@ -258,11 +252,6 @@ def _uploaded(store: objects.Uploads, key: str, offset: int) -> Iterator[Iterato
             # Retrying cannot bring the file to this host; fail the sync saying why.
             raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
         yield chunks
-
-
-def _source_changed(what: str) -> ApplicationError:
-    """Retryable: the retry pins the file's new version and reads it from its start."""
-    return ApplicationError(f"{what} was replaced during the sync; retrying from its start", type="SourceChanged")
 
 
 def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+from temporalio.exceptions import ApplicationError
 
 CHUNK = 1 << 16
 BIG_CHUNK = 1 << 20  # bulk readers (subscriber lists): fewer, larger reads
@@ -95,15 +97,27 @@ def s3_chunks(
     s3: Any, bucket: str, key: str, offset: int, chunk: int = CHUNK, if_match: str | None = None
 ) -> Iterator[Iterator[bytes]]:
     """`if_match`: the ETag the read must be of (S3 answers 412 PreconditionFailed if the object was
-    replaced), so a ranged resume never splices another file's tail onto the rows already read."""
+    replaced: `source_changed`), so a ranged resume never splices another file's tail onto the rows
+    already read."""
     extra: dict[str, Any] = {"Range": f"bytes={offset}-"} if offset else {}
     if if_match is not None:
         extra["IfMatch"] = if_match
-    body = s3.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key, **extra)["Body"]
+    except ClientError as exc:
+        if if_match is None or exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
+            raise
+        raise source_changed(f"s3://{bucket}/{key}") from exc
     try:
         yield body.iter_chunks(chunk)
     finally:
         body.close()
+
+
+def source_changed(what: str) -> ApplicationError:
+    """The file was replaced since the sync pinned its version (retryable): the retry pins the new
+    version and reads it from its start."""
+    return ApplicationError(f"{what} was replaced during the sync; retrying from its start", type="SourceChanged")
 
 
 @dataclass

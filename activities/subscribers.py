@@ -151,13 +151,6 @@ class SubscriberActivities:
                     early = self._stream(req, integration.identifier_type, table, chunks, p, size)
             except (LineTooLong, MixedLineEnds) as exc:
                 return SyncFolderResult(state="failed", error=str(exc), lines_read=p.line)
-            except s3.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
-                    raise
-                # Replaced between the HEAD and the GET: the retry pins the new object and starts over.
-                raise ApplicationError(
-                    f"{key} was replaced while the sync started; retrying", type="SourceChanged"
-                ) from exc
             if early is not None:
                 return early
         if p.line == 0:
