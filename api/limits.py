@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,20 +108,27 @@ def unstorable_text_path(body: bytes) -> list[str | int] | None:
             return True
         return False
 
-    # Depth-first in document order, without recursion, as non_finite_path.
-    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
-    while stack:
-        value, path = stack.pop()
+    for value, path in _walk(doc):
         if isinstance(value, str) and bad(value):
             return path
         if isinstance(value, dict):
             for k in value:
                 if bad(k):
                     return [*path, k.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")]
+    return None
+
+
+def _walk(doc: Any) -> Iterator[tuple[Any, list[str | int]]]:
+    """Every value of a JSON document with its path, depth-first in document order. Without
+    recursion: a body without a content type skipped the depth limit."""
+    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        yield value, path
+        if isinstance(value, dict):
             stack.extend((v, [*path, k]) for k, v in reversed(value.items()))
         elif isinstance(value, list):
             stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(value))))
-    return None
 
 
 # Python's json reads a number as non-finite only from a NaN or Infinity literal or when it is too
@@ -157,19 +165,11 @@ def non_finite_path(body: bytes) -> list[str | int] | None:
         return None
     except ValueError:  # an integer of more than 4300 digits: Python refuses to read it at all
         return []  # where is unknown: the body
-    # Depth-first in document order, without recursion: a body without a content type skipped the
-    # depth limit.
-    stack: list[tuple[Any, list[str | int]]] = [(doc, [])]
-    while stack:
-        value, path = stack.pop()
+    for value, path in _walk(doc):
         if isinstance(value, float) and not math.isfinite(value):
             return path
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
             return path
-        if isinstance(value, dict):
-            stack.extend((v, [*path, k]) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((v, [*path, i]) for i, v in reversed(list(enumerate(value))))
     return None
 
 
