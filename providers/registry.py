@@ -6,7 +6,7 @@ the API validates and stores) and whether the vendor honours our idempotency key
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,17 +58,20 @@ INTEGRATION_KINDS = ("outbox", *ADAPTERS)
 URL_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "status_callback"})
 
 
-def _urls(node: Any, path: str) -> list[tuple[str, str]]:
-    """Every outbound URL in a configuration, with its dotted path."""
-    found: list[tuple[str, str]] = []
+def _fields(node: Any, keys: frozenset[str], path: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every scalar field named in `keys`, at any depth of a configuration."""
     if isinstance(node, dict):
         for k, v in node.items():
             p = f"{path}.{k}" if path else str(k)
-            if k in URL_KEYS and isinstance(v, str):
-                found.append((p, v))
+            if k in keys and not isinstance(v, dict | list):
+                yield p, v
             else:
-                found.extend(_urls(v, p))
-    return found
+                yield from _fields(v, keys, p)
+
+
+def _urls(node: Any) -> list[tuple[str, str]]:
+    """Every outbound URL in a configuration, with its dotted path."""
+    return [(p, v) for p, v in _fields(node, URL_KEYS) if isinstance(v, str)]
 
 
 # Where an integration's secrets are sent: its URLs (the status callback is Twilio calling us, not
@@ -78,17 +81,9 @@ def _urls(node: Any, path: str) -> list[tuple[str, str]]:
 ADDRESS_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "host", "port", "security"})
 
 
-def addresses(node: Any, path: str = "") -> dict[str, Any]:
+def addresses(node: Any) -> dict[str, Any]:
     """{dotted path: value} of every address field in a (public) configuration."""
-    found: dict[str, Any] = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            p = f"{path}.{k}" if path else str(k)
-            if k in ADDRESS_KEYS and not isinstance(v, dict | list):
-                found[p] = v
-            else:
-                found.update(addresses(v, p))
-    return found
+    return dict(_fields(node, ADDRESS_KEYS))
 
 
 def config_model(kind: str) -> type[BaseModel] | None:
@@ -134,7 +129,7 @@ class ProviderRegistry:
         easily misread (`http://127.0.0.1:9532@evil.example` goes to evil.example).
         """
         guard = self.context.caller.guard
-        for path, url in _urls(config, ""):
+        for path, url in _urls(config):
             parts = urlsplit(url)
             if parts.username is not None or parts.password is not None:
                 return path, "a URL may not carry credentials (user:password@): put them in the auth configuration"
