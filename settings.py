@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     # A full product feed file that would remove more than this share of the feed's products
     # (a truncated upload) is refused unless the sync is forced (`?force=true`).
     feed_max_removal_share: float = Field(0.5, ge=0, le=1)
+    # A subscriber-list file listing fewer subscribers than the active list by more than this share
+    # of it (a header-only or truncated file) is refused unless forced (`.../subscribers/sync?force=true`).
+    list_max_removal_share: float = Field(0.5, ge=0, le=1)
     # Big list files (PostgreSQL) are parsed, hashed and sealed by this many helper processes
     # (~45 MB each; 0 = in the worker process); smaller files stay in-process.
     subscriber_sync_processes: int = 2

@@ -18,12 +18,12 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.streams import cells, lines_from, s3_chunks, source_changed, url_chunks
+from activities.streams import SourceMissing, cells, lines_from, s3_chunks, s3_head, source_changed, url_chunks
 from domain import feeds as rules
 from providers.base import ConfigurationError
 from providers.url_guard import check_url
@@ -46,6 +46,7 @@ from workflows.feed_models import (
 
 log = logging.getLogger(__name__)
 APPLY_CHUNK = 500
+DUPLICATE_EXAMPLES = 5  # keys seen twice named on the sync (the count covers them all)
 
 
 class FeedActivities:
@@ -78,7 +79,11 @@ class FeedActivities:
                 yield chunks, p
         elif feed.source == "s3" and feed.s3_bucket and feed.s3_key:
             s3 = objects.client(self.settings)
-            head = s3.head_object(Bucket=feed.s3_bucket, Key=feed.s3_key)
+            try:
+                head = s3_head(s3, feed.s3_bucket, feed.s3_key)
+            except SourceMissing as exc:
+                # As a subscriber list's missing file: retrying cannot make it appear; fail saying where.
+                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
             etag, size = str(head["ETag"]), int(head["ContentLength"])
             p = self._pin(sync.id, etag, p, restartable=True)
             if p.offset and p.offset >= size:  # a retry after the last batch was committed (S3 refuses the range)
@@ -159,7 +164,9 @@ class FeedActivities:
                         rejections.append((p.line, parsed))
                         p.rejected += 1
                     else:
-                        rows[parsed[key_name]] = parsed  # a later row for the same key wins
+                        if parsed[key_name] in rows:
+                            _note_duplicate(p, parsed[key_name])
+                        rows[parsed[key_name]] = parsed  # a later row for the same key wins (counted)
                         p.accepted += 1
                 p.offset = end
                 if p.rejected > req.max_rejected_rows:
@@ -174,9 +181,23 @@ class FeedActivities:
         self._write(req.sync_id, rows, rejections, p)
         if p.line == 0:
             return FeedStageResult(state="rejected", error="the file is empty (no header)")
+        duplicates = self._record_duplicates(req.sync_id, p)
         return FeedStageResult(
-            state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line
-        )
+            state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
+            duplicates=duplicates, duplicate_keys=p.duplicate_keys if duplicates else [],
+        )  # fmt: skip
+
+    def _record_duplicates(self, sync_id: str, p: FeedProgress) -> int:
+        """Count the accepted rows a later row of the same key replaced (accepted rows less staged keys:
+        exact across resumed attempts) and keep the count and first keys on the sync."""
+        with self.store.session() as s:
+            staged = s.exec(select(func.count()).where(col(FeedStage.sync_id) == sync_id)).one()
+            duplicates = max(0, p.accepted - int(staged))
+            sync = s.get(FeedSync, sync_id)
+            if sync is not None:
+                sync.duplicates, sync.duplicate_keys = duplicates, (p.duplicate_keys if duplicates else None)
+                s.add(sync)
+        return duplicates
 
     def _write(
         self,
@@ -186,6 +207,12 @@ class FeedActivities:
         p: FeedProgress,
     ) -> None:
         with self.store.session() as s:
+            if len(p.duplicate_keys) < DUPLICATE_EXAMPLES and rows:
+                # Keys already staged by an earlier batch: this batch's row replaces theirs.
+                for key in s.exec(
+                    select(FeedStage.key).where(FeedStage.sync_id == sync_id, col(FeedStage.key).in_(list(rows)))
+                ):
+                    _note_duplicate(p, key)
             staged: list[dict[str, object]] = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
             staging.upsert(s, FeedStage, staged, ["sync_id", "key"], ["data"])
             staging.insert_ignoring(
@@ -241,6 +268,11 @@ class FeedActivities:
             s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
             _close(sync, req.result.state, req, 0)
             s.add(sync)
+
+
+def _note_duplicate(p: FeedProgress, key: str) -> None:
+    if len(p.duplicate_keys) < DUPLICATE_EXAMPLES and key not in p.duplicate_keys:
+        p.duplicate_keys.append(key)
 
 
 @contextmanager

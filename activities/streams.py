@@ -29,6 +29,26 @@ class MixedLineEnds(ValueError):
     """A file whose lines end with CR alone also holds an LF: where its rows end is ambiguous."""
 
 
+class SourceMissing(LookupError):
+    """The S3 object (or its bucket) does not exist: retrying the read cannot bring it."""
+
+
+# What S3 answers a HEAD of a missing key or bucket (a HEAD has no body: often just the status).
+MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+def s3_head(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    """The object's HEAD (size, ETag). A missing object or bucket raises `SourceMissing` naming both, so
+    the sync fails at once saying so; anything else (403, 5xx, a lost connection) is raised as it is and
+    the attempt may be retried."""
+    try:
+        return dict(s3.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in MISSING:
+            raise SourceMissing(f"s3://{bucket}/{key} not found") from exc
+        raise
+
+
 def lines_from(chunks: Iterator[bytes], start: int) -> Iterator[tuple[bytes, int]]:
     """Split a byte stream into lines; yields (line without its ending, offset after it)."""
     pending = b""

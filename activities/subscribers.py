@@ -21,19 +21,28 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.seal_pool import Sealed, SealPool, seal_slice
-from activities.streams import BIG_CHUNK, LineTooLong, MixedLineEnds, cells, line_blocks, s3_chunks
+from activities.streams import (
+    BIG_CHUNK,
+    LineTooLong,
+    MixedLineEnds,
+    SourceMissing,
+    cells,
+    line_blocks,
+    s3_chunks,
+    s3_head,
+)
 from domain import subscribers as rules
 from security.crypto import SecretBox
 from settings import Settings
 from store import objects
 from store import subscribers as lists
 from store.engine import Store
-from store.subscriber_tables import SubscriberList, SubscriberSync, set_table_name
+from store.subscriber_tables import SYNC_UNDER_WAY, SubscriberList, SubscriberSync, set_table_name
 from store.tables import Integration, now_utc
 from workflows.subscriber_models import (
     Claim,
@@ -83,7 +92,8 @@ class SubscriberActivities:
             done = set(
                 s.exec(
                     select(SubscriberSync.folder).where(
-                        SubscriberSync.integration_id == req.integration_id, SubscriberSync.state != "running"
+                        SubscriberSync.integration_id == req.integration_id,
+                        col(SubscriberSync.state).not_in(SYNC_UNDER_WAY),
                     )
                 ).all()
             )
@@ -110,7 +120,10 @@ class SubscriberActivities:
                 )
             ).first()
             if row is not None:
-                return Claim(sync_id=row.id, generation=row.generation, skip=row.state != "running")
+                return Claim(
+                    sync_id=row.id, generation=row.generation, skip=row.state not in SYNC_UNDER_WAY,
+                    force=row.state == "forced",
+                )  # fmt: skip
             if lst.last_folder is not None and req.folder <= lst.last_folder:
                 return Claim(sync_id="", generation=0, skip=True)
             row = SubscriberSync(
@@ -134,15 +147,16 @@ class SubscriberActivities:
             log.info("sync %s resuming at line %d (byte %d)", req.sync_id, p.line, p.offset)
         table = set_table_name(req.integration_id, req.generation)
         with self.store.session() as s:
+            if not p.offset and not p.line:
+                # Nothing committed: start from an empty table (a forced folder's refused load may remain).
+                lists.drop_set(s, table)
             lists.create_set(s, table)
         s3 = objects.client(self.settings)
         key = f"{lst.prefix}{req.folder}/{rules.FILE_NAME}"
         try:
-            head = s3.head_object(Bucket=lst.bucket, Key=key)
-        except s3.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return SyncFolderResult(state="failed", error=f"{key} not found")
-            raise  # anything else (403, 5xx) may pass: the attempt is retried
+            head = s3_head(s3, lst.bucket, key)
+        except SourceMissing as exc:
+            return SyncFolderResult(state="failed", error=str(exc))
         size, etag = int(head["ContentLength"]), str(head["ETag"])
         p = self._pin(req, table, p, etag)
         if p.offset < size:  # else a retry after the last batch was committed: nothing left to read
@@ -155,12 +169,37 @@ class SubscriberActivities:
                 return early
         if p.line == 0:
             return SyncFolderResult(state="rejected", error="the file is empty (no header)")
+        refusal = None if req.force else self._removal_refusal(lst, p)
+        if refusal is not None:
+            return refusal
         with self.store.session() as s:
             lists.index_set(s, table)
         activity.heartbeat(p.model_dump())
         return SyncFolderResult(
             state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line
         )
+
+    def _removal_refusal(self, lst: SubscriberList, p: SyncProgress) -> SyncFolderResult | None:
+        """A file that would shrink the active list by more than `list_max_removal_share` of it (a header-only
+        or truncated upload) is not applied: the list keeps its members until the user forces the folder.
+
+        Measured by size (the active set's rows against the file's accepted rows), not member by member:
+        comparing the two sets would cost a join of both (seconds at 10M rows) on every sync."""
+        with self.store.session() as s:
+            listed = lists.active_size(s, lst)
+        removing = listed - p.accepted
+        share = self.settings.list_max_removal_share
+        if listed == 0 or removing / listed <= share:
+            return None
+        return SyncFolderResult(
+            state="refused", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
+            error=(
+                f"the file lists {p.accepted} subscribers and the active list has {listed}: applying it would remove "
+                f"at least {removing} ({removing / listed:.0%}, more than {share:.0%}); nothing was applied and the "
+                "list keeps its members. If that is intended, sync again with force=true "
+                "(POST .../subscribers/sync?force=true)"
+            ),
+        )  # fmt: skip
 
     def _committed(self, sync_id: str) -> SyncProgress:
         """Where to (re)start: the progress committed with the last batch. The database, not the
@@ -286,7 +325,7 @@ class SubscriberActivities:
         """Record the outcome; a staged file becomes the active set in this one transaction."""
         with self.store.session() as s:
             sync = s.get(SubscriberSync, req.sync_id)
-            if sync is None or sync.state != "running":
+            if sync is None or sync.state not in SYNC_UNDER_WAY:
                 return  # a retry after success
             lst = s.get(SubscriberList, sync.integration_id)
             assert lst is not None
@@ -294,8 +333,9 @@ class SubscriberActivities:
             ok = r.state == "staged"
             if ok:
                 lists.activate(s, lst, sync.generation, sync.folder, now_utc())
-            # A failed or rejected folder keeps the previous set and is not retried by itself
-            # (its sync record is final); the customer uploads a corrected file in a new folder.
+            # A failed, rejected or refused folder keeps the previous set and is not retried by itself
+            # (its sync record is final); the customer uploads a corrected file in a new folder, or
+            # forces a refused one (`store.subscribers.force_refused`).
             sync.state = "succeeded" if ok else r.state
             sync.error = r.error
             sync.rows_accepted = r.rows_accepted or sync.rows_accepted

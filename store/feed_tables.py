@@ -46,6 +46,10 @@ class FeedSync(SQLModel, table=True):
     lines_read: int = 0
     changes: int = 0
     removed: int = 0  # products of the feed the file no longer lists (full feeds)
+    # Rows replaced by a later row with the same SKU / CUID in the file (the last row wins), and the
+    # first few of those keys: shown with the sync so a duplicate in an export is not silent.
+    duplicates: int = 0
+    duplicate_keys: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # Version of the URL / S3 file the staged rows were read from (S3 ETag; a URL's strong ETag, else its
     # Last-Modified): a resumed read only continues that version, so two files are never spliced.
     source_etag: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -75,7 +75,9 @@ class SubscriberSync(SQLModel, table=True):
     section_id: str = Field(max_length=40)
     folder: str = Field(max_length=64)
     generation: int
-    state: str = Field(default="running", max_length=16)  # running | succeeded | failed | rejected
+    # running | forced (a refused folder queued to sync again, applied whatever it removes; under way like
+    # running) | succeeded | failed | rejected | refused (would remove too much of the list; nothing applied)
+    state: str = Field(default="running", max_length=16)
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0
@@ -86,6 +88,9 @@ class SubscriberSync(SQLModel, table=True):
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     duration_ms: int | None = None
+
+
+SYNC_UNDER_WAY = ("running", "forced")  # states of a sync not finished yet (a run claims and resumes it)
 
 
 class SubscriberRejection(SQLModel, table=True):

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
+from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -24,6 +25,7 @@ from security.crypto import sealed_token
 from store import set_copy
 from store.set_copy import KEY_BYTES
 from store.subscriber_tables import (
+    SYNC_UNDER_WAY,
     SubscriberList,
     SubscriberRejection,
     SubscriberSync,
@@ -163,10 +165,47 @@ def stale_generations(s: Session, lst: SubscriberList) -> list[int]:
     """Generations of finished syncs that are not the active one (their entries can go)."""
     rows = s.exec(
         select(SubscriberSync.generation).where(
-            SubscriberSync.integration_id == lst.integration_id, SubscriberSync.state != "running"
+            SubscriberSync.integration_id == lst.integration_id, col(SubscriberSync.state).not_in(SYNC_UNDER_WAY)
         )
     ).all()
     return sorted({g for g in rows if g != lst.active_generation})
+
+
+def active_size(s: Session, lst: SubscriberList) -> int:
+    """Rows (accepted lines) of the list's active set; 0 without one. The sync that loaded it counted
+    them; a set without such a record (adopted from legacy rows) is counted."""
+    if lst.active_generation is None:
+        return 0
+    loaded = s.exec(
+        select(SubscriberSync.rows_accepted).where(
+            SubscriberSync.integration_id == lst.integration_id,
+            SubscriberSync.generation == lst.active_generation,
+            SubscriberSync.state == "succeeded",
+        )
+    ).first()
+    if loaded is not None:
+        return loaded
+    table = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
+    return int(s.connection().execute(sa_select(func.count()).select_from(table)).scalar_one())
+
+
+def force_refused(s: Session, lst: SubscriberList, now: datetime) -> list[str]:
+    """Queue the list's refused folders (not superseded by a newer applied one) to sync again, applied
+    whatever they remove: each is read again from its start by the next run. Returns their folders."""
+    query = select(SubscriberSync).where(
+        SubscriberSync.integration_id == lst.integration_id, SubscriberSync.state == "refused"
+    )
+    if lst.last_folder is not None:
+        query = query.where(col(SubscriberSync.folder) > lst.last_folder)
+    folders: list[str] = []
+    for sync in s.exec(query.order_by(col(SubscriberSync.folder))).all():
+        sync.state, sync.error, sync.started_at, sync.finished_at, sync.duration_ms = "forced", None, now, None, None
+        sync.rows_accepted = sync.rows_rejected = sync.lines_read = sync.resume_offset = 0
+        sync.source_etag = None
+        clear_rejections(s, sync.id)
+        s.add(sync)
+        folders.append(sync.folder)
+    return folders
 
 
 def activate(s: Session, lst: SubscriberList, generation: int, folder: str, now: datetime) -> None:

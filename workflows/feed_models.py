@@ -37,6 +37,8 @@ class FeedProgress(SyncProgress):
     # The source version (FeedSync.source_etag) the offset belongs to: a heartbeat of another version
     # (the file was replaced since) is not resumed from. Heartbeat details only: no workflow reads it.
     etag: str | None = None
+    # The first keys seen twice (a later row replaced an earlier one), kept across a resumed attempt.
+    duplicate_keys: list[str] = Field(default_factory=list)
 
 
 class FeedStageResult(BaseModel):
@@ -45,6 +47,8 @@ class FeedStageResult(BaseModel):
     rows_rejected: int = 0
     lines_read: int = 0
     error: str | None = None
+    duplicates: int = 0  # accepted rows replaced by a later row of the same key (the last row wins)
+    duplicate_keys: list[str] = Field(default_factory=list)  # the first few of those keys
 
 
 class FeedFinishRequest(BaseModel):
@@ -65,6 +69,7 @@ class FeedSyncSummary(BaseModel):
     state: str
     changes: int = 0
     removed: int = 0
+    duplicates: int = 0  # rows of the file replaced by a later row with the same key
     runs: list[str] = Field(default_factory=list)
 
 

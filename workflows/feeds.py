@@ -78,7 +78,9 @@ class FeedSyncWorkflow:
             summary="apply the feed (one transaction)",
         )
         if applied.state != "succeeded":  # refused: a full file that would remove too much
-            return FeedSyncSummary(sync_id=sync_id, state=applied.state, removed=applied.removed)
+            return FeedSyncSummary(
+                sync_id=sync_id, state=applied.state, removed=applied.removed, duplicates=staged.duplicates
+            )
         planned = await workflow.execute_activity_method(
             BroadcastActivities.plan_feed_runs,
             PlanRunsRequest(section_id=inp.section_id, sync_id=sync_id, as_of=workflow.now()),
@@ -101,5 +103,5 @@ class FeedSyncWorkflow:
             )
         return FeedSyncSummary(
             sync_id=sync_id, state="succeeded", changes=applied.changes, removed=applied.removed,
-            runs=[r.run_id for r in planned],
+            runs=[r.run_id for r in planned], duplicates=staged.duplicates,
         )

@@ -29,6 +29,8 @@ class Claim(BaseModel):
     sync_id: str
     generation: int
     skip: bool = False  # already synced (or being synced by another run)
+    # The folder's sync was refused (it would empty most of the list) and the user asked to apply it anyway.
+    force: bool = False
 
 
 class SyncFolderRequest(BaseModel):
@@ -38,6 +40,7 @@ class SyncFolderRequest(BaseModel):
     generation: int
     max_rejected_rows: int
     batch_size: int = 50_000  # rows per transaction (and heartbeat)
+    force: bool = False  # apply even if the file lists far fewer subscribers than the active list
 
 
 class SyncProgress(BaseModel):
@@ -50,7 +53,8 @@ class SyncProgress(BaseModel):
 
 
 class SyncFolderResult(BaseModel):
-    state: Literal["staged", "rejected", "failed"]
+    # refused: the file would remove more than `list_max_removal_share` of the active list (not forced)
+    state: Literal["staged", "rejected", "failed", "refused"]
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0

@@ -3,6 +3,8 @@
 Started by the integration's Temporal Schedule (every few minutes) and by "Sync now", which
 triggers that same schedule, so two runs never overlap. Per folder: claim -> stream and stage
 (heartbeating, resumable) -> finish (atomic switch, or failure recorded with the old set kept).
+A file that would remove most of the list is refused (the old set kept) unless its folder was forced
+(`POST .../subscribers/sync?force=true` marks refused folders `forced`; the claim says so).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ class SubscriberSyncWorkflow:
                         folder=folder,
                         generation=claim.generation,
                         max_rejected_rows=inp.max_rejected_rows,
+                        force=claim.force,
                     ),
                     start_to_close_timeout=timedelta(hours=2),
                     heartbeat_timeout=timedelta(minutes=2),

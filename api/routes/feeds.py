@@ -105,6 +105,8 @@ class FeedSyncOut(BaseModel):
     lines_read: int
     changes: int
     removed: int
+    duplicates: int = 0  # rows replaced by a later row with the same SKU / CUID (the last row wins)
+    duplicate_keys: list[str] = []  # the first few of those keys
     error: str | None
     started_at: datetime
     finished_at: datetime | None
@@ -250,7 +252,8 @@ def _status(store: Store, feed: Feed, limit: int, rejections: int) -> FeedStatus
             ).all()
             out.append(
                 FeedSyncOut(
-                    **sync.model_dump(exclude={"feed_id", "section_id", "object_key"}),
+                    **sync.model_dump(exclude={"feed_id", "section_id", "object_key", "duplicate_keys"}),
+                    duplicate_keys=sync.duplicate_keys or [],
                     rejections=[Rejection(line=r.line, reason=r.reason) for r in rows],
                 )
             )

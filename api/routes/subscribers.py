@@ -34,6 +34,7 @@ from settings import Settings
 from store import objects
 from store.engine import Store
 from store.subscriber_tables import SubscriberList, SubscriberRejection, SubscriberSync
+from store.subscribers import force_refused
 from store.tables import Integration, now_utc
 from workflows.ids import subscriber_sync_id
 from workflows.subscriber_models import SyncInput
@@ -64,6 +65,7 @@ class SyncNow(BaseModel):
     location: Location
     credentials: Credentials | None = None  # only when just provisioned
     triggered: bool
+    forced: list[str] = []  # refused folders (force=true) that this sync applies whatever they remove
 
 
 class Rejection(BaseModel):
@@ -187,11 +189,27 @@ async def ensure_schedule(client: Client, settings: Settings, lst: SubscriberLis
     return sid
 
 
+FORCE = Query(
+    False,
+    description="Apply the folders whose sync was refused (they would remove most of the list) whatever they remove",
+)
+
+
+def _force(store: Store, integration_id: str) -> list[str]:
+    with store.session() as s:
+        lst = s.get(SubscriberList, integration_id)
+        return force_refused(s, lst, now_utc()) if lst is not None else []
+
+
 @router.post("/{integration_id}/subscribers/sync")
-async def sync_now(integration_id: str, principal: Management, state: StateDep) -> SyncNow:
-    """Provision on first use, then start a sync of every new upload folder now."""
+async def sync_now(integration_id: str, principal: Management, state: StateDep, force: bool = FORCE) -> SyncNow:
+    """Provision on first use, then start a sync of every new upload folder now (with `force`, of the
+    refused folders too: they are read again and applied)."""
     integration = await asyncio.to_thread(_integration, state.store, principal.section_id, integration_id)
     lst, creds = await asyncio.to_thread(_provision, state.store, state.settings, integration)
+    # Marked in the store, not passed to this one run: the schedule's runs never overlap, and the next
+    # one (triggered now, or its next fire if a run is under way) applies them.
+    forced = await asyncio.to_thread(_force, state.store, lst.integration_id) if force else []
     client = await state.client()
     sid = await ensure_schedule(client, state.settings, lst)
     await client.get_schedule_handle(sid).trigger()
@@ -199,6 +217,7 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep) 
         location=_location(state.settings, lst, integration.identifier_type),
         credentials=creds,
         triggered=True,
+        forced=forced,
     )
 
 
