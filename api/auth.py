@@ -6,6 +6,10 @@ through the API clears that process's cache at once; every other API process che
 holds cached every `REVOCATION_CHECK_SECONDS` (`watch_revocations`, one small query), so a key
 revoked anywhere stops working everywhere within about a second, and within `CACHE_SECONDS`
 even while that check cannot reach the database.
+
+One rule on every route: a missing, malformed, unknown, forged or revoked key is 401; a valid key
+of the wrong kind is 403 (an ingestion key on a management route and the reverse, a section key on
+an admin route, the admin key on a section route).
 """
 
 from __future__ import annotations
@@ -72,32 +76,47 @@ def verify_cached(presented: str | None, *, want: str) -> Principal | None:
     """`verify` without the database: the principal if the key was verified recently, else None."""
     if not presented:
         raise Unauthorized("missing API key")
+    cached = _cached(presented)
+    return None if cached is None else _of_kind(cached, want)
+
+
+def _cached(presented: str) -> Principal | None:
     cached = _cache.get(presented)
     if cached is None or cached[0] <= time.monotonic():
         return None
-    return _of_kind(cached[1], want)
+    return cached[1]
 
 
 def verify(session: Session, presented: str | None, *, want: str) -> Principal:
     """The principal for a presented key of kind `want`, or 401/403."""
-    principal = verify_cached(presented, want=want)
-    if principal is None:
-        assert presented is not None  # verify_cached refused a missing key
-        parsed = parse_key(presented)
-        if parsed is None:
-            raise Unauthorized("invalid API key")
-        key_id, secret = parsed
-        row = session.get(ApiKey, key_id)
-        if row is None or row.revoked_at is not None or not secret_matches(secret, row.secret_hash):
-            raise Unauthorized("invalid or revoked API key")
-        principal = Principal(section_id=row.section_id, kind=row.kind, key_id=row.id)
-        _cache[presented] = (time.monotonic() + CACHE_SECONDS, principal)
-    return _of_kind(principal, want)
+    return _of_kind(identify(session, presented), want)
+
+
+def identify(session: Session, presented: str | None) -> Principal:
+    """The principal of a live section key of any kind; 401 for a missing, malformed, unknown,
+    forged or revoked one."""
+    if not presented:
+        raise Unauthorized("missing API key")
+    principal = _cached(presented)
+    if principal is not None:
+        return principal
+    parsed = parse_key(presented)
+    if parsed is None:
+        raise Unauthorized("invalid API key")
+    key_id, secret = parsed
+    row = session.get(ApiKey, key_id)
+    if row is None or row.revoked_at is not None or not secret_matches(secret, row.secret_hash):
+        raise Unauthorized("invalid or revoked API key")
+    principal = Principal(section_id=row.section_id, kind=row.kind, key_id=row.id)
+    _cache[presented] = (time.monotonic() + CACHE_SECONDS, principal)
+    return principal
 
 
 def _of_kind(principal: Principal, want: str) -> Principal:
     if principal.kind != want:
-        raise Forbidden(f"{_article(principal.kind)} {principal.kind} key cannot be used here; use {_article(want)} {want} key")
+        raise Forbidden(
+            f"{_article(principal.kind)} {principal.kind} key cannot be used here; use {_article(want)} {want} key"
+        )
     return principal
 
 
@@ -105,8 +124,29 @@ def _article(word: str) -> str:
     return "an" if word[:1] in "aeiou" else "a"
 
 
+def is_admin_key(presented: str, admin_key: str) -> bool:
+    return hmac.compare_digest(presented.encode(), admin_key.encode())
+
+
 def verify_admin(presented: str | None, admin_key: str) -> None:
+    """401 unless `presented` is the admin key (`refuse_section_key` turns a section key's 401 into 403)."""
     if not presented:
         raise Unauthorized("missing admin key")
-    if not hmac.compare_digest(presented.encode(), admin_key.encode()):
+    if not is_admin_key(presented, admin_key):
         raise Unauthorized("invalid admin key")
+
+
+def refuse_section_key(session: Session, presented: str) -> None:
+    """403 when `presented`, not the admin key, is a live section key: a valid key of the wrong
+    kind is a 403 on every route, as an ingestion key on a management route is."""
+    try:
+        principal = identify(session, presented)
+    except Unauthorized:
+        return
+    raise Forbidden(f"{_article(principal.kind)} {principal.kind} key cannot be used here; use the admin key")
+
+
+def refuse_admin_key(presented: str, admin_key: str, want: str) -> None:
+    """403 when the admin key is presented where a section key of kind `want` belongs."""
+    if admin_key and is_admin_key(presented, admin_key):
+        raise Forbidden(f"the admin key cannot be used here; use {_article(want)} {want} key")

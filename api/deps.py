@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -11,7 +12,7 @@ from temporalio.client import Client
 
 from api import auth
 from api.dispatch_marks import DispatchMarks
-from api.errors import Unavailable
+from api.errors import Unauthorized, Unavailable
 from api.limits import TokenBuckets
 from runtime.temporal import connect_temporal
 from security.crypto import SecretBox
@@ -59,12 +60,42 @@ async def app_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(app_state)]
 
 
-def _bearer(authorization: str | None, x_rejoin_key: str | None) -> str | None:
+def _presented_keys(authorization: str | None, x_rejoin_key: str | None) -> list[str]:
+    """Every key the request carries (`Authorization: Bearer …` and `X-Rejoin-Key`, in that order).
+
+    Both are checked (`_one_principal`): a request must not authenticate on one header while the
+    other holds a bad key. An `Authorization` of another scheme (Basic from a gateway in front of
+    the API) is not Rejoin's: beside `X-Rejoin-Key` it is left to that gateway; alone it is a 401."""
+    keys: list[str] = []
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            if not token.strip():
+                raise Unauthorized("the Authorization header holds no key after 'Bearer'")
+            keys.append(token.strip())
+        elif not x_rejoin_key:
+            raise Unauthorized("the Authorization header must be 'Bearer <key>'")
     if x_rejoin_key:
-        return x_rejoin_key
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
+        keys.append(x_rejoin_key)
+    return keys
+
+
+async def _one_principal(checks: list[Awaitable[auth.Principal | None]]) -> auth.Principal | None:
+    """Run every credential check; a request whose credentials disagree does not authenticate.
+
+    Any missing, invalid or revoked key is 401 (even when another header holds a valid key);
+    otherwise a key of the wrong kind is 403; two different valid keys are 401 (ambiguous)."""
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        if isinstance(error, Unauthorized):
+            raise error
+    if errors:
+        raise errors[0]
+    principals = [r for r in results if isinstance(r, auth.Principal)]
+    if len({p.key_id for p in principals}) > 1:
+        raise Unauthorized("Authorization and X-Rejoin-Key carry different keys; send one key")
+    return principals[0] if principals else None
 
 
 async def _verify(state: AppState, presented: str | None, want: str) -> auth.Principal:
@@ -73,6 +104,8 @@ async def _verify(state: AppState, presented: str | None, want: str) -> auth.Pri
     principal = auth.verify_cached(presented, want=want)
     if principal is not None:
         return principal
+    assert presented is not None  # verify_cached refused a missing key
+    auth.refuse_admin_key(presented, state.settings.effective_admin_key, want)
 
     def lookup() -> auth.Principal:
         with state.store.session() as s:
@@ -81,24 +114,45 @@ async def _verify(state: AppState, presented: str | None, want: str) -> auth.Pri
     return await asyncio.to_thread(lookup)
 
 
+async def _verify_admin(state: AppState, presented: str) -> None:
+    try:
+        auth.verify_admin(presented, state.settings.effective_admin_key)
+    except Unauthorized:
+        await asyncio.to_thread(_refuse_section_key, state, presented)
+        raise
+
+
+def _refuse_section_key(state: AppState, presented: str) -> None:
+    with state.store.session() as s:
+        auth.refuse_section_key(s, presented)
+
+
 async def management(
     state: StateDep,
     authorization: Annotated[str | None, Header()] = None,
     x_rejoin_key: Annotated[str | None, Header()] = None,
 ) -> auth.Principal:
-    return await _verify(state, _bearer(authorization, x_rejoin_key), "management")
+    keys = _presented_keys(authorization, x_rejoin_key)
+    if not keys:
+        raise Unauthorized("missing API key")
+    principal = await _one_principal([_verify(state, key, "management") for key in keys])
+    assert principal is not None  # one check per key, each a principal or an error
+    return principal
 
 
 async def ingestion(state: StateDep, dy_api_key: Annotated[str | None, Header()] = None) -> auth.Principal:
     return await _verify(state, dy_api_key, "ingestion")
 
 
-def admin(
+async def admin(
     state: StateDep,
     authorization: Annotated[str | None, Header()] = None,
     x_rejoin_key: Annotated[str | None, Header()] = None,
 ) -> None:
-    auth.verify_admin(_bearer(authorization, x_rejoin_key), state.settings.effective_admin_key)
+    keys = _presented_keys(authorization, x_rejoin_key)
+    if not keys:
+        raise Unauthorized("missing admin key")
+    await _one_principal([_verify_admin(state, key) for key in keys])
 
 
 Management = Annotated[auth.Principal, Depends(management)]

@@ -4,7 +4,9 @@ Installed once per process as a log-record factory, so it covers every logger (o
 httpx, temporalio) and every handler, including ones added later. The message is formatted
 first (`msg % args`), then masked: `jane.doe@example.com` -> `j***@example.com`,
 `+33612345678` -> `+33******678` (runs of 8-15 digits, dates and IPv4 addresses excepted, and
-a bare JSON number under a `timestamp` key: APNs's epoch milliseconds).
+a bare JSON number under a `timestamp` key: APNs's epoch milliseconds). Their percent-encoded
+forms in URLs (an access log's path and query) are masked too: `jane%40example.com` ->
+`j***%40example.com`, `%2B15551230000` -> `%2B15******000`.
 The request loggers of the HTTP clients, whose lines carry push tokens and Web Push endpoints in
 URLs, are kept to WARNING (`quiet_request_loggers`).
 """
@@ -14,9 +16,24 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote
 
-EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
-PHONE = re.compile(r"(?<![\w/:.-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
+# "@" or its percent-encoded form (`jane%40example.com` in a URL's path or query).
+EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+# Not after a `%`: the hex digits of an escape are not part of a number (`%2015551230000` is an
+# encoded space and then the number, which ENCODED_PHONE masks).
+PHONE = re.compile(r"(?<![\w/:.%-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
+# A phone number percent-encoded in a URL (an access log's path or query): `%2B15551230000`, or
+# digits separated by encoded spaces, dashes, dots or parentheses (`%2B1%20555%20123%200000`; a
+# `+` is a space in a query). It starts at an encoded `+`, after another escape (`phone%3D1555…`),
+# or where a plain number could start; matches holding no escape are left to PHONE.
+_ESCAPE = r"%[0-9A-Fa-f]{2}"
+_ENCODED_SEPARATOR = r"(?:%20|%2[Dd]|%2[Ee]|%28|%29|[-.()+])"
+ENCODED_PHONE = re.compile(
+    rf"(?:%2[Bb]|(?<![\w/:.%-])|(?<={_ESCAPE}))(?:%28)?\d(?:\d|{_ENCODED_SEPARATOR}){{6,}}\d(?![\w-])"
+)
+_ESCAPE_BEFORE = re.compile(_ESCAPE)
+_UNIT = re.compile(rf"{_ESCAPE}|.", re.DOTALL)  # one character of encoded text: an escape or a character
 DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 # The text before a bare JSON number under a key naming a timestamp (`"timestamp": `): APNs's 410
 # answer `{"reason":"Unregistered","timestamp":1790000000456}` carries epoch milliseconds, 13
@@ -38,7 +55,9 @@ _FORMATTER = logging.Formatter()
 
 
 def mask(text: str) -> str:
-    text = EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    text = EMAIL.sub(lambda m: f"{m.group(1)}***{m.group(2)}{m.group(3)}", text)
+    if "%" in text:
+        text = ENCODED_PHONE.sub(_mask_encoded_phone, text)
     return PHONE.sub(_mask_phone, text)
 
 
@@ -50,6 +69,20 @@ def _mask_phone(m: re.Match[str]) -> str:
     if not 8 <= digits <= 15 or DATE.match(found) or IPV4.fullmatch(found.lstrip("(")) or _json_timestamp(m):
         return found
     return found[:3] + "******" + found[-3:]
+
+
+def _mask_encoded_phone(m: re.Match[str]) -> str:
+    """`_mask_phone` for a percent-encoded number: the same rule on the decoded text, keeping its
+    first 3 and last 3 characters as they were written (`%2B15551230000` -> `%2B15******000`)."""
+    found = m.group(0)
+    if "%" not in found and not _ESCAPE_BEFORE.fullmatch(m.string, max(0, m.start() - 3), m.start()):
+        return found  # plain text: PHONE's rules (and its exceptions) decide
+    units = _UNIT.findall(found)
+    decoded = unquote("".join(units))
+    digits = sum(c.isdigit() for c in decoded)
+    if not 8 <= digits <= 15 or DATE.match(decoded) or IPV4.fullmatch(decoded.lstrip("(")):
+        return found
+    return "".join(units[:3]) + "******" + "".join(units[-3:])
 
 
 def _json_timestamp(m: re.Match[str]) -> bool:

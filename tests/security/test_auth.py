@@ -121,7 +121,8 @@ async def test_a_key_revoked_by_another_process_stops_working_within_a_second(
 
 
 async def test_key_of_the_wrong_kind_is_403(api: httpx.AsyncClient, section: SectionKeys) -> None:
-    """An ingestion key on a management route (and the reverse) is 403; section keys never pass admin routes."""
+    """A valid key of the wrong kind is 403: an ingestion key on a management route, the reverse, and a
+    section key on an admin route."""
     failures = []
     for method, path, kind in await _operations(api):
         if kind == "ingestion":
@@ -131,8 +132,8 @@ async def test_key_of_the_wrong_kind_is_403(api: httpx.AsyncClient, section: Sec
             r = await _call(api, method, path, {"Authorization": f"Bearer {section.ingestion}"})
             want = 403
         else:
-            r = await _call(api, method, path, section.mgmt)
-            want = 401
+            r = await _call(api, method, path, section.mgmt)  # a valid key, of the wrong kind
+            want = 403
         if r.status_code != want:
             failures.append((method, path, r.status_code))
     assert failures == []
