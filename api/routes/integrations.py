@@ -18,22 +18,23 @@ from datetime import datetime
 from typing import Any, Literal
 
 import httpx
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
-from domain.campaign import Channel
+from domain.campaign import CampaignSpec, Channel
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
 from providers.http import is_timeout, provider_call_timeouts
 from providers.recipients import identifier_type_error
 from providers.registry import INTEGRATION_KINDS, ProviderRegistry, addresses, channels_for, config_model
 from settings import Settings
+from store.campaigns import load_spec
 from store.engine import Store
-from store.tables import Integration, now_utc
+from store.tables import Campaign, Integration, now_utc
 
 router = APIRouter(prefix="/api/v1/integrations", tags=["integrations"])
 
@@ -247,12 +248,49 @@ async def update(integration_id: str, body: IntegrationIn, principal: Management
     return await asyncio.to_thread(save)
 
 
+FORCE = Query(False, description="Delete even though active or paused campaigns send on its channel")
+# Campaigns named in a refusal: enough to find them, not a list of hundreds in one message.
+NAMED_USERS = 5
+
+
+def _campaigns_on_channel(s: Session, section_id: str, channel: str) -> list[Campaign]:
+    """The section's active and paused campaigns with a message on `channel` (their journeys would
+    fail at send without its integration; archived and draft campaigns start none)."""
+    rows = s.exec(
+        select(Campaign)
+        .where(Campaign.section_id == section_id, col(Campaign.status).in_(("active", "paused")))
+        .order_by(col(Campaign.created_at))
+    ).all()
+    return [c for c in rows if channel in _channels_of(load_spec(s, c.id, c.version))]
+
+
+def _channels_of(spec: CampaignSpec) -> set[str]:
+    return {ch.value for var in spec.variations for step in var.steps for ch in step.messages}
+
+
+def _in_use(campaigns: list[Campaign], channel: str) -> Conflict:
+    named = ", ".join(f"'{c.name}' ({c.id})" for c in campaigns[:NAMED_USERS])
+    more = f" and {len(campaigns) - NAMED_USERS} more" if len(campaigns) > NAMED_USERS else ""
+    return Conflict(
+        f"{len(campaigns)} active or paused campaign(s) send {channel} messages through this integration: "
+        f"{named}{more}; their journeys would fail at send. Archive them first (to change the provider, "
+        "update this integration instead), or delete anyway with ?force=true",
+        field="integration_id",
+    )
+
+
 @router.delete("/{integration_id}", status_code=204)
-def delete(integration_id: str, principal: Management, state: StateDep) -> None:
+def delete(integration_id: str, principal: Management, state: StateDep, force: bool = FORCE) -> None:
+    """Delete the integration; 409 naming the active or paused campaigns that send on its channel
+    unless `force`."""
     with state.store.session() as s:
         row = s.get(Integration, integration_id)
         if row is None or row.section_id != principal.section_id:
             raise NotFound("no such integration", field="integration_id")
+        if not force:
+            users = _campaigns_on_channel(s, principal.section_id, row.channel)
+            if users:
+                raise _in_use(users, row.channel)
         s.delete(row)
 
 

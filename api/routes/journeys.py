@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel
+from pydantic import BaseModel, StrictBool
 from sqlmodel import col, select
 
 from api.deps import Management, StateDep
@@ -83,7 +83,9 @@ class UserOut(BaseModel):
 
 
 class TestFlag(BaseModel):
-    is_test: bool
+    # JSON true/false only: pydantic's lax bool would read "yes", "off", 0 or "1" as a flag, a guess
+    # that decides whether a shopper's journeys skip their waits.
+    is_test: StrictBool
 
 
 class PreviewRequest(BaseModel):

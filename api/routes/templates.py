@@ -21,12 +21,12 @@ from sqlmodel import Session, col, select
 from activities.delivery import compose_payload, trigger_items
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
-from domain.campaign import CampaignSpec, Channel, Variation
+from domain.campaign import CampaignSpec, CampaignType, Channel, Variation
 from domain.render import MissingRequired, TemplateError, parse_json_template, validate_template
 from domain.tracking import Linker, Signer
 from store.campaigns import load_spec
 from store.reachability import reach
-from store.tables import Campaign, now_utc
+from store.tables import Campaign, User, now_utc
 from store.tracking_tables import MessageTemplate
 from store.users import find_user
 
@@ -198,7 +198,11 @@ class PreviewIn(BaseModel):
     variation_id: str | None = None
     step_index: int = Field(0, ge=0)
     channel: Channel | None = None
-    skus: list[str] = Field(default_factory=list, max_length=50, description="Trigger products (non-cart campaigns)")
+    skus: list[str] = Field(
+        default_factory=list,
+        max_length=50,
+        description="Trigger products; for a cart campaign the cart to preview (else the user's cart as it is now)",
+    )
 
 
 class PreviewOut(BaseModel):
@@ -238,9 +242,24 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
             payload = compose_payload(
                 s, section_id=principal.section_id, spec=spec, variation=var, step_index=body.step_index,
                 channel=channel, user=user, identifier=identifier,
-                items=trigger_items(s, principal.section_id, user, spec.type.value, body.skus),
+                items=_preview_items(s, principal.section_id, user, spec.type.value, body.skus),
                 linker=linker, as_of=now,
             )  # fmt: skip
         except MissingRequired as err:
             return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err))
         return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=payload)
+
+
+def _preview_items(
+    s: Session, section_id: str, user: User, campaign_type: str, skus: list[str]
+) -> list[dict[str, Any]]:
+    """The trigger items a preview renders: the given SKUs when there are any, for a cart campaign
+    too (its items are the cart, so `skus` stand for a cart of those products: a SKU the user's
+    cart holds keeps its quantity and price, any other is one of it at the catalog's price);
+    without SKUs, what a journey would use (a cart campaign: the user's cart now)."""
+    if campaign_type != CampaignType.CART_ABANDONMENT or not skus:
+        return trigger_items(s, section_id, user, campaign_type, skus)
+    in_cart = {item["sku"]: item for item in trigger_items(s, section_id, user, campaign_type, [])}
+    # Any other type reads the products of the given SKUs from the catalog.
+    products = trigger_items(s, section_id, user, CampaignType.PRODUCT_VIEW.value, skus)
+    return [in_cart.get(product["sku"]) or {**product, "quantity": 1} for product in products]
