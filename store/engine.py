@@ -117,17 +117,22 @@ def schema_lock(engine: Engine) -> Iterator[None]:
 
     `create_all` checks then creates each table, and two processes doing so at once on a fresh
     database both try to create the same type (a UniqueViolation on pg_type): the API and workers
-    start together (docker-compose). The lock is transaction-level on a connection of its own, so
-    it is released when that transaction ends, or when a crashed holder's connection closes.
+    start together (docker-compose). The lock is session-level on an autocommit connection of its
+    own: a transaction-level lock would leave that connection idle in a transaction for the whole
+    start-up, which a server with `idle_in_transaction_session_timeout` ends (and the lock with
+    it). It is released at the end, or when a crashed holder's connection closes.
     SQLite needs none: each step below runs in one `BEGIN IMMEDIATE` transaction, which already
     serialises processes, and checks what exists inside it.
     """
     if is_sqlite(engine):
         yield
         return
-    with engine.begin() as conn:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-        yield
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
 
 
 def create_schema(engine: Engine) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +61,26 @@ def test_processes_creating_the_schema_together_all_start(fresh_url: str) -> Non
                 p.kill()
     failed = [out[-3000:] for p, out in zip(procs, outputs) if p.returncode != 0]
     assert not failed, f"{len(failed)} of {PROCESSES} processes failed; first:\n{failed[0]}"
+
+
+def test_the_schema_lock_outlives_a_short_idle_in_transaction_timeout(fresh_url: str) -> None:
+    # A server that ends sessions idling in a transaction (a common hardening setting) must not
+    # end the start-up lock: its holder sits idle while other connections make the schema.
+    if not fresh_url.startswith("postgres"):
+        pytest.skip("PostgreSQL's advisory lock; SQLite serialises with BEGIN IMMEDIATE")
+    from store.engine import SCHEMA_LOCK_KEY, make_engine, schema_lock
+
+    name = fresh_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '100ms'")
+    engine = make_engine(fresh_url)
+    try:
+        with schema_lock(engine), psycopg.connect(fresh_url, autocommit=True) as probe:
+            time.sleep(0.5)  # longer than the timeout: a lock held in an idle transaction is gone by now
+            held = probe.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = %s",
+                [SCHEMA_LOCK_KEY & 0xFFFFFFFF],
+            ).fetchone()
+            assert held == (1,)
+    finally:
+        engine.dispose()
