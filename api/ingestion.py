@@ -24,7 +24,9 @@ from domain.allocation import allocate
 from domain.campaign import CampaignSpec
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex, user_identity
-from domain.matching import CART_NO_LONGER_MATCHES, Catalog, event_skus, exit_reason, reads_catalog, triggers
+from domain.matching import (
+    CART_NO_LONGER_MATCHES, Catalog, event_catalog_skus, event_skus, exit_reason, reads_catalog, triggers,
+)  # fmt: skip
 from security.crypto import SecretBox
 from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 # Core INSERTs of events, built once: the ORM's bulk-insert layer cost more than the statement,
 # and a statement built per call pays its construction and cache key every time.
 EVENT_TABLE = table_of(Event)
+CONSENT_WITHDRAWN = "consent_withdrawn"  # the exit reason of journeys ended by `active_consent_accepted: false`
 _INSERT_EVENT = insert(EVENT_TABLE)
 
 
@@ -113,6 +116,9 @@ def accept(
         # request re-triggers them rather than enrolling a second one.
         enrolled_now: dict[str, list[str]] = {}
         to_enroll: list[Journey] = []
+        # Journeys this request already told that consent was withdrawn: their rows stay active
+        # until the workflow ends, and one exit each is enough for a batch of events.
+        withdrawn: set[str] = set()
         for position, ev in enumerate(events):
             if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
                 users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
@@ -126,18 +132,21 @@ def accept(
             cart = users.apply_cart(user, ev)
             if not unsaved:
                 cart_index.update(s, user, before)  # same transaction as the cart itself
-            skus = {i.sku for i in cart} | ({ev.sku} if ev.sku else set()) | {i.sku for i in ev.cart or []}
-            catalog = _catalog(s, section_id, skus) if needs_catalog else {}
+            catalog = _catalog(s, section_id, event_catalog_skus(ev, cart)) if needs_catalog else {}
             event_id = new_event_id()
             # A user first seen in this request has no journeys yet: nothing to look up.
             running = _running_journeys(s, section_id, user.id, pending) if campaigns and not unsaved else {}
             running = {**running, **enrolled_now}
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
-            commands, enrolled = _commands(
-                s, section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings, running,
-                received_at,
-            )  # fmt: skip
+            enrolled: list[Journey] = []  # a withdrawal starts nothing: no consent
+            if body.user.withdraws_consent:
+                commands = _consent_withdrawn(running, event_id, withdrawn)
+            else:
+                commands, enrolled = _commands(
+                    s, section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings,
+                    running, received_at,
+                )  # fmt: skip
             row = {
                 "id": event_id,
                 "section_id": section_id,
@@ -234,6 +243,22 @@ def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[s
         pending[user_id] = bool(queued)  # the same on every row
         if campaign_id is not None:
             out.setdefault(campaign_id, []).append(workflow_id)
+    return out
+
+
+def _consent_withdrawn(running: dict[str, list[str]], event_id: str, told: set[str]) -> list[JourneyCommand]:
+    """Exits for every running journey of a user whose request says `active_consent_accepted: false`
+    (GDPR: a withdrawal ends what consent started, at once; a send in flight may still complete).
+    Only the literal false withdraws: a missing flag starts nothing but ends nothing either."""
+    out: list[JourneyCommand] = []
+    for campaign_id, workflow_ids in sorted(running.items()):
+        for wid in sorted(set(workflow_ids) - told):
+            told.add(wid)
+            out.append(
+                JourneyCommand(
+                    action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign_id, reason=CONSENT_WITHDRAWN
+                )
+            )
     return out
 
 

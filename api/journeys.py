@@ -42,7 +42,7 @@ async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand) -> str 
     """Send one command. For a trigger enrolled by the API whose journey turned out to be running
     already as another journey, that enrollment's journey id (to withdraw); else None."""
     if cmd.action == "exit":
-        await exit_journey(client, cmd.workflow_id, ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus))
+        await exit_journey(client, cmd.workflow_id, _exit_signal(cmd))
         return None
     assert cmd.input is not None
     # Test users' journeys too go through the plain client: their waits pass on the journey's own
@@ -80,13 +80,45 @@ async def dispatch_all(client: Client, task_queue: str, cmds: list[JourneyComman
     unstarted: list[str] = []
 
     async def in_order(group: list[JourneyCommand]) -> None:
-        for c in group:
+        for c in with_exits_at_start(group):
             withdrawn = await dispatch(client, task_queue, c)
             if withdrawn is not None:
                 unstarted.append(withdrawn)
 
     await asyncio.gather(*(in_order(g) for g in by_journey.values()))
     return unstarted
+
+
+def with_exits_at_start(group: list[JourneyCommand]) -> list[JourneyCommand]:
+    """One journey's commands in event order, each trigger that enrolls a new journey carrying the
+    exits that follow it up to the next trigger in its start input (`JourneyInput.exits`).
+
+    A test user's waits pass at once, so an exit signalled after the start (an add-to-cart and a
+    purchase in one request) could reach the journey only after step 0 was sent. Carried in the
+    start, the exits apply before any wait. They are still signalled after it: if the trigger
+    only signalled a journey already running, that journey needs them, and one that has them
+    ignores the repeat (it has seen the event id)."""
+    out: list[JourneyCommand] = []
+    for i, cmd in enumerate(group):
+        if cmd.action == "trigger" and cmd.input is not None and cmd.input.enrollment is not None:
+            exits = [_exit_signal(c) for c in _until_next_trigger(group[i + 1 :])]
+            if exits:
+                cmd = cmd.model_copy(update={"input": cmd.input.model_copy(update={"exits": exits})})
+        out.append(cmd)
+    return out
+
+
+def _until_next_trigger(cmds: list[JourneyCommand]) -> list[JourneyCommand]:
+    exits: list[JourneyCommand] = []
+    for c in cmds:
+        if c.action == "trigger":
+            break
+        exits.append(c)
+    return exits
+
+
+def _exit_signal(cmd: JourneyCommand) -> ExitSignal:
+    return ExitSignal(event_id=cmd.event_id, reason=cmd.reason or "exit", skus=cmd.skus)
 
 
 async def journey_id_of_run(client: Client, workflow_id: str, run_id: str | None) -> str | None:

@@ -105,6 +105,12 @@ class UserIn(_Open):
         return self.active_consent_accepted is True
 
     @property
+    def withdraws_consent(self) -> bool:
+        """Only a literal false withdraws consent (ends running journeys): a request merely missing
+        the flag, or sending an invalid value, is "not consented" but says nothing new."""
+        return self.active_consent_accepted is False
+
+    @property
     def device_key(self) -> str | None:
         return self.dyid or self.dyid_server or self.id
 
@@ -297,6 +303,9 @@ class NormalizedEvent(BaseModel):
     properties: dict[str, Any] = Field(default_factory=dict)
     cart: list[CartItem] | None = None  # the cart as it is after this event, when the event says
     sku: str | None = None  # the product of a product view / add-to-cart
+    # The products a custom (or other standard) event names, as standard events name them: a
+    # `productId`, a `cart` list of `{"productId": ...}` lines. A custom trigger's products.
+    items: list[CartItem] | None = None
     value: float | None = None
     transaction_id: str | None = None
     identity: Identity | None = None
@@ -373,6 +382,31 @@ def _check_push_opt_in(index: int, dy_type: str, props: _PushOptProps, allow_htt
         raise EventValidationError(f"events.{index}.properties.{field}", str(exc)) from None
 
 
+def named_products(properties: dict[str, Any]) -> list[CartItem] | None:
+    """The products an event without a cart schema names, in the standard events' shapes: a
+    `productId` (as add-to-cart-v1 and add-to-wishlist-v1 carry it) and the lines of a `cart` list
+    (as purchase-v1 does). Custom events accept any properties, so anything else (a `cart` that is
+    not a list, a line without a usable `productId`) is no product, never a 422. None: no product."""
+    found: list[CartItem] = []
+    single = properties.get("productId")
+    if isinstance(single, str):
+        found += _valid_lines([{"productId": single}])
+    lines = properties.get("cart")
+    if isinstance(lines, list):
+        found += _valid_lines(lines[:1000])
+    return found or None
+
+
+def _valid_lines(lines: list[Any]) -> list[CartItem]:
+    out: list[CartItem] = []
+    for line in lines:
+        try:
+            out.append(CartItem.model_validate(line))
+        except ValidationError:
+            continue  # not a product line: a custom property that happens to be called so
+    return out
+
+
 def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False) -> NormalizedEvent:
     """Validate one `events[index]` entry against its standard schema and normalise it.
 
@@ -380,13 +414,19 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
     local development and tests); real push services are https."""
     dy_type = event.properties.get("dyType")
     if dy_type is None:
-        return NormalizedEvent(kind=EventKind.CUSTOM, name=event.name, properties=dict(event.properties))
+        return NormalizedEvent(
+            kind=EventKind.CUSTOM, name=event.name, properties=dict(event.properties),
+            items=named_products(event.properties),
+        )  # fmt: skip
     if not isinstance(dy_type, str):
         raise EventValidationError(f"events.{index}.properties.dyType", "must be a string")
     schema = _SCHEMAS.get(dy_type)
     if schema is None:
         kind = EventKind.OTHER_STANDARD if dy_type in KNOWN_TYPES else EventKind.CUSTOM
-        return NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
+        return NormalizedEvent(
+            kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties),
+            items=named_products(event.properties),
+        )  # fmt: skip
     try:
         props = schema.model_validate(event.properties)
     except ValidationError as exc:

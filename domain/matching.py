@@ -37,13 +37,36 @@ def product_record(sku: str, catalog: Catalog, item: CartItem | None = None) -> 
     return record
 
 
+def event_products(event: NormalizedEvent, cart: Sequence[CartItem]) -> list[CartItem]:
+    """The products of a triggering event: the cart after a cart event, the items bought, the
+    viewed product, else the products a custom (or other standard) event names (`productId`,
+    `cart` lines: `domain.events.named_products`)."""
+    if event.kind in CART_KINDS:
+        return list(cart)
+    if event.kind == EventKind.PURCHASE:
+        return list(event.cart or [])
+    if event.sku:
+        return [CartItem(productId=event.sku)]
+    return list(event.items or [])
+
+
+def event_catalog_skus(event: NormalizedEvent, cart: Sequence[CartItem]) -> set[str]:
+    """Every SKU deciding this event's triggers and exits may look up in the catalog."""
+    named = [*cart, *(event.cart or []), *(event.items or [])]
+    return {i.sku for i in named} | ({event.sku} if event.sku else set())
+
+
 def trigger_products(event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> list[ProductRecord]:
     """The products a trigger condition is evaluated on."""
-    if event.kind in CART_KINDS:
-        return [product_record(i.sku, catalog, i) for i in cart]
-    if event.kind == EventKind.PRODUCT_VIEW and event.sku:
-        return [product_record(event.sku, catalog)]
-    return []
+    return [product_record(i.sku, catalog, i) for i in event_products(event, cart)]
+
+
+def _custom_trigger_records(event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> list[ProductRecord]:
+    """What a custom trigger's conditions test: each product of the event over the event's properties
+    (the seeds: conditions of event-based triggers are on the event's products; a condition on a
+    property still reads it), or the properties alone for an event that names no product."""
+    products = trigger_products(event, cart, catalog)
+    return [{**event.properties, **p} for p in products] or [event.properties]
 
 
 def same_event_name(sent: str, configured: str | None) -> bool:
@@ -81,7 +104,7 @@ def triggers(spec: CampaignSpec, event: NormalizedEvent, cart: Sequence[CartItem
                 return False
             if not same_event_name(event.name, trig.event_name):
                 return False
-            return matches(trig.conditions, event.properties, trig.match)
+            return any(matches(trig.conditions, r, trig.match) for r in _custom_trigger_records(event, cart, catalog))
     return False
 
 
@@ -133,6 +156,5 @@ def _exit_rule_matches(rule: ExitRule, event: NormalizedEvent, catalog: Catalog)
 
 
 def event_skus(event: NormalizedEvent, cart: Sequence[CartItem]) -> list[str]:
-    """SKUs a trigger contributes to the journey's context (deduplicated, in order)."""
-    skus = [i.sku for i in cart] if event.kind in CART_KINDS else ([event.sku] if event.sku else [])
-    return list(dict.fromkeys(skus))
+    """SKUs a trigger contributes to the journey's context, its trigger items (deduplicated, in order)."""
+    return list(dict.fromkeys(i.sku for i in event_products(event, cart)))

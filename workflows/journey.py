@@ -101,6 +101,21 @@ RETRIGGER_KEEPS_TIMER_PATCH = "retrigger-keeps-timer"
 # exit meets a send still running, so other journeys record no marker; a history without the
 # marker at that point (an exit during a send before this change) replays the old way.
 EXIT_CANCELS_SEND_PATCH = "exit-cancels-retrying-send"
+# A send-window deferral sleeps at least DEFER_FLOOR (before: 1 second). A window computed to
+# open "now" or in the past (a DST transition, a clock at the boundary) made the journey decide
+# again every second, a timer and an activity each, growing its history fast; a test user's
+# journey, whose waits pass on its own clock, spun without even a timer. Asked only when the
+# floor lengthens the wait, so deferrals to a window opening later record no marker, and a
+# history without the marker there (a deferral before this change) replays the old way.
+DEFER_FLOOR_PATCH = "send-window-defer-floor"
+DEFER_FLOOR = timedelta(minutes=1)
+_UNPATCHED_DEFER_FLOOR = timedelta(seconds=1)
+# Exits of the same request as the trigger that started the journey (after it) come in its start
+# input (`JourneyInput.exits`) and apply before the first wait. A test user's waits pass at once,
+# so the exit signal sent after the start lost the race to step 0 (an add-to-cart and a purchase
+# in one batch still sent the reminder). Asked only when the input carries exits: a run whose
+# history lacks the marker there (an older worker ignored the field) replays the old way.
+START_EXITS_PATCH = "exits-in-start-input"
 # Local activities retry inside the workflow task (the worker heartbeats it), not on the server.
 # Bound that: after this budget the step is handed to a durable activity that retries, like the
 # unpatched path, until the store answers (the store activities are idempotent).
@@ -222,6 +237,7 @@ class JourneyWorkflow:
     async def run(self, inp: JourneyInput) -> JourneyResult:
         st = self.state
         self._choose_path()
+        self._apply_start_exits()
         if st.last_trigger_at is None:
             st.last_trigger_at = st.first_trigger_at or self._now()
         if st.plan is None:
@@ -267,6 +283,13 @@ class JourneyWorkflow:
             return
         self._one_activity_steps = workflow.patched(STEP_ACTIVITY_PATCH)
         self._own_clock = self.inp.is_test and self._one_activity_steps and workflow.patched(TEST_USER_CLOCK_PATCH)
+
+    def _apply_start_exits(self) -> None:
+        """Exits the API sent with the start (patch START_EXITS_PATCH): after the start signal's
+        trigger (signals are applied before `run`), as in the request, and before any wait."""
+        if self.inp.state is None and self.inp.exits and workflow.patched(START_EXITS_PATCH):
+            for e in self.inp.exits:
+                self.exit(e)
 
     def _now(self) -> datetime:
         """The journey's time: workflow time, plus what a test user's waits skipped (own clock)."""
@@ -435,7 +458,7 @@ class JourneyWorkflow:
         st = self.state
         assert decision.not_before is not None
         self._set_status("waiting", f"step '{step_name}' waits for the send window ({decision.not_before.isoformat()})")
-        wait = max(decision.not_before - self._now(), timedelta(seconds=1))
+        wait = window_wait(decision.not_before, self._now(), self._defer_floor(decision.not_before))
         if self._own_clock:
             self._pass_time(wait)
         else:
@@ -447,6 +470,13 @@ class JourneyWorkflow:
                 pass
         self._set_status("sending", f"sending step '{step_name}'")
         return st.exit_reason is None
+
+    def _defer_floor(self, not_before: datetime) -> timedelta:
+        """The least a deferral sleeps: DEFER_FLOOR, asked (patch DEFER_FLOOR_PATCH) only when it
+        lengthens the wait, so a deferral to a later opening records no marker."""
+        if not_before - self._now() < DEFER_FLOOR and workflow.patched(DEFER_FLOOR_PATCH):
+            return DEFER_FLOOR
+        return _UNPATCHED_DEFER_FLOOR
 
     async def _decide(self, index: int, excluded: list[str]) -> StepDecision:
         assert self.state.journey_id is not None
@@ -619,6 +649,12 @@ class JourneyWorkflow:
         if workflow.info().is_continue_as_new_suggested():
             self.state.runs += 1
             workflow.continue_as_new(self.inp.model_copy(update={"state": self.state}))
+
+
+def window_wait(not_before: datetime, now: datetime, floor: timedelta = DEFER_FLOOR) -> timedelta:
+    """How long a step deferred to its send window sleeps: until the window opens, and never less
+    than `floor`, however the opening was computed (not in the future at a DST or clock edge)."""
+    return max(not_before - now, floor)
 
 
 def _waiting_details(until: datetime, step_name: str) -> str:

@@ -120,6 +120,11 @@ class JourneyInput(BaseModel):
     # Set by the API for a trigger that finds no active journey of the person in the campaign;
     # None for re-triggers, previews and journeys started before patch `enroll-at-trigger`.
     enrollment: Enrollment | None = None
+    # Exits of the same request as the trigger that starts the journey, after it (an add-to-cart
+    # and a purchase in one batch): applied with the start, before any wait, so they cannot lose
+    # a race with a test user's waits, which pass at once (patch `exits-in-start-input`). Each is
+    # also signalled as usual; the journey ignores an event id it has seen.
+    exits: list[ExitSignal] = Field(default_factory=list)
 
 
 class JourneyResult(BaseModel):

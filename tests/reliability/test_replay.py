@@ -40,6 +40,7 @@ from workflows.journey import (
     LOCAL_STORE_PATCH,
     EXIT_CANCELS_SEND_PATCH,
     RETRIGGER_KEEPS_TIMER_PATCH,
+    START_EXITS_PATCH,
     STEP_ACTIVITY_PATCH,
     TEST_USER_CLOCK_PATCH,
     JourneyWorkflow,
@@ -137,6 +138,15 @@ def test_exit_cancelling_a_retried_send_is_recorded() -> None:
     assert '"EVENT_TYPE_ACTIVITY_TASK_CANCELED"' in after.read_text()
 
 
+def test_exits_in_the_start_input_are_recorded() -> None:
+    """A history covers a journey ended by an exit that came in its start input: one marker, no
+    step sent, and no timer (the exit applied before the first wait)."""
+    path = HISTORIES / "exits_in_start_input_test_user.json"
+    assert [d for k, d in _markers(path) if k == "core_patch" and START_EXITS_PATCH in d]
+    text = path.read_text()
+    assert '"journey.send_step"' not in text and '"EVENT_TYPE_TIMER_STARTED"' not in text
+
+
 def test_both_store_step_paths_are_recorded() -> None:
     """Histories cover journeys from before and after the store steps became local activities."""
     markers = {p.stem: _markers(p) for p in _files()}
@@ -178,6 +188,8 @@ RECORDED: list[tuple[str, str]] = [
     ("exit_during_retried_send", "exit_during_retried_send"),
     # Patch "exit-cancels-retrying-send".
     ("exit_cancels_retrying_send", "exit_during_retried_send"),
+    # Patch "exits-in-start-input": a test user's add-to-cart and purchase in one request.
+    ("exits_in_start_input_test_user", "test_user_trigger_and_purchase"),
 ]
 
 
@@ -209,6 +221,7 @@ async def test_record_histories(
         "hot_cart": lambda name: _hot_cart(api, env, save, name),
         "preview": lambda name: _preview(api, env, save, name),
         "exit_during_retried_send": lambda name: _exit_during_retried_send(api, env, fresh_provider, save, name),
+        "test_user_trigger_and_purchase": lambda name: _test_user_trigger_and_purchase(api, env, save, name),
     }
     for name, scenario in RECORDED:
         if _wanted(name):
@@ -303,5 +316,17 @@ async def _exit_during_retried_send(api, env, fresh_provider, save, name: str) -
 
     await eventually(retried)
     await collect(api, sec, dyid, purchase([("sku-5", 10.0)]))
+    await journey_result(env.client, sec, cid, uid)
+    await save(name, sec, cid, uid)
+
+
+async def _test_user_trigger_and_purchase(api, env, save, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A test user's add-to-cart and purchase in one request: the exit comes in the start input."""
+    sec = await make_section(api)
+    await add_integration(api, sec)
+    cid = await create_campaign(api, sec, cart_campaign(wait="PT1H"))
+    dyid, uid = await reachable_user(api, sec)
+    await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=sec.mgmt)
+    await collect(api, sec, dyid, add_to_cart("sku-6"), purchase([("sku-6", 10.0)]))
     await journey_result(env.client, sec, cid, uid)
     await save(name, sec, cid, uid)
