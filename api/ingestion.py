@@ -353,6 +353,27 @@ def _commands(
     return out, enrolled
 
 
+# How long an exit waits for the start of the journey it targets before it is given up (with a
+# warning): far longer than a start takes, even behind a Temporal outage the sweeper rides out.
+EXIT_WAITS_FOR_START = timedelta(hours=1)
+
+
+def exits_awaiting_start(store: Store, workflow_ids: list[str]) -> bool:
+    """Whether an exit that found no running journey (`Dispatched.exits_unmet`) must wait: the
+    store still has the journey active, so its workflow has not started yet (another request's
+    trigger is on its way to Temporal) rather than ended (a journey's row ends before its
+    workflow does). Dropping that exit sent every step after the purchase meant to stop them."""
+    if not workflow_ids:
+        return False
+    with store.session() as s:
+        active = s.exec(
+            select(Journey.id)
+            .where(col(Journey.workflow_id).in_(workflow_ids), Journey.status == "active")
+            .limit(1)
+        ).first()
+    return active is not None
+
+
 def withdraw_enrollments(store: Store, journey_ids: list[str]) -> None:
     """End, as merged, the journeys enrolled at triggers that did not start them (`dispatch_all`)."""
     if journey_ids:
@@ -383,7 +404,10 @@ async def redispatch_pending(
     if not rows:
         return 0
     client = await state.client()
+    waiting_users: set[str | None] = set()  # a user's later events stay behind one that waits
     for ev in rows:
+        if ev.user_id in waiting_users:
+            continue
         cmds: list[JourneyCommand] = []
         unrun: list[str] = []
         for c in (JourneyCommand.model_validate(c) for c in ev.commands):
@@ -394,8 +418,13 @@ async def redispatch_pending(
                 cmds.append(c)
             elif (journey_id := unrun_enrollment(c, applied.journey_id)) is not None:
                 unrun.append(journey_id)
-        unstarted = unrun + await dispatch_all(client, state.settings.task_queue, cmds)
-        await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
+        done = await dispatch_all(client, state.settings.task_queue, cmds)
+        await asyncio.to_thread(withdraw_enrollments, state.store, unrun + done.unstarted)
+        if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
+            if ev.received_at > now_utc() - EXIT_WAITS_FOR_START:
+                waiting_users.add(ev.user_id)  # the next round tries again; the exit is not dropped
+                continue
+            log.warning("event %s: exit given up, its journey did not start within %s", ev.id, EXIT_WAITS_FOR_START)
         await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
     log.info("re-dispatched %d pending events", len(rows))
     return len(rows)

@@ -1,14 +1,15 @@
 """Journey lifecycle against Temporal: start or re-trigger, exit, describe.
 
 Start and re-trigger are one call: signal-with-start on the journey's workflow id, so two
-concurrent triggers can never create two journeys. Exits signal the running journey; a
-journey that does not exist (never started, already ended) is normal, not an error.
+concurrent triggers can never create two journeys. Exits signal the running journey; one that
+finds none is reported to the caller (`Dispatched.exits_unmet`), which tells a journey that has
+ended (normal) from one whose start is still on its way (the exit must wait for it).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -38,12 +39,26 @@ class JourneyCommand(BaseModel):
     variation_id: str | None = None  # for triggers: the variation enroll will allocate, searchable from the start
 
 
-async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand) -> str | None:
-    """Send one command. For a trigger enrolled by the API whose journey turned out to be running
-    already as another journey, that enrollment's journey id (to withdraw); else None."""
+@dataclass
+class Dispatched:
+    """What `dispatch_all` found that its caller must act on."""
+
+    # Journeys enrolled at their trigger that never ran, because the trigger found another journey
+    # of the person already running: the caller withdraws them (`store.journey_rows.withdraw`).
+    unstarted: list[str] = field(default_factory=list)
+    # Workflow ids an exit found no running journey of: ended (normal), or not started yet because
+    # another request's trigger is still on its way, which the caller tells apart by the store
+    # (`api.ingestion.exits_awaiting_start`): such an exit must wait, not be dropped.
+    exits_unmet: list[str] = field(default_factory=list)
+
+
+async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand, out: Dispatched | None = None) -> None:
+    """Send one command; what the caller must act on goes to `out` (`Dispatched`)."""
+    out = out if out is not None else Dispatched()
     if cmd.action == "exit":
-        await exit_journey(client, cmd.workflow_id, _exit_signal(cmd))
-        return None
+        if not await exit_journey(client, cmd.workflow_id, _exit_signal(cmd)):
+            out.exits_unmet.append(cmd.workflow_id)
+        return
     assert cmd.input is not None
     # Test users' journeys too go through the plain client: their waits pass on the journey's own
     # clock, and server-side time skipping would also fire the waits between a send's retries at
@@ -51,10 +66,12 @@ async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand) -> str 
     trigger = TriggerSignal(event_id=cmd.event_id, skus=cmd.skus)
     handle = await start_or_retrigger(client, task_queue, cmd.workflow_id, cmd.input, trigger, variation_id=cmd.variation_id)
     if cmd.input.enrollment is None or started_new_run(handle):
-        return None
+        return
     # Only signalled: the running journey is either this enrollment's own (a replay of the very
     # trigger that started it, after a crash before its "dispatched" mark) or another one.
-    return unrun_enrollment(cmd, await journey_id_of_run(client, cmd.workflow_id, handle.result_run_id))
+    withdrawn = unrun_enrollment(cmd, await journey_id_of_run(client, cmd.workflow_id, handle.result_run_id))
+    if withdrawn is not None:
+        out.unstarted.append(withdrawn)
 
 
 def unrun_enrollment(cmd: JourneyCommand, ran: str | None) -> str | None:
@@ -66,27 +83,24 @@ def unrun_enrollment(cmd: JourneyCommand, ran: str | None) -> str | None:
     return enrollment.journey_id
 
 
-async def dispatch_all(client: Client, task_queue: str, cmds: list[JourneyCommand]) -> list[str]:
+async def dispatch_all(client: Client, task_queue: str, cmds: list[JourneyCommand]) -> Dispatched:
     """Send commands; different journeys in parallel, each journey's commands in event order
     (a trigger then an exit in one batch must not race: the exit would find no journey yet).
 
-    Returns the journeys enrolled at their trigger that never ran, because the trigger found
-    another journey of the person already running (another request started it first, or a last
-    send had ended the row while its workflow was finishing): the caller withdraws them
-    (`store.journey_rows.withdraw`)."""
+    Returns what the caller must act on (`Dispatched`): enrollments that never ran (another
+    request started the person's journey first, or a last send had ended the row while its
+    workflow was finishing), and exits that found no running journey."""
     by_journey: dict[str, list[JourneyCommand]] = {}
     for c in cmds:
         by_journey.setdefault(c.workflow_id, []).append(c)
-    unstarted: list[str] = []
+    out = Dispatched()
 
     async def in_order(group: list[JourneyCommand]) -> None:
         for c in with_exits_at_start(group):
-            withdrawn = await dispatch(client, task_queue, c)
-            if withdrawn is not None:
-                unstarted.append(withdrawn)
+            await dispatch(client, task_queue, c, out)
 
     await asyncio.gather(*(in_order(g) for g in by_journey.values()))
-    return unstarted
+    return out
 
 
 def with_exits_at_start(group: list[JourneyCommand]) -> list[JourneyCommand]:

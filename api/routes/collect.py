@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
-from api.ingestion import accept, withdraw_enrollments
+from api.ingestion import accept, exits_awaiting_start, withdraw_enrollments
 from api.journeys import dispatch_all
 from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
 from store.event_marks import mark_dispatched
@@ -34,10 +34,16 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
         warnings.append({"code": "DISPATCH_DEFERRED", "message": "queued behind this user's earlier events"})
     elif result.commands:
         try:
-            unstarted = await dispatch_all(await state.client(), state.settings.task_queue, result.commands)
-            if unstarted:  # rare: a concurrent request's trigger started the person's journey first
-                await asyncio.to_thread(withdraw_enrollments, state.store, unstarted)
-            state.dispatch_marks.add(result.event_ids)
+            done = await dispatch_all(await state.client(), state.settings.task_queue, result.commands)
+            if done.unstarted:  # rare: a concurrent request's trigger started the person's journey first
+                await asyncio.to_thread(withdraw_enrollments, state.store, done.unstarted)
+            if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
+                # A concurrent request's trigger has not started the journey yet: the sweeper
+                # replays this exit after it (a dropped exit sent the reminders after the purchase).
+                await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)
+                warnings.append({"code": "DISPATCH_DEFERRED", "message": "waits for the journey's start"})
+            else:
+                state.dispatch_marks.add(result.event_ids)
         except Exception as exc:  # stored: the sweeper replays it; the caller must not resend
             log.warning("dispatch deferred for %s: %s", result.event_ids, exc)
             await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)
