@@ -181,11 +181,25 @@ def _new_fernet_key() -> str:
 
 
 def _key_file(path: Path, make: object) -> str:
-    """Read a generated secret from `path`, creating it (mode 600) on first use."""
+    """Read a generated secret from `path`, creating it (mode 600) on first use.
+
+    Processes starting together on a fresh data folder (the API and a worker) must end up with
+    the same key, or what one encrypts the other cannot read: the key is written to a file of
+    this process's own and linked into place, which fails if another process got there first;
+    the loser then reads the winner's key. No reader ever sees a half-written file."""
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data folder: keys, databases (PII)
-    value = make()  # type: ignore[operator]
-    path.touch(mode=0o600)
-    path.write_text(str(value))
-    return str(value)
+    value = str(make())  # type: ignore[operator]
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        draft.unlink(missing_ok=True)
+    return value
