@@ -38,12 +38,13 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import broadcasts, journey_rows, report_rollup, reservations
+from store import broadcasts, decisions, journey_rows, report_rollup, reservations
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
 from store.reachability import opt_out_gone, reach
+from store.report_rollup import PROVIDER_OPT_OUT
 from store.tables import Campaign, Integration, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
@@ -112,6 +113,7 @@ class _Ready:
     send_key: str
     journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
+    step_name: str = ""  # the run's one step, as the recipient's decisions name it
 
 
 class BroadcastActivities:
@@ -432,7 +434,7 @@ class BroadcastActivities:
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
-                opt_in_id=r.opt_ins[channel].id,
+                opt_in_id=r.opt_ins[channel].id, step_name=variation.steps[0].name,
             )  # fmt: skip
 
     async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
@@ -490,8 +492,7 @@ class BroadcastActivities:
         recipient_gone: bool = False,
     ) -> str:
         with self.store.session() as s:
-            if recipient_gone and ready.opt_in_id is not None:
-                opt_out_gone(s, ready.opt_in_id)
+            gone = recipient_gone and ready.opt_in_id is not None and opt_out_gone(s, ready.opt_in_id)
             send = s.get(Send, ready.send_key)
             if send is not None:
                 previous, send.status = send.status, "accepted" if status == "sent" else "failed"
@@ -509,9 +510,21 @@ class BroadcastActivities:
                 self._finish(
                     s, rec, status, None if status == "sent" else detail[:200], ready.message.channel
                 )
+            if send is not None and gone:  # what the report reads as a provider opt-out, as journeys record it
+                _record_provider_opt_out(s, send, ready, detail)
             if send is not None:  # last: the hot counter rows stay locked until the commit
-                report_rollup.count_send(s, send, previous)
+                report_rollup.count_send(s, send, previous, opted_out=gone)
         return status
+
+
+def _record_provider_opt_out(s: Session, send: Send, ready: _Ready, detail: str) -> None:
+    """The failed send's outcome decision, saying the provider reported the recipient gone: the
+    report counts provider opt-outs from it (`report_rollup.provider_opted_out`)."""
+    decisions.record(
+        s, key=f"{send.key}:outcome", journey_id=ready.journey_id, section_id=send.section_id, user_id=send.user_id,
+        step_index=send.step_index, step_name=ready.step_name, outcome="failed", at=now_utc(), reason=detail[:200],
+        channel=send.channel, detail={"provider_status": send.provider_status, "opted_out": PROVIDER_OPT_OUT},
+    )  # fmt: skip
 
 
 def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> None:

@@ -43,6 +43,7 @@ from store import decisions, journey_rows, recommendations, report_rollup, reser
 from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import opt_out_gone, reach
+from store.report_rollup import PROVIDER_OPT_OUT
 from store.tables import Integration, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
 from store.users import canonical_id, canonical_user
@@ -172,7 +173,7 @@ class Delivery:
                 integration_id=req.integration_id,
                 user_id=user.id if user is not None else canonical_id(s, req.user_id),
                 status="in_flight",
-                created_at=req.as_of,
+                created_at=issue_time(req.as_of, now, user),
                 updated_at=now,
             )
         elif send.status == "in_flight" and not provider.honours_idempotency_key:
@@ -182,7 +183,9 @@ class Delivery:
         send.attempts += 1
         send.updated_at = now
         try:
-            message, step_name, variation_id, opt_in_id = self._compose(s, req, integration, user, reads)
+            # The send's time, kept from its first attempt: a retry mints the very same links.
+            composed = self._compose(s, req, integration, user, reads, issued=send.created_at)
+            message, step_name, variation_id, opt_in_id = composed
         except MissingRequired as err:
             send.variation_id = err.variation_id
             s.add(send)
@@ -197,7 +200,14 @@ class Delivery:
         return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
 
     def _compose(
-        self, s: Session, req: DeliverRequest, integration: Integration, user: User | None, reads: StepReads
+        self,
+        s: Session,
+        req: DeliverRequest,
+        integration: Integration,
+        user: User | None,
+        reads: StepReads,
+        *,
+        issued: datetime,
     ) -> tuple[OutboundMessage | None, str, str, int | None]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
         variation_id = reads.variation_id or journey_rows.variation_of(s, req.journey_id)
@@ -220,7 +230,7 @@ class Delivery:
                 user=user,
                 identifier=self.secrets.decrypt(opt_in.value_enc),
                 items=trigger_items(s, req.section_id, user, spec.type.value, req.skus),
-                linker=self._linker(s, req),
+                linker=self._linker(s, req, issued),
                 as_of=req.as_of,
                 native_email=integration.kind == "smtp",
             )
@@ -248,8 +258,9 @@ class Delivery:
             opt_in.id,
         )
 
-    def _linker(self, s: Session, req: DeliverRequest) -> Linker | None:
-        return make_linker(self.signer, self.public_url, s, req.section_id, req.send_key, req.user_id, req.channel, req.as_of)
+    def _linker(self, s: Session, req: DeliverRequest, issued: datetime) -> Linker | None:
+        signer, url = self.signer, self.public_url
+        return make_linker(signer, url, s, req.section_id, req.send_key, req.user_id, req.channel, issued)
 
     def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:
@@ -310,10 +321,10 @@ class Delivery:
             reason=reason[:200],
             channel=req.channel,
             at=req.as_of,
-            detail={"provider_status": status, **({"opted_out": "recipient_gone"} if opted_out else {})},
+            detail={"provider_status": status, **({"opted_out": PROVIDER_OPT_OUT} if opted_out else {})},
         )
         if send is not None:  # last: see `_accept`
-            report_rollup.count_send(s, send, previous)
+            report_rollup.count_send(s, send, previous, opted_out=opted_out)
         return DeliverResult(status="failed", reason=reason[:200], provider_status=status, fallback_allowed=fallback)
 
     def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
@@ -340,6 +351,19 @@ class Delivery:
             # Last before the commit: the campaign's counters for the hour are rows every send
             # updates, locked until the commit; nothing else of the transaction waits under them.
             report_rollup.count_sent(s, accepted.message, accepted.previous_status)
+
+
+def issue_time(as_of: datetime, now: datetime, user: User | None) -> datetime:
+    """When a new send is issued: its `created_at` and the issue time its tracking links carry.
+
+    The journey's time (`as_of`), except for a test user: their journey skips its waits, so its
+    clock runs days ahead of real time, and their links would outlive REJOIN_LINK_TTL (and the
+    send would be dated in the future). They get the wall clock of the first attempt instead.
+    Either way it is recorded with the send, and a retry reads it back, so every attempt mints
+    the same links. Real users keep `as_of` (which is real time for them), so their report
+    cohorts compare a send with the journey's trigger on one clock.
+    """
+    return min(as_of, now) if user is not None and user.is_test else as_of
 
 
 def trigger_items(
@@ -380,11 +404,13 @@ def make_linker(
     channel: str,
     as_of: datetime,
 ) -> Linker | None:
-    """The tracking-link minter for one send; SMS links become stored short codes."""
+    """The tracking-link minter for one send; SMS links become stored short codes.
+
+    `as_of`: the send's issue time (its `created_at`, `issue_time`), which the links carry."""
     if signer is None or not public_url:
         return None
-    # Links carry the section (fallback page) and the send time (lifetime), both from the
-    # activity input, so a retried delivery mints the very same links.
+    # Links carry the section (fallback page) and the send's issue time (lifetime), both fixed
+    # by the send's first attempt, so a retried delivery mints the very same links.
     linker = Linker(signer, public_url, send_key, user_id, section_id=section_id, issued=as_of)
     if channel == "sms":
 

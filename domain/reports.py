@@ -22,7 +22,10 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-METRICS = ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")
+METRICS = (
+    "send_requests", "failed_sends", "provider_opt_outs", "impressions", "clicks", "purchases", "revenue",
+    "add_to_carts",
+)  # fmt: skip
 MIN_USERS = 100  # per compared variation, before a winner may be declared
 MIN_CONVERSIONS = 10  # converting users over all compared variations
 WIN_PROBABILITY = 0.95
@@ -137,6 +140,21 @@ class SendGroup:
 
 
 @dataclass(frozen=True)
+class FailureGroup:
+    """Sends of one (variation, channel, step) that failed for good (`failed`), or whose
+    recipient the provider reported gone (`opt_out`, a part of the failed ones), counted in SQL."""
+
+    variation_id: str
+    channel: str
+    step_index: int
+    kind: Literal["failed", "opt_out"]
+    count: int
+
+
+FAILURE_METRICS = {"failed": "failed_sends", "opt_out": "provider_opt_outs"}
+
+
+@dataclass(frozen=True)
 class HitGroup:
     """Human hits of one (variation, channel, step, kind), counted in SQL."""
 
@@ -174,6 +192,7 @@ class ReportInput:
     channel_users: dict[tuple[str, str], int] = field(default_factory=dict)  # users sent per (variation, channel)
     step_users: dict[tuple[str, int], int] = field(default_factory=dict)  # users sent per (variation, step)
     sends: list[SendGroup] = field(default_factory=list)
+    failures: list[FailureGroup] = field(default_factory=list)
     hits: list[HitGroup] = field(default_factory=list)
     click_users: dict[str, int] = field(default_factory=dict)  # variation -> users with >= 1 human click
     clicks: list[Click] = field(default_factory=list)  # each human click, for attribution
@@ -214,6 +233,10 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
         sends_by_day[sg.day] += sg.count
         for b in (variations[sg.variation_id], channels[(sg.variation_id, sg.channel)], steps[(sg.variation_id, sg.step_index)]):
             b.counts["send_requests"] += sg.count
+    for fg in inp.failures:
+        failure, v = FAILURE_METRICS[fg.kind], fg.variation_id
+        for b in (variations[v], channels[(v, fg.channel)], steps[(v, fg.step_index)]):
+            b.counts[failure] += fg.count
     for hg in inp.hits:
         metric = "clicks" if hg.kind == "click" else "impressions"
         for b in (variations[hg.variation_id], channels[(hg.variation_id, hg.channel)], steps[(hg.variation_id, hg.step_index)]):

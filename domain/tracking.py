@@ -213,7 +213,9 @@ class Linker:
     shorten: Callable[[str], str] | None = None
     minted: list[str] = field(default_factory=list)
     section_id: str = ""  # which section's fallback page a dead link shows
-    issued: datetime | None = None  # the send's time (workflow time, so retries mint identical links)
+    # The send's issue time, recorded with it at its first attempt (so retries mint identical
+    # links): the journey's time, or real time for a test user (activities.delivery.issue_time).
+    issued: datetime | None = None
 
     def _data(self, **more: str) -> dict[str, Any]:
         data: dict[str, Any] = {"k": self.send_key, "u": self.user_id, **more}

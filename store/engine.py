@@ -155,12 +155,14 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        from store.report_rollup import rebuild_if_empty  # imports the table modules this one registers
+        from store.report_rollup import count_old_failures_once, rebuild_if_empty  # imports the table modules
 
         with schema_lock(self.engine):  # one process at a time makes or upgrades the schema
             create_schema(self.engine)
             with self.session() as s:
                 rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
+            with self.session() as s:
+                count_old_failures_once(s)  # a deployment from before the failure counters
 
     @contextmanager
     def session(self) -> Iterator[Session]:

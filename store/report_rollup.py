@@ -43,18 +43,25 @@ from sqlmodel import Session, col
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.sends import SentMessage
 from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
-from store.tables import Campaign, Event, Journey, Send, User
+from store.tables import Campaign, Decision, Event, Journey, Send, User
 from store.tracking_tables import TrackingHit
 
 log = logging.getLogger(__name__)
 
 SENT = ("accepted", "failed")  # a provider call was made (a skipped step made none)
+FAILED = "failed"  # final: the provider refused the send for good, or its retries ran out
+# Counter metrics of sends that failed for good, and of those whose recipient the provider
+# reported gone (Rejoin opted the recipient out): a variation's vendor rejections show beside
+# its send requests (docs/reports.md, "Metrics").
+FAILED_METRIC, OPT_OUT_METRIC = "failed", "opt_outs"
+PROVIDER_OPT_OUT = "recipient_gone"  # the delivery decision's `opted_out` detail (activities/delivery.py)
 ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
 ROLLUP = table_of(ReportRollup)
 COHORT = table_of(ReportCohort)
 ATTRIBUTION = table_of(ReportAttribution)
 SEND = table_of(Send)
 EVENT = table_of(Event)
+DECISION = table_of(Decision)
 ROLLUP_KEY = ["campaign_id", "cohort_hour", "variation_id", "channel", "step_index", "day", "metric"]
 
 
@@ -125,6 +132,15 @@ def earlier_event_of_transaction(section_id: Any, user_id: Any, kind: Any, trans
     earlier = (e.received_at < at) | ((e.received_at == at) & (e.id < event_id))
     return exists().where(e.section_id == section_id, e.user_id == user_id, e.kind == kind,
                           e.transaction_id == transaction_id, earlier)  # fmt: skip
+
+
+def provider_opted_out(send_key: Any) -> Any:
+    """EXISTS: the failed send's outcome decision says the provider reported its recipient gone.
+
+    The delivery records it (`{send key}:outcome`, detail `opted_out`) in the transaction that
+    fails the send; a primary-key lookup per failed send. Raw path and rebuild read it."""
+    d = DECISION.c
+    return exists().where(d.key == send_key + ":outcome", d.detail["opted_out"].as_string() == PROVIDER_OPT_OUT)
 
 
 @per_dialect
@@ -234,9 +250,10 @@ def register_cohort(s: Session, journey: Journey) -> None:
 
 @per_dialect
 def _count_send_stmt(dialect_name: str) -> Any:
-    """The send's counters in one statement: `sends`, and `channel_users` / `step_users` when it
-    is the user's first sent message on that channel / step. Nothing without a cohort that had
-    started by the send (test users have none)."""
+    """The send's counters in one statement: `sends`, `failed` / `opt_outs` when it failed for
+    good / its recipient was reported gone, and `channel_users` / `step_users` when it is the
+    user's first sent message on that channel / step. Nothing without a cohort that had started
+    by the send (test users have none)."""
     c = COHORT.c
     variation, channel, step = _param("variation_id", String), _param("channel", String), _param("step_index", Integer)
     in_cohort = (
@@ -258,6 +275,8 @@ def _count_send_stmt(dialect_name: str) -> Any:
 
     rows = union_all(
         row("sends", channel, step, _param("day", String)).where(*in_cohort),
+        row(FAILED_METRIC, channel, step, none).where(*in_cohort, _param("failed", Integer) == 1),
+        row(OPT_OUT_METRIC, channel, step, none).where(*in_cohort, _param("opted_out", Integer) == 1),
         row("channel_users", channel, no_step, none).where(
             *in_cohort, ~exists().where(*other, SEND.c.channel == bindparam("channel"))
         ),
@@ -269,17 +288,28 @@ def _count_send_stmt(dialect_name: str) -> Any:
     return ins.on_conflict_do_update(index_elements=ROLLUP_KEY, set_={"n": ROLLUP.c.n + ins.excluded.n})
 
 
-def count_send(s: Session, send: Send, previous_status: str | None) -> None:
-    """`send` just got its final status: count it if that status means a provider call was made."""
+def count_send(s: Session, send: Send, previous_status: str | None, *, opted_out: bool = False) -> None:
+    """`send` just got its final status: count it if that status means a provider call was made.
+
+    `opted_out`: the provider reported the recipient gone and Rejoin opted them out."""
     if send.status not in SENT or previous_status in SENT:
         return
     s.add(send)
     s.flush()  # the send's final status is written before its counters (same transaction)
-    count_sent(s, send, previous_status)
+    count_sent(s, send, previous_status, failed=send.status == FAILED, opted_out=opted_out)
 
 
-def count_sent(s: Session, send: SentMessage | Send, previous_status: str | None) -> None:
-    """`send`'s final status, one of SENT, is written: count it unless an earlier status was counted."""
+def count_sent(
+    s: Session,
+    send: SentMessage | Send,
+    previous_status: str | None,
+    *,
+    failed: bool = False,
+    opted_out: bool = False,
+) -> None:
+    """`send`'s final status, one of SENT, is written: count it unless an earlier status was counted.
+
+    `failed`: that status is `failed`; `opted_out`: and its recipient was reported gone."""
     if previous_status in SENT:
         return
     facts = {
@@ -291,6 +321,8 @@ def count_sent(s: Session, send: SentMessage | Send, previous_status: str | None
         "step_index": send.step_index,
         "day": day_of(send.created_at),
         "key": send.key,
+        "failed": int(failed),
+        "opted_out": int(failed and opted_out),
     }
     s.execute(_count_send_stmt(s), facts)
 
@@ -457,6 +489,33 @@ def rebuild_if_empty(s: Session) -> int:
     return n
 
 
+# Marks (a counter row of no campaign) that the failure counters were filled for sends that
+# failed before they existed; a data migration run once per database, whichever process is first.
+_FAILURES_MIGRATED = {
+    "campaign_id": "", "cohort_hour": datetime(1970, 1, 1, tzinfo=UTC), "variation_id": "", "channel": "",
+    "step_index": -1, "day": "", "metric": "migrated_failed", "n": 1,
+}  # fmt: skip
+
+
+def count_old_failures_once(s: Session) -> int:
+    """Startup migration: the `failed` / `opt_outs` counters came after sends had failed; rebuild
+    the campaigns that have failed sends, once (a marker row), so whole-hour reports count them as
+    the raw edges do. Returns the number of campaigns rebuilt."""
+    marker = ROLLUP.c
+    done = select(literal(1)).select_from(ROLLUP).where(
+        marker.campaign_id == "", marker.metric == _FAILURES_MIGRATED["metric"]
+    )
+    if s.execute(done.limit(1)).first() is not None:
+        return 0
+    failed = select(col(Send.campaign_id)).where(col(Send.status) == FAILED).distinct()
+    campaign_ids = list(s.execute(failed).scalars().all())
+    n = rebuild(s, campaign_ids) if campaign_ids else 0
+    s.execute(ROLLUP.insert().values(**_FAILURES_MIGRATED))
+    if n:
+        log.info("report failure counters filled for %d campaigns", n)
+    return n
+
+
 def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
     live = (
         col(Journey.campaign_id) == cid,
@@ -532,6 +591,11 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
     _counter_rows(
         s, cid, literal("sends"), c.cohort_hour, [v, ch, st, day_sql(s, col(Send.created_at))], count, sends, *sent
     )
+    failed = (*sent, col(Send.status) == FAILED)
+    no_day = literal("")
+    _counter_rows(s, cid, literal(FAILED_METRIC), c.cohort_hour, [v, ch, st, no_day], count, sends, *failed)
+    opted_out = provider_opted_out(col(Send.key))
+    _counter_rows(s, cid, literal(OPT_OUT_METRIC), c.cohort_hour, [v, ch, st, no_day], count, sends, *failed, opted_out)
     _counter_rows(
         s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent
     )

@@ -36,7 +36,8 @@ class ReportCohort(SQLModel, table=True):
 class ReportRollup(SQLModel, table=True):
     """One counter: `metric` of the cohort hour's users, per variation/channel/step/UTC day.
 
-    Metrics: users (allocated), sends (send requests, by day), impression, click, and the
+    Metrics: users (allocated), sends (send requests, by day), failed (sends failed for good) and
+    opt_outs (of those, recipients the provider reported gone), impression, click, and the
     unique-user counts channel_users, step_users, click_users. Unused dimensions are '' / -1.
     """
 

@@ -27,8 +27,11 @@ from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, fun
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
-from domain.reports import AttributedGroup, Click, HitGroup, ReportInput, SendGroup, SiteEvent
+from domain.reports import AttributedGroup, Click, FailureGroup, HitGroup, ReportInput, SendGroup, SiteEvent
 from store.report_rollup import (
+    FAILED,
+    FAILED_METRIC,
+    OPT_OUT_METRIC,
     SENT,
     day_sql,
     earlier_event_of_transaction,
@@ -36,6 +39,7 @@ from store.report_rollup import (
     finite_value_sql,
     hour_of,
     identified_sql,
+    provider_opted_out,
 )
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.tables import Event, Journey, Send, User, UTCDateTime
@@ -121,6 +125,7 @@ def combine(parts: Sequence[ReportInput]) -> ReportInput:
             for k, n in theirs.items():
                 mine[k] = mine.get(k, 0) + n
         out.sends += p.sends
+        out.failures += p.failures
         out.hits += p.hits
         out.clicks += p.clicks
         out.events += p.events
@@ -145,6 +150,10 @@ def load_counters(
             inp.users[v] = n
         elif metric == "sends":
             inp.sends.append(SendGroup(v, ch, step, n, day))
+        elif metric == FAILED_METRIC:
+            inp.failures.append(FailureGroup(v, ch, step, "failed", n))
+        elif metric == OPT_OUT_METRIC:
+            inp.failures.append(FailureGroup(v, ch, step, "opt_out", n))
         elif metric in ("impression", "click"):
             inp.hits.append(HitGroup(v, ch, step, metric, n))
         elif metric == "channel_users":
@@ -243,6 +252,13 @@ def load_raw_ranges(
             .join(f, uid == col(Send.user_id)).where(*sent)
             .group_by(col(Send.variation_id), col(Send.channel), col(Send.step_index), day)
         ).all()
+        # Sends failed for good, and of those the ones whose recipient the provider reported gone.
+        opted_out = func.sum(case((provider_opted_out(col(Send.key)), 1), else_=0))
+        failed = s.execute(
+            sa_select(col(Send.variation_id), col(Send.channel), col(Send.step_index), func.count(), opted_out)
+            .join(f, uid == col(Send.user_id)).where(*sent, col(Send.status) == FAILED)
+            .group_by(col(Send.variation_id), col(Send.channel), col(Send.step_index))
+        ).all()
         distinct_sent = func.count(func.distinct(col(Send.user_id)))
         channel_users = s.execute(
             sa_select(col(Send.variation_id), col(Send.channel), distinct_sent)
@@ -290,11 +306,22 @@ def load_raw_ranges(
         channel_users={(v, c): int(n) for v, c, n in channel_users},
         step_users={(v, i): int(n) for v, i, n in step_users},
         sends=[SendGroup(v, c, i, int(n), str(d)) for v, c, i, d, n in sends],
+        failures=_failure_groups(failed),
         hits=[HitGroup(v, c, i, k, int(n)) for v, c, i, k, n in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
         events=[SiteEvent(i, u, k, at, finite_value(v), tx, bool(known)) for i, u, k, at, v, tx, known in events],
     )
+
+
+def _failure_groups(rows: Sequence[Any]) -> list[FailureGroup]:
+    """(variation, channel, step, failed, of those opted out) rows as groups; zero counts left out."""
+    groups = []
+    for v, c, i, n, gone in rows:
+        groups.append(FailureGroup(v, c, i, "failed", int(n)))
+        if gone:
+            groups.append(FailureGroup(v, c, i, "opt_out", int(gone)))
+    return groups
 
 
 def sends_since(s: Session, campaign_ids: Sequence[str], since: datetime) -> dict[str, int]:

@@ -22,7 +22,7 @@ from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from api.report_times import ReportTime, within_report_bounds
 from domain.campaign import CampaignSpec, Variation
-from domain.reports import Bucket, aggregate, arms_for, winner
+from domain.reports import METRICS, Bucket, aggregate, arms_for, winner
 from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
@@ -69,8 +69,7 @@ def build_report(
     compared = [v.id for v in spec.variations if not v.control]
     metric = spec.settings.primary_metric
     verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
-    totals = {m: sum(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in
-              ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")}  # fmt: skip
+    totals = {m: sum(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
     email = [ch for ch in channels if ch["channel"] == "email"]
     imp = sum(ch["metrics"]["impressions"]["count"] for ch in email)
     return {
@@ -215,7 +214,7 @@ def campaign_list(principal: Management, state: StateDep) -> list[dict[str, Any]
 
 # ---------------------------------------------------------------------------------- CSV
 
-METRIC_COLUMNS = ("send_requests", "impressions", "clicks", "purchases", "revenue", "add_to_carts")
+METRIC_COLUMNS = METRICS  # send requests, failed sends, provider opt-outs, hits, attributed events
 
 
 def safe_cell(value: Any) -> Any:
@@ -316,6 +315,7 @@ def to_html(body: dict[str, Any]) -> str:
         f"<div class=kpi><span>{e(label)}</span><b>{e(value)}</b></div>"
         for label, value in [
             ("Users triggered", str(t["users_triggered"])), ("Send requests", str(t["send_requests"])),
+            ("Failed sends", str(t["failed_sends"])), ("Provider opt-outs", str(t["provider_opt_outs"])),
             ("Clicks", str(t["clicks"])), ("CTR (email)", "–" if t["ctr"] is None else f"{t['ctr']:.1%}"),
             ("Purchases", str(t["purchases"])), ("Revenue", f"{t['revenue']:,.2f}"),
         ]
