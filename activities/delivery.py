@@ -25,6 +25,7 @@ from activities.provider_retry import retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
+from domain.identifiers import stored_phone_as_e164
 from domain.matching import product_record
 from domain.render import MissingRequired, RenderContext, refs_in, render_payload
 from domain.tracking import Linker, Signer
@@ -219,6 +220,9 @@ class Delivery:
         opt_in = step_reach.opt_ins.get(req.channel)
         if opt_in is None:
             return None, step.name, variation.id, None
+        recipient = self.secrets.decrypt(opt_in.value_enc)
+        if req.channel == "sms":
+            recipient = stored_phone_as_e164(recipient)
         try:
             payload = compose_payload(
                 s,
@@ -228,7 +232,7 @@ class Delivery:
                 step_index=req.step_index,
                 channel=req.channel,
                 user=user,
-                identifier=self.secrets.decrypt(opt_in.value_enc),
+                identifier=recipient,
                 items=trigger_items(s, req.section_id, user, spec.type.value, req.skus),
                 linker=self._linker(s, req, issued),
                 as_of=req.as_of,
@@ -245,7 +249,7 @@ class Delivery:
                 section_id=req.section_id,
                 integration_id=integration.id,
                 channel=req.channel,
-                recipient=self.secrets.decrypt(opt_in.value_enc),
+                recipient=recipient,
                 payload=payload,
                 idempotency_key=req.send_key,
                 config=secret_fields.merge(dict(integration.config), secrets),
@@ -302,13 +306,20 @@ class Delivery:
     ) -> DeliverResult:
         send = s.get(Send, req.send_key)
         previous: str | None = None
+        # An earlier attempt of this send may have been delivered (its answer was lost, and the
+        # provider does not de-duplicate by our key): a refusal now does not say it was not. No
+        # other channel is tried (the user would get both) and its cap slot stays taken.
+        maybe_delivered = send is not None and send.possible_duplicate
+        if maybe_delivered:
+            reason, fallback = f"{reason} (an earlier attempt may have been delivered: no fallback)", False
         if send is not None:
             previous, send.status = send.status, "failed" if outcome == "failed" else outcome
             send.provider_status = status
             send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
             send.updated_at = now_utc()
             s.add(send)
-        reservations.release(s, req.send_key)
+        if not maybe_delivered:
+            reservations.release(s, req.send_key)
         decisions.record(
             s,
             key=f"{req.send_key}:outcome",
