@@ -32,6 +32,7 @@ from domain.campaign import CampaignSpec, CampaignType, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
+from domain.identifiers import stored_phone_as_e164
 from domain.render import MissingRequired
 from domain.tracking import Signer
 from providers import secret_fields
@@ -402,6 +403,8 @@ class BroadcastActivities:
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
             recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
+            if channel == "sms":
+                recipient = stored_phone_as_e164(recipient)
             try:
                 # The same rendering as journeys: templates, tracking links, feeds, localization.
                 payload = compose_payload(

@@ -33,6 +33,17 @@ def normalize_phone(value: str) -> str:
     return compact
 
 
+# A phone stored as digits alone: subscriber lists synced before phones kept their "+".
+_BARE_PHONE_DIGITS = re.compile(r"^[1-9]\d{7,14}$")
+
+
+def stored_phone_as_e164(value: str) -> str:
+    """A stored SMS recipient in E.164: lists synced before phones kept their "+" stored
+    "15551230000", which vendors took for a local number; the next sync stores "+15551230000"
+    (same hash), and until then a send reads it right. Anything else is returned as it is."""
+    return "+" + value if _BARE_PHONE_DIGITS.match(value) else value
+
+
 def check_web_push_subscription(value: str, *, allow_http: bool = False) -> None:
     """`ValueError` unless `value` is a browser's PushSubscription JSON: an https `endpoint`, and
     `keys.p256dh` and `keys.auth` in base64url. `allow_http` admits an http endpoint (local push
