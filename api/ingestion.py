@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, exists, insert
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppState
 from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment
@@ -408,23 +411,52 @@ async def redispatch_pending(
     for ev in rows:
         if ev.user_id in waiting_users:
             continue
-        cmds: list[JourneyCommand] = []
-        unrun: list[str] = []
-        for c in (JourneyCommand.model_validate(c) for c in ev.commands):
-            # A trigger that reached a journey which has ended since must not start a second one;
-            # if that journey was another than the one the trigger enrolled, the enrollment never ran.
-            applied = await trigger_already_applied(client, c.workflow_id, c.event_id) if c.action == "trigger" else None
-            if applied is None:
-                cmds.append(c)
-            elif (journey_id := unrun_enrollment(c, applied.journey_id)) is not None:
-                unrun.append(journey_id)
-        done = await dispatch_all(client, state.settings.task_queue, cmds)
-        await asyncio.to_thread(withdraw_enrollments, state.store, unrun + done.unstarted)
-        if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
-            if ev.received_at > now_utc() - EXIT_WAITS_FOR_START:
-                waiting_users.add(ev.user_id)  # the next round tries again; the exit is not dropped
-                continue
-            log.warning("event %s: exit given up, its journey did not start within %s", ev.id, EXIT_WAITS_FOR_START)
-        await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
+        try:
+            replayed = await _replay(state, client, ev)
+        except RPCError as exc:
+            if exc.status in _TEMPORAL_DOWN:
+                raise  # the rest would fail alike: the next round tries again
+            replayed = _replay_failed(ev, exc)
+        except OperationalError:
+            raise  # the database is unreachable: likewise
+        except Exception as exc:  # one event's failure must not hold up every other user's
+            replayed = _replay_failed(ev, exc)
+        if not replayed:
+            waiting_users.add(ev.user_id)
     log.info("re-dispatched %d pending events", len(rows))
     return len(rows)
+
+
+# Answers that mean Temporal itself cannot be reached: the sweep stops until its next round.
+_TEMPORAL_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+
+
+async def _replay(state: AppState, client: Client, ev: Event) -> bool:
+    """Send one undispatched event's commands again; False if it must wait for a later round (an
+    exit whose journey has not started yet), else True once it is marked dispatched."""
+    cmds: list[JourneyCommand] = []
+    unrun: list[str] = []
+    for c in (JourneyCommand.model_validate(c) for c in ev.commands):
+        # A trigger that reached a journey which has ended since must not start a second one;
+        # if that journey was another than the one the trigger enrolled, the enrollment never ran.
+        applied = await trigger_already_applied(client, c.workflow_id, c.event_id) if c.action == "trigger" else None
+        if applied is None:
+            cmds.append(c)
+        elif (journey_id := unrun_enrollment(c, applied.journey_id)) is not None:
+            unrun.append(journey_id)
+    done = await dispatch_all(client, state.settings.task_queue, cmds)
+    await asyncio.to_thread(withdraw_enrollments, state.store, unrun + done.unstarted)
+    if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
+        if ev.received_at > now_utc() - EXIT_WAITS_FOR_START:
+            return False  # the next round tries again; the exit is not dropped
+        log.warning("event %s: exit given up, its journey did not start within %s", ev.id, EXIT_WAITS_FOR_START)
+    await asyncio.to_thread(mark_dispatched, state.store, [ev.id])
+    return True
+
+
+def _replay_failed(ev: Event, exc: Exception) -> bool:
+    """An event whose replay failed stays undispatched for the next round, and so do its user's
+    later events (their order); the sweep goes on with other users' events (before, the first
+    such event stopped every round at the same place, and no later event was ever replayed)."""
+    log.warning("re-dispatch of event %s failed, retried next round: %s", ev.id, exc)
+    return False

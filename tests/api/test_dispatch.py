@@ -161,3 +161,34 @@ async def test_a_replayed_trigger_does_not_restart_a_journey_that_has_ended(
     with store.session() as s:
         ev = s.get(Event, ack["event_ids"][0])
         assert ev is not None and ev.dispatched
+
+
+async def test_an_event_that_cannot_be_replayed_does_not_hold_up_other_users(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store
+) -> None:
+    """The sweeper replays oldest first; an event whose replay fails (a command this version cannot
+    read) stays undispatched for the next round, and other users' events behind it still go."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
+    bad_dyid, _ = await reachable_user(api, section)
+    down = create_app(settings.model_copy(update={"temporal_address": "127.0.0.1:1"}), store=store)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=down), base_url="http://down.test") as offline:
+        acks = []
+        for who in (bad_dyid, dyid):  # the unreadable one first: the oldest
+            r = await offline.post("/v2/collect/user/event", headers=section.ing, json={
+                "user": {"dyid": who, "active_consent_accepted": True}, "events": [add_to_cart("sku-1")]})  # fmt: skip
+            acks.append(r.json()["event_ids"][0])
+    with store.session() as s:
+        bad = s.get(Event, acks[0])
+        assert bad is not None
+        bad.commands = [{"action": "teleport", "workflow_id": "w", "event_id": bad.id, "campaign_id": cid}]
+        s.add(bad)
+    state = AppState(settings=settings, store=store, temporal=env.client)
+    await redispatch_pending(state, older_than=timedelta(0))
+    result = await journey_result(env.client, section, cid, uid)
+    assert result.sent == 1
+    with store.session() as s:
+        left, went = s.get(Event, acks[0]), s.get(Event, acks[1])
+        assert left is not None and not left.dispatched
+        assert went is not None and went.dispatched
