@@ -125,7 +125,12 @@ class Bucket:
 
 
 def _num(v: float) -> float | int:
-    return int(v) if float(v).is_integer() else round(v, 2)
+    return int(v) if float(v).is_integer() else money(v)
+
+
+def money(value: float) -> float:
+    """A money figure to the cent: sums of float values carry noise (22315.120000000003)."""
+    return round(float(value), 2) + 0.0  # + 0.0: no "-0.0" from a tiny negative sum
 
 
 @dataclass(frozen=True)
@@ -289,8 +294,9 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
         else:
             b.counts["add_to_carts"] += g.count
             b.converters["add_to_carts"] += g.users
+    money_by_day = {day: money(value) for day, value in sorted(revenue_by_day.items())}
     return Aggregate(dict(variations), dict(channels), dict(steps), attributed, dict(sorted(sends_by_day.items())),
-                     dict(sorted(revenue_by_day.items())))  # fmt: skip
+                     money_by_day)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ winner
@@ -314,12 +320,15 @@ def arms_for(metric: str, buckets: dict[str, Bucket], ids: Sequence[str]) -> lis
         b = buckets.get(vid) or Bucket()
         n = b.users
         if metric == "revenue":
-            arms.append(Arm(vid, n, b.converters["revenue"], n, b.counts["revenue"], b.revenue_sumsq))
+            arms.append(Arm(vid, n, min(b.converters["revenue"], n), n, b.counts["revenue"], b.revenue_sumsq))
         elif metric == "ctr":
             imp, clk = int(b.email_impressions), int(min(b.email_clicks, b.email_impressions))
             arms.append(Arm(vid, n, successes=clk, trials=imp))
         else:
-            arms.append(Arm(vid, n, successes=b.converters[metric], trials=n))
+            # Users count by their first journey's variation, conversions by the variation recorded on
+            # the later fact (a removed variation, an identity merge): an arm can show more converters
+            # than users. Clamped, so the rate stays a probability and Beta(1+k, 1+n-k) is defined.
+            arms.append(Arm(vid, n, successes=min(b.converters[metric], n), trials=n))
     return arms
 
 
@@ -330,6 +339,9 @@ def beta_prob_b_beats_a(a_succ: int, a_fail: int, b_succ: int, b_fail: int) -> f
     from the previous by their ratio (a rational function of i), so the cost is a few numpy
     operations on alpha_B terms instead of alpha_B Python iterations of four log-gammas.
     """
+    # Negative counts (more successes than trials upstream) would take the log of a negative
+    # number: NaN. A count below 0 means "none" here; callers clamp successes to trials.
+    a_succ, a_fail, b_succ, b_fail = (max(int(x), 0) for x in (a_succ, a_fail, b_succ, b_fail))
     alpha_a, beta_a, alpha_b, beta_b = a_succ + 1, a_fail + 1, b_succ + 1, b_fail + 1
 
     def lbeta(x: float, y: float) -> float:
@@ -341,7 +353,7 @@ def beta_prob_b_beats_a(a_succ: int, a_fail: int, b_succ: int, b_fail: int) -> f
     i = np.arange(alpha_b - 1, dtype=np.float64)
     log_ratio = np.log((alpha_a + i) * (beta_b + i)) - np.log((alpha_a + beta_a + beta_b + i) * (1 + i))
     log_terms = log_t0 + np.concatenate(([0.0], np.cumsum(log_ratio)))
-    return float(np.exp(log_terms).sum())
+    return min(max(float(np.exp(log_terms).sum()), 0.0), 1.0)  # rounding can leave it a hair outside [0, 1]
 
 
 def _posterior_draws(metric: str, arms: Sequence[Arm], rng: np.random.Generator) -> NDArray[np.float64]:
@@ -356,9 +368,35 @@ def _posterior_draws(metric: str, arms: Sequence[Arm], rng: np.random.Generator)
             se = math.sqrt(var / n) if var > 0 else 1e-9
             columns.append(rng.normal(mean, se, DRAWS))
         else:
-            fails = max(arm.trials - arm.successes, 0)
-            columns.append(rng.beta(arm.successes + 1, fails + 1, DRAWS))
+            successes, fails = _successes_failures(arm)
+            columns.append(rng.beta(successes + 1, fails + 1, DRAWS))
     return np.column_stack(columns)
+
+
+def _successes_failures(arm: Arm) -> tuple[int, int]:
+    """Successes and failures of a conversion arm, each within [0, trials]."""
+    successes = min(max(arm.successes, 0), max(arm.trials, 0))
+    return successes, max(arm.trials, 0) - successes
+
+
+def _observed_mean(metric: str, arm: Arm) -> float:
+    """The arm's observed mean of the metric: revenue per user, or the conversion rate."""
+    if metric == "revenue":
+        return arm.total / arm.users if arm.users else 0.0
+    successes, _ = _successes_failures(arm)
+    return successes / arm.trials if arm.trials > 0 else 0.0
+
+
+def _uplift_intervals(draws: NDArray[np.float64], base: int) -> list[list[float] | None]:
+    """The 95% interval of each arm's relative uplift over the baseline (None for the baseline)."""
+    priced = draws[draws[:, base] > 0]
+    uplifts = np.sort(priced / priced[:, [base]] - 1, axis=0)  # per arm (column), ascending
+    intervals: list[list[float] | None] = []
+    for i in range(draws.shape[1]):
+        u = uplifts[:, i]
+        bounds = [float(u[int(q * (len(u) - 1))]) for q in (0.025, 0.975)] if len(u) and i != base else None
+        intervals.append(bounds if bounds is not None and all(map(math.isfinite, bounds)) else None)
+    return intervals
 
 
 def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dict[str, Any]:
@@ -369,22 +407,23 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
     base = next((i for i, a in enumerate(arms) if a.id == baseline), 0)
     # argmax takes the first best in a draw, as draw.index(max(draw)) did.
     wins = np.bincount(np.argmax(draws, axis=1), minlength=len(arms))
-    priced = draws[draws[:, base] > 0]
-    uplifts = np.sort(priced / priced[:, [base]] - 1, axis=0)  # per arm (column), ascending
+    # A relative uplift over a baseline whose observed mean is 0 (no revenue, no conversion; or below
+    # 0 with refunds) is a ratio of draws around 0: -1509%..+1108% says nothing, so none is given.
+    comparable = _observed_mean(metric, arms[base]) > 0
+    intervals = _uplift_intervals(draws, base) if comparable else [None] * len(arms)
     prob = [int(w) / DRAWS for w in wins]
     if metric != "revenue" and len(arms) == 2:
         # Two conversion arms: use the exact value instead of the simulation's estimate.
         a, b = arms
-        p_b = beta_prob_b_beats_a(a.successes, a.trials - a.successes, b.successes, b.trials - b.successes)
+        p_b = beta_prob_b_beats_a(*_successes_failures(a), *_successes_failures(b))
         prob = [1 - p_b, p_b]
     rows = []
     for i, a in enumerate(arms):
-        u = uplifts[:, i]
-        interval = [float(u[int(q * (len(u) - 1))]) for q in (0.025, 0.975)] if len(u) and i != base else None
+        interval = intervals[i]
         rows.append({"id": a.id, "probability_to_be_best": round(prob[i], 4),
                      "uplift_vs_baseline": None if interval is None else {"low": round(interval[0], 4), "high": round(interval[1], 4)}})  # fmt: skip
     best = max(range(len(arms)), key=prob.__getitem__)
-    conversions = sum(a.successes for a in arms)
+    conversions = sum(_successes_failures(a)[0] if metric != "revenue" else a.successes for a in arms)
     enough = all(a.users >= MIN_USERS for a in arms) and conversions >= MIN_CONVERSIONS
     status = "not_enough_data" if not enough else ("winner" if prob[best] >= WIN_PROBABILITY else "no_winner_yet")
     return {

@@ -10,7 +10,10 @@ from __future__ import annotations
 import csv
 import html
 import io
+import logging
+import math
 from datetime import datetime, timedelta
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -22,7 +25,7 @@ from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
 from api.report_times import ReportTime, within_report_bounds
 from domain.campaign import CampaignSpec, Variation
-from domain.reports import METRICS, Bucket, aggregate, arms_for, winner
+from domain.reports import METRICS, Bucket, aggregate, arms_for, money, winner
 from domain.tracking import Signer
 from store import reports as q
 from store.campaigns import load_spec
@@ -30,6 +33,7 @@ from store.delivery_health import delivery_summary
 from store.tables import Campaign, CampaignVersion, now_utc
 
 # No prefix: the signed report page lives at /r/{token}, the rest under /api/v1.
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["reports"])
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'", "Cache-Control": "no-store"}
 
@@ -69,10 +73,10 @@ def build_report(
     compared = [v.id for v in spec.variations if not v.control]
     metric = spec.settings.primary_metric
     verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
-    totals = {m: sum(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
+    totals = {m: _total(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
     email = [ch for ch in channels if ch["channel"] == "email"]
     imp = sum(ch["metrics"]["impressions"]["count"] for ch in email)
-    return {
+    body: dict[str, Any] = finite_only({
         "campaign": {"id": c.id, "name": c.name, "status": c.status, "primary_metric": metric,
                      "attribution_window_hours": window / timedelta(hours=1)},  # fmt: skip
         "range": {"from": start.isoformat(), "to": end.isoformat()},
@@ -83,7 +87,31 @@ def build_report(
         "steps": steps,
         "winner": verdict,
         "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": agg.revenue_by_day},
-    }
+    }, where=f"campaign {c.id}")
+    return body
+
+
+def _total(counts: Iterable[float]) -> float | int:
+    """A sum of per-variation counts: whole, or money to the cent (float sums carry noise)."""
+    total = sum(counts)
+    return int(total) if float(total).is_integer() else money(total)
+
+
+def finite_only(value: Any, *, where: str = "report") -> Any:
+    """`value` with every NaN or infinite float replaced by None (logged).
+
+    JSON has no NaN: one in a report made the whole response a 500, and the HTML showed "nan%".
+    The maths keeps its figures finite (domain/reports.py); this is the last guard, so a defect
+    there costs one empty cell, never the report.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        log.warning("non-finite figure in the report of %s, shown as null", where)
+        return None
+    if isinstance(value, dict):
+        return {k: finite_only(v, where=where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_only(v, where=where) for v in value]
+    return value
 
 
 def _definitions(s: Session, c: Campaign, spec: CampaignSpec, ids: set[str]) -> dict[str, Variation]:
@@ -135,7 +163,7 @@ def report(
     """The campaign report for [from, to); `format=csv` for a spreadsheet-safe CSV."""
     body = _load(state, principal.section_id, campaign_id, start, end)
     if format == "csv":
-        return Response(to_csv(body), media_type="text/csv; charset=utf-8",
+        return Response(CSV_BOM + to_csv(body), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="report-{campaign_id}.csv"'})  # fmt: skip
     return body
 
@@ -215,13 +243,21 @@ def campaign_list(principal: Management, state: StateDep) -> list[dict[str, Any]
 # ---------------------------------------------------------------------------------- CSV
 
 METRIC_COLUMNS = METRICS  # send requests, failed sends, provider opt-outs, hits, attributed events
+# Excel reads a CSV without a byte order mark in the local code page ("CafÃ©"); with it, as UTF-8.
+CSV_BOM = "\ufeff"
+FORMULA_STARTS = ("=", "+", "-", "@")
 
 
 def safe_cell(value: Any) -> Any:
-    """Spreadsheets run cells starting with = + - @ (or tab/CR): prefix text with a quote."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    """Text a spreadsheet could run as a formula, prefixed with a quote: a cell led by a tab or
+    CR, or whose first non-blank character is = + - @ (spreadsheets skip leading spaces: " =1+1")."""
+    if isinstance(value, str) and (value[:1] in ("\t", "\r") or value.lstrip()[:1] in FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def _rounded(value: float | None, digits: int) -> float | str:
+    return "" if value is None else round(value, digits)
 
 
 def to_csv(body: dict[str, Any]) -> str:
@@ -234,10 +270,10 @@ def to_csv(body: dict[str, Any]) -> str:
     names = {v["id"]: v["name"] for v in body["variations"]}
 
     def row(section: str, r: dict[str, Any], vid: str, channel: str = "", step: str = "") -> None:
-        cells: list[Any] = [section, vid, names.get(vid, vid), channel, step, r["users"], "" if r["ctr"] is None else round(r["ctr"], 4)]
+        cells: list[Any] = [section, vid, names.get(vid, vid), channel, step, r["users"], _rounded(r["ctr"], 4)]
         for m in METRIC_COLUMNS:
             metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
-            cells += [metric["count"], round(metric["per_user"], 4)]
+            cells += [metric["count"], _rounded(metric["per_user"], 4)]
         w.writerow([safe_cell(x) for x in cells])
 
     for v in body["variations"]:
@@ -252,25 +288,37 @@ def to_csv(body: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------- HTML
 
 
-def _bars(title: str, series: dict[str, float], color: str, fmt: str = "{:g}") -> str:
-    """A small inline SVG bar chart (no scripts, no CDN)."""
+def _shown(value: float | None, fmt: str) -> str:
+    """A figure as text; a missing one (None) as a dash."""
+    return "–" if value is None else fmt.format(value)
+
+
+def _bars(
+    title: str, figures: Mapping[str, float | None], color: str, fmt: str = "{:g}", labels: dict[str, str] | None = None
+) -> str:
+    """A small inline SVG bar chart (no scripts, no CDN): one bar per key of `series`, labelled by
+    `labels` (the key when absent), so two keys with the same label still get a bar each."""
     e = html.escape
+    series = {k: v for k, v in figures.items() if v is not None}
+    labels = labels or {}
     if not series:
         return f"<figure><figcaption>{e(title)}</figcaption><p class=empty>No data in this range.</p></figure>"
     width, height, pad = 640, 180, 28
-    top = max(series.values()) or 1
+    top = max(series.values()) if max(series.values()) > 0 else 1
     n = len(series)
     bw = (width - 2 * pad) / n
     bars = []
-    for i, (label, value) in enumerate(series.items()):
-        bh = (height - 2 * pad) * value / top
+    for i, (key, value) in enumerate(series.items()):
+        label = labels.get(key, key)
+        bh = (height - 2 * pad) * max(value, 0) / top
         x, y = pad + i * bw, height - pad - bh
         bars.append(
             f'<rect x="{x + 2:.1f}" y="{y:.1f}" width="{max(bw - 4, 1):.1f}" height="{bh:.1f}" fill="{color}">'
             f"<title>{e(label)}: {e(fmt.format(value))}</title></rect>"
         )
         if n <= 14 or i % max(n // 7, 1) == 0:
-            bars.append(f'<text x="{x + bw / 2:.1f}" y="{height - 8}" text-anchor="middle">{e(label[-5:])}</text>')
+            short = label[:12] if key in labels else label[-5:]  # a name's start; a day's "MM-DD"
+            bars.append(f'<text x="{x + bw / 2:.1f}" y="{height - 8}" text-anchor="middle">{e(short)}</text>')
     return (f'<figure><figcaption>{e(title)} (max {e(fmt.format(top))})</figcaption>'
             f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">{"".join(bars)}'
             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/></svg></figure>')  # fmt: skip
@@ -284,21 +332,34 @@ def _table(rows: list[dict[str, Any]], first: list[tuple[str, str]]) -> str:
     body = []
     for r in rows:
         cells = "".join(f"<td>{e(str(r.get(k, '')))}</td>" for k, _ in first)
-        ctr = "–" if r["ctr"] is None else f"{r['ctr']:.1%}"
-        cells += f"<td>{r['users']}</td><td>{ctr}</td>"
+        cells += f"<td>{r['users']}</td><td>{_shown(r['ctr'], '{:.1%}')}</td>"
         for m in METRIC_COLUMNS:
             metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
-            cells += f"<td>{e(str(metric['count']))}<br><small>{metric['per_user']:.3f}</small></td>"
+            count, per_user = _shown(metric["count"], "{}"), _shown(metric["per_user"], "{:.3f}")
+            cells += f"<td>{e(count)}<br><small>{per_user}</small></td>"
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _uplift_text(row: dict[str, Any], verdict: dict[str, Any]) -> str:
+    """The uplift interval; the baseline's row says so; none when the baseline's mean is 0."""
+    uplift = row["uplift_vs_baseline"]
+    if uplift is None or uplift.get("low") is None or uplift.get("high") is None:
+        return "baseline" if row["id"] == verdict.get("baseline") else "–"
+    return f"{uplift['low']:+.1%} … {uplift['high']:+.1%}"
 
 
 def to_html(body: dict[str, Any]) -> str:
     e = html.escape
     c, t, w = body["campaign"], body["totals"], body["winner"]
     metric = c["primary_metric"]
-    per_user = {v["name"]: v["metrics"].get(metric, {}).get("per_user", 0.0) for v in body["variations"]} if metric != "ctr" else {
-        v["name"]: (v["ctr"] or 0.0) for v in body["variations"]}  # fmt: skip
+    # Keyed by id, labelled by name: two variations may share a name and must not share a bar.
+    per_user = {
+        v["id"]: (v["ctr"] or 0.0) if metric == "ctr" else v["metrics"].get(metric, {}).get("per_user", 0.0)
+        for v in body["variations"]
+    }
+    names = {v["id"]: str(v["name"]) for v in body["variations"]}
+    window_hours = _shown(c["attribution_window_hours"], "{:g}")
     verdict = {
         "winner": f"Winner: <b>{e(str(w.get('winner')))}</b>",
         "no_winner_yet": "No winner yet: no variation is at least 95% likely to be best.",
@@ -306,9 +367,8 @@ def to_html(body: dict[str, Any]) -> str:
         "single_variation": "Only one variation is compared.",
     }[w["status"]]
     prob_rows = "".join(
-        f"<tr><td>{e(r['id'])}</td><td>{r['probability_to_be_best']:.1%}</td><td>"
-        + ("baseline" if r["uplift_vs_baseline"] is None else f"{r['uplift_vs_baseline']['low']:+.1%} … {r['uplift_vs_baseline']['high']:+.1%}")
-        + "</td></tr>"
+        f"<tr><td>{e(r['id'])}</td><td>{_shown(r['probability_to_be_best'], '{:.1%}')}</td>"
+        f"<td>{_uplift_text(r, w)}</td></tr>"
         for r in w.get("variations", [])
     )  # fmt: skip
     kpis = "".join(
@@ -316,8 +376,8 @@ def to_html(body: dict[str, Any]) -> str:
         for label, value in [
             ("Users triggered", str(t["users_triggered"])), ("Send requests", str(t["send_requests"])),
             ("Failed sends", str(t["failed_sends"])), ("Provider opt-outs", str(t["provider_opt_outs"])),
-            ("Clicks", str(t["clicks"])), ("CTR (email)", "–" if t["ctr"] is None else f"{t['ctr']:.1%}"),
-            ("Purchases", str(t["purchases"])), ("Revenue", f"{t['revenue']:,.2f}"),
+            ("Clicks", str(t["clicks"])), ("CTR (email)", _shown(t["ctr"], "{:.1%}")),
+            ("Purchases", str(t["purchases"])), ("Revenue", _shown(t["revenue"], "{:,.2f}")),
         ]
     )  # fmt: skip
     style = """body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
@@ -329,12 +389,12 @@ figure{margin:1rem 0}svg{width:100%;max-width:640px;font-size:10px;fill:#555}.ve
     return f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(c['name'])} – report</title>
 <style>{style}</style></head><body>
 <h1>{e(c['name'])}</h1><p class=muted>{e(body['range']['from'])} → {e(body['range']['to'])} · primary metric: {e(metric)}
-· attribution window {c['attribution_window_hours']:g} h · users counted when they first triggered in this range</p>
+· attribution window {window_hours} h · users counted when they first triggered in this range</p>
 <div class=kpis>{kpis}</div>
 <h2>Winner</h2><p class=verdict>{verdict}</p>
 <table><thead><tr><th>Variation</th><th>Probability to be best</th><th>Uplift vs baseline (95% interval)</th></tr></thead>
 <tbody>{prob_rows}</tbody></table>
-{_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}")}
+{_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}", labels=names)}
 {_bars("Send requests per day", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
 {_bars("Attributed revenue per day", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
 <h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>

@@ -199,7 +199,7 @@ async def test_report_survives_a_stored_non_finite_revenue(
         assert body["series"]["revenue_by_day"] == {"2026-03-01": 50.0}, params
         r = await api.get(report, headers=section.mgmt, params={**params, "format": "csv"})
         assert r.status_code == 200, r.text
-        table = list(csv.DictReader(io.StringIO(r.text)))
+        table = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
         row_a = next(x for x in table if x["section"] == "variation" and x["variation"] == "a")
         assert row_a["revenue"] == "50" and "inf" not in r.text and "nan" not in r.text, r.text
         r = await api.get(f"{report}.html", headers=section.mgmt, params=params)

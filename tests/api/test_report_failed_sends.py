@@ -111,7 +111,7 @@ async def test_report_counts_failed_sends_and_provider_opt_outs(
     assert later.json()["totals"]["failed_sends"] == 0  # a cohort first triggered later: none of these
 
     r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt, params={**whole_hours, "format": "csv"})
-    rows = list(csv.DictReader(io.StringIO(r.text)))
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
     variation = next(x for x in rows if x["section"] == "variation")
     assert (variation["failed_sends"], variation["provider_opt_outs"]) == ("2", "1"), variation
     push = next(x for x in rows if x["section"] == "channel" and x["channel"] == "web_push")

@@ -97,7 +97,7 @@ async def test_report_counts_attribution_and_time_range(api: httpx.AsyncClient, 
     r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt,
                       params={"from": T0.isoformat(), "to": h(48).isoformat(), "format": "csv"})  # fmt: skip
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
-    rows = list(csv.reader(io.StringIO(r.text)))
+    rows = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"))))
     assert rows[0][:3] == ["section", "variation", "variation_name"]
     assert any(row[2] == "'=HYPERLINK(\"x\")" for row in rows)
     assert not any(cell.startswith(("=", "+", "@")) for row in rows for cell in row)
