@@ -27,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities.delivery import compose_payload, make_linker
 from activities.provider_retry import retry_later
 from domain import schedule as sched
-from domain.allocation import allocate
+from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
@@ -345,7 +345,10 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", "user deleted")
             if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
                 return self._finish(s, rec, "skipped", "audience")
-            variation = allocate(run.campaign_id, user.id, spec.variations)
+            # The person keeps the variation of their first journey in the campaign (an earlier run's
+            # or a trigger's) while the spec has it: an edit of the shares moves nobody between arms.
+            first = journey_rows.first_variation(s, run.section_id, run.campaign_id, user.id)
+            variation = keep_or_allocate(run.campaign_id, user.id, spec.variations, first)
             # The allocation is a journey row, like a triggered journey's: the campaign report
             # counts the recipient (cohort and variation, holdout included) and later sends of
             # other campaigns see this one's priority. A retried or deferred recipient keeps

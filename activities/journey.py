@@ -16,7 +16,7 @@ from temporalio import activity
 
 from activities.step_reads import StepReads
 from domain import schedule as sched
-from domain.allocation import allocate
+from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
@@ -51,10 +51,12 @@ class JourneyActivities:
 
     @activity.defn(name="journey.enroll")
     def enroll(self, req: EnrollRequest) -> JourneyPlan:
-        """Allocate the user's variation (deterministic) and record the journey."""
+        """Allocate the user's variation (their first journey's, while the spec has it) and record the journey."""
         with self.store.session() as s:
             spec = load_spec(s, req.campaign_id, req.campaign_version)
-            variation = allocate(req.campaign_id, req.user_id, spec.variations)
+            user_id = canonical_id(s, req.user_id)
+            first = journey_rows.first_variation(s, req.section_id, req.campaign_id, user_id)
+            variation = keep_or_allocate(req.campaign_id, req.user_id, spec.variations, first)
             journey = journey_rows.new_journey(
                 journey_id=req.journey_id,
                 workflow_id=req.workflow_id,
@@ -62,7 +64,7 @@ class JourneyActivities:
                 campaign_id=req.campaign_id,
                 campaign_version=req.campaign_version,
                 priority=spec.priority,
-                user_id=canonical_id(s, req.user_id),
+                user_id=user_id,
                 variation=variation,
                 is_test=req.is_test,
                 at=req.as_of,

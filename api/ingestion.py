@@ -23,8 +23,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppState
 from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment
-from domain.allocation import allocate
-from domain.campaign import CampaignSpec
+from domain.allocation import allocate, keep_or_allocate
+from domain.campaign import CampaignSpec, Variation
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex, user_identity
 from domain.matching import (
@@ -100,6 +100,8 @@ def accept(
         identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
         cuid = identity.cuid if identity is not None else None
         user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=cuid, now=now)
+        # A user first seen in this request has no journeys: allocation looks none up for them.
+        first_seen = user.id if unsaved else None
         if identity is not None and user.cuid != identity.cuid:
             # The request's own cuid identifies the user as an identify event does (merge, identifiers
             # linked); a user already holding it (the usual repeat request) costs nothing more.
@@ -148,7 +150,7 @@ def accept(
             else:
                 commands, enrolled = _commands(
                     s, section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings,
-                    running, received_at,
+                    running, received_at, known=user.id != first_seen,
                 )  # fmt: skip
             row = {
                 "id": event_id,
@@ -196,6 +198,21 @@ def accept(
             for journey in to_enroll:
                 journey_rows.enroll(s, journey)
     return result
+
+
+def _variation(
+    s: Session, section_id: str, campaign_id: str, spec: CampaignSpec, user_id: str, *, known: bool, running: bool
+) -> Variation:
+    """The variation a trigger of the user allocates: the one of the person's first journey in the
+    campaign while the spec still has it (`keep_or_allocate`), so an edit of the variations or
+    shares, or a merge, never moves a returning person to another arm of the test.
+
+    A trigger reaching a running journey only labels the start of a run that turns out to have
+    ended (the workflow then enrolls itself, `journey.enroll`): no lookup on the re-trigger path."""
+    if running:
+        return allocate(campaign_id, user_id, spec.variations)
+    first = journey_rows.first_variation(s, section_id, campaign_id, user_id) if known else None
+    return keep_or_allocate(campaign_id, user_id, spec.variations, first)
 
 
 # Built once (they run for most requests of known users): composing them cost more than running them.
@@ -278,9 +295,12 @@ def _commands(
     settings: Settings,
     running: dict[str, list[str]],
     received_at: datetime,
+    *,
+    known: bool,
 ) -> tuple[list[JourneyCommand], list[Journey]]:
     """The event's journey commands, and the journeys its triggers enroll (rows to record, in the
-    ingestion transaction, so a journey exists from its trigger on: patch `enroll-at-trigger`)."""
+    ingestion transaction, so a journey exists from its trigger on: patch `enroll-at-trigger`).
+    `known`: the user existed before this request (only such a user can have journeys)."""
     out: list[JourneyCommand] = []
     enrolled: list[Journey] = []
     for campaign, spec in campaigns:
@@ -321,7 +341,7 @@ def _commands(
             continue
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
             continue
-        variation = allocate(campaign.id, user.id, spec.variations)
+        variation = _variation(s, section_id, campaign.id, spec, user.id, known=known, running=bool(active))
         if variation.control and not active and report_rollup.held_out(s, campaign.id, user.id, variation.id):
             # Already counted in the holdout, where every later trigger would start (and at once
             # end) one more journey and workflow: a busy holdout cart cost more than a treated one.

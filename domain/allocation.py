@@ -1,7 +1,9 @@
-"""Variation allocation: deterministic per (campaign, user), proportional to the shares.
+"""Variation allocation: deterministic per (campaign, user), proportional to the shares, and sticky.
 
-A user always lands in the same variation of a campaign (re-triggers, new journeys, replays),
-without any shared state: the bucket is a hash of the campaign id and the user key.
+A user's first allocation in a campaign is a hash of the campaign id and the user key over the
+spec's variations. Later journeys keep the variation the person was first allocated while the
+spec still has it (`keep_or_allocate`): the hash alone moves people between arms when an edit
+changes the variations or their shares, or when a device's user is merged into a person.
 """
 
 from __future__ import annotations
@@ -29,3 +31,14 @@ def allocate(campaign_id: str, user_key: str, variations: Sequence[Variation]) -
             return v
     # Floating-point shortfall on the last boundary: the last variation with a share takes it.
     return next(v for v in reversed(variations) if v.share > 0)
+
+
+def keep_or_allocate(
+    campaign_id: str, user_key: str, variations: Sequence[Variation], first_variation_id: str | None
+) -> Variation:
+    """The variation of the person's first journey in the campaign (`first_variation_id`) while the
+    spec still has it, control included; else (no journey yet, or that variation was removed) a
+    fresh allocation. An A/B test must never show a person two arms, and the campaign report
+    counts each person in their first journey's variation (their cohort)."""
+    kept = next((v for v in variations if v.id == first_variation_id), None)
+    return kept if kept is not None else allocate(campaign_id, user_key, variations)

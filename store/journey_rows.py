@@ -19,6 +19,16 @@ JOURNEY = table_of(Journey)
 MERGED = "merged"
 _j = JOURNEY.c
 _VARIATION = select(_j.variation_id).where(_j.id == bindparam("journey_id"))
+# The variation of a person's earliest journey in a campaign, ordered as the report's cohort is
+# (`store/report_rollup.py::_rebuild_cohorts`: first trigger, then the least variation id); on
+# `ix_journey_user` (section, user), whose rows are few per person.
+_FIRST_VARIATION = (
+    select(_j.variation_id)
+    .where(_j.section_id == bindparam("section_id"), _j.user_id == bindparam("user_id"),
+           _j.campaign_id == bindparam("campaign_id"))
+    .order_by(_j.triggered_at, _j.variation_id)
+    .limit(1)
+)  # fmt: skip
 _END = (
     update(JOURNEY)
     .where(_j.id == bindparam("journey_id"))
@@ -107,6 +117,14 @@ def withdraw(s: Session, journey_ids: list[str]) -> int:
     if not journey_ids:
         return 0
     return s.connection().execute(_WITHDRAW, {"journey_ids": journey_ids}).rowcount
+
+
+def first_variation(s: Session, section_id: str, campaign_id: str, user_id: str) -> str | None:
+    """The variation of the person's earliest journey in the campaign (journey rows follow the
+    person through merges, `store/users.py::merge_users`); None if they have none. Allocation
+    keeps it while the spec has it (`domain.allocation.keep_or_allocate`)."""
+    params = {"section_id": section_id, "campaign_id": campaign_id, "user_id": user_id}
+    return s.execute(_FIRST_VARIATION, params).scalar_one_or_none()
 
 
 def variation_of(s: Session, journey_id: str) -> str | None:
