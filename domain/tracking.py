@@ -32,7 +32,12 @@ BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOT_CLICK_DELAY = timedelta(seconds=1)
 # Link scanners and prefetchers that follow links or load images without a human.
 SCANNER_AGENTS = re.compile(
-    r"bot|crawl|spider|preview|scanner|barracuda|mimecast|proofpoint|safe ?links|symantec|"
+    # "bot" only as a bot's token, never inside a word: a CUBOT phone ("Android 10; CUBOT_X30") is
+    # a person. Bots name themselves "bot" alone or as the end of a product token: versioned
+    # ("Googlebot/2.1"), hyphenated ("AdsBot-Google", "Slackbot-LinkExpanding", "Google-Bot") or
+    # closing a comment item ("PetalBot;", "(compatible; Cliqzbot)"); Slack's bare "Slackbot 1.0".
+    r"\bbot\b|bot(?:/|-|;|\))|slackbot|"
+    r"crawl|spider|preview|scanner|barracuda|mimecast|proofpoint|safe ?links|symantec|"
     r"trendmicro|forcepoint|ironport|python-requests|curl/|wget|headless|phantomjs|slurp|"
     # HTTP libraries: a person follows a link in a browser or a mail app, never through these
     r"go-http-client|java/|libwww-perl|axios/|node-fetch|aiohttp|httpx|apache-httpclient",
