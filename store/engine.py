@@ -155,7 +155,11 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        from store.report_rollup import count_old_failures_once, rebuild_if_empty  # imports the table modules
+        from store.report_rollup import (  # imports the table modules
+            count_old_failures_once,
+            fill_attribution_currency_once,
+            rebuild_if_empty,
+        )
 
         with schema_lock(self.engine):  # one process at a time makes or upgrades the schema
             create_schema(self.engine)
@@ -163,6 +167,8 @@ class Store:
                 rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
             with self.session() as s:
                 count_old_failures_once(s)  # a deployment from before the failure counters
+            with self.session() as s:
+                fill_attribution_currency_once(s)  # attributions stored before their currency
 
     @contextmanager
     def session(self) -> Iterator[Session]:

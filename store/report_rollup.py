@@ -134,6 +134,23 @@ def earlier_event_of_transaction(section_id: Any, user_id: Any, kind: Any, trans
                           e.transaction_id == transaction_id, earlier)  # fmt: skip
 
 
+def event_currency(data: dict[str, Any] | None) -> str | None:
+    """The currency a purchase was sent with (`properties.currency`), upper case; None: none.
+
+    Rejoin has no exchange rates, so a report keeps each currency's value apart (docs/reports.md,
+    "Revenue and currencies"). `currency_sql` is the same in SQL."""
+    props = (data or {}).get("properties")
+    raw = props.get("currency") if isinstance(props, dict) else None
+    code = raw.strip().upper() if isinstance(raw, str) else ""
+    return code or None
+
+
+def currency_sql(data: Any) -> ColumnElement[str | None]:
+    """`event_currency` of an `Event.data` column."""
+    raw = data[("properties", "currency")].as_string()
+    return func.nullif(func.upper(func.trim(raw)), "")
+
+
 def provider_opted_out(send_key: Any) -> Any:
     """EXISTS: the failed send's outcome decision says the provider reported its recipient gone.
 
@@ -425,6 +442,7 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
             variation_id=last.variation_id,
             channel=last.channel,
             step_index=last.step_index,
+            currency=event_currency(event.data),
         )
         s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
 
@@ -489,31 +507,44 @@ def rebuild_if_empty(s: Session) -> int:
     return n
 
 
-# Marks (a counter row of no campaign) that the failure counters were filled for sends that
-# failed before they existed; a data migration run once per database, whichever process is first.
-_FAILURES_MIGRATED = {
+# Start-up data migrations run once per database, whichever process is first (under the schema
+# lock): each rebuilds the campaigns it concerns, then writes its marker, a counter row of no
+# campaign named by its metric (the counter table's 16 characters at most).
+_MIGRATION_MARKER = {
     "campaign_id": "", "cohort_hour": datetime(1970, 1, 1, tzinfo=UTC), "variation_id": "", "channel": "",
-    "step_index": -1, "day": "", "metric": "migrated_failed", "n": 1,
+    "step_index": -1, "day": "", "n": 1,
 }  # fmt: skip
+
+
+def _rebuild_once(s: Session, marker: str, campaigns: Any, what: str) -> int:
+    """Rebuild the campaigns `campaigns` (a query of campaign ids) selects, unless the migration
+    `marker` ran already; then mark it. Returns the number of campaigns rebuilt."""
+    done = select(literal(1)).select_from(ROLLUP).where(ROLLUP.c.campaign_id == "", ROLLUP.c.metric == marker)
+    if s.execute(done.limit(1)).first() is not None:
+        return 0
+    campaign_ids = list(s.execute(campaigns).scalars().all())
+    n = rebuild(s, campaign_ids) if campaign_ids else 0
+    s.execute(ROLLUP.insert().values(**_MIGRATION_MARKER, metric=marker))
+    if n:
+        log.info("%s for %d campaigns", what, n)
+    return n
 
 
 def count_old_failures_once(s: Session) -> int:
     """Startup migration: the `failed` / `opt_outs` counters came after sends had failed; rebuild
-    the campaigns that have failed sends, once (a marker row), so whole-hour reports count them as
-    the raw edges do. Returns the number of campaigns rebuilt."""
-    marker = ROLLUP.c
-    done = select(literal(1)).select_from(ROLLUP).where(
-        marker.campaign_id == "", marker.metric == _FAILURES_MIGRATED["metric"]
-    )
-    if s.execute(done.limit(1)).first() is not None:
-        return 0
+    the campaigns that have failed sends, once, so whole-hour reports count them as the raw edges
+    do. Returns the number of campaigns rebuilt."""
     failed = select(col(Send.campaign_id)).where(col(Send.status) == FAILED).distinct()
-    campaign_ids = list(s.execute(failed).scalars().all())
-    n = rebuild(s, campaign_ids) if campaign_ids else 0
-    s.execute(ROLLUP.insert().values(**_FAILURES_MIGRATED))
-    if n:
-        log.info("report failure counters filled for %d campaigns", n)
-    return n
+    return _rebuild_once(s, "migrated_failed", failed, "report failure counters filled")
+
+
+def fill_attribution_currency_once(s: Session) -> int:
+    """Startup migration: attributions stored before the `currency` column have none, which a
+    report would read as "sent without a currency"; rebuild the campaigns that have attributed
+    purchases, once, so each gets its event's currency. An attribution whose event retention
+    already purged keeps none. Returns the number of campaigns rebuilt."""
+    bought = select(ATTRIBUTION.c.campaign_id).where(ATTRIBUTION.c.kind == "purchase").distinct()
+    return _rebuild_once(s, "migrated_ccy", bought, "report attribution currencies filled")
 
 
 def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
@@ -645,6 +676,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
             col(Event.transaction_id).label("transaction_id"),
             col(Event.received_at).label("at"),
             last_click.label("click_at"),
+            currency_sql(col(Event.data)).label("currency"),
         )
         .join_from(Event, COHORT, (c.campaign_id == cid) & (c.user_id == col(Event.user_id)))
         .join(User, col(User.id) == col(Event.user_id))
@@ -672,6 +704,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
             col(TrackingHit.variation_id),
             col(TrackingHit.channel),
             col(TrackingHit.step_index),
+            x.currency,
         )
         .join_from(
             candidates,
@@ -698,6 +731,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
         "variation_id",
         "channel",
         "step_index",
+        "currency",
     ]
     # Two clicks at the same instant: keep one (the raw path's choice between them is arbitrary too).
     s.execute(

@@ -76,6 +76,25 @@ class ReportAttribution(SQLModel, table=True):
     variation_id: str = Field(max_length=64)
     channel: str = Field(max_length=16)
     step_index: int
+    # The purchase's `currency` as sent (upper case; None: none given). Revenue adds up the values
+    # the section's report currency lets in, read when reporting (ReportSettings, docs/reports.md
+    # "Revenue and currencies"). Rows stored before this column are filled once at start-up
+    # (store/report_rollup.py, `fill_attribution_currency_once`).
+    currency: str | None = Field(default=None, max_length=8)
+
+
+class ReportSettings(SQLModel, table=True):
+    """A section's report settings (no row: none set); PATCH /section `currency`.
+
+    A table of its own rather than a column on `section`, as SectionLinks is: `section` stays
+    the tenant's identity, and report settings live with the report data.
+    """
+
+    __tablename__ = "report_settings"
+
+    section_id: str = Field(primary_key=True, foreign_key="section.id", max_length=40)
+    # ISO 4217 code revenue is reported in; None: every purchase's value adds up, whatever its currency.
+    currency: str | None = Field(default=None, max_length=3)
 
 
 # Raw-table indexes the reports need: a cohort's sends and hits by user (edge hours of a

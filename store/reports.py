@@ -20,6 +20,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,12 +28,23 @@ from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, fun
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
-from domain.reports import AttributedGroup, Click, FailureGroup, HitGroup, ReportInput, SendGroup, SiteEvent
+from domain.reports import (
+    Aggregate,
+    AttributedGroup,
+    Click,
+    FailureGroup,
+    HitGroup,
+    ReportInput,
+    SendGroup,
+    SiteEvent,
+    money,
+)
 from store.report_rollup import (
     FAILED,
     FAILED_METRIC,
     OPT_OUT_METRIC,
     SENT,
+    currency_sql,
     day_sql,
     earlier_event_of_transaction,
     finite_value,
@@ -41,13 +53,90 @@ from store.report_rollup import (
     identified_sql,
     provider_opted_out,
 )
-from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
+from store.report_tables import ReportAttribution, ReportCohort, ReportRollup, ReportSettings
 from store.tables import Event, Journey, Send, User, UTCDateTime
 from store.tracking_tables import TrackingHit
 
 HOUR = timedelta(hours=1)
 CHUNK = 500
 Ranges = Sequence[tuple[datetime, datetime]]  # disjoint [start, end) ranges of first triggers
+NO_CURRENCY = "none"  # the key of purchases sent without a currency (codes are upper case: no clash)
+PerCurrency = dict[str, dict[str, float]]  # variation -> currency -> purchase value
+
+
+@dataclass
+class ReportData(ReportInput):
+    """The report input plus each attributed purchase's currency.
+
+    Rejoin cannot convert currencies (no exchange rates offline). With no report currency set
+    (`report_currency`), every purchase's value adds to revenue, as it always did, and the
+    breakdown per currency shows the mix; with one set, revenue adds the purchases in it or
+    without a currency, and the others' values reach `domain.reports` as 0 (they still count as
+    purchases and buyers) and are kept apart (docs/reports.md, "Revenue and currencies").
+    """
+
+    currency: str | None = None  # the section's report currency when the input was loaded
+    # Attributed in SQL (whole cohort hours): (variation, currency key, in revenue) -> value.
+    currency_groups: dict[tuple[str, str, bool], float] = field(default_factory=dict)
+    # Raw purchases, attributed or not (attribution decides): event id -> (currency key, value, in revenue).
+    event_currencies: dict[str, tuple[str, float, bool]] = field(default_factory=dict)
+
+
+@dataclass
+class CurrencyRevenue:
+    """Attributed purchase value per variation and currency: added to revenue, and kept apart."""
+
+    in_revenue: PerCurrency = field(default_factory=dict)
+    apart: PerCurrency = field(default_factory=dict)
+
+    def add(self, variation_id: str, currency: str, value: float, counted: bool) -> None:
+        values = (self.in_revenue if counted else self.apart).setdefault(variation_id, {})
+        values[currency] = values.get(currency, 0.0) + value
+
+
+def report_currency(s: Session, section_id: str) -> str | None:
+    """The section's report currency (PATCH /section `currency`); None: not set."""
+    row = s.get(ReportSettings, section_id)
+    return row.currency if row is not None else None
+
+
+def save_report_currency(s: Session, section_id: str, currency: str | None) -> None:
+    row = s.get(ReportSettings, section_id) or ReportSettings(section_id=section_id)
+    row.currency = currency
+    s.add(row)
+
+
+def in_revenue(currency: str | None, report: str | None) -> bool:
+    """Whether a purchase's value adds to revenue: no report currency set, none given, or the report's."""
+    return report is None or currency is None or currency == report
+
+
+def currency_revenue(data: ReportInput, agg: Aggregate) -> CurrencyRevenue:
+    """Attributed purchase value per variation and currency, to the cent, from both parts of a
+    report: the groups attributed in SQL and the raw purchases `agg` attributed."""
+    out = CurrencyRevenue()
+    if not isinstance(data, ReportData):
+        return out
+    for (vid, currency, counted), value in data.currency_groups.items():
+        out.add(vid, currency, value, counted)
+    for item in agg.attributed:
+        known = data.event_currencies.get(item.event.id)
+        if known is not None and item.event.kind == "purchase":
+            out.add(item.click.variation_id, *known)
+    return CurrencyRevenue(_in_cents(out.in_revenue), _in_cents(out.apart))
+
+
+def _in_cents(per_variation: PerCurrency) -> PerCurrency:
+    return {v: {c: money(x) for c, x in sorted(values.items())} for v, values in sorted(per_variation.items())}
+
+
+def currency_totals(per_variation: PerCurrency) -> dict[str, float]:
+    """Per-variation values per currency summed over the variations, to the cent."""
+    total: dict[str, float] = defaultdict(float)
+    for values in per_variation.values():
+        for currency, value in values.items():
+            total[currency] += value
+    return {c: money(x) for c, x in sorted(total.items())}
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -100,7 +189,7 @@ def _first_triggers(s: Session, campaign_id: str, ranges: Ranges, registry: bool
 
 def load(
     s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, window: timedelta
-) -> ReportInput:
+) -> ReportData:
     """The report input for users first triggered in [start, end): counters plus raw edges."""
     first_hour = hour_of(start) if start == hour_of(start) else hour_of(start) + HOUR
     last_hour = hour_of(end)
@@ -113,10 +202,13 @@ def load(
     return combine(parts)
 
 
-def combine(parts: Sequence[ReportInput]) -> ReportInput:
+def combine(parts: Sequence[ReportData]) -> ReportData:
     """Inputs of disjoint sets of users, added up."""
-    out = ReportInput(users={})
+    out = ReportData(users={}, currency=parts[0].currency if parts else None)
     for p in parts:
+        for key, value in p.currency_groups.items():
+            out.currency_groups[key] = out.currency_groups.get(key, 0.0) + value
+        out.event_currencies.update(p.event_currencies)
         pairs: list[tuple[dict[Any, int], dict[Any, int]]] = [
             (out.users, p.users), (out.channel_users, p.channel_users),
             (out.step_users, p.step_users), (out.click_users, p.click_users),
@@ -137,13 +229,14 @@ def combine(parts: Sequence[ReportInput]) -> ReportInput:
 
 def load_counters(
     s: Session, section_id: str, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
-) -> ReportInput:
+) -> ReportData:
     """Users first triggered in the whole hours [first_hour, last_hour), from the counters."""
+    currency = report_currency(s, section_id)
     r = ReportRollup
     in_range = (col(r.campaign_id) == campaign_id, col(r.cohort_hour) >= first_hour, col(r.cohort_hour) < last_hour)
     dims = (col(r.metric), col(r.variation_id), col(r.channel), col(r.step_index), col(r.day))
     rows = s.execute(sa_select(*dims, func.sum(col(r.n))).where(*in_range).group_by(*dims)).all()
-    inp = ReportInput(users={})
+    inp = ReportData(users={}, currency=currency)
     for metric, v, ch, step, day, n in rows:
         n = int(n)
         if metric == "users":
@@ -162,10 +255,13 @@ def load_counters(
             inp.step_users[(v, step)] = n
         elif metric == "click_users":
             inp.click_users[v] = n
-    attributed = s.execute(_attributed(s, section_id, campaign_id, first_hour, last_hour, window))
+    attributed = s.execute(_attributed(s, section_id, campaign_id, first_hour, last_hour, window, currency))
     for level, v, ch, step, kind, n, total, users, sumsq in attributed:
         if level == "d":  # purchase value per day: the day is in the channel column
             inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
+        elif level == "m":  # purchase value per currency (the channel column; null: none given)
+            counted = in_revenue(ch, currency)
+            inp.currency_groups[(v, ch or NO_CURRENCY, counted)] = float(total)
         else:
             group = AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq))
             inp.attributed_groups.append(group)
@@ -173,8 +269,9 @@ def load_counters(
 
 
 def _attributed(
-    s: Session, section_id: str, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta
-) -> Any:
+    s: Session, section_id: str, campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta,
+    currency: str | None,
+) -> Any:  # fmt: skip
     """Attribution of the cohorts' candidate rows, in SQL, as domain.reports.attribute does it.
 
     Each row already holds the buyer's last click before the event; the dedupe comes first, then
@@ -185,15 +282,21 @@ def _attributed(
     too: that keeps rows stored by a rebuild or an identity merge's recount (every event with a
     click before it) in line with the raw path. Then, per level (variation / variation and
     channel / variation and step) and kind: events, value, distinct buyers and the sum over
-    buyers of their value squared; and purchase value per UTC day. One statement: the kept rows
-    are a CTE the parts share.
+    buyers of their value squared; purchase value per UTC day; and purchase value per variation
+    and currency (level "m"). With a report `currency`, a purchase in another one adds 0 to the
+    first two (docs/reports.md, "Revenue and currencies"). One statement: the kept rows are a CTE
+    the parts share.
     """
     a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
+    full_value = finite_value_sql(a.value)
+    value = full_value if currency is None else case(
+        (a.currency.is_(None) | (a.currency == currency), full_value), else_=literal(0.0)
+    )  # fmt: skip
     dedupe = case((a.transaction_id.is_(None), literal("id:") + a.event_id), else_=literal("tx:") + a.transaction_id)
     first = func.row_number().over(partition_by=(a.kind, a.user_id, dedupe), order_by=(a.at, a.event_id))
     ranked = (
-        sa_select(a.user_id, a.kind, finite_value_sql(a.value).label("value"), a.at, a.variation_id, a.channel,
-                  a.step_index, a.lag_us, first.label("rn"))
+        sa_select(a.user_id, a.kind, value.label("value"), a.at, a.variation_id, a.channel,
+                  a.step_index, a.lag_us, first.label("rn"), a.currency, full_value.label("full_value"))
         .where(a.campaign_id == campaign_id, a.cohort_hour >= first_hour, a.cohort_hour < last_hour,
                ~earlier_event_of_transaction(section_id, a.user_id, a.kind, a.transaction_id, a.at, a.event_id))
         .subquery()
@@ -222,20 +325,26 @@ def _attributed(
                   literal(0), literal(0.0))
         .where(k.kind == "purchase").group_by(day)
     )  # fmt: skip
+    parts.append(
+        sa_select(literal("m"), k.variation_id, k.currency, literal(-1), literal("purchase"), func.count(),
+                  func.sum(k.full_value), literal(0), literal(0.0))
+        .where(k.kind == "purchase").group_by(k.variation_id, k.currency)
+    )  # fmt: skip
     return union_all(*parts)
 
 
 def load_raw(
     s: Session, section_id: str, campaign_id: str, start: datetime, end: datetime, *, registry: bool = False
-) -> ReportInput:
+) -> ReportData:
     """The report input computed from the raw tables (the reference implementation)."""
     return load_raw_ranges(s, section_id, campaign_id, [(start, end)], registry=registry)
 
 
 def load_raw_ranges(
     s: Session, section_id: str, campaign_id: str, ranges: Ranges, *, registry: bool = False
-) -> ReportInput:
+) -> ReportData:
     """`load_raw` for the users first triggered in any of the disjoint ranges."""
+    currency = report_currency(s, section_id)
     with _first_triggers(s, campaign_id, ranges, registry) as f:
         uid, first_at = f.c.user_id, f.c.first_at
         users = s.execute(
@@ -295,13 +404,16 @@ def load_raw_ranges(
         clickers = sa_select(col(TrackingHit.user_id)).where(*human, is_click).join(f, on_hit)
         events = s.execute(
             sa_select(col(Event.id), col(Event.user_id), col(Event.kind), col(Event.received_at), col(Event.value),
-                      col(Event.transaction_id), identified_sql())  # fmt: skip
+                      col(Event.transaction_id), identified_sql(), currency_sql(col(Event.data)))  # fmt: skip
             .join(f, uid == col(Event.user_id))
             .join(User, col(User.id) == col(Event.user_id), isouter=True)
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
                    col(Event.user_id).in_(clickers))  # fmt: skip
         ).all()
-    return ReportInput(
+    site_events, event_currencies = _site_events(events, currency)
+    return ReportData(
+        currency=currency,
+        event_currencies=event_currencies,
         users={v: int(n) for v, n in users},
         channel_users={(v, c): int(n) for v, c, n in channel_users},
         step_users={(v, i): int(n) for v, i, n in step_users},
@@ -310,8 +422,26 @@ def load_raw_ranges(
         hits=[HitGroup(v, c, i, k, int(n)) for v, c, i, k, n in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
-        events=[SiteEvent(i, u, k, at, finite_value(v), tx, bool(known)) for i, u, k, at, v, tx, known in events],
+        events=site_events,
     )
+
+
+def _site_events(
+    rows: Sequence[Any], currency: str | None
+) -> tuple[list[SiteEvent], dict[str, tuple[str, float, bool]]]:
+    """Raw purchase/add-to-cart rows as `SiteEvent`s, and each purchase's (currency, value, in revenue).
+
+    A purchase whose value the report `currency` keeps out of revenue reaches the maths as 0:
+    it still counts as a purchase, and its buyer as a buyer."""
+    events, currencies = [], {}
+    for i, u, k, at, v, tx, known, cur in rows:
+        value = finite_value(v)
+        if k == "purchase":
+            counted = in_revenue(cur, currency)
+            currencies[i] = (cur or NO_CURRENCY, value, counted)
+            value = value if counted else 0.0
+        events.append(SiteEvent(i, u, k, at, value, tx, bool(known)))
+    return events, currencies
 
 
 def _failure_groups(rows: Sequence[Any]) -> list[FailureGroup]:

@@ -52,6 +52,7 @@ def build_report(
     window = spec.settings.attribution_window
     data = q.load_raw(s, c.section_id, c.id, start, end) if raw else q.load(s, c.section_id, c.id, start, end, window)
     agg = aggregate(data, window)
+    by_currency = q.currency_revenue(data, agg)
     in_data = {*agg.variations, *(v for v, _ in agg.channels), *(v for v, _ in agg.steps)}
     defined = _definitions(s, c, spec, in_data)
     step_names = {(v.id, i): st.name for v in defined.values() for i, st in enumerate(v.steps)}
@@ -62,7 +63,9 @@ def build_report(
         table = (bucket or Bucket()).table()  # a variation nobody reached yet: every metric at 0
         known = defined.get(vid)
         name, control = (known.name, known.control) if known else (vid, False)
-        variations.append({"id": vid, "name": name, "control": control, **table})
+        variations.append({"id": vid, "name": name, "control": control, **table,
+                           "revenue_by_currency": by_currency.in_revenue.get(vid, {}),
+                           "revenue_other_currencies": by_currency.apart.get(vid, {})})  # fmt: skip
     channels = [
         {"variation_id": v, "channel": ch, **b.table()} for (v, ch), b in sorted(agg.channels.items())
     ]
@@ -76,19 +79,38 @@ def build_report(
     totals = {m: _total(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
     email = [ch for ch in channels if ch["channel"] == "email"]
     imp = sum(ch["metrics"]["impressions"]["count"] for ch in email)
+    summed = q.currency_totals(by_currency.in_revenue)
     body: dict[str, Any] = finite_only({
         "campaign": {"id": c.id, "name": c.name, "status": c.status, "primary_metric": metric,
                      "attribution_window_hours": window / timedelta(hours=1)},  # fmt: skip
         "range": {"from": start.isoformat(), "to": end.isoformat()},
         "totals": {"users_triggered": sum(data.users.values()), **totals,
-                   "ctr": (sum(ch["metrics"]["clicks"]["count"] for ch in email) / imp) if imp else None},  # fmt: skip
+                   "ctr": (sum(ch["metrics"]["clicks"]["count"] for ch in email) / imp) if imp else None,
+                   "revenue_by_currency": summed,
+                   "revenue_other_currencies": q.currency_totals(by_currency.apart)},  # fmt: skip
+        "revenue_currency": data.currency,
         "variations": variations,
         "channels": channels,
         "steps": steps,
         "winner": verdict,
         "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": agg.revenue_by_day},
+        "warnings": _currency_warnings(summed),
     }, where=f"campaign {c.id}")
     return body
+
+
+def _currency_warnings(summed: Mapping[str, float]) -> list[dict[str, Any]]:
+    """A warning when revenue adds up values of more than one currency (no report currency set:
+    Rejoin cannot convert). Purchases sent without a currency are not counted as one more."""
+    named = sorted(cur for cur in summed if cur != q.NO_CURRENCY)
+    if len(named) < 2:
+        return []
+    return [{
+        "code": "mixed_currencies",
+        "currencies": named,
+        "message": f"revenue adds up values in {', '.join(named)} as if they were one currency; "
+                   "set the section's report currency (PATCH /api/v1/section `currency`) to count one only",
+    }]  # fmt: skip
 
 
 def _total(counts: Iterable[float]) -> float | int:
@@ -266,7 +288,7 @@ def to_csv(body: dict[str, Any]) -> str:
     header = ["section", "variation", "variation_name", "channel", "step", "users", "ctr"]
     for m in METRIC_COLUMNS:
         header += [m, f"{m}_per_user"]
-    w.writerow(header)
+    w.writerow([*header, "revenue_by_currency", "revenue_other_currencies"])
     names = {v["id"]: v["name"] for v in body["variations"]}
 
     def row(section: str, r: dict[str, Any], vid: str, channel: str = "", step: str = "") -> None:
@@ -274,6 +296,7 @@ def to_csv(body: dict[str, Any]) -> str:
         for m in METRIC_COLUMNS:
             metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
             cells += [metric["count"], _rounded(metric["per_user"], 4)]
+        cells += [_per_currency(r.get("revenue_by_currency")), _per_currency(r.get("revenue_other_currencies"))]
         w.writerow([safe_cell(x) for x in cells])
 
     for v in body["variations"]:
@@ -283,6 +306,11 @@ def to_csv(body: dict[str, Any]) -> str:
     for st in body["steps"]:
         row("step", st, st["variation_id"], step=st["step_name"])
     return out.getvalue()
+
+
+def _per_currency(values: Mapping[str, float | None] | None) -> str:
+    """Purchase value per currency, compact: "EUR 4627.92; USD 776.34" (none: empty)."""
+    return "; ".join(f"{cur} {_shown(value, '{:.2f}')}" for cur, value in (values or {}).items())
 
 
 # --------------------------------------------------------------------------------- HTML
@@ -380,17 +408,24 @@ def to_html(body: dict[str, Any]) -> str:
             ("Purchases", str(t["purchases"])), ("Revenue", _shown(t["revenue"], "{:,.2f}")),
         ]
     )  # fmt: skip
+    currencies = "".join(
+        f"<p class=muted>Revenue by currency: {e(_per_currency(t[k]))}{e(note)}</p>"
+        for k, note in (("revenue_by_currency", ""), ("revenue_other_currencies", " (not in revenue)"))
+        if t.get(k)
+    )  # fmt: skip
+    warnings = "".join(f"<p class=warning>{e(str(w_.get('message', '')))}</p>" for w_ in body.get("warnings", []))
     style = """body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}
 h1{margin:0}small,.muted{color:#666}.kpis{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}
 .kpi{background:#f4f6fb;border-radius:8px;padding:.6rem 1rem;min-width:120px}.kpi span{display:block;color:#555;font-size:12px}
 .kpi b{font-size:20px}table{border-collapse:collapse;margin:.5rem 0 1.5rem;width:100%}
 th,td{border-bottom:1px solid #e3e3e3;padding:.35rem .5rem;text-align:right}th:first-child,td:first-child{text-align:left}
-figure{margin:1rem 0}svg{width:100%;max-width:640px;font-size:10px;fill:#555}.verdict{font-size:16px;margin:.5rem 0}"""
+figure{margin:1rem 0}svg{width:100%;max-width:640px;font-size:10px;fill:#555}.verdict{font-size:16px;margin:.5rem 0}
+.warning{background:#fff4e0;border-left:4px solid #d58b3b;padding:.4rem .8rem}"""
     return f"""<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(c['name'])} – report</title>
 <style>{style}</style></head><body>
 <h1>{e(c['name'])}</h1><p class=muted>{e(body['range']['from'])} → {e(body['range']['to'])} · primary metric: {e(metric)}
 · attribution window {window_hours} h · users counted when they first triggered in this range</p>
-<div class=kpis>{kpis}</div>
+<div class=kpis>{kpis}</div>{currencies}{warnings}
 <h2>Winner</h2><p class=verdict>{verdict}</p>
 <table><thead><tr><th>Variation</th><th>Probability to be best</th><th>Uplift vs baseline (95% interval)</th></tr></thead>
 <tbody>{prob_rows}</tbody></table>

@@ -20,6 +20,7 @@ from api.deps import Admin, Management, StateDep
 from api.errors import Conflict, NotFound
 from domain.tracking import safe_target, valid_domain
 from security.api_keys import new_key
+from store import reports as report_store
 from store import section_links
 from store.engine import Store
 from store.section_links import LinkSettings
@@ -75,6 +76,21 @@ class SectionPatch(SectionLinksIn):
     global_cap_messages: int | None = Field(
         None, ge=1, le=1000, description="Override of the global cap; null: the deployment's REJOIN_GLOBAL_CAP_MESSAGES"
     )
+    currency: str | None = Field(
+        None,
+        description="ISO 4217 code revenue is reported in (docs/reports.md); null: every purchase's value adds up",
+    )
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str | None) -> str | None:
+        # Three letters is all Rejoin can check offline (no list of codes, no exchange rates).
+        if v is None:
+            return None
+        code = v.strip().upper()
+        if len(code) != 3 or not code.isascii() or not code.isalpha():
+            raise ValueError("must be an ISO 4217 currency code: three letters, such as EUR")
+        return code
 
 
 class SectionPublic(BaseModel):
@@ -85,6 +101,7 @@ class SectionPublic(BaseModel):
     fallback_url: str | None = None
     link_domains: list[str] = Field(default_factory=list)
     legacy_section_id: str | None = None
+    currency: str | None = None  # the report currency (PATCH /section)
 
 
 class KeyCreated(BaseModel):
@@ -121,7 +138,8 @@ def _issue(s: Session, section_id: str, kind: str, label: str = "") -> KeyCreate
 
 def _public(s: Session, section: Section) -> SectionPublic:
     links = section_links.get(s, section.id)
-    return SectionPublic(**section.model_dump(), **asdict(links))
+    currency = report_store.report_currency(s, section.id)
+    return SectionPublic(**section.model_dump(), **asdict(links), currency=currency)
 
 
 def _set_links(s: Session, section_id: str, body: SectionLinksIn) -> None:
@@ -174,8 +192,9 @@ def get_own_section(principal: Management, state: StateDep) -> SectionPublic:
 
 @router.patch("/section")
 def patch_own_section(body: SectionPatch, principal: Management, state: StateDep) -> SectionPublic:
-    """Change the section's link settings and global cap; fields left out keep their value, null
-    clears one. The next send decision reads the new cap."""
+    """Change the section's link settings, global cap and report currency; fields left out keep
+    their value, null clears one. The next send decision reads the new cap, the next report the
+    new currency (purchases already attributed included)."""
     with state.store.session() as s:
         section = s.get(Section, principal.section_id)
         assert section is not None
@@ -183,6 +202,8 @@ def patch_own_section(body: SectionPatch, principal: Management, state: StateDep
         if "global_cap_messages" in body.model_fields_set:
             section.global_cap_messages = body.global_cap_messages
             s.add(section)
+        if "currency" in body.model_fields_set:
+            report_store.save_report_currency(s, section.id, body.currency)
         s.flush()
         return _public(s, section)
 
