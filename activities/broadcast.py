@@ -114,7 +114,6 @@ class _Ready:
     send_key: str
     journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
-    step_name: str = ""  # the run's one step, as the recipient's decisions name it
 
 
 class BroadcastActivities:
@@ -440,7 +439,7 @@ class BroadcastActivities:
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
-                opt_in_id=r.opt_ins[channel].id, step_name=variation.steps[0].name,
+                opt_in_id=r.opt_ins[channel].id,
             )  # fmt: skip
 
     async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
@@ -528,8 +527,8 @@ def _record_provider_opt_out(s: Session, send: Send, ready: _Ready, detail: str)
     report counts provider opt-outs from it (`report_rollup.provider_opted_out`)."""
     decisions.record(
         s, key=f"{send.key}:outcome", journey_id=ready.journey_id, section_id=send.section_id, user_id=send.user_id,
-        step_index=send.step_index, step_name=ready.step_name, outcome="failed", at=now_utc(), reason=detail[:200],
-        channel=send.channel, detail={"provider_status": send.provider_status, "opted_out": PROVIDER_OPT_OUT},
+        step_index=send.step_index, step_name=ready.message.step_name, outcome="failed", at=now_utc(),
+        reason=detail[:200], channel=send.channel, detail={"provider_status": send.provider_status, "opted_out": PROVIDER_OPT_OUT},
     )  # fmt: skip
 
 

@@ -385,9 +385,8 @@ def exits_awaiting_start(store: Store, workflow_ids: list[str]) -> bool:
     """Whether an exit that found no running journey (`Dispatched.exits_unmet`) must wait: the
     store still has the journey active, so its workflow has not started yet (another request's
     trigger is on its way to Temporal) rather than ended (a journey's row ends before its
-    workflow does). Dropping that exit sent every step after the purchase meant to stop them."""
-    if not workflow_ids:
-        return False
+    workflow does). Dropping that exit sent every step after the purchase meant to stop them.
+    Callers skip it (and its thread hop) when every exit reached its journey."""
     with store.session() as s:
         active = s.exec(
             select(Journey.id)
@@ -466,7 +465,7 @@ async def _replay(state: AppState, client: Client, ev: Event) -> bool:
             unrun.append(journey_id)
     done = await dispatch_all(client, state.settings.task_queue, cmds)
     await asyncio.to_thread(withdraw_enrollments, state.store, unrun + done.unstarted)
-    if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
+    if bool(done.exits_unmet) and await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
         if ev.received_at > now_utc() - EXIT_WAITS_FOR_START:
             return False  # the next round tries again; the exit is not dropped
         log.warning("event %s: exit given up, its journey did not start within %s", ev.id, EXIT_WAITS_FOR_START)

@@ -52,9 +52,8 @@ class Dispatched:
     exits_unmet: list[str] = field(default_factory=list)
 
 
-async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand, out: Dispatched | None = None) -> None:
+async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand, out: Dispatched) -> None:
     """Send one command; what the caller must act on goes to `out` (`Dispatched`)."""
-    out = out if out is not None else Dispatched()
     if cmd.action == "exit":
         if not await exit_journey(client, cmd.workflow_id, _exit_signal(cmd)):
             out.exits_unmet.append(cmd.workflow_id)

@@ -155,20 +155,12 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        from store.report_rollup import (  # imports the table modules
-            count_old_failures_once,
-            fill_attribution_currency_once,
-            rebuild_if_empty,
-        )
+        from store.report_rollup import migrate_reports  # imports the table modules this one registers
 
         with schema_lock(self.engine):  # one process at a time makes or upgrades the schema
             create_schema(self.engine)
             with self.session() as s:
-                rebuild_if_empty(s)  # a deployment from before the report pre-aggregation
-            with self.session() as s:
-                count_old_failures_once(s)  # a deployment from before the failure counters
-            with self.session() as s:
-                fill_attribution_currency_once(s)  # attributions stored before their currency
+                migrate_reports(s)  # report data stored before the pre-aggregation or a later column
 
     @contextmanager
     def session(self) -> Iterator[Session]:

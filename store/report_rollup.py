@@ -514,37 +514,53 @@ _MIGRATION_MARKER = {
     "campaign_id": "", "cohort_hour": datetime(1970, 1, 1, tzinfo=UTC), "variation_id": "", "channel": "",
     "step_index": -1, "day": "", "n": 1,
 }  # fmt: skip
+# The failure counters came after sends had failed: campaigns with failed sends.
+_FAILURES = ("migrated_failed", select(col(Send.campaign_id)).where(col(Send.status) == FAILED).distinct())
+# Attributions stored before their `currency` column have none (read as "sent without one"):
+# campaigns with attributed purchases. One whose event retention already purged keeps none.
+_CURRENCIES = (
+    "migrated_ccy",
+    select(ATTRIBUTION.c.campaign_id).where(ATTRIBUTION.c.kind == "purchase").distinct(),
+)
+MIGRATIONS = (_FAILURES, _CURRENCIES)
 
 
-def _rebuild_once(s: Session, marker: str, campaigns: Any, what: str) -> int:
-    """Rebuild the campaigns `campaigns` (a query of campaign ids) selects, unless the migration
-    `marker` ran already; then mark it. Returns the number of campaigns rebuilt."""
-    done = select(literal(1)).select_from(ROLLUP).where(ROLLUP.c.campaign_id == "", ROLLUP.c.metric == marker)
-    if s.execute(done.limit(1)).first() is not None:
-        return 0
-    campaign_ids = list(s.execute(campaigns).scalars().all())
-    n = rebuild(s, campaign_ids) if campaign_ids else 0
-    s.execute(ROLLUP.insert().values(**_MIGRATION_MARKER, metric=marker))
+def migrate_reports(s: Session) -> int:
+    """Startup: a deployment from before the pre-aggregation is rebuilt whole (`rebuild_if_empty`),
+    then every migration not yet run in one rebuild, so a campaign several concern (or that was
+    just rebuilt whole) is rebuilt once. Returns the number of campaigns rebuilt."""
+    whole = rebuild_if_empty(s)
+    return whole + _rebuild_once(s, MIGRATIONS, rebuilt=whole > 0)
+
+
+def _rebuild_once(s: Session, migrations: Sequence[tuple[str, Any]], *, rebuilt: bool = False) -> int:
+    """Rebuild the campaigns the migrations not yet run select (their queries of campaign ids),
+    each once, unless `rebuilt` (everything was just rebuilt); then mark those migrations run."""
+    pending = [(marker, campaigns) for marker, campaigns in migrations if not _ran(s, marker)]
+    campaign_ids: set[str] = set()
+    for _, campaigns in [] if rebuilt else pending:
+        campaign_ids.update(s.execute(campaigns).scalars().all())
+    n = rebuild(s, sorted(campaign_ids)) if campaign_ids else 0
+    for marker, _ in pending:
+        s.execute(ROLLUP.insert().values(**_MIGRATION_MARKER, metric=marker))
     if n:
-        log.info("%s for %d campaigns", what, n)
+        log.info("reports rebuilt for %d campaigns (%s)", n, ", ".join(m for m, _ in pending))
     return n
 
 
+def _ran(s: Session, marker: str) -> bool:
+    done = select(literal(1)).select_from(ROLLUP).where(ROLLUP.c.campaign_id == "", ROLLUP.c.metric == marker)
+    return s.execute(done.limit(1)).first() is not None
+
+
 def count_old_failures_once(s: Session) -> int:
-    """Startup migration: the `failed` / `opt_outs` counters came after sends had failed; rebuild
-    the campaigns that have failed sends, once, so whole-hour reports count them as the raw edges
-    do. Returns the number of campaigns rebuilt."""
-    failed = select(col(Send.campaign_id)).where(col(Send.status) == FAILED).distinct()
-    return _rebuild_once(s, "migrated_failed", failed, "report failure counters filled")
+    """The failure-counter migration alone (`migrate_reports` runs it with the others)."""
+    return _rebuild_once(s, [_FAILURES])
 
 
 def fill_attribution_currency_once(s: Session) -> int:
-    """Startup migration: attributions stored before the `currency` column have none, which a
-    report would read as "sent without a currency"; rebuild the campaigns that have attributed
-    purchases, once, so each gets its event's currency. An attribution whose event retention
-    already purged keeps none. Returns the number of campaigns rebuilt."""
-    bought = select(ATTRIBUTION.c.campaign_id).where(ATTRIBUTION.c.kind == "purchase").distinct()
-    return _rebuild_once(s, "migrated_ccy", bought, "report attribution currencies filled")
+    """The attribution-currency migration alone (`migrate_reports` runs it with the others)."""
+    return _rebuild_once(s, [_CURRENCIES])
 
 
 def _rebuild_cohorts(s: Session, cid: str, users: Sequence[str] | None = None) -> None:

@@ -79,7 +79,7 @@ class ReportAttribution(SQLModel, table=True):
     # The purchase's `currency` as sent (upper case; None: none given). Revenue adds up the values
     # the section's report currency lets in, read when reporting (ReportSettings, docs/reports.md
     # "Revenue and currencies"). Rows stored before this column are filled once at start-up
-    # (store/report_rollup.py, `fill_attribution_currency_once`).
+    # (store/report_rollup.py, `migrate_reports`).
     currency: str | None = Field(default=None, max_length=8)
 
 

@@ -37,7 +37,7 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
             done = await dispatch_all(await state.client(), state.settings.task_queue, result.commands)
             if done.unstarted:  # rare: a concurrent request's trigger started the person's journey first
                 await asyncio.to_thread(withdraw_enrollments, state.store, done.unstarted)
-            if await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
+            if bool(done.exits_unmet) and await asyncio.to_thread(exits_awaiting_start, state.store, done.exits_unmet):
                 # A concurrent request's trigger has not started the journey yet: the sweeper
                 # replays this exit after it (a dropped exit sent the reminders after the purchase).
                 await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)

@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
 from store import report_rollup
@@ -126,13 +128,7 @@ async def test_sends_failed_before_the_failure_counters_are_counted_once_at_star
 ) -> None:  # fmt: skip
     """A deployment from before the failure counters has failed sends and no `failed` rows: the
     startup migration rebuilds those campaigns once (a marker row), and whole hours count them."""
-    path = "/esp/" + secrets.token_hex(4)
-    fresh_provider.default(path, Reply(400, {"error": "invalid recipient"}))
-    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
-    cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
-    dyid, uid = await reachable_user(api, section)
-    await collect(api, section, dyid, add_to_cart("sku-1"))
-    await journey_result(env.client, section, cid, uid)
+    cid = await _campaign_with_one_failed_send(api, env, section, fresh_provider)
     rollup = report_rollup.ROLLUP
     with store.session() as s:  # as the counters were before this version: no failure rows, no marker
         s.execute(rollup.delete().where(rollup.c.metric.in_(("failed", "opt_outs", "migrated_failed"))))
@@ -149,3 +145,45 @@ async def test_sends_failed_before_the_failure_counters_are_counted_once_at_star
     assert await failed() == 1
     with store.session() as s:
         assert report_rollup.count_old_failures_once(s) == 0  # once per database
+
+
+async def test_the_start_up_migrations_run_once_in_one_rebuild(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, section: SectionKeys,
+    fresh_provider: ProviderServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A campaign both migrations concern (a failed send; the markers gone, as before them) is
+    rebuilt once, both markers are written, and the next start rebuilds nothing."""
+    cid = await _campaign_with_one_failed_send(api, env, section, fresh_provider)
+    rollup = report_rollup.ROLLUP
+    with store.session() as s:
+        s.execute(rollup.delete().where(rollup.c.metric.in_(("migrated_failed", "migrated_ccy"))))
+    rebuilt: list[list[str]] = []
+    real = report_rollup.rebuild
+
+    def counting(s: Any, campaign_ids: Any = None) -> int:
+        rebuilt.append(list(campaign_ids or []))
+        return real(s, campaign_ids)
+
+    monkeypatch.setattr(report_rollup, "rebuild", counting)
+    with store.session() as s:
+        assert report_rollup.migrate_reports(s) >= 1
+    with store.session() as s:
+        assert report_rollup.migrate_reports(s) == 0
+    assert len(rebuilt) == 1 and rebuilt[0].count(cid) == 1, rebuilt
+    with store.session() as s:
+        markers = s.execute(select(rollup.c.metric).where(rollup.c.campaign_id == "")).scalars().all()
+        assert {"migrated_failed", "migrated_ccy"} <= set(markers)
+
+
+async def _campaign_with_one_failed_send(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, provider: ProviderServer
+) -> str:
+    """A campaign whose one journey's send the provider refused for good (400); its id."""
+    path = "/esp/" + secrets.token_hex(4)
+    provider.default(path, Reply(400, {"error": "invalid recipient"}))
+    await add_integration(api, section, kind="custom_http", config={"url": provider.url(path)})
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
+    dyid, uid = await reachable_user(api, section)
+    await collect(api, section, dyid, add_to_cart("sku-1"))
+    await journey_result(env.client, section, cid, uid)
+    return cid
