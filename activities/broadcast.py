@@ -32,7 +32,7 @@ from domain.campaign import CampaignSpec, CampaignType, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from domain.identifiers import stored_phone_as_e164
+from domain.identifiers import sendable_recipient
 from domain.render import MissingRequired
 from domain.tracking import Signer
 from providers import secret_fields
@@ -404,9 +404,7 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", verdict.explained, channel)
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
-            recipient = self.box.decrypt(r.opt_ins[channel].value_enc)
-            if channel == "sms":
-                recipient = stored_phone_as_e164(recipient)
+            recipient = sendable_recipient(channel, self.box.decrypt(r.opt_ins[channel].value_enc))
             try:
                 # The same rendering as journeys: templates, tracking links, feeds, localization.
                 payload = compose_payload(

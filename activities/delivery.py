@@ -25,7 +25,7 @@ from activities.provider_retry import retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
-from domain.identifiers import stored_phone_as_e164
+from domain.identifiers import sendable_recipient
 from domain.matching import product_record
 from domain.render import MissingRequired, RenderContext, refs_in, render_payload
 from domain.tracking import Linker, Signer
@@ -220,9 +220,7 @@ class Delivery:
         opt_in = step_reach.opt_ins.get(req.channel)
         if opt_in is None:
             return None, step.name, variation.id, None
-        recipient = self.secrets.decrypt(opt_in.value_enc)
-        if req.channel == "sms":
-            recipient = stored_phone_as_e164(recipient)
+        recipient = sendable_recipient(req.channel, self.secrets.decrypt(opt_in.value_enc))
         try:
             payload = compose_payload(
                 s,

@@ -44,6 +44,12 @@ def stored_phone_as_e164(value: str) -> str:
     return "+" + value if _BARE_PHONE_DIGITS.match(value) else value
 
 
+def sendable_recipient(channel: str, stored: str) -> str:
+    """A decrypted opt-in value as a vendor takes it: SMS phones in E.164, others as stored.
+    Journeys' sends and batched runs both read recipients through this."""
+    return stored_phone_as_e164(stored) if channel == "sms" else stored
+
+
 def check_web_push_subscription(value: str, *, allow_http: bool = False) -> None:
     """`ValueError` unless `value` is a browser's PushSubscription JSON: an https `endpoint`, and
     `keys.p256dh` and `keys.auth` in base64url. `allow_http` admits an http endpoint (local push

@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
-from domain.identifiers import stored_phone_as_e164
+from domain.identifiers import sendable_recipient, stored_phone_as_e164
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
@@ -33,6 +33,11 @@ from tests.helpers import (
 )
 def test_stored_phone_as_e164(stored: str, sent: str) -> None:
     assert stored_phone_as_e164(stored) == sent
+
+
+def test_only_sms_recipients_gain_a_plus() -> None:
+    assert sendable_recipient("sms", "15551230000") == "+15551230000"
+    assert sendable_recipient("app_push", "15551230000") == "15551230000"
 
 
 async def test_a_journey_sends_a_bare_digits_phone_with_its_plus(
