@@ -160,8 +160,14 @@ def _range(
     c: Campaign, start: datetime | None, end: datetime | None, given_in: str = "query"
 ) -> tuple[datetime, datetime]:
     """The report's [from, to): defaults filled in; `given_in` ("query" or "body") locates a refusal."""
-    start = start or c.created_at
     end = end or now_utc() + timedelta(seconds=1)
+    if start is None and end <= c.created_at:
+        # 'from' defaults to the campaign's creation; say so, or the refusal names a value never given.
+        raise Unprocessable(
+            f"'to' must be after the campaign's creation ({c.created_at.isoformat()}), the default 'from'",
+            field=f"{given_in}.to",
+        )
+    start = start or c.created_at
     if end <= start:
         raise Unprocessable("'to' must be after 'from'", field=f"{given_in}.to")
     return start, end

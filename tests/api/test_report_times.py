@@ -23,6 +23,9 @@ async def test_report_ranges_are_refused_at_their_field(api: httpx.AsyncClient, 
     assert _loc(await query(**{"from": "2026-12-06T00:00:00Z", "to": "2026-12-07T00:00:00"})) == ["query", "to"]
     assert _loc(await query(**{"from": "2026-12-06T00:00:00", "to": "2026-12-07T00:00:00Z"})) == ["query", "from"]
     assert _loc(await query(**{"from": "2026-12-07T00:00:00Z", "to": "2026-12-06T00:00:00Z"})) == ["query", "to"]
+    # Without 'from', a 'to' before the campaign existed names the default it fell before.
+    r = await query(to="2020-01-01T00:00:00Z")
+    assert _loc(r) == ["query", "to"] and "campaign's creation" in r.json()["detail"][0]["msg"], r.text
     # Near the ends of the datetime range: the hour rounding used to overflow into a 500.
     assert _loc(await query(**{"from": "9999-12-31T23:30:00Z", "to": "9999-12-31T23:59:00Z"})) == ["query", "from"]
     assert _loc(await query(to="9999-12-31T23:59:59-14:00")) == ["query", "to"]
