@@ -67,6 +67,13 @@ def _taken_port(settings: Settings) -> str | None:
     return None
 
 
+def _refuse_taken_ports(settings: Settings) -> None:
+    """Exit (before anything is created) if `rejoin dev` cannot have its ports."""
+    taken = _taken_port(settings)
+    if taken is not None:
+        sys.exit(f"rejoin dev: {taken}")
+
+
 async def _watch_server(proc: subprocess.Popen[bytes], stop: asyncio.Event, failed: list[str]) -> None:
     """Stop everything if the dev server dies: the worker would otherwise retry a dead address forever."""
     while not stop.is_set():
@@ -82,9 +89,6 @@ async def _dev(settings: Settings) -> None:
     from runtime.dev_server import start_dev_server, wait_until_serving
     from worker import run_worker_until
 
-    taken = _taken_port(settings)
-    if taken is not None:
-        sys.exit(f"rejoin dev: {taken}")
     parts = urlsplit(f"//{settings.temporal_address}")
     ui_port = urlsplit(settings.temporal_ui_url).port or 8233
     db_file = settings.data_dir.resolve() / "temporal.db"
@@ -195,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging()  # PII masked and no request URLs (push tokens) at INFO, for every command
     settings = Settings()
+    if args.command == "dev":  # before the key files: a refused start leaves a fresh data folder untouched
+        _refuse_taken_ports(settings)
     if args.command != "rotate-secrets":  # rotating under a key made up on the spot would be nonsense
         settings.secret_keys  # noqa: B018  (creates the key file on first run, before any process needs it)
     settings.effective_admin_key  # noqa: B018

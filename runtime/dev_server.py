@@ -98,7 +98,8 @@ def start_dev_server(
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # databases hold PII: owner only
     preexec = _die_with_parent() if die_with_parent else None
-    return subprocess.Popen(dev_server_args(db_file, port, ui_port), preexec_fn=preexec)
+    # umask 077: the server creates its database (and -wal, -shm) 644 otherwise, readable by every local user.
+    return subprocess.Popen(dev_server_args(db_file, port, ui_port), preexec_fn=preexec, umask=0o077)
 
 
 async def wait_until_serving(

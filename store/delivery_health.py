@@ -4,7 +4,9 @@ The report counts send requests (docs/reports.md); an operator also needs to see
 them failed, are still being retried, or may have reached the recipient twice, and the
 provider's reasons, to tell a broken integration from a few bad addresses. Read from `Send`
 over `ix_send_campaign` (campaign, created_at): test users' sends are real provider calls and
-are counted, marked apart.
+are counted, but always apart (`test_users`, `test_users_possible_duplicates`,
+`test_user_failure_reasons`): a tester's deliberately bad address must not look like a broken
+integration, nor hide one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlmodel import Session, col
 
 from security.redact import mask
@@ -27,13 +29,31 @@ _REASONS_READ = 200
 
 
 def delivery_summary(s: Session, campaign_id: str, start: datetime, end: datetime) -> dict[str, Any]:
-    """Counts of the campaign's sends created in [start, end) and its most frequent failure reasons."""
+    """Counts of the campaign's sends created in [start, end) and its most frequent failure reasons,
+    test users' sends apart from the real figures."""
     in_range = (
         col(Send.campaign_id) == campaign_id,
         col(Send.created_at) >= start,
         col(Send.created_at) < end,
     )
-    is_test = func.coalesce(col(Journey.is_test), False)
+    return {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "channels": _channel_counts(s, in_range),
+        "failure_reasons": _failure_reasons(s, in_range, test=False),
+        "test_user_failure_reasons": _failure_reasons(s, in_range, test=True),
+    }
+
+
+def _is_test() -> ColumnElement[bool]:
+    """Whether a send is a test user's (its journey's flag; a send without a journey row is real)."""
+    return func.coalesce(col(Journey.is_test), False)
+
+
+def _channel_counts(s: Session, in_range: tuple[ColumnElement[bool], ...]) -> dict[str, dict[str, int]]:
+    """Per channel: real sends by status and `possible_duplicates`; test users' sends in `test_users`
+    and `test_users_possible_duplicates` only."""
+    is_test = _is_test()
     rows = s.execute(
         select(col(Send.channel), col(Send.status), col(Send.possible_duplicate), is_test, func.count())
         .outerjoin(Journey, col(Journey.id) == col(Send.journey_id))
@@ -45,11 +65,17 @@ def delivery_summary(s: Session, campaign_id: str, start: datetime, end: datetim
         counts = channels.setdefault(channel, defaultdict(int))
         counts["test_users" if test else status] += int(n)
         if duplicate:
-            counts["possible_duplicates"] += int(n)
+            counts["test_users_possible_duplicates" if test else "possible_duplicates"] += int(n)
+    return {ch: dict(sorted(c.items())) for ch, c in sorted(channels.items())}
+
+
+def _failure_reasons(s: Session, in_range: tuple[ColumnElement[bool], ...], test: bool) -> list[dict[str, Any]]:
+    """The most frequent reasons of the failed sends of test users (`test`) or of real users."""
     reason = func.substr(col(Send.provider_response), 1, REASON_CHARS)
     failed = s.execute(
         select(col(Send.channel), col(Send.provider_status), reason, func.count(), func.max(col(Send.updated_at)))
-        .where(*in_range, col(Send.status) == "failed")
+        .outerjoin(Journey, col(Journey.id) == col(Send.journey_id))
+        .where(*in_range, col(Send.status) == "failed", _is_test() == test)
         .group_by(col(Send.channel), col(Send.provider_status), reason)
         .order_by(func.count().desc())
         .limit(_REASONS_READ)
@@ -61,12 +87,7 @@ def delivery_summary(s: Session, campaign_id: str, start: datetime, end: datetim
         entry[0] += int(n)
         entry[1] = max(entry[1], last)
     top = sorted(merged.items(), key=lambda kv: -kv[1][0])[:TOP_REASONS]
-    return {
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        "channels": {ch: dict(sorted(c.items())) for ch, c in sorted(channels.items())},
-        "failure_reasons": [
-            {"channel": ch, "provider_status": ps, "reason": text, "count": n, "last_at": last.isoformat()}
-            for (ch, ps, text), (n, last) in top
-        ],
-    }
+    return [
+        {"channel": ch, "provider_status": ps, "reason": text, "count": n, "last_at": last.isoformat()}
+        for (ch, ps, text), (n, last) in top
+    ]

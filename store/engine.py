@@ -9,13 +9,15 @@ instead of waiting. PostgreSQL serialises the same sections with advisory locks
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -49,6 +51,7 @@ def normalise_url(url: str) -> str:
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
+        _create_private_file(url)
         # A pool of open connections: opening one per transaction (and re-running the PRAGMAs)
         # cost more than the transaction itself. Writers still serialise on BEGIN IMMEDIATE.
         engine = create_engine(
@@ -62,6 +65,21 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
         _ping_after_idle(engine)
     return engine
+
+
+def _create_private_file(url: str) -> None:
+    """Create a SQLite database file that does not exist yet with mode 600 before SQLite opens it.
+
+    SQLite would create it 644 (less the umask), readable by every local user, and it holds
+    PII. SQLite gives the -wal and -shm files it makes the database file's mode, so they are
+    owner only too. An existing file is left as it is (the operator may have chosen its mode);
+    in-memory databases have no file.
+    """
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # there already, or no such folder (SQLite says)
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _ping_after_idle(engine: Engine) -> None:

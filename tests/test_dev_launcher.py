@@ -76,6 +76,24 @@ def test_dev_refuses_a_port_in_use_and_names_it(
     assert "Rejoin is running" not in out
 
 
+@pytest.mark.parametrize("held", ["frontend", "api"])
+def test_a_refused_dev_start_leaves_a_fresh_data_folder_untouched(
+    held: str, ports: dict[str, int], listener: socket.socket, tmp_path: Path
+) -> None:
+    """No key files, no database: a first run refused for a held port made nothing to clean up."""
+    data = tmp_path / "data"
+    listener.bind(("127.0.0.1", ports[held]))
+    listener.listen()
+    code, out, err = finish(start(environment(data, **ports), "dev"), timeout=30)
+    assert code not in (0, None) and "is in use" in err, (code, out, err)
+    assert not data.exists() or sorted(p.name for p in data.iterdir()) == [], sorted(data.iterdir())
+
+
+def _modes(data: Path, database: str) -> dict[str, int]:
+    """The permission bits of a SQLite database file and its -wal/-shm companions (those present)."""
+    return {p.name: p.stat().st_mode & 0o777 for p in data.iterdir() if p.name.startswith(database)}
+
+
 def test_dev_fails_when_its_temporal_server_exits_during_start_up(ports: dict[str, int], tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "temporal.db").mkdir(parents=True)  # a database file the server cannot open: it exits at once
@@ -112,6 +130,8 @@ def test_the_temporal_server_dies_with_a_killed_rejoin_dev(ports: dict[str, int]
         server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(server) == 1, server
         assert data.stat().st_mode & 0o777 == 0o700  # the data folder holding temporal.db and rejoin.db
+        temporal = _modes(data, "temporal.db")  # the server's database (WAL): owner only, as Rejoin's
+        assert "temporal.db" in temporal and set(temporal.values()) == {0o600}, temporal
         proc.kill()  # SIGKILL: no chance to stop its children itself
         proc.wait()
         deadline = time.monotonic() + 15
@@ -144,3 +164,5 @@ def test_the_data_folder_rejoin_makes_is_the_owners_only(
     assert code == 0, err
     assert (data / "rejoin.db").exists()
     assert data.stat().st_mode & 0o777 == 0o700
+    database = _modes(data, "rejoin.db")  # it holds PII: owner only too, whatever the umask
+    assert "rejoin.db" in database and set(database.values()) == {0o600}, database

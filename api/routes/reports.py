@@ -217,8 +217,8 @@ def deliveries(
     end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
 ) -> dict[str, Any]:
     """Delivery health: the campaign's provider calls made in [from, to) by channel and status
-    (accepted, failed, in_flight, retrying; test users' apart; possible duplicates), and the most
-    frequent failure reasons, addresses masked."""
+    (accepted, failed, in_flight, retrying; possible duplicates), and the most frequent failure reasons,
+    addresses masked; test users' sends, their duplicates and failure reasons are counted apart."""
     with state.store.session() as s:
         c, _ = _campaign(s, principal.section_id, campaign_id)
         return delivery_summary(s, c.id, *_range(c, start, end))

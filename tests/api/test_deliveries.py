@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from temporalio.testing import WorkflowEnvironment
 
+from store.engine import Store
+from store.tables import Journey, Send
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -56,3 +58,48 @@ async def test_another_sections_campaign_and_bad_ranges_are_refused(
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "from"], r.text
     r = await api.get(f"/api/v1/campaigns/{cid}/deliveries", headers=section.mgmt)
     assert r.json()["channels"] == {} and r.json()["failure_reasons"] == []
+
+
+def _journey_with_sends(store: Store, section: SectionKeys, cid: str, is_test: bool, *sends: Send) -> None:
+    """A journey row (a test user's or not) and its sends, as the engine writes them."""
+    jid = "j_" + secrets.token_hex(6)
+    at = datetime.now(UTC) - timedelta(hours=1)
+    with store.session() as s:
+        s.add(Journey(id=jid, workflow_id="w", section_id=section.id, campaign_id=cid, campaign_version=1,
+                      user_id="usr_" + jid, variation_id="a", is_test=is_test, triggered_at=at))  # fmt: skip
+        for i, send in enumerate(sends):
+            send.key, send.journey_id, send.step_index, send.user_id = f"{jid}:{i}:email", jid, i, "usr_" + jid
+            send.section_id, send.campaign_id, send.created_at, send.updated_at = section.id, cid, at, at
+            s.add(send)
+
+
+def _send(status: str, duplicate: bool = False, reason: str | None = None) -> Send:
+    return Send(key="", journey_id="", section_id="", campaign_id="", variation_id="a", step_index=0,
+                channel="email", integration_id="i", user_id="", status=status, possible_duplicate=duplicate,
+                provider_status=400 if reason else 200, provider_response=reason,
+                created_at=datetime.now(UTC), updated_at=datetime.now(UTC))  # fmt: skip
+
+
+async def test_test_users_failures_and_duplicates_are_counted_apart(
+    api: httpx.AsyncClient, store: Store, section: SectionKeys
+) -> None:
+    """A test user's failed or possibly duplicated send is in the test users' figures only, like its count."""
+    cid = await create_campaign(api, section, cart_campaign(), activate=False)
+    _journey_with_sends(store, section, cid, False, _send("failed", reason='{"error": "mailbox full"}'),
+                        _send("accepted", duplicate=True))  # fmt: skip
+    _journey_with_sends(store, section, cid, True, _send("failed", reason='{"error": "bad tester address"}'),
+                        _send("failed", reason='{"error": "bad tester address"}'),
+                        _send("accepted", duplicate=True), _send("accepted", duplicate=True))  # fmt: skip
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat()}  # the sends are an hour old
+    r = await api.get(f"/api/v1/campaigns/{cid}/deliveries", params=window, headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["channels"] == {
+        "email": {"accepted": 1, "failed": 1, "possible_duplicates": 1, "test_users": 4,
+                  "test_users_possible_duplicates": 2}  # fmt: skip
+    }, body
+    assert [(x["reason"], x["count"]) for x in body["failure_reasons"]] == [('{"error": "mailbox full"}', 1)], body
+    assert [(x["reason"], x["count"]) for x in body["test_user_failure_reasons"]] == [
+        ('{"error": "bad tester address"}', 2)
+    ], body
