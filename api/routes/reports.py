@@ -27,6 +27,7 @@ from api.report_times import ReportTime, within_report_bounds
 from domain.campaign import CampaignSpec, Variation
 from domain.reports import METRICS, Bucket, aggregate, arms_for, money, winner
 from domain.tracking import Signer
+from store import report_links
 from store import reports as q
 from store.campaigns import load_spec
 from store.delivery_health import delivery_summary
@@ -238,11 +239,22 @@ def report_link(campaign_id: str, body: ReportLinkIn, principal: Management, sta
     with state.store.session() as s:
         c, _ = _campaign(s, principal.section_id, campaign_id)
         _range(c, body.start, body.end, given_in="body")
-    expires = now_utc() + timedelta(hours=body.valid_hours)
+    issued = now_utc()
+    expires = issued + timedelta(hours=body.valid_hours)
     data = {"c": campaign_id, "s": principal.section_id, "e": int(expires.timestamp()),
+            "i": int(issued.timestamp() * 1000),  # ms: a link made right after a revocation works
             "f": body.start.isoformat() if body.start else None, "t": body.end.isoformat() if body.end else None}  # fmt: skip
     token = Signer(state.settings.secret_keys).sign("r", data)
     return {"url": f"{state.settings.effective_public_url}/r/{token}", "expires_at": expires.isoformat()}
+
+
+@router.delete("/api/v1/campaigns/{campaign_id}/report-links")
+def revoke_report_links(campaign_id: str, principal: Management, state: StateDep) -> dict[str, str]:
+    """Revoke every report link of the campaign made so far; links made afterwards work."""
+    with state.store.session() as s:
+        _campaign(s, principal.section_id, campaign_id)
+        at = report_links.revoke(s, campaign_id)
+    return {"revoked_before": at.isoformat()}
 
 
 @router.get("/r/{token}", response_class=HTMLResponse, include_in_schema=False)
@@ -250,6 +262,10 @@ def shared_report(token: str, state: StateDep) -> HTMLResponse:
     data = Signer(state.settings.secret_keys).verify("r", token)
     if data is None or not isinstance(data.get("e"), int) or data["e"] < now_utc().timestamp():
         return HTMLResponse("This report link is not valid or has expired.", status_code=404)
+    issued = data.get("i") if isinstance(data.get("i"), int) else None
+    with state.store.session() as s:
+        if report_links.revoked(s, str(data["c"]), issued):
+            return HTMLResponse("This report link is not valid or has expired.", status_code=404)
     try:  # links signed before the bounds were checked may carry a range no report can take
         start, end = (within_report_bounds(datetime.fromisoformat(data[k])) if data.get(k) else None for k in "ft")
     except (TypeError, ValueError):
