@@ -22,7 +22,9 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import AppState
-from api.journeys import JourneyCommand, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment
+from api.journeys import (
+    ClosedRun, JourneyCommand, UnmetExit, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment,
+)  # fmt: skip
 from domain.allocation import allocate, keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
 from domain.conditions import matches
@@ -274,12 +276,20 @@ def _consent_withdrawn(running: dict[str, list[str]], event_id: str, told: set[s
     for campaign_id, workflow_ids in sorted(running.items()):
         for wid in sorted(set(workflow_ids) - told):
             told.add(wid)
-            out.append(
-                JourneyCommand(
-                    action="exit", workflow_id=wid, event_id=event_id, campaign_id=campaign_id, reason=CONSENT_WITHDRAWN
-                )
-            )
+            out.append(_exit(wid, event_id, campaign_id, CONSENT_WITHDRAWN, journey_active=True))
     return out
+
+
+def _exit(
+    workflow_id: str, event_id: str, campaign_id: str, reason: str, *, journey_active: bool,
+    skus: list[str] | None = None,
+) -> JourneyCommand:  # fmt: skip
+    """An exit command; `journey_active`: the store has the journey active (`running`), so an exit
+    that finds no workflow asks Temporal whether it closed (`JourneyCommand.journey_active`)."""
+    return JourneyCommand(
+        action="exit", workflow_id=workflow_id, event_id=event_id, campaign_id=campaign_id, reason=reason,
+        skus=skus or [], journey_active=journey_active,
+    )  # fmt: skip
 
 
 def _commands(
@@ -310,30 +320,13 @@ def _commands(
         active = running.get(campaign.id, [])
         wid = own if own in active or not active else sorted(active)[0]
         for dup in sorted(set(active) - {wid}):
-            out.append(
-                JourneyCommand(
-                    action="exit",
-                    workflow_id=dup,
-                    event_id=event_id,
-                    campaign_id=campaign.id,
-                    reason="merged_duplicate",
-                )
-            )
+            out.append(_exit(dup, event_id, campaign.id, "merged_duplicate", journey_active=True))
         reason = exit_reason(spec, ev, cart, catalog)
         if reason == CART_NO_LONGER_MATCHES and not active:
             reason = None  # most cart events of most users: no journey to tell, no signal to send
         if reason is not None:
             purchased = [i.sku for i in ev.cart or []]
-            out.append(
-                JourneyCommand(
-                    action="exit",
-                    workflow_id=wid,
-                    event_id=event_id,
-                    campaign_id=campaign.id,
-                    reason=reason,
-                    skus=purchased,
-                )
-            )
+            out.append(_exit(wid, event_id, campaign.id, reason, journey_active=bool(active), skus=purchased))
             continue
         # Without consent (missing or non-true active_consent_accepted) no journey starts;
         # exits above still apply, as they only ever send less.
@@ -381,19 +374,42 @@ def _commands(
 EXIT_WAITS_FOR_START = timedelta(hours=1)
 
 
-def exits_awaiting_start(store: Store, workflow_ids: list[str]) -> bool:
+def exits_awaiting_start(store: Store, unmet: list[UnmetExit]) -> bool:
     """Whether an exit that found no running journey (`Dispatched.exits_unmet`) must wait: the
     store still has the journey active, so its workflow has not started yet (another request's
     trigger is on its way to Temporal) rather than ended (a journey's row ends before its
     workflow does). Dropping that exit sent every step after the purchase meant to stop them.
-    Callers skip it (and its thread hop) when every exit reached its journey."""
+    Callers skip it (and its thread hop) when every exit reached its journey.
+
+    First, journeys whose workflow Temporal reports closed (`UnmetExit.closed`: terminated by an
+    operator, failed, timed out) are ended in the store: no start will come for them, and their
+    exit waiting an hour filled the sweeper's rounds. Their exit is met (no step runs any more)."""
     with store.session() as s:
+        for exit_ in unmet:
+            if exit_.closed is not None:
+                _end_closed_journey(s, exit_.workflow_id, exit_.closed)
         active = s.exec(
             select(Journey.id)
-            .where(col(Journey.workflow_id).in_(workflow_ids), Journey.status == "active")
+            .where(col(Journey.workflow_id).in_([u.workflow_id for u in unmet]), Journey.status == "active")
             .limit(1)
         ).first()
     return active is not None
+
+
+# The status of a journey whose workflow was closed outside Rejoin; its reason says how
+# ("workflow_terminated", "workflow_failed", "workflow_timed_out", "workflow_canceled"...).
+CLOSED_OUTSIDE = "exited"
+
+
+def _end_closed_journey(s: Session, workflow_id: str, closed: ClosedRun) -> None:
+    """End the row of the journey the closed run ran. A run that enrolled itself carries no journey
+    id: its row is left active (the exit waits, then is given up: EXIT_WAITS_FOR_START), as is a
+    newer journey of the same workflow id whose start is on its way (it has another id)."""
+    if closed.journey_id is None:
+        return
+    reason = f"workflow_{closed.status}"
+    if journey_rows.end_if_active(s, closed.journey_id, CLOSED_OUTSIDE, reason, now_utc()):
+        log.warning("journey %s ended (%s): workflow %s closed outside Rejoin", closed.journey_id, reason, workflow_id)
 
 
 def withdraw_enrollments(store: Store, journey_ids: list[str]) -> None:

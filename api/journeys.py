@@ -3,7 +3,8 @@
 Start and re-trigger are one call: signal-with-start on the journey's workflow id, so two
 concurrent triggers can never create two journeys. Exits signal the running journey; one that
 finds none is reported to the caller (`Dispatched.exits_unmet`), which tells a journey that has
-ended (normal) from one whose start is still on its way (the exit must wait for it).
+ended (normal) from one whose start is still on its way (the exit must wait for it) and from one
+whose workflow was closed outside Rejoin (terminated in the Temporal UI, failed: its row is ended).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -37,6 +38,30 @@ class JourneyCommand(BaseModel):
     skus: list[str] = []
     input: JourneyInput | None = None  # for triggers
     variation_id: str | None = None  # for triggers: the variation enroll will allocate, searchable from the start
+    # For exits: the store had the journey active when the event was accepted. Only such an exit
+    # that finds no running workflow asks Temporal why (`closed_run`): most exits find none because
+    # the person has no journey at all (every purchase sends one per cart campaign), and those must
+    # not pay a describe. False in commands stored before this field: they are not asked.
+    journey_active: bool = False
+
+
+@dataclass(frozen=True)
+class ClosedRun:
+    """The latest run of a workflow id, closed: how (`WorkflowExecutionStatus` name, lower case)
+    and the journey it ran (from its start input; None for a run that enrolled itself)."""
+
+    status: str
+    journey_id: str | None
+
+
+@dataclass(frozen=True)
+class UnmetExit:
+    """An exit that found no running journey. `closed`: the workflow id's latest run has closed
+    (asked only for exits of journeys the store had active: `JourneyCommand.journey_active`);
+    None when no run exists yet (a start on its way), or it was not asked."""
+
+    workflow_id: str
+    closed: ClosedRun | None = None
 
 
 @dataclass
@@ -46,17 +71,19 @@ class Dispatched:
     # Journeys enrolled at their trigger that never ran, because the trigger found another journey
     # of the person already running: the caller withdraws them (`store.journey_rows.withdraw`).
     unstarted: list[str] = field(default_factory=list)
-    # Workflow ids an exit found no running journey of: ended (normal), or not started yet because
-    # another request's trigger is still on its way, which the caller tells apart by the store
-    # (`api.ingestion.exits_awaiting_start`): such an exit must wait, not be dropped.
-    exits_unmet: list[str] = field(default_factory=list)
+    # Exits that found no running journey: ended (normal), not started yet because another
+    # request's trigger is still on its way, or closed outside Rejoin with its row still active;
+    # the caller tells them apart with the store (`api.ingestion.exits_awaiting_start`): an exit
+    # waiting for a start must wait, not be dropped.
+    exits_unmet: list[UnmetExit] = field(default_factory=list)
 
 
 async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand, out: Dispatched) -> None:
     """Send one command; what the caller must act on goes to `out` (`Dispatched`)."""
     if cmd.action == "exit":
         if not await exit_journey(client, cmd.workflow_id, _exit_signal(cmd)):
-            out.exits_unmet.append(cmd.workflow_id)
+            closed = await closed_run(client, cmd.workflow_id) if cmd.journey_active else None
+            out.exits_unmet.append(UnmetExit(cmd.workflow_id, closed))
         return
     assert cmd.input is not None
     # Test users' journeys too go through the plain client: their waits pass on the journey's own
@@ -236,6 +263,36 @@ async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> 
     return True
 
 
+async def _latest_run(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
+    """The workflow id's latest run, described; None if the id never ran."""
+    try:
+        return await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+# Statuses of a latest run that no start will follow by itself (CONTINUED_AS_NEW is never the latest).
+_CLOSED = (
+    WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED, WorkflowExecutionStatus.CANCELED,
+    WorkflowExecutionStatus.TERMINATED, WorkflowExecutionStatus.TIMED_OUT,
+)  # fmt: skip
+
+
+async def closed_run(client: Client, workflow_id: str) -> ClosedRun | None:
+    """The workflow id's latest run if it has closed; None if no run exists (a start still on its
+    way) or one runs (it started since the exit missed it: the sweeper's replay will reach it).
+
+    Two calls, only for an exit that found no workflow of a journey the store has active (rare):
+    the run's status, then the journey id its start input carries, since a person's journeys of a
+    campaign share the workflow id and the closed run may be an earlier journey's."""
+    desc = await _latest_run(client.get_workflow_handle(workflow_id))
+    if desc is None or desc.status not in _CLOSED:
+        return None
+    return ClosedRun(desc.status.name.lower(), await journey_id_of_run(client, workflow_id, desc.run_id))
+
+
 @dataclass(frozen=True)
 class AppliedTrigger:
     """A trigger the journey's ended latest run had already seen; `journey_id`: that run's journey."""
@@ -253,12 +310,9 @@ async def trigger_already_applied(client: Client, workflow_id: str, event_id: st
     continue-as-new chain, its signals the rest).
     """
     handle = client.get_workflow_handle(workflow_id)
-    try:
-        desc = await handle.describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+    desc = await _latest_run(handle)
+    if desc is None:
+        return None
     if desc.status == WorkflowExecutionStatus.RUNNING:
         return None  # the signal is harmless: the journey deduplicates by event id
     started: JourneyInput | None = None

@@ -35,6 +35,8 @@ _END = (
     .values(status=bindparam("new_status"), exit_reason=bindparam("reason"), ended_at=bindparam("at", type_=_j.ended_at.type))
     .returning(_j.section_id, _j.user_id)
 )
+# A journey still active only: an end recorded from outside its workflow must not overwrite its own.
+_END_ACTIVE = _END.where(_j.status == "active")
 _SENT = update(JOURNEY).where(_j.id == bindparam("journey_id")).values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type))
 # The last step's send: the journey's end recorded in the same statement (no finish step after it).
 _SENT_AND_COMPLETED = (
@@ -137,6 +139,13 @@ def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: d
     params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
     row = s.execute(_END, params).first()
     return (row.section_id, row.user_id) if row is not None else None
+
+
+def end_if_active(s: Session, journey_id: str, status: str, exit_reason: str, at: datetime) -> bool:
+    """Record the end of a journey whose workflow ended without recording it (closed outside Rejoin:
+    terminated in the Temporal UI, failed, timed out); True if the row was still active."""
+    params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
+    return s.execute(_END_ACTIVE, params).first() is not None
 
 
 def mark_sent(s: Session, journey_id: str, at: datetime, *, completes: bool = False) -> None:

@@ -8,11 +8,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import httpx
-import pytest
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
-from api import ingestion
 from api.deps import AppState
 from api.ingestion import accept, redispatch_pending
 from api.journeys import dispatch_all
@@ -28,7 +26,6 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
-    journey_handle,
     journey_result,
     outbox,
     purchase,
@@ -68,27 +65,3 @@ async def test_a_purchase_overtaking_the_starting_add_to_cart_still_exits_the_jo
     with store.session() as s:
         replayed = s.get(Event, purchase_event.id)
         assert replayed is not None and replayed.dispatched
-
-
-async def test_an_exit_for_a_journey_whose_workflow_never_comes_is_given_up_in_time(
-    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
-    """An operator terminated the journey in the Temporal UI: its row stays active and no workflow
-    will ever run. The purchase's exit waits, then is given up (EXIT_WAITS_FOR_START), so the
-    sweeper does not replay it for ever; the user's later events flow again."""
-    await add_integration(api, section)
-    cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
-    dyid, uid = await reachable_user(api, section)
-    await collect(api, section, dyid, add_to_cart("sku-1"))
-    await journey_handle(env.client, section, cid, uid).terminate("operator")
-    ack = await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
-    assert [w["code"] for w in ack["warnings"]] == ["DISPATCH_DEFERRED"], ack
-    state = AppState(settings=settings, store=store, temporal=env.client)
-    await redispatch_pending(state, older_than=timedelta(0))  # within the hour: still waiting
-    with store.session() as s:
-        assert not any(e.dispatched for e in s.exec(select(Event).where(Event.id.in_(ack["event_ids"]))))  # type: ignore[attr-defined]
-    monkeypatch.setattr(ingestion, "EXIT_WAITS_FOR_START", timedelta(0))
-    await redispatch_pending(state, older_than=timedelta(0))
-    with store.session() as s:
-        assert all(e.dispatched for e in s.exec(select(Event).where(Event.id.in_(ack["event_ids"]))))  # type: ignore[attr-defined]
