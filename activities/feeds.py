@@ -4,7 +4,8 @@
 accepted ones and records rejected lines, one transaction per batch, heartbeating the byte
 offset and header so a retried attempt resumes where the last committed batch ended. `apply`
 then updates products or users and records every changed value with its previous one, in ONE
-transaction: a feed is applied whole or not at all.
+transaction: a feed is applied whole or not at all. Once a sync of an uploaded file has ended,
+the feed's older uploads are deleted (`prune_uploads`), keeping the newest few.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func
@@ -33,7 +34,7 @@ from store import subscribers as staging
 from store.engine import Store
 from store.feed_tables import Feed, FeedRejection, FeedStage, FeedSync, ProductChange, UserAttributeChange
 from store.paging import keyset_pages
-from store.tables import Product, User
+from store.tables import Product, User, now_utc
 from store.users import by_cuid, new_user_id
 from workflows.feed_models import (
     FeedApplied,
@@ -47,6 +48,13 @@ from workflows.feed_models import (
 log = logging.getLogger(__name__)
 APPLY_CHUNK = 500
 DUPLICATE_EXAMPLES = 5  # keys seen twice named on the sync (the count covers them all)
+# Uploaded files of a feed kept after a sync ends: the newest ones may still be read (a sync begun
+# meanwhile, or retried), and operators look at the last files when a sync went wrong.
+KEEP_UPLOADS = 3
+# A file with no sync at all (its upload is still being written or its sync not begun yet; or the
+# workflow never started) is deleted only once this old: never under a sync about to read it.
+ORPHAN_AGE = timedelta(days=1)
+PRUNE_BATCH = 1000  # files deleted at most per ended sync (a backlog goes over the next syncs)
 
 
 class FeedActivities:
@@ -227,12 +235,18 @@ class FeedActivities:
     @activity.defn(name="feeds.apply")
     def apply(self, req: FeedFinishRequest) -> FeedApplied:
         """Apply the staged rows and record what changed, all in one transaction."""
+        applied = self._apply(req)
+        self._prune_after(req.sync_id)  # also on a retry after success: its first attempt may have died here
+        return applied
+
+    def _apply(self, req: FeedFinishRequest) -> FeedApplied:
         with self.store.session() as s:
             sync = s.get(FeedSync, req.sync_id)
             if sync is None:
                 raise ApplicationError("sync missing", type="NotFound", non_retryable=True)
             if sync.state != "running":
-                return FeedApplied(changes=sync.changes)  # a retry after success
+                # A retry after the first attempt committed: its outcome as recorded (refused included).
+                return FeedApplied(state=sync.state, changes=sync.changes, removed=sync.removed)
             feed = s.get(Feed, sync.feed_id)
             assert feed is not None
             gone: list[str] = []
@@ -263,11 +277,55 @@ class FeedActivities:
     def fail(self, req: FeedFinishRequest) -> None:
         with self.store.session() as s:
             sync = s.get(FeedSync, req.sync_id)
-            if sync is None or sync.state != "running":
-                return
-            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
-            _close(sync, req.result.state, req, 0)
-            s.add(sync)
+            if sync is not None and sync.state == "running":
+                s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
+                _close(sync, req.result.state, req, 0)
+                s.add(sync)
+        self._prune_after(req.sync_id)
+
+    def _prune_after(self, sync_id: str) -> None:
+        """Once an upload's sync has ended (committed, whatever its outcome), delete the feed's older uploads."""
+        with self.store.session() as s:
+            sync = s.get(FeedSync, sync_id)
+        if sync is not None and sync.object_key and sync.state != "running":
+            prune_uploads(self.store, objects.uploads(self.settings), sync.feed_id, sync.object_key)
+
+
+def prune_uploads(store: Store, uploads: objects.Uploads, feed_id: str, finished_key: str) -> None:
+    """Delete the feed's uploaded files older than `finished_key` (the file of a sync that just ended),
+    except the newest KEEP_UPLOADS and any file a sync still running (or retrying) reads. Best effort:
+    failures are logged, never raised (the sync has ended; the next one tries again)."""
+    try:
+        prefix = finished_key.rsplit("/", 1)[0] + "/"
+        listed = uploads.keys(prefix)
+        older = [k for k in listed[: max(0, len(listed) - KEEP_UPLOADS)] if k < finished_key][:PRUNE_BATCH]
+        stale = _ended_or_orphaned(store, feed_id, older, prefix)
+        failed = uploads.delete(stale) if stale else {}
+    except Exception:
+        log.warning("feed %s: the older uploaded files could not be deleted", feed_id, exc_info=True)
+        return
+    for key, why in failed.items():
+        log.warning("feed %s: could not delete the uploaded file %s: %s", feed_id, key, why)
+
+
+def _ended_or_orphaned(store: Store, feed_id: str, keys: list[str], prefix: str) -> list[str]:
+    """Of `keys` (in key order), those whose syncs all ended, and those no sync names that are older than
+    ORPHAN_AGE (keys begin with their upload time, `objects.upload_key`)."""
+    states: dict[str, set[str]] = {}
+    with store.session() as s:
+        for at in range(0, len(keys), APPLY_CHUNK):
+            rows = s.exec(
+                select(FeedSync.object_key, FeedSync.state).where(
+                    FeedSync.feed_id == feed_id, col(FeedSync.object_key).in_(keys[at : at + APPLY_CHUNK])
+                )
+            ).all()
+            for key, state in rows:
+                states.setdefault(str(key), set()).add(state)
+    orphan_before = prefix + (now_utc() - ORPHAN_AGE).strftime(objects.UPLOAD_TIME)
+    return [
+        k for k in keys
+        if (k in states and "running" not in states[k]) or (k not in states and k < orphan_before)
+    ]  # fmt: skip
 
 
 def _note_duplicate(p: FeedProgress, key: str) -> None:

@@ -15,6 +15,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -25,6 +26,8 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from settings import Settings
 
 CHUNK = 1 << 16
+UPLOAD_TIME = "%Y%m%dT%H%M%S"  # the upload time in a key: keys of one feed sort oldest first
+DELETE_BATCH = 1000  # keys per S3 DeleteObjects call (its limit)
 
 
 class ObjectStoreUnavailable(Exception):
@@ -41,6 +44,23 @@ class Uploads(Protocol):
     def put(self, key: str, body: IO[bytes]) -> None: ...
 
     def chunks(self, key: str, offset: int, chunk: int = CHUNK) -> AbstractContextManager[Iterator[bytes]]: ...
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every complete object under `prefix` (a folder ending with "/"), in key order."""
+        ...
+
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        """Delete `keys` (one already gone counts as deleted); returns the keys not deleted, with why."""
+        ...
+
+
+def upload_prefix(section_id: str, feed_id: str) -> str:
+    return f"feeds/{section_id}/{feed_id}/"
+
+
+def upload_key(section_id: str, feed_id: str, at: datetime) -> str:
+    """A key of its own for each upload, never rewritten: `feeds/<section>/<feed>/<time>-<random>.csv`."""
+    return f"{upload_prefix(section_id, feed_id)}{at.strftime(UPLOAD_TIME)}-{secrets.token_hex(3)}.csv"
 
 
 def uploads(settings: Settings) -> Uploads:
@@ -86,6 +106,28 @@ class S3Uploads:
         finally:
             body.close()
 
+    def keys(self, prefix: str) -> list[str]:
+        with reachable(self.settings):
+            pages = client(self.settings).get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return sorted(str(o["Key"]) for page in pages for o in page.get("Contents", []))
+
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        s3 = client(self.settings)
+        for at in range(0, len(keys), DELETE_BATCH):
+            batch = keys[at : at + DELETE_BATCH]
+            try:
+                with reachable(self.settings):
+                    answer = s3.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                    )
+            except ObjectStoreUnavailable as exc:
+                failed.update(dict.fromkeys(batch, str(exc)))
+                continue
+            for err in answer.get("Errors", []):
+                failed[str(err.get("Key"))] = f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip(": ")
+        return failed
+
 
 class LocalUploads:
     """Files under a directory, keyed like S3 objects (`feeds/<section>/<feed>/<name>.csv`)."""
@@ -127,6 +169,22 @@ class LocalUploads:
         with f:
             f.seek(offset)
             yield iter(lambda: f.read(chunk), b"")
+
+    def keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        # Dot files are uploads still being written (`put` renames them when complete).
+        return sorted(prefix + p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def delete(self, keys: list[str]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except (OSError, ValueError) as exc:
+                failed[key] = str(exc)
+        return failed
 
 
 def client(settings: Settings, service: str = "s3") -> Any:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete as sa_delete
+from sqlalchemy import exists as sa_exists
 from sqlalchemy import func
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -187,6 +188,19 @@ def active_size(s: Session, lst: SubscriberList) -> int:
         return loaded
     table = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
     return int(s.connection().execute(sa_select(func.count()).select_from(table)).scalar_one())
+
+
+def removed_count(s: Session, lst: SubscriberList, new_set: str) -> int:
+    """Rows of the list's active set whose identifier the set `new_set` (a loaded, indexed generation) does
+    not hold: what applying it would remove. One anti-join counted in the database (PostgreSQL: a hash
+    anti-join; SQLite: an index probe of `new_set` per row), never rows fetched into Python. The active
+    set may hold whole 32-byte hashes (written before keys were cut to KEY_BYTES): compared by prefix."""
+    if lst.active_generation is None:
+        return 0
+    old = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
+    new = subscriber_set(_checked(new_set))
+    listed = sa_exists().where(new.c.value_hash == func.substr(old.c.value_hash, 1, KEY_BYTES))
+    return int(s.connection().execute(sa_select(func.count()).select_from(old).where(~listed)).scalar_one())
 
 
 def force_refused(s: Session, lst: SubscriberList, now: datetime) -> list[str]:

@@ -205,9 +205,9 @@ async def upload_feed(
 ) -> SyncStarted:
     """Upload the feed's CSV (request body, streamed; never held whole in memory) and sync it."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
-    key = (
-        f"feeds/{feed.section_id}/{feed.id}/{now_utc().strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}.csv"
-    )
+    # A key of its own, never rewritten; the feed's older uploads are deleted once their syncs ended
+    # (activities/feeds.py: prune_uploads).
+    key = objects.upload_key(feed.section_id, feed.id, now_utc())
     with tempfile.SpooledTemporaryFile(max_size=UPLOAD_SPOOL) as spool:
         size = 0
         async for chunk in request.stream():
