@@ -68,14 +68,14 @@ SEED_SQL = [
                'accepted', 1, false, {SENT_AT}, {SENT_AT}
         FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0""",
     f"""INSERT INTO trackinghit (section_id, campaign_id, variation_id, step_index, channel, send_key, user_id, kind,
-                                 source, bot, at)
+                                 source, bot, first_of_send, at)
         SELECT 'sec', 'cmp', {VARIATION}, st.step, st.ch, 'j' || g || ':' || st.step, 'u' || g, 'impression', 'pixel',
-               false, {SENT_AT} + interval '5 minutes'
+               false, true, {SENT_AT} + interval '5 minutes'
         FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND {pct("st.step")} < 500""",
     f"""INSERT INTO trackinghit (section_id, campaign_id, variation_id, step_index, channel, send_key, user_id, kind,
-                                 source, bot, at)
+                                 source, bot, first_of_send, at)
         SELECT 'sec', 'cmp', {VARIATION}, st.step, st.ch, 'j' || g || ':' || st.step, 'u' || g, 'click', 'link',
-               {pct("5")} < 20, {SENT_AT} + interval '6 minutes'
+               {pct("5")} < 20, {pct("5")} >= 20, {SENT_AT} + interval '6 minutes'
         FROM generate_series(0::bigint, %(n)s - 1) g CROSS JOIN {STEPS} WHERE g % 10 <> 0 AND {pct("2 + st.step")} < 250""",
     # 3 events per user: ~5% buy (2 h after the trigger, after the first click), ~5% add to cart, the rest views.
     f"""INSERT INTO event (id, section_id, user_id, kind, name, data, consented, received_at, dispatched, deferred,

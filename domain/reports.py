@@ -8,6 +8,9 @@ Rules (docs/reports.md explains them with examples):
 - Variation metrics are normalized per unique user allocated to the variation; channel and
   step metrics per unique user actually sent on that channel / at that step. CTR is
   clicks / impressions on email only, never normalized.
+- Impressions and clicks count sends: a send opened (clicked) by a human, however many times,
+  is one impression (click). Every human hit is counted too, as total_impressions and
+  total_clicks. So CTR is clicked sends / opened sends and a reloaded pixel moves neither.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from numpy.typing import NDArray
 
 METRICS = (
     "send_requests", "failed_sends", "provider_opt_outs", "impressions", "clicks", "purchases", "revenue",
-    "add_to_carts",
+    "add_to_carts", "total_impressions", "total_clicks",
 )  # fmt: skip
+HIT_METRICS = {"impression": ("impressions", "total_impressions"), "click": ("clicks", "total_clicks")}
 MIN_USERS = 100  # per compared variation, before a winner may be declared
 MIN_CONVERSIONS = 10  # converting users over all compared variations
 WIN_PROBABILITY = 0.95
@@ -161,13 +165,20 @@ FAILURE_METRICS = {"failed": "failed_sends", "opt_out": "provider_opt_outs"}
 
 @dataclass(frozen=True)
 class HitGroup:
-    """Human hits of one (variation, channel, step, kind), counted in SQL."""
+    """Human hits of one (variation, channel, step, kind), counted in SQL: `count` the sends
+    opened / clicked (hits that were their send's first of the kind), `total` every human hit
+    (None: as many as `count`, one hit per send)."""
 
     variation_id: str
     channel: str
     step_index: int
     kind: Literal["click", "impression"]
     count: int
+    total: int | None = None
+
+    @property
+    def hits(self) -> int:
+        return self.count if self.total is None else self.total
 
 
 @dataclass(frozen=True)
@@ -243,11 +254,12 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
         for b in (variations[v], channels[(v, fg.channel)], steps[(v, fg.step_index)]):
             b.counts[failure] += fg.count
     for hg in inp.hits:
-        metric = "clicks" if hg.kind == "click" else "impressions"
+        per_send, total = HIT_METRICS[hg.kind]
         for b in (variations[hg.variation_id], channels[(hg.variation_id, hg.channel)], steps[(hg.variation_id, hg.step_index)]):
-            b.counts[metric] += hg.count
-            if hg.channel == "email":
-                if metric == "clicks":
+            b.counts[per_send] += hg.count
+            b.counts[total] += hg.hits
+            if hg.channel == "email":  # CTR: clicked sends / opened sends, so reloads move neither
+                if hg.kind == "click":
                     b.email_clicks += hg.count
                 else:
                     b.email_impressions += hg.count

@@ -124,14 +124,31 @@ def safe_target(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and "@" not in parts.netloc
 
 
-def bot_reason(*, method: str, user_agent: str | None, at: datetime, sent_at: datetime | None) -> str | None:
-    """Why a hit is not a human one (None: counted). Used for clicks and impressions alike."""
+# Apple Mail Privacy Protection loads every remote image of a message through Apple's proxy when
+# the message is delivered, whether or not anyone reads it, and names itself only "Mozilla/5.0".
+# No mail app or browser a person opens mail in sends that token alone (they add platform and
+# engine tokens), so such an open is the proxy's prefetch, not a reader.
+PRIVACY_PROXY_AGENT = "Mozilla/5.0"
+
+
+def privacy_proxy(*, method: str, kind: str, user_agent: str | None) -> bool:
+    """An open (pixel GET) by a mail privacy proxy prefetching images (Apple MPP)."""
+    return kind == "impression" and method.upper() == "GET" and (user_agent or "").strip() == PRIVACY_PROXY_AGENT
+
+
+def bot_reason(
+    *, method: str, user_agent: str | None, at: datetime, sent_at: datetime | None, kind: str = "click"
+) -> str | None:
+    """Why a hit is not a human one (None: counted). Used for clicks and impressions alike;
+    `kind` ("click" or "impression") only matters for privacy-proxy prefetches, which are opens."""
     if method.upper() == "HEAD":
         return "head_request"
     # Every browser and mail app names itself; a GET without a User-Agent is a script or a
     # scanner. (Push engagements arrive by POST from the shop's app or backend, often without one.)
     if method.upper() == "GET" and not (user_agent or "").strip():
         return "no_user_agent"
+    if privacy_proxy(method=method, kind=kind, user_agent=user_agent):
+        return "privacy_proxy"
     if user_agent and SCANNER_AGENTS.search(user_agent):
         return "scanner_user_agent"
     if sent_at is not None and at - sent_at < BOT_CLICK_DELAY:

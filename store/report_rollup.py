@@ -37,14 +37,16 @@ from sqlalchemy import (
     literal,
     select,
     union_all,
+    update,
 )
 from sqlmodel import Session, col
 
+from domain.tracking import PRIVACY_PROXY_AGENT
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
 from store.sends import SentMessage
 from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.tables import Campaign, Decision, Event, Journey, Send, User
-from store.tracking_tables import TrackingHit
+from store.tracking_tables import FIRST_OF_SEND, TrackingHit
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ FAILED = "failed"  # final: the provider refused the send for good, or its retri
 FAILED_METRIC, OPT_OUT_METRIC = "failed", "opt_outs"
 PROVIDER_OPT_OUT = "recipient_gone"  # the delivery decision's `opted_out` detail (activities/delivery.py)
 ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
+# Counter metrics of the sends opened / clicked by a human (their first human hit of the kind,
+# `first_of_send`): reports show these as impressions and clicks, and CTR divides them. The
+# `impression` and `click` counters keep every human hit (total_impressions, total_clicks).
+PER_SEND = {"impression": "send_impression", "click": "send_click"}
+PROXIED_SOURCES = ("pixel", "legacy")  # opens by an image GET (push impressions arrive by POST)
 ROLLUP = table_of(ReportRollup)
 COHORT = table_of(ReportCohort)
 ATTRIBUTION = table_of(ReportAttribution)
@@ -349,14 +356,21 @@ def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:
 
 
 def count_hit(s: Session, hit: TrackingHit) -> None:
-    """A human impression or click of a cohort user, on or after their first trigger."""
+    """A human impression or click: flag it when it is its send's first of its kind
+    (`first_of_send`, whoever's it is), then count it if it is a cohort user's, on or after their
+    first trigger: every human hit (`impression`, `click`) and the send's first (`send_impression`,
+    `send_click`: the opens and clicks reports show)."""
     if hit.bot:
         return
+    hit.first_of_send = not _send_has_first(s, hit)
     cohort = _cohort(s, hit.campaign_id, hit.user_id)
     if cohort is None or hit.at < cohort.first_at:
         return
     hour, v = cohort.cohort_hour, hit.variation_id
     bump(s, hit.campaign_id, hour, hit.kind, variation_id=v, channel=hit.channel, step_index=hit.step_index)
+    if hit.first_of_send:
+        bump(s, hit.campaign_id, hour, PER_SEND[hit.kind], variation_id=v, channel=hit.channel,
+             step_index=hit.step_index)  # fmt: skip
     if hit.kind != "click":
         return
     s.add(hit)
@@ -372,6 +386,18 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
     )
     if not s.execute(select(earlier)).scalar():
         bump(s, hit.campaign_id, hour, "click_users", variation_id=v)
+
+
+def _send_has_first(s: Session, hit: TrackingHit) -> bool:
+    """Whether the hit's send already has its first human hit of this kind (on `ux_hit_send_first`).
+
+    Two hits of one send recorded at once may both find none: the unique index then refuses the
+    second transaction, which the recorder retries (api/routes/tracking.py, `record_hit`)."""
+    with s.no_autoflush:  # the hit itself is not flushed yet: it never finds itself
+        query = select(literal(1)).where(
+            col(TrackingHit.send_key) == hit.send_key, col(TrackingHit.kind) == hit.kind, FIRST_OF_SEND
+        )
+        return s.execute(query.limit(1)).first() is not None
 
 
 def attributes(kind: str) -> bool:
@@ -522,13 +548,20 @@ _CURRENCIES = (
     "migrated_ccy",
     select(ATTRIBUTION.c.campaign_id).where(ATTRIBUTION.c.kind == "purchase").distinct(),
 )
-MIGRATIONS = (_FAILURES, _CURRENCIES)
+# Opens and clicks per send (`first_of_send`) and privacy-proxy opens came after hits were
+# recorded: the stored hits are first brought in line with the write path (`flag_stored_hits`),
+# then the campaigns with hits are rebuilt.
+_PER_SEND_HITS = ("migrated_opens", select(col(TrackingHit.campaign_id)).distinct())
+MIGRATIONS = (_FAILURES, _CURRENCIES, _PER_SEND_HITS)
 
 
 def migrate_reports(s: Session) -> int:
     """Startup: a deployment from before the pre-aggregation is rebuilt whole (`rebuild_if_empty`),
     then every migration not yet run in one rebuild, so a campaign several concern (or that was
-    just rebuilt whole) is rebuilt once. Returns the number of campaigns rebuilt."""
+    just rebuilt whole) is rebuilt once. Returns the number of campaigns rebuilt. Raw hits are
+    corrected before anything is rebuilt from them."""
+    if not _ran(s, _PER_SEND_HITS[0]):
+        flag_stored_hits(s)
     whole = rebuild_if_empty(s)
     return whole + _rebuild_once(s, MIGRATIONS, rebuilt=whole > 0)
 
@@ -551,6 +584,35 @@ def _rebuild_once(s: Session, migrations: Sequence[tuple[str, Any]], *, rebuilt:
 def _ran(s: Session, marker: str) -> bool:
     done = select(literal(1)).select_from(ROLLUP).where(ROLLUP.c.campaign_id == "", ROLLUP.c.metric == marker)
     return s.execute(done.limit(1)).first() is not None
+
+
+def flag_stored_hits(s: Session) -> None:
+    """Bring hits recorded before opens were counted per send in line with `count_hit`, set-based.
+
+    Opens a mail privacy proxy prefetched (pixel GETs named only "Mozilla/5.0") become bot hits
+    (`privacy_proxy`), as `domain.tracking.bot_reason` now records them; then the first human hit
+    (lowest id) of each kind on each send not yet having one is flagged `first_of_send`. One
+    grouped pass over the hits (no per-row lookup), once per database."""
+    hit = table_of(TrackingHit).c
+    proxied = (
+        hit.kind == "impression",
+        hit.bot.is_(False),
+        hit.source.in_(PROXIED_SOURCES),
+        func.trim(hit.user_agent) == PRIVACY_PROXY_AGENT,
+    )
+    values = {"bot": True, "bot_reason": "privacy_proxy", "first_of_send": False}
+    proxies = s.execute(update(TrackingHit).where(*proxied).values(values)).rowcount  # type: ignore[attr-defined]
+    flagged = case((hit.first_of_send.is_(True), 1), else_=0)
+    firsts = (
+        select(func.min(hit.id))
+        .where(hit.bot.is_(False))
+        .group_by(hit.send_key, hit.kind)
+        .having(func.max(flagged) == 0)
+    )
+    flag = update(TrackingHit).where(hit.id.in_(firsts)).values(first_of_send=True)
+    flags = s.execute(flag).rowcount  # type: ignore[attr-defined]
+    if proxies or flags:
+        log.info("stored hits: %d privacy-proxy opens set apart, %d first hits of a send flagged", proxies, flags)
 
 
 def count_old_failures_once(s: Session) -> int:
@@ -655,6 +717,9 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
     human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
     hv, hch, hst = col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index)
     _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *human)
+    for kind, metric in PER_SEND.items():  # opened / clicked sends: their flagged first human hit
+        first = (*human, col(TrackingHit.kind) == kind, FIRST_OF_SEND)
+        _counter_rows(s, cid, literal(metric), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *first)
     _counter_rows(
         s,
         cid,

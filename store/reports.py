@@ -43,6 +43,7 @@ from store.report_rollup import (
     FAILED,
     FAILED_METRIC,
     OPT_OUT_METRIC,
+    PER_SEND,
     SENT,
     currency_sql,
     day_sql,
@@ -55,9 +56,10 @@ from store.report_rollup import (
 )
 from store.report_tables import ReportAttribution, ReportCohort, ReportRollup, ReportSettings
 from store.tables import Event, Journey, Send, User, UTCDateTime
-from store.tracking_tables import TrackingHit
+from store.tracking_tables import FIRST_OF_SEND, TrackingHit
 
 HOUR = timedelta(hours=1)
+SEND_METRICS: dict[str, Any] = {metric: kind for kind, metric in PER_SEND.items()}  # counter -> hit kind
 CHUNK = 500
 Ranges = Sequence[tuple[datetime, datetime]]  # disjoint [start, end) ranges of first triggers
 NO_CURRENCY = "none"  # the key of purchases sent without a currency (codes are upper case: no clash)
@@ -247,8 +249,10 @@ def load_counters(
             inp.failures.append(FailureGroup(v, ch, step, "failed", n))
         elif metric == OPT_OUT_METRIC:
             inp.failures.append(FailureGroup(v, ch, step, "opt_out", n))
-        elif metric in ("impression", "click"):
-            inp.hits.append(HitGroup(v, ch, step, metric, n))
+        elif metric in ("impression", "click"):  # every human hit
+            inp.hits.append(HitGroup(v, ch, step, metric, 0, total=n))
+        elif metric in SEND_METRICS:  # the sends opened / clicked (their first human hit)
+            inp.hits.append(HitGroup(v, ch, step, SEND_METRICS[metric], n, total=0))
         elif metric == "channel_users":
             inp.channel_users[(v, ch)] = n
         elif metric == "step_users":
@@ -381,9 +385,10 @@ def load_raw_ranges(
         human = (col(TrackingHit.campaign_id) == campaign_id, col(TrackingHit.bot).is_(False),
                  col(TrackingHit.at) >= first_at)  # fmt: skip
         on_hit = uid == col(TrackingHit.user_id)
+        first_hits = func.sum(case((FIRST_OF_SEND, 1), else_=0))  # the sends opened / clicked
         hits = s.execute(
             sa_select(col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index),
-                      col(TrackingHit.kind), func.count())  # fmt: skip
+                      col(TrackingHit.kind), func.count(), first_hits)  # fmt: skip
             .join(f, on_hit).where(*human)
             .group_by(col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index), col(TrackingHit.kind))
         ).all()
@@ -419,7 +424,7 @@ def load_raw_ranges(
         step_users={(v, i): int(n) for v, i, n in step_users},
         sends=[SendGroup(v, c, i, int(n), str(d)) for v, c, i, d, n in sends],
         failures=_failure_groups(failed),
-        hits=[HitGroup(v, c, i, k, int(n)) for v, c, i, k, n in hits],
+        hits=[HitGroup(v, c, i, k, int(first or 0), total=int(n)) for v, c, i, k, n, first in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
         events=site_events,

@@ -3,6 +3,12 @@
 `TrackingHit` keeps every hit, bots included (flagged with the reason), so filtering can be
 audited; reports count only `bot = false`. Campaign, variation, step and channel are copied
 from the send at hit time so report queries never join the send table for them.
+
+`first_of_send` marks the first human hit of each kind (impression, click) on a send, set when
+the hit is recorded (store/report_rollup.py, `count_hit`): reports count opens and clicks per
+send (a send opened ten times is one open) by counting flagged rows, never with a
+COUNT(DISTINCT send_key) over millions of hits. A unique partial index keeps it to one row per
+(send, kind) even when two hits of a send arrive at once.
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text
-from sqlmodel import Field, SQLModel
+from sqlalchemy import JSON, Boolean, Column, ColumnElement, Index, Text, text
+from sqlmodel import Field, SQLModel, col
 
 from store.tables import Journey, Send, UTCDateTime
 
@@ -77,11 +83,25 @@ class TrackingHit(SQLModel, table=True):
     source: str = Field(max_length=16)  # link | short | pixel | push | legacy
     bot: bool = False
     bot_reason: str | None = Field(default=None, max_length=32)
+    # The first human hit of this kind on the send: what reports count as its open / click. A
+    # server default, so rows inserted without it (and rows stored before it) start as false;
+    # those are flagged once at start-up (store/report_rollup.py, `migrate_reports`).
+    first_of_send: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
     target: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     user_agent: str | None = Field(default=None, max_length=500)
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+# At most one first human hit per (send, kind), also the index the first-hit check reads; partial
+# (flagged rows only, so small). Its predicate has the form the queries use (FIRST_OF_SEND), so
+# planners match it.
+FIRST_OF_SEND: ColumnElement[bool] = col(TrackingHit.first_of_send) == True  # noqa: E712
+Index(
+    "ux_hit_send_first", TrackingHit.send_key, TrackingHit.kind,
+    unique=True, postgresql_where=FIRST_OF_SEND, sqlite_where=FIRST_OF_SEND,
+)  # fmt: skip
 # Report indexes on the engine's tables, declared here so store/tables.py stays untouched.
 # Allocation: first trigger per (campaign, user); sends per (campaign, time); purchases per user.
 Index("ix_journey_campaign_user", Journey.campaign_id, Journey.user_id, Journey.triggered_at)  # type: ignore[arg-type]

@@ -92,6 +92,7 @@ class World:
         channel: str = "email",
         step_index: int = 0,
         bot: bool = False,
+        send_key: str | None = None,
     ) -> None:
         with self.store.session() as s:
             hit = TrackingHit(
@@ -100,7 +101,7 @@ class World:
                 variation_id=variation,
                 step_index=step_index,
                 channel=channel,
-                send_key="k",
+                send_key=send_key or f"{self.cid}:{uid}:{step_index}:{channel}",  # one send per user, step, channel
                 user_id=uid,
                 kind=kind,
                 source="link",

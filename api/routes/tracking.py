@@ -4,8 +4,11 @@ Click links are signed tokens (domain/tracking.py), so this is never an open red
 link (tampered or foreign token, unknown short code, older than `REJOIN_LINK_TTL`) never goes
 to its own target and records nothing: it goes to the section's fallback URL, else the
 deployment's, else a neutral 200 page (never a 404 to a customer). The pixel always answers the
-same GIF (no validity oracle) and records only live, valid hits. Every hit is stored; bots and
-link scanners are flagged (`bot_reason`) and left out of reports.
+same GIF (no validity oracle) and records only live, valid hits. Every hit is stored; bots, link
+scanners and mail privacy proxies prefetching the pixel (Apple Mail Privacy Protection: reason
+`privacy_proxy`) are flagged (`bot_reason`) and left out of reports. Reports count a send's
+opens and clicks once each (its first human hit of the kind, `first_of_send`); every human hit
+is also counted, as the totals (docs/reports.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.deps import AppState, Ingestion, StateDep
@@ -59,9 +63,16 @@ async def record(state: AppState, request: Request, **kw: Any) -> TrackingHit | 
 
 
 def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
-    """Best effort: a recipient is redirected (or gets the GIF) even if recording fails."""
+    """Best effort: a recipient is redirected (or gets the GIF) even if recording fails.
+
+    Two hits of one send recorded at once may both take themselves for the send's first; the
+    unique index `ux_hit_send_first` refuses the later one, which is recorded again (then it
+    sees the first committed and is not)."""
     try:
-        return _record(store, **kw)
+        try:
+            return _record(store, **kw)
+        except IntegrityError:
+            return _record(store, **kw)
     except Exception:  # a click must never break because the database hiccuped
         log.exception("could not record a %s hit", kw.get("kind"))
         return None
@@ -86,7 +97,7 @@ def _record(
             section_id=send.section_id, campaign_id=send.campaign_id, variation_id=send.variation_id,
             step_index=send.step_index, channel=send.channel, send_key=send.key, user_id=send.user_id,
             kind=kind, source=source, target=target, user_agent=(user_agent or "")[:500] or None, at=at,
-            bot_reason=bot_reason(method=method, user_agent=user_agent, at=at, sent_at=send.updated_at),
+            bot_reason=bot_reason(method=method, user_agent=user_agent, at=at, sent_at=send.updated_at, kind=kind),
         )  # fmt: skip
         hit.bot = hit.bot_reason is not None
         s.add(hit)
