@@ -28,7 +28,7 @@ from api.journeys import (
 from domain.allocation import allocate, keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
 from domain.conditions import matches
-from domain.events import CollectBase, EventKind, NormalizedEvent, sha256_hex, user_identity
+from domain.events import CollectBase, EventKind, Identity, NormalizedEvent, sha256_hex, user_identity
 from domain.matching import (
     CART_NO_LONGER_MATCHES, Catalog, event_catalog_skus, event_skus, exit_reason, reads_catalog, triggers,
 )  # fmt: skip
@@ -37,6 +37,7 @@ from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
 from store.campaigns import LiveCampaign, live_campaigns
 from store.engine import Store
+from store.locks import lock_keys
 from store.event_marks import mark_dispatched
 from store.statements import table_of
 from store.tables import Event, Journey, OptIn, Product, User, now_utc
@@ -95,11 +96,13 @@ def accept(
     """Apply the request's events to user state, store them, and return the journey commands."""
     now = now_utc()
     result = Accepted()
+    identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
     with store.session() as s:
+        # First: concurrent requests of one device or person resolve, create and merge it in turn.
+        lock_keys(s, identity_lock_keys(section_id, body.user.device_key, identity, events))
         campaigns = live_campaigns(s, section_id)
         needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
         device_key = body.user.device_key
-        identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
         cuid = identity.cuid if identity is not None else None
         user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=cuid, now=now)
         # A user first seen in this request has no journeys: allocation looks none up for them.
@@ -252,6 +255,27 @@ def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> b
     return row is not None
 
 
+def identity_lock_keys(
+    section_id: str, device_key: str | None, identity: Identity | None, events: list[NormalizedEvent]
+) -> list[str]:
+    """The identities a request may look up, create or merge, as lock keys (PostgreSQL; SQLite's
+    write lock already serialises requests): its device, its CUIDs and the identifiers they bring,
+    and its push opt-ins' channels. Without them, concurrent first requests of one device, or
+    logins of one person on several devices, raced read-then-insert into duplicate-key errors
+    (500s), two users with one CUID, or a cart and journeys written under an id a login had just
+    merged away (which the person's purchase then never exited)."""
+    keys = [f"id/{section_id}/device/{device_key}"] if device_key else []
+    identities = [identity] if identity is not None else []
+    identities += [ev.identity for ev in events if ev.kind == EventKind.IDENTIFY and ev.identity is not None]
+    for found in identities:
+        keys.append(f"id/{section_id}/cuid/{found.cuid}")
+        hashes = (("email", found.email_hash), ("phone", found.phone_hash))
+        keys += [f"id/{section_id}/{kind}/{h}" for kind, h in hashes if h]
+    # Push tokens are opt-in rows and identifiers keyed by a hash of the token; such events are rare.
+    keys += [f"id/{section_id}/push/{ev.push_channel}" for ev in events if ev.push_token]
+    return keys
+
+
 def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[str, bool]) -> dict[str, list[str]]:
     """Campaign -> workflow ids of the user's active journeys; records in `pending` whether the
     user has events queued for dispatch (a round trip fewer than asking apart).
@@ -266,6 +290,25 @@ def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[s
         if campaign_id is not None:
             out.setdefault(campaign_id, []).append(workflow_id)
     return out
+
+
+def _kept_journey(s: Session, section_id: str, campaign_id: str, user_id: str, own: str, active: list[str]) -> str:
+    """Of a person's active journeys in a campaign (several after a merge), the workflow id that goes
+    on: one in the variation of the person's first journey, which is the arm reports count them in
+    (`keep_or_allocate`), else their own, else the first by id. Keeping their own regardless had
+    people counted in one arm and messaged from the other."""
+    if len(active) < 2:
+        return active[0] if active else own
+    first = journey_rows.first_variation(s, section_id, campaign_id, user_id)
+    rows = s.exec(
+        select(Journey.workflow_id)
+        .where(col(Journey.workflow_id).in_(active), Journey.status == "active", Journey.variation_id == first)
+        .order_by(col(Journey.triggered_at))
+    ).all()
+    in_arm = [w for w in rows if w in active]
+    if in_arm:
+        return own if own in in_arm else in_arm[0]
+    return own if own in active else sorted(active)[0]
 
 
 def _consent_withdrawn(running: dict[str, list[str]], event_id: str, told: set[str]) -> list[JourneyCommand]:
@@ -318,7 +361,7 @@ def _commands(
         # (else the one started under a merged id) and any other is exited as a duplicate.
         own = journey_workflow_id(section_id, campaign.id, user.id)
         active = running.get(campaign.id, [])
-        wid = own if own in active or not active else sorted(active)[0]
+        wid = _kept_journey(s, section_id, campaign.id, user.id, own, active)
         for dup in sorted(set(active) - {wid}):
             out.append(_exit(dup, event_id, campaign.id, "merged_duplicate", journey_active=True))
         reason = exit_reason(spec, ev, cart, catalog)

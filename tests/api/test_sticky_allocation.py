@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from sqlmodel import select
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from domain.allocation import allocate
@@ -23,6 +24,8 @@ from tests.helpers import (
     collect,
     create_campaign,
     email_for,
+    eventually,
+    journey_handle,
     journey_result,
     login,
     new_dyid,
@@ -160,3 +163,35 @@ async def test_after_a_merge_the_persons_first_journey_decides(
     await _journey_of(api, env, section, cid, person_dyid, person)
     assert _variations_of(store, cid, person) == [first, first]
     assert await _report_users(api, section, cid) == {"a": int(first == "a"), "b": int(first == "b")}
+
+
+async def test_a_merge_keeps_the_journey_in_the_persons_first_variation(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    """Both the device and the person had a journey of the campaign, in different arms, when the
+    device logged in: the device's journey came first, so its arm is the person's (the report
+    counts them there) and it goes on; the person's own is the duplicate that exits. Keeping the
+    person's own had them counted in one arm and messaged from the other."""
+    spec = cart_campaign(wait="PT2H", variations=_variations(("a", 50), ("b", 50)))
+    cid = await create_campaign(api, section, spec)
+    person_dyid = new_dyid()
+    await collect(api, section, person_dyid, login(email_for(person_dyid)))
+    person = await _user_id(api, section, person_dyid)
+    dyid, device_user = await _pick(api, section, lambda u: _hash(cid, spec, u) != _hash(cid, spec, person))
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        await eventually(lambda: _started(store, cid, device_user))
+        await collect(api, section, person_dyid, add_to_cart("sku-2"))
+        await eventually(lambda: _started(store, cid, person))
+        await collect(api, section, dyid, login(email_for(person_dyid)))
+    own = await journey_result(env.client, section, cid, person)
+    assert (own.status, own.exit_reason) == ("exited", "merged_duplicate"), own
+    kept = journey_handle(env.client, section, cid, device_user)
+    assert (await kept.describe()).status == WorkflowExecutionStatus.RUNNING
+    await kept.terminate("test done")
+    first = _hash(cid, spec, device_user)
+    assert await _report_users(api, section, cid) == {"a": int(first == "a"), "b": int(first == "b")}
+
+
+async def _started(store: Store, cid: str, uid: str) -> None:
+    assert _variations_of(store, cid, uid), uid
