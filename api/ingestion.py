@@ -29,6 +29,7 @@ from domain.allocation import allocate, keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, Identity, NormalizedEvent, sha256_hex, user_identity
+from domain.hashing import push_token_hash
 from domain.matching import (
     CART_NO_LONGER_MATCHES, Catalog, event_catalog_skus, event_skus, exit_reason, reads_catalog, triggers,
 )  # fmt: skip
@@ -39,6 +40,7 @@ from store.campaigns import LiveCampaign, live_campaigns
 from store.engine import Store
 from store.locks import lock_keys
 from store.event_marks import mark_dispatched
+from store.reachability import find_opt_in
 from store.statements import table_of
 from store.tables import Event, Journey, OptIn, Product, User, now_utc
 from workflows.ids import journey_workflow_id
@@ -74,18 +76,27 @@ def _catalog(s: Session, section_id: str, skus: set[str]) -> Catalog:
 
 
 def _push_opt(s: Session, box: SecretBox, section_id: str, user_id: str, ev: NormalizedEvent, now: datetime) -> None:
-    """Legacy push opt-in/out events: the token becomes the user's identifier on that channel."""
+    """Legacy push opt-in/out events: the token becomes the user's identifier on that channel.
+
+    A Web Push subscription is keyed by its endpoint (`push_token_hash`), so an opt-out or a
+    re-subscription written another way finds the same row; a row stored under the raw JSON's
+    hash before is moved on (`find_opt_in`). An opt-in stores the token it brings: a subscription's
+    keys can rotate under the same endpoint, and sends must use the newest."""
     assert ev.push_token
     channel = "web_push" if ev.push_channel == "WEB_PUSH" else "app_push"
-    token_hash = sha256_hex(ev.push_token)
+    token_hash = push_token_hash(channel, ev.push_token)
+    opting_in = ev.kind == EventKind.MESSAGE_OPTIN
+    # Looked up before the identifier is added: a row found by its legacy hash moves its identifier.
+    row = find_opt_in(s, section_id, channel, token_hash, legacy_hash=sha256_hex(ev.push_token))
+    if row is None:
+        row = OptIn(
+            section_id=section_id, channel=channel, identifier_type="push_token", value_hash=token_hash,
+            value_enc=box.encrypt(ev.push_token), opted_in=True, updated_at=now,
+        )  # fmt: skip
+    elif opting_in and channel == "web_push":
+        row.value_enc = box.encrypt(ev.push_token)
     users.add_identifier(s, section_id, user_id, channel, token_hash)
-    row = s.exec(
-        select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == token_hash)
-    ).first() or OptIn(
-        section_id=section_id, channel=channel, identifier_type="push_token", value_hash=token_hash,
-        value_enc=box.encrypt(ev.push_token), opted_in=True, updated_at=now,
-    )  # fmt: skip
-    row.opted_in = ev.kind == EventKind.MESSAGE_OPTIN
+    row.opted_in = opting_in
     row.updated_at = now
     s.add(row)
 

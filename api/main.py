@@ -36,6 +36,8 @@ from api.routes import (
 from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
+from store.migrations import run_once
+from store.reachability import rekey_web_push
 from store.retention import retention_loop
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,18 @@ async def _sweep(state: AppState) -> None:
             log.warning("re-dispatch round failed: %s", exc)
 
 
+def _migrate_data(state: AppState) -> None:
+    """Data migrations needing the secret box (`store/migrations.py`); the worker writes none of
+    the data they move, so the API's start is enough."""
+    with state.store.session() as s:
+        # Web Push opt-ins stored under their raw JSON's hash move to their endpoint's hash.
+        run_once(s, "rekey_web_push", lambda session: rekey_web_push(session, state.box.decrypt))
+
+
 def create_app(settings: Settings | None = None, *, store: Store | None = None, temporal: Client | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings=settings, store=store or Store(settings.effective_database_url), temporal=temporal)
+    _migrate_data(state)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -25,6 +25,7 @@ import store.broadcast_tables  # noqa: F401
 import store.cart_tables  # noqa: F401
 import store.feed_tables  # noqa: F401
 import store.identity_tables  # noqa: F401
+import store.migrations  # noqa: F401
 import store.report_links  # noqa: F401
 import store.report_tables  # noqa: F401
 import store.subscriber_tables  # noqa: F401

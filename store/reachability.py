@@ -8,12 +8,14 @@ identifier of the integration's type, and that identifier is opted in on the cha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam
 from sqlmodel import Session, col, select
 
+from domain.hashing import web_push_key
+from security.crypto import UndecryptableSecret
 from store.subscriber_tables import SubscriberList
 from store.subscribers import effective_opt_in
 from store.tables import Integration, OptIn, UserIdentifier, now_utc
@@ -98,6 +100,101 @@ def reach(session: Session, section_id: str, user_id: str, channels: Iterable[st
             continue
         opt_ins[channel] = max(rows, key=lambda r: r.updated_at)
     return Reach(integrations=integrations, unreachable=unreachable, opt_ins=opt_ins)
+
+
+def find_opt_in(
+    s: Session, section_id: str, channel: str, value_hash: str, legacy_hash: str | None = None
+) -> OptIn | None:
+    """The opt-in row of an identifier, by its hash, or by `legacy_hash` for a row stored before
+    the hash changed (Web Push: the raw subscription JSON's, now the endpoint's, see
+    `domain.hashing.web_push_key`). A row found by its legacy hash is moved to the current hash,
+    with the user identifier naming it, so reachability and the next lookup find it directly."""
+    row = s.exec(_OPT_IN_BY_HASH, params={"section_id": section_id, "channel": channel, "hash": value_hash}).first()
+    if row is not None or legacy_hash is None or legacy_hash == value_hash:
+        return row
+    row = s.exec(_OPT_IN_BY_HASH, params={"section_id": section_id, "channel": channel, "hash": legacy_hash}).first()
+    if row is not None:
+        row.value_hash = value_hash
+        s.add(row)
+        _move_identifier(s, section_id, channel, legacy_hash, value_hash)
+    return row
+
+
+_OPT_IN_BY_HASH = select(OptIn).where(
+    col(OptIn.section_id) == bindparam("section_id"),
+    col(OptIn.channel) == bindparam("channel"),
+    col(OptIn.value_hash) == bindparam("hash"),
+)
+
+
+def _move_identifier(
+    s: Session, section_id: str, channel: str, old_hash: str, new_hash: str, *, old_wins: bool = False
+) -> None:
+    """Re-key the push identifier `old_hash` (kind = channel, `identifier_kind`) to `new_hash`; a user
+    already holding `new_hash` keeps it unless `old_wins`, and the old row goes."""
+    old = s.get(UserIdentifier, (section_id, channel, old_hash))
+    if old is None:
+        return
+    held = s.get(UserIdentifier, (section_id, channel, new_hash))
+    if held is None:
+        s.add(UserIdentifier(section_id=section_id, kind=channel, value_hash=new_hash, user_id=old.user_id))
+    elif old_wins:
+        held.user_id = old.user_id
+        s.add(held)
+    s.delete(old)
+
+
+REKEY_PAGE = 500
+_WEB_PUSH_PAGE = (
+    select(OptIn)
+    .where(col(OptIn.channel) == "web_push", col(OptIn.id) > bindparam("after"))
+    .order_by(col(OptIn.id))
+    .limit(REKEY_PAGE)
+)
+
+
+def rekey_web_push(s: Session, decrypt: Callable[[str], str]) -> int:
+    """Move every Web Push opt-in stored under its raw JSON's hash (before `web_push_key`) to its
+    endpoint's hash, with the user identifiers naming it; returns the rows moved or merged.
+
+    `find_opt_in` moves a row when the same JSON comes again; this finds the rest, those whose
+    opt-out or re-subscription arrives written another way. Rows of one endpoint become one: the
+    newest (its consent, its keys, its user) wins. Idempotent (a row already keyed by its endpoint
+    is left alone), so a run cut short is simply run again. Paged by id, one flush per row."""
+    changed, after = 0, 0
+    while True:
+        page = s.exec(_WEB_PUSH_PAGE, params={"after": after}).all()
+        if not page:
+            return changed
+        for row in page:
+            try:
+                key = web_push_key(decrypt(row.value_enc))
+            except UndecryptableSecret:  # under a key no longer configured: no send can use it either
+                log.warning("web push opt-in %s left as it is: no configured key decrypts it", row.id)
+                continue
+            if key != row.value_hash:
+                _rekey(s, row, key)
+                changed += 1
+        after = page[-1].id or after
+
+
+def _rekey(s: Session, row: OptIn, key: str) -> None:
+    """Move `row` to hash `key`, or fold it into the row already there (the newer one's state wins)."""
+    legacy = row.value_hash
+    held = s.exec(_OPT_IN_BY_HASH, params={"section_id": row.section_id, "channel": row.channel, "hash": key}).first()
+    newer = held is None or row.updated_at > held.updated_at
+    if held is None:
+        row.value_hash = key
+        s.add(row)
+    else:
+        if newer:
+            held.value_enc, held.opted_in, held.source = row.value_enc, row.opted_in, row.source
+            held.updated_at = row.updated_at
+            s.add(held)
+        s.delete(row)
+    s.flush()  # the unique (section, channel, hash) must hold before the next row of the page
+    _move_identifier(s, row.section_id, row.channel, legacy, key, old_wins=newer)
+    s.flush()
 
 
 def opt_out_gone(s: Session, opt_in_id: int) -> bool:

@@ -2,8 +2,9 @@
 
 The identifier type must equal the channel integration's; the value is stored encrypted and
 looked up by hash. Phone numbers are stored in E.164 (`domain/identifiers.py`), so any way of
-writing one finds the same row; a Web Push opt-in must be a usable subscription. Takes effect for
-the very next send decision.
+writing one finds the same row; a Web Push opt-in must be a usable subscription, and is found by
+its endpoint however its JSON is written (`domain.hashing.web_push_key`), its latest keys kept.
+Takes effect for the very next send decision.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from sqlmodel import select
 from api.deps import Ingestion, StateDep
 from api.errors import Unprocessable
 from domain.events import email_hash, phone_hash, sha256_hex
+from domain.hashing import web_push_key
 from domain.identifiers import check_web_push_subscription, normalize_phone
+from store.reachability import find_opt_in
 from store.tables import Integration, OptIn, now_utc
 
 router = APIRouter(prefix="/v2/userdata/channels", tags=["ingestion"])
@@ -59,13 +62,15 @@ def _normalized(channel: str, id_type: str, value: str, opted_in: bool, allow_ht
     return value
 
 
-def _hash_for(id_type: str, value: str) -> str:
+def _hash_for(channel: str, id_type: str, value: str) -> str:
     if id_type == "email":
         if not EMAIL.match(value.strip()):
             raise Unprocessable("not a valid email address", field="identifier.value")
         return email_hash(value)
     if id_type == "phone":
         return phone_hash(value)  # already E.164 (`_normalized`)
+    if channel == "web_push":
+        return web_push_key(value)  # the endpoint's hash: any serialisation of the subscription
     return sha256_hex(value)
 
 
@@ -90,18 +95,19 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         # http push endpoints only where private URLs are allowed (local stand-ins for push services).
         allow_http = state.settings.allow_private_urls
         value = _normalized(channel, id_type, body.identifier.value.strip(), opted_in, allow_http)
-        value_hash = _hash_for(id_type, value)
-        row = s.exec(
-            select(OptIn).where(OptIn.section_id == section_id, OptIn.channel == channel, OptIn.value_hash == value_hash)
-        ).first()
+        value_hash = _hash_for(channel, id_type, value)
+        # A Web Push row stored before it was keyed by endpoint has the raw JSON's hash (moved on).
+        legacy_hash = sha256_hex(value) if channel == "web_push" else None
+        row = find_opt_in(s, section_id, channel, value_hash, legacy_hash)
         box = state.box
         if row is None:
             row = OptIn(
                 section_id=section_id, channel=channel, identifier_type=id_type, value_hash=value_hash,
                 value_enc=box.encrypt(value), opted_in=opted_in, updated_at=now_utc(),
             )  # fmt: skip
-        elif id_type == "phone":
-            # A row stored before phones were normalised may hold "+1 555 ..."; sends use this value.
+        elif id_type == "phone" or (channel == "web_push" and opted_in):
+            # A row stored before phones were normalised may hold "+1 555 ..."; a Web Push
+            # re-subscription may bring new keys for the same endpoint. Sends use this value.
             row.value_enc = box.encrypt(value)
         row.opted_in, row.source, row.updated_at = opted_in, "api", now_utc()
         s.add(row)
