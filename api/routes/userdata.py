@@ -21,6 +21,7 @@ from api.errors import Unprocessable
 from domain.events import email_hash, phone_hash, sha256_hex
 from domain.hashing import web_push_key
 from domain.identifiers import check_web_push_subscription, normalize_phone
+from store.locks import lock_key
 from store.reachability import find_opt_in
 from store.tables import Integration, OptIn, now_utc
 
@@ -98,6 +99,9 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         value_hash = _hash_for(channel, id_type, value)
         # A Web Push row stored before it was keyed by endpoint has the raw JSON's hash (moved on).
         legacy_hash = sha256_hex(value) if channel == "web_push" else None
+        # Concurrent opt-ins of one new identifier take turns (PostgreSQL): both read "no row" and
+        # the second insert was a duplicate-key 500.
+        lock_key(s, f"optin/{section_id}/{channel}/{value_hash}")
         row = find_opt_in(s, section_id, channel, value_hash, legacy_hash)
         box = state.box
         if row is None:

@@ -12,8 +12,8 @@ from sqlmodel import col, func, select
 
 from store.engine import Store
 from store.identity_tables import UserAlias
-from store.tables import Device, Event, User
-from tests.helpers import SectionKeys, add_to_cart, login
+from store.tables import Device, Event, OptIn, User
+from tests.helpers import SectionKeys, add_integration, add_to_cart, login
 
 
 async def _post(api: httpx.AsyncClient, section: SectionKeys, dyid: str, *events: dict[str, object]) -> int:
@@ -64,3 +64,21 @@ async def test_one_person_logging_in_on_several_devices_at_once_is_one_user(
         cuids = s.exec(select(User.cuid, func.count()).where(User.section_id == section.id, col(User.cuid).is_not(None))
                        .group_by(User.cuid)).all()  # fmt: skip
         assert len(cuids) == len(people) and all(n == 1 for _, n in cuids), cuids
+
+
+async def test_concurrent_opt_ins_of_one_new_email_are_one_row(
+    api: httpx.AsyncClient, section: SectionKeys, store: Store
+) -> None:
+    await add_integration(api, section)
+    emails = [f"o{uuid.uuid4().hex[:8]}@example.com" for _ in range(4)]
+
+    async def opt_in(email: str) -> int:
+        body = {"identifier": {"type": "email", "value": email}}
+        r = await api.post("/v2/userdata/channels/email/opt-in", json=body, headers=section.ing)
+        return r.status_code
+
+    codes = await asyncio.gather(*(opt_in(e) for e in emails for _ in range(6)))
+    assert set(codes) == {200}, codes
+    with store.session() as s:
+        rows = s.exec(select(func.count()).select_from(OptIn).where(OptIn.section_id == section.id)).one()
+    assert rows == len(emails), rows
