@@ -1,0 +1,75 @@
+"""Erasure of a person (GDPR art. 17, right to erasure): `DELETE /api/v1/users/{ref}`.
+
+Two phases, in this order, so that nothing is erased while a journey could still be told nothing:
+1. every active journey of the person (and of ids merged into them) is sent an exit signal,
+   reason "erased"; a step's send already handed to the provider may still complete;
+2. one store transaction erases their personal data (store/erasure.py), and ends the rows of
+   journeys whose workflow was gone when signalled.
+
+If Temporal cannot be reached the request fails (503) before anything is erased; it can simply be
+sent again. A person erased before is found by their Rejoin id only (their dyid and CUID no longer
+lead to them) and answers 200 with all counts zero; any other unknown ref answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import Management, StateDep
+from api.errors import NotFound
+from api.journeys import exit_journey
+from store.erasure import ERASED, Erased, Person, erase, find_person
+from store.tables import now_utc
+from workflows.models import ExitSignal
+
+router = APIRouter(prefix="/api/v1", tags=["journeys"])
+log = logging.getLogger(__name__)
+
+
+class ErasureOut(BaseModel):
+    """What was erased: `journeys_exited` counts the journeys ended (signalled, or their row ended
+    when the workflow was gone); `erased` counts rows deleted or blanked per kind of data."""
+
+    user_id: str
+    journeys_exited: int
+    erased: dict[str, int]
+
+
+def _find(state: StateDep, section_id: str, ref: str) -> Person | None:
+    with state.store.session() as s:
+        return find_person(s, section_id, ref)
+
+
+def _erase(state: StateDep, person: Person, gone: list[str]) -> Erased:
+    with state.store.session() as s:
+        return erase(s, person, gone, now_utc())
+
+
+async def _exit_journeys(state: StateDep, person: Person) -> tuple[int, list[str]]:
+    """Signal every active journey to exit; (journeys signalled, workflow ids with no running workflow)."""
+    if not person.workflow_ids:
+        return 0, []
+    client = await state.client()
+    signal = ExitSignal(event_id="erasure_" + secrets.token_hex(8), reason=ERASED)
+    found = await asyncio.gather(*(exit_journey(client, wid, signal) for wid in person.workflow_ids))
+    gone = [wid for wid, ok in zip(person.workflow_ids, found, strict=True) if not ok]
+    return len(person.workflow_ids) - len(gone), gone
+
+
+@router.delete("/users/{user_ref}")
+async def erase_user(user_ref: str, principal: Management, state: StateDep) -> ErasureOut:
+    """Erase a person's personal data and end their journeys (docs/security.md, "Erasure")."""
+    person = await asyncio.to_thread(_find, state, principal.section_id, user_ref)
+    if person is None:
+        raise NotFound("no such user", field="user_ref")
+    signalled, gone = await _exit_journeys(state, person)
+    erased = await asyncio.to_thread(_erase, state, person, gone)
+    log.info("erased user %s", person.user_id)  # the opaque id only: no ref (it may be a CUID), no PII
+    counts = erased.as_dict()
+    ended = counts.pop("journeys_ended")
+    return ErasureOut(user_id=person.user_id, journeys_exited=signalled + ended, erased=counts)

@@ -1,0 +1,237 @@
+"""Erasure of a person (GDPR art. 17): their personal data goes, pseudonymous report facts stay.
+
+`DELETE /api/v1/users/{ref}` (api/routes/erasure.py) first ends the person's running journeys in
+Temporal, then calls `erase`, which in one transaction:
+
+- deletes what identifies or describes the person: the opt-ins of their identifiers (the
+  encrypted email, phone or push token: `OptIn.value_hash` is the hash `UserIdentifier` holds),
+  the identifiers, devices and aliases, their raw events, cart index entries, the built-in
+  outbox's copies of their messages (recipient in clear), and their entries in the active
+  generation of the section's subscriber lists;
+- blanks the `User` rows (the person's and every id merged into them) to tombstones: no CUID,
+  attributes, cart or locale. The rows are kept, not deleted, because a journey step or batched
+  send already in flight resolves its user by id (activities/journey.py `decide_in` raises on a
+  missing user, activities/delivery.py asserts one): a tombstone has no identifier, so such a
+  step finds the person unreachable and sends nothing. Nothing links a tombstone to the person:
+  with no device and no CUID left, their old dyid or CUID makes a new, unrelated user;
+- keeps the facts reports count (journeys, sends, decisions, tracking hits, cohorts, counters,
+  attributions), keyed by the random user id only. Two fields of them could lead back to the
+  person through the shop's own systems and are blanked: the user agent of their tracking hits,
+  and the order id (transaction id) of their attributed purchases, replaced by a salted hash that
+  keeps the report's per-user order dedupe exact but matches no order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from sqlalchemy import Executable, delete, update
+from sqlalchemy.engine import CursorResult
+from sqlmodel import Session, col, select
+
+from store import journey_rows
+from store.cart_tables import CartEntry
+from store.identity_tables import UserAlias
+from store.report_tables import ReportAttribution
+from store.set_copy import KEY_BYTES
+from store.subscriber_tables import SubscriberList, set_table_name, subscriber_set
+from store.tables import Device, Event, Journey, OptIn, OutboxMessage, Send, User, UserIdentifier
+from store.tracking_tables import TrackingHit
+from store.users import alias_ids, find_user
+
+ERASED = "erased"  # the exit reason of the journeys an erasure ends
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who an erasure is about: the user, the ids merged into them, and their active journeys."""
+
+    section_id: str
+    user_id: str
+    ids: list[str]  # user_id first, then its aliases
+    workflow_ids: list[str]  # of their active journeys, each once
+
+
+@dataclass
+class Erased:
+    """What one erasure removed or blanked, per kind of data (all zero for a person erased before)."""
+
+    opt_ins: int = 0
+    identifiers: int = 0
+    devices: int = 0
+    aliases: int = 0
+    events: int = 0
+    cart_entries: int = 0
+    outbox_messages: int = 0
+    subscriber_list_entries: int = 0
+    tracking_hit_user_agents: int = 0
+    attribution_order_ids: int = 0
+    user_profiles: int = 0  # user rows (the person and their aliases) that held a CUID, attributes, cart or locale
+    journeys_ended: int = 0  # active rows ended here: their workflow was gone when the exit was signalled
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def find_person(s: Session, section_id: str, ref: str) -> Person | None:
+    """The person `ref` names (`store.users.find_user`: user id, alias, dyid or CUID), or None."""
+    user = find_user(s, section_id, ref)
+    if user is None:
+        return None
+    ids = [user.id, *alias_ids(s, user.id)]
+    return Person(section_id, user.id, ids, _active_workflows(s, section_id, ids))
+
+
+def _active_workflows(s: Session, section_id: str, ids: list[str]) -> list[str]:
+    rows = s.exec(
+        select(Journey.workflow_id).where(
+            col(Journey.section_id) == section_id, col(Journey.user_id).in_(ids), col(Journey.status) == "active"
+        )
+    ).all()
+    return sorted(set(rows))
+
+
+def erase(s: Session, person: Person, gone_workflows: list[str], now: datetime) -> Erased:
+    """Erase the person's personal data in this transaction (the module docstring says what goes).
+
+    `gone_workflows`: workflow ids of their active journeys that had no running workflow to take
+    the exit signal; those journeys' rows are ended here ("exited", reason "erased")."""
+    # Lock the user row first (PostgreSQL): an ingestion of the person updates it, so it waits for
+    # this transaction, or this one for it; ids are read again under the lock (a merge may have run).
+    s.exec(select(User.id).where(col(User.id) == person.user_id).with_for_update())
+    ids = [person.user_id, *alias_ids(s, person.user_id)]
+    ids = list(dict.fromkeys([*ids, *person.ids]))
+    out = Erased()
+    _erase_identity(s, person.section_id, person.user_id, ids, out)
+    _erase_activity(s, person.section_id, ids, out)
+    out.user_profiles = _blank_users(s, ids, now)
+    for workflow_id in gone_workflows:
+        out.journeys_ended += _end_rows(s, person.section_id, ids, workflow_id, now)
+    return out
+
+
+def _erase_identity(s: Session, sec: str, user_id: str, ids: list[str], out: Erased) -> None:
+    """What names the person: opt-ins and list entries of their identifiers, identifiers, devices, aliases."""
+    hashes = _identifier_hashes(s, sec, ids)
+    if hashes:
+        out.opt_ins = _count(s, delete(OptIn).where(col(OptIn.section_id) == sec, col(OptIn.value_hash).in_(hashes)))
+        out.subscriber_list_entries = _erase_from_lists(s, sec, hashes)
+    out.identifiers = _delete_by_user(s, UserIdentifier, sec, ids)
+    out.devices = _delete_by_user(s, Device, sec, ids)
+    out.aliases = _count(s, delete(UserAlias).where(col(UserAlias.canonical_id) == user_id))
+
+
+def _erase_activity(s: Session, sec: str, ids: list[str], out: Erased) -> None:
+    """What they did and were sent: raw events, cart index, outbox copies; blanked in report facts."""
+    out.events = _delete_by_user(s, Event, sec, ids)
+    cart = delete(CartEntry).where(col(CartEntry.section_id) == sec, col(CartEntry.user_id).in_(ids))
+    out.cart_entries = _count(s, cart)
+    their_sends = select(Send.key).where(col(Send.section_id) == sec, col(Send.user_id).in_(ids))
+    outbox = delete(OutboxMessage).where(
+        col(OutboxMessage.section_id) == sec, col(OutboxMessage.send_key).in_(their_sends)
+    )
+    out.outbox_messages = _count(s, outbox)
+    hits = update(TrackingHit).where(
+        col(TrackingHit.section_id) == sec, col(TrackingHit.user_id).in_(ids), col(TrackingHit.user_agent).isnot(None)
+    )
+    out.tracking_hit_user_agents = _count(s, hits.values(user_agent=None))
+    out.attribution_order_ids = _pseudonymise_orders(s, ids)
+
+
+def _identifier_hashes(s: Session, section_id: str, ids: list[str]) -> list[str]:
+    """The hashes of the person's identifiers (email, phone, custom id, push tokens): what their
+    opt-ins and subscriber-list entries are keyed by."""
+    rows = s.exec(
+        select(UserIdentifier.value_hash).where(
+            col(UserIdentifier.section_id) == section_id, col(UserIdentifier.user_id).in_(ids)
+        )
+    ).all()
+    return sorted(set(rows))
+
+
+def _delete_by_user(
+    s: Session, table: type[Device] | type[UserIdentifier] | type[Event], sec: str, ids: list[str]
+) -> int:
+    return _count(s, delete(table).where(col(table.section_id) == sec, col(table.user_id).in_(ids)))
+
+
+def _count(s: Session, statement: Executable) -> int:
+    result = s.execute(statement)
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount or 0)
+
+
+def _erase_from_lists(s: Session, section_id: str, hashes: list[str]) -> int:
+    """Delete the identifiers from the active set of each subscriber list of the section: a keyed
+    delete by the set's key (the hash cut to KEY_BYTES, or whole in sets written before). A sync
+    under way loads a new set from the shop's file and brings them back if the file still has them."""
+    digests = [bytes.fromhex(h) for h in hashes if _is_sha256_hex(h)]
+    keys = [*digests, *(d[:KEY_BYTES] for d in digests)]
+    if not keys:
+        return 0
+    lists = s.exec(
+        select(SubscriberList).where(
+            col(SubscriberList.section_id) == section_id, col(SubscriberList.active_generation).isnot(None)
+        )
+    ).all()
+    removed = 0
+    for lst in lists:
+        assert lst.active_generation is not None
+        entries = subscriber_set(set_table_name(lst.integration_id, lst.active_generation))
+        removed += _count(s, entries.delete().where(entries.c.value_hash.in_(keys)))
+    return removed
+
+
+def _is_sha256_hex(value: str) -> bool:
+    try:
+        return len(bytes.fromhex(value)) == 32
+    except ValueError:
+        return False
+
+
+def _pseudonymise_orders(s: Session, ids: list[str]) -> int:
+    """Replace the order ids of the person's attributed purchases with a hash salted for this erasure
+    only: the report's dedupe (same user, same order id) still counts each order once, and no order
+    id of the shop matches it any more."""
+    salt = secrets.token_bytes(16)
+    rows = s.exec(
+        select(ReportAttribution).where(
+            col(ReportAttribution.user_id).in_(ids),
+            col(ReportAttribution.transaction_id).isnot(None),
+            ~col(ReportAttribution.transaction_id).startswith(f"{ERASED}:"),
+        )
+    ).all()
+    for row in rows:
+        assert row.transaction_id is not None
+        digest = hashlib.sha256(salt + row.transaction_id.encode()).hexdigest()[:32]
+        row.transaction_id = f"{ERASED}:{digest}"
+        s.add(row)
+    return len(rows)
+
+
+def _blank_users(s: Session, ids: list[str], now: datetime) -> int:
+    """Blank every personal field of the user rows: they stay as tombstones (see the module docstring)."""
+    users = s.exec(select(User).where(col(User.id).in_(ids))).all()
+    blanked = 0
+    for user in users:
+        if user.cuid is not None or user.attributes or user.cart or user.locale is not None:
+            blanked += 1
+        user.cuid = user.cuid_type = user.locale = None
+        user.attributes, user.cart = {}, []
+        user.updated_at = now
+        s.add(user)
+    return blanked
+
+
+def _end_rows(s: Session, section_id: str, ids: list[str], workflow_id: str, now: datetime) -> int:
+    """End the person's active rows of a workflow that is gone (closed, or never started)."""
+    journey_ids = s.exec(
+        select(Journey.id).where(
+            col(Journey.section_id) == section_id, col(Journey.user_id).in_(ids),
+            col(Journey.workflow_id) == workflow_id, col(Journey.status) == "active",
+        )
+    ).all()  # fmt: skip
+    return sum(journey_rows.end_if_active(s, journey_id, "exited", ERASED, now) for journey_id in journey_ids)
