@@ -26,7 +26,9 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 from settings import Settings
 
 CHUNK = 1 << 16
-UPLOAD_TIME = "%Y%m%dT%H%M%S"  # the upload time in a key: keys of one feed sort oldest first
+# The upload time in a key, to the microsecond: keys of one feed sort oldest first, also two uploads
+# of one second (keys of seconds only, before, sort before the next ones of their second: "-" < digit).
+UPLOAD_TIME = "%Y%m%dT%H%M%S%f"
 DELETE_BATCH = 1000  # keys per S3 DeleteObjects call (its limit)
 
 
