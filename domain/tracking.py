@@ -9,6 +9,9 @@ No PII travels in a link: users are opaque `usr_…` ids.
 Links carry their section and issue time (signed): a link older than the deployment's link
 lifetime (`REJOIN_LINK_TTL`) no longer redirects or counts, and any dead link (expired,
 tampered, unknown short code) is sent to the section's fallback page instead (api/routes/tracking.py).
+An unsubscribe link (`/t/u/<token>`, kind `u`) carries the same signed (send key, user id,
+section, issue time) and no target: it opts the user out of email in the section
+(api/routes/tracking.py). It lives as long as click links (`REJOIN_LINK_TTL`).
 The legacy Reconnect `tremclk?...&targetUrl=` shape is parsed here too (`parse_legacy_click`):
 its target is unsigned, so it is only followed to hosts the section lists (`host_allowed`).
 """
@@ -27,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SIG_BYTES = 16  # 128-bit truncated HMAC
+UNSUBSCRIBE = "u"  # the token kind of unsubscribe links (clicks "c", pixels "o", push "p", reports "r")
 SHORT_CODE_LEN = 10  # base62, ~59 bits, derived from a keyed HMAC: not guessable, not sequential
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOT_CLICK_DELAY = timedelta(seconds=1)
@@ -261,3 +265,8 @@ class Linker:
 
     def push_token(self) -> str:
         return self.signer.sign("p", self._data())
+
+    def unsubscribe_url(self) -> str:
+        """The send's one-click unsubscribe link (RFC 8058). Signed like clicks, so it cannot be
+        forged or pointed at another user, and like them it names only the opaque user id."""
+        return f"{self.public_url}/t/u/{self.signer.sign(UNSUBSCRIBE, self._data())}"

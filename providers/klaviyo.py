@@ -3,12 +3,17 @@
 `Authorization: Klaviyo-API-Key <private key>`, `revision` header, JSON:API body. The send key
 is the event's `unique_id`, which Klaviyo de-duplicates on: a repeat after an unknown outcome
 cannot trigger the flow twice.
+
+Event properties are the step's payload as it is, plus Rejoin's own `rejoin_campaign` and
+`rejoin_step` (the `rejoin_` prefix is Rejoin's). The older `campaign` and `step` properties are
+still added for flows written against them, but only when the payload has no key of that name:
+a payload's own `campaign` or `step` is never overwritten.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
@@ -66,7 +71,7 @@ class KlaviyoProvider:
         attributes = {
             "metric": {"data": {"type": "metric", "attributes": {"name": cfg.metric_name}}},
             "profile": {"data": {"type": "profile", "attributes": {field: message.recipient}}},
-            "properties": {**message.payload, "campaign": message.campaign_name, "step": message.step_name},
+            "properties": event_properties(message),
             "unique_id": message.idempotency_key,
             "time": datetime.now(UTC).replace(microsecond=0).isoformat(),
         }
@@ -82,3 +87,11 @@ class KlaviyoProvider:
             },
         )
         return accepted(resp, None)
+
+
+def event_properties(message: OutboundMessage) -> dict[str, Any]:
+    """The payload, with the campaign and step names under Rejoin's keys, and under the legacy
+    `campaign` / `step` keys only where the payload does not use them itself."""
+    legacy = {"campaign": message.campaign_name, "step": message.step_name}
+    own = {"rejoin_campaign": message.campaign_name, "rejoin_step": message.step_name}
+    return {**legacy, **message.payload, **own}

@@ -1,9 +1,15 @@
-"""SendGrid v3 Mail Send: a dynamic template filled with the step's payload.
+"""SendGrid v3 Mail Send: a dynamic template filled with the step's payload, or the email itself.
 
-POST {base}/v3/mail/send, `Authorization: Bearer <api key>`. The payload becomes
-`dynamic_template_data` (a payload with its own `template_id` / `dynamic_template_data` keys
-overrides the configured template). SendGrid has no idempotency key: the send key travels in
-`custom_args` so a possible duplicate can be traced in SendGrid's activity feed.
+POST {base}/v3/mail/send, `Authorization: Bearer <api key>`. With a template (the integration's
+`template_id`, or the payload's own `template_id` key) the payload becomes
+`dynamic_template_data` (or the payload's own `dynamic_template_data` key). Without one SendGrid
+needs the email itself: `subject` and `content` come from the payload's `subject` and its
+`text` (or `body`) and `html` (or a SendGrid-shaped `content` list); a message with neither a
+template nor a subject and a body is refused before the call, as a permanent failure naming
+what is missing (SendGrid would answer 400 to every send of it). SendGrid has no idempotency
+key: the send key travels in `custom_args` so a possible duplicate can be traced in SendGrid's
+activity feed. A journey or broadcast email carries its one-click unsubscribe link in `headers`
+(`List-Unsubscribe`, `List-Unsubscribe-Post`, RFC 8058), with or without a template.
 
 SendGrid's 429 carries no Retry-After, only `X-RateLimit-Reset` (unix epoch seconds when the
 limit resets): read here as the Retry-After, so the retry waits for the reset rather than a blind
@@ -12,8 +18,11 @@ back-off. Only here: other vendors send the same header name meaning seconds fro
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, HttpUrl
 
+from domain.render import unsubscribe_url_of
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, parse_rate_limit_reset
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted, join
@@ -24,6 +33,35 @@ def with_reset_wait(error: ProviderError) -> ProviderError:
     if error.status == 429 and error.retry_after is None:
         error.retry_after = parse_rate_limit_reset(error.headers.get("x-ratelimit-reset"))
     return error
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def mail_content(payload: dict[str, Any]) -> list[dict[str, str]]:
+    """The email's parts as SendGrid's `content`: text/plain first, as SendGrid requires.
+    A payload's own `content` list ([{"type", "value"}]) is taken as it is written."""
+    given = payload.get("content")
+    if isinstance(given, list) and given:
+        typed = [{"type": str(p["type"]), "value": p["value"]} for p in given
+                 if isinstance(p, dict) and _text(p.get("type")) and _text(p.get("value"))]  # fmt: skip
+        return sorted(typed, key=lambda p: p["type"].strip().lower() != "text/plain")
+    parts: list[dict[str, str]] = []
+    text = _text(payload.get("text")) or _text(payload.get("body"))
+    if text:
+        parts.append({"type": "text/plain", "value": text})
+    html = _text(payload.get("html"))
+    if html:
+        parts.append({"type": "text/html", "value": html})
+    return parts
+
+
+def unsubscribe_headers(payload: dict[str, Any]) -> dict[str, str]:
+    url = unsubscribe_url_of(payload)
+    if not url:
+        return {}
+    return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
 
 
 class SendGridConfig(PresetConfig):
@@ -45,24 +83,7 @@ class SendGridProvider:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = SendGridConfig.model_validate(message.config)
-        payload = dict(message.payload)
-        template_id = payload.pop("template_id", None) or cfg.template_id
-        data = payload.pop("dynamic_template_data", None) or payload
-        sender: dict[str, str] = {"email": cfg.from_email}
-        if cfg.from_name:
-            sender["name"] = cfg.from_name
-        body: dict[str, object] = {
-            "personalizations": [
-                {
-                    "to": [{"email": message.recipient}],
-                    "dynamic_template_data": data,
-                    "custom_args": {"rejoin_send_key": message.idempotency_key},
-                }
-            ],
-            "from": sender,
-        }
-        if template_id:
-            body["template_id"] = template_id
+        body = mail_body(cfg, message)
         resp = await self.ctx.caller.request(
             "POST",
             join(str(cfg.base_url), "/v3/mail/send"),
@@ -73,3 +94,37 @@ class SendGridProvider:
         if error is not None:
             raise with_reset_wait(error)
         return accepted(resp, resp.headers.get("x-message-id"))
+
+
+def mail_body(cfg: SendGridConfig, message: OutboundMessage) -> dict[str, object]:
+    """The Mail Send request: the template's shape, or subject and content without a template."""
+    headers = unsubscribe_headers(message.payload)  # read first: a copy of the payload drops the link
+    payload = dict(message.payload)
+    template_id = payload.pop("template_id", None) or cfg.template_id
+    personalization: dict[str, object] = {"to": [{"email": message.recipient}]}
+    body: dict[str, object] = {"personalizations": [personalization], "from": sender(cfg)}
+    if template_id:
+        personalization["dynamic_template_data"] = payload.pop("dynamic_template_data", None) or payload
+    else:
+        subject, content = _text(payload.get("subject")), mail_content(payload)
+        if subject is None or not content:
+            missing = " and ".join(w for w, gone in (("subject", subject is None), ("body", not content)) if gone)
+            raise ProviderError(
+                f"the message has no SendGrid template and no {missing}: give the integration (or the payload) a "
+                "template_id, or the payload a subject and a text or html body",
+                retryable=False,
+            )
+        body["subject"], body["content"] = " ".join(subject.splitlines()), content  # a subject is one line
+    personalization["custom_args"] = {"rejoin_send_key": message.idempotency_key}
+    if template_id:
+        body["template_id"] = template_id
+    if headers:
+        body["headers"] = headers
+    return body
+
+
+def sender(cfg: SendGridConfig) -> dict[str, str]:
+    out = {"email": cfg.from_email}
+    if cfg.from_name:
+        out["name"] = cfg.from_name
+    return out

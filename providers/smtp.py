@@ -5,11 +5,16 @@ connection goes to the address the SSRF guard checked (pinned), while STARTTLS /
 verify the certificate against the configured host name. `Message-ID` is derived from the send
 key, so a repeat after an unknown outcome carries the same id (mail stores and clients
 de-duplicate on it) and the send key is in `X-Rejoin-Send-Key` for tracing.
+
+A journey or broadcast email carries its one-click unsubscribe link (RFC 8058): `List-Unsubscribe:
+<https://…/t/u/…>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`, as Gmail and Yahoo
+require of bulk senders (the link comes with the rendered payload: domain/render.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import hashlib
 import smtplib
 import socket
@@ -20,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from domain.render import unsubscribe_url_of
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, text_of
@@ -61,9 +67,14 @@ def one_line(value: str) -> str:
     return " ".join(value.replace("\0", " ").splitlines())
 
 
+# The library's default, except that a header stored raw (`set_raw`) is sent as written: headers
+# set the usual way are parsed header objects, folded as always.
+POLICY = email.policy.default.clone(refold_source="none")
+
+
 def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
     payload = message.payload
-    mail = EmailMessage()
+    mail = EmailMessage(policy=POLICY)
     mail["Subject"] = one_line(str(payload.get("subject", message.step_name or "")))
     mail["From"] = formataddr((one_line(cfg.from_name or ""), one_line(cfg.from_email)))
     mail["To"] = one_line(message.recipient)
@@ -71,6 +82,13 @@ def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
     digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
     mail["Message-ID"] = f"<{digest}@{cfg.from_email.rpartition('@')[2] or 'rejoin'}>"
     mail["X-Rejoin-Send-Key"] = message.idempotency_key
+    unsubscribe = unsubscribe_url_of(payload)
+    if unsubscribe:
+        # Stored as written and never refolded: the library folds a header word longer than a
+        # line (the signed link is) into RFC 2047 encoded-words, which no mail app reads as a
+        # URL. Every other header is still folded as usual (`POLICY`).
+        mail.set_raw("List-Unsubscribe", f"<{one_line(unsubscribe)}>")
+        mail["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     text = payload.get("text")
     html = payload.get("html")
     mail.set_content(str(text) if text else text_of(payload, "body"))

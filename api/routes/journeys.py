@@ -50,6 +50,9 @@ class SendOut(BaseModel):
     attempts: int
     provider_status: int | None
     provider_response: str | None  # masked (providers/base.py::kept_answer)
+    # The vendor's id of the accepted message (SendGrid X-Message-Id, Twilio SID, FCM name, the
+    # SMTP Message-ID...): what to look the send up by in the vendor's activity feed.
+    provider_message_id: str | None = None
     possible_duplicate: bool
     created_at: datetime
     updated_at: datetime

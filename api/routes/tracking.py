@@ -9,6 +9,10 @@ scanners and mail privacy proxies prefetching the pixel (Apple Mail Privacy Prot
 `privacy_proxy`) are flagged (`bot_reason`) and left out of reports. Reports count a send's
 opens and clicks once each (its first human hit of the kind, `first_of_send`); every human hit
 is also counted, as the totals (docs/reports.md).
+
+Unsubscribe links (`/t/u/<token>`, signed like clicks) opt the recipient out of email in the
+section: a POST does it (RFC 8058 one-click, from the mail app, or the button of the page a GET
+shows); a GET alone never does, since link scanners follow every link of a message.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from api.deps import AppState, Ingestion, StateDep
-from domain.tracking import Signer, bot_reason, expired, issued_at, safe_target
-from store import report_rollup, section_links
+from domain.tracking import UNSUBSCRIBE, Signer, bot_reason, expired, issued_at, safe_target
+from store import report_rollup, section_links, unsubscribe
 from store.engine import Store
 from store.tables import Send, now_utc
 from store.users import canonical_id
@@ -254,3 +258,71 @@ async def engagement(body: EngagementRequest, principal: Ingestion, state: State
                                       kind=kind, source="push", method="POST", user_agent=ua, section_id=principal.section_id)  # fmt: skip
         recorded += hit is not None
     return EngagementAck(recorded=recorded, ignored=len(body.engagements) - recorded)
+
+
+# ------------------------------------------------------------------------- unsubscribe
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="robots" content="noindex">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title></head>
+<body style="font-family:system-ui,sans-serif;max-width:32em;margin:4em auto;padding:0 1em;color:#333">
+<h1 style="font-size:1.4em">{title}</h1>
+{body}
+</body></html>
+"""
+
+
+# The form posts what a mail app's one-click POST sends (RFC 8058), to the page's own URL.
+CONFIRM_PAGE = _page("Unsubscribe", """<p>Stop receiving these emails?</p>
+<form method="post">
+<input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit" style="font-size:1em;padding:.5em 1.2em">Unsubscribe</button>
+</form>""")
+UNSUBSCRIBED_PAGE = _page(
+    "You are unsubscribed", "<p>You will no longer receive these emails. You can close this page.</p>"
+)
+INVALID_UNSUBSCRIBE_PAGE = _page(
+    "This link is no longer valid",
+    "<p>This unsubscribe link has expired or is not valid. Use the link in a more recent email.</p>",
+)
+PREVIEW_PAGE = _page("Preview", "<p>This link comes from a message preview: nothing was changed.</p>")
+_PAGE_HEADERS = {**NO_CACHE, "Referrer-Policy": "no-referrer"}
+
+
+def _preview(data: dict[str, Any]) -> bool:
+    """A link minted by a preview (no send key): it works, and changes nothing, like its clicks."""
+    return not data.get("k")
+
+
+def _unsubscribe(store: Store, data: dict[str, Any]) -> None:
+    """Opt the token's user (as merged since) out of email in its section."""
+    section, user = data.get("s"), data.get("u")
+    if not isinstance(section, str) or not isinstance(user, str) or not section or not user:
+        return
+    with store.session() as s:
+        unsubscribe.unsubscribe_email(s, section, canonical_id(s, user))
+
+
+@router.api_route("/t/u/{token}", methods=["GET", "HEAD"], include_in_schema=False)
+async def unsubscribe_page(token: str, state: StateDep) -> Response:
+    """The link as a person opens it: a confirmation page whose button POSTs. Opts nobody out."""
+    data = await _live(state, UNSUBSCRIBE, token)
+    if data is None:
+        return HTMLResponse(INVALID_UNSUBSCRIBE_PAGE, headers=_PAGE_HEADERS)
+    return HTMLResponse(PREVIEW_PAGE if _preview(data) else CONFIRM_PAGE, headers=_PAGE_HEADERS)
+
+
+@router.post("/t/u/{token}", include_in_schema=False)
+async def unsubscribe_post(token: str, state: StateDep) -> Response:
+    """One-click unsubscribe (RFC 8058 `List-Unsubscribe=One-Click`, whatever the body says, as
+    mail apps send it) or the confirmation page's button. A forged, tampered or expired token
+    changes nothing."""
+    data = await _live(state, UNSUBSCRIBE, token)
+    if data is None:
+        return HTMLResponse(INVALID_UNSUBSCRIBE_PAGE, status_code=400, headers=_PAGE_HEADERS)
+    if _preview(data):
+        return HTMLResponse(PREVIEW_PAGE, headers=_PAGE_HEADERS)
+    await asyncio.to_thread(_unsubscribe, state.store, data)
+    return HTMLResponse(UNSUBSCRIBED_PAGE, headers=_PAGE_HEADERS)

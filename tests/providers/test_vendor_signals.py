@@ -110,7 +110,7 @@ async def test_sendgrid_429_waits_for_x_ratelimit_reset(
 ) -> None:
     """SendGrid's 429 has no Retry-After, only X-RateLimit-Reset (epoch seconds): Temporal is asked
     to wait until then, not the blind back-off. A Retry-After, when present, still wins."""
-    cfg = {"api_key": "SG.key", "from_email": "shop@example.com", "base_url": fresh_provider.url()}
+    cfg = {"api_key": "SG.key", "from_email": "shop@example.com", "template_id": "d-1", "base_url": fresh_provider.url()}
     reset = str(int(time.time()) + 8)
     fresh_provider.script(
         "/v3/mail/send",
