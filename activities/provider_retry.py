@@ -7,13 +7,25 @@ one line here and the error is marked BENIGN, which makes the SDK log it at DEBU
 WARNING with a full traceback per attempt (a vendor outage filled a soak run's worker log with
 thousands of identical tracebacks) and leaves it out of the SDK's failure metrics. A send that
 fails for good is still logged where it is recorded.
+
+A Retry-After that reaches past what is left of the delivery budget (the activity's
+schedule-to-close timeout) cannot be honoured: Temporal would give the step up at once, with the
+vendor's last answer as the only reason. So the error says so itself and is not retried, and the
+give-up reason and the log line tell the real cause. (`parse_retry_after` already sets aside an
+implausible value, over an hour, so the back-off applies to those.)
+
+The error's text is the `ProviderError`'s, masked when it was made (the integration's secrets,
+addresses: `providers/base.py::Redactor`), and masked once more here with the same integration's
+redactor (`err.redactor`), since it goes into the Temporal history, which the Temporal UI shows.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import math
+from datetime import UTC, datetime, timedelta
 
+from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from providers.base import ProviderError
@@ -21,14 +33,42 @@ from providers.base import ProviderError
 log = logging.getLogger(__name__)
 
 
+def remaining_budget(now: datetime | None = None) -> float | None:
+    """Seconds left of the running activity's schedule-to-close budget (None: no budget known,
+    e.g. outside an activity)."""
+    try:
+        info = activity.info()
+    except RuntimeError:
+        return None
+    budget = info.schedule_to_close_timeout
+    if not budget or info.scheduled_time is None:
+        return None
+    scheduled = info.scheduled_time if info.scheduled_time.tzinfo else info.scheduled_time.replace(tzinfo=UTC)
+    return (scheduled + budget - (now or datetime.now(UTC))).total_seconds()
+
+
 def retry_later(err: ProviderError, send: str) -> ApplicationError:
     """The error to raise for a retryable provider failure of `send` (a send key or a batch)."""
     answer = str(err.status) if err.status is not None else err.message.split(":", 1)[0]
-    after = f" after {err.retry_after:g} s (Retry-After)" if err.retry_after else ""
+    message = err.redactor.redact(err.message)
+    error_type = "RateLimited" if err.status == 429 else "ProviderUnavailable"
+    wait = err.retry_after if err.retry_after is not None and math.isfinite(err.retry_after) else None
+    left = remaining_budget()
+    if wait and left is not None and wait > left:
+        log.info(
+            "%s: provider failed (%s); Retry-After %g s exceeds the remaining delivery budget (%.0f s): gives up",
+            send, answer, wait, max(0.0, left),
+        )  # fmt: skip
+        return ApplicationError(
+            f"Retry-After {wait:g} s exceeds the remaining delivery budget ({max(0.0, left):.0f} s): {message}",
+            type=error_type,
+            non_retryable=True,
+        )
+    after = f" after {wait:g} s (Retry-After)" if wait else ""
     log.info("%s: provider failed (%s); Temporal retries it%s", send, answer, after)
     return ApplicationError(
-        err.message,
-        type="RateLimited" if err.status == 429 else "ProviderUnavailable",
-        next_retry_delay=timedelta(seconds=err.retry_after) if err.retry_after else None,
+        message,
+        type=error_type,
+        next_retry_delay=timedelta(seconds=wait) if wait else None,
         category=ApplicationErrorCategory.BENIGN,
     )

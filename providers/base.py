@@ -11,14 +11,30 @@ the journey's result and the Temporal history of a retried attempt; an accepted 
 is masked where delivery stores it (adapters parse the raw body first, for the message id).
 A `ConfigurationError` is Rejoin's own words (a refused URL keeps its address readable); the one
 that quotes a vendor, a refused token, masks the quote (`oauth.py`).
+
+Vendors also repeat the credentials they refused ("authorization grant is invalid: Bearer SG.…",
+an OAuth `error_description` quoting the client secret). So the masking is a `Redactor` built
+from the integration's configuration (`Redactor.of`): it replaces each of its secrets, and the
+forms a request carries them in (URL/form-encoded, JSON-escaped, base64, Basic `user:secret`), by
+`[secret]` before masking addresses. The registry runs every send and save-time check inside
+`redacting(...)` (`providers/registry.py`), so `kept_answer` and `ProviderError` made during the
+call, by any adapter, use it; the one place that turns provider text into something kept.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 import math
+import re
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 from security.redact import mask
 
@@ -29,11 +45,129 @@ KEPT_ANSWER_CHARS = 2000
 _ADDRESS_MARGIN = 254
 
 
+SECRET_MASK = "[secret]"
+# A secret shorter than this is masked only as a whole token (not inside a longer word), so a
+# 4-character password does not garble every answer that happens to contain its letters.
+MIN_ANYWHERE_SECRET = 6
+# A cut answer may end in the first characters of a secret (an adapter's `body[:500]` snippet):
+# such a tail is masked from this many characters on.
+MIN_SECRET_TAIL = 6
+# Non-secret values this long are not paired with a secret as a Basic `user:secret` credential.
+_MAX_BASIC_USER = 200
+_WORD = "A-Za-z0-9"
+
+
+def _encodings(value: str) -> Iterator[str]:
+    """The forms a request carries a secret in, which a vendor may quote back."""
+    yield value
+    yield quote(value, safe="")  # a form field or query parameter (client_secret_post)
+    yield quote_plus(value, safe="")
+    yield json.dumps(value)[1:-1]  # inside a JSON string (a PEM key's line breaks as \n)
+    yield json.dumps(value)[1:-1].replace("/", "\\/")  # JSON encoders that escape "/" (PHP's)
+    yield from _base64(value)
+
+
+def _base64(raw: str) -> Iterator[str]:
+    """Base64 with its padding, and without (as some vendors quote it)."""
+    encoded = base64.b64encode(raw.encode()).decode()
+    yield encoded
+    yield encoded.rstrip("=")
+
+
+def _basic_forms(user: str, secret: str) -> Iterator[str]:
+    """`Authorization: Basic` values for `user:secret`, plain (most adapters) or form-encoded
+    first (OAuth2 client_secret_basic, RFC 6749 2.3.1)."""
+    for raw in (f"{user}:{secret}", f"{quote(user, safe='')}:{quote(secret, safe='')}"):
+        yield from _base64(raw)
+
+
+class Redactor:
+    """Masks one integration's secrets, then e-mail addresses and phone numbers, in provider text.
+
+    Built per integration (`Redactor.of(config)`); `Redactor()` masks addresses only."""
+
+    def __init__(self, secrets: Iterable[str] = (), users: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        users = [u for u in users if 0 < len(u) <= _MAX_BASIC_USER]
+        for secret in {s for s in secrets if s}:
+            forms.update(_encodings(secret))
+            for user in users:
+                forms.update(_basic_forms(user, secret))
+        forms.discard("")
+        # Longest first, so a form that contains another (Basic of user:secret) is masked whole.
+        self._forms = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(self._alternative(f) for f in self._forms)) if forms else None
+        self.longest = len(self._forms[0]) if self._forms else 0
+
+    @staticmethod
+    def _alternative(form: str) -> str:
+        if len(form) >= MIN_ANYWHERE_SECRET:
+            return re.escape(form)
+        return f"(?<![{_WORD}]){re.escape(form)}(?![{_WORD}])"
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Redactor:
+        """The redactor for an integration's full configuration (secrets merged in); built once
+        per distinct configuration (a send builds it for every message)."""
+        from providers.secret_fields import plain_strings, secret_strings
+
+        return _redactor_for(tuple(sorted(set(secret_strings(config)))), tuple(sorted(set(plain_strings(config)))))
+
+    def secrets(self, text: str) -> str:
+        """`text` with this integration's secrets (and a secret's first characters ending it) masked."""
+        if self._pattern is None or not text:
+            return text
+        text = self._pattern.sub(SECRET_MASK, text)
+        tail = text[-MIN_SECRET_TAIL:]
+        for form in self._forms:
+            if len(tail) < MIN_SECRET_TAIL or tail not in form:
+                continue
+            # A cut answer ending inside a secret: its first characters are enough to guess it.
+            for n in range(min(len(form) - 1, len(text)), MIN_SECRET_TAIL - 1, -1):
+                if text.endswith(form[:n]):
+                    return text[:-n] + SECRET_MASK
+        return text
+
+    def redact(self, text: str) -> str:
+        """Secrets, then addresses and phone numbers, masked (the one rule for provider text)."""
+        return mask(self.secrets(text))
+
+    def kept(self, text: str, limit: int = 0) -> str:
+        """`redact`, then cut to `limit` characters (0: no cut). Reads past the cut first, so a
+        secret or an address straddling it is still recognised whole."""
+        if not limit:
+            return self.redact(text)
+        return self.redact(text[: limit + max(_ADDRESS_MARGIN, self.longest)])[:limit]
+
+
+@functools.lru_cache(maxsize=256)
+def _redactor_for(secrets: tuple[str, ...], users: tuple[str, ...]) -> Redactor:
+    return Redactor(secrets, users)
+
+
+_REDACTOR: ContextVar[Redactor] = ContextVar("provider_redactor", default=Redactor())
+
+
+def current_redactor() -> Redactor:
+    """The redactor of the integration being called (addresses only outside a call)."""
+    return _REDACTOR.get()
+
+
+@contextmanager
+def redacting(redactor: Redactor) -> Iterator[Redactor]:
+    """Make `redactor` the one `kept_answer` and `ProviderError` use for the calls inside."""
+    token = _REDACTOR.set(redactor)
+    try:
+        yield redactor
+    finally:
+        _REDACTOR.reset(token)
+
+
 def kept_answer(text: str, limit: int = KEPT_ANSWER_CHARS) -> str:
-    """A provider's answer as Rejoin stores and shows it: e-mail addresses and phone numbers
-    masked, then cut to `limit`. A `ProviderError` keeps its body through this, so adapters
-    pass error bodies whole."""
-    return mask(text[: limit + _ADDRESS_MARGIN])[:limit]
+    """A provider's answer as Rejoin stores and shows it: the integration's secrets (inside a
+    `redacting` block), e-mail addresses and phone numbers masked, then cut to `limit`. A
+    `ProviderError` keeps its body through this, so adapters pass error bodies whole."""
+    return current_redactor().kept(text, limit)
 
 
 @dataclass(frozen=True)
@@ -79,8 +213,12 @@ class ProviderError(Exception):
         headers: dict[str, str] | None = None,
         recipient_gone: bool = False,
     ) -> None:
-        message, body = mask(message), kept_answer(body)
+        redactor = current_redactor()
+        message, body = redactor.redact(message), redactor.kept(body, KEPT_ANSWER_CHARS)
         super().__init__(message)
+        # What masked it: whoever turns the error into something kept later (a Temporal retry,
+        # `activities/provider_retry.py`) masks with the same integration's secrets.
+        self.redactor = redactor
         self.recipient_gone = recipient_gone
         self.message = message
         self.retryable = retryable
@@ -103,13 +241,21 @@ class Provider(Protocol):
     async def send(self, message: OutboundMessage) -> ProviderResponse: ...
 
 
+# A rate-limit reset or Retry-After further ahead than this is a misread header (milliseconds, a
+# clock far off, a placeholder like 99999999), not a throttling window: vendors reset per second
+# or per minute. Back-off is safer then, since a next-retry delay past the delivery budget makes
+# Temporal give the step up at once.
+MAX_RATE_LIMIT_RESET_S = 3600.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After in seconds or as an HTTP date; None when absent or unparseable."""
+    """Retry-After in seconds or as an HTTP date; None (back-off applies) when absent,
+    unparseable, not finite (`inf`, `1e400`, `nan`) or further ahead than `MAX_RATE_LIMIT_RESET_S`."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return _plausible_wait(float(value))
     except ValueError:
         pass
     from datetime import UTC, datetime
@@ -117,17 +263,17 @@ def parse_retry_after(value: str | None) -> float | None:
 
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return _plausible_wait((when - datetime.now(UTC)).total_seconds())
 
 
-# A rate-limit reset further ahead than this is a misread header (milliseconds, a clock far off),
-# not a throttling window: vendors reset per second or per minute. Back-off is safer then, since a
-# next-retry delay past the delivery budget makes Temporal give the step up at once.
-MAX_RATE_LIMIT_RESET_S = 3600.0
+def _plausible_wait(seconds: float) -> float | None:
+    if not math.isfinite(seconds) or seconds > MAX_RATE_LIMIT_RESET_S:
+        return None
+    return max(0.0, seconds)
 
 
 def parse_rate_limit_reset(value: str | None, now: float | None = None) -> float | None:

@@ -8,7 +8,9 @@ another host. Headers that cannot be sent as given (CR, LF or NUL; framing and h
 that would contradict the request we build) are a `ConfigurationError` before anything is sent,
 whichever client is used, and never quote the value. Transport failures become retryable
 `ProviderError`s; whether the provider may have processed the request is recorded
-(`outcome_unknown`), because that decides whether a repeat could duplicate.
+(`outcome_unknown`), because that decides whether a repeat could duplicate. A TLS certificate
+that does not verify is the exception: permanent, since every retry fails the same way.
+A whole request (connection, sending, the answer's last byte) has a deadline, the read timeout.
 
 Two transports sit behind the same caller: aiohttp (the worker's HTTP/1.1 sends: its pool stays
 fast with 100 sends in flight, where one shared httpx client collapses to ~120 req/s, see
@@ -17,6 +19,7 @@ docs/performance.md) and httpx (APNs, which needs HTTP/2, and callers that pass 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -84,7 +87,9 @@ def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
     """(read, connect) seconds for provider calls: the defaults, or less when a delivery attempt
     (`REJOIN_DELIVERY_TIMEOUT`) is shorter, so that a silent provider times out inside the attempt,
     which records it (outcome unknown: retried with the same key, flagged) and logs one line,
-    rather than Temporal's start-to-close timeout cancelling the attempt mid-call.
+    rather than Temporal's start-to-close timeout cancelling the attempt mid-call. The read value
+    is also the deadline of a whole request, body included (`outbound_session`, the transports),
+    so an answer trickled a byte at a time times out the same way.
 
     The worker's sends and the API's test call both use it, so a test call that succeeds means a
     delivery would not time out on the same answer."""
@@ -123,8 +128,37 @@ def is_timeout(err: ProviderError) -> bool:
     return err.message.startswith(f"{TIMEOUT_ERROR}:")
 
 
+CERTIFICATE_ERROR = "TLS certificate verification failed"  # how such a ProviderError begins
+
+
+def _certificate_problem(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if that is what it was."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        # aiohttp's wrapper (itself an ssl.CertificateError) holds ssl's error.
+        if isinstance(current, aiohttp.ClientConnectorCertificateError):
+            current = current.certificate_error
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _connection_error(exc: Exception, unknown: bool) -> ProviderError:
     # The cause (refused, reset, TLS verification) helps the marketer; it holds no secrets.
+    problem = _certificate_problem(exc)
+    if problem is not None:
+        # A certificate that does not verify (self-signed, expired, for another name) fails the
+        # same way on every retry: a configuration to fix, not an outage to wait out. Nothing was
+        # sent (the handshake failed first).
+        detail = getattr(problem, "verify_message", None) or getattr(problem, "reason", None) or str(problem)
+        return ProviderError(
+            f"{CERTIFICATE_ERROR} ({detail}), not retried: the provider's certificate must be valid for its "
+            f"host name and signed by a trusted authority; {type(exc).__name__}: {str(exc)[:300]}",
+            retryable=False,
+        )
     return ProviderError(
         f"connection error: {type(exc).__name__}: {str(exc)[:300]}", retryable=True, outcome_unknown=unknown
     )
@@ -143,16 +177,22 @@ class HttpxTransport:
         if timeout is not None:
             extensions["timeout"] = httpx.Timeout(timeout).as_dict()
         kwargs: dict[str, Any] = {k: v for k, v in vars(body).items() if v is not None}
+        deadline = timeout if timeout is not None else self.client.timeout.read
         try:
             request = self.client.build_request(
                 method, target.pinned_url, headers=headers, extensions=extensions, **kwargs
             )
-            resp = await self.client.send(request, follow_redirects=False)
+            # httpx times each read, not the exchange: a provider trickling its answer (a byte a
+            # second) would never time out. The deadline bounds the whole call.
+            async with asyncio.timeout(deadline):
+                resp = await self.client.send(request, follow_redirects=False)
         except (httpx.LocalProtocolError, h11.LocalProtocolError, ValueError) as exc:
             raise _unbuildable(exc) from None
         except httpx.TimeoutException as exc:
             # Connect timeouts never reached the provider; read/write timeouts may have.
             raise _timeout_error(exc, not isinstance(exc, httpx.ConnectTimeout)) from exc
+        except TimeoutError as exc:  # the deadline: the request may have been processed
+            raise _timeout_error(exc, True) from exc
         except httpx.TransportError as exc:
             raise _connection_error(exc, not isinstance(exc, httpx.ConnectError)) from exc
         return RawResponse(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.text)
@@ -173,7 +213,7 @@ class AiohttpTransport:
         if target.scheme == "https":
             kwargs["server_hostname"] = target.host
         if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
         try:
             async with self.session.request(
                 method, target.pinned_url, headers=headers, allow_redirects=False, **kwargs
@@ -219,8 +259,14 @@ def outbound_session(
     timeout: float = PROVIDER_READ_TIMEOUT_S,
     connect: float = PROVIDER_CONNECT_TIMEOUT_S,
     ssl_context: ssl.SSLContext | None = None,
+    total: float | None = None,
 ) -> aiohttp.ClientSession:
     """The worker's pooled aiohttp session: bounded connections, reused across messages.
+
+    `total` (default: `timeout`, the read budget) bounds a whole request, from waiting for a
+    connection to the last byte of the answer: silence is bounded by `timeout` between reads, but a
+    provider trickling its answer (a byte every 2 s) would otherwise run the attempt into Temporal's
+    start-to-close timeout, which cancels it mid-call instead of recording a timeout.
 
     Open inside a running event loop and close it (`async with`) on exit.
     """
@@ -232,8 +278,11 @@ def outbound_session(
     )
     return aiohttp.ClientSession(
         connector=connector,
-        # connect = pool wait + TCP/TLS set-up; sock_read = silence between reads (as httpx's read).
-        timeout=aiohttp.ClientTimeout(total=None, connect=timeout, sock_connect=connect, sock_read=timeout),
+        # connect = pool wait + TCP/TLS set-up; sock_read = silence between reads (as httpx's read);
+        # total = the whole exchange, body included.
+        timeout=aiohttp.ClientTimeout(
+            total=timeout if total is None else total, connect=timeout, sock_connect=connect, sock_read=timeout
+        ),
         auto_decompress=True,
         raise_for_status=False,
         trust_env=False,

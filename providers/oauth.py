@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from providers.base import ConfigurationError, ProviderError, ProviderResponse, kept_answer
 from providers.http import HttpCaller
 
 DEFAULT_EXPIRES_IN = 3600.0
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,16 +75,34 @@ class TokenRejected(ConfigurationError):
     """The token endpoint refused the credentials (never retryable, shown to the marketer)."""
 
 
-def _token_from(body: str, *, field_name: str = "access_token") -> Token:
+# A token said to last less than this (0, negative, a few seconds) is kept this long anyway: taken
+# at its word it is stale at once, and every message would fetch a new one from the endpoint. A
+# token that did expire earlier is refetched after the provider's 401 (`with_token`).
+MIN_EXPIRES_IN = 60.0
+_warned_short_expiry: set[str] = set()  # token endpoints already logged for it (once per process)
+
+
+def _token_from(body: str, *, field_name: str = "access_token", endpoint: str = "") -> Token:
     try:
         data = json.loads(body)
         value = str(data[field_name])
     except (ValueError, KeyError, TypeError) as exc:
         raise TokenRejected(f"token endpoint answered without {field_name}") from exc
+    raw = data.get("expires_in")
     try:
-        expires_in = float(data.get("expires_in") or DEFAULT_EXPIRES_IN)
+        expires_in = DEFAULT_EXPIRES_IN if raw is None or raw == "" else float(raw)
     except (TypeError, ValueError):
         expires_in = DEFAULT_EXPIRES_IN
+    if not math.isfinite(expires_in):
+        expires_in = DEFAULT_EXPIRES_IN
+    if expires_in < MIN_EXPIRES_IN:
+        if endpoint not in _warned_short_expiry:
+            _warned_short_expiry.add(endpoint)
+            log.warning(
+                "token endpoint %s answered expires_in=%g: the token is kept %g s instead",
+                endpoint or "(unnamed)", expires_in, MIN_EXPIRES_IN,
+            )  # fmt: skip
+        expires_in = MIN_EXPIRES_IN
     return Token(value, expires_in)
 
 
@@ -98,7 +119,8 @@ def _raise_for_token_status(status: int, body: str, headers: dict[str, str]) -> 
             retry_after=parse_retry_after(headers.get("retry-after")),
         )
     # The OAuth2 error code is safe to show; the description is the vendor's text and may echo
-    # input, so it is kept short and masked like any answer Rejoin keeps.
+    # input (the client secret it refused), so it is kept short and masked like any answer Rejoin
+    # keeps: `kept_answer` masks the integration's secrets inside the registry's `redacting` block.
     try:
         err = json.loads(body)
         reason = str(err.get("error", "")) + (f": {err['error_description']}" if err.get("error_description") else "")
@@ -132,7 +154,7 @@ async def client_credentials(
         form[secret_name] = client_secret
     resp = await caller.request("POST", token_url, data=form, headers=headers)
     _raise_for_token_status(resp.status, resp.body, resp.headers)
-    return _token_from(resp.body)
+    return _token_from(resp.body, endpoint=_endpoint(token_url))
 
 
 def service_account_assertion(account: dict[str, Any], scope: str, audience: str | None = None) -> str:
@@ -195,7 +217,13 @@ async def jwt_bearer(caller: HttpCaller, account: dict[str, Any], scope: str) ->
     form = {"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": assertion}
     resp = await caller.request("POST", token_uri, data=form, headers={"Accept": "application/json"})
     _raise_for_token_status(resp.status, resp.body, resp.headers)
-    return _token_from(resp.body)
+    return _token_from(resp.body, endpoint=_endpoint(token_uri))
+
+
+def _endpoint(url: str) -> str:
+    """A token URL as logged: scheme, host and path (a query might carry a credential)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
 def cache_key(integration_id: str, *parts: str) -> str:

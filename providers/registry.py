@@ -7,6 +7,7 @@ the API validates and stores) and whether the vendor honours our idempotency key
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,7 +16,15 @@ import httpx
 from pydantic import BaseModel
 
 from providers.apns import ApnsProvider
-from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderResponse
+from providers.base import (
+    ConfigurationError,
+    OutboundMessage,
+    Provider,
+    ProviderError,
+    ProviderResponse,
+    Redactor,
+    redacting,
+)
 from providers.context import AdapterContext
 from providers.custom_http import CustomHttpProvider
 from providers.emarsys import EmarsysProvider
@@ -96,6 +105,74 @@ def channels_for(kind: str) -> tuple[str, ...]:
     return tuple(getattr(cls, "channels", ALL_CHANNELS)) if cls is not None else ALL_CHANNELS
 
 
+class Redacting:
+    """An adapter whose calls run with its integration's `Redactor` (`providers/base.py`).
+
+    Vendors quote back the credentials they refused: the errors made during the call mask them
+    as they are made, and what leaves here (an error's text, body and headers, an accepted
+    answer's body) is masked once more, so no caller (delivery, a scheduled run, the API's test
+    call and save-time check) stores or shows a secret of the integration it called."""
+
+    def __init__(self, adapter: Provider) -> None:
+        self.adapter = adapter
+        self.honours_idempotency_key = adapter.honours_idempotency_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.adapter, name)
+
+    async def send(self, message: OutboundMessage) -> ProviderResponse:
+        redactor = Redactor.of(message.config)
+        with redacting(redactor):
+            try:
+                resp = await self.adapter.send(message)
+            except ProviderError as err:
+                _masked(err, redactor)
+                raise
+            except ConfigurationError as err:
+                _masked_configuration(err, redactor)
+                raise
+        return ProviderResponse(
+            status=resp.status,
+            body=redactor.secrets(resp.body),
+            headers=_masked_headers(resp.headers, redactor),
+            message_id=resp.message_id,
+        )
+
+    async def validate(self, config: dict[str, Any]) -> None:
+        check = getattr(self.adapter, "validate", None)
+        if check is None:
+            return
+        redactor = Redactor.of(config)
+        with redacting(redactor):
+            try:
+                await check(config)
+            except ProviderError as err:
+                _masked(err, redactor)
+                raise
+            except ConfigurationError as err:
+                _masked_configuration(err, redactor)
+                raise
+
+
+def _masked_headers(headers: dict[str, str], redactor: Redactor) -> dict[str, str]:
+    # Secrets only: ids and dates in headers are shown as they are, as before.
+    return {k: redactor.secrets(v) for k, v in headers.items()}
+
+
+def _masked(err: ProviderError, redactor: Redactor) -> None:
+    """Mask `err`'s text again with `redactor` (one made outside its call kept it whole)."""
+    err.message, err.body = redactor.redact(err.message), redactor.redact(err.body)
+    err.args = (err.message,)
+    err.headers = _masked_headers(err.headers, redactor)
+    err.redactor = redactor
+
+
+def _masked_configuration(err: ConfigurationError, redactor: Redactor) -> None:
+    """A configuration error is Rejoin's own words, kept readable (a refused URL names its
+    address); one quoting a vendor (a refused token) was masked when made: secrets only, again."""
+    err.args = tuple(redactor.secrets(a) if isinstance(a, str) else a for a in err.args)
+
+
 class ProviderRegistry:
     def __init__(
         self,
@@ -113,7 +190,7 @@ class ProviderRegistry:
         self.limiter = RateLimiter()
         self._by_kind: dict[str, Provider] = {"outbox": OutboxProvider(store)}
         for kind, cls in ADAPTERS.items():
-            self._by_kind[kind] = cls(self.context)
+            self._by_kind[kind] = Redacting(cls(self.context))
 
     def for_kind(self, kind: str) -> Provider:
         provider = self._by_kind.get(kind)
@@ -126,15 +203,18 @@ class ProviderRegistry:
 
         Only refusals count: a host that does not resolve right now is left to send time. A URL
         with credentials in it (`user:pw@`) is refused too: send time refuses it, and its host is
-        easily misread (`http://127.0.0.1:9532@evil.example` goes to evil.example).
+        easily misread (`http://127.0.0.1:9532@evil.example` goes to evil.example). So is plain
+        http where the guard requires https (`url_guard.py::UrlGuard.https_only`).
         """
         guard = self.context.caller.guard
         for path, url in _urls(config):
             parts = urlsplit(url)
             if parts.username is not None or parts.password is not None:
                 return path, "a URL may not carry credentials (user:password@): put them in the auth configuration"
+            # Twilio calls the status callback; no credential of ours goes there, so http may stay.
+            checker = replace(guard, https_only=False) if path.endswith("status_callback") else guard
             try:
-                await guard.resolve(url)
+                await checker.resolve(url)
             except RefusedAddress as exc:
                 return path, str(exc)
             except ConfigurationError:
@@ -153,9 +233,8 @@ class ProviderRegistry:
     async def validate(self, kind: str, config: dict[str, Any]) -> None:
         """Save-time checks that need the network (credentials against a token URL)."""
         provider = self.for_kind(kind)
-        check = getattr(provider, "validate", None)
-        if check is not None:
-            await check(config)
+        if isinstance(provider, Redacting):
+            await provider.validate(config)
 
     async def send(self, kind: str, message: OutboundMessage) -> ProviderResponse:
         """Wait for the integration's rate limit, then call its adapter."""

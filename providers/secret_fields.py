@@ -137,3 +137,39 @@ def masks_in(config: Any, path: str = "") -> list[str]:
     if isinstance(config, list):
         return [p for i, v in enumerate(config) for p in masks_in(v, f"{path}.{i}" if path else str(i))]
     return [path] if config == MASK else []
+
+
+def _leaves(value: Any) -> list[str]:
+    """The text of a secret value: itself, or the secret fields inside a secret object (a service
+    account file's `private_key`, not its `client_email` or `token_uri`)."""
+    if isinstance(value, dict):
+        inner: dict[str, Any] = {}
+        _walk(value, "", inner)
+        return [leaf for v in inner.values() for leaf in _leaves(v)]
+    if isinstance(value, list):
+        return [leaf for v in value for leaf in _leaves(v)]
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
+
+
+def secret_strings(config: dict[str, Any]) -> list[str]:
+    """Every secret value of a full configuration (secrets merged in), as text: what must never be
+    kept or shown, whatever a vendor's answer repeats (`providers/base.py::Redactor`)."""
+    _, secrets = split(config)
+    return [leaf for value in secrets.values() for leaf in _leaves(value) if leaf != MASK]
+
+
+def plain_strings(config: dict[str, Any]) -> list[str]:
+    """The non-secret text values of a configuration (user names, account ids, client ids: what a
+    Basic credential pairs with a secret)."""
+    public, _ = split(config)
+    return [s for s in _texts(public) if s != MASK]
+
+
+def _texts(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _texts(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _texts(v)]
+    return [node] if isinstance(node, str) else []

@@ -5,7 +5,8 @@ are refused unless the operator allows private targets (local development and te
 lists the exact `host:port` in the allow-list. Every address a hostname resolves to is
 checked; IPv4 embedded in IPv6 (mapped, 6to4, Teredo, NAT64) is unwrapped; the shorthand
 IPv4 notations inet_aton accepts (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`) are
-normalised before the check.
+normalised before the check. Provider URLs must be https (they carry credentials) unless
+private targets are allowed or the `host:port` is allow-listed (local stand-ins).
 
 The check returns a `Target` with the address that was checked; callers connect to that
 address (the host name travels in the Host header and TLS SNI), so a DNS answer that changes
@@ -28,6 +29,10 @@ IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 class RefusedAddress(ConfigurationError):
     """The URL points at an address the guard does not allow (as opposed to a malformed URL)."""
+
+
+class InsecureUrl(RefusedAddress):
+    """A plain-http URL where https is required: the call would carry credentials in clear."""
 
 
 def _forbidden(ip: IP) -> bool:
@@ -105,6 +110,10 @@ class UrlGuard:
     allow_private: bool = False
     # Exact `host:port` pairs an operator allows even though they are internal.
     allowed_targets: frozenset[str] = field(default_factory=frozenset)
+    # Provider calls carry credentials (API keys, Basic, bearer tokens, client secrets): over
+    # plain http anyone on the path reads them. Only local stand-ins (private URLs allowed, or an
+    # operator's allow-listed internal `host:port`) may be http.
+    https_only: bool = True
 
     @classmethod
     def of(cls, allow_private: bool, allowed: Iterable[str] = ()) -> UrlGuard:
@@ -116,6 +125,11 @@ class UrlGuard:
     async def resolve(self, url: str) -> Target:
         """Check `url` and return the address to connect to; ConfigurationError when refused."""
         scheme, host, port = check_url_shape(url)
+        if scheme != "https" and self.https_only and not self._allowed(host, port):
+            raise InsecureUrl(
+                f"refusing to call {host} over plain http: it would send the integration's credentials "
+                "unencrypted; use an https URL"
+            )
         return Target(url, scheme, host, port, await self.resolve_host(host, port))
 
     async def resolve_host(self, host: str, port: int) -> str:
@@ -143,6 +157,7 @@ class UrlGuard:
         return str(addresses[0])
 
 
-async def check_url(url: str, *, allow_private: bool) -> None:
-    """Raise ConfigurationError when `url` may not be called."""
-    await UrlGuard(allow_private).resolve(url)
+async def check_url(url: str, *, allow_private: bool, https_only: bool = False) -> None:
+    """Raise ConfigurationError when `url` may not be called (a product feed's URL: no credentials
+    travel there, so plain http stays allowed unless asked)."""
+    await UrlGuard(allow_private, https_only=https_only).resolve(url)
