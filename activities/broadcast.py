@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.delivery import compose_payload, make_linker
+from activities.delivery import compose_payload, make_linker, unsubscribe_url
 from activities.provider_retry import retry_later
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
@@ -405,12 +405,12 @@ class BroadcastActivities:
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
             recipient = sendable_recipient(channel, self.box.decrypt(r.opt_ins[channel].value_enc))
+            linker = make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of)
             try:
                 # The same rendering as journeys: templates, tracking links, feeds, localization.
                 payload = compose_payload(
                     s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
-                    user=user, identifier=recipient, items=list(rec.items),
-                    linker=make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of),
+                    user=user, identifier=recipient, items=list(rec.items), linker=linker,
                     as_of=req.as_of, native_email=integration.kind == "smtp",
                 )  # fmt: skip
             except MissingRequired as err:
@@ -434,6 +434,7 @@ class BroadcastActivities:
                 payload=payload, idempotency_key=key,
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
                 campaign_name=spec.name, step_name=variation.steps[0].name,
+                unsubscribe_url=unsubscribe_url(channel, linker),
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,

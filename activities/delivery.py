@@ -221,6 +221,7 @@ class Delivery:
         if opt_in is None:
             return None, step.name, variation.id, None
         recipient = sendable_recipient(req.channel, self.secrets.decrypt(opt_in.value_enc))
+        linker = self._linker(s, req, issued)
         try:
             payload = compose_payload(
                 s,
@@ -232,7 +233,7 @@ class Delivery:
                 user=user,
                 identifier=recipient,
                 items=trigger_items(s, req.section_id, user, spec.type.value, req.skus),
-                linker=self._linker(s, req, issued),
+                linker=linker,
                 as_of=req.as_of,
                 native_email=integration.kind == "smtp",
             )
@@ -254,6 +255,7 @@ class Delivery:
                 secrets=secrets,
                 campaign_name=spec.name,
                 step_name=step.name,
+                unsubscribe_url=unsubscribe_url(req.channel, linker),
             ),
             step.name,
             variation.id,
@@ -431,6 +433,12 @@ def make_linker(
 
         linker.shorten = shorten
     return linker
+
+
+def unsubscribe_url(channel: str, linker: Linker | None) -> str | None:
+    """The one-click unsubscribe URL of an email send (None for other channels, or without a link
+    minter); the adapters that build the email put it in its List-Unsubscribe header."""
+    return linker.unsubscribe_url() if channel == "email" and linker is not None else None
 
 
 def compose_payload(

@@ -10,10 +10,9 @@ Values landing in HTML (a string under a key named like `html`, `html_body`, `bo
 named `<script>` or `" onmouseover=` stays text. Tracking links and the pixel are Rejoin's own
 markup and URLs, and free-text variables are the template author's own text: both go in as-is.
 
-An email rendered with a tracking-link minter carries its one-click unsubscribe URL beside the
-JSON (`RenderedPayload.unsubscribe_url`, read with `unsubscribe_url_of`): adapters that build the
-email (SMTP, SendGrid) put it in the `List-Unsubscribe` header, without a key in the payload that
-every other vendor would receive. `${Unsubscribe link}` puts the same URL in the message.
+`${Unsubscribe link}` puts the send's one-click unsubscribe URL in the message; the delivery gives
+the same URL to the adapters that build the email (SMTP, SendGrid: `OutboundMessage.unsubscribe_url`,
+their `List-Unsubscribe` header), never as a payload key that every other vendor would receive.
 
 Missing values render empty so templates can hide empty product blocks; `${!Name}` marks a
 variable required and rendering then raises `MissingRequired`, which the delivery activity
@@ -528,26 +527,9 @@ def default_payload(ctx: RenderContext) -> dict[str, Any]:
     }
 
 
-class RenderedPayload(dict[str, Any]):
-    """A rendered payload (a plain JSON object to every consumer) that also carries, outside the
-    JSON, the email's one-click unsubscribe URL: for the adapters that write the email's headers.
-    Not a payload key, since custom HTTP, Iterable, Klaviyo... send the payload as it is."""
-
-    unsubscribe_url: str | None = None
-
-
-def unsubscribe_url_of(payload: Mapping[str, Any]) -> str | None:
-    """The unsubscribe URL rendering attached to `payload`; None for a payload not rendered for
-    an email send with tracking links (test calls, previews without a minter, other channels)."""
-    return payload.unsubscribe_url if isinstance(payload, RenderedPayload) else None
-
-
 def render_payload(template: dict[str, Any] | None, ctx: RenderContext) -> dict[str, Any]:
     rendered = default_payload(ctx) if template is None else render_value(template, ctx)
     if ctx.auto_tracking and ctx.channel == "email":
         rendered = auto_track(rendered, ctx)
     assert isinstance(rendered, dict)
-    out = RenderedPayload(shorten_urls(rendered, ctx))
-    if ctx.channel == "email" and ctx.linker is not None:
-        out.unsubscribe_url = ctx.linker.unsubscribe_url()
-    return out
+    return dict(shorten_urls(rendered, ctx))

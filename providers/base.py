@@ -182,6 +182,10 @@ class OutboundMessage:
     secrets: dict[str, Any] = field(default_factory=dict)
     campaign_name: str = ""
     step_name: str = ""
+    # Email: the send's one-click unsubscribe URL, for adapters that write the List-Unsubscribe
+    # headers (SMTP, SendGrid); None for test calls and other channels. Not in the payload, which
+    # custom HTTP, Iterable, Klaviyo... send as it is.
+    unsubscribe_url: str | None = None
 
 
 @dataclass(frozen=True)

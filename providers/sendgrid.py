@@ -22,7 +22,6 @@ from typing import Any
 
 from pydantic import Field, HttpUrl
 
-from domain.render import unsubscribe_url_of
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, parse_rate_limit_reset
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, accepted, join
@@ -57,8 +56,8 @@ def mail_content(payload: dict[str, Any]) -> list[dict[str, str]]:
     return parts
 
 
-def unsubscribe_headers(payload: dict[str, Any]) -> dict[str, str]:
-    url = unsubscribe_url_of(payload)
+def unsubscribe_headers(url: str | None) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe headers for the send's unsubscribe URL (none without one)."""
     if not url:
         return {}
     return {"List-Unsubscribe": f"<{url}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
@@ -98,7 +97,7 @@ class SendGridProvider:
 
 def mail_body(cfg: SendGridConfig, message: OutboundMessage) -> dict[str, object]:
     """The Mail Send request: the template's shape, or subject and content without a template."""
-    headers = unsubscribe_headers(message.payload)  # read first: a copy of the payload drops the link
+    headers = unsubscribe_headers(message.unsubscribe_url)
     payload = dict(message.payload)
     template_id = payload.pop("template_id", None) or cfg.template_id
     personalization: dict[str, object] = {"to": [{"email": message.recipient}]}

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from domain.render import unsubscribe_url_of
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, text_of
@@ -82,7 +81,7 @@ def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
     digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
     mail["Message-ID"] = f"<{digest}@{cfg.from_email.rpartition('@')[2] or 'rejoin'}>"
     mail["X-Rejoin-Send-Key"] = message.idempotency_key
-    unsubscribe = unsubscribe_url_of(payload)
+    unsubscribe = message.unsubscribe_url
     if unsubscribe:
         # Stored as written and never refolded: the library folds a header word longer than a
         # line (the signed link is) into RFC 2047 encoded-words, which no mail app reads as a

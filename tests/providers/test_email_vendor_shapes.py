@@ -3,12 +3,12 @@ SMTP and SendGrid adapters carry the one-click unsubscribe headers of a rendered
 
 from __future__ import annotations
 
+import dataclasses
 from email import message_from_bytes
 
 import pytest
 
-from domain.render import RenderedPayload
-from providers.base import ProviderError
+from providers.base import OutboundMessage, ProviderError
 from providers.registry import ProviderRegistry
 from tests.provider_server import ProviderServer, Reply
 from tests.providers.test_push_and_smtp import Mailbox, smtp_server  # noqa: F401  (fixture)
@@ -21,11 +21,9 @@ def sendgrid_cfg(server: ProviderServer, **more: str) -> dict[str, str]:
     return {"api_key": "SG.key", "from_email": "shop@example.com", "base_url": server.url(), **more}
 
 
-def rendered(payload: dict[str, object]) -> RenderedPayload:
-    """A payload as rendering hands it over for a journey email: with its unsubscribe link."""
-    out = RenderedPayload(payload)
-    out.unsubscribe_url = UNSUBSCRIBE
-    return out
+def journey_email(msg: OutboundMessage) -> OutboundMessage:
+    """A message as delivery hands it over for a journey email: with its unsubscribe link."""
+    return dataclasses.replace(msg, unsubscribe_url=UNSUBSCRIBE)
 
 
 async def test_sendgrid_without_template_sends_subject_and_content(
@@ -77,12 +75,12 @@ async def test_sendgrid_carries_one_click_unsubscribe_headers(
     fresh_provider.default("/v3/mail/send", Reply(202, ""))
     want = {"List-Unsubscribe": f"<{UNSUBSCRIBE}>", "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
     sendgrid = registry.for_kind("sendgrid")
-    await sendgrid.send(message(sendgrid_cfg(fresh_provider, template_id="d-9"), rendered({"a": 1})))
-    await sendgrid.send(message(sendgrid_cfg(fresh_provider), rendered({"subject": "s", "text": "t"})))
+    await sendgrid.send(journey_email(message(sendgrid_cfg(fresh_provider, template_id="d-9"), {"a": 1})))
+    await sendgrid.send(journey_email(message(sendgrid_cfg(fresh_provider), {"subject": "s", "text": "t"})))
     first, second = (r.json() for r in fresh_provider.to("/v3/mail/send"))
     assert first["headers"] == want and first["personalizations"][0]["dynamic_template_data"] == {"a": 1}
     assert second["headers"] == want
-    # A payload not rendered for a journey (a test call) has no link: no headers.
+    # A message without a link (a test call) has no headers.
     await registry.for_kind("sendgrid").send(message(sendgrid_cfg(fresh_provider), {"subject": "s", "text": "t"}))
     assert "headers" not in fresh_provider.to("/v3/mail/send")[2].json()
 
@@ -93,7 +91,7 @@ async def test_smtp_carries_one_click_unsubscribe_headers(
     """SMTP: List-Unsubscribe as one unfolded `<url>` (no encoded-words), and List-Unsubscribe-Post."""
     box, port = smtp_server
     cfg = {"host": "127.0.0.1", "port": port, "security": "none", "from_email": "shop@shop.example"}
-    await registry.for_kind("smtp").send(message(cfg, rendered({"subject": "Your cart", "text": "2 items"})))
+    await registry.for_kind("smtp").send(journey_email(message(cfg, {"subject": "Your cart", "text": "2 items"})))
     mail = message_from_bytes(box.messages[-1][2])
     assert mail["List-Unsubscribe"] == f"<{UNSUBSCRIBE}>"
     assert mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
