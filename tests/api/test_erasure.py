@@ -14,6 +14,7 @@ from sqlmodel import SQLModel, select
 from temporalio.testing import WorkflowEnvironment
 
 from domain.events import email_hash
+from security.crypto import SecretBox
 from store.cart_tables import CartEntry
 from store.engine import Store
 from store.identity_tables import UserAlias
@@ -25,6 +26,7 @@ from store.tracking_tables import TrackingHit
 from tests.helpers import (
     SectionKeys,
     add_integration,
+    app_state,
     add_to_cart,
     cart_campaign,
     collect,
@@ -134,7 +136,8 @@ async def test_erasure_covers_merged_ids_gone_workflows_and_subscriber_lists(
     [alias] = _rows(store, UserAlias, canonical_id=uid)
     [row] = _rows(store, Journey, user_id=uid, status="active")
     await env.client.get_workflow_handle(row.workflow_id).terminate("operator")
-    listed = _list_with(store, section, integration["id"], [email_hash(email), email_hash("someone@else.example")])
+    hashes = [email_hash(email), email_hash("someone@else.example")]
+    listed = _list_with(store, app_state(api).box, section, integration["id"], hashes)
     _facts_with_traces(store, section, cid, uid)
 
     r = await api.delete(f"/api/v1/users/{alias.alias_id}", headers=section.mgmt)  # a merged id finds the person
@@ -178,15 +181,21 @@ def _facts_with_traces(store: Store, section: SectionKeys, campaign_id: str, use
             ))  # fmt: skip
 
 
-def _list_with(store: Store, section: SectionKeys, integration_id: str, hashes: list[str]) -> Table:
-    """An active subscriber list of the integration whose set holds `hashes` (keyed as syncs key them)."""
+def _list_with(store: Store, box: SecretBox, section: SectionKeys, integration_id: str, hashes: list[str]) -> Table:
+    """An active subscriber list of the integration whose set holds `hashes` (keyed as syncs key them),
+    with values sealed under the app's key: every later test sharing the database (key rotation)
+    reads them."""
     name = set_table_name(integration_id, 1)
     table = subscriber_set(name)
     now = datetime.now(UTC)
     with store.session() as s:
         create_set(s, name)
         s.connection().execute(
-            table.insert(), [{"value_hash": bytes.fromhex(h)[:16], "value_enc": b"sealed"} for h in hashes]
+            table.insert(),
+            [
+                {"value_hash": bytes.fromhex(h)[:16], "value_enc": sealed}
+                for h, sealed in zip(hashes, box.seal_many([b"x"] * len(hashes)), strict=True)
+            ],
         )
         index_set(s, name)
         s.add(SubscriberList(
