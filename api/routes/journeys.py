@@ -1,31 +1,51 @@
-"""Journey look-up for operators: a user's journeys, their live state and decision trace.
+"""Journeys for operators: a user's journeys, their live state and decision trace; stopping them.
 
 "Why did this user get nothing?" is answered by `GET /api/v1/users/{ref}/journeys`: each
 journey with its variation, status, the live workflow state (next wake time), every decision
 with its reason, every provider call with its state (a send being retried shows its attempts
 and the provider's last answer), plus a link to the journey in the Temporal UI.
+
+Stopping: `POST /api/v1/journeys/{id}/exit` ends one journey, `POST /api/v1/campaigns/{id}/journeys/exit`
+every active journey of a campaign (pause and archive only skip their steps: docs/campaigns.md).
+Each running journey is sent the `exit` signal (reason `operator_stopped`), the same an ingested
+"don't send if" event sends; a journey whose workflow is no longer running (terminated in the
+Temporal UI, failed) has its store row ended instead.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
-from pydantic import BaseModel, StrictBool
+from pydantic import BaseModel, Field, StrictBool
 from sqlmodel import col, select
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
-from api.journeys import describe, start_or_retrigger, trigger_input
+from api.ingestion import EXIT_WAITS_FOR_START
+from api.journeys import (
+    describe,
+    exit_journey,
+    journey_id_of_run,
+    start_or_retrigger,
+    started_new_run,
+    trigger_input,
+)
+from domain.campaign import CampaignSpec, Variation
 from store import decisions, journey_rows, sends
 from store.campaigns import load_spec
-from store.tables import Campaign, Journey, User
+from store.tables import Campaign, Journey, User, now_utc
 from store.users import find_user
 from workflows.ids import journey_workflow_id
-from workflows.models import JourneyView, TriggerSignal
+from workflows.journey import JourneyWorkflow
+from workflows.models import Enrollment, ExitSignal, JourneyInput, JourneyPlan, JourneyView, TriggerSignal
 
 router = APIRouter(prefix="/api/v1", tags=["journeys"])
 
@@ -93,6 +113,10 @@ class TestFlag(BaseModel):
 
 class PreviewRequest(BaseModel):
     user: str
+    # Run this variation instead of the one allocation gives the user (a tester previews each
+    # variation with one test user). Allocation keeps a person's first journey's variation, so
+    # a first journey previewed in a forced variation makes it the test user's (docs/testing.md).
+    variation_id: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class PreviewStarted(BaseModel):
@@ -185,45 +209,277 @@ async def get_journey(journey_id: str, principal: Management, state: StateDep) -
     return (await _with_live(state, journeys))[0]
 
 
-def _preview_input(state: StateDep, section_id: str, campaign_id: str, user_ref: str) -> tuple[str, Any]:
+@dataclass(frozen=True)
+class _Preview:
+    """A preview's start: its workflow id and input; `enrolled`: the journey the API recorded for a
+    forced variation (None: the journey allocates its variation itself, as before)."""
+
+    workflow_id: str
+    input: JourneyInput
+    enrolled: str | None = None
+
+
+def _preview_input(state: StateDep, section_id: str, campaign_id: str, body: PreviewRequest) -> _Preview:
     with state.store.session() as s:
         campaign = s.get(Campaign, campaign_id)
         if campaign is None or campaign.section_id != section_id:
             raise NotFound("no such campaign", field="campaign_id")
-        user: User | None = find_user(s, section_id, user_ref)
+        spec = load_spec(s, campaign.id, campaign.version)
+        forced = _forced_variation(spec, body.variation_id)
+        user: User | None = find_user(s, section_id, body.user)
         if user is None:
             raise NotFound("no such user", field="user")
         if not user.is_test:
             raise Unprocessable("previews run only for test users (PUT /api/v1/users/{ref}/test)", field="user")
-        real_time = s.exec(
-            select(Journey.id).where(
+        running = s.exec(
+            select(Journey).where(
                 Journey.section_id == section_id, Journey.campaign_id == campaign.id, Journey.user_id == user.id,
-                Journey.status == "active", Journey.is_test == False,  # noqa: E712  (SQL expression)
-            )
+                Journey.status == "active",
+            ).order_by(col(Journey.is_test))  # a real-time journey first: it is the one to report
         ).first()  # fmt: skip
-        if real_time is not None:
+        if running is not None and not running.is_test:
             # Started before the user was flagged: it keeps real time, and the preview would only
             # re-trigger it (202, yet nothing would run on a skipped clock).
             raise Conflict(
-                f"the user has a journey of this campaign running on real time ({real_time}) from before they "
+                f"the user has a journey of this campaign running on real time ({running.id}) from before they "
                 "became a test user; wait for it to end, or preview with another test user",
                 field="user",
             )
-        spec = load_spec(s, campaign.id, campaign.version)
+        if running is not None and forced is not None:
+            # A preview of the campaign still runs: the start would only re-trigger it, in its own variation.
+            raise Conflict(
+                f"a journey of this campaign still runs for the user ({running.id}, variation {running.variation_id}); "
+                f"stop it first (POST /api/v1/journeys/{running.id}/exit), then preview variation {forced.id}",
+                field="user",
+            )
+        wid = journey_workflow_id(section_id, campaign.id, user.id)
         inp = trigger_input(
             section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, True, state.settings.delivery_timeout
         )
-        return journey_workflow_id(section_id, campaign.id, user.id), inp
+        if forced is None:
+            return _Preview(wid, inp)
+        # The forced variation goes in as the API's enrollment (as ingestion enrolls at a trigger):
+        # the journey runs the plan it is given and allocates nothing (workflows/journey.py::_plan).
+        assert inp.triggered_at is not None
+        inp.enrollment = Enrollment(journey_id=str(uuid.uuid4()), plan=JourneyPlan.of(forced))
+        journey_rows.enroll(
+            s,
+            journey_rows.new_journey(
+                journey_id=inp.enrollment.journey_id, workflow_id=wid, section_id=section_id,
+                campaign_id=campaign.id, campaign_version=campaign.version, priority=spec.priority,
+                user_id=user.id, variation=forced, is_test=True, at=inp.triggered_at,
+            ),  # fmt: skip
+        )
+        return _Preview(wid, inp, inp.enrollment.journey_id)
+
+
+def _forced_variation(spec: CampaignSpec, variation_id: str | None) -> Variation | None:
+    """The variation a preview asks for (None: allocation chooses); 422 if the campaign has none such."""
+    if variation_id is None:
+        return None
+    variation = spec.variation(variation_id)
+    if variation is None:
+        known = ", ".join(v.id for v in spec.variations)
+        raise Unprocessable(
+            f"the campaign has no variation {variation_id!r} (its variations: {known})", field="variation_id"
+        )
+    return variation
+
+
+def _withdraw(state: StateDep, journey_id: str) -> None:
+    with state.store.session() as s:
+        journey_rows.withdraw(s, [journey_id])
 
 
 @router.post("/campaigns/{campaign_id}/preview", status_code=202)
 async def preview(campaign_id: str, body: PreviewRequest, principal: Management, state: StateDep) -> PreviewStarted:
-    """Run the campaign for a test user with time skipped: a 90-day journey lands in seconds."""
-    wid, inp = await asyncio.to_thread(_preview_input, state, principal.section_id, campaign_id, body.user)
-    client = await state.client()
-    await start_or_retrigger(
-        client, state.settings.task_queue, wid, inp, TriggerSignal(event_id="preview_" + secrets.token_hex(8))
-    )
+    """Run the campaign for a test user with time skipped: a 90-day journey lands in seconds.
+
+    `variation_id` runs that variation whatever allocation gives the user (docs/testing.md)."""
+    start = await asyncio.to_thread(_preview_input, state, principal.section_id, campaign_id, body)
+    wid = start.workflow_id
+    trigger = TriggerSignal(event_id="preview_" + secrets.token_hex(8))
+    variation_id = start.input.enrollment.plan.variation_id if start.input.enrollment else None
+    try:
+        client = await state.client()
+        handle = await start_or_retrigger(
+            client, state.settings.task_queue, wid, start.input, trigger, variation_id=variation_id
+        )
+    except Exception:
+        if start.enrolled is not None:  # no run will end the row the preview recorded
+            await asyncio.to_thread(_withdraw, state, start.enrolled)
+        raise
+    if start.enrolled is not None and not started_new_run(handle):
+        # Another preview's journey started between the check and this start: it took the trigger.
+        await asyncio.to_thread(_withdraw, state, start.enrolled)
+        raise Conflict("another journey of this campaign started for the user meanwhile; stop it first", field="user")
     return PreviewStarted(workflow_id=wid, temporal_ui=state.settings.temporal_ui_link(wid))
 
 
+# ------------------------------------------------------------ stopping journeys
+
+OPERATOR_STOPPED = "operator_stopped"  # the exit reason of journeys stopped through these routes
+STOP_CONCURRENCY = 50  # journeys signalled at once by a campaign-wide stop
+STOP_PAGE = 500  # active rows read per page by a campaign-wide stop
+
+StopOutcome = Literal["signalled", "ended_in_store", "start_pending", "already_ended"]
+
+
+class StopOut(BaseModel):
+    """`outcome`: `signalled` (the running journey was sent the exit: it records `exited`,
+    reason `operator_stopped`, within moments) or `ended_in_store` (its workflow no longer ran:
+    the row was ended here). `status`/`exit_reason`: the row as it is when the call returns."""
+
+    journey_id: str
+    outcome: StopOutcome
+    status: str
+    exit_reason: str | None
+
+
+class CampaignStopOut(BaseModel):
+    """Counts over the campaign's journeys active when the call read them: `signalled` running
+    journeys sent the exit, `ended_in_store` rows ended because no workflow ran them any more,
+    `start_pending` journeys whose start has not reached Temporal yet (send the call again),
+    `already_ended` journeys that ended on their own meanwhile."""
+
+    campaign_id: str
+    signalled: int = 0
+    ended_in_store: int = 0
+    start_pending: int = 0
+    already_ended: int = 0
+
+
+@dataclass(frozen=True)
+class _Active:
+    """An active journey row, as much of it as stopping needs."""
+
+    id: str
+    workflow_id: str
+    triggered_at: datetime
+
+
+def _operator_exit() -> ExitSignal:
+    # A fresh event id per call: the journey ignores an exit event id it has seen.
+    return ExitSignal(event_id="operator_" + secrets.token_hex(8), reason=OPERATOR_STOPPED)
+
+
+async def _journey_of_run(client: Client, workflow_id: str, run_id: str | None, running: bool) -> str | None:
+    """The journey a run runs or ran: from its start input, else (a run that enrolled itself: a
+    preview, a re-trigger after an operator ended a journey) by asking it if it runs (a query to a
+    closed run would replay it); None if unknown."""
+    ran = await journey_id_of_run(client, workflow_id, run_id)
+    if ran is not None or not running:
+        return ran
+    try:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        view = await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5)
+        return view.journey_id
+    except Exception:  # no worker to answer, timeout: cannot tell
+        return None
+
+
+async def _latest_run(client: Client, workflow_id: str) -> tuple[bool, str | None] | None:
+    """The workflow id's latest run: (running, the journey it runs or ran); None if it never ran."""
+    try:
+        desc = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    running = desc.status == WorkflowExecutionStatus.RUNNING
+    return running, await _journey_of_run(client, workflow_id, desc.run_id, running)
+
+
+async def _stop(state: StateDep, client: Client, row: _Active) -> StopOutcome:
+    """Stop one active journey: signal its running workflow, else end its row.
+
+    A person's journeys of a campaign share a workflow id, so the run found is checked to be this
+    journey's. A row whose workflow never ran, or whose latest run is another journey's, may be a
+    start still on its way to Temporal (ending the row would not stop it): it is ended only when
+    older than ingestion's wait for such starts (`EXIT_WAITS_FOR_START`)."""
+    latest = await _latest_run(client, row.workflow_id)
+    if latest is not None:
+        running, journey_id = latest
+        ours = journey_id in (row.id, None)  # None: a run that cannot tell is taken to be this one
+        if running and ours and await exit_journey(client, row.workflow_id, _operator_exit()):
+            return "signalled"
+        if not ours and not running and now_utc() - row.triggered_at < EXIT_WAITS_FOR_START:
+            return "start_pending"
+    elif now_utc() - row.triggered_at < EXIT_WAITS_FOR_START:
+        return "start_pending"
+    ended = await asyncio.to_thread(_end_row, state, row.id)
+    return "ended_in_store" if ended else "already_ended"
+
+
+def _end_row(state: StateDep, journey_id: str) -> bool:
+    with state.store.session() as s:
+        return journey_rows.end_if_active(s, journey_id, "exited", OPERATOR_STOPPED, now_utc())
+
+
+def _journey_row(state: StateDep, section_id: str, journey_id: str) -> Journey:
+    with state.store.session() as s:
+        row = s.get(Journey, journey_id)
+        if row is None or row.section_id != section_id:
+            raise NotFound("no such journey", field="journey_id")
+        s.expunge(row)
+        return row
+
+
+@router.post("/journeys/{journey_id}/exit")
+async def stop_journey(journey_id: str, principal: Management, state: StateDep) -> StopOut:
+    """Stop one journey: no step of it not yet handed to a provider is sent (docs/operations.md).
+
+    409 if the journey has ended already, or if its start has not reached Temporal yet (try again)."""
+    row = await asyncio.to_thread(_journey_row, state, principal.section_id, journey_id)
+    if row.status != "active":
+        raise Conflict(f"the journey has ended already ({row.status}, {row.exit_reason})", field="journey_id")
+    client = await state.client()
+    outcome = await _stop(state, client, _Active(row.id, row.workflow_id, row.triggered_at))
+    if outcome == "start_pending":
+        raise Conflict("the journey's start has not reached Temporal yet; send the exit again", field="journey_id")
+    after = await asyncio.to_thread(_journey_row, state, principal.section_id, journey_id)
+    if outcome == "already_ended":  # it ended on its own between the read and the stop
+        raise Conflict(f"the journey has ended already ({after.status}, {after.exit_reason})", field="journey_id")
+    return StopOut(journey_id=row.id, outcome=outcome, status=after.status, exit_reason=after.exit_reason)
+
+
+def _campaign_exists(state: StateDep, section_id: str, campaign_id: str) -> None:
+    with state.store.session() as s:
+        campaign = s.get(Campaign, campaign_id)
+        if campaign is None or campaign.section_id != section_id:
+            raise NotFound("no such campaign", field="campaign_id")
+
+
+def _active_page(state: StateDep, section_id: str, campaign_id: str, after: str) -> list[_Active]:
+    """The campaign's active journeys with an id after `after`, a page in id order (keyset)."""
+    with state.store.session() as s:
+        rows = s.exec(
+            select(Journey.id, Journey.workflow_id, Journey.triggered_at)
+            .where(Journey.section_id == section_id, Journey.campaign_id == campaign_id, Journey.status == "active",
+                   col(Journey.id) > after)
+            .order_by(col(Journey.id))
+            .limit(STOP_PAGE)
+        ).all()  # fmt: skip
+        return [_Active(*r) for r in rows]
+
+
+@router.post("/campaigns/{campaign_id}/journeys/exit")
+async def stop_campaign_journeys(campaign_id: str, principal: Management, state: StateDep) -> CampaignStopOut:
+    """Stop every active journey of the campaign at once (e.g. after archiving it, whose journeys
+    would otherwise run to their end skipping their steps). Journeys triggered after the call are
+    not stopped: pause or archive the campaign first so no new one starts."""
+    await asyncio.to_thread(_campaign_exists, state, principal.section_id, campaign_id)
+    client = await state.client()
+    out = CampaignStopOut(campaign_id=campaign_id)
+    gate = asyncio.Semaphore(STOP_CONCURRENCY)
+
+    async def stop(row: _Active) -> StopOutcome:
+        async with gate:
+            return await _stop(state, client, row)
+
+    after = ""
+    while page := await asyncio.to_thread(_active_page, state, principal.section_id, campaign_id, after):
+        for outcome in await asyncio.gather(*(stop(r) for r in page)):
+            setattr(out, outcome, getattr(out, outcome) + 1)
+        after = page[-1].id
+    return out
