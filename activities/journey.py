@@ -22,7 +22,7 @@ from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
 from store import decisions, journey_rows, reservations
-from store.campaigns import load_spec
+from store.campaigns import UnknownCampaign, load_spec
 from store.engine import Store
 from store.reachability import reach
 from store.tables import Journey, Send, User, now_utc
@@ -69,7 +69,9 @@ class JourneyActivities:
                 is_test=req.is_test,
                 at=req.as_of,
             )
-            journey_rows.enroll(s, journey)  # insert-if-absent: a retry records nothing twice
+            # insert-if-absent: a retry records nothing twice (and ended the others already)
+            if journey_rows.enroll(s, journey):
+                _end_superseded(s, req.workflow_id, req.journey_id, req.as_of)
         return JourneyPlan.of(variation)
 
     @activity.defn(name="journey.decide")
@@ -226,16 +228,16 @@ class JourneyActivities:
             ended = journey_rows.end(s, req.journey_id, req.status, req.exit_reason, req.as_of)
             if ended is None:
                 return
-            section_id, user_id = ended
             if req.status == "exited":
+                name = _step_name(s, ended.campaign_id, ended.campaign_version, ended.variation_id, req.step_index)
                 decisions.record(
                     s,
                     key=f"{req.journey_id}:{req.step_index}:exit",
                     journey_id=req.journey_id,
-                    section_id=section_id,
-                    user_id=user_id,
+                    section_id=ended.section_id,
+                    user_id=ended.user_id,
                     step_index=req.step_index,
-                    step_name=f"step {req.step_index}",
+                    step_name=name,
                     outcome="exited",
                     reason=req.exit_reason,
                     at=req.as_of,
@@ -263,12 +265,33 @@ def _trace_gave_up(
             section_id=journey.section_id,
             user_id=journey.user_id,
             step_index=step_index,
-            step_name=f"step {step_index}",
+            step_name=_step_name(s, journey.campaign_id, journey.campaign_version, journey.variation_id, step_index),
             outcome=outcome,
             reason=reason,
             channel=channel,
             at=at,
         )
+
+
+def _end_superseded(s: Session, workflow_id: str, journey_id: str, at: datetime) -> None:
+    """A run that enrolls itself ends the other active journeys of its workflow id, in the same
+    transaction as its row (`journey_rows.end_superseded`): at most one is active per workflow id."""
+    ended = journey_rows.end_superseded(s, workflow_id, journey_id, at)
+    if ended:
+        log.warning("journeys %s ended (%s): workflow %s runs journey %s now, their runs were closed outside Rejoin",
+                    ", ".join(ended), journey_rows.SUPERSEDED_REASON, workflow_id, journey_id)  # fmt: skip
+
+
+def _step_name(s: Session, campaign_id: str, version: int, variation_id: str, step_index: int) -> str:
+    """The step's name in the journey's campaign version (as decisions record it), else "step N"
+    (a version or variation no longer there, an index past the last step)."""
+    try:
+        variation = load_spec(s, campaign_id, version).variation(variation_id)
+    except UnknownCampaign:
+        variation = None
+    if variation is not None and 0 <= step_index < len(variation.steps):
+        return variation.steps[step_index].name
+    return f"step {step_index}"
 
 
 def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | None:

@@ -4,15 +4,15 @@ statements (store/statements.py): the journey activities run these for every jou
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, exists, select, update
 from sqlmodel import Session
 
 from domain.campaign import Variation
 from store import report_rollup
 from store.statements import per_dialect, row_of, table_of, upsert_for
-from store.tables import Campaign, Journey, Section
+from store.tables import Campaign, Event, Journey, Section
 
 JOURNEY = table_of(Journey)
 # The status of an enrollment whose trigger was merged into the person's running journey.
@@ -33,10 +33,31 @@ _END = (
     update(JOURNEY)
     .where(_j.id == bindparam("journey_id"))
     .values(status=bindparam("new_status"), exit_reason=bindparam("reason"), ended_at=bindparam("at", type_=_j.ended_at.type))
-    .returning(_j.section_id, _j.user_id)
+    .returning(_j.section_id, _j.user_id, _j.campaign_id, _j.campaign_version, _j.variation_id)
 )
 # A journey still active only: an end recorded from outside its workflow must not overwrite its own.
 _END_ACTIVE = _END.where(_j.status == "active")
+_e = table_of(Event).c
+# A journey enrolled at a trigger whose dispatch has not completed: its start (or, if another run
+# took the trigger, its withdrawal as merged) is still on its way. Its row was recorded with the
+# event (triggered when received); the dispatch withdraws it before marking the event dispatched.
+_START_ON_ITS_WAY = exists().where(
+    _e.section_id == _j.section_id, _e.user_id == _j.user_id, _e.received_at == _j.triggered_at,
+    _e.dispatched == False,  # noqa: E712  (SQL expression)
+)  # fmt: skip
+# The other active journeys of a workflow id (on `workflow_id`'s index), ended: see `end_superseded`.
+_END_SUPERSEDED = (
+    update(JOURNEY)
+    .where(_j.workflow_id == bindparam("of_workflow"), _j.id != bindparam("kept_id"), _j.status == "active",
+           ~_START_ON_ITS_WAY)
+    .values(status=bindparam("new_status"), exit_reason=bindparam("reason"),
+            ended_at=bindparam("at", type_=_j.ended_at.type))
+    .returning(_j.id)
+)  # fmt: skip
+# The status and reason of a journey whose run was closed outside Rejoin, found only when a later
+# run of its workflow id enrolled itself (Temporal no longer says how that run closed).
+SUPERSEDED = "exited"
+SUPERSEDED_REASON = "workflow_closed"
 _SENT = update(JOURNEY).where(_j.id == bindparam("journey_id")).values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type))
 # The last step's send: the journey's end recorded in the same statement (no finish step after it).
 _SENT_AND_COMPLETED = (
@@ -134,11 +155,21 @@ def variation_of(s: Session, journey_id: str) -> str | None:
     return s.execute(_VARIATION, {"journey_id": journey_id}).scalar_one_or_none()
 
 
-def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: datetime) -> tuple[str, str] | None:
-    """Record how the journey ended; (section id, user id), or None if there is no such journey."""
+class Ended(NamedTuple):
+    """What the trace entry of a journey's end needs of its row (`end`)."""
+
+    section_id: str
+    user_id: str
+    campaign_id: str
+    campaign_version: int
+    variation_id: str
+
+
+def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: datetime) -> Ended | None:
+    """Record how the journey ended; its row's `Ended` fields, or None if there is no such journey."""
     params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
     row = s.execute(_END, params).first()
-    return (row.section_id, row.user_id) if row is not None else None
+    return Ended(*row) if row is not None else None
 
 
 def end_if_active(s: Session, journey_id: str, status: str, exit_reason: str, at: datetime) -> bool:
@@ -146,6 +177,21 @@ def end_if_active(s: Session, journey_id: str, status: str, exit_reason: str, at
     terminated in the Temporal UI, failed, timed out); True if the row was still active."""
     params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
     return s.execute(_END_ACTIVE, params).first() is not None
+
+
+def end_superseded(s: Session, workflow_id: str, journey_id: str, at: datetime) -> list[str]:
+    """End the other active journeys of `workflow_id` when the run of `journey_id` enrolls itself;
+    the ids it ended. Temporal runs one execution of a workflow id at a time, so their runs are
+    closed: closed outside Rejoin (an operator's terminate) with the row left active, which made
+    the store answer the next trigger "running" (no enrollment at the trigger, so this run enrolls
+    itself). Left active, a workflow id had two open journeys: the old one shown with the new
+    run's live state and counted by priority and exits for ever.
+
+    Not ended: a journey enrolled at a trigger whose dispatch has not completed (`_START_ON_ITS_WAY`):
+    a concurrent request's trigger this run overtook, which its dispatch withdraws as merged."""
+    params = {"of_workflow": workflow_id, "kept_id": journey_id, "new_status": SUPERSEDED,
+              "reason": SUPERSEDED_REASON, "at": at}  # fmt: skip
+    return list(s.execute(_END_SUPERSEDED, params).scalars())
 
 
 def mark_sent(s: Session, journey_id: str, at: datetime, *, completes: bool = False) -> None:
