@@ -7,6 +7,7 @@ the API validates and stores) and whether the vendor honours our idempotency key
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -122,15 +123,8 @@ class Redacting:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         redactor = Redactor.of(message.config)
-        with redacting(redactor):
-            try:
-                resp = await self.adapter.send(message)
-            except ProviderError as err:
-                _masked(err, redactor)
-                raise
-            except ConfigurationError as err:
-                _masked_configuration(err, redactor)
-                raise
+        with _masking(redactor):
+            resp = await self.adapter.send(message)
         return ProviderResponse(
             status=resp.status,
             body=redactor.secrets(resp.body),
@@ -142,16 +136,22 @@ class Redacting:
         check = getattr(self.adapter, "validate", None)
         if check is None:
             return
-        redactor = Redactor.of(config)
-        with redacting(redactor):
-            try:
-                await check(config)
-            except ProviderError as err:
-                _masked(err, redactor)
-                raise
-            except ConfigurationError as err:
-                _masked_configuration(err, redactor)
-                raise
+        with _masking(Redactor.of(config)):
+            await check(config)
+
+
+@contextmanager
+def _masking(redactor: Redactor) -> Iterator[None]:
+    """Errors made inside are masked as they are made (`redacting`) and once more as they leave."""
+    with redacting(redactor):
+        try:
+            yield
+        except ProviderError as err:
+            _masked(err, redactor)
+            raise
+        except ConfigurationError as err:
+            _masked_configuration(err, redactor)
+            raise
 
 
 def _masked_headers(headers: dict[str, str], redactor: Redactor) -> dict[str, str]:
