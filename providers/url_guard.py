@@ -125,12 +125,13 @@ class UrlGuard:
     async def resolve(self, url: str) -> Target:
         """Check `url` and return the address to connect to; ConfigurationError when refused."""
         scheme, host, port = check_url_shape(url)
+        address = await self.resolve_host(host, port)  # first: a private address is refused as such
         if scheme != "https" and self.https_only and not self._allowed(host, port):
             raise InsecureUrl(
-                f"refusing to call {host} over plain http: it would send the integration's credentials "
-                "unencrypted; use an https URL"
+                f"refusing to call {host} over plain http: provider URLs must be https (credentials, "
+                "recipients and messages would travel unencrypted)"
             )
-        return Target(url, scheme, host, port, await self.resolve_host(host, port))
+        return Target(url, scheme, host, port, address)
 
     async def resolve_host(self, host: str, port: int) -> str:
         """The checked address to connect to for `host` (any protocol, e.g. SMTP)."""
