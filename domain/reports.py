@@ -434,7 +434,9 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
         interval = intervals[i]
         rows.append({"id": a.id, "probability_to_be_best": round(prob[i], 4),
                      "uplift_vs_baseline": None if interval is None else {"low": round(interval[0], 4), "high": round(interval[1], 4)}})  # fmt: skip
-    best = max(range(len(arms)), key=prob.__getitem__)
+    # An arm no one is in has only its prior (a 0.5 chance against a low rate): it leads nothing.
+    seen = [i for i, a in enumerate(arms) if a.users > 0] or list(range(len(arms)))
+    best = max(seen, key=prob.__getitem__)
     conversions = sum(_successes_failures(a)[0] if metric != "revenue" else a.successes for a in arms)
     enough = all(a.users >= MIN_USERS for a in arms) and conversions >= MIN_CONVERSIONS
     status = "not_enough_data" if not enough else ("winner" if prob[best] >= WIN_PROBABILITY else "no_winner_yet")
@@ -443,7 +445,7 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
         "baseline": arms[base].id,
         "status": status,
         "winner": arms[best].id if status == "winner" else None,
-        "leader": arms[best].id,
+        "leader": arms[best].id if arms[best].users > 0 else None,
         "variations": rows,
         "thresholds": {"min_users": MIN_USERS, "min_conversions": MIN_CONVERSIONS, "probability": WIN_PROBABILITY},
     }

@@ -234,8 +234,12 @@ class ReportLinkIn(BaseModel):
 
 
 @router.post("/api/v1/campaigns/{campaign_id}/report-link")
-def report_link(campaign_id: str, body: ReportLinkIn, principal: Management, state: StateDep) -> dict[str, str]:
-    """A signed, expiring URL of the HTML report, to open in a browser or share without a key."""
+def report_link(
+    campaign_id: str, principal: Management, state: StateDep, body: ReportLinkIn | None = None
+) -> dict[str, str]:
+    """A signed, expiring URL of the HTML report, to open in a browser or share without a key
+    (no body: the defaults, 24 hours over the whole campaign)."""
+    body = body or ReportLinkIn()
     with state.store.session() as s:
         c, _ = _campaign(s, principal.section_id, campaign_id)
         _range(c, body.start, body.end, given_in="body")

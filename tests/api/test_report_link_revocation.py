@@ -39,3 +39,11 @@ async def test_revoking_needs_a_management_key_of_the_campaigns_section(
     assert (await api.delete(revoke, headers={"Authorization": f"Bearer {section.ingestion}"})).status_code == 403
     assert (await api.delete(revoke, headers=other_section.mgmt)).status_code == 404
     assert (await api.get(link)).status_code == 200
+
+
+async def test_a_report_link_needs_no_body(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """The documented defaults (24 hours, the whole campaign) apply to a request without a body."""
+    cid = await create_campaign(api, section, cart_campaign())
+    r = await api.post(f"/api/v1/campaigns/{cid}/report-link", headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    assert (await api.get(httpx.URL(r.json()["url"]).path)).status_code == 200

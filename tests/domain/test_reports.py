@@ -164,3 +164,12 @@ def test_winner_is_deterministic_and_fair_between_equal_arms() -> None:
         assert row["probability_to_be_best"] == pytest.approx(1 / 3, abs=0.015)  # 20,000 draws: sd 0.0033
     low, high = result["variations"][1]["uplift_vs_baseline"].values()
     assert -0.2 < low < 0 < high < 0.2 and result["status"] == "no_winner_yet"
+
+
+def test_an_arm_no_one_is_in_never_leads() -> None:
+    """A variation at share 0 has only its prior: against a low conversion rate that prior "wins"
+    about half the draws, which named it the leader of a test it is not part of."""
+    arms = [Arm("a", 400, successes=8, trials=400), Arm("b", 0, successes=0, trials=0)]
+    result = winner("purchases", arms)
+    assert result["leader"] == "a", result
+    assert winner("purchases", [Arm("a", 0, 0, 0), Arm("b", 0, 0, 0)])["leader"] is None
