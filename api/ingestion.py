@@ -316,7 +316,7 @@ def _kept_journey(s: Session, section_id: str, campaign_id: str, user_id: str, o
         .where(col(Journey.workflow_id).in_(active), Journey.status == "active", Journey.variation_id == first)
         .order_by(col(Journey.triggered_at))
     ).all()
-    in_arm = [w for w in rows if w in active]
+    in_arm = list(rows)  # active journeys of the workflow ids in `active`, in the first variation
     if in_arm:
         return own if own in in_arm else in_arm[0]
     return own if own in active else sorted(active)[0]

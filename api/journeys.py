@@ -263,7 +263,7 @@ async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> 
     return True
 
 
-async def _latest_run(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
+async def latest_run(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | None:
     """The workflow id's latest run, described; None if the id never ran."""
     try:
         return await handle.describe()
@@ -287,7 +287,7 @@ async def closed_run(client: Client, workflow_id: str) -> ClosedRun | None:
     Two calls, only for an exit that found no workflow of a journey the store has active (rare):
     the run's status, then the journey id its start input carries, since a person's journeys of a
     campaign share the workflow id and the closed run may be an earlier journey's."""
-    desc = await _latest_run(client.get_workflow_handle(workflow_id))
+    desc = await latest_run(client.get_workflow_handle(workflow_id))
     if desc is None or desc.status not in _CLOSED:
         return None
     return ClosedRun(desc.status.name.lower(), await journey_id_of_run(client, workflow_id, desc.run_id))
@@ -310,7 +310,7 @@ async def trigger_already_applied(client: Client, workflow_id: str, event_id: st
     continue-as-new chain, its signals the rest).
     """
     handle = client.get_workflow_handle(workflow_id)
-    desc = await _latest_run(handle)
+    desc = await latest_run(handle)
     if desc is None:
         return None
     if desc.status == WorkflowExecutionStatus.RUNNING:

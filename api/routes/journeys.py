@@ -25,7 +25,6 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field, StrictBool
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
@@ -34,6 +33,7 @@ from api.journeys import (
     describe,
     exit_journey,
     journey_id_of_run,
+    latest_run,
     start_or_retrigger,
     started_new_run,
     trigger_input,
@@ -378,14 +378,11 @@ async def _journey_of_run(client: Client, workflow_id: str, run_id: str | None, 
         return None
 
 
-async def _latest_run(client: Client, workflow_id: str) -> tuple[bool, str | None] | None:
+async def _latest_run_journey(client: Client, workflow_id: str) -> tuple[bool, str | None] | None:
     """The workflow id's latest run: (running, the journey it runs or ran); None if it never ran."""
-    try:
-        desc = await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return None
-        raise
+    desc = await latest_run(client.get_workflow_handle(workflow_id))
+    if desc is None:
+        return None
     running = desc.status == WorkflowExecutionStatus.RUNNING
     return running, await _journey_of_run(client, workflow_id, desc.run_id, running)
 
@@ -397,7 +394,7 @@ async def _stop(state: StateDep, client: Client, row: _Active) -> StopOutcome:
     journey's. A row whose workflow never ran, or whose latest run is another journey's, may be a
     start still on its way to Temporal (ending the row would not stop it): it is ended only when
     older than ingestion's wait for such starts (`EXIT_WAITS_FOR_START`)."""
-    latest = await _latest_run(client, row.workflow_id)
+    latest = await _latest_run_journey(client, row.workflow_id)
     if latest is not None:
         running, journey_id = latest
         ours = journey_id in (row.id, None)  # None: a run that cannot tell is taken to be this one
