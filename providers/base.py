@@ -88,7 +88,8 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str] = (), users: Iterable[str] = ()) -> None:
         forms: set[str] = set()
-        users = [u for u in users if 0 < len(u) <= _MAX_BASIC_USER]
+        secrets, users = tuple(secrets), tuple(u for u in users if 0 < len(u) <= _MAX_BASIC_USER)
+        self._secrets, self._users = secrets, users
         for secret in {s for s in secrets if s}:
             forms.update(_encodings(secret))
             for user in users:
@@ -112,6 +113,10 @@ class Redactor:
         from providers.secret_fields import plain_strings, secret_strings
 
         return _redactor_for(tuple(sorted(set(secret_strings(config)))), tuple(sorted(set(plain_strings(config)))))
+
+    def adding(self, *secrets: str) -> Redactor:
+        """This redactor masking `secrets` too (a token an integration's credentials obtained)."""
+        return _redactor_for(tuple(sorted({*self._secrets, *secrets})), tuple(sorted(set(self._users))))
 
     def secrets(self, text: str) -> str:
         """`text` with this integration's secrets (and a secret's first characters ending it) masked."""

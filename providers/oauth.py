@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from providers.base import ConfigurationError, ProviderError, ProviderResponse, kept_answer
+from providers.base import (
+    ConfigurationError,
+    ProviderError,
+    ProviderResponse,
+    current_redactor,
+    kept_answer,
+    redacting,
+)
 from providers.http import HttpCaller
 
 DEFAULT_EXPIRES_IN = 3600.0
@@ -248,8 +255,19 @@ async def with_token(
     """`call` with the cached token; when the answer says the token was refused (401 by default)
     refetch the token once and call once more."""
     token = await cache.get(key, fetch)
-    resp = await call(token)
+    resp = await _masking_token(call, token)
     if rejected(resp):
         token = await cache.get(key, fetch, rejected=token.value)
-        resp = await call(token)
+        resp = await _masking_token(call, token)
     return resp
+
+
+async def _masking_token(call: Callable[[Token], Awaitable[ProviderResponse]], token: Token) -> ProviderResponse:
+    """`call`, with the token masked like the integration's own secrets in its answer and in the
+    errors made during it: a vendor quoting back the bearer token it refused (or echoing its
+    request) would otherwise show a credential that works until it expires."""
+    redactor = current_redactor().adding(token.value)
+    with redacting(redactor):
+        resp = await call(token)
+    headers = {k: redactor.secrets(v) for k, v in resp.headers.items()}
+    return ProviderResponse(resp.status, redactor.secrets(resp.body), headers, resp.message_id)

@@ -127,6 +127,24 @@ async def test_token_endpoint_error_description_quoting_the_secret_is_masked(
     assert CLIENT_SECRET not in str(err.value) and SECRET_MASK in str(err.value)
 
 
+async def test_an_echoed_access_token_is_masked(registry: ProviderRegistry, fresh_provider: ProviderServer) -> None:
+    """A token the credentials obtained is a credential too: the vendor quoting back the bearer
+    token it refused (an error) or echoing its request (an accepted answer) shows `[secret]`."""
+    token = "at-" + secrets.token_urlsafe(24)
+    auth = {"type": "oauth2", "token_url": fresh_provider.url("/token"), "client_id": "cid",
+            "client_secret": CLIENT_SECRET, "client_auth": "post"}  # fmt: skip
+    config = {"url": fresh_provider.url("/hook"), "auth": auth}
+    fresh_provider.default("/token", Reply(200, {"access_token": token, "expires_in": 3600}))
+    fresh_provider.script("/hook", Reply(400, f"malformed request with Authorization: Bearer {token}"))
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("custom_http").send(message(config))
+    for text in (err.value.message, err.value.body, str(err.value)):
+        assert token not in text and f"Bearer {SECRET_MASK}" in text, text
+    fresh_provider.script("/hook", Reply(200, {"received_headers": {"authorization": f"Bearer {token}"}}))
+    resp = await registry.for_kind("custom_http").send(message(config))
+    assert resp.status == 200 and token not in resp.body and SECRET_MASK in resp.body
+
+
 def test_short_secrets_are_masked_only_as_whole_tokens() -> None:
     """A 4-character password is masked where it stands alone, not inside other words."""
     from providers.base import Redactor
