@@ -21,8 +21,9 @@ from urllib.parse import unquote
 # "@" or its percent-encoded form (`jane%40example.com` in a URL's path or query).
 EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(@|%40)([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
 # Not after a `%`: the hex digits of an escape are not part of a number (`%2015551230000` is an
-# encoded space and then the number, which ENCODED_PHONE masks).
-PHONE = re.compile(r"(?<![\w/:.%-])\+?\(?\d[\d \-().]{6,}\d(?![\w-])")
+# encoded space and then the number, which ENCODED_PHONE masks). Not after `/` either (ids in a
+# path, `/orders/12345678`), unless it starts with `+`: `/users/+15551230000` is a phone number.
+PHONE = re.compile(r"(?:(?<=/)\+|(?<![\w/:.%-])\+?)\(?\d[\d \-().]{6,}\d(?![\w-])")
 # A phone number percent-encoded in a URL (an access log's path or query): `%2B15551230000`, or
 # digits separated by encoded spaces, dashes, dots or parentheses (`%2B1%20555%20123%200000`; a
 # `+` is a space in a query). It starts at an encoded `+`, after another escape (`phone%3D1555…`),

@@ -39,3 +39,10 @@ def test_encoded_forms_keep_the_plain_exceptions() -> None:
     assert mask("/u?phone=1%20555%20123%200000") == "/u?phone=1%205******000"
     assert mask("/u/Jane.Doe%2Bshop%40Example.com") == "/u/J***%40Example.com"
     assert mask("token=abc%2B12345678901xyz") == "token=abc%2B12345678901xyz"  # not a number on its own
+
+
+def test_a_plain_phone_in_a_path_is_masked_when_it_starts_with_plus() -> None:
+    """`/users/+15551230000` is a phone number (a user ref); `/orders/12345678` stays an id."""
+    assert mask("GET /api/v1/users/+15551230000/journeys") == "GET /api/v1/users/+15******000/journeys"
+    assert mask("GET /api/v1/orders/12345678") == "GET /api/v1/orders/12345678"
+    assert mask("see https://shop.example/+33 6 12 34 56 78 now") == "see https://shop.example/+33****** 78 now"
