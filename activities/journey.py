@@ -41,6 +41,9 @@ from workflows.models import (
 )
 
 log = logging.getLogger(__name__)
+# Campaign statuses whose steps still send in a preview's journey: a tester previews a draft
+# before activating it, or a paused campaign before resuming it. An archived one never sends.
+PREVIEW_SENDS_WHILE = frozenset({"draft", "paused"})
 
 
 class JourneyActivities:
@@ -131,7 +134,7 @@ class JourneyActivities:
         reads: StepReads | None,
     ) -> StepDecision:
         status = journey_rows.campaign_status(s, req.campaign_id)
-        if status is not None and status != "active":
+        if status is not None and status != "active" and not _previews_send(s, status, req.journey_id):
             # Paused or archived mid-journey: later steps stop; resuming lets the next ones send.
             return StepDecision(action="skip", reason=f"campaign_{status}")
         if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
@@ -300,6 +303,13 @@ def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | Non
     if w is None:
         return None
     return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.recipient_zone(user.attributes.get("timezone"), user.locale, w.timezone)
+
+
+def _previews_send(s: Session, status: str, journey_id: str) -> bool:
+    """Whether a step of a campaign that is not active sends all the same: the journey is a test
+    user's preview (api/routes/journeys.py::preview) and the campaign a draft or paused. The
+    journey row is read only then: an active campaign's steps never ask."""
+    return status in PREVIEW_SENDS_WHILE and journey_rows.started_by_preview(s, journey_id)
 
 
 def _outside_window(spec: CampaignSpec, user: User, as_of: datetime) -> bool:

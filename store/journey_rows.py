@@ -66,6 +66,13 @@ _SENT_AND_COMPLETED = (
     .values(last_sent_at=bindparam("at", type_=_j.last_sent_at.type), status="completed", exit_reason=None,
             ended_at=bindparam("at", type_=_j.ended_at.type))  # fmt: skip
 )
+_IS_PREVIEW = select(_j.is_preview).where(_j.id == bindparam("journey_id"))
+# A preview that reaches a journey of the test user already running makes it a preview too.
+_MARK_PREVIEW = (
+    update(JOURNEY)
+    .where(_j.workflow_id == bindparam("of_workflow"), _j.status == "active", _j.is_test == True)  # noqa: E712
+    .values(is_preview=True)
+)
 _CAMPAIGN_STATUS = select(table_of(Campaign).c.status).where(table_of(Campaign).c.id == bindparam("campaign_id"))
 _SECTION_CAP = select(table_of(Section).c.global_cap_messages).where(table_of(Section).c.id == bindparam("section_id"))
 
@@ -82,9 +89,11 @@ def insert_new(s: Session, journey: Journey) -> bool:
 
 def new_journey(
     *, journey_id: str, workflow_id: str, section_id: str, campaign_id: str, campaign_version: int, priority: int,
-    user_id: str, variation: Variation, is_test: bool, at: datetime, batched: bool = False,
+    user_id: str, variation: Variation, is_test: bool, at: datetime, batched: bool = False, is_preview: bool = False,
 ) -> Journey:  # fmt: skip
     """The row of a journey allocated to `variation` at `at` (a holdout ends as it starts).
+
+    `is_preview`: started by a preview; its steps send while the campaign is a draft or paused.
 
     `batched`: a batched run's recipient (activities/broadcast.py). Its row records the
     allocation (the report cohort's first trigger and variation) and, once sent, the send time
@@ -104,6 +113,7 @@ def new_journey(
         variation_id=variation.id,
         is_control=variation.control,
         is_test=is_test,
+        is_preview=is_preview,
         status="holdout" if variation.control else "completed" if batched else "active",
         triggered_at=at,
         ended_at=at if ends else None,
@@ -197,6 +207,17 @@ def end_superseded(s: Session, workflow_id: str, journey_id: str, at: datetime) 
 def mark_sent(s: Session, journey_id: str, at: datetime, *, completes: bool = False) -> None:
     """Record a send at `at`; `completes`: it was the last step, so the journey ends with it."""
     s.execute(_SENT_AND_COMPLETED if completes else _SENT, {"journey_id": journey_id, "at": at})
+
+
+def started_by_preview(s: Session, journey_id: str) -> bool:
+    """Whether the journey was started by a preview (False if there is no such journey)."""
+    return bool(s.execute(_IS_PREVIEW, {"journey_id": journey_id}).scalar_one_or_none())
+
+
+def mark_preview(s: Session, workflow_id: str) -> int:
+    """Make the test user's active journeys of `workflow_id` previews: a preview that reaches one
+    already running re-triggers it rather than starting its own; how many rows it marked."""
+    return s.connection().execute(_MARK_PREVIEW, {"of_workflow": workflow_id}).rowcount
 
 
 def campaign_status(s: Session, campaign_id: str) -> str | None:

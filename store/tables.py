@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint
+from sqlalchemy import JSON, Boolean, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -204,6 +204,10 @@ class Journey(SQLModel, table=True):
     variation_id: str = Field(max_length=64)
     is_control: bool = False
     is_test: bool = False
+    # Started by a preview (a test user's, api/routes/journeys.py::preview): its steps send while the
+    # campaign is a draft or paused (activities/journey.py::_decide). A server default: rows stored
+    # before it, and rows inserted without it, are no preview.
+    is_preview: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false")))
     status: str = Field(default="active", max_length=16)  # active | completed | exited | holdout | merged
     exit_reason: str | None = Field(default=None, max_length=200)
     triggered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

@@ -15,13 +15,14 @@ Temporal UI, failed) has its store row ended instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 from pydantic import BaseModel, Field, StrictBool
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -38,6 +39,7 @@ from api.journeys import (
     started_new_run,
     trigger_input,
 )
+from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
 from store import decisions, journey_rows, sends
 from store.campaigns import load_spec
@@ -48,6 +50,7 @@ from workflows.journey import JourneyWorkflow
 from workflows.models import Enrollment, ExitSignal, JourneyInput, JourneyPlan, JourneyView, TriggerSignal
 
 router = APIRouter(prefix="/api/v1", tags=["journeys"])
+log = logging.getLogger(__name__)
 
 
 class DecisionOut(BaseModel):
@@ -86,6 +89,7 @@ class JourneyOut(BaseModel):
     variation_id: str
     is_control: bool
     is_test: bool
+    is_preview: bool = False  # started by a preview: sends while the campaign is a draft or paused
     status: str
     exit_reason: str | None
     triggered_at: datetime
@@ -211,12 +215,13 @@ async def get_journey(journey_id: str, principal: Management, state: StateDep) -
 
 @dataclass(frozen=True)
 class _Preview:
-    """A preview's start: its workflow id and input; `enrolled`: the journey the API recorded for a
-    forced variation (None: the journey allocates its variation itself, as before)."""
+    """A preview's start: its workflow id and input; `enrolled`: the journey the API recorded for it
+    (None: the preview re-triggers the user's running journey)."""
 
     workflow_id: str
     input: JourneyInput
     enrolled: str | None = None
+    forced: bool = False  # the request chose the variation
 
 
 def _preview_input(state: StateDep, section_id: str, campaign_id: str, body: PreviewRequest) -> _Preview:
@@ -256,21 +261,28 @@ def _preview_input(state: StateDep, section_id: str, campaign_id: str, body: Pre
         inp = trigger_input(
             section_id, campaign.id, campaign.version, user.id, spec.trigger.wait, True, state.settings.delivery_timeout
         )
-        if forced is None:
+        if running is not None:
+            # The preview re-triggers the test user's running journey: it becomes a preview (its
+            # steps send while the campaign is a draft or paused, as the preview's own would).
+            journey_rows.mark_preview(s, wid)
             return _Preview(wid, inp)
-        # The forced variation goes in as the API's enrollment (as ingestion enrolls at a trigger):
-        # the journey runs the plan it is given and allocates nothing (workflows/journey.py::_plan).
+        # The preview's journey goes in as the API's enrollment (as ingestion enrolls at a trigger),
+        # its row marked as a preview's: the journey runs the plan it is given and allocates nothing
+        # (workflows/journey.py::_plan). The forced variation, else the one allocation keeps or gives.
+        variation = forced or keep_or_allocate(
+            campaign.id, user.id, spec.variations, journey_rows.first_variation(s, section_id, campaign.id, user.id)
+        )
         assert inp.triggered_at is not None
-        inp.enrollment = Enrollment(journey_id=str(uuid.uuid4()), plan=JourneyPlan.of(forced))
+        inp.enrollment = Enrollment(journey_id=str(uuid.uuid4()), plan=JourneyPlan.of(variation))
         journey_rows.enroll(
             s,
             journey_rows.new_journey(
                 journey_id=inp.enrollment.journey_id, workflow_id=wid, section_id=section_id,
                 campaign_id=campaign.id, campaign_version=campaign.version, priority=spec.priority,
-                user_id=user.id, variation=forced, is_test=True, at=inp.triggered_at,
+                user_id=user.id, variation=variation, is_test=True, at=inp.triggered_at, is_preview=True,
             ),  # fmt: skip
         )
-        return _Preview(wid, inp, inp.enrollment.journey_id)
+        return _Preview(wid, inp, inp.enrollment.journey_id, forced=forced is not None)
 
 
 def _forced_variation(spec: CampaignSpec, variation_id: str | None) -> Variation | None:
@@ -291,11 +303,20 @@ def _withdraw(state: StateDep, journey_id: str) -> None:
         journey_rows.withdraw(s, [journey_id])
 
 
+def _retriggered(state: StateDep, journey_id: str, workflow_id: str) -> None:
+    """A journey of the user started between the preview's check and its start, and took its trigger:
+    the preview's row is withdrawn and the running journey becomes the preview."""
+    with state.store.session() as s:
+        journey_rows.withdraw(s, [journey_id])
+        journey_rows.mark_preview(s, workflow_id)
+
+
 @router.post("/campaigns/{campaign_id}/preview", status_code=202)
 async def preview(campaign_id: str, body: PreviewRequest, principal: Management, state: StateDep) -> PreviewStarted:
     """Run the campaign for a test user with time skipped: a 90-day journey lands in seconds.
 
-    `variation_id` runs that variation whatever allocation gives the user (docs/testing.md)."""
+    `variation_id` runs that variation whatever allocation gives the user. The journey is marked as
+    a preview's: its steps send while the campaign is a draft or paused (docs/testing.md)."""
     start = await asyncio.to_thread(_preview_input, state, principal.section_id, campaign_id, body)
     wid = start.workflow_id
     trigger = TriggerSignal(event_id="preview_" + secrets.token_hex(8))
@@ -310,9 +331,13 @@ async def preview(campaign_id: str, body: PreviewRequest, principal: Management,
             await asyncio.to_thread(_withdraw, state, start.enrolled)
         raise
     if start.enrolled is not None and not started_new_run(handle):
-        # Another preview's journey started between the check and this start: it took the trigger.
-        await asyncio.to_thread(_withdraw, state, start.enrolled)
-        raise Conflict("another journey of this campaign started for the user meanwhile; stop it first", field="user")
+        # Another journey started between the check and this start: it took the trigger.
+        if start.forced:  # it runs its own variation, not the one asked for
+            await asyncio.to_thread(_withdraw, state, start.enrolled)
+            raise Conflict(
+                "another journey of this campaign started for the user meanwhile; stop it first", field="user"
+            )
+        await asyncio.to_thread(_retriggered, state, start.enrolled, wid)
     return PreviewStarted(workflow_id=wid, temporal_ui=state.settings.temporal_ui_link(wid))
 
 
@@ -321,6 +346,7 @@ async def preview(campaign_id: str, body: PreviewRequest, principal: Management,
 OPERATOR_STOPPED = "operator_stopped"  # the exit reason of journeys stopped through these routes
 STOP_CONCURRENCY = 50  # journeys signalled at once by a campaign-wide stop
 STOP_PAGE = 500  # active rows read per page by a campaign-wide stop
+STOP_FAILURES_LISTED = 100  # failed journeys a campaign-wide stop names (all are counted)
 
 StopOutcome = Literal["signalled", "ended_in_store", "start_pending", "already_ended"]
 
@@ -336,17 +362,28 @@ class StopOut(BaseModel):
     exit_reason: str | None
 
 
+class StopFailure(BaseModel):
+    """A journey a campaign-wide stop could not stop: Temporal (or the store) failed on it."""
+
+    journey_id: str
+    reason: str
+
+
 class CampaignStopOut(BaseModel):
     """Counts over the campaign's journeys active when the call read them: `signalled` running
     journeys sent the exit, `ended_in_store` rows ended because no workflow ran them any more,
     `start_pending` journeys whose start has not reached Temporal yet (send the call again),
-    `already_ended` journeys that ended on their own meanwhile."""
+    `already_ended` journeys that ended on their own meanwhile, `failed` journeys not stopped
+    because a call for them failed (`failures`: the first 100, each with the error; send the call
+    again). Answered with 503 when `failed` is not 0."""
 
     campaign_id: str
     signalled: int = 0
     ended_in_store: int = 0
     start_pending: int = 0
     already_ended: int = 0
+    failed: int = 0
+    failures: list[StopFailure] = []
 
 
 @dataclass(frozen=True)
@@ -460,23 +497,50 @@ def _active_page(state: StateDep, section_id: str, campaign_id: str, after: str)
         return [_Active(*r) for r in rows]
 
 
-@router.post("/campaigns/{campaign_id}/journeys/exit")
-async def stop_campaign_journeys(campaign_id: str, principal: Management, state: StateDep) -> CampaignStopOut:
+def _failure(row: _Active, err: Exception) -> StopFailure:
+    log.warning("campaign-wide stop: journey %s (%s) not stopped", row.id, row.workflow_id, exc_info=err)
+    return StopFailure(journey_id=row.id, reason=f"{type(err).__name__}: {err}"[:300])
+
+
+def _count(out: CampaignStopOut, result: StopOutcome | StopFailure) -> None:
+    if isinstance(result, StopFailure):
+        out.failed += 1
+        if len(out.failures) < STOP_FAILURES_LISTED:
+            out.failures.append(result)
+    else:
+        setattr(out, result, getattr(out, result) + 1)
+
+
+@router.post(
+    "/campaigns/{campaign_id}/journeys/exit",
+    responses={503: {"model": CampaignStopOut, "description": "some journeys were not stopped (`failures`)"}},
+)
+async def stop_campaign_journeys(
+    campaign_id: str, principal: Management, state: StateDep, response: Response
+) -> CampaignStopOut:
     """Stop every active journey of the campaign at once (e.g. after archiving it, whose journeys
     would otherwise run to their end skipping their steps). Journeys triggered after the call are
-    not stopped: pause or archive the campaign first so no new one starts."""
+    not stopped: pause or archive the campaign first so no new one starts.
+
+    A journey whose stop fails (a Temporal error) does not stop the others: it is counted in
+    `failed` and named in `failures`, and the answer is 503 with the same body (send it again)."""
     await asyncio.to_thread(_campaign_exists, state, principal.section_id, campaign_id)
     client = await state.client()
     out = CampaignStopOut(campaign_id=campaign_id)
     gate = asyncio.Semaphore(STOP_CONCURRENCY)
 
-    async def stop(row: _Active) -> StopOutcome:
+    async def stop(row: _Active) -> StopOutcome | StopFailure:
         async with gate:
-            return await _stop(state, client, row)
+            try:
+                return await _stop(state, client, row)
+            except Exception as err:  # an error on one journey must not hide what was done to the others
+                return _failure(row, err)
 
     after = ""
     while page := await asyncio.to_thread(_active_page, state, principal.section_id, campaign_id, after):
-        for outcome in await asyncio.gather(*(stop(r) for r in page)):
-            setattr(out, outcome, getattr(out, outcome) + 1)
+        for result in await asyncio.gather(*(stop(r) for r in page)):
+            _count(out, result)
         after = page[-1].id
+    if out.failed:
+        response.status_code = 503
     return out

@@ -83,7 +83,7 @@ async def test_stopping_a_campaigns_journeys_exits_every_active_one_and_no_other
 
         assert r.status_code == 200, r.text
         assert r.json() == {"campaign_id": cid, "signalled": 3, "ended_in_store": 0, "start_pending": 0,
-                            "already_ended": 0}, r.text  # fmt: skip
+                            "already_ended": 0, "failed": 0, "failures": []}, r.text  # fmt: skip
         for _, uid in users:
             result = await journey_result(env.client, section, cid, uid)
             assert (result.status, result.exit_reason, result.sent) == ("exited", "operator_stopped", 0)
