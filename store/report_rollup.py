@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     BindParameter,
     ColumnElement,
     Integer,
@@ -63,6 +64,12 @@ ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
 # `impression` and `click` counters keep every human hit (total_impressions, total_clicks).
 PER_SEND = {"impression": "send_impression", "click": "send_click"}
 PROXIED_SOURCES = ("pixel", "legacy")  # opens by an image GET (push impressions arrive by POST)
+# A human click on an email send with no open implies its open (images blocked, or opened in Apple
+# Mail, whose pixel loads are the privacy proxy's): recorded as a hit of this source, the send's
+# first open, so per send opened >= clicked and CTR <= 1 (docs/reports.md). Email only: a push
+# open is what the app reports (`PN_IMP`), and an SMS has no opens.
+IMPLIED = "implied"
+IMPLIED_OPEN_CHANNELS = ("email",)
 ROLLUP = table_of(ReportRollup)
 COHORT = table_of(ReportCohort)
 ATTRIBUTION = table_of(ReportAttribution)
@@ -359,10 +366,37 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
     """A human impression or click: flag it when it is its send's first of its kind
     (`first_of_send`, whoever's it is), then count it if it is a cohort user's, on or after their
     first trigger: every human hit (`impression`, `click`) and the send's first (`send_impression`,
-    `send_click`: the opens and clicks reports show)."""
+    `send_click`: the opens and clicks reports show). The first click of an email send not yet
+    opened also records and counts the open it implies (`implied_open`)."""
     if hit.bot:
         return
     hit.first_of_send = not _send_has_first(s, hit)
+    _count_human_hit(s, hit)
+    opened = implied_open(s, hit)
+    if opened is not None:
+        s.add(opened)
+        _count_human_hit(s, opened)
+
+
+def implied_open(s: Session, click: TrackingHit) -> TrackingHit | None:
+    """The open a send's first human click implies, when the send is an email with no open yet.
+
+    A hit like any other (source `implied`, at the click's time, flagged `first_of_send`), so the
+    counters, the raw path and a rebuild count it alike, and the unique index `ux_hit_send_first`
+    keeps one open per send: a real open afterwards is a repeat (totals only), and one committed
+    at the same time makes this transaction fail and the click be recorded again, seeing it."""
+    if click.bot or click.kind != "click" or not click.first_of_send or click.channel not in IMPLIED_OPEN_CHANNELS:
+        return None
+    opened = TrackingHit(
+        section_id=click.section_id, campaign_id=click.campaign_id, variation_id=click.variation_id,
+        step_index=click.step_index, channel=click.channel, send_key=click.send_key, user_id=click.user_id,
+        kind="impression", source=IMPLIED, bot=False, first_of_send=True, at=click.at,
+    )  # fmt: skip
+    return None if _send_has_first(s, opened) else opened
+
+
+def _count_human_hit(s: Session, hit: TrackingHit) -> None:
+    """Count a flagged human hit if it is a cohort user's, on or after their first trigger."""
     cohort = _cohort(s, hit.campaign_id, hit.user_id)
     if cohort is None or hit.at < cohort.first_at:
         return
@@ -552,7 +586,14 @@ _CURRENCIES = (
 # recorded: the stored hits are first brought in line with the write path (`flag_stored_hits`),
 # then the campaigns with hits are rebuilt.
 _PER_SEND_HITS = ("migrated_opens", select(col(TrackingHit.campaign_id)).distinct())
-MIGRATIONS = (_FAILURES, _CURRENCIES, _PER_SEND_HITS)
+# Implied opens came after sends had been clicked without an open: those opens are recorded
+# (`imply_stored_opens`), then the campaigns that got one are rebuilt.
+IMPLIED_MARKER = "migrated_implied"
+_IMPLIED_OPENS = (
+    IMPLIED_MARKER,
+    select(col(TrackingHit.campaign_id)).where(col(TrackingHit.source) == IMPLIED).distinct(),
+)
+MIGRATIONS = (_FAILURES, _CURRENCIES, _PER_SEND_HITS, _IMPLIED_OPENS)
 
 
 def migrate_reports(s: Session) -> int:
@@ -562,6 +603,8 @@ def migrate_reports(s: Session) -> int:
     corrected before anything is rebuilt from them."""
     if not _ran(s, _PER_SEND_HITS[0]):
         flag_stored_hits(s)
+    if not _ran(s, IMPLIED_MARKER):  # after the flags: it reads the sends' first clicks and opens
+        imply_stored_opens(s)
     whole = rebuild_if_empty(s)
     return whole + _rebuild_once(s, MIGRATIONS, rebuilt=whole > 0)
 
@@ -613,6 +656,30 @@ def flag_stored_hits(s: Session) -> None:
     flags = s.execute(flag).rowcount  # type: ignore[attr-defined]
     if proxies or flags:
         log.info("stored hits: %d privacy-proxy opens set apart, %d first hits of a send flagged", proxies, flags)
+
+
+def imply_stored_opens(s: Session) -> int:
+    """Record the open each stored first human click of an email send without one implies, as
+    `implied_open` now does when the click arrives: one INSERT ... SELECT over the clicks, once per
+    database. Returns the number of opens recorded."""
+    hit = table_of(TrackingHit).c
+    opened = table_of(TrackingHit).alias("opened")
+    has_open = exists().where(
+        opened.c.send_key == hit.send_key, opened.c.kind == "impression", opened.c.first_of_send == True  # noqa: E712
+    )  # the form of `ux_hit_send_first`'s predicate, so planners use it
+    cols = ["section_id", "campaign_id", "variation_id", "step_index", "channel", "send_key", "user_id", "kind",
+            "source", "bot", "first_of_send", "at"]  # fmt: skip
+    rows = select(
+        hit.section_id, hit.campaign_id, hit.variation_id, hit.step_index, hit.channel, hit.send_key, hit.user_id,
+        _const("impression", String), _const(IMPLIED, String), _const(False, Boolean), _const(True, Boolean), hit.at,
+    ).where(
+        hit.kind == "click", hit.first_of_send == True, hit.bot.is_(False),  # noqa: E712
+        hit.channel.in_(IMPLIED_OPEN_CHANNELS), ~has_open,
+    )  # fmt: skip
+    n = int(s.execute(insert(table_of(TrackingHit)).from_select(cols, rows)).rowcount)  # type: ignore[attr-defined]
+    if n:
+        log.info("stored hits: %d opens implied by clicks of email sends without one", n)
+    return n
 
 
 def count_old_failures_once(s: Session) -> int:

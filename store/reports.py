@@ -385,7 +385,9 @@ def load_raw_ranges(
         human = (col(TrackingHit.campaign_id) == campaign_id, col(TrackingHit.bot).is_(False),
                  col(TrackingHit.at) >= first_at)  # fmt: skip
         on_hit = uid == col(TrackingHit.user_id)
-        first_hits = func.sum(case((FIRST_OF_SEND, 1), else_=0))  # the sends opened / clicked
+        # The sends opened / clicked; an email send's open implied by its click is such a row too
+        # (source `implied`), so no join of clicks to opens is needed here.
+        first_hits = func.sum(case((FIRST_OF_SEND, 1), else_=0))
         hits = s.execute(
             sa_select(col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index),
                       col(TrackingHit.kind), func.count(), first_hits)  # fmt: skip

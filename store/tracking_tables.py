@@ -9,6 +9,10 @@ the hit is recorded (store/report_rollup.py, `count_hit`): reports count opens a
 send (a send opened ten times is one open) by counting flagged rows, never with a
 COUNT(DISTINCT send_key) over millions of hits. A unique partial index keeps it to one row per
 (send, kind) even when two hits of a send arrive at once.
+
+A human click on an email send with no open yet implies one: a row of source `implied` (the
+click's time, no user agent) is recorded with it as the send's first open, so every path that
+counts flagged rows counts it, and a real open afterwards is a repeat, not a second open.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class TrackingHit(SQLModel, table=True):
     send_key: str = Field(max_length=300)
     user_id: str = Field(max_length=40)
     kind: str = Field(max_length=16)  # click | impression
-    source: str = Field(max_length=16)  # link | short | pixel | push | legacy
+    source: str = Field(max_length=16)  # link | short | pixel | push | legacy | implied (an open a click implies)
     bot: bool = False
     bot_reason: str | None = Field(default=None, max_length=32)
     # The first human hit of this kind on the send: what reports count as its open / click. A

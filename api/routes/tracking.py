@@ -8,7 +8,9 @@ same GIF (no validity oracle) and records only live, valid hits. Every hit is st
 scanners and mail privacy proxies prefetching the pixel (Apple Mail Privacy Protection: reason
 `privacy_proxy`) are flagged (`bot_reason`) and left out of reports. Reports count a send's
 opens and clicks once each (its first human hit of the kind, `first_of_send`); every human hit
-is also counted, as the totals (docs/reports.md).
+is also counted, as the totals (docs/reports.md). The first human click of an email send with no
+open yet also records the open it implies (a hit of source `implied`, store/report_rollup.py
+`implied_open`), so a send clicked is a send opened and CTR never exceeds 1.
 
 Unsubscribe links (`/t/u/<token>`, signed like clicks) opt the recipient out of email in the
 section: a POST does it (RFC 8058 one-click, from the mail app, or the button of the page a GET
@@ -69,9 +71,9 @@ async def record(state: AppState, request: Request, **kw: Any) -> TrackingHit | 
 def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
     """Best effort: a recipient is redirected (or gets the GIF) even if recording fails.
 
-    Two hits of one send recorded at once may both take themselves for the send's first; the
-    unique index `ux_hit_send_first` refuses the later one, which is recorded again (then it
-    sees the first committed and is not)."""
+    Two hits of one send recorded at once may both take themselves for the send's first (so may a
+    click's implied open and a real open); the unique index `ux_hit_send_first` refuses the later
+    one, which is recorded again (then it sees the first committed and is not, or implies none)."""
     try:
         try:
             return _record(store, **kw)

@@ -131,7 +131,9 @@ async def test_dead_email_links_pixels_and_push_tokens_record_nothing(
     assert r.status_code == 202 and r.json() == {"recorded": 1, "ignored": 1}
 
     got = [(h.kind, h.source, h.bot_reason) for h in hits(store, key)]
-    assert got == [("click", "link", None)] * 3 + [("impression", "pixel", None), ("click", "push", None)]
+    implied = ("impression", "implied", None)  # the open the first click implies (no open before it)
+    assert got == [("click", "link", None), implied, *[("click", "link", None)] * 2, ("impression", "pixel", None),
+                   ("click", "push", None)]  # fmt: skip
 
 
 async def test_sms_short_links_expire_to_the_fallback(
@@ -216,5 +218,6 @@ async def test_a_flood_from_one_address_is_answered_but_not_recorded(
         answers.append((click.status_code, click.headers.get("location"), pixel.headers["content-type"]))
     assert answers == [(302, "https://shop.example/p/s1", "image/gif")] * 11
     recorded = hits(store, key)
-    # burst 3 for the flooding address (click, pixel, click), then one click + one pixel from the other
-    assert [h.kind for h in recorded] == ["click", "impression", "click", "click", "impression"], recorded
+    # burst 3 for the flooding address (click and the open it implies, pixel, click), then one click + one
+    # pixel from the other
+    assert [h.kind for h in recorded] == ["click", "impression", "impression", "click", "click", "impression"], recorded
