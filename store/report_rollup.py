@@ -676,7 +676,9 @@ def imply_stored_opens(s: Session) -> int:
         hit.kind == "click", hit.first_of_send == True, hit.bot.is_(False),  # noqa: E712
         hit.channel.in_(IMPLIED_OPEN_CHANNELS), ~has_open,
     )  # fmt: skip
-    n = int(s.execute(insert(table_of(TrackingHit)).from_select(cols, rows)).rowcount)  # type: ignore[attr-defined]
+    # preserve_rowcount: SQLAlchemy reports -1 for an INSERT ... SELECT on psycopg otherwise.
+    ins = insert(table_of(TrackingHit)).from_select(cols, rows).execution_options(preserve_rowcount=True)
+    n = int(s.execute(ins).rowcount)  # type: ignore[attr-defined]
     if n:
         log.info("stored hits: %d opens implied by clicks of email sends without one", n)
     return n
