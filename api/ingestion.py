@@ -38,7 +38,7 @@ from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
 from store.campaigns import LiveCampaign, live_campaigns
 from store.engine import Store
-from store.locks import lock_keys
+from store.locks import cuid_lock_key, device_lock_key, identifier_lock_key, lock_keys, opt_in_lock_key
 from store.event_marks import mark_dispatched
 from store.reachability import find_opt_in
 from store.statements import table_of
@@ -83,8 +83,7 @@ def _push_opt(s: Session, box: SecretBox, section_id: str, user_id: str, ev: Nor
     hash before is moved on (`find_opt_in`). An opt-in stores the token it brings: a subscription's
     keys can rotate under the same endpoint, and sends must use the newest."""
     assert ev.push_token
-    channel = "web_push" if ev.push_channel == "WEB_PUSH" else "app_push"
-    token_hash = push_token_hash(channel, ev.push_token)
+    channel, token_hash = _push_key(ev)
     opting_in = ev.kind == EventKind.MESSAGE_OPTIN
     # Looked up before the identifier is added: a row found by its legacy hash moves its identifier.
     row = find_opt_in(s, section_id, channel, token_hash, legacy_hash=sha256_hex(ev.push_token))
@@ -271,20 +270,28 @@ def identity_lock_keys(
 ) -> list[str]:
     """The identities a request may look up, create or merge, as lock keys (PostgreSQL; SQLite's
     write lock already serialises requests): its device, its CUIDs and the identifiers they bring,
-    and its push opt-ins' channels. Without them, concurrent first requests of one device, or
+    and its push opt-ins' tokens. Without them, concurrent first requests of one device, or
     logins of one person on several devices, raced read-then-insert into duplicate-key errors
     (500s), two users with one CUID, or a cart and journeys written under an id a login had just
     merged away (which the person's purchase then never exited)."""
-    keys = [f"id/{section_id}/device/{device_key}"] if device_key else []
+    keys = [device_lock_key(section_id, device_key)] if device_key else []
     identities = [identity] if identity is not None else []
     identities += [ev.identity for ev in events if ev.kind == EventKind.IDENTIFY and ev.identity is not None]
     for found in identities:
-        keys.append(f"id/{section_id}/cuid/{found.cuid}")
+        keys.append(cuid_lock_key(section_id, found.cuid))
         hashes = (("email", found.email_hash), ("phone", found.phone_hash))
-        keys += [f"id/{section_id}/{kind}/{h}" for kind, h in hashes if h]
-    # Push tokens are opt-in rows and identifiers keyed by a hash of the token; such events are rare.
-    keys += [f"id/{section_id}/push/{ev.push_channel}" for ev in events if ev.push_token]
+        keys += [identifier_lock_key(section_id, kind, h) for kind, h in hashes if h]
+    # Rare: push opt-in rows and identifiers, keyed by the token's hash as `_push_opt` writes them,
+    # under the key the opt-in API takes for the same subscription (its endpoint's for Web Push).
+    keys += [opt_in_lock_key(section_id, *_push_key(ev)) for ev in events if ev.push_token]
     return keys
+
+
+def _push_key(ev: NormalizedEvent) -> tuple[str, str]:
+    """A push opt-in event's channel and the hash its subscription's rows are keyed by."""
+    assert ev.push_token
+    channel = "web_push" if ev.push_channel == "WEB_PUSH" else "app_push"
+    return channel, push_token_hash(channel, ev.push_token)
 
 
 def _running_journeys(s: Session, section_id: str, user_id: str, pending: dict[str, bool]) -> dict[str, list[str]]:

@@ -35,14 +35,25 @@ from sqlmodel import Session, col, select
 from store import journey_rows
 from store.cart_tables import CartEntry
 from store.identity_tables import UserAlias
+from store.locks import cuid_lock_key, device_lock_key, identifier_lock_key, lock_keys, opt_in_lock_key
+from store.reachability import PUSH_CHANNELS
 from store.report_tables import ReportAttribution
 from store.set_copy import KEY_BYTES
 from store.subscriber_tables import SubscriberList, set_table_name, subscriber_set
 from store.tables import Device, Event, Journey, OptIn, OutboxMessage, Send, User, UserIdentifier
 from store.tracking_tables import TrackingHit
-from store.users import alias_ids, find_user
+from store.users import alias_ids, canonical_id, find_user
 
 ERASED = "erased"  # the exit reason of the journeys an erasure ends
+# Attempts at locking a person whose devices or identifiers keep changing under the erasure
+# (each round is one concurrent request adding one); then `PersonChanged`.
+LOCK_ROUNDS = 5
+
+
+class PersonChanged(Exception):
+    """The person changed under the erasure, nothing was erased: they were merged into another user
+    (who is now the one to erase, journeys included), or their identities changed on every locking
+    round. The caller starts again from `find_person`."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +110,7 @@ def erase(s: Session, person: Person, gone_workflows: list[str], now: datetime) 
 
     `gone_workflows`: workflow ids of their active journeys that had no running workflow to take
     the exit signal; those journeys' rows are ended here ("exited", reason "erased")."""
-    # Lock the user row first (PostgreSQL): an ingestion of the person updates it, so it waits for
-    # this transaction, or this one for it; ids are read again under the lock (a merge may have run).
-    s.exec(select(User.id).where(col(User.id) == person.user_id).with_for_update())
-    ids = [person.user_id, *alias_ids(s, person.user_id)]
-    ids = list(dict.fromkeys([*ids, *person.ids]))
+    ids = _lock_person(s, person)
     out = Erased()
     _erase_identity(s, person.section_id, person.user_id, ids, out)
     _erase_activity(s, person.section_id, ids, out)
@@ -111,6 +118,62 @@ def erase(s: Session, person: Person, gone_workflows: list[str], now: datetime) 
     for workflow_id in gone_workflows:
         out.journeys_ended += _end_rows(s, person.section_id, ids, workflow_id, now)
     return out
+
+
+def _lock_person(s: Session, person: Person) -> list[str]:
+    """Take the identity locks of everything that leads to the person (PostgreSQL), and return their
+    ids as read under them.
+
+    The locks are ingestion's (`person_lock_keys`): a request of the person then either completed
+    before (its events, cart and identifiers are read here and erased) or waits for the commit and
+    finds no one (a new user). Without them, a request accepted meanwhile left its event and cart
+    under the tombstone, or linked identifiers to it. What to lock is read first without the locks,
+    then again under them: a device or identifier added in between (a login on a new device) means
+    starting again with the larger set, all in one `lock_keys` call (its fixed order: no deadlock
+    with ingestion, which takes its locks in one call too). The user row is locked as well: a
+    request that resolved the person before the locks were taken updates it, so it finishes first."""
+    held: set[str] | None = None
+    for _ in range(LOCK_ROUNDS):
+        ids = list(dict.fromkeys([person.user_id, *alias_ids(s, person.user_id), *person.ids]))
+        wanted = person_lock_keys(s, person.section_id, ids)
+        if held is not None and wanted <= held:
+            if canonical_id(s, person.user_id) != person.user_id:
+                # A login merged the person into another user meanwhile: their rows are that user's now.
+                raise PersonChanged(person.user_id)
+            return ids
+        if held is not None:
+            s.rollback()  # releases what is held: the larger set is taken in one call again
+        held = wanted | (held or set())
+        lock_keys(s, held)
+        s.exec(select(User.id).where(col(User.id) == person.user_id).with_for_update())
+    raise PersonChanged(person.user_id)
+
+
+def person_lock_keys(s: Session, section_id: str, ids: list[str]) -> set[str]:
+    """The lock keys ingestion and the opt-in API take for what leads to the users `ids`: their
+    devices, CUIDs, email and phone identifiers, push tokens, and the opt-ins of their identifiers
+    (`store.locks`)."""
+    devices = s.exec(
+        select(Device.device_key).where(col(Device.section_id) == section_id, col(Device.user_id).in_(ids))
+    ).all()
+    cuids = s.exec(select(User.cuid).where(col(User.id).in_(ids), col(User.cuid).isnot(None))).all()
+    identifiers = s.exec(
+        select(UserIdentifier.kind, UserIdentifier.value_hash).where(
+            col(UserIdentifier.section_id) == section_id, col(UserIdentifier.user_id).in_(ids)
+        )
+    ).all()
+    hashes = sorted({h for _, h in identifiers})
+    opt_ins = s.exec(
+        select(OptIn.channel, OptIn.value_hash).where(
+            col(OptIn.section_id) == section_id, col(OptIn.value_hash).in_(hashes)
+        )
+    ).all() if hashes else []  # fmt: skip
+    keys = {device_lock_key(section_id, d) for d in devices}
+    keys |= {cuid_lock_key(section_id, c) for c in cuids if c is not None}
+    keys |= {identifier_lock_key(section_id, k, h) for k, h in identifiers if k in ("email", "phone")}
+    keys |= {opt_in_lock_key(section_id, k, h) for k, h in identifiers if k in PUSH_CHANNELS}
+    keys |= {opt_in_lock_key(section_id, channel, h) for channel, h in opt_ins}
+    return keys
 
 
 def _erase_identity(s: Session, sec: str, user_id: str, ids: list[str], out: Erased) -> None:

@@ -33,5 +33,33 @@ def lock_keys(session: Session, keys: Iterable[str]) -> None:
     session.exec(text(f"SELECT {calls}").bindparams(**params))  # type: ignore[call-overload]
 
 
+# The identity lock keys (PostgreSQL). Whatever writes a row of these kinds takes its key first, from
+# these builders only: ingestion (`api.ingestion.identity_lock_keys`), the opt-in API
+# (api/routes/userdata.py) and erasure (`store.erasure.person_lock_keys`). Two writers of one row
+# under different keys do not wait for each other (a Web Push opt-in by event and by the API did).
+
+
+def device_lock_key(section_id: str, device_key: str) -> str:
+    """A device (`Device`, unique on section and device key)."""
+    return f"id/{section_id}/device/{device_key}"
+
+
+def cuid_lock_key(section_id: str, cuid: str) -> str:
+    """The user holding a CUID (`User.cuid`)."""
+    return f"id/{section_id}/cuid/{cuid}"
+
+
+def identifier_lock_key(section_id: str, kind: str, value_hash: str) -> str:
+    """An email or phone identifier (`UserIdentifier`, unique on section, kind and hash)."""
+    return f"id/{section_id}/{kind}/{value_hash}"
+
+
+def opt_in_lock_key(section_id: str, channel: str, value_hash: str) -> str:
+    """An opt-in (`OptIn`, unique on section, channel and hash), and for a push channel also the
+    push identifier of the same token (`UserIdentifier` of kind = channel, same hash): a Web Push
+    subscription's is its endpoint's hash (`domain.hashing.push_token_hash`)."""
+    return f"optin/{section_id}/{channel}/{value_hash}"
+
+
 def _lock_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)

@@ -14,6 +14,7 @@ import logging
 
 from sqlmodel import Session
 
+from store.locks import lock_key, opt_in_lock_key
 from store.reachability import find_opt_in, reach
 from store.tables import OptIn, now_utc
 
@@ -45,7 +46,9 @@ def unsubscribe_email(s: Session, section_id: str, user_id: str) -> int:
 
 def _stored(s: Session, section_id: str, listed: OptIn) -> OptIn:
     """The stored opt-in row of an identifier a subscriber list opts in (a view, not a row):
-    its row by hash when the API stored one before the list, else a new one."""
+    its row by hash when the API stored one before the list, else a new one. Under the opt-in API's
+    lock of that row (PostgreSQL): both read "no row" and the second insert was a duplicate key."""
+    lock_key(s, opt_in_lock_key(section_id, CHANNEL, listed.value_hash))
     row = find_opt_in(s, section_id, CHANNEL, listed.value_hash)
     if row is not None:
         return row

@@ -4,7 +4,10 @@ Two phases, in this order, so that nothing is erased while a journey could still
 1. every active journey of the person (and of ids merged into them) is sent an exit signal,
    reason "erased"; a step's send already handed to the provider may still complete;
 2. one store transaction erases their personal data (store/erasure.py), and ends the rows of
-   journeys whose workflow was gone when signalled.
+   journeys whose workflow was gone when signalled. It first takes ingestion's identity locks of
+   the person, so a request of theirs accepted meanwhile is either erased or finds no one. If the
+   person changed meanwhile (a login merged them into another user), nothing is erased and both
+   phases run again for whom the ref names now.
 
 If Temporal cannot be reached the request fails (503) before anything is erased; it can simply be
 sent again. A person erased before is found by their Rejoin id only (their dyid and CUID no longer
@@ -21,14 +24,15 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Management, StateDep
-from api.errors import NotFound
+from api.errors import NotFound, Unavailable
 from api.journeys import exit_journey
-from store.erasure import ERASED, Erased, Person, erase, find_person
+from store.erasure import ERASED, Erased, Person, PersonChanged, erase, find_person
 from store.tables import now_utc
 from workflows.models import ExitSignal
 
 router = APIRouter(prefix="/api/v1", tags=["journeys"])
 log = logging.getLogger(__name__)
+ATTEMPTS = 3  # lookups of a person who changes under the erasure (`PersonChanged`) before a 503
 
 
 class ErasureOut(BaseModel):
@@ -64,11 +68,20 @@ async def _exit_journeys(state: StateDep, person: Person) -> tuple[int, list[str
 @router.delete("/users/{user_ref}")
 async def erase_user(user_ref: str, principal: Management, state: StateDep) -> ErasureOut:
     """Erase a person's personal data and end their journeys (docs/security.md, "Erasure")."""
-    person = await asyncio.to_thread(_find, state, principal.section_id, user_ref)
-    if person is None:
-        raise NotFound("no such user", field="user_ref")
-    signalled, gone = await _exit_journeys(state, person)
-    erased = await asyncio.to_thread(_erase, state, person, gone)
+    for attempt in range(ATTEMPTS):
+        person = await asyncio.to_thread(_find, state, principal.section_id, user_ref)
+        if person is None:
+            raise NotFound("no such user", field="user_ref")
+        signalled, gone = await _exit_journeys(state, person)
+        try:
+            erased = await asyncio.to_thread(_erase, state, person, gone)
+            break
+        except PersonChanged:
+            # Merged into another user, or their identities kept changing under the erasure's
+            # locks (store/erasure.py `_lock_person`): nothing was erased; look them up again.
+            log.info("erasure of user %s: the person changed meanwhile (attempt %d)", person.user_id, attempt + 1)
+    else:
+        raise Unavailable("the person kept changing during the erasure: send it again")
     log.info("erased user %s", person.user_id)  # the opaque id only: no ref (it may be a CUID), no PII
     counts = erased.as_dict()
     ended = counts.pop("journeys_ended")

@@ -21,7 +21,7 @@ from api.errors import Unprocessable
 from domain.events import email_hash, phone_hash, sha256_hex
 from domain.hashing import web_push_key
 from domain.identifiers import check_web_push_subscription, normalize_phone
-from store.locks import lock_key
+from store.locks import lock_key, opt_in_lock_key
 from store.reachability import find_opt_in
 from store.tables import Integration, OptIn, now_utc
 
@@ -100,8 +100,9 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         # A Web Push row stored before it was keyed by endpoint has the raw JSON's hash (moved on).
         legacy_hash = sha256_hex(value) if channel == "web_push" else None
         # Concurrent opt-ins of one new identifier take turns (PostgreSQL): both read "no row" and
-        # the second insert was a duplicate-key 500.
-        lock_key(s, f"optin/{section_id}/{channel}/{value_hash}")
+        # the second insert was a duplicate-key 500. The key is the one a push opt-in event and an
+        # erasure take for this row (`store.locks.opt_in_lock_key`).
+        lock_key(s, opt_in_lock_key(section_id, channel, value_hash))
         row = find_opt_in(s, section_id, channel, value_hash, legacy_hash)
         box = state.box
         if row is None:
