@@ -131,16 +131,27 @@ async def management(
     state: StateDep,
     authorization: Annotated[str | None, Header()] = None,
     x_rejoin_key: Annotated[str | None, Header()] = None,
+    dy_api_key: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> auth.Principal:
     keys = _presented_keys(authorization, x_rejoin_key)
     if not keys:
-        raise Unauthorized("missing API key")
+        # A key in the ingestion routes' header is the usual mistake: say where this one goes.
+        hint = " (dy-api-key is read by /v2/collect only)" if dy_api_key else ""
+        raise Unauthorized(f"missing API key: send it as 'Authorization: Bearer <key>' or X-Rejoin-Key{hint}")
     principal = await _one_principal([_verify(state, key, "management") for key in keys])
     assert principal is not None  # one check per key, each a principal or an error
     return principal
 
 
-async def ingestion(state: StateDep, dy_api_key: Annotated[str | None, Header()] = None) -> auth.Principal:
+async def ingestion(
+    state: StateDep,
+    dy_api_key: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    x_rejoin_key: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> auth.Principal:
+    if not dy_api_key and (authorization or x_rejoin_key):
+        # The Experience API's header: a key sent the management routes' way is the usual mistake.
+        raise Unauthorized("missing API key: ingestion routes read it from the dy-api-key header")
     return await _verify(state, dy_api_key, "ingestion")
 
 

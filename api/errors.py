@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.events import EventValidationError
 from domain.field_error import FieldError
@@ -88,6 +89,14 @@ def install_error_handlers(app: FastAPI) -> None:
                     sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
                     d["msg"] = f"the body was sent {sent}; send JSON with Content-Type: application/json"
         return JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # The router's own answers (an unknown path 404, a wrong method 405) in the one error shape,
+        # not Starlette's `{"detail": "Not Found"}`: a client parses every error the same way.
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        body = error_body(message, kind="not_found" if exc.status_code == 404 else "http_error")
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RejoinError)
     async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:

@@ -247,3 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         _rebuild_reports(settings, args.campaign_id)
     else:  # pragma: no cover - argparse enforces the choices
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m runtime.cli dev` as well as the `rejoin` script
+    main()

@@ -63,3 +63,27 @@ async def test_credentials_in_both_headers_must_both_be_valid_and_the_same_key(
         assert (await api.get("/api/v1/keys", headers=headers)).status_code == 200, headers
     both = {"Authorization": f"Bearer {ADMIN_KEY}", "X-Rejoin-Key": ADMIN_KEY}
     assert (await api.get("/api/v1/sections", headers=both)).status_code == 200
+
+
+async def test_a_key_in_the_other_routes_header_is_told_where_it_goes(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """The ingestion routes read `dy-api-key`, the management routes `Authorization`/`X-Rejoin-Key`:
+    a key sent the other way is a 401 that names the right header (it said only "missing API key")."""
+    r = await api.post("/v2/collect/user/event", json={}, headers={"Authorization": f"Bearer {section.ingestion}"})
+    assert r.status_code == 401 and "dy-api-key header" in r.json()["error"], r.text
+    r = await api.get("/api/v1/keys", headers={"dy-api-key": section.management})
+    assert r.status_code == 401, r.text
+    assert "Authorization: Bearer" in r.json()["error"] and "dy-api-key is read by /v2/collect only" in r.text
+
+
+async def test_unknown_paths_and_methods_answer_in_the_one_error_shape(api: httpx.AsyncClient) -> None:
+    """The router's 404 and 405 carry `detail` items and `error` like every other error (they were
+    Starlette's `{"detail": "Not Found"}`)."""
+    r = await api.get("/api/v1/no-such-thing")
+    assert r.status_code == 404 and r.json() == {
+        "detail": [{"type": "not_found", "loc": [], "msg": "Not Found"}], "error": "Not Found"
+    }, r.text
+    r = await api.delete("/v2/collect/user/event")
+    assert r.status_code == 405 and r.json()["detail"][0]["msg"] == "Method Not Allowed", r.text
+    assert "POST" in r.headers["allow"]
