@@ -22,6 +22,7 @@ from activities.delivery import compose_payload, trigger_items
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import CampaignSpec, CampaignType, Channel, Variation
+from domain.channels import choose_channel
 from domain.render import MissingRequired, TemplateError, parse_json_template, validate_template
 from domain.tracking import Linker, Signer
 from store.campaigns import load_spec
@@ -211,6 +212,9 @@ class PreviewOut(BaseModel):
     step: str
     payload: dict[str, Any] | None
     skipped: str | None = None
+    # Why a send of this step on this channel would be skipped for the user (`no_integration`,
+    # `no_identifier`, `not_opted_in`, as the decision trace says); the payload is rendered anyway.
+    unreachable: str | None = None
 
 
 @router.post("/campaigns/{campaign_id}/render")
@@ -227,14 +231,17 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
         if body.step_index >= len(var.steps):
             raise Unprocessable(f"the variation has {len(var.steps)} steps", field="step_index")
         step = var.steps[body.step_index]
-        channel = body.channel.value if body.channel else next(iter(step.messages)).value
-        if Channel(channel) not in step.messages:
+        if body.channel and body.channel not in step.messages:
             raise Unprocessable("the step has no message on this channel", field="channel")
         user = find_user(s, principal.section_id, body.user)
         if user is None:
             raise NotFound("no such user", field="user")
-        opt_in = reach(s, principal.section_id, user.id, [channel]).opt_ins.get(channel)
+        step_channels = [c.value for c in step.messages]
+        channel = body.channel.value if body.channel else _channel_sent(spec, step_channels, s, principal.section_id, user)
+        reachability = reach(s, principal.section_id, user.id, [channel])
+        opt_in = reachability.opt_ins.get(channel)
         identifier = state.box.decrypt(opt_in.value_enc) if opt_in else ""
+        unreachable = reachability.unreachable.get(channel)
         now = now_utc()
         linker = Linker(Signer(state.settings.secret_keys), state.settings.effective_public_url, "", user.id,
                         section_id=principal.section_id, issued=now)  # fmt: skip
@@ -246,8 +253,22 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
                 linker=linker, as_of=now,
             )  # fmt: skip
         except MissingRequired as err:
-            return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err))
-        return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=payload)
+            return PreviewOut(
+                channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err),
+                unreachable=unreachable,
+            )  # fmt: skip
+        return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=payload, unreachable=unreachable)
+
+
+def _channel_sent(spec: CampaignSpec, step_channels: list[str], s: Session, section_id: str, user: User) -> str:
+    """The channel a send of the step would use for the user now: the campaign's priority among the
+    step's channels the user is reachable on (as the journey decides); when none is, the first of
+    the priority the step has (its payload is still worth seeing)."""
+    priority = [c.value for c in spec.channel_priority]
+    chosen = choose_channel(priority, step_channels, reach(s, section_id, user.id, step_channels).unreachable)
+    if chosen.channel is not None:
+        return chosen.channel
+    return next((c for c in priority if c in step_channels), step_channels[0])
 
 
 def _preview_items(

@@ -10,6 +10,7 @@ from tests.helpers import (
     cart_campaign,
     collect,
     create_campaign,
+    new_dyid,
     reachable_user,
     sync_cart,
 )
@@ -59,8 +60,15 @@ async def test_campaign_reuses_saved_template_and_preview_renders_it(api: httpx.
     r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": dyid})
     assert r.status_code == 200, r.text
     assert r.json()["payload"] == {"subject": 'Still thinking? Mug "Deluxe"', "to": f"user{dyid}@example.com"}
+    assert r.json()["unreachable"] is None
     r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": "nobody"})
     assert r.status_code == 404
+    # A user a send would skip: rendered all the same, with the reason the decision would give.
+    anonymous = new_dyid()
+    await collect(api, section, anonymous, sync_cart([("p1", 9.0)]))
+    r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": anonymous})
+    assert r.status_code == 200 and r.json()["unreachable"] == "no_identifier", r.text
+    assert r.json()["payload"]["to"] == ""
 
 
 async def test_preview_renders_recommendations_from_catalog_and_activity(api: httpx.AsyncClient, section: SectionKeys) -> None:
@@ -111,3 +119,25 @@ async def test_a_template_change_a_campaign_could_not_render_is_422(
     assert (await api.put(f"/api/v1/campaigns/{cid}", headers=section.mgmt, json=spec)).status_code == 200
     r = await api.put(f"/api/v1/templates/{tid}", headers=section.mgmt, json=changed)
     assert r.status_code == 200, r.text
+
+
+async def test_render_without_a_channel_shows_the_one_a_send_would_use(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """The campaign's channel priority among the channels the user is reachable on, as the journey
+    decides (it showed the step's first message, an SMS for a user a send would email)."""
+    await add_integration(api, section)  # email only: SMS is unreachable for everyone
+    messages = {"sms": {"payload": {"body": "sms ${User identifier}"}},
+                "email": {"payload": {"subject": "mail", "to": "${User identifier}"}}}  # fmt: skip
+    spec = cart_campaign(channel_priority=["sms", "email"], steps=[{"name": "S", "messages": messages}])
+    cid = await create_campaign(api, section, spec, activate=False)
+    dyid, _ = await reachable_user(api, section)
+    r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": dyid})
+    assert r.status_code == 200 and r.json()["channel"] == "email" and r.json()["unreachable"] is None, r.text
+    # Reachable on nothing: the priority's first channel, and why a send would skip it.
+    r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": new_dyid()})
+    assert r.status_code == 404  # unknown until seen
+    anonymous = new_dyid()
+    await collect(api, section, anonymous, sync_cart([("p1", 9.0)]))
+    r = await api.post(f"/api/v1/campaigns/{cid}/render", headers=section.mgmt, json={"user": anonymous})
+    assert r.status_code == 200 and r.json()["channel"] == "sms" and r.json()["unreachable"] == "no_integration"
