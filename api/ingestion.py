@@ -42,7 +42,7 @@ from store.locks import cuid_lock_key, device_lock_key, identifier_lock_key, loc
 from store.event_marks import mark_dispatched
 from store.reachability import find_opt_in
 from store.statements import table_of
-from store.tables import Event, Journey, OptIn, Product, User, now_utc
+from store.tables import Event, Journey, OptIn, Product, User, UserIdentifier, now_utc
 from workflows.ids import journey_workflow_id
 from workflows.models import Enrollment, JourneyPlan
 
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 EVENT_TABLE = table_of(Event)
 CONSENT_WITHDRAWN = "consent_withdrawn"  # the exit reason of journeys ended by `active_consent_accepted: false`
 _INSERT_EVENT = insert(EVENT_TABLE)
+# Normalised fields kept out of an event's stored data: the identifiers and push token an event
+# brings live in their own rows (the user's identifiers; the opt-in, its token encrypted).
+_NOT_EVENT_DATA = {"identity", "identifiers", "push_token"}
 
 
 def new_event_id() -> str:
@@ -132,9 +135,10 @@ def accept(
         user.updated_at = now
         # user id -> has events still queued for dispatch (read with the running journeys).
         pending: dict[str, bool] = {}
-        # Journeys this request enrolled (campaign -> workflow id): a later event of the same
-        # request re-triggers them rather than enrolling a second one.
-        enrolled_now: dict[str, list[str]] = {}
+        # Journeys this request enrolled, per user (user id -> campaign -> workflow id): a later event
+        # of the same user re-triggers them rather than enrolling a second one. Per user: after a
+        # login switched person (shared device), the next person's events must not reach them.
+        enrolled_now: dict[str, dict[str, list[str]]] = {}
         to_enroll: list[Journey] = []
         # Journeys this request already told that consent was withdrawn: their rows stay active
         # until the workflow ends, and one exit each is enough for a batch of events.
@@ -145,7 +149,9 @@ def accept(
                 cart_index.add_entries(s, user)  # the cart of this request's earlier events
                 unsaved = False
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
-                user = users.identify(s, user, ev.identity, device_key, now)
+                user = _identify(s, user, ev.identity, device_key, now, enrolled_now, to_enroll)
+            elif ev.kind == EventKind.IDENTIFY and ev.identifiers:
+                _link_identifiers(s, section_id, user, ev.identifiers)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
                 _push_opt(s, box, section_id, user.id, ev, now)
             before = cart_index.skus(user)
@@ -156,7 +162,7 @@ def accept(
             event_id = new_event_id()
             # A user first seen in this request has no journeys yet: nothing to look up.
             running = _running_journeys(s, section_id, user.id, pending) if campaigns and not unsaved else {}
-            running = {**running, **enrolled_now}
+            running = _with_enrolled(running, enrolled_now.get(user.id))
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
             enrolled: list[Journey] = []  # a withdrawal starts nothing: no consent
@@ -173,7 +179,7 @@ def accept(
                 "user_id": user.id,
                 "kind": ev.kind.value,
                 "name": ev.name,
-                "data": ev.model_dump(mode="json", exclude_none=True, exclude={"identity", "push_token"}),
+                "data": ev.model_dump(mode="json", exclude_none=True, exclude=_NOT_EVENT_DATA),
                 "consented": body.user.consented,
                 "received_at": received_at,
                 "dispatched": not commands,
@@ -186,7 +192,7 @@ def accept(
             s.connection().execute(_INSERT_EVENT, row)  # a plain INSERT: events are never changed in this transaction
             for journey in enrolled:  # recorded below, in this transaction: it exists from its trigger on
                 to_enroll.append(journey)
-                enrolled_now[journey.campaign_id] = [journey.workflow_id]
+                enrolled_now.setdefault(user.id, {})[journey.campaign_id] = [journey.workflow_id]
             if report_rollup.attributes(ev.kind.value) and user.cuid:
                 # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
                 report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
@@ -213,6 +219,59 @@ def accept(
             for journey in to_enroll:
                 journey_rows.enroll(s, journey)
     return result
+
+
+def _identify(
+    s: Session, user: User, identity: Identity, device_key: str | None, now: datetime,
+    enrolled_now: dict[str, dict[str, list[str]]], to_enroll: list[Journey],
+) -> User:  # fmt: skip
+    """An identification event mid-request (`users.identify`); returns the user the request goes on with.
+
+    When it merges the request's user into the CUID's owner, the journeys this request enrolled
+    for the merged user are the person's: their later events re-trigger them, and their rows, not
+    yet written (`to_enroll`, after the merge re-pointed the user's stored rows), are the owner's,
+    or the person's next request found none and started a second journey (two reminders). Any
+    other change of user (another known person, a newcomer on the device) carries nothing over."""
+    merges = users.folds_into_owner(user, identity)
+    merged_id = user.id
+    user = users.identify(s, user, identity, device_key, now)
+    if merges and user.id != merged_id:
+        carried = enrolled_now.pop(merged_id, {})
+        mine = enrolled_now.setdefault(user.id, {})
+        for campaign_id, workflow_ids in carried.items():
+            mine[campaign_id] = mine.get(campaign_id, []) + workflow_ids
+        for journey in to_enroll:
+            if journey.user_id == merged_id:
+                journey.user_id = user.id
+    return user
+
+
+def _link_identifiers(s: Session, section_id: str, user: User, identifiers: list[tuple[str, str]]) -> None:
+    """Link an identification event's phone and email to the request's user when it names no CUID
+    (a newsletter subscription by phone only): a secondary identifier sticks to the user once
+    reported (dy-api.md §3), so a later opt-in of it reaches them. One an identified person (a user
+    with a CUID) holds stays theirs: a number typed into a form is no proof of being that person,
+    and moving it would end their SMS journeys (`no_identifier`). One an anonymous user holds moves."""
+    for kind, value_hash in identifiers:
+        held = s.get(UserIdentifier, (section_id, kind, value_hash))
+        if held is not None and held.user_id != user.id:
+            holder = users.canonical_user(s, held.user_id)
+            if holder is not None and holder.id != user.id and holder.cuid:
+                continue
+        users.add_identifier(s, section_id, user.id, kind, value_hash)
+
+
+def _with_enrolled(running: dict[str, list[str]], enrolled: dict[str, list[str]] | None) -> dict[str, list[str]]:
+    """The user's running journeys with those this request enrolled for them (not yet written, so
+    not read back). Both are kept: after a merge mid-request the person may have one of each in a
+    campaign, and the duplicate must be told to exit (`_commands`) rather than go on unseen."""
+    if not enrolled:
+        return running
+    out = dict(running)
+    for campaign_id, workflow_ids in enrolled.items():
+        known = out.get(campaign_id, [])
+        out[campaign_id] = known + [w for w in workflow_ids if w not in known]
+    return out
 
 
 def _variation(
@@ -281,6 +340,8 @@ def identity_lock_keys(
         keys.append(cuid_lock_key(section_id, found.cuid))
         hashes = (("email", found.email_hash), ("phone", found.phone_hash))
         keys += [identifier_lock_key(section_id, kind, h) for kind, h in hashes if h]
+    # Rare: the phone and email of identification events without a CUID (`_link_identifiers`).
+    keys += [identifier_lock_key(section_id, kind, h) for ev in events for kind, h in ev.identifiers or []]
     # Rare: push opt-in rows and identifiers, keyed by the token's hash as `_push_opt` writes them,
     # under the key the opt-in API takes for the same subscription (its endpoint's for Web Push).
     keys += [opt_in_lock_key(section_id, *_push_key(ev)) for ev in events if ev.push_token]

@@ -9,6 +9,7 @@ accept any properties.
 
 from __future__ import annotations
 
+import difflib
 import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -67,6 +68,7 @@ _HASHED_EMAIL = frozenset({"he", "hashedemail"})  # cuidTypes naming an email's 
 _HASHED_TYPES = _HASHED_EMAIL | {"hashedphonenumber"}  # secondary identifier types holding a SHA-256
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _SKU_MAX = 256  # as a cart item's productId
+_KIND_SEPARATORS = re.compile(r"[\s_-]+")  # dropped from a secondary identifier's type (`identifier_kind`)
 
 
 def _sha256_digest(value: str) -> str:
@@ -84,6 +86,16 @@ class UserIn(_Open):
     active_consent_accepted: Any = None
     cuid: str | None = Field(None, max_length=256)
     cuidType: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _device_ids_have_no_slash(self) -> UserIn:
+        # A device id is a user's reference in the management API's paths (`/users/{ref}`: lookup,
+        # erasure), where a `/` can never be matched: such a user could never be erased by it.
+        for name in ("dyid", "dyid_server", "id"):
+            value = getattr(self, name)
+            if value is not None and "/" in value:
+                raise FieldError(name, f"user.{name} must not contain '/'")
+        return self
 
     @model_validator(mode="after")
     def _kept_cuid_has_no_slash(self) -> UserIn:
@@ -188,6 +200,16 @@ class CartItem(BaseModel):
         return self.productId
 
 
+class CartLine(CartItem):
+    """A cart line as an event sends it: amounts bounded as an event's value is (MAX_AMOUNT), so a
+    line's price times its quantity and the sums a cart's value or a message adds up stay finite.
+    Stored carts are read back as `CartItem`, unbounded: a quantity add-to-carts summed past the
+    bound, or a line stored before it, must not make every later event of the user fail."""
+
+    quantity: float = Field(1, ge=0, le=MAX_AMOUNT)
+    itemPrice: float | None = Field(None, ge=0, le=MAX_AMOUNT)
+
+
 class _CartProps(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -196,20 +218,26 @@ class _CartProps(BaseModel):
     # beyond 1.8e308 is inf, which JSON cannot carry); a trillion trillions of any currency is none.
     value: float = Field(ge=0, le=MAX_AMOUNT)
     currency: str | None = Field(None, max_length=8)
-    cart: list[CartItem] | None = Field(None, max_length=1000)
+    cart: list[CartLine] | None = Field(None, max_length=1000)
 
 
 class _ItemCartProps(_CartProps):
     productId: Sku
-    quantity: float = Field(ge=0)
+    quantity: float = Field(ge=0, le=MAX_AMOUNT)
 
 
 class _SyncCartProps(_CartProps):
-    cart: list[CartItem] = Field(max_length=1000)
+    cart: list[CartLine] = Field(max_length=1000)
 
 
 class _PurchaseProps(_SyncCartProps):
     uniqueTransactionId: str | None = Field(None, max_length=64)
+
+
+def identifier_kind(given: str) -> str:
+    """A secondary identifier's type as compared: lower case without spaces, dashes or underscores,
+    so `phoneNumber`, `phone number` (one doc's spelling) and `phone_number` are one type."""
+    return _KIND_SEPARATORS.sub("", given.lower())
 
 
 class Identifier(BaseModel):
@@ -222,7 +250,7 @@ class Identifier(BaseModel):
         # Normalised here, not only hashed: the hash must equal the opt-in API's for the same phone.
         # A hashed one must be a digest (lower-cased): a plain phone or email here is PII in clear.
         given = info.data.get("type")
-        kind = given.lower() if isinstance(given, str) else None
+        kind = identifier_kind(given) if isinstance(given, str) else None
         if kind in _HASHED_TYPES:
             return _sha256_digest(v)
         return normalize_phone(v) if kind == "phonenumber" else v
@@ -309,6 +337,10 @@ class NormalizedEvent(BaseModel):
     value: float | None = None
     transaction_id: str | None = None
     identity: Identity | None = None
+    # (kind, hash) of the phone and email an identification event without a CUID brings (a
+    # newsletter subscription by phone only): linked to the request's user, since a secondary
+    # identifier sticks to the user once reported (dy-api.md §3), so a later opt-in reaches them.
+    identifiers: list[tuple[str, str]] | None = None
     push_token: str | None = None
     push_channel: str | None = None
 
@@ -345,9 +377,24 @@ def _identity(p: _IdentifyProps) -> Identity | None:
     cuid, cuid_type, email_h = _primary(p.cuid, p.cuidType, p.hashedEmail)
     if not cuid:
         return None
+    email_h, phone_h = _secondary(p, email_h)
+    return Identity(cuid=cuid, cuid_type=cuid_type, email_hash=email_h, phone_hash=phone_h)
+
+
+def _identifiers_without_cuid(p: _IdentifyProps) -> list[tuple[str, str]] | None:
+    """The (kind, hash) identifiers of an identification event that names no CUID (`_identity` is
+    None): its phone (`phoneNumber`, or a secondary one) and secondary email; None when it has none."""
+    email_h, phone_h = _secondary(p, None)
+    found = [(kind, h) for kind, h in (("email", email_h), ("phone", phone_h)) if h]
+    return found or None
+
+
+def _secondary(p: _IdentifyProps, email_h: str | None) -> tuple[str | None, str | None]:
+    """(email hash, phone hash) of an identification event: `email_h` (the primary one) unless
+    none, then a secondary email; the phone of `phoneNumber` or of a secondary identifier."""
     phone_h = phone_hash(p.phoneNumber) if p.phoneNumber else None
     for ident in p.secondaryIdentifiers:
-        kind = ident.type.lower()
+        kind = identifier_kind(ident.type)
         if kind == "phonenumber":
             phone_h = phone_hash(ident.value)
         elif kind == "hashedphonenumber":
@@ -358,7 +405,7 @@ def _identity(p: _IdentifyProps) -> Identity | None:
             email_h = email_h or email_hash(ident.value)
         elif kind in {"he", "hashedemail"}:
             email_h = email_h or ident.value.lower()
-    return Identity(cuid=cuid, cuid_type=cuid_type, email_hash=email_h, phone_hash=phone_h)
+    return email_h, phone_h
 
 
 def _check_hashed_cuid(index: int, props: _IdentifyProps) -> None:
@@ -407,6 +454,22 @@ def _valid_lines(lines: list[Any]) -> list[CartItem]:
     return out
 
 
+def unknown_dy_type(event: EventIn) -> tuple[str, str | None] | None:
+    """An event's `dyType` when it is a string naming no standard schema, with the known type it
+    most likely meant (the same but for case, or a close spelling) or None; None when it is known
+    or absent. Such an event is stored as a custom event (the Experience API's types may grow),
+    but a migrating backend's typo (`Add-To-Cart-v1`) must not silently lose cart abandonment:
+    the 202 warns (`UNKNOWN_DYTYPE`, api/routes/collect.py)."""
+    dy_type = event.properties.get("dyType")
+    if not isinstance(dy_type, str) or dy_type in KNOWN_TYPES:
+        return None
+    folded = dy_type.strip().lower()
+    if folded in KNOWN_TYPES:
+        return dy_type, folded
+    close = difflib.get_close_matches(folded, sorted(KNOWN_TYPES), n=1, cutoff=0.8)
+    return dy_type, close[0] if close else None
+
+
 def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False) -> NormalizedEvent:
     """Validate one `events[index]` entry against its standard schema and normalise it.
 
@@ -436,7 +499,7 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
     kind = _KIND_BY_TYPE[dy_type]
     base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
     if isinstance(props, _CartProps):
-        base.cart = props.cart
+        base.cart = list[CartItem](props.cart) if props.cart is not None else None
         base.value = props.value
         if isinstance(props, _ItemCartProps):
             base.sku = props.productId
@@ -447,6 +510,8 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
         base.identity = _identity(props)
         if base.identity is None and dy_type in {"login-v1", "identify-v1"}:
             raise EventValidationError(f"events.{index}.properties.cuid", "a cuid or hashedEmail is required")
+        if base.identity is None:
+            base.identifiers = _identifiers_without_cuid(props)
     elif isinstance(props, _PushOptProps):
         _check_push_opt_in(index, dy_type, props, allow_http_push)
         base.push_token = props.pushID or props.pushId

@@ -153,7 +153,7 @@ def add_identifier(s: Session, section_id: str, user_id: str, kind: str, value_h
 def identify(s: Session, user: User, identity: Identity, device_key: str | None, now: datetime) -> User:
     """Attach a CUID; merge into the user who already has it. Returns the user to continue with."""
     owner = by_cuid(s, user.section_id, identity.cuid)
-    if owner is not None and owner.id != user.id and user.cuid in (None, identity.cuid):
+    if owner is not None and owner.id != user.id and folds_into_owner(user, identity):
         merge_users(s, merged=user, into=owner, now=now)
         user = owner
     elif owner is not None and owner.id != user.id:
@@ -173,6 +173,13 @@ def identify(s: Session, user: User, identity: Identity, device_key: str | None,
     user.updated_at = now
     s.add(user)
     return user
+
+
+def folds_into_owner(user: User, identity: Identity) -> bool:
+    """Whether `identify` merges `user` into another user holding `identity`'s CUID (when one does):
+    the user has no CUID yet (an anonymous device user) or that one. A user known under another CUID
+    is another person: the device changes hands instead, and nothing of theirs goes to the owner."""
+    return user.cuid in (None, identity.cuid)
 
 
 def _identifiers(identity: Identity) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from api.deps import Ingestion, StateDep
 from api.ingestion import accept, exits_awaiting_start, withdraw_enrollments
 from api.journeys import dispatch_all
-from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event
+from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event, unknown_dy_type
 from store.event_marks import mark_dispatched
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
@@ -26,9 +26,12 @@ class Acknowledged(BaseModel):
     warnings: list[dict[str, str]] = []
 
 
-async def _ingest(state: StateDep, section_id: str, body: EventRequest | PageviewRequest, events: list) -> Acknowledged:  # type: ignore[type-arg]
+async def _ingest(
+    state: StateDep, section_id: str, body: EventRequest | PageviewRequest, events: list,  # type: ignore[type-arg]
+    warnings: list[dict[str, str]] | None = None,
+) -> Acknowledged:  # fmt: skip
     result = await asyncio.to_thread(accept, state.store, state.box, state.settings, section_id, body, events)
-    warnings: list[dict[str, str]] = []
+    warnings = list(warnings or [])
     if result.commands and result.queued_behind_pending:
         await asyncio.to_thread(mark_dispatched, state.store, result.event_ids, dispatched=False)
         warnings.append({"code": "DISPATCH_DEFERRED", "message": "queued behind this user's earlier events"})
@@ -57,7 +60,25 @@ async def _ingest(state: StateDep, section_id: str, body: EventRequest | Pagevie
 async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
     allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
     events = [normalize_event(i, e, allow_http_push=allow_http) for i, e in enumerate(body.events)]
-    return await _ingest(state, principal.section_id, body, events)
+    return await _ingest(state, principal.section_id, body, events, _unknown_types(body))
+
+
+def _unknown_types(body: EventRequest) -> list[dict[str, str]]:
+    """An `UNKNOWN_DYTYPE` warning per event whose `dyType` names no standard schema: it is stored
+    as a custom event (202), so a typo that would lose its cart or purchase says so (docs/api.md)."""
+    out: list[dict[str, str]] = []
+    for index, event in enumerate(body.events):
+        found = unknown_dy_type(event)
+        if found is None:
+            continue
+        given, meant = found
+        hint = f" (did you mean {meant!r}?)" if meant else ""
+        out.append({
+            "code": "UNKNOWN_DYTYPE", "field": f"events.{index}.properties.dyType",
+            "message": f"events.{index}: dyType {given[:80]!r} is not a standard schema; "
+            f"stored as a custom event{hint}",
+        })  # fmt: skip
+    return out
 
 
 @router.post("/pageview", status_code=202)
