@@ -110,6 +110,14 @@ EXIT_CANCELS_SEND_PATCH = "exit-cancels-retrying-send"
 DEFER_FLOOR_PATCH = "send-window-defer-floor"
 DEFER_FLOOR = timedelta(minutes=1)
 _UNPATCHED_DEFER_FLOOR = timedelta(seconds=1)
+# A journey waiting for its send window shows when it wakes: `state.wake_at` (the `current_state`
+# query, the journeys API's `live.next_wake_at`) and the `RejoinNextSendAt` upserted with
+# "waiting" are the window's opening, and a re-trigger during that wait (the first step is past
+# its own wait) leaves it. Before, both kept the step's passed deadline (a time in the past while
+# the journey slept for hours), or none after a re-trigger. The upsert's value changes, so it is
+# asked only at a deferral: a history without the marker there (a window wait before this change)
+# replays the old way, as the rest of its run does.
+WINDOW_WAKE_PATCH = "send-window-wake-time"
 # Exits of the same request as the trigger that started the journey (after it) come in its start
 # input (`JourneyInput.exits`) and apply before the first wait. A test user's waits pass at once,
 # so the exit signal sent after the start lost the race to step 0 (an add-to-cart and a purchase
@@ -149,6 +157,7 @@ class JourneyWorkflow:
         # The deadline of the first step's running timer (None when not sleeping on one).
         self._sleeping_until: datetime | None = None
         self._pending_attrs: list[SearchAttributeUpdate[Any]] = []  # to go with the next status upsert
+        self._in_window_wait = False  # sleeping until the send window opens (patch WINDOW_WAKE_PATCH)
 
     # ------------------------------------------------------------ signals and queries
 
@@ -163,7 +172,7 @@ class JourneyWorkflow:
         at = self._trigger_time()
         if st.first_trigger_at is None:
             st.first_trigger_at = at
-        if st.step_index == 0 and st.status in ("triggered", "waiting"):
+        if st.step_index == 0 and st.status in ("triggered", "waiting") and not self._in_window_wait:
             # Delivery relevancy: the first message waits from the latest trigger.
             st.last_trigger_at = at
             if self._postpones_running_timer():
@@ -225,7 +234,8 @@ class JourneyWorkflow:
             variation_id=st.plan.variation_id if st.plan else None,
             step_index=st.step_index,
             total_steps=len(st.plan.steps) if st.plan else 0,
-            next_wake_at=st.wake_at,
+            # Only a waiting journey has a wake-up of its own (a send being retried has none).
+            next_wake_at=st.wake_at if st.status == "waiting" else None,
             exit_reason=st.exit_reason,
             trigger_count=st.trigger_count,
             decisions=st.decisions,
@@ -457,19 +467,30 @@ class JourneyWorkflow:
         """Quiet hours: sleep until the recipient's send window opens; False if they exited first."""
         st = self.state
         assert decision.not_before is not None
+        shows_wake = workflow.patched(WINDOW_WAKE_PATCH)
+        wait = self._window_wait(decision.not_before) if shows_wake else None
+        if wait is not None:
+            st.wake_at = self._now() + wait  # what "waiting" upserts below, and the query shows
         self._set_status("waiting", f"step '{step_name}' waits for the send window ({decision.not_before.isoformat()})")
-        wait = window_wait(decision.not_before, self._now(), self._defer_floor(decision.not_before))
+        if wait is None:  # before the patch the floor's marker came after the upsert: keep the order
+            wait = self._window_wait(decision.not_before)
         if self._own_clock:
             self._pass_time(wait)
         else:
+            self._in_window_wait = shows_wake
             try:
                 await workflow.wait_condition(
                     lambda: st.exit_reason is not None, timeout=wait, timeout_summary=f"send window before {step_name}"
                 )
             except TimeoutError:
                 pass
+            finally:
+                self._in_window_wait = False
         self._set_status("sending", f"sending step '{step_name}'")
         return st.exit_reason is None
+
+    def _window_wait(self, not_before: datetime) -> timedelta:
+        return window_wait(not_before, self._now(), self._defer_floor(not_before))
 
     def _defer_floor(self, not_before: datetime) -> timedelta:
         """The least a deferral sleeps: DEFER_FLOOR, asked (patch DEFER_FLOOR_PATCH) only when it
