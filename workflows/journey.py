@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, CancelledError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import Delivery
@@ -118,6 +118,13 @@ _UNPATCHED_DEFER_FLOOR = timedelta(seconds=1)
 # asked only at a deferral: a history without the marker there (a window wait before this change)
 # replays the old way, as the rest of its run does.
 WINDOW_WAKE_PATCH = "send-window-wake-time"
+# An exit whose cancel reaches a send while an attempt talks to the provider waits for that
+# attempt (WAIT_CANCELLATION_COMPLETED). When the attempt then fails retryably (a 503, a timeout),
+# Temporal ends the activity with the attempt's error and retry state CANCEL_REQUESTED, not a
+# CancelledError: that is the exit's cancel all the same. Before, the step was recorded "delivery
+# gave up", fell back to the next channel (a send cancelled at once) and a one-step journey ended
+# completed instead of exited. Asked only in that case, so other journeys record no marker.
+EXIT_DURING_ATTEMPT_PATCH = "exit-during-failed-attempt"
 # Exits of the same request as the trigger that started the journey (after it) come in its start
 # input (`JourneyInput.exits`) and apply before the first wait. A test user's waits pass at once,
 # so the exit signal sent after the start lost the race to step 0 (an add-to-cart and a purchase
@@ -446,7 +453,11 @@ class JourneyWorkflow:
         try:
             return await sending
         except ActivityError as err:
-            cancelled = isinstance(err.cause, CancelledError)
+            cancelled = isinstance(err.cause, CancelledError) or (
+                err.retry_state == RetryState.CANCEL_REQUESTED
+                and st.exit_reason is not None
+                and workflow.patched(EXIT_DURING_ATTEMPT_PATCH)
+            )
             self._send_cancelled = cancelled
             # Cancelled by an exit, out of retries (budget spent) or a configuration error: record
             # it and free the cap slot (an attempt the provider accepted meanwhile stays a send).

@@ -92,6 +92,33 @@ async def test_exit_while_a_send_is_retried_cancels_it(
     assert send.status == "failed" and "cancelled" in (send.provider_response or ""), send
 
 
+async def test_exit_during_an_attempt_that_then_fails_is_the_exits_cancel(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """A purchase arriving while an attempt is at the provider, which then answers 503: Temporal
+    ends the send with the 503 (retry state CANCEL_REQUESTED), not a CancelledError. It is the exit's
+    cancel: recorded so, no fallback to another channel, the journey exited. Before, the step was
+    "delivery gave up", fell back, and the one-step journey ended completed."""
+    path = "/slow-then-down"
+    fresh_provider.default(path, Reply(503, "down", delay=2.0))
+    at_provider = threading.Event()
+    fresh_provider.on_request = lambda r: at_provider.set() if r.path == path else None
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=[step("Only")]))
+    dyid, uid = await reachable_user(api, section)
+    try:
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        assert await asyncio.get_running_loop().run_in_executor(None, at_provider.wait, 30)
+        await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+        result = await journey_result(env.client, section, cid, uid)
+    finally:
+        fresh_provider.on_request = None
+    assert result.status == "exited" and result.exit_reason == "purchased", result
+    assert [(d.outcome, d.step_index) for d in result.decisions] == [("failed", 0), ("exited", 0)], result
+    assert "cancelled: the user exited (purchased)" in (result.decisions[0].reason or ""), result
+    assert len(fresh_provider.to(path)) == 1
+
+
 async def test_ten_steps_ninety_day_waits_hundreds_of_retriggers_stay_under_history_limits(
     api: httpx.AsyncClient, env: WorkflowEnvironment, settings: Settings, store: Store, worker: Worker,
     section: SectionKeys,
