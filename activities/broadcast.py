@@ -25,7 +25,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.delivery import compose_payload, make_linker, unsubscribe_url
-from activities.provider_retry import retry_later
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -74,6 +73,9 @@ RECIPIENT_RETRY_BUDGET = timedelta(hours=6)
 RECIPIENT_FIRST_BACKOFF = timedelta(seconds=2)
 RECIPIENT_MAX_BACKOFF = timedelta(minutes=10)
 OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no final status
+# A permanent failure on one channel: the recipient stays pending and is prepared again, on the
+# next reachable channel of the priority (as a journey's step falls back), or ends failed.
+FALLBACK = "fallback"
 
 FEED_TYPES = {
     "product": (CampaignType.PRICE_DROP, CampaignType.PRODUCT_ATTRIBUTE_CHANGE),
@@ -114,6 +116,7 @@ class _Ready:
     send_key: str
     journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
+    fell_back: str | None = None  # the channels that failed before this one (the recipient row's reason)
 
 
 class BroadcastActivities:
@@ -245,19 +248,26 @@ class BroadcastActivities:
         result = BatchResult()
         interval = 1.0 / rate if rate else 0.0
         next_slot = _first_slot(interval, req.shard, req.shards) if interval else 0.0
+        pause_until: datetime | None = None
         for user_id in due:
             outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
-            if isinstance(outcome, _Ready):
+            while isinstance(outcome, _Ready):
                 if interval:
                     # Throttle: at most `rate` provider calls per second from this shard, on its
                     # phase of the run's grid, so the shards' calls interleave evenly.
                     await asyncio.sleep(max(0.0, next_slot - time.time()))
                     next_slot = max(next_slot + interval, _first_slot(interval, req.shard, req.shards))
-                outcome = await self._send(req, user_id, outcome)
+                outcome, pause = await self._send(req, user_id, outcome)
+                pause_until = pause_until or pause
+                if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
+                    outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
             result.processed += 1
             setattr(result, outcome, getattr(result, outcome) + 1)
             activity.heartbeat(result.processed)
-        return await asyncio.to_thread(self._remaining, req, result)
+            if pause_until is not None:
+                break  # the vendor throttles everyone: the shard waits its Retry-After (below)
+        result = await asyncio.to_thread(self._remaining, req, result)
+        return _paused(result, pause_until)
 
     def _load_batch(self, req: BatchRequest) -> tuple[CampaignSpec, float | None, list[str]]:
         with self.store.session() as s:
@@ -377,14 +387,20 @@ class BroadcastActivities:
             step = variation.steps[0]
             step_channels = [c.value for c in step.messages]
             r = reach(s, run.section_id, user.id, step_channels)
-            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable)
+            failed = _failed_channels(s, journey_id) if rec.provider_response is not None else {}
+            choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable, failed)
             if choice.channel is None:
+                if failed:  # no channel left after a permanent failure: the recipient failed
+                    last = list(failed)[-1]
+                    return self._finish(s, rec, "failed", f"{last}: {failed[last]}"[:200], last)
                 return self._finish(s, rec, "skipped", choice.reason)
             channel = str(choice.channel)
+            # The recipient's row says which channel failed before the one it is sent on.
+            fell_back = f"after {', '.join(f'{c}: {why}' for c, why in failed.items())}"[:200] if failed else None
             key = broadcast_send_key(run.id, user.id, channel)
             prior = s.get(Send, key)
             if prior is not None and prior.status == "accepted":
-                return self._finish(s, rec, "sent", None, channel)
+                return self._finish(s, rec, "sent", fell_back, channel)
             cap = spec.settings.frequency_caps.get(Channel(channel))
             section = s.get(Section, run.section_id)
             policy = self.cap_policy
@@ -401,6 +417,10 @@ class BroadcastActivities:
                 self.priority_window,
             )  # fmt: skip
             if not verdict.granted:
+                if failed:  # the fallback channel is capped or outranked: the failure stands
+                    last = list(failed)[-1]
+                    why = f"{last}: {failed[last]}; {channel}: {verdict.explained}"[:200]
+                    return self._finish(s, rec, "failed", why, last)
                 return self._finish(s, rec, "skipped", verdict.explained, channel)
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
@@ -438,30 +458,36 @@ class BroadcastActivities:
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
-                opt_in_id=r.opt_ins[channel].id,
+                opt_in_id=r.opt_ins[channel].id, fell_back=fell_back,
             )  # fmt: skip
 
-    async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> str:
+    async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> tuple[str, datetime | None]:
+        """The provider call and its outcome; with the time the shard pauses until, when the
+        vendor throttles with a Retry-After."""
         try:
             # Through the registry: its per-integration limit holds across runs sharing the worker.
             response = await self.providers.send(ready.kind, ready.message)
         except ProviderError as err:
             if err.retryable:
-                if await asyncio.to_thread(self._defer_retry, req, user_id, ready, err) == "deferred":
-                    # The shard backs off too (a vendor throttling or down answers everyone so);
-                    # the retried batch goes on with the others while this recipient waits its turn.
-                    raise retry_later(err, f"run {req.run_id} shard {req.shard}, user {user_id}") from err
-                return "failed"
+                # Only this recipient waits (its own backoff, `not_before`); the batch goes on with
+                # the others. Failing the activity instead made Temporal retry the whole batch with
+                # its own growing backoff: one fault in a few hundred stalled the shard for minutes.
+                outcome = await asyncio.to_thread(self._defer_retry, req, user_id, ready, err)
+                log.info(
+                    "run %s shard %s, user %s: provider failed (%s); %s", req.run_id, req.shard, user_id,
+                    err.status or "no answer", "retried on its own" if outcome == "deferred" else "given up",
+                )  # fmt: skip
+                return outcome, _vendor_pause(err, req.as_of)
             return await asyncio.to_thread(
                 self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone
-            )
+            ), None
         except ConfigurationError as err:
             return await asyncio.to_thread(
                 self._record, req, user_id, ready, "failed", f"configuration: {err}", None
-            )
+            ), None
         return await asyncio.to_thread(
             self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status
-        )
+        ), None
 
     def _defer_retry(self, req: BatchRequest, user_id: str, ready: _Ready, err: ProviderError) -> str:
         """A retryable answer for one recipient: record it and let the recipient wait its backoff
@@ -509,16 +535,55 @@ class BroadcastActivities:
             elif send is not None:
                 journey_rows.mark_sent(s, ready.journey_id, send.created_at)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            outcome = status
             if rec is not None and rec.status == "pending":
                 rec.provider_response = detail[:500]
-                self._finish(
-                    s, rec, status, None if status == "sent" else detail[:200], ready.message.channel
-                )
+                if status == "failed" and send is not None and not send.possible_duplicate:
+                    # As a journey's step: a permanent failure falls back to the next reachable
+                    # channel (`_prepare` leaves out the channels that failed), unless an earlier
+                    # attempt may have been delivered. The recipient stays pending until then.
+                    s.add(rec)
+                    outcome = FALLBACK
+                else:
+                    reason = ready.fell_back if status == "sent" else detail[:200]
+                    self._finish(s, rec, status, reason, ready.message.channel)
             if send is not None and gone:  # what the report reads as a provider opt-out, as journeys record it
                 _record_provider_opt_out(s, send, ready, detail)
             if send is not None:  # last: the hot counter rows stay locked until the commit
                 report_rollup.count_send(s, send, previous, opted_out=gone)
-        return status
+        return outcome
+
+
+def _failed_channels(s: Session, journey_id: str) -> dict[str, str]:
+    """The channels a recipient's sends failed on for good (oldest first), each with its answer:
+    a fallback leaves them out, as a journey's step excludes the channels it failed on."""
+    rows = s.exec(
+        select(Send.channel, Send.provider_response)
+        .where(Send.journey_id == journey_id, Send.status == "failed")
+        .order_by(col(Send.updated_at))
+    ).all()
+    return {channel: (answer or "failed")[:120] for channel, answer in rows}
+
+
+def _vendor_pause(err: ProviderError, as_of: datetime) -> datetime | None:
+    """Until when the shard pauses after this answer: a 429 with a Retry-After is the vendor
+    throttling everyone, so the shard's next call waits for it (a workflow timer, no activity
+    retry); any other transient fault only defers its own recipient."""
+    wait = err.retry_after
+    if err.status != 429 or wait is None or not math.isfinite(wait) or wait <= 0:
+        return None
+    return max(as_of, now_utc()) + timedelta(seconds=wait)  # the run's clock, as `not_before`
+
+
+def _paused(result: BatchResult, until: datetime | None) -> BatchResult:
+    """The batch's result for a shard paused until `until`: nothing due before then."""
+    if until is None:
+        return result
+    if result.more_due:
+        result.more_due, result.next_due = False, until
+    elif result.next_due is not None:  # only recipients waiting their own time: not before the pause
+        result.next_due = max(result.next_due, until)
+    return result
 
 
 def _record_provider_opt_out(s: Session, send: Send, ready: _Ready, detail: str) -> None:

@@ -25,7 +25,8 @@ from store.feed_tables import ProductChange, UserAttributeChange
 from store.identity_tables import UserAlias
 from store.paging import keyset_pages
 from store.subscribers import insert_ignoring
-from store.tables import Event, Product, User
+from store.tables import Event, Journey, Product, User
+from workflows.ids import batched_journey_id
 
 PAGE = 1000
 VIEW_LOOKBACK = timedelta(days=30)
@@ -42,6 +43,38 @@ def all_users(s: Session, section_id: str) -> Iterator[list[User]]:
             s.exec(select(UserAlias.alias_id).where(col(UserAlias.alias_id).in_([u.id for u in page]))).all()
         )
         yield [u for u in page if u.id not in aliases]
+
+
+def recipients_of_journeys(s: Session, journeys: list[Journey]) -> dict[str, BroadcastRecipient]:
+    """The recipient row of each batched run's journey row (`bj_…`) among `journeys`, by journey id:
+    its status and reason are what the run did for that person (the journey row itself only
+    records the allocation). Read by the journeys API for one person, so it stays a lookup by
+    primary key prefix (run, user), also under the ids merged into them."""
+    batched = [j for j in journeys if j.id.startswith("bj_") and j.workflow_id.startswith("broadcast/")]
+    if not batched:
+        return {}
+    runs = {j.workflow_id.removeprefix("broadcast/") for j in batched}
+    users = {j.user_id for j in batched}
+    # A row planned under an id merged away since carries the alias; its journey row (minted from
+    # the canonical id when the recipient was prepared) carries the person.
+    person = {uid: uid for uid in users}
+    person.update(
+        s.exec(select(UserAlias.alias_id, UserAlias.canonical_id).where(col(UserAlias.canonical_id).in_(users))).all()
+    )
+    rows = s.exec(
+        select(BroadcastRecipient).where(
+            col(BroadcastRecipient.run_id).in_(runs), col(BroadcastRecipient.user_id).in_(person)
+        )
+    ).all()
+    wanted = {j.id for j in batched}
+    found: dict[str, BroadcastRecipient] = {}
+    for rec in sorted(rows, key=lambda r: r.user_id not in users):  # the person's own rows first
+        for uid in (rec.user_id, person[rec.user_id]):
+            jid = batched_journey_id(rec.run_id, uid)
+            if jid in wanted and jid not in found:
+                found[jid] = rec
+                break
+    return found
 
 
 def add_recipients(s: Session, run_id: str, shards: int, recipients: dict[str, list[dict[str, Any]]]) -> int:

@@ -10,7 +10,7 @@ crash anywhere resumes from the recipients' statuses, never re-sending a finishe
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -19,6 +19,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.broadcast import BroadcastActivities
     from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, RunProgress
 
+# Each shard loops on its own (a shard with no recipient due sleeps on its own timer) instead of
+# every shard's batch in lock-step rounds; the run row says "waiting" while every shard sleeps.
+SHARD_LOOPS_PATCH = "broadcast-shard-loops"
 STORE_TIMEOUT = timedelta(minutes=1)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 BATCH_RETRY = RetryPolicy(
@@ -31,6 +34,13 @@ BATCH_RETRY = RetryPolicy(
 class BroadcastWorkflow:
     def __init__(self) -> None:
         self.progress = RunProgress(run_id="")
+        # Patched path (SHARD_LOOPS_PATCH): shards still looping, those sleeping until a recipient is
+        # due, whether a continue-as-new was asked, and the run row's state as last written.
+        self._live: set[int] = set()
+        self._waiting: set[int] = set()
+        self._continue = False
+        self._recording = False
+        self._recorded = "sending"
 
     @workflow.query
     def current_progress(self) -> RunProgress:
@@ -52,6 +62,15 @@ class BroadcastWorkflow:
                 summary="list the audience",
             )
         await self._set_state(inp, "sending")
+        if workflow.patched(SHARD_LOOPS_PATCH):
+            await self._deliver_by_shard(inp)
+        else:
+            await self._deliver_in_rounds(inp)
+        await self._set_state(inp, "done")
+        return self.progress
+
+    async def _deliver_in_rounds(self, inp: BroadcastInput) -> None:
+        """Runs started before SHARD_LOOPS_PATCH: every shard's batch in lock-step rounds."""
         while True:
             now = workflow.now()
             results: list[BatchResult] = await asyncio.gather(
@@ -88,8 +107,92 @@ class BroadcastWorkflow:
             await workflow.sleep(
                 max(min(waits) - workflow.now(), timedelta(seconds=1)), summary="send window"
             )
-        await self._set_state(inp, "done")
-        return self.progress
+
+    async def _deliver_by_shard(self, inp: BroadcastInput) -> None:
+        """Each shard loops on its own: a batch, then at once the next while recipients are due,
+        else a timer until its earliest waiting recipient (a send window, a recipient's retry
+        backoff, a vendor's Retry-After). A shard never waits for the others' batches, and the
+        progress is updated after every batch."""
+        self._live = set(range(inp.shards))
+        await asyncio.gather(*(self._shard_loop(inp, shard) for shard in range(inp.shards)))
+        await workflow.wait_condition(lambda: not self._recording)  # the run row's last state first
+        if self._continue:
+            # Big runs: a fresh history; recipients' statuses in the store carry the progress.
+            workflow.continue_as_new(inp.model_copy(update={"send_at": None, "plan_scheduled": False}))
+
+    async def _shard_loop(self, inp: BroadcastInput, shard: int) -> None:
+        while not self._continue:
+            result: BatchResult = await workflow.execute_activity_method(
+                BroadcastActivities.deliver_batch,
+                BatchRequest(
+                    run_id=inp.run_id, shard=shard, shards=inp.shards, as_of=workflow.now(), limit=inp.batch_size
+                ),
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=BATCH_RETRY,
+                summary=f"deliver a batch of shard {shard}",
+            )
+            self._note(result)
+            if workflow.info().is_continue_as_new_suggested():
+                self._continue = True  # every shard stops after its batch (or wakes from its wait)
+            elif result.more_due:
+                continue
+            elif result.next_due is not None:
+                await self._wait(inp, shard, result.next_due)
+                continue
+            break
+        self._live.discard(shard)
+        await self._record_state(inp)
+
+    async def _wait(self, inp: BroadcastInput, shard: int, until: datetime) -> None:
+        """Sleep until the shard's next recipient is due; the run is "waiting" while every shard
+        still working sleeps. A continue-as-new wakes it (the next run's shard sleeps on)."""
+        self._waiting.add(shard)
+        await self._record_state(inp)
+        try:
+            await workflow.wait_condition(
+                lambda: self._continue,
+                timeout=max(until - workflow.now(), timedelta(seconds=1)),
+                timeout_summary=f"shard {shard}: next recipient due",
+            )
+        except asyncio.TimeoutError:
+            pass  # the recipient is due
+        self._waiting.discard(shard)
+        await self._record_state(inp)
+
+    def _note(self, result: BatchResult) -> None:
+        """A batch's result: the run's totals (read from the store after it; monotonic)."""
+        self.progress.batches += 1
+        self.progress.sent = max(self.progress.sent, result.run_sent)
+        self.progress.skipped = max(self.progress.skipped, result.run_skipped)
+        self.progress.failed = max(self.progress.failed, result.run_failed)
+        workflow.set_current_details(
+            f"sent {self.progress.sent}, skipped {self.progress.skipped}, failed {self.progress.failed}"
+        )
+
+    async def _record_state(self, inp: BroadcastInput) -> None:
+        """Keep the run row's state in step with the shards: "waiting" while every shard still
+        working sleeps, else "sending". One writer at a time, so the row ends with the last state."""
+        waiting = bool(self._live) and self._live <= self._waiting
+        self.progress.state = "waiting" if waiting else "sending"
+        if waiting:
+            workflow.set_current_details(f"sent {self.progress.sent}; recipients waiting for their time")
+        if self._recording:
+            return  # the running writer records the newest state after its write
+        self._recording = True
+        try:
+            while self._recorded != self.progress.state:
+                state = self.progress.state
+                await workflow.execute_activity_method(
+                    BroadcastActivities.set_state,
+                    args=[inp.run_id, state, workflow.now()],
+                    start_to_close_timeout=STORE_TIMEOUT,
+                    retry_policy=RETRY,
+                    summary=f"run {state}",
+                )
+                self._recorded = state
+        finally:
+            self._recording = False
 
     def _state(self, state: str, details: str) -> None:
         self.progress.state = state

@@ -41,7 +41,8 @@ from api.journeys import (
 )
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
-from store import decisions, journey_rows, sends
+from store import broadcasts, decisions, journey_rows, sends
+from store.broadcast_tables import BroadcastRecipient
 from store.campaigns import load_spec
 from store.tables import Campaign, Journey, User, now_utc
 from store.users import find_user
@@ -142,7 +143,8 @@ def _journeys(state: StateDep, section_id: str, user_ref: str | None, journey_id
             q = q.where(Journey.user_id == user.id)
         rows = s.exec(q.order_by(col(Journey.triggered_at).desc()).limit(200)).all()
         calls = sends.of_journeys(s, [j.id for j in rows])
-        return [
+        recipients = broadcasts.recipients_of_journeys(s, list(rows))
+        out = [
             JourneyOut(
                 **j.model_dump(),
                 temporal_ui=state.settings.temporal_ui_link(j.workflow_id),
@@ -151,6 +153,27 @@ def _journeys(state: StateDep, section_id: str, user_ref: str | None, journey_id
             )
             for j in rows
         ]
+        for j in out:
+            if j.id in recipients:
+                _with_recipient(j, recipients[j.id])
+        return out
+
+
+def _with_recipient(journey: JourneyOut, rec: BroadcastRecipient) -> None:
+    """A batched run's recipient: its journey row records only the allocation, the recipient row
+    what the run did (sent, skipped or failed and why, or still to come). Shown as the journey's
+    decision, and a recipient the run has not finished is not a completed journey."""
+    if rec.status == "pending":
+        journey.status, journey.ended_at = ("waiting" if rec.not_before is not None else "sending"), None
+    outcome = "waiting" if rec.status == "pending" else rec.status
+    at = rec.not_before if rec.status == "pending" and rec.not_before else journey.triggered_at
+    journey.decisions.append(
+        DecisionOut(
+            step_index=0, step_name=f"batched run {rec.run_id}", outcome=outcome, reason=rec.reason,
+            channel=rec.channel, at=at,
+            detail={"run_id": rec.run_id, "not_before": rec.not_before.isoformat() if rec.not_before else None},
+        )
+    )  # fmt: skip
 
 
 async def _with_live(state: StateDep, journeys: list[JourneyOut]) -> list[JourneyOut]:
