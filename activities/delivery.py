@@ -4,7 +4,8 @@ The send is recorded under its idempotency key before the provider is called (`i
 marked `accepted` after. A retry that finds `accepted` returns the stored result without
 calling anyone; one that finds `in_flight` knows the previous attempt died with its outcome
 unknown, calls again with the same key and flags the send as a possible duplicate unless the
-provider honours the key. Permanent failures release the cap slot and allow channel fallback.
+provider honours the key. Permanent failures release the cap slot and allow channel fallback,
+unless an earlier attempt may have been delivered (`store.sends.maybe_delivered`).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class Delivery:
             response = await prepared.provider.send(prepared.message)
         except ProviderError as err:
             if err.retryable:
-                await asyncio.to_thread(self._note_retry, req, err)
+                await asyncio.to_thread(self._note_retry, req, err, prepared.provider.honours_idempotency_key)
                 raise retry_later(err, req.send_key) from err
             gone = prepared.opt_in_id if err.recipient_gone else None
             return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
@@ -266,13 +267,17 @@ class Delivery:
         signer, url = self.signer, self.public_url
         return make_linker(signer, url, s, req.section_id, req.send_key, req.user_id, req.channel, issued)
 
-    def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
+    def _note_retry(self, req: DeliverRequest, err: ProviderError, honours_key: bool) -> None:
         with self.store.session() as s:
             send = s.get(Send, req.send_key)
             if send is None:
                 return
             # A known answer (429/5xx) means not processed; a timeout leaves the outcome unknown.
             send.status = "in_flight" if err.outcome_unknown else "retrying"
+            if err.outcome_unknown and not honours_key:
+                # Flagged now, not only by the retry (`begin_in`): an exit or the budget may end
+                # the send before any retry, and the message may have gone out all the same.
+                send.possible_duplicate = True
             send.provider_status = err.status
             send.provider_response = err.message[:2000]
             send.updated_at = now_utc()
@@ -308,10 +313,11 @@ class Delivery:
         previous: str | None = None
         # An earlier attempt of this send may have been delivered (its answer was lost, and the
         # provider does not de-duplicate by our key): a refusal now does not say it was not. No
-        # other channel is tried (the user would get both) and its cap slot stays taken.
-        maybe_delivered = send is not None and send.possible_duplicate
+        # other channel is tried (the user would get both) and its cap slot stays taken. This
+        # attempt marked the send in flight itself: only the flag tells of an earlier one.
+        maybe_delivered = sends.maybe_delivered(send, attempt_running=True)
         if maybe_delivered:
-            reason, fallback = f"{reason} (an earlier attempt may have been delivered: no fallback)", False
+            reason, fallback = f"{reason} ({sends.MAYBE_DELIVERED})", False
         if send is not None:
             previous, send.status = send.status, "failed" if outcome == "failed" else outcome
             send.provider_status = status
@@ -332,11 +338,16 @@ class Delivery:
             reason=reason[:200],
             channel=req.channel,
             at=req.as_of,
-            detail={"provider_status": status, **({"opted_out": PROVIDER_OPT_OUT} if opted_out else {})},
+            detail={
+                "provider_status": status,
+                **({"opted_out": PROVIDER_OPT_OUT} if opted_out else {}),
+                **({"possible_duplicate": True} if maybe_delivered else {}),
+            },
         )
         if send is not None:  # last: see `_accept`
             report_rollup.count_send(s, send, previous, opted_out=opted_out)
-        return DeliverResult(status="failed", reason=reason[:200], provider_status=status, fallback_allowed=fallback)
+        return DeliverResult(status="failed", reason=reason[:200], provider_status=status,
+                             possible_duplicate=maybe_delivered, fallback_allowed=fallback)  # fmt: skip
 
     def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
         with self.store.session() as s:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
@@ -21,7 +22,7 @@ from domain.campaign import CampaignSpec, Channel
 from domain.caps import CapPolicy
 from domain.channels import choose_channel
 from domain.conditions import matches
-from store import decisions, journey_rows, reservations
+from store import decisions, journey_rows, report_rollup, reservations, sends
 from store.campaigns import UnknownCampaign, load_spec
 from store.engine import Store
 from store.reachability import reach
@@ -180,7 +181,8 @@ class JourneyActivities:
 
     @activity.defn(name="journey.give_up")
     def give_up(self, req: GiveUpRequest) -> DeliverResult:
-        """Delivery could not complete within its budget: record it and release the cap slot."""
+        """Delivery could not complete within its budget: record it (`_give_up`: the cap slot is
+        released unless an attempt may have been delivered)."""
         with self.store.session() as s:
             return self._give_up(s, req)
 
@@ -210,20 +212,39 @@ class JourneyActivities:
             return StepOutcome(decision=decision, delivery=self._give_up(s, given_up))
 
     def _give_up(self, s: Session, req: GiveUpRequest) -> DeliverResult:
+        """Record a send that will not be attempted again (budget spent, the user exited, an error
+        not retried) as failed. If an attempt may have reached the provider (its outcome unknown:
+        `sends.maybe_delivered`) it is flagged `possible_duplicate`, keeps its cap slot and allows
+        no other channel, as a refusal after such an attempt does (`Delivery._fail_in`); a send
+        whose every attempt was answered with a failure frees its slot and may fall back."""
         send = s.get(Send, req.send_key)
         if send is not None and send.status == "accepted":
             # The provider accepted it and only the activity's answer was lost: a send, not a failure.
             return DeliverResult(status="accepted", provider_status=send.provider_status,
                                  possible_duplicate=send.possible_duplicate)  # fmt: skip
-        reservations.release(s, req.send_key)
+        if send is not None and send.status in ("failed", "skipped"):
+            # Recorded already by the last attempt (only its answer was lost): that record stands.
+            return DeliverResult(status="failed", reason=send.provider_response, provider_status=send.provider_status,
+                                 possible_duplicate=send.possible_duplicate,
+                                 fallback_allowed=send.status == "failed" and not send.possible_duplicate)  # fmt: skip
+        maybe_delivered = sends.maybe_delivered(send)
+        reason = f"{req.reason} ({sends.MAYBE_DELIVERED})" if maybe_delivered else req.reason
+        if not maybe_delivered:
+            reservations.release(s, req.send_key)
+        previous: str | None = None
         if send is not None:
-            send.status = "failed"
-            send.provider_response = req.reason
+            previous, send.status = send.status, "failed"
+            send.possible_duplicate = send.possible_duplicate or maybe_delivered
+            send.provider_response = reason[:2000]
             send.updated_at = now_utc()
             s.add(send)
-        _trace_gave_up(s, req.journey_id, f"{req.send_key}:outcome", req.step_index, "failed", req.reason,
-                       req.as_of, req.channel)  # fmt: skip
-        return DeliverResult(status="failed", reason=req.reason, fallback_allowed=True)
+        detail = {"possible_duplicate": True} if maybe_delivered else None
+        _trace_gave_up(s, req.journey_id, f"{req.send_key}:outcome", req.step_index, "failed", reason,
+                       req.as_of, req.channel, detail)  # fmt: skip
+        if send is not None:  # last, as every send's counters (`Delivery._accept`)
+            report_rollup.count_send(s, send, previous)
+        return DeliverResult(status="failed", reason=reason, possible_duplicate=maybe_delivered,
+                             fallback_allowed=not maybe_delivered)  # fmt: skip
 
     @activity.defn(name="journey.finish")
     def finish(self, req: FinishRequest) -> None:
@@ -257,6 +278,7 @@ def _trace_gave_up(
     reason: str,
     at: datetime,
     channel: str | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> None:
     """Record a step that ran out of budget in its journey's decision trace (if the journey exists)."""
     journey = s.get(Journey, journey_id)
@@ -273,6 +295,7 @@ def _trace_gave_up(
             reason=reason,
             channel=channel,
             at=at,
+            detail=detail,
         )
 
 

@@ -1,6 +1,7 @@
 """Sends: marking one accepted with prepared Core statements (store/statements.py): every
 delivered message does this, and the ORM's load-modify-flush cost more CPU than the two
-statements; and reading a journey's sends for operators."""
+statements; the rule for a send given up after an attempt whose outcome is unknown; and reading
+a journey's sends for operators."""
 
 from __future__ import annotations
 
@@ -29,6 +30,28 @@ _ACCEPT = (
         updated_at=bindparam("at", type_=_c.updated_at.type),
     )
 )
+
+
+# Added to the recorded reason of a send that failed for good after an attempt whose outcome is
+# unknown (docs/channels.md, "Retries"): it may have been delivered.
+MAYBE_DELIVERED = "an earlier attempt may have been delivered: no fallback"
+# The send was recorded `in_flight` before an attempt and nothing known came back since: the
+# attempt timed out, lost its connection mid-answer, or its worker died (`activities/delivery.py`).
+UNKNOWN = "in_flight"
+
+
+def maybe_delivered(send: Send | None, *, attempt_running: bool = False) -> bool:
+    """Whether an attempt of `send` may have reached the provider although no acceptance is recorded.
+
+    Flagged `possible_duplicate` (an attempt's outcome was unknown), or, once no attempt runs
+    any more (a give-up: the budget spent, an exit, an error not retried), left `in_flight`.
+    `attempt_running`: the caller's own attempt marked the send `in_flight` itself, so only the
+    flag tells of an earlier one. Such a send that fails keeps its cap slot and falls back to no
+    other channel: the user may have the message already.
+    """
+    if send is None:
+        return False
+    return send.possible_duplicate or (not attempt_running and send.status == UNKNOWN)
 
 
 @dataclass(frozen=True)
