@@ -406,7 +406,8 @@ class JourneyWorkflow:
                 self._record(index, "sent", None, decision.channel, result.possible_duplicate)
                 self.state.row_ended = outcome.journey_ended
                 return True
-            self._record(index, "failed", result.reason, decision.channel)
+            # Flagged when an attempt's outcome was unknown: the vendor may have delivered it.
+            self._record(index, "failed", result.reason, decision.channel, result.possible_duplicate)
             if self._send_cancelled:
                 return False
             if not result.fallback_allowed or decision.channel is None:

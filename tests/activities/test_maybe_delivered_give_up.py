@@ -118,6 +118,7 @@ async def test_an_exit_while_retrying_after_a_lost_answer_keeps_the_send_possibl
     assert result.status == "exited" and result.exit_reason == "purchased", result
     assert [(d.outcome, d.step_index) for d in result.decisions] == [("failed", 0), ("exited", 0)], result
     assert "may have been delivered" in (result.decisions[0].reason or ""), result
+    assert result.decisions[0].possible_duplicate, result  # the journey's own record says so too
     send = _send_of(store, result.journey_id)
     assert len(fresh_provider.to(path)) == send.attempts == attempts
     assert (send.status, send.possible_duplicate) == ("failed", True), send
@@ -167,6 +168,7 @@ async def test_a_budget_spent_after_a_lost_answer_falls_back_to_no_other_channel
     assert await outbox(api, section) == [], "no SMS: the email may well have arrived"
     assert result.sent == 0 and [d.outcome for d in result.decisions] == ["failed"], result
     reason = result.decisions[0].reason or ""
+    assert result.decisions[0].possible_duplicate, result
     assert "gave up" in reason and "may have been delivered" in reason, reason
     send = _send_of(store, result.journey_id)
     assert (send.status, send.possible_duplicate) == ("failed", True) and send.attempts >= 2, send
@@ -186,6 +188,7 @@ async def test_a_budget_spent_on_definite_failures_still_frees_the_slot_and_fall
     assert len(await outbox(api, section)) == 1, "the SMS fallback went out"
     assert [(d.outcome, d.channel) for d in result.decisions] == [("failed", "email"), ("sent", "sms")], result
     assert "may have been delivered" not in (result.decisions[0].reason or "")
+    assert not result.decisions[0].possible_duplicate, result
     email = _send_of(store, result.journey_id)
     assert (email.status, email.possible_duplicate) == ("failed", False) and email.attempts >= 2, email
     assert _slot_released(store, email.key)
