@@ -112,12 +112,17 @@ def accept(
     identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
     with store.session() as s:
         # First: concurrent requests of one device or person resolve, create and merge it in turn.
-        lock_keys(s, identity_lock_keys(section_id, body.user.device_key, identity, events))
+        # Rare: a `dyid_server` that differs from `dyid` (a reset script cookie); both are locked and resolved.
+        both = body.user.differing_device_keys
+        lock_keys(s, identity_lock_keys(section_id, both or body.user.device_key, identity, events))
         campaigns = live_campaigns(s, section_id)
         needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
-        device_key = body.user.device_key
         cuid = identity.cuid if identity is not None else None
-        user, unsaved = users.resolve_user(s, section_id, device_key=device_key, cuid=cuid, now=now)
+        device_key: users.DeviceKeys = body.user.device_key
+        if both is None:
+            user, unsaved = users.resolve_user(s, section_id, device_key=body.user.device_key, cuid=cuid, now=now)
+        else:  # the keys the user holds now go on to be written and moved together
+            user, unsaved, device_key = users.resolve_linked_devices(s, section_id, both, cuid=cuid, now=now)
         # A user first seen in this request has no journeys: allocation looks none up for them.
         first_seen = user.id if unsaved else None
         if identity is not None and user.cuid != identity.cuid:
@@ -222,7 +227,7 @@ def accept(
 
 
 def _identify(
-    s: Session, user: User, identity: Identity, device_key: str | None, now: datetime,
+    s: Session, user: User, identity: Identity, device_key: users.DeviceKeys, now: datetime,
     enrolled_now: dict[str, dict[str, list[str]]], to_enroll: list[Journey],
 ) -> User:  # fmt: skip
     """An identification event mid-request (`users.identify`); returns the user the request goes on with.
@@ -325,15 +330,16 @@ def _has_pending(s: Session, section_id: str, user_id: str, own: list[str]) -> b
 
 
 def identity_lock_keys(
-    section_id: str, device_key: str | None, identity: Identity | None, events: list[NormalizedEvent]
+    section_id: str, device_key: users.DeviceKeys, identity: Identity | None, events: list[NormalizedEvent]
 ) -> list[str]:
     """The identities a request may look up, create or merge, as lock keys (PostgreSQL; SQLite's
-    write lock already serialises requests): its device, its CUIDs and the identifiers they bring,
+    write lock already serialises requests): its device (both keys of a differing `dyid_server`
+    and `dyid`: either may be linked to the user), its CUIDs and the identifiers they bring,
     and its push opt-ins' tokens. Without them, concurrent first requests of one device, or
     logins of one person on several devices, raced read-then-insert into duplicate-key errors
     (500s), two users with one CUID, or a cart and journeys written under an id a login had just
     merged away (which the person's purchase then never exited)."""
-    keys = [device_lock_key(section_id, device_key)] if device_key else []
+    keys = [device_lock_key(section_id, key) for key in users.device_keys(device_key)]
     identities = [identity] if identity is not None else []
     identities += [ev.identity for ev in events if ev.kind == EventKind.IDENTIFY and ev.identity is not None]
     for found in identities:

@@ -126,6 +126,16 @@ class UserIn(_Open):
     def device_key(self) -> str | None:
         return self.dyid or self.dyid_server or self.id
 
+    @property
+    def differing_device_keys(self) -> tuple[str, str] | None:
+        """`(dyid_server, dyid)` when both are given and differ: the script cookie was reset (Safari caps
+        script cookies at 7 days) while the server-set copy kept the old value. Both name one browser:
+        ingestion resolves the request by either, the durable server cookie's first
+        (`store.users.resolve_linked_devices`). None in the usual case (equal, or one given)."""
+        if self.dyid and self.dyid_server and self.dyid_server != self.dyid:
+            return self.dyid_server, self.dyid
+        return None
+
 
 class PageIn(_Open):
     type: Literal["HOMEPAGE", "CATEGORY", "PRODUCT", "CART", "OTHER"] | None = None

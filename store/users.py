@@ -1,6 +1,7 @@
 """Users: resolving the device id of an event to a user, identification, cart state.
 
-A device (`dyid`) belongs to one user. An identification event gives the user a CUID; when
+A device (`dyid`) belongs to one user; a differing `dyid_server` of the same request is linked to
+that user as a second device (`resolve_linked_devices`). An identification event gives the user a CUID; when
 another user already holds that CUID (the same person on another device), the device's user is
 merged into that owner (`merge_users`): devices, identifiers, events (also those from before
 identification), journeys, cap reservations, sends, tracking hits and decisions are re-pointed to the owner,
@@ -35,6 +36,17 @@ _INSERT_DEVICE = insert(DEVICE_TABLE)
 # links are not: their `user_id` is the recipient the link was minted for, like the `u` of a
 # signed token (which cannot be rewritten); a hit accepts it as an alias of the send's user.
 _USER_ROWS = (Device, UserIdentifier, Event, Journey, CapReservation, Send, Decision, TrackingHit)
+
+
+# A request's device keys: one (the usual case), or the differing `dyid_server` and `dyid` of one
+# browser (`resolve_linked_devices`); written, moved and merged together.
+DeviceKeys = str | tuple[str, ...] | None
+
+
+def device_keys(device_key: DeviceKeys) -> tuple[str, ...]:
+    if isinstance(device_key, str):
+        return (device_key,) if device_key else ()  # an empty id is no device
+    return device_key or ()
 
 
 def new_user_id() -> str:
@@ -86,8 +98,48 @@ def resolve_user(
     return user, True
 
 
-def save_new_user(s: Session, user: User, device_key: str | None) -> None:
-    """Write a user from `resolve_user(...)` that was new, then its device (which references it).
+def resolve_linked_devices(
+    s: Session, section_id: str, keys: tuple[str, str], *, cuid: str | None, now: datetime
+) -> tuple[User, bool, tuple[str, ...]]:
+    """`resolve_user` for a request bringing two differing keys of one browser: `dyid_server`, then
+    `dyid` (`UserIn.differing_device_keys`). Returns the user, whether it is new (unsaved, as there),
+    and the keys that are that user's devices now (what `save_new_user` and `identify` then write).
+
+    The request is the user's whom a key already names, the server cookie's first (it outlives a
+    reset script cookie); a key no one holds becomes a device of that user too, so the person is
+    found by either afterwards. A key another user holds stays theirs (not stolen: it may be a
+    shared device's other person); the request just does not go to them. Rare: costs a lookup per key.
+    """
+    holders = {key: _device_holder(s, section_id, key) for key in keys}
+    owner = next((user for _, user in holders.values() if user is not None), None)
+    if owner is not None:
+        free = [key for key, (_, user) in holders.items() if user is None]  # unknown, or its user is gone
+        _move_device(s, section_id, tuple(free), owner.id)
+        return owner, False, tuple(k for k, (_, user) in holders.items() if user is None or user.id == owner.id)
+    user = by_cuid(s, section_id, cuid) if cuid else None
+    if user is not None:
+        _move_device(s, section_id, keys, user.id)
+        return user, False, keys
+    user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
+    if any(found for found, _ in holders.values()):  # a device row whose user is gone: written now, as there
+        s.add(user)
+        s.flush()
+        _move_device(s, section_id, keys, user.id)
+        return user, False, keys
+    return user, True, keys
+
+
+def _device_holder(s: Session, section_id: str, device_key: str) -> tuple[bool, User | None]:
+    """Whether a device row exists for the key, and the (canonical) user holding it, if that user exists."""
+    row = s.exec(_BY_DEVICE, params={"section_id": section_id, "device_key": device_key}).first()
+    if row is None:
+        return False, None
+    _, known, canonical = row
+    return True, s.get(User, canonical) if canonical is not None else known
+
+
+def save_new_user(s: Session, user: User, device_key: DeviceKeys) -> None:
+    """Write a user from `resolve_user(...)` that was new, then its device(s) (which reference it).
 
     Plain INSERTs (this runs for every first visit: the ORM's unit of work cost more than the
     statements); the object then joins the session as a loaded row, so later changes to it in
@@ -96,8 +148,9 @@ def save_new_user(s: Session, user: User, device_key: str | None) -> None:
     s.connection().execute(_INSERT_USER, row_of(user))
     make_transient_to_detached(user)
     s.add(user)
-    if device_key:  # `resolve_user` found no such device: no lookup needed
-        s.connection().execute(_INSERT_DEVICE, {"section_id": user.section_id, "device_key": device_key, "user_id": user.id})
+    rows = [{"section_id": user.section_id, "device_key": key, "user_id": user.id} for key in device_keys(device_key)]
+    if rows:  # `resolve_user` found no such device: no lookup needed
+        s.connection().execute(_INSERT_DEVICE, rows[0] if len(rows) == 1 else rows)
 
 
 def by_cuid(s: Session, section_id: str, cuid: str) -> User | None:
@@ -150,7 +203,7 @@ def add_identifier(s: Session, section_id: str, user_id: str, kind: str, value_h
     s.merge(UserIdentifier(section_id=section_id, kind=kind, value_hash=value_hash, user_id=user_id))
 
 
-def identify(s: Session, user: User, identity: Identity, device_key: str | None, now: datetime) -> User:
+def identify(s: Session, user: User, identity: Identity, device_key: DeviceKeys, now: datetime) -> User:
     """Attach a CUID; merge into the user who already has it. Returns the user to continue with."""
     owner = by_cuid(s, user.section_id, identity.cuid)
     if owner is not None and owner.id != user.id and folds_into_owner(user, identity):
@@ -204,12 +257,12 @@ def _known_as(s: Session, user: User, identity: Identity) -> bool:
     return False
 
 
-def _move_device(s: Session, section_id: str, device_key: str | None, user_id: str) -> None:
-    if device_key:
-        s.merge(Device(section_id=section_id, device_key=device_key, user_id=user_id))
+def _move_device(s: Session, section_id: str, device_key: DeviceKeys, user_id: str) -> None:
+    for key in device_keys(device_key):
+        s.merge(Device(section_id=section_id, device_key=key, user_id=user_id))
 
 
-def _new_person(s: Session, section_id: str, identity: Identity, device_key: str | None, now: datetime) -> User:
+def _new_person(s: Session, section_id: str, identity: Identity, device_key: DeviceKeys, now: datetime) -> User:
     """A user holding `identity`'s CUID and nothing else, written now (identifiers reference it),
     with the device moved to it."""
     user = User(
