@@ -190,6 +190,8 @@ RECORDED: list[tuple[str, str]] = [
     ("exit_cancels_retrying_send", "exit_during_retried_send"),
     # Patch "exits-in-start-input": a test user's add-to-cart and purchase in one request.
     ("exits_in_start_input_test_user", "test_user_trigger_and_purchase"),
+    # Patch "exit-during-failed-attempt": the attempt the exit waited for answers 503.
+    ("exit_during_failed_attempt", "exit_during_failed_attempt"),
 ]
 
 
@@ -222,6 +224,7 @@ async def test_record_histories(
         "preview": lambda name: _preview(api, env, save, name),
         "exit_during_retried_send": lambda name: _exit_during_retried_send(api, env, fresh_provider, save, name),
         "test_user_trigger_and_purchase": lambda name: _test_user_trigger_and_purchase(api, env, save, name),
+        "exit_during_failed_attempt": lambda name: _exit_during_failed_attempt(api, env, fresh_provider, save, name),
     }
     for name, scenario in RECORDED:
         if _wanted(name):
@@ -316,6 +319,25 @@ async def _exit_during_retried_send(api, env, fresh_provider, save, name: str) -
 
     await eventually(retried)
     await collect(api, sec, dyid, purchase([("sku-5", 10.0)]))
+    await journey_result(env.client, sec, cid, uid)
+    await save(name, sec, cid, uid)
+
+
+async def _exit_during_failed_attempt(api, env, fresh_provider, save, name: str) -> None:  # type: ignore[no-untyped-def]
+    """A purchase while the only step's first attempt is at a provider that then answers 503."""
+    path = f"/replay/{name}"
+    fresh_provider.default(path, Reply(503, delay=2.0))
+    sec = await make_section(api)
+    await add_integration(api, sec, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, sec, cart_campaign(steps=[step("A")]))
+    dyid, uid = await reachable_user(api, sec)
+    await collect(api, sec, dyid, add_to_cart("sku-7"))
+
+    async def at_provider() -> None:
+        assert len(fresh_provider.to(path)) >= 1
+
+    await eventually(at_provider)
+    await collect(api, sec, dyid, purchase([("sku-7", 10.0)]))
     await journey_result(env.client, sec, cid, uid)
     await save(name, sec, cid, uid)
 
