@@ -10,11 +10,9 @@ the feed's older uploads are deleted (`prune_uploads`), keeping the newest few.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import logging
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 from activities.streams import SourceMissing, cells, lines_from, s3_chunks, s3_head, source_changed, url_chunks
 from domain import feeds as rules
 from providers.base import ConfigurationError
-from providers.url_guard import check_url
+from providers.url_guard import UrlGuard
 from settings import Settings
 from store import feed_products, objects
 from store import subscribers as staging
@@ -101,12 +99,15 @@ class FeedActivities:
             with s3_chunks(s3, feed.s3_bucket, feed.s3_key, p.offset, if_match=etag) as chunks:
                 yield chunks, p
         elif feed.source == "url" and feed.url:
-            try:
-                # The worker fetches a customer-given URL: same guard as provider calls (no SSRF).
-                _run_coroutine(check_url(feed.url, allow_private=self.settings.allow_private_urls))
-            except ConfigurationError as exc:
-                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
-            with url_chunks(feed.url, p.offset, if_range=p.etag) as read:
+            # The worker fetches a customer-given URL: same guard as provider calls (no SSRF), every hop
+            # checked and connected to the address checked (no DNS rebinding); plain http allowed (no
+            # credential travels), the operator's allow-list not (it is for admin-configured relays).
+            guard = UrlGuard(self.settings.allow_private_urls, https_only=False)
+            with ExitStack() as stack:
+                try:
+                    read = stack.enter_context(url_chunks(feed.url, p.offset, if_range=p.etag, guard=guard))
+                except ConfigurationError as exc:
+                    raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
                 # start 0: the server sent the whole (changed) file, so starting over needs no new request.
                 p = self._pin(sync.id, read.version, p, restartable=read.start == 0)
                 yield read.chunks, p
@@ -342,12 +343,6 @@ def _uploaded(store: objects.Uploads, key: str, offset: int) -> Iterator[Iterato
             # Retrying cannot bring the file to this host; fail the sync saying why.
             raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
         yield chunks
-
-
-def _run_coroutine(coro: Coroutine[Any, Any, None]) -> None:
-    """Run an async check from this sync activity, whether or not its thread has an event loop."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(asyncio.run, coro).result()
 
 
 def _close(sync: FeedSync, state: str, req: FeedFinishRequest, changes: int) -> None:

@@ -6,15 +6,22 @@ it, which a sync heartbeats so a retried attempt resumes with a ranged read.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 from temporalio.exceptions import ApplicationError
+
+from providers.base import ConfigurationError
+from providers.http import MAX_REDIRECTS, REDIRECTS
+from providers.url_guard import Target, UrlGuard
 
 CHUNK = 1 << 16
 BIG_CHUNK = 1 << 20  # bulk readers (subscriber lists): fewer, larger reads
@@ -157,33 +164,70 @@ def url_version(headers: httpx.Headers) -> str | None:
 
 
 @contextmanager
-def url_chunks(url: str, offset: int, if_range: str | None = None, timeout: float = 60.0) -> Iterator[UrlRead]:
+def url_chunks(
+    url: str, offset: int, if_range: str | None = None, timeout: float = 60.0, *, guard: UrlGuard
+) -> Iterator[UrlRead]:
     """GET `url` streaming from `offset` (a server ignoring Range is skipped through).
 
     `if_range`: the version the bytes before `offset` were read from. A server that honours it sends
     the rest only if the file is unchanged (206), else the whole new file (200): then `start` is 0
     and nothing is skipped, as when a 200 names another version than `if_range`. A 206 of another
-    version (If-Range ignored) is left to the caller, who compares `version`."""
+    version (If-Range ignored) is left to the caller, who compares `version`.
+
+    The URL is a customer's: every hop is checked by `guard` and the connection goes to the address
+    it checked (`_pinned_get`). `ConfigurationError` (`RefusedAddress` for an internal target) when a
+    hop may not be fetched."""
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     if offset and if_range is not None:
         headers["If-Range"] = if_range
-    with (
-        httpx.Client(timeout=timeout, follow_redirects=False) as http,
-        http.stream("GET", url, headers=headers) as r,
-    ):
-        r.raise_for_status()
-        version = url_version(r.headers)
-        whole = bool(offset) and r.status_code != 206
-        changed = whole and if_range is not None and version != if_range
-        skip = offset if whole and not changed else 0
+    with httpx.Client(timeout=timeout, follow_redirects=False) as http:
+        r = _pinned_get(http, guard, url, headers)
+        try:
+            if not r.is_success:
+                # Named by the URL as given: the request's own URL holds the pinned address instead.
+                why = f"{r.status_code} {r.reason_phrase} for {url}"
+                raise httpx.HTTPStatusError(why, request=r.request, response=r)
+            version = url_version(r.headers)
+            whole = bool(offset) and r.status_code != 206
+            changed = whole and if_range is not None and version != if_range
+            skip = offset if whole and not changed else 0
 
-        def chunks() -> Iterator[bytes]:
-            nonlocal skip
-            for chunk in r.iter_bytes(CHUNK):
-                if skip:
-                    cut = min(skip, len(chunk))
-                    chunk, skip = chunk[cut:], skip - cut
-                if chunk:
-                    yield chunk
+            def chunks() -> Iterator[bytes]:
+                nonlocal skip
+                for chunk in r.iter_bytes(CHUNK):
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                    if chunk:
+                        yield chunk
 
-        yield UrlRead(chunks(), 0 if changed else offset, version)
+            yield UrlRead(chunks(), 0 if changed else offset, version)
+        finally:
+            r.close()
+
+
+def _pinned_get(http: httpx.Client, guard: UrlGuard, url: str, headers: dict[str, str]) -> httpx.Response:
+    """The (streamed) answer to a GET of `url`, each hop checked and sent to the address checked, the
+    host name in Host and TLS SNI (verified against it), as provider calls are (`providers/http.py`):
+    a name that resolves elsewhere after the check (DNS rebinding) cannot move the request. Redirects
+    are followed, each target checked and pinned in turn (no credential travels with a feed's GET),
+    at most `MAX_REDIRECTS`."""
+    for _ in range(MAX_REDIRECTS + 1):
+        target = _checked(guard, url)
+        extensions: dict[str, Any] = {"sni_hostname": target.host} if target.scheme == "https" else {}
+        request = http.build_request(
+            "GET", target.pinned_url, headers={**headers, "Host": target.host_header}, extensions=extensions
+        )
+        r = http.send(request, stream=True)
+        location = r.headers.get("location")
+        if r.status_code not in REDIRECTS or not location:
+            return r
+        r.close()
+        url = urljoin(url, location)
+    raise ConfigurationError(f"the feed URL redirected more than {MAX_REDIRECTS} times")
+
+
+def _checked(guard: UrlGuard, url: str) -> Target:
+    """`guard.resolve(url)` from sync code, whether or not this thread runs an event loop."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, guard.resolve(url)).result()

@@ -3,7 +3,8 @@
 One place for these rules, so an opt-in, an opt-out and an identification event give the same
 stored value and hash for the same phone however it was typed, and a value no send could ever
 use is refused when it arrives (a 422 naming the field) instead of failing every send later.
-Stdlib only: raised as `ValueError`, callers name the field.
+Raised as `ValueError`, callers name the field. Stdlib only, but for the URL guard's address rules
+(`providers/url_guard.py::local_literal`, no DNS) on Web Push endpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
+
+from providers.url_guard import local_literal
 
 # Separators people type inside phone numbers ("+1 (555) 123-4567", "+44.20.7946.0000").
 _PHONE_SEPARATORS = re.compile(r"[\s\-.()]")
@@ -52,8 +55,9 @@ def sendable_recipient(channel: str, stored: str) -> str:
 
 def check_web_push_subscription(value: str, *, allow_http: bool = False) -> None:
     """`ValueError` unless `value` is a browser's PushSubscription JSON: an https `endpoint`, and
-    `keys.p256dh` and `keys.auth` in base64url. `allow_http` admits an http endpoint (local push
-    service stand-ins, where private URLs are allowed too)."""
+    `keys.p256dh` and `keys.auth` in base64url. `allow_http` (private URLs allowed) admits an http
+    endpoint and an internal one (local push service stand-ins); otherwise an endpoint spelled as a
+    non-public address (any notation) or `localhost` is refused."""
     try:
         sub = json.loads(value)
     except ValueError:
@@ -76,6 +80,11 @@ def _check_endpoint(endpoint: Any, allow_http: bool) -> None:
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
     if parts is None or parts.scheme not in schemes or not parts.hostname:
         raise ValueError("a Web Push subscription needs an https endpoint URL")
+    # The shopper chooses the endpoint and every send POSTs to it: an internal one is refused now
+    # (by its spelling only: no DNS on the ingestion path; the send-time guard resolves and pins).
+    local = None if allow_http else local_literal(parts.hostname)
+    if local is not None:
+        raise ValueError(f"a Web Push endpoint must be a public push service: {local}")
 
 
 def strict_b64url(text: Any) -> bytes:

@@ -183,6 +183,8 @@ class ProviderRegistry:
         allowed_targets: Iterable[str] = (),
         http2: httpx.AsyncClient | None = None,
     ) -> None:
+        # The allow-list admits admin-configured internal relays; Web Push endpoints, which shoppers
+        # supply, are called without it (`webpush.py::shopper_caller`).
         guard = UrlGuard.of(allow_private_urls, allowed_targets)
         self.context = AdapterContext(
             HttpCaller(http, guard), http2=HttpCaller(http2, guard) if http2 is not None else None

@@ -162,3 +162,16 @@ async def check_url(url: str, *, allow_private: bool, https_only: bool = False) 
     """Raise ConfigurationError when `url` may not be called (a product feed's URL: no credentials
     travel there, so plain http stays allowed unless asked)."""
     await UrlGuard(allow_private, https_only=https_only).resolve(url)
+
+
+def local_literal(host: str) -> str | None:
+    """Why `host` is not a public destination by its spelling alone, or None: a literal address the
+    guard refuses (any notation) or a `localhost` name. No DNS: for checks on a hot path (a shopper's
+    Web Push endpoint at opt-in); a name is checked, and the connection pinned, when it is called."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return f"{host} is a local host name"
+    ip = literal_ip(name)
+    if ip is not None and _forbidden(ip):
+        return f"{host} is not a public address ({ip})"
+    return None

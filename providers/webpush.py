@@ -6,7 +6,8 @@ subscription with a fresh ephemeral key and salt (`http_ece`), and signed with t
 integration's VAPID key: `Authorization: vapid t=<ES256 JWT>, k=<public key>`, the JWT's `aud`
 being the endpoint's origin. `Topic` is derived from the send key, so a repeated send replaces
 the still-queued first one instead of showing twice. 404/410 mean the subscription is gone
-(a permanent failure).
+(a permanent failure). The endpoint is the shopper's choice, so the operator's private allow-list
+(meant for relays an admin configured) does not apply to it (`shopper_caller`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -28,6 +30,7 @@ from pydantic import Field, field_validator
 from domain.identifiers import strict_b64url
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse, gone_if
 from providers.context import AdapterContext
+from providers.http import HttpCaller
 from providers.preset import PresetConfig, accepted
 
 
@@ -79,6 +82,16 @@ def _raw_key(value: str) -> ec.EllipticCurvePrivateKey:
 def public_key_b64(key: ec.EllipticCurvePrivateKey) -> str:
     raw = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     return b64url(raw)
+
+
+def shopper_caller(caller: HttpCaller) -> HttpCaller:
+    """`caller` without the operator's private allow-list (`REJOIN_PRIVATE_URL_ALLOWLIST`): that list
+    admits relays an admin configured, while a Web Push endpoint is whatever the shopper's browser (or
+    anyone holding the ingestion key) sent. Allowing private URLs altogether (local dev, tests) still
+    applies; the same pooled transport is used."""
+    if not caller.guard.allowed_targets:
+        return caller
+    return HttpCaller(caller.transport, replace(caller.guard, allowed_targets=frozenset()))
 
 
 class WebPushConfig(PresetConfig):
@@ -149,7 +162,7 @@ class WebPushProvider:
             "Authorization": f"vapid t={token}, k={public_key_b64(vapid)}",
         }
         try:
-            resp = await self.ctx.caller.call("POST", endpoint, content=body, headers=headers)
+            resp = await shopper_caller(self.ctx.caller).call("POST", endpoint, content=body, headers=headers)
         except ProviderError as err:
             raise gone_if(err, err.status in (404, 410)) from None  # the subscription expired or was revoked
         return accepted(resp, resp.headers.get("location"))

@@ -37,6 +37,8 @@ from api.errors import NotFound, Unavailable, Unprocessable
 from domain.campaign import CampaignType
 from domain.durations import Duration
 from domain.field_error import FieldError
+from providers.base import ConfigurationError
+from providers.url_guard import RefusedAddress, UrlGuard, check_url_shape
 from settings import Settings
 from store import objects
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
@@ -157,8 +159,25 @@ def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None, f
 FORCE = Query(False, description="Apply a full product file even if it removes more than the allowed share")
 
 
+async def _refuse_internal_url(settings: Settings, url: str) -> None:
+    """A 422 naming `url` when the sync would refuse it: embedded credentials, or an address the SSRF
+    guard refuses (as integrations' URLs on save). A host that does not resolve now is left to the sync."""
+    try:
+        check_url_shape(url)
+    except ConfigurationError as exc:
+        raise Unprocessable(str(exc), field="url") from None
+    try:
+        await UrlGuard(settings.allow_private_urls, https_only=False).resolve(url)
+    except RefusedAddress as exc:
+        raise Unprocessable(str(exc), field="url") from None
+    except ConfigurationError:
+        pass  # does not resolve right now: the sync checks again
+
+
 @router.post("/feeds", status_code=201)
 async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> FeedOut:
+    if body.source == "url" and body.url:
+        await _refuse_internal_url(state.settings, body.url)
     feed = Feed(
         id="feed_" + secrets.token_hex(6), section_id=principal.section_id, kind=body.kind, name=body.name,
         source=body.source, url=body.url, s3_bucket=body.s3_bucket, s3_key=body.s3_key,
