@@ -13,9 +13,9 @@ import logging
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, bindparam, exists, insert
+from sqlalchemy import and_, bindparam, delete, exists, insert
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 from temporalio.client import Client
@@ -101,6 +101,42 @@ def _push_opt(s: Session, box: SecretBox, section_id: str, user_id: str, ev: Nor
     row.opted_in = opting_in
     row.updated_at = now
     s.add(row)
+    if opting_in:
+        s.flush()  # the row's time counts below
+        _keep_newest_push_subscriptions(s, section_id, user_id, channel, token_hash)
+
+
+# A person has a few browsers and apps; a device key that gathered tens of thousands of push
+# opt-ins (a flood of made-up subscriptions) made every decision and render of that user read them
+# all (`store.reachability.reach`). Sends use the newest opt-in only, so the oldest beyond this go.
+MAX_PUSH_SUBSCRIPTIONS = 20
+
+
+def _keep_newest_push_subscriptions(s: Session, section_id: str, user_id: str, channel: str, kept: str) -> None:
+    """Delete the user's oldest push subscriptions of `channel` beyond `MAX_PUSH_SUBSCRIPTIONS`: their
+    identifiers and their opt-ins (an opt-in left without its identifier would outlive an erasure).
+    `kept`, the one just opted in, stays whatever the times (a batch's events share one)."""
+    ident = table_of(UserIdentifier).c
+    opt = table_of(OptIn).c
+    rows = s.execute(
+        select(ident.value_hash, opt.updated_at)
+        .select_from(table_of(UserIdentifier))
+        .outerjoin(
+            table_of(OptIn),
+            and_(opt.section_id == ident.section_id, opt.channel == channel, opt.value_hash == ident.value_hash),
+        )
+        .where(ident.section_id == section_id, ident.user_id == user_id, ident.kind == channel)
+    ).all()
+    if len(rows) <= MAX_PUSH_SUBSCRIPTIONS:
+        return
+    oldest_first = sorted(rows, key=lambda r: (r.value_hash == kept, r.updated_at or datetime.min.replace(tzinfo=UTC)))
+    drop = [r.value_hash for r in oldest_first[: len(rows) - MAX_PUSH_SUBSCRIPTIONS]]
+    where = (ident.section_id == section_id, ident.kind == channel, ident.value_hash.in_(drop))
+    s.execute(delete(table_of(UserIdentifier)).where(*where))
+    opt_where = (opt.section_id == section_id, opt.channel == channel, opt.value_hash.in_(drop))
+    s.execute(delete(table_of(OptIn)).where(*opt_where))
+    log.info("user %s: %d oldest %s subscriptions dropped (more than %d)", user_id, len(drop), channel,
+             MAX_PUSH_SUBSCRIPTIONS)  # fmt: skip
 
 
 def accept(

@@ -303,3 +303,32 @@ async def test_the_api_start_rekeys_stored_rows_once(
     _store_as_before(store, section, token)
     create_app(settings, store=store, temporal=env.client)  # recorded: not run again
     assert [r.value_hash for r in _rows(store, section)] == [hashlib.sha256(token.encode()).hexdigest()]
+
+
+async def test_a_flood_of_subscriptions_keeps_only_the_newest(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    store: Store,
+) -> None:  # fmt: skip
+    """Made-up subscriptions sent for one device (tens of thousands made every decision of that user
+    read them all): only the newest `MAX_PUSH_SUBSCRIPTIONS` stay, identifiers and opt-ins alike,
+    and the newest one is the one a journey pushes to."""
+    from api.ingestion import MAX_PUSH_SUBSCRIPTIONS
+
+    campaign = await _web_push_campaign(api, section)
+    dyid = new_dyid()
+    browsers = [Browser(fresh_provider.url(f"/push/flood-{i}")) for i in range(MAX_PUSH_SUBSCRIPTIONS + 6)]
+    batch = [_optin(b.as_browser_sends_it()) for b in browsers[:-1]]  # one request, then the last alone
+    await collect(api, section, dyid, *batch)
+    newest = browsers[-1]
+    fresh_provider.default("/push/flood-newest", Reply(201, ""))
+    newest.endpoint = fresh_provider.url("/push/flood-newest")
+    await collect(api, section, dyid, _optin(newest.as_browser_sends_it()))
+    uid = await _user_id(api, section, dyid)
+    with store.session() as s:
+        idents = s.exec(select(UserIdentifier.value_hash).where(
+            UserIdentifier.user_id == uid, UserIdentifier.kind == "web_push")).all()  # fmt: skip
+    assert len(idents) == MAX_PUSH_SUBSCRIPTIONS and _endpoint_hash(newest.endpoint) in idents
+    assert len(_rows(store, section)) == MAX_PUSH_SUBSCRIPTIONS  # their opt-ins went with them
+    await collect(api, section, dyid, add_to_cart("sku-flood"))
+    assert await _outcomes(env, section, campaign, uid) == ["sent"]
+    assert len(fresh_provider.to("/push/flood-newest")) == 1
