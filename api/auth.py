@@ -80,6 +80,12 @@ def verify_cached(presented: str | None, *, want: str) -> Principal | None:
     return None if cached is None else _of_kind(cached, want)
 
 
+def is_verified(presented: str) -> bool:
+    """Whether `presented` is a key verified recently (in this process's cache): no database read.
+    The rate limiter gives such a key its own bucket (`api/limits.py`)."""
+    return _cached(presented) is not None
+
+
 def _cached(presented: str) -> Principal | None:
     cached = _cache.get(presented)
     if cached is None or cached[0] <= time.monotonic():

@@ -3,9 +3,16 @@
 A pure ASGI middleware (no body re-parsing by FastAPI needed): it buffers at most
 `max_body_bytes` of the request, answering 413 beyond that (declared Content-Length or a
 chunked body that keeps going), 400 for JSON nested deeper than `max_json_depth` (deep
-nesting makes parsers and validators recurse), and 429 with Retry-After when the caller's
-key has spent its token bucket. Buckets are per process; behind N API processes the
-effective limit is N times the configured one.
+nesting makes parsers and validators recurse), and 429 with Retry-After when the caller has
+spent its token bucket. Buckets are per process; behind N API processes the effective limit is
+N times the configured one.
+
+Who the caller is (`_Caller`): a key gets a bucket of its own only once it has been verified (it
+is in `api.auth`'s cache, or was verified earlier in this process); any other request, with no
+key or with a key not (yet) verified, spends its client address's bucket. A bucket per presented
+credential let a flood of made-up keys each start with a full burst (and each cost a key lookup in
+the database): they were never throttled. A key's first request spends its client address's
+token and, once verified, one of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import is_verified
 from api.errors import error_body
 
 MAX_BUCKETS = 100_000  # bounded memory: least recently used keys are forgotten
@@ -42,6 +50,10 @@ class TokenBuckets:
         self.burst = max(1, burst)
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._lock = threading.Lock()
+
+    def known(self, key: str) -> bool:
+        with self._lock:
+            return key in self._buckets
 
     def take(self, key: str, now: float | None = None) -> float:
         """0 if a token was taken, else the seconds until one is available."""
@@ -182,14 +194,31 @@ def _exempt(path: str) -> bool:
     return path.startswith(EXEMPT_PREFIXES)
 
 
-def _caller_key(scope: Scope) -> str:
-    """The presented credential (hashed: raw keys are never kept), else the client address."""
-    headers = dict(scope.get("headers") or [])
-    raw = headers.get(b"dy-api-key") or headers.get(b"x-rejoin-key") or headers.get(b"authorization")
-    if raw:
-        return "k:" + hashlib.sha256(raw).hexdigest()[:32]
+@dataclass(frozen=True)
+class _Caller:
+    """The request's key as `api.auth` reads it (None without one), its bucket name (hashed: raw
+    keys are never kept) and the client address's bucket name."""
+
+    key: str | None
+    key_bucket: str
+    client_bucket: str
+
+
+def _presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key `api/deps.py` checks first: `dy-api-key`, `X-Rejoin-Key`, else a Bearer token."""
+    raw = headers.get(b"dy-api-key") or headers.get(b"x-rejoin-key")
+    if not raw:
+        scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+        raw = token.strip() if scheme.lower() == b"bearer" else b""
+    # Header values are latin-1 to Starlette too, so this is the string the auth cache holds.
+    return raw.decode("latin-1") if raw else None
+
+
+def _caller(scope: Scope) -> _Caller:
+    key = _presented_key(dict(scope.get("headers") or []))
+    digest = hashlib.sha256(key.encode("latin-1")).hexdigest()[:32] if key else ""
     client = scope.get("client")
-    return "ip:" + (client[0] if client else "unknown")
+    return _Caller(key, "k:" + digest, "ip:" + (client[0] if client else "unknown"))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -224,7 +253,7 @@ def _non_finite_error(loc: list[str | int]) -> tuple[int, bytes, list[tuple[byte
 
 
 class RequestLimits:
-    """ASGI middleware enforcing body size, JSON depth and per-key rate limits."""
+    """ASGI middleware enforcing body size, JSON depth and rate limits (per verified key, else per client)."""
 
     def __init__(
         self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int, rate_per_second: float, burst: int
@@ -232,18 +261,35 @@ class RequestLimits:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
-        self.buckets = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
+        # Verified keys and client addresses apart: made-up keys never reach the keys' buckets, so
+        # they cannot push a real key's bucket out of the LRU either.
+        self.keys = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
+        self.clients = TokenBuckets(rate_per_second, burst) if rate_per_second > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.buckets is not None and not _exempt(scope.get("path", "")):
-            wait = self.buckets.take(_caller_key(scope))
-            if wait > 0:
-                await _respond(send, *_error(429, "rate limit exceeded for this key",
-                                             {"retry-after": str(max(1, math.ceil(wait)))}))  # fmt: skip
-                return
+        if self.keys is None or self.clients is None or _exempt(scope.get("path", "")):
+            await self._limited(scope, receive, send)
+            return
+        caller = _caller(scope)
+        # A dictionary look-up or two, no database: a key verified once keeps its bucket after the
+        # auth cache's entry expires (its next request re-verifies it), so it never falls back to
+        # a client address a flood of made-up keys may have drained.
+        own = caller.key is not None and (self.keys.known(caller.key_bucket) or is_verified(caller.key))
+        wait = self.keys.take(caller.key_bucket) if own else self.clients.take(caller.client_bucket)
+        if wait > 0:
+            whose = "key" if own else "client (requests without a verified key)"
+            await _respond(send, *_error(429, f"rate limit exceeded for this {whose}",
+                                         {"retry-after": str(max(1, math.ceil(wait)))}))  # fmt: skip
+            return
+        await self._limited(scope, receive, send)
+        if not own and caller.key is not None and is_verified(caller.key):
+            self.keys.take(caller.key_bucket)  # verified by this request: its first token, spent
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The request through body size, JSON depth and text checks, then the app."""
         if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return

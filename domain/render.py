@@ -45,6 +45,16 @@ DEFAULT_LOCALE = "default"
 _TL = "\ue000TL\ue000"
 _TL_TARGET = re.compile(re.escape(_TL) + r"([^\s\"'<>\ue000]*)")
 _SMS_URL = re.compile(r"https?://[^\s\"'<>]+")
+# SMS: a substituted value from data (user data, the user identifier, product and event fields)
+# is fenced by these while the text is assembled, so `_shorten_sms` knows a URL that data brought
+# (never made a short link on the shop's domain); they are stripped from data as _TL is, and from
+# the result.
+_DATA_OPEN, _DATA_CLOSE = "\ue001", "\ue002"
+_NO_MARKS = str.maketrans("", "", "\ue000\ue001\ue002")
+_NO_FENCES = str.maketrans("", "", _DATA_OPEN + _DATA_CLOSE)
+# Sentence punctuation after a URL is the text's, not the link's (`…/login,` or `(…/sale)`).
+_URL_TRAILING = ".,;:!?)]}'\""
+_CLOSERS = {")": "(", "]": "[", "}": "{"}
 _HREF = re.compile(r"""(href\s*=\s*)(["'])(https?://[^"']+)\2""", re.IGNORECASE)
 _BODY = re.compile(r"<body\b[^>]*>", re.IGNORECASE)
 
@@ -413,9 +423,10 @@ def _value(raw: str, ctx: RenderContext, in_html: bool = False, whole: bool = Fa
 
 
 def _clean(v: Any) -> Any:
-    """Strip the tracking marker characters from data so data cannot forge tracked links."""
+    """Strip the tracking and data-fence marker characters from data so data cannot forge
+    tracked links or pass for the template's own text."""
     if isinstance(v, str):
-        return v.replace("\ue000", "")
+        return v.translate(_NO_MARKS)
     if isinstance(v, list):
         return [_clean(x) for x in v]
     if isinstance(v, Mapping):
@@ -442,10 +453,13 @@ def _links(text: str, ctx: RenderContext, in_html: bool = False) -> str:
         return text
 
     def sub(m: re.Match[str]) -> str:
-        target = unquote(html.unescape(m.group(1)) if in_html else m.group(1))
+        raw = m.group(1).translate(_NO_FENCES)  # a target may be built with data (SMS fences it)
+        target = unquote(html.unescape(raw) if in_html else raw)
         if ctx.linker is not None and not target.startswith(ctx.linker.public_url + "/"):
             target = ctx.linker.click(target)  # (an already tracked link, e.g. a product URL, is never wrapped twice)
-        return html.escape(target) if in_html else target
+        # The target's fences stay, after the link: data whose start it took still ends as data.
+        fences = "".join(c for c in m.group(1) if c in _DATA_OPEN + _DATA_CLOSE)
+        return (html.escape(target) if in_html else target) + fences
 
     return _TL_TARGET.sub(sub, text).replace(_TL, "")
 
@@ -457,8 +471,12 @@ def render_value(value: Any, ctx: RenderContext, in_html: bool = False) -> Any:
             v = _value(whole.group(1), ctx, in_html, whole=True)
             if v is None:
                 return ""  # missing renders empty, whatever the variable's type
-            return _links(v, ctx, in_html) if isinstance(v, str) else v
-        return _links(VARIABLE.sub(lambda m: _as_text(_value(m.group(1), ctx, in_html)), value), ctx, in_html)
+            if not isinstance(v, str):
+                return v
+            v = _links(v, ctx, in_html)
+            return v if _from_data(whole.group(1)) else _shorten_sms(v, ctx)
+        text = VARIABLE.sub(lambda m: _substituted(m.group(1), ctx, in_html), value)
+        return _shorten_sms(_links(text, ctx, in_html), ctx)
     if isinstance(value, list):
         return [render_value(v, ctx, in_html) for v in value]
     if isinstance(value, Mapping):
@@ -467,18 +485,68 @@ def render_value(value: Any, ctx: RenderContext, in_html: bool = False) -> Any:
     return value
 
 
-def shorten_urls(value: Any, ctx: RenderContext) -> Any:
-    """SMS: every remaining http(s) link becomes a short tracked first-party link."""
-    if ctx.linker is None or ctx.linker.shorten is None:
-        return value
-    public = ctx.linker.public_url
-    if isinstance(value, str):
-        return _SMS_URL.sub(lambda m: m.group(0) if m.group(0).startswith(public) else ctx.linker.click(m.group(0)), value)  # type: ignore[union-attr]
-    if isinstance(value, list):
-        return [shorten_urls(v, ctx) for v in value]
-    if isinstance(value, Mapping):
-        return {k: shorten_urls(v, ctx) for k, v in value.items()}
-    return value
+# What the template's author wrote (campaign, variation and step names, the variation's text
+# variables) and Rejoin's own links. Everything else is data: the user identifier, user data, and
+# product, event and recommendation fields (whose `url` fields are tracked links already).
+_AUTHORED = {
+    "campaign_name", "variation_name", "step_name", "variable", "tracking_link", "tracking_pixel",
+    "tracking_pixel_url", "push_tracking", "unsubscribe_link",
+}  # fmt: skip
+
+
+def _shortening(ctx: RenderContext) -> bool:
+    return ctx.linker is not None and ctx.linker.shorten is not None
+
+
+def _from_data(raw: str) -> bool:
+    try:
+        return parse_ref(raw).kind not in _AUTHORED
+    except ValueError:
+        return True  # renders empty anyway
+
+
+def _substituted(raw: str, ctx: RenderContext, in_html: bool) -> str:
+    """A variable's text inside a string; on SMS, a value from data fenced (see `_shorten_sms`)."""
+    text = _as_text(_value(raw, ctx, in_html))
+    if text and _shortening(ctx) and _from_data(raw):
+        return _DATA_OPEN + text + _DATA_CLOSE
+    return text
+
+
+def _url_end(url: str) -> int:
+    """Where the link ends: sentence punctuation after it is left out (a closing bracket only when
+    the URL does not open one: `…/Foo_(bar)` keeps its own)."""
+    end = len(url)
+    while end > 0 and (url[end - 1] in _URL_TRAILING or url[end - 1] in _DATA_OPEN + _DATA_CLOSE):
+        ch = url[end - 1]
+        if ch in _CLOSERS and url.count(_CLOSERS[ch], 0, end) >= url.count(ch, 0, end):
+            break
+        end -= 1
+    return end
+
+
+def _shorten_sms(text: str, ctx: RenderContext) -> str:
+    """SMS: each http(s) link whose scheme and host the template wrote (or an authored variable,
+    or Rejoin) becomes a short tracked link on the shop's domain. A link data brought (a CRM field
+    holding `https://evil.example/login`), or whose host data fills in, is left as it is: a short
+    link would lend it the shop's domain. Data may fill a link's path or query."""
+    linker = ctx.linker
+    if linker is None or linker.shorten is None:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        url = m.group(0)
+        end = _url_end(url)
+        link, rest = url[:end], url[end:]
+        start = m.start()
+        in_data = text.rfind(_DATA_OPEN, 0, start) > text.rfind(_DATA_CLOSE, 0, start)
+        authority = link.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        target = link.translate(_NO_FENCES)
+        if in_data or _DATA_OPEN in authority or _DATA_CLOSE in authority or target.startswith(linker.public_url):
+            return url
+        return linker.click(target) + rest
+
+    return _SMS_URL.sub(sub, text).translate(_NO_FENCES)
 
 
 def auto_track(value: Any, ctx: RenderContext, state: dict[str, bool] | None = None) -> Any:
@@ -532,4 +600,4 @@ def render_payload(template: dict[str, Any] | None, ctx: RenderContext) -> dict[
     if ctx.auto_tracking and ctx.channel == "email":
         rendered = auto_track(rendered, ctx)
     assert isinstance(rendered, dict)
-    return dict(shorten_urls(rendered, ctx))
+    return dict(rendered)

@@ -20,11 +20,12 @@ import smtplib
 import socket
 import ssl
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate
+from email.utils import formataddr, formatdate, parseaddr
 from typing import Any, Literal
 
 from pydantic import Field
 
+from domain.email_address import is_email
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse
 from providers.context import AdapterContext
 from providers.preset import PresetConfig, text_of
@@ -71,12 +72,23 @@ def one_line(value: str) -> str:
 POLICY = email.policy.default.clone(refold_source="none")
 
 
+def single_recipient(recipient: str) -> str:
+    """`recipient` when it is exactly one plain address, the envelope's only RCPT; else a permanent
+    failure. Opt-ins take one plain address (`domain.email_address`), but a row stored before that
+    may hold a list (`root,victim@evil.com`): read from `To:`, it was one RCPT per address."""
+    address = recipient.strip()
+    # parseaddr is what smtplib applies to a RCPT: it must give back the address as stored.
+    if not is_email(address) or parseaddr(address) != ("", address):
+        raise ProviderError("the recipient is not exactly one plain email address", retryable=False)
+    return address
+
+
 def build_email(cfg: SmtpConfig, message: OutboundMessage) -> EmailMessage:
     payload = message.payload
     mail = EmailMessage(policy=POLICY)
     mail["Subject"] = one_line(str(payload.get("subject", message.step_name or "")))
     mail["From"] = formataddr((one_line(cfg.from_name or ""), one_line(cfg.from_email)))
-    mail["To"] = one_line(message.recipient)
+    mail["To"] = single_recipient(message.recipient)
     mail["Date"] = formatdate(usegmt=True)
     digest = hashlib.sha256(message.idempotency_key.encode()).hexdigest()[:32]
     mail["Message-ID"] = f"<{digest}@{cfg.from_email.rpartition('@')[2] or 'rejoin'}>"
@@ -107,6 +119,7 @@ class SmtpProvider:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = SmtpConfig.model_validate(message.config)
+        recipient = single_recipient(message.recipient)  # before any connection: it fails for good
         ip = await self.ctx.caller.guard.resolve_host(cfg.host, cfg.port)
         try:
             mail = build_email(cfg, message)
@@ -114,9 +127,9 @@ class SmtpProvider:
             # What data brings is made one line above; what is left is the configuration (a
             # from_email the library refuses), and it would fail the same way on every retry.
             raise ConfigurationError(f"the email could not be built ({type(exc).__name__}): check from_email") from None
-        return await asyncio.to_thread(self._deliver, cfg, ip, mail)
+        return await asyncio.to_thread(self._deliver, cfg, ip, mail, recipient)
 
-    def _deliver(self, cfg: SmtpConfig, ip: str, mail: EmailMessage) -> ProviderResponse:
+    def _deliver(self, cfg: SmtpConfig, ip: str, mail: EmailMessage, recipient: str) -> ProviderResponse:
         cls = _PinnedSMTPS if cfg.security == "tls" else _PinnedSMTP
         try:
             with cls(ip, host=cfg.host, port=cfg.port, timeout=cfg.timeout) as smtp:
@@ -124,7 +137,8 @@ class SmtpProvider:
                     smtp.starttls(context=ssl.create_default_context())
                 if cfg.username and cfg.password:
                     smtp.login(cfg.username, cfg.password)
-                refused = smtp.send_message(mail)
+                # The envelope names the one recipient: never re-read from the To header.
+                refused = smtp.send_message(mail, to_addrs=[recipient])
         except smtplib.SMTPAuthenticationError as exc:
             raise ConfigurationError(f"SMTP login refused ({exc.smtp_code})") from None
         except smtplib.SMTPResponseException as exc:

@@ -18,6 +18,8 @@ from sqlmodel import select
 
 from api.deps import Ingestion, StateDep
 from api.errors import Unprocessable
+from domain import email_address
+from domain.email_address import is_email
 from domain.events import email_hash, phone_hash, sha256_hex
 from domain.hashing import web_push_key
 from domain.identifiers import check_web_push_subscription, normalize_phone
@@ -33,7 +35,9 @@ CHANNEL_NAMES = {
     "web_push": "web_push", "webpush": "web_push", "web-push": "web_push",
 }  # fmt: skip
 TYPE_NAMES = {"email": "email", "phonenumber": "phone", "phone": "phone", "custom": "custom"}
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# An opt-out only has to find a row: rows stored before opt-ins took one plain address
+# (`domain.email_address`) may hold a comma, and can still be opted out.
+_STORED_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class IdentifierIn(BaseModel):
@@ -63,10 +67,12 @@ def _normalized(channel: str, id_type: str, value: str, opted_in: bool, allow_ht
     return value
 
 
-def _hash_for(channel: str, id_type: str, value: str) -> str:
+def _hash_for(channel: str, id_type: str, value: str, opted_in: bool) -> str:
     if id_type == "email":
-        if not EMAIL.match(value.strip()):
-            raise Unprocessable("not a valid email address", field="identifier.value")
+        # An opt-in is one plain address: a list (`a,b@c.com`) would be one RCPT per address.
+        valid = is_email(value) if opted_in else _STORED_EMAIL.fullmatch(value) is not None
+        if not valid:
+            raise Unprocessable(email_address.INVALID, field="identifier.value")
         return email_hash(value)
     if id_type == "phone":
         return phone_hash(value)  # already E.164 (`_normalized`)
@@ -96,7 +102,7 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         # http push endpoints only where private URLs are allowed (local stand-ins for push services).
         allow_http = state.settings.allow_private_urls
         value = _normalized(channel, id_type, body.identifier.value.strip(), opted_in, allow_http)
-        value_hash = _hash_for(channel, id_type, value)
+        value_hash = _hash_for(channel, id_type, value, opted_in)
         # A Web Push row stored before it was keyed by endpoint has the raw JSON's hash (moved on).
         legacy_hash = sha256_hex(value) if channel == "web_push" else None
         # Concurrent opt-ins of one new identifier take turns (PostgreSQL): both read "no row" and
