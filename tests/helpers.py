@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
+from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
 
 from api.deps import AppState
+from store.engine import Store
+from store.tables import Journey
 from workflows.ids import journey_workflow_id
 from workflows.journey import JourneyWorkflow
 from workflows.models import JourneyResult
@@ -198,3 +201,10 @@ async def eventually(fn: Callable[[], Awaitable[T]], timeout: float = 15.0, inte
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(interval)
+
+
+def stored_journeys(store: Store, campaign_id: str, user_id: str) -> list[Journey]:
+    """The store's journey rows of a user in a campaign, oldest trigger first."""
+    with store.session() as s:
+        q = select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)
+        return list(s.exec(q.order_by(col(Journey.triggered_at))).all())

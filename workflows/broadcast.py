@@ -183,13 +183,7 @@ class BroadcastWorkflow:
         try:
             while self._recorded != self.progress.state:
                 state = self.progress.state
-                await workflow.execute_activity_method(
-                    BroadcastActivities.set_state,
-                    args=[inp.run_id, state, workflow.now()],
-                    start_to_close_timeout=STORE_TIMEOUT,
-                    retry_policy=RETRY,
-                    summary=f"run {state}",
-                )
+                await self._write_state(inp, state)
                 self._recorded = state
         finally:
             self._recording = False
@@ -200,6 +194,10 @@ class BroadcastWorkflow:
 
     async def _set_state(self, inp: BroadcastInput, state: str) -> None:
         self._state(state, state)
+        await self._write_state(inp, state)
+
+    async def _write_state(self, inp: BroadcastInput, state: str) -> None:
+        """The run row's state (`BroadcastActivities.set_state`)."""
         await workflow.execute_activity_method(
             BroadcastActivities.set_state,
             args=[inp.run_id, state, workflow.now()],

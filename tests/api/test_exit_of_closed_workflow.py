@@ -22,7 +22,7 @@ from domain.events import EventRequest, normalize_event
 from settings import Settings
 from store.engine import Store
 from store.event_marks import mark_dispatched
-from store.tables import Event, Journey
+from store.tables import Event
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -36,13 +36,8 @@ from tests.helpers import (
     outbox,
     purchase,
     reachable_user,
+    stored_journeys,
 )
-
-
-def _journeys(store: Store, campaign_id: str, user_id: str) -> list[Journey]:
-    with store.session() as s:
-        q = select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)
-        return list(s.exec(q.order_by(col(Journey.triggered_at))).all())
 
 
 def _events(store: Store, event_ids: list[str]) -> list[Event]:
@@ -69,14 +64,14 @@ async def test_an_exit_for_a_terminated_workflow_ends_the_journey_instead_of_wai
     dyid, uid = await reachable_user(api, section)
     await collect(api, section, dyid, add_to_cart("sku-1"))
     await journey_handle(env.client, section, cid, uid).terminate("operator")
-    [row] = _journeys(store, cid, uid)
+    [row] = stored_journeys(store, cid, uid)
     assert row.status == "active"  # what the operator's terminate leaves behind
 
     ack = await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
 
     assert ack["warnings"] == [], ack  # answered as dispatched: no wait for a start that never comes
     await _dispatched(store, ack["event_ids"])  # nothing left for the sweeper
-    [row] = _journeys(store, cid, uid)
+    [row] = stored_journeys(store, cid, uid)
     assert (row.status, row.exit_reason) == ("exited", "workflow_terminated"), row
     assert row.ended_at is not None
     assert await outbox(api, section) == []
@@ -100,7 +95,7 @@ async def test_an_exit_replayed_by_the_sweeper_for_a_terminated_workflow_is_not_
     await redispatch_pending(state, older_than=timedelta(0))
 
     assert all(e.dispatched for e in _events(store, stored.event_ids))  # replayed once, not held back
-    [row] = _journeys(store, cid, uid)
+    [row] = stored_journeys(store, cid, uid)
     assert (row.status, row.exit_reason) == ("exited", "workflow_terminated"), row
 
 
@@ -121,13 +116,13 @@ async def test_a_new_journeys_start_behind_a_closed_run_of_the_same_workflow_id_
     # A new add-to-cart enrolls the person's next journey; its start has not reached Temporal yet.
     body = _request(dyid, add_to_cart("sku-2"))
     second = accept(store, state.box, settings, section.id, body, [normalize_event(0, e) for e in body.events])
-    first_row, second_row = _journeys(store, cid, uid)
+    first_row, second_row = stored_journeys(store, cid, uid)
     assert (first_row.status, second_row.status) == ("exited", "active")
 
     ack = await collect(api, section, dyid, purchase([("sku-2", 10.0)]))
 
     assert [w["code"] for w in ack["warnings"]] == ["DISPATCH_DEFERRED"], ack
-    assert _journeys(store, cid, uid)[1].status == "active"  # not taken for the terminated one
+    assert stored_journeys(store, cid, uid)[1].status == "active"  # not taken for the terminated one
     done = await dispatch_all(env.client, settings.task_queue, second.commands)
     assert done.unstarted == [] and done.exits_unmet == []
     mark_dispatched(store, second.event_ids)

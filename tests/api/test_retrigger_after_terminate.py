@@ -39,14 +39,9 @@ from tests.helpers import (
     purchase,
     reachable_user,
     step,
+    stored_journeys,
 )
 from workflows.models import GiveUpStepRequest
-
-
-def _journeys(store: Store, campaign_id: str, user_id: str) -> list[Journey]:
-    with store.session() as s:
-        q = select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)
-        return list(s.exec(q.order_by(col(Journey.triggered_at))).all())
 
 
 async def _dispatched(store: Store, event_ids: list[str]) -> None:
@@ -67,13 +62,13 @@ async def test_a_trigger_after_a_terminated_workflow_leaves_one_active_journey(
         ack = await collect(api, section, dyid, add_to_cart("sku-1"))
         await _dispatched(store, ack["event_ids"])  # its start went through (a start on its way is not ended)
         await journey_handle(env.client, section, cid, uid).terminate("operator")
-        [old] = _journeys(store, cid, uid)
+        [old] = stored_journeys(store, cid, uid)
         assert old.status == "active"  # what the operator's terminate leaves behind
 
         await collect(api, section, dyid, add_to_cart("sku-2"))
 
         async def two_rows() -> list[Journey]:
-            rows = _journeys(store, cid, uid)
+            rows = stored_journeys(store, cid, uid)
             assert len(rows) == 2, rows  # the new run enrolled itself
             return rows
 
@@ -102,7 +97,7 @@ async def test_exit_and_give_up_trace_entries_name_the_step(
     dyid, uid = await reachable_user(api, section)
     with env.with_time_skipping_disabled():
         await collect(api, section, dyid, add_to_cart("sku-1"))
-        [row] = _journeys(store, cid, uid)
+        [row] = stored_journeys(store, cid, uid)
         # A step that ran out of its budget before it decided anything (recorded by the worker).
         activities = JourneyActivities(store, CapPolicy(10, timedelta(days=1)), timedelta(hours=1))
         activities.give_up_step(GiveUpStepRequest(
@@ -138,7 +133,7 @@ async def test_a_journey_whose_start_is_on_its_way_is_withdrawn_not_ended(
         await collect(api, section, dyid, add_to_cart("sku-2"))  # overtakes: starts a run that enrolls itself
 
         async def two_rows() -> list[Journey]:
-            rows = _journeys(store, cid, uid)
+            rows = stored_journeys(store, cid, uid)
             assert len(rows) == 2, rows
             return rows
 
@@ -146,5 +141,5 @@ async def test_a_journey_whose_start_is_on_its_way_is_withdrawn_not_ended(
         assert [r.status for r in (pending, own)] == ["active", "active"]
         done = await dispatch_all(env.client, settings.task_queue, first.commands)
         withdraw_enrollments(store, done.unstarted)
-        statuses = {r.id: r.status for r in _journeys(store, cid, uid)}
+        statuses = {r.id: r.status for r in stored_journeys(store, cid, uid)}
     assert statuses == {pending.id: "merged", own.id: "active"}, statuses

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import httpx
 from sqlmodel import select
@@ -32,7 +33,27 @@ from tests.helpers import (
 )
 from tests.provider_server import ProviderServer, Reply
 from workflows.ids import journey_workflow_id
-from workflows.models import TriggerSignal
+from workflows.models import JourneyResult, TriggerSignal
+
+
+async def _purchase_while_at_provider(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer,
+    path: str, steps: list[dict[str, Any]],
+) -> JourneyResult:  # fmt: skip
+    """A cart journey of `steps` sending to `path`; the purchase comes while its first attempt is at
+    the provider (as `path` answers it, scripted by the caller). The journey's end result."""
+    at_provider = threading.Event()
+    fresh_provider.on_request = lambda r: at_provider.set() if r.path == path else None
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=steps))
+    dyid, uid = await reachable_user(api, section)
+    try:
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        assert await asyncio.get_running_loop().run_in_executor(None, at_provider.wait, 30)
+        await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
+        return await journey_result(env.client, section, cid, uid)
+    finally:
+        fresh_provider.on_request = None
 
 
 async def test_exit_while_send_in_flight_sends_at_most_that_send(
@@ -41,19 +62,8 @@ async def test_exit_while_send_in_flight_sends_at_most_that_send(
     """A purchase arriving while step 1 is at the provider: that send completes, no later step is sent."""
     path = "/inflight"
     fresh_provider.default(path, Reply(200, {"id": "m"}, delay=1.5))
-    at_provider = threading.Event()
-    fresh_provider.on_request = lambda r: at_provider.set() if r.path == path else None
-    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
     steps = [step("First"), step("Second", "PT1H"), step("Third", "P1D")]
-    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=steps))
-    dyid, uid = await reachable_user(api, section)
-    try:
-        await collect(api, section, dyid, add_to_cart("sku-1"))
-        assert await asyncio.get_running_loop().run_in_executor(None, at_provider.wait, 30)
-        await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
-        result = await journey_result(env.client, section, cid, uid)
-    finally:
-        fresh_provider.on_request = None
+    result = await _purchase_while_at_provider(api, env, section, fresh_provider, path, steps)
     assert result.status == "exited" and result.exit_reason == "purchased", result
     assert [d.step_index for d in result.decisions if d.outcome == "sent"] == [0]
     assert len(fresh_provider.to(path)) == 1
@@ -101,18 +111,7 @@ async def test_exit_during_an_attempt_that_then_fails_is_the_exits_cancel(
     "delivery gave up", fell back, and the one-step journey ended completed."""
     path = "/slow-then-down"
     fresh_provider.default(path, Reply(503, "down", delay=2.0))
-    at_provider = threading.Event()
-    fresh_provider.on_request = lambda r: at_provider.set() if r.path == path else None
-    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
-    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=[step("Only")]))
-    dyid, uid = await reachable_user(api, section)
-    try:
-        await collect(api, section, dyid, add_to_cart("sku-1"))
-        assert await asyncio.get_running_loop().run_in_executor(None, at_provider.wait, 30)
-        await collect(api, section, dyid, purchase([("sku-1", 10.0)]))
-        result = await journey_result(env.client, section, cid, uid)
-    finally:
-        fresh_provider.on_request = None
+    result = await _purchase_while_at_provider(api, env, section, fresh_provider, path, [step("Only")])
     assert result.status == "exited" and result.exit_reason == "purchased", result
     assert [(d.outcome, d.step_index) for d in result.decisions] == [("failed", 0), ("exited", 0)], result
     assert "cancelled: the user exited (purchased)" in (result.decisions[0].reason or ""), result
