@@ -56,7 +56,7 @@ def build_report(
     by_currency = q.currency_revenue(data, agg)
     in_data = {*agg.variations, *(v for v, _ in agg.channels), *(v for v, _ in agg.steps)}
     defined = _definitions(s, c, spec, in_data)
-    step_names = {(v.id, i): st.name for v in defined.values() for i, st in enumerate(v.steps)}
+    step_names = _step_names(s, c, {key for key in agg.steps}, defined)
     order = [v.id for v in spec.variations] + sorted(set(agg.variations) - {v.id for v in spec.variations})
     variations = []
     for vid in order:
@@ -155,6 +155,25 @@ def _definitions(s: Session, c: Campaign, spec: CampaignSpec, ids: set[str]) -> 
         if not missing:
             break
     return found
+
+
+def _step_names(
+    s: Session, c: Campaign, keys: set[tuple[str, int]], defined: Mapping[str, Variation]
+) -> dict[tuple[str, int], str]:
+    """The label of each reported step (variation, index). Figures are kept by index, so an edit
+    that inserted, removed or renamed a step gives one index several names across versions: the
+    label then names them all, oldest first ("A1 / Welcome"), rather than put one version's
+    figures under another's step. Versions are read only when the campaign has more than one."""
+    names: dict[tuple[str, int], list[str]] = {}
+    version_col = col(CampaignVersion.version)
+    older = select(version_col).where(CampaignVersion.campaign_id == c.id, version_col < c.version)
+    specs = [load_spec(s, c.id, n) for n in s.exec(older.order_by(version_col)).all()] if c.version > 1 else []
+    for variations in [*(spec.variations for spec in specs), list(defined.values())]:
+        for v in variations:
+            for i, st in enumerate(v.steps):
+                if (v.id, i) in keys and st.name not in names.setdefault((v.id, i), []):
+                    names[(v.id, i)].append(st.name)
+    return {key: " / ".join(found) for key, found in names.items()}
 
 
 def _range(

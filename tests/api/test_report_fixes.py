@@ -152,6 +152,27 @@ async def test_a_removed_holdout_stays_a_holdout_in_the_report(
     both_reports(store, cid, h(0), h(48))
 
 
+async def test_a_step_inserted_by_an_edit_does_not_take_the_figures_of_the_step_it_moved(
+    api: httpx.AsyncClient, store: Store, section: SectionKeys
+) -> None:
+    """Figures are kept by step index: after version 2 inserts "Welcome" at index 0, index 0's sends
+    are version 1's "A1". The row names both ("A1 / Welcome"), never "Welcome" alone (which showed
+    A1's figures under a step never sent, and A2's under "A1")."""
+    v1 = spec([{**A, "share": 100, "steps": [step("A1"), step("A2", "PT1H")]}])
+    cid = await create_campaign(api, section, v1, activate=False)
+    w = World(store, section.id, cid)
+    for _ in range(2):
+        uid = w.user("a", h(1))
+        w.send(uid, "a", 0, "email", h(2))
+        w.send(uid, "a", 1, "email", h(3))
+    v2 = spec([{**A, "share": 100, "steps": [step("Welcome"), step("A1", "PT1H"), step("A2", "PT1H")]}])
+    assert (await api.put(f"/api/v1/campaigns/{cid}", headers=section.mgmt, json=v2)).json()["version"] == 2
+    body = both_reports(store, cid, h(0), h(48))
+    assert [(st["step_index"], st["step_name"], st["metrics"]["send_requests"]["count"]) for st in body["steps"]] == [
+        (0, "A1 / Welcome", 2), (1, "A2 / A1", 2)
+    ], body["steps"]
+
+
 # ---------------------------------------------------------------- 3. campaign list and test users
 
 
