@@ -378,7 +378,9 @@ def _posterior_draws(metric: str, arms: Sequence[Arm], rng: np.random.Generator)
             mean = arm.total / n
             var = max(arm.total_sq - n * mean * mean, 0.0) / (n - 1) if n > 1 else 0.0
             se = math.sqrt(var / n) if var > 0 else 1e-9
-            columns.append(rng.normal(mean, se, DRAWS))
+            # Revenue per user is never below 0: a wide normal's negative draws gave uplift intervals
+            # under -100%, which no arm can reach.
+            columns.append(np.maximum(rng.normal(mean, se, DRAWS), 0.0))
         else:
             successes, fails = _successes_failures(arm)
             columns.append(rng.beta(successes + 1, fails + 1, DRAWS))

@@ -98,3 +98,13 @@ def test_revenue_by_day_is_rounded_to_the_cent() -> None:
         revenue_by_day={"2026-03-01": 0.1, "2026-03-02": 98389.26000000001},
     )
     assert aggregate(inp, WINDOW).revenue_by_day == {"2026-03-01": 0.3, "2026-03-02": 98389.26}
+
+
+def test_a_revenue_uplift_interval_never_goes_below_minus_100_percent() -> None:
+    """Few buyers with big orders make a wide posterior; revenue per user is never negative, so no
+    uplift bound is below -100% (the trial's report showed -141%)."""
+    base = Arm("a", 120, 12, 120, total=1200.0, total_sq=12 * 100.0**2)
+    rare = Arm("b", 64, 1, 64, total=900.0, total_sq=900.0**2)  # one big order
+    result = winner("revenue", [base, rare], baseline="a")
+    interval = result["variations"][1]["uplift_vs_baseline"]
+    assert interval["low"] >= -1.0 and interval["high"] > interval["low"], result
