@@ -373,6 +373,13 @@ class CampaignSpec(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _sends_something(self, info: ValidationInfo) -> CampaignSpec:
+        # A campaign of a holdout alone allocates everyone to it and never sends: surely a mistake.
+        if all(v.control for v in self.variations) and not (info.context or {}).get(STORED):
+            raise FieldError("variations", "a campaign needs a variation that is not the control (holdout)")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> CampaignSpec:
         if self.type == CampaignType.CUSTOM_TRIGGER and not self.trigger.event_name:
             raise FieldError("trigger.event_name", "required for a custom_trigger campaign")

@@ -37,7 +37,9 @@ async def test_rules_across_fields_name_the_field_in_loc(api: httpx.AsyncClient,
     texts = cart_campaign()
     texts["variations"][0]["variables"] = {"Headline": {"fr_FR": "Bonjour"}}
     channels = cart_campaign(channel_priority=["sms"])
+    holdout_only = cart_campaign(variations=[{"id": "h", "name": "H", "share": 100, "control": True}])
     cases = [
+        (holdout_only, ["body", "variations"], "needs a variation that is not the control"),
         (two, ["body", "variations"], "shares must sum to 100 (got 90)"),
         (custom, ["body", "trigger", "event_name"], "required for a custom_trigger campaign"),
         (steps, ["body", "variations", 0, "steps", 1, "wait"], "required (the wait after the previous step)"),
