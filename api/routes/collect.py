@@ -11,7 +11,14 @@ from pydantic import BaseModel
 from api.deps import Ingestion, StateDep
 from api.ingestion import accept, exits_awaiting_start, withdraw_enrollments
 from api.journeys import dispatch_all
-from domain.events import EventRequest, PageviewRequest, normalize_event, pageview_event, unknown_dy_type
+from domain.events import (
+    EventRequest,
+    PageviewRequest,
+    normalize_event,
+    odd_currency,
+    pageview_event,
+    unknown_dy_type,
+)
 from store.event_marks import mark_dispatched
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
@@ -60,7 +67,7 @@ async def _ingest(
 async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
     allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
     events = [normalize_event(i, e, allow_http_push=allow_http) for i, e in enumerate(body.events)]
-    return await _ingest(state, principal.section_id, body, events, _unknown_types(body))
+    return await _ingest(state, principal.section_id, body, events, _unknown_types(body) + _odd_currencies(body))
 
 
 def _unknown_types(body: EventRequest) -> list[dict[str, str]]:
@@ -78,6 +85,21 @@ def _unknown_types(body: EventRequest) -> list[dict[str, str]]:
             "message": f"events.{index}: dyType {given[:80]!r} is not a standard schema; "
             f"stored as a custom event{hint}",
         })  # fmt: skip
+    return out
+
+
+def _odd_currencies(body: EventRequest) -> list[dict[str, str]]:
+    """A `CURRENCY_NOT_ISO_4217` warning per event whose `currency` is no three-letter code: stored
+    as given, its revenue is reported apart from the shop's currency (docs/reports.md)."""
+    out: list[dict[str, str]] = []
+    for index, event in enumerate(body.events):
+        currency = odd_currency(event)
+        if currency is not None:
+            out.append({
+                "code": "CURRENCY_NOT_ISO_4217", "field": f"events.{index}.properties.currency",
+                "message": f"events.{index}: currency {currency[:16]!r} is not an ISO 4217 code (e.g. 'EUR'); "
+                "its revenue is reported apart",
+            })  # fmt: skip
     return out
 
 

@@ -50,3 +50,20 @@ async def test_known_and_absent_dytypes_do_not_warn(api: httpx.AsyncClient, sect
     wish = {"name": "Wish", "properties": {"dyType": "add-to-wishlist-v1", "productId": "sku-1"}}
     ack = await collect(api, section, new_dyid(), add_to_cart("sku-1"), {"name": "Custom", "properties": {}}, wish)
     assert ack["warnings"] == [], ack
+
+
+async def test_a_currency_that_is_no_iso_code_is_kept_with_a_warning(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """`"€"` or `"EURO"` is stored as given (its revenue reported apart) and the 202 says so; a code
+    in any case (`"eur"`) is one and warns nothing."""
+    from tests.helpers import purchase
+
+    odd = [purchase([("sku-1", 10.0)]) for _ in range(3)]
+    for event, currency in zip(odd, ("€", "EURO", "eur"), strict=True):
+        event["properties"]["currency"] = currency
+    ack = await collect(api, section, new_dyid(), *odd)
+    assert ack["accepted"] == 3
+    warned = [(w["field"], w["code"]) for w in ack["warnings"] if w["code"] == "CURRENCY_NOT_ISO_4217"]
+    assert warned == [("events.0.properties.currency", "CURRENCY_NOT_ISO_4217"),
+                      ("events.1.properties.currency", "CURRENCY_NOT_ISO_4217")], ack  # fmt: skip
