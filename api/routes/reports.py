@@ -422,6 +422,12 @@ def _uplift_text(row: dict[str, Any], verdict: dict[str, Any]) -> str:
     return f"{uplift['low']:+.1%} … {uplift['high']:+.1%}"
 
 
+def _revenue_label(body: dict[str, Any]) -> str:
+    """"Revenue (EUR)" when the section counts one currency, so an exported page says what it adds up."""
+    currency = body.get("revenue_currency")
+    return f"Revenue ({currency})" if currency else "Revenue"
+
+
 def to_html(body: dict[str, Any]) -> str:
     e = html.escape
     c, t, w = body["campaign"], body["totals"], body["winner"]
@@ -450,7 +456,7 @@ def to_html(body: dict[str, Any]) -> str:
             ("Users triggered", str(t["users_triggered"])), ("Send requests", str(t["send_requests"])),
             ("Failed sends", str(t["failed_sends"])), ("Provider opt-outs", str(t["provider_opt_outs"])),
             ("Clicks", str(t["clicks"])), ("CTR (email)", _shown(t["ctr"], "{:.1%}")),
-            ("Purchases", str(t["purchases"])), ("Revenue", _shown(t["revenue"], "{:,.2f}")),
+            ("Purchases", str(t["purchases"])), (_revenue_label(body), _shown(t["revenue"], "{:,.2f}")),
         ]
     )  # fmt: skip
     currencies = "".join(
