@@ -125,6 +125,10 @@ class Bucket:
                 m: {"count": _num(self.counts[m]), "per_user": (self.counts[m] / n) if n else 0.0} for m in METRICS
             },
             "ctr": (self.email_clicks / self.email_impressions) if self.email_impressions else None,
+            # Users with at least one attributed purchase, and their share of the users: purchases'
+            # `per_user` counts a person's second order again.
+            "buyers": self.converters["purchases"],
+            "conversion_rate": (min(self.converters["purchases"], n) / n) if n else None,
         }
 
 

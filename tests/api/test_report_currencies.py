@@ -171,6 +171,8 @@ async def test_a_report_currency_keeps_other_currencies_out_of_revenue(
     assert body["totals"]["revenue_other_currencies"] == {"JPY": 91176, "USD": 826.34}
     b = next(v for v in body["variations"] if v["id"] == "b")
     assert b["metrics"]["revenue"]["count"] == 0 and b["revenue_other_currencies"] == {"USD": 50}
+    a = next(v for v in body["variations"] if v["id"] == "a")
+    assert (a["buyers"], b["buyers"]) == (4, 1) and a["conversion_rate"] == 4 / a["users"]
     page = await api.get(f"/api/v1/campaigns/{cid}/report.html", params=RANGE, headers=section.mgmt)
     assert "<span>Revenue (EUR)</span>" in page.text  # an exported page says what revenue adds up
 
