@@ -75,22 +75,25 @@ def resolve_user(
     user is returned without it: the caller gives it with `identify`, which also links the
     identifiers (the hashed email an opt-in is found by) that a bare CUID here would lack.
     """
-    row = None
-    if device_key:
-        row = s.exec(_BY_DEVICE, params={"section_id": section_id, "device_key": device_key}).first()
-        if row is not None:
-            _, known, canonical = row
-            user = s.get(User, canonical) if canonical is not None else known
-            if user is not None:
-                return user, False
-    dangling = device_key is not None and row is not None  # the device's user row is gone
+    found, user = _device_holder(s, section_id, device_key) if device_key else (False, None)
+    if user is not None:
+        return user, False
+    return _by_cuid_or_new(s, section_id, device_key, cuid, now, dangling=found)
+
+
+def _by_cuid_or_new(
+    s: Session, section_id: str, device_key: DeviceKeys, cuid: str | None, now: datetime, *, dangling: bool
+) -> tuple[User, bool]:
+    """A request whose device key(s) name no user: the user holding its CUID, the device moved to
+    them, else a new user (unsaved, as `resolve_user` says). `dangling`: a device row whose user
+    row is gone exists, so the new user is written now and the device moved to it."""
     user = by_cuid(s, section_id, cuid) if cuid else None
     if user is not None:
         _move_device(s, section_id, device_key, user.id)
         return user, False
     # Every field given: pydantic inspects a default factory's signature on each use (measurable here).
     user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
-    if dangling and device_key:  # rare: write the user now and move the device to it
+    if dangling:  # rare: write the user now and move the device to it
         s.add(user)
         s.flush()
         _move_device(s, section_id, device_key, user.id)
@@ -116,17 +119,8 @@ def resolve_linked_devices(
         free = [key for key, (_, user) in holders.items() if user is None]  # unknown, or its user is gone
         _move_device(s, section_id, tuple(free), owner.id)
         return owner, False, tuple(k for k, (_, user) in holders.items() if user is None or user.id == owner.id)
-    user = by_cuid(s, section_id, cuid) if cuid else None
-    if user is not None:
-        _move_device(s, section_id, keys, user.id)
-        return user, False, keys
-    user = User(id=new_user_id(), section_id=section_id, attributes={}, cart=[], created_at=now, updated_at=now)
-    if any(found for found, _ in holders.values()):  # a device row whose user is gone: written now, as there
-        s.add(user)
-        s.flush()
-        _move_device(s, section_id, keys, user.id)
-        return user, False, keys
-    return user, True, keys
+    user, new = _by_cuid_or_new(s, section_id, keys, cuid, now, dangling=any(found for found, _ in holders.values()))
+    return user, new, keys
 
 
 def _device_holder(s: Session, section_id: str, device_key: str) -> tuple[bool, User | None]:
