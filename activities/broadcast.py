@@ -322,6 +322,12 @@ class BroadcastActivities:
                 result.run_sent, result.run_skipped, result.run_failed = run.sent, run.skipped, run.failed
             return result
 
+    def _finish_failed(self, s: Session, rec: BroadcastRecipient, failed: dict[str, str], more: str = "") -> str:
+        """A recipient whose fallback found no channel to send on ends failed, on its last failed
+        channel with that channel's answer (and `more`: why the next one could not be used)."""
+        last = list(failed)[-1]
+        return self._finish(s, rec, "failed", f"{last}: {failed[last]}{more}"[:200], last)
+
     def _finish(
         self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
     ) -> str:
@@ -391,8 +397,7 @@ class BroadcastActivities:
             choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable, failed)
             if choice.channel is None:
                 if failed:  # no channel left after a permanent failure: the recipient failed
-                    last = list(failed)[-1]
-                    return self._finish(s, rec, "failed", f"{last}: {failed[last]}"[:200], last)
+                    return self._finish_failed(s, rec, failed)
                 return self._finish(s, rec, "skipped", choice.reason)
             channel = str(choice.channel)
             # The recipient's row says which channel failed before the one it is sent on.
@@ -418,9 +423,7 @@ class BroadcastActivities:
             )  # fmt: skip
             if not verdict.granted:
                 if failed:  # the fallback channel is capped or outranked: the failure stands
-                    last = list(failed)[-1]
-                    why = f"{last}: {failed[last]}; {channel}: {verdict.explained}"[:200]
-                    return self._finish(s, rec, "failed", why, last)
+                    return self._finish_failed(s, rec, failed, f"; {channel}: {verdict.explained}")
                 return self._finish(s, rec, "skipped", verdict.explained, channel)
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
