@@ -24,6 +24,7 @@ from api.routes import (
     erasure,
     feeds,
     integrations,
+    journey_stops,
     journeys,
     reports,
     secrets_admin,
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     install_error_handlers(app)
     for module in (
-        collect, userdata, sections, campaigns, integrations, catalog, journeys, secrets_admin,
+        collect, userdata, sections, campaigns, integrations, catalog, journeys, journey_stops, secrets_admin,
         templates, tracking, tracking_legacy, reports, subscribers, feeds, erasure,
     ):  # fmt: skip
         app.include_router(module.router)

@@ -15,7 +15,7 @@ from temporalio.client import WorkflowExecutionDescription, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-import api.routes.journeys as journeys_routes
+import api.routes.journey_stops as journeys_routes
 from api.journeys import latest_run as real_latest_run
 from tests.helpers import (
     SectionKeys,
