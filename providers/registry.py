@@ -39,7 +39,7 @@ from providers.responsys import ResponsysProvider
 from providers.sendgrid import SendGridProvider
 from providers.smtp import SmtpProvider
 from providers.twilio import TwilioProvider
-from providers.url_guard import RefusedAddress, UrlGuard
+from providers.url_guard import RefusedAddress, UrlGuard, save_time_refusal
 from providers.webpush import WebPushProvider
 from store.engine import Store
 
@@ -215,12 +215,9 @@ class ProviderRegistry:
                 return path, "a URL may not carry credentials (user:password@): put them in the auth configuration"
             # Twilio calls the status callback; no credential of ours goes there, so http may stay.
             checker = replace(guard, https_only=False) if path.endswith("status_callback") else guard
-            try:
-                await checker.resolve(url)
-            except RefusedAddress as exc:
-                return path, str(exc)
-            except ConfigurationError:
-                continue
+            refusal = await save_time_refusal(checker, url)
+            if refusal is not None:
+                return path, refusal
         # The SMTP server, checked like URLs (send time resolves it through the same guard).
         host, port = config.get("host"), config.get("port")
         if isinstance(host, str) and isinstance(port, int):

@@ -164,6 +164,18 @@ async def check_url(url: str, *, allow_private: bool, https_only: bool = False) 
     await UrlGuard(allow_private, https_only=https_only).resolve(url)
 
 
+async def save_time_refusal(guard: UrlGuard, url: str) -> str | None:
+    """Why `guard` refuses `url`'s address (a configuration saved with it would fail at every call),
+    or None; a host that does not resolve right now is left to call time, which checks again."""
+    try:
+        await guard.resolve(url)
+    except RefusedAddress as exc:
+        return str(exc)
+    except ConfigurationError:
+        return None
+    return None
+
+
 def local_literal(host: str) -> str | None:
     """Why `host` is not a public destination by its spelling alone, or None: a literal address the
     guard refuses (any notation) or a `localhost` name. No DNS: for checks on a hot path (a shopper's

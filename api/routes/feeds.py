@@ -38,7 +38,7 @@ from domain.campaign import CampaignType
 from domain.durations import Duration
 from domain.field_error import FieldError
 from providers.base import ConfigurationError
-from providers.url_guard import RefusedAddress, UrlGuard, check_url_shape
+from providers.url_guard import UrlGuard, check_url_shape, save_time_refusal
 from settings import Settings
 from store import objects
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
@@ -166,12 +166,9 @@ async def _refuse_internal_url(settings: Settings, url: str) -> None:
         check_url_shape(url)
     except ConfigurationError as exc:
         raise Unprocessable(str(exc), field="url") from None
-    try:
-        await UrlGuard(settings.allow_private_urls, https_only=False).resolve(url)
-    except RefusedAddress as exc:
-        raise Unprocessable(str(exc), field="url") from None
-    except ConfigurationError:
-        pass  # does not resolve right now: the sync checks again
+    refusal = await save_time_refusal(UrlGuard(settings.allow_private_urls, https_only=False), url)
+    if refusal is not None:
+        raise Unprocessable(refusal, field="url")
 
 
 @router.post("/feeds", status_code=201)
