@@ -67,40 +67,33 @@ async def _ingest(
 async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
     allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
     events = [normalize_event(i, e, allow_http_push=allow_http) for i, e in enumerate(body.events)]
-    return await _ingest(state, principal.section_id, body, events, _unknown_types(body) + _odd_currencies(body))
+    return await _ingest(state, principal.section_id, body, events, _event_warnings(body))
 
 
-def _unknown_types(body: EventRequest) -> list[dict[str, str]]:
-    """An `UNKNOWN_DYTYPE` warning per event whose `dyType` names no standard schema: it is stored
-    as a custom event (202), so a typo that would lose its cart or purchase says so (docs/api.md)."""
-    out: list[dict[str, str]] = []
+def _event_warnings(body: EventRequest) -> list[dict[str, str]]:
+    """Warnings about events stored as sent but probably not meant so (docs/api.md): a `dyType`
+    naming no standard schema (`UNKNOWN_DYTYPE`: stored as a custom event, so a typo would lose
+    its cart or purchase) and a `currency` that is no three-letter code (`CURRENCY_NOT_ISO_4217`:
+    its revenue is reported apart from the shop's currency). Every type warning comes first."""
+    types: list[dict[str, str]] = []
+    currencies: list[dict[str, str]] = []
     for index, event in enumerate(body.events):
         found = unknown_dy_type(event)
-        if found is None:
-            continue
-        given, meant = found
-        hint = f" (did you mean {meant!r}?)" if meant else ""
-        out.append({
-            "code": "UNKNOWN_DYTYPE", "field": f"events.{index}.properties.dyType",
-            "message": f"events.{index}: dyType {given[:80]!r} is not a standard schema; "
-            f"stored as a custom event{hint}",
-        })  # fmt: skip
-    return out
-
-
-def _odd_currencies(body: EventRequest) -> list[dict[str, str]]:
-    """A `CURRENCY_NOT_ISO_4217` warning per event whose `currency` is no three-letter code: stored
-    as given, its revenue is reported apart from the shop's currency (docs/reports.md)."""
-    out: list[dict[str, str]] = []
-    for index, event in enumerate(body.events):
+        if found is not None:
+            given, meant = found
+            hint = f" (did you mean {meant!r}?)" if meant else ""
+            message = f"dyType {given[:80]!r} is not a standard schema; stored as a custom event{hint}"
+            types.append(_warning("UNKNOWN_DYTYPE", index, "dyType", message))
         currency = odd_currency(event)
         if currency is not None:
-            out.append({
-                "code": "CURRENCY_NOT_ISO_4217", "field": f"events.{index}.properties.currency",
-                "message": f"events.{index}: currency {currency[:16]!r} is not an ISO 4217 code (e.g. 'EUR'); "
-                "its revenue is reported apart",
-            })  # fmt: skip
-    return out
+            message = f"currency {currency[:16]!r} is not an ISO 4217 code (e.g. 'EUR'); its revenue is reported apart"
+            currencies.append(_warning("CURRENCY_NOT_ISO_4217", index, "currency", message))
+    return types + currencies
+
+
+def _warning(code: str, index: int, prop: str, message: str) -> dict[str, str]:
+    """A 202 warning about `events[index].properties[prop]`."""
+    return {"code": code, "field": f"events.{index}.properties.{prop}", "message": f"events.{index}: {message}"}
 
 
 @router.post("/pageview", status_code=202)
