@@ -10,7 +10,7 @@ template change is refused (422) when a campaign using it would then lack free t
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -237,8 +237,8 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
         if user is None:
             raise NotFound("no such user", field="user")
         step_channels = [c.value for c in step.messages]
-        channel = body.channel.value if body.channel else _channel_sent(spec, step_channels, s, principal.section_id, user)
-        reachability = reach(s, principal.section_id, user.id, [channel])
+        reachability = reach(s, principal.section_id, user.id, step_channels)
+        channel = body.channel.value if body.channel else _channel_sent(spec, step_channels, reachability.unreachable)
         opt_in = reachability.opt_ins.get(channel)
         identifier = state.box.decrypt(opt_in.value_enc) if opt_in else ""
         unreachable = reachability.unreachable.get(channel)
@@ -257,15 +257,17 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
                 channel=channel, variation_id=var.id, step=step.name, payload=None, skipped=str(err),
                 unreachable=unreachable,
             )  # fmt: skip
-        return PreviewOut(channel=channel, variation_id=var.id, step=step.name, payload=payload, unreachable=unreachable)
+        return PreviewOut(
+            channel=channel, variation_id=var.id, step=step.name, payload=payload, unreachable=unreachable
+        )
 
 
-def _channel_sent(spec: CampaignSpec, step_channels: list[str], s: Session, section_id: str, user: User) -> str:
+def _channel_sent(spec: CampaignSpec, step_channels: list[str], unreachable: Mapping[str, str]) -> str:
     """The channel a send of the step would use for the user now: the campaign's priority among the
-    step's channels the user is reachable on (as the journey decides); when none is, the first of
-    the priority the step has (its payload is still worth seeing)."""
+    step's channels the user is reachable on (`unreachable`: the others, as the journey decides);
+    when none is, the first of the priority the step has (its payload is still worth seeing)."""
     priority = [c.value for c in spec.channel_priority]
-    chosen = choose_channel(priority, step_channels, reach(s, section_id, user.id, step_channels).unreachable)
+    chosen = choose_channel(priority, step_channels, unreachable)
     if chosen.channel is not None:
         return chosen.channel
     return next((c for c in priority if c in step_channels), step_channels[0])
