@@ -133,6 +133,14 @@ class Redactor:
                     return text[:-n] + SECRET_MASK
         return text
 
+    def headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """`headers` with secrets masked (only secrets: ids and dates in headers are shown as they are)."""
+        return {k: self.secrets(v) for k, v in headers.items()}
+
+    def answer(self, resp: ProviderResponse) -> ProviderResponse:
+        """A provider's answer as it leaves a call: its body and headers with secrets masked."""
+        return ProviderResponse(resp.status, self.secrets(resp.body), self.headers(resp.headers), resp.message_id)
+
     def redact(self, text: str) -> str:
         """Secrets, then addresses and phone numbers, masked (the one rule for provider text)."""
         return mask(self.secrets(text))

@@ -269,5 +269,4 @@ async def _masking_token(call: Callable[[Token], Awaitable[ProviderResponse]], t
     redactor = current_redactor().adding(token.value)
     with redacting(redactor):
         resp = await call(token)
-    headers = {k: redactor.secrets(v) for k, v in resp.headers.items()}
-    return ProviderResponse(resp.status, redactor.secrets(resp.body), headers, resp.message_id)
+    return redactor.answer(resp)

@@ -125,12 +125,7 @@ class Redacting:
         redactor = Redactor.of(message.config)
         with _masking(redactor):
             resp = await self.adapter.send(message)
-        return ProviderResponse(
-            status=resp.status,
-            body=redactor.secrets(resp.body),
-            headers=_masked_headers(resp.headers, redactor),
-            message_id=resp.message_id,
-        )
+        return redactor.answer(resp)
 
     async def validate(self, config: dict[str, Any]) -> None:
         check = getattr(self.adapter, "validate", None)
@@ -154,16 +149,11 @@ def _masking(redactor: Redactor) -> Iterator[None]:
             raise
 
 
-def _masked_headers(headers: dict[str, str], redactor: Redactor) -> dict[str, str]:
-    # Secrets only: ids and dates in headers are shown as they are, as before.
-    return {k: redactor.secrets(v) for k, v in headers.items()}
-
-
 def _masked(err: ProviderError, redactor: Redactor) -> None:
     """Mask `err`'s text again with `redactor` (one made outside its call kept it whole)."""
     err.message, err.body = redactor.redact(err.message), redactor.redact(err.body)
     err.args = (err.message,)
-    err.headers = _masked_headers(err.headers, redactor)
+    err.headers = redactor.headers(err.headers)
     err.redactor = redactor
 
 
