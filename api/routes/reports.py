@@ -145,9 +145,7 @@ def _definitions(s: Session, c: Campaign, spec: CampaignSpec, ids: set[str]) -> 
     missing = ids - set(found)
     if not missing:
         return found
-    version_col = col(CampaignVersion.version)
-    older = select(version_col).where(CampaignVersion.campaign_id == c.id, version_col < c.version)
-    for version in s.exec(older.order_by(version_col.desc())).all():
+    for version in reversed(_older_versions(s, c)):
         for v in load_spec(s, c.id, version).variations:
             if v.id in missing:
                 found[v.id] = v
@@ -155,6 +153,13 @@ def _definitions(s: Session, c: Campaign, spec: CampaignSpec, ids: set[str]) -> 
         if not missing:
             break
     return found
+
+
+def _older_versions(s: Session, c: Campaign) -> list[int]:
+    """The campaign's versions before its current one, oldest first."""
+    version_col = col(CampaignVersion.version)
+    older = select(version_col).where(CampaignVersion.campaign_id == c.id, version_col < c.version)
+    return list(s.exec(older.order_by(version_col)).all())
 
 
 def _step_names(
@@ -165,9 +170,7 @@ def _step_names(
     label then names them all, oldest first ("A1 / Welcome"), rather than put one version's
     figures under another's step. Versions are read only when the campaign has more than one."""
     names: dict[tuple[str, int], list[str]] = {}
-    version_col = col(CampaignVersion.version)
-    older = select(version_col).where(CampaignVersion.campaign_id == c.id, version_col < c.version)
-    specs = [load_spec(s, c.id, n) for n in s.exec(older.order_by(version_col)).all()] if c.version > 1 else []
+    specs = [load_spec(s, c.id, n) for n in _older_versions(s, c)] if c.version > 1 else []
     for variations in [*(spec.variations for spec in specs), list(defined.values())]:
         for v in variations:
             for i, st in enumerate(v.steps):
