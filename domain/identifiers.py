@@ -4,7 +4,7 @@ One place for these rules, so an opt-in, an opt-out and an identification event 
 stored value and hash for the same phone however it was typed, and a value no send could ever
 use is refused when it arrives (a 422 naming the field) instead of failing every send later.
 Raised as `ValueError`, callers name the field. Stdlib only, but for the URL guard's address rules
-(`providers/url_guard.py::local_literal`, no DNS) on Web Push endpoints.
+(`domain/addresses.py::local_literal`, no DNS) on Web Push endpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from providers.url_guard import local_literal
+from domain.addresses import local_literal
 
 # Separators people type inside phone numbers ("+1 (555) 123-4567", "+44.20.7946.0000").
 _PHONE_SEPARATORS = re.compile(r"[\s\-.()]")

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from domain.addresses import IP, is_internal, literal_ip
 from providers.base import ConfigurationError
 
-IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RefusedAddress(ConfigurationError):
@@ -33,36 +33,6 @@ class RefusedAddress(ConfigurationError):
 
 class InsecureUrl(RefusedAddress):
     """A plain-http URL where https is required: the call would carry credentials in clear."""
-
-
-def _forbidden(ip: IP) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None:
-            return _forbidden(embedded)
-        if ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
-            return _forbidden(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global
-    )
-
-
-def literal_ip(host: str) -> IP | None:
-    """The address a host string denotes by itself, in any notation a resolver would accept."""
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        pass
-    try:  # inet_aton: 127.1, 2130706433, 0x7f000001, 0177.0.0.1
-        return ipaddress.IPv4Address(socket.inet_aton(host))
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -138,7 +108,7 @@ class UrlGuard:
         allowed = self._allowed(host, port)
         ip = literal_ip(host)
         if ip is not None:
-            if _forbidden(ip) and not allowed:
+            if is_internal(ip) and not allowed:
                 raise RefusedAddress(f"refusing to call {host}: not a public address ({ip})")
             return str(ip)
         try:
@@ -151,7 +121,7 @@ class UrlGuard:
         if not allowed:
             for addr in addresses:
                 # Every answer is checked: a resolver may hand out a different one next time.
-                if _forbidden(addr):
+                if is_internal(addr):
                     raise RefusedAddress(f"refusing to call {host}: resolves to a non-public address ({addr})")
         # Prefer IPv4 (the local test servers and most vendors listen there).
         addresses.sort(key=lambda a: a.version)
@@ -173,17 +143,4 @@ async def save_time_refusal(guard: UrlGuard, url: str) -> str | None:
         return str(exc)
     except ConfigurationError:
         return None
-    return None
-
-
-def local_literal(host: str) -> str | None:
-    """Why `host` is not a public destination by its spelling alone, or None: a literal address the
-    guard refuses (any notation) or a `localhost` name. No DNS: for checks on a hot path (a shopper's
-    Web Push endpoint at opt-in); a name is checked, and the connection pinned, when it is called."""
-    name = host.strip().strip("[]").rstrip(".").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return f"{host} is a local host name"
-    ip = literal_ip(name)
-    if ip is not None and _forbidden(ip):
-        return f"{host} is not a public address ({ip})"
     return None
