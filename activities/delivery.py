@@ -4,8 +4,10 @@ The send is recorded under its idempotency key before the provider is called (`i
 marked `accepted` after. A retry that finds `accepted` returns the stored result without
 calling anyone; one that finds `in_flight` knows the previous attempt died with its outcome
 unknown, calls again with the same key and flags the send as a possible duplicate unless the
-provider honours the key. Permanent failures release the cap slot and allow channel fallback,
-unless an earlier attempt may have been delivered (`store.sends.maybe_delivered`).
+provider honours the key. Every retry sends the message its first attempt composed, kept with
+the send (`activities/frozen_message.py`), never one composed again. Permanent failures release
+the cap slot and allow channel fallback, unless an earlier attempt may have been delivered
+(`store.sends.maybe_delivered`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.frozen_message import FrozenMessage
 from activities.provider_retry import retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
@@ -46,12 +49,18 @@ from store.campaigns import load_spec
 from store.engine import Store
 from store.reachability import opt_out_gone, reach
 from store.report_rollup import PROVIDER_OPT_OUT
-from store.tables import Integration, Product, Send, User, now_utc
+from store.tables import Integration, OptIn, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
 from store.users import canonical_id, canonical_user
 from workflows.models import DeliverRequest, DeliverResult
 
 log = logging.getLogger(__name__)
+
+# The reason of a retry refused because the opt-in's address changed since the first attempt,
+# which fixed the content (and its idempotency key) for the old one: sending it to the new
+# address, or new content under the old key, would both be wrong. No fallback: the step's
+# channel is reachable, at an address its message was not made for.
+RECIPIENT_CHANGED = "recipient changed since the first attempt: not sent"
 
 
 @dataclass
@@ -136,7 +145,8 @@ class Delivery:
     def begin_in(
         self, s: Session, req: DeliverRequest, rate_waited: bool, reads: StepReads | None = None
     ) -> Prepared:
-        """Mark the send in flight and compose its message, unless it is done already.
+        """Mark the send in flight and compose its message, unless it is done already; a retry
+        reuses the message its first attempt composed (`_resend_in`).
 
         Returns `_RateLimited`, having written nothing, when the integration has a rate limit not
         yet waited for; the caller waits for it and calls again. `reads`: what the decision made
@@ -184,10 +194,13 @@ class Delivery:
         send.status = "in_flight"
         send.attempts += 1
         send.updated_at = now
+        if send.message_enc is not None:
+            # A retry: the content was fixed by the first attempt (`activities/frozen_message.py`).
+            return self._resend_in(s, req, send, integration, provider, user, reads)
         try:
             # The send's time, kept from its first attempt: a retry mints the very same links.
             composed = self._compose(s, req, integration, user, reads, issued=send.created_at)
-            message, step_name, variation_id, opt_in_id = composed
+            content, step_name, variation_id, opt_in_id = composed
         except MissingRequired as err:
             send.variation_id = err.variation_id
             s.add(send)
@@ -196,10 +209,43 @@ class Delivery:
                 s, req, err.step_name, f"skipped: {err}", None, "", fallback=False, outcome="skipped"
             )
         send.variation_id = variation_id
+        if content is not None:
+            # Kept for the retries of this send, in the INSERT (or UPDATE) that marks it in flight.
+            send.message_enc = content.seal(self.secrets)
         s.add(send)
-        if message is None:
+        if content is None:
             return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
+        message = self._outbound(req, integration, content)
         return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
+
+    def _resend_in(
+        self,
+        s: Session,
+        req: DeliverRequest,
+        send: Send,
+        integration: Integration,
+        provider: Provider,
+        user: User | None,
+        reads: StepReads,
+    ) -> Prepared:
+        """A retry of a send whose first attempt fixed its content: the same message again, if the
+        recipient is still opted in at the address it was composed for."""
+        assert send.message_enc is not None
+        content = FrozenMessage.open(self.secrets, send.message_enc)
+        s.add(send)
+        opt_in = self._opt_in(s, req, user.id if user is not None else send.user_id, reads)
+        if opt_in is None:
+            return self._fail_in(s, req, content.step_name, "recipient no longer opted in", None, "", fallback=True)
+        if sendable_recipient(req.channel, self.secrets.decrypt(opt_in.value_enc)) != content.recipient:
+            # Neither the old content to the new address nor new content under the old key.
+            return self._fail_in(s, req, content.step_name, RECIPIENT_CHANGED, None, "", fallback=False)
+        message = self._outbound(req, integration, content)
+        return _Prepared(message, provider, send.possible_duplicate, content.step_name, opt_in.id)
+
+    def _opt_in(self, s: Session, req: DeliverRequest, user_id: str, reads: StepReads) -> OptIn | None:
+        """The opt-in that makes the user reachable on the send's channel now (None: not reachable)."""
+        step_reach = reads.reach if reads.reach is not None else reach(s, req.section_id, user_id, [req.channel])
+        return step_reach.opt_ins.get(req.channel)
 
     def _compose(
         self,
@@ -210,15 +256,14 @@ class Delivery:
         reads: StepReads,
         *,
         issued: datetime,
-    ) -> tuple[OutboundMessage | None, str, str, int | None]:
+    ) -> tuple[FrozenMessage | None, str, str, int | None]:
         spec = load_spec(s, req.campaign_id, req.campaign_version)
         variation_id = reads.variation_id or journey_rows.variation_of(s, req.journey_id)
         assert variation_id is not None and user is not None
         variation = spec.variation(variation_id)
         assert variation is not None
         step = variation.steps[req.step_index]
-        step_reach = reads.reach if reads.reach is not None else reach(s, req.section_id, user.id, [req.channel])
-        opt_in = step_reach.opt_ins.get(req.channel)
+        opt_in = self._opt_in(s, req, user.id, reads)
         if opt_in is None:
             return None, step.name, variation.id, None
         recipient = sendable_recipient(req.channel, self.secrets.decrypt(opt_in.value_enc))
@@ -241,26 +286,28 @@ class Delivery:
         except MissingRequired as err:
             err.step_name, err.variation_id = step.name, variation.id
             raise
+        content = FrozenMessage(
+            recipient=recipient,
+            payload=payload,
+            campaign_name=spec.name,
+            step_name=step.name,
+            unsubscribe_url=unsubscribe_url(req.channel, linker),
+        )
+        return content, step.name, variation.id, opt_in.id
+
+    def _outbound(self, req: DeliverRequest, integration: Integration, content: FrozenMessage) -> OutboundMessage:
+        """The provider call: the send's content with the integration's config and secrets as they
+        are now (not frozen: credentials may rotate between attempts)."""
         secrets: dict[str, Any] = {}
         if integration.secrets_enc:
             secrets = json.loads(self.secrets.decrypt(integration.secrets_enc))
-        return (
-            OutboundMessage(
-                section_id=req.section_id,
-                integration_id=integration.id,
-                channel=req.channel,
-                recipient=recipient,
-                payload=payload,
-                idempotency_key=req.send_key,
-                config=secret_fields.merge(dict(integration.config), secrets),
-                secrets=secrets,
-                campaign_name=spec.name,
-                step_name=step.name,
-                unsubscribe_url=unsubscribe_url(req.channel, linker),
-            ),
-            step.name,
-            variation.id,
-            opt_in.id,
+        return content.outbound(
+            section_id=req.section_id,
+            integration_id=integration.id,
+            channel=req.channel,
+            idempotency_key=req.send_key,
+            config=secret_fields.merge(dict(integration.config), secrets),
+            secrets=secrets,
         )
 
     def _linker(self, s: Session, req: DeliverRequest, issued: datetime) -> Linker | None:
@@ -320,6 +367,7 @@ class Delivery:
             reason, fallback = f"{reason} ({sends.MAYBE_DELIVERED})", False
         if send is not None:
             previous, send.status = send.status, "failed" if outcome == "failed" else outcome
+            send.message_enc = None  # final: no retry needs the content any more
             send.provider_status = status
             send.provider_response = (reason + (f" | {body}" if body and body not in reason else ""))[:2000]
             send.updated_at = now_utc()

@@ -234,6 +234,7 @@ class JourneyActivities:
         previous: str | None = None
         if send is not None:
             previous, send.status = send.status, "failed"
+            send.message_enc = None  # final: the content kept for its retries goes (frozen_message.py)
             send.possible_duplicate = send.possible_duplicate or maybe_delivered
             send.provider_response = reason[:2000]
             send.updated_at = now_utc()

@@ -6,8 +6,9 @@ Temporal, then calls `erase`, which in one transaction:
 - deletes what identifies or describes the person: the opt-ins of their identifiers (the
   encrypted email, phone or push token: `OptIn.value_hash` is the hash `UserIdentifier` holds),
   the identifiers, devices and aliases, their raw events, cart index entries, the built-in
-  outbox's copies of their messages (recipient in clear), and their entries in the active
-  generation of the section's subscriber lists;
+  outbox's copies of their messages (recipient in clear), the messages kept (encrypted) for the
+  retries of their unfinished sends, and their entries in the active generation of the section's
+  subscriber lists;
 - blanks the `User` rows (the person's and every id merged into them) to tombstones: no CUID,
   attributes, cart or locale. The rows are kept, not deleted, because a journey step or batched
   send already in flight resolves its user by id (activities/journey.py `decide_in` raises on a
@@ -197,6 +198,12 @@ def _erase_activity(s: Session, sec: str, ids: list[str], out: Erased) -> None:
         col(OutboxMessage.section_id) == sec, col(OutboxMessage.send_key).in_(their_sends)
     )
     out.outbox_messages = _count(s, outbox)
+    # The messages kept for the retries of their unfinished sends (addresses, rendered content):
+    # such a retry then finds no message and no opt-in, and sends nothing.
+    kept = update(Send).where(
+        col(Send.section_id) == sec, col(Send.user_id).in_(ids), col(Send.message_enc).isnot(None)
+    )
+    s.execute(kept.values(message_enc=None))
     hits = update(TrackingHit).where(
         col(TrackingHit.section_id) == sec, col(TrackingHit.user_id).in_(ids), col(TrackingHit.user_agent).isnot(None)
     )

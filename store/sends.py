@@ -28,6 +28,7 @@ _ACCEPT = (
         provider_message_id=bindparam("answer_id"),
         provider_response=bindparam("answer_body"),
         updated_at=bindparam("at", type_=_c.updated_at.type),
+        message_enc=None,  # accepted: no retry needs the message (and its personal data) any more
     )
 )
 

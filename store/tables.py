@@ -269,6 +269,9 @@ class Send(SQLModel, table=True):
     provider_response: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # The message as its first attempt composed it (recipient, payload...), encrypted: every retry
+    # sends it again under the same key. NULL once the send is final (activities/frozen_message.py).
+    message_enc: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class OutboxMessage(SQLModel, table=True):
