@@ -15,13 +15,13 @@ from __future__ import annotations
 from sqlalchemy import insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
-from sqlmodel import select
+from sqlmodel import col, select
 
 from security.crypto import SecretBox, UndecryptableSecret, sealed_token
 from store.engine import Store
 from store.subscriber_tables import SubscriberList, set_table_name, subscriber_set
 from store.subscribers import FERNET_MARK, index_set_on
-from store.tables import Integration, OptIn
+from store.tables import Integration, OptIn, Send
 
 LIST_CHUNK = 10_000
 SHOWN = 5  # ids named per kind in `RotationIncomplete` (a wrong key fails every row)
@@ -56,10 +56,11 @@ class _Failures:
 
 
 def rotate_all(store: Store, box: SecretBox, batch: int = 500) -> dict[str, int]:
-    """Re-encrypt integration secrets, stored identifiers and active subscriber lists; counts per kind.
+    """Re-encrypt integration secrets, stored identifiers, the messages kept for sends' retries and active
+    subscriber lists; counts per kind.
 
     Raises `RotationIncomplete` naming what no configured key decrypts, after rotating the rest."""
-    counts = {"integrations": 0, "identifiers": 0, "list_entries": 0}
+    counts = {"integrations": 0, "identifiers": 0, "send_messages": 0, "list_entries": 0}
     failed = _Failures()
     with store.session() as s:
         for row in s.exec(select(Integration).where(Integration.secrets_enc.is_not(None))).all():  # type: ignore[union-attr]
@@ -86,6 +87,7 @@ def rotate_all(store: Store, box: SecretBox, batch: int = 500) -> dict[str, int]
                     continue
                 s.add(opt)
                 counts["identifiers"] += 1
+    counts["send_messages"] = _rotate_send_messages(store, box, batch, failed)
     with store.session() as s:
         lists = [(lst.integration_id, lst.active_generation) for lst in s.exec(select(SubscriberList)).all()]
     for integration_id, generation in lists:
@@ -98,6 +100,32 @@ def rotate_all(store: Store, box: SecretBox, batch: int = 500) -> dict[str, int]
     if failed.count:
         raise RotationIncomplete(failed.line(box.key_count))
     return counts
+
+
+def _rotate_send_messages(store: Store, box: SecretBox, batch: int, failed: _Failures) -> int:
+    """The message each unfinished send keeps for its retries (`activities/frozen_message.py`): few rows
+    (a send drops it once final), but each holds an address and personal content."""
+    done, last_key = 0, ""
+    while True:
+        with store.session() as s:
+            rows = s.exec(
+                select(Send)
+                .where(col(Send.message_enc).is_not(None), col(Send.key) > last_key)
+                .order_by(col(Send.key))
+                .limit(batch)
+            ).all()
+            if not rows:
+                return done
+            for send in rows:
+                last_key = send.key
+                assert send.message_enc is not None
+                try:
+                    send.message_enc = box.rotate(send.message_enc)
+                except UndecryptableSecret:
+                    failed.add("messages kept for retries (send keys)", send.key)
+                    continue
+                s.add(send)
+                done += 1
 
 
 def _rotate_set(conn: Connection, box: SecretBox, name: str) -> int:

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from security.crypto import SecretBox, UndecryptableSecret
 from security.rotation import RotationIncomplete, rotate_all
 from store.engine import Store
-from store.tables import Integration, OptIn, Section, now_utc
+from store.tables import Integration, OptIn, Section, Send, now_utc
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD, NEW, OTHER = (Fernet.generate_key().decode() for _ in range(3))
@@ -109,3 +109,25 @@ def test_a_value_no_key_opens_is_a_clear_error_not_invalid_token() -> None:
         with pytest.raises(UndecryptableSecret, match="REJOIN_SECRET_KEY must list") as err:
             call(token)
         assert isinstance(err.value, ValueError) and not isinstance(err.value, InvalidToken)
+
+
+def test_the_message_an_unfinished_send_keeps_for_its_retries_is_rotated(tmp_path: Path) -> None:
+    """It holds an address and personal content, encrypted like an opt-in: rotation re-encrypts it
+    (a send begun before rotation would otherwise retry with a value only the old key opens)."""
+    store, _, _ = seeded(tmp_path / "data", {OLD: "pa55"})
+    old_box = SecretBox([OLD])
+    with store.session() as s:
+        for n, message in enumerate([old_box.encrypt('{"recipient": "ann@example.com"}'), None]):
+            s.add(Send(key=f"send_rot{n}", journey_id="j", section_id="sec_rot", campaign_id="c", variation_id="v",
+                       step_index=0, channel="email", integration_id="int_rot0", user_id="u", status="in_flight",
+                       message_enc=message, created_at=now_utc(), updated_at=now_utc()))  # fmt: skip
+
+    counts = rotate_all(store, SecretBox([NEW, OLD]))
+
+    assert counts["send_messages"] == 1, counts
+    with store.session() as s:
+        kept = s.get(Send, "send_rot0")
+        assert kept is not None and kept.message_enc is not None
+        assert SecretBox([NEW]).decrypt(kept.message_enc) == '{"recipient": "ann@example.com"}'
+        final = s.get(Send, "send_rot1")
+        assert final is not None and final.message_enc is None
