@@ -234,9 +234,10 @@ def accept(
             for journey in enrolled:  # recorded below, in this transaction: it exists from its trigger on
                 to_enroll.append(journey)
                 enrolled_now.setdefault(user.id, {})[journey.campaign_id] = [journey.workflow_id]
-            if report_rollup.attributes(ev.kind.value) and user.cuid:
-                # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time).
-                report_rollup.attribute_event(s, Event.model_validate(row), identified=True)
+            if report_rollup.attributes(ev.kind.value) and (user.cuid or (not unsaved and ev.kind.value == "purchase")):
+                # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time),
+                # and an anonymous purchase's enrolled-user conversions (a user first seen here has no cohort).
+                report_rollup.attribute_event(s, Event.model_validate(row), identified=bool(user.cuid))
             result.event_ids.append(event_id)
             result.commands.extend(commands)
         user.updated_at = now  # again: an identify may have moved the request to another user

@@ -1,4 +1,4 @@
-"""The time bounds a report range (`from`, `to`) may take.
+"""The time bounds a report range (`from`, `to`) may take, and the time zone of its day series.
 
 A report rounds its range to whole hours and steps an hour past each end (store/reports.py),
 so a time near the ends of Python's datetime range (year 1 or 9999, or a zone offset pushing
@@ -8,8 +8,10 @@ it past them) overflowed into a 500. Reports cover campaign activity, so anythin
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, AwareDatetime
 
@@ -30,3 +32,38 @@ def within_report_bounds(at: datetime) -> datetime:
 
 # A report range's end point: ISO 8601 with a zone, within the bounds above.
 ReportTime = Annotated[AwareDatetime, AfterValidator(within_report_bounds)]
+
+
+# ------------------------------------------------------------------ day series in a time zone
+
+
+def known_zone(name: str) -> str:
+    """`name` if it is an IANA time zone name this host knows; ValueError (a 422 at the field) if not."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone '{name}' (use an IANA name such as Europe/Paris)") from None
+    return name
+
+
+# A report's day series time zone (`tz`): an IANA name; the series are by UTC day without one.
+ReportZone = Annotated[str, AfterValidator(known_zone)]
+
+
+def local_days(by_hour: Mapping[str, float], zone: ZoneInfo) -> tuple[dict[str, float], bool]:
+    """Figures per UTC hour ('YYYYMMDDHH') added up per local day of `zone`, and whether that is
+    exact. Counters are kept per UTC hour, so a zone whose offset is a whole number of hours (DST
+    included) gets exact local days. In a zone offset by a fraction of an hour (Asia/Kolkata
+    +05:30, Asia/Kathmandu +05:45) an hour straddles local midnight: it counts in the local day of
+    its start, so up to 30 (45) minutes after local midnight fall in the previous day, and the
+    second value is False."""
+    days: dict[str, float] = {}
+    exact = True
+    for key, value in by_hour.items():
+        start = datetime.strptime(key, "%Y%m%d%H").replace(tzinfo=UTC)
+        local = start.astimezone(zone)
+        offset = local.utcoffset() or timedelta(0)
+        exact = exact and offset % timedelta(hours=1) == timedelta(0)
+        day = local.date().isoformat()
+        days[day] = days.get(day, 0) + value
+    return dict(sorted(days.items())), exact

@@ -11,6 +11,10 @@ Rules (docs/reports.md explains them with examples):
 - Impressions and clicks count sends: a send opened (clicked) by a human, however many times,
   is one impression (click). Every human hit is counted too, as total_impressions and
   total_clicks. So CTR is clicked sends / opened sends and a reloaded pixel moves neither.
+- Click attribution cannot measure a holdout (it is sent nothing to click), so arms are compared
+  with the holdout on enrolled-user conversions instead: every purchase a user makes within the
+  attribution window after their first enrollment counts for the arm of that enrollment, the
+  holdout's included (`holdout_comparison`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +31,7 @@ from numpy.typing import NDArray
 
 METRICS = (
     "send_requests", "failed_sends", "provider_opt_outs", "impressions", "clicks", "purchases", "revenue",
-    "add_to_carts", "total_impressions", "total_clicks",
+    "add_to_carts", "total_impressions", "total_clicks", "possibly_delivered",
 )  # fmt: skip
 HIT_METRICS = {"impression": ("impressions", "total_impressions"), "click": ("clicks", "total_clicks")}
 MIN_USERS = 100  # per compared variation, before a winner may be declared
@@ -116,9 +120,11 @@ class Bucket:
     email_clicks: float = 0.0
     converters: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # users with >= 1 event
     revenue_sumsq: float = 0.0  # sum over users of (their revenue)^2, for the revenue posterior
+    enrolled: Enrolled | None = None  # variations only: their enrolled-user conversions
 
     def table(self) -> dict[str, Any]:
         n = self.users
+        extra = {"enrolled_conversions": self.enrolled.table(n)} if self.enrolled is not None else {}
         return {
             "users": n,
             "metrics": {
@@ -129,7 +135,50 @@ class Bucket:
             # `per_user` counts a person's second order again.
             "buyers": self.converters["purchases"],
             "conversion_rate": (min(self.converters["purchases"], n) / n) if n else None,
+            **extra,
         }
+
+
+@dataclass
+class Enrolled:
+    """A variation's enrolled-user conversions: its users' purchases within the attribution window
+    after their first enrollment, whether or not anything was sent or clicked (a holdout's too)."""
+
+    purchases: int = 0
+    buyers: int = 0  # users with at least one
+    revenue: float = 0.0
+    revenue_sumsq: float = 0.0  # sum over buyers of (their revenue)^2, for the revenue posterior
+
+    def table(self, users: int) -> dict[str, Any]:
+        return {
+            "purchases": self.purchases,
+            "buyers": self.buyers,
+            "conversion_rate": (min(self.buyers, users) / users) if users else None,
+            "revenue": money(self.revenue),
+            "revenue_per_user": (self.revenue / users) if users else None,
+        }
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A purchase after its buyer's first enrollment (raw path): `lag` after it, for the window."""
+
+    event_id: str
+    user_id: str
+    variation_id: str
+    lag: timedelta
+    value: float
+
+
+@dataclass(frozen=True)
+class ConversionGroup:
+    """Enrolled-user conversions of one variation, windowed and summed in SQL (whole cohort hours)."""
+
+    variation_id: str
+    purchases: int
+    buyers: int
+    revenue: float
+    revenue_sumsq: float
 
 
 def _num(v: float) -> float | int:
@@ -154,17 +203,18 @@ class SendGroup:
 
 @dataclass(frozen=True)
 class FailureGroup:
-    """Sends of one (variation, channel, step) that failed for good (`failed`), or whose
-    recipient the provider reported gone (`opt_out`, a part of the failed ones), counted in SQL."""
+    """Sends of one (variation, channel, step) that failed for good (`failed`), whose recipient
+    the provider reported gone (`opt_out`), or that may have been delivered all the same
+    (`maybe`: flagged possible_duplicate); the last two are parts of the failed ones. In SQL."""
 
     variation_id: str
     channel: str
     step_index: int
-    kind: Literal["failed", "opt_out"]
+    kind: Literal["failed", "opt_out", "maybe"]
     count: int
 
 
-FAILURE_METRICS = {"failed": "failed_sends", "opt_out": "provider_opt_outs"}
+FAILURE_METRICS = {"failed": "failed_sends", "opt_out": "provider_opt_outs", "maybe": "possibly_delivered"}
 
 
 @dataclass(frozen=True)
@@ -220,6 +270,12 @@ class ReportInput:
     # Users whose attribution was computed in SQL (store/reports.py, whole cohort hours):
     attributed_groups: list[AttributedGroup] = field(default_factory=list)
     revenue_by_day: dict[str, float] = field(default_factory=dict)
+    # Day series in another time zone are made of UTC hours ('YYYYMMDDHH'): send requests, and
+    # the purchase value attributed in SQL (revenue_by_day holds the same by UTC day).
+    sends_by_hour: dict[str, int] = field(default_factory=dict)
+    revenue_by_hour: dict[str, float] = field(default_factory=dict)
+    conversions: list[Conversion] = field(default_factory=list)  # raw path: windowed in `aggregate`
+    conversion_groups: list[ConversionGroup] = field(default_factory=list)  # counters: windowed in SQL
 
 
 @dataclass
@@ -230,6 +286,8 @@ class Aggregate:
     attributed: list[Attributed]  # those attributed here (not those in inp.attributed_groups)
     sends_by_day: dict[str, int] = field(default_factory=dict)
     revenue_by_day: dict[str, float] = field(default_factory=dict)  # attributed purchase value per UTC day
+    sends_by_hour: dict[str, int] = field(default_factory=dict)  # per UTC hour 'YYYYMMDDHH'
+    revenue_by_hour: dict[str, float] = field(default_factory=dict)  # attributed purchase value per UTC hour
 
 
 def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
@@ -295,9 +353,11 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
         buckets[level][key].revenue_sumsq += value * value
     # Groups attributed in SQL belong to other users (other cohorts): their figures add up.
     revenue_by_day: dict[str, float] = defaultdict(float, inp.revenue_by_day)
+    revenue_by_hour: dict[str, float] = defaultdict(float, inp.revenue_by_hour)
     for item in attributed:
         if item.event.kind == "purchase":
             revenue_by_day[item.event.at.date().isoformat()] += item.event.value
+            revenue_by_hour[hour_key(item.event.at)] += item.event.value
     for g in inp.attributed_groups:
         group_key: Any = {"v": g.variation_id, "c": (g.variation_id, g.channel), "s": (g.variation_id, g.step_index)}[g.level]
         b = buckets[g.level][group_key]
@@ -310,9 +370,36 @@ def aggregate(inp: ReportInput, window: timedelta) -> Aggregate:
         else:
             b.counts["add_to_carts"] += g.count
             b.converters["add_to_carts"] += g.users
+    _enrolled_conversions(inp, window, variations)
     money_by_day = {day: money(value) for day, value in sorted(revenue_by_day.items())}
     return Aggregate(dict(variations), dict(channels), dict(steps), attributed, dict(sorted(sends_by_day.items())),
-                     money_by_day)  # fmt: skip
+                     money_by_day, dict(sorted(inp.sends_by_hour.items())),
+                     {hour: money(value) for hour, value in sorted(revenue_by_hour.items())})  # fmt: skip
+
+
+def hour_key(at: datetime) -> str:
+    """The UTC hour of `at` as 'YYYYMMDDHH' (store.report_rollup.hour_key_of, for the series)."""
+    return at.astimezone(UTC).strftime("%Y%m%d%H")
+
+
+def _enrolled_conversions(inp: ReportInput, window: timedelta, variations: dict[str, Bucket]) -> None:
+    """Every variation's enrolled-user conversions: the raw ones within the window, plus the groups
+    windowed in SQL (other users: their figures add up)."""
+    per_user: dict[tuple[str, str], list[float]] = defaultdict(list)  # (variation, user) -> purchase values
+    for conv in inp.conversions:
+        if conv.lag <= window:
+            per_user[(conv.variation_id, conv.user_id)].append(conv.value)
+    for vid in list(variations):
+        variations[vid].enrolled = Enrolled()
+    for (vid, _user), values in per_user.items():
+        e = variations[vid].enrolled or Enrolled()
+        variations[vid].enrolled = Enrolled(e.purchases + len(values), e.buyers + 1, e.revenue + sum(values),
+                                            e.revenue_sumsq + sum(values) ** 2)  # fmt: skip
+    for g in inp.conversion_groups:
+        e = variations[g.variation_id].enrolled or Enrolled()
+        total = Enrolled(e.purchases + g.purchases, e.buyers + g.buyers, e.revenue + g.revenue,
+                         e.revenue_sumsq + g.revenue_sumsq)  # fmt: skip
+        variations[g.variation_id].enrolled = total
 
 
 # ------------------------------------------------------------------------------ winner
@@ -455,3 +542,78 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
         "variations": rows,
         "thresholds": {"min_users": MIN_USERS, "min_conversions": MIN_CONVERSIONS, "probability": WIN_PROBABILITY},
     }
+
+
+# ------------------------------------------------------------------ holdout comparison
+
+HOLDOUT_RULE = (
+    "enrolled-user conversions: every purchase a user makes within the campaign's attribution window after "
+    "their first enrollment in it counts for the arm of that enrollment, the holdout's included, whether or not "
+    "a message was sent or clicked"
+)
+NO_HOLDOUT = "the campaign has no holdout (control) variation: there is nothing to compare the arms with"
+EMPTY_HOLDOUT = "no user who first triggered the campaign in this range was allocated to the holdout"
+NO_ARMS = "no variation besides the holdout"
+HOLDOUT_ZERO = {
+    "conversion_rate": "the holdout has no enrolled-user conversion yet (0 of {n} users): an uplift relative to 0 "
+                       "is not defined",
+    "revenue_per_user": "the holdout has no revenue yet ({n} users): an uplift relative to 0 is not defined",
+}  # fmt: skip
+
+
+def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdout_id: str | None) -> dict[str, Any]:
+    """Each arm against the holdout on enrolled-user conversions: conversion rate and revenue per
+    enrolled user, each with the arm's value, the 95% interval of its relative uplift over the
+    holdout and the probability it beats the holdout (the posteriors of `winner`).
+
+    Not measurable (status, reason; no figures) without a holdout, without holdout users in the
+    range, or, per metric, while the holdout's value is 0 (a relative uplift over 0 says nothing).
+    """
+    out: dict[str, Any] = {"holdout": holdout_id, "status": "not_measurable", "reason": None, "rule": HOLDOUT_RULE,
+                           "metrics": {}}  # fmt: skip
+    hold = buckets.get(holdout_id) if holdout_id is not None else None
+    if holdout_id is None:
+        out["reason"] = NO_HOLDOUT
+    elif hold is None or hold.users == 0:
+        out["reason"] = EMPTY_HOLDOUT
+    elif not arm_ids:
+        out["reason"] = NO_ARMS
+    if out["reason"] is not None:
+        return out
+    assert hold is not None and holdout_id is not None
+    for metric, kind in (("conversion_rate", "purchases"), ("revenue_per_user", "revenue")):
+        arms = [_enrolled_arm(holdout_id, hold)] + [_enrolled_arm(v, buckets.get(v) or Bucket()) for v in arm_ids]
+        out["metrics"][metric] = _against_holdout(kind, arms, HOLDOUT_ZERO[metric].format(n=hold.users))
+    measured = [m for m in out["metrics"].values() if m["status"] == "measured"]
+    out["status"] = "measured" if measured else "not_measurable"
+    out["reason"] = None if measured else out["metrics"]["conversion_rate"]["reason"]
+    return out
+
+
+def _enrolled_arm(vid: str, b: Bucket) -> Arm:
+    e = b.enrolled or Enrolled()
+    buyers = min(e.buyers, b.users)
+    return Arm(vid, b.users, successes=buyers, trials=b.users, total=e.revenue, total_sq=e.revenue_sumsq)
+
+
+def _against_holdout(kind: str, arms: Sequence[Arm], zero_reason: str) -> dict[str, Any]:
+    """`arms[0]` is the holdout: the others' values, uplift intervals and P(better than it)."""
+    hold = arms[0]
+    base_mean = _observed_mean(kind, hold)
+    rows: list[dict[str, Any]] = [{"id": a.id, "value": _observed_mean(kind, a) if a.users else None,
+                                   "uplift": None, "probability_better": None} for a in arms[1:]]  # fmt: skip
+    if base_mean <= 0:
+        return {"status": "not_measurable", "reason": zero_reason, "holdout": base_mean, "variations": rows}
+    draws = _posterior_draws(kind, arms, np.random.default_rng(SEED))
+    intervals = _uplift_intervals(draws, 0)
+    for i, (a, row) in enumerate(zip(arms[1:], rows, strict=True), start=1):
+        if a.users == 0:
+            continue  # no user in the arm: its prior alone says nothing
+        interval = intervals[i]
+        row["uplift"] = None if interval is None else {"low": round(interval[0], 4), "high": round(interval[1], 4)}
+        if kind == "revenue":
+            better = float(np.mean(draws[:, i] > draws[:, 0]))
+        else:
+            better = beta_prob_b_beats_a(*_successes_failures(hold), *_successes_failures(a))
+        row["probability_better"] = round(better, 4)
+    return {"status": "measured", "reason": None, "holdout": base_mean, "variations": rows}

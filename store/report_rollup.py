@@ -43,7 +43,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 
 from domain.tracking import PRIVACY_PROXY_AGENT
-from store.report_tables import ReportAttribution, ReportCohort, ReportRollup
+from store.report_tables import ReportAttribution, ReportCohort, ReportConversion, ReportRollup
 from store.sends import SentMessage
 from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
 from store.tables import Campaign, Decision, Event, Journey, Send, User
@@ -57,6 +57,17 @@ FAILED = "failed"  # final: the provider refused the send for good, or its retri
 # reported gone (Rejoin opted the recipient out): a variation's vendor rejections show beside
 # its send requests (docs/reports.md, "Metrics").
 FAILED_METRIC, OPT_OUT_METRIC = "failed", "opt_outs"
+# Of the failed sends, those an attempt of which may have been delivered all the same (flagged
+# `possible_duplicate`: an attempt's outcome was unknown, store/sends.py `maybe_delivered`): the
+# report shows them apart as `possibly_delivered` (metric names: 16 characters at most).
+MAYBE_DELIVERED_METRIC = "maybe_delivered"
+# Send requests per UTC hour of the send (`day` holds 'YYYYMMDDHH'; no variation, channel or step):
+# the day series in another time zone is made of whole hours (docs/reports.md, "Time zones").
+SENDS_HOUR_METRIC = "sends_hour"
+# Enrolled-user conversions are stored up to the longest attribution window a campaign may have
+# (domain/campaign.py): the campaign's own window is applied when reading, so a changed window
+# applies to stored purchases, and a purchase long after enrollment adds no row.
+MAX_CONVERSION_LAG = timedelta(days=90)
 PROVIDER_OPT_OUT = "recipient_gone"  # the delivery decision's `opted_out` detail (activities/delivery.py)
 ATTRIBUTED_KINDS = ("purchase", "add_to_cart")
 # Counter metrics of the sends opened / clicked by a human (their first human hit of the kind,
@@ -73,6 +84,7 @@ IMPLIED_OPEN_CHANNELS = ("email",)
 ROLLUP = table_of(ReportRollup)
 COHORT = table_of(ReportCohort)
 ATTRIBUTION = table_of(ReportAttribution)
+CONVERSION = table_of(ReportConversion)
 SEND = table_of(Send)
 EVENT = table_of(Event)
 DECISION = table_of(Decision)
@@ -85,6 +97,18 @@ def hour_of(at: datetime) -> datetime:
 
 def day_of(at: datetime) -> str:
     return at.astimezone(UTC).date().isoformat()
+
+
+def hour_key_of(at: datetime) -> str:
+    """The UTC hour of `at` as 'YYYYMMDDHH' (the `sends_hour` counters' `day`)."""
+    return at.astimezone(UTC).strftime("%Y%m%d%H")
+
+
+def hour_key_sql(s: Session, column: Any) -> ColumnElement[str]:
+    """`hour_key_of` in SQL (independent of the session's time zone)."""
+    if dialect(s) == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYYMMDDHH24")
+    return func.strftime("%Y%m%d%H", column)
 
 
 def hour_sql(s: Session, column: Any) -> ColumnElement[Any]:
@@ -281,8 +305,9 @@ def register_cohort(s: Session, journey: Journey) -> None:
 
 @per_dialect
 def _count_send_stmt(dialect_name: str) -> Any:
-    """The send's counters in one statement: `sends`, `failed` / `opt_outs` when it failed for
-    good / its recipient was reported gone, and `channel_users` / `step_users` when it is the
+    """The send's counters in one statement: `sends` (and `sends_hour`), `failed` / `opt_outs` /
+    `maybe_delivered` when it failed for good / its recipient was reported gone / an attempt may
+    have been delivered all the same, and `channel_users` / `step_users` when it is the
     user's first sent message on that channel / step. Nothing without a cohort that had started
     by the send (test users have none)."""
     c = COHORT.c
@@ -308,6 +333,9 @@ def _count_send_stmt(dialect_name: str) -> Any:
         row("sends", channel, step, _param("day", String)).where(*in_cohort),
         row(FAILED_METRIC, channel, step, none).where(*in_cohort, _param("failed", Integer) == 1),
         row(OPT_OUT_METRIC, channel, step, none).where(*in_cohort, _param("opted_out", Integer) == 1),
+        row(MAYBE_DELIVERED_METRIC, channel, step, none).where(*in_cohort, _param("maybe_delivered", Integer) == 1),
+        select(c.campaign_id, c.cohort_hour, none, none, no_step, _param("hour", String),
+               _const(SENDS_HOUR_METRIC, String), one).where(*in_cohort),  # fmt: skip
         row("channel_users", channel, no_step, none).where(
             *in_cohort, ~exists().where(*other, SEND.c.channel == bindparam("channel"))
         ),
@@ -327,7 +355,9 @@ def count_send(s: Session, send: Send, previous_status: str | None, *, opted_out
         return
     s.add(send)
     s.flush()  # the send's final status is written before its counters (same transaction)
-    count_sent(s, send, previous_status, failed=send.status == FAILED, opted_out=opted_out)
+    failed = send.status == FAILED
+    count_sent(s, send, previous_status, failed=failed, opted_out=opted_out,
+               possibly_delivered=failed and bool(send.possible_duplicate))  # fmt: skip
 
 
 def count_sent(
@@ -337,10 +367,12 @@ def count_sent(
     *,
     failed: bool = False,
     opted_out: bool = False,
+    possibly_delivered: bool = False,
 ) -> None:
     """`send`'s final status, one of SENT, is written: count it unless an earlier status was counted.
 
-    `failed`: that status is `failed`; `opted_out`: and its recipient was reported gone."""
+    `failed`: that status is `failed`; `opted_out`: and its recipient was reported gone;
+    `possibly_delivered`: and it is flagged `possible_duplicate` (may have been delivered)."""
     if previous_status in SENT:
         return
     facts = {
@@ -354,6 +386,8 @@ def count_sent(
         "key": send.key,
         "failed": int(failed),
         "opted_out": int(failed and opted_out),
+        "maybe_delivered": int(failed and possibly_delivered),
+        "hour": hour_key_of(send.created_at),
     }
     s.execute(_count_send_stmt(s), facts)
 
@@ -462,17 +496,29 @@ _LAST_CLICKS = (
 )
 
 
+# The user's cohorts a purchase received at `received_at` may convert in: first enrolled before
+# it, at most MAX_CONVERSION_LAG before (on `ix_report_cohort_user`).
+_ENROLLED = select(COHORT.c.campaign_id, COHORT.c.cohort_hour, COHORT.c.variation_id, COHORT.c.first_at).where(
+    COHORT.c.user_id == bindparam("user_id"),
+    COHORT.c.first_at < bindparam("received_at", type_=COHORT.c.first_at.type),
+    COHORT.c.first_at >= bindparam("earliest", type_=COHORT.c.first_at.type),
+)
+
+
 def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
-    """Store a purchase/add-to-cart against each campaign whose click by this user precedes it.
+    """Store a purchase/add-to-cart against each campaign whose click by this user precedes it,
+    and a purchase as an enrolled-user conversion of each campaign the user was enrolled in.
 
     The window and the transaction dedupe are applied when the report is read, so this keeps
     the candidate (the last human click before the event, per campaign) and nothing more. A
     repeat of a transaction the user already sent (same kind and transaction id, earlier by
     time, id) is no candidate: the first event decided, even when it came before any click and
     so counted for nothing (docs/reports.md). The user is the event's user now: after an
-    identity merge the merged person's earlier events are theirs too.
+    identity merge the merged person's earlier events are theirs too. Click attribution needs
+    the buyer `identified`; an enrolled-user conversion does not (it is the enrolled user's own
+    purchase, whichever arm: `count_conversion`).
     """
-    if event.kind not in ATTRIBUTED_KINDS or not identified:
+    if event.kind not in ATTRIBUTED_KINDS or (not identified and event.kind != "purchase"):
         return
     if event.transaction_id is not None:
         repeat = earlier_event_of_transaction(
@@ -480,6 +526,10 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
         )
         if s.execute(select(repeat)).scalar():
             return
+    if event.kind == "purchase":
+        count_conversion(s, event)
+    if not identified:
+        return
     rows = s.execute(
         _LAST_CLICKS, {"section_id": event.section_id, "user_id": event.user_id, "received_at": event.received_at}
     ).all()
@@ -507,6 +557,26 @@ def attribute_event(s: Session, event: Event, *, identified: bool) -> None:
         s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
 
 
+def count_conversion(s: Session, event: Event) -> None:
+    """A purchase (not a repeat of a transaction): one conversion row per campaign the buyer was
+    first enrolled in before it, within MAX_CONVERSION_LAG, under the arm of that enrollment."""
+    params = {"user_id": event.user_id, "received_at": event.received_at,
+              "earliest": event.received_at - MAX_CONVERSION_LAG}  # fmt: skip
+    for campaign_id, cohort_hour, variation_id, first_at in s.execute(_ENROLLED, params).all():
+        ins = upsert_base(s, CONVERSION).values(
+            campaign_id=campaign_id,
+            event_id=event.id,
+            user_id=event.user_id,
+            cohort_hour=cohort_hour,
+            variation_id=variation_id,
+            value=finite_value(event.value),
+            currency=event_currency(event.data),
+            at=event.received_at,
+            lag_us=(event.received_at - first_at) // timedelta(microseconds=1),
+        )
+        s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
+
+
 # ------------------------------------------------------------------ rebuild from raw tables
 
 
@@ -518,19 +588,23 @@ def rebuild(s: Session, campaign_ids: Sequence[str] | None = None) -> int:
     """
     if dialect(s) == "postgresql":
         s.execute(select(literal(1)))  # begin before locking
-        s.connection().exec_driver_sql("LOCK TABLE report_rollup, report_cohort, report_attribution IN EXCLUSIVE MODE")
+        s.connection().exec_driver_sql((
+            "LOCK TABLE report_rollup, report_cohort, report_attribution, report_conversion IN EXCLUSIVE MODE"
+        ))
     if campaign_ids is None:
         campaign_ids = list(s.execute(select(col(Journey.campaign_id)).distinct()).scalars().all())
     for cid in campaign_ids:
         for table in (ROLLUP, COHORT):
             s.execute(delete(table).where(table.c.campaign_id == cid))
-        # An attribution whose event retention purged cannot be computed again: it stays (the
-        # report's purchases and revenue outlive the raw events, docs/reports.md).
-        still_raw = exists().where(EVENT.c.id == ATTRIBUTION.c.event_id)
-        s.execute(delete(ATTRIBUTION).where(ATTRIBUTION.c.campaign_id == cid, still_raw))
+        # An attribution (conversion) whose event retention purged cannot be computed again: it
+        # stays (the report's purchases and revenue outlive the raw events, docs/reports.md).
+        for derived in (ATTRIBUTION, CONVERSION):
+            still_raw = exists().where(EVENT.c.id == derived.c.event_id)
+            s.execute(delete(derived).where(derived.c.campaign_id == cid, still_raw))
         _rebuild_cohorts(s, cid)
         _rebuild_counters(s, cid)
         _rebuild_attributions(s, cid)
+        _rebuild_conversions(s, cid)
     return len(campaign_ids)
 
 
@@ -542,7 +616,7 @@ def forget_users(s: Session, user_ids: Sequence[str]) -> list[str]:
     cids = list(s.execute(select(COHORT.c.campaign_id).where(COHORT.c.user_id.in_(user_ids)).distinct()).scalars())
     for cid in cids:
         _rebuild_counters(s, cid, user_ids, sign=-1)
-        for table in (COHORT, ATTRIBUTION):
+        for table in (COHORT, ATTRIBUTION, CONVERSION):
             s.execute(delete(table).where(table.c.campaign_id == cid, table.c.user_id.in_(user_ids)))
     return cids
 
@@ -553,6 +627,7 @@ def recount_users(s: Session, user_ids: Sequence[str], campaign_ids: Sequence[st
         _rebuild_cohorts(s, cid, user_ids)
         _rebuild_counters(s, cid, user_ids)
         _rebuild_attributions(s, cid, user_ids)
+        _rebuild_conversions(s, cid, user_ids)
 
 
 def rebuild_if_empty(s: Session) -> int:
@@ -593,7 +668,10 @@ _IMPLIED_OPENS = (
     IMPLIED_MARKER,
     select(col(TrackingHit.campaign_id)).where(col(TrackingHit.source) == IMPLIED).distinct(),
 )
-MIGRATIONS = (_FAILURES, _CURRENCIES, _PER_SEND_HITS, _IMPLIED_OPENS)
+# Enrolled-user conversions (the holdout comparison), possibly delivered sends and hourly send
+# counters came after campaigns had enrolled users: campaigns with cohorts.
+_ENROLLED_CONVERSIONS = ("migrated_enroll", select(COHORT.c.campaign_id).distinct())
+MIGRATIONS = (_FAILURES, _CURRENCIES, _PER_SEND_HITS, _IMPLIED_OPENS, _ENROLLED_CONVERSIONS)
 
 
 def migrate_reports(s: Session) -> int:
@@ -774,6 +852,11 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
     _counter_rows(s, cid, literal(FAILED_METRIC), c.cohort_hour, [v, ch, st, no_day], count, sends, *failed)
     opted_out = provider_opted_out(col(Send.key))
     _counter_rows(s, cid, literal(OPT_OUT_METRIC), c.cohort_hour, [v, ch, st, no_day], count, sends, *failed, opted_out)
+    maybe = col(Send.possible_duplicate).is_(True)
+    _counter_rows(s, cid, literal(MAYBE_DELIVERED_METRIC), c.cohort_hour, [v, ch, st, no_day], count, sends, *failed,
+                  maybe)  # fmt: skip
+    by_hour = [literal(""), literal(""), literal(-1), hour_key_sql(s, col(Send.created_at))]
+    _counter_rows(s, cid, literal(SENDS_HOUR_METRIC), c.cohort_hour, by_hour, count, sends, *sent)
     _counter_rows(
         s, cid, literal("channel_users"), c.cohort_hour, [v, ch, literal(-1), literal("")], sent_users, sends, *sent
     )
@@ -800,6 +883,45 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
         *human,
         col(TrackingHit.kind) == "click",
     )
+
+
+def conversion_candidates(s: Session, section_id: Any, enrolled: Any, user_id: Any, first_at: Any) -> Any:
+    """The raw purchases that are enrolled-user conversions of the users of `enrolled` (a FROM
+    clause with those columns): by the user, after `first_at`, within MAX_CONVERSION_LAG, first
+    events of their transaction. Columns: event_id, user_id, at, value, currency, lag_us. The
+    rebuild and the raw report path (store/reports.py) both read them: one rule."""
+    purchase = EVENT.alias("purchase")  # not EVENT: the EXISTS below reads EVENT uncorrelated
+    e = purchase.c
+    lag = lag_us_sql(s, e.received_at, first_at)
+    return (
+        select(e.id.label("event_id"), e.user_id.label("user_id"), e.received_at.label("at"),
+               finite_value_sql(e.value).label("value"), currency_sql(e.data).label("currency"), lag.label("lag_us"))
+        .select_from(enrolled)
+        .join(purchase, (e.user_id == user_id) & (e.section_id == section_id))
+        .where(e.kind == "purchase", e.received_at > first_at,
+               lag <= MAX_CONVERSION_LAG // timedelta(microseconds=1),
+               ~earlier_event_of_transaction(e.section_id, e.user_id, e.kind, e.transaction_id, e.received_at, e.id))
+    )  # fmt: skip
+
+
+def _rebuild_conversions(s: Session, cid: str, users: Sequence[str] | None = None) -> None:
+    """The campaign's enrolled-user conversions (of these users only: None = all) from raw events."""
+    section_id = s.execute(select(col(Campaign.section_id)).where(col(Campaign.id) == cid)).scalar()
+    if section_id is None:
+        return
+    c = COHORT.c
+    mine = COHORT.select().where(c.campaign_id == cid, *([c.user_id.in_(users)] if users is not None else []))
+    cohorts = mine.subquery()
+    found = conversion_candidates(s, section_id, cohorts, cohorts.c.user_id, cohorts.c.first_at).add_columns(
+        cohorts.c.cohort_hour, cohorts.c.variation_id
+    ).subquery()
+    x = found.c
+    # The WHERE: SQLite reads "SELECT ... FROM (...) ON CONFLICT" as a join's ON without one.
+    rows = select(literal(cid), x.event_id, x.user_id, x.cohort_hour, x.variation_id, x.value, x.currency, x.at,
+                  x.lag_us).where(x.event_id.is_not(None))  # fmt: skip
+    cols = ["campaign_id", "event_id", "user_id", "cohort_hour", "variation_id", "value", "currency", "at", "lag_us"]
+    ins = upsert_base(s, CONVERSION).from_select(cols, rows)
+    s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
 
 
 def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = None) -> None:

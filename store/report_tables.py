@@ -36,9 +36,12 @@ class ReportCohort(SQLModel, table=True):
 class ReportRollup(SQLModel, table=True):
     """One counter: `metric` of the cohort hour's users, per variation/channel/step/UTC day.
 
-    Metrics: users (allocated), sends (send requests, by day), failed (sends failed for good) and
-    opt_outs (of those, recipients the provider reported gone), impression, click, and the
-    unique-user counts channel_users, step_users, click_users. Unused dimensions are '' / -1.
+    Metrics: users (allocated), sends (send requests, by day), failed (sends failed for good),
+    opt_outs (of those, recipients the provider reported gone) and maybe_delivered (of those, sends
+    an attempt of which may have been delivered: flagged `possible_duplicate`), impression, click,
+    and the unique-user counts channel_users, step_users, click_users; sends_hour: send requests
+    by UTC hour (`day` holds 'YYYYMMDDHH', no variation/channel/step), for day series in another
+    time zone. Unused dimensions are '' / -1.
     """
 
     __tablename__ = "report_rollup"
@@ -81,6 +84,32 @@ class ReportAttribution(SQLModel, table=True):
     # "Revenue and currencies"). Rows stored before this column are filled once at start-up
     # (store/report_rollup.py, `migrate_reports`).
     currency: str | None = Field(default=None, max_length=8)
+
+
+class ReportConversion(SQLModel, table=True):
+    """A purchase by a cohort user after their first enrollment: an "enrolled-user conversion".
+
+    Every arm, the holdout included, is measured by this one rule (docs/reports.md, "Holdout
+    comparison"): the buyer's purchase counts for the arm of their first enrollment in the
+    campaign, whether or not any message was sent or clicked. Click attribution
+    (`ReportAttribution`) cannot measure a holdout, which receives nothing to click. Stored when
+    the purchase is ingested (0 < lag <= the longest attribution window a campaign may have);
+    the campaign's window is applied when reading, as for attributions. A repeat of a
+    transaction is never stored (its first event decided), so no order id is kept here.
+    """
+
+    __tablename__ = "report_conversion"
+    __table_args__ = (Index("ix_report_conv_cohort", "campaign_id", "cohort_hour"),)
+
+    campaign_id: str = Field(primary_key=True, max_length=40)
+    event_id: str = Field(primary_key=True, max_length=40)
+    user_id: str = Field(max_length=40)
+    cohort_hour: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    variation_id: str = Field(max_length=64)  # the arm of the user's first enrollment (their cohort's)
+    value: float = 0.0
+    currency: str | None = Field(default=None, max_length=8)  # as ReportAttribution.currency
+    at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    lag_us: int = Field(sa_column=Column(BigInteger(), nullable=False))  # at - first enrollment, for the window
 
 
 class ReportSettings(SQLModel, table=True):

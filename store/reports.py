@@ -32,6 +32,8 @@ from domain.reports import (
     Aggregate,
     AttributedGroup,
     Click,
+    Conversion,
+    ConversionGroup,
     FailureGroup,
     HitGroup,
     ReportInput,
@@ -42,19 +44,23 @@ from domain.reports import (
 from store.report_rollup import (
     FAILED,
     FAILED_METRIC,
+    MAYBE_DELIVERED_METRIC,
     OPT_OUT_METRIC,
     PER_SEND,
+    SENDS_HOUR_METRIC,
     SENT,
+    conversion_candidates,
     currency_sql,
     day_sql,
     earlier_event_of_transaction,
     finite_value,
     finite_value_sql,
+    hour_key_sql,
     hour_of,
     identified_sql,
     provider_opted_out,
 )
-from store.report_tables import ReportAttribution, ReportCohort, ReportRollup, ReportSettings
+from store.report_tables import ReportAttribution, ReportCohort, ReportConversion, ReportRollup, ReportSettings
 from store.tables import Event, Journey, Send, User, UTCDateTime
 from store.tracking_tables import FIRST_OF_SEND, TrackingHit
 
@@ -224,8 +230,13 @@ def combine(parts: Sequence[ReportData]) -> ReportData:
         out.clicks += p.clicks
         out.events += p.events
         out.attributed_groups += p.attributed_groups
-        for day, value in p.revenue_by_day.items():
-            out.revenue_by_day[day] = out.revenue_by_day.get(day, 0.0) + value
+        out.conversions += p.conversions
+        out.conversion_groups += p.conversion_groups
+        for series, theirs_ in ((out.revenue_by_day, p.revenue_by_day), (out.revenue_by_hour, p.revenue_by_hour)):
+            for period, amount in theirs_.items():
+                series[period] = series.get(period, 0.0) + amount
+        for hour, n in p.sends_by_hour.items():
+            out.sends_by_hour[hour] = out.sends_by_hour.get(hour, 0) + n
     return out
 
 
@@ -249,6 +260,10 @@ def load_counters(
             inp.failures.append(FailureGroup(v, ch, step, "failed", n))
         elif metric == OPT_OUT_METRIC:
             inp.failures.append(FailureGroup(v, ch, step, "opt_out", n))
+        elif metric == MAYBE_DELIVERED_METRIC:
+            inp.failures.append(FailureGroup(v, ch, step, "maybe", n))
+        elif metric == SENDS_HOUR_METRIC:  # the hour is in the day column
+            inp.sends_by_hour[day] = inp.sends_by_hour.get(day, 0) + n
         elif metric in ("impression", "click"):  # every human hit
             inp.hits.append(HitGroup(v, ch, step, metric, 0, total=n))
         elif metric in SEND_METRICS:  # the sends opened / clicked (their first human hit)
@@ -261,15 +276,43 @@ def load_counters(
             inp.click_users[v] = n
     attributed = s.execute(_attributed(s, section_id, campaign_id, first_hour, last_hour, window, currency))
     for level, v, ch, step, kind, n, total, users, sumsq in attributed:
-        if level == "d":  # purchase value per day: the day is in the channel column
-            inp.revenue_by_day[ch] = inp.revenue_by_day.get(ch, 0.0) + float(total)
+        if level == "d":  # purchase value per UTC hour: the hour ('YYYYMMDDHH') is in the channel column
+            inp.revenue_by_hour[ch] = inp.revenue_by_hour.get(ch, 0.0) + float(total)
+            day = f"{ch[:4]}-{ch[4:6]}-{ch[6:8]}"
+            inp.revenue_by_day[day] = inp.revenue_by_day.get(day, 0.0) + float(total)
         elif level == "m":  # purchase value per currency (the channel column; null: none given)
             counted = in_revenue(ch, currency)
             inp.currency_groups[(v, ch or NO_CURRENCY, counted)] = float(total)
         else:
             group = AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq))
             inp.attributed_groups.append(group)
+    enrolled = _enrolled_groups(campaign_id, first_hour, last_hour, window, currency)
+    for v, purchases, buyers, revenue, sumsq in s.execute(enrolled):
+        inp.conversion_groups.append(ConversionGroup(v, int(purchases), int(buyers), float(revenue), float(sumsq)))
     return inp
+
+
+def _enrolled_groups(
+    campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta, currency: str | None
+) -> Any:
+    """Enrolled-user conversions of the cohorts, per variation (the arm of the buyer's first
+    enrollment): purchases within the window after it, distinct buyers, value and the sum over
+    buyers of their value squared. With a report `currency`, a purchase in another adds 0 value
+    (it still converts), as for attributed revenue."""
+    cv = ReportConversion.__table__.c  # type: ignore[attr-defined]
+    value = cv.value if currency is None else case(
+        (cv.currency.is_(None) | (cv.currency == currency), cv.value), else_=literal(0.0)
+    )  # fmt: skip
+    per_user = (
+        sa_select(cv.variation_id, cv.user_id, func.count().label("n"), func.sum(value).label("total"))
+        .where(cv.campaign_id == campaign_id, cv.cohort_hour >= first_hour, cv.cohort_hour < last_hour,
+               cv.lag_us <= window // timedelta(microseconds=1))
+        .group_by(cv.variation_id, cv.user_id)
+        .subquery()
+    )  # fmt: skip
+    u = per_user.c
+    sums = (func.sum(u.n), func.count(), func.sum(u.total), func.sum(u.total * u.total))
+    return sa_select(u.variation_id, *sums).group_by(u.variation_id)
 
 
 def _attributed(
@@ -286,7 +329,7 @@ def _attributed(
     too: that keeps rows stored by a rebuild or an identity merge's recount (every event with a
     click before it) in line with the raw path. Then, per level (variation / variation and
     channel / variation and step) and kind: events, value, distinct buyers and the sum over
-    buyers of their value squared; purchase value per UTC day; and purchase value per variation
+    buyers of their value squared; purchase value per UTC hour; and purchase value per variation
     and currency (level "m"). With a report `currency`, a purchase in another one adds 0 to the
     first two (docs/reports.md, "Revenue and currencies"). One statement: the kept rows are a CTE
     the parts share.
@@ -323,11 +366,11 @@ def _attributed(
                       func.count(), func.sum(u.total * u.total))
             .group_by(u.variation_id, *[x for x in (channel, step) if not isinstance(x, BindParameter)], u.kind)
         )  # fmt: skip
-    day = day_sql(s, k.at)
+    hour = hour_key_sql(s, k.at)  # by UTC hour: day series in any time zone are made of hours
     parts.append(
-        sa_select(literal("d"), literal(""), day, literal(-1), literal("purchase"), func.count(), func.sum(k.value),
+        sa_select(literal("d"), literal(""), hour, literal(-1), literal("purchase"), func.count(), func.sum(k.value),
                   literal(0), literal(0.0))
-        .where(k.kind == "purchase").group_by(day)
+        .where(k.kind == "purchase").group_by(hour)
     )  # fmt: skip
     parts.append(
         sa_select(literal("m"), k.variation_id, k.currency, literal(-1), literal("purchase"), func.count(),
@@ -367,10 +410,16 @@ def load_raw_ranges(
         ).all()
         # Sends failed for good, and of those the ones whose recipient the provider reported gone.
         opted_out = func.sum(case((provider_opted_out(col(Send.key)), 1), else_=0))
+        maybe_delivered = func.sum(case((col(Send.possible_duplicate).is_(True), 1), else_=0))
         failed = s.execute(
-            sa_select(col(Send.variation_id), col(Send.channel), col(Send.step_index), func.count(), opted_out)
+            sa_select(col(Send.variation_id), col(Send.channel), col(Send.step_index), func.count(), opted_out,
+                      maybe_delivered)  # fmt: skip
             .join(f, uid == col(Send.user_id)).where(*sent, col(Send.status) == FAILED)
             .group_by(col(Send.variation_id), col(Send.channel), col(Send.step_index))
+        ).all()
+        hour = hour_key_sql(s, col(Send.created_at))
+        sends_by_hour = s.execute(
+            sa_select(hour, func.count()).join(f, uid == col(Send.user_id)).where(*sent).group_by(hour)
         ).all()
         distinct_sent = func.count(func.distinct(col(Send.user_id)))
         channel_users = s.execute(
@@ -417,6 +466,20 @@ def load_raw_ranges(
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
                    col(Event.user_id).in_(clickers))  # fmt: skip
         ).all()
+        # Enrolled-user conversions: purchases after the user's first enrollment, under its arm
+        # (the variation of their first journey, as the cohort registry keeps it).
+        journey_at_first = (uid == col(Journey.user_id)) & (first_at == col(Journey.triggered_at))
+        arms = (
+            sa_select(col(Journey.user_id).label("user_id"), first_at.label("first_at"),
+                      func.min(col(Journey.variation_id)).label("variation_id"))
+            .join(f, journey_at_first)
+            .where(col(Journey.campaign_id) == campaign_id, col(Journey.is_test).is_(False))
+            .group_by(col(Journey.user_id), first_at)
+            .subquery()
+        )  # fmt: skip
+        conversions = s.execute(
+            conversion_candidates(s, section_id, arms, arms.c.user_id, arms.c.first_at).add_columns(arms.c.variation_id)
+        ).all()
     site_events, event_currencies = _site_events(events, currency)
     return ReportData(
         currency=currency,
@@ -426,6 +489,8 @@ def load_raw_ranges(
         step_users={(v, i): int(n) for v, i, n in step_users},
         sends=[SendGroup(v, c, i, int(n), str(d)) for v, c, i, d, n in sends],
         failures=_failure_groups(failed),
+        sends_by_hour={str(h): int(n) for h, n in sends_by_hour},
+        conversions=_conversions(conversions, currency),
         hits=[HitGroup(v, c, i, k, int(first or 0), total=int(n)) for v, c, i, k, n, first in hits],
         click_users={v: int(n) for v, n in click_users},
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
@@ -452,13 +517,27 @@ def _site_events(
 
 
 def _failure_groups(rows: Sequence[Any]) -> list[FailureGroup]:
-    """(variation, channel, step, failed, of those opted out) rows as groups; zero counts left out."""
+    """(variation, channel, step, failed, of those opted out, of those possibly delivered) rows as
+    groups; zero counts left out."""
     groups = []
-    for v, c, i, n, gone in rows:
+    for v, c, i, n, gone, maybe in rows:
         groups.append(FailureGroup(v, c, i, "failed", int(n)))
         if gone:
             groups.append(FailureGroup(v, c, i, "opt_out", int(gone)))
+        if maybe:
+            groups.append(FailureGroup(v, c, i, "maybe", int(maybe)))
     return groups
+
+
+def _conversions(rows: Sequence[Any], currency: str | None) -> list[Conversion]:
+    """Raw enrolled-user conversion rows (event, user, at, value, currency, lag in us, variation);
+    a value the report `currency` keeps out of revenue counts 0, as in `_site_events`."""
+    out = []
+    for event_id, user_id, _at, value, cur, lag_us, variation_id in rows:
+        counted = in_revenue(cur, currency)
+        lag = timedelta(microseconds=int(lag_us))
+        out.append(Conversion(event_id, user_id, variation_id, lag, finite_value(value) if counted else 0.0))
+    return out
 
 
 def sends_since(s: Session, campaign_ids: Sequence[str], since: datetime) -> dict[str, int]:

@@ -15,6 +15,7 @@ import math
 from datetime import datetime, timedelta
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import HTMLResponse
@@ -23,9 +24,19 @@ from sqlmodel import Session, col, select
 
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unprocessable
-from api.report_times import ReportTime, within_report_bounds
+from api.report_times import ReportTime, ReportZone, known_zone, local_days, within_report_bounds
 from domain.campaign import CampaignSpec, Variation
-from domain.reports import METRICS, Bucket, aggregate, arms_for, money, winner
+from domain.reports import (
+    METRICS,
+    Aggregate,
+    Bucket,
+    Enrolled,
+    aggregate,
+    arms_for,
+    holdout_comparison,
+    money,
+    winner,
+)
 from domain.tracking import Signer
 from store import report_links
 from store import reports as q
@@ -47,9 +58,11 @@ def _campaign(s: Session, section_id: str, campaign_id: str) -> tuple[Campaign, 
 
 
 def build_report(
-    s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime, *, raw: bool = False
+    s: Session, c: Campaign, spec: CampaignSpec, start: datetime, end: datetime, *, raw: bool = False,
+    tz: str | None = None,
 ) -> dict[str, Any]:
-    """The report body; `raw` computes it from the raw tables only (the reference, benchmarks)."""
+    """The report body; `raw` computes it from the raw tables only (the reference, benchmarks);
+    `tz`: the IANA time zone of the day series (None: UTC days)."""
     window = spec.settings.attribution_window
     data = q.load_raw(s, c.section_id, c.id, start, end) if raw else q.load(s, c.section_id, c.id, start, end, window)
     agg = aggregate(data, window)
@@ -61,7 +74,7 @@ def build_report(
     variations = []
     for vid in order:
         bucket = agg.variations.get(vid)
-        table = (bucket or Bucket()).table()  # a variation nobody reached yet: every metric at 0
+        table = (bucket or Bucket(enrolled=Enrolled())).table()  # a variation nobody reached yet: every metric at 0
         known = defined.get(vid)
         name, control = (known.name, known.control) if known else (vid, False)
         variations.append({"id": vid, "name": name, "control": control, **table,
@@ -78,6 +91,15 @@ def build_report(
     metric = spec.settings.primary_metric
     verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
     totals = {m: _total(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
+    enrolled_totals = {
+        k: _total(v["enrolled_conversions"][k] for v in variations) for k in ("purchases", "buyers", "revenue")
+    }
+    # Every arm against the holdout on enrolled-user conversions, the one rule that measures a holdout
+    # (click attribution gives it nothing to attribute): the current holdout, else a removed one.
+    holdout_id = next((vid for vid in order if vid in defined and defined[vid].control), None)
+    arm_ids = [vid for vid in order if not (vid in defined and defined[vid].control)]
+    holdout = holdout_comparison(agg.variations, arm_ids, holdout_id)
+    series, series_warnings = _series(agg, tz)
     email = [ch for ch in channels if ch["channel"] == "email"]
     imp = sum(ch["metrics"]["impressions"]["count"] for ch in email)
     summed = q.currency_totals(by_currency.in_revenue)
@@ -88,16 +110,41 @@ def build_report(
         "totals": {"users_triggered": sum(data.users.values()), **totals,
                    "ctr": (sum(ch["metrics"]["clicks"]["count"] for ch in email) / imp) if imp else None,
                    "revenue_by_currency": summed,
-                   "revenue_other_currencies": q.currency_totals(by_currency.apart)},  # fmt: skip
+                   "revenue_other_currencies": q.currency_totals(by_currency.apart),
+                   "enrolled_conversions": enrolled_totals},  # fmt: skip
         "revenue_currency": data.currency,
         "variations": variations,
         "channels": channels,
         "steps": steps,
         "winner": verdict,
-        "series": {"sends_by_day": agg.sends_by_day, "revenue_by_day": agg.revenue_by_day},
-        "warnings": _currency_warnings(summed),
+        "holdout_comparison": holdout,
+        "series": series,
+        "warnings": _currency_warnings(summed) + series_warnings,
     }, where=f"campaign {c.id}")
     return body
+
+
+def _series(agg: Aggregate, tz: str | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The day series (send requests, attributed revenue) by UTC day, or by local day of `tz`
+    made of the hourly figures (`local_days`), and a warning when that zone's days are not exact."""
+    if tz is None or tz == "UTC":
+        return {"time_zone": "UTC", "sends_by_day": agg.sends_by_day, "revenue_by_day": agg.revenue_by_day,
+                "exact_days": True}, []  # fmt: skip
+    zone = ZoneInfo(tz)
+    sends, sends_exact = local_days(agg.sends_by_hour, zone)
+    revenue, revenue_exact = local_days(agg.revenue_by_hour, zone)
+    exact = sends_exact and revenue_exact
+    series = {"time_zone": tz, "sends_by_day": {day: int(n) for day, n in sends.items()},
+              "revenue_by_day": {day: money(v) for day, v in revenue.items()}, "exact_days": exact}  # fmt: skip
+    if exact:
+        return series, []
+    return series, [{
+        "code": "approximate_days",
+        "time_zone": tz,
+        "message": f"{tz} is offset from UTC by a fraction of an hour: figures are kept per UTC hour, so each hour "
+                   "counts in the local day it starts in, and the first minutes after local midnight fall in the "
+                   "previous day",
+    }]  # fmt: skip
 
 
 def _currency_warnings(summed: Mapping[str, float]) -> list[dict[str, Any]]:
@@ -196,10 +243,16 @@ def _range(
     return start, end
 
 
-def _load(state: StateDep, section_id: str, campaign_id: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+def _load(
+    state: StateDep, section_id: str, campaign_id: str, start: datetime | None, end: datetime | None,
+    tz: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     with state.store.session() as s:
         c, spec = _campaign(s, section_id, campaign_id)
-        return build_report(s, c, spec, *_range(c, start, end))
+        return build_report(s, c, spec, *_range(c, start, end), tz=tz)
+
+
+TZ_DESCRIPTION = "IANA time zone of the day series (e.g. Europe/Paris); default: UTC days"
 
 
 @router.get("/api/v1/campaigns/{campaign_id}/report", response_model=None)
@@ -210,9 +263,10 @@ def report(
     start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
     end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
     format: Literal["json", "csv"] = "json",
+    tz: Annotated[ReportZone | None, Query(description=TZ_DESCRIPTION)] = None,
 ) -> dict[str, Any] | Response:
     """The campaign report for [from, to); `format=csv` for a spreadsheet-safe CSV."""
-    body = _load(state, principal.section_id, campaign_id, start, end)
+    body = _load(state, principal.section_id, campaign_id, start, end, tz)
     if format == "csv":
         return Response(CSV_BOM + to_csv(body), media_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="report-{campaign_id}.csv"'})  # fmt: skip
@@ -226,8 +280,9 @@ def report_page(
     state: StateDep,
     start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
     end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+    tz: Annotated[ReportZone | None, Query(description=TZ_DESCRIPTION)] = None,
 ) -> HTMLResponse:
-    body = _load(state, principal.section_id, campaign_id, start, end)
+    body = _load(state, principal.section_id, campaign_id, start, end, tz)
     return HTMLResponse(to_html(body), headers=PAGE_HEADERS)
 
 
@@ -253,6 +308,7 @@ class ReportLinkIn(BaseModel):
     valid_hours: int = Field(24, ge=1, le=24 * 30)
     start: ReportTime | None = Field(None, alias="from")
     end: ReportTime | None = Field(None, alias="to")
+    tz: ReportZone | None = Field(None, description=TZ_DESCRIPTION)
 
 
 @router.post("/api/v1/campaigns/{campaign_id}/report-link")
@@ -269,7 +325,8 @@ def report_link(
     expires = issued + timedelta(hours=body.valid_hours)
     data = {"c": campaign_id, "s": principal.section_id, "e": int(expires.timestamp()),
             "i": int(issued.timestamp() * 1000),  # ms: a link made right after a revocation works
-            "f": body.start.isoformat() if body.start else None, "t": body.end.isoformat() if body.end else None}  # fmt: skip
+            "f": body.start.isoformat() if body.start else None, "t": body.end.isoformat() if body.end else None,
+            **({"z": body.tz} if body.tz else {})}  # fmt: skip
     token = Signer(state.settings.secret_keys).sign("r", data)
     return {"url": f"{state.settings.effective_public_url}/r/{token}", "expires_at": expires.isoformat()}
 
@@ -294,9 +351,10 @@ def shared_report(token: str, state: StateDep) -> HTMLResponse:
             return HTMLResponse("This report link is not valid or has expired.", status_code=404)
     try:  # links signed before the bounds were checked may carry a range no report can take
         start, end = (within_report_bounds(datetime.fromisoformat(data[k])) if data.get(k) else None for k in "ft")
+        tz = known_zone(str(data["z"])) if data.get("z") else None  # a zone this host no longer knows: refused
     except (TypeError, ValueError):
         return HTMLResponse("This report link is not valid or has expired.", status_code=404)
-    body = _load(state, str(data["s"]), str(data["c"]), start, end)
+    body = _load(state, str(data["s"]), str(data["c"]), start, end, tz)
     return HTMLResponse(to_html(body), headers={**PAGE_HEADERS, "Referrer-Policy": "no-referrer"})
 
 
@@ -313,6 +371,12 @@ def campaign_list(principal: Management, state: StateDep) -> list[dict[str, Any]
 # ---------------------------------------------------------------------------------- CSV
 
 METRIC_COLUMNS = METRICS  # send requests, failed sends, provider opt-outs, hits, attributed events
+# Enrolled-user conversions and the uplift over the holdout: variation rows only, the last columns.
+ENROLLED_COLUMNS = ("purchases", "buyers", "conversion_rate", "revenue", "revenue_per_user")
+UPLIFT_COLUMNS = (
+    ("conversion_rate", "conversion_uplift_vs_holdout"),
+    ("revenue_per_user", "revenue_uplift_vs_holdout"),
+)
 # Excel reads a CSV without a byte order mark in the local code page ("CafÃ©"); with it, as UTF-8.
 CSV_BOM = "\ufeff"
 FORMULA_STARTS = ("=", "+", "-", "@")
@@ -336,8 +400,11 @@ def to_csv(body: dict[str, Any]) -> str:
     header = ["section", "variation", "variation_name", "channel", "step", "users", "ctr"]
     for m in METRIC_COLUMNS:
         header += [m, f"{m}_per_user"]
-    w.writerow([*header, "revenue_by_currency", "revenue_other_currencies"])
+    enrolled = [f"enrolled_{k}" for k in ENROLLED_COLUMNS]
+    uplifts = [f"{name}_{end}" for _, name in UPLIFT_COLUMNS for end in ("low", "high")]
+    w.writerow([*header, "revenue_by_currency", "revenue_other_currencies", *enrolled, *uplifts])
     names = {v["id"]: v["name"] for v in body["variations"]}
+    vs_holdout = _uplifts_vs_holdout(body)
 
     def row(section: str, r: dict[str, Any], vid: str, channel: str = "", step: str = "") -> None:
         cells: list[Any] = [section, vid, names.get(vid, vid), channel, step, r["users"], _rounded(r["ctr"], 4)]
@@ -345,6 +412,14 @@ def to_csv(body: dict[str, Any]) -> str:
             metric = r["metrics"].get(m, {"count": 0, "per_user": 0.0})
             cells += [metric["count"], _rounded(metric["per_user"], 4)]
         cells += [_per_currency(r.get("revenue_by_currency")), _per_currency(r.get("revenue_other_currencies"))]
+        if section == "variation":
+            conv = r.get("enrolled_conversions") or {}
+            cells += [_rounded(conv.get(k), 4) for k in ENROLLED_COLUMNS]
+            for metric, _ in UPLIFT_COLUMNS:
+                uplift = vs_holdout.get((metric, vid)) or {}
+                cells += [_rounded(uplift.get("low"), 4), _rounded(uplift.get("high"), 4)]
+        else:  # channel and step rows: every row has every column
+            cells += [""] * (len(ENROLLED_COLUMNS) + 2 * len(UPLIFT_COLUMNS))
         w.writerow([safe_cell(x) for x in cells])
 
     for v in body["variations"]:
@@ -354,6 +429,12 @@ def to_csv(body: dict[str, Any]) -> str:
     for st in body["steps"]:
         row("step", st, st["variation_id"], step=st["step_name"])
     return out.getvalue()
+
+
+def _uplifts_vs_holdout(body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """(metric, variation id) -> its uplift interval over the holdout (None: not measurable)."""
+    metrics = body.get("holdout_comparison", {}).get("metrics", {})
+    return {(m, row["id"]): row["uplift"] for m, block in metrics.items() for row in block["variations"]}
 
 
 def _per_currency(values: Mapping[str, float | None] | None) -> str:
@@ -400,10 +481,20 @@ def _bars(
             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/></svg></figure>')  # fmt: skip
 
 
+# Purchases and add-to-carts in the tables are attributed to a click: a holdout, sent nothing, has none
+# by construction (its figures are the holdout comparison's).
+CLICK_ATTRIBUTED = ("purchases", "revenue", "add_to_carts")
+
+
+def _metric_label(m: str) -> str:
+    label = m.replace("_", " ").title()
+    return f"{label} (click-attributed)" if m in CLICK_ATTRIBUTED else label
+
+
 def _table(rows: list[dict[str, Any]], first: list[tuple[str, str]]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(t)}</th>" for _, t in first) + "<th>Users</th><th>CTR</th>" + "".join(
-        f"<th>{e(m.replace('_', ' ').title())}<br><small>per user</small></th>" for m in METRIC_COLUMNS
+        f"<th>{e(_metric_label(m))}<br><small>per user</small></th>" for m in METRIC_COLUMNS
     )
     body = []
     for r in rows:
@@ -425,6 +516,44 @@ def _uplift_text(row: dict[str, Any], verdict: dict[str, Any]) -> str:
     return f"{uplift['low']:+.1%} … {uplift['high']:+.1%}"
 
 
+def _holdout_html(body: dict[str, Any]) -> str:
+    """The holdout comparison: every arm's enrolled-user conversions beside the holdout's, each
+    arm's uplift over it and the probability it beats it; or why it is not measurable."""
+    e = html.escape
+    comparison = body.get("holdout_comparison") or {}
+    intro = f"<p class=muted>Measured the same way for every arm: {e(str(comparison.get('rule', '')))}.</p>"
+    if comparison.get("status") != "measured":
+        return f"{intro}<p class=verdict>Uplift vs holdout: not measurable: {e(str(comparison.get('reason')))}.</p>"
+    metrics = comparison["metrics"]
+    by_arm = {(m, row["id"]): row for m, block in metrics.items() for row in block["variations"]}
+    notes = "".join(
+        f"<p class=muted>{e(label)}: not measurable: {e(str(block['reason']))}.</p>"
+        for label, block in (("Conversion rate", metrics["conversion_rate"]),
+                             ("Revenue per user", metrics["revenue_per_user"]))
+        if block["status"] != "measured"
+    )  # fmt: skip
+    rows = []
+    for v in body["variations"]:
+        conv = v.get("enrolled_conversions") or {}
+        name = e(str(v["name"])) + (" <small>(holdout)</small>" if v["id"] == comparison["holdout"] else "")
+        cells = [name, str(v["users"]), str(conv.get("buyers", 0)), _shown(conv.get("conversion_rate"), "{:.2%}")]
+        for metric, value_fmt in (("conversion_rate", None), ("revenue_per_user", "{:,.2f}")):
+            row = by_arm.get((metric, v["id"]))
+            if value_fmt is not None:
+                cells.append(_shown(conv.get("revenue_per_user"), value_fmt))
+            if row is None:  # the holdout itself
+                cells += ["holdout", "–"] if v["id"] == comparison["holdout"] else ["–", "–"]
+                continue
+            uplift = row["uplift"]
+            interval = "–" if uplift is None else f"{uplift['low']:+.1%} … {uplift['high']:+.1%}"
+            cells += [interval, _shown(row["probability_better"], "{:.1%}")]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = ("<tr><th>Variation</th><th>Users</th><th>Buyers</th><th>Conversion rate</th><th>Uplift vs holdout "
+            "(95% interval)</th><th>Probability better</th><th>Revenue per user</th><th>Uplift vs holdout (95% "
+            "interval)</th><th>Probability better</th></tr>")  # fmt: skip
+    return f"{intro}{notes}<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _revenue_label(body: dict[str, Any]) -> str:
     """"Revenue (EUR)" when the section counts one currency, so an exported page says what it adds up."""
     currency = body.get("revenue_currency")
@@ -442,6 +571,7 @@ def to_html(body: dict[str, Any]) -> str:
     }
     names = {v["id"]: str(v["name"]) for v in body["variations"]}
     window_hours = _shown(c["attribution_window_hours"], "{:g}")
+    zone = str(body["series"].get("time_zone", "UTC"))
     verdict = {
         "winner": f"Winner: <b>{e(str(w.get('winner')))}</b>",
         "no_winner_yet": "No winner yet: no variation is at least 95% likely to be best.",
@@ -457,7 +587,8 @@ def to_html(body: dict[str, Any]) -> str:
         f"<div class=kpi><span>{e(label)}</span><b>{e(value)}</b></div>"
         for label, value in [
             ("Users triggered", str(t["users_triggered"])), ("Send requests", str(t["send_requests"])),
-            ("Failed sends", str(t["failed_sends"])), ("Provider opt-outs", str(t["provider_opt_outs"])),
+            ("Failed sends", str(t["failed_sends"])), ("Possibly delivered", str(t.get("possibly_delivered", 0))),
+            ("Provider opt-outs", str(t["provider_opt_outs"])),
             ("Clicks", str(t["clicks"])), ("CTR (email)", _shown(t["ctr"], "{:.1%}")),
             ("Purchases", str(t["purchases"])), (_revenue_label(body), _shown(t["revenue"], "{:,.2f}")),
         ]
@@ -479,13 +610,19 @@ figure{margin:1rem 0}svg{width:100%;max-width:640px;font-size:10px;fill:#555}.ve
 <style>{style}</style></head><body>
 <h1>{e(c['name'])}</h1><p class=muted>{e(body['range']['from'])} → {e(body['range']['to'])} · primary metric: {e(metric)}
 · attribution window {window_hours} h · users counted when they first triggered in this range</p>
-<div class=kpis>{kpis}</div>{currencies}{warnings}
-<h2>Winner</h2><p class=verdict>{verdict}</p>
+<div class=kpis>{kpis}</div>
+<p class=muted>Purchases and revenue here are click-attributed (to a message's click within the attribution window);
+the holdout, sent nothing, has none by construction: see the holdout comparison.</p>{currencies}{warnings}
+<h2>Winner</h2><p class=muted>Variations other than the holdout, on click-attributed figures.</p>
+<p class=verdict>{verdict}</p>
 <table><thead><tr><th>Variation</th><th>Probability to be best</th><th>Uplift vs baseline (95% interval)</th></tr></thead>
 <tbody>{prob_rows}</tbody></table>
+<h2>Holdout comparison</h2>{_holdout_html(body)}
 {_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}", labels=names)}
-{_bars("Send requests per day", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
-{_bars("Attributed revenue per day", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
+<p class=muted>Sends, clicks and click-attributed figures: the holdout is sent nothing, so its are 0 by construction
+and say nothing of its buying; compare it in the holdout comparison above.</p>
+{_bars(f"Send requests per day ({zone})", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
+{_bars(f"Attributed revenue per day ({zone})", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
 <h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>
 {_table(body['variations'], [('name', 'Variation')])}
 <h2>Channel performance</h2><p class=muted>Only users actually sent on the channel.</p>
