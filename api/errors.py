@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.events import EventValidationError
@@ -51,6 +52,33 @@ class Unavailable(RejoinError):
     status_code = 503
 
 
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer's body (`error_body`); the OpenAPI schema declares it for the 4xx a route can give."""
+
+    detail: list[ErrorItem]
+    error: str
+
+
+# A batch of 100 events can hold thousands of faults (a cart of bad lines in each): the first are
+# enough to fix a sender, and a last item says how many more there are.
+MAX_REPORTED_ERRORS = 50
+
+
+def capped(detail: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most MAX_REPORTED_ERRORS items, then one `too_many_errors` item counting the rest."""
+    if len(detail) <= MAX_REPORTED_ERRORS:
+        return detail
+    more = len(detail) - MAX_REPORTED_ERRORS
+    note = {"type": "too_many_errors", "loc": ["body"], "msg": f"{more} more errors not listed"}
+    return [*detail[:MAX_REPORTED_ERRORS], note]
+
+
 def error_body(message: str, field: str | None = None, kind: str = "rejoin_error") -> dict[str, Any]:
     # Same item shape as FastAPI's documented ValidationError (type, loc, msg), so every 422 the
     # API returns matches its OpenAPI schema.
@@ -76,19 +104,42 @@ def _loc(error: Any) -> list[Any]:
 _NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "list_type"}
 
 
+def unparsed_body(request: Request, exc: RequestValidationError) -> str | None:
+    """Why the body could not be read as JSON at all (the Experience API's 400 "request parse
+    error"), else None: the body was read, and its faults are 422s naming fields."""
+    content_type = request.headers.get("content-type", "")
+    for error in exc.errors():
+        loc = tuple(error.get("loc") or ())
+        # FastAPI's own decode error: ("body", char position). A pydantic `Json` field's has a field name.
+        if error.get("type") == "json_invalid" and len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
+            reason = str((error.get("ctx") or {}).get("error") or "malformed")
+            return "not valid JSON: " + _where(reason.removesuffix(" at"), exc.body, loc[1])
+        if loc == ("body",) and error.get("type") in _NOT_AN_OBJECT and "json" not in content_type:
+            # FastAPI reads JSON only under a JSON content type: any other body reaches the model as
+            # raw bytes, and "Input should be a valid dictionary" does not say what went wrong.
+            sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
+            return f"the body was sent {sent}; send JSON with Content-Type: application/json"
+    return None
+
+
+def _where(reason: str, doc: Any, pos: int) -> str:
+    """`reason` with the line, column and character where the decoder stopped (never the text itself:
+    the body may hold a password or a shopper's address)."""
+    if not isinstance(doc, str):
+        return f"{reason} at char {pos}"
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - doc.rfind("\n", 0, pos)
+    ends = ", where the body ends (truncated?)" if pos >= len(doc.rstrip()) else ""
+    return f"{reason} at line {line}, column {column} (char {pos}){ends}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = validation_detail(exc.errors())
-        content_type = request.headers.get("content-type", "")
-        if "json" not in content_type:
-            # FastAPI reads JSON only under a JSON content type: any other body reaches the model as
-            # raw bytes, and "Input should be a valid dictionary" does not say what went wrong.
-            for d in detail:
-                if d["loc"] == ["body"] and d["type"] in _NOT_AN_OBJECT:
-                    sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
-                    d["msg"] = f"the body was sent {sent}; send JSON with Content-Type: application/json"
-        return JSONResponse({"detail": detail}, status_code=422)
+        unparsed = unparsed_body(request, exc)
+        if unparsed is not None:
+            return JSONResponse(error_body(unparsed, "body", kind="json_invalid"), status_code=400)
+        return JSONResponse({"detail": capped(validation_detail(exc.errors()))}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -115,6 +166,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EventValidationError)
     async def _event(_: Request, exc: EventValidationError) -> JSONResponse:
-        body = error_body(exc.message, exc.place)
-        body["detail"][0]["loc"] = ["body", *exc.loc()]  # as FastAPI gives its own: list indexes as numbers
+        # Every invalid event with all its faults, `loc` as FastAPI gives its own: list indexes as numbers.
+        found = exc.errors()
+        detail = [{"type": "rejoin_error", "loc": ["body", *e.loc()], "msg": e.message} for e in found]
+        more = f" (and {len(found) - 1} more errors)" if len(found) > 1 else ""
+        body = {"detail": capped(detail), "error": f"{exc.place}: {exc.message}{more}"}
         return JSONResponse(body, status_code=422)

@@ -2,10 +2,12 @@
 
 A pure ASGI middleware (no body re-parsing by FastAPI needed): it buffers at most
 `max_body_bytes` of the request, answering 413 beyond that (declared Content-Length or a
-chunked body that keeps going), 400 for JSON nested deeper than `max_json_depth` (deep
-nesting makes parsers and validators recurse), and 429 with Retry-After when the caller has
-spent its token bucket. Buckets are per process; behind N API processes the effective limit is
-N times the configured one.
+chunked body that keeps going); decodes a `Content-Encoding: gzip`/`deflate` body under the same
+cap (`api/content_coding.py`: 413 beyond it, 400 for a corrupt stream, 415 for another coding),
+so every later check sees the decoded body; answers 400 for JSON nested deeper than
+`max_json_depth` (deep nesting makes parsers and validators recurse) and for a JSON body that is
+not UTF-8, and 429 with Retry-After when the caller has spent its token bucket. Buckets are per
+process; behind N API processes the effective limit is N times the configured one.
 
 Who the caller is (`_Caller`): a key gets a bucket of its own only once it has been verified (it
 is in `api.auth`'s cache, or was verified earlier in this process); any other request, with no
@@ -30,6 +32,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import content_coding
 from api.auth import is_verified
 from api.errors import error_body
 
@@ -109,7 +112,7 @@ def unstorable_text_path(body: bytes) -> list[str | int] | None:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
-        return None  # malformed JSON: FastAPI answers 422 itself
+        return None  # malformed JSON: FastAPI's parse error, answered 400 by api/errors.py
 
     def bad(value: str) -> bool:
         if "\x00" in value:
@@ -171,7 +174,7 @@ def non_finite_path(body: bytes) -> list[str | int] | None:
         return None
     try:
         doc = json.loads(body)
-    except json.JSONDecodeError:  # not JSON: FastAPI answers it
+    except json.JSONDecodeError:  # not JSON: FastAPI's parse error, answered 400 by api/errors.py
         return None
     except RecursionError:  # absurdly deep (no content type)
         return None
@@ -221,8 +224,11 @@ def _caller(scope: Scope) -> _Caller:
     return _Caller(key, "k:" + digest, "ip:" + (client[0] if client else "unknown"))
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    body = json.dumps(error_body(message, kind="request_limit")).encode()
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, *, kind: str = "request_limit",
+    field: str | None = None,
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:  # fmt: skip
+    body = json.dumps(error_body(message, field, kind=kind)).encode()
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     hdrs += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     return status, body, hdrs
@@ -231,12 +237,13 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 UNSTORABLE_TEXT = "text may not contain NUL characters or unpaired surrogates"
 
 
-def _utf8(body: bytes) -> bool:
+def _not_utf8(body: bytes) -> str | None:
+    """What is wrong when `body` is not UTF-8 (JSON must be, RFC 8259), else None."""
     try:
         body.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    except UnicodeDecodeError as exc:
+        return f"not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})"
+    return None
 
 
 def _field_error(loc: list[str | int], message: str, kind: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
@@ -294,6 +301,12 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        try:
+            applied = content_coding.codings(headers.get(b"content-encoding"))
+        except content_coding.UnsupportedCoding as exc:
+            accepted = {"accept-encoding": ", ".join(content_coding.SUPPORTED)}  # RFC 7694
+            await _drain_and_respond(receive, send, *_error(415, str(exc), accepted, kind="content_encoding"))
+            return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await _drain_and_respond(receive, send, *_error(413, f"request body over {self.max_body_bytes} bytes"))
@@ -313,6 +326,11 @@ class RequestLimits:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
+        if applied:
+            decoded = await _decoded(scope, body, applied, self.max_body_bytes, send)
+            if decoded is None:
+                return
+            scope, body = decoded
         content_type = headers.get(b"content-type", b"")
         if b"json" in content_type:
             if json_depth_exceeds(body, self.max_json_depth):
@@ -324,8 +342,9 @@ class RequestLimits:
                 return
         # FastAPI also parses a body without a content type as JSON: it gets the same checks.
         if b"json" in content_type or not content_type:
-            if not _utf8(body):  # else FastAPI's 400 "error parsing the body", naming nothing
-                await _respond(send, *_field_error(["body"], "request body is not valid UTF-8", "json_invalid"))
+            not_utf8 = _not_utf8(body)
+            if not_utf8 is not None:  # else FastAPI's 400 "error parsing the body", saying nothing more
+                await _respond(send, *_error(400, not_utf8, kind="json_invalid", field="body"))
                 return
             path = non_finite_path(body)
             if path is not None:
@@ -341,6 +360,23 @@ class RequestLimits:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+async def _decoded(
+    scope: Scope, body: bytes, applied: list[str], limit: int, send: Send
+) -> tuple[Scope, bytes] | None:
+    """The scope and body the app sees: the compressed body decoded (at most `limit` bytes) and its
+    Content-Encoding dropped; None once an error has been answered."""
+    try:
+        body = content_coding.decode(body, applied, limit)
+    except content_coding.CorruptBody as exc:
+        await _respond(send, *_error(400, str(exc), kind="content_encoding", field="body"))
+        return None
+    except content_coding.BodyTooLarge as exc:
+        await _respond(send, *_error(413, str(exc)))
+        return None
+    kept = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-encoding", b"content-length")]
+    return {**scope, "headers": [*kept, (b"content-length", str(len(body)).encode())]}, body
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

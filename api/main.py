@@ -14,6 +14,7 @@ from temporalio.client import Client
 
 from api import auth
 from api.deps import AppState
+from api.error_responses import document_error_responses
 from api.errors import install_error_handlers
 from api.ingestion import redispatch_pending
 from api.limits import RequestLimits
@@ -115,7 +116,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 
 def _document_validation_errors(app: FastAPI) -> None:
     """The schema's ValidationError as the API sends it: `type`, `loc`, `msg` only (FastAPI lists
-    `input` and `ctx` too, which `api/errors.py::validation_detail` never returns)."""
+    `input` and `ctx` too, which `api/errors.py::validation_detail` never returns); and each
+    operation's error answers (400, 401, 403, 404, 413, 415, 429: `api/error_responses.py`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -124,6 +126,7 @@ def _document_validation_errors(app: FastAPI) -> None:
             error = schema.get("components", {}).get("schemas", {}).get("ValidationError", {})
             for extra in ("input", "ctx"):
                 error.get("properties", {}).pop(extra, None)
+            document_error_responses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -356,7 +357,24 @@ class NormalizedEvent(BaseModel):
 
 
 class EventValidationError(FieldError):
-    """A standard event whose properties break its schema; `place` names the field in the body."""
+    """A standard event whose properties break its schema; `place` names the field in the body.
+
+    `also` holds the field errors found beside this one (the event's other fields, a batch's other
+    events): the API reports them all (api/errors.py), not just the first."""
+
+    def __init__(self, place: str, message: str, *, also: Sequence[FieldError] = ()) -> None:
+        super().__init__(place, message)
+        self.also = list(also)
+
+    @classmethod
+    def of(cls, errors: Sequence[FieldError]) -> EventValidationError:
+        """One error standing for all of `errors` (at least one), the first leading."""
+        first, *rest = errors
+        return cls(first.place, first.message, also=rest)
+
+    def errors(self) -> list[FieldError]:
+        """This error and every one found beside it, in order."""
+        return [self, *self.also]
 
 
 def _primary(cuid: str | None, cuid_type: str | None, hashed_email: str | None) -> tuple[str | None, str, str | None]:
@@ -514,9 +532,9 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
     try:
         props = schema.model_validate(event.properties)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in (f"events.{index}.properties", *err["loc"]))
-        raise EventValidationError(loc, err["msg"]) from None
+        where = f"events.{index}.properties"
+        found = [FieldError(".".join(str(p) for p in (where, *e["loc"])), e["msg"]) for e in exc.errors()]
+        raise EventValidationError.of(found) from None  # every field at fault, not only the first
     kind = _KIND_BY_TYPE[dy_type]
     base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
     if isinstance(props, _CartProps):

@@ -13,12 +13,15 @@ from api.ingestion import accept, exits_awaiting_start, withdraw_enrollments
 from api.journeys import dispatch_all
 from domain.events import (
     EventRequest,
+    EventValidationError,
+    NormalizedEvent,
     PageviewRequest,
     normalize_event,
     odd_currency,
     pageview_event,
     unknown_dy_type,
 )
+from domain.field_error import FieldError
 from store.event_marks import mark_dispatched
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
@@ -66,8 +69,22 @@ async def _ingest(
 @router.post("/event", status_code=202)
 async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
     allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
-    events = [normalize_event(i, e, allow_http_push=allow_http) for i, e in enumerate(body.events)]
-    return await _ingest(state, principal.section_id, body, events, _event_warnings(body))
+    return await _ingest(state, principal.section_id, body, _normalized(body, allow_http), _event_warnings(body))
+
+
+def _normalized(body: EventRequest, allow_http_push: bool) -> list[NormalizedEvent]:
+    """Every event normalised, or one EventValidationError carrying the errors of every invalid
+    event: a backend fixing a batch sees all its faults at once, not one per attempt."""
+    events: list[NormalizedEvent] = []
+    errors: list[FieldError] = []
+    for index, event in enumerate(body.events):
+        try:
+            events.append(normalize_event(index, event, allow_http_push=allow_http_push))
+        except EventValidationError as exc:
+            errors.extend(exc.errors())
+    if errors:
+        raise EventValidationError.of(errors)
+    return events
 
 
 def _event_warnings(body: EventRequest) -> list[dict[str, str]]:

@@ -25,7 +25,8 @@ from tests.helpers import (
 
 
 async def test_malformed_events_are_422_naming_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
-    """Bad bodies name their problem; nothing is stored."""
+    """Bad bodies name their problem; nothing is stored. A body that is no JSON at all is the
+    Experience API's 400 "request parse error" (tests/api/test_request_errors.py), not a 422."""
     r = await api.post("/v2/collect/user/event", headers=section.ing, json={
         "user": {"dyid": "1"}, "events": [{"name": "Add", "properties": {"dyType": "add-to-cart-v1", "value": 3}}]})  # fmt: skip
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][:4] == ["body", "events", 0, "properties"], r.json()
@@ -34,7 +35,7 @@ async def test_malformed_events_are_422_naming_the_field(api: httpx.AsyncClient,
     r = await api.post("/v2/collect/user/event", headers=section.ing, json={"user": {"dyid": "1"}, "events": []})
     assert r.status_code == 422
     r = await api.post("/v2/collect/user/event", headers=section.ing, content=b"{not json")
-    assert r.status_code == 422
+    assert r.status_code == 400
 
 
 async def test_ingestion_needs_an_ingestion_key(api: httpx.AsyncClient, section: SectionKeys) -> None:

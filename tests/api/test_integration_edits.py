@@ -158,32 +158,34 @@ async def test_mask_on_a_non_secret_header_is_422_and_never_sent(
 
 
 @pytest.mark.parametrize(
-    ("path", "keys", "body", "secret"),
+    ("path", "keys", "body", "secret", "status"),
     [
         ("/api/v1/integrations", "mgmt",
          {"channel": "email", "kind": "custom_http", "config": {
              "url": "https://esp.example/send", "auth": {"type": "basic", "username": "u", "password": PASSWORD}}},
-         PASSWORD),
+         PASSWORD, 422),
         ("/v2/collect/user/event", "ing",
          {"user": {"dyid": "1", "email": "jane.doe@example.com"}, "events": "jane.doe@example.com"},
-         "jane.doe"),
+         "jane.doe", 422),
         ("/v2/collect/user/event", "ing", '{"user": {"dyid": "1", "email": "jane.doe@example.com"} "events": []}',
-         "jane.doe"),
-        ("/v2/userdata/channels/email/opt-in", "ing", {"identifier": "jane.doe@example.com"}, "jane.doe"),
+         "jane.doe", 400),
+        ("/v2/userdata/channels/email/opt-in", "ing", {"identifier": "jane.doe@example.com"}, "jane.doe", 422),
     ],
     ids=["missing-name", "wrong-type", "bad-json", "opt-in"],
 )  # fmt: skip
 async def test_validation_errors_echo_nothing_of_the_request(
-    api: httpx.AsyncClient, section: SectionKeys, path: str, keys: str, body: dict[str, Any] | str, secret: str
-) -> None:
-    """A request the models refuse gets a 422 whose items are only `type`, `loc` and `msg`: no
-    `input` (the body, with its secrets or the shopper's address) and no `ctx`."""
+    api: httpx.AsyncClient, section: SectionKeys, path: str, keys: str, body: dict[str, Any] | str, secret: str,
+    status: int,
+) -> None:  # fmt: skip
+    """A request the models refuse gets a 422 (400 for a body that is no JSON: the Experience API's
+    request parse error) whose items are only `type`, `loc` and `msg`: no `input` (the body, with
+    its secrets or the shopper's address) and no `ctx`."""
     headers = section.mgmt if keys == "mgmt" else section.ing
     if isinstance(body, str):
         r = await api.post(path, content=body, headers=headers | {"content-type": "application/json"})
     else:
         r = await api.post(path, json=body, headers=headers)
-    assert r.status_code == 422, r.text
+    assert r.status_code == status, r.text
     assert secret not in r.text
     detail = r.json()["detail"]
     assert detail and all(set(item) == {"type", "loc", "msg"} for item in detail), r.text
@@ -228,16 +230,18 @@ async def test_test_call_times_out_when_deliveries_would(
 
 
 async def test_a_body_not_sent_as_json_is_told_so(api: httpx.AsyncClient, section: SectionKeys) -> None:
-    """A JSON body sent as text/plain is a 422 saying to send it as JSON, where pydantic's message
+    """A JSON body sent as text/plain is a 400 (a body the API cannot read as JSON: the Experience
+    API's request parse error; it was a 422) saying to send it as JSON, where pydantic's message
     ("Input should be a valid dictionary") left the sender guessing; management and ingestion alike."""
     body = json.dumps({"user": {"dyid": "1"}, "events": []})
     for path, keys in (("/api/v1/integrations", section.mgmt), ("/v2/collect/user/event", section.ing)):
         r = await api.post(path, content=body, headers={**keys, "content-type": "text/plain"})
-        assert r.status_code == 422, r.text
+        assert r.status_code == 400, r.text
         assert r.json()["detail"][0]["msg"] == (
             "the body was sent as text/plain; send JSON with Content-Type: application/json"
         ), r.text
         r = await api.post(path, content=body, headers=keys)  # no content type at all
+        assert r.status_code == 400, r.text
         assert r.json()["detail"][0]["msg"].startswith("the body was sent without a Content-Type; send JSON"), r.text
 
 

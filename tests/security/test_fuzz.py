@@ -16,7 +16,12 @@ import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import response_schema_conformance
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 from temporalio.testing import WorkflowEnvironment
 
 from api.deps import AppState
@@ -49,4 +54,7 @@ def test_api_fuzz_no_server_errors_and_schema_conformance(case: Any) -> None:
     headers = dict(case.headers or {})
     headers.update({"authorization": f"Bearer {KEYS['mgmt']}", "x-rejoin-key": KEYS["mgmt"], "dy-api-key": KEYS["ing"]})
     case.headers = headers
-    case.call_and_validate(checks=[not_a_server_error, response_schema_conformance])
+    case.call_and_validate(checks=[
+        not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance,
+        response_headers_conformance,
+    ])  # fmt: skip

@@ -1,0 +1,95 @@
+"""Request bodies sent with `Content-Encoding: gzip` (or `deflate`), decoded under a size cap.
+
+Backends batching events compress them. A compressed body of a few kilobytes can inflate to
+gigabytes (a zip bomb), so a body is never decompressed whole and measured afterwards: zlib is asked
+for at most one byte more than the cap, and reaching that byte refuses the request. What comes out
+goes through the same size, nesting and text checks as an uncompressed body (`api/limits.py`).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+SUPPORTED = ("gzip", "deflate")
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
+_ZLIB_WBITS = zlib.MAX_WBITS  # RFC 1950, what HTTP's "deflate" means
+_RAW_WBITS = -zlib.MAX_WBITS  # bare RFC 1951, what some clients send as "deflate" anyway
+
+
+class UnsupportedCoding(Exception):
+    """A Content-Encoding this server cannot decode (415)."""
+
+
+class CorruptBody(Exception):
+    """The compressed body is not a valid stream of its coding (400)."""
+
+
+class BodyTooLarge(Exception):
+    """The decoded body exceeds the cap (413)."""
+
+
+def codings(header: bytes | None) -> list[str]:
+    """The Content-Encoding header's codings, in the order they were applied (`identity` dropped).
+
+    Raises UnsupportedCoding for any coding other than gzip (`x-gzip`) and deflate."""
+    if not header:
+        return []
+    found: list[str] = []
+    for part in header.decode("latin-1").split(","):
+        name = part.strip().lower()
+        if name in ("", "identity"):
+            continue
+        name = "gzip" if name == "x-gzip" else name
+        if name not in SUPPORTED:
+            shown = name if name.isascii() and name.isprintable() and len(name) <= 40 else "(unreadable)"
+            raise UnsupportedCoding(
+                f"Content-Encoding {shown!r} is not supported; send gzip, deflate or an uncompressed body"
+            )
+        found.append(name)
+    return found
+
+
+def decode(body: bytes, applied: list[str], limit: int) -> bytes:
+    """`body` with every coding in `applied` undone, last applied first; each stage at most `limit` bytes."""
+    for coding in reversed(applied):
+        body = _inflate(body, coding, limit)
+    return body
+
+
+def _wbits(body: bytes, coding: str) -> int:
+    if coding == "gzip":
+        return _GZIP_WBITS
+    # A zlib stream starts with a CMF/FLG pair: deflate method (8) and a checksum multiple of 31.
+    wrapped = len(body) >= 2 and body[0] & 0x0F == 8 and (body[0] << 8 | body[1]) % 31 == 0
+    return _ZLIB_WBITS if wrapped else _RAW_WBITS
+
+
+def _inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """One coding undone. gzip may hold several members back to back (RFC 1952); each is inflated
+    in turn, the cap counting them all."""
+    if not body:
+        return body
+    out = bytearray()
+    rest = body
+    wbits = _wbits(body, coding)
+    while rest:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            # At most one byte over the cap: reaching it proves the body too large without inflating more.
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise CorruptBody(f"not a valid {coding} stream ({_reason(exc)})") from None
+        if len(out) > limit:
+            raise BodyTooLarge(f"request body over {limit} bytes once decompressed")
+        if not inflater.eof:
+            raise CorruptBody(f"truncated {coding} stream (it does not end)")
+        rest = inflater.unused_data
+        if rest and coding != "gzip":
+            raise CorruptBody(f"{len(rest)} bytes after the end of the {coding} stream")
+    return bytes(out)
+
+
+def _reason(exc: zlib.error) -> str:
+    """zlib's text without its "Error -3 while decompressing data: " prefix."""
+    text = str(exc)
+    return text.split(": ", 1)[1] if ": " in text else text
