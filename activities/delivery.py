@@ -124,7 +124,7 @@ class Delivery:
             response = await prepared.provider.send(prepared.message)
         except ProviderError as err:
             if err.retryable:
-                await asyncio.to_thread(self._note_retry, req, err, prepared.provider.honours_idempotency_key)
+                await asyncio.to_thread(self._note_retry, req, err)
                 raise retry_later(err, req.send_key) from err
             gone = prepared.opt_in_id if err.recipient_gone else None
             return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
@@ -132,9 +132,9 @@ class Delivery:
             # Rejoin's own words (a vendor's text in it is masked where it was quoted: oauth.py)
             return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
         await asyncio.to_thread(self._accept, req, prepared, response)
-        return DeliverResult(
-            status="accepted", provider_status=response.status, possible_duplicate=prepared.possible_duplicate
-        )
+        # A vendor that honours the key delivered the message once, whatever earlier attempts did.
+        duplicate = prepared.possible_duplicate and not prepared.provider.honours_idempotency_key
+        return DeliverResult(status="accepted", provider_status=response.status, possible_duplicate=duplicate)
 
     # ------------------------------------------------------------ store steps (threads)
 
@@ -188,8 +188,10 @@ class Delivery:
                 created_at=issue_time(req.as_of, now, user),
                 updated_at=now,
             )
-        elif send.status == "in_flight" and not provider.honours_idempotency_key:
+        elif send.status == "in_flight":
             # The previous attempt died after (maybe) reaching the provider: say so, never silently.
+            # A vendor that honours the key settles it by accepting this attempt (`_accept`); until
+            # then the send may have been delivered, even if this attempt is refused.
             send.possible_duplicate = True
         send.status = "in_flight"
         send.attempts += 1
@@ -314,16 +316,18 @@ class Delivery:
         signer, url = self.signer, self.public_url
         return make_linker(signer, url, s, req.section_id, req.send_key, req.user_id, req.channel, issued)
 
-    def _note_retry(self, req: DeliverRequest, err: ProviderError, honours_key: bool) -> None:
+    def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:
             send = s.get(Send, req.send_key)
             if send is None:
                 return
             # A known answer (429/5xx) means not processed; a timeout leaves the outcome unknown.
             send.status = "in_flight" if err.outcome_unknown else "retrying"
-            if err.outcome_unknown and not honours_key:
+            if err.outcome_unknown:
                 # Flagged now, not only by the retry (`begin_in`): an exit or the budget may end
-                # the send before any retry, and the message may have gone out all the same.
+                # the send before any retry, and the message may have gone out all the same. Also
+                # when the vendor honours the key: its later refusals (5xx) do not say whether it
+                # processed this attempt; only its acceptance of a retry settles that (`_accept`).
                 send.possible_duplicate = True
             send.provider_status = err.status
             send.provider_response = err.message[:2000]
@@ -400,7 +404,8 @@ class Delivery:
     def _accept(self, req: DeliverRequest, prepared: _Prepared, response: ProviderResponse) -> None:
         with self.store.session() as s:
             accepted = sends.accept(
-                s, req.send_key, response.status, response.message_id, kept_answer(response.body), now_utc()
+                s, req.send_key, response.status, response.message_id, kept_answer(response.body), now_utc(),
+                settled=prepared.provider.honours_idempotency_key,
             )
             assert accepted is not None
             # The last step's send also ends the journey: its finish shares this transaction.

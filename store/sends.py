@@ -31,6 +31,9 @@ _ACCEPT = (
         message_enc=None,  # accepted: no retry needs the message (and its personal data) any more
     )
 )
+# Accepted by a vendor that honours the idempotency key: an earlier attempt whose outcome was
+# unknown was de-duplicated by the vendor, so the send is no longer a possible duplicate.
+_ACCEPT_SETTLED = _ACCEPT.values(possible_duplicate=False)
 
 
 # Added to the recorded reason of a send that failed for good after an attempt whose outcome is
@@ -75,17 +78,20 @@ class Accepted:
     possible_duplicate: bool
 
 
-def accept(s: Session, key: str, status: int, message_id: str | None, body: str, at: datetime) -> Accepted | None:
-    """Record the provider's acceptance of send `key`; None if there is no such send."""
+def accept(
+    s: Session, key: str, status: int, message_id: str | None, body: str, at: datetime, *, settled: bool = False
+) -> Accepted | None:
+    """Record the provider's acceptance of send `key`; None if there is no such send. `settled`: the
+    provider honours the idempotency key, so the acceptance clears the possible-duplicate flag."""
     before = s.execute(_BEFORE, {"send_key": key}).first()
     if before is None:
         return None
     answer = {"send_key": key, "answer_status": status, "answer_id": message_id, "answer_body": body, "at": at}
-    s.execute(_ACCEPT, answer)
+    s.execute(_ACCEPT_SETTLED if settled else _ACCEPT, answer)
     message = SentMessage(
         key, before.campaign_id, before.user_id, before.created_at, before.variation_id, before.channel, before.step_index
     )
-    return Accepted(message, before.status, before.possible_duplicate)
+    return Accepted(message, before.status, before.possible_duplicate and not settled)
 
 
 def of_journeys(session: Session, journey_ids: list[str]) -> dict[str, list[Send]]:

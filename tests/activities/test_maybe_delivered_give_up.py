@@ -133,14 +133,19 @@ async def test_an_exit_while_retrying_after_a_lost_answer_keeps_the_send_possibl
 
 async def _journey_with_budget(
     api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, sec: SectionKeys, provider: ProviderServer,
-    budget: timedelta, *replies: Reply, then: Reply,
+    budget: timedelta, *replies: Reply, then: Reply, kind: str = "custom_http",
 ) -> tuple[str, JourneyResult]:  # fmt: skip
     """A one-step journey, email first then SMS (the built-in outbox: a fallback is seen there),
-    whose step's delivery budget is `budget`; the email provider answers `replies`, then `then`."""
-    path = "/esp/" + secrets.token_hex(4)
+    whose step's delivery budget is `budget`; the email provider answers `replies`, then `then`.
+    `kind`: `custom_http` (repeats flagged) or `klaviyo` (the vendor de-duplicates on the key)."""
+    if kind == "klaviyo":
+        path, config = "/api/events", {"api_key": "pk_test", "metric_name": "Rejoin Cart", "base_url": provider.url()}
+    else:
+        path = "/esp/" + secrets.token_hex(4)
+        config = {"url": provider.url(path)}
     provider.script(path, *replies)
     provider.default(path, then)
-    await add_integration(api, sec, kind="custom_http", config={"url": provider.url(path)})
+    await add_integration(api, sec, kind=kind, config=config)
     await add_integration(api, sec, "sms")
     nudge = step("Nudge", channels=("email", "sms"))
     spec = cart_campaign(wait="PT1H", channel_priority=["email", "sms"], steps=[nudge])
@@ -175,6 +180,42 @@ async def test_a_budget_spent_after_a_lost_answer_falls_back_to_no_other_channel
     assert not _slot_released(store, send.key)
     assert await _deliveries(api, section, cid) == {"email": {"failed": 1, "possible_duplicates": 1}}
     assert _report_counts(store, section, cid) == (1, 1)
+
+
+async def test_a_vendor_de_duplicating_on_the_key_is_possibly_delivered_too_when_its_retries_are_refused(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, section: SectionKeys,
+    fresh_provider: ProviderServer,
+) -> None:  # fmt: skip
+    """Klaviyo honours the key (unique_id): a repeat is not a duplicate there, but its 503s to the
+    retries do not say whether it processed the attempt whose answer was lost. Before: that attempt
+    was not flagged, so the give-up was a definite failure: the slot was freed and the SMS went too."""
+    budget = timedelta(minutes=5)
+    cut = Reply(202, {"id": "e1"}, truncate=True)  # processed, then the connection reset mid-answer
+    cid, result = await _journey_with_budget(
+        api, env, store, section, fresh_provider, budget, cut, then=Reply(503), kind="klaviyo"
+    )
+    assert await outbox(api, section) == [], "no SMS: the email may well have arrived"
+    assert [d.outcome for d in result.decisions] == ["failed"] and result.decisions[0].possible_duplicate, result
+    send = _send_of(store, result.journey_id)
+    assert (send.status, send.possible_duplicate) == ("failed", True) and send.attempts >= 2, send
+    assert not _slot_released(store, send.key)
+    assert await _deliveries(api, section, cid) == {"email": {"failed": 1, "possible_duplicates": 1}}
+
+
+async def test_a_vendor_de_duplicating_on_the_key_settles_a_lost_answer_by_accepting_the_retry(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, store: Store, section: SectionKeys,
+    fresh_provider: ProviderServer,
+) -> None:  # fmt: skip
+    """The retry under the same key is accepted: the vendor delivered the event once, so the send is
+    accepted and not a possible duplicate (it would be for a vendor that does not honour keys)."""
+    cut = Reply(202, {"id": "e1"}, truncate=True)  # processed, then the connection reset mid-answer
+    cid, result = await _journey_with_budget(
+        api, env, store, section, fresh_provider, timedelta(minutes=5), cut, then=Reply(202, ""), kind="klaviyo"
+    )
+    assert [d.outcome for d in result.decisions] == ["sent"] and not result.decisions[0].possible_duplicate, result
+    send = _send_of(store, result.journey_id)
+    assert (send.status, send.possible_duplicate, send.attempts) == ("accepted", False, 2), send
+    assert await _deliveries(api, section, cid) == {"email": {"accepted": 1}}
 
 
 async def test_a_budget_spent_on_definite_failures_still_frees_the_slot_and_falls_back(
