@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # Exact internal `host:port` targets allowed anyway (comma-separated), e.g. an in-VPC relay.
     private_url_allowlist: str = ""
     delivery_timeout: timedelta = timedelta(seconds=30)
+    # Recipients of one batched-campaign batch (a shard's `deliver_batch`) delivered at once.
+    broadcast_concurrency: int = Field(32, ge=1)
     # Run workflows in Temporal's import sandbox. Off by default: the sandbox re-imports (and,
     # without .pyc files, recompiles) the workflow module for every new journey, which measured
     # as ~25% of the worker's CPU per journey (docs/performance.md). Determinism is still held

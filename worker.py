@@ -91,6 +91,7 @@ async def build_worker(
             settings.priority_window,
             signer=Signer(settings.secret_keys),
             public_url=settings.effective_public_url,
+            concurrency=settings.broadcast_concurrency,
         )
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as pool:
             yield Worker(

@@ -4,18 +4,19 @@
 with recipient rows. `deliver_batch` takes the next due recipients of one shard and, for each:
 audience and send-window check (recipient's timezone), channel and cap reservation, render,
 provider call with the idempotency key `bcast:<run>:<user>:<channel>`, and the recipient's
-final status, committed per recipient. A batch retried after a crash skips everyone already
-finished and repeats at most the one call whose outcome was unknown, under the same key.
+final status, committed per recipient. Up to `concurrency` recipients of a batch are delivered
+at once (activities/fan_out.py). A batch retried after a crash skips everyone already finished
+and repeats only the calls whose outcome was unknown (those in flight), under the same keys.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import json
 import logging
-import time
+import math
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.delivery import compose_payload, make_linker, unsubscribe_url
+from activities.fan_out import FanOut, SlotGrid, settled
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -76,6 +78,10 @@ OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no 
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
+# Recipients of one batch delivered at once (REJOIN_BROADCAST_CONCURRENCY): enough calls in flight
+# to keep a vendor answering in 50 ms busy at ~600 messages/s per shard; bounded, so one batch
+# holds at most this many store connections' worth of work and vendor connections.
+DEFAULT_CONCURRENCY = 32
 
 FEED_TYPES = {
     "product": (CampaignType.PRICE_DROP, CampaignType.PRODUCT_ATTRIBUTE_CHANGE),
@@ -95,19 +101,6 @@ def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
     )
 
 
-def _first_slot(interval: float, shard: int, shards: int) -> float:
-    """The next wall-clock time on this shard's phase of a grid every `interval` seconds.
-
-    Each shard gets 1/shards of the run's rate; started together, they called the provider in
-    bursts of one call per shard (a throttle of 1/s with 2 shards: two calls 40 ms apart every
-    2 s, which a vendor enforcing 1/s refuses). Shard k keeps to times k/shards of an interval
-    after the grid's ticks, so the run's calls are evenly spaced at its whole rate. Wall-clock,
-    not monotonic: the shards run as separate activities, possibly in different workers."""
-    offset = (shard % max(1, shards)) / max(1, shards) * interval
-    now = time.time()
-    return math.ceil((now - offset) / interval) * interval + offset
-
-
 @dataclass
 class _Ready:
     message: OutboundMessage
@@ -117,6 +110,9 @@ class _Ready:
     journey_id: str  # the recipient's journey row: its send time is what priority compares
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
     fell_back: str | None = None  # the channels that failed before this one (the recipient row's reason)
+    attempt: int = 1  # the send row's attempts with this one
+    # The send row before this attempt made it in flight (status, possible duplicate); None: it is new.
+    before: tuple[str, bool] | None = None
 
 
 class BroadcastActivities:
@@ -130,6 +126,7 @@ class BroadcastActivities:
         *,
         signer: Signer | None = None,
         public_url: str = "",
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
         self.store = store
         self.providers = providers
@@ -138,6 +135,7 @@ class BroadcastActivities:
         self.priority_window = priority_window
         self.signer = signer
         self.public_url = public_url
+        self.concurrency = max(1, concurrency)
 
     # ------------------------------------------------------------ planning
 
@@ -246,28 +244,60 @@ class BroadcastActivities:
     async def deliver_batch(self, req: BatchRequest) -> BatchResult:
         spec, rate, due = await asyncio.to_thread(self._load_batch, req)
         result = BatchResult()
-        interval = 1.0 / rate if rate else 0.0
-        next_slot = _first_slot(interval, req.shard, req.shards) if interval else 0.0
-        pause_until: datetime | None = None
-        for user_id in due:
-            outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
-            while isinstance(outcome, _Ready):
-                if interval:
-                    # Throttle: at most `rate` provider calls per second from this shard, on its
-                    # phase of the run's grid, so the shards' calls interleave evenly.
-                    await asyncio.sleep(max(0.0, next_slot - time.time()))
-                    next_slot = max(next_slot + interval, _first_slot(interval, req.shard, req.shards))
-                outcome, pause = await self._send(req, user_id, outcome)
-                pause_until = pause_until or pause
-                if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
-                    outcome = await asyncio.to_thread(self._prepare, req, spec, user_id)
+        # Throttle: at most `rate` provider calls per second from this shard, on its phase of the
+        # run's grid, so the shards' calls interleave evenly.
+        fan = FanOut(due, SlotGrid(1.0 / rate, req.shard, req.shards) if rate else None)
+
+        async def deliver(user_id: str) -> None:
+            outcome = await self._deliver_one(fan, req, spec, user_id)
+            if outcome is None:
+                return  # withdrawn before its call (the shard paused): still pending, not processed
             result.processed += 1
             setattr(result, outcome, getattr(result, outcome) + 1)
             activity.heartbeat(result.processed)
-            if pause_until is not None:
-                break  # the vendor throttles everyone: the shard waits its Retry-After (below)
+
+        senders = min(self.concurrency, len(due))
+        if rate:
+            # A throttled shard needs no more senders than calls it may start in 2 s (full rate for
+            # answers up to ~2 s): more would only prepare recipients seconds before their slot.
+            senders = min(senders, math.ceil(rate * 2) + 1)
+        await fan.run(deliver, senders)
         result = await asyncio.to_thread(self._remaining, req, result)
-        return _paused(result, pause_until)
+        return _paused(result, fan.pause_until)
+
+    async def _deliver_one(self, fan: FanOut, req: BatchRequest, spec: CampaignSpec, user_id: str) -> str | None:
+        """One recipient, by one sender: its final outcome for the batch, None if withdrawn."""
+        prepare = partial(self._prepare, req, spec, user_id)
+        outcome: _Ready | str | None = await settled(prepare, undo=partial(self._withdrawn, req))
+        while isinstance(outcome, _Ready):
+            ready = outcome
+            outcome = await fan.call(
+                partial(self._send, fan, req, user_id, ready), partial(self._withdrawn, req, ready)
+            )
+            if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
+                # Not while the shard pauses: the recipient stays pending and falls back in a later batch.
+                outcome = None if fan.pause_until else await settled(prepare, undo=partial(self._withdrawn, req))
+        return outcome
+
+    async def _withdrawn(self, req: BatchRequest, prepared: _Ready | str) -> None:
+        if isinstance(prepared, _Ready):
+            await settled(partial(self._withdraw, req, prepared))
+
+    def _withdraw(self, req: BatchRequest, ready: _Ready) -> None:
+        """A prepared recipient whose call will not be made (the shard paused, or the activity was
+        cancelled, before its turn): its send row is put back as it was, so a later attempt counts
+        no call that was never made nor flags it a possible duplicate. The recipient stays pending."""
+        with self.store.session() as s:
+            send = s.get(Send, ready.send_key)
+            if send is None or send.status != "in_flight" or send.attempts != ready.attempt:
+                return  # not this preparation's row any more
+            if ready.before is None:
+                s.delete(send)
+                reservations.release(s, ready.send_key)  # its cap slot: `_prepare` reserves it again
+                return
+            send.status, send.possible_duplicate = ready.before
+            send.attempts, send.updated_at = ready.attempt - 1, now_utc()
+            s.add(send)
 
     def _load_batch(self, req: BatchRequest) -> tuple[CampaignSpec, float | None, list[str]]:
         with self.store.session() as s:
@@ -445,6 +475,7 @@ class BroadcastActivities:
                 variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
                 user_id=user.id, status="in_flight", created_at=req.as_of, updated_at=now,
             )  # fmt: skip
+            before = (prior.status, prior.possible_duplicate) if prior is not None else None
             if prior is not None and prior.status == "in_flight" and not provider.honours_idempotency_key:
                 send.possible_duplicate = True  # the previous attempt died with its outcome unknown
             send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
@@ -461,36 +492,35 @@ class BroadcastActivities:
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
-                opt_in_id=r.opt_ins[channel].id, fell_back=fell_back,
+                opt_in_id=r.opt_ins[channel].id, fell_back=fell_back, attempt=send.attempts, before=before,
             )  # fmt: skip
 
-    async def _send(self, req: BatchRequest, user_id: str, ready: _Ready) -> tuple[str, datetime | None]:
-        """The provider call and its outcome; with the time the shard pauses until, when the
-        vendor throttles with a Retry-After."""
+    async def _send(self, fan: FanOut, req: BatchRequest, user_id: str, ready: _Ready) -> str:
+        """The provider call and its outcome recorded; a vendor's Retry-After pauses the shard."""
         try:
             # Through the registry: its per-integration limit holds across runs sharing the worker.
             response = await self.providers.send(ready.kind, ready.message)
         except ProviderError as err:
             if err.retryable:
+                # At once, before the record: no other sender starts a call into the vendor's pause.
+                fan.pause(_vendor_pause(err, req.as_of))
                 # Only this recipient waits (its own backoff, `not_before`); the batch goes on with
                 # the others. Failing the activity instead made Temporal retry the whole batch with
                 # its own growing backoff: one fault in a few hundred stalled the shard for minutes.
-                outcome = await asyncio.to_thread(self._defer_retry, req, user_id, ready, err)
+                outcome = await settled(partial(self._defer_retry, req, user_id, ready, err))
                 log.info(
                     "run %s shard %s, user %s: provider failed (%s); %s", req.run_id, req.shard, user_id,
                     err.status or "no answer", "retried on its own" if outcome == "deferred" else "given up",
                 )  # fmt: skip
-                return outcome, _vendor_pause(err, req.as_of)
-            return await asyncio.to_thread(
-                self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone
-            ), None
+                return outcome
+            return await settled(
+                partial(self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone)
+            )
         except ConfigurationError as err:
-            return await asyncio.to_thread(
-                self._record, req, user_id, ready, "failed", f"configuration: {err}", None
-            ), None
-        return await asyncio.to_thread(
-            self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status
-        ), None
+            return await settled(partial(self._record, req, user_id, ready, "failed", f"configuration: {err}", None))
+        return await settled(
+            partial(self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status)
+        )
 
     def _defer_retry(self, req: BatchRequest, user_id: str, ready: _Ready, err: ProviderError) -> str:
         """A retryable answer for one recipient: record it and let the recipient wait its backoff

@@ -300,7 +300,9 @@ async def test_scheduled_run_resumes_on_a_new_worker_after_the_first_dies(
     with store.session() as s:
         s.add(run)
     queue = "crash-" + secrets.token_hex(4)
-    abrupt = settings.model_copy(update={"delivery_timeout": timedelta(0)})  # no graceful drain: a crash
+    # No graceful drain: a crash. One recipient at a time, so exactly the third call is in flight when
+    # it dies (with several senders, every call in flight then is repeated: test_broadcast_concurrency.py).
+    abrupt = settings.model_copy(update={"delivery_timeout": timedelta(0), "broadcast_concurrency": 1})
     inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1, plan_scheduled=True)
     try:
         async with build_worker(env.client, abrupt, store, task_queue=queue) as first:

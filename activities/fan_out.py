@@ -1,0 +1,136 @@
+"""One shard's batch delivered by several senders at once (`BroadcastActivities.deliver_batch`).
+
+One recipient at a time, a run had one provider call in flight per shard: against a vendor
+answering in 50 ms, 2 shards sent <= 40 messages/s. `FanOut` runs up to `concurrency` senders
+over one batch, each taking the next recipient (one sender per recipient: `next()` on a shared
+iterator has no await). What it keeps from the one-at-a-time loop:
+- a throttled shard calls on its phase of the run's grid, one call per slot, each slot reserved
+  before its call (`SlotGrid`), so no 1-second window holds more than the rate;
+- a vendor's pause (a 429 with Retry-After) stops the shard starting calls: the calls in flight
+  end and are recorded, the recipients prepared but not yet called are withdrawn;
+- the batch's first recipient goes alone (see `run`);
+- a store step that has begun ends in its thread, committed or rolled back, before the activity
+  ends, even when it is cancelled (`settled`): a retry of the batch never runs beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def first_slot(interval: float, shard: int, shards: int) -> float:
+    """The next wall-clock time on this shard's phase of a grid every `interval` seconds.
+
+    Each shard gets 1/shards of the run's rate; started together, they called the provider in
+    bursts of one call per shard (a throttle of 1/s with 2 shards: two calls 40 ms apart every
+    2 s, which a vendor enforcing 1/s refuses). Shard k keeps to times k/shards of an interval
+    after the grid's ticks, so the run's calls are evenly spaced at its whole rate. Wall-clock,
+    not monotonic: the shards run as separate activities, possibly in different workers."""
+    offset = (shard % max(1, shards)) / max(1, shards) * interval
+    now = time.time()
+    return math.ceil((now - offset) / interval) * interval + offset
+
+
+class SlotGrid:
+    """A throttled shard's provider-call slots: its grid's ticks from now on, each given once.
+
+    Senders reserve a slot before their call and call at it, so calls keep the spacing of the
+    one-at-a-time loop however many senders wait; a slot given up (the shard paused) stays a gap."""
+
+    def __init__(self, interval: float, shard: int, shards: int) -> None:
+        self.interval, self.shard, self.shards = interval, shard, shards
+        self._next = 0.0
+
+    def reserve(self) -> float:
+        """The wall-clock time of the next free slot, now reserved (no await: one sender at a time)."""
+        slot = max(self._next, first_slot(self.interval, self.shard, self.shards))
+        self._next = slot + self.interval
+        return slot
+
+
+async def settled(step: Callable[[], T], undo: Callable[[T], Awaitable[object]] | None = None) -> T:
+    """`step()` in a thread, waited for to its end even if the caller is cancelled meanwhile.
+
+    A store transaction begun by the activity is then committed or rolled back before the
+    activity ends, and a retry of the batch never runs beside it. On cancellation, `undo` gets
+    the step's result (what was committed for nothing: a send row prepared for a call that will
+    not be made) before the cancellation is raised."""
+    task = asyncio.ensure_future(asyncio.to_thread(step))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        if undo is not None and not task.cancelled() and task.exception() is None:
+            await undo(task.result())
+        raise
+
+
+class FanOut:
+    """The senders of one batch and what they share: the recipients still to take, the grid, the pause."""
+
+    def __init__(self, users: Iterable[str], grid: SlotGrid | None) -> None:
+        self._users = iter(users)
+        self._grid = grid
+        self.pause_until: datetime | None = None
+
+    def pause(self, until: datetime | None) -> None:
+        """The vendor throttles everyone until `until`: no sender starts a call from now on."""
+        if until is not None:
+            self.pause_until = until if self.pause_until is None else max(self.pause_until, until)
+
+    def next_user(self) -> str | None:
+        """The next recipient to deliver, for one sender only; None once paused or none is left."""
+        return None if self.pause_until is not None else next(self._users, None)
+
+    async def run(self, deliver: Callable[[str], Awaitable[None]], concurrency: int) -> None:
+        """Deliver every recipient with up to `concurrency` senders; a sender's failure (or the
+        activity's cancellation) cancels the others and waits for their clean-up before it is raised.
+
+        The first recipient goes alone, the others once it is done: a shard resuming after a
+        vendor's Retry-After (or a first batch against a vendor already throttling) spends one
+        refused call, not one per sender, and a campaign paused (or a recipient gone) as its
+        first call is answered stops the batch before the others are prepared."""
+        first = self.next_user()
+        if first is None:
+            return
+        await deliver(first)
+
+        async def sender() -> None:
+            while (user_id := self.next_user()) is not None:
+                await deliver(user_id)
+
+        senders = [asyncio.create_task(sender()) for _ in range(max(1, concurrency))]
+        try:
+            await asyncio.wait(senders, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in senders:
+                task.cancel()  # none when all ended; else the others of a failed one, or all (cancelled)
+            await asyncio.wait(senders)  # their withdrawals and records end first
+        for task in senders:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                raise error
+
+    async def call(self, make_call: Callable[[], Awaitable[T]], withdraw: Callable[[], Awaitable[object]]) -> T | None:
+        """Make one provider call at its turn; None (after `withdraw`) if the shard paused first.
+
+        A throttled call waits for its slot, reserved now. Cancelled before its turn, the call is
+        withdrawn too; cancelled during the call, its outcome is unknown and the send stays in
+        flight (a retry repeats it under the same key)."""
+        if self._grid is not None and self.pause_until is None:
+            try:
+                await asyncio.sleep(max(0.0, self._grid.reserve() - time.time()))
+            except asyncio.CancelledError:
+                await withdraw()
+                raise
+        if self.pause_until is not None:
+            await withdraw()
+            return None
+        return await make_call()
