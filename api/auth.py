@@ -15,6 +15,7 @@ an admin route, the admin key on a section route).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import time
@@ -41,12 +42,27 @@ class Principal:
 
 
 _cache: dict[str, tuple[float, Principal]] = {}
+# `key_digest` of every key this process forgot on its revocation. The rate limiter keeps a verified
+# key's bucket after its cache entry expires (`api/limits.py`); a revoked key must lose it.
+_revoked: set[str] = set()
+
+
+def key_digest(presented: str) -> str:
+    """The name a presented key goes by wherever it is kept outside this cache (never in clear)."""
+    return hashlib.sha256(presented.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def forget_key(key_id: str) -> None:
+    """Drop a revoked key from the cache; its requests are looked up (and refused) again."""
     for k, (_, p) in list(_cache.items()):
         if p.key_id == key_id:
             _cache.pop(k, None)
+            _revoked.add(key_digest(k))
+
+
+def was_revoked(digest: str) -> bool:
+    """Whether the key of this `key_digest` was verified in this process and revoked since."""
+    return digest in _revoked
 
 
 def forget_revoked(store: Store) -> list[str]:

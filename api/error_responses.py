@@ -11,7 +11,15 @@ schema says it is (no walk over FastAPI's route internals):
   api/deps.py's management, ingestion and admin checks): 401 and 403;
 - one with a path parameter: 404 (another section's or an unknown object);
 - a method with a body (POST, PUT, PATCH): 400 (unparseable JSON, nesting, a corrupt compressed
-  body), 413 (body size, compressed or decoded), 415 (an unknown Content-Encoding) and 422.
+  body), 413 (body size, compressed or decoded), 415 (an unknown Content-Encoding) and 422;
+- the operations in `RAISED` (a static list, read from the routes): 409 and 503.
+
+409 and 503 depend on what the handler does, which the schema does not show: `RAISED` lists, per
+operation, those its handler or the helpers of its module it calls can answer. 409: a `Conflict`
+(`api/errors.py`), or `security.rotation.RotationIncomplete`. 503: an `Unavailable`, Temporal
+unreachable (`AppState.client`), or a stored secret no configured key decrypts
+(`security.crypto.UndecryptableSecret`). tests/api/test_error_declarations.py derives the same
+from the routes' source and fails when the two differ.
 """
 
 from __future__ import annotations
@@ -25,6 +33,41 @@ _KEY_HEADERS = {"dy-api-key", "authorization", "x-rejoin-key"}
 _BODY_METHODS = {"post", "put", "patch"}
 _REF = "#/components/schemas/ErrorResponse"
 
+_CONFLICT = "409"
+_UNAVAILABLE = "503"
+_BOTH = (_CONFLICT, _UNAVAILABLE)
+
+# (method, path) -> the statuses among 409 and 503 the operation can answer; why, per operation.
+RAISED: dict[tuple[str, str], tuple[str, ...]] = {
+    ("post", "/api/v1/sections"): (_CONFLICT,),  # legacy section id taken
+    ("patch", "/api/v1/section"): (_CONFLICT,),  # legacy section id taken
+    ("post", "/api/v1/campaigns"): (_UNAVAILABLE,),  # its Temporal Schedule not created
+    ("put", "/api/v1/campaigns/{campaign_id}"): _BOTH,  # archived, type changed; schedule not updated
+    ("post", "/api/v1/campaigns/{campaign_id}/activate"): _BOTH,  # no such transition; schedule
+    ("post", "/api/v1/campaigns/{campaign_id}/pause"): _BOTH,
+    ("post", "/api/v1/campaigns/{campaign_id}/archive"): _BOTH,
+    ("post", "/api/v1/campaigns/{campaign_id}/preview"): _BOTH,  # a journey still runs; Temporal
+    ("post", "/api/v1/campaigns/{campaign_id}/render"): (_UNAVAILABLE,),  # the user's address undecryptable
+    ("post", "/api/v1/campaigns/{campaign_id}/runs"): (_UNAVAILABLE,),  # Temporal
+    ("post", "/api/v1/campaigns/{campaign_id}/journeys/exit"): (_UNAVAILABLE,),  # Temporal
+    ("post", "/api/v1/journeys/{journey_id}/exit"): _BOTH,  # ended, start pending; Temporal
+    ("get", "/api/v1/journeys/{journey_id}"): (_UNAVAILABLE,),  # an active journey's live view: Temporal
+    ("get", "/api/v1/users/{user_ref}/journeys"): (_UNAVAILABLE,),
+    ("delete", "/api/v1/users/{user_ref}"): (_UNAVAILABLE,),  # Temporal; the person kept changing
+    ("post", "/api/v1/integrations"): (_CONFLICT,),  # the channel's integration exists
+    ("get", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),  # its secrets undecryptable
+    ("put", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),
+    ("delete", "/api/v1/integrations/{integration_id}"): (_CONFLICT,),  # campaigns send through it
+    ("post", "/api/v1/integrations/{integration_id}/test"): (_UNAVAILABLE,),
+    ("post", "/api/v1/integrations/{integration_id}/subscribers/sync"): _BOTH,  # provisioning; S3, Temporal
+    ("post", "/api/v1/integrations/{integration_id}/subscribers/credentials"): _BOTH,  # no list, no more; S3
+    ("delete", "/api/v1/templates/{template_id}"): (_CONFLICT,),  # used by campaigns
+    ("post", "/api/v1/feeds"): (_UNAVAILABLE,),  # its Temporal Schedule
+    ("put", "/api/v1/feeds/{feed_id}/file"): (_UNAVAILABLE,),  # the object store; Temporal
+    ("post", "/api/v1/feeds/{feed_id}/sync"): (_UNAVAILABLE,),  # Temporal
+    ("post", "/api/v1/admin/rotate-secrets"): (_CONFLICT,),  # RotationIncomplete
+}
+
 _DESCRIPTIONS = {
     "400": "The body could not be read: not JSON (or not UTF-8), nested too deep, or a corrupt gzip/deflate stream",
     "401": "Missing, invalid or revoked key",
@@ -32,8 +75,10 @@ _DESCRIPTIONS = {
     "404": "No such object in the key's section",
     "413": "Request body over the size limit (for a compressed body: once decompressed too)",
     "415": "Content-Encoding other than gzip, deflate or identity",
+    "409": "The object's state does not allow it (the message says why)",
     "422": "Validation error naming the field",
     "429": "Rate limit exceeded; retry after `Retry-After` seconds",
+    "503": "A service it needs is unavailable (Temporal, the object store, a decryption key); retry later",
 }
 _HEADERS = {
     "401": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
@@ -52,6 +97,7 @@ def error_statuses(path: str, method: str, operation: dict[str, Any]) -> list[st
         found.add("404")
     if method in _BODY_METHODS:
         found |= {"400", "413", "415", "422"}
+    found.update(RAISED.get((method, path), ()))
     return sorted(found)
 
 
@@ -71,4 +117,17 @@ def document_error_responses(schema: dict[str, Any]) -> None:
                 }
                 if status in _HEADERS:
                     answer["headers"] = _HEADERS[status]
+                if status in _BOTH and status in responses:
+                    _also_error_body(responses[status])
                 responses.setdefault(status, answer)
+
+
+def _also_error_body(declared: dict[str, Any]) -> None:
+    """An operation's own 409/503 body may also be `ErrorResponse`: a campaign-wide stop's 503 is
+    its counts when some journeys failed, the one error shape when Temporal is unreachable."""
+    content = declared.setdefault("content", {}).setdefault("application/json", {})
+    schema = content.get("schema")
+    if schema is None:
+        content["schema"] = {"$ref": _REF}
+    elif schema != {"$ref": _REF} and {"$ref": _REF} not in schema.get("anyOf", []):
+        content["schema"] = {"anyOf": [schema, {"$ref": _REF}]}

@@ -10,30 +10,32 @@ not UTF-8, and 429 with Retry-After when the caller has spent its token bucket. 
 process; behind N API processes the effective limit is N times the configured one.
 
 Who the caller is (`_Caller`): a key gets a bucket of its own only once it has been verified (it
-is in `api.auth`'s cache, or was verified earlier in this process); any other request, with no
-key or with a key not (yet) verified, spends its client address's bucket. A bucket per presented
-credential let a flood of made-up keys each start with a full burst (and each cost a key lookup in
-the database): they were never throttled. A key's first request spends its client address's
-token and, once verified, one of its own.
+is in `api.auth`'s cache, or was verified earlier in this process and not revoked since); any other
+request, with no key or with a key not (yet) verified, spends its client address's bucket. A bucket
+per presented credential let a flood of made-up keys each start with a full burst (and each cost a
+key lookup in the database): they were never throttled. A key's first request spends its client
+address's token and, once verified, one of its own. The admin key is verified by comparing it with
+the setting (never cached): it has a bucket of its own from its first request, so an operator's
+script is not throttled with whatever else its host sends, nor the reverse. A revoked key falls
+back to its address's bucket: its requests are unverified keys' again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import content_coding
-from api.auth import is_verified
+from api.auth import is_admin_key, is_verified, key_digest, was_revoked
 from api.errors import error_body
 
 MAX_BUCKETS = 100_000  # bounded memory: least recently used keys are forgotten
@@ -199,12 +201,15 @@ def _exempt(path: str) -> bool:
 
 @dataclass(frozen=True)
 class _Caller:
-    """The request's key as `api.auth` reads it (None without one), its bucket name (hashed: raw
-    keys are never kept) and the client address's bucket name."""
+    """The request's key as `api.auth` reads it (None without one), its `api.auth.key_digest`, its
+    bucket name (the digest: raw keys are never kept), the client address's bucket name, and whether
+    the key is the admin key."""
 
     key: str | None
+    digest: str
     key_bucket: str
     client_bucket: str
+    admin: bool
 
 
 def _presented_key(headers: dict[bytes, bytes]) -> str | None:
@@ -217,11 +222,16 @@ def _presented_key(headers: dict[bytes, bytes]) -> str | None:
     return raw.decode("latin-1") if raw else None
 
 
-def _caller(scope: Scope) -> _Caller:
+def _caller(scope: Scope, admin_key: Callable[[], str]) -> _Caller:
     key = _presented_key(dict(scope.get("headers") or []))
-    digest = hashlib.sha256(key.encode("latin-1")).hexdigest()[:32] if key else ""
+    digest = key_digest(key) if key else ""
     client = scope.get("client")
-    return _Caller(key, "k:" + digest, "ip:" + (client[0] if client else "unknown"))
+    admin = key is not None and _is_admin(key, admin_key())
+    return _Caller(key, digest, "k:" + digest, "ip:" + (client[0] if client else "unknown"), admin)
+
+
+def _is_admin(key: str, admin_key: str) -> bool:
+    return bool(admin_key) and is_admin_key(key, admin_key)
 
 
 def _error(
@@ -263,9 +273,11 @@ class RequestLimits:
     """ASGI middleware enforcing body size, JSON depth and rate limits (per verified key, else per client)."""
 
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int, rate_per_second: float, burst: int
-    ) -> None:
+        self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int, rate_per_second: float, burst: int,
+        admin_key: Callable[[], str] = lambda: "",
+    ) -> None:  # fmt: skip
         self.app = app
+        self.admin_key = admin_key  # read when a key is presented (a generated one is made on first use)
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
         # Verified keys and client addresses apart: made-up keys never reach the keys' buckets, so
@@ -280,11 +292,8 @@ class RequestLimits:
         if self.keys is None or self.clients is None or _exempt(scope.get("path", "")):
             await self._limited(scope, receive, send)
             return
-        caller = _caller(scope)
-        # A dictionary look-up or two, no database: a key verified once keeps its bucket after the
-        # auth cache's entry expires (its next request re-verifies it), so it never falls back to
-        # a client address a flood of made-up keys may have drained.
-        own = caller.key is not None and (self.keys.known(caller.key_bucket) or is_verified(caller.key))
+        caller = _caller(scope, self.admin_key)
+        own = self._own_bucket(caller)
         wait = self.keys.take(caller.key_bucket) if own else self.clients.take(caller.client_bucket)
         if wait > 0:
             whose = "key" if own else "client (requests without a verified key)"
@@ -294,6 +303,17 @@ class RequestLimits:
         await self._limited(scope, receive, send)
         if not own and caller.key is not None and is_verified(caller.key):
             self.keys.take(caller.key_bucket)  # verified by this request: its first token, spent
+
+    def _own_bucket(self, caller: _Caller) -> bool:
+        """Whether the request spends its key's own bucket: the admin key's, or a key's verified in
+        this process. A dictionary look-up or two, no database: a key verified once keeps its bucket
+        after the auth cache's entry expires (its next request re-verifies it), so it never falls back
+        to a client address a flood of made-up keys may have drained; until it is revoked."""
+        if caller.key is None or self.keys is None:
+            return False
+        if caller.admin or is_verified(caller.key):
+            return True
+        return self.keys.known(caller.key_bucket) and not was_revoked(caller.digest)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The request through body size, JSON depth and text checks, then the app."""

@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         max_json_depth=settings.max_json_depth,
         rate_per_second=settings.rate_limit_per_second,
         burst=settings.rate_limit_burst,
+        admin_key=lambda: settings.effective_admin_key,
     )
     install_error_handlers(app)
     for module in (
@@ -117,7 +118,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 def _document_validation_errors(app: FastAPI) -> None:
     """The schema's ValidationError as the API sends it: `type`, `loc`, `msg` only (FastAPI lists
     `input` and `ctx` too, which `api/errors.py::validation_detail` never returns); and each
-    operation's error answers (400, 401, 403, 404, 413, 415, 429: `api/error_responses.py`)."""
+    operation's error answers (400, 401, 403, 404, 409, 413, 415, 429, 503: `api/error_responses.py`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -15,6 +15,9 @@ from store.tables import OutboxMessage, Product, now_utc
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
 
+# Outbox ids are PostgreSQL INTEGER: a larger `after_id` failed in the database (a 500), not as a 422.
+MAX_OUTBOX_ID = 2**31 - 1
+
 
 class ProductIn(BaseModel):
     sku: str = Field(min_length=1, max_length=256)
@@ -66,7 +69,7 @@ def list_outbox(
     state: StateDep,
     channel: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
-    after_id: int = Query(0, ge=0),
+    after_id: int = Query(0, ge=0, le=MAX_OUTBOX_ID),
 ) -> list[OutboxItem]:
     """Messages the built-in outbox provider "delivered", oldest first (page with after_id)."""
     with state.store.session() as s:
