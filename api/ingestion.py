@@ -184,6 +184,9 @@ def accept(
         # Journeys this request already told that consent was withdrawn: their rows stay active
         # until the workflow ends, and one exit each is enough for a batch of events.
         withdrawn: set[str] = set()
+        # Purchases after an enrollment of this request: their enrolled-user conversions are counted
+        # once the enrollments are written (rare: a backend batching add-to-cart and purchase).
+        purchases_after_enrollment: list[str] = []
         for position, ev in enumerate(events):
             if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
                 users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
@@ -234,6 +237,8 @@ def accept(
             for journey in enrolled:  # recorded below, in this transaction: it exists from its trigger on
                 to_enroll.append(journey)
                 enrolled_now.setdefault(user.id, {})[journey.campaign_id] = [journey.workflow_id]
+            if to_enroll and ev.kind == EventKind.PURCHASE:
+                purchases_after_enrollment.append(event_id)
             if report_rollup.attributes(ev.kind.value) and (user.cuid or (not unsaved and ev.kind.value == "purchase")):
                 # Attribution candidates, in this transaction (identified = has a CUID now, at purchase time),
                 # and an anonymous purchase's enrolled-user conversions (a user first seen here has no cohort).
@@ -260,6 +265,10 @@ def accept(
             s.flush()
             for journey in to_enroll:
                 journey_rows.enroll(s, journey)
+            # The cohorts exist now: the conversions the purchases above could not see yet.
+            report_rollup.count_conversions_after_enrollment(
+                s, section_id, [j.user_id for j in to_enroll], purchases_after_enrollment
+            )
     return result
 
 

@@ -577,6 +577,33 @@ def count_conversion(s: Session, event: Event) -> None:
         s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
 
 
+def count_conversions_after_enrollment(
+    s: Session, section_id: str, user_ids: Sequence[str], event_ids: Sequence[str]
+) -> None:
+    """Enrolled-user conversions of purchases (`event_ids`) that came in the same ingestion request
+    as, and after, a trigger that enrolled their buyer: `count_conversion` ran at each purchase,
+    before the request's cohorts were registered (api/ingestion.py writes enrollments last), so
+    it missed them. Called once the enrollments are written, with the enrolled users: the raw
+    rule (`conversion_candidates`, the rebuild's and the raw report's) over these events and the
+    users' cohorts, read in the database, so merged-away buyers (events re-pointed mid-request)
+    and repeats of a transaction are as the raw path sees them; rows already stored stay."""
+    if not user_ids or not event_ids:
+        return
+    c = COHORT.c
+    mine = COHORT.select().where(c.user_id.in_(list(set(user_ids)))).subquery()
+    found = (
+        conversion_candidates(s, section_id, mine, mine.c.user_id, mine.c.first_at)
+        .add_columns(mine.c.campaign_id, mine.c.cohort_hour, mine.c.variation_id)
+        .subquery()
+    )
+    x = found.c
+    rows = select(x.campaign_id, x.event_id, x.user_id, x.cohort_hour, x.variation_id, x.value, x.currency, x.at,
+                  x.lag_us).where(x.event_id.in_(list(event_ids)))  # fmt: skip
+    cols = ["campaign_id", "event_id", "user_id", "cohort_hour", "variation_id", "value", "currency", "at", "lag_us"]
+    ins = upsert_base(s, CONVERSION).from_select(cols, rows)
+    s.execute(ins.on_conflict_do_nothing(index_elements=["campaign_id", "event_id"]))
+
+
 # ------------------------------------------------------------------ rebuild from raw tables
 
 
