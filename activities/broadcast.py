@@ -6,7 +6,11 @@ audience and send-window check (recipient's timezone), channel and cap reservati
 provider call with the idempotency key `bcast:<run>:<user>:<channel>`, and the recipient's
 final status, committed per recipient. Up to `concurrency` recipients of a batch are delivered
 at once (activities/fan_out.py). A batch retried after a crash skips everyone already finished
-and repeats only the calls whose outcome was unknown (those in flight), under the same keys.
+and repeats only the calls whose outcome was unknown (those in flight), under the same keys and
+with the message their first attempt composed (activities/frozen_message.py). A send whose
+outcome was unknown may have been delivered (`store.sends.maybe_delivered`), whatever the vendor
+does with the key, until the vendor accepts a retry: ended otherwise, it keeps its cap slot and
+its recipient falls back to no other channel, as a journey's step (activities/delivery.py).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.delivery import compose_payload, make_linker, unsubscribe_url
+from activities.delivery import RECIPIENT_CHANGED, compose_payload, make_linker, unsubscribe_url
 from activities.fan_out import FanOut, SlotGrid, settled
+from activities.frozen_message import FrozenMessage
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -40,7 +45,7 @@ from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
-from store import broadcasts, decisions, journey_rows, report_rollup, reservations
+from store import broadcasts, decisions, journey_rows, report_rollup, reservations, sends
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
@@ -78,6 +83,14 @@ OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no 
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
+# LOCK ORDER. The senders of a batch (and the shards of a run) commit concurrently, and their
+# transactions share two kinds of hot rows: the run's row (`BroadcastRun` counters) and the
+# campaign's report counters of sends (`report_rollup.count_send`). Every transaction here takes
+# them in one order: the recipient's own rows (recipient, send, cap slot, journey) first, then the
+# run row, then the send counters last, held until the commit. On PostgreSQL the reverse order in
+# one path (a skipped recipient's open sends counted before the run row, while `_record_in` updates
+# the run row first) deadlocked two senders. (The enrollment's `users` counter that `_prepare`
+# may bump before a run row update is never taken after one.)
 # Recipients of one batch delivered at once (REJOIN_BROADCAST_CONCURRENCY): enough calls in flight
 # to keep a vendor answering in 50 ms busy at ~600 messages/s per shard; bounded, so one batch
 # holds at most this many store connections' worth of work and vendor connections.
@@ -111,8 +124,9 @@ class _Ready:
     opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
     fell_back: str | None = None  # the channels that failed before this one (the recipient row's reason)
     attempt: int = 1  # the send row's attempts with this one
-    # The send row before this attempt made it in flight (status, possible duplicate); None: it is new.
-    before: tuple[str, bool] | None = None
+    # The send row before this attempt made it in flight (status, possible duplicate, kept message);
+    # None: it is new.
+    before: tuple[str, bool, str | None] | None = None
 
 
 class BroadcastActivities:
@@ -295,7 +309,8 @@ class BroadcastActivities:
                 s.delete(send)
                 reservations.release(s, ready.send_key)  # its cap slot: `_prepare` reserves it again
                 return
-            send.status, send.possible_duplicate = ready.before
+            # Its kept message too: one this preparation composed for a call never made fixes nothing.
+            send.status, send.possible_duplicate, send.message_enc = ready.before
             send.attempts, send.updated_at = ready.attempt - 1, now_utc()
             s.add(send)
 
@@ -362,15 +377,19 @@ class BroadcastActivities:
         self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
     ) -> str:
         """Move a pending recipient to its final status and count it on the run, once."""
+        closed: list[tuple[Send, str]] = []
         if status == "skipped":
-            _close_open_sends(s, batched_journey_id(rec.run_id, rec.user_id), reason)
+            closed = _close_open_sends(s, batched_journey_id(rec.run_id, rec.user_id), reason)
         rec.status, rec.reason, rec.channel = status, reason, channel
         s.add(rec)
-        # Shards finish recipients concurrently: increment in SQL, never read-modify-write.
+        # Shards (and the senders of a batch) finish recipients concurrently: increment in SQL,
+        # never read-modify-write.
         counter = getattr(BroadcastRun, status)
         s.execute(
             update(BroadcastRun).where(col(BroadcastRun.id) == rec.run_id).values({counter: counter + 1})
         )
+        for send, previous in closed:  # after the run row (LOCK ORDER)
+            report_rollup.count_send(s, send, previous)
         return status
 
     def _prepare(self, req: BatchRequest, spec: CampaignSpec, user_id: str) -> _Ready | str:
@@ -458,42 +477,75 @@ class BroadcastActivities:
             integration = r.integrations[channel]
             provider = self.providers.for_kind(integration.kind)
             recipient = sendable_recipient(channel, self.box.decrypt(r.opt_ins[channel].value_enc))
-            linker = make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of)
-            try:
-                # The same rendering as journeys: templates, tracking links, feeds, localization.
-                payload = compose_payload(
-                    s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
-                    user=user, identifier=recipient, items=list(rec.items), linker=linker,
-                    as_of=req.as_of, native_email=integration.kind == "smtp",
+            frozen: FrozenMessage | None = None
+            if prior is not None and prior.status in OPEN_SEND and prior.message_enc is not None:
+                # A retry: the content was fixed by the first attempt (activities/frozen_message.py),
+                # sent again as it was, to the address it was made for, or not at all.
+                frozen = FrozenMessage.open(self.box, prior.message_enc)
+                if frozen.recipient != recipient:
+                    return self._recipient_changed(s, rec, prior, channel)
+            else:
+                linker = make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of)
+                try:
+                    # The same rendering as journeys: templates, tracking links, feeds, localization.
+                    payload = compose_payload(
+                        s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
+                        user=user, identifier=recipient, items=list(rec.items), linker=linker,
+                        as_of=req.as_of, native_email=integration.kind == "smtp",
+                    )  # fmt: skip
+                except MissingRequired as err:
+                    reservations.release(s, key)
+                    return self._finish(s, rec, "skipped", str(err)[:200], channel)
+                frozen = FrozenMessage(
+                    recipient=recipient, payload=payload, campaign_name=spec.name, step_name=variation.steps[0].name,
+                    unsubscribe_url=unsubscribe_url(channel, linker),
                 )  # fmt: skip
-            except MissingRequired as err:
-                reservations.release(s, key)
-                return self._finish(s, rec, "skipped", str(err)[:200], channel)
             now = now_utc()
             send = prior or Send(
                 key=key, journey_id=journey_id, section_id=run.section_id, campaign_id=run.campaign_id,
                 variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
                 user_id=user.id, status="in_flight", created_at=req.as_of, updated_at=now,
             )  # fmt: skip
-            before = (prior.status, prior.possible_duplicate) if prior is not None else None
-            if prior is not None and prior.status == "in_flight" and not provider.honours_idempotency_key:
-                send.possible_duplicate = True  # the previous attempt died with its outcome unknown
+            before = (prior.status, prior.possible_duplicate, prior.message_enc) if prior is not None else None
+            if prior is not None and prior.status == sends.UNKNOWN:
+                # The previous attempt died with its outcome unknown. Also for a vendor that honours
+                # the key: only its acceptance of this attempt settles whether it processed that one.
+                send.possible_duplicate = True
+            if send.message_enc is None:
+                # Kept for the retries of this send, in the INSERT (or UPDATE) that marks it in flight.
+                send.message_enc = frozen.seal(self.box)
             send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
             s.add(send)
             config_secrets: dict[str, Any] = (
                 json.loads(self.box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
             )
-            message = OutboundMessage(
-                section_id=run.section_id, integration_id=integration.id, channel=channel, recipient=recipient,
-                payload=payload, idempotency_key=key,
+            # Config and secrets as they are now: not content (credentials may rotate between attempts).
+            message = frozen.outbound(
+                section_id=run.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
-                campaign_name=spec.name, step_name=variation.steps[0].name,
-                unsubscribe_url=unsubscribe_url(channel, linker),
             )  # fmt: skip
             return _Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
                 opt_in_id=r.opt_ins[channel].id, fell_back=fell_back, attempt=send.attempts, before=before,
             )  # fmt: skip
+
+    def _recipient_changed(self, s: Session, rec: BroadcastRecipient, send: Send, channel: str) -> str:
+        """A retry refused because the recipient's address changed since the first attempt fixed the
+        content: the send and the recipient fail, with no fallback (as a journey's, RECIPIENT_CHANGED).
+        An earlier attempt may have been delivered (`sends.maybe_delivered`): then it keeps its cap
+        slot and is flagged, as a give-up is."""
+        maybe_delivered = sends.maybe_delivered(send)
+        reason = f"{RECIPIENT_CHANGED} ({sends.MAYBE_DELIVERED})" if maybe_delivered else RECIPIENT_CHANGED
+        previous, send.status, send.updated_at = send.status, "failed", now_utc()
+        send.message_enc = None  # final: no retry needs the content any more
+        send.possible_duplicate = send.possible_duplicate or maybe_delivered
+        send.provider_response = f"{reason}; last answer: {send.provider_response or 'none'}"[:2000]
+        s.add(send)
+        if not maybe_delivered:
+            reservations.release(s, send.key)
+        self._finish(s, rec, "failed", reason[:200], channel)
+        report_rollup.count_send(s, send, previous)  # last: see LOCK ORDER
+        return "failed"
 
     async def _send(self, fan: FanOut, req: BatchRequest, user_id: str, ready: _Ready) -> str:
         """The provider call and its outcome recorded; a vendor's Retry-After pauses the shard."""
@@ -528,6 +580,12 @@ class BroadcastActivities:
         with self.store.session() as s:
             send = s.get(Send, ready.send_key)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            if send is not None and err.outcome_unknown:
+                # Flagged now, not only by the retry (`_prepare`): the recipient may be skipped or
+                # given up before any retry, and the message may have gone out all the same. Also
+                # when the vendor honours the key: its later refusals (5xx) do not say whether it
+                # processed this attempt; only its acceptance of a retry settles that (`_record_in`).
+                send.possible_duplicate = True
             if send is not None and rec is not None and req.as_of - send.created_at < RECIPIENT_RETRY_BUDGET:
                 # A definite answer (429, 5xx) is no possible duplicate; an unknown outcome stays in flight.
                 send.status = "in_flight" if err.outcome_unknown else "retrying"
@@ -541,8 +599,8 @@ class BroadcastActivities:
                 s.add(rec)
                 return "deferred"
             attempts = send.attempts if send is not None else 1
-        reason = f"gave up after {attempts} attempts: {err.message}"
-        return self._record(req, user_id, ready, "failed", reason, err.status)
+            reason = f"gave up after {attempts} attempts: {err.message}"
+            return self._record_in(s, req, user_id, ready, "failed", reason, err.status)
 
     def _record(
         self,
@@ -555,35 +613,62 @@ class BroadcastActivities:
         recipient_gone: bool = False,
     ) -> str:
         with self.store.session() as s:
-            gone = recipient_gone and ready.opt_in_id is not None and opt_out_gone(s, ready.opt_in_id)
-            send = s.get(Send, ready.send_key)
-            if send is not None:
-                previous, send.status = send.status, "accepted" if status == "sent" else "failed"
-                send.provider_status = provider_status
-                send.provider_response = detail[:2000]
-                send.updated_at = now_utc()
-                s.add(send)
-            if status == "failed":
+            return self._record_in(s, req, user_id, ready, status, detail, provider_status, recipient_gone)
+
+    def _record_in(
+        self,
+        s: Session,
+        req: BatchRequest,
+        user_id: str,
+        ready: _Ready,
+        status: str,
+        detail: str,
+        provider_status: int | None,
+        recipient_gone: bool = False,
+    ) -> str:
+        """The send's final status and its recipient's (or FALLBACK), in the caller's transaction."""
+        gone = recipient_gone and ready.opt_in_id is not None and opt_out_gone(s, ready.opt_in_id)
+        send = s.get(Send, ready.send_key)
+        # An attempt of this send may have been delivered (an outcome was unknown): a refusal now does
+        # not say it was not. It keeps its cap slot and no other channel is tried (the user would get
+        # both). This attempt marked the send in flight itself: only the flag tells of an earlier one.
+        maybe_delivered = status == "failed" and sends.maybe_delivered(send, attempt_running=True)
+        if maybe_delivered:
+            detail = f"{detail} ({sends.MAYBE_DELIVERED})"
+        previous: str | None = None
+        if send is not None:
+            previous, send.status = send.status, "accepted" if status == "sent" else "failed"
+            send.message_enc = None  # final: no retry needs the content (and its personal data) any more
+            if status == "sent" and ready.provider.honours_idempotency_key:
+                # The vendor de-duplicates on the key: it delivered once, whatever earlier attempts
+                # did (store/sends.py `accept(settled=True)`, as journeys).
+                send.possible_duplicate = False
+            send.provider_status = provider_status
+            send.provider_response = detail[:2000]
+            send.updated_at = now_utc()
+            s.add(send)
+        if status == "failed":
+            if not maybe_delivered:
                 reservations.release(s, ready.send_key)
-            elif send is not None:
-                journey_rows.mark_sent(s, ready.journey_id, send.created_at)
-            rec = s.get(BroadcastRecipient, (req.run_id, user_id))
-            outcome = status
-            if rec is not None and rec.status == "pending":
-                rec.provider_response = detail[:500]
-                if status == "failed" and send is not None and not send.possible_duplicate:
-                    # As a journey's step: a permanent failure falls back to the next reachable
-                    # channel (`_prepare` leaves out the channels that failed), unless an earlier
-                    # attempt may have been delivered. The recipient stays pending until then.
-                    s.add(rec)
-                    outcome = FALLBACK
-                else:
-                    reason = ready.fell_back if status == "sent" else detail[:200]
-                    self._finish(s, rec, status, reason, ready.message.channel)
-            if send is not None and gone:  # what the report reads as a provider opt-out, as journeys record it
-                _record_provider_opt_out(s, send, ready, detail)
-            if send is not None:  # last: the hot counter rows stay locked until the commit
-                report_rollup.count_send(s, send, previous, opted_out=gone)
+        elif send is not None:
+            journey_rows.mark_sent(s, ready.journey_id, send.created_at)
+        rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+        outcome = status
+        if rec is not None and rec.status == "pending":
+            rec.provider_response = detail[:500]
+            if status == "failed" and send is not None and not maybe_delivered:
+                # As a journey's step: a permanent failure falls back to the next reachable
+                # channel (`_prepare` leaves out the channels that failed), unless an earlier
+                # attempt may have been delivered. The recipient stays pending until then.
+                s.add(rec)
+                outcome = FALLBACK
+            else:
+                reason = ready.fell_back if status == "sent" else detail[:200]
+                self._finish(s, rec, status, reason, ready.message.channel)
+        if send is not None and gone:  # what the report reads as a provider opt-out, as journeys record it
+            _record_provider_opt_out(s, send, ready, detail)
+        if send is not None:  # last (LOCK ORDER): the hot counter rows stay locked until the commit
+            report_rollup.count_send(s, send, previous, opted_out=gone)
         return outcome
 
 
@@ -629,13 +714,24 @@ def _record_provider_opt_out(s: Session, send: Send, ready: _Ready, detail: str)
     )  # fmt: skip
 
 
-def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> None:
+def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> list[tuple[Send, str]]:
     """A recipient skipped after an attempt that got no final answer (retried, then no longer
     reachable, in the audience or the campaign active): that send is over. It is recorded failed
-    (a call was made; an unknown outcome stays flagged as such) and its cap slot is given back."""
+    (a call was made). If an attempt may have reached the provider (left in flight, or flagged:
+    `sends.maybe_delivered`) it is flagged `possible_duplicate` and keeps its cap slot, as a
+    journey's give-up (activities/journey.py `_give_up`); otherwise its cap slot is given back.
+    Returns the closed sends with their previous status: the caller counts them, after the run
+    row (LOCK ORDER)."""
+    closed: list[tuple[Send, str]] = []
     for send in s.exec(select(Send).where(Send.journey_id == journey_id, col(Send.status).in_(OPEN_SEND))).all():
+        maybe_delivered = sends.maybe_delivered(send)
+        why = f"not retried: {reason}" + (f" ({sends.MAYBE_DELIVERED})" if maybe_delivered else "")
         previous, send.status, send.updated_at = send.status, "failed", now_utc()
-        send.provider_response = f"not retried: {reason}; last answer: {send.provider_response or 'none'}"[:2000]
+        send.possible_duplicate = send.possible_duplicate or maybe_delivered
+        send.message_enc = None  # final: the content kept for its retries goes (frozen_message.py)
+        send.provider_response = f"{why}; last answer: {send.provider_response or 'none'}"[:2000]
         s.add(send)
-        reservations.release(s, send.key)
-        report_rollup.count_send(s, send, previous)
+        if not maybe_delivered:
+            reservations.release(s, send.key)
+        closed.append((send, previous))
+    return closed
