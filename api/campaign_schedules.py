@@ -28,8 +28,9 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
+from api.temporal_errors import missing
 from domain import schedule as sched
 from domain.campaign import CampaignSpec, CampaignType
 from settings import Settings
@@ -106,7 +107,7 @@ async def sync(
         try:
             await handle.delete()
         except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
+            if not missing(err):
                 raise
         return
     wanted = build(settings, section_id, campaign_id, spec, status)
@@ -134,7 +135,7 @@ async def describe(client: Client, section_id: str, campaign_id: str) -> Schedul
     try:
         d = await handle.describe()
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
+        if missing(err):
             return None
         raise
     paused = d.schedule.state.paused

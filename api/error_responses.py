@@ -12,14 +12,16 @@ schema says it is (no walk over FastAPI's route internals):
 - one with a path parameter: 404 (another section's or an unknown object);
 - a method with a body (POST, PUT, PATCH): 400 (unparseable JSON, nesting, a corrupt compressed
   body), 413 (body size, compressed or decoded), 415 (an unknown Content-Encoding) and 422;
-- the operations in `RAISED` (a static list, read from the routes): 409 and 503.
+- the operations in `RAISED` (a static list, read from the routes): 409, 502 and 503.
 
-409 and 503 depend on what the handler does, which the schema does not show: `RAISED` lists, per
-operation, those its handler or the helpers of its module it calls can answer. 409: a `Conflict`
-(`api/errors.py`), or `security.rotation.RotationIncomplete`. 503: an `Unavailable`, Temporal
-unreachable (`AppState.client`), or a stored secret no configured key decrypts
-(`security.crypto.UndecryptableSecret`). tests/api/test_error_declarations.py derives the same
-from the routes' source and fails when the two differ.
+409, 502 and 503 depend on what the handler does, which the schema does not show: `RAISED` lists,
+per operation, those its handler or the helpers of its module it calls can answer. 409: a
+`Conflict` (`api/errors.py`), or `security.rotation.RotationIncomplete`. 503: an `Unavailable`,
+Temporal unreachable (`AppState.client`) or busy (a transient error of a call in
+`calling_temporal`, with `Retry-After`), or a stored secret no configured key decrypts
+(`security.crypto.UndecryptableSecret`). 502: Temporal refused a call made in `calling_temporal`
+(api/temporal_errors.py). tests/api/test_error_declarations.py derives the same from the routes'
+source and fails when the two differ.
 """
 
 from __future__ import annotations
@@ -34,37 +36,40 @@ _BODY_METHODS = {"post", "put", "patch"}
 _REF = "#/components/schemas/ErrorResponse"
 
 _CONFLICT = "409"
+_BAD_GATEWAY = "502"
 _UNAVAILABLE = "503"
 _BOTH = (_CONFLICT, _UNAVAILABLE)
+_TEMPORAL = (_BAD_GATEWAY, _UNAVAILABLE)  # a Temporal call: refused (502), unreachable or busy (503)
+_CONFLICT_TEMPORAL = (_CONFLICT, *_TEMPORAL)
 
-# (method, path) -> the statuses among 409 and 503 the operation can answer; why, per operation.
+# (method, path) -> the statuses among 409, 502 and 503 the operation can answer; why, per operation.
+# Reading journeys (their live view) and campaigns (their schedule) answers without Temporal: none.
 RAISED: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/api/v1/sections"): (_CONFLICT,),  # legacy section id taken
     ("patch", "/api/v1/section"): (_CONFLICT,),  # legacy section id taken
-    ("post", "/api/v1/campaigns"): (_UNAVAILABLE,),  # its Temporal Schedule not created
-    ("put", "/api/v1/campaigns/{campaign_id}"): _BOTH,  # archived, type changed; schedule not updated
-    ("post", "/api/v1/campaigns/{campaign_id}/activate"): _BOTH,  # no such transition; schedule
-    ("post", "/api/v1/campaigns/{campaign_id}/pause"): _BOTH,
-    ("post", "/api/v1/campaigns/{campaign_id}/archive"): _BOTH,
-    ("post", "/api/v1/campaigns/{campaign_id}/preview"): _BOTH,  # a journey still runs; Temporal
+    ("post", "/api/v1/campaigns"): _TEMPORAL,  # its Temporal Schedule not created
+    ("put", "/api/v1/campaigns/{campaign_id}"): _CONFLICT_TEMPORAL,  # archived, type changed; schedule not updated
+    ("post", "/api/v1/campaigns/{campaign_id}/activate"): _CONFLICT_TEMPORAL,  # no such transition; schedule
+    ("post", "/api/v1/campaigns/{campaign_id}/pause"): _CONFLICT_TEMPORAL,
+    ("post", "/api/v1/campaigns/{campaign_id}/archive"): _CONFLICT_TEMPORAL,
+    ("post", "/api/v1/campaigns/{campaign_id}/preview"): _CONFLICT_TEMPORAL,  # a journey still runs; Temporal
     ("post", "/api/v1/campaigns/{campaign_id}/render"): (_UNAVAILABLE,),  # the user's address undecryptable
-    ("post", "/api/v1/campaigns/{campaign_id}/runs"): (_UNAVAILABLE,),  # Temporal
-    ("post", "/api/v1/campaigns/{campaign_id}/journeys/exit"): (_UNAVAILABLE,),  # Temporal
-    ("post", "/api/v1/journeys/{journey_id}/exit"): _BOTH,  # ended, start pending; Temporal
-    ("get", "/api/v1/journeys/{journey_id}"): (_UNAVAILABLE,),  # an active journey's live view: Temporal
-    ("get", "/api/v1/users/{user_ref}/journeys"): (_UNAVAILABLE,),
-    ("delete", "/api/v1/users/{user_ref}"): (_UNAVAILABLE,),  # Temporal; the person kept changing
+    ("post", "/api/v1/campaigns/{campaign_id}/runs"): _TEMPORAL,  # the run not started
+    # Temporal unreachable; a journey's failure is counted in the 503's own body (`CampaignStopOut`).
+    ("post", "/api/v1/campaigns/{campaign_id}/journeys/exit"): (_UNAVAILABLE,),
+    ("post", "/api/v1/journeys/{journey_id}/exit"): _CONFLICT_TEMPORAL,  # ended, start pending; Temporal
+    ("delete", "/api/v1/users/{user_ref}"): _TEMPORAL,  # Temporal; the person kept changing
     ("post", "/api/v1/integrations"): (_CONFLICT,),  # the channel's integration exists
     ("get", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),  # its secrets undecryptable
     ("put", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),
     ("delete", "/api/v1/integrations/{integration_id}"): (_CONFLICT,),  # campaigns send through it
     ("post", "/api/v1/integrations/{integration_id}/test"): (_UNAVAILABLE,),
-    ("post", "/api/v1/integrations/{integration_id}/subscribers/sync"): _BOTH,  # provisioning; S3, Temporal
+    ("post", "/api/v1/integrations/{integration_id}/subscribers/sync"): _CONFLICT_TEMPORAL,  # provisioning; S3/Temporal
     ("post", "/api/v1/integrations/{integration_id}/subscribers/credentials"): _BOTH,  # no list, no more; S3
     ("delete", "/api/v1/templates/{template_id}"): (_CONFLICT,),  # used by campaigns
-    ("post", "/api/v1/feeds"): (_UNAVAILABLE,),  # its Temporal Schedule
-    ("put", "/api/v1/feeds/{feed_id}/file"): (_UNAVAILABLE,),  # the object store; Temporal
-    ("post", "/api/v1/feeds/{feed_id}/sync"): (_UNAVAILABLE,),  # Temporal
+    ("post", "/api/v1/feeds"): _TEMPORAL,  # its Temporal Schedule
+    ("put", "/api/v1/feeds/{feed_id}/file"): _TEMPORAL,  # the object store; Temporal
+    ("post", "/api/v1/feeds/{feed_id}/sync"): _TEMPORAL,  # Temporal
     ("post", "/api/v1/admin/rotate-secrets"): (_CONFLICT,),  # RotationIncomplete
 }
 
@@ -78,12 +83,14 @@ _DESCRIPTIONS = {
     "409": "The object's state does not allow it (the message says why)",
     "422": "Validation error naming the field",
     "429": "Rate limit exceeded; retry after `Retry-After` seconds",
+    "502": "Temporal refused the call (not a transient error): the message names the operation and Temporal's status",
     "503": "A service it needs is unavailable (Temporal, the object store, a decryption key); retry later",
 }
 _HEADERS = {
     "401": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
     "415": {"Accept-Encoding": {"schema": {"type": "string"}, "description": "the codings accepted"}},
     "429": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds until a request is allowed"}},
+    "503": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait (Temporal busy)"}},
 }
 
 

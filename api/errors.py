@@ -10,7 +10,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError
 
+from api.temporal_errors import TemporalFailed, temporal_failure
 from domain.events import EventValidationError
 from domain.field_error import FieldError
 from security.crypto import UndecryptableSecret
@@ -154,6 +156,17 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status_code, headers=headers)
 
+    @app.exception_handler(TemporalFailed)
+    async def _temporal(_: Request, exc: TemporalFailed) -> JSONResponse:
+        return _temporal_answer(exc)
+
+    @app.exception_handler(RPCError)
+    async def _rpc(request: Request, exc: RPCError) -> JSONResponse:
+        # A Temporal call no route wrapped in `calling_temporal`: the same answer, naming the route.
+        route = request.scope.get("route")
+        path = getattr(route, "path", request.url.path)
+        return _temporal_answer(temporal_failure(exc, f"answer {request.method} {path}"))
+
     @app.exception_handler(UndecryptableSecret)
     async def _undecryptable(_: Request, exc: UndecryptableSecret) -> JSONResponse:
         # This process lacks a key the stored value needs (started before a rotation, or a key
@@ -172,3 +185,8 @@ def install_error_handlers(app: FastAPI) -> None:
         more = f" (and {len(found) - 1} more errors)" if len(found) > 1 else ""
         body = {"detail": capped(detail), "error": f"{exc.place}: {exc.message}{more}"}
         return JSONResponse(body, status_code=422)
+
+
+def _temporal_answer(exc: TemporalFailed) -> JSONResponse:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(error_body(exc.message, kind="temporal_error"), status_code=exc.status_code, headers=headers)

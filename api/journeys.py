@@ -10,6 +10,7 @@ whose workflow was closed outside Rejoin (terminated in the Temporal UI, failed:
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -18,13 +19,16 @@ from pydantic import BaseModel
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.exceptions import TemporalError
+from temporalio.service import RPCError
 
+from api.temporal_errors import missing
 from workflows import search
 from workflows.journey import JourneyWorkflow
 from workflows.models import ExitSignal, JourneyInput, JourneyView, TriggerSignal
 
 RETRIGGER_SIGNAL = "retrigger"  # JourneyWorkflow.retrigger
+log = logging.getLogger(__name__)
 
 
 class JourneyCommand(BaseModel):
@@ -169,7 +173,7 @@ async def journey_id_of_run(client: Client, workflow_id: str, run_id: str | None
         async for ev in handle.fetch_history_events(page_size=1):
             return _journey_id(await _start_input(client, ev))
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
+        if missing(exc):
             return None
         raise
     return None
@@ -257,7 +261,7 @@ async def exit_journey(client: Client, workflow_id: str, signal: ExitSignal) -> 
     try:
         await client.get_workflow_handle(workflow_id).signal(JourneyWorkflow.exit, signal)
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
+        if missing(exc):
             return False
         raise
     return True
@@ -268,7 +272,7 @@ async def latest_run(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescr
     try:
         return await handle.describe()
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
+        if missing(exc):
             return None
         raise
 
@@ -330,16 +334,36 @@ async def trigger_already_applied(client: Client, workflow_id: str, event_id: st
     return None
 
 
-async def describe(client: Client, workflow_id: str) -> JourneyView | None:
-    """The live state of the journey's latest run (None if Temporal no longer has it)."""
+@dataclass(frozen=True)
+class Live:
+    """A journey's live view: its latest run's state (`view`, None when the run has closed), or
+    why it could not be read (`unavailable`); the rest of the journey comes from the store."""
+
+    view: JourneyView | None = None
+    unavailable: str | None = None
+
+
+async def describe(client: Client, workflow_id: str) -> Live:
+    """The live state of the journey's latest run. Never raises for Temporal's sake: the live view
+    is one part of an answer the store gives, and a Temporal error only leaves it out, saying why."""
     handle = client.get_workflow_handle(workflow_id)
     try:
         desc = await handle.describe()
-        if desc.status == WorkflowExecutionStatus.RUNNING:
-            return await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5)
-        return None
-    except Exception:  # gone from Temporal, no worker to answer the query, timeout: no live view
-        return None
+    except RPCError as exc:
+        if missing(exc):  # retention removed it, or its start never reached Temporal
+            return Live(unavailable="Temporal has no run of the journey's workflow")
+        log.warning("live view of %s: Temporal %s: %s", workflow_id, exc.status.name, exc.message)
+        return Live(unavailable=f"Temporal {exc.status.name}: live state not read")
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return Live()
+    try:
+        return Live(await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5))
+    except TimeoutError:
+        return Live(unavailable="no worker answered the journey's state query within 5 s")
+    except TemporalError as exc:  # RPCError, the query failed or was rejected (the run closed meanwhile)
+        log.warning("live view of %s: query failed: %r", workflow_id, exc)
+        reason = f"Temporal {exc.status.name}" if isinstance(exc, RPCError) else type(exc).__name__
+        return Live(unavailable=f"the journey's state query failed ({reason})")
 
 
 def trigger_input(

@@ -21,6 +21,7 @@ from api import campaign_schedules
 from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable
+from api.temporal_errors import calling_temporal, safe_reason
 from domain.campaign import STORED, CampaignSpec, CampaignType
 from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
@@ -88,12 +89,9 @@ async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> Camp
     if out.type != CampaignType.SCHEDULED or (not campaign_schedules.has_schedule(spec) and out.version == 1):
         return out  # never had a schedule: none to create or delete (and no need for Temporal)
     client = await state.client()
-    try:
+    saved = "the campaign was saved; repeat the request"
+    async with calling_temporal("update the campaign's Temporal Schedule", saved):
         await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
-    except RPCError as err:
-        raise Unavailable(
-            f"the campaign was saved but its Temporal Schedule was not updated ({err.message}); repeat the request"
-        ) from err
     return await _with_schedule(state, section_id, out)
 
 
@@ -104,7 +102,7 @@ async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) 
             out.schedule = await campaign_schedules.describe(client, section_id, out.id)
         except (RPCError, Unavailable) as err:
             # Reading a campaign never fails because Temporal is down; say what is unknown.
-            out.schedule_error = f"Temporal Schedule unavailable: {err}"[:300]
+            out.schedule_error = f"Temporal Schedule unavailable: {safe_reason(err)}"[:300]
     return out
 
 

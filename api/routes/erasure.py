@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unavailable
 from api.journeys import exit_journey
+from api.temporal_errors import calling_temporal
 from store.erasure import ERASED, Erased, Person, PersonChanged, erase, find_person
 from store.tables import now_utc
 from workflows.models import ExitSignal
@@ -60,7 +61,8 @@ async def _exit_journeys(state: StateDep, person: Person) -> tuple[int, list[str
         return 0, []
     client = await state.client()
     signal = ExitSignal(event_id="erasure_" + secrets.token_hex(8), reason=ERASED)
-    found = await asyncio.gather(*(exit_journey(client, wid, signal) for wid in person.workflow_ids))
+    async with calling_temporal("signal the person's journeys to exit", "nothing was erased; send the request again"):
+        found = await asyncio.gather(*(exit_journey(client, wid, signal) for wid in person.workflow_ids))
     gone = [wid for wid, ok in zip(person.workflow_ids, found, strict=True) if not ok]
     return len(person.workflow_ids) - len(gone), gone
 

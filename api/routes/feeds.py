@@ -34,6 +34,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.broadcast import send_time
 from api.deps import Management, StateDep
 from api.errors import NotFound, Unavailable, Unprocessable
+from api.temporal_errors import calling_temporal
 from domain.campaign import CampaignType
 from domain.durations import Duration
 from domain.field_error import FieldError
@@ -186,32 +187,36 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
         with state.store.session() as s:
             s.add(feed)
 
+    # Temporal unreachable: refused before the feed is saved, so the request can simply be repeated.
+    client = await state.client() if body.sync_every is not None else None
     await asyncio.to_thread(save)
-    if body.sync_every is not None:
-        client = await state.client()
-        await client.create_schedule(
-            feed_sync_id(feed.section_id, feed.id),
-            Schedule(
-                action=ScheduleActionStartWorkflow(
-                    FeedSyncWorkflow.run,
-                    _sync_input(state.settings, feed),
-                    id=feed_sync_id(feed.section_id, feed.id),
-                    task_queue=state.settings.task_queue,
-                ),  # fmt: skip
-                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=body.sync_every)]),
-                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
-            ),
-        )
+    if client is not None and body.sync_every is not None:
+        then = f"the feed {feed.id} was saved without it: it syncs only when asked (POST /api/v1/feeds/{feed.id}/sync)"
+        async with calling_temporal("create the feed's sync schedule", then):
+            await client.create_schedule(
+                feed_sync_id(feed.section_id, feed.id),
+                Schedule(
+                    action=ScheduleActionStartWorkflow(
+                        FeedSyncWorkflow.run,
+                        _sync_input(state.settings, feed),
+                        id=feed_sync_id(feed.section_id, feed.id),
+                        task_queue=state.settings.task_queue,
+                    ),  # fmt: skip
+                    spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=body.sync_every)]),
+                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+                ),
+            )
     return FeedOut(**feed.model_dump())
 
 
 async def _start_sync(state: StateDep, feed: Feed, object_key: str | None, force: bool) -> SyncStarted:
     client = await state.client()
     wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
-    await client.start_workflow(
-        FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force), id=wid,
-        task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
-    )  # fmt: skip
+    async with calling_temporal("start the feed's sync"):
+        await client.start_workflow(
+            FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force), id=wid,
+            task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
+        )  # fmt: skip
     return SyncStarted(workflow_id=wid)
 
 
@@ -364,17 +369,18 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
     run = await asyncio.to_thread(create)
     client = await state.client()
     try:
-        await client.start_workflow(
-            BroadcastWorkflow.run,
-            BroadcastInput(
-                run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
-                plan_scheduled=True,
-            ),
-            id=broadcast_workflow_id(run.id),
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            task_queue=state.settings.task_queue,
-            static_summary=f"scheduled campaign {run.campaign_id}: run {run.id}",
-        )  # fmt: skip
+        async with calling_temporal("start the run", f"run {run.id} is recorded; repeat the request to start it"):
+            await client.start_workflow(
+                BroadcastWorkflow.run,
+                BroadcastInput(
+                    run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
+                    plan_scheduled=True,
+                ),
+                id=broadcast_workflow_id(run.id),
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                task_queue=state.settings.task_queue,
+                static_summary=f"scheduled campaign {run.campaign_id}: run {run.id}",
+            )  # fmt: skip
     except WorkflowAlreadyStartedError:
         pass  # the schedule (or an earlier request) already drives this run
     return await asyncio.to_thread(_run_out, state.store, principal.section_id, run.id)

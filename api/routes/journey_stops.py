@@ -18,11 +18,13 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound
 from api.ingestion import EXIT_WAITS_FOR_START
 from api.journeys import exit_journey, journey_id_of_run, latest_run
+from api.temporal_errors import calling_temporal, safe_reason
 from store import journey_rows
 from store.tables import Campaign, Journey, now_utc
 from workflows.journey import JourneyWorkflow
@@ -157,7 +159,8 @@ async def stop_journey(journey_id: str, principal: Management, state: StateDep) 
     if row.status != "active":
         raise Conflict(f"the journey has ended already ({row.status}, {row.exit_reason})", field="journey_id")
     client = await state.client()
-    outcome = await _stop(state, client, _Active(row.id, row.workflow_id, row.triggered_at))
+    async with calling_temporal("stop the journey", "send the exit again"):
+        outcome = await _stop(state, client, _Active(row.id, row.workflow_id, row.triggered_at))
     if outcome == "start_pending":
         raise Conflict("the journey's start has not reached Temporal yet; send the exit again", field="journey_id")
     after = await asyncio.to_thread(_journey_row, state, principal.section_id, journey_id)
@@ -188,7 +191,9 @@ def _active_page(state: StateDep, section_id: str, campaign_id: str, after: str)
 
 def _failure(row: _Active, err: Exception) -> StopFailure:
     log.warning("campaign-wide stop: journey %s (%s) not stopped", row.id, row.workflow_id, exc_info=err)
-    return StopFailure(journey_id=row.id, reason=f"{type(err).__name__}: {err}"[:300])
+    # Temporal's own message stays in the log (it can name its hosts); the caller gets its status.
+    reason = safe_reason(err) if isinstance(err, RPCError) else f"{type(err).__name__}: {err}"
+    return StopFailure(journey_id=row.id, reason=reason[:300])
 
 
 def _count(out: CampaignStopOut, result: StopOutcome | StopFailure) -> None:

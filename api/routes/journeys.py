@@ -22,8 +22,9 @@ from pydantic import BaseModel, Field, StrictBool
 from sqlmodel import col, select
 
 from api.deps import Management, StateDep
-from api.errors import Conflict, NotFound, Unprocessable
-from api.journeys import describe, start_or_retrigger, started_new_run, trigger_input
+from api.errors import Conflict, NotFound, Unavailable, Unprocessable
+from api.journeys import Live, describe, start_or_retrigger, started_new_run, trigger_input
+from api.temporal_errors import calling_temporal
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, Variation
 from store import broadcasts, decisions, journey_rows, sends
@@ -80,6 +81,9 @@ class JourneyOut(BaseModel):
     ended_at: datetime | None
     temporal_ui: str
     live: JourneyView | None = None
+    # Why `live` is missing for an active journey: Temporal unreachable or answering an error, the
+    # workflow gone from it, no worker to answer the query. The rest of the journey is the store's.
+    live_error: str | None = None
     decisions: list[DecisionOut] = []
     sends: list[SendOut] = []
 
@@ -160,12 +164,19 @@ def _with_recipient(journey: JourneyOut, rec: BroadcastRecipient) -> None:
 
 
 async def _with_live(state: StateDep, journeys: list[JourneyOut]) -> list[JourneyOut]:
+    """The active journeys' live state from Temporal. Reading journeys never fails because Temporal
+    is down or erring (as reading a campaign does not: its `schedule_error`): `live_error` says why."""
     active = [j for j in journeys if j.status == "active"]
-    if active:
+    if not active:
+        return journeys
+    try:
         client = await state.client()
-        views = await asyncio.gather(*(describe(client, j.workflow_id) for j in active))
-        for j, view in zip(active, views, strict=True):
-            j.live = view
+    except Unavailable as err:
+        lives = [Live(unavailable=err.message)] * len(active)
+    else:
+        lives = await asyncio.gather(*(describe(client, j.workflow_id) for j in active))
+    for j, live in zip(active, lives, strict=True):
+        j.live, j.live_error = live.view, live.unavailable
     return journeys
 
 
@@ -329,9 +340,10 @@ async def preview(campaign_id: str, body: PreviewRequest, principal: Management,
     variation_id = start.input.enrollment.plan.variation_id if start.input.enrollment else None
     try:
         client = await state.client()
-        handle = await start_or_retrigger(
-            client, state.settings.task_queue, wid, start.input, trigger, variation_id=variation_id
-        )
+        async with calling_temporal("start the preview's journey"):
+            handle = await start_or_retrigger(
+                client, state.settings.task_queue, wid, start.input, trigger, variation_id=variation_id
+            )
     except Exception:
         if start.enrolled is not None:  # no run will end the row the preview recorded
             await asyncio.to_thread(_withdraw, state, start.enrolled)

@@ -29,6 +29,7 @@ from temporalio.client import (
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable, Unprocessable
+from api.temporal_errors import calling_temporal
 from domain.subscribers import FILE_NAME, expected_header
 from settings import Settings
 from store import objects
@@ -211,8 +212,9 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep, 
     # one (triggered now, or its next fire if a run is under way) applies them.
     forced = await asyncio.to_thread(_force, state.store, lst.integration_id) if force else []
     client = await state.client()
-    sid = await ensure_schedule(client, state.settings, lst)
-    await client.get_schedule_handle(sid).trigger()
+    async with calling_temporal("start the subscriber list's sync", "the list is provisioned; send the request again"):
+        sid = await ensure_schedule(client, state.settings, lst)
+        await client.get_schedule_handle(sid).trigger()
     return SyncNow(
         location=_location(state.settings, lst, integration.identifier_type),
         credentials=creds,

@@ -23,18 +23,25 @@ from store.engine import Store
 from tests.helpers import SectionKeys, add_integration
 
 # Helpers that catch what they call: reading a campaign never fails because Temporal is down (its
-# `schedule_error` says so); ingestion stores the events and defers their dispatch to the sweeper.
-CATCHES = {("api.routes.campaigns", "_with_schedule"), ("api.routes.collect", "_ingest")}
+# `schedule_error` says so), nor reading journeys (`live_error`); ingestion stores the events and
+# defers their dispatch to the sweeper.
+CATCHES = {
+    ("api.routes.campaigns", "_with_schedule"),
+    ("api.routes.journeys", "_with_live"),
+    ("api.routes.collect", "_ingest"),
+}
 
 
 def _statuses(node: ast.AST) -> set[str]:
-    """409 and 503 as the code in `node` can answer them (see api/error_responses.py)."""
+    """409, 502 and 503 as the code in `node` can answer them (see api/error_responses.py)."""
     found: set[str] = set()
     for n in ast.walk(node):
         if isinstance(n, ast.Name) and n.id in ("Conflict", "rotate_all"):  # rotate_all: RotationIncomplete
             found.add("409")
         elif isinstance(n, ast.Name) and n.id == "Unavailable":
             found.add("503")
+        elif isinstance(n, ast.Name) and n.id == "calling_temporal":  # api/temporal_errors.py
+            found |= {"502", "503"}
         elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in ("client", "decrypt"):
             found.add("503")  # AppState.client: Temporal unreachable; SecretBox.decrypt: UndecryptableSecret
     return found
@@ -77,7 +84,7 @@ def _operations() -> list[tuple[str, str, set[str]]]:
 
 
 def _declared(schema: dict[str, Any], method: str, path: str) -> set[str]:
-    return set(schema["paths"][path][method]["responses"]) & {"409", "503"}
+    return set(schema["paths"][path][method]["responses"]) & {"409", "502", "503"}
 
 
 def test_declared_409_and_503_are_those_the_routes_can_answer(tmp_path: Any) -> None:

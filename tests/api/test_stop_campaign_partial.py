@@ -63,7 +63,8 @@ async def test_a_temporal_error_on_one_journey_stops_the_others_and_names_it(
             "failed": 1}, body  # fmt: skip
         [failure] = body["failures"]
         assert failure["journey_id"] == failing["id"], failure
-        assert "RPCError" in failure["reason"] and "history service unavailable" in failure["reason"], failure
+        # Temporal's status, not its message (it can name the server's internals: tests/api/test_temporal_errors.py)
+        assert failure["reason"] == "Temporal UNAVAILABLE", failure
         for i in (0, 2):
             result = await journey_result(env.client, section, cid, users[i][1])
             assert (result.status, result.exit_reason) == ("exited", "operator_stopped"), result
@@ -82,7 +83,8 @@ async def test_a_temporal_error_on_one_journey_stops_the_others_and_names_it(
 async def test_a_single_journey_stop_still_fails_on_a_temporal_error(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The one-journey route keeps its behaviour: the error is the answer (nothing else to report)."""
+    """The one-journey route keeps its behaviour: the error is the answer (nothing else to report),
+    a busy Temporal's 503 (it was a 500: api/temporal_errors.py)."""
     await add_integration(api, section)
     cid = await create_campaign(api, section, cart_campaign(wait="PT1H"))
     dyid, _ = await reachable_user(api, section)
@@ -94,8 +96,8 @@ async def test_a_single_journey_stop_still_fails_on_a_temporal_error(
             raise RPCError("history service unavailable", RPCStatusCode.UNAVAILABLE, b"")
 
         monkeypatch.setattr(journeys_routes, "latest_run", latest_run)
-        with pytest.raises(RPCError):  # the ASGI test transport re-raises what the server answers 500 for
-            await api.post(f"/api/v1/journeys/{journey['id']}/exit", headers=section.mgmt)
+        r = await api.post(f"/api/v1/journeys/{journey['id']}/exit", headers=section.mgmt)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
         monkeypatch.undo()
         r = await api.post(f"/api/v1/campaigns/{cid}/journeys/exit", headers=section.mgmt)  # leave nothing running
         assert r.status_code == 200 and r.json()["signalled"] == 1, r.text
