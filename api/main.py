@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
 def _document_validation_errors(app: FastAPI) -> None:
     """The schema's ValidationError as the API sends it: `type`, `loc`, `msg` only (FastAPI lists
     `input` and `ctx` too, which `api/errors.py::validation_detail` never returns); and each
-    operation's error answers (400, 401, 403, 404, 409, 413, 415, 429, 503: `api/error_responses.py`)."""
+    operation's error answers (400, 401, 403, 404, 409, 413, 415, 429, 502, 503: `api/error_responses.py`)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
