@@ -377,9 +377,13 @@ class BroadcastActivities:
         self, s: Session, rec: BroadcastRecipient, status: str, reason: str | None, channel: str | None = None
     ) -> str:
         """Move a pending recipient to its final status and count it on the run, once."""
+        # A send the recipient began that no final answer ended is over with the recipient (such a
+        # send on a channel given up for the next: `_prepare`). A recipient sent at once has none:
+        # only a retry (`_defer_retry` sets `not_before`) leaves one `retrying`; no read for them.
         closed: list[tuple[Send, str]] = []
-        if status == "skipped":
-            closed = _close_open_sends(s, batched_journey_id(rec.run_id, rec.user_id), reason)
+        if status != "sent" or rec.not_before is not None:
+            why = f"sent on {channel} instead" if status == "sent" else reason
+            closed = _close_open_sends(s, batched_journey_id(rec.run_id, rec.user_id), why)
         rec.status, rec.reason, rec.channel = status, reason, channel
         s.add(rec)
         # Shards (and the senders of a batch) finish recipients concurrently: increment in SQL,
@@ -444,6 +448,13 @@ class BroadcastActivities:
             r = reach(s, run.section_id, user.id, step_channels)
             failed = _failed_channels(s, journey_id) if rec.provider_response is not None else {}
             choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable, failed)
+            elsewhere = _open_sends_elsewhere(s, run.id, user.id, step_channels, choice.channel)
+            if any(sends.maybe_delivered(send) for send in elsewhere):
+                # An attempt on a channel not chosen now (its opt-in withdrawn since) has no final
+                # answer and may have been delivered: the recipient ends there, as a journey's step
+                # falls back to no other channel. (Other open sends are closed by `_finish`.)
+                last = elsewhere[-1].channel
+                return self._finish(s, rec, "failed", f"{last}: {sends.MAYBE_DELIVERED}", last)
             if choice.channel is None:
                 if failed:  # no channel left after a permanent failure: the recipient failed
                     return self._finish_failed(s, rec, failed)
@@ -735,3 +746,12 @@ def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> list[t
             reservations.release(s, send.key)
         closed.append((send, previous))
     return closed
+
+
+def _open_sends_elsewhere(
+    s: Session, run_id: str, user_id: str, step_channels: list[str], chosen: str | None
+) -> list[Send]:
+    """The recipient's sends on the step's other channels that a provider call started and no final
+    answer ended (one primary-key read per other channel: none for a one-channel step)."""
+    found = (s.get(Send, broadcast_send_key(run_id, user_id, ch)) for ch in step_channels if ch != chosen)
+    return [send for send in found if send is not None and send.status in OPEN_SEND]

@@ -254,6 +254,67 @@ async def test_a_new_address_between_batched_attempts_fails_the_recipient_withou
     assert _slot_released(store, send.key), "every attempt was answered: nothing delivered"
 
 
+async def test_an_opt_out_after_a_lost_answer_falls_back_to_no_other_channel(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store,
+    fresh_provider: ProviderServer, held: FirstAnswerHeld,
+) -> None:  # fmt: skip
+    """The vendor processes the email and the answer is lost; the user opts out of email before the
+    retry. Before: the next attempt chose SMS (email no longer reachable) and sent it, leaving the
+    email send in flight for good: the user got both. Now the recipient ends failed on email,
+    possibly delivered, its slot kept, and no SMS goes."""
+    fresh_provider.script(held.path, Reply(200, {"id": "m1"}, truncate=True))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(held.path)})
+    await add_integration(api, section, "sms")  # the outbox: a fallback would be seen there
+    dyid, uid = await reachable_user(api, section, phone=_phone())
+    spec = batch_campaign("user_attribute_change", channels=("email", "sms"))
+    cid, run_id = await _loyalty_run(api, env, section, store, spec, [uid])
+    await held.wait_seen()
+    old = {"identifier": {"type": "email", "value": email_for(dyid)}}
+    r = await api.post("/v2/userdata/channels/email/opt-out", json=old, headers=section.ing)
+    assert r.status_code == 200, r.text
+    held.go.set()
+    progress = await run_result(env.client, run_id, timeout=120)
+    assert await outbox(api, section) == [], "no SMS: the email may well have arrived"
+    assert len(fresh_provider.to(held.path)) == 1
+    assert (progress.sent, progress.failed) == (0, 1), progress
+    rec = _recipient(store, run_id)
+    assert (rec.status, rec.channel) == ("failed", "email") and MAYBE_DELIVERED in (rec.reason or ""), rec
+    [send] = await campaign_sends(store, cid)
+    assert (send.status, send.possible_duplicate, send.message_enc) == ("failed", True, None), send
+    assert not _slot_released(store, send.key), "the message may have reached the user: its slot stays taken"
+    assert _report(store, section, cid) == (1, 1, 1)
+
+
+async def test_an_opt_out_after_a_refusal_moves_to_the_next_channel_and_closes_the_first_send(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store,
+    fresh_provider: ProviderServer, held: FirstAnswerHeld,
+) -> None:  # fmt: skip
+    """The vendor answers the email 503 (not delivered) and the user opts out of email before the
+    retry: the SMS goes, and the email send is closed failed, unflagged, its slot given back.
+    Before: the email send stayed `retrying` for good, its cap slot held."""
+    fresh_provider.script(held.path, Reply(503, "busy"))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(held.path)})
+    await add_integration(api, section, "sms")
+    dyid, uid = await reachable_user(api, section, phone=_phone())
+    spec = batch_campaign("user_attribute_change", channels=("email", "sms"))
+    cid, run_id = await _loyalty_run(api, env, section, store, spec, [uid])
+    await held.wait_seen()
+    old = {"identifier": {"type": "email", "value": email_for(dyid)}}
+    r = await api.post("/v2/userdata/channels/email/opt-out", json=old, headers=section.ing)
+    assert r.status_code == 200, r.text
+    held.go.set()
+    progress = await run_result(env.client, run_id, timeout=120)
+    assert len(await outbox(api, section)) == 1, "the SMS went"
+    assert (progress.sent, progress.failed) == (1, 0), progress
+    rec = _recipient(store, run_id)
+    assert (rec.status, rec.channel) == ("sent", "sms"), rec
+    email, sms = sorted(await campaign_sends(store, cid), key=lambda send: send.channel)
+    assert (email.status, email.possible_duplicate, email.message_enc) == ("failed", False, None), email
+    assert "sent on sms instead" in (email.provider_response or ""), email
+    assert _slot_released(store, email.key)
+    assert sms.status == "accepted", sms
+
+
 # ------------------------------------------------------------------ 2. vendors honouring the key
 
 
@@ -365,12 +426,16 @@ async def test_a_recipient_skipped_after_an_unanswered_attempt_closes_its_send_p
                 s.add(row)
         retry = req.model_copy(update={"as_of": datetime.now(UTC)})
         result = await ActivityEnvironment().run(acts.deliver_batch, retry)
-    assert (result.skipped, result.run_skipped, result.more_due) == (1, 1, False), result
+    # Failed, not skipped: the recipient may have the message (as a journey's send whose user opted
+    # out between its attempts: `Delivery._resend_in`).
+    assert (result.failed, result.skipped, result.more_due) == (1, 0, False), result
     assert fresh_provider.requests == []
     [send] = await campaign_sends(store, cid)
     assert (send.status, send.possible_duplicate, send.message_enc) == ("failed", True, None), send
     answer = send.provider_response or ""
-    assert "not retried: not_opted_in" in answer and MAYBE_DELIVERED in answer, answer
+    assert "not retried" in answer and MAYBE_DELIVERED in answer, answer
+    rec = _recipient(store, run.id)
+    assert rec.status == "failed" and MAYBE_DELIVERED in (rec.reason or ""), rec
     assert not _slot_released(store, send.key), "the message may have reached the user: its slot stays taken"
     assert _report(store, section, cid) == (1, 1, 1)
 
