@@ -14,7 +14,8 @@ from api import auth
 from api.dispatch_marks import DispatchMarks
 from api.errors import Unauthorized, Unavailable
 from api.limits import TokenBuckets
-from runtime.temporal import connect_temporal
+from api.temporal_errors import RETRY_AFTER_SECONDS
+from runtime.temporal import REQUEST_RETRY, connect_temporal
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
@@ -45,9 +46,11 @@ class AppState:
             async with self._lock:
                 if self.temporal is None:
                     try:
-                        self.temporal = await connect_temporal(self.settings)
+                        self.temporal = await connect_temporal(self.settings, retry_config=REQUEST_RETRY)
                     except Exception as exc:  # connection refused, DNS, TLS: all mean "not now"
-                        raise Unavailable(f"Temporal is not reachable at {self.settings.temporal_address}") from exc
+                        # The same Retry-After as a busy Temporal's 503 (api/temporal_errors.py).
+                        message = f"Temporal is not reachable at {self.settings.temporal_address}"
+                        raise Unavailable(message, retry_after=RETRY_AFTER_SECONDS) from exc
         return self.temporal
 
 

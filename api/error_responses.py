@@ -18,7 +18,7 @@ schema says it is (no walk over FastAPI's route internals):
 per operation, those its handler or the helpers of its module it calls can answer. 409: a
 `Conflict` (`api/errors.py`), or `security.rotation.RotationIncomplete`. 503: an `Unavailable`,
 Temporal unreachable (`AppState.client`) or busy (a transient error of a call in
-`calling_temporal`, with `Retry-After`), or a stored secret no configured key decrypts
+`calling_temporal`), both with `Retry-After`, or a stored secret no configured key decrypts
 (`security.crypto.UndecryptableSecret`). 502: Temporal refused a call made in `calling_temporal`
 (api/temporal_errors.py). tests/api/test_error_declarations.py derives the same from the routes'
 source and fails when the two differ.

@@ -53,6 +53,10 @@ class Forbidden(RejoinError):
 class Unavailable(RejoinError):
     status_code = 503
 
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds, answered as `Retry-After` (as `TemporalFailed`'s)
+
 
 class ErrorItem(BaseModel):
     type: str
@@ -154,6 +158,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RejoinError)
     async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        if isinstance(exc, Unavailable):
+            headers = _retry_after(exc.retry_after)
         return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(TemporalFailed)
@@ -188,5 +194,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _temporal_answer(exc: TemporalFailed) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-    return JSONResponse(error_body(exc.message, kind="temporal_error"), status_code=exc.status_code, headers=headers)
+    body = error_body(exc.message, kind="temporal_error")
+    return JSONResponse(body, status_code=exc.status_code, headers=_retry_after(exc.retry_after))
+
+
+def _retry_after(seconds: int | None) -> dict[str, str] | None:
+    return {"Retry-After": str(seconds)} if seconds is not None else None

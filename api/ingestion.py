@@ -636,8 +636,10 @@ async def redispatch_pending(
     return len(rows)
 
 
-# Answers that mean Temporal itself cannot be reached: the sweep stops until its next round.
-_TEMPORAL_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED)
+# Answers that mean Temporal itself cannot be reached, or asks its callers to back off (rate-limited
+# namespace): the sweep stops until its next round instead of trying every other pending event (a call
+# each). ABORTED is not one: a conflict on one workflow, retried with that event in the next round.
+_TEMPORAL_DOWN = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED)
 
 
 async def _replay(state: AppState, client: Client, ev: Event) -> bool:

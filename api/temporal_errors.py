@@ -1,7 +1,7 @@
 """Temporal's own errors as API answers: one rule for every route that calls Temporal.
 
-Temporal unreachable is `AppState.client`'s 503. Once connected, Temporal can still refuse a call
-(an `RPCError`), and that escaped as a 500. Now:
+Temporal unreachable is `AppState.client`'s 503 (an `Unavailable` with the same `Retry-After`). Once
+connected, Temporal can still refuse a call (an `RPCError`), and that escaped as a 500. Now:
 
 - a transient state of the server (`TRANSIENT`: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
   ABORTED) is a 503 with `Retry-After`: the same request succeeds once Temporal recovers;
@@ -28,7 +28,9 @@ TRANSIENT = frozenset({
     RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.ABORTED,
 })  # fmt: skip
-RETRY_AFTER_SECONDS = 5  # the SDK has already retried for up to 10 s: Temporal is busy or restarting
+# Also `AppState.client`'s when Temporal is unreachable. The API's client has already retried for
+# about a second (runtime/temporal.py, REQUEST_RETRY): Temporal is busy or restarting.
+RETRY_AFTER_SECONDS = 5
 
 
 class TemporalFailed(Exception):
