@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     delivery_timeout: timedelta = timedelta(seconds=30)
     # Recipients of one batched-campaign batch (a shard's `deliver_batch`) delivered at once.
     broadcast_concurrency: int = Field(32, ge=1)
+    # Shards of a NEW batched-campaign run: each is one `deliver_batch` activity at a time, on
+    # whichever worker takes it, so a run uses at most this many worker processes (~100
+    # recipients/s each). Read where runs, schedules and feed syncs are created (the API); a
+    # run keeps the count it was created with, a Temporal Schedule the one it was last written with.
+    broadcast_shards: int = Field(2, ge=1, le=64)
     # Run workflows in Temporal's import sandbox. Off by default: the sandbox re-imports (and,
     # without .pyc files, recompiles) the workflow module for every new journey, which measured
     # as ~25% of the worker's CPU per journey (docs/performance.md). Determinism is still held

@@ -81,7 +81,8 @@ def build(settings: Settings, section_id: str, campaign_id: str, spec: CampaignS
     return Schedule(
         action=ScheduleActionStartWorkflow(
             ScheduledCampaignWorkflow.run,
-            ScheduledFireInput(section_id=section_id, campaign_id=campaign_id),
+            # The schedule keeps this input: its fires use the count of the last sync (any campaign save).
+            ScheduledFireInput(section_id=section_id, campaign_id=campaign_id, shards=settings.broadcast_shards),
             id=sid,  # Temporal appends the fire time: one workflow id per slot
             task_queue=settings.task_queue,
             static_summary=f"scheduled campaign {campaign_id}",

@@ -16,6 +16,9 @@ class FeedSyncInput(BaseModel):
     object_key: str | None = None  # an uploaded file; None: the feed's own URL / S3 location
     max_rejected_rows: int = 100_000
     force: bool = False  # apply a full file even if it removes more than the allowed share
+    # Shards of the runs the sync triggers (REJOIN_BROADCAST_SHARDS when the API started it);
+    # syncs started before the field existed replay with their count then: 2.
+    shards: int = 2
 
 
 class FeedBeginRequest(BaseModel):

@@ -83,7 +83,7 @@ class FeedSyncWorkflow:
             )
         planned = await workflow.execute_activity_method(
             BroadcastActivities.plan_feed_runs,
-            PlanRunsRequest(section_id=inp.section_id, sync_id=sync_id, as_of=workflow.now()),
+            PlanRunsRequest(section_id=inp.section_id, sync_id=sync_id, as_of=workflow.now(), shards=inp.shards),
             start_to_close_timeout=timedelta(minutes=30),
             retry_policy=RETRY,
             summary="plan triggered campaign runs",
@@ -96,6 +96,7 @@ class FeedSyncWorkflow:
                     section_id=inp.section_id,
                     campaign_id=run.campaign_id,
                     send_at=run.send_at,
+                    shards=inp.shards,
                 ),
                 id=broadcast_workflow_id(run.run_id),
                 parent_close_policy=ParentClosePolicy.ABANDON,

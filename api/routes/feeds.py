@@ -154,7 +154,7 @@ def _feed(store: Store, section_id: str, feed_id: str) -> Feed:
 def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None, force: bool = False) -> FeedSyncInput:
     return FeedSyncInput(
         section_id=feed.section_id, feed_id=feed.id, object_key=object_key,
-        max_rejected_rows=settings.subscriber_max_rejected_rows, force=force,
+        max_rejected_rows=settings.subscriber_max_rejected_rows, force=force, shards=settings.broadcast_shards,
     )  # fmt: skip
 
 FORCE = Query(False, description="Apply a full product file even if it removes more than the allowed share")
@@ -374,7 +374,7 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
                 BroadcastWorkflow.run,
                 BroadcastInput(
                     run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, send_at=run.send_at,
-                    plan_scheduled=True,
+                    shards=state.settings.broadcast_shards, plan_scheduled=True,
                 ),
                 id=broadcast_workflow_id(run.id),
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
