@@ -23,6 +23,7 @@ from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable
 from api.temporal_errors import calling_temporal, safe_reason
 from domain.campaign import STORED, CampaignSpec, CampaignType
+from store.broadcast_tables import BroadcastRun
 from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
 
@@ -49,6 +50,8 @@ class CampaignPublic(BaseModel):
     updated_at: datetime
     schedule: ScheduleOut | None = None  # recurring scheduled campaigns: their Temporal Schedule
     schedule_error: str | None = None  # the schedule could not be read (Temporal unreachable)
+    # Pause/archive: batched runs still sending, whose recipients not yet sent are skipped for good
+    warnings: list[str] = []
 
 
 class Validated(BaseModel):
@@ -197,15 +200,37 @@ async def _transition(state: StateDep, section_id: str, campaign_id: str, to: st
     def move() -> CampaignPublic:
         with state.store.session() as s:
             c = _own(s, section_id, campaign_id)
+            warnings: list[str] = []
             if c.status != to:
                 if to not in TRANSITIONS[c.status]:
                     raise Conflict(f"cannot go from {c.status} to {to}", field="status")
                 c.status, c.updated_at = to, now_utc()
                 s.add(c)
-            return _public(s, c)
+                if to != "active":
+                    warnings = _runs_cut_short(s, c.id, to)
+            public = _public(s, c)
+            public.warnings = warnings
+            return public
 
     # Also when the status did not change: repeating the request repairs a schedule sync that failed.
     return await _synced(state, section_id, await asyncio.to_thread(move))
+
+
+def _runs_cut_short(s: Session, campaign_id: str, to: str) -> list[str]:
+    """Batched runs of the campaign not done yet: a journey's later steps send again after a resume,
+    but a run's recipients not yet sent are skipped (`campaign_paused`) and the run ends: say so."""
+    runs = s.exec(
+        select(BroadcastRun).where(BroadcastRun.campaign_id == campaign_id, BroadcastRun.state != "done")
+    ).all()
+    out = []
+    for run in runs:
+        left = max(0, run.total - run.sent - run.skipped - run.failed)
+        whom = f"its {left} recipients not yet sent" if run.total else "its recipients"
+        out.append(
+            f"batched run {run.id} ({run.state}): {whom} will be skipped (campaign_{to}); "
+            "a run does not resume on activate"
+        )
+    return out
 
 
 @router.post("/{campaign_id}/activate")
