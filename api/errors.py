@@ -85,6 +85,18 @@ def capped(detail: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [*detail[:MAX_REPORTED_ERRORS], note]
 
 
+def errors_body(detail: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error shape for one or more faults (at least one): `detail` capped, `error` the first
+    fault's place and message, counting the others."""
+    if not detail:
+        return {"detail": [], "error": "invalid request"}
+    first = detail[0]
+    loc = [str(part) for part in first["loc"]]
+    place = ".".join(loc[1:] if len(loc) > 1 and loc[0] == "body" else loc)  # `events.0.name`, as route errors say
+    more = f" (and {len(detail) - 1} more errors)" if len(detail) > 1 else ""
+    return {"detail": capped(detail), "error": f"{place}: {first['msg']}{more}" if place else first["msg"] + more}
+
+
 def error_body(message: str, field: str | None = None, kind: str = "rejoin_error") -> dict[str, Any]:
     # Same item shape as FastAPI's documented ValidationError (type, loc, msg), so every 422 the
     # API returns matches its OpenAPI schema.
@@ -108,6 +120,7 @@ def _loc(error: Any) -> list[Any]:
 
 
 _NOT_AN_OBJECT = {"model_attributes_type", "dict_type", "list_type"}
+EMPTY_BODY = "empty body: send a JSON object"
 
 
 def unparsed_body(request: Request, exc: RequestValidationError) -> str | None:
@@ -116,6 +129,9 @@ def unparsed_body(request: Request, exc: RequestValidationError) -> str | None:
     content_type = request.headers.get("content-type", "")
     for error in exc.errors():
         loc = tuple(error.get("loc") or ())
+        if error.get("type") == "missing" and loc[:1] == ("body",) and exc.body is None and _sent_empty(request):
+            # FastAPI reads an empty body as none at all: "Field required" at `body` said nothing useful.
+            return EMPTY_BODY
         # FastAPI's own decode error: ("body", char position). A pydantic `Json` field's has a field name.
         if error.get("type") == "json_invalid" and len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):
             reason = str((error.get("ctx") or {}).get("error") or "malformed")
@@ -126,6 +142,12 @@ def unparsed_body(request: Request, exc: RequestValidationError) -> str | None:
             sent = f"as {content_type.split(';')[0]}" if content_type else "without a Content-Type"
             return f"the body was sent {sent}; send JSON with Content-Type: application/json"
     return None
+
+
+def _sent_empty(request: Request) -> bool:
+    """Whether the body was empty (as decoded: `api/limits.py` sets the length of a decompressed body),
+    not a JSON `null`, which FastAPI reads the same."""
+    return request.headers.get("content-length", "0").strip() == "0"
 
 
 def _where(reason: str, doc: Any, pos: int) -> str:
@@ -145,7 +167,7 @@ def install_error_handlers(app: FastAPI) -> None:
         unparsed = unparsed_body(request, exc)
         if unparsed is not None:
             return JSONResponse(error_body(unparsed, "body", kind="json_invalid"), status_code=400)
-        return JSONResponse({"detail": capped(validation_detail(exc.errors()))}, status_code=422)
+        return JSONResponse(errors_body(validation_detail(exc.errors())), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -186,11 +208,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EventValidationError)
     async def _event(_: Request, exc: EventValidationError) -> JSONResponse:
         # Every invalid event with all its faults, `loc` as FastAPI gives its own: list indexes as numbers.
-        found = exc.errors()
-        detail = [{"type": "rejoin_error", "loc": ["body", *e.loc()], "msg": e.message} for e in found]
-        more = f" (and {len(found) - 1} more errors)" if len(found) > 1 else ""
-        body = {"detail": capped(detail), "error": f"{exc.place}: {exc.message}{more}"}
-        return JSONResponse(body, status_code=422)
+        detail = [{"type": "rejoin_error", "loc": ["body", *e.loc()], "msg": e.message} for e in exc.errors()]
+        return JSONResponse(errors_body(detail), status_code=422)
 
 
 def _temporal_answer(exc: TemporalFailed) -> JSONResponse:

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import content_coding
 from api.auth import is_admin_key, is_verified, key_digest, was_revoked
-from api.errors import error_body
+from api.errors import error_body, errors_body
 
 MAX_BUCKETS = 100_000  # bounded memory: least recently used keys are forgotten
 
@@ -165,7 +165,14 @@ def _may_hold_non_finite(body: bytes) -> bool:
 
 
 def non_finite_path(body: bytes) -> list[str | int] | None:
-    """Where the first number no float can hold sits (`["events", 0, "properties", "value"]`).
+    """Where the first number no float can hold sits (`non_finite_paths`), None when none does."""
+    paths = non_finite_paths(body)
+    return paths[0] if paths else None
+
+
+def non_finite_paths(body: bytes) -> list[list[str | int]]:
+    """Where every number no float can hold sits (`["events", 0, "properties", "value"]`), in
+    document order: a batch with several is told of them all at once.
 
     Python's json reads `NaN`, `Infinity` and `1e400` (as infinity) without complaint; stored, such
     a value is null in one place, `inf` in another and a 500 wherever it is rendered as JSON (a
@@ -173,21 +180,39 @@ def non_finite_path(body: bytes) -> list[str | int] | None:
     and audience conditions compare numbers as floats.
     """
     if not _may_hold_non_finite(body):
-        return None
+        return []
     try:
         doc = json.loads(body)
     except json.JSONDecodeError:  # not JSON: FastAPI's parse error, answered 400 by api/errors.py
-        return None
+        return []
     except RecursionError:  # absurdly deep (no content type)
-        return None
+        return []
     except ValueError:  # an integer of more than 4300 digits: Python refuses to read it at all
-        return []  # where is unknown: the body
+        return [[]]  # where is unknown: the body
+    found: list[list[str | int]] = []
     for value, path in _walk(doc):
         if isinstance(value, float) and not math.isfinite(value):
-            return path
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
-            return path
-    return None
+            found.append(path)
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max:
+            found.append(path)
+    return found
+
+
+NOT_FINITE = "Input should be a finite number"  # pydantic's type and message for a non-finite float field
+# Routes that check their body whole (`domain/event_batch.py`): the middleware leaves them the
+# non-finite numbers it found, in the scope under NON_FINITE_KEY, to list with the body's other faults.
+MERGES_NON_FINITE = frozenset({"/v2/collect/user/event"})
+NON_FINITE_KEY = "rejoin.non_finite"
+
+
+def non_finite_faults(paths: list[list[str | int]]) -> list[dict[str, Any]]:
+    """The faults (as pydantic reports them, `loc` from the body's root) of numbers at `paths`."""
+    return [{"type": "finite_number", "loc": path, "msg": NOT_FINITE} for path in paths]
+
+
+def deferred_non_finite(scope: Scope) -> list[dict[str, Any]]:
+    """The faults of the non-finite numbers the middleware left to the route (MERGES_NON_FINITE)."""
+    return non_finite_faults(scope.get(NON_FINITE_KEY) or [])
 
 
 # Recipients' clicks and pixels are always answered (a flood is simply not recorded, see
@@ -264,9 +289,12 @@ def _field_error(loc: list[str | int], message: str, kind: str) -> tuple[int, by
     return 422, body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
-def _non_finite_error(loc: list[str | int]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-    """422 in the shape (and with the type and message) pydantic gives a non-finite float field."""
-    return _field_error(loc, "Input should be a finite number", "finite_number")
+def _non_finite_error(paths: list[list[str | int]]) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """422 listing every non-finite number (capped), in the shape (and with the type and message)
+    pydantic gives a non-finite float field."""
+    faults = non_finite_faults([["body", *path] for path in paths])
+    body = json.dumps(errors_body(faults)).encode()
+    return 422, body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
 
 
 class RequestLimits:
@@ -366,9 +394,12 @@ class RequestLimits:
             if not_utf8 is not None:  # else FastAPI's 400 "error parsing the body", saying nothing more
                 await _respond(send, *_error(400, not_utf8, kind="json_invalid", field="body"))
                 return
-            path = non_finite_path(body)
-            if path is not None:
-                await _respond(send, *_non_finite_error(["body", *path]))
+            paths = non_finite_paths(body)
+            # Left to the route only when FastAPI will read the body as JSON (a JSON content type).
+            if paths and scope.get("path") in MERGES_NON_FINITE and [] not in paths and b"json" in content_type:
+                scope = {**scope, NON_FINITE_KEY: paths}
+            elif paths:
+                await _respond(send, *_non_finite_error(paths))
                 return
         replayed = False
 

@@ -5,23 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from api.deps import Ingestion, StateDep
 from api.ingestion import accept, exits_awaiting_start, withdraw_enrollments
 from api.journeys import dispatch_all
-from domain.events import (
-    EventRequest,
-    EventValidationError,
-    NormalizedEvent,
-    PageviewRequest,
-    normalize_event,
-    odd_currency,
-    pageview_event,
-    unknown_dy_type,
-)
-from domain.field_error import FieldError
+from api.limits import deferred_non_finite
+from domain.event_batch import BatchInvalid, EventBatchBody, check_event_batch
+from domain.events import EventRequest, PageviewRequest, odd_currency, pageview_event, unknown_dy_type
 from store.event_marks import mark_dispatched
 
 router = APIRouter(prefix="/v2/collect/user", tags=["ingestion"])
@@ -67,24 +60,16 @@ async def _ingest(
 
 
 @router.post("/event", status_code=202)
-async def collect_event(body: EventRequest, principal: Ingestion, state: StateDep) -> Acknowledged:
+async def collect_event(body: EventBatchBody, principal: Ingestion, state: StateDep, request: Request) -> Acknowledged:
+    """The body is checked here, whole, not by FastAPI (which stops at the events' structural faults):
+    one 422 lists every fault of every event (`domain/event_batch.py`)."""
     allow_http = state.settings.allow_private_urls  # local push-service stand-ins are plain http
-    return await _ingest(state, principal.section_id, body, _normalized(body, allow_http), _event_warnings(body))
-
-
-def _normalized(body: EventRequest, allow_http_push: bool) -> list[NormalizedEvent]:
-    """Every event normalised, or one EventValidationError carrying the errors of every invalid
-    event: a backend fixing a batch sees all its faults at once, not one per attempt."""
-    events: list[NormalizedEvent] = []
-    errors: list[FieldError] = []
-    for index, event in enumerate(body.events):
-        try:
-            events.append(normalize_event(index, event, allow_http_push=allow_http_push))
-        except EventValidationError as exc:
-            errors.extend(exc.errors())
-    if errors:
-        raise EventValidationError.of(errors)
-    return events
+    try:
+        batch, events = check_event_batch(body, allow_http_push=allow_http, found=deferred_non_finite(request.scope))
+    except BatchInvalid as exc:
+        # FastAPI's own error, so the answer is rendered as every other validation error is.
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors], body=body) from None
+    return await _ingest(state, principal.section_id, batch, events, _event_warnings(batch))
 
 
 def _event_warnings(body: EventRequest) -> list[dict[str, str]]:
