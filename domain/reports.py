@@ -39,6 +39,7 @@ MIN_CONVERSIONS = 10  # converting users over all compared variations
 WIN_PROBABILITY = 0.95
 DRAWS = 20_000
 SEED = 20_240_601  # fixed: the same data always gives the same report
+NO_CURRENCY = "none"  # the currency key of purchases sent without one (codes are upper case: no clash)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ class Bucket:
     revenue_sumsq: float = 0.0  # sum over users of (their revenue)^2, for the revenue posterior
     enrolled: Enrolled | None = None  # variations only: their enrolled-user conversions
 
+    def enrolled_currencies(self) -> set[str]:
+        return self.enrolled.currencies() if self.enrolled is not None else set()
+
     def table(self) -> dict[str, Any]:
         n = self.users
         extra = {"enrolled_conversions": self.enrolled.table(n)} if self.enrolled is not None else {}
@@ -142,12 +146,27 @@ class Bucket:
 @dataclass
 class Enrolled:
     """A variation's enrolled-user conversions: its users' purchases within the attribution window
-    after their first enrollment, whether or not anything was sent or clicked (a holdout's too)."""
+    after their first enrollment, whether or not anything was sent or clicked (a holdout's too).
+
+    Currencies follow the click-attributed revenue's rule (docs/reports.md, "Revenue and
+    currencies"): `revenue` adds up what the report currency lets in (every value when none is
+    set), `revenue_by_currency` says what it is made of, `revenue_other_currencies` keeps apart
+    the values of purchases in another currency (they still convert, with 0 revenue)."""
 
     purchases: int = 0
     buyers: int = 0  # users with at least one
     revenue: float = 0.0
     revenue_sumsq: float = 0.0  # sum over buyers of (their revenue)^2, for the revenue posterior
+    revenue_by_currency: dict[str, float] = field(default_factory=dict)  # currency key -> value in revenue
+    revenue_other_currencies: dict[str, float] = field(default_factory=dict)  # currency key -> value kept out
+
+    def add_value(self, currency: str, value: float, counted: bool) -> None:
+        values = self.revenue_by_currency if counted else self.revenue_other_currencies
+        values[currency] = values.get(currency, 0.0) + value
+
+    def currencies(self) -> set[str]:
+        """The named currencies `revenue` adds up (purchases without one are no currency of their own)."""
+        return {cur for cur in self.revenue_by_currency if cur != NO_CURRENCY}
 
     def table(self, users: int) -> dict[str, Any]:
         return {
@@ -156,18 +175,25 @@ class Enrolled:
             "conversion_rate": (min(self.buyers, users) / users) if users else None,
             "revenue": money(self.revenue),
             "revenue_per_user": (self.revenue / users) if users else None,
+            "revenue_by_currency": {c: money(v) for c, v in sorted(self.revenue_by_currency.items())},
+            "revenue_other_currencies": {c: money(v) for c, v in sorted(self.revenue_other_currencies.items())},
         }
 
 
 @dataclass(frozen=True)
 class Conversion:
-    """A purchase after its buyer's first enrollment (raw path): `lag` after it, for the window."""
+    """A purchase after its buyer's first enrollment (raw path): `lag` after it, for the window.
+
+    `value` is the purchase's own; `counted`: whether revenue adds it (the report currency's
+    rule), else it converts with 0 revenue and its value is kept apart under `currency`."""
 
     event_id: str
     user_id: str
     variation_id: str
     lag: timedelta
     value: float
+    currency: str = NO_CURRENCY  # the currency key (NO_CURRENCY: sent without one)
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -179,6 +205,17 @@ class ConversionGroup:
     buyers: int
     revenue: float
     revenue_sumsq: float
+
+
+@dataclass(frozen=True)
+class ConversionCurrencyGroup:
+    """Enrolled-user conversions' value of one variation and currency key, windowed and summed in
+    SQL; `counted`: whether revenue adds it (else it is kept apart)."""
+
+    variation_id: str
+    currency: str
+    counted: bool
+    value: float
 
 
 def _num(v: float) -> float | int:
@@ -276,6 +313,7 @@ class ReportInput:
     revenue_by_hour: dict[str, float] = field(default_factory=dict)
     conversions: list[Conversion] = field(default_factory=list)  # raw path: windowed in `aggregate`
     conversion_groups: list[ConversionGroup] = field(default_factory=list)  # counters: windowed in SQL
+    conversion_currencies: list[ConversionCurrencyGroup] = field(default_factory=list)  # counters, per currency
 
 
 @dataclass
@@ -385,21 +423,34 @@ def hour_key(at: datetime) -> str:
 def _enrolled_conversions(inp: ReportInput, window: timedelta, variations: dict[str, Bucket]) -> None:
     """Every variation's enrolled-user conversions: the raw ones within the window, plus the groups
     windowed in SQL (other users: their figures add up)."""
-    per_user: dict[tuple[str, str], list[float]] = defaultdict(list)  # (variation, user) -> purchase values
-    for conv in inp.conversions:
-        if conv.lag <= window:
-            per_user[(conv.variation_id, conv.user_id)].append(conv.value)
+    per_user: dict[tuple[str, str], list[float]] = defaultdict(list)  # (variation, user) -> revenue values
     for vid in list(variations):
         variations[vid].enrolled = Enrolled()
+    for conv in inp.conversions:
+        if conv.lag <= window:
+            per_user[(conv.variation_id, conv.user_id)].append(conv.value if conv.counted else 0.0)
+            _enrolled_of(variations, conv.variation_id).add_value(conv.currency, conv.value, conv.counted)
     for (vid, _user), values in per_user.items():
-        e = variations[vid].enrolled or Enrolled()
-        variations[vid].enrolled = Enrolled(e.purchases + len(values), e.buyers + 1, e.revenue + sum(values),
-                                            e.revenue_sumsq + sum(values) ** 2)  # fmt: skip
+        e = _enrolled_of(variations, vid)
+        e.purchases += len(values)
+        e.buyers += 1
+        e.revenue += sum(values)
+        e.revenue_sumsq += sum(values) ** 2
     for g in inp.conversion_groups:
-        e = variations[g.variation_id].enrolled or Enrolled()
-        total = Enrolled(e.purchases + g.purchases, e.buyers + g.buyers, e.revenue + g.revenue,
-                         e.revenue_sumsq + g.revenue_sumsq)  # fmt: skip
-        variations[g.variation_id].enrolled = total
+        e = _enrolled_of(variations, g.variation_id)
+        e.purchases += g.purchases
+        e.buyers += g.buyers
+        e.revenue += g.revenue
+        e.revenue_sumsq += g.revenue_sumsq
+    for cg in inp.conversion_currencies:
+        _enrolled_of(variations, cg.variation_id).add_value(cg.currency, cg.value, cg.counted)
+
+
+def _enrolled_of(variations: dict[str, Bucket], vid: str) -> Enrolled:
+    bucket = variations[vid]
+    if bucket.enrolled is None:
+        bucket.enrolled = Enrolled()
+    return bucket.enrolled
 
 
 # ------------------------------------------------------------------------------ winner
@@ -559,6 +610,10 @@ HOLDOUT_ZERO = {
                        "is not defined",
     "revenue_per_user": "the holdout has no revenue yet ({n} users): an uplift relative to 0 is not defined",
 }  # fmt: skip
+MIXED_CURRENCIES = (
+    "the enrolled users' revenue is in {currencies}, and Rejoin has no exchange rates to add them up: set the "
+    "section's report currency (PATCH /api/v1/section `currency`) to compare revenue in one"
+)
 
 
 def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdout_id: str | None) -> dict[str, Any]:
@@ -567,7 +622,9 @@ def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdo
     holdout and the probability it beats the holdout (the posteriors of `winner`).
 
     Not measurable (status, reason; no figures) without a holdout, without holdout users in the
-    range, or, per metric, while the holdout's value is 0 (a relative uplift over 0 says nothing).
+    range, or, per metric, while the holdout's value is 0 (a relative uplift over 0 says nothing);
+    revenue per user too when the compared users' revenue is in more than one currency (no report
+    currency set): no value, since a sum of amounts in different currencies is none.
     """
     out: dict[str, Any] = {"holdout": holdout_id, "status": "not_measurable", "reason": None, "rule": HOLDOUT_RULE,
                            "metrics": {}}  # fmt: skip
@@ -581,9 +638,20 @@ def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdo
     if out["reason"] is not None:
         return out
     assert hold is not None and holdout_id is not None
-    for metric, kind in (("conversion_rate", "purchases"), ("revenue_per_user", "revenue")):
-        arms = [_enrolled_arm(holdout_id, hold)] + [_enrolled_arm(v, buckets.get(v) or Bucket()) for v in arm_ids]
-        out["metrics"][metric] = _against_holdout(kind, arms, HOLDOUT_ZERO[metric].format(n=hold.users))
+    arms = [_enrolled_arm(holdout_id, hold)] + [_enrolled_arm(v, buckets.get(v) or Bucket()) for v in arm_ids]
+    no_buyer = HOLDOUT_ZERO["conversion_rate"].format(n=hold.users)
+    out["metrics"]["conversion_rate"] = _against_holdout("purchases", arms, no_buyer)
+    # Revenue is compared in one currency only: a sum of EUR and USD values is no amount of money.
+    mixed = sorted(set().union(*((buckets.get(v) or Bucket()).enrolled_currencies() for v in [holdout_id, *arm_ids])))
+    if len(mixed) > 1:
+        out["metrics"]["revenue_per_user"] = {
+            "status": "not_measurable", "reason": MIXED_CURRENCIES.format(currencies=", ".join(mixed)),
+            "holdout": None, "variations": [{"id": a.id, "value": None, "uplift": None, "probability_better": None}
+                                            for a in arms[1:]],
+        }  # fmt: skip
+    else:
+        zero = HOLDOUT_ZERO["revenue_per_user"].format(n=hold.users)
+        out["metrics"]["revenue_per_user"] = _against_holdout("revenue", arms, zero)
     measured = [m for m in out["metrics"].values() if m["status"] == "measured"]
     out["status"] = "measured" if measured else "not_measurable"
     out["reason"] = None if measured else out["metrics"]["conversion_rate"]["reason"]

@@ -32,7 +32,9 @@ from domain.reports import (
     Aggregate,
     AttributedGroup,
     Click,
+    NO_CURRENCY as NO_CURRENCY,  # re-exported: the currency key of purchases sent without one
     Conversion,
+    ConversionCurrencyGroup,
     ConversionGroup,
     FailureGroup,
     HitGroup,
@@ -68,7 +70,6 @@ HOUR = timedelta(hours=1)
 SEND_METRICS: dict[str, Any] = {metric: kind for kind, metric in PER_SEND.items()}  # counter -> hit kind
 CHUNK = 500
 Ranges = Sequence[tuple[datetime, datetime]]  # disjoint [start, end) ranges of first triggers
-NO_CURRENCY = "none"  # the key of purchases sent without a currency (codes are upper case: no clash)
 PerCurrency = dict[str, dict[str, float]]  # variation -> currency -> purchase value
 
 
@@ -232,6 +233,7 @@ def combine(parts: Sequence[ReportData]) -> ReportData:
         out.attributed_groups += p.attributed_groups
         out.conversions += p.conversions
         out.conversion_groups += p.conversion_groups
+        out.conversion_currencies += p.conversion_currencies
         for series, theirs_ in ((out.revenue_by_day, p.revenue_by_day), (out.revenue_by_hour, p.revenue_by_hour)):
             for period, amount in theirs_.items():
                 series[period] = series.get(period, 0.0) + amount
@@ -287,8 +289,12 @@ def load_counters(
             group = AttributedGroup(level, v, ch, step, kind, int(n), float(total), int(users), float(sumsq))
             inp.attributed_groups.append(group)
     enrolled = _enrolled_groups(campaign_id, first_hour, last_hour, window, currency)
-    for v, purchases, buyers, revenue, sumsq in s.execute(enrolled):
-        inp.conversion_groups.append(ConversionGroup(v, int(purchases), int(buyers), float(revenue), float(sumsq)))
+    for level, v, cur, purchases, buyers, revenue, sumsq in s.execute(enrolled):
+        if level == "m":  # value per currency (null: none given)
+            by_currency = ConversionCurrencyGroup(v, cur or NO_CURRENCY, in_revenue(cur, currency), float(revenue))
+            inp.conversion_currencies.append(by_currency)
+        else:
+            inp.conversion_groups.append(ConversionGroup(v, int(purchases), int(buyers), float(revenue), float(sumsq)))
     return inp
 
 
@@ -296,23 +302,32 @@ def _enrolled_groups(
     campaign_id: str, first_hour: datetime, last_hour: datetime, window: timedelta, currency: str | None
 ) -> Any:
     """Enrolled-user conversions of the cohorts, per variation (the arm of the buyer's first
-    enrollment): purchases within the window after it, distinct buyers, value and the sum over
-    buyers of their value squared. With a report `currency`, a purchase in another adds 0 value
-    (it still converts), as for attributed revenue."""
+    enrollment; level "v"): purchases within the window after it, distinct buyers, value and the
+    sum over buyers of their value squared; and per variation and currency (level "m"): purchases
+    and their value. With a report `currency`, a purchase in another adds 0 to the first (it still
+    converts), as for attributed revenue; its value shows under its currency. One statement."""
     cv = ReportConversion.__table__.c  # type: ignore[attr-defined]
     value = cv.value if currency is None else case(
         (cv.currency.is_(None) | (cv.currency == currency), cv.value), else_=literal(0.0)
     )  # fmt: skip
+    mine = (cv.campaign_id == campaign_id, cv.cohort_hour >= first_hour, cv.cohort_hour < last_hour,
+            cv.lag_us <= window // timedelta(microseconds=1))  # fmt: skip
     per_user = (
         sa_select(cv.variation_id, cv.user_id, func.count().label("n"), func.sum(value).label("total"))
-        .where(cv.campaign_id == campaign_id, cv.cohort_hour >= first_hour, cv.cohort_hour < last_hour,
-               cv.lag_us <= window // timedelta(microseconds=1))
+        .where(*mine)
         .group_by(cv.variation_id, cv.user_id)
         .subquery()
     )  # fmt: skip
     u = per_user.c
     sums = (func.sum(u.n), func.count(), func.sum(u.total), func.sum(u.total * u.total))
-    return sa_select(u.variation_id, *sums).group_by(u.variation_id)
+    per_variation = sa_select(literal("v"), u.variation_id, literal(""), *sums).group_by(u.variation_id)
+    per_currency = (
+        sa_select(literal("m"), cv.variation_id, cv.currency, func.count(), literal(0), func.sum(cv.value),
+                  literal(0.0))
+        .where(*mine)
+        .group_by(cv.variation_id, cv.currency)
+    )  # fmt: skip
+    return union_all(per_variation, per_currency)
 
 
 def _attributed(
@@ -531,12 +546,13 @@ def _failure_groups(rows: Sequence[Any]) -> list[FailureGroup]:
 
 def _conversions(rows: Sequence[Any], currency: str | None) -> list[Conversion]:
     """Raw enrolled-user conversion rows (event, user, at, value, currency, lag in us, variation);
-    a value the report `currency` keeps out of revenue counts 0, as in `_site_events`."""
+    a value the report `currency` keeps out of revenue is not `counted` (0 revenue, kept apart),
+    as in `_site_events`."""
     out = []
     for event_id, user_id, _at, value, cur, lag_us, variation_id in rows:
-        counted = in_revenue(cur, currency)
         lag = timedelta(microseconds=int(lag_us))
-        out.append(Conversion(event_id, user_id, variation_id, lag, finite_value(value) if counted else 0.0))
+        out.append(Conversion(event_id, user_id, variation_id, lag, finite_value(value), cur or NO_CURRENCY,
+                              in_revenue(cur, currency)))  # fmt: skip
     return out
 
 

@@ -91,8 +91,14 @@ def build_report(
     metric = spec.settings.primary_metric
     verdict = winner(metric, arms_for(metric, agg.variations, compared), baseline=compared[0] if compared else None)
     totals = {m: _total(v["metrics"].get(m, {}).get("count", 0) for v in variations) for m in METRICS}
+    enrolled_rows = {v["id"]: v["enrolled_conversions"] for v in variations}
+    enrolled_by_currency = q.currency_totals({v: e["revenue_by_currency"] for v, e in enrolled_rows.items()})
     enrolled_totals = {
-        k: _total(v["enrolled_conversions"][k] for v in variations) for k in ("purchases", "buyers", "revenue")
+        **{k: _total(e[k] for e in enrolled_rows.values()) for k in ("purchases", "buyers", "revenue")},
+        "revenue_by_currency": enrolled_by_currency,
+        "revenue_other_currencies": q.currency_totals(
+            {v: e["revenue_other_currencies"] for v, e in enrolled_rows.items()}
+        ),
     }
     # Every arm against the holdout on enrolled-user conversions, the one rule that measures a holdout
     # (click attribution gives it nothing to attribute): the current holdout, else a removed one.
@@ -119,7 +125,7 @@ def build_report(
         "winner": verdict,
         "holdout_comparison": holdout,
         "series": series,
-        "warnings": _currency_warnings(summed) + series_warnings,
+        "warnings": _currency_warnings(summed, enrolled_by_currency) + series_warnings,
     }, where=f"campaign {c.id}")
     return body
 
@@ -147,16 +153,25 @@ def _series(agg: Aggregate, tz: str | None) -> tuple[dict[str, Any], list[dict[s
     }]  # fmt: skip
 
 
-def _currency_warnings(summed: Mapping[str, float]) -> list[dict[str, Any]]:
-    """A warning when revenue adds up values of more than one currency (no report currency set:
-    Rejoin cannot convert). Purchases sent without a currency are not counted as one more."""
-    named = sorted(cur for cur in summed if cur != q.NO_CURRENCY)
-    if len(named) < 2:
+def _currency_warnings(attributed: Mapping[str, float], enrolled: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One warning when a revenue figure adds up values of more than one currency (no report
+    currency set: Rejoin cannot convert): the click-attributed revenue, the enrolled-user
+    conversions' revenue, or both (`figures`); `currencies`: every currency of those sums.
+    Purchases sent without a currency are not counted as one more."""
+    sums = {"revenue": attributed, "enrolled_conversions.revenue": enrolled}
+    labels = {"revenue": "revenue", "enrolled_conversions.revenue": "enrolled-user revenue"}
+    named = {figure: sorted(cur for cur in values if cur != q.NO_CURRENCY) for figure, values in sums.items()}
+    mixed = [figure for figure, currencies in named.items() if len(currencies) > 1]
+    if not mixed:
         return []
+    currencies = sorted({cur for figure in mixed for cur in named[figure]})
+    what = " and ".join(labels[figure] for figure in mixed) + (" add" if len(mixed) > 1 else " adds")
+    holdout = " (revenue per user is not compared with the holdout)" if "enrolled_conversions.revenue" in mixed else ""
     return [{
         "code": "mixed_currencies",
-        "currencies": named,
-        "message": f"revenue adds up values in {', '.join(named)} as if they were one currency; "
+        "currencies": currencies,
+        "figures": mixed,
+        "message": f"{what} up values in {', '.join(currencies)} as if they were one currency{holdout}; "
                    "set the section's report currency (PATCH /api/v1/section `currency`) to count one only",
     }]  # fmt: skip
 
@@ -377,6 +392,8 @@ UPLIFT_COLUMNS = (
     ("conversion_rate", "conversion_uplift_vs_holdout"),
     ("revenue_per_user", "revenue_uplift_vs_holdout"),
 )
+# The enrolled-user revenue per currency (compact, as revenue_by_currency): variation rows only, appended last.
+ENROLLED_CURRENCY_COLUMNS = ("revenue_by_currency", "revenue_other_currencies")
 # Excel reads a CSV without a byte order mark in the local code page ("CafÃ©"); with it, as UTF-8.
 CSV_BOM = "\ufeff"
 FORMULA_STARTS = ("=", "+", "-", "@")
@@ -402,7 +419,8 @@ def to_csv(body: dict[str, Any]) -> str:
         header += [m, f"{m}_per_user"]
     enrolled = [f"enrolled_{k}" for k in ENROLLED_COLUMNS]
     uplifts = [f"{name}_{end}" for _, name in UPLIFT_COLUMNS for end in ("low", "high")]
-    w.writerow([*header, "revenue_by_currency", "revenue_other_currencies", *enrolled, *uplifts])
+    per_currency = [f"enrolled_{k}" for k in ENROLLED_CURRENCY_COLUMNS]
+    w.writerow([*header, "revenue_by_currency", "revenue_other_currencies", *enrolled, *uplifts, *per_currency])
     names = {v["id"]: v["name"] for v in body["variations"]}
     vs_holdout = _uplifts_vs_holdout(body)
 
@@ -418,8 +436,9 @@ def to_csv(body: dict[str, Any]) -> str:
             for metric, _ in UPLIFT_COLUMNS:
                 uplift = vs_holdout.get((metric, vid)) or {}
                 cells += [_rounded(uplift.get("low"), 4), _rounded(uplift.get("high"), 4)]
+            cells += [_per_currency(conv.get(k)) for k in ENROLLED_CURRENCY_COLUMNS]
         else:  # channel and step rows: every row has every column
-            cells += [""] * (len(ENROLLED_COLUMNS) + 2 * len(UPLIFT_COLUMNS))
+            cells += [""] * (len(ENROLLED_COLUMNS) + 2 * len(UPLIFT_COLUMNS) + len(ENROLLED_CURRENCY_COLUMNS))
         w.writerow([safe_cell(x) for x in cells])
 
     for v in body["variations"]:
@@ -533,14 +552,16 @@ def _holdout_html(body: dict[str, Any]) -> str:
         if block["status"] != "measured"
     )  # fmt: skip
     rows = []
+    revenue = metrics["revenue_per_user"]
     for v in body["variations"]:
         conv = v.get("enrolled_conversions") or {}
         name = e(str(v["name"])) + (" <small>(holdout)</small>" if v["id"] == comparison["holdout"] else "")
         cells = [name, str(v["users"]), str(conv.get("buyers", 0)), _shown(conv.get("conversion_rate"), "{:.2%}")]
         for metric, value_fmt in (("conversion_rate", None), ("revenue_per_user", "{:,.2f}")):
             row = by_arm.get((metric, v["id"]))
-            if value_fmt is not None:
-                cells.append(_shown(conv.get("revenue_per_user"), value_fmt))
+            if value_fmt is not None:  # the comparison's figure: none when revenue mixes currencies
+                per_user = revenue["holdout"] if v["id"] == comparison["holdout"] else (row or {}).get("value")
+                cells.append(_shown(per_user, value_fmt))
             if row is None:  # the holdout itself
                 cells += ["holdout", "–"] if v["id"] == comparison["holdout"] else ["–", "–"]
                 continue
@@ -551,7 +572,13 @@ def _holdout_html(body: dict[str, Any]) -> str:
     head = ("<tr><th>Variation</th><th>Users</th><th>Buyers</th><th>Conversion rate</th><th>Uplift vs holdout "
             "(95% interval)</th><th>Probability better</th><th>Revenue per user</th><th>Uplift vs holdout (95% "
             "interval)</th><th>Probability better</th></tr>")  # fmt: skip
-    return f"{intro}{notes}<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    totals = body["totals"].get("enrolled_conversions") or {}
+    currencies = "".join(
+        f"<p class=muted>Enrolled-user revenue by currency: {e(_per_currency(totals[k]))}{e(note)}</p>"
+        for k, note in (("revenue_by_currency", ""), ("revenue_other_currencies", " (not in revenue)"))
+        if totals.get(k)
+    )  # fmt: skip
+    return f"{intro}{notes}<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>{currencies}"
 
 
 def _revenue_label(body: dict[str, Any]) -> str:

@@ -95,14 +95,19 @@ async def test_every_arm_and_the_holdout_are_measured_by_enrolled_conversions(
     rows = {v["id"]: v for v in body["variations"]}
     assert rows["hold"]["enrolled_conversions"] == {
         "purchases": 2, "buyers": 2, "conversion_rate": 0.4, "revenue": 50.0, "revenue_per_user": 10.0,
+        "revenue_by_currency": {"none": 50.0}, "revenue_other_currencies": {},
     }  # fmt: skip
     assert rows["a"]["enrolled_conversions"] == {
         "purchases": 2, "buyers": 2, "conversion_rate": 0.5, "revenue": 50.0, "revenue_per_user": 12.5,
+        "revenue_by_currency": {"none": 50.0}, "revenue_other_currencies": {},
     }  # fmt: skip
     assert rows["b"]["enrolled_conversions"]["buyers"] == 0
     # The click-attributed figures are kept as they were: the holdout's are 0 by construction.
     assert [rows[v]["metrics"]["purchases"]["count"] for v in ("a", "b", "hold")] == [1, 0, 0]
-    assert body["totals"]["enrolled_conversions"] == {"purchases": 4, "buyers": 4, "revenue": 100.0}
+    assert body["totals"]["enrolled_conversions"] == {
+        "purchases": 4, "buyers": 4, "revenue": 100.0, "revenue_by_currency": {"none": 100.0},
+        "revenue_other_currencies": {},
+    }  # fmt: skip
 
     comparison = body["holdout_comparison"]
     assert (comparison["holdout"], comparison["status"], comparison["reason"]) == ("hold", "measured", None)
