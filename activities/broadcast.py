@@ -16,6 +16,7 @@ its recipient falls back to no other channel, as a journey's step (activities/de
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from functools import partial
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -50,8 +51,9 @@ from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
-from store.reachability import opt_out_gone, reach
+from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
+from store.statements import row_of, table_of
 from store.tables import Campaign, Integration, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
@@ -96,6 +98,17 @@ FALLBACK = "fallback"
 # holds at most this many store connections' worth of work and vendor connections.
 DEFAULT_CONCURRENCY = 32
 
+# Prepared once (docs/performance.md): per recipient, on the fan-out's hot path.
+_SEND = table_of(Send)
+_INSERT_SEND = insert(_SEND)
+_RUN = table_of(BroadcastRun)
+# A Core UPDATE of the table, not the ORM's of the entity, whose session synchronisation cost more
+# than the statement (no run row is loaded in the sessions that count).
+_COUNT_ON_RUN = {
+    status: update(_RUN).where(_RUN.c.id == bindparam("run_id")).values({status: _RUN.c[status] + 1})
+    for status in ("sent", "skipped", "failed")
+}
+
 FEED_TYPES = {
     "product": (CampaignType.PRICE_DROP, CampaignType.PRODUCT_ATTRIBUTE_CHANGE),
     "user": (CampaignType.USER_ATTRIBUTE_CHANGE,),
@@ -112,6 +125,32 @@ def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
     return sched.next_occurrence(
         as_of, sched.parse_hhmm(spec.schedule.time_of_day), list(spec.schedule.days), tz
     )
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """What a batch reads once for all its recipients, not in each one's transaction: nothing here
+    changes meaningfully in the seconds a batch takes. The run's identity never changes; the section's
+    cap and integrations are settings (an edit applies from the next batch, as the campaign's spec
+    read once per batch always did). A campaign's pause is read per recipient."""
+
+    spec: CampaignSpec
+    run_id: str
+    section_id: str
+    campaign_id: str
+    campaign_version: int
+    cap_policy: CapPolicy  # with the section's own global cap, if it has one
+    integrations: dict[str, Integration]  # the section's, of the channels the campaign may use
+    # Integration id -> its decrypted secrets, filled on first use (a decryption per recipient cost more).
+    secrets: dict[str, dict[str, Any]]
+
+    def secrets_of(self, box: SecretBox, integration: Integration) -> dict[str, Any]:
+        """The integration's secrets, a fresh copy (senders share the cache across threads)."""
+        found = self.secrets.get(integration.id)
+        if found is None:
+            found = json.loads(box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
+            self.secrets[integration.id] = found
+        return copy.deepcopy(found)
 
 
 @dataclass
@@ -256,14 +295,14 @@ class BroadcastActivities:
 
     @activity.defn(name="broadcast.deliver_batch")
     async def deliver_batch(self, req: BatchRequest) -> BatchResult:
-        spec, rate, due = await asyncio.to_thread(self._load_batch, req)
+        batch, rate, due = await asyncio.to_thread(self._load_batch, req)
         result = BatchResult()
         # Throttle: at most `rate` provider calls per second from this shard, on its phase of the
         # run's grid, so the shards' calls interleave evenly.
         fan = FanOut(due, SlotGrid(1.0 / rate, req.shard, req.shards) if rate else None)
 
         async def deliver(user_id: str) -> None:
-            outcome = await self._deliver_one(fan, req, spec, user_id)
+            outcome = await self._deliver_one(fan, req, batch, user_id)
             if outcome is None:
                 return  # withdrawn before its call (the shard paused): still pending, not processed
             result.processed += 1
@@ -279,9 +318,9 @@ class BroadcastActivities:
         result = await asyncio.to_thread(self._remaining, req, result)
         return _paused(result, fan.pause_until)
 
-    async def _deliver_one(self, fan: FanOut, req: BatchRequest, spec: CampaignSpec, user_id: str) -> str | None:
+    async def _deliver_one(self, fan: FanOut, req: BatchRequest, batch: _Batch, user_id: str) -> str | None:
         """One recipient, by one sender: its final outcome for the batch, None if withdrawn."""
-        prepare = partial(self._prepare, req, spec, user_id)
+        prepare = partial(self._prepare, req, batch, user_id)
         outcome: _Ready | str | None = await settled(prepare, undo=partial(self._withdrawn, req))
         while isinstance(outcome, _Ready):
             ready = outcome
@@ -314,7 +353,7 @@ class BroadcastActivities:
             send.attempts, send.updated_at = ready.attempt - 1, now_utc()
             s.add(send)
 
-    def _load_batch(self, req: BatchRequest) -> tuple[CampaignSpec, float | None, list[str]]:
+    def _load_batch(self, req: BatchRequest) -> tuple[_Batch, float | None, list[str]]:
         with self.store.session() as s:
             run = s.get(BroadcastRun, req.run_id)
             if run is None:
@@ -332,18 +371,25 @@ class BroadcastActivities:
                 .order_by(col(BroadcastRecipient.user_id))
                 .limit(req.limit)
             ).all()
+            channels = [c.value for c in spec.channel_priority]
+            channels += [c.value for v in spec.variations for step in v.steps for c in step.messages]
+            integrations = integrations_of(s, run.section_id, channels)
             rate = spec.throttle_per_second
             for channel in spec.channel_priority:
-                integ = s.exec(
-                    select(Integration).where(
-                        Integration.section_id == run.section_id, Integration.channel == channel.value
-                    )
-                ).first()
+                integ = integrations.get(channel.value)
                 limit = (integ.config or {}).get("rate_limit_per_second") if integ else None
                 if isinstance(limit, int | float) and limit > 0:
                     rate = min(rate or float(limit), float(limit))
+            section = s.get(Section, run.section_id)
+            policy = self.cap_policy
+            if section is not None and section.global_cap_messages:
+                policy = CapPolicy(section.global_cap_messages, policy.window)
+            batch = _Batch(
+                spec=spec, run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id,
+                campaign_version=run.campaign_version, cap_policy=policy, integrations=integrations, secrets={},
+            )  # fmt: skip
             # Shards run in parallel: each gets its share of the run's rate.
-            return spec, (rate / max(1, req.shards)) if rate else None, list(rows)
+            return batch, (rate / max(1, req.shards)) if rate else None, list(rows)
 
     def _remaining(self, req: BatchRequest, result: BatchResult) -> BatchResult:
         """Fill in what is left for this shard and the run's totals so far."""
@@ -388,22 +434,19 @@ class BroadcastActivities:
         s.add(rec)
         # Shards (and the senders of a batch) finish recipients concurrently: increment in SQL,
         # never read-modify-write.
-        counter = getattr(BroadcastRun, status)
-        s.execute(
-            update(BroadcastRun).where(col(BroadcastRun.id) == rec.run_id).values({counter: counter + 1})
-        )
+        s.execute(_COUNT_ON_RUN[status], {"run_id": rec.run_id})
         for send, previous in closed:  # after the run row (LOCK ORDER)
             report_rollup.count_send(s, send, previous)
         return status
 
-    def _prepare(self, req: BatchRequest, spec: CampaignSpec, user_id: str) -> _Ready | str:
+    def _prepare(self, req: BatchRequest, batch: _Batch, user_id: str) -> _Ready | str:
         """Everything before the provider call, in one transaction; a string is a final outcome."""
+        spec = batch.spec
         with self.store.session() as s:
-            rec = s.get(BroadcastRecipient, (req.run_id, user_id))
-            run = s.get(BroadcastRun, req.run_id)
-            if rec is None or run is None or rec.status != "pending":
+            rec = _recipient_row(s, req.run_id, user_id)
+            if rec is None or rec.status != "pending":
                 return "skipped" if rec is None or rec.status == "skipped" else rec.status
-            status = journey_rows.campaign_status(s, run.campaign_id)
+            status = journey_rows.campaign_status(s, batch.campaign_id)
             if status is not None and status != "active":
                 # Paused or archived while the run sends: the rest of it is skipped, as a journey's
                 # steps that come due then are (docs/campaigns.md).
@@ -415,18 +458,18 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", "audience")
             # The person keeps the variation of their first journey in the campaign (an earlier run's
             # or a trigger's) while the spec has it: an edit of the shares moves nobody between arms.
-            first = journey_rows.first_variation(s, run.section_id, run.campaign_id, user.id)
-            variation = keep_or_allocate(run.campaign_id, user.id, spec.variations, first)
+            first = journey_rows.first_variation(s, batch.section_id, batch.campaign_id, user.id)
+            variation = keep_or_allocate(batch.campaign_id, user.id, spec.variations, first)
             # The allocation is a journey row, like a triggered journey's: the campaign report
             # counts the recipient (cohort and variation, holdout included) and later sends of
             # other campaigns see this one's priority. A retried or deferred recipient keeps
             # the row (and the time) of its first allocation.
-            journey_id = batched_journey_id(run.id, user.id)
+            journey_id = batched_journey_id(batch.run_id, user.id)
             journey_rows.enroll(
                 s,
                 journey_rows.new_journey(
-                    journey_id=journey_id, workflow_id=broadcast_workflow_id(run.id), section_id=run.section_id,
-                    campaign_id=run.campaign_id, campaign_version=run.campaign_version, priority=spec.priority,
+                    journey_id=journey_id, workflow_id=broadcast_workflow_id(batch.run_id), section_id=batch.section_id,
+                    campaign_id=batch.campaign_id, campaign_version=batch.campaign_version, priority=spec.priority,
                     user_id=user.id, variation=variation, is_test=user.is_test, at=req.as_of, batched=True,
                 ),
             )  # fmt: skip
@@ -445,10 +488,10 @@ class BroadcastActivities:
                     return "deferred"
             step = variation.steps[0]
             step_channels = [c.value for c in step.messages]
-            r = reach(s, run.section_id, user.id, step_channels)
+            r = reach_with(s, batch.section_id, user.id, step_channels, batch.integrations)
             failed = _failed_channels(s, journey_id) if rec.provider_response is not None else {}
             choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable, failed)
-            elsewhere = _open_sends_elsewhere(s, run.id, user.id, step_channels, choice.channel)
+            elsewhere = _open_sends_elsewhere(s, batch.run_id, user.id, step_channels, choice.channel)
             if any(sends.maybe_delivered(send) for send in elsewhere):
                 # An attempt on a channel not chosen now (its opt-in withdrawn since) has no final
                 # answer and may have been delivered: the recipient ends there, as a journey's step
@@ -462,23 +505,20 @@ class BroadcastActivities:
             channel = str(choice.channel)
             # The recipient's row says which channel failed before the one it is sent on.
             fell_back = f"after {', '.join(f'{c}: {why}' for c, why in failed.items())}"[:200] if failed else None
-            key = broadcast_send_key(run.id, user.id, channel)
-            prior = s.get(Send, key)
+            key = broadcast_send_key(batch.run_id, user.id, channel)
+            prior = _send_row(s, key)
             if prior is not None and prior.status == "accepted":
                 return self._finish(s, rec, "sent", fell_back, channel)
             cap = spec.settings.frequency_caps.get(Channel(channel))
-            section = s.get(Section, run.section_id)
-            policy = self.cap_policy
-            if section is not None and section.global_cap_messages:
-                policy = CapPolicy(section.global_cap_messages, policy.window)
             verdict = reservations.reserve(
                 s,
                 reservations.SlotRequest(
-                    key=key, section_id=run.section_id, user_id=user.id, channel=channel, campaign_id=run.campaign_id,
-                    priority=spec.priority, as_of=req.as_of, campaign_limit=cap.max_messages if cap else None,
+                    key=key, section_id=batch.section_id, user_id=user.id, channel=channel,
+                    campaign_id=batch.campaign_id, priority=spec.priority, as_of=req.as_of,
+                    campaign_limit=cap.max_messages if cap else None,
                     campaign_period=cap.period if cap else timedelta(days=1),
                 ),
-                policy,
+                batch.cap_policy,
                 self.priority_window,
             )  # fmt: skip
             if not verdict.granted:
@@ -496,11 +536,13 @@ class BroadcastActivities:
                 if frozen.recipient != recipient:
                     return self._recipient_changed(s, rec, prior, channel)
             else:
-                linker = make_linker(self.signer, self.public_url, s, run.section_id, key, user.id, channel, req.as_of)
+                linker = make_linker(
+                    self.signer, self.public_url, s, batch.section_id, key, user.id, channel, req.as_of
+                )
                 try:
                     # The same rendering as journeys: templates, tracking links, feeds, localization.
                     payload = compose_payload(
-                        s, section_id=run.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
+                        s, section_id=batch.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
                         user=user, identifier=recipient, items=list(rec.items), linker=linker,
                         as_of=req.as_of, native_email=integration.kind == "smtp",
                     )  # fmt: skip
@@ -512,27 +554,33 @@ class BroadcastActivities:
                     unsubscribe_url=unsubscribe_url(channel, linker),
                 )  # fmt: skip
             now = now_utc()
-            send = prior or Send(
-                key=key, journey_id=journey_id, section_id=run.section_id, campaign_id=run.campaign_id,
-                variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
-                user_id=user.id, status="in_flight", created_at=req.as_of, updated_at=now,
-            )  # fmt: skip
             before = (prior.status, prior.possible_duplicate, prior.message_enc) if prior is not None else None
-            if prior is not None and prior.status == sends.UNKNOWN:
-                # The previous attempt died with its outcome unknown. Also for a vendor that honours
-                # the key: only its acceptance of this attempt settles whether it processed that one.
-                send.possible_duplicate = True
-            if send.message_enc is None:
-                # Kept for the retries of this send, in the INSERT (or UPDATE) that marks it in flight.
-                send.message_enc = frozen.seal(self.box)
-            send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
-            s.add(send)
-            config_secrets: dict[str, Any] = (
-                json.loads(self.box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
-            )
+            if prior is None:
+                # The message is kept for the retries of this send, in the INSERT that marks it in flight.
+                send = Send(
+                    key=key, journey_id=journey_id, section_id=batch.section_id, campaign_id=batch.campaign_id,
+                    variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
+                    user_id=user.id, status="in_flight", attempts=1, created_at=req.as_of, updated_at=now,
+                    message_enc=frozen.seal(self.box),
+                )  # fmt: skip
+                # A Core INSERT, now (the last statement but the commit, as the session's flush was):
+                # the flush of one new object cost more CPU than the statement itself.
+                s.execute(_INSERT_SEND, row_of(send))
+            else:
+                send = prior
+                if prior.status == sends.UNKNOWN:
+                    # The previous attempt died with its outcome unknown. Also for a vendor that honours
+                    # the key: only its acceptance of this attempt settles whether it processed that one.
+                    send.possible_duplicate = True
+                if send.message_enc is None:
+                    # Kept for the retries of this send, in the UPDATE that marks it in flight.
+                    send.message_enc = frozen.seal(self.box)
+                send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
+                s.add(send)
+            config_secrets = batch.secrets_of(self.box, integration)
             # Config and secrets as they are now: not content (credentials may rotate between attempts).
             message = frozen.outbound(
-                section_id=run.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
+                section_id=batch.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
             )  # fmt: skip
             return _Ready(
@@ -639,7 +687,7 @@ class BroadcastActivities:
     ) -> str:
         """The send's final status and its recipient's (or FALLBACK), in the caller's transaction."""
         gone = recipient_gone and ready.opt_in_id is not None and opt_out_gone(s, ready.opt_in_id)
-        send = s.get(Send, ready.send_key)
+        send = _send_row(s, ready.send_key)
         # An attempt of this send may have been delivered (an outcome was unknown): a refusal now does
         # not say it was not. It keeps its cap slot and no other channel is tried (the user would get
         # both). This attempt marked the send in flight itself: only the flag tells of an earlier one.
@@ -663,7 +711,7 @@ class BroadcastActivities:
                 reservations.release(s, ready.send_key)
         elif send is not None:
             journey_rows.mark_sent(s, ready.journey_id, send.created_at)
-        rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+        rec = _recipient_row(s, req.run_id, user_id)
         outcome = status
         if rec is not None and rec.status == "pending":
             rec.provider_response = detail[:500]
@@ -681,6 +729,22 @@ class BroadcastActivities:
         if send is not None:  # last (LOCK ORDER): the hot counter rows stay locked until the commit
             report_rollup.count_send(s, send, previous, opted_out=gone)
         return outcome
+
+
+# Primary-key reads of the hot path, as `Session.get` does them but with their statements built once:
+# building one per call cost more CPU than running it. (A row already in the session is the one returned.)
+_RECIPIENT_ROW = select(BroadcastRecipient).where(
+    col(BroadcastRecipient.run_id) == bindparam("run_id"), col(BroadcastRecipient.user_id) == bindparam("user_id")
+)
+_SEND_ROW = select(Send).where(col(Send.key) == bindparam("key"))
+
+
+def _recipient_row(s: Session, run_id: str, user_id: str) -> BroadcastRecipient | None:
+    return s.exec(_RECIPIENT_ROW, params={"run_id": run_id, "user_id": user_id}).first()
+
+
+def _send_row(s: Session, key: str) -> Send | None:
+    return s.exec(_SEND_ROW, params={"key": key}).first()
 
 
 def _failed_channels(s: Session, journey_id: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ identifier of the integration's type, and that identifier is opted in on the cha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam
@@ -67,12 +67,27 @@ def _active_list(session: Session, integration_id: str) -> SubscriberList | None
     return lst if lst is not None and lst.active_generation is not None else None
 
 
-def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
+def integrations_of(session: Session, section_id: str, channels: Iterable[str]) -> dict[str, Integration]:
+    """The section's integrations of these channels, by channel (one per channel)."""
     wanted = list(dict.fromkeys(channels))
-    integrations = {
+    return {
         i.channel: i
         for i in session.execute(_INTEGRATIONS, {"section_id": section_id, "channels": wanted}).scalars().all()
     }
+
+
+def reach(session: Session, section_id: str, user_id: str, channels: Iterable[str]) -> Reach:
+    wanted = list(dict.fromkeys(channels))
+    return reach_with(session, section_id, user_id, wanted, integrations_of(session, section_id, wanted))
+
+
+def reach_with(
+    session: Session, section_id: str, user_id: str, channels: Iterable[str], known: Mapping[str, Integration]
+) -> Reach:
+    """`reach` with the section's integrations already read (`integrations_of`): a batch of many
+    recipients reads them once, not once per recipient."""
+    wanted = list(dict.fromkeys(channels))
+    integrations = {channel: known[channel] for channel in wanted if channel in known}
     identifiers: dict[str, list[str]] = {}
     for kind, value_hash in session.execute(_IDENTIFIERS, {"section_id": section_id, "user_id": user_id}):
         identifiers.setdefault(kind, []).append(value_hash)
