@@ -156,7 +156,9 @@ def served(env: WorkflowEnvironment, settings: Settings, store: Store) -> Iterat
     """The app behind a real uvicorn on loopback (its own thread and loop; no lifespan: the sweeper
     is not this test's)."""
     app = create_app(settings, store=store, temporal=env.client)
-    config = uvicorn.Config(app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level="warning")
+    # No logging set-up of uvicorn's (config, levels): later tests capture its access logger's INFO.
+    config = uvicorn.Config(app, host="127.0.0.1", port=_free_port(), lifespan="off", log_level=None,
+                            log_config=None, access_log=False)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
