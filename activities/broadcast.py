@@ -44,6 +44,7 @@ from domain.render import MissingRequired
 from domain.tracking import Signer
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
+from providers.ratelimit import JITTER_MARGIN
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import broadcasts, decisions, journey_rows, report_rollup, reservations, sends
@@ -379,7 +380,11 @@ class BroadcastActivities:
                 integ = integrations.get(channel.value)
                 limit = (integ.config or {}).get("rate_limit_per_second") if integ else None
                 if isinstance(limit, int | float) and limit > 0:
-                    rate = min(rate or float(limit), float(limit))
+                    # A vendor's limit counts arrivals: the grid keeps the limiter's jitter margin
+                    # (providers/ratelimit.py), which no limiter adds when shards run on different
+                    # workers (each worker's limiter sees its shard's calls only).
+                    vendor = float(limit) / (1.0 + JITTER_MARGIN)
+                    rate = min(rate or vendor, vendor)
             section = s.get(Section, run.section_id)
             policy = self.cap_policy
             if section is not None and section.global_cap_messages:
