@@ -598,15 +598,7 @@ class BroadcastActivities:
         content: the send and the recipient fail, with no fallback (as a journey's, RECIPIENT_CHANGED).
         An earlier attempt may have been delivered (`sends.maybe_delivered`): then it keeps its cap
         slot and is flagged, as a give-up is."""
-        maybe_delivered = sends.maybe_delivered(send)
-        reason = f"{RECIPIENT_CHANGED} ({sends.MAYBE_DELIVERED})" if maybe_delivered else RECIPIENT_CHANGED
-        previous, send.status, send.updated_at = send.status, "failed", now_utc()
-        send.message_enc = None  # final: no retry needs the content any more
-        send.possible_duplicate = send.possible_duplicate or maybe_delivered
-        send.provider_response = f"{reason}; last answer: {send.provider_response or 'none'}"[:2000]
-        s.add(send)
-        if not maybe_delivered:
-            reservations.release(s, send.key)
+        previous, reason = _close_send(s, send, RECIPIENT_CHANGED)
         self._finish(s, rec, "failed", reason[:200], channel)
         report_rollup.count_send(s, send, previous)  # last: see LOCK ORDER
         return "failed"
@@ -802,19 +794,24 @@ def _close_open_sends(s: Session, journey_id: str, reason: str | None) -> list[t
     journey's give-up (activities/journey.py `_give_up`); otherwise its cap slot is given back.
     Returns the closed sends with their previous status: the caller counts them, after the run
     row (LOCK ORDER)."""
-    closed: list[tuple[Send, str]] = []
-    for send in s.exec(select(Send).where(Send.journey_id == journey_id, col(Send.status).in_(OPEN_SEND))).all():
-        maybe_delivered = sends.maybe_delivered(send)
-        why = f"not retried: {reason}" + (f" ({sends.MAYBE_DELIVERED})" if maybe_delivered else "")
-        previous, send.status, send.updated_at = send.status, "failed", now_utc()
-        send.possible_duplicate = send.possible_duplicate or maybe_delivered
-        send.message_enc = None  # final: the content kept for its retries goes (frozen_message.py)
-        send.provider_response = f"{why}; last answer: {send.provider_response or 'none'}"[:2000]
-        s.add(send)
-        if not maybe_delivered:
-            reservations.release(s, send.key)
-        closed.append((send, previous))
-    return closed
+    open_sends = s.exec(select(Send).where(Send.journey_id == journey_id, col(Send.status).in_(OPEN_SEND))).all()
+    return [(send, _close_send(s, send, f"not retried: {reason}")[0]) for send in open_sends]
+
+
+def _close_send(s: Session, send: Send, why: str) -> tuple[str, str]:
+    """An open send ended without an answer that settles it: failed, its kept content dropped. If an
+    attempt may have reached the provider (`sends.maybe_delivered`) it is flagged and keeps its cap
+    slot, and `why` says so; otherwise the slot is given back. Its previous status and `why`."""
+    maybe_delivered = sends.maybe_delivered(send)
+    why += f" ({sends.MAYBE_DELIVERED})" if maybe_delivered else ""
+    previous, send.status, send.updated_at = send.status, "failed", now_utc()
+    send.possible_duplicate = send.possible_duplicate or maybe_delivered
+    send.message_enc = None  # final: the content kept for its retries goes (frozen_message.py)
+    send.provider_response = f"{why}; last answer: {send.provider_response or 'none'}"[:2000]
+    s.add(send)
+    if not maybe_delivered:
+        reservations.release(s, send.key)
+    return previous, why
 
 
 def _open_sends_elsewhere(
