@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy import bindparam, exists, insert, select, update
 from sqlmodel import Session
 
 from domain.campaign import Variation
@@ -158,6 +158,35 @@ def first_variation(s: Session, section_id: str, campaign_id: str, user_id: str)
     keeps it while the spec has it (`domain.allocation.keep_or_allocate`)."""
     params = {"section_id": section_id, "campaign_id": campaign_id, "user_id": user_id}
     return s.execute(_FIRST_VARIATION, params).scalar_one_or_none()
+
+
+def first_variations(s: Session, section_id: str, campaign_id: str, user_ids: list[str]) -> dict[str, str]:
+    """`first_variation` of each of these users, in one read; users with no journey are left out."""
+    rows = s.execute(
+        select(_j.user_id, _j.variation_id)
+        .where(_j.section_id == section_id, _j.campaign_id == campaign_id, _j.user_id.in_(user_ids))
+        .order_by(_j.triggered_at.desc(), _j.variation_id.desc())
+    )
+    return dict(rows.tuples().all())  # the earliest of each user is written last
+
+
+def existing_ids(s: Session, journey_ids: list[str]) -> set[str]:
+    """Which of these journeys are recorded already."""
+    return set(s.execute(select(_j.id).where(_j.id.in_(journey_ids))).scalars())
+
+
+def enroll_new(s: Session, journeys: list[Journey]) -> None:
+    """`enroll` for journeys known to be new (`existing_ids`), in two statements for all: a batch's
+    recipients (activities/broadcast_plain.py)."""
+    if journeys:
+        s.execute(insert(JOURNEY), [row_of(j) for j in journeys])
+        report_rollup.register_cohorts(s, journeys)
+
+
+def mark_sent_many(s: Session, sent: list[tuple[str, datetime]]) -> None:
+    """`mark_sent` of several journeys (id, send time), one statement."""
+    if sent:
+        s.execute(_SENT, [{"journey_id": journey_id, "at": at} for journey_id, at in sent])
 
 
 def variation_of(s: Session, journey_id: str) -> str | None:

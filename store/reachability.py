@@ -87,10 +87,31 @@ def reach_with(
     """`reach` with the section's integrations already read (`integrations_of`): a batch of many
     recipients reads them once, not once per recipient."""
     wanted = list(dict.fromkeys(channels))
-    integrations = {channel: known[channel] for channel in wanted if channel in known}
     identifiers: dict[str, list[str]] = {}
     for kind, value_hash in session.execute(_IDENTIFIERS, {"section_id": section_id, "user_id": user_id}):
         identifiers.setdefault(kind, []).append(value_hash)
+
+    def opted_in(channel: str, integration: Integration, hashes: list[str]) -> list[OptIn]:
+        lst = _active_list(session, integration.id)
+        if lst is not None:
+            # A synced subscriber list overrides earlier opt-ins/outs (store/subscribers.py).
+            listed = effective_opt_in(session, lst, section_id, channel, hashes)
+            return [listed] if listed is not None else []
+        params = {"section_id": section_id, "channel": channel, "hashes": hashes}
+        return list(session.execute(_OPTED_IN, params).scalars().all())
+
+    return _reach_of(wanted, known, identifiers, opted_in)
+
+
+def _reach_of(
+    wanted: list[str],
+    known: Mapping[str, Integration],
+    identifiers: Mapping[str, list[str]],
+    opted_in: Callable[[str, Integration, list[str]], list[OptIn]],
+) -> Reach:
+    """A user's reach from their identifiers (kind -> hashes) and `opted_in`, the opt-in rows of a
+    channel among some of their hashes."""
+    integrations = {channel: known[channel] for channel in wanted if channel in known}
     unreachable: dict[str, str] = {}
     opt_ins: dict[str, OptIn] = {}
     for channel in wanted:
@@ -102,19 +123,47 @@ def reach_with(
         if not hashes:
             unreachable[channel] = "no_identifier"
             continue
-        lst = _active_list(session, integration.id)
-        if lst is not None:
-            # A synced subscriber list overrides earlier opt-ins/outs (store/subscribers.py).
-            listed = effective_opt_in(session, lst, section_id, channel, hashes)
-            rows = [listed] if listed is not None else []
-        else:
-            params = {"section_id": section_id, "channel": channel, "hashes": hashes}
-            rows = list(session.execute(_OPTED_IN, params).scalars().all())
+        rows = opted_in(channel, integration, hashes)
         if not rows:
             unreachable[channel] = "not_opted_in"
             continue
         opt_ins[channel] = max(rows, key=lambda r: r.updated_at)
     return Reach(integrations=integrations, unreachable=unreachable, opt_ins=opt_ins)
+
+
+def reach_many(
+    session: Session, section_id: str, user_ids: list[str], channels: Iterable[str], known: Mapping[str, Integration]
+) -> dict[str, Reach] | None:
+    """`reach_with` of several users, by user id, in one read of their identifiers and one of their
+    opt-ins per channel: a batch's recipients. None when an integration of these channels has a
+    synced subscriber list (it decides per identifier: read one user at a time, `reach_with`)."""
+    wanted = list(dict.fromkeys(channels))
+    if any(_active_list(session, known[ch].id) is not None for ch in wanted if ch in known):
+        return None
+    identifiers: dict[str, dict[str, list[str]]] = {user_id: {} for user_id in user_ids}
+    rows = session.execute(
+        select(col(UserIdentifier.user_id), col(UserIdentifier.kind), col(UserIdentifier.value_hash)).where(
+            col(UserIdentifier.section_id) == section_id, col(UserIdentifier.user_id).in_(user_ids)
+        )
+    )
+    for user_id, kind, value_hash in rows:
+        identifiers[user_id].setdefault(kind, []).append(value_hash)
+    by_hash: dict[tuple[str, str], list[OptIn]] = {}  # (channel, hash) -> its opted-in rows
+    for channel in wanted:
+        integration = known.get(channel)
+        if integration is None:
+            continue
+        kind = identifier_kind(channel, integration.identifier_type)
+        hashes = sorted({h for ids in identifiers.values() for h in ids.get(kind, [])})
+        if hashes:
+            params = {"section_id": section_id, "channel": channel, "hashes": hashes}
+            for row in session.execute(_OPTED_IN, params).scalars():
+                by_hash.setdefault((channel, row.value_hash), []).append(row)
+
+    def opted_in(channel: str, integration: Integration, hashes: list[str]) -> list[OptIn]:
+        return [row for h in hashes for row in by_hash.get((channel, h), [])]
+
+    return {user_id: _reach_of(wanted, known, identifiers[user_id], opted_in) for user_id in user_ids}
 
 
 def find_opt_in(

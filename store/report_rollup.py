@@ -36,6 +36,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     union_all,
     update,
@@ -285,22 +286,37 @@ def held_out(s: Session, campaign_id: str, user_id: str, control_id: str) -> boo
     return s.execute(_HELD_OUT, params).first() is not None
 
 
+def _cohort_of(journey: Journey) -> dict[str, Any]:
+    return {
+        "campaign_id": journey.campaign_id,
+        "user_id": journey.user_id,
+        "first_at": journey.triggered_at,
+        "cohort_hour": hour_of(journey.triggered_at),
+        "variation_id": journey.variation_id,
+    }
+
+
 def register_cohort(s: Session, journey: Journey) -> None:
     """A journey was allocated: the user's first non-test one starts their cohort."""
     if journey.is_test:
         return
-    hour = hour_of(journey.triggered_at)
-    cohort = {
-        "campaign_id": journey.campaign_id,
-        "user_id": journey.user_id,
-        "first_at": journey.triggered_at,
-        "cohort_hour": hour,
-        "variation_id": journey.variation_id,
-    }
+    cohort = _cohort_of(journey)
     result = s.execute(_cohort_stmt(s), cohort)
     # RETURNING: rowcount is not reliable across drivers.
     if dialect(s) != "postgresql" and result.first() is not None:
-        bump(s, journey.campaign_id, hour, "users", variation_id=journey.variation_id)
+        bump(s, journey.campaign_id, cohort["cohort_hour"], "users", variation_id=journey.variation_id)
+
+
+def register_cohorts(s: Session, journeys: Sequence[Journey]) -> None:
+    """`register_cohort` of several journeys: on PostgreSQL one statement for all (SQLite bumps
+    `users` per row its INSERT returns, so it runs them one by one)."""
+    if dialect(s) != "postgresql":
+        for journey in journeys:
+            register_cohort(s, journey)
+        return
+    cohorts = [_cohort_of(j) for j in journeys if not j.is_test]
+    if cohorts:
+        s.execute(_cohort_stmt(s), cohorts)
 
 
 @per_dialect
@@ -321,7 +337,7 @@ def _count_send_stmt(dialect_name: str) -> Any:
         SEND.c.campaign_id == bindparam("campaign_id"),
         SEND.c.user_id == bindparam("user_id"),
         SEND.c.variation_id == bindparam("variation_id"),
-        SEND.c.status.in_(SENT),
+        or_(*(SEND.c.status == status for status in SENT)),  # not IN: no expanding parameter in an executemany
         SEND.c.key != bindparam("key"),
     )
     one, none, no_step = _const(1, BigInteger), _const("", String), _const(-1, Integer)
@@ -375,7 +391,18 @@ def count_sent(
     `possibly_delivered`: and it is flagged `possible_duplicate` (may have been delivered)."""
     if previous_status in SENT:
         return
-    facts = {
+    s.execute(_count_send_stmt(s), _send_facts(send, failed, opted_out, possibly_delivered))
+
+
+def count_accepted(s: Session, sends: Sequence[SentMessage | Send]) -> None:
+    """`count_sent` of sends just accepted, none counted before (their previous status was not
+    final), in one statement for all: a batch's recipients (activities/broadcast_plain.py)."""
+    if sends:
+        s.execute(_count_send_stmt(s), [_send_facts(send, False, False, False) for send in sends])
+
+
+def _send_facts(send: SentMessage | Send, failed: bool, opted_out: bool, possibly_delivered: bool) -> dict[str, Any]:
+    return {
         "campaign_id": send.campaign_id,
         "user_id": send.user_id,
         "created_at": send.created_at,
@@ -389,7 +416,6 @@ def count_sent(
         "maybe_delivered": int(failed and possibly_delivered),
         "hour": hour_key_of(send.created_at),
     }
-    s.execute(_count_send_stmt(s), facts)
 
 
 def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, bindparam, func, insert, or_, select, upda
 from sqlmodel import Session
 
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
-from store.locks import lock_key
+from store.locks import lock_key, lock_keys
 from store.statements import table_of
 from store.tables import Campaign, CapReservation, Journey
 
@@ -89,6 +89,18 @@ _COMPETITORS = select(
 )
 
 
+# `_COMPETITORS` of several users (of a batch), for one campaign's requests: the campaign filter is
+# applied per request by the caller.
+_COMPETITORS_OF_USERS = select(
+    _j.user_id, _j.campaign_id, _j.priority, _OPEN.label("open"), _j.triggered_at, _j.last_sent_at
+).select_from(JOURNEY.join(CAMPAIGN, _c.id == _j.campaign_id)).where(
+    _j.section_id == bindparam("section_id"),
+    _j.user_id.in_(bindparam("users", expanding=True)),
+    _j.is_control == False,  # noqa: E712
+    or_(_j.status == "active", _j.last_sent_at > bindparam("recent_after", type_=_j.last_sent_at.type)),
+)
+
+
 def _count(session: Session, req: SlotRequest, window: timedelta, campaign_id: str | None) -> int:
     """Live reservations within `window` of `as_of`, on either side.
 
@@ -129,37 +141,104 @@ def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_wind
     released = session.execute(_STATE, {"key": req.key}).scalar_one_or_none()
     if released is False:
         return SlotVerdict(True, detail="already reserved under this key")
-    rival = outranked_by(
-        priority=req.priority, competitors=_competitors(session, req, priority_window), as_of=req.as_of, window=priority_window
+    verdict = _verdict(
+        req,
+        policy,
+        priority_window,
+        _competitors(session, req, priority_window),
+        _count(session, req, policy.window, None),
+        _count(session, req, req.campaign_period, req.campaign_id) if req.campaign_limit is not None else 0,
     )
+    if verdict.granted:
+        _take(session, [req], renewed={req.key} if released else set())
+    return verdict
+
+
+def _verdict(
+    req: SlotRequest,
+    policy: CapPolicy,
+    priority_window: timedelta,
+    competitors: list[Competitor],
+    global_used: int,
+    campaign_used: int,
+) -> SlotVerdict:
+    rival = outranked_by(priority=req.priority, competitors=competitors, as_of=req.as_of, window=priority_window)
     if rival is not None:
         return SlotVerdict(False, "outranked", f"campaign {rival.campaign_id} (priority {rival.priority})")
     reason = cap_reason(
-        global_policy=policy,
-        global_used=_count(session, req, policy.window, None),
-        campaign_limit=req.campaign_limit,
-        campaign_used=_count(session, req, req.campaign_period, req.campaign_id)
-        if req.campaign_limit is not None
-        else 0,
+        global_policy=policy, global_used=global_used, campaign_limit=req.campaign_limit, campaign_used=campaign_used
     )
-    if reason is not None:
-        return SlotVerdict(False, reason)
-    if released:  # released earlier (failed send) and now retried: count it again
-        session.execute(_RENEW, {"slot": req.key, "as_of": req.as_of})
-    else:
-        session.execute(
-            _RESERVE,
-            {
-                "key": req.key,
-                "section_id": req.section_id,
-                "user_id": req.user_id,
-                "channel": req.channel,
-                "campaign_id": req.campaign_id,
-                "reserved_at": req.as_of,
-                "released": False,
-            },
+    return SlotVerdict(False, reason) if reason is not None else SlotVerdict(True)
+
+
+def _take(session: Session, reqs: list[SlotRequest], renewed: set[str]) -> None:
+    """Write the granted slots: a new row each, or a slot released earlier (a failed send, now
+    retried) counted again."""
+    again = [{"slot": r.key, "as_of": r.as_of} for r in reqs if r.key in renewed]
+    new = [
+        {"key": r.key, "section_id": r.section_id, "user_id": r.user_id, "channel": r.channel,
+         "campaign_id": r.campaign_id, "reserved_at": r.as_of, "released": False}
+        for r in reqs if r.key not in renewed
+    ]  # fmt: skip
+    if again:
+        session.execute(_RENEW, again)
+    if new:
+        session.execute(_RESERVE, new)
+
+
+def reserve_many(
+    session: Session, reqs: list[SlotRequest], policy: CapPolicy, priority_window: timedelta
+) -> list[SlotVerdict]:
+    """`reserve` of several users' slots at once (one section, one `as_of`, one request per user),
+    with every user's lock taken in one call and each read done once for all: a batch's recipients.
+    The counts and rivals are those `reserve` reads, filtered here from rows read for all."""
+    if not reqs:
+        return []
+    section_id, as_of = reqs[0].section_id, reqs[0].as_of
+    assert all(r.section_id == section_id and r.as_of == as_of for r in reqs)
+    assert len({r.user_id for r in reqs}) == len(reqs), "one request per user"
+    lock_keys(session, [f"caps/{section_id}/{r.user_id}" for r in reqs])
+    users = [r.user_id for r in reqs]
+    states = dict(
+        session.execute(select(_r.key, _r.released).where(_r.key.in_([r.key for r in reqs]))).tuples().all()
+    )
+    widest = max([policy.window, priority_window] + [r.campaign_period for r in reqs])
+    live = session.execute(
+        select(_r.key, _r.user_id, _r.channel, _r.campaign_id, _r.reserved_at).where(
+            _r.section_id == section_id, _r.user_id.in_(users), _r.released == False,  # noqa: E712
+            _r.reserved_at > as_of - widest, _r.reserved_at < as_of + widest,
         )
-    return SlotVerdict(True)
+    ).all()  # fmt: skip
+    rivals: dict[str, list[Competitor]] = {}
+    for row in session.execute(
+        _COMPETITORS_OF_USERS, {"section_id": section_id, "users": users, "recent_after": as_of - priority_window}
+    ):
+        rivals.setdefault(row.user_id, []).append(
+            Competitor(row.campaign_id, row.priority, bool(row.open), row.triggered_at, row.last_sent_at)
+        )
+
+    def used(req: SlotRequest, window: timedelta, campaign_id: str | None) -> int:
+        return sum(
+            1
+            for key, user_id, channel, campaign, at in live
+            if user_id == req.user_id and channel == req.channel and key != req.key
+            and as_of - window < at < as_of + window and campaign_id in (None, campaign)
+        )  # fmt: skip
+
+    verdicts: list[SlotVerdict] = []
+    granted: list[SlotRequest] = []
+    for req in reqs:
+        if states.get(req.key) is False:
+            verdicts.append(SlotVerdict(True, detail="already reserved under this key"))
+            continue
+        competitors = [c for c in rivals.get(req.user_id, []) if c.campaign_id != req.campaign_id]
+        campaign_used = used(req, req.campaign_period, req.campaign_id) if req.campaign_limit is not None else 0
+        verdict = _verdict(req, policy, priority_window, competitors, used(req, policy.window, None), campaign_used)
+        verdicts.append(verdict)
+        if verdict.granted:
+            granted.append(req)
+    _take(session, granted, renewed={r.key for r in granted if states.get(r.key) is True})
+    return verdicts
 
 
 def release(session: Session, key: str) -> None:

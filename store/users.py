@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, update
+from sqlalchemy import bindparam, exists, func, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
@@ -175,6 +175,13 @@ _CANONICAL_USER = select(User).where(
 
 def canonical_user(s: Session, user_id: str) -> User | None:
     return s.exec(_CANONICAL_USER, params={"user_id": user_id}).first()
+
+
+def unmerged_users(s: Session, user_ids: list[str]) -> dict[str, User]:
+    """The users of these ids that were not merged into another (`canonical_user` of each is itself),
+    by id, in one read: a batch's recipients. An id merged away or deleted is left out."""
+    merged = exists().where(col(UserAlias.alias_id) == col(User.id))
+    return {u.id: u for u in s.exec(select(User).where(col(User.id).in_(user_ids), ~merged)).all()}
 
 
 def alias_ids(s: Session, user_id: str) -> list[str]:

@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from sqlmodel import col, select
 from temporalio.testing import WorkflowEnvironment
 
 from domain.caps import CapPolicy
 from store import reservations
 from store.engine import Store
 from store.reservations import SlotRequest, SlotVerdict
+from store.tables import CapReservation
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -115,3 +117,74 @@ async def test_forty_journeys_racing_for_one_user_send_exactly_the_cap(
     assert outcomes == {"sent": POLICY.max_messages, "skipped": CONTENDERS - POLICY.max_messages}, outcomes
     assert set(reasons) == {"global_cap"}, reasons
     assert len(await outbox(api, section)) == POLICY.max_messages
+
+
+def _scenario(store: Store, section: str, now: datetime) -> list[SlotRequest]:
+    """Users with slots already taken (at the cap, under it, by this campaign, released, this very key),
+    and one request each (a batch's chunk: one section, one `as_of`)."""
+    taken = {"full": 5, "four": 4, "none": 0, "mine": 2, "released": 5, "same": 1}
+    with store.session() as s:
+        for user, n in taken.items():
+            for i in range(n):
+                campaign = "cmp_batch" if user == "mine" else "cmp_other"
+                reservations.reserve(s, SlotRequest(
+                    key=f"{section}:{user}:{i}", section_id=section, user_id=f"{section}_{user}", channel="email",
+                    campaign_id=campaign, priority=0, as_of=now - timedelta(hours=1), campaign_limit=None,
+                    campaign_period=timedelta(days=1),
+                ), POLICY, timedelta(hours=24))  # fmt: skip
+        reservations.release(s, f"{section}:released:0")
+    own = {"same": f"{section}:same:0"}  # a retried chunk: the slot is this request's already
+    return [
+        SlotRequest(key=own.get(user, f"{section}:{user}:new"), section_id=section, user_id=f"{section}_{user}",
+                    channel="email", campaign_id="cmp_batch", priority=0, as_of=now,
+                    campaign_limit=2 if user == "mine" else None, campaign_period=timedelta(days=1))
+        for user in taken
+    ]  # fmt: skip
+
+
+def test_a_batch_of_reservations_decides_as_one_at_a_time(store: Store) -> None:
+    """`reserve_many` (a batched run's chunk, activities/broadcast_plain.py) grants and refuses what
+    `reserve` would, request by request, and takes the same slots."""
+    now = datetime.now(UTC)
+    one, many = "sec_one_" + secrets.token_hex(3), "sec_many_" + secrets.token_hex(3)
+    singles = _scenario(store, one, now)
+    batch = _scenario(store, many, now)
+    alone = [_reserve(store, req) for req in singles]
+    with store.session() as s:
+        together = reservations.reserve_many(s, batch, POLICY, timedelta(hours=24))
+    assert together == alone
+    assert [v.granted for v in together] == [False, True, True, False, True, True]
+    assert together[3].reason == "campaign_cap"
+
+    def slots(section: str) -> list[tuple[str, bool]]:
+        with store.session() as s:
+            rows = s.exec(select(CapReservation).where(col(CapReservation.section_id) == section)).all()
+            return sorted((r.key.split(":", 1)[1], r.released) for r in rows)
+
+    assert slots(many) == slots(one)
+
+
+def test_a_batch_of_reservations_racing_single_ones_keeps_the_cap(store: Store) -> None:
+    """A chunk's reservations for 10 users race 40 single ones for the first of them: that user gets
+    exactly 5 slots in all, however the two interleave."""
+    section = "sec_race_" + secrets.token_hex(3)
+    now = datetime.now(UTC)
+    users = [f"usr_{i}_" + secrets.token_hex(3) for i in range(10)]
+    chunk = [_request(section, u, f"chunk:{u}", now) for u in users]
+    barrier = threading.Barrier(CONTENDERS + 1)
+
+    def batch() -> list[SlotVerdict]:
+        barrier.wait()
+        with store.session() as s:
+            return reservations.reserve_many(s, chunk, POLICY, timedelta(hours=24))
+
+    def single(i: int) -> SlotVerdict:
+        barrier.wait()
+        return _reserve(store, _request(section, users[0], f"single:{i}", now))
+
+    with ThreadPoolExecutor(CONTENDERS + 1) as pool:
+        chunked = pool.submit(batch)
+        singles = list(pool.map(single, range(CONTENDERS)))
+    verdicts = chunked.result()
+    assert all(v.granted for v in verdicts[1:])
+    assert verdicts[0].granted + sum(v.granted for v in singles) == POLICY.max_messages
