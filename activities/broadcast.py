@@ -16,13 +16,11 @@ its recipient falls back to no other channel, as a journey's step (activities/de
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import logging
 import math
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, update
@@ -30,8 +28,10 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.broadcast_batch import Batch, Ready
+from activities.broadcast_plain import Accepted, PlainPath
 from activities.delivery import RECIPIENT_CHANGED, compose_payload, make_linker, unsubscribe_url
-from activities.fan_out import FanOut, SlotGrid, settled
+from activities.fan_out import FanOut, GroupCommit, SlotGrid, settled
 from activities.frozen_message import FrozenMessage
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
@@ -43,7 +43,7 @@ from domain.identifiers import sendable_recipient
 from domain.render import MissingRequired
 from domain.tracking import Signer
 from providers import secret_fields
-from providers.base import ConfigurationError, OutboundMessage, Provider, ProviderError, kept_answer
+from providers.base import ConfigurationError, ProviderError, kept_answer
 from providers.ratelimit import JITTER_MARGIN
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
@@ -55,7 +55,7 @@ from store.feed_tables import Feed, FeedSync
 from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
-from store.tables import Campaign, Integration, Section, Send, now_utc
+from store.tables import Campaign, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
     BatchRequest,
@@ -128,47 +128,6 @@ def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
     )
 
 
-@dataclass(frozen=True)
-class _Batch:
-    """What a batch reads once for all its recipients, not in each one's transaction: nothing here
-    changes meaningfully in the seconds a batch takes. The run's identity never changes; the section's
-    cap and integrations are settings (an edit applies from the next batch, as the campaign's spec
-    read once per batch always did). A campaign's pause is read per recipient."""
-
-    spec: CampaignSpec
-    run_id: str
-    section_id: str
-    campaign_id: str
-    campaign_version: int
-    cap_policy: CapPolicy  # with the section's own global cap, if it has one
-    integrations: dict[str, Integration]  # the section's, of the channels the campaign may use
-    # Integration id -> its decrypted secrets, filled on first use (a decryption per recipient cost more).
-    secrets: dict[str, dict[str, Any]]
-
-    def secrets_of(self, box: SecretBox, integration: Integration) -> dict[str, Any]:
-        """The integration's secrets, a fresh copy (senders share the cache across threads)."""
-        found = self.secrets.get(integration.id)
-        if found is None:
-            found = json.loads(box.decrypt(integration.secrets_enc)) if integration.secrets_enc else {}
-            self.secrets[integration.id] = found
-        return copy.deepcopy(found)
-
-
-@dataclass
-class _Ready:
-    message: OutboundMessage
-    provider: Provider
-    kind: str  # the integration's provider kind
-    send_key: str
-    journey_id: str  # the recipient's journey row: its send time is what priority compares
-    opt_in_id: int | None = None  # the recipient's consent row: opted out if the provider says it is gone
-    fell_back: str | None = None  # the channels that failed before this one (the recipient row's reason)
-    attempt: int = 1  # the send row's attempts with this one
-    # The send row before this attempt made it in flight (status, possible duplicate, kept message);
-    # None: it is new.
-    before: tuple[str, bool, str | None] | None = None
-
-
 class BroadcastActivities:
     def __init__(
         self,
@@ -190,6 +149,7 @@ class BroadcastActivities:
         self.signer = signer
         self.public_url = public_url
         self.concurrency = max(1, concurrency)
+        self.plain = PlainPath(providers, box, priority_window, signer, public_url)
 
     # ------------------------------------------------------------ planning
 
@@ -300,10 +260,14 @@ class BroadcastActivities:
         result = BatchResult()
         # Throttle: at most `rate` provider calls per second from this shard, on its phase of the
         # run's grid, so the shards' calls interleave evenly.
-        fan = FanOut(due, SlotGrid(1.0 / rate, req.shard, req.shards) if rate else None)
+        fan: FanOut[Ready] = FanOut(
+            due, SlotGrid(1.0 / rate, req.shard, req.shards) if rate else None,
+            prepare_chunk=partial(self._prepare_chunk, req, batch), withdraw_prepared=partial(self._withdrawn, req),
+        )  # fmt: skip
+        recorder: GroupCommit[Accepted, str] = GroupCommit(partial(self._record_accepted, req))
 
-        async def deliver(user_id: str) -> None:
-            outcome = await self._deliver_one(fan, req, batch, user_id)
+        async def deliver(user_id: str, prepared: Ready | None) -> None:
+            outcome = await self._deliver_one(fan, recorder, req, batch, user_id, prepared)
             if outcome is None:
                 return  # withdrawn before its call (the shard paused): still pending, not processed
             result.processed += 1
@@ -315,29 +279,77 @@ class BroadcastActivities:
             # A throttled shard needs no more senders than calls it may start in 2 s (full rate for
             # answers up to ~2 s): more would only prepare recipients seconds before their slot.
             senders = min(senders, math.ceil(rate * 2) + 1)
-        await fan.run(deliver, senders)
+        try:
+            await fan.run(deliver, senders)
+        finally:
+            await recorder.closed()
         result = await asyncio.to_thread(self._remaining, req, result)
         return _paused(result, fan.pause_until)
 
-    async def _deliver_one(self, fan: FanOut, req: BatchRequest, batch: _Batch, user_id: str) -> str | None:
-        """One recipient, by one sender: its final outcome for the batch, None if withdrawn."""
+    async def _deliver_one(
+        self,
+        fan: FanOut[Ready],
+        recorder: GroupCommit[Accepted, str],
+        req: BatchRequest,
+        batch: Batch,
+        user_id: str,
+        prepared: Ready | None,
+    ) -> str | None:
+        """One recipient, by one sender: its final outcome for the batch, None if withdrawn.
+        `prepared`: by its chunk (activities/broadcast_plain.py); None: prepared here, alone."""
         prepare = partial(self._prepare, req, batch, user_id)
-        outcome: _Ready | str | None = await settled(prepare, undo=partial(self._withdrawn, req))
-        while isinstance(outcome, _Ready):
+        outcome: Ready | str | None = prepared or await settled(prepare, undo=partial(self._withdrawn, req))
+        while isinstance(outcome, Ready):
             ready = outcome
             outcome = await fan.call(
-                partial(self._send, fan, req, user_id, ready), partial(self._withdrawn, req, ready)
+                partial(self._send, fan, recorder, req, user_id, ready), partial(self._withdrawn, req, ready)
             )
             if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
                 # Not while the shard pauses: the recipient stays pending and falls back in a later batch.
                 outcome = None if fan.pause_until else await settled(prepare, undo=partial(self._withdrawn, req))
         return outcome
 
-    async def _withdrawn(self, req: BatchRequest, prepared: _Ready | str) -> None:
-        if isinstance(prepared, _Ready):
+    async def _prepare_chunk(self, req: BatchRequest, batch: Batch, user_ids: list[str]) -> dict[str, Ready]:
+        """The chunk's plain recipients prepared together (activities/broadcast_plain.py); the others,
+        or all if that transaction fails, are prepared alone (`_prepare`)."""
+        try:
+            return await settled(partial(self._prepare_plain, req, batch, user_ids), undo=self._withdraw_all(req))
+        except Exception:  # e.g. a deadlock PostgreSQL broke: nothing was written, each goes alone
+            log.warning("run %s shard %s: chunk of %d prepared one by one", req.run_id, req.shard, len(user_ids),
+                        exc_info=True)  # fmt: skip
+            return {}
+
+    def _withdraw_all(self, req: BatchRequest) -> Callable[[dict[str, Ready]], Awaitable[None]]:
+        async def undo(prepared: dict[str, Ready]) -> None:
+            for ready in prepared.values():
+                await self._withdrawn(req, ready)
+
+        return undo
+
+    def _prepare_plain(self, req: BatchRequest, batch: Batch, user_ids: list[str]) -> dict[str, Ready]:
+        with self.store.session() as s:
+            return self.plain.prepare(s, req, batch, user_ids)
+
+    def _record_accepted(self, req: BatchRequest, accepted: list[Accepted]) -> list[str]:
+        """A group of accepted calls recorded together where they are plain, each other one alone."""
+        try:
+            with self.store.session() as s:
+                together = self.plain.record_accepted(s, req, accepted)
+        except Exception:  # nothing was written: each is recorded alone
+            log.warning("run %s shard %s: %d acceptances recorded one by one", req.run_id, req.shard, len(accepted),
+                        exc_info=True)  # fmt: skip
+            together = set()
+        return [
+            "sent" if a.user_id in together
+            else self._record(req, a.user_id, a.ready, "sent", a.detail, a.provider_status)
+            for a in accepted
+        ]  # fmt: skip
+
+    async def _withdrawn(self, req: BatchRequest, prepared: Ready | str) -> None:
+        if isinstance(prepared, Ready):
             await settled(partial(self._withdraw, req, prepared))
 
-    def _withdraw(self, req: BatchRequest, ready: _Ready) -> None:
+    def _withdraw(self, req: BatchRequest, ready: Ready) -> None:
         """A prepared recipient whose call will not be made (the shard paused, or the activity was
         cancelled, before its turn): its send row is put back as it was, so a later attempt counts
         no call that was never made nor flags it a possible duplicate. The recipient stays pending."""
@@ -354,7 +366,7 @@ class BroadcastActivities:
             send.attempts, send.updated_at = ready.attempt - 1, now_utc()
             s.add(send)
 
-    def _load_batch(self, req: BatchRequest) -> tuple[_Batch, float | None, list[str]]:
+    def _load_batch(self, req: BatchRequest) -> tuple[Batch, float | None, list[str]]:
         with self.store.session() as s:
             run = s.get(BroadcastRun, req.run_id)
             if run is None:
@@ -389,7 +401,7 @@ class BroadcastActivities:
             policy = self.cap_policy
             if section is not None and section.global_cap_messages:
                 policy = CapPolicy(section.global_cap_messages, policy.window)
-            batch = _Batch(
+            batch = Batch(
                 spec=spec, run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id,
                 campaign_version=run.campaign_version, cap_policy=policy, integrations=integrations, secrets={},
             )  # fmt: skip
@@ -444,7 +456,7 @@ class BroadcastActivities:
             report_rollup.count_send(s, send, previous)
         return status
 
-    def _prepare(self, req: BatchRequest, batch: _Batch, user_id: str) -> _Ready | str:
+    def _prepare(self, req: BatchRequest, batch: Batch, user_id: str) -> Ready | str:
         """Everything before the provider call, in one transaction; a string is a final outcome."""
         spec = batch.spec
         with self.store.session() as s:
@@ -588,7 +600,7 @@ class BroadcastActivities:
                 section_id=batch.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
                 config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
             )  # fmt: skip
-            return _Ready(
+            return Ready(
                 message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
                 opt_in_id=r.opt_ins[channel].id, fell_back=fell_back, attempt=send.attempts, before=before,
             )  # fmt: skip
@@ -603,7 +615,9 @@ class BroadcastActivities:
         report_rollup.count_send(s, send, previous)  # last: see LOCK ORDER
         return "failed"
 
-    async def _send(self, fan: FanOut, req: BatchRequest, user_id: str, ready: _Ready) -> str:
+    async def _send(
+        self, fan: FanOut[Ready], recorder: GroupCommit[Accepted, str], req: BatchRequest, user_id: str, ready: Ready
+    ) -> str:
         """The provider call and its outcome recorded; a vendor's Retry-After pauses the shard."""
         try:
             # Through the registry: its per-integration limit holds across runs sharing the worker.
@@ -626,11 +640,10 @@ class BroadcastActivities:
             )
         except ConfigurationError as err:
             return await settled(partial(self._record, req, user_id, ready, "failed", f"configuration: {err}", None))
-        return await settled(
-            partial(self._record, req, user_id, ready, "sent", kept_answer(response.body), response.status)
-        )
+        # Recorded with the other senders' acceptances (`_record_accepted`).
+        return await recorder.submit(Accepted(user_id, ready, kept_answer(response.body), response.status))
 
-    def _defer_retry(self, req: BatchRequest, user_id: str, ready: _Ready, err: ProviderError) -> str:
+    def _defer_retry(self, req: BatchRequest, user_id: str, ready: Ready, err: ProviderError) -> str:
         """A retryable answer for one recipient: record it and let the recipient wait its backoff
         ("deferred"), or give up once its retries have run out of budget ("failed")."""
         with self.store.session() as s:
@@ -662,7 +675,7 @@ class BroadcastActivities:
         self,
         req: BatchRequest,
         user_id: str,
-        ready: _Ready,
+        ready: Ready,
         status: str,
         detail: str,
         provider_status: int | None,
@@ -676,7 +689,7 @@ class BroadcastActivities:
         s: Session,
         req: BatchRequest,
         user_id: str,
-        ready: _Ready,
+        ready: Ready,
         status: str,
         detail: str,
         provider_status: int | None,
@@ -776,7 +789,7 @@ def _paused(result: BatchResult, until: datetime | None) -> BatchResult:
     return result
 
 
-def _record_provider_opt_out(s: Session, send: Send, ready: _Ready, detail: str) -> None:
+def _record_provider_opt_out(s: Session, send: Send, ready: Ready, detail: str) -> None:
     """The failed send's outcome decision, saying the provider reported the recipient gone: the
     report counts provider opt-outs from it (`report_rollup.provider_opted_out`)."""
     decisions.record(

@@ -11,6 +11,11 @@ iterator has no await). What it keeps from the one-at-a-time loop:
 - the batch's first recipient goes alone (see `run`);
 - a store step that has begun ends in its thread, committed or rolled back, before the activity
   ends, even when it is cancelled (`settled`): a retry of the batch never runs beside it.
+After the first, recipients are taken in chunks of `concurrency` and prepared together
+(`prepare_chunk`: activities/broadcast_plain.py), and accepted calls are recorded in groups
+(`GroupCommit`): one worker process was bound by the statements of two transactions per recipient.
+A chunk prepared ahead of its calls is withdrawn, as one recipient's preparation was, if its calls
+are not made (`run`).
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import TypeVar
+from functools import partial
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = TypeVar("P")
 
 
 def first_slot(interval: float, shard: int, shards: int) -> float:
@@ -72,13 +81,24 @@ async def settled(step: Callable[[], T], undo: Callable[[T], Awaitable[object]] 
         raise
 
 
-class FanOut:
-    """The senders of one batch and what they share: the recipients still to take, the grid, the pause."""
+class FanOut(Generic[P]):
+    """The senders of one batch and what they share: the recipients still to take, prepared ahead in
+    chunks (`prepare_chunk`, activities/broadcast_plain.py), the grid, the pause."""
 
-    def __init__(self, users: Iterable[str], grid: SlotGrid | None) -> None:
+    def __init__(
+        self,
+        users: Iterable[str],
+        grid: SlotGrid | None,
+        prepare_chunk: Callable[[list[str]], Awaitable[dict[str, P]]] | None = None,
+        withdraw_prepared: Callable[[P], Awaitable[object]] | None = None,
+    ) -> None:
         self._users = iter(users)
         self._grid = grid
         self.pause_until: datetime | None = None
+        self._prepare_chunk = prepare_chunk
+        self._withdraw_prepared = withdraw_prepared
+        self._taken: deque[tuple[str, P | None]] = deque()  # taken from `users`, prepared if the chunk could
+        self._preparing: asyncio.Future[None] | None = None
 
     def pause(self, until: datetime | None) -> None:
         """The vendor throttles everyone until `until`: no sender starts a call from now on."""
@@ -89,24 +109,55 @@ class FanOut:
         """The next recipient to deliver, for one sender only; None once paused or none is left."""
         return None if self.pause_until is not None else next(self._users, None)
 
-    async def run(self, deliver: Callable[[str], Awaitable[None]], concurrency: int) -> None:
+    async def next(self, size: int) -> tuple[str, P | None] | None:
+        """The next recipient for one sender, with what its chunk's preparation made of it (None: the
+        sender prepares it alone); None once paused or none is left. When none is taken, the next
+        `size` recipients are prepared together, the senders waiting for them meanwhile."""
+        while not self._taken:
+            if self._preparing is not None:
+                await asyncio.wait([self._preparing])
+                continue
+            users: list[str] = []
+            while len(users) < size and (user_id := self.next_user()) is not None:
+                users.append(user_id)
+            if not users:
+                return None
+            self._preparing = asyncio.ensure_future(self._prepare(users))
+        return None if self.pause_until is not None else self._taken.popleft()
+
+    async def _prepare(self, users: list[str]) -> None:
+        try:
+            prepared = await self._prepare_chunk(users) if self._prepare_chunk is not None and len(users) > 1 else {}
+        finally:
+            self._preparing = None
+        self._taken.extend((user_id, prepared.get(user_id)) for user_id in users)
+
+    async def run(self, deliver: Callable[[str, P | None], Awaitable[None]], concurrency: int) -> None:
         """Deliver every recipient with up to `concurrency` senders; a sender's failure (or the
         activity's cancellation) cancels the others and waits for their clean-up before it is raised.
 
         The first recipient goes alone, the others once it is done: a shard resuming after a
         vendor's Retry-After (or a first batch against a vendor already throttling) spends one
         refused call, not one per sender, and a campaign paused (or a recipient gone) as its
-        first call is answered stops the batch before the others are prepared."""
-        first = self.next_user()
+        first call is answered stops the batch before the others are prepared. The others are
+        prepared in chunks of `concurrency`; a prepared recipient no sender called (the shard
+        paused, a sender failed, the activity was cancelled) is withdrawn before the end."""
+        try:
+            await self._run(deliver, max(1, concurrency))
+        finally:
+            await asyncio.shield(self._withdraw_taken())
+
+    async def _run(self, deliver: Callable[[str, P | None], Awaitable[None]], concurrency: int) -> None:
+        first = await self.next(1)
         if first is None:
             return
-        await deliver(first)
+        await deliver(*first)
 
         async def sender() -> None:
-            while (user_id := self.next_user()) is not None:
-                await deliver(user_id)
+            while (taken := await self.next(concurrency)) is not None:
+                await deliver(*taken)
 
-        senders = [asyncio.create_task(sender()) for _ in range(max(1, concurrency))]
+        senders = [asyncio.create_task(sender()) for _ in range(concurrency)]
         try:
             await asyncio.wait(senders, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -117,6 +168,15 @@ class FanOut:
             error = None if task.cancelled() else task.exception()
             if error is not None:
                 raise error
+
+    async def _withdraw_taken(self) -> None:
+        if self._preparing is not None:
+            await asyncio.wait([self._preparing])  # a chunk being prepared is committed first
+        while self._taken:
+            _, prepared = self._taken.popleft()
+            if prepared is not None and self._withdraw_prepared is not None:
+                await self._withdraw_prepared(prepared)
+
 
     async def call(self, make_call: Callable[[], Awaitable[T]], withdraw: Callable[[], Awaitable[object]]) -> T | None:
         """Make one provider call at its turn; None (after `withdraw`) if the shard paused first.
@@ -134,3 +194,45 @@ class FanOut:
             await withdraw()
             return None
         return await make_call()
+
+
+class GroupCommit(Generic[T, R]):
+    """Records written together: each sender submits one and waits for its result. The first
+    submitted starts a write; what is submitted while a write runs goes in the next one, so the
+    groups grow with the load and nothing waits for a timer. `write` runs in a thread (`settled`)
+    and returns one result per item."""
+
+    def __init__(self, write: Callable[[list[T]], list[R]]) -> None:
+        self._write = write
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Future[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                try:
+                    results = await settled(partial(self._write, [item for item, _ in group]))
+                except Exception as err:  # each waiting sender raises it
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                for (_, future), result in zip(group, results, strict=True):
+                    if not future.done():  # not if its sender was cancelled meanwhile
+                        future.set_result(result)
+        finally:
+            self._writer = None
+
+    async def closed(self) -> None:
+        """Wait until everything submitted is written, even if the caller is cancelled meanwhile: a
+        call the vendor accepted is recorded before the activity ends."""
+        while self._writer is not None:
+            await asyncio.shield(asyncio.wait([self._writer]))
