@@ -116,14 +116,25 @@ class FanOut(Generic[P]):
         while not self._taken:
             if self._preparing is not None:
                 await asyncio.wait([self._preparing])
-                continue
-            users: list[str] = []
-            while len(users) < size and (user_id := self.next_user()) is not None:
-                users.append(user_id)
-            if not users:
+            elif not self._start_chunk(size):
                 return None
+        if self.pause_until is not None:
+            return None
+        taken = self._taken.popleft()
+        if len(self._taken) < size // 2 and self._preparing is None:
+            # The next chunk is prepared while this one's calls are made: senders that finish find
+            # recipients ready instead of all waiting for one transaction.
+            self._start_chunk(size)
+        return taken
+
+    def _start_chunk(self, size: int) -> bool:
+        """Take up to `size` more recipients and start preparing them; False if none was left."""
+        users: list[str] = []
+        while len(users) < size and (user_id := self.next_user()) is not None:
+            users.append(user_id)
+        if users:
             self._preparing = asyncio.ensure_future(self._prepare(users))
-        return None if self.pause_until is not None else self._taken.popleft()
+        return bool(users)
 
     async def _prepare(self, users: list[str]) -> None:
         try:
