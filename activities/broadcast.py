@@ -98,6 +98,9 @@ FALLBACK = "fallback"
 # to keep a vendor answering in 50 ms busy at ~600 messages/s per shard; bounded, so one batch
 # holds at most this many store connections' worth of work and vendor connections.
 DEFAULT_CONCURRENCY = 32
+# A batch heartbeats at least this often (`_heartbeat_while_running`); the workflow's heartbeat
+# timeout for a batch is a few of these (workflows/broadcast.py BATCH_HEARTBEAT_TIMEOUT).
+HEARTBEAT_EVERY = timedelta(seconds=5)
 
 # Prepared once (docs/performance.md): per recipient, on the fan-out's hot path.
 _SEND = table_of(Send)
@@ -260,9 +263,12 @@ class BroadcastActivities:
         result = BatchResult()
         # Throttle: at most `rate` provider calls per second from this shard, on its phase of the
         # run's grid, so the shards' calls interleave evenly.
+        # A throttled shard prepares each recipient just before its slot (`FanOut.before_turn`): chunks
+        # prepared ahead would wait for their slots in flight.
         fan: FanOut[Ready] = FanOut(
             due, SlotGrid(1.0 / rate, req.shard, req.shards) if rate else None,
-            prepare_chunk=partial(self._prepare_chunk, req, batch), withdraw_prepared=partial(self._withdrawn, req),
+            prepare_chunk=None if rate else partial(self._prepare_chunk, req, batch),
+            withdraw_prepared=partial(self._withdrawn, req),
         )  # fmt: skip
         recorder: GroupCommit[Accepted, str] = GroupCommit(partial(self._record_accepted, req))
 
@@ -279,10 +285,12 @@ class BroadcastActivities:
             # A throttled shard needs no more senders than calls it may start in 2 s (full rate for
             # answers up to ~2 s): more would only prepare recipients seconds before their slot.
             senders = min(senders, math.ceil(rate * 2) + 1)
+        beat = asyncio.create_task(_heartbeat_while_running(lambda: result.processed))
         try:
             await fan.run(deliver, senders)
         finally:
             await recorder.closed()
+            beat.cancel()
         result = await asyncio.to_thread(self._remaining, req, result)
         return _paused(result, fan.pause_until)
 
@@ -298,15 +306,24 @@ class BroadcastActivities:
         """One recipient, by one sender: its final outcome for the batch, None if withdrawn.
         `prepared`: by its chunk (activities/broadcast_plain.py); None: prepared here, alone."""
         prepare = partial(self._prepare, req, batch, user_id)
-        outcome: Ready | str | None = prepared or await settled(prepare, undo=partial(self._withdrawn, req))
+        slot: float | None = None
+        outcome: Ready | str | None = prepared
+        if outcome is None:
+            slot = fan.reserve_turn()
+            if not await fan.before_turn(slot):
+                return None  # the shard paused before its turn: still pending, nothing prepared
+            outcome = await settled(prepare, undo=partial(self._withdrawn, req))
         while isinstance(outcome, Ready):
             ready = outcome
             outcome = await fan.call(
-                partial(self._send, fan, recorder, req, user_id, ready), partial(self._withdrawn, req, ready)
+                partial(self._send, fan, recorder, req, user_id, ready), partial(self._withdrawn, req, ready), slot
             )
             if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
                 # Not while the shard pauses: the recipient stays pending and falls back in a later batch.
-                outcome = None if fan.pause_until else await settled(prepare, undo=partial(self._withdrawn, req))
+                slot = fan.reserve_turn()
+                if not await fan.before_turn(slot):
+                    return None
+                outcome = await settled(prepare, undo=partial(self._withdrawn, req))
         return outcome
 
     async def _prepare_chunk(self, req: BatchRequest, batch: Batch, user_ids: list[str]) -> dict[str, Ready]:
@@ -500,7 +517,7 @@ class BroadcastActivities:
                     if window.outside == "drop":
                         return self._finish(s, rec, "skipped", "quiet_hours")
                     rec.not_before = sched.window_opens(req.as_of, start, end, tz)
-                    rec.reason = f"waiting for the send window ({tz.key})"
+                    rec.reason = f"{broadcasts.WINDOW_REASON} ({tz.key})"
                     s.add(rec)
                     return "deferred"
             step = variation.steps[0]
@@ -664,7 +681,7 @@ class BroadcastActivities:
                 backoff = RECIPIENT_FIRST_BACKOFF * 2 ** max(0, send.attempts - 1)
                 delay = max(timedelta(seconds=err.retry_after or 0), min(backoff, RECIPIENT_MAX_BACKOFF))
                 rec.not_before = max(req.as_of, now_utc()) + delay
-                rec.reason = f"retrying after {err.status or 'no answer'} (attempt {send.attempts})"
+                rec.reason = f"{broadcasts.RETRY_REASON} {err.status or 'no answer'} (attempt {send.attempts})"
                 s.add(rec)
                 return "deferred"
             attempts = send.attempts if send is not None else 1
@@ -739,6 +756,16 @@ class BroadcastActivities:
         if send is not None:  # last (LOCK ORDER): the hot counter rows stay locked until the commit
             report_rollup.count_send(s, send, previous, opted_out=gone)
         return outcome
+
+
+async def _heartbeat_while_running(processed: Callable[[], int]) -> None:
+    """Heartbeat every HEARTBEAT_EVERY seconds while the batch runs, not only after a recipient: a
+    shard throttled to a few calls a minute (or waiting on one slow call) is alive between them.
+    Temporal then sees a killed worker's batch as lost after the workflow's short heartbeat timeout
+    (workflows/broadcast.py) and retries it, instead of after a minute."""
+    while True:
+        activity.heartbeat(processed())
+        await asyncio.sleep(HEARTBEAT_EVERY.total_seconds())
 
 
 # Primary-key reads of the hot path, as `Session.get` does them but with their statements built once:

@@ -22,11 +22,12 @@ last, held until the commit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, update
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from activities.broadcast_batch import Batch, Ready
@@ -46,6 +47,7 @@ from security.crypto import SecretBox
 from store import journey_rows, report_rollup, reservations
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.reachability import Reach, reach_many
+from store.sends import SentMessage
 from store.statements import row_of, table_of
 from store.tables import Journey, Send, User, now_utc
 from store.users import unmerged_users
@@ -68,6 +70,11 @@ _SENT_RECIPIENT = (
            _RECIPIENT.c.status == "pending")
     .values(status="sent", reason=None, channel=bindparam("channel"), provider_response=bindparam("detail"))
 )  # fmt: skip
+# What the record of an acceptance needs of its send row (not its kept message: a large encrypted blob).
+_SENT_FIELDS = [f.name for f in fields(SentMessage)]
+_SEND_STATE = core_select(
+    *(_SEND.c[name] for name in dict.fromkeys(["key", "status", "attempts", "possible_duplicate", *_SENT_FIELDS]))
+).where(_SEND.c.key.in_(bindparam("keys", expanding=True)))
 _SENT_ON_RUN = update(_RUN).where(_RUN.c.id == bindparam("run_id")).values(sent=_RUN.c.sent + bindparam("n"))
 
 
@@ -258,10 +265,7 @@ class PlainPath:
         plain = [a for a in accepted if a.ready.before is None and a.ready.fell_back is None]
         if not plain:
             return set()
-        sends = {
-            send.key: send
-            for send in s.exec(select(Send).where(col(Send.key).in_([a.ready.send_key for a in plain]))).all()
-        }
+        sends = {row.key: row for row in s.execute(_SEND_STATE, {"keys": [a.ready.send_key for a in plain]})}
         pending = set(
             s.exec(
                 select(BroadcastRecipient.user_id).where(
@@ -292,5 +296,9 @@ class PlainPath:
              for a in taken],
         )  # fmt: skip
         s.execute(_SENT_ON_RUN, {"run_id": req.run_id, "n": len(taken)})  # then the counters (LOCK ORDER)
-        report_rollup.count_accepted(s, [sends[a.ready.send_key] for a in taken])
+        report_rollup.count_accepted(s, [_sent_message(sends[a.ready.send_key]) for a in taken])
         return {a.user_id for a in taken}
+
+
+def _sent_message(row: Any) -> SentMessage:
+    return SentMessage(**{name: getattr(row, name) for name in _SENT_FIELDS})

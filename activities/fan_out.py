@@ -29,6 +29,10 @@ from datetime import datetime
 from functools import partial
 from typing import Generic, TypeVar
 
+# A throttled recipient is prepared this long before its call slot: enough for its transaction on a
+# busy store, so the call keeps its slot; short, so few send rows are in flight before their calls.
+PREPARE_LEAD = 0.25
+
 T = TypeVar("T")
 R = TypeVar("R")
 P = TypeVar("P")
@@ -99,6 +103,7 @@ class FanOut(Generic[P]):
         self._withdraw_prepared = withdraw_prepared
         self._taken: deque[tuple[str, P | None]] = deque()  # taken from `users`, prepared if the chunk could
         self._preparing: asyncio.Future[None] | None = None
+        self._waiting = 0  # senders waiting in `next` for a recipient
 
     def pause(self, until: datetime | None) -> None:
         """The vendor throttles everyone until `until`: no sender starts a call from now on."""
@@ -111,21 +116,22 @@ class FanOut(Generic[P]):
 
     async def next(self, size: int) -> tuple[str, P | None] | None:
         """The next recipient for one sender, with what its chunk's preparation made of it (None: the
-        sender prepares it alone); None once paused or none is left. When none is taken, the next
-        `size` recipients are prepared together, the senders waiting for them meanwhile."""
-        while not self._taken:
-            if self._preparing is not None:
-                await asyncio.wait([self._preparing])
-            elif not self._start_chunk(size):
-                return None
-        if self.pause_until is not None:
-            return None
-        taken = self._taken.popleft()
-        if len(self._taken) < size // 2 and self._preparing is None:
-            # The next chunk is prepared while this one's calls are made: senders that finish find
-            # recipients ready instead of all waiting for one transaction.
-            self._start_chunk(size)
-        return taken
+        sender prepares it alone); None once paused or none is left. When none is taken, the senders
+        waiting for one (up to `size`) get a chunk prepared together: one recipient each, at once, so
+        no send row waits in flight for a free sender (a worker killed meanwhile would leave it
+        flagged a possible duplicate that was never called)."""
+        self._waiting += 1
+        try:
+            while not self._taken:
+                if self._preparing is not None:
+                    await asyncio.wait([self._preparing])
+                    continue
+                await asyncio.sleep(0)  # the senders whose calls ended in this turn of the loop join the chunk
+                if not self._taken and self._preparing is None and not self._start_chunk(min(size, self._waiting)):
+                    return None
+        finally:
+            self._waiting -= 1
+        return None if self.pause_until is not None else self._taken.popleft()
 
     def _start_chunk(self, size: int) -> bool:
         """Take up to `size` more recipients and start preparing them; False if none was left."""
@@ -135,6 +141,18 @@ class FanOut(Generic[P]):
         if users:
             self._preparing = asyncio.ensure_future(self._prepare(users))
         return bool(users)
+
+    def reserve_turn(self) -> float | None:
+        """A throttled shard's next call slot, reserved now for one recipient (None: not throttled)."""
+        return self._grid.reserve() if self._grid is not None else None
+
+    async def before_turn(self, slot: float | None) -> bool:
+        """Wait until `PREPARE_LEAD` before `slot`, then the recipient is prepared: its send row goes in
+        flight only just before its call, not while it waits its turn (up to 2 s at the shard's rate);
+        False if the shard paused meanwhile (nothing prepared: the recipient stays pending)."""
+        if slot is not None and self.pause_until is None:
+            await asyncio.sleep(max(0.0, slot - PREPARE_LEAD - time.time()))
+        return self.pause_until is None
 
     async def _prepare(self, users: list[str]) -> None:
         try:
@@ -189,15 +207,16 @@ class FanOut(Generic[P]):
                 await self._withdraw_prepared(prepared)
 
 
-    async def call(self, make_call: Callable[[], Awaitable[T]], withdraw: Callable[[], Awaitable[object]]) -> T | None:
-        """Make one provider call at its turn; None (after `withdraw`) if the shard paused first.
-
-        A throttled call waits for its slot, reserved now. Cancelled before its turn, the call is
-        withdrawn too; cancelled during the call, its outcome is unknown and the send stays in
-        flight (a retry repeats it under the same key)."""
-        if self._grid is not None and self.pause_until is None:
+    async def call(
+        self, make_call: Callable[[], Awaitable[T]], withdraw: Callable[[], Awaitable[object]], slot: float | None
+    ) -> T | None:
+        """Make one provider call at its turn (`slot`, reserved by `reserve_turn`; None: at once); None
+        (after `withdraw`) if the shard paused first. Cancelled before its turn, the call is withdrawn
+        too; cancelled during the call, its outcome is unknown and the send stays in flight (a retry
+        repeats it under the same key)."""
+        if slot is not None and self.pause_until is None:
             try:
-                await asyncio.sleep(max(0.0, self._grid.reserve() - time.time()))
+                await asyncio.sleep(max(0.0, slot - time.time()))
             except asyncio.CancelledError:
                 await withdraw()
                 raise

@@ -28,6 +28,12 @@ from store.subscribers import insert_ignoring
 from store.tables import Event, Journey, Product, User
 from workflows.ids import batched_journey_id
 
+# A pending recipient's reason while it waits (`not_before` set): for its send window
+# (activities/broadcast.py `_prepare`) or its retry backoff (`_defer_retry`). The run's progress
+# (api/routes/feeds.py) tells the two apart by these prefixes.
+WINDOW_REASON = "waiting for the send window"
+RETRY_REASON = "retrying after"
+
 PAGE = 1000
 VIEW_LOOKBACK = timedelta(days=30)
 

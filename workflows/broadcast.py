@@ -23,6 +23,10 @@ with workflow.unsafe.imports_passed_through():
 # every shard's batch in lock-step rounds; the run row says "waiting" while every shard sleeps.
 SHARD_LOOPS_PATCH = "broadcast-shard-loops"
 STORE_TIMEOUT = timedelta(minutes=1)
+# A batch heartbeats every 5 s while it runs (activities/broadcast.py HEARTBEAT_EVERY): a worker
+# killed mid-batch is noticed, and its batch retried, 20 s later (it was a minute, during which
+# the shard sent nothing). A batch scheduled before keeps the timeout it was scheduled with.
+BATCH_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1))
 BATCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5),
@@ -128,7 +132,7 @@ class BroadcastWorkflow:
                     run_id=inp.run_id, shard=shard, shards=inp.shards, as_of=workflow.now(), limit=inp.batch_size
                 ),
                 start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=1),
+                heartbeat_timeout=BATCH_HEARTBEAT_TIMEOUT,
                 retry_policy=BATCH_RETRY,
                 summary=f"deliver a batch of shard {shard}",
             )
