@@ -14,12 +14,12 @@ import asyncio
 import secrets
 import tempfile
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import func
-from sqlmodel import col, select
+from sqlalchemy import ColumnElement, case, func
+from sqlmodel import Session, col, select
 from temporalio.client import (
     Schedule,
     ScheduleActionStartWorkflow,
@@ -43,10 +43,11 @@ from providers.url_guard import UrlGuard, check_url_shape, save_time_refusal
 from settings import Settings
 from store import objects
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
+from store.broadcasts import RETRY_REASON, WINDOW_REASON
 from store.campaigns import load_spec
 from store.engine import Store
 from store.feed_tables import Feed, FeedRejection, FeedSync
-from store.tables import Campaign, now_utc
+from store.tables import Campaign, Journey, Send, now_utc
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import BroadcastInput, FeedSyncInput
 from workflows.feeds import FeedSyncWorkflow
@@ -137,7 +138,14 @@ class RunOut(BaseModel):
     skipped: int
     failed: int
     pending: int
-    waiting_for_window: int
+    waiting_for_window: int  # pending until their send window opens
+    waiting_to_retry: int  # pending in their own backoff after a provider's 429, 5xx or lost answer
+    # The run's sends (provider calls) that ended failed, also those of recipients skipped before
+    # their retry (campaign paused, opted out): such a recipient counts `skipped`, its call `failed`.
+    failed_sends: int
+    # Of those, the ones an attempt of which may have reached the person (`possible_duplicate`):
+    # as the campaign report's `possibly_delivered`.
+    possibly_delivered: int
     workflow_id: str
     created_at: datetime
     finished_at: datetime | None
@@ -293,19 +301,49 @@ async def feed_status(
     return await asyncio.to_thread(_status, state.store, feed, limit, rejections)
 
 
+def _pending_counts(s: Session, run_id: str) -> tuple[int, int, int]:
+    """(pending, waiting for the window, waiting to retry): one pass over the run's pending rows
+    (index `ix_broadcast_pending`: run, status)."""
+    waiting = col(BroadcastRecipient.not_before).is_not(None)
+
+    def waiting_for(prefix: str) -> ColumnElement[Any]:
+        reason = col(BroadcastRecipient.reason).startswith(prefix, autoescape=True)
+        return func.coalesce(func.sum(case((waiting & reason, 1), else_=0)), 0)
+
+    q = select(func.count(), waiting_for(WINDOW_REASON), waiting_for(RETRY_REASON)).where(
+        BroadcastRecipient.run_id == run_id, BroadcastRecipient.status == "pending"
+    )
+    pending, window, retry = s.exec(q).one()
+    return int(pending), int(window), int(retry)
+
+
+def _failed_sends(s: Session, run_id: str) -> tuple[int, int]:
+    """(failed sends, of which possibly delivered) of the run's recipients, from their journey rows
+    (workflow `broadcast/<run>`, indexed) and the sends of those journeys (`journey_id`, indexed).
+    Not by the sends' key prefix `bcast:<run>:`: a range on the primary key matches the prefix only
+    under a byte-order collation, which a PostgreSQL database need not have."""
+    maybe = case((col(Send.possible_duplicate) == True, 1), else_=0)  # noqa: E712
+    q = (
+        select(func.count(), func.coalesce(func.sum(maybe), 0))
+        .select_from(Journey)
+        .join(Send, col(Send.journey_id) == col(Journey.id))
+        .where(col(Journey.workflow_id) == broadcast_workflow_id(run_id), col(Send.status) == "failed")
+    )
+    failed, possibly = s.exec(q).one()
+    return int(failed), int(possibly)
+
+
 def _run_out(store: Store, section_id: str, run_id: str) -> RunOut:
     with store.session() as s:
         run = s.get(BroadcastRun, run_id)
         if run is None or run.section_id != section_id:
             raise NotFound("no such run", field="run_id")
-        base = (BroadcastRecipient.run_id == run.id, BroadcastRecipient.status == "pending")
-        pending = s.exec(select(func.count()).where(*base)).one()
-        waiting = s.exec(
-            select(func.count()).where(*base, col(BroadcastRecipient.not_before).is_not(None))
-        ).one()
+        pending, window, retry = _pending_counts(s, run.id)
+        failed_sends, possibly_delivered = _failed_sends(s, run.id)
         return RunOut(
             **run.model_dump(exclude={"section_id", "campaign_version", "source_id", "deferred"}),
-            pending=pending, waiting_for_window=waiting, workflow_id=broadcast_workflow_id(run.id),
+            pending=pending, waiting_for_window=window, waiting_to_retry=retry, failed_sends=failed_sends,
+            possibly_delivered=possibly_delivered, workflow_id=broadcast_workflow_id(run.id),
         )  # fmt: skip
 
 
