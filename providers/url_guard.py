@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 from domain.addresses import IP, is_internal, literal_ip
 from providers.base import ConfigurationError
 
+# A vendor host's DNS answer is used this long (seconds) before it is resolved again (`UrlGuard._addresses`).
+DNS_TTL_S = 30.0
+DNS_CACHE_HOSTS = 1024
+_clock = time.monotonic  # the kept answers' clock (a test moves it)
 
 
 class RefusedAddress(ConfigurationError):
@@ -84,6 +89,11 @@ class UrlGuard:
     # plain http anyone on the path reads them. Only local stand-ins (private URLs allowed, or an
     # operator's allow-listed internal `host:port`) may be http.
     https_only: bool = True
+    # Host answers kept DNS_TTL_S: (host, port) -> (expiry, addresses) (`_addresses`). Per guard (the
+    # worker's registry holds one); `dataclasses.replace` starts a copy with none.
+    _answers: dict[tuple[str, int], tuple[float, list[IP]]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def of(cls, allow_private: bool, allowed: Iterable[str] = ()) -> UrlGuard:
@@ -111,11 +121,7 @@ class UrlGuard:
             if is_internal(ip) and not allowed:
                 raise RefusedAddress(f"refusing to call {host}: not a public address ({ip})")
             return str(ip)
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ConfigurationError(f"cannot resolve host {host}: {exc}") from exc
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        addresses = await self._addresses(host, port)
         if not addresses:
             raise ConfigurationError(f"cannot resolve host {host}")
         if not allowed:
@@ -124,8 +130,30 @@ class UrlGuard:
                 if is_internal(addr):
                     raise RefusedAddress(f"refusing to call {host}: resolves to a non-public address ({addr})")
         # Prefer IPv4 (the local test servers and most vendors listen there).
-        addresses.sort(key=lambda a: a.version)
-        return str(addresses[0])
+        return str(sorted(addresses, key=lambda a: a.version)[0])
+
+    async def _addresses(self, host: str, port: int) -> list[IP]:
+        """What `host` resolves to, resolved at most once per DNS_TTL_S by this guard: a fan-out calls
+        one vendor hundreds of times a second, and each `getaddrinfo` took a thread of the loop's
+        default executor (shared with the store steps) and, without a resolver cache on the host, a
+        DNS round trip. Safe for the guard: the answer is checked on every use (`resolve_host`) and
+        the connection pinned to a checked address, whatever the resolver says meanwhile. Failures
+        are not kept."""
+        key = (host.lower(), port)
+        now = _clock()
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ConfigurationError(f"cannot resolve host {host}: {exc}") from exc
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if addresses:
+            if len(self._answers) >= DNS_CACHE_HOSTS:
+                self._answers.clear()  # a bound, not an LRU: a worker calls a handful of vendor hosts
+            self._answers[key] = (now + DNS_TTL_S, addresses)
+        return addresses
 
 
 async def check_url(url: str, *, allow_private: bool, https_only: bool = False) -> None:
