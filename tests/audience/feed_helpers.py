@@ -15,12 +15,14 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
+from activities.broadcast import BroadcastActivities
+from store.broadcast_tables import BroadcastRun
 from store.engine import Store
 from store.tables import Send, User
 from tests.helpers import SectionKeys, add_integration, collect, step
 from tests.provider_server import ProviderServer
 from workflows.broadcast import BroadcastWorkflow
-from workflows.feed_models import FeedSyncSummary, RunProgress
+from workflows.feed_models import BatchRequest, BroadcastInput, FeedSyncSummary, RunProgress
 from workflows.feeds import FeedSyncWorkflow
 from workflows.ids import broadcast_workflow_id
 
@@ -158,3 +160,22 @@ async def get_product(api: httpx.AsyncClient, sec: SectionKeys, sku: str) -> dic
 async def campaign_sends(store: Store, campaign_id: str) -> list[Send]:
     with store.session() as s:
         return list(s.exec(select(Send).where(Send.campaign_id == campaign_id)).all())
+
+
+def driven_run(store: Store, section_id: str, campaign_id: str) -> BroadcastRun:
+    """A sending run of the campaign's first version, its workflow not started: the test drives its
+    activities (`planned_batch`, then `deliver_batch`)."""
+    run = BroadcastRun(
+        id="run_" + secrets.token_hex(8), section_id=section_id, campaign_id=campaign_id, campaign_version=1,
+        reason="test", state="sending", created_at=datetime.now(UTC),
+    )  # fmt: skip
+    with store.session() as s:
+        s.add(run)
+    return run
+
+
+async def planned_batch(acts: BroadcastActivities, run: BroadcastRun, recipients: int) -> BatchRequest:
+    """List the run's audience (one shard), checking it has `recipients`; the batch request for now."""
+    inp = BroadcastInput(run_id=run.id, section_id=run.section_id, campaign_id=run.campaign_id, shards=1)
+    assert await asyncio.to_thread(ActivityEnvironment().run, acts.plan_audience, inp) == recipients
+    return BatchRequest(run_id=run.id, shard=0, shards=1, as_of=datetime.now(UTC), limit=200)

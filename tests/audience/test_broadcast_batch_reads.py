@@ -5,12 +5,10 @@ store and local provider server; the activities are driven directly."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,10 +22,10 @@ from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
+from tests.audience.feed_helpers import planned_batch
 from tests.audience.test_broadcast_exactly_once import _activities, _push_run
 from tests.helpers import SectionKeys
 from tests.provider_server import ProviderServer
-from workflows.feed_models import BatchRequest, BroadcastInput
 
 RECIPIENTS = 6
 READ_OF = re.compile(r"^\s*SELECT\b.*?\bFROM\s+\"?(\w+)", re.IGNORECASE | re.DOTALL)
@@ -63,9 +61,7 @@ async def test_a_batch_reads_the_run_section_and_integrations_once_not_per_recip
     box = SecretBox(settings.secret_keys)
     async with outbound_session(limit=10, timeout=10, connect=5) as http:
         acts = _activities(store, ProviderRegistry(store, http, allow_private_urls=True), box, settings)
-        inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1)
-        assert await asyncio.to_thread(ActivityEnvironment().run, acts.plan_audience, inp) == RECIPIENTS
-        req = BatchRequest(run_id=run.id, shard=0, shards=1, as_of=datetime.now(UTC), limit=200)
+        req = await planned_batch(acts, run, RECIPIENTS)
         with reads_by_table() as reads:
             result = await ActivityEnvironment().run(acts.deliver_batch, req)
     assert (result.processed, result.sent) == (RECIPIENTS, RECIPIENTS), result

@@ -11,8 +11,6 @@ and local provider server; the activities are driven directly."""
 
 from __future__ import annotations
 
-import asyncio
-import secrets
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -30,13 +28,11 @@ from providers.http import outbound_session
 from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from settings import Settings
-from store.broadcast_tables import BroadcastRun
 from store.engine import Store
 from store.tables import Send
-from tests.audience.feed_helpers import batch_campaign, provider_push, push_user
+from tests.audience.feed_helpers import batch_campaign, driven_run, planned_batch, provider_push, push_user
 from tests.helpers import SectionKeys, create_campaign
 from tests.provider_server import ProviderServer, Received, Reply
-from workflows.feed_models import BatchRequest, BroadcastInput
 
 
 @pytest.fixture(autouse=True)
@@ -62,12 +58,7 @@ async def _deliver(
     spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()},
                           **extra)  # fmt: skip
     cid = await create_campaign(api, section, spec)
-    run = BroadcastRun(
-        id="run_" + secrets.token_hex(8), section_id=section.id, campaign_id=cid, campaign_version=1,
-        reason="test", state="sending", created_at=datetime.now(UTC),
-    )  # fmt: skip
-    with store.session() as s:
-        s.add(run)
+    run = driven_run(store, section.id, cid)
     seen: list[int] = []
 
     def answer(_req: Received) -> Reply:
@@ -81,9 +72,7 @@ async def _deliver(
             CapPolicy(5, timedelta(hours=24)), timedelta(hours=24),
             signer=Signer(settings.secret_keys), public_url="http://rejoin.test", concurrency=8,
         )  # fmt: skip
-        inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1)
-        assert await asyncio.to_thread(ActivityEnvironment().run, acts.plan_audience, inp) == users
-        req = BatchRequest(run_id=run.id, shard=0, shards=1, as_of=datetime.now(UTC), limit=200)
+        req = await planned_batch(acts, run, users)
         result = await ActivityEnvironment().run(acts.deliver_batch, req)
     assert result.sent == users, result
     return seen, len(provider.to(path))
@@ -124,12 +113,7 @@ async def test_a_slowly_throttled_batch_heartbeats_between_its_calls(
     spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()},
                           throttle_per_second=0.5)  # fmt: skip
     cid = await create_campaign(api, section, spec)
-    run = BroadcastRun(
-        id="run_" + secrets.token_hex(8), section_id=section.id, campaign_id=cid, campaign_version=1,
-        reason="test", state="sending", created_at=datetime.now(UTC),
-    )  # fmt: skip
-    with store.session() as s:
-        s.add(run)
+    run = driven_run(store, section.id, cid)
     beats: list[float] = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *_: beats.append(time.monotonic())
@@ -139,9 +123,7 @@ async def test_a_slowly_throttled_batch_heartbeats_between_its_calls(
             CapPolicy(5, timedelta(hours=24)), timedelta(hours=24),
             signer=Signer(settings.secret_keys), public_url="http://rejoin.test",
         )  # fmt: skip
-        inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1)
-        assert await asyncio.to_thread(ActivityEnvironment().run, acts.plan_audience, inp) == 3
-        req = BatchRequest(run_id=run.id, shard=0, shards=1, as_of=datetime.now(UTC), limit=200)
+        req = await planned_batch(acts, run, 3)
         started = time.monotonic()
         result = await env.run(acts.deliver_batch, req)
         ended = time.monotonic()

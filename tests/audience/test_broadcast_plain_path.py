@@ -7,11 +7,9 @@ directly."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -32,10 +30,10 @@ from store.engine import Store
 from store.report_tables import ReportCohort, ReportRollup
 from store.statements import table_of
 from store.tables import CapReservation, Journey, Send
+from tests.audience.feed_helpers import planned_batch
 from tests.audience.test_broadcast_exactly_once import _activities, _push_run
 from tests.helpers import SectionKeys
 from tests.provider_server import ProviderServer
-from workflows.feed_models import BatchRequest, BroadcastInput
 
 RECIPIENTS = 24
 ROLLUP, COHORT = table_of(ReportRollup), table_of(ReportCohort)
@@ -76,9 +74,7 @@ async def test_plain_recipients_are_prepared_and_recorded_in_chunks_as_one_at_a_
     box = SecretBox(settings.secret_keys)
     async with outbound_session(limit=10, timeout=10, connect=5) as http:
         acts = _activities(store, ProviderRegistry(store, http, allow_private_urls=True), box, settings)
-        inp = BroadcastInput(run_id=run.id, section_id=section.id, campaign_id=cid, shards=1)
-        assert await asyncio.to_thread(ActivityEnvironment().run, acts.plan_audience, inp) == RECIPIENTS
-        req = BatchRequest(run_id=run.id, shard=0, shards=1, as_of=datetime.now(UTC), limit=200)
+        req = await planned_batch(acts, run, RECIPIENTS)
         with caplog.at_level(logging.WARNING, logger="activities.broadcast"), statements() as sent:
             result = await ActivityEnvironment().run(acts.deliver_batch, req)
     assert (result.processed, result.sent) == (RECIPIENTS, RECIPIENTS), result

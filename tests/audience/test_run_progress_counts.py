@@ -37,6 +37,7 @@ from store.tables import Campaign
 from tests.audience.feed_helpers import (
     batch_campaign,
     campaign_sends,
+    driven_run,
     get_run,
     provider_push,
     push_user,
@@ -60,13 +61,7 @@ async def _run(api: httpx.AsyncClient, sec: SectionKeys, store: Store, **extra: 
     """A scheduled app push campaign's run (not started: the test drives its batches): (campaign, run)."""
     spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": datetime.now(UTC).isoformat()})
     cid = await create_campaign(api, sec, {**spec, **extra})
-    run = BroadcastRun(
-        id="run_" + secrets.token_hex(8), section_id=sec.id, campaign_id=cid, campaign_version=1,
-        reason="test", state="sending", created_at=datetime.now(UTC),
-    )  # fmt: skip
-    with store.session() as s:
-        s.add(run)
-    return cid, run
+    return cid, driven_run(store, sec.id, cid)
 
 
 async def _deliver(store: Store, settings: Settings, run: BroadcastRun, as_of: datetime, plan: bool = False) -> None:
