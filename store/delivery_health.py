@@ -11,6 +11,7 @@ integration, nor hide one.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -24,8 +25,14 @@ from store.tables import Journey, Send
 # Failure reasons (the error, then the provider's body) are grouped on their start.
 REASON_CHARS = 160
 TOP_REASONS = 20
-# Reasons read before masking and merging: masking can join groups that differed by an address.
-_REASONS_READ = 200
+# Reasons read before masking and merging: masking can join groups that differed by an address or
+# an id, so many distinct texts may make one reason (a vendor's request id made each failure its own).
+_REASONS_READ = 2000
+# What a vendor's error carries that differs per request, not per cause: UUIDs, hex tokens, long numbers.
+_REQUEST_IDS = re.compile(
+    r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b|\b(?=[0-9a-f]*\d)[0-9a-f]{12,}\b|\d{6,}",
+    re.IGNORECASE,
+)
 
 
 def delivery_summary(s: Session, campaign_id: str, start: datetime, end: datetime) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def _failure_reasons(s: Session, in_range: tuple[ColumnElement[bool], ...], test
     ).all()
     merged: dict[tuple[str, int | None, str], list[Any]] = {}
     for channel, provider_status, text, n, last in failed:
-        key = (channel, provider_status, mask(text or ""))
+        key = (channel, provider_status, mask(_REQUEST_IDS.sub("…", text or "")))
         entry = merged.setdefault(key, [0, last])
         entry[0] += int(n)
         entry[1] = max(entry[1], last)

@@ -4,6 +4,7 @@ channel and status, and its most frequent failure reasons with addresses masked.
 from __future__ import annotations
 
 import secrets
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -103,3 +104,26 @@ async def test_test_users_failures_and_duplicates_are_counted_apart(
     assert [(x["reason"], x["count"]) for x in body["test_user_failure_reasons"]] == [
         ('{"error": "bad tester address"}', 2)
     ], body
+
+
+async def test_failures_differing_only_by_a_request_id_are_one_reason(
+    api: httpx.AsyncClient, store: Store, section: SectionKeys
+) -> None:
+    """A vendor whose error body carries a request id (a UUID, a hex token, a long number) made every
+    failure its own reason: a trial saw 30 failures listed as 30 reasons of one each. The ids are
+    replaced before the reasons are grouped; the error itself is kept."""
+    cid = await create_campaign(api, section, cart_campaign(), activate=False)
+    bodies = [
+        f'{{"error": "invalid token", "request_id": "{uuid.uuid4()}", "trace": "{secrets.token_hex(8)}", '
+        f'"ts": {1733560000000 + i}}}'
+        for i in range(30)
+    ]
+    for body in bodies:
+        _journey_with_sends(store, section, cid, False, _send("failed", reason=body))
+    now = datetime.now(UTC)
+    window = {"from": (now - timedelta(days=1)).isoformat(), "to": now.isoformat()}
+    r = await api.get(f"/api/v1/campaigns/{cid}/deliveries", params=window, headers=section.mgmt)
+    assert r.status_code == 200, r.text
+    [reason] = r.json()["failure_reasons"]
+    assert reason["count"] == 30 and "invalid token" in reason["reason"], reason
+    assert not any(body.split('"')[7] in r.text for body in bodies)  # no request id shown
