@@ -279,12 +279,12 @@ def _new_person(s: Session, section_id: str, identity: Identity, device_key: Dev
 def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     """Fold `merged` (an anonymous device user) into `into` (the CUID's owner), in this transaction.
 
-    The cart of the device being identified is the person's current cart when it has items;
-    attributes the owner lacks are kept. Rows are re-pointed with set-based updates (a user has
-    few rows; no per-row loading). Aliases of `merged` are flattened to point at `into`.
+    The person keeps the cart that changed last (`_merged_cart_is_newer`); attributes the owner
+    lacks are kept. Rows are re-pointed with set-based updates (a user has few rows; no per-row
+    loading). Aliases of `merged` are flattened to point at `into`.
     """
     s.flush()
-    if merged.cart:
+    if _merged_cart_is_newer(s, merged, into):
         into.cart = merged.cart
     into.attributes = {**merged.attributes, **into.attributes}
     into.locale = into.locale or merged.locale
@@ -305,6 +305,37 @@ def merge_users(s: Session, *, merged: User, into: User, now: datetime) -> None:
     s.flush()
     cart_index.reindex(s, merged)  # an alias holds no cart: its entries go
     cart_index.reindex(s, into)
+
+
+# Event kinds that change a cart (`apply_cart`): a purchase empties it.
+_CART_CHANGES = sorted(k.value for k in CART_KINDS | {EventKind.PURCHASE})
+# When each of the given users' carts last changed: their latest cart event (ix_event_user_time).
+_LAST_CART_CHANGE = (
+    select(Event.user_id, func.max(Event.received_at))
+    .where(
+        Event.section_id == bindparam("section_id"),
+        col(Event.user_id).in_(bindparam("user_ids", expanding=True)),
+        col(Event.kind).in_(_CART_CHANGES),
+    )
+    .group_by(col(Event.user_id))
+)
+
+
+def _merged_cart_is_newer(s: Session, merged: User, into: User) -> bool:
+    """Whether the merged device's cart replaces the person's: the cart that changed last wins.
+
+    Either may be the newer: the person may have carted on another device after this one carted
+    anonymously (the person's cart then stays), or this device may be the one they shop on now.
+    The time is the user's latest cart event, read before the merge re-points events. A user with
+    none (never carted, or retention purged them) changed their cart earlier than one with some.
+    Neither with any: the device's cart when it has items, as before these times were compared.
+    """
+    params = {"section_id": merged.section_id, "user_ids": [merged.id, into.id]}
+    changed: dict[str, datetime] = dict(s.exec(_LAST_CART_CHANGE, params=params).all())
+    merged_at, into_at = changed.get(merged.id), changed.get(into.id)
+    if merged_at is None and into_at is None:
+        return bool(merged.cart)
+    return into_at is None or (merged_at is not None and merged_at >= into_at)
 
 
 def apply_cart(user: User, event: NormalizedEvent) -> list[CartItem]:
