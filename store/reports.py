@@ -11,7 +11,9 @@ counters are tested against.
 
 Raw path: the selected users (`user_id`, `first_at`) go into a temporary table once and every
 query joins it, so the database returns only grouped counts plus the individual human clicks
-and the purchases of users who clicked, which attribution needs.
+and the purchases of users who clicked, which attribution needs. A purchase or add-to-cart whose
+raw event is gone (its buyer erased, or retention purged it) is read from the report row kept
+for it, as the counters read it: the figures then do not depend on where a range's edges fall.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BindParameter, Column, MetaData, String, Table, case, func, insert, literal, or_, union_all
+from sqlalchemy import (
+    BindParameter, Column, MetaData, String, Table, case, exists, func, insert, literal, or_, true, union_all,
+)
 from sqlalchemy import select as sa_select  # sqlmodel's select is typed for at most 4 columns
 from sqlmodel import Session, col, select
 
@@ -473,14 +477,15 @@ def load_raw_ranges(
         # (rows stored before that flag: has one now). The subquery is not
         # correlated, so planners compute it once instead of once per event.
         clickers = sa_select(col(TrackingHit.user_id)).where(*human, is_click).join(f, on_hit)
-        events = s.execute(
+        raw_events = (
             sa_select(col(Event.id), col(Event.user_id), col(Event.kind), col(Event.received_at), col(Event.value),
                       col(Event.transaction_id), identified_sql(), currency_sql(col(Event.data)))  # fmt: skip
             .join(f, uid == col(Event.user_id))
             .join(User, col(User.id) == col(Event.user_id), isouter=True)
             .where(col(Event.section_id) == section_id, col(Event.kind).in_(["purchase", "add_to_cart"]),
                    col(Event.user_id).in_(clickers))  # fmt: skip
-        ).all()
+        )
+        events = s.execute(union_all(raw_events, _attributions_of_gone_events(campaign_id, ranges, f))).all()
         # Enrolled-user conversions: purchases after the user's first enrollment, under its arm
         # (the variation of their first journey, as the cohort registry keeps it).
         journey_at_first = (uid == col(Journey.user_id)) & (first_at == col(Journey.triggered_at))
@@ -492,9 +497,10 @@ def load_raw_ranges(
             .group_by(col(Journey.user_id), first_at)
             .subquery()
         )  # fmt: skip
-        conversions = s.execute(
-            conversion_candidates(s, section_id, arms, arms.c.user_id, arms.c.first_at).add_columns(arms.c.variation_id)
-        ).all()
+        raw_conversions = conversion_candidates(s, section_id, arms, arms.c.user_id, arms.c.first_at).add_columns(
+            arms.c.variation_id
+        )
+        conversions = s.execute(union_all(raw_conversions, _conversions_of_gone_events(campaign_id, ranges, f))).all()
     site_events, event_currencies = _site_events(events, currency)
     return ReportData(
         currency=currency,
@@ -511,6 +517,44 @@ def load_raw_ranges(
         clicks=[Click(u, v, i, c, at) for u, v, i, c, at in clicks],
         events=site_events,
     )
+
+
+def _in_cohort_hours(cohort_hour: Any, ranges: Ranges) -> Any:
+    """The stored rows of users first triggered in `ranges` lie in these cohort hours (their
+    `ix_report_*_cohort` index range); the join to the selected users keeps exactly theirs."""
+    return or_(*((cohort_hour >= hour_of(a)) & (cohort_hour < b) for a, b in ranges))
+
+
+def _attributions_of_gone_events(campaign_id: str, ranges: Ranges, users: Table) -> Any:
+    """The stored attributions of the selected users whose raw event is gone, as raw event rows.
+
+    An erasure deletes the person's raw events and retention purges old ones, but their
+    `report_attribution` rows stay (docs/security.md, "Kept, pseudonymous"; docs/reports.md):
+    the counters of whole hours count them, so the raw edges must too, or a report's purchases
+    would depend on whether its range is hour-aligned. A stored row is the event as ingestion
+    saw it (identified: it had a click), with its order id as kept (an erased buyer's is a salted
+    hash, still one per order); `domain.reports.attribute` then treats it as any raw event, against
+    the clicks, which both keep. Columns as the raw event query's."""
+    a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
+    return (
+        sa_select(a.event_id, a.user_id, a.kind, a.at, a.value, a.transaction_id, true(), a.currency)
+        .join(users, users.c.user_id == a.user_id)
+        .where(a.campaign_id == campaign_id, _in_cohort_hours(a.cohort_hour, ranges),
+               ~exists().where(col(Event.id) == a.event_id))
+    )  # fmt: skip
+
+
+def _conversions_of_gone_events(campaign_id: str, ranges: Ranges, users: Table) -> Any:
+    """The stored enrolled-user conversions of the selected users whose raw purchase is gone (erased,
+    or purged by retention), as `conversion_candidates` rows plus the variation, for the reason
+    `_attributions_of_gone_events` gives. A stored row is never a repeat of a transaction."""
+    cv = ReportConversion.__table__.c  # type: ignore[attr-defined]
+    return (
+        sa_select(cv.event_id, cv.user_id, cv.at, cv.value, cv.currency, cv.lag_us, cv.variation_id)
+        .join(users, users.c.user_id == cv.user_id)
+        .where(cv.campaign_id == campaign_id, _in_cohort_hours(cv.cohort_hour, ranges),
+               ~exists().where(col(Event.id) == cv.event_id))
+    )  # fmt: skip
 
 
 def _site_events(
