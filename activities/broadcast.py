@@ -50,6 +50,7 @@ from security.crypto import SecretBox
 from store import broadcasts, decisions, journey_rows, report_rollup, reservations, sends
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
+from store.locks import lock_key
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
 from store.reachability import integrations_of, opt_out_gone, reach_with
@@ -82,7 +83,9 @@ log = logging.getLogger(__name__)
 RECIPIENT_RETRY_BUDGET = timedelta(hours=6)
 RECIPIENT_FIRST_BACKOFF = timedelta(seconds=2)
 RECIPIENT_MAX_BACKOFF = timedelta(minutes=10)
-OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no final status
+OPEN_SEND = ("in_flight", "retrying")
+# A recipient merged into another recipient of the same run (the person logged in during it).
+MERGED_DURING_RUN = "merged into another recipient of this run"  # a provider call was started and has no final status
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
@@ -488,6 +491,12 @@ class BroadcastActivities:
             user = canonical_user(s, user_id)
             if user is None:
                 return self._finish(s, rec, "skipped", "user deleted")
+            if user.id != user_id and _recipient_row(s, req.run_id, user.id) is not None:
+                # Merged into another recipient of this run since it was listed (a login during the run):
+                # that row sends the person the run's message; this one would send it again.
+                return self._finish(s, rec, "skipped", MERGED_DURING_RUN)
+            # The person's cap lock before their journey row (LOCK ORDER, as the chunks take them).
+            lock_key(s, reservations.cap_lock_key(batch.section_id, user.id))
             if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
                 return self._finish(s, rec, "skipped", "audience")
             # The person keeps the variation of their first journey in the campaign (an earlier run's
