@@ -314,7 +314,12 @@ def register_cohorts(s: Session, journeys: Sequence[Journey]) -> None:
         for journey in journeys:
             register_cohort(s, journey)
         return
-    cohorts = [_cohort_of(j) for j in journeys if not j.is_test]
+    # In the counter rows' key order: two transactions bumping the same rows in different orders
+    # (two shards' chunks, variations a then b and b then a) deadlocked on PostgreSQL.
+    cohorts = sorted(
+        (_cohort_of(j) for j in journeys if not j.is_test),
+        key=lambda c: (c["campaign_id"], c["cohort_hour"], c["variation_id"], c["user_id"]),
+    )
     if cohorts:
         s.execute(_cohort_stmt(s), cohorts)
 
@@ -397,8 +402,9 @@ def count_sent(
 def count_accepted(s: Session, sends: Sequence[SentMessage | Send]) -> None:
     """`count_sent` of sends just accepted, none counted before (their previous status was not
     final), in one statement for all: a batch's recipients (activities/broadcast_plain.py)."""
-    if sends:
-        s.execute(_count_send_stmt(s), [_send_facts(send, False, False, False) for send in sends])
+    if sends:  # in the counter rows' key order, as `register_cohorts`
+        ordered = sorted(sends, key=lambda x: (x.campaign_id, x.variation_id, x.channel, x.step_index, x.key))
+        s.execute(_count_send_stmt(s), [_send_facts(send, False, False, False) for send in ordered])
 
 
 def _send_facts(send: SentMessage | Send, failed: bool, opted_out: bool, possibly_delivered: bool) -> dict[str, Any]:

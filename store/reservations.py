@@ -135,9 +135,15 @@ def _competitors(session: Session, req: SlotRequest, window: timedelta) -> list[
     ]
 
 
+def cap_lock_key(section_id: str, user_id: str) -> str:
+    """The lock serialising a user's reservations (`store.locks`). A caller may take it earlier in its
+    transaction, before other rows of the user, to keep one lock order with other writers."""
+    return f"caps/{section_id}/{user_id}"
+
+
 def reserve(session: Session, req: SlotRequest, policy: CapPolicy, priority_window: timedelta) -> SlotVerdict:
     """Grant a slot unless a cap or a higher-priority campaign forbids it (inside the caller's tx)."""
-    lock_key(session, f"caps/{req.section_id}/{req.user_id}")
+    lock_key(session, cap_lock_key(req.section_id, req.user_id))
     released = session.execute(_STATE, {"key": req.key}).scalar_one_or_none()
     if released is False:
         return SlotVerdict(True, detail="already reserved under this key")
@@ -197,7 +203,7 @@ def reserve_many(
     section_id, as_of = reqs[0].section_id, reqs[0].as_of
     assert all(r.section_id == section_id and r.as_of == as_of for r in reqs)
     assert len({r.user_id for r in reqs}) == len(reqs), "one request per user"
-    lock_keys(session, [f"caps/{section_id}/{r.user_id}" for r in reqs])
+    lock_keys(session, [cap_lock_key(section_id, r.user_id) for r in reqs])
     users = [r.user_id for r in reqs]
     states = dict(
         session.execute(select(_r.key, _r.released).where(_r.key.in_([r.key for r in reqs]))).tuples().all()
