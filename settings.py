@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     private_url_allowlist: str = ""
     delivery_timeout: timedelta = timedelta(seconds=30)
     # Recipients of one batched-campaign batch (a shard's `deliver_batch`) delivered at once.
-    broadcast_concurrency: int = Field(32, ge=1)
+    broadcast_concurrency: int = Field(64, ge=1)
     # Shards of a NEW batched-campaign run: each is one `deliver_batch` activity at a time, on
     # whichever worker takes it, so a run uses at most this many worker processes (~100
     # recipients/s each). Read where runs, schedules and feed syncs are created (the API); a

@@ -97,10 +97,12 @@ FALLBACK = "fallback"
 # one path (a skipped recipient's open sends counted before the run row, while `_record_in` updates
 # the run row first) deadlocked two senders. (The enrollment's `users` counter that `_prepare`
 # may bump before a run row update is never taken after one.)
-# Recipients of one batch delivered at once (REJOIN_BROADCAST_CONCURRENCY): enough calls in flight
-# to keep a vendor answering in 50 ms busy at ~600 messages/s per shard; bounded, so one batch
-# holds at most this many store connections' worth of work and vendor connections.
-DEFAULT_CONCURRENCY = 32
+# Recipients of one batch delivered at once (REJOIN_BROADCAST_CONCURRENCY), each chunk prepared for
+# the senders waiting: a shard's cycle is its chunk's transaction, the calls, the group's record, so
+# more senders make bigger chunks and more calls per cycle. Against a 50 ms vendor (2 shards,
+# PostgreSQL, idle machine): 32 senders 365-382 messages/s, 64: 421-476, 128: 514-521
+# (docs/performance.md). Bounded: at most this many vendor connections per shard.
+DEFAULT_CONCURRENCY = 64
 # A batch heartbeats at least this often (`_heartbeat_while_running`); the workflow's heartbeat
 # timeout for a batch is a few of these (workflows/broadcast.py BATCH_HEARTBEAT_TIMEOUT).
 HEARTBEAT_EVERY = timedelta(seconds=5)
