@@ -522,8 +522,7 @@ class BroadcastActivities:
                 return self._finish(s, rec, "skipped", "holdout")
             window = spec.send_window
             if window is not None:
-                tz = sched.recipient_zone(user.attributes.get("timezone"), user.locale, window.timezone)
-                start, end = sched.parse_hhmm(window.start), sched.parse_hhmm(window.end)
+                start, end, tz = sched.recipient_window(window, user.attributes, user.locale)
                 if not sched.in_window(req.as_of, start, end, tz):
                     if window.outside == "drop":
                         return self._finish(s, rec, "skipped", "quiet_hours")

@@ -217,8 +217,7 @@ class PlainPath:
         window = batch.spec.send_window
         if window is None:
             return True
-        tz = sched.recipient_zone(user.attributes.get("timezone"), user.locale, window.timezone)
-        return sched.in_window(req.as_of, sched.parse_hhmm(window.start), sched.parse_hhmm(window.end), tz)
+        return sched.in_window(req.as_of, *sched.recipient_window(window, user.attributes, user.locale))
 
     def _compose(self, s: Session, req: BatchRequest, batch: Batch, plan: _Plan) -> tuple[Send, Ready] | None:
         """The recipient's message, its send row (in flight, with the message kept for retries) and what

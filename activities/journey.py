@@ -324,9 +324,7 @@ def _step_name(s: Session, campaign_id: str, version: int, variation_id: str, st
 def _window(spec: CampaignSpec, user: User) -> tuple[time, time, ZoneInfo] | None:
     """The campaign's send window in the user's timezone (their `timezone` attribute, else the default)."""
     w = spec.send_window
-    if w is None:
-        return None
-    return sched.parse_hhmm(w.start), sched.parse_hhmm(w.end), sched.recipient_zone(user.attributes.get("timezone"), user.locale, w.timezone)
+    return None if w is None else sched.recipient_window(w, user.attributes, user.locale)
 
 
 def _previews_send(s: Session, status: str, journey_id: str) -> bool:

@@ -7,10 +7,15 @@ with their `as_of`. Times of day are local to a timezone; DST gaps and repeats f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import TZPATH, ZoneInfo, ZoneInfoNotFoundError
+
+if TYPE_CHECKING:
+    from domain.campaign import SendWindow
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -96,3 +101,11 @@ def recipient_zone(timezone_attribute: object, locale: str | None, default: str)
     """A recipient's timezone: their `timezone` attribute, else their locale's country, else the default."""
     name = timezone_attribute if isinstance(timezone_attribute, str) and timezone_attribute else locale_zone(locale)
     return zone(name, default)
+
+
+def recipient_window(
+    window: SendWindow, attributes: Mapping[str, object], locale: str | None
+) -> tuple[time, time, ZoneInfo]:
+    """A send window's start, end and zone for one recipient (`recipient_zone` of their attributes)."""
+    zone_of = recipient_zone(attributes.get("timezone"), locale, window.timezone)
+    return parse_hhmm(window.start), parse_hhmm(window.end), zone_of
