@@ -50,9 +50,9 @@ from security.crypto import SecretBox
 from store import broadcasts, decisions, journey_rows, report_rollup, reservations, sends
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
-from store.locks import lock_key
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
+from store.locks import lock_key
 from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
@@ -83,9 +83,9 @@ log = logging.getLogger(__name__)
 RECIPIENT_RETRY_BUDGET = timedelta(hours=6)
 RECIPIENT_FIRST_BACKOFF = timedelta(seconds=2)
 RECIPIENT_MAX_BACKOFF = timedelta(minutes=10)
-OPEN_SEND = ("in_flight", "retrying")
+OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no final status
 # A recipient merged into another recipient of the same run (the person logged in during it).
-MERGED_DURING_RUN = "merged into another recipient of this run"  # a provider call was started and has no final status
+MERGED_DURING_RUN = "merged into another recipient of this run"
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
