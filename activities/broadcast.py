@@ -29,8 +29,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.broadcast_batch import Batch, Ready
+from activities.broadcast_message import BatchMessages
 from activities.broadcast_plain import Accepted, PlainPath
-from activities.delivery import RECIPIENT_CHANGED, compose_payload, make_linker, unsubscribe_url
+from activities.delivery import RECIPIENT_CHANGED
 from activities.fan_out import FanOut, GroupCommit, SlotGrid, settled
 from activities.frozen_message import FrozenMessage
 from domain import schedule as sched
@@ -42,7 +43,6 @@ from domain.conditions import matches
 from domain.identifiers import sendable_recipient
 from domain.render import MissingRequired
 from domain.tracking import Signer
-from providers import secret_fields
 from providers.base import ConfigurationError, ProviderError, kept_answer
 from providers.ratelimit import JITTER_MARGIN
 from providers.registry import ProviderRegistry
@@ -154,10 +154,9 @@ class BroadcastActivities:
         self.box = box
         self.cap_policy = cap_policy
         self.priority_window = priority_window
-        self.signer = signer
-        self.public_url = public_url
         self.concurrency = max(1, concurrency)
-        self.plain = PlainPath(providers, box, priority_window, signer, public_url)
+        self.messages = BatchMessages(providers, box, signer, public_url)
+        self.plain = PlainPath(self.messages, box, priority_window)
 
     # ------------------------------------------------------------ planning
 
@@ -570,9 +569,7 @@ class BroadcastActivities:
                     return self._finish_failed(s, rec, failed, f"; {channel}: {verdict.explained}")
                 return self._finish(s, rec, "skipped", verdict.explained, channel)
             integration = r.integrations[channel]
-            provider = self.providers.for_kind(integration.kind)
             recipient = sendable_recipient(channel, self.box.decrypt(r.opt_ins[channel].value_enc))
-            frozen: FrozenMessage | None = None
             if prior is not None and prior.status in OPEN_SEND and prior.message_enc is not None:
                 # A retry: the content was fixed by the first attempt (activities/frozen_message.py),
                 # sent again as it was, to the address it was made for, or not at all.
@@ -580,32 +577,20 @@ class BroadcastActivities:
                 if frozen.recipient != recipient:
                     return self._recipient_changed(s, rec, prior, channel)
             else:
-                linker = make_linker(
-                    self.signer, self.public_url, s, batch.section_id, key, user.id, channel, req.as_of
-                )
                 try:
-                    # The same rendering as journeys: templates, tracking links, feeds, localization.
-                    payload = compose_payload(
-                        s, section_id=batch.section_id, spec=spec, variation=variation, step_index=0, channel=channel,
-                        user=user, identifier=recipient, items=list(rec.items), linker=linker,
-                        as_of=req.as_of, native_email=integration.kind == "smtp",
+                    frozen = self.messages.compose(
+                        s, batch, as_of=req.as_of, key=key, user=user, variation=variation, channel=channel,
+                        recipient=recipient, items=list(rec.items), integration=integration,
                     )  # fmt: skip
                 except MissingRequired as err:
                     reservations.release(s, key)
                     return self._finish(s, rec, "skipped", str(err)[:200], channel)
-                frozen = FrozenMessage(
-                    recipient=recipient, payload=payload, campaign_name=spec.name, step_name=variation.steps[0].name,
-                    unsubscribe_url=unsubscribe_url(channel, linker),
-                )  # fmt: skip
-            now = now_utc()
             before = (prior.status, prior.possible_duplicate, prior.message_enc) if prior is not None else None
             if prior is None:
                 # The message is kept for the retries of this send, in the INSERT that marks it in flight.
-                send = Send(
-                    key=key, journey_id=journey_id, section_id=batch.section_id, campaign_id=batch.campaign_id,
-                    variation_id=variation.id, step_index=0, channel=channel, integration_id=integration.id,
-                    user_id=user.id, status="in_flight", attempts=1, created_at=req.as_of, updated_at=now,
-                    message_enc=frozen.seal(self.box),
+                send = self.messages.new_send(
+                    batch, frozen, key=key, journey_id=journey_id, variation_id=variation.id, channel=channel,
+                    integration_id=integration.id, user_id=user.id, as_of=req.as_of,
                 )  # fmt: skip
                 # A Core INSERT, now (the last statement but the commit, as the session's flush was):
                 # the flush of one new object cost more CPU than the statement itself.
@@ -619,16 +604,10 @@ class BroadcastActivities:
                 if send.message_enc is None:
                     # Kept for the retries of this send, in the UPDATE that marks it in flight.
                     send.message_enc = frozen.seal(self.box)
-                send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now
+                send.status, send.attempts, send.updated_at = "in_flight", send.attempts + 1, now_utc()
                 s.add(send)
-            config_secrets = batch.secrets_of(self.box, integration)
-            # Config and secrets as they are now: not content (credentials may rotate between attempts).
-            message = frozen.outbound(
-                section_id=batch.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
-                config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
-            )  # fmt: skip
-            return Ready(
-                message=message, provider=provider, kind=integration.kind, send_key=key, journey_id=journey_id,
+            return self.messages.ready(
+                batch, frozen, integration, channel=channel, key=key, journey_id=journey_id,
                 opt_in_id=r.opt_ins[channel].id, fell_back=fell_back, attempt=send.attempts, before=before,
             )  # fmt: skip
 

@@ -31,8 +31,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from activities.broadcast_batch import Batch, Ready
-from activities.delivery import compose_payload, make_linker, unsubscribe_url
-from activities.frozen_message import FrozenMessage
+from activities.broadcast_message import BatchMessages
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import Channel, Variation
@@ -40,9 +39,6 @@ from domain.channels import choose_channel
 from domain.conditions import matches
 from domain.identifiers import sendable_recipient
 from domain.render import MissingRequired
-from domain.tracking import Signer
-from providers import secret_fields
-from providers.registry import ProviderRegistry
 from security.crypto import SecretBox
 from store import journey_rows, report_rollup, reservations
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
@@ -102,19 +98,10 @@ class _Plan:
 
 
 class PlainPath:
-    def __init__(
-        self,
-        providers: ProviderRegistry,
-        box: SecretBox,
-        priority_window: timedelta,
-        signer: Signer | None,
-        public_url: str,
-    ) -> None:
-        self.providers = providers
+    def __init__(self, messages: BatchMessages, box: SecretBox, priority_window: timedelta) -> None:
+        self.messages = messages
         self.box = box
         self.priority_window = priority_window
-        self.signer = signer
-        self.public_url = public_url
 
     # ------------------------------------------------------------ prepare
 
@@ -222,37 +209,23 @@ class PlainPath:
     def _compose(self, s: Session, req: BatchRequest, batch: Batch, plan: _Plan) -> tuple[Send, Ready] | None:
         """The recipient's message, its send row (in flight, with the message kept for retries) and what
         its call needs; None if the template misses required data (`_prepare` skips the recipient)."""
-        r = plan.reach
-        channel, user = plan.channel, plan.user
+        r, channel = plan.reach, plan.channel
         integration = r.integrations[channel]
         recipient = sendable_recipient(channel, self.box.decrypt(r.opt_ins[channel].value_enc))
-        linker = make_linker(self.signer, self.public_url, s, batch.section_id, plan.key, user.id, channel, req.as_of)
         try:
-            payload = compose_payload(
-                s, section_id=batch.section_id, spec=batch.spec, variation=plan.variation, step_index=0,
-                channel=channel, user=user, identifier=recipient, items=plan.items, linker=linker,
-                as_of=req.as_of, native_email=integration.kind == "smtp",
+            frozen = self.messages.compose(
+                s, batch, as_of=req.as_of, key=plan.key, user=plan.user, variation=plan.variation, channel=channel,
+                recipient=recipient, items=plan.items, integration=integration,
             )  # fmt: skip
         except MissingRequired:
             return None
-        frozen = FrozenMessage(
-            recipient=recipient, payload=payload, campaign_name=batch.spec.name,
-            step_name=plan.variation.steps[0].name, unsubscribe_url=unsubscribe_url(channel, linker),
+        send = self.messages.new_send(
+            batch, frozen, key=plan.key, journey_id=plan.journey_id, variation_id=plan.variation.id, channel=channel,
+            integration_id=integration.id, user_id=plan.user.id, as_of=req.as_of,
         )  # fmt: skip
-        send = Send(
-            key=plan.key, journey_id=plan.journey_id, section_id=batch.section_id, campaign_id=batch.campaign_id,
-            variation_id=plan.variation.id, step_index=0, channel=channel, integration_id=integration.id,
-            user_id=user.id, status="in_flight", attempts=1, created_at=req.as_of, updated_at=now_utc(),
-            message_enc=frozen.seal(self.box),
-        )  # fmt: skip
-        config_secrets = batch.secrets_of(self.box, integration)
-        message = frozen.outbound(
-            section_id=batch.section_id, integration_id=integration.id, channel=channel, idempotency_key=plan.key,
-            config=secret_fields.merge(dict(integration.config), config_secrets), secrets=config_secrets,
-        )  # fmt: skip
-        ready = Ready(
-            message=message, provider=self.providers.for_kind(integration.kind), kind=integration.kind,
-            send_key=plan.key, journey_id=plan.journey_id, opt_in_id=r.opt_ins[channel].id,
+        ready = self.messages.ready(
+            batch, frozen, integration, channel=channel, key=plan.key, journey_id=plan.journey_id,
+            opt_in_id=r.opt_ins[channel].id,
         )  # fmt: skip
         return send, ready
 
