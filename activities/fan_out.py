@@ -11,11 +11,12 @@ iterator has no await). What it keeps from the one-at-a-time loop:
 - the batch's first recipient goes alone (see `run`);
 - a store step that has begun ends in its thread, committed or rolled back, before the activity
   ends, even when it is cancelled (`settled`): a retry of the batch never runs beside it.
-After the first, recipients are taken in chunks of `concurrency` and prepared together
-(`prepare_chunk`: activities/broadcast_plain.py), and accepted calls are recorded in groups
-(`GroupCommit`): one worker process was bound by the statements of two transactions per recipient.
-A chunk prepared ahead of its calls is withdrawn, as one recipient's preparation was, if its calls
-are not made (`run`).
+After the first, the senders waiting for a recipient get a chunk prepared together, one recipient
+each (`prepare_chunk`: activities/broadcast_plain.py; not for a throttled shard, which prepares
+each recipient just before its slot), and accepted calls are recorded in groups (`GroupCommit`):
+one worker process was bound by the statements of two transactions per recipient. A prepared
+recipient whose call is not made (paused, cancelled) is withdrawn, as one recipient's preparation
+was (`run`).
 """
 
 from __future__ import annotations
