@@ -536,12 +536,8 @@ def _attributions_of_gone_events(campaign_id: str, ranges: Ranges, users: Table)
     hash, still one per order); `domain.reports.attribute` then treats it as any raw event, against
     the clicks, which both keep. Columns as the raw event query's."""
     a = ReportAttribution.__table__.c  # type: ignore[attr-defined]
-    return (
-        sa_select(a.event_id, a.user_id, a.kind, a.at, a.value, a.transaction_id, true(), a.currency)
-        .join(users, users.c.user_id == a.user_id)
-        .where(a.campaign_id == campaign_id, _in_cohort_hours(a.cohort_hour, ranges),
-               ~exists().where(col(Event.id) == a.event_id))
-    )  # fmt: skip
+    kept = sa_select(a.event_id, a.user_id, a.kind, a.at, a.value, a.transaction_id, true(), a.currency)
+    return _of_gone_events(kept, a, campaign_id, ranges, users)
 
 
 def _conversions_of_gone_events(campaign_id: str, ranges: Ranges, users: Table) -> Any:
@@ -549,12 +545,17 @@ def _conversions_of_gone_events(campaign_id: str, ranges: Ranges, users: Table) 
     or purged by retention), as `conversion_candidates` rows plus the variation, for the reason
     `_attributions_of_gone_events` gives. A stored row is never a repeat of a transaction."""
     cv = ReportConversion.__table__.c  # type: ignore[attr-defined]
-    return (
-        sa_select(cv.event_id, cv.user_id, cv.at, cv.value, cv.currency, cv.lag_us, cv.variation_id)
-        .join(users, users.c.user_id == cv.user_id)
-        .where(cv.campaign_id == campaign_id, _in_cohort_hours(cv.cohort_hour, ranges),
-               ~exists().where(col(Event.id) == cv.event_id))
-    )  # fmt: skip
+    kept = sa_select(cv.event_id, cv.user_id, cv.at, cv.value, cv.currency, cv.lag_us, cv.variation_id)
+    return _of_gone_events(kept, cv, campaign_id, ranges, users)
+
+
+def _of_gone_events(kept: Any, c: Any, campaign_id: str, ranges: Ranges, users: Table) -> Any:
+    """`kept`, rows of a table of report rows kept per event (columns `c`), limited to the campaign's
+    selected users in `ranges` whose raw event is gone."""
+    gone = ~exists().where(col(Event.id) == c.event_id)
+    return kept.join(users, users.c.user_id == c.user_id).where(
+        c.campaign_id == campaign_id, _in_cohort_hours(c.cohort_hour, ranges), gone
+    )
 
 
 def _site_events(
