@@ -341,6 +341,20 @@ class Live:
 
     view: JourneyView | None = None
     unavailable: str | None = None
+    # A send whose provider asked to wait (a 429's Retry-After) or failed retryably is an activity
+    # in its retry backoff: when Temporal runs the next attempt. The workflow knows no wake time
+    # of its own while it sends (`view.next_wake_at` is null then), only the server does.
+    next_attempt_at: datetime | None = None
+
+
+def next_attempt_at(desc: WorkflowExecutionDescription) -> datetime | None:
+    """The earliest next attempt of the run's activities waiting out a retry backoff, if any."""
+    times = [
+        pending.next_attempt_schedule_time.ToDatetime(tzinfo=UTC)
+        for pending in desc.raw_description.pending_activities
+        if pending.HasField("next_attempt_schedule_time")
+    ]
+    return min(times, default=None)
 
 
 async def describe(client: Client, workflow_id: str) -> Live:
@@ -357,7 +371,8 @@ async def describe(client: Client, workflow_id: str) -> Live:
     if desc.status != WorkflowExecutionStatus.RUNNING:
         return Live()
     try:
-        return Live(await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5))
+        view = await asyncio.wait_for(handle.query(JourneyWorkflow.current_state), timeout=5)
+        return Live(view, next_attempt_at=next_attempt_at(desc))
     except TimeoutError:
         return Live(unavailable="no worker answered the journey's state query within 5 s")
     except TemporalError as exc:  # RPCError, the query failed or was rejected (the run closed meanwhile)

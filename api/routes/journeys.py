@@ -84,6 +84,9 @@ class JourneyOut(BaseModel):
     # Why `live` is missing for an active journey: Temporal unreachable or answering an error, the
     # workflow gone from it, no worker to answer the query. The rest of the journey is the store's.
     live_error: str | None = None
+    # A send in its retry backoff (the provider answered 429 with Retry-After, 5xx, or timed out):
+    # when its next attempt runs (api/journeys.py::Live.next_attempt_at).
+    next_attempt_at: datetime | None = None
     decisions: list[DecisionOut] = []
     sends: list[SendOut] = []
 
@@ -176,7 +179,7 @@ async def _with_live(state: StateDep, journeys: list[JourneyOut]) -> list[Journe
     else:
         lives = await asyncio.gather(*(describe(client, j.workflow_id) for j in active))
     for j, live in zip(active, lives, strict=True):
-        j.live, j.live_error = live.view, live.unavailable
+        j.live, j.live_error, j.next_attempt_at = live.view, live.unavailable, live.next_attempt_at
     return journeys
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -83,6 +83,35 @@ async def test_a_send_being_retried_shows_its_attempts_and_the_last_answer(
     [done] = journey["sends"]
     assert done["status"] == "accepted" and done["attempts"] == len(fresh_provider.to(path)), done
     assert done["provider_status"] == 200
+
+
+async def test_a_send_told_to_wait_shows_when_its_next_attempt_runs(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, fresh_provider: ProviderServer
+) -> None:
+    """A 429 with `Retry-After: 600` puts the send in Temporal's retry backoff, where the workflow
+    has no wake time of its own (`live.next_wake_at` is null while it sends): the journey shows when
+    the next attempt runs, about ten minutes ahead, as Temporal scheduled it."""
+    path = "/throttled"
+    fresh_provider.default(path, Reply(429, "slow down", headers={"Retry-After": "600"}))
+    await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
+    await create_campaign(api, section, cart_campaign())
+    dyid, _ = await reachable_user(api, section)
+    flagged = await api.put(f"/api/v1/users/{dyid}/test", headers=section.mgmt, json={"is_test": True})
+    assert flagged.status_code == 200, flagged.text  # a test user's wait passes at once, on its own clock
+    with env.with_time_skipping_disabled():
+        asked = datetime.now(UTC)
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+
+        async def backing_off() -> dict[str, Any]:
+            [journey] = (await api.get(f"/api/v1/users/{dyid}/journeys", headers=section.mgmt)).json()
+            assert journey["next_attempt_at"] is not None, journey
+            return dict(journey)
+
+        journey = await eventually(backing_off)
+    ahead = datetime.fromisoformat(journey["next_attempt_at"]) - asked
+    assert timedelta(minutes=9) < ahead < timedelta(minutes=11), journey["next_attempt_at"]
+    assert journey["live"]["status"] == "sending" and journey["live"]["next_wake_at"] is None, journey["live"]
+    assert [s["status"] for s in journey["sends"]] == ["retrying"] and len(fresh_provider.to(path)) == 1
 
 
 async def test_decision_trace_explains_why_nothing_was_sent(
