@@ -51,6 +51,7 @@ from store import broadcasts, decisions, journey_rows, report_rollup, reservatio
 from store.broadcast_tables import BroadcastRecipient, BroadcastRun
 from store.campaigns import active_campaigns, load_spec
 from store.engine import Store
+from store.erasure import ERASED
 from store.feed_tables import Feed, FeedSync
 from store.locks import lock_key
 from store.reachability import integrations_of, opt_out_gone, reach_with
@@ -492,6 +493,10 @@ class BroadcastActivities:
             user = canonical_user(s, user_id)
             if user is None:
                 return self._finish(s, rec, "skipped", "user deleted")
+            if user.erased_at is not None:
+                # Erased since the run listed them: skipped before the enrollment below, so the
+                # campaign report has no cohort for a person who no longer exists.
+                return self._finish(s, rec, "skipped", ERASED)
             if user.id != user_id and _recipient_row(s, req.run_id, user.id) is not None:
                 # Merged into another recipient of this run since it was listed (a login during the run):
                 # that row sends the person the run's message; this one would send it again.

@@ -10,10 +10,10 @@ with a parameter set per recipient; their acceptances are recorded the same way.
 
 This path decides nothing the one-recipient path would decide otherwise: a recipient it cannot
 take as plain (a retry, a fallback, a deferral, a skip, a holdout, a cap or priority refusal, a
-merged id, a subscriber list deciding reach, a template missing data) is left out of its answer
-and goes through `_prepare`, which reads it again and decides as it always did. It writes nothing
-for a recipient it leaves out, but the cap slot of one whose message could not be composed (given
-back in the same transaction).
+merged id, an erased person, a subscriber list deciding reach, a template missing data) is left
+out of its answer and goes through `_prepare`, which reads it again and decides as it always did.
+It writes nothing for a recipient it leaves out, but the cap slot of one whose message could not
+be composed (given back in the same transaction).
 
 Lock order (activities/broadcast.py, LOCK ORDER): the chunk's users' cap locks in one call, then
 their own rows (journeys, slots, sends, recipients), then the run row, then the hot counter rows

@@ -39,7 +39,7 @@ from api.routes import (
 from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
-from store.migrations import run_once
+from store.migrations import mark_erased_users, run_once
 from store.reachability import rekey_web_push
 from store.retention import retention_loop
 
@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
         try:
             yield
         finally:
+        # Tombstones of erasures made before `User.erased_at`: no batched run lists them any more.
+        run_once(s, "mark_erased_users", mark_erased_users)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

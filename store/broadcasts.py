@@ -4,6 +4,7 @@ Cart holders come from the cart index (`store/cart_index.py`), the whole audienc
 keyset-paginated walk of users (bounded memory); recipients are
 inserted in batches, ignoring ones already there, so a retried planning step is harmless.
 Aliases (merged-away user ids) are never recipients: their rows point at the canonical user.
+Nor are erased people (`User.erased_at`): their tombstones have no one to send to.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def shard_of(user_id: str, shards: int) -> int:
 
 
 def all_users(s: Session, section_id: str) -> Iterator[list[User]]:
-    """The section's users a page at a time, without ids merged into another person."""
-    for page in keyset_pages(s, User, User.id, col(User.section_id) == section_id, page_size=PAGE):
+    """The section's users a page at a time, without ids merged into another person nor erased ones
+    (a tombstone listed was enrolled, so counted in the campaign report, then skipped `no_identifier`)."""
+    where = (col(User.section_id) == section_id, col(User.erased_at).is_(None))
+    for page in keyset_pages(s, User, User.id, *where, page_size=PAGE):
         aliases = set(
             s.exec(select(UserAlias.alias_id).where(col(UserAlias.alias_id).in_([u.id for u in page]))).all()
         )

@@ -10,11 +10,14 @@ Temporal, then calls `erase`, which in one transaction:
   retries of their unfinished sends, and their entries in the active generation of the section's
   subscriber lists;
 - blanks the `User` rows (the person's and every id merged into them) to tombstones: no CUID,
-  attributes, cart or locale. The rows are kept, not deleted, because a journey step or batched
-  send already in flight resolves its user by id (activities/journey.py `decide_in` raises on a
-  missing user, activities/delivery.py asserts one): a tombstone has no identifier, so such a
-  step finds the person unreachable and sends nothing. Nothing links a tombstone to the person:
-  with no device and no CUID left, their old dyid or CUID makes a new, unrelated user;
+  attributes, cart or locale, and `erased_at` set, so no later batched run lists them (their
+  aliases are deleted: the merged ids would stand as users of their own) and a run that listed
+  them skips them before counting them in the report. The rows are kept, not deleted, because a
+  journey step or batched send already in flight resolves its user by id (activities/journey.py
+  `decide_in` raises on a missing user, activities/delivery.py asserts one): a tombstone has no
+  identifier, so such a step finds the person unreachable and sends nothing. Nothing links a
+  tombstone to the person: with no device and no CUID left, their old dyid or CUID makes a new,
+  unrelated user;
 - keeps the facts reports count (journeys, sends, decisions, tracking hits, cohorts, counters,
   attributions), keyed by the random user id only. Two fields of them could lead back to the
   person through the shop's own systems and are blanked: the user agent of their tracking hits,
@@ -45,7 +48,9 @@ from store.tables import Device, Event, Journey, OptIn, OutboxMessage, Send, Use
 from store.tracking_tables import TrackingHit
 from store.users import alias_ids, canonical_id, find_user
 
-ERASED = "erased"  # the exit reason of the journeys an erasure ends
+# The exit reason of the journeys an erasure ends, and the skip reason of a batched run's recipient
+# erased after the run listed them (activities/broadcast.py `_prepare`).
+ERASED = "erased"
 # Attempts at locking a person whose devices or identifiers keep changing under the erasure
 # (each round is one concurrent request adding one); then `PersonChanged`.
 LOCK_ROUNDS = 5
@@ -283,7 +288,8 @@ def _pseudonymise_orders(s: Session, ids: list[str]) -> int:
 
 
 def _blank_users(s: Session, ids: list[str], now: datetime) -> int:
-    """Blank every personal field of the user rows: they stay as tombstones (see the module docstring)."""
+    """Blank every personal field of the user rows and mark them erased: they stay as tombstones (see
+    the module docstring). A tombstone erased again keeps the time of its first erasure."""
     users = s.exec(select(User).where(col(User.id).in_(ids))).all()
     blanked = 0
     for user in users:
@@ -292,6 +298,7 @@ def _blank_users(s: Session, ids: list[str], now: datetime) -> int:
         user.cuid = user.cuid_type = user.locale = None
         user.attributes, user.cart = {}, []
         user.updated_at = now
+        user.erased_at = user.erased_at or now
         s.add(user)
     return blanked
 

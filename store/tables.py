@@ -110,6 +110,9 @@ class User(SQLModel, table=True):
     is_test: bool = False
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
+    # Set by an erasure (store/erasure.py): the row is a tombstone, kept for in-flight steps only. No
+    # batched run lists it (store/broadcasts.py `all_users`), and one listed before skips it.
+    erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
 
 
 class Device(SQLModel, table=True):

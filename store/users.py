@@ -179,9 +179,11 @@ def canonical_user(s: Session, user_id: str) -> User | None:
 
 def unmerged_users(s: Session, user_ids: list[str]) -> dict[str, User]:
     """The users of these ids that were not merged into another (`canonical_user` of each is itself),
-    by id, in one read: a batch's recipients. An id merged away or deleted is left out."""
+    by id, in one read: a batch's recipients. An id merged away, deleted or erased is left out (the
+    one-recipient path skips an erased one, as the chunk's caller then does: activities/broadcast.py)."""
     merged = exists().where(col(UserAlias.alias_id) == col(User.id))
-    return {u.id: u for u in s.exec(select(User).where(col(User.id).in_(user_ids), ~merged)).all()}
+    live = (col(User.id).in_(user_ids), ~merged, col(User.erased_at).is_(None))
+    return {u.id: u for u in s.exec(select(User).where(*live)).all()}
 
 
 def alias_ids(s: Session, user_id: str) -> list[str]:
