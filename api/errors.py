@@ -20,6 +20,9 @@ from security.rotation import RotationIncomplete
 
 
 class RejoinError(Exception):
+    """A refusal; `field` names the input at fault, dotted. A 422's is located as `field_loc` says:
+    a body field as is (`events.0.name`), a parameter with its source (`query.to`, `path.feed_id`)."""
+
     status_code = 400
 
     def __init__(self, message: str, *, field: str | None = None, status_code: int | None = None) -> None:
@@ -97,11 +100,30 @@ def errors_body(detail: list[dict[str, Any]]) -> dict[str, Any]:
     return {"detail": capped(detail), "error": f"{place}: {first['msg']}{more}" if place else first["msg"] + more}
 
 
+# Where a request's input comes from, as FastAPI starts the `loc` of its own validation errors.
+SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def field_loc(field: str) -> list[str | int]:
+    """A dotted field (`events.0.name`, `query.to`, `path.feed_id`) as a 422's `loc`, the shape
+    FastAPI gives its own: the source first (`body` unless the field names another), list indexes
+    as numbers (`["body", "events", 0, "name"]`). A client reads every 422 the same way."""
+    parts: list[str | int] = [int(part) if part.isdigit() else part for part in field.split(".")]
+    return parts if parts[0] in SOURCES else ["body", *parts]
+
+
 def error_body(message: str, field: str | None = None, kind: str = "rejoin_error") -> dict[str, Any]:
-    # Same item shape as FastAPI's documented ValidationError (type, loc, msg), so every 422 the
-    # API returns matches its OpenAPI schema.
-    detail: dict[str, Any] = {"type": kind, "loc": field.split(".") if field else [], "msg": message}
-    return {"detail": [detail], "error": message if not field else f"{field}: {message}"}
+    """One fault, `field` (dotted) located as `field_loc` says. Same item shape as FastAPI's
+    documented ValidationError (type, loc, msg), so every 422 the API returns matches its OpenAPI schema."""
+    return errors_body([{"type": kind, "loc": field_loc(field) if field else [], "msg": message}])
+
+
+def _unlocated_body(message: str, field: str) -> dict[str, Any]:
+    """A refusal other than a 422 naming a field (a 404's or 409's `journey_id`): `loc` the field's
+    parts as the route names them (most are path parameters, some body fields; the source is not
+    recorded for these)."""
+    detail = {"type": "rejoin_error", "loc": field.split("."), "msg": message}
+    return {"detail": [detail], "error": f"{field}: {message}"}
 
 
 def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -182,7 +204,11 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, Unavailable):
             headers = _retry_after(exc.retry_after)
-        return JSONResponse(error_body(exc.message, exc.field), status_code=exc.status_code, headers=headers)
+        if exc.field is not None and exc.status_code != 422:
+            body = _unlocated_body(exc.message, exc.field)
+        else:
+            body = error_body(exc.message, exc.field)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(TemporalFailed)
     async def _temporal(_: Request, exc: TemporalFailed) -> JSONResponse:

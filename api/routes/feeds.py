@@ -259,7 +259,7 @@ async def sync_feed(feed_id: str, principal: Management, state: StateDep, force:
     """Sync now from the feed's URL or S3 location."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
     if feed.source == "upload":
-        raise Unprocessable("an upload feed syncs when a file is uploaded (PUT .../file)", field="feed_id")
+        raise Unprocessable("an upload feed syncs when a file is uploaded (PUT .../file)", field="path.feed_id")
     return await _start_sync(state, feed, None, force)
 
 
@@ -387,9 +387,9 @@ async def start_scheduled_run(campaign_id: str, principal: Management, state: St
                 raise NotFound("no such campaign", field="campaign_id")
             spec = load_spec(s, campaign.id, campaign.version)
             if spec.type != CampaignType.SCHEDULED:
-                raise Unprocessable("only scheduled campaigns are started by hand", field="campaign_id")
+                raise Unprocessable("only scheduled campaigns are started by hand", field="path.campaign_id")
             if campaign.status != "active":
-                raise Unprocessable("activate the campaign first", field="campaign_id")
+                raise Unprocessable("activate the campaign first", field="path.campaign_id")
             now = now_utc()
             once = spec.schedule.send_at if spec.schedule is not None else None
             run_id = scheduled_run_id(campaign.id, once if once is not None else send_time(spec, now))

@@ -112,7 +112,7 @@ def _integration(store: Store, section_id: str, integration_id: str) -> Integrat
     if integration.channel not in LIST_CHANNELS:
         raise Unprocessable(
             f"subscriber lists are for email and sms; {integration.channel} opt-ins come from events",
-            field="integration_id",
+            field="path.integration_id",
         )
     return integration
 

@@ -102,7 +102,7 @@ async def test_a_header_name_given_twice_is_422(
     body = integration(fresh_provider, [header("X-A", A_SECRET), header("x-a", B_SECRET)])
     r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
     assert r.status_code == 422 and "header 'x-a' is given twice" in r.text, r.text
-    assert r.json()["detail"][0]["loc"][:2] == ["config", "headers"], r.text
+    assert r.json()["detail"][0]["loc"][:3] == ["body", "config", "headers"], r.text
     assert A_SECRET not in r.text and B_SECRET not in r.text
     assert (await api.get("/api/v1/integrations", headers=section.mgmt)).json() == []
     # One saved before the rule still reads for sending (the rule is the save model's only).
@@ -119,7 +119,7 @@ async def test_mask_for_a_header_with_no_stored_secret_is_422(
     body = masked(fresh_provider, [header("X-C", MASK), header("X-A", MASK)])
     r = await api.put(f"/api/v1/integrations/{iid}", json=body, headers=section.mgmt)
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["config", "headers", "0", "value"]
+    assert r.json()["detail"][0]["loc"] == ["body", "config", "headers", 0, "value"]
     sent = await sent_by_test_call(api, section, fresh_provider, iid)
     assert sent.headers["x-a"] == A_SECRET and sent.headers["x-b"] == B_SECRET and "x-c" not in sent.headers
 
@@ -141,7 +141,8 @@ async def test_mask_on_a_non_secret_header_is_422_and_never_sent(
     iid = await create_ab(api, section, fresh_provider)
     r = await api.put(f"/api/v1/integrations/{iid}", json=masked(fresh_provider, headers), headers=section.mgmt)
     assert r.status_code == 422, r.text
-    loc = ["config", "headers", "0", "value"] if isinstance(headers, list) else ["config", "headers", "X-A"]
+    at: list[str | int] = [0, "value"] if isinstance(headers, list) else ["X-A"]
+    loc = ["body", "config", "headers", *at]
     assert r.json()["detail"][0]["loc"] == loc and A_SECRET not in r.text
     got = await api.get(f"/api/v1/integrations/{iid}", headers=section.mgmt)
     assert A_SECRET not in got.text

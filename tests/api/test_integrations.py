@@ -95,7 +95,7 @@ async def test_invalid_oauth2_credentials_are_refused_and_nothing_saved(
     auth = {"type": "oauth2", "token_url": fresh_provider.url("/oauth/token"), "client_id": "cid", "client_secret": "wrong"}
     r = await api.post("/api/v1/integrations", json=custom(fresh_provider, auth), headers=section.mgmt)
     assert r.status_code == 422, r.text
-    assert "invalid_client" in r.text and r.json()["detail"][0]["loc"] == ["config"]
+    assert "invalid_client" in r.text and r.json()["detail"][0]["loc"] == ["body", "config"]
     assert "wrong" not in r.text
     assert (await api.get("/api/v1/integrations", headers=section.mgmt)).json() == []
 
@@ -147,9 +147,9 @@ async def test_config_errors_name_the_field(api: httpx.AsyncClient, section: Sec
     """A bad configuration is a 422 naming the field at fault; unknown kinds and wrong channels too."""
     body = {"channel": "email", "name": "x", "kind": "custom_http", "config": {"url": "not a url"}}
     r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "url"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "url"], r.text
     r = await api.post("/api/v1/integrations", json=body | {"kind": "pigeon"}, headers=section.mgmt)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["kind"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "kind"]
 
 
 async def test_secrets_never_logged(
@@ -200,7 +200,7 @@ async def test_presets_validate_channel_and_mask_credentials(
     twilio = {"channel": "email", "name": "Twilio", "kind": "twilio", "identifier_type": "phone",
               "config": {"account_sid": "AC0123456789abcdef", "auth_token": "tw-secret-9", "sender": "Shop"}}  # fmt: skip
     r = await api.post("/api/v1/integrations", json=twilio, headers=section.mgmt)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["channel"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "channel"]
     r = await api.post("/api/v1/integrations", json=twilio | {"channel": "sms", "rate_limit_per_second": 10},
                        headers=section.mgmt)  # fmt: skip
     assert r.status_code == 201, r.text
@@ -241,12 +241,12 @@ async def test_internal_urls_refused_on_save_and_test_call(
         body = custom(fresh_provider)
         body["config"]["url"] = "http://localhost:8080/hook"
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "url"], r.text
         auth = {"type": "oauth2", "token_url": "http://169.254.169.254/token", "client_id": "cid", "client_secret": "s"}
         body = custom(fresh_provider, auth)
         body["config"]["url"] = "https://93.184.215.14/hook"
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "auth", "token_url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "auth", "token_url"], r.text
     assert fresh_provider.requests == []
 
 

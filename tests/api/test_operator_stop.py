@@ -154,7 +154,7 @@ async def test_a_preview_of_a_variation_the_campaign_lacks_is_refused(
                        headers=section.mgmt)  # fmt: skip
 
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["variation_id"] and "'zz'" in r.text and "a, b" in r.text, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "variation_id"] and "'zz'" in r.text and "a, b" in r.text, r.text
     assert await _journeys(api, section, dyid) == []  # nothing recorded
 
 

@@ -34,7 +34,7 @@ async def test_a_template_in_use_keeps_its_channel(api: httpx.AsyncClient, secti
     await create_campaign(api, section, _on_email(tid))
     moved = {"name": "T", "channel": "sms", "payload": {"text": "Hi"}}
     r = await api.put(f"/api/v1/templates/{tid}", headers=section.mgmt, json=moved)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["channel"] and "on email" in r.text, r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "channel"] and "on email" in r.text, r.text
     r = await api.put(f"/api/v1/templates/{tid}", headers=section.mgmt, json={**moved, "channel": "email"})
     assert r.status_code == 200, r.text
 

@@ -20,7 +20,7 @@ async def test_template_crud_and_validation_errors_name_the_place(api: httpx.Asy
     """Templates are validated on save (422 naming the place) and can be read, changed, deleted."""
     r = await api.post("/api/v1/templates", headers=section.mgmt,
                        json={"name": "T", "payload": {"a": {"b": "${Items in cart|name|item0}"}}})  # fmt: skip
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["payload", "a", "b"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "payload", "a", "b"], r.text
     r = await api.post("/api/v1/templates", headers=section.mgmt, json={"name": "T", "payload": '{"a": '})
     assert r.status_code == 422 and "invalid JSON" in r.text
     r = await api.post("/api/v1/templates", headers=section.mgmt,

@@ -33,15 +33,15 @@ async def _opt(
 async def test_opt_in_validation_names_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """Unknown channels, a missing integration, a type other than the integration's and bad values are 422s."""
     r = await _opt(api, section, "fax", "opt-in", "email", "a@example.com")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["channel"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "channel"]
     r = await _opt(api, section, "email", "opt-in", "email", "a@example.com")
     assert r.status_code == 422 and "no email integration" in r.json()["error"]
     await add_integration(api, section)
     await add_integration(api, section, channel="sms")
     r = await _opt(api, section, "Email", "opt-in", "phoneNumber", "+15551234567")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["identifier", "type"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "identifier", "type"]
     r = await _opt(api, section, "email", "opt-in", "email", "not-an-email")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["identifier", "value"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "identifier", "value"]
     r = await _opt(api, section, "SMS", "opt-in", "phoneNumber", "555-CALL-NOW")
     assert r.status_code == 422 and "E.164" in r.json()["error"]
     r = await _opt(api, section, "SMS", "opt-in", "PHONENUMBER", "+15551234567")

@@ -73,7 +73,7 @@ async def test_web_push_opt_in_api_refuses_what_is_not_a_subscription(
     for bad in BAD_SUBSCRIPTIONS:
         r = await _opt(api, section, "web_push", "opt-in", "custom", bad)
         assert r.status_code == 422, (bad, r.text)
-        assert r.json()["detail"][0]["loc"] == ["identifier", "value"], r.json()
+        assert r.json()["detail"][0]["loc"] == ["body", "identifier", "value"], r.json()
     assert _opt_ins(store, section, "web_push") == []
     r = await _opt(api, section, "web_push", "opt-in", "custom", json.dumps(subscription()))
     assert r.status_code == 200 and r.json()["status"] == "opted_in", r.text
@@ -136,7 +136,7 @@ async def test_sms_opt_in_stores_e164_and_refuses_numbers_without_country_code(
     identifier.value; an opt-out written another way finds the same row."""
     await add_integration(api, section, channel="sms")
     r = await _opt(api, section, "sms", "opt-in", "phoneNumber", "15551238888")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["identifier", "value"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "identifier", "value"], r.text
     assert "E.164" in r.json()["error"]
     assert (await _opt(api, section, "sms", "opt-in", "phoneNumber", "+1 555 123 7777")).status_code == 200
     rows = _opt_ins(store, section, "sms")

@@ -54,7 +54,7 @@ async def test_preset_refuses_an_identifier_type_its_recipient_is_not(
 ) -> None:  # fmt: skip
     r = await create(api, section, channel, kind, identifier_type, config or fcm())
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["identifier_type"] and kind in r.json()["error"], r.json()
+    assert r.json()["detail"][0]["loc"] == ["body", "identifier_type"] and kind in r.json()["error"], r.json()
 
 
 async def test_update_cannot_switch_a_preset_to_a_wrong_identifier_type(
@@ -66,16 +66,16 @@ async def test_update_cannot_switch_a_preset_to_a_wrong_identifier_type(
     iid = r.json()["id"]
     wrong = body("web_push", "webpush", "email", WEBPUSH)
     r = await api.put(f"/api/v1/integrations/{iid}", json=wrong, headers=section.mgmt)
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["identifier_type"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "identifier_type"], r.text
     assert (await api.get(f"/api/v1/integrations/{iid}", headers=section.mgmt)).json()["identifier_type"] == "custom"
 
 
 async def test_klaviyo_profile_field_follows_the_channel(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """SMS defaults to phone_number and refuses email; email keeps email; the identifier type matches the field."""
     r = await create(api, section, "sms", "klaviyo", "phone", {"api_key": "pk_1", "profile_field": "email"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "profile_field"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "profile_field"], r.text
     r = await create(api, section, "sms", "klaviyo", "email", {"api_key": "pk_1"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["identifier_type"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "identifier_type"], r.text
     r = await create(api, section, "sms", "klaviyo", "phone", {"api_key": "pk_1"})
     assert r.status_code == 201 and r.json()["config"]["profile_field"] == "phone_number", r.text
     r = await create(api, section, "email", "klaviyo", "email", {"api_key": "pk_1"})
@@ -114,7 +114,7 @@ BAD_VAPID_KEYS = [
 async def test_vapid_key_must_be_a_p256_private_key(api: httpx.AsyncClient, section: SectionKeys, key: str) -> None:
     r = await create(api, section, "web_push", "webpush", "custom", {**WEBPUSH, "vapid_private_key": key})
     assert r.status_code == 422, r.text
-    assert r.json()["detail"][0]["loc"] == ["config", "vapid_private_key"], r.json()
+    assert r.json()["detail"][0]["loc"] == ["body", "config", "vapid_private_key"], r.json()
 
 
 async def test_raw_vapid_key_of_32_bytes_is_accepted(api: httpx.AsyncClient, section: SectionKeys) -> None:

@@ -121,7 +121,7 @@ async def test_fcm_without_a_project_id_is_refused_on_save(
         body = {"channel": "app_push", "name": "FCM", "kind": "fcm", "identifier_type": "custom",
                 "config": config | ({"project_id": project} if project else {})}  # fmt: skip
         r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "project_id"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "project_id"], r.text
     body["config"] = config | {"project_id": "demo-project"}
     r = await api.post("/api/v1/integrations", json=body, headers=section.mgmt)
     assert r.status_code == 201, r.text
