@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -15,10 +16,12 @@ from api.dispatch_marks import DispatchMarks
 from api.errors import Unauthorized, Unavailable
 from api.limits import TokenBuckets
 from api.temporal_errors import RETRY_AFTER_SECONDS
-from runtime.temporal import REQUEST_RETRY, connect_temporal
+from runtime.temporal import API_CONNECT_TIMEOUT, REQUEST_RETRY, TemporalUnreachable, connect_temporal
 from security.crypto import SecretBox
 from settings import Settings
 from store.engine import Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,7 +35,9 @@ class AppState:
     tracking_hits: TokenBuckets = field(init=False)
     # Successful dispatches are marked in batches (see api/dispatch_marks.py).
     dispatch_marks: DispatchMarks = field(init=False)
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The connection attempt under way (`client`), shared by the requests waiting on it.
+    _connecting: asyncio.Task[Client] | None = field(default=None, init=False)
+    _unreachable: bool = field(default=False, init=False)  # the last attempt failed (logged once)
 
     def __post_init__(self) -> None:
         self.box = SecretBox(self.settings.secret_keys)
@@ -42,16 +47,38 @@ class AppState:
         )
 
     async def client(self) -> Client:
-        if self.temporal is None:
-            async with self._lock:
-                if self.temporal is None:
-                    try:
-                        self.temporal = await connect_temporal(self.settings, retry_config=REQUEST_RETRY)
-                    except Exception as exc:  # connection refused, DNS, TLS: all mean "not now"
-                        # The same Retry-After as a busy Temporal's 503 (api/temporal_errors.py).
-                        message = f"Temporal is not reachable at {self.settings.temporal_address}"
-                        raise Unavailable(message, retry_after=RETRY_AFTER_SECONDS) from exc
-        return self.temporal
+        """The API's Temporal client, connected on first use; while Temporal is unreachable, a 503
+        within API_CONNECT_TIMEOUT. The requests waiting at once share one attempt: before, each
+        waited its own turn behind the others (a lock), the last for minutes."""
+        if self.temporal is not None:
+            return self.temporal
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.create_task(self._connect())
+            # Read the outcome even if every waiter has gone (no "exception was never retrieved").
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
+        try:
+            # Shielded: a request its caller gave up on does not cancel the attempt the others wait on.
+            return await asyncio.shield(self._connecting)
+        except Exception as exc:  # refused, DNS, TLS, no answer: all mean "not now"
+            reason = exc.reason if isinstance(exc, TemporalUnreachable) else "connection failed"
+            # The same Retry-After as a busy Temporal's 503 (api/temporal_errors.py).
+            message = f"Temporal is not reachable at {self.settings.temporal_address} ({reason}); retry later"
+            raise Unavailable(message, retry_after=RETRY_AFTER_SECONDS) from exc
+
+    async def _connect(self) -> Client:
+        address = self.settings.temporal_address
+        try:
+            client = await connect_temporal(self.settings, retry_config=REQUEST_RETRY, timeout=API_CONNECT_TIMEOUT)
+        except Exception as exc:
+            if not self._unreachable:  # once per outage: every request that needs Temporal tries again
+                log.warning("Temporal is not reachable at %s (%s): requests that need it answer 503 until it is;"
+                            " each such request tries to connect again", address, exc)  # fmt: skip
+            self._unreachable = True
+            raise
+        log.info("connected to Temporal at %s%s", address, " (reachable again)" if self._unreachable else "")
+        self._unreachable = False
+        self.temporal = client
+        return client
 
 
 async def app_state(request: Request) -> AppState:

@@ -15,7 +15,7 @@ from temporalio.client import Client
 from api import auth
 from api.deps import AppState
 from api.error_responses import document_error_responses
-from api.errors import install_error_handlers
+from api.errors import Unavailable, install_error_handlers
 from api.ingestion import redispatch_pending
 from api.limits import RequestLimits
 from api.routes import (
@@ -36,6 +36,7 @@ from api.routes import (
     tracking_legacy,
     userdata,
 )
+from api.temporal_errors import RETRY_AFTER_SECONDS
 from security.redact import install_log_redaction
 from settings import Settings
 from store.engine import Store
@@ -57,12 +58,28 @@ async def _sweep(state: AppState) -> None:
             log.warning("re-dispatch round failed: %s", exc)
 
 
+async def _connect_at_start(state: AppState) -> None:
+    """Connect to Temporal in the background from the start, retrying until it answers.
+
+    The API starts without Temporal (ingestion stores events and the sweeper dispatches them later),
+    so an unreachable Temporal does not stop its start: the log says so within API_CONNECT_TIMEOUT
+    (`AppState.client`, once per outage) and says when it is connected."""
+    while True:
+        try:
+            await state.client()
+            return
+        except Unavailable:
+            await asyncio.sleep(RETRY_AFTER_SECONDS)
+
+
 def _migrate_data(state: AppState) -> None:
-    """Data migrations needing the secret box (`store/migrations.py`); the worker writes none of
-    the data they move, so the API's start is enough."""
+    """Data migrations (`store/migrations.py`): those needing the secret box, and the marking of old
+    tombstones; the worker writes none of the data they move, so the API's start is enough."""
     with state.store.session() as s:
         # Web Push opt-ins stored under their raw JSON's hash move to their endpoint's hash.
         run_once(s, "rekey_web_push", lambda session: rekey_web_push(session, state.box.decrypt))
+        # Tombstones of erasures made before `User.erased_at`: no batched run lists them any more.
+        run_once(s, "mark_erased_users", mark_erased_users)
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None, temporal: Client | None = None) -> FastAPI:
@@ -73,13 +90,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(_sweep(state)), asyncio.create_task(auth.watch_revocations(state.store))]
+        tasks.append(asyncio.create_task(_connect_at_start(state)))
         if state.settings.event_retention.total_seconds() > 0:
             tasks.append(asyncio.create_task(retention_loop(state.store, state.settings.event_retention)))
         try:
             yield
         finally:
-        # Tombstones of erasures made before `User.erased_at`: no batched run lists them any more.
-        run_once(s, "mark_erased_users", mark_erased_users)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
