@@ -28,7 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from pydantic import Field, field_validator
 
 from domain.identifiers import strict_b64url
-from providers.base import ConfigurationError, OutboundMessage, ProviderError, ProviderResponse, gone_if
+from providers.base import (
+    ConfigurationError,
+    OutboundMessage,
+    ProviderError,
+    ProviderResponse,
+    current_redactor,
+    gone_if,
+    redacting,
+)
 from providers.context import AdapterContext
 from providers.http import HttpCaller
 from providers.preset import PresetConfig, accepted
@@ -161,8 +169,12 @@ class WebPushProvider:
             "Content-Type": "application/octet-stream",
             "Authorization": f"vapid t={token}, k={public_key_b64(vapid)}",
         }
-        try:
-            resp = await shopper_caller(self.ctx.caller).call("POST", endpoint, content=body, headers=headers)
-        except ProviderError as err:
-            raise gone_if(err, err.status in (404, 410)) from None  # the subscription expired or was revoked
-        return accepted(resp, resp.headers.get("location"))
+        # The signed token is a credential for 12 h (any push to this service as the shop): masked like
+        # the integration's secrets in the answer and in the errors of a service echoing its request.
+        redactor = current_redactor().adding(token)
+        with redacting(redactor):
+            try:
+                resp = await shopper_caller(self.ctx.caller).call("POST", endpoint, content=body, headers=headers)
+            except ProviderError as err:
+                raise gone_if(err, err.status in (404, 410)) from None  # the subscription expired or was revoked
+        return accepted(redactor.answer(resp), resp.headers.get("location"))

@@ -145,6 +145,33 @@ async def test_an_echoed_access_token_is_masked(registry: ProviderRegistry, fres
     assert resp.status == 200 and token not in resp.body and SECRET_MASK in resp.body
 
 
+async def test_an_echoed_vapid_token_is_masked(registry: ProviderRegistry, fresh_provider: ProviderServer) -> None:
+    """Web Push's `Authorization: vapid t=<JWT>` pushes to that service as the shop for 12 h: a push
+    service echoing its request shows `[secret]` for the token, in a refusal and in an acceptance."""
+    from tests.providers.keys import ec_key, pem
+    from tests.providers.test_push_and_smtp import Browser
+
+    browser = Browser(fresh_provider.url("/push/echo"))
+    cfg = {"vapid_private_key": pem(ec_key()), "subject": "mailto:ops@shop.example"}
+    push = message(cfg, {"t": 1}, channel="web_push", recipient=json.dumps(browser.subscription))
+    seen: list[str] = []
+
+    def echo(status: int) -> Any:
+        def reply(req: Any) -> Reply:
+            seen.append(req.headers["authorization"].split("t=", 1)[1].split(",", 1)[0])
+            return Reply(status, f"request had Authorization: {req.headers['authorization']}")
+        return reply
+
+    fresh_provider.handler("/push/echo", echo(400))
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("webpush").send(push)
+    for text in (err.value.message, err.value.body, str(err.value)):
+        assert seen[-1] not in text and f"t={SECRET_MASK}" in text, text
+    fresh_provider.handler("/push/echo", echo(201))
+    resp = await registry.for_kind("webpush").send(push)
+    assert resp.status == 201 and seen[-1] not in resp.body and f"t={SECRET_MASK}" in resp.body, resp.body
+
+
 def test_short_secrets_are_masked_only_as_whole_tokens() -> None:
     """A 4-character password is masked where it stands alone, not inside other words."""
     from providers.base import Redactor
