@@ -239,6 +239,10 @@ class EngagementRequest(BaseModel):
 class EngagementAck(BaseModel):
     recorded: int
     ignored: int
+    # Why each ignored engagement was, `{"code", "field", "message"}` as ingestion's warnings: a
+    # backend moving from the Experience API sends its recommendation engagements (CLICK, IMP,
+    # SLOT_CLICK...) here too, which Rejoin has nothing to record for.
+    warnings: list[dict[str, str]] = []
 
 
 PUSH_KINDS: dict[str, Literal["click", "impression"]] = {"PN_CLICK": "click", "PN_IMP": "impression", "PN_IMPRESSION": "impression"}
@@ -249,17 +253,36 @@ async def engagement(body: EngagementRequest, principal: Ingestion, state: State
     """Push clicks/impressions: the app echoes the `trackingData` ({"rjt": token}) it received."""
     device = (body.context or {}).get("device") or {}
     ua = device.get("userAgent") if isinstance(device, dict) else None
-    recorded = 0
-    for e in body.engagements:
+    recorded, warnings = 0, []
+    for i, e in enumerate(body.engagements):
         kind = PUSH_KINDS.get(e.type.upper())
         token = (e.trackingData or {}).get("rjt")
         data = await _live(state, "p", token) if kind and isinstance(token, str) else None
-        if data is None or kind is None:
-            continue
-        hit = await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")), user_id=str(data.get("u", "")),
-                                      kind=kind, source="push", method="POST", user_agent=ua, section_id=principal.section_id)  # fmt: skip
-        recorded += hit is not None
-    return EngagementAck(recorded=recorded, ignored=len(body.engagements) - recorded)
+        if data is not None and kind is not None:
+            hit = await asyncio.to_thread(record_hit, state.store, send_key=str(data.get("k", "")),
+                                          user_id=str(data.get("u", "")), kind=kind, source="push", method="POST",
+                                          user_agent=ua, section_id=principal.section_id)  # fmt: skip
+            if hit is not None:
+                recorded += 1
+                continue
+        warnings.append(_not_recorded(i, kind, token, data))
+    return EngagementAck(recorded=recorded, ignored=len(body.engagements) - recorded, warnings=warnings)
+
+
+def _not_recorded(i: int, kind: str | None, token: Any, data: dict[str, Any] | None) -> dict[str, str]:
+    """Why engagement `i` was not recorded."""
+    if kind is None:
+        return {"code": "UNSUPPORTED_ENGAGEMENT", "field": f"engagements.{i}.type",
+                "message": f"only push engagements are recorded ({', '.join(PUSH_KINDS)}); recommendation "
+                           "engagements of the Experience API have no Rejoin message to count against"}  # fmt: skip
+    if not isinstance(token, str):
+        return {"code": "NO_TRACKING_TOKEN", "field": f"engagements.{i}.trackingData.rjt",
+                "message": "no Rejoin tracking token: send back the push's trackingData as received"}  # fmt: skip
+    if data is None:
+        return {"code": "INVALID_TRACKING_TOKEN", "field": f"engagements.{i}.trackingData.rjt",
+                "message": "the tracking token is not valid or has expired (REJOIN_LINK_TTL)"}  # fmt: skip
+    return {"code": "UNKNOWN_SEND", "field": f"engagements.{i}.trackingData.rjt",
+            "message": "the token's send is unknown here (another section's, a preview's) or not its user's"}
 
 
 # ------------------------------------------------------------------------- unsubscribe

@@ -100,7 +100,7 @@ async def test_push_hits_follow_a_device_into_the_person_it_logs_in_as(
     tokens = {}
     for dyid, uid in devices:
         tokens[uid] = await _token(api, section, _send_of(store, cid, uid))
-        assert await _engage(api, section, dyid, tokens[uid], "PN_IMP", "PN_CLICK") == {"recorded": 2, "ignored": 0}
+        assert await _engage(api, section, dyid, tokens[uid], "PN_IMP", "PN_CLICK") == {"recorded": 2, "ignored": 0, "warnings": []}
     for counters in (True, False):
         totals = await _totals(api, section, cid, counters=counters)
         assert (totals["impressions"], totals["clicks"]) == (2, 2), (counters, totals)
@@ -120,7 +120,7 @@ async def test_push_hits_follow_a_device_into_the_person_it_logs_in_as(
         assert (totals["impressions"], totals["clicks"]) == (2, 2), (counters, totals)
 
     # The push the device got before logging in still records (its token names the merged id) ...
-    assert await _engage(api, section, dyid1, tokens[anon], "PN_CLICK") == {"recorded": 1, "ignored": 0}
+    assert await _engage(api, section, dyid1, tokens[anon], "PN_CLICK") == {"recorded": 1, "ignored": 0, "warnings": []}
     with store.session() as s:
         last = s.exec(select(TrackingHit).order_by(col(TrackingHit.id).desc())).first()
     assert last is not None and last.user_id == person
@@ -128,7 +128,8 @@ async def test_push_hits_follow_a_device_into_the_person_it_logs_in_as(
     send_key = _send_of(store, cid, person)
     claims = {"k": send_key, "u": other, "s": section.id, "i": int(time.time())}
     foreign = Signer(settings.secret_keys).sign("p", claims)
-    assert await _engage(api, section, dyid1, foreign, "PN_CLICK") == {"recorded": 0, "ignored": 1}
+    ignored = await _engage(api, section, dyid1, foreign, "PN_CLICK")
+    assert (ignored["recorded"], [w["code"] for w in ignored["warnings"]]) == (0, ["UNKNOWN_SEND"]), ignored
 
     # The person buys after the tap: attributed to the campaign.
     await collect(api, section, dyid1, purchase([("sku-1", 30.0)], tx="order-1"))
@@ -149,7 +150,7 @@ async def test_an_anonymous_purchase_stays_unattributed_after_the_device_logs_in
     result = await journey_result(env.client, section, cid, person)
     assert [d.outcome for d in result.decisions] == ["sent"], result.decisions
     rjt = await _token(api, section, _send_of(store, cid, person))
-    assert await _engage(api, section, dyid, rjt, "PN_CLICK") == {"recorded": 1, "ignored": 0}
+    assert await _engage(api, section, dyid, rjt, "PN_CLICK") == {"recorded": 1, "ignored": 0, "warnings": []}
 
     # A second device buys with no identification, then logs in as the person (a merge): both
     # the counters and the raw computation read whether the buyer was identified at the time.

@@ -161,4 +161,4 @@ async def test_fcm_push_carries_the_tracking_token_the_app_reports(
     rjt = fcm["data"]["rjt"]
     r = await api.post("/v2/collect/user/engagement", headers=section.ing, json={
         "user": {"dyid": dyid}, "engagements": [{"type": "PN_CLICK", "trackingData": {"rjt": rjt}}]})  # fmt: skip
-    assert r.status_code == 202 and r.json() == {"recorded": 1, "ignored": 0}, r.text
+    assert r.status_code == 202 and r.json() == {"recorded": 1, "ignored": 0, "warnings": []}, r.text

@@ -128,7 +128,8 @@ async def test_dead_email_links_pixels_and_push_tokens_record_nothing(
     r = await api.post("/v2/collect/user/engagement", headers=section.ing,
                        json={"engagements": [{"type": "PN_CLICK", "trackingData": {"rjt": expired_push}},
                                              {"type": "PN_CLICK", "trackingData": body["push"]}]})  # fmt: skip
-    assert r.status_code == 202 and r.json() == {"recorded": 1, "ignored": 1}
+    assert r.status_code == 202 and r.json()["recorded"] == 1 and r.json()["ignored"] == 1, r.text
+    assert [w["code"] for w in r.json()["warnings"]] == ["INVALID_TRACKING_TOKEN"]  # expired
 
     got = [(h.kind, h.source, h.bot_reason) for h in hits(store, key)]
     implied = ("impression", "implied", None)  # the open the first click implies (no open before it)

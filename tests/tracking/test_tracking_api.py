@@ -104,7 +104,17 @@ async def test_email_links_redirect_record_clicks_and_refuse_tampering(
     r = await api.post("/v2/collect/user/engagement", headers=section.ing,
                        json={"user": {"dyid": dyid}, "engagements": [{"type": "PN_CLICK", "trackingData": body["push"]},
                                                                      {"type": "PN_CLICK", "trackingData": {"rjt": "x.y"}}]})  # fmt: skip
-    assert r.status_code == 202 and r.json() == {"recorded": 1, "ignored": 1}
+    assert r.status_code == 202 and r.json()["recorded"] == 1 and r.json()["ignored"] == 1, r.text
+    assert [(w["code"], w["field"]) for w in r.json()["warnings"]] == [
+        ("INVALID_TRACKING_TOKEN", "engagements.1.trackingData.rjt")
+    ]
+    dy_shaped = [{"type": "CLICK", "decisionId": "d-1", "variations": [1]}, {"type": "PN_CLICK", "trackingData": {}}]
+    r = await api.post("/v2/collect/user/engagement", headers=section.ing,
+                       json={"user": {"dyid": dyid}, "engagements": dy_shaped})  # fmt: skip
+    assert r.status_code == 202 and r.json()["recorded"] == 0 and r.json()["ignored"] == 2, r.text
+    assert [(w["code"], w["field"]) for w in r.json()["warnings"]] == [
+        ("UNSUPPORTED_ENGAGEMENT", "engagements.0.type"), ("NO_TRACKING_TOKEN", "engagements.1.trackingData.rjt")
+    ]
 
     got = [(h.kind, h.source, h.bot_reason) for h in hits(store, send_key)]
     assert got == [
