@@ -122,6 +122,11 @@ def _s3(settings: Settings) -> Iterator[None]:
     """S3 calls of provisioning: no S3 configured, or one down or refusing the keys, is a 503 saying so."""
     if not settings.uses_s3:
         # Customers upload lists straight into S3 with their own keys: the local store cannot do that.
+        if settings.object_store == "local":  # an endpoint and keys may well be set: they are not the cause
+            raise Unavailable(
+                "subscriber lists need an S3 object store, and REJOIN_OBJECT_STORE=local keeps every object "
+                "(lists and uploaded feed files) in the data folder: set it to auto or s3"
+            )
         raise Unavailable(
             "subscriber lists need an S3 object store: set REJOIN_S3_ENDPOINT_URL and keys "
             "(or REJOIN_OBJECT_STORE=s3 for AWS credentials from the environment)"

@@ -111,3 +111,19 @@ async def test_subscriber_list_without_usable_s3_is_a_503(
         r = await variant_api.post(f"/api/v1/integrations/{iid}/subscribers/sync", headers=section.mgmt)
     assert r.status_code == 503, r.text
     assert (endpoint if configured else "REJOIN_S3_ENDPOINT_URL") in r.json()["error"], r.text
+
+
+async def test_subscriber_list_with_the_store_set_local_names_that_setting(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings, store: Store,
+    tmp_path: Path,
+) -> None:
+    """An S3 endpoint and keys set, but `REJOIN_OBJECT_STORE=local`: the 503 names that setting, the
+    cause, not the endpoint and keys already there (before: "set REJOIN_S3_ENDPOINT_URL and keys")."""
+    variant = _variant(
+        settings, data_dir=tmp_path, s3_endpoint_url="http://127.0.0.1:9", s3_access_key_id="k",
+        s3_secret_access_key="s", object_store="local", task_queue="rejoin-test-subs-" + secrets.token_hex(4),
+    )  # fmt: skip
+    iid = (await add_integration(api, section))["id"]
+    async with _app(variant, store, env) as variant_api:
+        r = await variant_api.post(f"/api/v1/integrations/{iid}/subscribers/sync", headers=section.mgmt)
+    assert r.status_code == 503 and "REJOIN_OBJECT_STORE=local" in r.json()["error"], r.text
