@@ -539,7 +539,13 @@ class BroadcastActivities:
             r = reach_with(s, batch.section_id, user.id, step_channels, batch.integrations)
             failed = _failed_channels(s, journey_id) if rec.provider_response is not None else {}
             choice = choose_channel([c.value for c in spec.channel_priority], step_channels, r.unreachable, failed)
-            elsewhere = _open_sends_elsewhere(s, batch.run_id, user.id, step_channels, choice.channel)
+            # Only when another channel is chosen: with none left the recipient is skipped (or failed)
+            # below, and `_finish` closes its open sends, flagged if they may have been delivered.
+            elsewhere = (
+                _open_sends_elsewhere(s, batch.run_id, user.id, step_channels, choice.channel)
+                if choice.channel is not None
+                else []
+            )
             if any(sends.maybe_delivered(send) for send in elsewhere):
                 # An attempt on a channel not chosen now (its opt-in withdrawn since) has no final
                 # answer and may have been delivered: the recipient ends there, as a journey's step
@@ -837,7 +843,8 @@ def _close_send(s: Session, send: Send, why: str) -> tuple[str, str]:
     attempt may have reached the provider (`sends.maybe_delivered`) it is flagged and keeps its cap
     slot, and `why` says so; otherwise the slot is given back. Its previous status and `why`."""
     maybe_delivered = sends.maybe_delivered(send)
-    why += f" ({sends.MAYBE_DELIVERED})" if maybe_delivered else ""
+    # Said once: a recipient that ended for this reason (`_prepare`) already says it.
+    why += f" ({sends.MAYBE_DELIVERED})" if maybe_delivered and sends.MAYBE_DELIVERED not in why else ""
     previous, send.status, send.updated_at = send.status, "failed", now_utc()
     send.possible_duplicate = send.possible_duplicate or maybe_delivered
     send.message_enc = None  # final: the content kept for its retries goes (frozen_message.py)
