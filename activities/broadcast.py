@@ -57,7 +57,7 @@ from store.locks import lock_key
 from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
-from store.tables import Campaign, Section, Send, now_utc
+from store.tables import Campaign, Journey, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
     BatchRequest,
@@ -87,6 +87,10 @@ RECIPIENT_MAX_BACKOFF = timedelta(minutes=10)
 OPEN_SEND = ("in_flight", "retrying")  # a provider call was started and has no final status
 # A recipient merged into another recipient of the same run (the person logged in during it).
 MERGED_DURING_RUN = "merged into another recipient of this run"
+# The other way round: a recipient whose person was already sent the run's message (or has a call
+# of it open) under another recipient row merged into them since (a device sent while anonymous,
+# then logged in): the merge re-points that row's journey and send to the person, not their ids.
+MERGED_ALREADY_SENT = "merged: already sent to this person by another recipient of this run"
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
@@ -501,6 +505,12 @@ class BroadcastActivities:
                 # Merged into another recipient of this run since it was listed (a login during the run):
                 # that row sends the person the run's message; this one would send it again.
                 return self._finish(s, rec, "skipped", MERGED_DURING_RUN)
+            journey_id = batched_journey_id(batch.run_id, user.id)
+            if _sent_under_merged_ids(s, batch, user.id, journey_id):
+                # The other way round: a row merged into this person since the run listed it was sent
+                # the message before the merge (an anonymous device, then a login). Its send, re-pointed
+                # to the person, keeps its key and journey id: this row would send it again.
+                return self._finish(s, rec, "skipped", MERGED_ALREADY_SENT)
             # The person's cap lock before their journey row (LOCK ORDER, as the chunks take them).
             lock_key(s, reservations.cap_lock_key(batch.section_id, user.id))
             if not matches(spec.audience.conditions, user.attributes, spec.audience.match):
@@ -513,7 +523,6 @@ class BroadcastActivities:
             # counts the recipient (cohort and variation, holdout included) and later sends of
             # other campaigns see this one's priority. A retried or deferred recipient keeps
             # the row (and the time) of its first allocation.
-            journey_id = batched_journey_id(batch.run_id, user.id)
             journey_rows.enroll(
                 s,
                 journey_rows.new_journey(
@@ -862,3 +871,28 @@ def _open_sends_elsewhere(
     answer ended (one primary-key read per other channel: none for a one-channel step)."""
     found = (s.get(Send, broadcast_send_key(run_id, user_id, ch)) for ch in step_channels if ch != chosen)
     return [send for send in found if send is not None and send.status in OPEN_SEND]
+
+
+# This run's sends of a person under another recipient's journey: the ids merged into the person
+# since the run listed them (a merge re-points journey and send rows to the person, keeping their
+# ids). One read on the journeys' (section, user) index; sends by their journey index.
+_SENT_UNDER_MERGED_IDS = (
+    select(Send.key)
+    .join(Journey, col(Journey.id) == col(Send.journey_id))
+    .where(
+        col(Journey.section_id) == bindparam("section_id"), col(Journey.user_id) == bindparam("user_id"),
+        col(Journey.workflow_id) == bindparam("workflow_id"), col(Journey.id) != bindparam("journey_id"),
+        col(Send.status).in_(("accepted", *OPEN_SEND)) | col(Send.possible_duplicate),
+    )
+    .limit(1)
+)  # fmt: skip
+
+
+def _sent_under_merged_ids(s: Session, batch: Batch, user_id: str, journey_id: str) -> bool:
+    """Whether the run sent the person its message, or has a call of it open or maybe delivered,
+    under a recipient row merged into them (another journey of the run now carrying the person)."""
+    params = {
+        "section_id": batch.section_id, "user_id": user_id,
+        "workflow_id": broadcast_workflow_id(batch.run_id), "journey_id": journey_id,
+    }  # fmt: skip
+    return s.exec(_SENT_UNDER_MERGED_IDS, params=params).first() is not None

@@ -10,8 +10,9 @@ with a parameter set per recipient; their acceptances are recorded the same way.
 
 This path decides nothing the one-recipient path would decide otherwise: a recipient it cannot
 take as plain (a retry, a fallback, a deferral, a skip, a holdout, a cap or priority refusal, a
-merged id, an erased person, a subscriber list deciding reach, a template missing data) is left
-out of its answer and goes through `_prepare`, which reads it again and decides as it always did.
+merged id or a person with a row merged into them, an erased person, a subscriber list deciding
+reach, a template missing data) is left out of its answer and goes through `_prepare`, which reads
+it again and decides as it always did.
 It writes nothing for a recipient it leaves out, but the cap slot of one whose message could not
 be composed (given back in the same transaction).
 
@@ -178,7 +179,19 @@ class PlainPath:
         attempted = set(
             s.exec(select(Send.journey_id).where(col(Send.journey_id).in_(list(journey_of.values())))).all()
         )
-        sending = [u for u in sending if journey_of[u] not in attempted]
+        # A person with another journey of this run (a recipient row merged into them since the run
+        # listed it: the merge re-points its journey and send to the person) may have been sent the
+        # message under that row: `_prepare` decides. One read on the journeys' (section, user) index.
+        merged_in = set(
+            s.exec(
+                select(Journey.user_id).where(
+                    col(Journey.section_id) == batch.section_id, col(Journey.user_id).in_(sending),
+                    col(Journey.workflow_id) == broadcast_workflow_id(batch.run_id),
+                    col(Journey.id).not_in(list(journey_of.values())),
+                )
+            ).all()
+        ) if sending else set()  # fmt: skip
+        sending = [u for u in sending if journey_of[u] not in attempted and u not in merged_in]
         step_channels = {u: [c.value for c in variations[u].steps[0].messages] for u in sending}
         everyone = [ch for u in sending for ch in step_channels[u]]
         reach = reach_many(s, batch.section_id, sending, everyone, batch.integrations) if sending else {}
