@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import Field, HttpUrl, field_validator
 
-from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, with_token
-from providers.preset import PresetConfig, accepted, join
+from providers.preset import PresetConfig, accepted, answer_object, join
 
 JWT_LIFETIME = 40 * 60.0
 
@@ -76,6 +76,11 @@ def apns_body(payload: dict[str, Any]) -> dict[str, Any]:
     alert = {k: payload[k] for k in ("title", "subtitle", "body") if k in payload}
     extra = {k: v for k, v in payload.items() if k not in alert}
     return {"aps": {"alert": alert}, **extra}
+
+
+def said_by_apns(body: str) -> str | None:
+    """APNs' words in an error answer: its `reason` (BadDeviceToken, Unregistered...)."""
+    return said(answer_object(body).get("reason"))
 
 
 def _token_refused(resp: ProviderResponse) -> bool:
@@ -132,7 +137,7 @@ class ApnsProvider:
             )
 
         resp = await with_token(self.ctx.tokens, key, self._signer(cfg), post, _token_refused)
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_apns)
         if error is not None:
             # 410 Unregistered; 400 BadDeviceToken / DeviceTokenNotForTopic: the token is dead here.
             dead = resp.status == 410 or (resp.status == 400 and any(r in resp.body for r in DEAD_TOKEN_REASONS))

@@ -19,6 +19,17 @@ forms a request carries them in (URL/form-encoded, JSON-escaped, base64, Basic `
 `[secret]` before masking addresses. The registry runs every send and save-time check inside
 `redacting(...)` (`providers/registry.py`), so `kept_answer` and `ProviderError` made during the
 call, by any adapter, use it; the one place that turns provider text into something kept.
+
+Provider text is also made storable where it is made (`storable`): a NUL (PostgreSQL's text
+refuses it) and lone surrogates (what a header of invalid UTF-8 decodes to, or a JSON `\\udc80`
+escape; no database nor JSON answer can encode them) become U+FFFD. A `ProviderResponse` does
+this to its body, headers and message id when it is built, a `ProviderError` to its text, so a
+send never fails to record the answer (a failed record made Temporal repeat the send).
+
+A refusal's text leads with the vendor's own words when the adapter can read them from the
+answer (`classify_http`'s `explain`, made with `said`: FCM's errorCode and message, SendGrid's
+errors...), then the raw answer: kept reasons are cut (200 characters in a decision, 160 grouped
+in delivery health), and the part that tells one cause from another must come before the cut.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -43,6 +54,39 @@ KEPT_ANSWER_CHARS = 2000
 # Read past the cut before masking, so an address that straddles it is still recognised whole
 # (254 characters is the longest valid e-mail address), without masking a megabyte of body.
 _ADDRESS_MARGIN = 254
+
+
+# What a character no store can keep becomes: the Unicode replacement character.
+REPLACEMENT = "\ufffd"
+# NUL and lone surrogates: PostgreSQL's text refuses NUL, and no UTF-8 encoder takes a surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# The longest message id kept (`Send.provider_message_id` is a VARCHAR(300)).
+MESSAGE_ID_CHARS = 300
+# The longest lead a vendor's own error words get in a refusal's text (the raw answer follows).
+SAID_CHARS = 300
+
+
+def storable(text: str) -> str:
+    """Provider text as every store and answer can take it: NUL and lone surrogates replaced."""
+    if text.isascii():
+        return text.replace("\0", REPLACEMENT) if "\0" in text else text
+    return _UNSTORABLE.sub(REPLACEMENT, text)
+
+
+def storable_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with names and values made `storable` (the same dict when nothing needed it)."""
+    if all(storable(k) == k and storable(v) == v for k, v in headers.items()):
+        return headers
+    return {storable(k): storable(v) for k, v in headers.items()}
+
+
+def storable_id(value: object) -> str | None:
+    """A vendor's message id as kept: text (a JSON number as its digits), storable, at most
+    `MESSAGE_ID_CHARS`; None for none, or for a JSON object or list where an id was expected."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    text = storable(value if isinstance(value, str) else str(value))
+    return text[:MESSAGE_ID_CHARS] or None
 
 
 SECRET_MASK = "[secret]"
@@ -142,8 +186,9 @@ class Redactor:
         return ProviderResponse(resp.status, self.secrets(resp.body), self.headers(resp.headers), resp.message_id)
 
     def redact(self, text: str) -> str:
-        """Secrets, then addresses and phone numbers, masked (the one rule for provider text)."""
-        return mask(self.secrets(text))
+        """Secrets, then addresses and phone numbers, masked (the one rule for provider text), and
+        made `storable`."""
+        return storable(mask(self.secrets(text)))
 
     def kept(self, text: str, limit: int = 0) -> str:
         """`redact`, then cut to `limit` characters (0: no cut). Reads past the cut first, so a
@@ -203,10 +248,18 @@ class OutboundMessage:
 
 @dataclass(frozen=True)
 class ProviderResponse:
+    """A provider's answer. Its text is made `storable` as it is built, whichever adapter built it:
+    everything kept of an answer (body, message id) is read from one of these."""
+
     status: int
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body", storable(self.body))
+        object.__setattr__(self, "headers", storable_headers(self.headers))
+        object.__setattr__(self, "message_id", storable_id(self.message_id))
 
 
 class ProviderError(Exception):
@@ -243,7 +296,7 @@ class ProviderError(Exception):
         self.body = body
         self.retry_after = retry_after
         self.outcome_unknown = outcome_unknown
-        self.headers = headers or {}
+        self.headers = storable_headers(headers or {})
 
 
 class ConfigurationError(Exception):
@@ -308,11 +361,29 @@ def parse_rate_limit_reset(value: str | None, now: float | None = None) -> float
     return max(0.0, wait)
 
 
-def classify_http(status: int, body: str, headers: dict[str, str]) -> ProviderError | None:
-    """None for success; otherwise the error with its retry classification."""
+def said(*parts: object) -> str | None:
+    """A vendor's own error words (a code, a message) as one line, `code: message`; None when the
+    answer gave none (parts that are missing, empty, or not text nor a number are left out)."""
+    texts = [str(p) for p in parts if isinstance(p, str | int | float) and not isinstance(p, bool)]
+    return ": ".join(w for w in (" ".join(t.split()) for t in texts) if w) or None
+
+
+def classify_http(
+    status: int, body: str, headers: dict[str, str], explain: Callable[[str], str | None] | None = None
+) -> ProviderError | None:
+    """None for success; otherwise the error with its retry classification.
+
+    `explain`: the adapter's reading of its vendor's own words about the error in the answer body
+    (made with `said`; called for failures only). They lead the error's text, before the raw
+    answer: what is kept of a reason is cut (a decision's 200 characters, delivery health's 160),
+    and the raw JSON of a vendor (FCM's `{"error": {"code": 404, ... "details": [...`) reaches its
+    error code only past the cut."""
     if 200 <= status < 300:
         return None
     snippet = body[:500]
+    vendor_said = explain(body) if explain is not None else None
+    if vendor_said:
+        snippet = f"{vendor_said[:SAID_CHARS]} | {snippet}"
     if status == 429:
         return ProviderError(
             f"rate limited (429): {snippet}",

@@ -16,12 +16,18 @@ from typing import Any
 
 from pydantic import Field, HttpUrl, field_validator, model_validator
 
-from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
+from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, said
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, client_credentials, jwt_bearer, signing_account, with_token
-from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
+from providers.preset import PresetConfig, ServiceAccount, accepted, answer_object, join, json_body
 
 SCOPE = "https://api.emarsys.net/api/v3"
+
+
+def said_by_emarsys(body: str) -> str | None:
+    """Emarsys' words in an error answer: its `replyCode` and `replyText`."""
+    answer = answer_object(body)
+    return said(answer.get("replyCode"), answer.get("replyText"))
 
 
 class EmarsysConfig(PresetConfig):
@@ -90,7 +96,7 @@ class EmarsysProvider:
             return await self.ctx.caller.request("POST", url, json=body, headers=headers)
 
         resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post)
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_emarsys)
         if error is not None:
             raise error
         answer = json_body(resp)

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field, HttpUrl, ValidationError, ValidationInfo, field_validator
 
-from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, signing_account, with_token
 from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
@@ -130,6 +130,14 @@ def _token_invalid(error: dict[str, Any]) -> bool:
     return any(isinstance(v, dict) and v.get("field") == "message.token" for v in violations)
 
 
+def said_by_fcm(body: str) -> str | None:
+    """FCM's words in an error answer: its FcmError `errorCode` (UNREGISTERED), else the error's
+    `status` (NOT_FOUND), and its `message`. Which of the two a 404 is decides an opt-out."""
+    error = _error_of(body)
+    codes = [d["errorCode"] for d in _details(error, FCM_ERROR) if isinstance(d.get("errorCode"), str)]
+    return said(codes[0] if codes else error.get("status"), error.get("message"))
+
+
 def recipient_gone(status: int, body: str) -> bool:
     error = _error_of(body)
     return _unregistered(error) or (status == 400 and _token_invalid(error))
@@ -165,7 +173,7 @@ class FcmProvider:
             return await self.ctx.caller.request("POST", url, json=body, headers=headers)
 
         resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post)
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_fcm)
         if error is not None:
             # UNREGISTERED: the app instance is gone; 400 about the registration token: it was never
             # valid. Other 400s are about the message, and a bare 404 about the project or URL.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -352,10 +353,13 @@ class HttpCaller:
             return ProviderResponse(status=resp.status, body=resp.text, headers=lowered)
         raise ConfigurationError(f"more than {MAX_REDIRECTS} redirects")
 
-    async def call(self, method: str, url: str, **kwargs: Any) -> ProviderResponse:
-        """Send; raise the classified ProviderError unless the answer is 2xx."""
+    async def call(
+        self, method: str, url: str, *, explain: Callable[[str], str | None] | None = None, **kwargs: Any
+    ) -> ProviderResponse:
+        """Send; raise the classified ProviderError unless the answer is 2xx. `explain`: the
+        adapter's reading of its vendor's error words in an answer body (`classify_http`)."""
         resp = await self.request(method, url, **kwargs)
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, explain)
         if error is not None:
             raise error
         return ProviderResponse(status=resp.status, body=resp.body[:2000], headers=resp.headers)

@@ -11,9 +11,15 @@ from typing import Literal
 
 from pydantic import Field, HttpUrl
 
-from providers.base import OutboundMessage, ProviderError, ProviderResponse
+from providers.base import OutboundMessage, ProviderError, ProviderResponse, said
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, join, json_body
+from providers.preset import PresetConfig, accepted, answer_object, join, json_body
+
+
+def said_by_iterable(body: str) -> str | None:
+    """Iterable's words in an error answer: its `code` and `msg`."""
+    answer = answer_object(body)
+    return said(answer.get("code"), answer.get("msg"))
 
 
 class IterableConfig(PresetConfig):
@@ -41,7 +47,8 @@ class IterableProvider:
             "metadata": {"rejoin_send_key": message.idempotency_key},
         }
         resp = await self.ctx.caller.call(
-            "POST", join(str(cfg.base_url), "/api/email/target"), json=body, headers={"Api-Key": cfg.api_key}
+            "POST", join(str(cfg.base_url), "/api/email/target"), json=body, headers={"Api-Key": cfg.api_key},
+            explain=said_by_iterable,
         )
         answer = json_body(resp)
         if isinstance(answer, dict) and answer.get("code") not in (None, "Success"):

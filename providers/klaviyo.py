@@ -19,7 +19,7 @@ from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
 from providers.base import OutboundMessage, ProviderResponse
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, join
+from providers.preset import PresetConfig, accepted, answer_object, join, said_in_list
 
 
 ProfileField = Literal["email", "phone_number", "external_id"]
@@ -33,6 +33,11 @@ IDENTIFIER_TYPE_BY_PROFILE_FIELD: dict[str, str] = {"email": "email", "phone_num
 def profile_field_for(configured: ProfileField | None, channel: str) -> ProfileField:
     """The configured field, else the channel's default (a config validated without a channel)."""
     return configured or DEFAULT_PROFILE_FIELD.get(channel, "email")
+
+
+def said_by_klaviyo(body: str) -> str | None:
+    """Klaviyo's words in an error answer (JSON:API `errors`): each error's `code` and `detail`."""
+    return said_in_list(answer_object(body).get("errors"), "code", "detail", "title")
 
 
 class KlaviyoConfig(PresetConfig):
@@ -85,6 +90,7 @@ class KlaviyoProvider:
                 "Content-Type": "application/vnd.api+json",
                 "Accept": "application/vnd.api+json",
             },
+            explain=said_by_klaviyo,
         )
         return accepted(resp, None)
 

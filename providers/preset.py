@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
-from providers.base import ProviderResponse
+from providers.base import ProviderResponse, said
 
 
 class PresetConfig(BaseModel):
@@ -46,6 +46,28 @@ def json_body(resp: ProviderResponse) -> Any:
         return json.loads(resp.body) if resp.body else None
     except ValueError:
         return None
+
+
+def answer_object(body: str) -> dict[str, Any]:
+    """A JSON object answer ({} when the body is not one: a proxy's HTML page, a list, text)."""
+    try:
+        answer = json.loads(body) if body else None
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def said_in_list(errors: Any, code: str, *messages: str) -> str | None:
+    """The vendor's words of the first errors of a JSON list (SendGrid's and Klaviyo's `errors`):
+    each error's `code` and first of `messages` (`said`), joined by "; "."""
+    if not isinstance(errors, list):
+        return None
+    words = []
+    for error in errors[:3]:
+        if isinstance(error, dict):
+            text = next((error[m] for m in messages if isinstance(error.get(m), str) and error[m].strip()), None)
+            words.append(said(error.get(code), text))
+    return "; ".join(w for w in words if w) or None
 
 
 def accepted(resp: ProviderResponse, message_id: str | None) -> ProviderResponse:

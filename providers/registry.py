@@ -25,6 +25,7 @@ from providers.base import (
     ProviderResponse,
     Redactor,
     redacting,
+    storable,
 )
 from providers.context import AdapterContext
 from providers.custom_http import CustomHttpProvider
@@ -159,8 +160,9 @@ def _masked(err: ProviderError, redactor: Redactor) -> None:
 
 def _masked_configuration(err: ConfigurationError, redactor: Redactor) -> None:
     """A configuration error is Rejoin's own words, kept readable (a refused URL names its
-    address); one quoting a vendor (a refused token) was masked when made: secrets only, again."""
-    err.args = tuple(redactor.secrets(a) if isinstance(a, str) else a for a in err.args)
+    address); one quoting a vendor (a refused token) was masked when made: secrets only, again,
+    and made `storable` (Responsys' refused login quotes its `errorCode` raw)."""
+    err.args = tuple(storable(redactor.secrets(a)) if isinstance(a, str) else a for a in err.args)
 
 
 class ProviderRegistry:

@@ -15,12 +15,19 @@ from urllib.parse import quote
 
 from pydantic import Field, HttpUrl
 
-from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http
+from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, said
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, TokenRejected, cache_key, with_token
-from providers.preset import PresetConfig, accepted, join, json_body
+from providers.preset import PresetConfig, accepted, answer_object, join, json_body
 
 TOKEN_LIFETIME = 3 * 3600.0
+
+
+def said_by_responsys(body: str) -> str | None:
+    """Responsys' words in an error answer: its `errorCode` and `detail` (or `title`)."""
+    answer = answer_object(body)
+    detail = answer.get("detail") if isinstance(answer.get("detail"), str) and answer["detail"].strip() else None
+    return said(answer.get("errorCode"), detail or answer.get("title"))
 
 
 class ResponsysConfig(PresetConfig):
@@ -75,7 +82,7 @@ class ResponsysProvider:
         body = {"recipientData": [{"recipient": recipient, "optionalData": optional}]}
         key = self._key(message, cfg)
         resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), lambda t: self._post(t, path, body))
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_responsys)
         if error is not None:
             raise error
         results = json_body(resp)

@@ -24,7 +24,7 @@ from pydantic import Field, HttpUrl
 
 from providers.base import OutboundMessage, ProviderError, ProviderResponse, classify_http, parse_rate_limit_reset
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, join
+from providers.preset import PresetConfig, accepted, answer_object, join, said_in_list
 
 
 def with_reset_wait(error: ProviderError) -> ProviderError:
@@ -32,6 +32,11 @@ def with_reset_wait(error: ProviderError) -> ProviderError:
     if error.status == 429 and error.retry_after is None:
         error.retry_after = parse_rate_limit_reset(error.headers.get("x-ratelimit-reset"))
     return error
+
+
+def said_by_sendgrid(body: str) -> str | None:
+    """SendGrid's words in an error answer: `errors[].message`, after the field it names."""
+    return said_in_list(answer_object(body).get("errors"), "field", "message")
 
 
 def _text(value: Any) -> str | None:
@@ -89,7 +94,7 @@ class SendGridProvider:
             json=body,
             headers={"Authorization": f"Bearer {cfg.api_key}"},
         )
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_sendgrid)
         if error is not None:
             raise with_reset_wait(error)
         return accepted(resp, resp.headers.get("x-message-id"))

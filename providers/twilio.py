@@ -19,9 +19,9 @@ from typing import Any
 
 from pydantic import Field, HttpUrl, model_validator
 
-from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if
+from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, join, json_body, text_of
+from providers.preset import PresetConfig, accepted, answer_object, join, json_body, text_of
 
 
 # Twilio error codes that are permanent for the 'To' number (see the module docstring).
@@ -31,6 +31,12 @@ RECIPIENT_GONE_CODES = frozenset({21610, 21211, 21614})
 def recipient_gone(answer: Any) -> bool:
     """Whether Twilio's error answer (parsed JSON) names a code that is permanent for the number."""
     return isinstance(answer, dict) and answer.get("code") in RECIPIENT_GONE_CODES
+
+
+def said_by_twilio(body: str) -> str | None:
+    """Twilio's words in an error answer: its error `code` and `message`."""
+    answer = answer_object(body)
+    return said(answer.get("code"), answer.get("message"))
 
 
 class TwilioConfig(PresetConfig):
@@ -74,7 +80,7 @@ class TwilioProvider:
             headers={"Authorization": f"Basic {auth}", "Accept": "application/json"},
         )
         answer = json_body(resp)
-        error = classify_http(resp.status, resp.body, resp.headers)
+        error = classify_http(resp.status, resp.body, resp.headers, said_by_twilio)
         if error is not None:
             raise gone_if(error, recipient_gone(answer))
         return accepted(resp, answer.get("sid") if isinstance(answer, dict) else None)

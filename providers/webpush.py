@@ -36,10 +36,11 @@ from providers.base import (
     current_redactor,
     gone_if,
     redacting,
+    said,
 )
 from providers.context import AdapterContext
 from providers.http import HttpCaller
-from providers.preset import PresetConfig, accepted
+from providers.preset import PresetConfig, accepted, answer_object
 
 
 def b64url(data: bytes) -> str:
@@ -100,6 +101,13 @@ def shopper_caller(caller: HttpCaller) -> HttpCaller:
     if not caller.guard.allowed_targets:
         return caller
     return HttpCaller(caller.transport, replace(caller.guard, allowed_targets=frozenset()))
+
+
+def said_by_push_service(body: str) -> str | None:
+    """A push service's words in an error answer: Mozilla's `error` and `message`, Apple's `reason`
+    (Google's is plain text, which leads the error as it is)."""
+    answer = answer_object(body)
+    return said(answer.get("error"), answer.get("message")) or said(answer.get("reason"))
 
 
 class WebPushConfig(PresetConfig):
@@ -174,7 +182,9 @@ class WebPushProvider:
         redactor = current_redactor().adding(token)
         with redacting(redactor):
             try:
-                resp = await shopper_caller(self.ctx.caller).call("POST", endpoint, content=body, headers=headers)
+                resp = await shopper_caller(self.ctx.caller).call(
+                    "POST", endpoint, content=body, headers=headers, explain=said_by_push_service
+                )
             except ProviderError as err:
                 raise gone_if(err, err.status in (404, 410)) from None  # the subscription expired or was revoked
         return accepted(redactor.answer(resp), resp.headers.get("location"))
