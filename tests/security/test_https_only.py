@@ -69,13 +69,13 @@ async def test_save_refuses_http_token_and_base_urls(
         body = {"channel": "email", "name": "ESP", "kind": "custom_http",
                 "config": {"url": "https://93.184.215.14/hook", "auth": auth}}  # fmt: skip
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "auth", "token_url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "auth", "token_url"], r.text
         assert "https" in r.text
         body = {"channel": "email", "name": "SG", "kind": "sendgrid",
                 "config": {"api_key": "SG.x", "from_email": "shop@example.com", "template_id": "d-1",
                            "base_url": "http://93.184.215.14"}}  # fmt: skip
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "base_url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "base_url"], r.text
         body = {"channel": "email", "name": "ESP", "kind": "custom_http", "config": {"url": "http://93.184.215.14/h"}}
         r = await api.post("/api/v1/integrations", json=body, headers=sec.mgmt)
-        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["config", "url"], r.text
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "config", "url"], r.text

@@ -57,7 +57,7 @@ async def test_an_email_opt_in_of_several_addresses_is_422_naming_the_field(
         body = {"identifier": {"type": "email", "value": bad}}
         r = await api.post("/v2/userdata/channels/email/opt-in", json=body, headers=section.ing)
         assert r.status_code == 422, (bad, r.text)
-        assert r.json()["detail"][0]["loc"] == ["identifier", "value"], r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "identifier", "value"], r.text
     with store.session() as s:
         assert s.exec(select(OptIn).where(OptIn.section_id == section.id)).all() == []
     body = {"identifier": {"type": "email", "value": " Jane@Example.com "}}

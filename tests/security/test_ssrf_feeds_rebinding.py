@@ -186,7 +186,7 @@ async def test_an_internal_feed_url_is_refused_on_save(strict_api: httpx.AsyncCl
     r = await strict_api.post(
         "/api/v1/feeds", json={"kind": "product", "name": "F", "source": "url", "url": url}, headers=sec.mgmt
     )
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["url"], r.text
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "url"], r.text
     with store.session() as s:
         assert s.exec(select(Feed).where(Feed.section_id == sec.id)).all() == []
 

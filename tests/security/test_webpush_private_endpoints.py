@@ -128,7 +128,7 @@ async def test_the_opt_in_api_refuses_internal_endpoints(
         body = {"identifier": {"type": "custom", "value": json.dumps(subscription(endpoint))}}
         r = await strict_api.post("/v2/userdata/channels/web_push/opt-in", json=body, headers=sec.ing)
         assert r.status_code == 422, (endpoint, r.text)
-        assert r.json()["detail"][0]["loc"] == ["identifier", "value"], r.json()
+        assert r.json()["detail"][0]["loc"] == ["body", "identifier", "value"], r.json()
     assert _web_push_rows(store, sec.id) == []
     body = {"identifier": {"type": "custom", "value": json.dumps(subscription(PUBLIC_ENDPOINT))}}
     r = await strict_api.post("/v2/userdata/channels/web_push/opt-in", json=body, headers=sec.ing)
