@@ -41,6 +41,11 @@ PING_AFTER_IDLE = 5.0
 SCHEMA_LOCK_KEY = 0x72656A6F696E
 
 
+# A failed statement's error (logged with its traceback: a worker's activity failure, the API's 500)
+# leaves out its parameters: they are the rows' values, addresses, carts, provider answers.
+HIDE_PARAMETERS = True
+
+
 def normalise_url(url: str) -> str:
     """Accept plain `postgresql://` URLs and use the psycopg 3 driver for them."""
     if url.startswith("postgres://"):
@@ -61,10 +66,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=pool_size,
             max_overflow=pool_size * 2,
+            hide_parameters=HIDE_PARAMETERS,
         )
         _configure_sqlite(engine)
     else:
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, hide_parameters=HIDE_PARAMETERS)
         _ping_after_idle(engine)
     return engine
 
