@@ -33,6 +33,7 @@ from api.main import create_app
 from runtime.temporal import API_CONNECT_TIMEOUT
 from settings import Settings
 from store.engine import Store
+from tests.api.temporal_outage import api_connecting_to, url_feed
 from tests.helpers import SectionKeys
 from tests.temporal_fault_server import _SYSTEM_INFO, TemporalFaultServer
 
@@ -74,26 +75,11 @@ class _SilentAfterHandshake(TemporalFaultServer):
             self.calls.append(path.rsplit("/", 1)[-1])
 
 
-@asynccontextmanager
-async def _api_at(settings: Settings, store: Store, address: str) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"temporal_address": address}), store=store)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://bounds.test", timeout=120) as client:
-        yield client
-
-
-async def _url_feed(api: httpx.AsyncClient, section: SectionKeys) -> str:
-    body = {"kind": "product", "name": "F", "source": "url", "url": "http://127.0.0.1:9/f.csv"}
-    r = await api.post("/api/v1/feeds", json=body, headers=section.mgmt)
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
 async def test_nothing_listening_is_a_503_at_once(
     api: httpx.AsyncClient, section: SectionKeys, settings: Settings, store: Store
 ) -> None:
-    feed = await _url_feed(api, section)
-    async with _api_at(settings, store, f"127.0.0.1:{_free_port()}") as offline:
+    feed = await url_feed(api, section)
+    async with api_connecting_to(settings, store, f"127.0.0.1:{_free_port()}") as offline:
         started = time.monotonic()
         r = await offline.post(f"/api/v1/feeds/{feed}/sync", headers=section.mgmt)
         took = time.monotonic() - started
@@ -105,8 +91,8 @@ async def test_nothing_listening_is_a_503_at_once(
 async def test_a_silent_address_is_a_503_within_the_bound_for_requests_arriving_together(
     api: httpx.AsyncClient, section: SectionKeys, settings: Settings, store: Store
 ) -> None:
-    feed = await _url_feed(api, section)
-    async with _silent_tcp() as port, _api_at(settings, store, f"127.0.0.1:{port}") as hung:
+    feed = await url_feed(api, section)
+    async with _silent_tcp() as port, api_connecting_to(settings, store, f"127.0.0.1:{port}") as hung:
         started = time.monotonic()
         answers = await asyncio.gather(*(hung.post(f"/api/v1/feeds/{feed}/sync", headers=section.mgmt)
                                          for _ in range(3)))  # fmt: skip
@@ -121,12 +107,12 @@ async def test_a_temporal_that_stops_answering_calls_is_a_503_within_the_bound(
     api: httpx.AsyncClient, section: SectionKeys, settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(temporal_errors, "CALL_TIMEOUT_SECONDS", 2.0)  # the test's time, not the rule
-    feed = await _url_feed(api, section)
+    feed = await url_feed(api, section)
     silent = _SilentAfterHandshake()
     server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
     silent.port = int(server.sockets[0].getsockname()[1])
     try:
-        async with _api_at(settings, store, f"127.0.0.1:{silent.port}") as hung:
+        async with api_connecting_to(settings, store, f"127.0.0.1:{silent.port}") as hung:
             started = time.monotonic()
             r = await hung.post(f"/api/v1/feeds/{feed}/sync", headers=section.mgmt)
             took = time.monotonic() - started

@@ -15,8 +15,6 @@ the real Temporal test server, the session's database.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
@@ -26,12 +24,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.deps import AppState
 from api.ingestion import redispatch_pending
-from api.main import create_app
 from api.temporal_errors import RETRY_AFTER_SECONDS
 from runtime.temporal import connect_temporal
 from settings import Settings
 from store.engine import Store
 from store.tables import Event
+from tests.api.temporal_outage import api_connecting_to, url_feed
 from tests.helpers import (
     SectionKeys,
     add_integration,
@@ -47,27 +45,11 @@ from tests.temporal_fault_server import temporal_fault_server
 FAIL_FAST_SECONDS = 3.5
 
 
-@asynccontextmanager
-async def _api_connecting_to(settings: Settings, store: Store, address: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The API as in production: no client handed in, `AppState.client` connects to `address` itself."""
-    app = create_app(settings.model_copy(update={"temporal_address": address}), store=store)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://outage.test", timeout=60) as client:
-        yield client
-
-
-async def _feed(api: httpx.AsyncClient, section: SectionKeys) -> str:
-    body = {"kind": "product", "name": "F", "source": "url", "url": "http://127.0.0.1:9/f.csv"}
-    r = await api.post("/api/v1/feeds", json=body, headers=section.mgmt)
-    assert r.status_code == 201, r.text
-    return str(r.json()["id"])
-
-
 async def test_temporal_unreachable_is_a_503_with_retry_after(
     api: httpx.AsyncClient, section: SectionKeys, settings: Settings, store: Store
 ) -> None:
-    feed = await _feed(api, section)
-    async with _api_connecting_to(settings, store, "127.0.0.1:1") as offline:
+    feed = await url_feed(api, section)
+    async with api_connecting_to(settings, store, "127.0.0.1:1") as offline:
         r = await offline.post(f"/api/v1/feeds/{feed}/sync", headers=section.mgmt)
     assert r.status_code == 503 and "not reachable" in r.json()["error"], r.text
     assert r.headers.get("retry-after") == str(RETRY_AFTER_SECONDS), r.headers
@@ -82,9 +64,9 @@ async def test_a_request_waits_on_temporal_retries_for_seconds_at_most(
     api: httpx.AsyncClient, section: SectionKeys, settings: Settings, store: Store, status: RPCStatusCode,
     expected: int,
 ) -> None:  # fmt: skip
-    feed = await _feed(api, section)
+    feed = await url_feed(api, section)
     async with temporal_fault_server(status) as server:
-        async with _api_connecting_to(settings, store, f"127.0.0.1:{server.port}") as faulty:
+        async with api_connecting_to(settings, store, f"127.0.0.1:{server.port}") as faulty:
             started = time.monotonic()
             r = await faulty.post(f"/api/v1/feeds/{feed}/sync", headers=section.mgmt)
             took = time.monotonic() - started
@@ -110,7 +92,7 @@ async def test_a_rate_limited_temporal_stops_the_sweep_round_and_keeps_the_event
     cid = await create_campaign(api, section, cart_campaign())
     users = [await reachable_user(api, section) for _ in range(3)]
     pending: list[str] = []
-    async with _api_connecting_to(settings, store, "127.0.0.1:1") as offline:
+    async with api_connecting_to(settings, store, "127.0.0.1:1") as offline:
         for dyid, _ in users:
             body = {"user": {"dyid": dyid, "active_consent_accepted": True}, "events": [add_to_cart("sku-1")]}
             r = await offline.post("/v2/collect/user/event", json=body, headers=section.ing)
