@@ -114,17 +114,18 @@ def batch_campaign(kind: str, channels: tuple[str, ...] = ("email",), **extra: A
     }
 
 
+def push_opt_in() -> dict[str, Any]:
+    """An app push opt-in event with a token of its own (legacy `pushID` form)."""
+    token = "tok-" + secrets.token_hex(6)
+    return {"name": "Opt-in", "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"}}
+
+
 async def push_user(
     api: httpx.AsyncClient, sec: SectionKeys, store: Store, timezone: str | None = None
 ) -> str:
     """A user opted in to app push with a token (legacy opt-in event), optionally with a timezone attribute."""
     dyid = str(secrets.randbelow(10**18))
-    token = "tok-" + secrets.token_hex(6)
-    event = {
-        "name": "Opt-in",
-        "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"},
-    }
-    await collect(api, sec, dyid, event)
+    await collect(api, sec, dyid, push_opt_in())
     r = await api.get(f"/api/v1/users/{dyid}", headers=sec.mgmt)
     uid = str(r.json()["id"])
     if timezone:

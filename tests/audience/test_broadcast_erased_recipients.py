@@ -36,6 +36,7 @@ from tests.audience.feed_helpers import (
     get_run,
     planned_batch,
     provider_push,
+    push_opt_in,
     run_result,
 )
 from tests.audience.test_broadcast_exactly_once import _activities
@@ -50,20 +51,15 @@ def _s3(s3: str) -> str:
     return s3
 
 
-def _opt_in() -> dict[str, object]:
-    token = "tok-" + secrets.token_hex(6)
-    return {"name": "Opt-in", "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"}}
-
-
 async def _shopper(api: httpx.AsyncClient, sec: SectionKeys, *, second_device: bool = False) -> tuple[str, list[str]]:
     """A logged-in shopper opted in to app push: (dyid, their user ids). With `second_device`, also an
     anonymous device of theirs that opted in and then logged in: merged into the person (an alias)."""
     dyid, email = new_dyid(), f"p{secrets.token_hex(4)}@example.com"
-    await collect(api, sec, dyid, _opt_in(), login(email))
+    await collect(api, sec, dyid, push_opt_in(), login(email))
     ids = [await _user_id(api, sec, dyid)]
     if second_device:
         device = new_dyid()
-        await collect(api, sec, device, _opt_in())
+        await collect(api, sec, device, push_opt_in())
         ids.append(await _user_id(api, sec, device))
         await collect(api, sec, device, login(email))
         assert await _user_id(api, sec, device) == ids[0]  # merged: the device's id is an alias now

@@ -28,7 +28,7 @@ from security.crypto import SecretBox
 from settings import Settings
 from store.broadcast_tables import BroadcastRecipient
 from store.engine import Store
-from tests.audience.feed_helpers import batch_campaign, driven_run, planned_batch, provider_push
+from tests.audience.feed_helpers import batch_campaign, driven_run, planned_batch, provider_push, push_opt_in
 from tests.audience.test_broadcast_exactly_once import _activities
 from tests.helpers import SectionKeys, collect, create_campaign, login
 from tests.provider_server import ProviderServer, Reply
@@ -41,11 +41,6 @@ def _s3(s3: str) -> str:
     return s3
 
 
-def _opt_in() -> dict[str, object]:
-    token = "tok-" + secrets.token_hex(6)
-    return {"name": "Opt-in", "properties": {"dyType": "message-optin-v1", "pushID": token, "channelType": "APP_PUSH"}}
-
-
 async def test_a_device_logging_in_during_a_run_is_not_sent_the_message_again(
     api: httpx.AsyncClient, section: SectionKeys, store: Store, settings: Settings, fresh_provider: ProviderServer
 ) -> None:
@@ -54,8 +49,8 @@ async def test_a_device_logging_in_during_a_run_is_not_sent_the_message_again(
     shoppers = []
     for _ in range(PEOPLE):
         email, person, device = f"p{secrets.token_hex(4)}@example.com", secrets.token_hex(6), secrets.token_hex(6)
-        await collect(api, section, person, _opt_in(), login(email))  # logged in: the CUID's owner
-        await collect(api, section, device, _opt_in())  # the same shopper's other device, anonymous
+        await collect(api, section, person, push_opt_in(), login(email))  # logged in: the CUID's owner
+        await collect(api, section, device, push_opt_in())  # the same shopper's other device, anonymous
         shoppers.append((email, device))
     spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": "2026-01-01T00:00:00Z"})
     cid = await create_campaign(api, section, spec)
@@ -101,8 +96,8 @@ async def test_a_device_sent_before_logging_in_is_not_sent_the_message_again_as_
     shoppers, people = [], []
     for _ in range(PEOPLE):
         email, person, device = f"p{secrets.token_hex(4)}@example.com", secrets.token_hex(6), secrets.token_hex(6)
-        await collect(api, section, person, _opt_in(), login(email))
-        await collect(api, section, device, _opt_in())
+        await collect(api, section, person, push_opt_in(), login(email))
+        await collect(api, section, device, push_opt_in())
         shoppers.append((email, device))
         people.append(await _user_id(api, section, person))
     extra = {"throttle_per_second": throttle} if throttle else {}
