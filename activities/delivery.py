@@ -70,6 +70,7 @@ class _Prepared:
     possible_duplicate: bool
     step_name: str
     opt_in_id: int | None  # the recipient's consent row: opted out if the provider says it is gone
+    config_as_of: datetime  # the integration's `updated_at` the message's credentials were read at
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Delivery:
         try:
             response = await prepared.provider.send(prepared.message)
         except ProviderError as err:
-            if err.retryable:
+            if err.retryable or await asyncio.to_thread(self._refused_stale_credentials, req, prepared, err):
                 await asyncio.to_thread(self._note_retry, req, err)
                 raise retry_later(err, req.send_key) from err
             gone = prepared.opt_in_id if err.recipient_gone else None
@@ -218,7 +219,7 @@ class Delivery:
         if content is None:
             return self._fail_in(s, req, step_name, "recipient no longer opted in", None, "", fallback=True)
         message = self._outbound(req, integration, content)
-        return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id)
+        return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id, integration.updated_at)
 
     def _resend_in(
         self,
@@ -242,7 +243,9 @@ class Delivery:
             # Neither the old content to the new address nor new content under the old key.
             return self._fail_in(s, req, content.step_name, RECIPIENT_CHANGED, None, "", fallback=False)
         message = self._outbound(req, integration, content)
-        return _Prepared(message, provider, send.possible_duplicate, content.step_name, opt_in.id)
+        return _Prepared(
+            message, provider, send.possible_duplicate, content.step_name, opt_in.id, integration.updated_at
+        )
 
     def _opt_in(self, s: Session, req: DeliverRequest, user_id: str, reads: StepReads) -> OptIn | None:
         """The opt-in that makes the user reachable on the send's channel now (None: not reachable)."""
@@ -315,6 +318,17 @@ class Delivery:
     def _linker(self, s: Session, req: DeliverRequest, issued: datetime) -> Linker | None:
         signer, url = self.signer, self.public_url
         return make_linker(signer, url, s, req.section_id, req.send_key, req.user_id, req.channel, issued)
+
+    def _refused_stale_credentials(self, req: DeliverRequest, prepared: _Prepared, err: ProviderError) -> bool:
+        """A 401/403 to an attempt made with credentials the integration has replaced since it read
+        them: the operator rotated the key (new one saved, the old one revoked at the vendor) while
+        the attempt was under way. Retried with the new ones, not failed for good: the rotation lost
+        the message of each send caught mid-call (a trial's operator found one)."""
+        if err.status not in (401, 403):
+            return False
+        with self.store.session() as s:
+            integration = s.get(Integration, req.integration_id)
+        return integration is not None and integration.updated_at > prepared.config_as_of
 
     def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:
