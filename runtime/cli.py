@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -117,6 +118,20 @@ async def _dev(settings: Settings) -> None:
             proc.kill()
 
 
+def _temporal(settings: Settings) -> None:
+    """The Temporal dev server `rejoin dev` runs, alone, in the foreground (it replaces this process):
+    the same database file (`<data dir>/temporal.db`), address, UI port, search attributes and time
+    skipping. For running the API and workers as processes of their own, so that each can be
+    stopped or killed alone (docs/operations.md)."""
+    from runtime.dev_server import dev_server_args
+
+    parts = urlsplit(f"//{settings.temporal_address}")
+    ui_port = urlsplit(settings.temporal_ui_url).port or 8233
+    args = dev_server_args(settings.data_dir.resolve() / "temporal.db", parts.port or 7233, ui_port)
+    os.umask(0o077)  # its database and WAL files owner-only, as `rejoin dev` makes them
+    os.execv(args[0], args)
+
+
 def _banner(settings: Settings) -> str:
     return "\n".join(
         [
@@ -205,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rejoin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="run Temporal dev server + UI, worker and API together")
+    sub.add_parser("temporal", help="run the Temporal dev server + UI of `rejoin dev` alone (for separate processes)")
     sub.add_parser("api", help="run the API only")
     sub.add_parser("worker", help="run a worker only")
     cs = sub.add_parser("create-section", help="create a section and print its keys")
@@ -225,6 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     settings.effective_admin_key  # noqa: B018
     if args.command == "dev":
         asyncio.run(_dev(settings))
+    elif args.command == "temporal":
+        _temporal(settings)
     elif args.command == "api":
         uvicorn.run("api.main:create_app", factory=True, host=settings.api_host, port=settings.api_port)
     elif args.command == "worker":

@@ -166,3 +166,27 @@ def test_the_data_folder_rejoin_makes_is_the_owners_only(
     assert data.stat().st_mode & 0o777 == 0o700
     database = _modes(data, "rejoin.db")  # it holds PII: owner only too, whatever the umask
     assert "rejoin.db" in database and set(database.values()) == {0o600}, database
+
+
+async def test_rejoin_temporal_serves_what_the_worker_needs_alone(ports: dict[str, int], tmp_path: Path) -> None:
+    """`rejoin temporal` runs the dev server `rejoin dev` runs, alone: on the configured address, with
+    Rejoin's search attributes (a worker and an API started apart use it as they use `rejoin dev`'s),
+    its database in the data folder, owner-only."""
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+    from temporalio.client import Client
+
+    from runtime.dev_server import wait_until_serving
+    from workflows import search
+
+    data = tmp_path / "data"
+    proc = start(environment(data, **ports), "temporal")
+    try:
+        await wait_until_serving(f"localhost:{ports['frontend']}", proc=proc)  # type: ignore[arg-type]
+        client = await Client.connect(f"localhost:{ports['frontend']}")
+        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace="default"))
+        wanted = {definition.split("=")[0] for definition in search.cli_definitions()}
+        assert wanted <= set(listed.custom_attributes), (wanted, listed.custom_attributes)
+        assert _modes(data, "temporal.db") and set(_modes(data, "temporal.db").values()) == {0o600}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        finish(proc, timeout=20)
