@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.streams import SourceMissing, cells, lines_from, s3_chunks, s3_head, source_changed, url_chunks
 from domain import feeds as rules
+from domain.text import storable
 from providers.base import ConfigurationError
 from providers.url_guard import UrlGuard
 from settings import Settings
@@ -224,9 +225,9 @@ class FeedActivities:
                     _note_duplicate(p, key)
             staged: list[dict[str, object]] = [{"sync_id": sync_id, "key": k, "data": d} for k, d in rows.items()]
             staging.upsert(s, FeedStage, staged, ["sync_id", "key"], ["data"])
-            staging.insert_ignoring(
-                s, FeedRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
-            )
+            # A reason may quote the row (a bad price): never a NUL into a text column.
+            reasons = [{"sync_id": sync_id, "line": n, "reason": storable(r)[:200]} for n, r in rejections]
+            staging.insert_ignoring(s, FeedRejection, reasons)
             sync = s.get(FeedSync, sync_id)
             if sync is not None:
                 sync.rows_accepted, sync.rows_rejected, sync.lines_read = p.accepted, p.rejected, p.line

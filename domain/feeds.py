@@ -10,6 +10,8 @@ A number is a plain decimal (`42`, `-3.5`, `1e6`); anything else stays text: a c
 leading zero (`01234`, a ZIP code keeps its zero), digits with `_` or other scripts' digits.
 A number no float can hold (`1e400`, or a price of `inf`/`nan`) rejects its row; in an attribute
 column `nan`/`inf`/`infinity` are words and stay text.
+A cell holding a NUL (or a lone surrogate) rejects its row naming the column, a column name holding
+one the file: no database text or JSONB can keep it (`domain/text.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Any
+
+from domain.text import unstorable_reason
 
 BOOLS = {"true": True, "1": True, "yes": True, "y": True, "false": False, "0": False, "no": False, "n": False}
 PRODUCT_FIELDS = ("name", "url", "image_url", "price", "in_stock", "categories")
@@ -54,6 +58,21 @@ def header_error(kind: str, header: list[str]) -> str | None:
         return "the header repeats a column"
     if any(not n for n in names):
         return "the header has an empty column name"
+    for i, name in enumerate(names):
+        # Every row's attribute would be keyed by it: the file, not a row, is wrong.
+        bad = unstorable_reason(f"the header's column {i + 1}", name)
+        if bad:
+            return bad
+    return None
+
+
+def _unstorable_cell(header: list[str], cells: list[str]) -> str | None:
+    """Why a row cannot be kept because one of its cells holds NUL or a lone surrogate, or None.
+    Checked before any rule that quotes a cell, so no reason carries the character."""
+    for name, cell in zip(header, cells, strict=True):
+        bad = unstorable_reason(name, cell)
+        if bad:
+            return bad
     return None
 
 
@@ -64,6 +83,9 @@ def parse_product(header: list[str], cells: list[str]) -> dict[str, Any] | str:
     """
     if len(cells) != len(header):
         return f"expected {len(header)} columns, got {len(cells)}"
+    unstorable = _unstorable_cell(header, cells)
+    if unstorable:
+        return unstorable
     row = {h.strip(): c for h, c in zip(header, cells, strict=True)}
     sku = row.pop("sku").strip()
     if not sku or len(sku) > 256:
@@ -147,6 +169,9 @@ def _merge_translations(old: Any, new: dict[str, Any]) -> dict[str, Any]:
 def parse_user(header: list[str], cells: list[str]) -> dict[str, Any] | str:
     if len(cells) != len(header):
         return f"expected {len(header)} columns, got {len(cells)}"
+    unstorable = _unstorable_cell(header, cells)
+    if unstorable:
+        return unstorable
     row = {h.strip(): c.strip() for h, c in zip(header, cells, strict=True)}
     cuid = row.pop("cuid")
     if not cuid or len(cuid) > 256 or "/" in cuid:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from domain import email_address
 from domain.hashing import email_hash, phone_hash, sha256_hex
 from domain.identifiers import normalize_phone
+from domain.text import storable, unstorable_reason
 
 FOLDER = re.compile(r"^upload_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}$")
 FILE_NAME = "data.csv"
@@ -36,7 +37,7 @@ def header_error(identifier_type: str, cells: list[str]) -> str | None:
     want = expected_header(identifier_type)
     got = [c.strip().lower() for c in cells]
     if got != [want]:
-        shown = ",".join(cells)[:80]
+        shown = storable(",".join(cells))[:80]  # kept as the sync's error: a NUL shown as U+FFFD
         return f"header must be exactly '{want}' for {identifier_type} integrations (got '{shown}')"
     return None
 
@@ -45,6 +46,10 @@ def row_value(identifier_type: str, cells: list[str]) -> tuple[str, str] | str:
     """(value, hash) of an accepted row, or the reason it is rejected."""
     if len(cells) != 1:
         return f"expected 1 column, got {len(cells)}"
+    # A NUL or lone surrogate: no database text can hold it and no identifier the API takes has one.
+    unstorable = unstorable_reason(expected_header(identifier_type), cells[0])
+    if unstorable:
+        return unstorable
     value = cells[0].strip()
     if not value:
         return "empty value"

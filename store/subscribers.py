@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from domain.text import storable
 from security.crypto import sealed_token
 from store import set_copy
 from store.set_copy import KEY_BYTES
@@ -152,9 +153,9 @@ def drop_set(s: Session, name: str) -> None:
 
 
 def stage_rejections(s: Session, sync_id: str, rejections: Iterable[tuple[int, str]]) -> None:
-    insert_ignoring(
-        s, SubscriberRejection, [{"sync_id": sync_id, "line": n, "reason": r[:200]} for n, r in rejections]
-    )
+    # A reason may quote the file (a CSV error): never a NUL into a text column.
+    reasons = [{"sync_id": sync_id, "line": n, "reason": storable(r)[:200]} for n, r in rejections]
+    insert_ignoring(s, SubscriberRejection, reasons)
 
 
 def clear_rejections(s: Session, sync_id: str) -> None:
