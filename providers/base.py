@@ -20,8 +20,8 @@ forms a request carries them in (URL/form-encoded, JSON-escaped, base64, Basic `
 `redacting(...)` (`providers/registry.py`), so `kept_answer` and `ProviderError` made during the
 call, by any adapter, use it; the one place that turns provider text into something kept.
 
-Provider text is also made storable where it is made (`storable`): a NUL (PostgreSQL's text
-refuses it) and lone surrogates (what a header of invalid UTF-8 decodes to, or a JSON `\\udc80`
+Provider text is also made storable where it is made (`domain/text.py::storable`): a NUL
+(PostgreSQL's text refuses it) and lone surrogates (what a header of invalid UTF-8 decodes to, or a JSON `\\udc80`
 escape; no database nor JSON answer can encode them) become U+FFFD. A `ProviderResponse` does
 this to its body, headers and message id when it is built, a `ProviderError` to its text, so a
 send never fails to record the answer (a failed record made Temporal repeat the send).
@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
+from domain.text import storable
 from security.redact import mask
 
 # The longest provider answer kept with a send (what an operator needs to see why it failed).
@@ -56,21 +57,10 @@ KEPT_ANSWER_CHARS = 2000
 _ADDRESS_MARGIN = 254
 
 
-# What a character no store can keep becomes: the Unicode replacement character.
-REPLACEMENT = "\ufffd"
-# NUL and lone surrogates: PostgreSQL's text refuses NUL, and no UTF-8 encoder takes a surrogate.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # The longest message id kept (`Send.provider_message_id` is a VARCHAR(300)).
 MESSAGE_ID_CHARS = 300
 # The longest lead a vendor's own error words get in a refusal's text (the raw answer follows).
 SAID_CHARS = 300
-
-
-def storable(text: str) -> str:
-    """Provider text as every store and answer can take it: NUL and lone surrogates replaced."""
-    if text.isascii():
-        return text.replace("\0", REPLACEMENT) if "\0" in text else text
-    return _UNSTORABLE.sub(REPLACEMENT, text)
 
 
 def storable_headers(headers: dict[str, str]) -> dict[str, str]:

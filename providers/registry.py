@@ -16,6 +16,7 @@ import aiohttp
 import httpx
 from pydantic import BaseModel
 
+from domain.text import storable
 from providers.apns import ApnsProvider
 from providers.base import (
     ConfigurationError,
@@ -25,7 +26,6 @@ from providers.base import (
     ProviderResponse,
     Redactor,
     redacting,
-    storable,
 )
 from providers.context import AdapterContext
 from providers.custom_http import CustomHttpProvider
