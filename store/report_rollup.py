@@ -89,6 +89,9 @@ CONVERSION = table_of(ReportConversion)
 SEND = table_of(Send)
 EVENT = table_of(Event)
 DECISION = table_of(Decision)
+# Aliases for the test-journey checks below, so they never correlate with a query's own tables.
+_TEST_JOURNEY = table_of(Journey).alias("test_journey")
+_TEST_SEND = table_of(Send).alias("test_send")
 ROLLUP_KEY = ["campaign_id", "cohort_hour", "variation_id", "channel", "step_index", "day", "metric"]
 
 
@@ -197,6 +200,21 @@ def provider_opted_out(send_key: Any) -> Any:
     fails the send; a primary-key lookup per failed send. Raw path and rebuild read it."""
     d = DECISION.c
     return exists().where(d.key == send_key + ":outcome", d.detail["opted_out"].as_string() == PROVIDER_OPT_OUT)
+
+
+def of_test_journey(journey_id: Any) -> Any:
+    """EXISTS: the journey `journey_id` (a value or column) is a test journey (primary-key lookup).
+
+    Test journeys never count in reports, even when their user has a cohort: an identity merge
+    moves an anonymous device's non-test cohort onto the test person it logs in as."""
+    j = _TEST_JOURNEY.c
+    return exists().where(j.id == journey_id, j.is_test.is_(True))
+
+
+def sent_by_test_journey(send_key: Any) -> Any:
+    """EXISTS: the send `send_key` (a value or column) is a test journey's (two primary-key lookups);
+    its hits count nowhere either."""
+    return exists().where(_TEST_SEND.c.key == send_key, of_test_journey(_TEST_SEND.c.journey_id))
 
 
 @per_dialect
@@ -330,13 +348,15 @@ def _count_send_stmt(dialect_name: str) -> Any:
     `maybe_delivered` when it failed for good / its recipient was reported gone / an attempt may
     have been delivered all the same, and `channel_users` / `step_users` when it is the
     user's first sent message on that channel / step. Nothing without a cohort that had started
-    by the send (test users have none)."""
+    by the send, nor for a test journey's send: a test user who merged a non-test device has that
+    device's cohort (the send row is written, so its journey is two primary-key lookups away)."""
     c = COHORT.c
     variation, channel, step = _param("variation_id", String), _param("channel", String), _param("step_index", Integer)
     in_cohort = (
         c.campaign_id == bindparam("campaign_id"),
         c.user_id == bindparam("user_id"),
         c.first_at <= bindparam("created_at"),
+        ~sent_by_test_journey(bindparam("key")),
     )
     other = (
         SEND.c.campaign_id == bindparam("campaign_id"),
@@ -424,10 +444,6 @@ def _send_facts(send: SentMessage | Send, failed: bool, opted_out: bool, possibl
     }
 
 
-def _cohort(s: Session, campaign_id: str, user_id: str) -> ReportCohort | None:
-    return s.get(ReportCohort, (campaign_id, user_id))
-
-
 def count_hit(s: Session, hit: TrackingHit) -> None:
     """A human impression or click: flag it when it is its send's first of its kind
     (`first_of_send`, whoever's it is), then count it if it is a cohort user's, on or after their
@@ -461,9 +477,19 @@ def implied_open(s: Session, click: TrackingHit) -> TrackingHit | None:
     return None if _send_has_first(s, opened) else opened
 
 
+# The hit's user's cohort of the campaign, unless the hit's send is a test journey's: one query.
+_HIT_COHORT = select(ReportCohort).where(
+    col(ReportCohort.campaign_id) == bindparam("campaign_id"),
+    col(ReportCohort.user_id) == bindparam("user_id"),
+    ~sent_by_test_journey(bindparam("send_key")),
+)
+
+
 def _count_human_hit(s: Session, hit: TrackingHit) -> None:
-    """Count a flagged human hit if it is a cohort user's, on or after their first trigger."""
-    cohort = _cohort(s, hit.campaign_id, hit.user_id)
+    """Count a flagged human hit if it is a cohort user's, on or after their first trigger, and its
+    send is no test journey's (a merge can give a test user a cohort: `of_test_journey`)."""
+    params = {"campaign_id": hit.campaign_id, "user_id": hit.user_id, "send_key": hit.send_key}
+    cohort = s.execute(_HIT_COHORT, params).scalars().first()
     if cohort is None or hit.at < cohort.first_at:
         return
     hour, v = cohort.cohort_hour, hit.variation_id
@@ -521,6 +547,7 @@ _LAST_CLICKS = (
             col(TrackingHit.bot).is_(False),
             col(TrackingHit.at) >= col(ReportCohort.first_at),
             col(TrackingHit.at) <= bindparam("received_at", type_=TrackingHit.__table__.c.at.type),  # type: ignore[attr-defined]
+            ~sent_by_test_journey(col(TrackingHit.send_key)),  # a test journey's click claims nothing
         ),
     )
     .where(col(ReportCohort.user_id) == bindparam("user_id"))
@@ -900,7 +927,8 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
         *mine,
     )
     sends = COHORT.join(Send, (col(Send.campaign_id) == c.campaign_id) & (col(Send.user_id) == c.user_id))
-    sent = (*mine, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at)
+    sent = (*mine, col(Send.status).in_(SENT), col(Send.created_at) >= c.first_at,
+            ~of_test_journey(col(Send.journey_id)))  # fmt: skip
     v, ch, st = col(Send.variation_id), col(Send.channel), col(Send.step_index)
     sent_users = distinct(col(Send.user_id))
     _counter_rows(
@@ -925,7 +953,8 @@ def _rebuild_counters(s: Session, cid: str, users: Sequence[str] | None = None, 
     hits = COHORT.join(
         TrackingHit, (col(TrackingHit.campaign_id) == c.campaign_id) & (col(TrackingHit.user_id) == c.user_id)
     )
-    human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at)
+    human = (*mine, col(TrackingHit.bot).is_(False), col(TrackingHit.at) >= c.first_at,
+             ~sent_by_test_journey(col(TrackingHit.send_key)))  # fmt: skip
     hv, hch, hst = col(TrackingHit.variation_id), col(TrackingHit.channel), col(TrackingHit.step_index)
     _counter_rows(s, cid, col(TrackingHit.kind), c.cohort_hour, [hv, hch, hst, literal("")], count, hits, *human)
     for kind, metric in PER_SEND.items():  # opened / clicked sends: their flagged first human hit
@@ -995,6 +1024,7 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
         col(TrackingHit.bot).is_(False),
         col(TrackingHit.at) >= c.first_at,
         col(TrackingHit.at) <= col(Event.received_at),
+        ~sent_by_test_journey(col(TrackingHit.send_key)),
     )
     last_click = select(func.max(col(TrackingHit.at))).where(*click).correlate(Event, COHORT).scalar_subquery()
     candidates = (
@@ -1044,7 +1074,8 @@ def _rebuild_attributions(s: Session, cid: str, users: Sequence[str] | None = No
             & (col(TrackingHit.user_id) == x.user_id)
             & (col(TrackingHit.at) == x.click_at)
             & (col(TrackingHit.kind) == "click")
-            & col(TrackingHit.bot).is_(False),
+            & col(TrackingHit.bot).is_(False)
+            & ~sent_by_test_journey(col(TrackingHit.send_key)),
         )
         .where(x.click_at.is_not(None))
     )

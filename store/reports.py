@@ -64,7 +64,9 @@ from store.report_rollup import (
     hour_key_sql,
     hour_of,
     identified_sql,
+    of_test_journey,
     provider_opted_out,
+    sent_by_test_journey,
 )
 from store.report_tables import ReportAttribution, ReportCohort, ReportConversion, ReportRollup, ReportSettings
 from store.tables import Event, Journey, Send, User, UTCDateTime
@@ -420,7 +422,9 @@ def load_raw_ranges(
             .group_by(col(Journey.variation_id))
         ).all()
 
-        sent = (col(Send.campaign_id) == campaign_id, col(Send.status).in_(SENT), col(Send.created_at) >= first_at)
+        # A test journey's sends and hits never count, even of a user with a cohort (a merge): as the counters.
+        sent = (col(Send.campaign_id) == campaign_id, col(Send.status).in_(SENT), col(Send.created_at) >= first_at,
+                ~of_test_journey(col(Send.journey_id)))  # fmt: skip
         day = day_sql(s, col(Send.created_at))
         sends = s.execute(
             sa_select(col(Send.variation_id), col(Send.channel), col(Send.step_index), day, func.count())
@@ -451,7 +455,7 @@ def load_raw_ranges(
         ).all()
 
         human = (col(TrackingHit.campaign_id) == campaign_id, col(TrackingHit.bot).is_(False),
-                 col(TrackingHit.at) >= first_at)  # fmt: skip
+                 col(TrackingHit.at) >= first_at, ~sent_by_test_journey(col(TrackingHit.send_key)))  # fmt: skip
         on_hit = uid == col(TrackingHit.user_id)
         # The sends opened / clicked; an email send's open implied by its click is such a row too
         # (source `implied`), so no join of clicks to opens is needed here.
