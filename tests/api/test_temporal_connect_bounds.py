@@ -38,6 +38,9 @@ from tests.helpers import SectionKeys
 from tests.temporal_fault_server import _SYSTEM_INFO, TemporalFaultServer
 
 BOUND = API_CONNECT_TIMEOUT.total_seconds() + 2.5  # the bound, and time for a loaded machine
+# Requests arriving together share one attempt: about one bound for all (a CI machine under load took
+# 7.6 s), where each waiting its turn behind the others took three (15 s and more).
+TOGETHER_BOUND = 2 * API_CONNECT_TIMEOUT.total_seconds()
 
 
 def _free_port() -> int:
@@ -100,7 +103,7 @@ async def test_a_silent_address_is_a_503_within_the_bound_for_requests_arriving_
     for r in answers:
         assert r.status_code == 503, r.text
         assert "not reachable" in r.json()["error"] and "no answer within" in r.json()["error"], r.text
-    assert took < BOUND, f"three requests took {took:.1f} s (each waited its turn?)"
+    assert took < TOGETHER_BOUND, f"three requests took {took:.1f} s (each waited its turn?)"
 
 
 async def test_a_temporal_that_stops_answering_calls_is_a_503_within_the_bound(
