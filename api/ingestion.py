@@ -26,7 +26,7 @@ from api.journeys import (
     ClosedRun, JourneyCommand, UnmetExit, dispatch_all, trigger_already_applied, trigger_input, unrun_enrollment,
 )  # fmt: skip
 from domain.allocation import allocate, keep_or_allocate
-from domain.campaign import CampaignSpec, Variation
+from domain.campaign import CampaignSpec, CampaignType, Variation
 from domain.conditions import matches
 from domain.events import CollectBase, EventKind, Identity, NormalizedEvent, sha256_hex, user_identity
 from domain.hashing import push_token_hash
@@ -147,6 +147,9 @@ def accept(
     result = Accepted()
     identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
     with store.session() as s:
+        # Exits owed by journeys a merge just moved to the person (`_exits_of_moved_journeys`): sent
+        # with the next event's commands, the first of this request or the identify that merged.
+        merge_exits: list[MergeExit] = []
         # First: concurrent requests of one device or person resolve, create and merge it in turn.
         # Rare: a `dyid_server` that differs from `dyid` (a reset script cookie); both are locked and resolved.
         both = body.user.differing_device_keys
@@ -167,7 +170,10 @@ def accept(
             if unsaved:
                 users.save_new_user(s, user, device_key)  # identifiers reference the row
                 unsaved = False
+            merges, merged_id = users.folds_into_owner(user, identity), user.id
             user = users.identify(s, user, identity, device_key, now)
+            if merges and user.id != merged_id:
+                merge_exits = _exits_of_moved_journeys(s, user, merged_id, campaigns)
         locale = body.context.page.locale if body.context and body.context.page else None
         if locale:
             user.locale = locale
@@ -187,13 +193,17 @@ def accept(
         # Purchases after an enrollment of this request: their enrolled-user conversions are counted
         # once the enrollments are written (rare: a backend batching add-to-cart and purchase).
         purchases_after_enrollment: list[str] = []
+        exited_at_merge: set[str] = set()  # workflow ids of `merge_exits` already sent
         for position, ev in enumerate(events):
             if unsaved and (ev.kind == EventKind.IDENTIFY or ev.push_token):
                 users.save_new_user(s, user, device_key)  # merges and identifiers reference the row
                 cart_index.add_entries(s, user)  # the cart of this request's earlier events
                 unsaved = False
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
-                user = _identify(s, user, ev.identity, device_key, now, enrolled_now, to_enroll)
+                merged_id = user.id
+                user, merges = _identify(s, user, ev.identity, device_key, now, enrolled_now, to_enroll)
+                if merges:
+                    merge_exits += _exits_of_moved_journeys(s, user, merged_id, campaigns)
             elif ev.kind == EventKind.IDENTIFY and ev.identifiers:
                 _link_identifiers(s, section_id, user, ev.identifiers)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
@@ -207,6 +217,11 @@ def accept(
             # A user first seen in this request has no journeys yet: nothing to look up.
             running = _running_journeys(s, section_id, user.id, pending) if campaigns and not unsaved else {}
             running = _with_enrolled(running, enrolled_now.get(user.id))
+            # A journey told to exit at a merge is no longer the person's (its row stays active until
+            # the workflow ends): later events neither re-trigger it nor keep it over another.
+            exited_at_merge.update(m.workflow_id for m in merge_exits)
+            if exited_at_merge:
+                running = {c: [w for w in ws if w not in exited_at_merge] for c, ws in running.items()}
             # Distinct, increasing times keep a batch's order for the sweeper's replay.
             received_at = now + timedelta(microseconds=position)
             enrolled: list[Journey] = []  # a withdrawal starts nothing: no consent
@@ -217,6 +232,10 @@ def accept(
                     s, section_id, user, ev, cart, catalog, campaigns, event_id, body.user.consented, settings,
                     running, received_at, known=user.id != first_seen,
                 )  # fmt: skip
+            if merge_exits:  # first: the event's own commands may start the person's next journey
+                owed = [_exit(m.workflow_id, event_id, m.campaign_id, m.reason, journey_active=True, skus=m.skus)
+                        for m in merge_exits]  # fmt: skip
+                commands, merge_exits = owed + commands, []
             row = {
                 "id": event_id,
                 "section_id": section_id,
@@ -275,8 +294,9 @@ def accept(
 def _identify(
     s: Session, user: User, identity: Identity, device_key: users.DeviceKeys, now: datetime,
     enrolled_now: dict[str, dict[str, list[str]]], to_enroll: list[Journey],
-) -> User:  # fmt: skip
-    """An identification event mid-request (`users.identify`); returns the user the request goes on with.
+) -> tuple[User, bool]:  # fmt: skip
+    """An identification event mid-request (`users.identify`); returns the user the request goes on
+    with, and whether the request's user was merged into them.
 
     When it merges the request's user into the CUID's owner, the journeys this request enrolled
     for the merged user are the person's: their later events re-trigger them, and their rows, not
@@ -294,7 +314,95 @@ def _identify(
         for journey in to_enroll:
             if journey.user_id == merged_id:
                 journey.user_id = user.id
-    return user
+        return user, True
+    return user, False
+
+
+@dataclass(frozen=True)
+class MergeExit:
+    """An exit owed by a journey a merge moved to the person (`_exits_of_moved_journeys`)."""
+
+    workflow_id: str
+    campaign_id: str
+    reason: str
+    skus: list[str]
+
+
+def _exits_of_moved_journeys(
+    s: Session, person: User, merged_id: str, campaigns: list[tuple[LiveCampaign, CampaignSpec]]
+) -> list[MergeExit]:
+    """Exits for the running journeys a merge of `merged_id` just moved to `person` that the person's
+    own events since the journey's trigger would have ended: a purchase (another device's, say) for a
+    campaign exiting on purchase, and for a cart journey the merged cart being empty (the person's
+    cart changed last: `users.merge_users`). Without this the moved journey ran on after the purchase,
+    reminding the person of an empty cart. Only at a merge: one read (the moved journeys, by their
+    workflow ids, with the person's purchases since each trigger; the catalog too for purchase exits
+    with product conditions), none when no live campaign exits on a purchase or an empty cart."""
+    exiting = {c.id: spec for c, spec in campaigns if _exits_on_merge(spec)}
+    if not exiting:
+        return []
+    section_id = person.section_id
+    moved = {journey_workflow_id(section_id, cid, merged_id): cid for cid in exiting}
+    rows = s.exec(
+        _MOVED_JOURNEYS, params={"section_id": section_id, "user_id": person.id, "workflow_ids": list(moved)}
+    ).all()
+    purchases: dict[str, list[NormalizedEvent]] = {}
+    for workflow_id, data in rows:
+        found = purchases.setdefault(workflow_id, [])
+        if data is not None:
+            found.append(NormalizedEvent.model_validate(data))
+    out: list[MergeExit] = []
+    for workflow_id, bought in purchases.items():
+        spec = exiting[moved[workflow_id]]
+        reason, skus = None, []
+        if spec.type == CampaignType.CART_ABANDONMENT:
+            if not person.cart:  # the merged cart: non-empty when the device carted after the purchase
+                reason = "purchased" if bought else "cart_emptied"
+                skus = [i.sku for i in (bought[-1].cart or [])] if bought else []
+        else:
+            skus_of = {i.sku for ev in bought for i in ev.cart or []}
+            catalog = _catalog(s, section_id, skus_of) if reads_catalog(spec) else {}
+            for ev in bought:
+                reason = exit_reason(spec, ev, [], catalog)
+                if reason is not None:
+                    skus = [i.sku for i in ev.cart or []]
+                    break
+        if reason is not None:
+            out.append(MergeExit(workflow_id, moved[workflow_id], reason, skus))
+    if out:
+        log.info("merge of %s: %d moved journeys exit (%s)", merged_id, len(out), ", ".join(m.reason for m in out))
+    return out
+
+
+def _exits_on_merge(spec: CampaignSpec) -> bool:
+    """Whether a moved journey of the campaign can owe an exit at a merge (a purchase or empty cart ends it)."""
+    purchase_rules = {"purchase", "purchase_of_trigger_item"}
+    return spec.type == CampaignType.CART_ABANDONMENT or any(rule.event in purchase_rules for rule in spec.exits)
+
+
+# The active journeys of these workflow ids (moved to the person by a merge), each with the person's
+# purchases after its trigger, oldest first (one row of NULL data when there is none):
+# ix_journey_user, then ix_event_user_time per journey.
+_MOVED_JOURNEYS = (
+    select(Journey.workflow_id, Event.data)
+    .select_from(Journey)
+    .outerjoin(
+        Event,
+        and_(
+            col(Event.section_id) == col(Journey.section_id),
+            col(Event.user_id) == col(Journey.user_id),
+            col(Event.received_at) > col(Journey.triggered_at),
+            col(Event.kind) == EventKind.PURCHASE.value,
+        ),
+    )
+    .where(
+        col(Journey.section_id) == bindparam("section_id"),
+        col(Journey.user_id) == bindparam("user_id"),
+        col(Journey.status) == "active",
+        col(Journey.workflow_id).in_(bindparam("workflow_ids", expanding=True)),
+    )
+    .order_by(col(Journey.workflow_id), col(Event.received_at))
+)
 
 
 def _link_identifiers(s: Session, section_id: str, user: User, identifiers: list[tuple[str, str]]) -> None:
