@@ -7,6 +7,8 @@ the purchase keeps its journey, as its cart is the person's now."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from temporalio.testing import WorkflowEnvironment
 
@@ -55,22 +57,33 @@ async def _campaign(api: httpx.AsyncClient, sec: SectionKeys) -> str:
     return await create_campaign(api, sec, cart_campaign(steps=[step("s0"), step("s1", wait="PT2H")]))
 
 
-async def test_purchase_on_another_device_ends_the_moved_journey(
-    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
-) -> None:
-    cid = await _campaign(api, section)
+async def _merged_after(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store, campaign_id: str,
+    person_ends: dict[str, Any], device_then: dict[str, Any] | None = None,
+) -> tuple[str, str]:
+    """The device carts (its journey J_A), the person carts on another device and ends their journey
+    with `person_ends`, the device sends `device_then` if any, then logs in (the merge), and J_A's
+    waits pass; (the device's user id, the person's)."""
     device, person_device = new_dyid(), new_dyid()
     with env.with_time_skipping_disabled():  # the device's journey waits until the merge
         await collect(api, section, device, add_to_cart("sku-1"))  # J_A, anonymous
         anonymous = await _user_id(api, section, device)
         await collect(api, section, person_device, login(EMAIL), add_to_cart("sku-1"))  # the person's J_P
         person = await _user_id(api, section, person_device)
-        await collect(api, section, person_device, purchase([("sku-1", 10.0)]))
-        await _ended(store, cid, person)
-
+        await collect(api, section, person_device, person_ends)
+        await _ended(store, campaign_id, person)
+        if device_then is not None:
+            await collect(api, section, device, device_then)
         await collect(api, section, device, login(EMAIL))  # merges the device's user into the person
-        await env.fast_forward(journey_handle(env.client, section, cid, anonymous))  # waits pass, if any
+        await env.fast_forward(journey_handle(env.client, section, campaign_id, anonymous))  # waits pass, if any
+    return anonymous, person
 
+
+async def test_purchase_on_another_device_ends_the_moved_journey(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    cid = await _campaign(api, section)
+    anonymous, person = await _merged_after(api, env, section, store, cid, purchase([("sku-1", 10.0)]))
     moved = await journey_result(env.client, section, cid, anonymous)
     assert (moved.status, moved.exit_reason, moved.sent) == ("exited", "purchased", 0), moved
     assert [j.status for j in stored_journeys(store, cid, person)] == ["exited", "exited"]
@@ -80,18 +93,7 @@ async def test_emptied_cart_on_another_device_ends_the_moved_journey(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
     cid = await _campaign(api, section)
-    device, person_device = new_dyid(), new_dyid()
-    with env.with_time_skipping_disabled():  # the device's journey waits until the merge
-        await collect(api, section, device, add_to_cart("sku-1"))
-        anonymous = await _user_id(api, section, device)
-        await collect(api, section, person_device, login(EMAIL), add_to_cart("sku-1"))
-        person = await _user_id(api, section, person_device)
-        await collect(api, section, person_device, sync_cart([]))
-        await _ended(store, cid, person)
-
-        await collect(api, section, device, login(EMAIL))
-        await env.fast_forward(journey_handle(env.client, section, cid, anonymous))  # waits pass, if any
-
+    anonymous, _ = await _merged_after(api, env, section, store, cid, sync_cart([]))
     moved = await journey_result(env.client, section, cid, anonymous)
     assert (moved.status, moved.exit_reason, moved.sent) == ("exited", "cart_emptied", 0), moved
 
@@ -101,18 +103,7 @@ async def test_device_carting_after_the_purchase_keeps_its_journey(
 ) -> None:
     """The device's cart changed last: it is the person's cart, and its journey goes on."""
     cid = await _campaign(api, section)
-    device, person_device = new_dyid(), new_dyid()
-    with env.with_time_skipping_disabled():  # the device's journey waits until the merge
-        await collect(api, section, device, add_to_cart("sku-1"))
-        anonymous = await _user_id(api, section, device)
-        await collect(api, section, person_device, login(EMAIL), add_to_cart("sku-1"))
-        person = await _user_id(api, section, person_device)
-        await collect(api, section, person_device, purchase([("sku-1", 10.0)]))
-        await _ended(store, cid, person)
-        await collect(api, section, device, add_to_cart("sku-2", cart=[("sku-1", 10.0), ("sku-2", 10.0)]))
-
-        await collect(api, section, device, login(EMAIL))
-        await env.fast_forward(journey_handle(env.client, section, cid, anonymous))  # its waits pass now
-
+    carted = add_to_cart("sku-2", cart=[("sku-1", 10.0), ("sku-2", 10.0)])
+    anonymous, _ = await _merged_after(api, env, section, store, cid, purchase([("sku-1", 10.0)]), carted)
     moved = await journey_result(env.client, section, cid, anonymous)
     assert (moved.status, moved.sent) == ("completed", 2), moved
