@@ -94,8 +94,8 @@ async def test_a_send_told_to_wait_shows_when_its_next_attempt_runs(
     path = "/throttled"
     fresh_provider.default(path, Reply(429, "slow down", headers={"Retry-After": "600"}))
     await add_integration(api, section, kind="custom_http", config={"url": fresh_provider.url(path)})
-    await create_campaign(api, section, cart_campaign())
-    dyid, _ = await reachable_user(api, section)
+    cid = await create_campaign(api, section, cart_campaign())
+    dyid, uid = await reachable_user(api, section)
     flagged = await api.put(f"/api/v1/users/{dyid}/test", headers=section.mgmt, json={"is_test": True})
     assert flagged.status_code == 200, flagged.text  # a test user's wait passes at once, on its own clock
     with env.with_time_skipping_disabled():
@@ -112,6 +112,8 @@ async def test_a_send_told_to_wait_shows_when_its_next_attempt_runs(
     assert timedelta(minutes=9) < ahead < timedelta(minutes=11), journey["next_attempt_at"]
     assert journey["live"]["status"] == "sending" and journey["live"]["next_wake_at"] is None, journey["live"]
     assert [s["status"] for s in journey["sends"]] == ["retrying"] and len(fresh_provider.to(path)) == 1
+    # Not left to retry: a later test's time skipping would run its next attempt into that test's provider.
+    await journey_handle(env.client, section, cid, uid).terminate("test over")
 
 
 async def test_decision_trace_explains_why_nothing_was_sent(
