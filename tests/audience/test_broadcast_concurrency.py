@@ -163,7 +163,9 @@ async def test_a_throttle_holds_in_every_second_with_calls_in_flight_together(
     assert len(at) == 25
     # Any 11 consecutive calls span a second or more (receipt jitter allowed): at most 10 in any second.
     assert all(b - a >= 0.95 for a, b in zip(at, at[10:], strict=False)), at
-    assert all(b - a >= 0.07 for a, b in zip(at, at[1:], strict=False)), at  # one per 0.1 s slot
+    # One per 0.1 s slot, never a pair; a call may arrive up to half a slot late (its store step on a
+    # busy CI machine: 56 ms after the one before it, once), the second-long windows above still hold.
+    assert all(b - a >= 0.05 for a, b in zip(at, at[1:], strict=False)), at
     assert stamps.most_in_flight(0.35) >= 2, at
 
 
