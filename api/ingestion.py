@@ -31,7 +31,8 @@ from domain.conditions import matches
 from domain.events import CollectBase, EventKind, Identity, NormalizedEvent, sha256_hex, user_identity
 from domain.hashing import push_token_hash
 from domain.matching import (
-    CART_NO_LONGER_MATCHES, Catalog, event_catalog_skus, event_skus, exit_reason, reads_catalog, triggers,
+    CART_NO_LONGER_MATCHES, Catalog, event_catalog_skus, event_skus, exit_at_merge, exit_reason, exits_at_merge,
+    reads_catalog, triggers,
 )  # fmt: skip
 from security.crypto import SecretBox
 from settings import Settings
@@ -338,7 +339,7 @@ def _exits_of_moved_journeys(
     reminding the person of an empty cart. Only at a merge: one read (the moved journeys, by their
     workflow ids, with the person's purchases since each trigger; the catalog too for purchase exits
     with product conditions), none when no live campaign exits on a purchase or an empty cart."""
-    exiting = {c.id: spec for c, spec in campaigns if _exits_on_merge(spec)}
+    exiting = {c.id: spec for c, spec in campaigns if exits_at_merge(spec)}
     if not exiting:
         return []
     section_id = person.section_id
@@ -354,30 +355,16 @@ def _exits_of_moved_journeys(
     out: list[MergeExit] = []
     for workflow_id, bought in purchases.items():
         spec = exiting[moved[workflow_id]]
-        reason, skus = None, []
-        if spec.type == CampaignType.CART_ABANDONMENT:
-            if not person.cart:  # the merged cart: non-empty when the device carted after the purchase
-                reason = "purchased" if bought else "cart_emptied"
-                skus = [i.sku for i in (bought[-1].cart or [])] if bought else []
-        else:
-            skus_of = {i.sku for ev in bought for i in ev.cart or []}
-            catalog = _catalog(s, section_id, skus_of) if reads_catalog(spec) else {}
-            for ev in bought:
-                reason = exit_reason(spec, ev, [], catalog)
-                if reason is not None:
-                    skus = [i.sku for i in ev.cart or []]
-                    break
-        if reason is not None:
-            out.append(MergeExit(workflow_id, moved[workflow_id], reason, skus))
+        catalog: Catalog = {}
+        if spec.type != CampaignType.CART_ABANDONMENT and reads_catalog(spec):
+            catalog = _catalog(s, section_id, {i.sku for ev in bought for i in ev.cart or []})
+        # person.cart is the merged cart (`users.merge_users`): non-empty when a device carted after the purchase
+        exit_ = exit_at_merge(spec, not person.cart, bought, catalog)
+        if exit_ is not None:
+            out.append(MergeExit(workflow_id, moved[workflow_id], *exit_))
     if out:
         log.info("merge of %s: %d moved journeys exit (%s)", merged_id, len(out), ", ".join(m.reason for m in out))
     return out
-
-
-def _exits_on_merge(spec: CampaignSpec) -> bool:
-    """Whether a moved journey of the campaign can owe an exit at a merge (a purchase or empty cart ends it)."""
-    purchase_rules = {"purchase", "purchase_of_trigger_item"}
-    return spec.type == CampaignType.CART_ABANDONMENT or any(rule.event in purchase_rules for rule in spec.exits)
 
 
 # The active journeys of these workflow ids (moved to the person by a merge), each with the person's

@@ -19,6 +19,8 @@ from domain.events import CART_KINDS, CartItem, EventKind, NormalizedEvent
 ProductRecord = dict[str, Any]
 Catalog = Mapping[str, Mapping[str, Any]]  # sku -> product attributes
 CART_NO_LONGER_MATCHES = "cart_no_longer_matches"
+# Exit rules a purchase matches; `purchase_of_trigger_item` is then narrowed by the journey to its items.
+PURCHASE_EXIT_RULES = frozenset({"purchase", "purchase_of_trigger_item"})
 
 
 def product_record(sku: str, catalog: Catalog, item: CartItem | None = None) -> ProductRecord:
@@ -131,15 +133,44 @@ def exit_reason(
     return None
 
 
+def exits_at_merge(spec: CampaignSpec) -> bool:
+    """Whether a journey of this campaign that a merge moves to a person can owe an exit for what the
+    person did meanwhile (`exit_at_merge`): a cart journey, or any exiting on a purchase."""
+    return spec.type == CampaignType.CART_ABANDONMENT or any(r.event in PURCHASE_EXIT_RULES for r in spec.exits)
+
+
+def exit_at_merge(
+    spec: CampaignSpec, cart_is_empty: bool, purchases: Sequence[NormalizedEvent], catalog: Catalog
+) -> tuple[str, list[str]] | None:
+    """Why a journey a merge moved to a person ends, given the person's purchases since the journey's
+    trigger (oldest first) and whether the merged cart is empty, with the SKUs the exit names; None
+    when it runs on.
+
+    Unlike `exit_reason`, which sees one event as it comes, this sees the outcome: a cart journey
+    ends only when the merged cart is empty (a purchase on one device followed by carting again
+    on the other keeps the journey: the person has a cart to be reminded of)."""
+    if spec.type == CampaignType.CART_ABANDONMENT:
+        if not cart_is_empty:
+            return None
+        if not purchases:
+            return "cart_emptied", []
+        return "purchased", [i.sku for i in purchases[-1].cart or []]
+    for event in purchases:
+        reason = exit_reason(spec, event, [], catalog)
+        if reason is not None:
+            return reason, [i.sku for i in event.cart or []]
+    return None
+
+
 def _exit_rule_matches(rule: ExitRule, event: NormalizedEvent, catalog: Catalog) -> bool:
+    if rule.event in PURCHASE_EXIT_RULES:
+        if event.kind != EventKind.PURCHASE:
+            return False
+        if not rule.conditions:
+            return True
+        items = event.cart or []
+        return any(matches(rule.conditions, product_record(i.sku, catalog, i), rule.match) for i in items)
     match rule.event:
-        case "purchase" | "purchase_of_trigger_item":
-            if event.kind != EventKind.PURCHASE:
-                return False
-            if not rule.conditions:
-                return True
-            items = event.cart or []
-            return any(matches(rule.conditions, product_record(i.sku, catalog, i), rule.match) for i in items)
         case "add_to_cart":
             if event.kind != EventKind.ADD_TO_CART or not event.sku:
                 return False

@@ -11,8 +11,8 @@ from domain.campaign import STORED, CampaignSpec, Channel
 from domain.caps import CapPolicy, Competitor, cap_reason, outranked_by
 from domain.channels import choose_channel
 from domain.conditions import Condition, matches
-from domain.events import EventIn, EventValidationError, normalize_event
-from domain.matching import exit_reason, triggers
+from domain.events import EventIn, EventValidationError, NormalizedEvent, normalize_event
+from domain.matching import exit_at_merge, exit_reason, exits_at_merge, triggers
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -111,6 +111,35 @@ def test_cart_that_no_longer_matches_exits() -> None:
     assert exit_reason(spec, both, both.cart, catalog) is None
     unconditioned = CampaignSpec.model_validate({**_spec(), "trigger": {"wait": "PT1H"}})
     assert exit_reason(unconditioned, socks, socks.cart, catalog) is None
+
+
+def _purchase(*skus: str) -> NormalizedEvent:
+    cart = [{"productId": sku, "quantity": 1, "itemPrice": 5} for sku in skus]
+    return normalize_event(0, EventIn(name="Buy", properties={"dyType": "purchase-v1", "value": 5, "cart": cart}))
+
+
+def test_a_moved_journey_exits_at_a_merge_for_what_the_person_did_meanwhile() -> None:
+    """At a merge a cart journey ends only on an empty merged cart (purchased when the person bought,
+    naming the last purchase's items); a product-view journey ends on the first purchase its exit
+    rule matches; a campaign exiting on nothing a merge can show owes nothing."""
+    cart_spec = CampaignSpec.model_validate(_spec())
+    assert exits_at_merge(cart_spec)
+    assert exit_at_merge(cart_spec, True, [_purchase("a"), _purchase("b")], {}) == ("purchased", ["b"])
+    assert exit_at_merge(cart_spec, True, [], {}) == ("cart_emptied", [])
+    assert exit_at_merge(cart_spec, False, [_purchase("a")], {}) is None  # carted again after buying
+    shoes = [{"field": "category", "op": "eq", "value": "shoes"}]
+    view = CampaignSpec.model_validate({**_spec(), "type": "product_view", "trigger": {"wait": "PT1H"},
+                                        "exits": [{"event": "purchase", "conditions": shoes}]})  # fmt: skip
+    catalog = {"shoe": {"categories": ["Shoes"]}, "sock": {"categories": ["Socks"]}}
+    assert exits_at_merge(view)
+    assert exit_at_merge(view, True, [_purchase("sock")], catalog) is None
+    assert exit_at_merge(view, False, [_purchase("sock"), _purchase("shoe")], catalog) == ("purchase", ["shoe"])
+    on_trigger_item = CampaignSpec.model_validate({**_spec(), "type": "product_view", "trigger": {"wait": "PT1H"},
+                                                   "exits": [{"event": "purchase_of_trigger_item"}]})  # fmt: skip
+    assert exit_at_merge(on_trigger_item, True, [_purchase("x")], {}) == ("purchase_of_trigger_item", ["x"])
+    viewing = CampaignSpec.model_validate({**_spec(), "type": "product_view", "trigger": {"wait": "PT1H"},
+                                           "exits": [{"event": "product_view"}]})  # fmt: skip
+    assert not exits_at_merge(viewing)
 
 
 @pytest.mark.parametrize(
