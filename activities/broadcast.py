@@ -57,7 +57,7 @@ from store.locks import lock_key
 from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
-from store.tables import Campaign, Journey, Section, Send, now_utc
+from store.tables import Campaign, Integration, Journey, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
     BatchRequest,
@@ -661,6 +661,17 @@ class BroadcastActivities:
                     err.status or "no answer", "retried on its own" if outcome == "deferred" else "given up",
                 )  # fmt: skip
                 return outcome
+            if await asyncio.to_thread(self._refused_stale_credentials, ready, err):
+                # A key rotated while the call was under way: this recipient waits its own backoff and a
+                # later batch, reading the integration again, sends it with the new key. No shard pause:
+                # the vendor is not overloaded, and the rest of the batch meets the same check.
+                outcome = await settled(partial(self._defer_retry, req, user_id, ready, err))
+                log.info(
+                    "run %s shard %s, user %s: provider refused credentials replaced since the batch read them "
+                    "(%s); %s", req.run_id, req.shard, user_id, err.status,
+                    "retried with the new ones" if outcome == "deferred" else "given up",
+                )  # fmt: skip
+                return outcome
             return await settled(
                 partial(self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone)
             )
@@ -669,9 +680,22 @@ class BroadcastActivities:
         # Recorded with the other senders' acceptances (`_record_accepted`).
         return await recorder.submit(Accepted(user_id, ready, kept_answer(response.body), response.status))
 
+    def _refused_stale_credentials(self, ready: Ready, err: ProviderError) -> bool:
+        """A 401/403 to a call made with credentials the integration has replaced since the batch read
+        them (`Ready.config_as_of`): the operator rotated the key (the new one saved, the old one revoked
+        at the vendor) while the batch was sending. Retried with the new ones, not failed for good, as a
+        journey's attempt is (activities/delivery.py `_refused_stale_credentials`). A retry sends the kept
+        message (activities/frozen_message.py: content only) with the credentials read by its batch."""
+        if err.status not in (401, 403) or ready.config_as_of is None:
+            return False
+        with self.store.session() as s:
+            integration = s.get(Integration, ready.message.integration_id)
+            return integration is not None and integration.updated_at > ready.config_as_of
+
     def _defer_retry(self, req: BatchRequest, user_id: str, ready: Ready, err: ProviderError) -> str:
-        """A retryable answer for one recipient: record it and let the recipient wait its backoff
-        ("deferred"), or give up once its retries have run out of budget ("failed")."""
+        """A retryable answer for one recipient (or a refusal of credentials rotated mid-call): record
+        it and let the recipient wait its backoff ("deferred"), or give up once its retries have run out
+        of budget ("failed")."""
         with self.store.session() as s:
             send = s.get(Send, ready.send_key)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
@@ -682,7 +706,7 @@ class BroadcastActivities:
                 # processed this attempt; only its acceptance of a retry settles that (`_record_in`).
                 send.possible_duplicate = True
             if send is not None and rec is not None and req.as_of - send.created_at < RECIPIENT_RETRY_BUDGET:
-                # A definite answer (429, 5xx) is no possible duplicate; an unknown outcome stays in flight.
+                # A definite answer (429, 5xx, 401/403) is no possible duplicate; an unknown outcome stays in flight.
                 send.status = "in_flight" if err.outcome_unknown else "retrying"
                 send.provider_status, send.provider_response = err.status, err.message[:2000]
                 send.updated_at = now_utc()

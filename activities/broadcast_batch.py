@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from domain.campaign import CampaignSpec
@@ -56,3 +57,7 @@ class Ready:
     # The send row before this attempt made it in flight (status, possible duplicate, kept message);
     # None: it is new.
     before: tuple[str, bool, str | None] | None = None
+    # The integration's `updated_at` as the batch read it (`Batch.integrations`), with the credentials
+    # this call carries: a 401/403 after the integration changed since is a key rotated mid-call
+    # (`BroadcastActivities._refused_stale_credentials`). Its id is the message's `integration_id`.
+    config_as_of: datetime | None = None

@@ -62,7 +62,7 @@ class BatchMessages:
         before: tuple[str, bool, str | None] | None = None,
     ) -> Ready:  # fmt: skip
         """What the call needs: the kept message with the integration's config and secrets as they are
-        now (not content: credentials may rotate between attempts)."""
+        now (not content: credentials may rotate between attempts), and when the batch read them."""
         config_secrets = batch.secrets_of(self.box, integration)
         message = frozen.outbound(
             section_id=batch.section_id, integration_id=integration.id, channel=channel, idempotency_key=key,
@@ -71,4 +71,5 @@ class BatchMessages:
         return Ready(
             message=message, provider=self.providers.for_kind(integration.kind), kind=integration.kind, send_key=key,
             journey_id=journey_id, opt_in_id=opt_in_id, fell_back=fell_back, attempt=attempt, before=before,
+            config_as_of=integration.updated_at,
         )  # fmt: skip
