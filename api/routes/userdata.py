@@ -36,8 +36,10 @@ CHANNEL_NAMES = {
 }  # fmt: skip
 TYPE_NAMES = {"email": "email", "phonenumber": "phone", "phone": "phone", "custom": "custom"}
 # An opt-out only has to find a row: rows stored before opt-ins took one plain address
-# (`domain.email_address`) may hold a comma, and can still be opted out.
-_STORED_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# (`domain.email_address`) may hold a comma, a space or a display name, and can still be opted out.
+# Anything around an @ with no control character (the value is stored, encrypted, if no row has it).
+_STORED_EMAIL = re.compile(r"[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f@]@[^\x00-\x1f\x7f]+")
+_NOT_STORED_EMAIL = "an email address to opt out must hold an @ and no control characters"
 
 
 class IdentifierIn(BaseModel):
@@ -70,9 +72,10 @@ def _normalized(channel: str, id_type: str, value: str, opted_in: bool, allow_ht
 def _hash_for(channel: str, id_type: str, value: str, opted_in: bool) -> str:
     if id_type == "email":
         # An opt-in is one plain address: a list (`a,b@c.com`) would be one RCPT per address.
-        valid = is_email(value) if opted_in else _STORED_EMAIL.fullmatch(value) is not None
-        if not valid:
+        if opted_in and not is_email(value):
             raise Unprocessable(email_address.INVALID, field="identifier.value")
+        if not opted_in and _STORED_EMAIL.fullmatch(value) is None:
+            raise Unprocessable(_NOT_STORED_EMAIL, field="identifier.value")
         return email_hash(value)
     if id_type == "phone":
         return phone_hash(value)  # already E.164 (`_normalized`)
