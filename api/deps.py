@@ -166,7 +166,7 @@ async def management(
     keys = _presented_keys(authorization, x_rejoin_key)
     if not keys:
         # A key in the ingestion routes' header is the usual mistake: say where this one goes.
-        hint = " (dy-api-key is read by /v2/collect only)" if dy_api_key else ""
+        hint = " (dy-api-key is read by the ingestion routes only: /v2/collect and /v2/userdata)" if dy_api_key else ""
         raise Unauthorized(f"missing API key: send it as 'Authorization: Bearer <key>' or X-Rejoin-Key{hint}")
     principal = await _one_principal([_verify(state, key, "management") for key in keys])
     assert principal is not None  # one check per key, each a principal or an error

@@ -74,7 +74,7 @@ async def test_a_key_in_the_other_routes_header_is_told_where_it_goes(
     assert r.status_code == 401 and "dy-api-key header" in r.json()["error"], r.text
     r = await api.get("/api/v1/keys", headers={"dy-api-key": section.management})
     assert r.status_code == 401, r.text
-    assert "Authorization: Bearer" in r.json()["error"] and "dy-api-key is read by /v2/collect only" in r.text
+    assert "Authorization: Bearer" in r.json()["error"] and "dy-api-key is read by the ingestion routes only: /v2/collect and /v2/userdata" in r.text
 
 
 async def test_unknown_paths_and_methods_answer_in_the_one_error_shape(api: httpx.AsyncClient) -> None:
