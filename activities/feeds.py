@@ -4,7 +4,9 @@
 accepted ones and records rejected lines, one transaction per batch, heartbeating the byte
 offset and header so a retried attempt resumes where the last committed batch ended. `apply`
 then updates products or users and records every changed value with its previous one, in ONE
-transaction: a feed is applied whole or not at all. Once a sync of an uploaded file has ended,
+transaction: a feed is applied whole or not at all. A URL feed's sync asks for the file only if it
+changed since the last sync applied (`_unless`: a conditional GET); a 304 ends it `unchanged`, nothing
+staged or applied. Once a sync of an uploaded file has ended,
 the feed's older uploads are deleted (`prune_uploads`), keeping the newest few.
 """
 
@@ -31,7 +33,15 @@ from settings import Settings
 from store import feed_products, objects
 from store import subscribers as staging
 from store.engine import Store
-from store.feed_tables import Feed, FeedRejection, FeedStage, FeedSync, ProductChange, UserAttributeChange
+from store.feed_tables import (
+    Feed,
+    FeedRejection,
+    FeedStage,
+    FeedSync,
+    ProductChange,
+    UserAttributeChange,
+    read_config,
+)
 from store.paging import keyset_pages
 from store.tables import Product, User, now_utc
 from store.users import by_cuid, new_user_id
@@ -56,6 +66,14 @@ ORPHAN_AGE = timedelta(days=1)
 PRUNE_BATCH = 1000  # files deleted at most per ended sync (a backlog goes over the next syncs)
 
 
+class _Unchanged(Exception):
+    """The URL's file is the version the feed's last applied sync read (a 304): nothing to stage."""
+
+    def __init__(self, version: str) -> None:
+        super().__init__(version)
+        self.version = version
+
+
 class FeedActivities:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -72,14 +90,19 @@ class FeedActivities:
             s.add(
                 FeedSync(
                     id=req.sync_id, feed_id=feed.id, section_id=feed.section_id, object_key=req.object_key,
-                    started_at=req.as_of,
+                    started_at=req.as_of, feed_config=read_config(feed),
                 )
             )  # fmt: skip
 
     @contextmanager
-    def _open(self, feed: Feed, sync: FeedSync, p: FeedProgress) -> Iterator[tuple[Iterator[bytes], FeedProgress]]:
+    def _open(
+        self, feed: Feed, sync: FeedSync, p: FeedProgress, unless: str | None = None
+    ) -> Iterator[tuple[Iterator[bytes], FeedProgress]]:
         """The file's bytes from where `p` resumes, with `p` as it stands once the source's version is
-        pinned (`_pin`: back to the start when the file is not the version `p` was read from)."""
+        pinned (`_pin`: back to the start when the file is not the version `p` was read from).
+
+        `unless` (a URL feed read from its start): the version already applied; the GET is conditional
+        and `_Unchanged` is raised when the server answers 304."""
         if sync.object_key:
             # Every upload gets a key of its own (time + random suffix) and is never rewritten: no pin.
             with _uploaded(objects.uploads(self.settings), sync.object_key, p.offset) as chunks:
@@ -106,9 +129,13 @@ class FeedActivities:
             guard = UrlGuard(self.settings.allow_private_urls, https_only=False)
             with ExitStack() as stack:
                 try:
-                    read = stack.enter_context(url_chunks(feed.url, p.offset, if_range=p.etag, guard=guard))
+                    read = stack.enter_context(
+                        url_chunks(feed.url, p.offset, if_range=p.etag, guard=guard, unless=unless)
+                    )
                 except ConfigurationError as exc:
                     raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+                if read.unchanged and unless is not None:
+                    raise _Unchanged(unless)
                 # start 0: the server sent the whole (changed) file, so starting over needs no new request.
                 p = self._pin(sync.id, read.version, p, restartable=read.start == 0)
                 yield read.chunks, p
@@ -137,6 +164,38 @@ class FeedActivities:
             raise source_changed("the feed's file")
         return FeedProgress(etag=version)
 
+    def _unless(self, feed: Feed, sync: FeedSync, p: FeedProgress, refetch: bool) -> str | None:
+        """The version of the URL's file to ask for only if changed (If-None-Match / If-Modified-Since),
+        or None for a plain GET: that of the feed's last sync that applied (`succeeded`; not one that
+        failed, was rejected or refused, nor an `unchanged` one: they applied nothing), provided it read
+        the URL (not an upload) with a version, and the feed still reads as it did then (`read_config`).
+        Never for a resumed read (offset > 0: If-Range), nor when the sync was asked to `refetch`."""
+        if refetch or p.offset or sync.object_key or feed.source != "url":
+            return None
+        with self.store.session() as s:
+            last = s.exec(
+                select(FeedSync)
+                .where(FeedSync.feed_id == feed.id, FeedSync.state == "succeeded", FeedSync.id != sync.id)
+                .order_by(col(FeedSync.finished_at).desc(), col(FeedSync.started_at).desc())
+                .limit(1)
+            ).first()
+        if last is None or last.object_key or not last.source_etag or last.feed_config != read_config(feed):
+            return None
+        return last.source_etag
+
+    def _end_unchanged(self, sync_id: str, version: str) -> None:
+        """The file is the one already applied: forget anything an earlier attempt staged from another
+        version (its heartbeat lost), and record the version confirmed."""
+        with self.store.session() as s:
+            sync = s.get(FeedSync, sync_id)
+            assert sync is not None
+            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync_id))  # type: ignore[arg-type]
+            s.execute(delete(FeedRejection).where(FeedRejection.sync_id == sync_id))  # type: ignore[arg-type]
+            sync.rows_accepted = sync.rows_rejected = sync.lines_read = sync.duplicates = 0
+            sync.duplicate_keys = None
+            sync.source_etag = version
+            s.add(sync)
+
     @activity.defn(name="feeds.stage")
     def stage(self, req: FeedStageRequest) -> FeedStageResult:
         with self.store.session() as s:
@@ -152,7 +211,13 @@ class FeedActivities:
         key_name = "sku" if feed.kind == "product" else "cuid"
         rows: dict[str, dict[str, Any]] = {}
         rejections: list[tuple[int, str]] = []
-        with self._open(feed, sync, p) as (chunks, p):
+        opened = ExitStack()
+        try:
+            chunks, p = opened.enter_context(self._open(feed, sync, p, self._unless(feed, sync, p, req.refetch)))
+        except _Unchanged as same:
+            self._end_unchanged(req.sync_id, same.version)
+            return FeedStageResult(state="unchanged")
+        with opened:
             for raw, end in lines_from(chunks, p.offset):
                 p.line += 1
                 if p.line == 1:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
 
@@ -154,6 +155,7 @@ class UrlRead:
     chunks: Iterator[bytes]
     start: int  # the offset asked for, or 0 when the server sent the whole file because it changed
     version: str | None  # strong ETag, else Last-Modified; None when the server names no version
+    unchanged: bool = False  # a 304 to `unless`: no bytes, the caller's version is the file's
 
 
 def url_version(headers: httpx.Headers) -> str | None:
@@ -163,9 +165,28 @@ def url_version(headers: httpx.Headers) -> str | None:
     return etag if etag and not etag.startswith("W/") else last_modified
 
 
+def unless_headers(version: str) -> dict[str, str]:
+    """The conditional headers asking for a file only if it is not `version` (a `url_version`): a quoted
+    ETag as If-None-Match, an HTTP date (Last-Modified) as If-Modified-Since; anything else (an unquoted
+    ETag from a server breaking the syntax) none, so the file is read whole."""
+    if version.startswith('"'):
+        return {"If-None-Match": version}
+    try:
+        parsedate_to_datetime(version)
+    except (TypeError, ValueError, IndexError):
+        return {}
+    return {"If-Modified-Since": version}
+
+
 @contextmanager
 def url_chunks(
-    url: str, offset: int, if_range: str | None = None, timeout: float = 60.0, *, guard: UrlGuard
+    url: str,
+    offset: int,
+    if_range: str | None = None,
+    timeout: float = 60.0,
+    *,
+    guard: UrlGuard,
+    unless: str | None = None,
 ) -> Iterator[UrlRead]:
     """GET `url` streaming from `offset` (a server ignoring Range is skipped through).
 
@@ -176,13 +197,21 @@ def url_chunks(
 
     The URL is a customer's: every hop is checked by `guard` and the connection goes to the address
     it checked (`_pinned_get`). `ConfigurationError` (`RefusedAddress` for an internal target) when a
-    hop may not be fetched."""
+    hop may not be fetched.
+
+    `unless`: the version the caller already applied, for a read from the start (offset 0): the GET is
+    conditional (`unless_headers`) and a 304 yields `unchanged` with no bytes."""
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     if offset and if_range is not None:
         headers["If-Range"] = if_range
+    conditional = unless_headers(unless) if unless is not None and not offset else {}
+    headers.update(conditional)
     with httpx.Client(timeout=timeout, follow_redirects=False) as http:
         r = _pinned_get(http, guard, url, headers)
         try:
+            if conditional and r.status_code == 304:
+                yield UrlRead(iter(()), 0, unless, unchanged=True)
+                return
             if not r.is_success:
                 # Named by the URL as given: the request's own URL holds the pinned address instead.
                 why = f"{r.status_code} {r.reason_phrase} for {url}"

@@ -8,6 +8,8 @@ attribute-change campaigns trigger on; a failed sync stages nothing visible and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +35,20 @@ class Feed(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
 
 
+# Bump when the rows of an unchanged file would be read or applied differently (domain/feeds.py parsing,
+# the apply's rules): a sync after the upgrade then reads the file whole instead of trusting a 304.
+READ_RULES = 1
+
+
+def read_config(feed: Feed) -> str:
+    """What decides how a feed's file is fetched, read and applied (not its name or schedule), as a short
+    digest. A sync records it (`FeedSync.feed_config`); a URL sync skips a file unchanged since the last
+    applied sync (conditional GET) only if the feed still reads as that sync did. A field added to `Feed`
+    that changes how rows are read or applied belongs here."""
+    config = [READ_RULES, feed.kind, feed.source, feed.url, feed.s3_bucket, feed.s3_key, feed.mode]
+    return hashlib.sha256(json.dumps(config).encode()).hexdigest()[:32]
+
+
 class FeedSync(SQLModel, table=True):
     __table_args__ = (Index("ix_feed_sync_recent", "feed_id", "started_at"),)
 
@@ -40,7 +56,9 @@ class FeedSync(SQLModel, table=True):
     feed_id: str = Field(max_length=40)
     section_id: str = Field(max_length=40)
     object_key: str | None = Field(default=None, max_length=1024)  # uploads: where the file is
-    state: str = Field(default="running", max_length=16)  # running | succeeded | failed | rejected | refused
+    # running | succeeded | failed | rejected | refused | unchanged (a URL's file not modified since the
+    # last succeeded sync: a 304 to the conditional GET, nothing staged or applied)
+    state: str = Field(default="running", max_length=16)
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0
@@ -53,6 +71,9 @@ class FeedSync(SQLModel, table=True):
     # Version of the URL / S3 file the staged rows were read from (S3 ETag; a URL's strong ETag, else its
     # Last-Modified): a resumed read only continues that version, so two files are never spliced.
     source_etag: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # `read_config` of the feed when the sync began (None: a sync begun before it was kept, never
+    # the reference of a conditional GET).
+    feed_config: str | None = Field(default=None, max_length=64)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     started_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))

@@ -16,6 +16,8 @@ class FeedSyncInput(BaseModel):
     object_key: str | None = None  # an uploaded file; None: the feed's own URL / S3 location
     max_rejected_rows: int = 100_000
     force: bool = False  # apply a full file even if it removes more than the allowed share
+    # Read a URL's file whole even if unchanged since the last applied sync (no conditional GET).
+    refetch: bool = False
     # Shards of the runs the sync triggers (REJOIN_BROADCAST_SHARDS when the API started it);
     # syncs started before the field existed replay with their count then: 2.
     shards: int = 2
@@ -33,6 +35,7 @@ class FeedStageRequest(BaseModel):
     feed_id: str
     max_rejected_rows: int
     batch_size: int = 1000
+    refetch: bool = False  # no conditional GET (FeedSyncInput.refetch)
 
 
 class FeedProgress(SyncProgress):
@@ -45,7 +48,8 @@ class FeedProgress(SyncProgress):
 
 
 class FeedStageResult(BaseModel):
-    state: Literal["staged", "rejected", "failed"]
+    # unchanged: the URL answered 304 to the conditional GET (the file the last applied sync read)
+    state: Literal["staged", "rejected", "failed", "unchanged"]
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0

@@ -36,6 +36,8 @@ FILE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2), maximum_attempts=5,
     non_retryable_error_types=["NotFound", "NoSource"],
 )  # fmt: skip
+# The stage request carries `refetch` (a sync-now asked to skip the conditional GET of a URL feed).
+REFETCH_PATCH = "feed-refetch"
 
 
 @workflow.defn
@@ -50,11 +52,12 @@ class FeedSyncWorkflow:
             start_to_close_timeout=SHORT,
             retry_policy=RETRY,
         )
+        refetch = workflow.patched(REFETCH_PATCH) and inp.refetch
         try:
             staged = await workflow.execute_activity_method(
                 FeedActivities.stage,
                 FeedStageRequest(
-                    sync_id=sync_id, feed_id=inp.feed_id, max_rejected_rows=inp.max_rejected_rows
+                    sync_id=sync_id, feed_id=inp.feed_id, max_rejected_rows=inp.max_rejected_rows, refetch=refetch
                 ),
                 start_to_close_timeout=timedelta(hours=2),
                 heartbeat_timeout=timedelta(minutes=2),
@@ -65,7 +68,7 @@ class FeedSyncWorkflow:
             message = getattr(err.cause, "message", None) or str(err.cause or err)
             staged = FeedStageResult(state="failed", error=f"sync gave up: {message}"[:500])
         finish = FeedFinishRequest(sync_id=sync_id, result=staged, as_of=workflow.now(), force=inp.force)
-        if staged.state != "staged":
+        if staged.state != "staged":  # unchanged (a 304) ends here too: nothing staged, nothing to apply
             await workflow.execute_activity_method(
                 FeedActivities.fail, finish, start_to_close_timeout=SHORT, retry_policy=RETRY
             )

@@ -159,13 +159,21 @@ def _feed(store: Store, section_id: str, feed_id: str) -> Feed:
     return feed
 
 
-def _sync_input(settings: Settings, feed: Feed, object_key: str | None = None, force: bool = False) -> FeedSyncInput:
+def _sync_input(
+    settings: Settings, feed: Feed, object_key: str | None = None, force: bool = False, refetch: bool = False
+) -> FeedSyncInput:
     return FeedSyncInput(
         section_id=feed.section_id, feed_id=feed.id, object_key=object_key,
         max_rejected_rows=settings.subscriber_max_rejected_rows, force=force, shards=settings.broadcast_shards,
+        refetch=refetch,
     )  # fmt: skip
 
 FORCE = Query(False, description="Apply a full product file even if it removes more than the allowed share")
+REFETCH = Query(
+    False,
+    description="Read a URL feed's file whole even if the server says it is unchanged since the last applied "
+    "sync (no If-None-Match / If-Modified-Since)",
+)
 
 
 async def _refuse_internal_url(settings: Settings, url: str) -> None:
@@ -217,12 +225,14 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
     return FeedOut(**feed.model_dump())
 
 
-async def _start_sync(state: StateDep, feed: Feed, object_key: str | None, force: bool) -> SyncStarted:
+async def _start_sync(
+    state: StateDep, feed: Feed, object_key: str | None, force: bool, refetch: bool = False
+) -> SyncStarted:
     client = await state.client()
     wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
     async with calling_temporal("start the feed's sync"):
         await client.start_workflow(
-            FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force), id=wid,
+            FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force, refetch), id=wid,
             task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
         )  # fmt: skip
     return SyncStarted(workflow_id=wid)
@@ -255,12 +265,15 @@ async def upload_feed(
 
 
 @router.post("/feeds/{feed_id}/sync", status_code=202)
-async def sync_feed(feed_id: str, principal: Management, state: StateDep, force: bool = FORCE) -> SyncStarted:
-    """Sync now from the feed's URL or S3 location."""
+async def sync_feed(
+    feed_id: str, principal: Management, state: StateDep, force: bool = FORCE, refetch: bool = REFETCH
+) -> SyncStarted:
+    """Sync now from the feed's URL or S3 location. A URL feed's file unchanged since the last applied
+    sync (the server answers 304 to a conditional GET) ends the sync `unchanged`; `refetch` reads it whole."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
     if feed.source == "upload":
         raise Unprocessable("an upload feed syncs when a file is uploaded (PUT .../file)", field="path.feed_id")
-    return await _start_sync(state, feed, None, force)
+    return await _start_sync(state, feed, None, force, refetch)
 
 
 def _status(store: Store, feed: Feed, limit: int, rejections: int) -> FeedStatus:
