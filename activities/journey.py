@@ -249,8 +249,11 @@ class JourneyActivities:
 
     @activity.defn(name="journey.finish")
     def finish(self, req: FinishRequest) -> None:
+        # Only an exit has a reason: an exit signal that came after the last step (a purchase while
+        # it was finished) leaves the workflow's state holding one, but the journey completed.
+        reason = req.exit_reason if req.status == "exited" else None
         with self.store.session() as s:
-            ended = journey_rows.end(s, req.journey_id, req.status, req.exit_reason, req.as_of)
+            ended = journey_rows.end(s, req.journey_id, req.status, reason, req.as_of)
             if ended is None:
                 return
             if req.status == "exited":
