@@ -190,3 +190,32 @@ async def test_rejoin_temporal_serves_what_the_worker_needs_alone(ports: dict[st
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         finish(proc, timeout=20)
+
+
+def _get_healthz(sock: socket.socket) -> bytes:
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return sock.recv(4096)
+
+
+def test_rejoin_api_keeps_an_idle_connection_longer_than_client_pools_do(
+    ports: dict[str, int], tmp_path: Path
+) -> None:
+    """A backend's pool reuses a connection idle for a few seconds (httpx: up to 5 s): the API must not
+    have closed it meanwhile (uvicorn's default 5 s did, and requests were reset unseen)."""
+    proc = start(environment(tmp_path / "data", ports["frontend"], ports["ui"], ports["api"]), "api")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", ports["api"]), timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, finish(proc, 5)
+                time.sleep(0.2)
+        with sock:
+            assert _get_healthz(sock).startswith(b"HTTP/1.1 "), "no answer"
+            time.sleep(6)  # idle past uvicorn's default keep-alive
+            assert _get_healthz(sock).startswith(b"HTTP/1.1 "), "the API closed the idle connection"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        finish(proc, 15)
