@@ -80,13 +80,17 @@ class Settings(BaseSettings):
     workflow_sandbox: bool = False
 
     # Subscriber lists on S3 (or any S3-compatible endpoint). Empty endpoint: AWS itself; empty
-    # keys: boto3's default credential chain. Rejoin's own keys must be allowed to create IAM
-    # users/keys, because "Sync now" hands each integration its own credentials.
+    # keys: boto3's default credential chain. With `subscriber_credentials` "iam", Rejoin's own keys
+    # must be allowed to create IAM users/keys, because "Sync now" hands each integration its own.
     s3_endpoint_url: str = ""
     s3_region: str = "us-east-1"
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     subscriber_bucket: str = "rejoin-subscribers"
+    # Who gives customers their upload credentials: "iam" (Rejoin, through the AWS IAM API: an IAM
+    # user limited to the list's prefix and an access key shown once by "Sync now") or "operator"
+    # (Rejoin never calls IAM; the operator issues them, e.g. MinIO users, which have no IAM API).
+    subscriber_credentials: Literal["iam", "operator"] = "iam"
     # Where uploaded feed files are kept: "s3", "local" (data_dir/objects, one host only: the
     # API and the workers must share that folder) or "auto" (S3 when an endpoint or access key
     # is set, or AWS credentials are in the environment; else local, so `bin/dev` needs no object
@@ -131,6 +135,16 @@ class Settings(BaseSettings):
     def _positive_ttl(cls, v: timedelta) -> timedelta:
         if v <= timedelta(0):
             raise ValueError("link lifetime must be positive")
+        return v
+
+    @field_validator("subscriber_credentials", mode="before")
+    @classmethod
+    def _credentials_issuer(cls, v: object) -> object:
+        if v not in ("iam", "operator"):
+            raise ValueError(
+                f"REJOIN_SUBSCRIBER_CREDENTIALS must be iam (Rejoin issues subscriber-list upload keys through "
+                f"the AWS IAM API) or operator (the operator issues them; Rejoin never calls IAM), not {v!r}"
+            )
         return v
 
     @field_validator("link_fallback_url")

@@ -4,6 +4,10 @@
 prefix, an IAM user restricted to that prefix, its access key shown once), makes sure the
 integration's Temporal Schedule exists and triggers it. Credentials can be regenerated once;
 after that the API refuses (the seeds: "contact support").
+
+With `REJOIN_SUBSCRIBER_CREDENTIALS=operator` (an S3 without the AWS IAM API, such as MinIO)
+Rejoin never calls IAM: "Sync now" provisions the location and the schedule only, its answer
+says the operator issues the upload credentials, and regenerating them is a 409 saying so.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
@@ -44,6 +49,7 @@ from workflows.subscribers import SubscriberSyncWorkflow
 router = APIRouter(prefix="/api/v1/integrations", tags=["subscribers"])
 LIST_CHANNELS = {"email", "sms"}
 MAX_CREDENTIALS = 2  # the first issue and one regeneration
+Issuer = Literal["rejoin", "operator"]  # who gives the customer upload credentials (REJOIN_SUBSCRIBER_CREDENTIALS)
 
 
 class Credentials(BaseModel):
@@ -64,7 +70,10 @@ class Location(BaseModel):
 
 class SyncNow(BaseModel):
     location: Location
-    credentials: Credentials | None = None  # only when just provisioned
+    credentials: Credentials | None = None  # only when just provisioned, and only when Rejoin issues them
+    # "rejoin": through IAM, in `credentials` on first provisioning; "operator": never here, the
+    # operator gives the customer access to `location` (REJOIN_SUBSCRIBER_CREDENTIALS=operator).
+    credentials_issued_by: Issuer
     triggered: bool
     forced: list[str] = []  # refused folders (force=true) that this sync applies whatever they remove
 
@@ -90,11 +99,29 @@ class SyncOut(BaseModel):
 
 class ListStatus(BaseModel):
     location: Location
+    credentials_issued_by: Issuer
     access_key_id: str | None
     regenerations_left: int
     last_folder: str | None
     activated_at: datetime | None
     syncs: list[SyncOut]
+
+
+def _issuer(settings: Settings) -> Issuer:
+    return "operator" if settings.subscriber_credentials == "operator" else "rejoin"
+
+
+def _iam_user(integration_id: str) -> str:
+    return f"rejoin-{integration_id}"[:64]
+
+
+def _operator_issues(lst: SubscriberList | None) -> Conflict:
+    where = f" to s3://{lst.bucket}/{lst.prefix}" if lst is not None else ""
+    return Conflict(
+        "subscriber-list credentials are issued by the operator (REJOIN_SUBSCRIBER_CREDENTIALS=operator), "
+        f"not by Rejoin: ask them for upload access{where}",
+        field="integration_id",
+    )
 
 
 def _location(settings: Settings, lst: SubscriberList, identifier_type: str) -> Location:
@@ -141,33 +168,37 @@ def _s3(settings: Settings) -> Iterator[None]:
 def _provision(
     store: Store, settings: Settings, integration: Integration
 ) -> tuple[SubscriberList, Credentials | None]:
-    """Create the list's S3 location and first credentials once; later calls return the row."""
+    """Create the list's S3 location and first credentials once; later calls return the row.
+
+    When the operator issues credentials, no IAM user or key is made: the location only."""
     with store.session() as s:
         existing = s.get(SubscriberList, integration.id)
     if existing is not None:
         return existing, None
+    operator = settings.subscriber_credentials == "operator"
     lst = SubscriberList(
         integration_id=integration.id,
         section_id=integration.section_id,
         channel=integration.channel,
         bucket=settings.subscriber_bucket,
         prefix=f"{integration.section_id}/{integration.id}/",
-        iam_user=f"rejoin-{integration.id}"[:64],
+        iam_user="" if operator else _iam_user(integration.id),  # no IAM user when the operator issues keys
         created_at=now_utc(),
     )
+    creds: Credentials | None = None
     with _s3(settings):
         objects.ensure_bucket(objects.client(settings), lst.bucket)
-        key_id, secret = objects.issue_access_key(
-            objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None
-        )
-    lst.access_key_id, lst.credentials_issued = key_id, 1
+        if not operator:
+            key_id, secret = objects.issue_access_key(
+                objects.client(settings, "iam"), lst.iam_user, lst.bucket, lst.prefix, None
+            )
+            lst.access_key_id, lst.credentials_issued = key_id, 1
+            creds = Credentials(access_key_id=key_id, secret_access_key=secret, regenerations_left=MAX_CREDENTIALS - 1)
     with store.session() as s:
         if s.get(SubscriberList, integration.id) is not None:  # a concurrent first click won
             raise Conflict("the subscriber list is being provisioned; retry", field="integration_id")
         s.add(lst)
-    return lst, Credentials(
-        access_key_id=key_id, secret_access_key=secret, regenerations_left=MAX_CREDENTIALS - 1
-    )
+    return lst, creds
 
 
 async def ensure_schedule(client: Client, settings: Settings, lst: SubscriberList) -> str:
@@ -223,6 +254,7 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep, 
     return SyncNow(
         location=_location(state.settings, lst, integration.identifier_type),
         credentials=creds,
+        credentials_issued_by=_issuer(state.settings),
         triggered=True,
         forced=forced,
     )
@@ -231,6 +263,8 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep, 
 def _regenerate(store: Store, settings: Settings, integration: Integration) -> Credentials:
     with store.session() as s:
         lst = s.get(SubscriberList, integration.id)
+        if settings.subscriber_credentials == "operator":  # Rejoin never calls IAM then
+            raise _operator_issues(lst)
         if lst is None:
             raise Conflict("no subscriber list yet: use sync first", field="integration_id")
         if lst.credentials_issued >= MAX_CREDENTIALS:
@@ -238,6 +272,8 @@ def _regenerate(store: Store, settings: Settings, integration: Integration) -> C
                 "credentials were already regenerated once; contact support to issue more",
                 field="integration_id",
             )
+        if not lst.iam_user:  # provisioned while the operator issued credentials: Rejoin's first key now
+            lst.iam_user = _iam_user(lst.integration_id)
         # Count first (committed with the new key): a crash after IAM issued a key cannot
         # grant a third credential.
         with _s3(settings):
@@ -253,7 +289,8 @@ def _regenerate(store: Store, settings: Settings, integration: Integration) -> C
 
 @router.post("/{integration_id}/subscribers/credentials")
 async def regenerate_credentials(integration_id: str, principal: Management, state: StateDep) -> Credentials:
-    """Issue a new access key (the old one stops working); allowed once after the first issue."""
+    """Issue a new access key (the old one stops working); allowed once after the first issue. A 409
+    when the operator issues the credentials (REJOIN_SUBSCRIBER_CREDENTIALS=operator)."""
     integration = await asyncio.to_thread(_integration, state.store, principal.section_id, integration_id)
     return await asyncio.to_thread(_regenerate, state.store, state.settings, integration)
 
@@ -285,10 +322,13 @@ def _status(
                     rejections=[Rejection(line=r.line, reason=r.reason) for r in rows],
                 )
             )
+        operator = settings.subscriber_credentials == "operator"
         return ListStatus(
             location=_location(settings, lst, integration.identifier_type),
+            credentials_issued_by=_issuer(settings),
             access_key_id=lst.access_key_id,
-            regenerations_left=max(0, MAX_CREDENTIALS - lst.credentials_issued),
+            # None through Rejoin when the operator issues credentials.
+            regenerations_left=0 if operator else max(0, MAX_CREDENTIALS - lst.credentials_issued),
             last_folder=lst.last_folder,
             activated_at=lst.activated_at,
             syncs=out,
