@@ -44,6 +44,7 @@ from sqlalchemy import (
 from sqlmodel import Session, col
 
 from domain.tracking import PRIVACY_PROXY_AGENT
+from store.locks import lock_key
 from store.report_tables import ReportAttribution, ReportCohort, ReportConversion, ReportRollup
 from store.sends import SentMessage
 from store.statements import dialect, per_dialect, table_of, upsert_base, upsert_for
@@ -452,6 +453,8 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
     opened also records and counts the open it implies (`implied_open`)."""
     if hit.bot:
         return
+    with s.no_autoflush:  # the hit itself is not flushed yet (it is flagged below)
+        lock_key(s, send_hits_lock_key(hit.send_key))
     hit.first_of_send = not _send_has_first(s, hit)
     _count_human_hit(s, hit)
     opened = implied_open(s, hit)
@@ -460,13 +463,24 @@ def count_hit(s: Session, hit: TrackingHit) -> None:
         _count_human_hit(s, opened)
 
 
+def send_hits_lock_key(send_key: str) -> str:
+    """The lock `count_hit` holds while it decides a human hit's `first_of_send` (and whether its
+    click implies an open): one per send, for both kinds, so the human hits of one send recorded at
+    once are flagged one after the other, each seeing the ones committed before it, and never
+    collide on `ux_hit_send_first` (a burst of a reader's clicks and pixel loads lost clicks when
+    the recorder's retry collided again). PostgreSQL (advisory lock, READ COMMITTED: the reads after
+    it see what the previous holder committed); SQLite's transactions are serial already."""
+    return f"hits/{send_key}"
+
+
 def implied_open(s: Session, click: TrackingHit) -> TrackingHit | None:
     """The open a send's first human click implies, when the send is an email with no open yet.
 
     A hit like any other (source `implied`, at the click's time, flagged `first_of_send`), so the
     counters, the raw path and a rebuild count it alike, and the unique index `ux_hit_send_first`
-    keeps one open per send: a real open afterwards is a repeat (totals only), and one committed
-    at the same time makes this transaction fail and the click be recorded again, seeing it."""
+    keeps one open per send: a real open afterwards is a repeat (totals only). The send's lock
+    (`send_hits_lock_key`) makes a real open recorded at the same time commit before this check or
+    wait for this transaction; should one still collide, the recorder records the click again."""
     if click.bot or click.kind != "click" or not click.first_of_send or click.channel not in IMPLIED_OPEN_CHANNELS:
         return None
     opened = TrackingHit(
@@ -517,8 +531,9 @@ def _count_human_hit(s: Session, hit: TrackingHit) -> None:
 def _send_has_first(s: Session, hit: TrackingHit) -> bool:
     """Whether the hit's send already has its first human hit of this kind (on `ux_hit_send_first`).
 
-    Two hits of one send recorded at once may both find none: the unique index then refuses the
-    second transaction, which the recorder retries (api/routes/tracking.py, `record_hit`)."""
+    Called under the send's lock (`count_hit`), so two hits of one send recorded at once do not
+    both find none; the unique index still refuses a second first (the recorder then retries,
+    api/routes/tracking.py `record_hit`)."""
     with s.no_autoflush:  # the hit itself is not flushed yet: it never finds itself
         query = select(literal(1)).where(
             col(TrackingHit.send_key) == hit.send_key, col(TrackingHit.kind) == hit.kind, FIRST_OF_SEND

@@ -68,20 +68,31 @@ async def record(state: AppState, request: Request, **kw: Any) -> TrackingHit | 
     return await asyncio.to_thread(record_hit, state.store, method=request.method, **kw)
 
 
-def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
-    """Best effort: a recipient is redirected (or gets the GIF) even if recording fails.
+# Attempts at recording one hit: a human hit of a send is flagged under the send's lock
+# (store/report_rollup.py, `send_hits_lock_key`), so it does not collide on `ux_hit_send_first`;
+# should one (a first flagged by something else meanwhile), each attempt re-reads the send's hits.
+RECORD_ATTEMPTS = 3
 
-    Two hits of one send recorded at once may both take themselves for the send's first (so may a
-    click's implied open and a real open); the unique index `ux_hit_send_first` refuses the later
-    one, which is recorded again (then it sees the first committed and is not, or implies none)."""
-    try:
+
+def record_hit(store: Store, **kw: Any) -> TrackingHit | None:
+    """Best effort: a recipient is redirected (or gets the GIF) even if recording fails (logged
+    with the reason).
+
+    The human hits of one send recorded at once are flagged first of the send (and a click's
+    implied open added) one after the other, under the send's lock; the unique index
+    `ux_hit_send_first` refusing one all the same, the hit is recorded again, seeing the first."""
+    for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
             return _record(store, **kw)
         except IntegrityError:
-            return _record(store, **kw)
-    except Exception:  # a click must never break because the database hiccuped
-        log.exception("could not record a %s hit", kw.get("kind"))
+            if attempt < RECORD_ATTEMPTS:
+                log.info("recording a %s hit again: it collided with another (attempt %d)", kw.get("kind"), attempt)
+                continue
+            log.exception("could not record a %s hit", kw.get("kind"))
+        except Exception:  # a click must never break because the database hiccuped
+            log.exception("could not record a %s hit", kw.get("kind"))
         return None
+    return None
 
 
 def _record(
