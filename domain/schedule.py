@@ -2,7 +2,10 @@
 
 Pure functions of an instant, so workflows can call them with `workflow.now()` and activities
 with their `as_of`. Times of day are local to a timezone; DST gaps and repeats follow
-`zoneinfo` (a 02:30 that does not exist on a spring-forward day lands at 03:30).
+`zoneinfo`, except that a local time which does not exist (a DST gap) is taken as the first
+instant after the gap: a 02:30 on a Berlin spring-forward day is 03:00 CEST, so a send window
+02:30-03:30 opens that day at 03:00 (shifting by the gap instead gave 03:30, the window's end:
+the step waited a day).
 """
 
 from __future__ import annotations
@@ -43,12 +46,24 @@ def next_occurrence(after: datetime, at: time, days: list[str], tz: ZoneInfo) ->
         day = local.date() + timedelta(days=offset)
         if DAYS[day.weekday()] not in days:
             continue
-        candidate = datetime.combine(day, at, tzinfo=tz)
-        # Normalise through UTC so non-existent local times (DST gaps) move forward.
-        candidate_utc = candidate.astimezone(UTC)
+        candidate_utc = _local_to_utc(datetime.combine(day, at), tz)
         if candidate_utc >= after.astimezone(UTC):
             return candidate_utc
     raise ValueError("days must name at least one weekday")
+
+
+def _local_to_utc(wall: datetime, tz: ZoneInfo) -> datetime:
+    """The instant of the naive local time `wall` in `tz`; in a repeated hour the first; in a DST
+    gap (no such local time) the gap's end, the first instant whose local time is later."""
+    first = wall.replace(tzinfo=tz).astimezone(UTC)  # fold 0: a gap's time shifted past the gap
+    if first.astimezone(tz).replace(tzinfo=None) == wall:
+        return first
+    # In a gap: the offset after it (fold 1) puts `wall` before the transition; the gap's end lies
+    # between the two readings. Transitions fall on whole minutes (all of today's zones).
+    instant = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    while instant < first and instant.astimezone(tz).replace(tzinfo=None) < wall:
+        instant += timedelta(minutes=1)
+    return instant
 
 
 def in_window(instant: datetime, start: time, end: time, tz: ZoneInfo) -> bool:
