@@ -132,7 +132,7 @@ class Bucket:
         return {
             "users": n,
             "metrics": {
-                m: {"count": _num(self.counts[m]), "per_user": (self.counts[m] / n) if n else 0.0} for m in METRICS
+                m: {"count": _num(self.counts[m]), "per_user": _per_user(m, self.counts[m], n)} for m in METRICS
             },
             "ctr": (self.email_clicks / self.email_impressions) if self.email_impressions else None,
             # Users with at least one attributed purchase, and their share of the users: purchases'
@@ -174,7 +174,7 @@ class Enrolled:
             "buyers": self.buyers,
             "conversion_rate": (min(self.buyers, users) / users) if users else None,
             "revenue": money(self.revenue),
-            "revenue_per_user": (self.revenue / users) if users else None,
+            "revenue_per_user": money_per_user(self.revenue, users),
             "revenue_by_currency": {c: money(v) for c, v in sorted(self.revenue_by_currency.items())},
             "revenue_other_currencies": {c: money(v) for c, v in sorted(self.revenue_other_currencies.items())},
         }
@@ -225,6 +225,24 @@ def _num(v: float) -> float | int:
 def money(value: float) -> float:
     """A money figure to the cent: sums of float values carry noise (22315.120000000003)."""
     return round(float(value), 2) + 0.0  # + 0.0: no "-0.0" from a tiny negative sum
+
+
+PER_USER_DECIMALS = 6  # money per user: of the cent-rounded total, to a millionth of the currency unit
+
+
+def money_per_user(total: float, users: int) -> float | None:
+    """Money per user from the total to the cent, rounded: the same amount added up in another order
+    (SQL vs Python, whole hours vs a raw edge) gives the same figure (70.15588709677418 vs
+    70.1558870967742 before). None without users."""
+    return (round(money(total) / users, PER_USER_DECIMALS) + 0.0) if users else None
+
+
+def _per_user(metric: str, count: float, users: int) -> float:
+    """A `per_user` figure: money per user (rounded, see `money_per_user`) for revenue; the others
+    are quotients of whole counts, the same bits for the same counts."""
+    if not users:
+        return 0.0
+    return (money_per_user(count, users) or 0.0) if metric == "revenue" else count / users
 
 
 @dataclass(frozen=True)
@@ -474,7 +492,8 @@ def arms_for(metric: str, buckets: dict[str, Bucket], ids: Sequence[str]) -> lis
         b = buckets.get(vid) or Bucket()
         n = b.users
         if metric == "revenue":
-            arms.append(Arm(vid, n, min(b.converters["revenue"], n), n, b.counts["revenue"], b.revenue_sumsq))
+            buyers, total = min(b.converters["revenue"], n), money(b.counts["revenue"])
+            arms.append(Arm(vid, n, buyers, n, total, _sumsq(b.revenue_sumsq)))
         elif metric == "ctr":
             imp, clk = int(b.email_impressions), int(min(b.email_clicks, b.email_impressions))
             arms.append(Arm(vid, n, successes=clk, trials=imp))
@@ -484,6 +503,12 @@ def arms_for(metric: str, buckets: dict[str, Bucket], ids: Sequence[str]) -> lis
             # than users. Clamped, so the rate stays a probability and Beta(1+k, 1+n-k) is defined.
             arms.append(Arm(vid, n, successes=min(b.converters[metric], n), trials=n))
     return arms
+
+
+def _sumsq(value: float) -> float:
+    """A sum of squared money values to cent² (4 decimals): as `money`, independent of the order
+    the squares were added in, so the posterior is too."""
+    return round(float(value), 4) + 0.0
 
 
 def beta_prob_b_beats_a(a_succ: int, a_fail: int, b_succ: int, b_fail: int) -> float:
@@ -519,14 +544,31 @@ def _posterior_draws(metric: str, arms: Sequence[Arm], rng: np.random.Generator)
             n = max(arm.users, 1)
             mean = arm.total / n
             var = max(arm.total_sq - n * mean * mean, 0.0) / (n - 1) if n > 1 else 0.0
-            se = math.sqrt(var / n) if var > 0 else 1e-9
+            # No spread (no revenue at all, or every user the same): the posterior is the observed mean
+            # itself. (A 1e-9 spread clipped at 0 made a revenue-less arm exactly 0 in half the draws
+            # and tiny positive in the others: noise that then decided who was "best".)
+            se = math.sqrt(var / n) if var > 0 else 0.0
             # Revenue per user is never below 0: a wide normal's negative draws gave uplift intervals
-            # under -100%, which no arm can reach.
+            # under -100%, which no arm can reach. Clipped draws tie at 0: `_best_shares` splits ties.
             columns.append(np.maximum(rng.normal(mean, se, DRAWS), 0.0))
         else:
             successes, fails = _successes_failures(arm)
             columns.append(rng.beta(successes + 1, fails + 1, DRAWS))
     return np.column_stack(columns)
+
+
+def _best_shares(draws: NDArray[np.float64]) -> NDArray[np.float64]:
+    """How many draws each arm is best in; a draw where arms tie for the best (revenue draws
+    clipped at 0, arms without revenue) counts a 1/k share for each of the k tied arms, so no arm
+    is favoured by its place in the order (argmax gave every tie to the first)."""
+    best = (draws == draws.max(axis=1, keepdims=True)).astype(np.float64)
+    shares: NDArray[np.float64] = (best / best.sum(axis=1, keepdims=True)).sum(axis=0)
+    return shares
+
+
+def _share_better(draws: NDArray[np.float64], arm: int, base: int) -> float:
+    """P(arm > base) from the draws, a tie counting half (neither is better)."""
+    return float(np.mean(draws[:, arm] > draws[:, base]) + 0.5 * np.mean(draws[:, arm] == draws[:, base]))
 
 
 def _successes_failures(arm: Arm) -> tuple[int, int]:
@@ -561,13 +603,12 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
         return {"metric": metric, "status": "single_variation", "winner": None, "variations": []}
     draws = _posterior_draws(metric, arms, np.random.default_rng(SEED))
     base = next((i for i, a in enumerate(arms) if a.id == baseline), 0)
-    # argmax takes the first best in a draw, as draw.index(max(draw)) did.
-    wins = np.bincount(np.argmax(draws, axis=1), minlength=len(arms))
+    wins = _best_shares(draws)  # ties shared, never given to the first arm
     # A relative uplift over a baseline whose observed mean is 0 (no revenue, no conversion; or below
     # 0 with refunds) is a ratio of draws around 0: -1509%..+1108% says nothing, so none is given.
     comparable = _observed_mean(metric, arms[base]) > 0
     intervals = _uplift_intervals(draws, base) if comparable else [None] * len(arms)
-    prob = [int(w) / DRAWS for w in wins]
+    prob = [float(w) / DRAWS for w in wins]
     if metric != "revenue" and len(arms) == 2:
         # Two conversion arms: use the exact value instead of the simulation's estimate.
         a, b = arms
@@ -581,6 +622,8 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
     # An arm no one is in has only its prior (a 0.5 chance against a low rate): it leads nothing.
     seen = [i for i, a in enumerate(arms) if a.users > 0] or list(range(len(arms)))
     best = max(seen, key=prob.__getitem__)
+    # Arms tied for the highest probability (no revenue anywhere: every draw a tie at 0) have no leader.
+    tied = sum(1 for i in seen if prob[i] == prob[best]) > 1
     conversions = sum(_successes_failures(a)[0] if metric != "revenue" else a.successes for a in arms)
     enough = all(a.users >= MIN_USERS for a in arms) and conversions >= MIN_CONVERSIONS
     status = "not_enough_data" if not enough else ("winner" if prob[best] >= WIN_PROBABILITY else "no_winner_yet")
@@ -589,7 +632,7 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
         "baseline": arms[base].id,
         "status": status,
         "winner": arms[best].id if status == "winner" else None,
-        "leader": arms[best].id if arms[best].users > 0 else None,
+        "leader": arms[best].id if arms[best].users > 0 and not tied else None,
         "variations": rows,
         "thresholds": {"min_users": MIN_USERS, "min_conversions": MIN_CONVERSIONS, "probability": WIN_PROBABILITY},
     }
@@ -610,6 +653,11 @@ HOLDOUT_ZERO = {
                        "is not defined",
     "revenue_per_user": "the holdout has no revenue yet ({n} users): an uplift relative to 0 is not defined",
 }  # fmt: skip
+TOO_FEW = (
+    "too few users or buyers: an arm is compared with the holdout once both have at least {min_users} users and "
+    "together at least {min_conversions} buyers (the winner's minimum sample); the holdout has {users} users and "
+    "{buyers} buyers"
+)
 MIXED_CURRENCIES = (
     "the enrolled users' revenue is in {currencies}, and Rejoin has no exchange rates to add them up: set the "
     "section's report currency (PATCH /api/v1/section `currency`) to compare revenue in one"
@@ -625,9 +673,14 @@ def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdo
     range, or, per metric, while the holdout's value is 0 (a relative uplift over 0 says nothing);
     revenue per user too when the compared users' revenue is in more than one currency (no report
     currency set): no value, since a sum of amounts in different currencies is none.
+
+    The winner's minimum sample applies to each arm and the holdout (`_enough`): below it the row
+    is `not_enough_data`, its value kept but no interval or probability; a metric (and the whole
+    comparison) is `not_enough_data` when no arm reaches it.
     """
+    thresholds = {"min_users": MIN_USERS, "min_conversions": MIN_CONVERSIONS}
     out: dict[str, Any] = {"holdout": holdout_id, "status": "not_measurable", "reason": None, "rule": HOLDOUT_RULE,
-                           "metrics": {}}  # fmt: skip
+                           "thresholds": thresholds, "metrics": {}}  # fmt: skip
     hold = buckets.get(holdout_id) if holdout_id is not None else None
     if holdout_id is None:
         out["reason"] = NO_HOLDOUT
@@ -639,49 +692,68 @@ def holdout_comparison(buckets: dict[str, Bucket], arm_ids: Sequence[str], holdo
         return out
     assert hold is not None and holdout_id is not None
     arms = [_enrolled_arm(holdout_id, hold)] + [_enrolled_arm(v, buckets.get(v) or Bucket()) for v in arm_ids]
+    too_few = TOO_FEW.format(users=arms[0].users, buyers=arms[0].successes, **thresholds)
     no_buyer = HOLDOUT_ZERO["conversion_rate"].format(n=hold.users)
-    out["metrics"]["conversion_rate"] = _against_holdout("purchases", arms, no_buyer)
+    out["metrics"]["conversion_rate"] = _against_holdout("purchases", arms, no_buyer, too_few)
     # Revenue is compared in one currency only: a sum of EUR and USD values is no amount of money.
     mixed = sorted(set().union(*((buckets.get(v) or Bucket()).enrolled_currencies() for v in [holdout_id, *arm_ids])))
     if len(mixed) > 1:
         out["metrics"]["revenue_per_user"] = {
             "status": "not_measurable", "reason": MIXED_CURRENCIES.format(currencies=", ".join(mixed)),
-            "holdout": None, "variations": [{"id": a.id, "value": None, "uplift": None, "probability_better": None}
-                                            for a in arms[1:]],
+            "holdout": None, "variations": [{"id": a.id, "status": "not_measurable", "value": None, "uplift": None,
+                                             "probability_better": None} for a in arms[1:]],
         }  # fmt: skip
     else:
         zero = HOLDOUT_ZERO["revenue_per_user"].format(n=hold.users)
-        out["metrics"]["revenue_per_user"] = _against_holdout("revenue", arms, zero)
-    measured = [m for m in out["metrics"].values() if m["status"] == "measured"]
-    out["status"] = "measured" if measured else "not_measurable"
-    out["reason"] = None if measured else out["metrics"]["conversion_rate"]["reason"]
+        out["metrics"]["revenue_per_user"] = _against_holdout("revenue", arms, zero, too_few)
+    statuses = [m["status"] for m in out["metrics"].values()]
+    out["status"] = next((s for s in ("measured", "not_enough_data") if s in statuses), "not_measurable")
+    out["reason"] = next((m["reason"] for m in out["metrics"].values() if m["status"] == out["status"]), None)
     return out
 
 
 def _enrolled_arm(vid: str, b: Bucket) -> Arm:
     e = b.enrolled or Enrolled()
     buyers = min(e.buyers, b.users)
-    return Arm(vid, b.users, successes=buyers, trials=b.users, total=e.revenue, total_sq=e.revenue_sumsq)
+    return Arm(vid, b.users, successes=buyers, trials=b.users, total=money(e.revenue), total_sq=_sumsq(e.revenue_sumsq))
 
 
-def _against_holdout(kind: str, arms: Sequence[Arm], zero_reason: str) -> dict[str, Any]:
-    """`arms[0]` is the holdout: the others' values, uplift intervals and P(better than it)."""
+def _enough(hold: Arm, arm: Arm) -> bool:
+    """The winner's minimum sample for an arm against the holdout: both at least MIN_USERS users,
+    at least MIN_CONVERSIONS buyers between them (a buyer converts for both metrics)."""
+    return min(hold.users, arm.users) >= MIN_USERS and hold.successes + arm.successes >= MIN_CONVERSIONS
+
+
+def _shown_mean(kind: str, arm: Arm) -> float:
+    """The observed mean as reported: money per user rounded (`money_per_user`), rates as they are."""
+    return (money_per_user(arm.total, arm.users) or 0.0) if kind == "revenue" else _observed_mean(kind, arm)
+
+
+def _against_holdout(kind: str, arms: Sequence[Arm], zero_reason: str, too_few: str) -> dict[str, Any]:
+    """`arms[0]` is the holdout: the others' values, uplift intervals and P(better than it); an arm
+    below the minimum sample (`_enough`) keeps its value only."""
     hold = arms[0]
     base_mean = _observed_mean(kind, hold)
-    rows: list[dict[str, Any]] = [{"id": a.id, "value": _observed_mean(kind, a) if a.users else None,
-                                   "uplift": None, "probability_better": None} for a in arms[1:]]  # fmt: skip
+    rows: list[dict[str, Any]] = [{"id": a.id, "status": "not_enough_data", "uplift": None, "probability_better": None,
+                                   "value": _shown_mean(kind, a) if a.users else None} for a in arms[1:]]  # fmt: skip
+    shown = _shown_mean(kind, hold)
     if base_mean <= 0:
-        return {"status": "not_measurable", "reason": zero_reason, "holdout": base_mean, "variations": rows}
+        for row in rows:
+            row["status"] = "not_measurable"
+        return {"status": "not_measurable", "reason": zero_reason, "holdout": shown, "variations": rows}
+    measured = [i for i, a in enumerate(arms[1:], start=1) if a.users > 0 and _enough(hold, a)]
+    if not measured:
+        return {"status": "not_enough_data", "reason": too_few, "holdout": shown, "variations": rows}
     draws = _posterior_draws(kind, arms, np.random.default_rng(SEED))
     intervals = _uplift_intervals(draws, 0)
-    for i, (a, row) in enumerate(zip(arms[1:], rows, strict=True), start=1):
-        if a.users == 0:
-            continue  # no user in the arm: its prior alone says nothing
+    for i in measured:
+        a, row = arms[i], rows[i - 1]
         interval = intervals[i]
+        row["status"] = "measured"
         row["uplift"] = None if interval is None else {"low": round(interval[0], 4), "high": round(interval[1], 4)}
         if kind == "revenue":
-            better = float(np.mean(draws[:, i] > draws[:, 0]))
+            better = _share_better(draws, i, 0)
         else:
             better = beta_prob_b_beats_a(*_successes_failures(hold), *_successes_failures(a))
         row["probability_better"] = round(better, 4)
-    return {"status": "measured", "reason": None, "holdout": base_mean, "variations": rows}
+    return {"status": "measured", "reason": None, "holdout": shown, "variations": rows}

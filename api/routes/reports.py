@@ -537,19 +537,25 @@ def _uplift_text(row: dict[str, Any], verdict: dict[str, Any]) -> str:
 
 def _holdout_html(body: dict[str, Any]) -> str:
     """The holdout comparison: every arm's enrolled-user conversions beside the holdout's, each
-    arm's uplift over it and the probability it beats it; or why it is not measurable."""
+    arm's uplift over it and the probability it beats it; or why it is not measurable. Below the
+    winner's minimum sample (`not_enough_data`) the counts and rates only, and the same caution
+    as the winner's."""
     e = html.escape
     comparison = body.get("holdout_comparison") or {}
     intro = f"<p class=muted>Measured the same way for every arm: {e(str(comparison.get('rule', '')))}.</p>"
-    if comparison.get("status") != "measured":
+    if comparison.get("status") not in ("measured", "not_enough_data"):
         return f"{intro}<p class=verdict>Uplift vs holdout: not measurable: {e(str(comparison.get('reason')))}.</p>"
+    if comparison["status"] == "not_enough_data":
+        reason = e(str(comparison.get("reason")))
+        intro += ("<p class=verdict>Not enough data to compare the arms with the holdout yet.</p>"
+                  f"<p class=muted>No uplift or probability is given ({reason}).</p>")  # fmt: skip
     metrics = comparison["metrics"]
     by_arm = {(m, row["id"]): row for m, block in metrics.items() for row in block["variations"]}
     notes = "".join(
         f"<p class=muted>{e(label)}: not measurable: {e(str(block['reason']))}.</p>"
         for label, block in (("Conversion rate", metrics["conversion_rate"]),
                              ("Revenue per user", metrics["revenue_per_user"]))
-        if block["status"] != "measured"
+        if block["status"] == "not_measurable"
     )  # fmt: skip
     rows = []
     revenue = metrics["revenue_per_user"]
@@ -564,6 +570,9 @@ def _holdout_html(body: dict[str, Any]) -> str:
                 cells.append(_shown(per_user, value_fmt))
             if row is None:  # the holdout itself
                 cells += ["holdout", "–"] if v["id"] == comparison["holdout"] else ["–", "–"]
+                continue
+            if row.get("status") == "not_enough_data" and metrics[metric]["status"] != "not_measurable":
+                cells += ["–", "not enough data"]  # a value, but no claim on so few users
                 continue
             uplift = row["uplift"]
             interval = "–" if uplift is None else f"{uplift['low']:+.1%} … {uplift['high']:+.1%}"
@@ -600,13 +609,13 @@ def to_html(body: dict[str, Any]) -> str:
     window_hours = _shown(c["attribution_window_hours"], "{:g}")
     zone = str(body["series"].get("time_zone", "UTC"))
     verdict = {
-        "winner": f"Winner: <b>{e(str(w.get('winner')))}</b>",
+        "winner": f"Winner: <b>{e(names.get(str(w.get('winner')), str(w.get('winner'))))}</b>",
         "no_winner_yet": "No winner yet: no variation is at least 95% likely to be best.",
         "not_enough_data": "Not enough data to call a winner yet.",
         "single_variation": "Only one variation is compared.",
     }[w["status"]]
     prob_rows = "".join(
-        f"<tr><td>{e(r['id'])}</td><td>{_shown(r['probability_to_be_best'], '{:.1%}')}</td>"
+        f"<tr><td>{e(names.get(r['id'], r['id']))}</td><td>{_shown(r['probability_to_be_best'], '{:.1%}')}</td>"
         f"<td>{_uplift_text(r, w)}</td></tr>"
         for r in w.get("variations", [])
     )  # fmt: skip
@@ -646,8 +655,8 @@ the holdout, sent nothing, has none by construction: see the holdout comparison.
 <tbody>{prob_rows}</tbody></table>
 <h2>Holdout comparison</h2>{_holdout_html(body)}
 {_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}", labels=names)}
-<p class=muted>Sends, clicks and click-attributed figures: the holdout is sent nothing, so its are 0 by construction
-and say nothing of its buying; compare it in the holdout comparison above.</p>
+<p class=muted>Sends, clicks and click-attributed figures: the holdout is sent nothing, so its figures are 0 by
+construction and say nothing of its buying; compare it in the holdout comparison above.</p>
 {_bars(f"Send requests per day ({zone})", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
 {_bars(f"Attributed revenue per day ({zone})", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
 <h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>

@@ -22,6 +22,7 @@ from sqlalchemy import delete, select
 from sqlmodel import col
 
 from api.routes.reports import build_report
+from domain import reports as domain_reports
 from domain.reports import aggregate
 from runtime.cli import main as cli_main
 from settings import Settings
@@ -56,6 +57,15 @@ def h(hours: float) -> datetime:
     return T0 + timedelta(hours=hours)
 
 
+@pytest.fixture
+def few_users_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These worlds have a few users per arm, below the winner's minimum sample, which the holdout
+    comparison takes too (no interval or probability below it: tests/domain/test_report_small_samples.py).
+    Lowered here so the comparison's figures on every path are tested all the same."""
+    monkeypatch.setattr(domain_reports, "MIN_USERS", 1)
+    monkeypatch.setattr(domain_reports, "MIN_CONVERSIONS", 1)
+
+
 def _report(store: Store, cid: str, span: tuple[datetime, datetime], *, raw: bool = False) -> dict[str, Any]:
     with store.session() as s:
         c = s.get(Campaign, cid)
@@ -87,8 +97,9 @@ def _holdout_world(store: Store, section_id: str, cid: str) -> None:
 
 
 async def test_every_arm_and_the_holdout_are_measured_by_enrolled_conversions(
-    api: httpx.AsyncClient, store: Store, section: SectionKeys
-) -> None:
+    api: httpx.AsyncClient, store: Store, section: SectionKeys, few_users_measured: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     cid = await create_campaign(api, section, SPEC, activate=False)
     _holdout_world(store, section.id, cid)
     body = _report(store, cid, WHOLE_HOURS)
@@ -141,6 +152,24 @@ async def test_every_arm_and_the_holdout_are_measured_by_enrolled_conversions(
     holdout_part = page.text.split("<h2>Holdout comparison</h2>", 1)[1].split("<figure>", 1)[0]
     assert "Holdout <small>(holdout)</small>" in holdout_part and "40.00%" in holdout_part and "50.00%" in holdout_part
     assert "Purchases (click-attributed)" in page.text
+
+    # At the real thresholds (100 users each, 10 buyers together) these 5 and 4 users claim nothing.
+    monkeypatch.undo()
+    small = _report(store, cid, WHOLE_HOURS)["holdout_comparison"]
+    assert small["status"] == "not_enough_data" and "5 users and 2 buyers" in small["reason"], small
+    assert small["metrics"]["conversion_rate"]["holdout"] == 0.4
+    rows = [r for m in small["metrics"].values() for r in m["variations"]]
+    assert all(r["uplift"] is None and r["probability_better"] is None for r in rows), rows
+    assert {r["id"]: r["value"] for r in small["metrics"]["revenue_per_user"]["variations"]} == {"a": 12.5, "b": 0.0}
+    whole_hours = {"from": WHOLE_HOURS[0].isoformat(), "to": WHOLE_HOURS[1].isoformat()}
+    r = await api.get(f"/api/v1/campaigns/{cid}/report", headers=section.mgmt, params={**whole_hours, "format": "csv"})
+    csv_rows = {(x["section"], x["variation"]): x for x in csv.DictReader(io.StringIO(r.content.decode("utf-8-sig")))}
+    assert csv_rows[("variation", "a")]["conversion_uplift_vs_holdout_low"] == ""
+    assert csv_rows[("variation", "a")]["enrolled_conversion_rate"] == "0.5"
+    page = await api.get(f"/api/v1/campaigns/{cid}/report.html", headers=section.mgmt, params=whole_hours)
+    holdout_part = page.text.split("<h2>Holdout comparison</h2>", 1)[1].split("<figure>", 1)[0]
+    assert "Not enough data to compare the arms with the holdout yet." in holdout_part
+    assert "not enough data" in holdout_part and "50.00%" in holdout_part
 
 
 async def test_an_uplift_over_a_holdout_that_cannot_be_measured_says_why(
