@@ -510,6 +510,12 @@ def _metric_label(m: str) -> str:
     return f"{label} (click-attributed)" if m in CLICK_ATTRIBUTED else label
 
 
+def _named(rows: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """Rows of the channel and step tables with their variation's name (its id if it has none), as
+    the variation and winner tables show it."""
+    return [r | {"variation": names.get(r["variation_id"], r["variation_id"])} for r in rows]
+
+
 def _table(rows: list[dict[str, Any]], first: list[tuple[str, str]]) -> str:
     e = html.escape
     head = "".join(f"<th>{e(t)}</th>" for _, t in first) + "<th>Users</th><th>CTR</th>" + "".join(
@@ -662,6 +668,6 @@ construction and say nothing of its buying; compare it in the holdout comparison
 <h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>
 {_table(body['variations'], [('name', 'Variation')])}
 <h2>Channel performance</h2><p class=muted>Only users actually sent on the channel.</p>
-{_table(body['channels'], [('variation_id', 'Variation'), ('channel', 'Channel')])}
-<h2>Steps</h2>{_table(body['steps'], [('variation_id', 'Variation'), ('step_name', 'Step')])}
+{_table(_named(body['channels'], names), [('variation', 'Variation'), ('channel', 'Channel')])}
+<h2>Steps</h2>{_table(_named(body['steps'], names), [('variation', 'Variation'), ('step_name', 'Step')])}
 </body></html>"""

@@ -135,6 +135,18 @@ def test_html_winner_table_and_verdict_name_the_variations() -> None:
     assert "so its are" not in page
 
 
+def test_html_channel_and_step_tables_name_the_variations() -> None:
+    body = _body(holdout_comparison(_trial_buckets(), ["a"], "hold"))
+    row: dict[str, Any] = {"users": 21, "ctr": None, "metrics": {}}
+    body["channels"] = [row | {"variation_id": "a", "channel": "email"}, row | {"variation_id": "gone", "channel": "sms"}]
+    body["steps"] = [row | {"variation_id": "a", "step_index": 0, "step_name": "First"}]
+    page = to_html(body)
+    channels = page.split("<h2>Channel performance</h2>", 1)[1].split("<h2>Steps</h2>", 1)[0]
+    steps = page.split("<h2>Steps</h2>", 1)[1]
+    assert "<td>Friendly</td><td>email</td>" in channels and "<td>gone</td><td>sms</td>" in channels, channels
+    assert "<td>Friendly</td><td>First</td>" in steps, steps
+
+
 def test_money_per_user_does_not_depend_on_the_order_of_the_sum() -> None:
     """The trial's cohort read two ways: 70.15588709677418 vs 70.1558870967742. Both sums are the
     same amount to the cent, so every figure derived from them is the same."""
