@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,11 @@ from domain.events import EventValidationError
 from domain.field_error import FieldError
 from security.crypto import UndecryptableSecret
 from security.rotation import RotationIncomplete
+
+log = logging.getLogger(__name__)
+# What a client is told of an error no handler expected: nothing of it (its message may name a table,
+# a query, a secret); the log has it, with its traceback.
+INTERNAL_ERROR = "internal error"
 
 
 class RejoinError(Exception):
@@ -230,6 +236,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RotationIncomplete)
     async def _rotation(_: Request, exc: RotationIncomplete) -> JSONResponse:
         return JSONResponse(error_body(str(exc)), status_code=409)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Anything no handler above takes (a bug, a database error): a 500 in the one error shape,
+        # not Starlette's plain-text "Internal Server Error". Starlette's outermost middleware calls
+        # this for every route and middleware, then re-raises for the server (uvicorn logs it too).
+        route = request.scope.get("route")
+        path = getattr(route, "path", request.url.path)
+        log.error("%s %s failed: %s", request.method, path, type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body(INTERNAL_ERROR, kind="internal_error"), status_code=500)
 
     @app.exception_handler(EventValidationError)
     async def _event(_: Request, exc: EventValidationError) -> JSONResponse:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, bindparam, delete, exists, insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, col, select
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -39,7 +41,9 @@ from settings import Settings
 from store import cart_index, journey_rows, report_rollup, users
 from store.campaigns import LiveCampaign, live_campaigns
 from store.engine import Store
-from store.locks import cuid_lock_key, device_lock_key, identifier_lock_key, lock_keys, opt_in_lock_key
+from store.locks import (
+    cuid_lock_key, device_lock_key, identifier_lock_key, lock_keys, opt_in_lock_key, user_lock_key,
+)  # fmt: skip
 from store.event_marks import mark_dispatched
 from store.reachability import find_opt_in
 from store.statements import table_of
@@ -140,10 +144,53 @@ def _keep_newest_push_subscriptions(s: Session, section_id: str, user_id: str, c
              MAX_PUSH_SUBSCRIPTIONS)  # fmt: skip
 
 
+# Attempts at a request's transaction: PostgreSQL may still end one with a deadlock (40P01) or a
+# serialization failure (40001) where writers outside ingestion's locks meet it (journeys, reports,
+# retention...). The whole transaction runs again, from a new session: nothing of the failed attempt
+# was committed (its events, journey rows, cart) and nothing was dispatched (commands leave only
+# with `accept`'s result), so the event is stored, and its journeys started, once.
+ATTEMPTS = 3
+_RETRIED_SQLSTATES = {"40P01": "deadlock", "40001": "serialization failure"}
+
+
+class UsersChanged(Exception):
+    """A user the request resolved was not among those it had locked (`_lock_users`): a merge
+    committed between the read of whom to lock and the lock. The attempt is rolled back and run again."""
+
+
 def accept(
     store: Store, box: SecretBox, settings: Settings, section_id: str, body: CollectBase, events: list[NormalizedEvent]
 ) -> Accepted:
-    """Apply the request's events to user state, store them, and return the journey commands."""
+    """Apply the request's events to user state, store them, and return the journey commands.
+
+    One transaction (`_accept_once`), run again (at most `ATTEMPTS` in all, after a short random
+    pause) when PostgreSQL ended it with a deadlock or serialization failure, or the users it
+    resolved changed under it (`UsersChanged`)."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _accept_once(store, box, settings, section_id, body, events)
+        except (DBAPIError, UsersChanged) as exc:
+            reason = _retried_reason(exc)
+            if reason is None or attempt == ATTEMPTS:
+                raise
+            log.warning("section %s: ingestion rolled back (%s), attempt %d of %d", section_id, reason,
+                        attempt + 1, ATTEMPTS)  # fmt: skip
+            time.sleep(random.uniform(0.005, 0.05) * attempt)  # jitter: the two sides do not meet again at once
+    raise AssertionError("unreachable")
+
+
+def _retried_reason(exc: Exception) -> str | None:
+    """Why the failed attempt is run again, or None when it is not (any other error)."""
+    if isinstance(exc, UsersChanged):
+        return "users changed under the lock"
+    orig = getattr(exc, "orig", None)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
+    return _RETRIED_SQLSTATES.get(sqlstate) if isinstance(sqlstate, str) else None
+
+
+def _accept_once(
+    store: Store, box: SecretBox, settings: Settings, section_id: str, body: CollectBase, events: list[NormalizedEvent]
+) -> Accepted:
     now = now_utc()
     result = Accepted()
     identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
@@ -155,6 +202,8 @@ def accept(
         # Rare: a `dyid_server` that differs from `dyid` (a reset script cookie); both are locked and resolved.
         both = body.user.differing_device_keys
         lock_keys(s, identity_lock_keys(section_id, both or body.user.device_key, identity, events))
+        # Then the users they name, before anything is read of them or written (`_lock_users`).
+        locked = _lock_users(s, section_id, both or body.user.device_key, _request_cuids(identity, events))
         campaigns = live_campaigns(s, section_id)
         needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
         cuid = identity.cuid if identity is not None else None
@@ -163,6 +212,7 @@ def accept(
             user, unsaved = users.resolve_user(s, section_id, device_key=body.user.device_key, cuid=cuid, now=now)
         else:  # the keys the user holds now go on to be written and moved together
             user, unsaved, device_key = users.resolve_linked_devices(s, section_id, both, cuid=cuid, now=now)
+        _check_locked(locked, user, unsaved, now)
         # A user first seen in this request has no journeys: allocation looks none up for them.
         first_seen = user.id if unsaved else None
         if identity is not None and user.cuid != identity.cuid:
@@ -173,6 +223,7 @@ def accept(
                 unsaved = False
             merges, merged_id = users.folds_into_owner(user, identity), user.id
             user = users.identify(s, user, identity, device_key, now)
+            _check_locked(locked, user, False, now)
             if merges and user.id != merged_id:
                 merge_exits = _exits_of_moved_journeys(s, user, merged_id, campaigns)
         locale = body.context.page.locale if body.context and body.context.page else None
@@ -203,6 +254,7 @@ def accept(
             if ev.kind == EventKind.IDENTIFY and ev.identity is not None:
                 merged_id = user.id
                 user, merges = _identify(s, user, ev.identity, device_key, now, enrolled_now, to_enroll)
+                _check_locked(locked, user, False, now)
                 if merges:
                     merge_exits += _exits_of_moved_journeys(s, user, merged_id, campaigns)
             elif ev.kind == EventKind.IDENTIFY and ev.identifiers:
@@ -493,6 +545,59 @@ def identity_lock_keys(
     # under the key the opt-in API takes for the same subscription (its endpoint's for Web Push).
     keys += [opt_in_lock_key(section_id, *_push_key(ev)) for ev in events if ev.push_token]
     return keys
+
+
+def _request_cuids(identity: Identity | None, events: list[NormalizedEvent]) -> list[str]:
+    """The CUIDs a request identifies with: its own, and its identification events'."""
+    found = [identity] if identity is not None else []
+    found += [ev.identity for ev in events if ev.kind == EventKind.IDENTIFY and ev.identity is not None]
+    return [i.cuid for i in found]
+
+
+def _lock_users(s: Session, section_id: str, device_key: users.DeviceKeys, cuids: list[str]) -> set[str] | None:
+    """Lock the users the request's device key(s) and CUIDs name (PostgreSQL; SQLite's write lock
+    already serialises requests: None, nothing locked or checked): the device's user, and the
+    person a login merges that user into or hands the device to. Returns the ids locked.
+
+    Why: the identity keys lock what a request names, not whom it reaches. A login on device B
+    (locking B, the CUID and its identifiers) merges B's anonymous user into the person while an
+    add-to-cart on the person's device A (locking A only) updates the same person: both wrote the
+    person's user row and cart index entries, in opposite orders, and PostgreSQL ended one with a
+    deadlock (a load trial: 42% of such pairs answered 500). Locking the person's user id makes
+    them take their turn, and the merged-away user's makes a request reaching it through another of
+    its devices wait for the merge (and then find the person).
+
+    Order, so that this second round cannot deadlock: every lock is (tier, lock id), identity keys
+    (`identity_lock_keys`, and the opt-in API's and erasure's, which take only those) before user
+    keys. A request takes its identity keys in one call (sorted), then reads whom to lock (a read:
+    nothing written yet), then its user keys in one call (sorted), then reads the users and writes.
+    A request waiting here holds identity keys and no row lock. Whoever holds the user key it waits
+    for took all its advisory locks already, so it never waits for those identity keys; it may wait
+    for a row lock, but not one held by a transaction that waits for an advisory lock this request
+    holds: ingestion writes nothing before its last lock, an erasure rolls back before it locks
+    again (its first round has written nothing), and the opt-in API and a list's unsubscribe write
+    opt-in rows only under those rows' own keys (held, so ingestion is not writing them). So every
+    wait points to a later (tier, id) or to a transaction waiting on no lock of ours: no cycle.
+    A deadlock left among plain row locks (writers outside these locks) is retried (`accept`).
+
+    The ids are read before the lock, so a merge committed in between (of the device's user into a
+    person not locked here) is caught when the request resolves its user (`_check_locked`); the user
+    rows themselves are read after the lock, never before (a row read before it would keep the cart a
+    merge has just changed). The CUIDs' holders cannot change meanwhile: their keys are held."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    ids = users.person_ids(s, section_id, device_key, cuids)
+    lock_keys(s, [user_lock_key(section_id, i) for i in ids])
+    return ids
+
+
+def _check_locked(locked: set[str] | None, user: User, unsaved: bool, now: datetime) -> None:
+    """The request goes on with a user it locked (`_lock_users`), or one it created itself; else
+    `UsersChanged`: the attempt is rolled back and run again, finding the new state."""
+    if locked is None or unsaved or user.id in locked or user.created_at == now:
+        return
+    log.info("user %s resolved but not locked (a merge committed meanwhile): the request runs again", user.id)
+    raise UsersChanged(user.id)
 
 
 def _push_key(ev: NormalizedEvent) -> tuple[str, str]:

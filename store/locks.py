@@ -61,5 +61,17 @@ def opt_in_lock_key(section_id: str, channel: str, value_hash: str) -> str:
     return f"optin/{section_id}/{channel}/{value_hash}"
 
 
+# The second tier (PostgreSQL): the users a request resolved, locked by ingestion after its identity
+# keys, in a call of their own, and never before them (`api.ingestion._lock_users` says why that
+# order cannot deadlock). Only ingestion takes these; no one takes an identity key after one.
+
+
+def user_lock_key(section_id: str, user_id: str) -> str:
+    """A user as ingestion writes them: their row, cart index entries, and at a merge the rows
+    re-pointed to them. Two requests reaching one person through different devices (a login on one
+    merging into them, an add-to-cart on another) share no identity key but this one."""
+    return f"user/{section_id}/{user_id}"
+
+
 def _lock_id(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, exists, func, insert, update
+from sqlalchemy import Executable, String, bindparam, cast, exists, func, insert, null, union_all, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlmodel import Session, col, select
 
@@ -130,6 +131,31 @@ def _device_holder(s: Session, section_id: str, device_key: str) -> tuple[bool, 
         return False, None
     _, known, canonical = row
     return True, s.get(User, canonical) if canonical is not None else known
+
+
+def person_ids(s: Session, section_id: str, device_key: DeviceKeys, cuids: list[str]) -> set[str]:
+    """The ids of the users a request's device key(s) and CUIDs name now: each device's user (and
+    the person it stands for when that id was merged away) and each CUID's holder. Ids only, in one
+    round trip, no `User` loaded into the session: ingestion reads them to lock those users
+    (`api.ingestion._lock_users`), and the rows are then read fresh under the locks."""
+    keys = device_keys(device_key)
+    parts: list[Any] = []  # SELECTs of (id, canonical id or NULL)
+    if keys:
+        parts.append(
+            select(col(Device.user_id).label("id"), col(UserAlias.canonical_id).label("canonical"))
+            .outerjoin(UserAlias, col(UserAlias.alias_id) == col(Device.user_id))
+            .where(col(Device.section_id) == section_id, col(Device.device_key).in_(keys))
+        )
+    if cuids:
+        parts.append(
+            select(col(User.id).label("id"), cast(null(), String).label("canonical")).where(
+                col(User.section_id) == section_id, col(User.cuid).in_(sorted(set(cuids)))
+            )
+        )
+    if not parts:
+        return set()
+    statement: Executable = parts[0] if len(parts) == 1 else union_all(*parts)
+    return {str(i) for row in s.connection().execute(statement) for i in row if i is not None}
 
 
 def save_new_user(s: Session, user: User, device_key: DeviceKeys) -> None:

@@ -70,7 +70,8 @@ def _cart(store: Store, user_id: str) -> set[str]:
 
 
 async def test_a_retrigger_costs_six_statements(api: httpx.AsyncClient, section: SectionKeys, store: Store) -> None:
-    """Six statements, and on PostgreSQL the advisory lock on the request's identities before them."""
+    """Six statements; on PostgreSQL before them the advisory lock on the request's identities, then the
+    read of the users they name and the lock on those (`api/ingestion.py::_lock_users`)."""
     await add_integration(api, section)
     await create_campaign(api, section, cart_campaign(wait="PT1H"))
     dyid, uid = await reachable_user(api, section)
@@ -80,9 +81,10 @@ async def test_a_retrigger_costs_six_statements(api: httpx.AsyncClient, section:
     assert ack["warnings"] == [], ack
     # The shopper is identified: the add-to-cart is checked for a click to attribute it to.
     expected = ["INSERT cartentry", "INSERT event", "SELECT device", "SELECT queued", "SELECT report_cohort", "UPDATE user"]
-    if store.engine.dialect.name == "postgresql":  # the request's identity lock, taken first
+    if store.engine.dialect.name == "postgresql":  # the request's identity lock, then its users'
         assert seen[0].startswith("SELECT pg_advisory_xact_lock("), seen
-        seen = seen[1:]
+        assert seen[1] == "SELECT device" and seen[2].startswith("SELECT pg_advisory_xact_lock("), seen
+        seen = seen[3:]
     assert sorted(seen) == expected, seen
     assert _cart(store, uid) == {"sku-1", "sku-2"}
 
