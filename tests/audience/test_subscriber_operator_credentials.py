@@ -26,8 +26,8 @@ from temporalio.testing import WorkflowEnvironment
 from api.main import create_app
 from settings import Settings
 from store.engine import Store
-from store.reachability import reach
-from tests.helpers import SectionKeys, add_integration, collect, email_for, eventually, login, new_dyid
+from tests.audience.test_subscribers import _person, _reachable, _status, _sync_now, _synced
+from tests.helpers import SectionKeys, add_integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = "upload_2026-03-02_10-00"
@@ -62,39 +62,6 @@ def _aws(settings: Settings, service: str) -> Any:
 def _iam_users(settings: Settings) -> list[str]:
     pages = _aws(settings, "iam").get_paginator("list_users").paginate()
     return sorted(u["UserName"] for page in pages for u in page["Users"])
-
-
-async def _sync_now(api: httpx.AsyncClient, sec: SectionKeys, iid: str) -> dict[str, Any]:
-    r = await api.post(f"/api/v1/integrations/{iid}/subscribers/sync", headers=sec.mgmt)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def _status(api: httpx.AsyncClient, sec: SectionKeys, iid: str) -> dict[str, Any]:
-    r = await api.get(f"/api/v1/integrations/{iid}/subscribers", headers=sec.mgmt)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
-
-
-async def _synced(api: httpx.AsyncClient, sec: SectionKeys, iid: str, folder: str) -> dict[str, Any]:
-    async def done() -> dict[str, Any]:
-        syncs = {s["folder"]: s for s in (await _status(api, sec, iid))["syncs"]}
-        assert folder in syncs and syncs[folder]["state"] != "running", syncs
-        return dict(syncs[folder])
-
-    return await eventually(done, timeout=30)
-
-
-async def _person(api: httpx.AsyncClient, sec: SectionKeys) -> tuple[str, str]:
-    dyid = new_dyid()
-    await collect(api, sec, dyid, login(email_for(dyid)))
-    r = await api.get(f"/api/v1/users/{dyid}", headers=sec.mgmt)
-    return email_for(dyid), str(r.json()["id"])
-
-
-def _reachable(store: Store, sec: SectionKeys, user_id: str) -> bool:
-    with store.session() as s:
-        return "email" in reach(s, sec.id, user_id, ["email"]).opt_ins
 
 
 async def test_operator_sync_now_makes_no_iam_user_and_syncs_what_the_customer_uploads(
