@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin
@@ -159,10 +160,27 @@ class UrlRead:
 
 
 def url_version(headers: httpx.Headers) -> str | None:
-    """The validator to pin a URL's file by: a weak ETag (W/) never matches If-Range, so Last-Modified then."""
+    """The validator to pin a URL's file by: a strong ETag, else a strong Last-Modified, else None (the
+    file has no version: it is read whole each time). A weak ETag (W/) never matches If-Range.
+
+    A Last-Modified is strong only at least 60 s before the answer's Date (RFC 9110, 8.8.2.2): a file
+    rewritten within the second it was read, or stamped in the future by a wrong clock, would
+    otherwise answer 304 to the next sync's If-Modified-Since after it changed, and the change was
+    skipped (a trial's feed kept an old price: `unchanged` while the file said otherwise)."""
     etag: str | None = headers.get("etag")
+    if etag and not etag.startswith("W/"):
+        return etag
     last_modified: str | None = headers.get("last-modified")
-    return etag if etag and not etag.startswith("W/") else last_modified
+    if not last_modified:
+        return None
+    try:
+        modified = parsedate_to_datetime(last_modified)
+        answered = parsedate_to_datetime(headers["date"]) if headers.get("date") else datetime.now(UTC)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if modified.tzinfo is None or answered.tzinfo is None:  # "-0000": a date with no known zone
+        return None
+    return last_modified if modified <= answered - timedelta(seconds=60) else None
 
 
 def unless_headers(version: str) -> dict[str, str]:

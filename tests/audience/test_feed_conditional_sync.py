@@ -19,7 +19,7 @@ import pytest
 from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
-from activities.streams import unless_headers
+from activities.streams import unless_headers, url_version
 from settings import Settings
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync, ProductChange
@@ -230,3 +230,24 @@ def test_conditional_headers_by_validator() -> None:
     assert unless_headers('"abc"') == {"If-None-Match": '"abc"'}
     assert unless_headers(VERSIONS["last-modified"][0]) == {"If-Modified-Since": VERSIONS["last-modified"][0]}
     assert unless_headers("abc123") == {}
+
+
+@pytest.mark.parametrize(
+    ("headers", "version"),
+    [
+        ({"etag": '"v1"', "last-modified": "Mon, 06 Jul 2026 10:00:00 GMT"}, '"v1"'),  # a strong ETag first
+        ({"etag": 'W/"v1"', "date": "Mon, 06 Jul 2026 10:05:00 GMT", "last-modified": "Mon, 06 Jul 2026 10:00:00 GMT"},
+         "Mon, 06 Jul 2026 10:00:00 GMT"),  # fmt: skip
+        # Weak dates (RFC 9110, 8.8.2.2), no version: rewritten within a minute of the answer, in the
+        # future (a wrong clock), a zone-less date, or no date at all.
+        ({"date": "Mon, 06 Jul 2026 10:00:30 GMT", "last-modified": "Mon, 06 Jul 2026 10:00:00 GMT"}, None),
+        ({"date": "Mon, 06 Jul 2026 10:00:00 GMT", "last-modified": "Wed, 05 Aug 2026 10:00:00 GMT"}, None),
+        ({"last-modified": "Wed, 06 Jan 2100 10:00:00 GMT"}, None),
+        ({"date": "Mon, 06 Jul 2026 10:05:00 GMT", "last-modified": "Mon, 06 Jul 2026 10:00:00 -0000"}, None),
+        ({"etag": 'W/"v1"'}, None),
+    ],
+)
+def test_a_file_is_versioned_only_by_a_strong_validator(headers: dict[str, str], version: str | None) -> None:
+    """A Last-Modified later than a minute before the answer's Date would answer 304 to the next
+    sync after the file changed within that minute (or ever, in the future): the change skipped."""
+    assert url_version(httpx.Headers(headers)) == version
