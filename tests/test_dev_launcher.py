@@ -193,8 +193,24 @@ async def test_rejoin_temporal_serves_what_the_worker_needs_alone(ports: dict[st
 
 
 def _get_healthz(sock: socket.socket) -> bytes:
+    """One whole answer (head and body, by its Content-Length) to a GET on a kept-alive connection;
+    b"" if the server has closed it."""
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    return sock.recv(4096)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return answer
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    length = int(lengths[0])
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def test_rejoin_api_keeps_an_idle_connection_longer_than_client_pools_do(
