@@ -10,6 +10,7 @@ Takes effect for the very next send decision.
 from __future__ import annotations
 
 import re
+from email.utils import parseaddr
 from typing import Literal
 
 from fastapi import APIRouter
@@ -23,7 +24,7 @@ from domain.email_address import is_email
 from domain.events import email_hash, phone_hash, sha256_hex
 from domain.hashing import web_push_key
 from domain.identifiers import check_web_push_subscription, normalize_phone
-from store.locks import lock_key, opt_in_lock_key
+from store.locks import lock_keys, opt_in_lock_key
 from store.reachability import find_opt_in
 from store.tables import Integration, OptIn, now_utc
 
@@ -84,6 +85,13 @@ def _hash_for(channel: str, id_type: str, value: str, opted_in: bool) -> str:
     return sha256_hex(value)
 
 
+def _address_inside(value: str) -> str | None:
+    """The one plain address in an email written another way (a display name, a space before the @),
+    or None when `value` is one already or holds none (a list: `a,b@c.com` parses as `a`)."""
+    address = parseaddr(value)[1]
+    return address if address and address.lower() != value.lower() and is_email(address) else None
+
+
 def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest, opted_in: bool) -> OptResult:
     channel = CHANNEL_NAMES.get(channel_name.lower())
     if channel is None:
@@ -108,12 +116,23 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
         value_hash = _hash_for(channel, id_type, value, opted_in)
         # A Web Push row stored before it was keyed by endpoint has the raw JSON's hash (moved on).
         legacy_hash = sha256_hex(value) if channel == "web_push" else None
+        # An email opt-out in a display form ("Jane <jane@x.example>", "jane @x.example"): the address
+        # inside is what is opted out (else the answer said opted_out while the address stayed opted
+        # in); a row stored under the raw form before opt-ins took one plain address is opted out too.
+        inside = _address_inside(value) if id_type == "email" and not opted_in else None
+        inside_hash = email_hash(inside) if inside is not None else None
         # Concurrent opt-ins of one new identifier take turns (PostgreSQL): both read "no row" and
         # the second insert was a duplicate-key 500. The key is the one a push opt-in event and an
-        # erasure take for this row (`store.locks.opt_in_lock_key`).
-        lock_key(s, opt_in_lock_key(section_id, channel, value_hash))
-        row = find_opt_in(s, section_id, channel, value_hash, legacy_hash)
+        # erasure take for this row (`store.locks.opt_in_lock_key`); both forms' in one call (one order).
+        lock_keys(s, [opt_in_lock_key(section_id, channel, h) for h in (value_hash, inside_hash) if h is not None])
         box = state.box
+        if inside is not None and inside_hash is not None:
+            stored_raw = find_opt_in(s, section_id, channel, value_hash, None)
+            if stored_raw is not None:
+                stored_raw.opted_in, stored_raw.source, stored_raw.updated_at = False, "api", now_utc()
+                s.add(stored_raw)
+            value, value_hash = inside, inside_hash
+        row = find_opt_in(s, section_id, channel, value_hash, legacy_hash)
         if row is None:
             row = OptIn(
                 section_id=section_id, channel=channel, identifier_type=id_type, value_hash=value_hash,
