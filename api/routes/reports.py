@@ -660,9 +660,10 @@ the holdout, sent nothing, has none by construction: see the holdout comparison.
 <table><thead><tr><th>Variation</th><th>Probability to be best</th><th>Uplift vs baseline (95% interval)</th></tr></thead>
 <tbody>{prob_rows}</tbody></table>
 <h2>Holdout comparison</h2>{_holdout_html(body)}
-{_bars(f"{metric.replace('_', ' ')} per user by variation", per_user, "#5b7bd5", "{:.3f}", labels=names)}
+<h2>Per variation</h2>
 <p class=muted>Sends, clicks and click-attributed figures: the holdout is sent nothing, so its figures are 0 by
 construction and say nothing of its buying; compare it in the holdout comparison above.</p>
+{_bars(f"{_metric_label(metric)} per user by variation", per_user, "#5b7bd5", "{:.3f}", labels=names)}
 {_bars(f"Send requests per day ({zone})", {k: float(v) for k, v in body['series']['sends_by_day'].items()}, "#48a57a")}
 {_bars(f"Attributed revenue per day ({zone})", body['series']['revenue_by_day'], "#d58b3b", "{:,.2f}")}
 <h2>Variation performance</h2><p class=muted>Normalized per user allocated to the variation (CTR: clicks / impressions, email).</p>

@@ -197,3 +197,14 @@ def _body(comparison: dict[str, Any]) -> dict[str, Any]:
         "series": {"time_zone": "UTC", "sends_by_day": {}, "revenue_by_day": {}},
         "warnings": [],
     }
+
+
+def test_the_per_variation_chart_is_not_under_the_holdout_heading_and_says_click_attributed() -> None:
+    """The chart of the primary metric per user sat under "Holdout comparison" with no caption saying
+    it counts click-attributed revenue: 0.000 beside the holdout table's 0.67 (a trial's reading)."""
+    body = _body(holdout_comparison(_trial_buckets(), ["a"], "hold"))
+    body["campaign"]["primary_metric"] = "revenue"
+    page = to_html(body)
+    holdout = page.split("<h2>Holdout comparison</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "per user by variation" not in holdout
+    assert "Revenue (click-attributed) per user by variation" in page
