@@ -18,6 +18,7 @@ import sys
 from urllib.parse import urlsplit
 
 import uvicorn
+from pydantic import ValidationError
 
 from security.redact import configure_logging
 from settings import Settings
@@ -224,6 +225,21 @@ def _purge_events(settings: Settings, days: float | None) -> None:
     print(json.dumps({"deleted_events": deleted, "retention_days": retention.total_seconds() / 86400}))
 
 
+def load_settings() -> Settings:
+    """The settings from the environment; a wrong one exits with one line per setting, named as it
+    is set (`REJOIN_BROADCAST_SHARDS: ...`), not a page of pydantic traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [f"{_setting_name(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        sys.exit("rejoin: invalid settings\n  " + "\n  ".join(lines))
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    return f"REJOIN_{field.upper()}" if field in Settings.model_fields else field
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rejoin", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     rr.add_argument("campaign_id", nargs="*", help="default: every campaign")
     args = parser.parse_args(argv)
     configure_logging()  # PII masked and no request URLs (push tokens) at INFO, for every command
-    settings = Settings()
+    settings = load_settings()
     if args.command == "dev":  # before the key files: a refused start leaves a fresh data folder untouched
         _refuse_taken_ports(settings)
     if args.command != "rotate-secrets":  # rotating under a key made up on the spot would be nonsense
