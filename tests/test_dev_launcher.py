@@ -239,7 +239,8 @@ def test_rejoin_api_keeps_an_idle_connection_longer_than_client_pools_do(
 
 def test_a_wrong_setting_is_one_line_naming_it(ports: dict[str, int], tmp_path: Path) -> None:
     """Not a page of pydantic traceback: the variable as the operator set it, and why."""
-    env = environment(tmp_path / "data", ports["frontend"], ports["ui"], ports["api"]) | {"REJOIN_BROADCAST_SHARDS": "0"}
+    env = environment(tmp_path / "data", ports["frontend"], ports["ui"], ports["api"])
+    env["REJOIN_BROADCAST_SHARDS"] = "0"
     code, _, err = finish(start(env, "worker"), 60)
     assert code == 1, err
     assert "REJOIN_BROADCAST_SHARDS: Input should be greater than or equal to 1" in err, err
