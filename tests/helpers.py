@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from sqlmodel import col, select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
 from api.deps import AppState
+from api.main import create_app
+from settings import Settings
 from store.engine import Store
 from store.tables import Journey
 from workflows.ids import journey_workflow_id
@@ -37,6 +41,17 @@ class SectionKeys:
     @property
     def ing(self) -> dict[str, str]:
         return {"dy-api-key": self.ingestion}
+
+
+@asynccontextmanager
+async def api_with(settings: Settings, store: Store, env: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
+    """A second API on the session's store and Temporal (the session's worker runs its workflows)
+    with other `settings`: an operator's setting under test."""
+    app = create_app(settings, store=store, temporal=env.client)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://rejoin.test", timeout=60
+    ) as client:
+        yield client
 
 
 def app_state(api: httpx.AsyncClient) -> AppState:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,13 @@ from sqlmodel import select
 from temporalio.testing import WorkflowEnvironment
 
 from activities.feeds import KEEP_UPLOADS, prune_uploads
-from api.main import create_app
 from settings import Settings
 from store import objects
 from store.engine import Store
 from store.feed_tables import Feed, FeedSync
 from store.tables import now_utc
 from tests.audience.feed_helpers import create_feed, csv_bytes, upload_feed
-from tests.helpers import SectionKeys
+from tests.helpers import SectionKeys, api_with
 from worker import build_worker
 
 HEADER = "sku,name,price,in_stock"
@@ -89,13 +86,6 @@ def _no_s3(settings: Settings, data_dir: Path) -> Settings:
     )  # fmt: skip
 
 
-@asynccontextmanager
-async def _app(settings: Settings, store: Store, env: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, store=store, temporal=env.client)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://rejoin.test", timeout=60
-    ) as client:
-        yield client
 
 
 async def test_local_uploads_are_deleted_after_their_syncs_keeping_the_newest(
@@ -103,7 +93,7 @@ async def test_local_uploads_are_deleted_after_their_syncs_keeping_the_newest(
     tmp_path: Path,
 ) -> None:
     local = _no_s3(settings, tmp_path)
-    async with build_worker(env.client, local, store) as w, w, _app(local, store, env) as dev_api:
+    async with build_worker(env.client, local, store) as w, w, api_with(local, store, env) as dev_api:
         feed = await create_feed(dev_api, section)
         root = tmp_path / "objects" / local.subscriber_bucket
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,10 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from api.main import create_app
 from settings import Settings
 from store.engine import Store
 from tests.audience.feed_helpers import create_feed, csv_bytes, feed_syncs, get_product, upload_feed
-from tests.helpers import SectionKeys, add_integration
+from tests.helpers import SectionKeys, add_integration, api_with
 from worker import build_worker
 
 HEADER = "sku,name,url,price,image_url,categories,in_stock"
@@ -47,12 +44,6 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])  # closed again on return: nothing listens there
 
 
-@asynccontextmanager
-async def _app(settings: Settings, store: Store, env: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, store=store, temporal=env.client)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://rejoin.test", timeout=60) as client:
-        yield client
 
 
 async def test_upload_without_s3_is_kept_locally_and_synced(
@@ -62,7 +53,7 @@ async def test_upload_without_s3_is_kept_locally_and_synced(
     """With no S3 configured, an uploaded feed file lands under data_dir/objects and the sync
     (a worker with the same settings) reads it from there and applies its rows."""
     local = _no_s3(settings, tmp_path)
-    async with build_worker(env.client, local, store) as w, w, _app(local, store, env) as dev_api:
+    async with build_worker(env.client, local, store) as w, w, api_with(local, store, env) as dev_api:
         feed = await create_feed(dev_api, section)
         sku = "local-" + secrets.token_hex(3)
         content = csv_bytes(HEADER, f"{sku},Shoe,https://shop.test/1,100,,Shoes,true", "bad,Hat,,abc,,,")
@@ -87,7 +78,7 @@ async def test_unreachable_s3_is_a_503_naming_the_store(
         settings, data_dir=tmp_path, s3_endpoint_url=endpoint, s3_access_key_id="k", s3_secret_access_key="s",
         task_queue="rejoin-test-broken-" + secrets.token_hex(4),
     )  # fmt: skip
-    async with _app(broken, store, env) as broken_api:
+    async with api_with(broken, store, env) as broken_api:
         feed = await create_feed(broken_api, section)
         r = await broken_api.put(f"/api/v1/feeds/{feed}/file", content=csv_bytes(HEADER), headers=section.mgmt)
     assert r.status_code == 503, r.text
@@ -107,7 +98,7 @@ async def test_subscriber_list_without_usable_s3_is_a_503(
         s3_secret_access_key="s" if configured else "", task_queue="rejoin-test-subs-" + secrets.token_hex(4),
     )  # fmt: skip
     iid = (await add_integration(api, section))["id"]
-    async with _app(variant, store, env) as variant_api:
+    async with api_with(variant, store, env) as variant_api:
         r = await variant_api.post(f"/api/v1/integrations/{iid}/subscribers/sync", headers=section.mgmt)
     assert r.status_code == 503, r.text
     assert (endpoint if configured else "REJOIN_S3_ENDPOINT_URL") in r.json()["error"], r.text
@@ -124,6 +115,6 @@ async def test_subscriber_list_with_the_store_set_local_names_that_setting(
         s3_secret_access_key="s", object_store="local", task_queue="rejoin-test-subs-" + secrets.token_hex(4),
     )  # fmt: skip
     iid = (await add_integration(api, section))["id"]
-    async with _app(variant, store, env) as variant_api:
+    async with api_with(variant, store, env) as variant_api:
         r = await variant_api.post(f"/api/v1/integrations/{iid}/subscribers/sync", headers=section.mgmt)
     assert r.status_code == 503 and "REJOIN_OBJECT_STORE=local" in r.json()["error"], r.text

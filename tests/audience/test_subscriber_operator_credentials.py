@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,10 @@ import pytest
 from pydantic import ValidationError
 from temporalio.testing import WorkflowEnvironment
 
-from api.main import create_app
 from settings import Settings
 from store.engine import Store
 from tests.audience.test_subscribers import _person, _reachable, _status, _sync_now, _synced
-from tests.helpers import SectionKeys, add_integration
+from tests.helpers import SectionKeys, add_integration, api_with
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = "upload_2026-03-02_10-00"
@@ -38,13 +35,6 @@ def _s3(s3: str) -> str:
     return s3
 
 
-@asynccontextmanager
-async def _app(settings: Settings, store: Store, env: WorkflowEnvironment) -> AsyncIterator[httpx.AsyncClient]:
-    """The session's API (same store, Temporal, task queue: the session's worker syncs) with `settings`."""
-    app = create_app(settings, store=store, temporal=env.client)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://rejoin.test", timeout=60) as client:
-        yield client
 
 
 def _operator(settings: Settings) -> Settings:
@@ -71,7 +61,7 @@ async def test_operator_sync_now_makes_no_iam_user_and_syncs_what_the_customer_u
     iid = (await add_integration(api, section))["id"]
     (a, ua), (b, ub) = [await _person(api, section) for _ in range(2)]
     users_before = _iam_users(settings)
-    async with _app(_operator(settings), store, env) as op:
+    async with api_with(_operator(settings), store, env) as op:
         first = await _sync_now(op, section, iid)
         assert first["credentials"] is None and first["credentials_issued_by"] == "operator", first
         loc = first["location"]
@@ -105,7 +95,7 @@ async def test_operator_regenerate_is_a_409_naming_the_operator(
     """Before: the route called IAM (a 5xx/503 on MinIO); now a 409 saying who issues credentials."""
     iid = (await add_integration(api, section))["id"]
     users_before = _iam_users(settings)
-    async with _app(_operator(settings), store, env) as op:
+    async with api_with(_operator(settings), store, env) as op:
         url = f"/api/v1/integrations/{iid}/subscribers/credentials"
         r = await op.post(url, headers=section.mgmt)  # no list yet: the reason is still the operator
         assert r.status_code == 409 and "REJOIN_SUBSCRIBER_CREDENTIALS=operator" in r.json()["error"], r.text
@@ -137,7 +127,7 @@ async def test_a_list_provisioned_by_the_operator_gets_rejoins_first_key_after_s
 ) -> None:
     """Moving from MinIO to AWS (operator -> iam): regenerate issues the list's first key, which uploads."""
     iid = (await add_integration(api, section))["id"]
-    async with _app(_operator(settings), store, env) as op:
+    async with api_with(_operator(settings), store, env) as op:
         await _sync_now(op, section, iid)
     r = await api.post(f"/api/v1/integrations/{iid}/subscribers/credentials", headers=section.mgmt)
     assert r.status_code == 200, r.text
