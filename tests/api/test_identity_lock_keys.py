@@ -98,11 +98,11 @@ async def test_an_opt_in_by_event_and_by_the_api_lock_the_same_key(
     def by_event(s: Session, keys: Iterable[str]) -> None:
         locked["event"].update(keys)
 
-    def by_api(s: Session, key: str) -> None:
-        locked["api"].add(key)
+    def by_api(s: Session, keys: Iterable[str]) -> None:
+        locked["api"].update(keys)
 
     monkeypatch.setattr(ingestion, "lock_keys", by_event)
-    monkeypatch.setattr(userdata, "lock_key", by_api)
+    monkeypatch.setattr(userdata, "lock_keys", by_api)
     sub = _subscription(f"https://push.example/sub/{uuid.uuid4().hex}")
     assert await _by_event(api, section, _as_browser_sends_it(sub)) == 202
     assert await _by_api(api, section, _as_backend_sends_it(sub)) == 200

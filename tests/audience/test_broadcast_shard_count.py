@@ -215,7 +215,7 @@ def test_a_worker_with_a_bad_count_refuses_to_start(tmp_path: Path) -> None:
         [sys.executable, "-m", "runtime.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode != 0
-    assert "broadcast_shards" in done.stderr and "greater than or equal to 1" in done.stderr, done.stderr[-2000:]
+    assert "REJOIN_BROADCAST_SHARDS" in done.stderr and "greater than or equal to 1" in done.stderr, done.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ replay of older feed syncs
