@@ -282,6 +282,9 @@ def load_counters(
             inp.step_users[(v, step)] = n
         elif metric == "click_users":
             inp.click_users[v] = n
+    # An hour whose counted sends were all uncounted again (a send counted, then found to be a test
+    # journey's or moved) sums to 0: no sends that hour, as the raw computation has none.
+    inp.sends_by_hour = {hour: n for hour, n in inp.sends_by_hour.items() if n}
     attributed = s.execute(_attributed(s, section_id, campaign_id, first_hour, last_hour, window, currency))
     for level, v, ch, step, kind, n, total, users, sumsq in attributed:
         if level == "d":  # purchase value per UTC hour: the hour ('YYYYMMDDHH') is in the channel column
