@@ -155,11 +155,7 @@ class FeedActivities:
                 return p
             if p.offset:
                 log.warning("feed sync %s: the file changed since line %d; starting it over", sync_id, p.line)
-            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync_id))  # type: ignore[arg-type]
-            s.execute(delete(FeedRejection).where(FeedRejection.sync_id == sync_id))  # type: ignore[arg-type]
-            sync.rows_accepted = sync.rows_rejected = sync.lines_read = 0
-            sync.source_etag = version
-            s.add(sync)
+            _discard_staged(s, sync, version)
         if p.offset and not restartable:
             raise source_changed("the feed's file")
         return FeedProgress(etag=version)
@@ -189,12 +185,8 @@ class FeedActivities:
         with self.store.session() as s:
             sync = s.get(FeedSync, sync_id)
             assert sync is not None
-            s.execute(delete(FeedStage).where(FeedStage.sync_id == sync_id))  # type: ignore[arg-type]
-            s.execute(delete(FeedRejection).where(FeedRejection.sync_id == sync_id))  # type: ignore[arg-type]
-            sync.rows_accepted = sync.rows_rejected = sync.lines_read = sync.duplicates = 0
-            sync.duplicate_keys = None
-            sync.source_etag = version
-            s.add(sync)
+            _discard_staged(s, sync, version)
+            sync.duplicates, sync.duplicate_keys = 0, None  # no staging ends this sync to record them
 
     @activity.defn(name="feeds.stage")
     def stage(self, req: FeedStageRequest) -> FeedStageResult:
@@ -393,6 +385,16 @@ def _ended_or_orphaned(store: Store, feed_id: str, keys: list[str], prefix: str)
         k for k in keys
         if (k in states and "running" not in states[k]) or (k not in states and k < orphan_before)
     ]  # fmt: skip
+
+
+def _discard_staged(s: Session, sync: FeedSync, version: str | None) -> None:
+    """Forget what `sync` staged (rows, rejected lines and their counters) and tie it to the source
+    file's `version`: the file changed under it (`_pin`), or is the one already applied (`_end_unchanged`)."""
+    s.execute(delete(FeedStage).where(FeedStage.sync_id == sync.id))  # type: ignore[arg-type]
+    s.execute(delete(FeedRejection).where(FeedRejection.sync_id == sync.id))  # type: ignore[arg-type]
+    sync.rows_accepted = sync.rows_rejected = sync.lines_read = 0
+    sync.source_etag = version
+    s.add(sync)
 
 
 def _note_duplicate(p: FeedProgress, key: str) -> None:
