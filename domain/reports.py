@@ -625,7 +625,7 @@ def winner(metric: str, arms: Sequence[Arm], baseline: str | None = None) -> dic
     # Arms tied for the highest probability (no revenue anywhere: every draw a tie at 0) have no leader.
     tied = sum(1 for i in seen if prob[i] == prob[best]) > 1
     conversions = sum(_successes_failures(a)[0] if metric != "revenue" else a.successes for a in arms)
-    enough = all(a.users >= MIN_USERS for a in arms) and conversions >= MIN_CONVERSIONS
+    enough = _minimum_sample([a.users for a in arms], conversions)
     status = "not_enough_data" if not enough else ("winner" if prob[best] >= WIN_PROBABILITY else "no_winner_yet")
     return {
         "metric": metric,
@@ -719,9 +719,15 @@ def _enrolled_arm(vid: str, b: Bucket) -> Arm:
 
 
 def _enough(hold: Arm, arm: Arm) -> bool:
-    """The winner's minimum sample for an arm against the holdout: both at least MIN_USERS users,
-    at least MIN_CONVERSIONS buyers between them (a buyer converts for both metrics)."""
-    return min(hold.users, arm.users) >= MIN_USERS and hold.successes + arm.successes >= MIN_CONVERSIONS
+    """The winner's minimum sample for an arm against the holdout (`_minimum_sample`): both arms'
+    users, and the buyers between them (a buyer converts for both metrics)."""
+    return _minimum_sample([hold.users, arm.users], hold.successes + arm.successes)
+
+
+def _minimum_sample(users: Sequence[int], conversions: int) -> bool:
+    """Enough data to compare arms at all: every arm at least MIN_USERS users, at least
+    MIN_CONVERSIONS converting users among them (the winner's rule, and the holdout comparison's)."""
+    return all(n >= MIN_USERS for n in users) and conversions >= MIN_CONVERSIONS
 
 
 def _shown_mean(kind: str, arm: Arm) -> float:
