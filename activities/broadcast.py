@@ -32,6 +32,7 @@ from activities.broadcast_batch import Batch, Ready
 from activities.broadcast_message import BatchMessages
 from activities.broadcast_plain import Accepted, PlainPath
 from activities.delivery import RECIPIENT_CHANGED
+from activities.provider_retry import refused_replaced_credentials
 from activities.fan_out import FanOut, GroupCommit, SlotGrid, settled
 from activities.frozen_message import FrozenMessage
 from domain import schedule as sched
@@ -57,7 +58,7 @@ from store.locks import lock_key
 from store.reachability import integrations_of, opt_out_gone, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
-from store.tables import Campaign, Integration, Journey, Section, Send, now_utc
+from store.tables import Campaign, Journey, Section, Send, now_utc
 from store.users import canonical_user
 from workflows.feed_models import (
     BatchRequest,
@@ -661,7 +662,9 @@ class BroadcastActivities:
                     err.status or "no answer", "retried on its own" if outcome == "deferred" else "given up",
                 )  # fmt: skip
                 return outcome
-            if await asyncio.to_thread(self._refused_stale_credentials, ready, err):
+            if ready.config_as_of is not None and await asyncio.to_thread(
+                refused_replaced_credentials, self.store, err, ready.message.integration_id, ready.config_as_of
+            ):
                 # A key rotated while the call was under way: this recipient waits its own backoff and a
                 # later batch, reading the integration again, sends it with the new key. No shard pause:
                 # the vendor is not overloaded, and the rest of the batch meets the same check.
@@ -679,18 +682,6 @@ class BroadcastActivities:
             return await settled(partial(self._record, req, user_id, ready, "failed", f"configuration: {err}", None))
         # Recorded with the other senders' acceptances (`_record_accepted`).
         return await recorder.submit(Accepted(user_id, ready, kept_answer(response.body), response.status))
-
-    def _refused_stale_credentials(self, ready: Ready, err: ProviderError) -> bool:
-        """A 401/403 to a call made with credentials the integration has replaced since the batch read
-        them (`Ready.config_as_of`): the operator rotated the key (the new one saved, the old one revoked
-        at the vendor) while the batch was sending. Retried with the new ones, not failed for good, as a
-        journey's attempt is (activities/delivery.py `_refused_stale_credentials`). A retry sends the kept
-        message (activities/frozen_message.py: content only) with the credentials read by its batch."""
-        if err.status not in (401, 403) or ready.config_as_of is None:
-            return False
-        with self.store.session() as s:
-            integration = s.get(Integration, ready.message.integration_id)
-            return integration is not None and integration.updated_at > ready.config_as_of
 
     def _defer_retry(self, req: BatchRequest, user_id: str, ready: Ready, err: ProviderError) -> str:
         """A retryable answer for one recipient (or a refusal of credentials rotated mid-call): record

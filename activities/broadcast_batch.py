@@ -59,5 +59,5 @@ class Ready:
     before: tuple[str, bool, str | None] | None = None
     # The integration's `updated_at` as the batch read it (`Batch.integrations`), with the credentials
     # this call carries: a 401/403 after the integration changed since is a key rotated mid-call
-    # (`BroadcastActivities._refused_stale_credentials`). Its id is the message's `integration_id`.
+    # (`activities.provider_retry.refused_replaced_credentials`). Its id is the message's `integration_id`.
     config_as_of: datetime | None = None

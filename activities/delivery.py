@@ -25,7 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.frozen_message import FrozenMessage
-from activities.provider_retry import retry_later
+from activities.provider_retry import refused_replaced_credentials, retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
@@ -124,7 +124,9 @@ class Delivery:
         try:
             response = await prepared.provider.send(prepared.message)
         except ProviderError as err:
-            if err.retryable or await asyncio.to_thread(self._refused_stale_credentials, req, prepared, err):
+            if err.retryable or await asyncio.to_thread(
+                refused_replaced_credentials, self.store, err, req.integration_id, prepared.config_as_of
+            ):
                 await asyncio.to_thread(self._note_retry, req, err)
                 raise retry_later(err, req.send_key) from err
             gone = prepared.opt_in_id if err.recipient_gone else None
@@ -318,17 +320,6 @@ class Delivery:
     def _linker(self, s: Session, req: DeliverRequest, issued: datetime) -> Linker | None:
         signer, url = self.signer, self.public_url
         return make_linker(signer, url, s, req.section_id, req.send_key, req.user_id, req.channel, issued)
-
-    def _refused_stale_credentials(self, req: DeliverRequest, prepared: _Prepared, err: ProviderError) -> bool:
-        """A 401/403 to an attempt made with credentials the integration has replaced since it read
-        them: the operator rotated the key (new one saved, the old one revoked at the vendor) while
-        the attempt was under way. Retried with the new ones, not failed for good: the rotation lost
-        the message of each send caught mid-call (a trial's operator found one)."""
-        if err.status not in (401, 403):
-            return False
-        with self.store.session() as s:
-            integration = s.get(Integration, req.integration_id)
-        return integration is not None and integration.updated_at > prepared.config_as_of
 
     def _note_retry(self, req: DeliverRequest, err: ProviderError) -> None:
         with self.store.session() as s:

@@ -29,6 +29,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from providers.base import ProviderError
+from store.engine import Store
+from store.tables import Integration
 
 log = logging.getLogger(__name__)
 
@@ -72,3 +74,16 @@ def retry_later(err: ProviderError, send: str) -> ApplicationError:
         next_retry_delay=timedelta(seconds=wait) if wait else None,
         category=ApplicationErrorCategory.BENIGN,
     )
+
+
+def refused_replaced_credentials(store: Store, err: ProviderError, integration_id: str, read_at: datetime) -> bool:
+    """A 401/403 to a call made with credentials the integration has replaced since they were read
+    (`read_at`: the integration's `updated_at` then): the operator rotated the key (the new one saved,
+    the old one revoked at the vendor) while the call was under way. Such a refusal is retried with
+    the new credentials, not failed for good, by journeys (activities/delivery.py) and batched runs
+    (activities/broadcast.py) alike: the rotation lost every message caught mid-call (a trial)."""
+    if err.status not in (401, 403):
+        return False
+    with store.session() as s:
+        integration = s.get(Integration, integration_id)
+        return integration is not None and integration.updated_at > read_at

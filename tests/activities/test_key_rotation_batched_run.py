@@ -3,8 +3,8 @@
 vendor. The batch read the integration once, before its calls, so the calls under way carry the old
 key and get a 401. That refusal is of credentials the integration no longer has: each recipient
 waits its own backoff and a later batch, which reads the integration again, sends the message its
-first attempt composed with the new key (activities/broadcast.py `_refused_stale_credentials`), as
-a journey's step does (tests/activities/test_key_rotation_mid_call.py). Before, every recipient
+first attempt composed with the new key (`activities/provider_retry.py::refused_replaced_credentials`),
+as a journey's step does (tests/activities/test_key_rotation_mid_call.py). Before, every recipient
 caught mid-call failed for good.
 
 Both ways a batch prepares its recipients: in chunks (activities/broadcast_plain.py) and one at a
