@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -25,6 +29,7 @@ from workflows.journey import JourneyWorkflow
 from workflows.models import JourneyResult
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
 ADMIN = {"Authorization": "Bearer test-admin-key"}
 
 
@@ -223,3 +228,16 @@ def stored_journeys(store: Store, campaign_id: str, user_id: str) -> list[Journe
     with store.session() as s:
         q = select(Journey).where(Journey.campaign_id == campaign_id, Journey.user_id == user_id)
         return list(s.exec(q.order_by(col(Journey.triggered_at))).all())
+
+
+def start_worker_with(setting: str, value: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`rejoin worker` run with one setting changed and nothing else of this shell's REJOIN_/TEMPORAL_ environment.
+
+    The Temporal address points at a closed port: a worker that refuses a bad setting must do so before it
+    connects anywhere, so the caller sees the refusal, not a connection error.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REJOIN_", "TEMPORAL_"))}
+    env.update({setting: value, "REJOIN_DATA_DIR": str(data_dir), "TEMPORAL_ADDRESS": "127.0.0.1:9"})
+    return subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -47,12 +45,19 @@ from tests.audience.feed_helpers import (
     run_result,
     upload_feed,
 )
-from tests.helpers import SectionKeys, add_integration, create_campaign, eventually, make_section, reachable_user
+from tests.helpers import (
+    SectionKeys,
+    add_integration,
+    create_campaign,
+    eventually,
+    make_section,
+    reachable_user,
+    start_worker_with,
+)  # fmt: skip
 from tests.provider_server import ProviderServer
 from workflows.feeds import FeedSyncWorkflow
 from workflows.ids import broadcast_workflow_id, campaign_schedule_id
 
-ROOT = Path(__file__).resolve().parents[2]
 HISTORIES = Path(__file__).resolve().parent / "feed_sync_histories"
 RECORDING = os.environ.get("REJOIN_RECORD_HISTORIES") == "1"
 
@@ -209,11 +214,7 @@ def test_the_setting_reads_the_environment_and_refuses_bad_counts(monkeypatch: p
 
 def test_a_worker_with_a_bad_count_refuses_to_start(tmp_path: Path) -> None:
     """`rejoin worker` stops at once, naming the setting, before it connects anywhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REJOIN_", "TEMPORAL_"))}
-    env.update(REJOIN_BROADCAST_SHARDS="0", REJOIN_DATA_DIR=str(tmp_path), TEMPORAL_ADDRESS="127.0.0.1:9")
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = start_worker_with("REJOIN_BROADCAST_SHARDS", "0", tmp_path)
     assert done.returncode != 0
     assert "REJOIN_BROADCAST_SHARDS" in done.stderr and "greater than or equal to 1" in done.stderr, done.stderr[-2000:]
 

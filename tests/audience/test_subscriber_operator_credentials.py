@@ -9,9 +9,6 @@ S3 and IAM are moto in server mode on loopback (the `s3` fixture), asked directl
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +21,8 @@ from temporalio.testing import WorkflowEnvironment
 from settings import Settings
 from store.engine import Store
 from tests.audience.test_subscribers import _person, _reachable, _status, _sync_now, _synced
-from tests.helpers import SectionKeys, add_integration, api_with
+from tests.helpers import SectionKeys, add_integration, api_with, start_worker_with
 
-ROOT = Path(__file__).resolve().parents[2]
 FOLDER = "upload_2026-03-02_10-00"
 
 
@@ -157,10 +153,6 @@ def test_the_setting_reads_the_environment_and_refuses_anything_else(monkeypatch
 
 def test_a_worker_with_a_bad_value_refuses_to_start(tmp_path: Path) -> None:
     """`rejoin worker` stops at once, naming the setting and its values, before it connects anywhere."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REJOIN_", "TEMPORAL_"))}
-    env.update(REJOIN_SUBSCRIBER_CREDENTIALS="minio", REJOIN_DATA_DIR=str(tmp_path), TEMPORAL_ADDRESS="127.0.0.1:9")
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime.cli", "worker"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = start_worker_with("REJOIN_SUBSCRIBER_CREDENTIALS", "minio", tmp_path)
     assert done.returncode != 0
     assert "REJOIN_SUBSCRIBER_CREDENTIALS must be iam" in done.stderr and "'minio'" in done.stderr, done.stderr[-2000:]
