@@ -107,8 +107,13 @@ class ListStatus(BaseModel):
     syncs: list[SyncOut]
 
 
+def _operator_issues_keys(settings: Settings) -> bool:
+    """Whether the operator, not Rejoin through IAM, gives customers their upload credentials."""
+    return settings.subscriber_credentials == "operator"
+
+
 def _issuer(settings: Settings) -> Issuer:
-    return "operator" if settings.subscriber_credentials == "operator" else "rejoin"
+    return "operator" if _operator_issues_keys(settings) else "rejoin"
 
 
 def _iam_user(integration_id: str) -> str:
@@ -175,7 +180,7 @@ def _provision(
         existing = s.get(SubscriberList, integration.id)
     if existing is not None:
         return existing, None
-    operator = settings.subscriber_credentials == "operator"
+    operator = _operator_issues_keys(settings)
     lst = SubscriberList(
         integration_id=integration.id,
         section_id=integration.section_id,
@@ -263,7 +268,7 @@ async def sync_now(integration_id: str, principal: Management, state: StateDep, 
 def _regenerate(store: Store, settings: Settings, integration: Integration) -> Credentials:
     with store.session() as s:
         lst = s.get(SubscriberList, integration.id)
-        if settings.subscriber_credentials == "operator":  # Rejoin never calls IAM then
+        if _operator_issues_keys(settings):  # Rejoin never calls IAM then
             raise _operator_issues(lst)
         if lst is None:
             raise Conflict("no subscriber list yet: use sync first", field="integration_id")
@@ -322,7 +327,7 @@ def _status(
                     rejections=[Rejection(line=r.line, reason=r.reason) for r in rows],
                 )
             )
-        operator = settings.subscriber_credentials == "operator"
+        operator = _operator_issues_keys(settings)
         return ListStatus(
             location=_location(settings, lst, integration.identifier_type),
             credentials_issued_by=_issuer(settings),
