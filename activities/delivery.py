@@ -47,7 +47,7 @@ from security.crypto import SecretBox
 from store import decisions, journey_rows, recommendations, report_rollup, reservations, sends
 from store.campaigns import load_spec
 from store.engine import Store
-from store.reachability import opt_out_gone, reach
+from store.reachability import PUSH_CHANNELS, opt_out_gone, reach
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.tables import Integration, OptIn, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 # address, or new content under the old key, would both be wrong. No fallback: the step's
 # channel is reachable, at an address its message was not made for.
 RECIPIENT_CHANGED = "recipient changed since the first attempt: not sent"
+
+# A push send whose recipient the provider reports gone goes to the user's next live opt-in on the
+# channel (`Delivery._gone`), at most this many times more per send: a user keeps up to 20
+# subscriptions per push channel, and each call waits for the provider.
+MAX_GONE_RECIPIENTS = 3
 
 
 @dataclass
@@ -81,6 +86,21 @@ class _RateLimited:
 # What `begin_in` leaves for the provider call: a message to send, a result already known (done
 # before, skipped, no longer opted in), or a rate limit to wait for first.
 Prepared = _Prepared | DeliverResult | _RateLimited
+
+
+def _half_the_attempt_left() -> bool:
+    """Whether at least half of this activity attempt's start-to-close time is left (True outside
+    an activity, or without a timeout): another provider call for the next recipient should end
+    inside the attempt, not be cancelled by Temporal mid-call (its retry would be flagged)."""
+    try:
+        info = activity.info()
+    except RuntimeError:
+        return True
+    timeout = info.start_to_close_timeout
+    if not timeout or info.started_time is None:
+        return True
+    elapsed = datetime.now(info.started_time.tzinfo) - info.started_time
+    return elapsed < timeout / 2
 
 
 def _rate_limit(integration: Integration | None) -> float | None:
@@ -119,21 +139,30 @@ class Delivery:
             await self.providers.limiter.acquire(req.integration_id, prepared.per_second)
             prepared = await asyncio.to_thread(self._begin, req, True)
             assert not isinstance(prepared, _RateLimited), "the limit was waited for"
-        if isinstance(prepared, DeliverResult):
-            return prepared
-        try:
-            response = await prepared.provider.send(prepared.message)
-        except ProviderError as err:
-            if err.retryable or await asyncio.to_thread(
-                refused_replaced_credentials, self.store, err, req.integration_id, prepared.config_as_of
-            ):
-                await asyncio.to_thread(self._note_retry, req, err)
-                raise retry_later(err, req.send_key) from err
-            gone = prepared.opt_in_id if err.recipient_gone else None
-            return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body, gone)
-        except ConfigurationError as err:
-            # Rejoin's own words (a vendor's text in it is masked where it was quoted: oauth.py)
-            return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
+        gone = 0  # recipients the provider reported gone so far in this attempt
+        while True:
+            if isinstance(prepared, DeliverResult):
+                return prepared
+            try:
+                response = await prepared.provider.send(prepared.message)
+            except ProviderError as err:
+                if err.retryable or await asyncio.to_thread(
+                    refused_replaced_credentials, self.store, err, req.integration_id, prepared.config_as_of
+                ):
+                    await asyncio.to_thread(self._note_retry, req, err)
+                    raise retry_later(err, req.send_key) from err
+                if err.recipient_gone and prepared.opt_in_id is not None:
+                    # The user's next live subscription on this channel, if any (else the failure).
+                    gone += 1
+                    next_one = gone <= MAX_GONE_RECIPIENTS and _half_the_attempt_left()
+                    prepared = await asyncio.to_thread(self._gone, req, prepared, err, next_one)
+                    continue
+                return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body)
+            except ConfigurationError as err:
+                # Rejoin's own words (a vendor's text in it is masked where it was quoted: oauth.py)
+                return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
+            break
+        assert isinstance(prepared, _Prepared)
         await asyncio.to_thread(self._accept, req, prepared, response)
         # A vendor that honours the key delivered the message once, whatever earlier attempts did.
         duplicate = prepared.possible_duplicate and not prepared.provider.honours_idempotency_key
@@ -338,6 +367,56 @@ class Delivery:
             send.provider_response = err.message[:2000]
             send.updated_at = now_utc()
             s.add(send)
+
+    def _gone(
+        self, req: DeliverRequest, prepared: _Prepared, err: ProviderError, next_one: bool
+    ) -> _Prepared | DeliverResult:
+        """The provider says the recipient is gone for good: opt it out and, on a push channel,
+        prepare the same step for the user's next live subscription there (the newest left) in
+        the same transaction, so a retry after a crash resends to that one (`_resend_in`). The
+        failure as before (the step may fall back to another channel) when there is none, or
+        when an earlier attempt may have been delivered (`_fail_in`: no second recipient then)."""
+        assert prepared.opt_in_id is not None
+        with self.store.session() as s:
+            opted_out = opt_out_gone(s, prepared.opt_in_id)
+            send = s.get(Send, req.send_key)
+            if (
+                next_one
+                and req.channel in PUSH_CHANNELS
+                # The same send key goes to the next recipient: only where the vendor does not
+                # de-duplicate by it (every push vendor), or it would drop the message as a repeat.
+                and not prepared.provider.honours_idempotency_key
+                and send is not None
+                and not sends.maybe_delivered(send, attempt_running=True)
+            ):
+                following = self._next_recipient_in(s, req, send)
+                if following is not None:
+                    log.info("%s recipient gone, sending %s to the user's next opt-in", req.channel, req.send_key)
+                    return following
+            return self._fail_in(
+                s, req, prepared.step_name, err.message, err.status, err.body, fallback=True, opted_out=opted_out
+            )
+
+    def _next_recipient_in(self, s: Session, req: DeliverRequest, send: Send) -> _Prepared | None:
+        """The send composed again for the user's newest opt-in still live on its channel (the
+        gone one was just opted out), its content kept for retries; None when there is none."""
+        integration = s.get(Integration, req.integration_id)
+        user = canonical_user(s, req.user_id)
+        if integration is None or user is None:
+            return None
+        try:
+            composed = self._compose(s, req, integration, user, StepReads(), issued=send.created_at)
+        except MissingRequired:
+            return None
+        content, step_name, _, opt_in_id = composed
+        if content is None:
+            return None
+        send.message_enc = content.seal(self.secrets)
+        send.updated_at = now_utc()
+        s.add(send)
+        provider = self.providers.for_kind(integration.kind)
+        message = self._outbound(req, integration, content)
+        return _Prepared(message, provider, send.possible_duplicate, step_name, opt_in_id, integration.updated_at)
 
     def _fail(
         self,

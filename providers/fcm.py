@@ -12,6 +12,8 @@ has no idempotency key: repeats after an unknown outcome are flagged.
 
 Only FCM's own word that the token is dead opts it out: an `UNREGISTERED` error code, or a 400
 INVALID_ARGUMENT about the registration token. A bare 404 (a wrong project, a bad URL) does not.
+A 401 THIRD_PARTY_AUTH_ERROR (the project's APNs or web push credentials are bad) is a permanent
+failure of the send, without refetching the access token (`_token_refused`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ PASSTHROUGH = ("notification", "data", "android", "apns", "webpush", "fcm_option
 TRACKING_KEY = "rjt"  # the data key carrying the push tracking token (the app echoes it on click)
 FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+# FCM refuses (400 INVALID_ARGUMENT) `data` keys it reserves, and a message whose notification and
+# data exceed 4096 bytes: checked before the call, as Web Push checks its own limit.
+RESERVED_DATA_KEYS = frozenset({"from", "message_type", "collapse_key"})
+RESERVED_DATA_PREFIXES = ("google", "gcm")
+MAX_PAYLOAD_BYTES = 4096
 # Google project ids (also legacy "example.com:name"): it is a path segment, so no "/", "?", "#" or "%".
 PROJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:_-]{0,199}$")
 
@@ -98,6 +105,25 @@ def fcm_message(token: str, payload: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def payload_problem(message: dict[str, Any]) -> str | None:
+    """Why FCM would refuse this message's `data` or size (None: it would not): a reserved data key
+    or a notification and data over 4096 bytes. The same every time, so no call is made."""
+    for key in message.get("data") or {}:
+        if key in RESERVED_DATA_KEYS or key.startswith(RESERVED_DATA_PREFIXES):
+            return (
+                f"FCM reserves the data key '{key}' (from, message_type, collapse_key and keys starting with"
+                " google or gcm): rename it in the payload's data"
+            )
+    counted = {k: message[k] for k in ("notification", "data") if k in message}
+    size = len(json.dumps(counted, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_PAYLOAD_BYTES:
+        return (
+            f"FCM message notification and data are {size} bytes; FCM accepts at most {MAX_PAYLOAD_BYTES}"
+            " (shorten the title, body or data)"
+        )
+    return None
+
+
 def _error_of(body: str) -> dict[str, Any]:
     """The `error` object of an FCM answer ({} when the body is not FCM's JSON, e.g. a proxy's page)."""
     try:
@@ -138,6 +164,17 @@ def said_by_fcm(body: str) -> str | None:
     return said(codes[0] if codes else error.get("status"), error.get("message"))
 
 
+def _token_refused(resp: ProviderResponse) -> bool:
+    """A 401 that refuses our access token, so it is worth one refetch and one resend. FCM also
+    answers 401 UNAUTHENTICATED with THIRD_PARTY_AUTH_ERROR when the project's APNs key or web
+    push credentials are bad: our token is fine, and refetching it per message would fetch a token
+    for every send and post each message twice. That one fails the send for good instead."""
+    if resp.status != 401:
+        return False
+    error = _error_of(resp.body)
+    return not any(d.get("errorCode") == "THIRD_PARTY_AUTH_ERROR" for d in _details(error, FCM_ERROR))
+
+
 def recipient_gone(status: int, body: str) -> bool:
     error = _error_of(body)
     return _unregistered(error) or (status == 400 and _token_invalid(error))
@@ -165,6 +202,9 @@ class FcmProvider:
         cfg = _config(message.config)
         url = join(str(cfg.base_url), f"/v1/projects/{cfg.project()}/messages:send")
         body = {"message": fcm_message(message.recipient, message.payload)}
+        problem = payload_problem(body["message"])
+        if problem is not None:
+            raise ConfigurationError(problem)
         account = cfg.service_account
         key = cache_key(message.integration_id, str(account.get("client_email")), str(account["private_key"]))
 
@@ -172,7 +212,7 @@ class FcmProvider:
             headers = {"Authorization": f"Bearer {token.value}"}
             return await self.ctx.caller.request("POST", url, json=body, headers=headers)
 
-        resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post)
+        resp = await with_token(self.ctx.tokens, key, self._fetcher(cfg), post, _token_refused)
         error = classify_http(resp.status, resp.body, resp.headers, said_by_fcm)
         if error is not None:
             # UNREGISTERED: the app instance is gone; 400 about the registration token: it was never

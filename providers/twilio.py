@@ -1,8 +1,10 @@
 """Twilio Programmable Messaging: form-encoded `Messages.json`, Basic auth with SID:token.
 
 The sender is a number / alphanumeric sender id (`From`) or a Messaging Service
-(`MessagingServiceSid`). The SMS text is the payload's `body` (or `text`). Twilio has no
-idempotency key for message creation, so repeats after an unknown outcome are flagged.
+(`MessagingServiceSid`). The SMS text is the payload's `body` (or `Body`, or `text`): a payload
+with none of them is a configuration error before any call (before, its raw JSON went out as the
+SMS, which Twilio accepts and the customer reads). Twilio has no idempotency key for message
+creation, so repeats after an unknown outcome are flagged.
 
 Twilio's error codes that say the number itself will never take an SMS mark the error
 `recipient_gone` (delivery opts the number out, like a dead push token): 21610, the recipient
@@ -19,10 +21,9 @@ from typing import Any
 
 from pydantic import Field, HttpUrl, model_validator
 
-from providers.base import OutboundMessage, ProviderResponse, classify_http, gone_if, said
+from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, answer_object, join, json_body, text_of
-
+from providers.preset import PresetConfig, accepted, answer_object, join, json_body
 
 # Twilio error codes that are permanent for the 'To' number (see the module docstring).
 RECIPIENT_GONE_CODES = frozenset({21610, 21211, 21614})
@@ -37,6 +38,19 @@ def said_by_twilio(body: str) -> str | None:
     """Twilio's words in an error answer: its error `code` and `message`."""
     answer = answer_object(body)
     return said(answer.get("code"), answer.get("message"))
+
+
+TEXT_KEYS = ("body", "Body", "text")
+
+
+def sms_text(payload: dict[str, Any]) -> str:
+    """The SMS text: the first non-empty string of `TEXT_KEYS`. Without one the message cannot be
+    sent as meant (like SendGrid without template or subject), so no call is made."""
+    for key in TEXT_KEYS:
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return value
+    raise ConfigurationError("the SMS has no text: give the payload a non-empty 'body' (or 'text')")
 
 
 class TwilioConfig(PresetConfig):
@@ -65,7 +79,7 @@ class TwilioProvider:
 
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         cfg = TwilioConfig.model_validate(message.config)
-        form = {"To": message.recipient, "Body": text_of(message.payload, "body", "Body", "text")}
+        form = {"To": message.recipient, "Body": sms_text(message.payload)}
         if cfg.messaging_service_sid:
             form["MessagingServiceSid"] = cfg.messaging_service_sid
         else:
