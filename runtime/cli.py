@@ -1,7 +1,8 @@
 """`rejoin` command: `dev` (everything embedded), `api`, `worker`, `create-section`.
 
 `rejoin dev` starts the Temporal dev server with its Web UI (SQLite file under ./data), the
-worker and the API in one process group; Ctrl-C stops everything it started.
+worker and the API; Ctrl-C stops everything it started: the API and the worker (draining its
+activities), then the server.
 """
 
 from __future__ import annotations
@@ -109,8 +110,18 @@ async def _dev(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # Ctrl-C during start-up does not reach the server (its own session): stop waiting for it.
+        serving = asyncio.create_task(wait_until_serving(settings.temporal_address, proc=proc))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([serving, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not serving.done():
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            return
         try:
-            await wait_until_serving(settings.temporal_address, proc=proc)
+            serving.result()
         except RuntimeError as exc:
             sys.exit(f"rejoin dev: {exc}")
         print(_banner(settings), flush=True)
@@ -119,7 +130,7 @@ async def _dev(settings: Settings) -> None:
         await watch
         if failed:
             sys.exit(f"rejoin dev: {failed[0]}")
-    finally:
+    finally:  # after the worker drained: its last activity completions still reach the server
         proc.terminate()
         with contextlib.suppress(Exception):
             proc.wait(timeout=15)

@@ -99,7 +99,14 @@ def start_dev_server(
         db_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # databases hold PII: owner only
     preexec = _die_with_parent() if die_with_parent else None
     # umask 077: the server creates its database (and -wal, -shm) 644 otherwise, readable by every local user.
-    return subprocess.Popen(dev_server_args(db_file, port, ui_port), preexec_fn=preexec, umask=0o077)
+    # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group) must not reach
+    # it, else it stops at once while the worker drains, and the activities completing meanwhile are
+    # lost ("Network error while completing activity") and run again. Its parent stops it once the
+    # worker has drained. Only where it dies with its parent (PR_SET_PDEATHSIG): elsewhere it stays in
+    # the parent's group, so that at least killing the group still ends it.
+    return subprocess.Popen(
+        dev_server_args(db_file, port, ui_port), preexec_fn=preexec, umask=0o077, start_new_session=preexec is not None
+    )
 
 
 async def wait_until_serving(

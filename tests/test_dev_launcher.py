@@ -3,11 +3,13 @@ dies with it, usage errors are one line, and the data folder it makes is the own
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +140,102 @@ def test_the_temporal_server_dies_with_a_killed_rejoin_dev(ports: dict[str, int]
         while _alive(server[0]) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(server[0]), "the Temporal dev server outlived `rejoin dev`"
+    finally:
+        for pid in [proc.pid, *server]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def _held_request(port: int, deadline: float) -> socket.socket:
+    """A connection to the API with a request in flight (its body half sent): the API's shutdown waits
+    for it, so `rejoin dev` stays in its drain (API and worker) for as long as the test holds it."""
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the API did not come up"
+            time.sleep(0.2)
+    sock.sendall(b"POST /v2/collect/user/event HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100\r\n\r\n{")  # fmt: skip
+    return sock
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: dict[str, int], tmp_path: Path) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group: it must not reach the dev
+    server, which stopped at once while the worker drained (its activity completions were lost, the
+    activities ran again). `rejoin dev` stops it itself, after the drain; no port is left open."""
+    from runtime.dev_server import port_in_use
+
+    proc = start(environment(tmp_path / "data", **ports), "dev")
+    server: list[int] = []
+    logged: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=lambda: logged.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:  # the banner comes once the server is serving
+            if "Rejoin is running" in line or time.monotonic() > deadline:
+                break
+        server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
+        assert len(server) == 1, (server, logged)
+        held = _held_request(ports["api"], deadline)
+        with held:
+            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            deadline = time.monotonic() + 30
+            while not any("Beginning worker shutdown" in line for line in logged):
+                assert time.monotonic() < deadline, logged
+                time.sleep(0.05)
+            until = time.monotonic() + 3  # unfixed, the server was gone about a second after the signal
+            while time.monotonic() < until:
+                assert _alive(server[0]), "the Temporal dev server stopped while the worker was draining"
+                time.sleep(0.1)
+            assert proc.poll() is None, ("rejoin dev did not wait for the request in flight", logged)
+            assert port_in_use(ports["frontend"]), "the Temporal server stopped serving during the drain"
+        code = proc.wait(timeout=30)  # the request released: the drain ends, then the server
+        assert code == 0, logged
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server[0]), "rejoin dev left its Temporal server running"
+        assert [port for port in ports.values() if port_in_use(port)] == [], ports
+    finally:
+        for pid in [proc.pid, *server]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ctrl_c_during_start_up_stops_rejoin_dev_and_its_server(ports: dict[str, int], tmp_path: Path) -> None:
+    """The server (in its own session) does not get the Ctrl-C: `rejoin dev` must stop waiting for it
+    to come up and stop it, not start the worker and API once it serves, nor report it as crashed."""
+    from runtime.dev_server import port_in_use
+
+    proc = start(environment(tmp_path / "data", **ports), "dev")
+    server: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not server:
+            assert time.monotonic() < deadline and proc.poll() is None, "no Temporal server started"
+            with contextlib.suppress(OSError, ValueError):  # a thread or child exiting while listed
+                server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # long before it serves: its start takes seconds
+        code, out, err = finish(proc, timeout=30)
+        assert code == 0, (code, err)
+        assert "Rejoin is running" not in out and "exited during start-up" not in err, (out, err)
+        deadline = time.monotonic() + 15
+        while _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server[0]), "rejoin dev left its Temporal server running"
+        assert [port for port in ports.values() if port_in_use(port)] == [], ports
     finally:
         for pid in [proc.pid, *server]:
             if _alive(pid):
