@@ -109,6 +109,11 @@ FALLBACK = "fallback"
 # PostgreSQL, idle machine): 32 senders 365-382 messages/s, 64: 421-476, 128: 514-521
 # (docs/performance.md). Bounded: at most this many vendor connections per shard.
 DEFAULT_CONCURRENCY = 64
+# Recipients skipped per transaction when a run ends because its campaign was paused or archived
+# (`_end_stopped`); other shards' recipients are skipped with them only when not due for this long
+# (none of their batches takes them meanwhile; the nearer ones their own shard skips).
+STOPPED_PAGE = 500
+STOPPED_OTHERS_AFTER = timedelta(minutes=1)
 # A batch heartbeats at least this often (`_heartbeat_while_running`); the workflow's heartbeat
 # timeout for a batch is a few of these (workflows/broadcast.py BATCH_HEARTBEAT_TIMEOUT).
 HEARTBEAT_EVERY = timedelta(seconds=5)
@@ -140,6 +145,50 @@ def send_time(spec: CampaignSpec, as_of: datetime) -> datetime:
     return sched.next_occurrence(
         as_of, sched.parse_hhmm(spec.schedule.time_of_day), list(spec.schedule.days), tz
     )
+
+
+# `plan_audience`'s answer (negative: no count) for a run it ended without listing anyone, by the
+# state it wrote: its slot is no longer on the campaign's schedule, or the campaign is not active.
+ENDED_UNSENT = {"superseded": -1, "cancelled": -2}
+
+
+def off_schedule(run: BroadcastRun, campaign: Campaign | None, spec: CampaignSpec) -> tuple[str, str] | None:
+    """Why a scheduled run must not send when it wakes to plan, as (state, reason); None: it sends.
+
+    A run is created for one slot of the campaign's schedule (`POST .../runs`, a Schedule fire),
+    maybe long before that slot; an edit since may have moved or removed the slot, which then
+    sends at its new time as another run: the old one sending too gave everyone the campaign twice.
+    The slot is the run's `send_at` (a one-off `send_at` campaign: the instant the run is named
+    after, as a past `send_at` sends at once); a fire at a time that is no slot (Temporal's
+    "Trigger") is off schedule too. A run without `send_at` (none is created so) is not checked."""
+    if campaign is None or campaign.status != "active":
+        status = campaign.status if campaign is not None else "deleted"
+        return "cancelled", f"campaign {status} before its send time"
+    slot, schedule = run.send_at, spec.schedule
+    if slot is None or spec.type != CampaignType.SCHEDULED:
+        return None
+    if schedule is None:
+        return "superseded", "the campaign no longer has a schedule"
+    if schedule.send_at is not None:
+        if run.id == scheduled_run_id(campaign.id, schedule.send_at):
+            return None
+        return "superseded", f"the campaign now sends at {schedule.send_at.isoformat()}"
+    tz = sched.zone(schedule.timezone)
+    at = sched.parse_hhmm(schedule.time_of_day)
+    local = slot.astimezone(tz)
+    on_slot = (
+        sched.next_occurrence(slot, at, list(schedule.days), tz) == slot
+        # In a DST gap Temporal's reading of the local time may differ from `next_occurrence`'s.
+        or (sched.DAYS[local.weekday()] in schedule.days and local.time() == at)
+    )
+    if not on_slot:
+        return "superseded", (
+            f"{slot.isoformat()} is not a slot of the campaign's schedule "
+            f"({schedule.time_of_day} {','.join(schedule.days)} {schedule.timezone})"
+        )
+    if schedule.recurring and schedule.until is not None and slot > schedule.until:
+        return "superseded", f"the campaign's schedule ends at {schedule.until.isoformat()}"
+    return None
 
 
 class BroadcastActivities:
@@ -234,13 +283,31 @@ class BroadcastActivities:
 
     @activity.defn(name="broadcast.plan_audience")
     def plan_audience(self, inp: BroadcastInput) -> int:
-        """List every user of the campaign's audience as a recipient (scheduled campaigns)."""
+        """List every user of the campaign's audience as a recipient (scheduled campaigns).
+
+        First the run's slot is checked against the campaign as it is now (`off_schedule`): a
+        slot an edit moved or removed, or a campaign no longer active, ends the run unsent (a
+        negative answer, `ENDED_UNSENT`). Otherwise the run sends the campaign's latest version,
+        as a fire of the slot created now would: content edited after a hand start applies."""
         total = 0
         with self.store.session() as s:
             run = s.get(BroadcastRun, inp.run_id)
             assert run is not None
+            if run.state in ENDED_UNSENT:
+                return ENDED_UNSENT[run.state]  # a retry after the run was ended
             if run.total:
                 return run.total  # a retry after the listing committed
+            campaign = s.get(Campaign, run.campaign_id)
+            if run.send_at is not None:
+                spec = load_spec(s, run.campaign_id, campaign.version if campaign else run.campaign_version)
+                refused = off_schedule(run, campaign, spec)
+                if refused is not None:
+                    run.state, run.finished_at = refused[0], now_utc()
+                    run.reason = f"{run.reason}; not sent: {refused[1]}"[:200]
+                    s.add(run)
+                    return ENDED_UNSENT[run.state]
+                if campaign is not None:
+                    run.campaign_version = campaign.version
             spec = load_spec(s, run.campaign_id, run.campaign_version)
             for page in broadcasts.all_users(s, run.section_id):
                 who: dict[str, list[dict[str, Any]]] = {
@@ -258,8 +325,8 @@ class BroadcastActivities:
     def set_state(self, run_id: str, state: str, as_of: datetime) -> None:
         with self.store.session() as s:
             run = s.get(BroadcastRun, run_id)
-            if run is None:
-                return
+            if run is None or run.state in ENDED_UNSENT:
+                return  # ended unsent by `plan_audience`: a workflow from before that check goes on
             run.state = state
             if state == "done":
                 run.finished_at = as_of
@@ -271,6 +338,19 @@ class BroadcastActivities:
     async def deliver_batch(self, req: BatchRequest) -> BatchResult:
         batch, rate, due = await asyncio.to_thread(self._load_batch, req)
         result = BatchResult()
+        beat = asyncio.create_task(_heartbeat_while_running(lambda: result.processed))
+        try:
+            # Paused or archived before this batch (a shard woken by the pause's signal, or by its
+            # timer): the rest of the shard is skipped at once, nobody waits for a slot or a sender.
+            if await asyncio.to_thread(self._end_stopped, req, batch, req.campaign_stopped, result):
+                return await asyncio.to_thread(self._remaining, req, result)
+            return await self._deliver_due(req, batch, rate, due, result)
+        finally:
+            beat.cancel()
+
+    async def _deliver_due(
+        self, req: BatchRequest, batch: Batch, rate: float | None, due: list[str], result: BatchResult
+    ) -> BatchResult:
         # Throttle: at most `rate` provider calls per second from this shard, on its phase of the
         # run's grid, so the shards' calls interleave evenly.
         # A throttled shard prepares each recipient just before its slot (`FanOut.before_turn`): chunks
@@ -295,12 +375,12 @@ class BroadcastActivities:
             # A throttled shard needs no more senders than calls it may start in 2 s (full rate for
             # answers up to ~2 s): more would only prepare recipients seconds before their slot.
             senders = min(senders, math.ceil(rate * 2) + 1)
-        beat = asyncio.create_task(_heartbeat_while_running(lambda: result.processed))
         try:
             await fan.run(deliver, senders)
         finally:
             await recorder.closed()
-            beat.cancel()
+        if fan.stopped:  # a sender saw the campaign paused or archived: the run ends (`_end_stopped`)
+            await asyncio.to_thread(self._end_stopped, req, batch, fan.stopped_reason, result)
         result = await asyncio.to_thread(self._remaining, req, result)
         return _paused(result, fan.pause_until)
 
@@ -323,6 +403,7 @@ class BroadcastActivities:
             if not await fan.before_turn(slot):
                 return None  # the shard paused before its turn: still pending, nothing prepared
             outcome = await settled(prepare, undo=partial(self._withdrawn, req))
+        _stop_if_campaign_stopped(fan, outcome)
         while isinstance(outcome, Ready):
             ready = outcome
             outcome = await fan.call(
@@ -334,6 +415,7 @@ class BroadcastActivities:
                 if not await fan.before_turn(slot):
                     return None
                 outcome = await settled(prepare, undo=partial(self._withdrawn, req))
+                _stop_if_campaign_stopped(fan, outcome)
         return outcome
 
     async def _prepare_chunk(self, req: BatchRequest, batch: Batch, user_ids: list[str]) -> dict[str, Ready]:
@@ -435,6 +517,41 @@ class BroadcastActivities:
             # Shards run in parallel: each gets its share of the run's rate.
             return batch, (rate / max(1, req.shards)) if rate else None, list(rows)
 
+    def _end_stopped(self, req: BatchRequest, batch: Batch, seen: str | None, result: BatchResult) -> bool:
+        """End the run for this shard if its campaign is paused or archived (or a sender of the batch saw
+        it so: `seen`, the reason): every pending recipient of the shard is skipped at once, whether due
+        or waiting (a retry's backoff, a send window), with the others' recipients not due soon
+        (`STOPPED_OTHERS_AFTER`). Skipped one by one, a throttled run went on skipping at its rate
+        (3000 recipients at 5/s: 10 minutes) and sent again once the campaign was activated meanwhile;
+        the docs say the run ends and does not resume on activate. False: the campaign is active."""
+        with self.store.session() as s:
+            status = journey_rows.campaign_status(s, batch.campaign_id)
+        if seen is None and (status is None or status == "active"):
+            return False
+        # Activated again since a sender saw the pause: the run ends all the same (the pause said so).
+        reason = f"campaign_{status}" if status is not None and status != "active" else seen or "campaign_paused"
+        others_after = max(req.as_of, now_utc()) + STOPPED_OTHERS_AFTER
+        while True:
+            with self.store.session() as s:
+                rows = s.exec(
+                    select(BroadcastRecipient)
+                    .where(
+                        BroadcastRecipient.run_id == req.run_id,
+                        BroadcastRecipient.status == "pending",
+                        (col(BroadcastRecipient.shard) == req.shard)
+                        | (col(BroadcastRecipient.not_before) > others_after),
+                    )
+                    .order_by(col(BroadcastRecipient.user_id))
+                    .limit(STOPPED_PAGE)
+                    .with_for_update()
+                ).all()
+                for rec in rows:
+                    self._finish(s, rec, "skipped", reason)
+            result.processed += len(rows)
+            result.skipped += len(rows)
+            if len(rows) < STOPPED_PAGE:
+                return True
+
     def _remaining(self, req: BatchRequest, result: BatchResult) -> BatchResult:
         """Fill in what is left for this shard and the run's totals so far."""
         with self.store.session() as s:
@@ -493,8 +610,8 @@ class BroadcastActivities:
             status = journey_rows.campaign_status(s, batch.campaign_id)
             if status is not None and status != "active":
                 # Paused or archived while the run sends: the rest of it is skipped, as a journey's
-                # steps that come due then are (docs/campaigns.md).
-                return self._finish(s, rec, "skipped", f"campaign_{status}")
+                # steps that come due then are (docs/campaigns.md), at once (`_end_stopped`).
+                return CampaignStopped(self._finish(s, rec, "skipped", f"campaign_{status}"), f"campaign_{status}")
             user = canonical_user(s, user_id)
             if user is None:
                 return self._finish(s, rec, "skipped", "user deleted")
@@ -780,6 +897,22 @@ class BroadcastActivities:
         if send is not None:  # last (LOCK ORDER): the hot counter rows stay locked until the commit
             report_rollup.count_send(s, send, previous, opted_out=gone)
         return outcome
+
+
+class CampaignStopped(str):
+    """A recipient's outcome ("skipped") because its campaign is paused or archived: the batch stops."""
+
+    reason: str
+
+    def __new__(cls, outcome: str, reason: str) -> CampaignStopped:
+        made = super().__new__(cls, outcome)
+        made.reason = reason
+        return made
+
+
+def _stop_if_campaign_stopped(fan: FanOut[Ready], outcome: Ready | str | None) -> None:
+    if isinstance(outcome, CampaignStopped):
+        fan.stop(outcome.reason)
 
 
 async def _heartbeat_while_running(processed: Callable[[], int]) -> None:

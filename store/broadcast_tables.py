@@ -26,7 +26,9 @@ class BroadcastRun(SQLModel, table=True):
     campaign_version: int
     reason: str = Field(max_length=200)  # what started it: a feed sync, a schedule
     source_id: str | None = Field(default=None, max_length=40)  # the feed sync id, if any
-    state: str = Field(default="preparing", max_length=16)  # preparing | waiting | sending | done
+    # preparing | waiting | sending | done; superseded | cancelled: a scheduled run ended unsent when it
+    # woke (its slot moved by an edit, its campaign paused: activities/broadcast.py::off_schedule)
+    state: str = Field(default="preparing", max_length=16)
     send_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     total: int = 0
     sent: int = 0

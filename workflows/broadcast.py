@@ -1,7 +1,7 @@
 """BroadcastWorkflow: one batched campaign run, from its send time to the last recipient.
 
 Waits for the run's send time (the campaign schedule), lists the audience for scheduled
-campaigns, then drives `deliver_batch` activities over its shards in parallel until no
+campaigns (or ends unsent when an edit moved its slot or paused its campaign meanwhile), then drives `deliver_batch` activities over its shards in parallel until no
 recipient is due; recipients waiting for their send window (quiet hours in their timezone)
 are picked up when the earliest window opens. Progress is a query and the run's row; a
 crash anywhere resumes from the recipients' statuses, never re-sending a finished one.
@@ -16,12 +16,21 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.broadcast import BroadcastActivities
+    from activities.broadcast import ENDED_UNSENT, BroadcastActivities
     from workflows.feed_models import BatchRequest, BatchResult, BroadcastInput, RunProgress
 
 # Each shard loops on its own (a shard with no recipient due sleeps on its own timer) instead of
 # every shard's batch in lock-step rounds; the run row says "waiting" while every shard sleeps.
 SHARD_LOOPS_PATCH = "broadcast-shard-loops"
+# A scheduled run whose slot an edit moved or removed (or whose campaign is no longer active) when it
+# wakes ends there, unsent: `plan_audience` answers a negative count (`ENDED_UNSENT`) and has written
+# the run row's state.
+SLOT_CHECK_PATCH = "broadcast-slot-check"
+# A pause or archive of the campaign signals its open runs (`campaign_stopped`, api/routes/campaigns.py):
+# a shard sleeping on a timer (a vendor's Retry-After, up to an hour; a send window) wakes, and every
+# batch from then on ends the run (`BatchRequest.campaign_stopped`), even once the campaign is active
+# again: the run's "waiting" no longer outlasts the pause, and an activation does not resume it.
+CAMPAIGN_STOPPED_PATCH = "broadcast-campaign-stopped"
 STORE_TIMEOUT = timedelta(minutes=1)
 # A batch heartbeats every 5 s while it runs (activities/broadcast.py HEARTBEAT_EVERY): a worker
 # killed mid-batch is noticed, and its batch retried, 20 s later (it was a minute, during which
@@ -45,6 +54,13 @@ class BroadcastWorkflow:
         self._continue = False
         self._recording = False
         self._recorded = "sending"
+        self._stopped: str | None = None  # `campaign_stopped`: campaign_paused | campaign_archived
+
+    @workflow.signal
+    def campaign_stopped(self, reason: str) -> None:
+        """The campaign was paused or archived (`reason`): the run ends at its shards' next batches."""
+        if workflow.patched(CAMPAIGN_STOPPED_PATCH):  # a signal an older worker ignored stays ignored
+            self._stopped = self._stopped or reason
 
     @workflow.query
     def current_progress(self) -> RunProgress:
@@ -57,7 +73,7 @@ class BroadcastWorkflow:
             self._state("waiting", f"waiting until {inp.send_at.isoformat()}")
             await workflow.sleep(inp.send_at - workflow.now(), summary="until the campaign schedule")
         if inp.plan_scheduled:
-            await workflow.execute_activity_method(
+            planned = await workflow.execute_activity_method(
                 BroadcastActivities.plan_audience,
                 inp,
                 start_to_close_timeout=timedelta(hours=1),
@@ -65,6 +81,10 @@ class BroadcastWorkflow:
                 retry_policy=RETRY,
                 summary="list the audience",
             )
+            if planned < 0 and workflow.patched(SLOT_CHECK_PATCH):
+                ended = next(state for state, code in ENDED_UNSENT.items() if code == planned)
+                self._state(ended, f"{ended}: not sent (the reason: GET /runs/{inp.run_id})")
+                return self.progress
         await self._set_state(inp, "sending")
         if workflow.patched(SHARD_LOOPS_PATCH):
             await self._deliver_by_shard(inp)
@@ -129,7 +149,8 @@ class BroadcastWorkflow:
             result: BatchResult = await workflow.execute_activity_method(
                 BroadcastActivities.deliver_batch,
                 BatchRequest(
-                    run_id=inp.run_id, shard=shard, shards=inp.shards, as_of=workflow.now(), limit=inp.batch_size
+                    run_id=inp.run_id, shard=shard, shards=inp.shards, as_of=workflow.now(), limit=inp.batch_size,
+                    campaign_stopped=self._stopped,
                 ),
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=BATCH_HEARTBEAT_TIMEOUT,
@@ -150,12 +171,13 @@ class BroadcastWorkflow:
 
     async def _wait(self, inp: BroadcastInput, shard: int, until: datetime) -> None:
         """Sleep until the shard's next recipient is due; the run is "waiting" while every shard
-        still working sleeps. A continue-as-new wakes it (the next run's shard sleeps on)."""
+        still working sleeps. A continue-as-new wakes it (the next run's shard sleeps on), and so does
+        the campaign's pause or archive (`campaign_stopped`: the next batch ends the run)."""
         self._waiting.add(shard)
         await self._record_state(inp)
         try:
             await workflow.wait_condition(
-                lambda: self._continue,
+                lambda: self._continue or self._stopped is not None,
                 timeout=max(until - workflow.now(), timedelta(seconds=1)),
                 timeout_summary=f"shard {shard}: next recipient due",
             )

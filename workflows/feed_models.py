@@ -131,6 +131,9 @@ class BatchRequest(BaseModel):
     shards: int = 1  # the run's rate limit is shared by its shards
     as_of: datetime
     limit: int = 200
+    # The campaign's pause or archive, signalled to the run (workflows/broadcast.py `campaign_stopped`):
+    # the batch skips the rest of its shard, whatever the campaign's status now.
+    campaign_stopped: str | None = None
 
 
 class BatchResult(BaseModel):

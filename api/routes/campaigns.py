@@ -8,6 +8,7 @@ journeys in flight keep the version they started with.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -17,15 +18,20 @@ from pydantic import BaseModel
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
+from activities.broadcast import ENDED_UNSENT, off_schedule
 from api import campaign_schedules
 from api.campaign_schedules import ScheduleOut
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable
-from api.temporal_errors import calling_temporal, safe_reason
+from api.temporal_errors import CALL_TIMEOUT_SECONDS, calling_temporal, safe_reason
 from domain.campaign import STORED, CampaignSpec, CampaignType
 from store.broadcast_tables import BroadcastRun
 from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
+from workflows.broadcast import BroadcastWorkflow
+from workflows.ids import broadcast_workflow_id
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
@@ -50,7 +56,8 @@ class CampaignPublic(BaseModel):
     updated_at: datetime
     schedule: ScheduleOut | None = None  # recurring scheduled campaigns: their Temporal Schedule
     schedule_error: str | None = None  # the schedule could not be read (Temporal unreachable)
-    # Pause/archive: batched runs still sending, whose recipients not yet sent are skipped for good
+    # Pause/archive: batched runs still sending, whose recipients not yet sent are skipped for good;
+    # update: runs started for a slot the edit moved or removed, which will not send
     warnings: list[str] = []
 
 
@@ -193,10 +200,40 @@ def _new_version(state: StateDep, section_id: str, campaign_id: str, spec: Campa
             s.add(CampaignVersion(campaign_id=c.id, version=c.version, spec=spec.model_dump(mode="json"), created_at=now))
             s.add(c)
             s.flush()
-        return _public(s, c)
+            warnings = _runs_off_schedule(s, c, spec)
+        else:
+            warnings = []
+        public = _public(s, c)
+        public.warnings = warnings
+        return public
+
+
+def _runs_off_schedule(s: Session, c: Campaign, spec: CampaignSpec) -> list[str]:
+    """Runs started for a slot this edit moved or removed (by hand, or a fire not yet sending): when
+    they wake they end `superseded`, unsent (`activities.broadcast.off_schedule`); say so. A run
+    whose slot remains sends the latest version then. Not ended now: an edit back before the slot
+    would have found its run ended."""
+    waiting = s.exec(
+        select(BroadcastRun).where(
+            BroadcastRun.campaign_id == c.id, BroadcastRun.state == "waiting", BroadcastRun.total == 0,
+            col(BroadcastRun.send_at).is_not(None),
+        )
+    ).all()  # fmt: skip
+    again = "" if campaign_schedules.has_schedule(spec) else f"; start the new slot with POST /campaigns/{c.id}/runs"
+    out = []
+    for run in waiting:
+        refused = off_schedule(run, c, spec)
+        if refused is not None and refused[0] == "superseded" and run.send_at is not None:
+            out.append(
+                f"batched run {run.id} for {run.send_at.isoformat()} will not send: {refused[1]} "
+                f"(it ends superseded at that time){again}"
+            )
+    return out
 
 
 async def _transition(state: StateDep, section_id: str, campaign_id: str, to: str) -> CampaignPublic:
+    stopping: list[str] = []  # the open batched runs a pause or archive ends (`_signal_runs_stopped`)
+
     def move() -> CampaignPublic:
         with state.store.session() as s:
             c = _own(s, section_id, campaign_id)
@@ -208,22 +245,72 @@ async def _transition(state: StateDep, section_id: str, campaign_id: str, to: st
                 s.add(c)
                 if to != "active":
                     warnings = _runs_cut_short(s, c.id, to)
+                    stopping.extend(_open_run_ids(s, c.id))
             public = _public(s, c)
             public.warnings = warnings
             return public
 
+    public = await asyncio.to_thread(move)
+    await _signal_runs_stopped(state, stopping, f"campaign_{to}")
     # Also when the status did not change: repeating the request repairs a schedule sync that failed.
-    return await _synced(state, section_id, await asyncio.to_thread(move))
+    return await _synced(state, section_id, public)
+
+
+def _open_run_ids(s: Session, campaign_id: str) -> list[str]:
+    """The campaign's runs a pause or archive ends: those that listed their recipients. A run still
+    waiting for its slot is left alone: it checks the campaign's status when it wakes
+    (`activities.broadcast.off_schedule`), so a campaign activated again before the slot sends at it."""
+    runs = s.exec(
+        select(BroadcastRun).where(
+            BroadcastRun.campaign_id == campaign_id, col(BroadcastRun.state).not_in(("done", *ENDED_UNSENT))
+        )
+    ).all()
+    return [run.id for run in runs if not _awaiting_slot(run)]
+
+
+def _awaiting_slot(run: BroadcastRun) -> bool:
+    """A scheduled run that has not listed its recipients yet: it sleeps until its `send_at`."""
+    return run.state == "waiting" and not run.total and run.send_at is not None
+
+
+async def _signal_runs_stopped(state: StateDep, run_ids: list[str], reason: str) -> None:
+    """Tell the campaign's open runs it was paused or archived (workflows/broadcast.py `campaign_stopped`):
+    a shard sleeping out a vendor's Retry-After (up to an hour) or a send window wakes and ends the
+    run now, and an activation does not resume it. Best effort, after the change committed: a run
+    not told (Temporal unreachable, the run ended meanwhile) ends at its next batch, when a shard
+    wakes, if the campaign is still paused then (docs/audience.md)."""
+    if not run_ids:
+        return
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
+            client = await state.client()
+            for run_id in run_ids:
+                handle = client.get_workflow_handle(broadcast_workflow_id(run_id))
+                try:
+                    await handle.signal(BroadcastWorkflow.campaign_stopped, reason)
+                except RPCError as err:  # ended meanwhile (or never started): nothing to stop
+                    log.info("run %s not told of %s: %s", run_id, reason, safe_reason(err))
+    except (RPCError, Unavailable, TimeoutError) as err:
+        log.warning("runs %s not told of %s (they end at their next batch): %s", run_ids, reason, err)
 
 
 def _runs_cut_short(s: Session, campaign_id: str, to: str) -> list[str]:
     """Batched runs of the campaign not done yet: a journey's later steps send again after a resume,
     but a run's recipients not yet sent are skipped (`campaign_paused`) and the run ends: say so."""
     runs = s.exec(
-        select(BroadcastRun).where(BroadcastRun.campaign_id == campaign_id, BroadcastRun.state != "done")
+        select(BroadcastRun).where(
+            BroadcastRun.campaign_id == campaign_id, col(BroadcastRun.state).not_in(("done", *ENDED_UNSENT))
+        )
     ).all()
     out = []
     for run in runs:
+        if _awaiting_slot(run) and run.send_at is not None:
+            # Not listed yet: checked when it wakes (`activities.broadcast.off_schedule`).
+            out.append(
+                f"batched run {run.id} (waiting for {run.send_at.isoformat()}): it sends nothing at that time "
+                "(it ends cancelled) unless the campaign is active again by then"
+            )
+            continue
         left = max(0, run.total - run.sent - run.skipped - run.failed)
         whom = f"its {left} recipients not yet sent" if run.total else "its recipients"
         out.append(

@@ -146,6 +146,9 @@ class RunOut(BaseModel):
     # Of those, the ones an attempt of which may have reached the person (`possible_duplicate`):
     # as the campaign report's `possibly_delivered`.
     possibly_delivered: int
+    # The skipped recipients by the code of their reason (the recorded reason up to its first ':',
+    # e.g. "global_cap", "outranked", "not_opted_in", "holdout", "campaign_paused", "quiet_hours").
+    skipped_by_reason: dict[str, int] = {}
     workflow_id: str
     created_at: datetime
     finished_at: datetime | None
@@ -346,6 +349,22 @@ def _failed_sends(s: Session, run_id: str) -> tuple[int, int]:
     return int(failed), int(possibly)
 
 
+def _skipped_by_reason(s: Session, run_id: str) -> dict[str, int]:
+    """The run's skipped recipients counted by reason code: its reasons are "code" or "code: detail"
+    (`activities/broadcast.py::_prepare`), grouped by the whole text in the store (index
+    `ix_broadcast_pending`: run, status), then by code here (the details, a campaign or cap, vary)."""
+    q = (
+        select(BroadcastRecipient.reason, func.count())
+        .where(BroadcastRecipient.run_id == run_id, BroadcastRecipient.status == "skipped")
+        .group_by(col(BroadcastRecipient.reason))
+    )
+    out: dict[str, int] = {}
+    for reason, count in s.exec(q).all():
+        code = (reason or "").split(":", 1)[0].strip() or "unknown"
+        out[code] = out.get(code, 0) + int(count)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _run_out(store: Store, section_id: str, run_id: str) -> RunOut:
     with store.session() as s:
         run = s.get(BroadcastRun, run_id)
@@ -356,7 +375,8 @@ def _run_out(store: Store, section_id: str, run_id: str) -> RunOut:
         return RunOut(
             **run.model_dump(exclude={"section_id", "campaign_version", "source_id", "deferred"}),
             pending=pending, waiting_for_window=window, waiting_to_retry=retry, failed_sends=failed_sends,
-            possibly_delivered=possibly_delivered, workflow_id=broadcast_workflow_id(run.id),
+            possibly_delivered=possibly_delivered, skipped_by_reason=_skipped_by_reason(s, run.id),
+            workflow_id=broadcast_workflow_id(run.id),
         )  # fmt: skip
 
 

@@ -1,7 +1,10 @@
 """Replay of BroadcastWorkflow histories: runs in flight when the workflow changes must replay.
 
 `broadcast_histories/rounds_*.json` were recorded on the code before patch "broadcast-shard-loops"
-(every shard's batch in lock-step rounds); `shard_loops_*.json` after it. Record missing ones with
+(every shard's batch in lock-step rounds); `shard_loops_*.json` after it; `slot_check_superseded.json`
+a run that patch "broadcast-slot-check" ended unsent (its slot moved before it woke); `campaign_stopped_*.json`
+a run signalled by a pause while it slept out a Retry-After, woken (patch "broadcast-campaign-stopped") or
+ignored by a worker before it (tests/audience/test_broadcast_pause_ends_run.py records them). Record missing ones with
 `REJOIN_RECORD_HISTORIES=1 pytest tests/audience/test_broadcast_replay.py -k record`
 (histories are append-only: a recorded file is never overwritten).
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -93,12 +96,39 @@ async def test_record_broadcast_history(
     target.write_text(history.to_json())
 
 
+@pytest.mark.skipif(not RECORDING, reason="records a history (REJOIN_RECORD_HISTORIES=1)")
+async def test_record_superseded_history(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store,
+    fresh_provider: ProviderServer, _s3: str,
+) -> None:  # fmt: skip
+    """Patch "broadcast-slot-check": a run started for a one-off `send_at`, which an edit moved before
+    the run woke: it ends superseded after `plan_audience`, sending nothing."""
+    target = HISTORIES / "slot_check_superseded.json"
+    assert not target.exists(), f"{target} is recorded already (histories are append-only)"
+    await provider_push(api, section, fresh_provider)
+    await push_user(api, section, store)
+    at = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    spec = batch_campaign("scheduled", channels=("app_push",), schedule={"send_at": at.isoformat()})
+    cid = await create_campaign(api, section, spec)
+    r = await api.post(f"/api/v1/campaigns/{cid}/runs", headers=section.mgmt)
+    assert r.status_code == 202, r.text
+    run_id = str(r.json()["id"])
+    moved = dict(spec, schedule={"send_at": (at + timedelta(hours=1)).isoformat()})
+    assert (await api.put(f"/api/v1/campaigns/{cid}", json=moved, headers=section.mgmt)).status_code == 200
+    progress = await run_result(env.client, run_id, timeout=120)
+    assert progress.state == "superseded" and progress.sent == 0, progress
+    history = await env.client.get_workflow_handle(broadcast_workflow_id(run_id)).fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    target.write_text(history.to_json())
+
+
 def test_a_sleeping_run_is_recorded_waiting_on_its_row() -> None:
     """On the shard-loop path the run's row says "waiting" while every shard sleeps (a vendor's
     Retry-After here), then "sending" again; the lock-step path never wrote "waiting"."""
     states = {p.stem: _set_states(p) for p in _files()}
     assert states["shard_loops_throttled_then_sent"] == ["sending", "waiting", "sending", "done"], states
     assert states["rounds_throttled_then_sent"] == ["sending", "done"], states
+    assert states["slot_check_superseded"] == [], states  # ended by `plan_audience`, which wrote its row
 
 
 def _set_states(path: Path) -> list[str]:
