@@ -8,18 +8,20 @@ pointing `TEMPORAL_ADDRESS` at a cluster and `REJOIN_DATABASE_URL` at PostgreSQL
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.tracking import safe_target
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.\-_]{1,62}")  # S3's names (3-63 characters), plus "_" some stores allow
 _AWS_CREDENTIALS = (
     "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
@@ -87,6 +89,11 @@ class Settings(BaseSettings):
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     subscriber_bucket: str = "rejoin-subscribers"
+    # Buckets an `s3` feed may read (comma-separated), with Rejoin's own S3 credentials; and in them only
+    # keys under the feed's section's own folder (`<section_id>/...`: `domain/feed_source.py`). Empty:
+    # s3 feeds are refused (a section could otherwise name any object those credentials can read). Never
+    # `subscriber_bucket`, which holds every section's uploads and subscriber lists.
+    feed_s3_buckets: str = ""
     # Who gives customers their upload credentials: "iam" (Rejoin, through the AWS IAM API: an IAM
     # user limited to the list's prefix and an access key shown once by "Sync now") or "operator"
     # (Rejoin never calls IAM; the operator issues them, e.g. MinIO users, which have no IAM API).
@@ -112,6 +119,9 @@ class Settings(BaseSettings):
 
     # Request limits (api/limits.py): body size, JSON nesting, per-key token bucket (0 = off).
     max_body_bytes: int = 1024 * 1024
+    # Uploads streamed to the object store (`PUT /feeds/{id}/file`) are never held whole, so they
+    # get a limit of their own (api/limits.py: STREAMED_UPLOADS); every other body keeps max_body_bytes.
+    max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)
     max_json_depth: int = 32
     rate_limit_per_second: float = 1000.0
     rate_limit_burst: int = 2000
@@ -147,6 +157,20 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("feed_s3_buckets")
+    @classmethod
+    def _feed_buckets(cls, v: str, info: ValidationInfo) -> str:
+        own = info.data.get("subscriber_bucket")
+        for bucket in (b.strip() for b in v.split(",")):
+            if bucket and not _BUCKET.fullmatch(bucket):
+                raise ValueError(f"{bucket!r} is not an S3 bucket name (comma-separated names, no paths or wildcards)")
+            if bucket and bucket == own:
+                raise ValueError(
+                    f"{bucket!r} is Rejoin's own bucket (REJOIN_SUBSCRIBER_BUCKET: every section's uploads and "
+                    "subscriber lists); s3 feeds may not read it"
+                )
+        return v
+
     @field_validator("link_fallback_url")
     @classmethod
     def _fallback_url(cls, v: str) -> str:
@@ -174,6 +198,11 @@ class Settings(BaseSettings):
         # also say S3 is meant; an EC2 instance role sets none of them: "s3" must be said.
         aws = any(os.environ.get(v) for v in _AWS_CREDENTIALS)
         return bool(self.s3_endpoint_url or self.s3_access_key_id or aws)
+
+    @property
+    def feed_buckets(self) -> list[str]:
+        """The buckets `s3` feeds may read (`feed_s3_buckets`); empty: s3 feeds are off."""
+        return [b.strip() for b in self.feed_s3_buckets.split(",") if b.strip()]
 
     @property
     def allowed_private_targets(self) -> list[str]:

@@ -22,10 +22,11 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
 from activities.streams import SourceMissing, cells, lines_from, s3_chunks, s3_head, source_changed, url_chunks
 from domain import feeds as rules
+from domain.feed_source import s3_feed_refusal
 from domain.text import storable
 from providers.base import ConfigurationError
 from providers.url_guard import UrlGuard
@@ -74,6 +75,10 @@ class _Unchanged(Exception):
         self.version = version
 
 
+class _Refused(Exception):
+    """The feed's source is one it may not read (`domain/feed_source.py`): the sync ends `refused`."""
+
+
 class FeedActivities:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -108,6 +113,14 @@ class FeedActivities:
             with _uploaded(objects.uploads(self.settings), sync.object_key, p.offset) as chunks:
                 yield chunks, p
         elif feed.source == "s3" and feed.s3_bucket and feed.s3_key:
+            # Checked again here, not only on save: a feed saved before the rule (or edited in the database)
+            # never gets Rejoin's credentials pointed at another section's files or another bucket.
+            refusal = s3_feed_refusal(
+                self.settings.feed_buckets, self.settings.subscriber_bucket, feed.section_id, feed.s3_bucket,
+                feed.s3_key,
+            )  # fmt: skip
+            if refusal is not None:
+                raise _Refused(f"{refusal[0]}: {refusal[1]}; nothing was read")
             s3 = objects.client(self.settings)
             try:
                 head = s3_head(s3, feed.s3_bucket, feed.s3_key)
@@ -209,6 +222,8 @@ class FeedActivities:
         except _Unchanged as same:
             self._end_unchanged(req.sync_id, same.version)
             return FeedStageResult(state="unchanged")
+        except _Refused as refused:
+            return FeedStageResult(state="refused", error=str(refused))
         with opened:
             for raw, end in lines_from(chunks, p.offset):
                 p.line += 1

@@ -9,6 +9,8 @@ goes through the same size, nesting and text checks as an uncompressed body (`ap
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from typing import Any
 
 SUPPORTED = ("gzip", "deflate")
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
@@ -87,6 +89,71 @@ def _inflate(body: bytes, coding: str, limit: int) -> bytes:
         if rest and coding != "gzip":
             raise CorruptBody(f"{len(rest)} bytes after the end of the {coding} stream")
     return bytes(out)
+
+
+class StreamDecoder:
+    """The codings in `applied` undone chunk by chunk, for a body streamed on rather than held
+    (an upload to the object store, `api/limits.py`). No chunk's output may be inflated whole
+    either: zlib yields at most `piece` bytes at a time, so a zip bomb costs the caller's limit
+    (it counts what comes out) and no more memory than a piece per stage."""
+
+    def __init__(self, applied: list[str], piece: int = 1 << 20) -> None:
+        self._stages = [_Stage(coding, piece) for coding in reversed(applied)]  # last applied first
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """The decoded bytes `chunk` yields, in pieces; CorruptBody for an invalid stream."""
+        yield from self._through(0, chunk, end=False)
+
+    def finish(self) -> Iterator[bytes]:
+        """What the end of the body releases; CorruptBody when a stream does not end there."""
+        yield from self._through(0, b"", end=True)
+
+    def _through(self, index: int, data: bytes, *, end: bool) -> Iterator[bytes]:
+        if index == len(self._stages):
+            if data:
+                yield data
+            return
+        for piece in self._stages[index].feed(data, end=end):
+            yield from self._through(index + 1, piece, end=False)
+        if end:
+            yield from self._through(index + 1, b"", end=True)
+
+
+class _Stage:
+    """One coding undone as a stream (`_inflate`'s rules: several gzip members; deflate with or
+    without its zlib wrapper, told apart by its first two bytes)."""
+
+    def __init__(self, coding: str, piece: int) -> None:
+        self.coding = coding
+        self.piece = piece
+        self.head = b""  # bytes held until the wrapper can be told (deflate: two)
+        self.inflater: Any = None
+        self.started = False  # some input seen: an empty body is no stream and no error
+
+    def feed(self, data: bytes, *, end: bool) -> Iterator[bytes]:
+        if self.inflater is None:
+            self.head += data
+            if len(self.head) < 2 and not end:
+                return
+            data, self.head = self.head, b""
+            self.started = bool(data)
+            self.inflater = zlib.decompressobj(_wbits(data, self.coding))
+        while data:
+            if self.inflater.eof:  # a member ended and more follows
+                if self.coding != "gzip":
+                    raise CorruptBody(f"{len(data)} bytes after the end of the {self.coding} stream")
+                self.inflater = zlib.decompressobj(_GZIP_WBITS)
+            try:
+                out = self.inflater.decompress(data, self.piece)
+            except zlib.error as exc:
+                raise CorruptBody(f"not a valid {self.coding} stream ({_reason(exc)})") from None
+            data = self.inflater.unconsumed_tail or self.inflater.unused_data
+            if out:
+                yield out
+            elif not data:
+                break
+        if end and self.started and not self.inflater.eof:
+            raise CorruptBody(f"truncated {self.coding} stream (it does not end)")
 
 
 def _reason(exc: zlib.error) -> str:

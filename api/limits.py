@@ -6,7 +6,9 @@ chunked body that keeps going); decodes a `Content-Encoding: gzip`/`deflate` bod
 cap (`api/content_coding.py`: 413 beyond it, 400 for a corrupt stream, 415 for another coding),
 so every later check sees the decoded body; answers 400 for JSON nested deeper than
 `max_json_depth` (deep nesting makes parsers and validators recurse) and for a JSON body that is
-not UTF-8, and 429 with Retry-After when the caller has spent its token bucket. Buckets are per
+not UTF-8, and 429 with Retry-After when the caller has spent its token bucket. An upload the
+route streams to the object store (`STREAMED_UPLOADS`) is the exception: passed on as it arrives,
+decoded on the fly, and limited by `max_upload_bytes` instead. Buckets are per
 process; behind N API processes the effective limit is N times the configured one.
 
 Who the caller is (`_Caller`): a key gets a bucket of its own only once it has been verified (it
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -224,6 +227,26 @@ def _exempt(path: str) -> bool:
     return path.startswith(EXEMPT_PREFIXES)
 
 
+# Uploads the route streams to the object store (`PUT /api/v1/feeds/{id}/file`: spooled to disk,
+# then put; docs/audience.md): never buffered here, and limited by `max_upload_bytes`, not by the
+# body limit (a catalog CSV is often megabytes). Only such routes: every other body is read whole.
+STREAMED_UPLOADS = (("PUT", re.compile(r"^/api/v1/feeds/[^/]+/file$")),)
+
+
+def streams_upload(scope: Scope) -> bool:
+    method, path = scope.get("method"), scope.get("path", "")
+    return any(method == m and pattern.match(path) for m, pattern in STREAMED_UPLOADS)
+
+
+class UploadRefused(Exception):
+    """A streamed upload refused mid-stream (over the upload limit, a corrupt compressed stream):
+    raised out of the route's `receive`, answered by the middleware."""
+
+    def __init__(self, status: int, message: str, *, kind: str = "request_limit", field: str | None = None) -> None:
+        super().__init__(message)
+        self.answer = _error(status, message, kind=kind, field=field)
+
+
 @dataclass(frozen=True)
 class _Caller:
     """The request's key as `api.auth` reads it (None without one), its `api.auth.key_digest`, its
@@ -302,11 +325,12 @@ class RequestLimits:
 
     def __init__(
         self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int, rate_per_second: float, burst: int,
-        admin_key: Callable[[], str] = lambda: "",
+        admin_key: Callable[[], str] = lambda: "", max_upload_bytes: int | None = None,
     ) -> None:  # fmt: skip
         self.app = app
         self.admin_key = admin_key  # read when a key is presented (a generated one is made on first use)
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_body_bytes if max_upload_bytes is None else max_upload_bytes
         self.max_json_depth = max_json_depth
         # Verified keys and client addresses apart: made-up keys never reach the keys' buckets, so
         # they cannot push a real key's bucket out of the LRU either.
@@ -354,6 +378,9 @@ class RequestLimits:
         except content_coding.UnsupportedCoding as exc:
             accepted = {"accept-encoding": ", ".join(content_coding.SUPPORTED)}  # RFC 7694
             await _drain_and_respond(receive, send, *_error(415, str(exc), accepted, kind="content_encoding"))
+            return
+        if streams_upload(scope):
+            await self._streamed(scope, receive, send, headers, applied)
             return
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -411,6 +438,76 @@ class RequestLimits:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+    async def _streamed(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes], applied: list[str]
+    ) -> None:
+        """An upload passed on as it arrives (decoded on the fly when compressed), never held whole:
+        413 once it goes past `max_upload_bytes` (declared, or counted as it streams), 400 for a
+        corrupt compressed stream. No JSON checks: an upload is a file, not a JSON body."""
+        limit = self.max_upload_bytes
+        too_large = f"upload over {limit} bytes"
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _drain_and_respond(receive, send, *_error(413, too_large))
+            return
+        decoder = content_coding.StreamDecoder(applied) if applied else None
+        if decoder is not None:  # the route sees the decoded file, of a length unknown yet
+            kept = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-encoding", b"content-length")]
+            scope = {**scope, "headers": kept}
+        pieces: Iterator[bytes] | None = None  # the decoded pieces of the chunk received last
+        size = 0
+        ended = False
+        last_sent = False  # the message with more_body false has been given
+
+        def decoded(chunk: bytes, more: bool) -> Iterator[bytes]:
+            if decoder is None:
+                yield chunk
+                return
+            try:
+                yield from decoder.feed(chunk)
+                if not more:
+                    yield from decoder.finish()
+            except content_coding.CorruptBody as exc:
+                raise UploadRefused(400, str(exc), kind="content_encoding", field="body") from None
+
+        async def streamed() -> Message:
+            # One piece per call, inflated only when asked for: a compressed chunk that decodes to
+            # far more is never held whole. The end is an empty last message.
+            nonlocal pieces, size, ended, last_sent
+            while True:
+                for piece in pieces or ():
+                    size += len(piece)
+                    if size > limit:
+                        raise UploadRefused(413, too_large)
+                    if piece:
+                        return {"type": "http.request", "body": piece, "more_body": True}
+                pieces = None
+                if ended:
+                    if last_sent:
+                        return await receive()  # after the end: only a disconnect can come
+                    last_sent = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message  # a disconnect: the route's stream ends there
+                ended = not message.get("more_body", False)
+                pieces = decoded(message.get("body", b""), not ended)
+
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, streamed, tracked)
+        except UploadRefused as exc:
+            if started:
+                raise
+            await _drain_and_respond(receive, send, *exc.answer)
 
 
 async def _decoded(

@@ -18,6 +18,7 @@ from api.error_responses import document_error_responses
 from api.errors import Unavailable, install_error_handlers
 from api.ingestion import redispatch_pending
 from api.limits import RequestLimits
+from api.nul_guard import NulGuard
 from api.routes import (
     campaigns,
     catalog,
@@ -110,9 +111,12 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     )
     app.state.rejoin = state
     install_log_redaction()
+    # Inside the request limits (added first: the last added runs first): NUL in a path or query refused.
+    app.add_middleware(NulGuard)
     app.add_middleware(
         RequestLimits,
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
         max_json_depth=settings.max_json_depth,
         rate_per_second=settings.rate_limit_per_second,
         burst=settings.rate_limit_burst,

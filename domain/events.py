@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from domain.field_error import FieldError
 from domain.hashing import email_hash as email_hash
 from domain.hashing import phone_hash as phone_hash
+from domain.hashing import push_token_hash
 from domain.hashing import sha256_hex as sha256_hex
 from domain.identifiers import check_web_push_subscription, normalize_phone
 
@@ -536,7 +537,7 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
         found = [FieldError(".".join(str(p) for p in (where, *e["loc"])), e["msg"]) for e in exc.errors()]
         raise EventValidationError.of(found) from None  # every field at fault, not only the first
     kind = _KIND_BY_TYPE[dy_type]
-    base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=dict(event.properties))
+    base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=_kept_properties(event, props))
     if isinstance(props, _CartProps):
         base.cart = list[CartItem](props.cart) if props.cart is not None else None
         base.value = props.value
@@ -556,6 +557,47 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
         base.push_token = props.pushID or props.pushId
         base.push_channel = props.channelType
     return base
+
+
+_PHONE_KINDS = frozenset({"phonenumber", "phone"})  # `identifier_kind`s naming a plain phone number
+
+
+def _kept_properties(event: EventIn, props: BaseModel) -> dict[str, Any]:
+    """A standard event's properties as kept (the stored event's data, what triggers read): every
+    email, phone number and push token the schema names replaced by the hash the identity and opt-in
+    rows are keyed by, so no event row holds one in clear for its retention (docs/security.md).
+    Types change with the values (`cuidType` email -> `he`, a secondary `email` -> `hashedEmail`,
+    `phoneNumber` -> `hashedPhoneNumber`): normalised again, the properties name the same hashes."""
+    kept = dict(event.properties)
+    if isinstance(props, _IdentifyProps):
+        if props.cuid:
+            kind = identifier_kind(props.cuidType or "")
+            if kind in _PLAIN_EMAIL:
+                kept["cuid"], kept["cuidType"] = email_hash(props.cuid), "he"
+            elif kind in _PHONE_KINDS:
+                kept["cuid"], kept["cuidType"] = phone_hash(props.cuid), "hashedPhoneNumber"
+        if props.phoneNumber is not None:
+            del kept["phoneNumber"]
+            kept["hashedPhoneNumber"] = phone_hash(props.phoneNumber)
+        if "secondaryIdentifiers" in kept:
+            kept["secondaryIdentifiers"] = [_kept_identifier(i) for i in props.secondaryIdentifiers]
+    elif isinstance(props, _PushOptProps):
+        channel = "web_push" if props.channelType == "WEB_PUSH" else "app_push"  # as ingestion keys the opt-in
+        for name in ("pushID", "pushId"):
+            token = getattr(props, name)
+            if token is not None:
+                kept[name] = push_token_hash(channel, token)
+    return kept
+
+
+def _kept_identifier(ident: Identifier) -> dict[str, str]:
+    """A secondary identifier as kept: an email or phone as its hash (`_kept_properties`)."""
+    kind = identifier_kind(ident.type)
+    if kind in _PLAIN_EMAIL:
+        return {"type": "hashedEmail", "value": email_hash(ident.value)}
+    if kind in _PHONE_KINDS:
+        return {"type": "hashedPhoneNumber", "value": phone_hash(ident.value)}
+    return {"type": ident.type, "value": ident.value}
 
 
 def pageview_event(req: PageviewRequest) -> NormalizedEvent:

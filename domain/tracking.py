@@ -19,8 +19,10 @@ its target is unsigned, so it is only followed to hosts the section lists (`host
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from publicsuffixlist import PublicSuffixList
 
 SIG_BYTES = 16  # 128-bit truncated HMAC
 UNSUBSCRIBE = "u"  # the token kind of unsubscribe links (clicks "c", pixels "o", push "p", reports "r")
@@ -186,12 +190,38 @@ def valid_domain(domain: str) -> bool:
     return bool(_HOSTNAME.match(domain))
 
 
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # The list bundled with the package (ICANN and private suffixes), read once: no network.
+    return PublicSuffixList()
+
+
+def link_domain_problem(domain: str) -> str | None:
+    """Why `domain` (a valid host name) cannot be a legacy link domain, or None if it can. A public
+    suffix (`com`, `co.uk`, `github.io`) would let an unsigned `tremclk` link redirect to any site
+    registered under it (an open redirect); an IP literal names no site of the shop's, and an
+    all-digit last label is no registrable name either."""
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        pass
+    else:
+        return "is an IP address: list the shop's host names"
+    if domain.rsplit(".", 1)[-1].isdigit():
+        return "is not a host name under a top-level domain (an IP address?)"
+    if _public_suffixes().is_public(domain):
+        return "is a public suffix (anyone can register a site under it): list the shop's own domain, e.g. shop.example"
+    return None
+
+
 def host_allowed(url: str, domains: Sequence[str]) -> bool:
-    """The URL is a safe target whose host is one of `domains` or a subdomain of one."""
+    """The URL is a safe target whose host is one of `domains` or a subdomain of one. A listed
+    domain that is a public suffix or an IP (stored before sections refused them) allows nothing."""
     if not safe_target(url):
         return False
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    return any(host == d or host.endswith("." + d) for d in (x.lower() for x in domains) if d)
+    listed = [d for d in (x.lower() for x in domains) if d and link_domain_problem(d) is None]
+    return any(host == d or host.endswith("." + d) for d in listed)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ def settings(db_url: str, data_dir: Path, s3_port: int) -> Settings:
         s3_endpoint_url=f"http://127.0.0.1:{s3_port}",
         s3_access_key_id="testing",
         s3_secret_access_key="testing",
+        # The buckets s3 feeds may read (tests/audience/feed_helpers.py: FEED_BUCKET, ABSENT_FEED_BUCKET).
+        feed_s3_buckets="rejoin-test-feeds,rejoin-test-feeds-absent",
         data_dir=data_dir,
         database_url=db_url,
         allow_private_urls=True,

@@ -48,8 +48,9 @@ class FeedProgress(SyncProgress):
 
 
 class FeedStageResult(BaseModel):
-    # unchanged: the URL answered 304 to the conditional GET (the file the last applied sync read)
-    state: Literal["staged", "rejected", "failed", "unchanged"]
+    # unchanged: the URL answered 304 to the conditional GET (the file the last applied sync read);
+    # refused: the feed's S3 location is not one its section may read (nothing was read)
+    state: Literal["staged", "rejected", "failed", "unchanged", "refused"]
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0

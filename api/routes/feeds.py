@@ -37,6 +37,7 @@ from api.errors import NotFound, Unavailable, Unprocessable
 from api.temporal_errors import calling_temporal
 from domain.campaign import CampaignType
 from domain.durations import Duration
+from domain.feed_source import s3_feed_refusal
 from domain.field_error import FieldError
 from providers.base import ConfigurationError
 from providers.url_guard import UrlGuard, check_url_shape, save_time_refusal
@@ -191,10 +192,22 @@ async def _refuse_internal_url(settings: Settings, url: str) -> None:
         raise Unprocessable(refusal, field="url")
 
 
+def _refuse_foreign_s3(settings: Settings, section_id: str, body: FeedIn) -> None:
+    """A 422 naming `source`, `s3_bucket` or `s3_key` when the location is not one the section may read
+    (`domain/feed_source.py`): s3 feeds are read with Rejoin's own credentials."""
+    refusal = s3_feed_refusal(
+        settings.feed_buckets, settings.subscriber_bucket, section_id, body.s3_bucket or "", body.s3_key or ""
+    )
+    if refusal is not None:
+        raise Unprocessable(refusal[1], field=refusal[0])
+
+
 @router.post("/feeds", status_code=201)
 async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> FeedOut:
     if body.source == "url" and body.url:
         await _refuse_internal_url(state.settings, body.url)
+    if body.source == "s3":
+        _refuse_foreign_s3(state.settings, principal.section_id, body)
     feed = Feed(
         id="feed_" + secrets.token_hex(6), section_id=principal.section_id, kind=body.kind, name=body.name,
         source=body.source, url=body.url, s3_bucket=body.s3_bucket, s3_key=body.s3_key,

@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from api import auth
 from api.deps import Admin, Management, StateDep
 from api.errors import Conflict, NotFound
-from domain.tracking import safe_target, valid_domain
+from domain.tracking import link_domain_problem, safe_target, valid_domain
 from security.api_keys import new_key
 from store import reports as report_store
 from store import section_links
@@ -59,6 +59,9 @@ class SectionLinksIn(BaseModel):
             d = d.strip().rstrip(".").lower()
             if not valid_domain(d):
                 raise ValueError(f"'{d[:100]}' is not a host name (write shop.example: no scheme, port or path)")
+            # A public suffix or an IP would make unsigned legacy links an open redirect.
+            if (problem := link_domain_problem(d)) is not None:
+                raise ValueError(f"'{d}' {problem}")
             if d not in out:
                 out.append(d)
         return out

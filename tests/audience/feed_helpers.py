@@ -16,6 +16,8 @@ from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
 from activities.broadcast import BroadcastActivities
+from settings import Settings
+from store import objects
 from store.broadcast_tables import BroadcastRun
 from store.engine import Store
 from store.tables import Send, User
@@ -26,8 +28,18 @@ from workflows.feed_models import BatchRequest, BroadcastInput, FeedSyncSummary,
 from workflows.feeds import FeedSyncWorkflow
 from workflows.ids import broadcast_workflow_id
 
+# The buckets the tests' settings open to s3 feeds (tests/conftest.py); the second is never created.
+FEED_BUCKET = "rejoin-test-feeds"
+ABSENT_FEED_BUCKET = "rejoin-test-feeds-absent"
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+def feed_bucket(settings: Settings) -> Any:
+    """A boto3 client with FEED_BUCKET created (once for the session's S3; a section writes its own folder)."""
+    s3 = objects.client(settings)
+    objects.ensure_bucket(s3, FEED_BUCKET)
+    return s3
 
 
 async def create_feed(api: httpx.AsyncClient, sec: SectionKeys, kind: str = "product", **extra: Any) -> str:

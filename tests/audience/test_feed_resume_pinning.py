@@ -25,7 +25,7 @@ from settings import Settings
 from store import objects
 from store.engine import Store
 from store.feed_tables import FeedRejection, FeedStage, FeedSync
-from tests.audience.feed_helpers import create_feed, csv_bytes
+from tests.audience.feed_helpers import FEED_BUCKET, create_feed, csv_bytes, feed_bucket
 from tests.audience.test_subscriber_list_fixes import _ReplacedAfterHead  # the same race, on a feed's file
 from tests.helpers import SectionKeys
 from tests.provider_server import ProviderServer, Received, Reply
@@ -90,9 +90,8 @@ def _assert_only_b(store: Store, sync_id: str, result: FeedStageResult) -> None:
 
 
 async def _s3_feed(api: httpx.AsyncClient, section: SectionKeys, settings: Settings) -> tuple[str, str, str]:
-    bucket, key = "feeds-pin-" + secrets.token_hex(4), "exports/catalog.csv"
-    s3 = objects.client(settings)
-    s3.create_bucket(Bucket=bucket)
+    bucket, key = FEED_BUCKET, f"{section.id}/exports/catalog.csv"
+    s3 = feed_bucket(settings)
     s3.put_object(Bucket=bucket, Key=key, Body=A_FILE)
     return await create_feed(api, section, source="s3", s3_bucket=bucket, s3_key=key), bucket, key
 

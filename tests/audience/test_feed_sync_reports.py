@@ -15,9 +15,18 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.feeds import FeedActivities
 from settings import Settings
-from store import objects
 from store.engine import Store
-from tests.audience.feed_helpers import create_feed, crash_then_resume, csv_bytes, feed_syncs, get_product, upload_feed
+from tests.audience.feed_helpers import (
+    ABSENT_FEED_BUCKET,
+    FEED_BUCKET,
+    crash_then_resume,
+    create_feed,
+    csv_bytes,
+    feed_bucket,
+    feed_syncs,
+    get_product,
+    upload_feed,
+)
 from tests.helpers import SectionKeys
 from workflows.feed_models import FeedBeginRequest, FeedStageRequest, FeedSyncInput
 from workflows.feeds import FeedSyncWorkflow
@@ -39,9 +48,9 @@ def _begin(store: Store, settings: Settings, feed: str, batch_size: int = 1000) 
 async def test_missing_s3_feed_file_fails_at_once_naming_bucket_and_key(
     api: httpx.AsyncClient, section: SectionKeys, store: Store, settings: Settings, missing: str
 ) -> None:
-    bucket, key = "feeds-missing-" + secrets.token_hex(4), "exports/catalog.csv"
+    bucket, key = (FEED_BUCKET if missing == "key" else ABSENT_FEED_BUCKET), f"{section.id}/exports/catalog.csv"
     if missing == "key":
-        objects.client(settings).create_bucket(Bucket=bucket)
+        feed_bucket(settings)
     feed = await create_feed(api, section, source="s3", s3_bucket=bucket, s3_key=key)
     acts, req = _begin(store, settings, feed)
     with pytest.raises(ApplicationError) as failed:
@@ -54,8 +63,8 @@ async def test_missing_s3_feed_file_shows_not_found_on_the_sync(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, settings: Settings
 ) -> None:
     """Through the workflow: the sync fails on its first attempt and its status names the file."""
-    bucket = "feeds-missing-" + secrets.token_hex(4)
-    feed = await create_feed(api, section, source="s3", s3_bucket=bucket, s3_key="a.csv")
+    bucket = ABSENT_FEED_BUCKET
+    feed = await create_feed(api, section, source="s3", s3_bucket=bucket, s3_key=f"{section.id}/a.csv")
     started = datetime.now(UTC)
     summary = await env.client.execute_workflow(
         FeedSyncWorkflow.run,
@@ -66,7 +75,7 @@ async def test_missing_s3_feed_file_shows_not_found_on_the_sync(
     assert summary.state == "failed"
     assert (datetime.now(UTC) - started).total_seconds() < 2  # not 5 attempts with backoff
     sync = (await feed_syncs(api, section, feed))[0]
-    assert sync["state"] == "failed" and f"s3://{bucket}/a.csv not found" in sync["error"], sync
+    assert sync["state"] == "failed" and f"s3://{bucket}/{section.id}/a.csv not found" in sync["error"], sync
 
 
 async def test_duplicate_skus_are_counted_and_named_and_the_last_row_wins(
@@ -90,9 +99,8 @@ async def test_duplicates_across_batches_and_a_resumed_attempt_are_counted_once(
 ) -> None:
     """Batches of 2 rows: the repeats fall in later batches than their first rows; the attempt dies at its
     second heartbeat and the retry resumes there: the count stays exact."""
-    bucket, key = "feeds-dup-" + secrets.token_hex(4), "catalog.csv"
-    s3 = objects.client(settings)
-    s3.create_bucket(Bucket=bucket)
+    bucket, key = FEED_BUCKET, f"{section.id}/catalog.csv"
+    s3 = feed_bucket(settings)
     rows = ["x,1", "y,2", "z,3", "w,4", "x,5", "q,6", "y,7", "r,8"]
     s3.put_object(Bucket=bucket, Key=key, Body=csv_bytes("sku,price", *rows))
     feed = await create_feed(api, section, source="s3", s3_bucket=bucket, s3_key=key)
