@@ -203,6 +203,35 @@ class FeedActivities:
 
     @activity.defn(name="feeds.stage")
     def stage(self, req: FeedStageRequest) -> FeedStageResult:
+        try:
+            return self._stage(req)
+        except CancelledError:
+            raise  # the sync is being cancelled: not a failed attempt
+        except Exception as exc:
+            self._note_attempt_error(req.sync_id, exc)
+            raise
+
+    def _note_attempt_error(self, sync_id: str, exc: Exception) -> None:
+        """Show why this attempt failed on the sync while it is still `running` (the next attempt may
+        succeed, which clears it; the last one's reason ends the sync as "sync gave up: ..."): a hanging
+        or failing URL is otherwise a `running` sync with no `error` for minutes. Best effort: the
+        attempt's own error is what Temporal records and retries on."""
+        info = activity.info()
+        limit = info.retry_policy.maximum_attempts if info.retry_policy is not None else 0
+        of = f" of {limit}" if limit else ""
+        more = "" if _not_retried(exc) or (limit and info.attempt >= limit) else "; retrying"
+        # A FailureError's message alone: its str() begins with the type ("SourceUnanswered: ...").
+        why = (exc.message if isinstance(exc, FailureError) else str(exc)) or type(exc).__name__
+        try:
+            with self.store.session() as s:
+                sync = s.get(FeedSync, sync_id)
+                if sync is not None and sync.state == "running":
+                    sync.error = storable(f"attempt {info.attempt}{of} failed: {why}{more}")[:500]
+                    s.add(sync)
+        except Exception:
+            log.warning("feed sync %s: could not record the failed attempt", sync_id, exc_info=True)
+
+    def _stage(self, req: FeedStageRequest) -> FeedStageResult:
         with self.store.session() as s:
             feed, sync = s.get(Feed, req.feed_id), s.get(FeedSync, req.sync_id)
         if feed is None or sync is None:
@@ -263,6 +292,15 @@ class FeedActivities:
         self._write(req.sync_id, rows, rejections, p)
         if p.line == 0:
             return FeedStageResult(state="rejected", error="the file is empty (no header)")
+        if p.rejected and not p.accepted:
+            # Rows but not one usable: a broken export, not an update. Rejected whatever the mode (delta
+            # included, which would otherwise "succeed" applying nothing; a full file would remove the
+            # whole catalogue), the rejected lines kept with their reasons.
+            return FeedStageResult(
+                state="rejected", rows_rejected=p.rejected, lines_read=p.line,
+                error=f"no row of the file was accepted ({p.rejected} rejected, see the rejected lines); "
+                "nothing was applied",
+            )  # fmt: skip
         duplicates = self._record_duplicates(req.sync_id, p)
         return FeedStageResult(
             state="staged", rows_accepted=p.accepted, rows_rejected=p.rejected, lines_read=p.line,
@@ -410,6 +448,11 @@ def _discard_staged(s: Session, sync: FeedSync, version: str | None) -> None:
     sync.rows_accepted = sync.rows_rejected = sync.lines_read = 0
     sync.source_etag = version
     s.add(sync)
+
+
+def _not_retried(exc: BaseException) -> bool:
+    """Whether Temporal will not retry the activity after `exc` (a non-retryable ApplicationError)."""
+    return isinstance(exc, ApplicationError) and exc.non_retryable
 
 
 def _note_duplicate(p: FeedProgress, key: str) -> None:

@@ -28,6 +28,10 @@ from providers.url_guard import Target, UrlGuard
 CHUNK = 1 << 16
 BIG_CHUNK = 1 << 20  # bulk readers (subscriber lists): fewer, larger reads
 MAX_LINE = 1 << 20  # a longer "line" is not a CSV row; refuse it instead of buffering the file
+# Seconds a feed URL gets to accept the connection, to answer, and between two reads of its body: a
+# server that hangs fails the attempt saying so (`url_unanswered`), retried as FILE_RETRY says
+# (workflows/feeds.py). A module constant so tests can shorten it; docs/audience.md, Feeds.
+URL_TIMEOUT = 30.0
 
 
 class LineTooLong(ValueError):
@@ -201,7 +205,7 @@ def url_chunks(
     url: str,
     offset: int,
     if_range: str | None = None,
-    timeout: float = 60.0,
+    timeout: float | None = None,
     *,
     guard: UrlGuard,
     unless: str | None = None,
@@ -218,14 +222,22 @@ def url_chunks(
     hop may not be fetched.
 
     `unless`: the version the caller already applied, for a read from the start (offset 0): the GET is
-    conditional (`unless_headers`) and a 304 yields `unchanged` with no bytes."""
+    conditional (`unless_headers`) and a 304 yields `unchanged` with no bytes.
+
+    `timeout` (default `URL_TIMEOUT`): a server that does not connect, answer or send on within it, or
+    that cannot be reached at all, fails the read with a retryable `ApplicationError` naming the URL
+    (`url_unanswered`), not httpx's bare "timed out"."""
+    wait = URL_TIMEOUT if timeout is None else timeout
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     if offset and if_range is not None:
         headers["If-Range"] = if_range
     conditional = unless_headers(unless) if unless is not None and not offset else {}
     headers.update(conditional)
-    with httpx.Client(timeout=timeout, follow_redirects=False) as http:
-        r = _pinned_get(http, guard, url, headers)
+    with httpx.Client(timeout=wait, follow_redirects=False) as http:
+        try:
+            r = _pinned_get(http, guard, url, headers)
+        except httpx.TransportError as exc:
+            raise url_unanswered(url, wait, exc) from exc
         try:
             if conditional and r.status_code == 304:
                 yield UrlRead(iter(()), 0, unless, unchanged=True)
@@ -241,16 +253,38 @@ def url_chunks(
 
             def chunks() -> Iterator[bytes]:
                 nonlocal skip
-                for chunk in r.iter_bytes(CHUNK):
-                    if skip:
-                        cut = min(skip, len(chunk))
-                        chunk, skip = chunk[cut:], skip - cut
-                    if chunk:
-                        yield chunk
+                try:
+                    for chunk in r.iter_bytes(CHUNK):
+                        if skip:
+                            cut = min(skip, len(chunk))
+                            chunk, skip = chunk[cut:], skip - cut
+                        if chunk:
+                            yield chunk
+                except httpx.TransportError as exc:
+                    raise url_unanswered(url, wait, exc, r.num_bytes_downloaded) from exc
 
             yield UrlRead(chunks(), 0 if changed else offset, version)
         finally:
             r.close()
+
+
+def url_unanswered(
+    url: str, timeout: float, exc: httpx.TransportError, received: int | None = None
+) -> ApplicationError:
+    """Why a GET of a feed URL got no (further) answer, naming the URL as given, as an error answer's
+    reason does ("404 Not Found for <url>"): a timeout says which wait ran out and how long it was.
+    Retryable (`SourceUnanswered`): the server may be back by the next attempt."""
+    during = "" if received is None else f" after {received} bytes"
+    if isinstance(exc, httpx.ConnectTimeout):
+        why = f"{url} did not accept a connection within {timeout:g} s"
+    elif isinstance(exc, httpx.TimeoutException) and received is None:
+        why = f"{url} did not answer within {timeout:g} s"
+    elif isinstance(exc, httpx.TimeoutException):
+        why = f"{url} stopped sending for {timeout:g} s{during}"
+    else:
+        detail = str(exc) or type(exc).__name__
+        why = f"{url} could not be read{during}: {detail}"
+    return ApplicationError(why, type="SourceUnanswered")
 
 
 def _pinned_get(http: httpx.Client, guard: UrlGuard, url: str, headers: dict[str, str]) -> httpx.Response:
