@@ -93,7 +93,7 @@ class JourneyActivities:
             log.info("decision %s already made, returning it", key)
             return StepDecision.model_validate(previous["decision"])
         spec = load_spec(s, req.campaign_id, req.campaign_version)
-        variation_id = journey_rows.variation_of(s, req.journey_id)
+        variation_id, exited = journey_rows.variation_and_exit(s, req.journey_id)
         # The journey may have started under an id since merged into another (identity).
         user = canonical_user(s, req.user_id)
         if variation_id is None or user is None:
@@ -101,13 +101,18 @@ class JourneyActivities:
         variation = spec.variation(variation_id)
         assert variation is not None, "a journey's variation exists in its campaign version"
         step = variation.steps[req.step_index]
-        not_before = _window_defer(spec, user, req.as_of)
-        if not_before is not None:
-            # Not recorded: the decision is made again when the window opens.
-            return StepDecision(action="defer", reason="send window", not_before=not_before)
-        if reads is not None:
-            reads.user, reads.variation_id = user, variation_id
-        decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key, reads)
+        if exited is not None:
+            # Its row says it exited (a merge recorded the exit it owed: the person bought on another
+            # device) while the exit's signal has not reached the workflow: nothing more is sent.
+            decision = StepDecision(action="skip", reason=exited)
+        else:
+            not_before = _window_defer(spec, user, req.as_of)
+            if not_before is not None:
+                # Not recorded: the decision is made again when the window opens.
+                return StepDecision(action="defer", reason="send window", not_before=not_before)
+            if reads is not None:
+                reads.user, reads.variation_id = user, variation_id
+            decision = self._decide(s, req, spec, user, [c.value for c in step.messages], key, reads)
         decisions.record(
             s,
             key=key,

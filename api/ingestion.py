@@ -191,7 +191,6 @@ def _retried_reason(exc: Exception) -> str | None:
 def _accept_once(
     store: Store, box: SecretBox, settings: Settings, section_id: str, body: CollectBase, events: list[NormalizedEvent]
 ) -> Accepted:
-    now = now_utc()
     result = Accepted()
     identity = user_identity(body.user)  # a plain email cuid is hashed here, as in an identify event
     with store.session() as s:
@@ -204,6 +203,13 @@ def _accept_once(
         lock_keys(s, identity_lock_keys(section_id, both or body.user.device_key, identity, events))
         # Then the users they name, before anything is read of them or written (`_lock_users`).
         locked = _lock_users(s, section_id, both or body.user.device_key, _request_cuids(identity, events))
+        # The request's time is read once it holds its locks (PostgreSQL) or the write lock (SQLite's
+        # BEGIN IMMEDIATE, which `connection()` opens): a person's events are then received in the
+        # order their transactions commit. The sweeper replays in that order, and an exit waits only
+        # for journeys enrolled no later than its event (`exits_awaiting_start`); read before the
+        # lock, a request that waited on another could be stamped before the trigger it saw.
+        s.connection()
+        now = now_utc()
         campaigns = live_campaigns(s, section_id)
         needs_catalog = any(reads_catalog(spec) for _, spec in campaigns)
         cuid = identity.cuid if identity is not None else None
@@ -415,6 +421,9 @@ def _exits_of_moved_journeys(
         if exit_ is not None:
             out.append(MergeExit(workflow_id, moved[workflow_id], *exit_))
     if out:
+        # Recorded now, in the merge's transaction: their exit signals go only after the commit, and
+        # a step due meanwhile must already see the exit (`JourneyActivities.decide_in` skips it).
+        journey_rows.exit_owed_at_merge(s, section_id, [(m.workflow_id, m.reason) for m in out], now_utc())
         log.info("merge of %s: %d moved journeys exit (%s)", merged_id, len(out), ", ".join(m.reason for m in out))
     return out
 
@@ -757,17 +766,34 @@ def exits_awaiting_start(store: Store, unmet: list[UnmetExit]) -> bool:
 
     First, journeys whose workflow Temporal reports closed (`UnmetExit.closed`: terminated by an
     operator, failed, timed out) are ended in the store: no start will come for them, and their
-    exit waiting an hour filled the sweeper's rounds. Their exit is met (no step runs any more)."""
+    exit waiting an hour filled the sweeper's rounds. Their exit is met (no step runs any more).
+
+    An exit waits only for a journey enrolled at or before its own event (`Journey.triggered_at` is
+    the enrolling event's `received_at`, the order the sweeper replays in): a journey a LATER event of
+    the person enrolled starts from that event, which the sweeper holds behind this one
+    (`redispatch_pending`), so waiting for it froze the person's events for `EXIT_WAITS_FOR_START`,
+    their purchases included. Nor is such a journey this exit's to end: the exit came before its trigger."""
     with store.session() as s:
         for exit_ in unmet:
             if exit_.closed is not None:
                 _end_closed_journey(s, exit_.workflow_id, exit_.closed)
         active = s.exec(
-            select(Journey.id)
-            .where(col(Journey.workflow_id).in_([u.workflow_id for u in unmet]), Journey.status == "active")
-            .limit(1)
-        ).first()
-    return active is not None
+            select(Journey.workflow_id, Journey.triggered_at).where(
+                col(Journey.workflow_id).in_([u.workflow_id for u in unmet]), Journey.status == "active"
+            )
+        ).all()
+        if not active:
+            return False
+        event_ids = {u.event_id for u in unmet if u.event_id is not None}
+        found = s.exec(select(Event.id, Event.received_at).where(col(Event.id).in_(event_ids))).all()
+        at: dict[str, datetime] = dict(found)
+    for exit_ in unmet:
+        exit_at = at.get(exit_.event_id) if exit_.event_id is not None else None
+        for workflow_id, triggered_at in active:
+            # An exit whose event is not found (erased since) waits as before, at most the hour.
+            if workflow_id == exit_.workflow_id and (exit_at is None or triggered_at <= exit_at):
+                return True
+    return False
 
 
 # The status of a journey whose workflow was closed outside Rejoin; its reason says how

@@ -62,10 +62,12 @@ class ClosedRun:
 class UnmetExit:
     """An exit that found no running journey. `closed`: the workflow id's latest run has closed
     (asked only for exits of journeys the store had active: `JourneyCommand.journey_active`);
-    None when no run exists yet (a start on its way), or it was not asked."""
+    None when no run exists yet (a start on its way), or it was not asked. `event_id`: the event
+    whose exit it is: it waits only for a start enrolled no later than that event."""
 
     workflow_id: str
     closed: ClosedRun | None = None
+    event_id: str | None = None
 
 
 @dataclass
@@ -87,7 +89,7 @@ async def dispatch(client: Client, task_queue: str, cmd: JourneyCommand, out: Di
     if cmd.action == "exit":
         if not await exit_journey(client, cmd.workflow_id, _exit_signal(cmd)):
             closed = await closed_run(client, cmd.workflow_id) if cmd.journey_active else None
-            out.exits_unmet.append(UnmetExit(cmd.workflow_id, closed))
+            out.exits_unmet.append(UnmetExit(cmd.workflow_id, closed, cmd.event_id))
         return
     assert cmd.input is not None
     # Test users' journeys too go through the plain client: their waits pass on the journey's own

@@ -19,6 +19,8 @@ JOURNEY = table_of(Journey)
 MERGED = "merged"
 _j = JOURNEY.c
 _VARIATION = select(_j.variation_id).where(_j.id == bindparam("journey_id"))
+_VARIATION_AND_END = select(_j.variation_id, _j.status, _j.exit_reason).where(_j.id == bindparam("journey_id"))
+EXITED = "exited"
 # The variation of a person's earliest journey in a campaign, ordered as the report's cohort is
 # (`store/report_rollup.py::_rebuild_cohorts`: first trigger, then the least variation id); on
 # `ix_journey_user` (section, user), whose rows are few per person.
@@ -37,6 +39,16 @@ _END = (
 )
 # A journey still active only: an end recorded from outside its workflow must not overwrite its own.
 _END_ACTIVE = _END.where(_j.status == "active")
+# A journey's own end that is no exit (it completed): an exit recorded already stands, as a merge
+# records the exit it owes (`exit_owed_at_merge`) while its steps may still complete.
+_END_UNLESS_EXITED = _END.where(_j.status != EXITED)
+# The active journeys of these workflow ids (moved to a person by a merge), ended as exited.
+_EXIT_OWED = (
+    update(JOURNEY)
+    .where(_j.section_id == bindparam("of_section"), _j.workflow_id == bindparam("of_workflow"),
+           _j.status == "active")
+    .values(status=EXITED, exit_reason=bindparam("reason"), ended_at=bindparam("at", type_=_j.ended_at.type))
+)  # fmt: skip
 _e = table_of(Event).c
 # A journey enrolled at a trigger whose dispatch has not completed: its start (or, if another run
 # took the trigger, its withdrawal as merged) is still on its way. Its row was recorded with the
@@ -194,6 +206,26 @@ def variation_of(s: Session, journey_id: str) -> str | None:
     return s.execute(_VARIATION, {"journey_id": journey_id}).scalar_one_or_none()
 
 
+def variation_and_exit(s: Session, journey_id: str) -> tuple[str | None, str | None]:
+    """The journey's variation id (None: no such journey) and, if its row is exited already (the exit
+    a merge owed it, `exit_owed_at_merge`, or another end recorded from outside its workflow), its
+    exit reason: a step deciding then sends nothing, though no exit signal has reached the workflow."""
+    row = s.execute(_VARIATION_AND_END, {"journey_id": journey_id}).first()
+    if row is None:
+        return None, None
+    variation_id, status, reason = row
+    return variation_id, (reason or EXITED) if status == EXITED else None
+
+
+def exit_owed_at_merge(s: Session, section_id: str, exits: list[tuple[str, str]], at: datetime) -> None:
+    """Record as exited, in the merge's transaction, the active journeys of these workflow ids
+    (workflow id, exit reason): the exits a merge owes the journeys it moved to the person. Their
+    signals follow the commit, and a step due meanwhile decided with the merged person in view but
+    not their exit, and sent after their purchase. Its decision now sees the row (`variation_and_exit`)."""
+    for workflow_id, reason in exits:
+        s.execute(_EXIT_OWED, {"of_section": section_id, "of_workflow": workflow_id, "reason": reason, "at": at})
+
+
 class Ended(NamedTuple):
     """What the trace entry of a journey's end needs of its row (`end`)."""
 
@@ -205,9 +237,10 @@ class Ended(NamedTuple):
 
 
 def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: datetime) -> Ended | None:
-    """Record how the journey ended; its row's `Ended` fields, or None if there is no such journey."""
+    """Record how the journey ended; its row's `Ended` fields, or None if there is no such journey.
+    A completion leaves an exit recorded already (`exit_owed_at_merge`) as it is: then None too."""
     params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
-    row = s.execute(_END, params).first()
+    row = s.execute(_END if status == EXITED else _END_UNLESS_EXITED, params).first()
     return Ended(*row) if row is not None else None
 
 
