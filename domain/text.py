@@ -19,6 +19,17 @@ def storable(text: str) -> str:
     return UNSTORABLE.sub(REPLACEMENT, text)
 
 
+def clipped(text: str | None, limit: int) -> str | None:
+    """`text` cut to `limit` characters (a column's length), ending in "…" when it was longer.
+
+    Reasons are free text from outside Rejoin too (an operator's exit signal from the Temporal CLI):
+    one longer than its column failed every write on PostgreSQL, and a store write retried for ever
+    left the journey running with no pending activity in the UI."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
 def unstorable_reason(name: str, value: str) -> str | None:
     """Why `value` (of the column `name`) cannot be kept, or None. Names the column, never quotes the value."""
     if value.isascii() and "\0" not in value:

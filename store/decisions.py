@@ -9,8 +9,9 @@ from sqlalchemy import bindparam, case
 from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
+from domain.text import clipped
 from store.statements import per_dialect, table_of, upsert_for
-from store.tables import Decision
+from store.tables import REASON_LENGTH, Decision
 
 DECISION = table_of(Decision)
 # What a rewrite of an existing key replaces; the journey, user and step it belongs to stay.
@@ -47,7 +48,7 @@ def record(
         "step_index": step_index,
         "step_name": step_name,
         "outcome": outcome,
-        "reason": reason,
+        "reason": clipped(reason, REASON_LENGTH),
         "channel": channel,
         "at": at,
         "detail": detail or {},

@@ -10,9 +10,10 @@ from sqlalchemy import bindparam, exists, insert, select, update
 from sqlmodel import Session
 
 from domain.campaign import Variation
+from domain.text import clipped
 from store import report_rollup
 from store.statements import per_dialect, row_of, table_of, upsert_for
-from store.tables import Campaign, Event, Journey, Section
+from store.tables import REASON_LENGTH, Campaign, Event, Journey, Section
 
 JOURNEY = table_of(Journey)
 # The status of an enrollment whose trigger was merged into the person's running journey.
@@ -223,7 +224,8 @@ def exit_owed_at_merge(s: Session, section_id: str, exits: list[tuple[str, str]]
     signals follow the commit, and a step due meanwhile decided with the merged person in view but
     not their exit, and sent after their purchase. Its decision now sees the row (`variation_and_exit`)."""
     for workflow_id, reason in exits:
-        s.execute(_EXIT_OWED, {"of_section": section_id, "of_workflow": workflow_id, "reason": reason, "at": at})
+        reason_kept = clipped(reason, REASON_LENGTH)
+        s.execute(_EXIT_OWED, {"of_section": section_id, "of_workflow": workflow_id, "reason": reason_kept, "at": at})
 
 
 class Ended(NamedTuple):
@@ -239,7 +241,8 @@ class Ended(NamedTuple):
 def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: datetime) -> Ended | None:
     """Record how the journey ended; its row's `Ended` fields, or None if there is no such journey.
     A completion leaves an exit recorded already (`exit_owed_at_merge`) as it is: then None too."""
-    params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
+    reason = clipped(exit_reason, REASON_LENGTH)
+    params = {"journey_id": journey_id, "new_status": status, "reason": reason, "at": at}
     row = s.execute(_END if status == EXITED else _END_UNLESS_EXITED, params).first()
     return Ended(*row) if row is not None else None
 
@@ -247,7 +250,8 @@ def end(s: Session, journey_id: str, status: str, exit_reason: str | None, at: d
 def end_if_active(s: Session, journey_id: str, status: str, exit_reason: str, at: datetime) -> bool:
     """Record the end of a journey whose workflow ended without recording it (closed outside Rejoin:
     terminated in the Temporal UI, failed, timed out); True if the row was still active."""
-    params = {"journey_id": journey_id, "new_status": status, "reason": exit_reason, "at": at}
+    reason = clipped(exit_reason, REASON_LENGTH)
+    params = {"journey_id": journey_id, "new_status": status, "reason": reason, "at": at}
     return s.execute(_END_ACTIVE, params).first() is not None
 
 

@@ -12,6 +12,9 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Column, DateTime, Index, Text, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
+# A journey's exit reason and a decision's reason (writers clip to it: `domain.text.clipped`).
+REASON_LENGTH = 200
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Stores UTC, always returns timezone-aware UTC datetimes (SQLite drops the offset)."""
@@ -212,7 +215,7 @@ class Journey(SQLModel, table=True):
     # before it, and rows inserted without it, are no preview.
     is_preview: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false")))
     status: str = Field(default="active", max_length=16)  # active | completed | exited | holdout | merged
-    exit_reason: str | None = Field(default=None, max_length=200)
+    exit_reason: str | None = Field(default=None, max_length=REASON_LENGTH)
     triggered_at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))
     last_sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
     ended_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime(), nullable=True))
@@ -230,7 +233,7 @@ class Decision(SQLModel, table=True):
     step_index: int
     step_name: str = Field(max_length=100)
     outcome: str = Field(max_length=16)  # sent | skipped | failed | exited
-    reason: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=REASON_LENGTH)
     channel: str | None = Field(default=None, max_length=16)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     at: datetime = Field(sa_column=Column(UTCDateTime(), nullable=False))

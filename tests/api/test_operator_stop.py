@@ -29,6 +29,7 @@ from tests.helpers import (
     reachable_user,
     step,
 )
+from workflows.models import ExitSignal
 
 
 async def _journeys(api: httpx.AsyncClient, section: SectionKeys, dyid: str) -> list[dict[str, Any]]:
@@ -179,3 +180,26 @@ async def test_stop_routes_need_the_sections_management_key(
         assert (await _journeys(api, section, dyid))[0]["status"] == "active"  # untouched by the refusals
         r = await api.post(f"/api/v1/campaigns/{cid}/journeys/exit", headers=section.mgmt)
         assert r.json()["signalled"] == 1, r.text
+
+
+async def test_an_exit_signal_with_a_reason_longer_than_its_column_ends_the_journey(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
+) -> None:
+    """docs/operations.md's CLI exit signal takes free text: a reason over the 200 characters of the
+    journey's and the decision's reason columns failed every `journey.finish` write on PostgreSQL, retried
+    for ever, and the journey stayed running (no pending activity shown: a local activity). It is clipped."""
+    await add_integration(api, section)
+    cid = await create_campaign(api, section, cart_campaign(wait="PT1H", steps=[step("s1"), step("s2", "P1D")]))
+    dyid, uid = await reachable_user(api, section)
+    long_reason = "stopped by ops: " + "x" * 300
+    with env.with_time_skipping_disabled():
+        await collect(api, section, dyid, add_to_cart("sku-1"))
+        [journey] = await _journeys(api, section, dyid)
+        await journey_handle(env.client, section, cid, uid).signal(
+            "exit", ExitSignal(event_id="op-long", reason=long_reason)
+        )
+    result = await journey_result(env.client, section, cid, uid, timeout=30)
+    assert (result.status, result.sent) == ("exited", 0), result
+    row = _row(store, journey["id"])
+    assert row.status == "exited" and row.exit_reason is not None, row
+    assert len(row.exit_reason) == 200 and row.exit_reason.startswith("stopped by ops: xxx"), row.exit_reason
