@@ -150,7 +150,11 @@ class Delivery:
                     refused_replaced_credentials, self.store, err, req.integration_id, prepared.config_as_of
                 ):
                     await asyncio.to_thread(self._note_retry, req, err)
-                    raise retry_later(err, req.send_key) from err
+                    # `from None`: Temporal keeps a retried activity's last failure only up to
+                    # about 4 KB; the chain (the ProviderError, the client library's exception, each
+                    # with its stack trace) went over it, and the UI's headline for the send read
+                    # "Failure exceeds size limit." instead of the reason (`retry_later`'s message).
+                    raise retry_later(err, req.send_key) from None
                 if err.recipient_gone and prepared.opt_in_id is not None:
                     # The user's next live subscription on this channel, if any (else the failure).
                     gone += 1

@@ -126,7 +126,8 @@ class FeedActivities:
                 head = s3_head(s3, feed.s3_bucket, feed.s3_key)
             except SourceMissing as exc:
                 # As a subscriber list's missing file: retrying cannot make it appear; fail saying where.
-                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+                # `from None` here and below: the message says it all; the chain only adds stack traces.
+                raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from None
             etag, size = str(head["ETag"]), int(head["ContentLength"])
             p = self._pin(sync.id, etag, p, restartable=True)
             if p.offset and p.offset >= size:  # a retry after the last batch was committed (S3 refuses the range)
@@ -146,7 +147,7 @@ class FeedActivities:
                         url_chunks(feed.url, p.offset, if_range=p.etag, guard=guard, unless=unless)
                     )
                 except ConfigurationError as exc:
-                    raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+                    raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from None
                 if read.unchanged and unless is not None:
                     raise _Unchanged(unless)
                 # start 0: the server sent the whole (changed) file, so starting over needs no new request.
@@ -467,7 +468,7 @@ def _uploaded(store: objects.Uploads, key: str, offset: int) -> Iterator[Iterato
             chunks = stack.enter_context(store.chunks(key, offset))
         except objects.ObjectMissing as exc:
             # Retrying cannot bring the file to this host; fail the sync saying why.
-            raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from exc
+            raise ApplicationError(str(exc), type="NoSource", non_retryable=True) from None
         yield chunks
 
 

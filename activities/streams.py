@@ -140,7 +140,7 @@ def s3_chunks(
     except ClientError as exc:
         if if_match is None or exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "412"):
             raise
-        raise source_changed(f"s3://{bucket}/{key}") from exc
+        raise source_changed(f"s3://{bucket}/{key}") from None
     try:
         yield body.iter_chunks(chunk)
     finally:
@@ -237,7 +237,7 @@ def url_chunks(
         try:
             r = _pinned_get(http, guard, url, headers)
         except httpx.TransportError as exc:
-            raise url_unanswered(url, wait, exc) from exc
+            raise url_unanswered(url, wait, exc) from None
         try:
             if conditional and r.status_code == 304:
                 yield UrlRead(iter(()), 0, unless, unchanged=True)
@@ -261,7 +261,7 @@ def url_chunks(
                         if chunk:
                             yield chunk
                 except httpx.TransportError as exc:
-                    raise url_unanswered(url, wait, exc, r.num_bytes_downloaded) from exc
+                    raise url_unanswered(url, wait, exc, r.num_bytes_downloaded) from None
 
             yield UrlRead(chunks(), 0 if changed else offset, version)
         finally:
@@ -273,7 +273,10 @@ def url_unanswered(
 ) -> ApplicationError:
     """Why a GET of a feed URL got no (further) answer, naming the URL as given, as an error answer's
     reason does ("404 Not Found for <url>"): a timeout says which wait ran out and how long it was.
-    Retryable (`SourceUnanswered`): the server may be back by the next attempt."""
+    Retryable (`SourceUnanswered`): the server may be back by the next attempt. Raised `from None`
+    (so is `source_changed`): the message carries httpx's reason, and the chain's stack traces pushed
+    the failure Temporal keeps for a retried activity over its size limit (about 4 KB), which then
+    shows "Failure exceeds size limit." instead of the reason."""
     during = "" if received is None else f" after {received} bytes"
     if isinstance(exc, httpx.ConnectTimeout):
         why = f"{url} did not accept a connection within {timeout:g} s"

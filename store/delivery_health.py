@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlmodel import Session, col
 
 from security.redact import mask
@@ -98,3 +98,55 @@ def _failure_reasons(s: Session, in_range: tuple[ColumnElement[bool], ...], test
         {"channel": ch, "provider_status": ps, "reason": text, "count": n, "last_at": last.isoformat()}
         for (ch, ps, text), (n, last) in top
     ]
+
+
+# A failed send's reason as listed (`failed_sends`): masked, then cut to this. Read up to `_READ`
+# characters: masking first means a cut never leaves half an address unmasked in what is shown.
+FAILED_REASON_CHARS = 500
+_FAILED_REASON_READ = 4000
+
+
+def failed_sends(
+    s: Session, campaign_id: str, start: datetime, end: datetime, limit: int, after: tuple[datetime, str] | None
+) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+    """The campaign's failed sends created in [start, end), oldest first: whose journey and user, which
+    step and channel, the provider's answer (masked) and when it failed; a page of `limit` after the
+    (created_at, key) `after`, and the position to ask the next page from (None: no more).
+
+    The counts and top reasons (`delivery_summary`) tell that sends fail; this tells whose, to find the
+    journeys in Temporal (`workflow_id`) or the users (`user_id`). A journey whose every step failed
+    ends `completed` there like one that sent, so the store is where failed sends are listed."""
+    where: list[ColumnElement[bool]] = [
+        col(Send.campaign_id) == campaign_id,
+        col(Send.created_at) >= start,
+        col(Send.created_at) < end,
+        col(Send.status) == "failed",
+    ]
+    if after is not None:
+        at, key = after
+        where.append(or_(col(Send.created_at) > at, and_(col(Send.created_at) == at, col(Send.key) > key)))
+    rows = s.execute(
+        select(
+            col(Send.key), col(Send.journey_id), col(Send.user_id), col(Send.variation_id), col(Send.step_index),
+            col(Send.channel), col(Send.integration_id), col(Send.provider_status), col(Send.attempts),
+            func.substr(col(Send.provider_response), 1, _FAILED_REASON_READ), col(Send.created_at),
+            col(Send.updated_at), col(Journey.workflow_id), _is_test(),
+        )
+        .outerjoin(Journey, col(Journey.id) == col(Send.journey_id))
+        .where(*where)
+        .order_by(col(Send.created_at), col(Send.key))
+        .limit(limit + 1)
+    ).all()
+    page = []
+    for (key, journey_id, user_id, variation_id, step_index, channel, integration_id, provider_status, attempts,
+         reason, created_at, updated_at, workflow_id, test) in rows[:limit]:  # fmt: skip
+        page.append({
+            "send_key": key, "journey_id": journey_id, "workflow_id": workflow_id, "user_id": user_id,
+            "variation_id": variation_id, "step_index": step_index, "channel": channel,
+            "integration_id": integration_id, "provider_status": provider_status, "attempts": attempts,
+            "reason": mask(reason or "")[:FAILED_REASON_CHARS], "test_user": bool(test),
+            "created_at": created_at.isoformat(), "failed_at": updated_at.isoformat(),
+        })  # fmt: skip
+    more = len(rows) > limit
+    last = rows[limit - 1] if more else None
+    return page, ((last[10], last[0]) if last is not None else None)

@@ -7,9 +7,12 @@ time). The maths is in domain/reports.py; docs/reports.md explains every figure.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import html
 import io
+import json
 import logging
 import math
 from datetime import datetime, timedelta
@@ -41,7 +44,7 @@ from domain.tracking import Signer
 from store import report_links
 from store import reports as q
 from store.campaigns import load_spec
-from store.delivery_health import delivery_summary
+from store.delivery_health import delivery_summary, failed_sends
 from store.tables import Campaign, CampaignVersion, now_utc
 
 # No prefix: the signed report page lives at /r/{token}, the rest under /api/v1.
@@ -315,6 +318,41 @@ def deliveries(
     with state.store.session() as s:
         c, _ = _campaign(s, principal.section_id, campaign_id)
         return delivery_summary(s, c.id, *_range(c, start, end))
+
+
+@router.get("/api/v1/campaigns/{campaign_id}/deliveries/failed")
+def failed_deliveries(
+    campaign_id: str,
+    principal: Management,
+    state: StateDep,
+    start: Annotated[ReportTime | None, Query(alias="from", description="ISO 8601 with zone; default: campaign creation")] = None,
+    end: Annotated[ReportTime | None, Query(alias="to", description="ISO 8601 with zone; default: now")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    after: Annotated[str | None, Query(max_length=1000, description="the previous page's `next`")] = None,
+) -> dict[str, Any]:
+    """The campaign's failed sends created in [from, to), oldest first: journey (`workflow_id` for
+    Temporal), user, step, channel, the provider's answer (addresses masked) and when; `next` asks for
+    the following page (`after=`), null on the last. Test users' sends are listed with `test_user`."""
+    position = _failed_cursor(after) if after is not None else None
+    with state.store.session() as s:
+        c, _ = _campaign(s, principal.section_id, campaign_id)
+        page, last = failed_sends(s, c.id, *_range(c, start, end), limit, position)
+    nxt = None
+    if last is not None:
+        nxt = base64.urlsafe_b64encode(json.dumps([last[0].isoformat(), last[1]]).encode()).decode()
+    return {"failures": page, "next": nxt}
+
+
+def _failed_cursor(after: str) -> tuple[datetime, str]:
+    """The (created_at, send key) a `next` of `failed_deliveries` stands for; 422 if it is none."""
+    try:
+        at, key = json.loads(base64.urlsafe_b64decode(after.encode()))
+        when = datetime.fromisoformat(at)
+        if not isinstance(key, str) or when.tzinfo is None:
+            raise ValueError(after)
+        return when, key
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        raise Unprocessable("not a page position this API gave ('next')", field="query.after") from None
 
 
 class ReportLinkIn(BaseModel):
