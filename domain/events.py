@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 # Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
 from domain.field_error import FieldError
@@ -65,9 +65,15 @@ class _Open(BaseModel):
 
 
 MAX_AMOUNT = 1e24  # the largest event value accepted (revenue)
+# Which identifiers are emails and phones: ONE rule for what identifies the user (`_primary`,
+# `_secondary`) and what the stored event keeps hashed (`_kept_properties`), so a stored event never
+# claims an identity its user was not linked by. A cuidType is compared lower-cased
+# (`_plain_email_cuid`); a secondary identifier's type by `identifier_kind` (separators dropped too).
 _PLAIN_EMAIL = frozenset({"email", "plaintextemail"})  # cuidTypes naming a plain email, hashed on arrival
 _HASHED_EMAIL = frozenset({"he", "hashedemail"})  # cuidTypes naming an email's SHA-256
-_HASHED_TYPES = _HASHED_EMAIL | {"hashedphonenumber"}  # secondary identifier types holding a SHA-256
+_PHONE = frozenset({"phonenumber"})  # secondary identifier kinds naming a plain phone (E.164)
+_HASHED_PHONE = frozenset({"hashedphonenumber"})
+_HASHED_TYPES = _HASHED_EMAIL | _HASHED_PHONE  # secondary identifier types holding a SHA-256
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 _SKU_MAX = 256  # as a cart item's productId
 _KIND_SEPARATORS = re.compile(r"[\s_-]+")  # dropped from a secondary identifier's type (`identifier_kind`)
@@ -102,7 +108,7 @@ class UserIn(_Open):
     @model_validator(mode="after")
     def _kept_cuid_has_no_slash(self) -> UserIn:
         # As for an identification event's cuid; a plain email is only ever kept as its hash.
-        if self.cuid and "/" in self.cuid and (self.cuidType or "").lower() not in _PLAIN_EMAIL:
+        if self.cuid and "/" in self.cuid and not _plain_email_cuid(self.cuidType):
             raise ValueError("user.cuid must not contain '/'")
         return self
 
@@ -246,6 +252,14 @@ class _PurchaseProps(_SyncCartProps):
     uniqueTransactionId: str | None = Field(None, max_length=64)
 
 
+def _plain_email_cuid(cuid_type: str | None) -> bool:
+    """Whether a cuidType names a plain email (hashed on arrival): `email` or `plainTextEmail`, any
+    case, nothing else. Deliberately not `identifier_kind`: a CUID of another spelling (`e-mail`) was
+    always kept as sent and is the user's stored CUID; hashing it now would make the same login
+    another person (docs/security.md, "Raw event retention")."""
+    return (cuid_type or "").lower() in _PLAIN_EMAIL
+
+
 def identifier_kind(given: str) -> str:
     """A secondary identifier's type as compared: lower case without spaces, dashes or underscores,
     so `phoneNumber`, `phone number` (one doc's spelling) and `phone_number` are one type."""
@@ -265,7 +279,7 @@ class Identifier(BaseModel):
         kind = identifier_kind(given) if isinstance(given, str) else None
         if kind in _HASHED_TYPES:
             return _sha256_digest(v)
-        return normalize_phone(v) if kind == "phonenumber" else v
+        return normalize_phone(v) if kind in _PHONE else v
 
 
 class _IdentifyProps(BaseModel):
@@ -340,6 +354,7 @@ class NormalizedEvent(BaseModel):
     kind: EventKind
     name: str
     dy_type: str | None = None
+    # As stored (`Event.data`): emails, phones and push tokens hashed (`_kept_properties`).
     properties: dict[str, Any] = Field(default_factory=dict)
     cart: list[CartItem] | None = None  # the cart as it is after this event, when the event says
     sku: str | None = None  # the product of a product view / add-to-cart
@@ -355,6 +370,16 @@ class NormalizedEvent(BaseModel):
     identifiers: list[tuple[str, str]] | None = None
     push_token: str | None = None
     push_channel: str | None = None
+    # The properties as the backend sent them, when storing changed them (`_kept_properties`):
+    # in memory only (a private attribute is neither dumped into the stored event nor read back),
+    # for the triggers' and exits' conditions, which read what was sent (docs/campaigns.md).
+    _sent: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def sent_properties(self) -> dict[str, Any]:
+        """The properties as sent: what a trigger's or exit's conditions read. An event read back
+        from the store has only its kept `properties` (hashes), and matches on those."""
+        return self._sent if self._sent is not None else self.properties
 
 
 class EventValidationError(FieldError):
@@ -383,10 +408,10 @@ def _primary(cuid: str | None, cuid_type: str | None, hashed_email: str | None) 
     identification event's properties and for the request's `user.cuid`/`cuidType`."""
     email_h = hashed_email.lower() if hashed_email else None
     kind = cuid_type or "id"
-    if cuid and kind.lower() in _PLAIN_EMAIL:
+    if cuid and _plain_email_cuid(kind):
         # A plain email as CUID is accepted for convenience but kept only as its hash.
         email_h, cuid, kind = email_hash(cuid), None, "he"
-    if cuid and kind.lower() in {"he", "hashedemail"}:
+    if cuid and kind.lower() in _HASHED_EMAIL:
         # A hex digest in capitals is the same hash: one CUID for the person, however it is written.
         cuid = email_h = cuid.lower()
         kind = "he"
@@ -424,15 +449,15 @@ def _secondary(p: _IdentifyProps, email_h: str | None) -> tuple[str | None, str 
     phone_h = phone_hash(p.phoneNumber) if p.phoneNumber else None
     for ident in p.secondaryIdentifiers:
         kind = identifier_kind(ident.type)
-        if kind == "phonenumber":
+        if kind in _PHONE:
             phone_h = phone_hash(ident.value)
-        elif kind == "hashedphonenumber":
+        elif kind in _HASHED_PHONE:
             phone_h = ident.value.lower()
         # A secondary email only stands in when the event names no primary one: the primary hashed
         # email is the person's email identity (the one opted in); overwriting it skipped their sends.
-        elif kind in {"email", "plaintextemail"}:
+        elif kind in _PLAIN_EMAIL:
             email_h = email_h or email_hash(ident.value)
-        elif kind in {"he", "hashedemail"}:
+        elif kind in _HASHED_EMAIL:
             email_h = email_h or ident.value.lower()
     return email_h, phone_h
 
@@ -537,7 +562,10 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
         found = [FieldError(".".join(str(p) for p in (where, *e["loc"])), e["msg"]) for e in exc.errors()]
         raise EventValidationError.of(found) from None  # every field at fault, not only the first
     kind = _KIND_BY_TYPE[dy_type]
-    base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=_kept_properties(event, props))
+    kept = _kept_properties(event, props)
+    base = NormalizedEvent(kind=kind, name=event.name, dy_type=dy_type, properties=kept)
+    if kept != event.properties:
+        base._sent = dict(event.properties)  # conditions read what was sent; the row keeps hashes
     if isinstance(props, _CartProps):
         base.cart = list[CartItem](props.cart) if props.cart is not None else None
         base.value = props.value
@@ -559,23 +587,19 @@ def normalize_event(index: int, event: EventIn, *, allow_http_push: bool = False
     return base
 
 
-_PHONE_KINDS = frozenset({"phonenumber", "phone"})  # `identifier_kind`s naming a plain phone number
-
-
 def _kept_properties(event: EventIn, props: BaseModel) -> dict[str, Any]:
     """A standard event's properties as kept (the stored event's data, what triggers read): every
     email, phone number and push token the schema names replaced by the hash the identity and opt-in
     rows are keyed by, so no event row holds one in clear for its retention (docs/security.md).
     Types change with the values (`cuidType` email -> `he`, a secondary `email` -> `hashedEmail`,
-    `phoneNumber` -> `hashedPhoneNumber`): normalised again, the properties name the same hashes."""
+    `phoneNumber` -> `hashedPhoneNumber`): normalised again, the properties name the same hashes.
+    Only what the identity code takes for an email or phone (`_primary`, `_secondary`: the same sets)
+    is hashed: a CUID of another type is the user's CUID as sent, and stays so here too.
+    Triggers' conditions read the properties as sent (`NormalizedEvent.sent_properties`)."""
     kept = dict(event.properties)
     if isinstance(props, _IdentifyProps):
-        if props.cuid:
-            kind = identifier_kind(props.cuidType or "")
-            if kind in _PLAIN_EMAIL:
-                kept["cuid"], kept["cuidType"] = email_hash(props.cuid), "he"
-            elif kind in _PHONE_KINDS:
-                kept["cuid"], kept["cuidType"] = phone_hash(props.cuid), "hashedPhoneNumber"
+        if props.cuid and _plain_email_cuid(props.cuidType):
+            kept["cuid"], kept["cuidType"] = email_hash(props.cuid), "he"
         if props.phoneNumber is not None:
             del kept["phoneNumber"]
             kept["hashedPhoneNumber"] = phone_hash(props.phoneNumber)
@@ -595,7 +619,7 @@ def _kept_identifier(ident: Identifier) -> dict[str, str]:
     kind = identifier_kind(ident.type)
     if kind in _PLAIN_EMAIL:
         return {"type": "hashedEmail", "value": email_hash(ident.value)}
-    if kind in _PHONE_KINDS:
+    if kind in _PHONE:
         return {"type": "hashedPhoneNumber", "value": phone_hash(ident.value)}
     return {"type": ident.type, "value": ident.value}
 

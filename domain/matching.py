@@ -66,9 +66,11 @@ def trigger_products(event: NormalizedEvent, cart: Sequence[CartItem], catalog: 
 def _custom_trigger_records(event: NormalizedEvent, cart: Sequence[CartItem], catalog: Catalog) -> list[ProductRecord]:
     """What a custom trigger's conditions test: each product of the event over the event's properties
     (the seeds: conditions of event-based triggers are on the event's products; a condition on a
-    property still reads it), or the properties alone for an event that names no product."""
+    property still reads it, as sent: `NormalizedEvent.sent_properties`, not the stored hashes), or
+    the properties alone for an event that names no product."""
     products = trigger_products(event, cart, catalog)
-    return [{**event.properties, **p} for p in products] or [event.properties]
+    sent = event.sent_properties
+    return [{**sent, **p} for p in products] or [sent]
 
 
 def same_event_name(sent: str, configured: str | None) -> bool:
@@ -182,7 +184,7 @@ def _exit_rule_matches(rule: ExitRule, event: NormalizedEvent, catalog: Catalog)
         case "custom":
             if not same_event_name(event.name, rule.event_name):
                 return False
-            return matches(rule.conditions, event.properties, rule.match)
+            return matches(rule.conditions, event.sent_properties, rule.match)  # as sent, not as stored
     return False
 
 

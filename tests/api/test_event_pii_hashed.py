@@ -1,5 +1,5 @@
 """No plain email, phone number or push token is kept in a stored event's data: an identification
-event's `cuid` of type email (or phone), its `phoneNumber` and its email/phone secondary identifiers,
+event's `cuid` of type email, its `phoneNumber` and its email/phone secondary identifiers,
 and a push opt-in's `pushID`, are stored as the hashes the identity and opt-in rows are keyed by.
 They were stored verbatim in `Event.data` for the event retention (a privacy trial's finding), while
 docs/api.md says a plain email is hashed on arrival. The person is identified as before."""
