@@ -29,7 +29,9 @@ SLOT_CHECK_PATCH = "broadcast-slot-check"
 # A pause or archive of the campaign signals its open runs (`campaign_stopped`, api/routes/campaigns.py):
 # a shard sleeping on a timer (a vendor's Retry-After, up to an hour; a send window) wakes, and every
 # batch from then on ends the run (`BatchRequest.campaign_stopped`), even once the campaign is active
-# again: the run's "waiting" no longer outlasts the pause, and an activation does not resume it.
+# again: the run's "waiting" no longer outlasts the pause, and an activation does not resume it. The
+# flag rides a continue-as-new in `BroadcastInput.campaign_stopped` (a shard woken by the signal may
+# leave for the continue-as-new before any batch carried it; the next run then sent the rest).
 CAMPAIGN_STOPPED_PATCH = "broadcast-campaign-stopped"
 STORE_TIMEOUT = timedelta(minutes=1)
 # A batch heartbeats every 5 s while it runs (activities/broadcast.py HEARTBEAT_EVERY): a worker
@@ -69,6 +71,7 @@ class BroadcastWorkflow:
     @workflow.run
     async def run(self, inp: BroadcastInput) -> RunProgress:
         self.progress.run_id = inp.run_id
+        self._stopped = self._stopped or inp.campaign_stopped  # signalled to the run before it continued as new
         if inp.send_at is not None and inp.send_at > workflow.now():
             self._state("waiting", f"waiting until {inp.send_at.isoformat()}")
             await workflow.sleep(inp.send_at - workflow.now(), summary="until the campaign schedule")
@@ -121,7 +124,7 @@ class BroadcastWorkflow:
             )
             if workflow.info().is_continue_as_new_suggested():
                 # Big runs: a fresh history; recipients' statuses in the store carry the progress.
-                workflow.continue_as_new(inp.model_copy(update={"send_at": None, "plan_scheduled": False}))
+                workflow.continue_as_new(self._next_input(inp))
             if any(r.more_due for r in results):
                 continue
             waits = [r.next_due for r in results if r.next_due is not None]
@@ -131,6 +134,12 @@ class BroadcastWorkflow:
             await workflow.sleep(
                 max(min(waits) - workflow.now(), timedelta(seconds=1)), summary="send window"
             )
+
+    def _next_input(self, inp: BroadcastInput) -> BroadcastInput:
+        """The continue-as-new's input: listed and past its send time, and carrying a `campaign_stopped`
+        received (a shard woken by it may leave for the continue-as-new before any batch ended the run;
+        without it the next run would send the rest once the campaign is active again)."""
+        return inp.model_copy(update={"send_at": None, "plan_scheduled": False, "campaign_stopped": self._stopped})
 
     async def _deliver_by_shard(self, inp: BroadcastInput) -> None:
         """Each shard loops on its own: a batch, then at once the next while recipients are due,
@@ -142,7 +151,7 @@ class BroadcastWorkflow:
         await workflow.wait_condition(lambda: not self._recording)  # the run row's last state first
         if self._continue:
             # Big runs: a fresh history; recipients' statuses in the store carry the progress.
-            workflow.continue_as_new(inp.model_copy(update={"send_at": None, "plan_scheduled": False}))
+            workflow.continue_as_new(self._next_input(inp))
 
     async def _shard_loop(self, inp: BroadcastInput, shard: int) -> None:
         while not self._continue:

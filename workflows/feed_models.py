@@ -108,6 +108,9 @@ class BroadcastInput(BaseModel):
     shards: int = 2
     batch_size: int = 200
     plan_scheduled: bool = False  # a scheduled run lists its audience when it starts
+    # A `campaign_stopped` signal the run had received before it continued as new (workflows/broadcast.py):
+    # the next run's batches end it too, even if the campaign is active again by then.
+    campaign_stopped: str | None = None
 
 
 class ScheduledFireInput(BaseModel):

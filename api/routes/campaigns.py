@@ -29,7 +29,7 @@ from store.broadcast_tables import BroadcastRun
 from store.campaigns import forget_live, load_spec
 from store.tables import Campaign, CampaignVersion, now_utc
 from workflows.broadcast import BroadcastWorkflow
-from workflows.ids import broadcast_workflow_id
+from workflows.ids import broadcast_workflow_id, scheduled_run_id
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,22 @@ async def _synced(state: StateDep, section_id: str, out: CampaignPublic) -> Camp
     saved = "the campaign was saved; repeat the request"
     async with calling_temporal("update the campaign's Temporal Schedule", saved):
         await campaign_schedules.sync(client, state.settings, section_id, out.id, spec, out.status)
+    out.warnings += await asyncio.to_thread(_send_at_passed, state, out, spec)
     return await _with_schedule(state, section_id, out)
+
+
+def _send_at_passed(state: StateDep, out: CampaignPublic, spec: CampaignSpec) -> list[str]:
+    """An active one-off campaign whose `send_at` has passed with no run for it: its schedule fires
+    no more (a trial's activate answered 200, no warning, no next fire, and nothing was sent)."""
+    once = spec.schedule.send_at if spec.schedule is not None else None
+    if out.status != "active" or once is None or once > now_utc():
+        return []
+    with state.store.session() as s:
+        if s.get(BroadcastRun, scheduled_run_id(out.id, once)) is not None:
+            return []  # it fired (or was started by hand): that run is the campaign's one
+    return [
+        f"send_at {once.isoformat()} has passed: no run fires; start it now with POST /api/v1/campaigns/{out.id}/runs"
+    ]
 
 
 async def _with_schedule(state: StateDep, section_id: str, out: CampaignPublic) -> CampaignPublic:
@@ -307,8 +322,9 @@ def _runs_cut_short(s: Session, campaign_id: str, to: str) -> list[str]:
         if _awaiting_slot(run) and run.send_at is not None:
             # Not listed yet: checked when it wakes (`activities.broadcast.off_schedule`).
             out.append(
-                f"batched run {run.id} (waiting for {run.send_at.isoformat()}): it sends nothing at that time "
-                "(it ends cancelled) unless the campaign is active again by then"
+                f"batched run {run.id} (waiting for {run.send_at.isoformat()}): it sends nothing when it wakes "
+                "(at that time, or later if no worker runs then; it ends cancelled) unless the campaign is "
+                "active again by then"
             )
             continue
         left = max(0, run.total - run.sent - run.skipped - run.failed)
