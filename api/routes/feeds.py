@@ -131,6 +131,7 @@ class SyncStarted(BaseModel):
 class RunOut(BaseModel):
     id: str
     campaign_id: str
+    campaign_version: int  # the version it sends (a scheduled run takes the latest when it wakes)
     reason: str
     state: str
     send_at: datetime | None
@@ -386,7 +387,7 @@ def _run_out(store: Store, section_id: str, run_id: str) -> RunOut:
         pending, window, retry = _pending_counts(s, run.id)
         failed_sends, possibly_delivered = _failed_sends(s, run.id)
         return RunOut(
-            **run.model_dump(exclude={"section_id", "campaign_version", "source_id", "deferred"}),
+            **run.model_dump(exclude={"section_id", "source_id", "deferred"}),
             pending=pending, waiting_for_window=window, waiting_to_retry=retry, failed_sends=failed_sends,
             possibly_delivered=possibly_delivered, skipped_by_reason=_skipped_by_reason(s, run.id),
             workflow_id=broadcast_workflow_id(run.id),
