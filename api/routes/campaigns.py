@@ -228,12 +228,7 @@ def _runs_off_schedule(s: Session, c: Campaign, spec: CampaignSpec) -> list[str]
     they wake they end `superseded`, unsent (`activities.broadcast.off_schedule`); say so. A run
     whose slot remains sends the latest version then. Not ended now: an edit back before the slot
     would have found its run ended."""
-    waiting = s.exec(
-        select(BroadcastRun).where(
-            BroadcastRun.campaign_id == c.id, BroadcastRun.state == "waiting", BroadcastRun.total == 0,
-            col(BroadcastRun.send_at).is_not(None),
-        )
-    ).all()  # fmt: skip
+    waiting = [run for run in _open_runs(s, c.id) if _awaiting_slot(run)]
     again = "" if campaign_schedules.has_schedule(spec) else f"; start the new slot with POST /campaigns/{c.id}/runs"
     out = []
     for run in waiting:
@@ -259,8 +254,9 @@ async def _transition(state: StateDep, section_id: str, campaign_id: str, to: st
                 c.status, c.updated_at = to, now_utc()
                 s.add(c)
                 if to != "active":
-                    warnings = _runs_cut_short(s, c.id, to)
-                    stopping.extend(_open_run_ids(s, c.id))
+                    runs = _open_runs(s, c.id)
+                    warnings = _runs_cut_short(runs, to)
+                    stopping.extend(run.id for run in runs if not _awaiting_slot(run))
             public = _public(s, c)
             public.warnings = warnings
             return public
@@ -271,16 +267,18 @@ async def _transition(state: StateDep, section_id: str, campaign_id: str, to: st
     return await _synced(state, section_id, public)
 
 
-def _open_run_ids(s: Session, campaign_id: str) -> list[str]:
-    """The campaign's runs a pause or archive ends: those that listed their recipients. A run still
-    waiting for its slot is left alone: it checks the campaign's status when it wakes
-    (`activities.broadcast.off_schedule`), so a campaign activated again before the slot sends at it."""
-    runs = s.exec(
-        select(BroadcastRun).where(
-            BroadcastRun.campaign_id == campaign_id, col(BroadcastRun.state).not_in(("done", *ENDED_UNSENT))
-        )
-    ).all()
-    return [run.id for run in runs if not _awaiting_slot(run)]
+def _open_runs(s: Session, campaign_id: str) -> list[BroadcastRun]:
+    """The campaign's batched runs not ended. A pause or archive signals those that listed their
+    recipients to end (`_signal_runs_stopped`); a run still waiting for its slot is left alone: it
+    checks the campaign's status when it wakes (`activities.broadcast.off_schedule`), so a campaign
+    activated again before the slot sends at it."""
+    return list(
+        s.exec(
+            select(BroadcastRun).where(
+                BroadcastRun.campaign_id == campaign_id, col(BroadcastRun.state).not_in(("done", *ENDED_UNSENT))
+            )
+        ).all()
+    )
 
 
 def _awaiting_slot(run: BroadcastRun) -> bool:
@@ -309,14 +307,9 @@ async def _signal_runs_stopped(state: StateDep, run_ids: list[str], reason: str)
         log.warning("runs %s not told of %s (they end at their next batch): %s", run_ids, reason, err)
 
 
-def _runs_cut_short(s: Session, campaign_id: str, to: str) -> list[str]:
-    """Batched runs of the campaign not done yet: a journey's later steps send again after a resume,
-    but a run's recipients not yet sent are skipped (`campaign_paused`) and the run ends: say so."""
-    runs = s.exec(
-        select(BroadcastRun).where(
-            BroadcastRun.campaign_id == campaign_id, col(BroadcastRun.state).not_in(("done", *ENDED_UNSENT))
-        )
-    ).all()
+def _runs_cut_short(runs: list[BroadcastRun], to: str) -> list[str]:
+    """Batched runs of the campaign not done yet (`_open_runs`): a journey's later steps send again after
+    a resume, but a run's recipients not yet sent are skipped (`campaign_paused`) and the run ends: say so."""
     out = []
     for run in runs:
         if _awaiting_slot(run) and run.send_at is not None:
