@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 SUPPORTED = ("gzip", "deflate")
+# Real clients apply one coding. Thousands stacked (`deflate,deflate,...`) made the streaming
+# decoder recurse once per stage into a RecursionError (a 500), and cost a decompressor each.
+MAX_CODINGS = 4
+# gzip members holding nothing: a client concatenating files never sends many, while megabytes of
+# `gzip.compress(b"")` decode to nothing and were never counted against any limit but cost CPU.
+MAX_EMPTY_MEMBERS = 64
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # gzip header and trailer
 _ZLIB_WBITS = zlib.MAX_WBITS  # RFC 1950, what HTTP's "deflate" means
 _RAW_WBITS = -zlib.MAX_WBITS  # bare RFC 1951, what some clients send as "deflate" anyway
@@ -48,6 +54,11 @@ def codings(header: bytes | None) -> list[str]:
                 f"Content-Encoding {shown!r} is not supported; send gzip, deflate or an uncompressed body"
             )
         found.append(name)
+        if len(found) > MAX_CODINGS:
+            raise UnsupportedCoding(
+                f"Content-Encoding lists more than {MAX_CODINGS} codings; send the body compressed once "
+                "(gzip or deflate) or uncompressed"
+            )
     return found
 
 
@@ -74,11 +85,16 @@ def _inflate(body: bytes, coding: str, limit: int) -> bytes:
     out = bytearray()
     rest = body
     wbits = _wbits(body, coding)
+    empty = 0
     while rest:
         inflater = zlib.decompressobj(wbits)
         try:
             # At most one byte over the cap: reaching it proves the body too large without inflating more.
+            before = len(out)
             out += inflater.decompress(rest, limit + 1 - len(out))
+            empty += len(out) == before
+            if empty > MAX_EMPTY_MEMBERS:
+                raise CorruptBody(_TOO_MANY_EMPTY)
         except zlib.error as exc:
             raise CorruptBody(f"not a valid {coding} stream ({_reason(exc)})") from None
         if len(out) > limit:
@@ -89,6 +105,9 @@ def _inflate(body: bytes, coding: str, limit: int) -> bytes:
         if rest and coding != "gzip":
             raise CorruptBody(f"{len(rest)} bytes after the end of the {coding} stream")
     return bytes(out)
+
+
+_TOO_MANY_EMPTY = f"more than {MAX_EMPTY_MEMBERS} empty gzip members"
 
 
 class StreamDecoder:
@@ -109,6 +128,7 @@ class StreamDecoder:
         yield from self._through(0, b"", end=True)
 
     def _through(self, index: int, data: bytes, *, end: bool) -> Iterator[bytes]:
+        # Recursive, one level per stage: `codings` allows at most MAX_CODINGS of them.
         if index == len(self._stages):
             if data:
                 yield data
@@ -129,6 +149,8 @@ class _Stage:
         self.head = b""  # bytes held until the wrapper can be told (deflate: two)
         self.inflater: Any = None
         self.started = False  # some input seen: an empty body is no stream and no error
+        self.member_out = 0  # bytes the current member has yielded
+        self.empty = 0  # members ended having yielded nothing
 
     def feed(self, data: bytes, *, end: bool) -> Iterator[bytes]:
         if self.inflater is None:
@@ -143,11 +165,17 @@ class _Stage:
                 if self.coding != "gzip":
                     raise CorruptBody(f"{len(data)} bytes after the end of the {self.coding} stream")
                 self.inflater = zlib.decompressobj(_GZIP_WBITS)
+                self.member_out = 0
             try:
                 out = self.inflater.decompress(data, self.piece)
             except zlib.error as exc:
                 raise CorruptBody(f"not a valid {self.coding} stream ({_reason(exc)})") from None
             data = self.inflater.unconsumed_tail or self.inflater.unused_data
+            self.member_out += len(out)
+            if self.inflater.eof and not self.member_out:
+                self.empty += 1
+                if self.empty > MAX_EMPTY_MEMBERS:
+                    raise CorruptBody(_TOO_MANY_EMPTY)
             if out:
                 yield out
             elif not data:

@@ -24,6 +24,7 @@ back to its address's bucket: its requests are unverified keys' again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -445,7 +446,9 @@ class RequestLimits:
     ) -> None:
         """An upload passed on as it arrives (decoded on the fly when compressed), never held whole:
         413 once it goes past `max_upload_bytes` (declared, or counted as it streams), 400 for a
-        corrupt compressed stream. No JSON checks: an upload is a file, not a JSON body."""
+        corrupt compressed stream. A compressed upload counts what is received as well as what it
+        decodes to, each against the limit, and is decoded in a thread. No JSON checks: an upload is a
+        file, not a JSON body."""
         limit = self.max_upload_bytes
         too_large = f"upload over {limit} bytes"
         declared = headers.get(b"content-length")
@@ -457,7 +460,8 @@ class RequestLimits:
             kept = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-encoding", b"content-length")]
             scope = {**scope, "headers": kept}
         pieces: Iterator[bytes] | None = None  # the decoded pieces of the chunk received last
-        size = 0
+        size = 0  # decoded bytes passed on
+        wire = 0  # bytes received: a compressed upload counts both (empty gzip members decode to nothing)
         ended = False
         last_sent = False  # the message with more_body false has been given
 
@@ -475,9 +479,14 @@ class RequestLimits:
         async def streamed() -> Message:
             # One piece per call, inflated only when asked for: a compressed chunk that decodes to
             # far more is never held whole. The end is an empty last message.
-            nonlocal pieces, size, ended, last_sent
+            nonlocal pieces, size, wire, ended, last_sent
             while True:
-                for piece in pieces or ():
+                while pieces is not None:
+                    # Inflating is CPU work (a chunk of many gzip members yields nothing for long):
+                    # done in a thread, never on the event loop every other request waits on.
+                    piece = await asyncio.to_thread(next, pieces, None) if decoder is not None else next(pieces, None)
+                    if piece is None:
+                        break
                     size += len(piece)
                     if size > limit:
                         raise UploadRefused(413, too_large)
@@ -493,7 +502,11 @@ class RequestLimits:
                 if message["type"] != "http.request":
                     return message  # a disconnect: the route's stream ends there
                 ended = not message.get("more_body", False)
-                pieces = decoded(message.get("body", b""), not ended)
+                chunk = message.get("body", b"")
+                wire += len(chunk)
+                if wire > limit:
+                    raise UploadRefused(413, too_large)
+                pieces = decoded(chunk, not ended)
 
         started = False
 
