@@ -68,8 +68,8 @@ RAISED: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/api/v1/integrations/{integration_id}/subscribers/credentials"): _BOTH,  # no list, no more; S3
     ("delete", "/api/v1/templates/{template_id}"): (_CONFLICT,),  # used by campaigns
     ("post", "/api/v1/feeds"): _TEMPORAL,  # its Temporal Schedule
-    ("put", "/api/v1/feeds/{feed_id}/file"): _TEMPORAL,  # the object store; Temporal
-    ("post", "/api/v1/feeds/{feed_id}/sync"): _TEMPORAL,  # Temporal
+    ("put", "/api/v1/feeds/{feed_id}/file"): _CONFLICT_TEMPORAL,  # a sync running, not an upload feed; S3; Temporal
+    ("post", "/api/v1/feeds/{feed_id}/sync"): _CONFLICT_TEMPORAL,  # a sync running; Temporal
     ("post", "/api/v1/admin/rotate-secrets"): (_CONFLICT,),  # RotationIncomplete
 }
 

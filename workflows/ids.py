@@ -35,6 +35,13 @@ def feed_sync_id(section_id: str, feed_id: str) -> str:
     return f"feed/{section_id}/{feed_id}"
 
 
+def feed_sync_now_id(section_id: str, feed_id: str) -> str:
+    """Workflow id of every sync the API starts for a feed (an upload, `POST .../sync`): one id, so
+    Temporal refuses a second while one runs (a feed syncs one file at a time) and no two requests
+    can both start one. Scheduled syncs have the schedule's own ids (`feed_sync_id` plus its time)."""
+    return f"{feed_sync_id(section_id, feed_id)}/now"
+
+
 def feed_run_id(sync_id: str, campaign_id: str) -> str:
     """The run a feed sync starts for a campaign: one per (sync, campaign), so planning is idempotent."""
     return f"run_{sync_id}_{campaign_id}"[:40]

@@ -21,19 +21,23 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import ColumnElement, case, func
 from sqlmodel import Session, col, select
 from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    WorkflowExecutionStatus,
 )
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.broadcast import send_time
 from api.deps import Management, StateDep
-from api.errors import NotFound, Unavailable, Unprocessable
+from api.errors import Conflict, NotFound, Unavailable, Unprocessable
 from api.temporal_errors import calling_temporal
 from domain.campaign import CampaignType
 from domain.durations import Duration
@@ -52,7 +56,7 @@ from store.tables import Campaign, Journey, Send, now_utc
 from workflows.broadcast import BroadcastWorkflow
 from workflows.feed_models import BroadcastInput, FeedSyncInput
 from workflows.feeds import FeedSyncWorkflow
-from workflows.ids import broadcast_workflow_id, feed_sync_id, scheduled_run_id
+from workflows.ids import broadcast_workflow_id, feed_sync_id, feed_sync_now_id, scheduled_run_id
 
 router = APIRouter(prefix="/api/v1", tags=["feeds"])
 UPLOAD_SPOOL = 8 << 20  # bytes kept in memory before spooling an upload to disk
@@ -125,7 +129,10 @@ class FeedStatus(BaseModel):
 
 
 class SyncStarted(BaseModel):
+    # The same for every sync the API starts for a feed (a second is refused while one runs); the
+    # run id tells this sync's workflow run from the feed's earlier ones.
     workflow_id: str
+    run_id: str = ""
 
 
 class RunOut(BaseModel):
@@ -242,25 +249,90 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
     return FeedOut(**feed.model_dump())
 
 
+def _running_sync_id(store: Store, feed_id: str) -> str | None:
+    """The newest sync of the feed still `running`, to name in a 409."""
+    with store.session() as s:
+        sync = s.exec(
+            select(FeedSync)
+            .where(FeedSync.feed_id == feed_id, FeedSync.state == "running")
+            .order_by(col(FeedSync.started_at).desc())
+        ).first()
+    return sync.id if sync is not None else None
+
+
+async def _sync_running(state: StateDep, feed: Feed, wid: str) -> Conflict:
+    sync_id = await asyncio.to_thread(_running_sync_id, state.store, feed.id)
+    which = f"sync {sync_id} (workflow {wid})" if sync_id else f"its sync (workflow {wid})"
+    return Conflict(
+        f"the feed {feed.id} is syncing: {which} is still running; a feed syncs one file at a time, "
+        f"so repeat the request once it ended (GET /api/v1/feeds/{feed.id})"
+    )
+
+
+async def _refuse_while_syncing(state: StateDep, client: Client, feed: Feed, *, own: bool) -> None:
+    """409 when a sync of the feed is running: `own`, one the API started (checked before an upload
+    is read, so it is not stored for nothing; `_start_sync` refuses that case atomically anyway,
+    through the workflow id), and one its `sync_every` schedule started."""
+    wids = [feed_sync_now_id(feed.section_id, feed.id)] if own else []
+    async with calling_temporal("check the feed's running sync"):
+        if feed.sync_every_seconds is not None:
+            try:
+                described = await client.get_schedule_handle(feed_sync_id(feed.section_id, feed.id)).describe()
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+            else:
+                wids += [
+                    a.workflow_id for a in described.info.running_actions
+                    if isinstance(a, ScheduleActionExecutionStartWorkflow)
+                ]
+        for wid in wids:
+            try:
+                info = await client.get_workflow_handle(wid).describe()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    continue
+                raise
+            if info.status == WorkflowExecutionStatus.RUNNING:
+                raise await _sync_running(state, feed, wid)
+
+
 async def _start_sync(
     state: StateDep, feed: Feed, object_key: str | None, force: bool, refetch: bool = False
 ) -> SyncStarted:
     client = await state.client()
-    wid = f"{feed_sync_id(feed.section_id, feed.id)}/{secrets.token_hex(4)}"
-    async with calling_temporal("start the feed's sync"):
-        await client.start_workflow(
-            FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force, refetch), id=wid,
-            task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
-        )  # fmt: skip
-    return SyncStarted(workflow_id=wid)
+    if feed.sync_every_seconds is not None:
+        await _refuse_while_syncing(state, client, feed, own=False)
+    wid = feed_sync_now_id(feed.section_id, feed.id)
+    try:
+        async with calling_temporal("start the feed's sync"):
+            handle = await client.start_workflow(
+                FeedSyncWorkflow.run, _sync_input(state.settings, feed, object_key, force, refetch), id=wid,
+                task_queue=state.settings.task_queue, static_summary=f"{feed.kind} feed {feed.name}",
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            )  # fmt: skip
+    except WorkflowAlreadyStartedError:
+        # Another request started one since the check: this file is not applied (its object is
+        # pruned with the feed's other unused uploads, activities/feeds.py: prune_uploads).
+        raise await _sync_running(state, feed, wid) from None
+    return SyncStarted(workflow_id=wid, run_id=handle.result_run_id or "")
 
 
 @router.put("/feeds/{feed_id}/file", status_code=202)
 async def upload_feed(
     feed_id: str, request: Request, principal: Management, state: StateDep, force: bool = FORCE
 ) -> SyncStarted:
-    """Upload the feed's CSV (request body, streamed; never held whole in memory) and sync it."""
+    """Upload the feed's CSV (request body, streamed; never held whole in memory) and sync it. 409
+    while a sync of the feed runs, and for a feed that reads its URL or S3 location."""
     feed = await asyncio.to_thread(_feed, state.store, principal.section_id, feed_id)
+    if feed.source != "upload":
+        # Its next sync (scheduled or POST .../sync) would read the URL / S3 file again anyway.
+        where = "its URL" if feed.source == "url" else "its S3 location"
+        raise Conflict(
+            f"the feed {feed.id} has source {feed.source}: it reads {where} (POST /api/v1/feeds/{feed.id}/sync); "
+            "uploading a file is for feeds with source upload"
+        )
+    await _refuse_while_syncing(state, await state.client(), feed, own=True)
     # A key of its own, never rewritten; the feed's older uploads are deleted once their syncs ended
     # (activities/feeds.py: prune_uploads).
     key = objects.upload_key(feed.section_id, feed.id, now_utc())
