@@ -28,7 +28,11 @@ def s3_feed_refusal(
     if bucket == own_bucket:
         return "s3_bucket", "Rejoin's own bucket is not readable by feeds; upload the file instead"
     if bucket not in allowed:
-        return "s3_bucket", f"feeds may read only the buckets {', '.join(allowed)} (REJOIN_FEED_S3_BUCKETS)"
+        # The allowed buckets are not listed: they are the operator's, shared by every section.
+        return "s3_bucket", (
+            f"the bucket {bucket!r} is not one this deployment lets s3 feeds read (the operator lists those in "
+            "REJOIN_FEED_S3_BUCKETS)"
+        )
     folder = f"{section_id}/"
     parts = key.removeprefix(folder).split("/")
     # No "." or ".." segments, no empty ones: S3 keys are literal, but a proxy or an S3-compatible

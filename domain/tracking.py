@@ -209,6 +209,10 @@ def link_domain_problem(domain: str) -> str | None:
         return "is an IP address: list the shop's host names"
     if domain.rsplit(".", 1)[-1].isdigit():
         return "is not a host name under a top-level domain (an IP address?)"
+    if "." not in domain:
+        # A single label (`example`, `0x7f000001`, `1e100`) names no registrable site: calling it a
+        # public suffix (what the list's wildcard rule makes of it) misleads.
+        return "is not a registrable domain name (one label, no top-level domain): list the shop's own domain, e.g. shop.example"
     if _public_suffixes().is_public(domain):
         return "is a public suffix (anyone can register a site under it): list the shop's own domain, e.g. shop.example"
     return None

@@ -175,3 +175,14 @@ def test_the_setting_lists_buckets_and_never_rejoins_own(monkeypatch: pytest.Mon
         load_settings()
     lines = str(exited.value.code).splitlines()
     assert any(line.strip().startswith("REJOIN_FEED_S3_BUCKETS:") and "own bucket" in line for line in lines), lines
+
+
+async def test_a_bucket_not_open_to_feeds_is_refused_without_listing_the_operators_buckets(
+    api: httpx.AsyncClient, section: SectionKeys
+) -> None:
+    """The refusal named every bucket the operator opened to feeds (any section's): a re-probe
+    trial's finding. It names the setting instead, for the operator."""
+    r = await _post_feed(api, section, "corp-private", f"{section.id}/catalog.csv")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "s3_bucket"], r.text
+    assert FEED_BUCKET not in r.text and "rejoin-test-feeds-absent" not in r.text, r.text
+    assert "'corp-private'" in r.json()["error"] and "REJOIN_FEED_S3_BUCKETS" in r.json()["error"], r.text

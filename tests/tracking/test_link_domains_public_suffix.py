@@ -57,3 +57,12 @@ def test_host_allowed_ignores_public_suffix_entries() -> None:
     assert not host_allowed("https://evil.co.uk/", ["co.uk"])
     assert host_allowed("https://www.shop.co.uk/cart", ["com", "shop.co.uk"])
     assert link_domain_problem("shop.example") is None
+
+
+@pytest.mark.parametrize("domain", ["0x7f000001", "1e100", "example", "localhost"])
+def test_a_single_label_is_refused_as_no_registrable_name_not_as_a_public_suffix(domain: str) -> None:
+    """A re-probe trial's finding: `0x7f000001` was refused as "a public suffix", which it is not."""
+    problem = link_domain_problem(domain)
+    assert problem is not None and "not a registrable domain name" in problem, problem
+    assert "public suffix" not in problem
+    assert "public suffix" in (link_domain_problem("co.uk") or "")
