@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.activity_clock import attempt_share_left
 from activities.frozen_message import FrozenMessage
 from activities.provider_retry import refused_replaced_credentials, retry_later
 from activities.step_reads import StepReads
@@ -92,15 +93,8 @@ def _half_the_attempt_left() -> bool:
     """Whether at least half of this activity attempt's start-to-close time is left (True outside
     an activity, or without a timeout): another provider call for the next recipient should end
     inside the attempt, not be cancelled by Temporal mid-call (its retry would be flagged)."""
-    try:
-        info = activity.info()
-    except RuntimeError:
-        return True
-    timeout = info.start_to_close_timeout
-    if not timeout or info.started_time is None:
-        return True
-    elapsed = datetime.now(info.started_time.tzinfo) - info.started_time
-    return elapsed < timeout / 2
+    share = attempt_share_left()
+    return share is None or share > 0.5
 
 
 def _rate_limit(integration: Integration | None) -> float | None:

@@ -23,30 +23,16 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from activities.activity_clock import budget_left
 from providers.base import ProviderError
 from store.engine import Store
 from store.tables import Integration
 
 log = logging.getLogger(__name__)
-
-
-def remaining_budget(now: datetime | None = None) -> float | None:
-    """Seconds left of the running activity's schedule-to-close budget (None: no budget known,
-    e.g. outside an activity)."""
-    try:
-        info = activity.info()
-    except RuntimeError:
-        return None
-    budget = info.schedule_to_close_timeout
-    if not budget or info.scheduled_time is None:
-        return None
-    scheduled = info.scheduled_time if info.scheduled_time.tzinfo else info.scheduled_time.replace(tzinfo=UTC)
-    return (scheduled + budget - (now or datetime.now(UTC))).total_seconds()
 
 
 def retry_later(err: ProviderError, send: str) -> ApplicationError:
@@ -55,7 +41,7 @@ def retry_later(err: ProviderError, send: str) -> ApplicationError:
     message = err.redactor.redact(err.message)
     error_type = "RateLimited" if err.status == 429 else "ProviderUnavailable"
     wait = err.retry_after if err.retry_after is not None and math.isfinite(err.retry_after) else None
-    left = remaining_budget()
+    left = budget_left()
     if wait and left is not None and wait > left:
         log.info(
             "%s: provider failed (%s); Retry-After %g s exceeds the remaining delivery budget (%.0f s): gives up",
