@@ -17,26 +17,27 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _info() -> activity.Info | None:
+    try:
+        return activity.info()
+    except RuntimeError:  # not in an activity
+        return None
+
+
 def budget_left(now: datetime | None = None) -> float | None:
     """Seconds left of the activity's schedule-to-close budget, over all its attempts."""
-    try:
-        info = activity.info()
-    except RuntimeError:
+    info = _info()
+    if info is None or not info.schedule_to_close_timeout or info.scheduled_time is None:
         return None
-    budget = info.schedule_to_close_timeout
-    if not budget or info.scheduled_time is None:
-        return None
-    return (_aware(info.scheduled_time) + budget - (now or datetime.now(UTC))).total_seconds()
+    deadline = _aware(info.scheduled_time) + info.schedule_to_close_timeout
+    return (deadline - (now or datetime.now(UTC))).total_seconds()
 
 
 def attempt_share_left(now: datetime | None = None) -> float | None:
     """Share (0..1) of this attempt's start-to-close time still left."""
-    try:
-        info = activity.info()
-    except RuntimeError:
+    info = _info()
+    if info is None or not info.start_to_close_timeout or info.started_time is None:
         return None
     timeout = info.start_to_close_timeout
-    if not timeout or info.started_time is None:
-        return None
     left = _aware(info.started_time) + timeout - (now or datetime.now(UTC))
     return max(0.0, left / timeout)
