@@ -217,7 +217,7 @@ class ProviderRegistry:
                 await guard.resolve_host(host, port)
             except RefusedAddress as exc:
                 return "host", str(exc)
-            except ConfigurationError:
+            except (ConfigurationError, ProviderError):  # not resolvable now: send time checks again
                 pass
         return None
 

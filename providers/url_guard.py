@@ -11,6 +11,10 @@ private targets are allowed or the `host:port` is allow-listed (local stand-ins)
 The check returns a `Target` with the address that was checked; callers connect to that
 address (the host name travels in the Host header and TLS SNI), so a DNS answer that changes
 between the check and the connection (DNS rebinding) cannot redirect the call.
+
+A resolver that does not answer in time, or answers "try again" (EAI_AGAIN), is a passing fault,
+not a wrong configuration: the lookup raises a retryable ProviderError, so the send (or the feed
+sync) is retried rather than failed for good, and no caller waits on a stuck resolver for ever.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from domain.addresses import IP, is_internal, literal_ip
-from providers.base import ConfigurationError
+from providers.base import ConfigurationError, ProviderError
 
 # A vendor host's DNS answer is used this long (seconds) before it is resolved again (`UrlGuard._addresses`).
 DNS_TTL_S = 30.0
+# How long one lookup may take (the system resolver's own retries can take far longer, and a stuck
+# one held a send, or a feed sync's attempt, until Temporal's timeout).
+DNS_TIMEOUT_S = 10.0
 DNS_CACHE_HOSTS = 1024
 _clock = time.monotonic  # the kept answers' clock (a test moves it)
 
@@ -144,9 +151,16 @@ class UrlGuard:
         kept = self._answers.get(key)
         if kept is not None and kept[0] > now:
             return kept[1]
+        lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            infos = await asyncio.wait_for(lookup, DNS_TIMEOUT_S)
+        except TimeoutError:
+            raise ProviderError(
+                f"cannot resolve host {host}: no DNS answer within {DNS_TIMEOUT_S:g} s", retryable=True
+            ) from None
         except socket.gaierror as exc:
+            if exc.errno == socket.EAI_AGAIN:
+                raise ProviderError(f"cannot resolve host {host} right now: {exc}", retryable=True) from None
             raise ConfigurationError(f"cannot resolve host {host}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if addresses:
@@ -169,6 +183,6 @@ async def save_time_refusal(guard: UrlGuard, url: str) -> str | None:
         await guard.resolve(url)
     except RefusedAddress as exc:
         return str(exc)
-    except ConfigurationError:
+    except (ConfigurationError, ProviderError):  # not resolvable now: checked again at call time
         return None
     return None
