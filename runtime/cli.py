@@ -108,7 +108,7 @@ async def _dev(settings: Settings) -> None:
     failed: list[str] = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, _stop_then_quit, stop, proc)
     try:
         # Ctrl-C during start-up does not reach the server (its own session): stop waiting for it.
         serving = asyncio.create_task(wait_until_serving(settings.temporal_address, proc=proc))
@@ -136,6 +136,21 @@ async def _dev(settings: Settings) -> None:
             proc.wait(timeout=15)
         if proc.poll() is None:
             proc.kill()
+
+
+def _stop_then_quit(stop: asyncio.Event, server: subprocess.Popen[bytes]) -> None:
+    """The first Ctrl-C stops gracefully (the worker drains its running activities, the API its
+    requests, then the server stops); a second one, for someone who will not wait for a slow vendor
+    call, quits at once: the server is killed and activities in flight run again at the next start."""
+    if not stop.is_set():
+        print("\nrejoin dev: stopping once running work ends (Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+        stop.set()
+        return
+    print("rejoin dev: quitting at once", file=sys.stderr, flush=True)
+    server.kill()
+    with contextlib.suppress(Exception):
+        server.wait(timeout=5)
+    os._exit(130)
 
 
 def _temporal(settings: Settings) -> None:

@@ -213,6 +213,50 @@ def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: d
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_second_ctrl_c_quits_at_once_while_the_first_drains(ports: dict[str, int], tmp_path: Path) -> None:
+    """The drain waits for running work (a slow vendor call, a request in flight) however long it
+    takes; a second Ctrl-C was ignored. Now it quits at once and stops the server; no port is left."""
+    from runtime.dev_server import port_in_use
+
+    proc = start(environment(tmp_path / "data", **ports), "dev")
+    server: list[int] = []
+    logged: list[str] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=lambda: logged.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            if "Rejoin is running" in line or time.monotonic() > deadline:
+                break
+        server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
+        with _held_request(ports["api"], deadline):  # the drain cannot end while it is held
+            os.killpg(proc.pid, signal.SIGINT)
+            deadline = time.monotonic() + 30
+            while not any("Ctrl-C again to quit at once" in line for line in logged):
+                assert time.monotonic() < deadline, logged
+                time.sleep(0.05)
+            time.sleep(1)
+            assert proc.poll() is None, ("the drain should still wait for the held request", logged)
+            os.killpg(proc.pid, signal.SIGINT)
+            code = proc.wait(timeout=10)  # unfixed: still draining, a TimeoutExpired
+        assert code == 130, logged
+        deadline = time.monotonic() + 15
+        while server and _alive(server[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server and not _alive(server[0]), "the Temporal server outlived a forced quit"
+        assert [port for port in ports.values() if port_in_use(port)] == [], ports
+    finally:
+        for pid in [proc.pid, *server]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_ctrl_c_during_start_up_stops_rejoin_dev_and_its_server(ports: dict[str, int], tmp_path: Path) -> None:
     """The server (in its own session) does not get the Ctrl-C: `rejoin dev` must stop waiting for it
     to come up and stop it, not start the worker and API once it serves, nor report it as crashed."""
