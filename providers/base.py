@@ -302,10 +302,12 @@ class Provider(Protocol):
 
 
 # A rate-limit reset or Retry-After further ahead than this is a misread header (milliseconds, a
-# clock far off, a placeholder like 99999999), not a throttling window: vendors reset per second
-# or per minute. Back-off is safer then, since a next-retry delay past the delivery budget makes
-# Temporal give the step up at once.
-MAX_RATE_LIMIT_RESET_S = 3600.0
+# clock far off, a placeholder like 99999999), not a throttling window; back-off applies then.
+# Up to a day is honoured: vendors with hourly or daily quotas ask for hours, and backing off
+# instead called them every few seconds to minutes for the rest of the delivery budget, each call
+# another 429. A wait past what is left of the budget gives the send up at once, saying so
+# (`activities/provider_retry.py::retry_later`).
+MAX_RATE_LIMIT_RESET_S = 86400.0
 
 
 def parse_retry_after(value: str | None) -> float | None:
