@@ -10,7 +10,9 @@ and repeats only the calls whose outcome was unknown (those in flight), under th
 with the message their first attempt composed (activities/frozen_message.py). A send whose
 outcome was unknown may have been delivered (`store.sends.maybe_delivered`), whatever the vendor
 does with the key, until the vendor accepts a retry: ended otherwise, it keeps its cap slot and
-its recipient falls back to no other channel, as a journey's step (activities/delivery.py).
+its recipient falls back to no other channel, as a journey's step (activities/delivery.py). A push
+recipient the provider reports gone is opted out and its send handed to the user's next live opt-in
+on the channel (`_gone`), by the journeys' rule (activities/gone_recipient.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from activities.delivery import RECIPIENT_CHANGED
 from activities.provider_retry import refused_replaced_credentials
 from activities.fan_out import FanOut, GroupCommit, SlotGrid, settled
 from activities.frozen_message import FrozenMessage
+from activities.gone_recipient import may_hand_over, may_try_next
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -55,7 +58,7 @@ from store.engine import Store
 from store.erasure import ERASED
 from store.feed_tables import Feed, FeedSync
 from store.locks import lock_key
-from store.reachability import integrations_of, opt_out_gone, reach_with
+from store.reachability import integrations_of, opt_out_gone, reach, reach_with
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.statements import row_of, table_of
 from store.tables import Campaign, Journey, Section, Send, now_utc
@@ -95,6 +98,10 @@ MERGED_ALREADY_SENT = "merged: already sent to this person by another recipient 
 # A permanent failure on one channel: the recipient stays pending and is prepared again, on the
 # next reachable channel of the priority (as a journey's step falls back), or ends failed.
 FALLBACK = "fallback"
+# A push recipient the provider reported gone, whose send goes to the user's next live opt-in on the
+# same channel (`_gone`, activities/gone_recipient.py): the recipient stays pending and is prepared
+# again at once, on that channel, for that opt-in, under the same send key.
+HANDED_OVER = "handed_over"
 # LOCK ORDER. The senders of a batch (and the shards of a run) commit concurrently, and their
 # transactions share two kinds of hot rows: the run's row (`BroadcastRun` counters) and the
 # campaign's report counters of sends (`report_rollup.count_send`). Every transaction here takes
@@ -398,6 +405,7 @@ class BroadcastActivities:
         prepare = partial(self._prepare, req, batch, user_id)
         slot: float | None = None
         outcome: Ready | str | None = prepared
+        gone = 0  # recipients of this send the provider reported gone so far in this batch
         if outcome is None:
             slot = fan.reserve_turn()
             if not await fan.before_turn(slot):
@@ -407,10 +415,15 @@ class BroadcastActivities:
         while isinstance(outcome, Ready):
             ready = outcome
             outcome = await fan.call(
-                partial(self._send, fan, recorder, req, user_id, ready), partial(self._withdrawn, req, ready), slot
-            )
-            if outcome == FALLBACK:  # a permanent failure: the next reachable channel, if any
-                # Not while the shard pauses: the recipient stays pending and falls back in a later batch.
+                partial(self._send, fan, recorder, req, user_id, ready, gone),
+                partial(self._withdrawn, req, ready), slot,
+            )  # fmt: skip
+            if outcome == HANDED_OVER:
+                gone += 1
+            # A permanent failure: the next reachable channel, if any. A gone push recipient: the same
+            # channel, prepared alone for the user's next opt-in (its call takes a turn of its own).
+            if outcome in (FALLBACK, HANDED_OVER):
+                # Not while the shard pauses: the recipient stays pending and goes on in a later batch.
                 slot = fan.reserve_turn()
                 if not await fan.before_turn(slot):
                     return None
@@ -760,9 +773,11 @@ class BroadcastActivities:
         return "failed"
 
     async def _send(
-        self, fan: FanOut[Ready], recorder: GroupCommit[Accepted, str], req: BatchRequest, user_id: str, ready: Ready
-    ) -> str:
-        """The provider call and its outcome recorded; a vendor's Retry-After pauses the shard."""
+        self, fan: FanOut[Ready], recorder: GroupCommit[Accepted, str], req: BatchRequest, user_id: str, ready: Ready,
+        gone: int = 0,
+    ) -> str:  # fmt: skip
+        """The provider call and its outcome recorded; a vendor's Retry-After pauses the shard.
+        `gone`: the recipients of this send reported gone before in this batch (`_gone`)."""
         try:
             # Through the registry: its per-integration limit holds across runs sharing the worker.
             response = await self.providers.send(ready.kind, ready.message)
@@ -792,9 +807,11 @@ class BroadcastActivities:
                     "retried with the new ones" if outcome == "deferred" else "given up",
                 )  # fmt: skip
                 return outcome
-            return await settled(
-                partial(self._record, req, user_id, ready, "failed", err.message, err.status, err.recipient_gone)
-            )
+            if err.recipient_gone and ready.opt_in_id is not None:
+                # Opted out and, within the journeys' bounds, handed to the user's next live opt-in on
+                # the channel (HANDED_OVER), else failed as below (activities/gone_recipient.py).
+                return await settled(partial(self._gone, req, user_id, ready, err, may_try_next(gone + 1)))
+            return await settled(partial(self._record, req, user_id, ready, "failed", err.message, err.status))
         except ConfigurationError as err:
             return await settled(partial(self._record, req, user_id, ready, "failed", f"configuration: {err}", None))
         # Recorded with the other senders' acceptances (`_record_accepted`).
@@ -837,10 +854,41 @@ class BroadcastActivities:
         status: str,
         detail: str,
         provider_status: int | None,
-        recipient_gone: bool = False,
     ) -> str:
         with self.store.session() as s:
-            return self._record_in(s, req, user_id, ready, status, detail, provider_status, recipient_gone)
+            return self._record_in(s, req, user_id, ready, status, detail, provider_status)
+
+    def _gone(self, req: BatchRequest, user_id: str, ready: Ready, err: ProviderError, next_one: bool) -> str:
+        """The provider says the recipient is gone for good: its opt-in is opted out and, when the rule
+        allows (`next_one`, `may_hand_over`: activities/gone_recipient.py, as a journey's send) and the
+        user has another live opt-in on the channel, the send is handed to it (HANDED_OVER). It waits
+        for that call as a send retried after a definite answer ("retrying": nothing was delivered, so
+        its next attempt is no possible duplicate), without its kept message, which `_prepare` composes
+        again for the user's newest live opt-in, under the same key (its cap slot kept). The recipient
+        stays pending, with a `not_before` (due now) as a retried one has: `_finish` closes a send left
+        open should it end on another channel, and its acceptance is recorded alone (`_record_in`),
+        counted once, sent. Else the failure as before, counted as a provider opt-out."""
+        assert ready.opt_in_id is not None
+        channel = ready.message.channel
+        with self.store.session() as s:
+            opted_out = opt_out_gone(s, ready.opt_in_id)
+            send = _send_row(s, ready.send_key)
+            rec = _recipient_row(s, req.run_id, user_id)
+            pending = rec is not None and rec.status == "pending"
+            if next_one and pending and may_hand_over(channel, ready.provider, send):
+                assert send is not None and rec is not None
+                following = reach(s, send.section_id, send.user_id, [channel]).opt_ins.get(channel)
+                if following is not None and following.id != ready.opt_in_id:
+                    send.status, send.message_enc, send.updated_at = "retrying", None, now_utc()
+                    send.provider_status, send.provider_response = err.status, err.message[:2000]
+                    s.add(send)
+                    rec.not_before = req.as_of
+                    rec.reason = f"{broadcasts.RETRY_REASON} {err.status or 'no answer'}: recipient gone"[:200]
+                    s.add(rec)
+                    log.info("run %s, user %s: %s recipient gone, sending to the user's next opt-in",
+                             req.run_id, user_id, channel)  # fmt: skip
+                    return HANDED_OVER
+            return self._record_in(s, req, user_id, ready, "failed", err.message, err.status, opted_out=opted_out)
 
     def _record_in(
         self,
@@ -851,10 +899,10 @@ class BroadcastActivities:
         status: str,
         detail: str,
         provider_status: int | None,
-        recipient_gone: bool = False,
+        opted_out: bool = False,
     ) -> str:
-        """The send's final status and its recipient's (or FALLBACK), in the caller's transaction."""
-        gone = recipient_gone and ready.opt_in_id is not None and opt_out_gone(s, ready.opt_in_id)
+        """The send's final status and its recipient's (or FALLBACK), in the caller's transaction.
+        `opted_out`: the provider reported the recipient gone and `_gone` opted it out."""
         send = _send_row(s, ready.send_key)
         # An attempt of this send may have been delivered (an outcome was unknown): a refusal now does
         # not say it was not. It keeps its cap slot and no other channel is tried (the user would get
@@ -892,10 +940,10 @@ class BroadcastActivities:
             else:
                 reason = ready.fell_back if status == "sent" else detail[:200]
                 self._finish(s, rec, status, reason, ready.message.channel)
-        if send is not None and gone:  # what the report reads as a provider opt-out, as journeys record it
+        if send is not None and opted_out:  # what the report reads as a provider opt-out, as journeys record it
             _record_provider_opt_out(s, send, ready, detail)
         if send is not None:  # last (LOCK ORDER): the hot counter rows stay locked until the commit
-            report_rollup.count_send(s, send, previous, opted_out=gone)
+            report_rollup.count_send(s, send, previous, opted_out=opted_out)
         return outcome
 
 

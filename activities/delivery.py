@@ -24,8 +24,8 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.activity_clock import attempt_share_left
 from activities.frozen_message import FrozenMessage
+from activities.gone_recipient import may_hand_over, may_try_next
 from activities.provider_retry import refused_replaced_credentials, retry_later
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
@@ -48,7 +48,7 @@ from security.crypto import SecretBox
 from store import decisions, journey_rows, recommendations, report_rollup, reservations, sends
 from store.campaigns import load_spec
 from store.engine import Store
-from store.reachability import PUSH_CHANNELS, opt_out_gone, reach
+from store.reachability import opt_out_gone, reach
 from store.report_rollup import PROVIDER_OPT_OUT
 from store.tables import Integration, OptIn, Product, Send, User, now_utc
 from store.tracking_tables import MessageTemplate, ShortLink
@@ -62,11 +62,6 @@ log = logging.getLogger(__name__)
 # address, or new content under the old key, would both be wrong. No fallback: the step's
 # channel is reachable, at an address its message was not made for.
 RECIPIENT_CHANGED = "recipient changed since the first attempt: not sent"
-
-# A push send whose recipient the provider reports gone goes to the user's next live opt-in on the
-# channel (`Delivery._gone`), at most this many times more per send: a user keeps up to 20
-# subscriptions per push channel, and each call waits for the provider.
-MAX_GONE_RECIPIENTS = 3
 
 
 @dataclass
@@ -87,14 +82,6 @@ class _RateLimited:
 # What `begin_in` leaves for the provider call: a message to send, a result already known (done
 # before, skipped, no longer opted in), or a rate limit to wait for first.
 Prepared = _Prepared | DeliverResult | _RateLimited
-
-
-def _half_the_attempt_left() -> bool:
-    """Whether at least half of this activity attempt's start-to-close time is left (True outside
-    an activity, or without a timeout): another provider call for the next recipient should end
-    inside the attempt, not be cancelled by Temporal mid-call (its retry would be flagged)."""
-    share = attempt_share_left()
-    return share is None or share > 0.5
 
 
 def _rate_limit(integration: Integration | None) -> float | None:
@@ -150,10 +137,10 @@ class Delivery:
                     # "Failure exceeds size limit." instead of the reason (`retry_later`'s message).
                     raise retry_later(err, req.send_key) from None
                 if err.recipient_gone and prepared.opt_in_id is not None:
-                    # The user's next live subscription on this channel, if any (else the failure).
+                    # The user's next live subscription on this channel, if any (else the failure):
+                    # activities/gone_recipient.py, the rule batched runs follow too.
                     gone += 1
-                    next_one = gone <= MAX_GONE_RECIPIENTS and _half_the_attempt_left()
-                    prepared = await asyncio.to_thread(self._gone, req, prepared, err, next_one)
+                    prepared = await asyncio.to_thread(self._gone, req, prepared, err, may_try_next(gone))
                     continue
                 return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body)
             except ConfigurationError as err:
@@ -378,15 +365,8 @@ class Delivery:
         with self.store.session() as s:
             opted_out = opt_out_gone(s, prepared.opt_in_id)
             send = s.get(Send, req.send_key)
-            if (
-                next_one
-                and req.channel in PUSH_CHANNELS
-                # The same send key goes to the next recipient: only where the vendor does not
-                # de-duplicate by it (every push vendor), or it would drop the message as a repeat.
-                and not prepared.provider.honours_idempotency_key
-                and send is not None
-                and not sends.maybe_delivered(send, attempt_running=True)
-            ):
+            if next_one and may_hand_over(req.channel, prepared.provider, send):
+                assert send is not None
                 following = self._next_recipient_in(s, req, send)
                 if following is not None:
                     log.info("%s recipient gone, sending %s to the user's next opt-in", req.channel, req.send_key)
