@@ -15,7 +15,18 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Re-exported (the "as" form tells mypy so): callers import the identifier hashes from here too.
 from domain.field_error import FieldError
@@ -79,6 +90,57 @@ _SKU_MAX = 256  # as a cart item's productId
 _KIND_SEPARATORS = re.compile(r"[\s_-]+")  # dropped from a secondary identifier's type (`identifier_kind`)
 
 
+def _is_integer(value: Any) -> bool:
+    """A JSON integer (`12345`); not a boolean, which Python counts as one."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _integer_as_text(value: Any) -> Any:
+    """An id sent as a JSON integer (a shop's numeric SKUs, order numbers and customer ids:
+    `"productId": 12345`) as its decimal string, which every check of the field then applies to
+    (lengths, blanks, `/`); the Experience API documents strings, and refusing a number refused the
+    whole batch. A number with a fraction or an exponent (`1.5`, `1e3`) is no id: refused saying so.
+    Anything else is left to the field's own check (a boolean, an object: not a valid string)."""
+    if _is_integer(value):
+        return str(value)
+    if isinstance(value, float):
+        raise ValueError("must be a string, or an integer (12345): a number with a decimal point or exponent is no id")
+    return value
+
+
+def _text_only(value: Any) -> Any:
+    """A device id (`dyid`, `dyid_server`, `id`) sent as a number: refused saying to send it as a
+    string. Not converted as other ids are (`_integer_as_text`): a dyid is a 19-digit number, which a
+    backend's JSON library may already have rounded (beyond 2^53), and a rounded dyid is silently
+    another browser."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            'must be sent as a JSON string ("-4350463893986789401"), not a number: long numbers lose precision'
+        )
+    return value
+
+
+def _null_as_empty_list(value: Any) -> Any:
+    """An optional list sent as `null`: the same as omitted (an empty one). Backends serialising an
+    unset field write `null` (`"secondaryIdentifiers": null`); refusing it refused the whole batch,
+    while omitting the field was accepted."""
+    return [] if value is None else value
+
+
+def _null_as_empty_dict(value: Any) -> Any:
+    """An optional object sent as `null` (a custom event's `"properties": null`): as omitted."""
+    return {} if value is None else value
+
+
+# Each is the last of its field's `Annotated` metadata, so it runs first and the field's own
+# constraints stay on the string or list they check (their messages say "String should have at
+# most 256 characters", not a generic length). The schema keeps documenting a string (a list).
+AS_TEXT = BeforeValidator(_integer_as_text)  # an id: a string, or a JSON integer (converted)
+TEXT_ONLY = BeforeValidator(_text_only)  # a device id: a string, never a number
+NULL_AS_LIST = BeforeValidator(_null_as_empty_list)
+NULL_AS_DICT = BeforeValidator(_null_as_empty_dict)
+
+
 def _sha256_digest(value: str) -> str:
     """A hashed identifier in lower case; `ValueError` unless it is a SHA-256 hex digest. Anything
     else is a plain email or phone sent by mistake: kept, it would be PII in clear and match no opt-in."""
@@ -88,11 +150,13 @@ def _sha256_digest(value: str) -> str:
 
 
 class UserIn(_Open):
-    dyid: str | None = Field(None, max_length=128)
-    dyid_server: str | None = Field(None, max_length=128)
-    id: str | None = Field(None, max_length=256)
+    dyid: Annotated[str, Field(max_length=128), TEXT_ONLY] | None = None
+    dyid_server: Annotated[str, Field(max_length=128), TEXT_ONLY] | None = None
+    # "Your own user ID" (dy-api): a device-level id as a dyid is, not a person; a known customer is
+    # reached by `cuid` (docs/api.md, "Ingestion").
+    id: Annotated[str, Field(max_length=256), TEXT_ONLY] | None = None
     active_consent_accepted: Any = None
-    cuid: str | None = Field(None, max_length=256)
+    cuid: Annotated[str, Field(max_length=256), AS_TEXT] | None = None
     cuidType: str | None = Field(None, max_length=64)
 
     @model_validator(mode="after")
@@ -147,7 +211,7 @@ class UserIn(_Open):
 
 class PageIn(_Open):
     type: Literal["HOMEPAGE", "CATEGORY", "PRODUCT", "CART", "OTHER"] | None = None
-    data: list[str] = Field(default_factory=list, max_length=100)
+    data: Annotated[list[Annotated[str, AS_TEXT]], Field(max_length=100), NULL_AS_LIST] = Field(default_factory=list)
     location: str | None = Field(None, max_length=4096)
     referrer: str | None = Field(None, max_length=4096)
     locale: str | None = Field(None, max_length=32)
@@ -161,7 +225,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(min_length=1, max_length=200)
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: Annotated[dict[str, Any], NULL_AS_DICT] = Field(default_factory=dict)
 
 
 class CollectBase(_Open):
@@ -173,7 +237,7 @@ class CollectBase(_Open):
     @model_validator(mode="after")
     def _user_identified(self) -> CollectBase:
         if not self.user.device_key and not self.user.cuid:
-            raise ValueError("user: one of dyid, dyid_server, id or cuid is required")
+            raise FieldError("user", "one of dyid, dyid_server, id or cuid is required")
         return self
 
 
@@ -202,7 +266,7 @@ def _not_blank(sku: str) -> str:
     return sku
 
 
-Sku = Annotated[str, Field(min_length=1, max_length=_SKU_MAX), AfterValidator(_not_blank)]
+Sku = Annotated[str, Field(min_length=1, max_length=_SKU_MAX), AfterValidator(_not_blank), AS_TEXT]
 
 
 class CartItem(BaseModel):
@@ -249,7 +313,7 @@ class _SyncCartProps(_CartProps):
 
 
 class _PurchaseProps(_SyncCartProps):
-    uniqueTransactionId: str | None = Field(None, max_length=64)
+    uniqueTransactionId: Annotated[str, Field(max_length=64), AS_TEXT] | None = None
 
 
 def _plain_email_cuid(cuid_type: str | None) -> bool:
@@ -286,10 +350,10 @@ class _IdentifyProps(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     dyType: str
-    cuid: str | None = Field(None, min_length=1, max_length=256)
+    cuid: Annotated[str, Field(min_length=1, max_length=256), AS_TEXT] | None = None
     cuidType: str | None = Field(None, max_length=64)
     hashedEmail: str | None = Field(None, min_length=1, max_length=128)
-    secondaryIdentifiers: list[Identifier] = Field(default_factory=list, max_length=20)
+    secondaryIdentifiers: Annotated[list[Identifier], Field(max_length=20), NULL_AS_LIST] = Field(default_factory=list)
     phoneNumber: str | None = Field(None, max_length=32)
 
     @field_validator("cuid")
@@ -490,7 +554,7 @@ def named_products(properties: dict[str, Any]) -> list[CartItem] | None:
     not a list, a line without a usable `productId`) is no product, never a 422. None: no product."""
     found: list[CartItem] = []
     single = properties.get("productId")
-    if isinstance(single, str):
+    if isinstance(single, str) or _is_integer(single):  # a numeric SKU, as the standard events take it
         found += _valid_lines([{"productId": single}])
     lines = properties.get("cart")
     if isinstance(lines, list):
@@ -596,14 +660,14 @@ def _kept_properties(event: EventIn, props: BaseModel) -> dict[str, Any]:
     Only what the identity code takes for an email or phone (`_primary`, `_secondary`: the same sets)
     is hashed: a CUID of another type is the user's CUID as sent, and stays so here too.
     Triggers' conditions read the properties as sent (`NormalizedEvent.sent_properties`)."""
-    kept = dict(event.properties)
+    kept = _ids_as_text(dict(event.properties))
     if isinstance(props, _IdentifyProps):
         if props.cuid and _plain_email_cuid(props.cuidType):
             kept["cuid"], kept["cuidType"] = email_hash(props.cuid), "he"
         if props.phoneNumber is not None:
             del kept["phoneNumber"]
             kept["hashedPhoneNumber"] = phone_hash(props.phoneNumber)
-        if "secondaryIdentifiers" in kept:
+        if kept.get("secondaryIdentifiers") is not None:  # null: as omitted, kept as sent
             kept["secondaryIdentifiers"] = [_kept_identifier(i) for i in props.secondaryIdentifiers]
     elif isinstance(props, _PushOptProps):
         channel = "web_push" if props.channelType == "WEB_PUSH" else "app_push"  # as ingestion keys the opt-in
@@ -611,6 +675,22 @@ def _kept_properties(event: EventIn, props: BaseModel) -> dict[str, Any]:
             token = getattr(props, name)
             if token is not None:
                 kept[name] = push_token_hash(channel, token)
+    return kept
+
+
+def _ids_as_text(kept: dict[str, Any]) -> dict[str, Any]:
+    """A standard event's ids sent as JSON integers (`_integer_as_text`) as the strings they were
+    read as: the stored event names product `"12345"` as the catalog, carts and reports do."""
+    for name in ("productId", "uniqueTransactionId", "cuid"):
+        if _is_integer(kept.get(name)):
+            kept[name] = str(kept[name])
+    lines = kept.get("cart")
+    if isinstance(lines, list):
+        kept["cart"] = [
+            {**line, "productId": str(line["productId"])}
+            if isinstance(line, dict) and _is_integer(line.get("productId")) else line
+            for line in lines
+        ]  # fmt: skip
     return kept
 
 

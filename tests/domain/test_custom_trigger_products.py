@@ -23,7 +23,10 @@ def test_a_custom_event_names_products_as_standard_events_do_and_nothing_else_is
     assert [i.sku for i in named_products({"productId": "shoe", "cart": [{"productId": "sock"}]}) or []] == [
         "shoe", "sock"]  # fmt: skip
     # Custom events accept any properties: what is not a product line is ignored, never a 422.
-    assert named_products({"cart": "mobile", "productId": 7}) is None
+    assert named_products({"cart": "mobile", "productId": 7.5}) is None
+    assert named_products({"productId": True}) is None
+    # A numeric SKU is one, as a standard event's `productId` is (read as its decimal string).
+    assert [i.sku for i in named_products({"productId": 7, "cart": [{"productId": 8}]}) or []] == ["7", "8"]
     lines = [{"productId": " "}, {"sku": "x"}, {"productId": "ok"}]
     assert [i.sku for i in named_products({"cart": lines}) or []] == ["ok"]
     ev = normalize_event(0, EventIn(name="Wished", properties={"productId": "shoe", "cart": [{"quantity": "x"}]}))
