@@ -52,13 +52,19 @@ RAISED: dict[tuple[str, str], tuple[str, ...]] = {
     ("post", "/api/v1/campaigns/{campaign_id}/activate"): _CONFLICT_TEMPORAL,  # no such transition; schedule
     ("post", "/api/v1/campaigns/{campaign_id}/pause"): _CONFLICT_TEMPORAL,
     ("post", "/api/v1/campaigns/{campaign_id}/archive"): _CONFLICT_TEMPORAL,
-    ("post", "/api/v1/campaigns/{campaign_id}/preview"): _CONFLICT_TEMPORAL,  # a journey still runs; Temporal
-    ("post", "/api/v1/campaigns/{campaign_id}/render"): (_UNAVAILABLE,),  # the user's address undecryptable
+    # a journey still runs, an ambiguous user ref; Temporal
+    ("post", "/api/v1/campaigns/{campaign_id}/preview"): _CONFLICT_TEMPORAL,
+    ("post", "/api/v1/campaigns/{campaign_id}/render"): _BOTH,  # an ambiguous user ref; the address undecryptable
     ("post", "/api/v1/campaigns/{campaign_id}/runs"): _TEMPORAL,  # the run not started
     # Temporal unreachable; a journey's failure is counted in the 503's own body (`CampaignStopOut`).
     ("post", "/api/v1/campaigns/{campaign_id}/journeys/exit"): (_UNAVAILABLE,),
     ("post", "/api/v1/journeys/{journey_id}/exit"): _CONFLICT_TEMPORAL,  # ended, start pending; Temporal
-    ("delete", "/api/v1/users/{user_ref}"): _TEMPORAL,  # Temporal; the person kept changing
+    ("delete", "/api/v1/users/{user_ref}"): _CONFLICT_TEMPORAL,  # an ambiguous ref; Temporal; the person kept changing
+    # A ref that is one user's device id and another's CUID (`store.users.AmbiguousUserRef`).
+    ("get", "/api/v1/users/{user_ref}"): (_CONFLICT,),
+    ("put", "/api/v1/users/{user_ref}/test"): (_CONFLICT,),
+    ("patch", "/api/v1/users/{user_ref}/attributes"): (_CONFLICT,),
+    ("get", "/api/v1/users/{user_ref}/journeys"): (_CONFLICT,),
     ("post", "/api/v1/integrations"): (_CONFLICT,),  # the channel's integration exists
     ("get", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),  # its secrets undecryptable
     ("put", "/api/v1/integrations/{integration_id}"): (_UNAVAILABLE,),
@@ -80,7 +86,7 @@ _DESCRIPTIONS = {
     "404": "No such object in the key's section",
     "413": "Request body over the size limit (for a compressed body: once decompressed too)",
     "415": "Content-Encoding other than gzip, deflate or identity",
-    "409": "The object's state does not allow it (the message says why)",
+    "409": "The object's state does not allow it, or a user ref names two users (the message says why)",
     "422": "Validation error naming the field",
     "429": "Rate limit exceeded; retry after `Retry-After` seconds",
     "502": "Temporal refused the call (not a transient error): the message names the operation and Temporal's status",

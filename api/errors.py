@@ -27,7 +27,8 @@ INTERNAL_ERROR = "internal error"
 
 class RejoinError(Exception):
     """A refusal; `field` names the input at fault, dotted. A 422's is located as `field_loc` says:
-    a body field as is (`events.0.name`), a parameter with its source (`query.to`, `path.feed_id`)."""
+    a body field as is (`events.0.name`), a parameter with its source (`query.to`, `path.feed_id`).
+    Any other status's is located by the request (`_located`): `journey_id` of a path is `path.journey_id`."""
 
     status_code = 400
 
@@ -124,10 +125,25 @@ def error_body(message: str, field: str | None = None, kind: str = "rejoin_error
     return errors_body([{"type": kind, "loc": field_loc(field) if field else [], "msg": message}])
 
 
+def _located(request: Request, field: str) -> str | None:
+    """A refusal's field (other than a 422's: a 404's or 409's `user_ref`) with its source, as
+    `field_loc` reads it: a path or query parameter of the request with `path.` or `query.`, else a
+    field of the route's body with `body.` (left implied); None for a field that is no input at all
+    (a campaign's `status` on `activate`, a route without a body): it stays bare. Found here, once,
+    from the request the route answered: the routes name their parameters as they always did."""
+    first = field.split(".", 1)[0]
+    if first in SOURCES:
+        return field
+    if first in request.path_params:
+        return f"path.{field}"
+    if first in request.query_params:
+        return f"query.{field}"
+    route = request.scope.get("route")
+    return field if getattr(route, "body_field", None) is not None else None
+
+
 def _unlocated_body(message: str, field: str) -> dict[str, Any]:
-    """A refusal other than a 422 naming a field (a 404's or 409's `journey_id`): `loc` the field's
-    parts as the route names them (most are path parameters, some body fields; the source is not
-    recorded for these)."""
+    """A refusal naming a field that is no input of the request (`_located`): `loc` the field's parts."""
     detail = {"type": "rejoin_error", "loc": field.split("."), "msg": message}
     return {"detail": [detail], "error": f"{field}: {message}"}
 
@@ -206,14 +222,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RejoinError)
-    async def _rejoin(_: Request, exc: RejoinError) -> JSONResponse:
+    async def _rejoin(request: Request, exc: RejoinError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         if isinstance(exc, Unavailable):
             headers = _retry_after(exc.retry_after)
-        if exc.field is not None and exc.status_code != 422:
+        # A 422's field is located as the route names it; any other's by where the request carried it.
+        located = exc.field if exc.field is None or exc.status_code == 422 else _located(request, exc.field)
+        if exc.field is not None and located is None:
             body = _unlocated_body(exc.message, exc.field)
         else:
-            body = error_body(exc.message, exc.field)
+            body = error_body(exc.message, located)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(TemporalFailed)

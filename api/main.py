@@ -31,6 +31,7 @@ from api.routes import (
     reports,
     secrets_admin,
     sections,
+    serve,
     subscribers,
     templates,
     tracking,
@@ -125,7 +126,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None, 
     install_error_handlers(app)
     for module in (
         collect, userdata, sections, campaigns, integrations, catalog, journeys, journey_stops, secrets_admin,
-        templates, tracking, tracking_legacy, reports, subscribers, feeds, erasure,
+        templates, tracking, tracking_legacy, reports, subscribers, feeds, erasure, serve,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -217,15 +217,37 @@ def alias_ids(s: Session, user_id: str) -> list[str]:
     return list(s.exec(select(UserAlias.alias_id).where(UserAlias.canonical_id == user_id)).all())
 
 
+class AmbiguousUserRef(LookupError):
+    """A ref (not a Rejoin user id) that is the device id of one user and the CUID of another.
+
+    An API-only shop's `user.id` is a device-level id (as a dyid is), which may equal the CUID another
+    person logged in with (`cust-9335603`): answering either person would read, flag or erase the
+    wrong one (an erasure of the other person is irreversible). The operator repeats the request
+    with the Rejoin id (`usr_...`) of the one meant; the message names both."""
+
+    def __init__(self, device_user_id: str, cuid_user_id: str) -> None:
+        super().__init__(
+            f"this ref is the device id of user {device_user_id} and the CUID of user {cuid_user_id}: "
+            "repeat the request with the Rejoin user id of the one you mean"
+        )
+        self.device_user_id = device_user_id
+        self.cuid_user_id = cuid_user_id
+
+
 def find_user(s: Session, section_id: str, ref: str) -> User | None:
-    """Look a user up by Rejoin id (merged ids too), device id or CUID (what an operator has at hand)."""
+    """Look a user up by Rejoin id (merged ids too), device id or CUID (what an operator has at hand).
+
+    A Rejoin id is unambiguous and wins. Otherwise a ref naming a device of one user and the CUID of
+    another raises `AmbiguousUserRef` (the API's 409) rather than picking either."""
     user = canonical_user(s, ref)
     if user is not None and user.section_id == section_id:
         return user
     device = s.get(Device, (section_id, ref))
-    if device is not None:
-        return canonical_user(s, device.user_id)
-    return by_cuid(s, section_id, ref)
+    by_device = canonical_user(s, device.user_id) if device is not None else None
+    holder = by_cuid(s, section_id, ref)
+    if by_device is not None and holder is not None and by_device.id != holder.id:
+        raise AmbiguousUserRef(by_device.id, holder.id)
+    return by_device if by_device is not None else holder
 
 
 def add_identifier(s: Session, section_id: str, user_id: str, kind: str, value_hash: str) -> None:

@@ -11,7 +11,9 @@ Two phases, in this order, so that nothing is erased while a journey could still
 
 If Temporal cannot be reached the request fails (503) before anything is erased; it can simply be
 sent again. A person erased before is found by their Rejoin id only (their dyid and CUID no longer
-lead to them) and answers 200 with all counts zero; any other unknown ref answers 404.
+lead to them) and answers 200 with all counts zero; any other unknown ref answers 404. A ref that is
+the device id of one user and the CUID of another (an API-only shop's `user.id` equal to someone's
+CUID) answers 409 naming both Rejoin ids, and nothing is erased: the operator repeats it with one.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import Management, StateDep
-from api.errors import NotFound, Unavailable
+from api.errors import Conflict, NotFound, Unavailable
 from api.journeys import exit_journey
 from api.temporal_errors import calling_temporal
 from store.erasure import ERASED, Erased, Person, PersonChanged, erase, find_person
 from store.tables import now_utc
+from store.users import AmbiguousUserRef
 from workflows.models import ExitSignal
 
 router = APIRouter(prefix="/api/v1", tags=["journeys"])
@@ -45,9 +48,17 @@ class ErasureOut(BaseModel):
     erased: dict[str, int]
 
 
-def _find(state: StateDep, section_id: str, ref: str) -> Person | None:
+def _find(state: StateDep, section_id: str, ref: str) -> Person:
+    """The person `ref` names; 404 when none. 409 when it is the device id of one user and the CUID of
+    another: erasing either would erase someone the operator may not mean, for good."""
     with state.store.session() as s:
-        return find_person(s, section_id, ref)
+        try:
+            person = find_person(s, section_id, ref)
+        except AmbiguousUserRef as exc:
+            raise Conflict(str(exc), field="user_ref") from None
+    if person is None:
+        raise NotFound("no such user", field="user_ref")
+    return person
 
 
 def _erase(state: StateDep, person: Person, gone: list[str]) -> Erased:
@@ -72,8 +83,6 @@ async def erase_user(user_ref: str, principal: Management, state: StateDep) -> E
     """Erase a person's personal data and end their journeys (docs/security.md, "Erasure")."""
     for attempt in range(ATTEMPTS):
         person = await asyncio.to_thread(_find, state, principal.section_id, user_ref)
-        if person is None:
-            raise NotFound("no such user", field="user_ref")
         signalled, gone = await _exit_journeys(state, person)
         try:
             erased = await asyncio.to_thread(_erase, state, person, gone)

@@ -19,7 +19,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, Field, StrictBool
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable, Unprocessable
@@ -31,7 +32,7 @@ from store import broadcasts, decisions, journey_rows, sends
 from store.broadcast_tables import BroadcastRecipient
 from store.campaigns import load_spec
 from store.tables import Campaign, Journey, User
-from store.users import find_user
+from store.users import AmbiguousUserRef, find_user
 from workflows.ids import journey_workflow_id
 from workflows.models import Enrollment, JourneyInput, JourneyPlan, JourneyView, TriggerSignal
 
@@ -119,34 +120,52 @@ class PreviewStarted(BaseModel):
     temporal_ui: str
 
 
-def _journeys(state: StateDep, section_id: str, user_ref: str | None, journey_id: str | None) -> list[JourneyOut]:
+def _user(s: Session, section_id: str, ref: str, field: str) -> User:
+    """The user `ref` names (`store.users.find_user`); 404 when none, 409 when it names two people
+    (a device id of one, the CUID of another): the operator repeats it with the Rejoin id.
+    `field`: where the ref was sent (`user_ref` in the path, `user` in a body)."""
+    try:
+        user = find_user(s, section_id, ref)
+    except AmbiguousUserRef as exc:
+        raise Conflict(str(exc), field=field) from None
+    if user is None:
+        raise NotFound("no such user", field=field)
+    return user
+
+
+def _user_journeys(state: StateDep, section_id: str, user_ref: str) -> list[JourneyOut]:
     with state.store.session() as s:
-        q = select(Journey).where(Journey.section_id == section_id)
-        if journey_id:
-            q = q.where(Journey.id == journey_id)
-        else:  # a trigger merged into a running journey is part of that one, not a journey of its own
-            q = q.where(Journey.status != journey_rows.MERGED)
-        if user_ref:
-            user = find_user(s, section_id, user_ref)
-            if user is None:
-                raise NotFound("no such user", field="user")
-            q = q.where(Journey.user_id == user.id)
-        rows = s.exec(q.order_by(col(Journey.triggered_at).desc()).limit(200)).all()
-        calls = sends.of_journeys(s, [j.id for j in rows])
-        recipients = broadcasts.recipients_of_journeys(s, list(rows))
-        out = [
-            JourneyOut(
-                **j.model_dump(),
-                temporal_ui=state.settings.temporal_ui_link(j.workflow_id),
-                decisions=[DecisionOut(**d.model_dump()) for d in decisions.for_journey(s, j.id)],
-                sends=[SendOut(**c.model_dump()) for c in calls.get(j.id, [])],
-            )
-            for j in rows
-        ]
-        for j in out:
-            if j.id in recipients:
-                _with_recipient(j, recipients[j.id])
-        return out
+        user = _user(s, section_id, user_ref, "user_ref")
+        # a trigger merged into a running journey is part of that one, not a journey of its own
+        q = select(Journey).where(Journey.section_id == section_id, Journey.user_id == user.id,
+                                  Journey.status != journey_rows.MERGED)  # fmt: skip
+        return _journey_views(state, s, q)
+
+
+def _journey(state: StateDep, section_id: str, journey_id: str) -> list[JourneyOut]:
+    with state.store.session() as s:
+        q = select(Journey).where(Journey.section_id == section_id, Journey.id == journey_id)
+        return _journey_views(state, s, q)
+
+
+def _journey_views(state: StateDep, s: Session, q: SelectOfScalar[Journey]) -> list[JourneyOut]:
+    """The journeys `q` selects (newest first, at most 200) with decisions, sends and run recipients."""
+    rows = s.exec(q.order_by(col(Journey.triggered_at).desc()).limit(200)).all()
+    calls = sends.of_journeys(s, [j.id for j in rows])
+    recipients = broadcasts.recipients_of_journeys(s, list(rows))
+    out = [
+        JourneyOut(
+            **j.model_dump(),
+            temporal_ui=state.settings.temporal_ui_link(j.workflow_id),
+            decisions=[DecisionOut(**d.model_dump()) for d in decisions.for_journey(s, j.id)],
+            sends=[SendOut(**c.model_dump()) for c in calls.get(j.id, [])],
+        )
+        for j in rows
+    ]
+    for j in out:
+        if j.id in recipients:
+            _with_recipient(j, recipients[j.id])
+    return out
 
 
 def _with_recipient(journey: JourneyOut, rec: BroadcastRecipient) -> None:
@@ -186,9 +205,7 @@ async def _with_live(state: StateDep, journeys: list[JourneyOut]) -> list[Journe
 @router.get("/users/{user_ref}")
 def get_user(user_ref: str, principal: Management, state: StateDep) -> UserOut:
     with state.store.session() as s:
-        user = find_user(s, principal.section_id, user_ref)
-        if user is None:
-            raise NotFound("no such user", field="user_ref")
+        user = _user(s, principal.section_id, user_ref, "user_ref")
         return UserOut(**user.model_dump())
 
 
@@ -196,9 +213,7 @@ def get_user(user_ref: str, principal: Management, state: StateDep) -> UserOut:
 def flag_test_user(user_ref: str, body: TestFlag, principal: Management, state: StateDep) -> UserOut:
     """Flag a user as a test user: their journeys run with time skipped (previews)."""
     with state.store.session() as s:
-        user = find_user(s, principal.section_id, user_ref)
-        if user is None:
-            raise NotFound("no such user", field="user_ref")
+        user = _user(s, principal.section_id, user_ref, "user_ref")
         user.is_test = body.is_test
         s.add(user)
         return UserOut(**user.model_dump())
@@ -210,9 +225,7 @@ def update_attributes(
 ) -> UserOut:
     """Merge attributes into a user (audience conditions read them); a null value removes one."""
     with state.store.session() as s:
-        user = find_user(s, principal.section_id, user_ref)
-        if user is None:
-            raise NotFound("no such user", field="user_ref")
+        user = _user(s, principal.section_id, user_ref, "user_ref")
         merged = {**user.attributes, **body}
         user.attributes = {k: v for k, v in merged.items() if v is not None}
         s.add(user)
@@ -221,13 +234,13 @@ def update_attributes(
 
 @router.get("/users/{user_ref}/journeys")
 async def user_journeys(user_ref: str, principal: Management, state: StateDep) -> list[JourneyOut]:
-    journeys = await asyncio.to_thread(_journeys, state, principal.section_id, user_ref, None)
+    journeys = await asyncio.to_thread(_user_journeys, state, principal.section_id, user_ref)
     return await _with_live(state, journeys)
 
 
 @router.get("/journeys/{journey_id}")
 async def get_journey(journey_id: str, principal: Management, state: StateDep) -> JourneyOut:
-    journeys = await asyncio.to_thread(_journeys, state, principal.section_id, None, journey_id)
+    journeys = await asyncio.to_thread(_journey, state, principal.section_id, journey_id)
     if not journeys:
         raise NotFound("no such journey", field="journey_id")
     return (await _with_live(state, journeys))[0]
@@ -251,9 +264,7 @@ def _preview_input(state: StateDep, section_id: str, campaign_id: str, body: Pre
             raise NotFound("no such campaign", field="campaign_id")
         spec = load_spec(s, campaign.id, campaign.version)
         forced = _forced_variation(spec, body.variation_id)
-        user: User | None = find_user(s, section_id, body.user)
-        if user is None:
-            raise NotFound("no such user", field="user")
+        user = _user(s, section_id, body.user, "user")
         if not user.is_test:
             raise Unprocessable("previews run only for test users (PUT /api/v1/users/{ref}/test)", field="user")
         running = s.exec(

@@ -29,7 +29,7 @@ from store.campaigns import load_spec
 from store.reachability import reach
 from store.tables import Campaign, User, now_utc
 from store.tracking_tables import MessageTemplate
-from store.users import find_user
+from store.users import AmbiguousUserRef, find_user
 
 router = APIRouter(prefix="/api/v1", tags=["templates"])
 
@@ -233,7 +233,10 @@ def render_preview(campaign_id: str, body: PreviewIn, principal: Management, sta
         step = var.steps[body.step_index]
         if body.channel and body.channel not in step.messages:
             raise Unprocessable("the step has no message on this channel", field="channel")
-        user = find_user(s, principal.section_id, body.user)
+        try:
+            user = find_user(s, principal.section_id, body.user)
+        except AmbiguousUserRef as exc:  # a device id of one person, the CUID of another: 409 naming both
+            raise Conflict(str(exc), field="user") from None
         if user is None:
             raise NotFound("no such user", field="user")
         step_channels = [c.value for c in step.messages]

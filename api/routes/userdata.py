@@ -95,7 +95,7 @@ def _address_inside(value: str) -> str | None:
 def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest, opted_in: bool) -> OptResult:
     channel = CHANNEL_NAMES.get(channel_name.lower())
     if channel is None:
-        raise Unprocessable(f"unknown channel '{channel_name}' (email, sms, app_push, web_push)", field="channel")
+        raise Unprocessable(f"unknown channel '{channel_name}' (email, sms, app_push, web_push)", field="path.channel")
     id_type = TYPE_NAMES.get(body.identifier.type.lower())
     if id_type is None:
         raise Unprocessable("identifier.type must be email, phoneNumber or custom", field="identifier.type")
@@ -104,7 +104,7 @@ def _apply(state: StateDep, section_id: str, channel_name: str, body: OptRequest
             select(Integration).where(Integration.section_id == section_id, Integration.channel == channel)
         ).first()
         if integration is None:
-            raise Unprocessable(f"the section has no {channel} integration yet", field="channel")
+            raise Unprocessable(f"the section has no {channel} integration yet", field="path.channel")
         if integration.identifier_type != id_type:
             raise Unprocessable(
                 f"the {channel} integration identifies users by {integration.identifier_type}, not {id_type}",

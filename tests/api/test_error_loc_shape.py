@@ -63,9 +63,10 @@ async def test_every_422_starts_loc_with_its_source_and_indexes_as_numbers(
     _assert_shape(r, ["body", "events", 1, "name"])
 
 
-async def test_a_400_and_a_404_keep_their_loc(api: httpx.AsyncClient, section: SectionKeys) -> None:
-    """Not 422s: an unreadable body is at `["body"]`, an unknown object names its path parameter."""
+async def test_a_400_and_a_404_locate_their_fault_too(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Not 422s: an unreadable body is at `["body"]`, an unknown object names its path parameter with
+    its source (was `["feed_id"]`)."""
     r = await api.post("/api/v1/campaigns", content=b"{", headers={**section.mgmt, "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["detail"][0]["loc"] == ["body"], r.text
     r = await api.post("/api/v1/feeds/nope/sync", headers=section.mgmt)
-    assert r.status_code == 404 and r.json()["detail"][0]["loc"] == ["feed_id"], r.text
+    assert r.status_code == 404 and r.json()["detail"][0]["loc"] == ["path", "feed_id"], r.text

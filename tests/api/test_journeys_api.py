@@ -198,4 +198,4 @@ async def test_preview_refuses_a_user_whose_real_time_journey_still_runs(
     await collect(api, section, dyid, add_to_cart("sku-1"))
     await api.put(f"/api/v1/users/{dyid}/test", json={"is_test": True}, headers=section.mgmt)
     r = await api.post(f"/api/v1/campaigns/{cid}/preview", json={"user": dyid}, headers=section.mgmt)
-    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["user"] and "real time" in r.text, r.text
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "user"] and "real time" in r.text, r.text

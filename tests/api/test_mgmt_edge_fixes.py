@@ -33,7 +33,7 @@ async def test_deleting_an_integration_active_or_paused_campaigns_use_is_409_nam
     r = await api.delete(f"/api/v1/integrations/{email['id']}", headers=section.mgmt)
     assert r.status_code == 409, r.text
     message = r.json()["detail"][0]["msg"]
-    assert r.json()["detail"][0]["loc"] == ["integration_id"]
+    assert r.json()["detail"][0]["loc"] == ["path", "integration_id"]
     assert f"'Cart recovery' ({active})" in message and f"'Paused one' ({paused})" in message, message
     assert archived not in message and "SMS only" not in message and "force=true" in message
     assert (await api.get(f"/api/v1/integrations/{email['id']}", headers=section.mgmt)).status_code == 200

@@ -65,7 +65,7 @@ async def test_stopping_one_journey_exits_it_and_nothing_more_is_sent(
     assert (row.status, row.exit_reason) == ("exited", "operator_stopped")
     assert await outbox(api, section) == []
     again = await api.post(f"/api/v1/journeys/{journey['id']}/exit", headers=section.mgmt)
-    assert again.status_code == 409 and again.json()["detail"][0]["loc"] == ["journey_id"], again.text
+    assert again.status_code == 409 and again.json()["detail"][0]["loc"] == ["path", "journey_id"], again.text
     assert "ended already" in again.text
 
 

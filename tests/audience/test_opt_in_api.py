@@ -33,7 +33,7 @@ async def _opt(
 async def test_opt_in_validation_names_the_field(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """Unknown channels, a missing integration, a type other than the integration's and bad values are 422s."""
     r = await _opt(api, section, "fax", "opt-in", "email", "a@example.com")
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "channel"]
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "channel"]
     r = await _opt(api, section, "email", "opt-in", "email", "a@example.com")
     assert r.status_code == 422 and "no email integration" in r.json()["error"]
     await add_integration(api, section)

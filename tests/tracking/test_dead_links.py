@@ -179,7 +179,7 @@ async def test_section_link_settings_are_validated_and_round_trip(api: httpx.Asy
         assert r.status_code == 422 and field in r.json()["detail"][0]["loc"], (field, value, r.text)
     other = await make_section(api, "other")
     r = await set_links(api, other, legacy_section_id=legacy)
-    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["legacy_section_id"]
+    assert r.status_code == 409 and r.json()["detail"][0]["loc"] == ["body", "legacy_section_id"]
     r = await set_links(api, other, legacy_section_id=sec.id)  # another section's own id: ambiguous too
     assert r.status_code == 409
 
