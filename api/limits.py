@@ -373,9 +373,13 @@ class RequestLimits:
         if scope.get("method") in ("GET", "HEAD", "OPTIONS", "DELETE"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        headers = dict(raw_headers)
+        # Repeated lines are one comma-joined list (RFC 9110 5.3): the dict kept only the last, so
+        # `gzip` twice undid one layer (the rest stored as the file) and passed the codings' cap.
+        coding_lines = [value for name, value in raw_headers if name == b"content-encoding"]
         try:
-            applied = content_coding.codings(headers.get(b"content-encoding"))
+            applied = content_coding.codings(b", ".join(coding_lines) if coding_lines else None)
         except content_coding.UnsupportedCoding as exc:
             accepted = {"accept-encoding": ", ".join(content_coding.SUPPORTED)}  # RFC 7694
             await _drain_and_respond(receive, send, *_error(415, str(exc), accepted, kind="content_encoding"))

@@ -76,6 +76,17 @@ async def test_gzip_and_deflate_bodies_are_accepted(api: httpx.AsyncClient, sect
     assert r.status_code == 200, r.text  # management routes too
 
 
+async def test_repeated_content_encoding_lines_are_one_list(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """Two `Content-Encoding: gzip` lines mean `gzip, gzip` (RFC 9110): only the last line was read,
+    so one layer was undone and the rest parsed as JSON (a 400), and five lines passed the cap of 4."""
+    twice = gzip.compress(gzip.compress(_body(n=9)))
+    lines = [*section.ing.items(), ("content-type", "application/json")]
+    r = await api.post(EVENT, content=twice, headers=[*lines, ("content-encoding", "gzip"), ("content-encoding", "gzip")])
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    r = await api.post(EVENT, content=twice, headers=[*lines, *[("content-encoding", "gzip")] * 5])
+    assert r.status_code == 415 and "more than 4 codings" in r.text, r.text
+
+
 async def test_a_zip_bomb_is_413_after_at_most_the_cap(api: httpx.AsyncClient, section: SectionKeys) -> None:
     """100 MiB of zeros in 100 KiB of gzip: 413 once the decoded body passes 1 MiB; a body just
     under the cap decoded is accepted, one just over is refused."""
