@@ -154,7 +154,13 @@ def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     The default handler also returns each error's `input` (for a missing field, the whole body:
     an integration's password, a shopper's e-mail address) and `ctx` (which can quote the input,
     e.g. the text of a JSON decode error); neither leaves the API."""
-    return [{"type": str(e["type"]), "loc": _loc(e), "msg": str(e["msg"])} for e in errors]
+    return [{"type": str(e["type"]), "loc": _loc(e), "msg": _msg(e)} for e in errors]
+
+
+def _msg(error: Any) -> str:
+    """The error's message without pydantic's "Value error, " before a validator's own words: the
+    message is ours, written to be read as it is."""
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _loc(error: Any) -> list[Any]:

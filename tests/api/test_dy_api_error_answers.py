@@ -72,3 +72,12 @@ async def test_choose_answers_a_404_saying_it_is_not_served(api: httpx.AsyncClie
         assert "POST /v2/collect/user/pageview" in item["msg"], r.text
     schema = (await api.get("/openapi.json")).json()
     assert "/v2/serve/user/choose" not in schema["paths"]
+
+
+async def test_a_validators_message_is_given_as_written(api: httpx.AsyncClient, section: SectionKeys) -> None:
+    """pydantic put "Value error, " before a validator's own words (a re-probe trial's finding)."""
+    body = {"user": {"dyid": new_dyid(), "cuid": "a/b", "cuidType": "id"}, "events": [{"name": "Visit"}]}
+    r = await api.post("/v2/collect/user/event", json=body, headers=section.ing)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["msg"] == "user.cuid must not contain '/'", r.text
+    assert "Value error" not in r.text, r.text
