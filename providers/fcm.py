@@ -27,7 +27,7 @@ from pydantic import Field, HttpUrl, ValidationError, ValidationInfo, field_vali
 from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
 from providers.oauth import Fetcher, Token, cache_key, jwt_bearer, signing_account, with_token
-from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body
+from providers.preset import PresetConfig, ServiceAccount, accepted, join, json_body, not_the_vendors_answer
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 PASSTHROUGH = ("notification", "data", "android", "apns", "webpush", "fcm_options")
@@ -219,4 +219,7 @@ class FcmProvider:
             # valid. Other 400s are about the message, and a bare 404 about the project or URL.
             raise gone_if(error, recipient_gone(resp.status, resp.body))
         answer = json_body(resp)
-        return accepted(resp, answer.get("name") if isinstance(answer, dict) else None)
+        name = answer.get("name") if isinstance(answer, dict) else None
+        if not name:
+            raise not_the_vendors_answer("FCM", resp.status, "message name")
+        return accepted(resp, str(name))

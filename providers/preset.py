@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
-from providers.base import ProviderResponse, said
+from providers.base import ProviderError, ProviderResponse, said
 
 
 class PresetConfig(BaseModel):
@@ -72,6 +72,18 @@ def said_in_list(errors: Any, code: str, *messages: str) -> str | None:
 
 def accepted(resp: ProviderResponse, message_id: str | None) -> ProviderResponse:
     return ProviderResponse(status=resp.status, body=resp.body[:2000], headers=resp.headers, message_id=message_id)
+
+
+def not_the_vendors_answer(vendor: str, status: int, id_name: str) -> ProviderError:
+    """A 2xx without the id the vendor always returns: not the vendor's own answer (a proxy's or a
+    wrong base_url's HTML page, an empty 202). Counting it accepted hid messages that never left;
+    it fails for good instead (no retry: a repeat would reach the same wrong place)."""
+    return ProviderError(
+        f"{vendor} answered {status} without a {id_name}: not {vendor}'s answer (check base_url or a proxy "
+        "in between); the message was probably not sent",
+        retryable=False,
+        status=status,
+    )
 
 
 def text_of(payload: dict[str, Any], *keys: str) -> str:

@@ -23,7 +23,7 @@ from pydantic import Field, HttpUrl, model_validator
 
 from providers.base import ConfigurationError, OutboundMessage, ProviderResponse, classify_http, gone_if, said
 from providers.context import AdapterContext
-from providers.preset import PresetConfig, accepted, answer_object, join, json_body
+from providers.preset import PresetConfig, accepted, answer_object, join, json_body, not_the_vendors_answer
 
 # Twilio error codes that are permanent for the 'To' number (see the module docstring).
 RECIPIENT_GONE_CODES = frozenset({21610, 21211, 21614})
@@ -97,4 +97,7 @@ class TwilioProvider:
         error = classify_http(resp.status, resp.body, resp.headers, said_by_twilio)
         if error is not None:
             raise gone_if(error, recipient_gone(answer))
-        return accepted(resp, answer.get("sid") if isinstance(answer, dict) else None)
+        sid = answer.get("sid") if isinstance(answer, dict) else None
+        if not sid:
+            raise not_the_vendors_answer("Twilio", resp.status, "message sid")
+        return accepted(resp, str(sid))

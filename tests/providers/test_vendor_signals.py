@@ -29,7 +29,8 @@ from tests.helpers import (
     step,
 )
 from tests.provider_server import ProviderServer, Reply
-from tests.providers.keys import ec_key, pem
+from tests.providers.keys import ec_key, pem, service_account
+from tests.providers.test_presets import jwt_token_endpoint
 from tests.providers.util import message
 
 SID = "AC0123456789abcdef"
@@ -165,3 +166,35 @@ def test_a_json_timestamp_is_not_masked_as_a_phone_number() -> None:
     assert mask('{"timestamp": "+33612345678"}') == '{"timestamp": "+33******678"}'
     assert mask('{"phone": 15551234567, "to": "+15551234567"}') == '{"phone": 155******567, "to": "+15******567"}'
     assert mask("call +33612345678, timestamp 15551234567") == "call +33******678, timestamp 155******567"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, "<h1>Service Error</h1>", headers={"Content-Type": "text/html"}),  # a proxy's page
+        Reply(202, ""),
+        Reply(200, {"success": False, "error": "quota"}),
+    ],
+)
+async def test_a_2xx_without_the_vendors_id_is_no_acceptance(
+    registry: ProviderRegistry, fresh_provider: ProviderServer, reply: Reply
+) -> None:
+    """A trial's sink answered Twilio's URL with 200 HTML, an empty 202, a 200 `success: false`:
+    each was recorded accepted (no sid) and counted sent, though no SMS left. Twilio and FCM always
+    return their message id: without it the send fails for good, saying why."""
+    fresh_provider.script(TWILIO_PATH, reply)
+    sms = message(_twilio_config(fresh_provider), {"body": "Hi"}, channel="sms", recipient="+15551234567")
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("twilio").send(sms)
+    assert not err.value.retryable and err.value.status == reply.status
+    assert "without a message sid" in err.value.message and "base_url" in err.value.message
+
+    claims = jwt_token_endpoint(fresh_provider, "https://www.googleapis.com/auth/firebase.messaging")
+    path = "/v1/projects/demo-project/messages:send"
+    fresh_provider.script(path, reply)
+    cfg = {"service_account": service_account(fresh_provider.url("/token")), "base_url": fresh_provider.url()}
+    push = message(cfg, {"title": "Hi", "body": "Cart"}, channel="app_push", recipient="dev-token-1")
+    with pytest.raises(ProviderError) as err:
+        await registry.for_kind("fcm").send(push)
+    assert not err.value.retryable and "without a message name" in err.value.message
+    assert len(claims) == 1
