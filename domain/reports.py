@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 import numpy as np
@@ -223,8 +224,18 @@ def _num(v: float) -> float | int:
 
 
 def money(value: float) -> float:
-    """A money figure to the cent: sums of float values carry noise (22315.120000000003)."""
-    return round(float(value), 2) + 0.0  # + 0.0: no "-0.0" from a tiny negative sum
+    """A money figure to the cent, half a cent rounded up (away from zero): sums of float values
+    carry noise (22315.120000000003), and at half a cent the noise decided. Five purchases of 33.333
+    summed to 1440.595 in one order and 1440.5949999999998 in another, so the same revenue read 1440.6
+    over the default range and 1440.59 over whole hours. Cut to 6 decimals first (far below any
+    currency's unit, far above the noise), then rounded in decimal."""
+    if not math.isfinite(value):
+        return float(value)
+    exact = Decimal(f"{float(value):.6f}").quantize(_CENT, rounding=ROUND_HALF_UP)
+    return float(exact) + 0.0  # + 0.0: no "-0.0" from a tiny negative sum
+
+
+_CENT = Decimal("0.01")
 
 
 PER_USER_DECIMALS = 6  # money per user: of the cent-rounded total, to a millionth of the currency unit

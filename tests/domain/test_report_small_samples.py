@@ -19,6 +19,7 @@ from domain.reports import (
     Enrolled,
     arms_for,
     holdout_comparison,
+    money,
     winner,
 )
 
@@ -208,3 +209,11 @@ def test_the_per_variation_chart_is_not_under_the_holdout_heading_and_says_click
     holdout = page.split("<h2>Holdout comparison</h2>", 1)[1].split("<h2>", 1)[0]
     assert "per user by variation" not in holdout
     assert "Revenue (click-attributed) per user by variation" in page
+
+
+def test_half_a_cent_rounds_the_same_whatever_order_the_sum_was_made_in() -> None:
+    """A report trial: five purchases of 33.333 made variation a's revenue 1440.595 over the default
+    range and 1440.5949999999998 over whole hours; `round(x, 2)` read them 1440.6 and 1440.59."""
+    assert money(1440.595) == money(1440.5949999999998) == money(1440.5950000000003) == 1440.6
+    assert money(-2.005) == -2.01 and money(22315.120000000003) == 22315.12 and str(money(-0.001)) == "0.0"
+    assert money(0.125) == 0.13  # half up, not to even (banker's rounding gave 0.12)
