@@ -38,6 +38,11 @@ UNSUBSCRIBE = "u"  # the token kind of unsubscribe links (clicks "c", pixels "o"
 SHORT_CODE_LEN = 10  # base62, ~59 bits, derived from a keyed HMAC: not guessable, not sequential
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 BOT_CLICK_DELAY = timedelta(seconds=1)
+# A hit on a send the provider has not accepted yet (its call still running, or being retried) is a
+# machine reading the message on its way: a gateway scanning links before accepting the mail, a
+# vendor's preview. Within this long of the send's last attempt; later, a send still `in_flight`
+# may be one whose acceptance was never recorded (a worker killed after the call), read by a person.
+UNACCEPTED_HIT_WINDOW = timedelta(minutes=2)
 # Link scanners and prefetchers that follow links or load images without a human.
 SCANNER_AGENTS = re.compile(
     # "bot" only as a bot's token, never inside a word: a CUBOT phone ("Android 10; CUBOT_X30") is
@@ -145,10 +150,12 @@ def privacy_proxy(*, method: str, kind: str, user_agent: str | None) -> bool:
 
 
 def bot_reason(
-    *, method: str, user_agent: str | None, at: datetime, sent_at: datetime | None, kind: str = "click"
+    *, method: str, user_agent: str | None, at: datetime, sent_at: datetime | None, kind: str = "click",
+    accepted: bool = True,
 ) -> str | None:
     """Why a hit is not a human one (None: counted). Used for clicks and impressions alike;
-    `kind` ("click" or "impression") only matters for privacy-proxy prefetches, which are opens."""
+    `kind` ("click" or "impression") only matters for privacy-proxy prefetches, which are opens.
+    `sent_at`: when the provider accepted the send, or, not `accepted` yet, its last attempt."""
     if method.upper() == "HEAD":
         return "head_request"
     # Every browser and mail app names itself; a GET without a User-Agent is a script or a
@@ -159,6 +166,8 @@ def bot_reason(
         return "privacy_proxy"
     if user_agent and SCANNER_AGENTS.search(user_agent):
         return "scanner_user_agent"
+    if sent_at is not None and not accepted and at - sent_at < UNACCEPTED_HIT_WINDOW:
+        return "before_accepted"
     if sent_at is not None and at - sent_at < BOT_CLICK_DELAY:
         return "too_fast_after_send"
     return None

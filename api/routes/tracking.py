@@ -114,7 +114,8 @@ def _record(
             section_id=send.section_id, campaign_id=send.campaign_id, variation_id=send.variation_id,
             step_index=send.step_index, channel=send.channel, send_key=send.key, user_id=send.user_id,
             kind=kind, source=source, target=target, user_agent=(user_agent or "")[:500] or None, at=at,
-            bot_reason=bot_reason(method=method, user_agent=user_agent, at=at, sent_at=send.updated_at, kind=kind),
+            bot_reason=bot_reason(method=method, user_agent=user_agent, at=at, sent_at=send.updated_at, kind=kind,
+                                  accepted=send.status == "accepted"),
         )  # fmt: skip
         hit.bot = hit.bot_reason is not None
         s.add(hit)
