@@ -82,7 +82,7 @@ async def build_worker(
         )
         steps = JourneySteps(journey, delivery)
         subscribers = SubscriberActivities(store, settings, box)
-        feeds = FeedActivities(store, settings)
+        feeds = FeedActivities(store, settings, client)  # the client: is another sync of a feed running?
         broadcast = BroadcastActivities(
             store,
             registry,

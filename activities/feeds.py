@@ -12,6 +12,7 @@ the feed's older uploads are deleted (`prune_uploads`), keeping the newest few.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import logging
 from collections.abc import Iterator
@@ -22,8 +23,10 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, CancelledError, FailureError
 
+from activities import feed_overlap as overlap
 from activities.streams import SourceMissing, cells, lines_from, s3_chunks, s3_head, source_changed, url_chunks
 from domain import feeds as rules
 from domain.feed_source import s3_feed_refusal
@@ -49,6 +52,7 @@ from store.users import by_cuid, new_user_id
 from workflows.feed_models import (
     FeedApplied,
     FeedBeginRequest,
+    FeedBegun,
     FeedFinishRequest,
     FeedProgress,
     FeedStageRequest,
@@ -80,24 +84,47 @@ class _Refused(Exception):
 
 
 class FeedActivities:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, temporal: Client | None = None) -> None:
+        """`temporal`: the worker's client (built on its running event loop), to tell whether another
+        sync of a feed still runs (activities/feed_overlap.py). Without it a sync begins whatever else runs."""
         self.store = store
         self.settings = settings
+        self.liveness = overlap.Liveness(temporal, asyncio.get_running_loop()) if temporal is not None else None
 
     @activity.defn(name="feeds.begin")
-    def begin(self, req: FeedBeginRequest) -> None:
+    def begin(self, req: FeedBeginRequest) -> FeedBegun:
+        """Record the sync, `running`; or `skipped` (read nothing) while another sync of the feed runs.
+        Rows of the feed's syncs whose workflow ended without finishing them are ended `failed` first."""
+        info = activity.info()
         with self.store.session() as s:
-            if s.get(FeedSync, req.sync_id) is not None:
-                return
-            feed = s.get(Feed, req.feed_id)
+            done = s.get(FeedSync, req.sync_id)
+            if done is not None:  # a retried attempt: the decision was committed with the row
+                return FeedBegun(skipped=done.error if done.state == "skipped" else None)
+            others = overlap.others_running(s, req.feed_id, req.sync_id)
+        # Asked of Temporal outside any transaction (no lock held over a network call).
+        ended = overlap.check(self.liveness, others) if self.liveness is not None else {}
+        with self.store.session() as s:
+            overlap.end_dead(s, ended, now_utc())
+        with self.store.session() as s:
+            feed = overlap.lock_feed(s, req.feed_id)
             if feed is None:
                 raise ApplicationError("feed was deleted", type="NotFound", non_retryable=True)
-            s.add(
-                FeedSync(
-                    id=req.sync_id, feed_id=feed.id, section_id=feed.section_id, object_key=req.object_key,
-                    started_at=req.as_of, feed_config=read_config(feed),
-                )
+            sync = FeedSync(
+                id=req.sync_id, feed_id=feed.id, section_id=feed.section_id, object_key=req.object_key,
+                started_at=req.as_of, feed_config=read_config(feed), workflow_id=info.workflow_id,
+                workflow_run_id=info.workflow_run_id,
             )  # fmt: skip
+            other = (
+                overlap.running_sync(overlap.others_running(s, feed.id, req.sync_id), ended)
+                if self.liveness is not None
+                else None
+            )
+            if other is not None:
+                sync.state, sync.error = "skipped", overlap.skip_reason(other)
+                sync.finished_at, sync.duration_ms = req.as_of, 0
+                log.info("feed sync %s skipped: %s", req.sync_id, sync.error)
+            s.add(sync)
+            return FeedBegun(skipped=sync.error if other is not None else None)
 
     @contextmanager
     def _open(

@@ -57,8 +57,13 @@ class FeedSync(SQLModel, table=True):
     section_id: str = Field(max_length=40)
     object_key: str | None = Field(default=None, max_length=1024)  # uploads: where the file is
     # running | succeeded | failed | rejected | refused | unchanged (a URL's file not modified since the
-    # last succeeded sync: a 304 to the conditional GET, nothing staged or applied)
+    # last succeeded sync: a 304 to the conditional GET, nothing staged or applied) | skipped (begun while
+    # another sync of the feed ran: nothing read, `error` names that sync; activities/feed_overlap.py)
     state: str = Field(default="running", max_length=16)
+    # The workflow run that drives the sync (None: begun before they were kept): a `running` row whose
+    # run is known to have ended (terminated, timed out) is ended `failed` by the feed's next sync.
+    workflow_id: str | None = Field(default=None, max_length=255)
+    workflow_run_id: str | None = Field(default=None, max_length=64)
     rows_accepted: int = 0
     rows_rejected: int = 0
     lines_read: int = 0

@@ -30,6 +30,12 @@ class FeedBeginRequest(BaseModel):
     as_of: datetime
 
 
+class FeedBegun(BaseModel):
+    # Why the sync ends at once, having read nothing (another sync of the feed is running), or None.
+    # Syncs begun before `feeds.begin` answered replay its None: they go on.
+    skipped: str | None = None
+
+
 class FeedStageRequest(BaseModel):
     sync_id: str
     feed_id: str
@@ -79,6 +85,7 @@ class FeedSyncSummary(BaseModel):
     removed: int = 0
     duplicates: int = 0  # rows of the file replaced by a later row with the same key
     runs: list[str] = Field(default_factory=list)
+    error: str | None = None  # why a `skipped` sync read nothing
 
 
 # ---------------------------------------------------------------- batched campaign runs

@@ -46,12 +46,17 @@ class FeedSyncWorkflow:
     async def run(self, inp: FeedSyncInput) -> FeedSyncSummary:
         sync_id = "fsync_" + workflow.uuid4().hex[:16]
         now = workflow.now()
-        await workflow.execute_activity_method(
+        begun = await workflow.execute_activity_method(
             FeedActivities.begin,
             FeedBeginRequest(sync_id=sync_id, feed_id=inp.feed_id, object_key=inp.object_key, as_of=now),
             start_to_close_timeout=SHORT,
             retry_policy=RETRY,
         )
+        # Another sync of the feed is running (its schedule fired during a sync the API started, or the
+        # other way round): this one ends here, having read nothing; its row says so. No new command, and
+        # histories from before `begin` answered replay None: no patch needed.
+        if begun is not None and begun.skipped is not None:
+            return FeedSyncSummary(sync_id=sync_id, state="skipped", error=begun.skipped)
         refetch = workflow.patched(REFETCH_PATCH) and inp.refetch
         try:
             staged = await workflow.execute_activity_method(

@@ -249,19 +249,25 @@ async def create_feed(body: FeedIn, principal: Management, state: StateDep) -> F
     return FeedOut(**feed.model_dump())
 
 
-def _running_sync_id(store: Store, feed_id: str) -> str | None:
-    """The newest sync of the feed still `running`, to name in a 409."""
+def _running_sync_id(store: Store, feed_id: str, wid: str) -> str | None:
+    """The sync of the feed still `running` to name in a 409: the one workflow `wid` drives (its row
+    records it), else the newest (a row begun before workflow ids were kept). Not a row left `running`
+    by a terminated workflow just because it is newer."""
     with store.session() as s:
-        sync = s.exec(
+        q = (
             select(FeedSync)
             .where(FeedSync.feed_id == feed_id, FeedSync.state == "running")
             .order_by(col(FeedSync.started_at).desc())
-        ).first()
+        )
+        sync = (
+            s.exec(q.where(FeedSync.workflow_id == wid)).first()
+            or s.exec(q.where(col(FeedSync.workflow_id).is_(None))).first()
+        )
     return sync.id if sync is not None else None
 
 
 async def _sync_running(state: StateDep, feed: Feed, wid: str) -> Conflict:
-    sync_id = await asyncio.to_thread(_running_sync_id, state.store, feed.id)
+    sync_id = await asyncio.to_thread(_running_sync_id, state.store, feed.id, wid)
     which = f"sync {sync_id} (workflow {wid})" if sync_id else f"its sync (workflow {wid})"
     return Conflict(
         f"the feed {feed.id} is syncing: {which} is still running; a feed syncs one file at a time, "
