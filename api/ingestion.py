@@ -262,7 +262,7 @@ def _accept_once(
                 user, merges = _identify(s, user, ev.identity, device_key, now, enrolled_now, to_enroll)
                 _check_locked(locked, user, False, now)
                 if merges:
-                    merge_exits += _exits_of_moved_journeys(s, user, merged_id, campaigns)
+                    merge_exits += _exits_of_moved_journeys(s, user, merged_id, campaigns, to_enroll)
             elif ev.kind == EventKind.IDENTIFY and ev.identifiers:
                 _link_identifiers(s, section_id, user, ev.identifiers)
             if ev.kind in (EventKind.MESSAGE_OPTIN, EventKind.MESSAGE_OPTOUT) and ev.push_token:
@@ -388,15 +388,61 @@ class MergeExit:
 
 
 def _exits_of_moved_journeys(
-    s: Session, person: User, merged_id: str, campaigns: list[tuple[LiveCampaign, CampaignSpec]]
-) -> list[MergeExit]:
+    s: Session, person: User, merged_id: str, campaigns: list[tuple[LiveCampaign, CampaignSpec]],
+    enrolling: list[Journey] | None = None,
+) -> list[MergeExit]:  # fmt: skip
     """Exits for the running journeys a merge of `merged_id` just moved to `person` that the person's
     own events since the journey's trigger would have ended: a purchase (another device's, say) for a
     campaign exiting on purchase, and for a cart journey the merged cart being empty (the person's
     cart changed last: `users.merge_users`). Without this the moved journey ran on after the purchase,
     reminding the person of an empty cart. Only at a merge: one read (the moved journeys, by their
     workflow ids, with the person's purchases since each trigger; the catalog too for purchase exits
-    with product conditions), none when no live campaign exits on a purchase or an empty cart."""
+    with product conditions), none when no live campaign exits on a purchase or an empty cart.
+
+    Also the person's treated journeys of a campaign they are held out of now, by the earliest
+    allocation of the two users (`journey_rows.held_out_but_running`, one read of the person's
+    journeys in campaigns with a control): exit `merged_into_holdout`, whichever side ran them.
+    `enrolling`: the journeys this request enrolled, not written yet (`_identify` gave the merged
+    user's to the person): a device batching its trigger and its login is held out the same way."""
+    out = _exits_for_persons_events(s, person, merged_id, campaigns)
+    # A treated journey of a person held out of its campaign (either side of the merge): it ends too.
+    controls = {c.id: v.id for c, spec in campaigns for v in spec.variations if v.control}
+    owed = {m.workflow_id for m in out}
+    for workflow_id, campaign_id in journey_rows.held_out_but_running(s, person.section_id, person.id, controls):
+        if workflow_id not in owed:
+            out.append(MergeExit(workflow_id, campaign_id, journey_rows.MERGED_INTO_HOLDOUT, []))
+    out += _enrolled_into_holdout(s, person, controls, enrolling or [])
+    if out:
+        # Recorded now, in the merge's transaction: their exit signals go only after the commit, and
+        # a step due meanwhile must already see the exit (`JourneyActivities.decide_in` skips it).
+        journey_rows.exit_owed_at_merge(s, person.section_id, [(m.workflow_id, m.reason) for m in out], now_utc())
+        log.info("merge of %s: %d moved journeys exit (%s)", merged_id, len(out), ", ".join(m.reason for m in out))
+    return out
+
+
+def _enrolled_into_holdout(
+    s: Session, person: User, controls: dict[str, str], enrolling: list[Journey]
+) -> list[MergeExit]:
+    """Exits of the treated journeys this request enrolled for the person (rows not written yet,
+    their trigger commands already made) in a campaign whose earliest stored journey of the person
+    is its control: every stored journey is earlier than this request's triggers. The row is
+    written exited, so the workflow's first step sends nothing (`variation_and_exit`)."""
+    out: list[MergeExit] = []
+    for journey in enrolling:
+        control = controls.get(journey.campaign_id)
+        if journey.user_id != person.id or journey.status != "active" or control in (None, journey.variation_id):
+            continue
+        if journey_rows.first_variation(s, person.section_id, journey.campaign_id, person.id) == control:
+            journey.status, journey.exit_reason = journey_rows.EXITED, journey_rows.MERGED_INTO_HOLDOUT
+            journey.ended_at = now_utc()
+            out.append(MergeExit(journey.workflow_id, journey.campaign_id, journey_rows.MERGED_INTO_HOLDOUT, []))
+    return out
+
+
+def _exits_for_persons_events(
+    s: Session, person: User, merged_id: str, campaigns: list[tuple[LiveCampaign, CampaignSpec]]
+) -> list[MergeExit]:
+    """The moved journeys' exits for what the person did since their trigger (`_exits_of_moved_journeys`)."""
     exiting = {c.id: spec for c, spec in campaigns if exits_at_merge(spec)}
     if not exiting:
         return []
@@ -420,11 +466,6 @@ def _exits_of_moved_journeys(
         exit_ = exit_at_merge(spec, not person.cart, bought, catalog)
         if exit_ is not None:
             out.append(MergeExit(workflow_id, moved[workflow_id], *exit_))
-    if out:
-        # Recorded now, in the merge's transaction: their exit signals go only after the commit, and
-        # a step due meanwhile must already see the exit (`JourneyActivities.decide_in` skips it).
-        journey_rows.exit_owed_at_merge(s, section_id, [(m.workflow_id, m.reason) for m in out], now_utc())
-        log.info("merge of %s: %d moved journeys exit (%s)", merged_id, len(out), ", ".join(m.reason for m in out))
     return out
 
 

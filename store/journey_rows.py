@@ -183,6 +183,39 @@ def first_variations(s: Session, section_id: str, campaign_id: str, user_ids: li
     return dict(rows.tuples().all())  # the earliest of each user is written last
 
 
+# Reason of a journey a merge ends because the person it joined was held out of its campaign.
+MERGED_INTO_HOLDOUT = "merged_into_holdout"
+# A person's journeys in these campaigns, earliest first per campaign as `_FIRST_VARIATION` orders
+# them (on `ix_journey_user`: a person has few rows).
+_PERSON_JOURNEYS = (
+    select(_j.campaign_id, _j.variation_id, _j.workflow_id, _j.status)
+    .where(_j.section_id == bindparam("section_id"), _j.user_id == bindparam("user_id"),
+           _j.campaign_id.in_(bindparam("campaign_ids", expanding=True)))
+    .order_by(_j.campaign_id, _j.triggered_at, _j.variation_id)
+)  # fmt: skip
+
+
+def held_out_but_running(s: Session, section_id: str, user_id: str, controls: dict[str, str]) -> list[tuple[str, str]]:
+    """(workflow id, campaign id) of the person's active journeys in a campaign whose earliest
+    journey of theirs is in its control variation (`controls`: campaign id -> control variation id).
+
+    Read right after a merge (`store/users.py::merge_users` re-points the merged user's journeys):
+    a device's treated journey joining a held-out person, or a person's treated journey joining a
+    device held out before it, would message someone the report counts in the holdout (its cohort
+    is the earliest journey), so their purchases measured the holdout with a message's effect.
+    The earliest allocation wins, as allocation (`first_variation`) and `merged_duplicate` decide."""
+    if not controls:
+        return []
+    params = {"section_id": section_id, "user_id": user_id, "campaign_ids": sorted(controls)}
+    first: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
+    for campaign_id, variation_id, workflow_id, status in s.execute(_PERSON_JOURNEYS, params).all():
+        held = first.setdefault(campaign_id, variation_id) == controls[campaign_id]
+        if held and status == "active" and variation_id != controls[campaign_id]:
+            out.append((workflow_id, campaign_id))
+    return out
+
+
 def existing_ids(s: Session, journey_ids: list[str]) -> set[str]:
     """Which of these journeys are recorded already."""
     return set(s.execute(select(_j.id).where(_j.id.in_(journey_ids))).scalars())
