@@ -67,6 +67,7 @@ async def build_worker(
             allow_private_urls=settings.allow_private_urls,
             allowed_targets=settings.allowed_private_targets,
             http2=http2,
+            delivery_timeout=settings.delivery_timeout,  # bounds an integration's own timeout_seconds
         )
         journey = JourneyActivities(
             store,

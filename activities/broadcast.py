@@ -10,7 +10,9 @@ and repeats only the calls whose outcome was unknown (those in flight), under th
 with the message their first attempt composed (activities/frozen_message.py). A send whose
 outcome was unknown may have been delivered (`store.sends.maybe_delivered`), whatever the vendor
 does with the key, until the vendor accepts a retry: ended otherwise, it keeps its cap slot and
-its recipient falls back to no other channel, as a journey's step (activities/delivery.py). A push
+its recipient falls back to no other channel, as a journey's step (activities/delivery.py). With
+a vendor that does not honour the key, a second unknown outcome ends it so, not retried again
+(`activities/provider_retry.py::unknown_again`). A send that fails is logged once, at WARNING. A push
 recipient the provider reports gone is opted out and its send handed to the user's next live opt-in
 on the channel (`_gone`), by the journeys' rule (activities/gone_recipient.py).
 """
@@ -34,10 +36,16 @@ from activities.broadcast_batch import Batch, Ready
 from activities.broadcast_message import BatchMessages
 from activities.broadcast_plain import Accepted, PlainPath
 from activities.delivery import RECIPIENT_CHANGED
-from activities.provider_retry import refused_replaced_credentials
 from activities.fan_out import FanOut, GroupCommit, SlotGrid, settled
 from activities.frozen_message import FrozenMessage
 from activities.gone_recipient import may_hand_over, may_try_next
+from activities.provider_retry import (
+    answer_of,
+    log_failed,
+    refused_replaced_credentials,
+    unknown_again,
+    unknown_twice,
+)
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
 from domain.campaign import CampaignSpec, CampaignType, Channel
@@ -811,9 +819,11 @@ class BroadcastActivities:
                 # Opted out and, within the journeys' bounds, handed to the user's next live opt-in on
                 # the channel (HANDED_OVER), else failed as below (activities/gone_recipient.py).
                 return await settled(partial(self._gone, req, user_id, ready, err, may_try_next(gone + 1)))
-            return await settled(partial(self._record, req, user_id, ready, "failed", err.message, err.status))
+            refused = (req, user_id, ready, "failed", err.message, err.status, answer_of(err))
+            return await settled(partial(self._record, *refused))
         except ConfigurationError as err:
-            return await settled(partial(self._record, req, user_id, ready, "failed", f"configuration: {err}", None))
+            why = f"configuration: {err}"
+            return await settled(partial(self._record, req, user_id, ready, "failed", why, None, "configuration"))
         # Recorded with the other senders' acceptances (`_record_accepted`).
         return await recorder.submit(Accepted(user_id, ready, kept_answer(response.body), response.status))
 
@@ -824,12 +834,20 @@ class BroadcastActivities:
         with self.store.session() as s:
             send = s.get(Send, ready.send_key)
             rec = s.get(BroadcastRecipient, (req.run_id, user_id))
+            # An earlier attempt's outcome was unknown (flagged by its `_defer_retry`, or by `_prepare`
+            # finding the send left in flight by a batch whose worker died mid-call).
+            flagged = send is not None and send.possible_duplicate
             if send is not None and err.outcome_unknown:
                 # Flagged now, not only by the retry (`_prepare`): the recipient may be skipped or
                 # given up before any retry, and the message may have gone out all the same. Also
                 # when the vendor honours the key: its later refusals (5xx) do not say whether it
                 # processed this attempt; only its acceptance of a retry settles that (`_record_in`).
                 send.possible_duplicate = True
+            if unknown_again(err, ready.provider, flagged):
+                # A vendor that does not de-duplicate may have delivered it at each of them: no third call,
+                # and no other channel (`_record_in`: possibly delivered), as a journey's send.
+                reason = unknown_twice(err, ready.kind)
+                return self._record_in(s, req, user_id, ready, "failed", reason, err.status, answer=answer_of(err))
             if send is not None and rec is not None and req.as_of - send.created_at < RECIPIENT_RETRY_BUDGET:
                 # A definite answer (429, 5xx, 401/403) is no possible duplicate; an unknown outcome stays in flight.
                 send.status = "in_flight" if err.outcome_unknown else "retrying"
@@ -844,7 +862,7 @@ class BroadcastActivities:
                 return "deferred"
             attempts = send.attempts if send is not None else 1
             reason = f"gave up after {attempts} attempts: {err.message}"
-            return self._record_in(s, req, user_id, ready, "failed", reason, err.status)
+            return self._record_in(s, req, user_id, ready, "failed", reason, err.status, answer=answer_of(err))
 
     def _record(
         self,
@@ -854,9 +872,10 @@ class BroadcastActivities:
         status: str,
         detail: str,
         provider_status: int | None,
+        answer: str | None = None,
     ) -> str:
         with self.store.session() as s:
-            return self._record_in(s, req, user_id, ready, status, detail, provider_status)
+            return self._record_in(s, req, user_id, ready, status, detail, provider_status, answer=answer)
 
     def _gone(self, req: BatchRequest, user_id: str, ready: Ready, err: ProviderError, next_one: bool) -> str:
         """The provider says the recipient is gone for good: its opt-in is opted out and, when the rule
@@ -900,9 +919,11 @@ class BroadcastActivities:
         detail: str,
         provider_status: int | None,
         opted_out: bool = False,
+        answer: str | None = None,
     ) -> str:
         """The send's final status and its recipient's (or FALLBACK), in the caller's transaction.
-        `opted_out`: the provider reported the recipient gone and `_gone` opted it out."""
+        `opted_out`: the provider reported the recipient gone and `_gone` opted it out. `answer`: how
+        a failure's log line names the provider's answer (default: `provider_status`, if any)."""
         send = _send_row(s, ready.send_key)
         # An attempt of this send may have been delivered (an outcome was unknown): a refusal now does
         # not say it was not. It keeps its cap slot and no other channel is tried (the user would get
@@ -925,6 +946,9 @@ class BroadcastActivities:
         if status == "failed":
             if not maybe_delivered:
                 reservations.release(s, ready.send_key)
+            if previous != "failed":  # once, when it commits (a retried batch finds it recorded)
+                answer = answer or (str(provider_status) if provider_status is not None else None)
+                log_failed(s, ready.send_key, answer, detail)
         elif send is not None:
             journey_rows.mark_sent(s, ready.journey_id, send.created_at)
         rec = _recipient_row(s, req.run_id, user_id)
@@ -1057,6 +1081,8 @@ def _close_send(s: Session, send: Send, why: str) -> tuple[str, str]:
     s.add(send)
     if not maybe_delivered:
         reservations.release(s, send.key)
+    last = send.provider_status  # the last attempt's answer, if it had one
+    log_failed(s, send.key, str(last) if last is not None else None, send.provider_response)
     return previous, why
 
 

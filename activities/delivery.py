@@ -7,7 +7,9 @@ unknown, calls again with the same key and flags the send as a possible duplicat
 provider honours the key. Every retry sends the message its first attempt composed, kept with
 the send (`activities/frozen_message.py`), never one composed again. Permanent failures release
 the cap slot and allow channel fallback, unless an earlier attempt may have been delivered
-(`store.sends.maybe_delivered`).
+(`store.sends.maybe_delivered`). With a vendor that does not honour the key, an unknown outcome
+is retried once: a second one fails the send as possibly delivered
+(`activities/provider_retry.py::unknown_again`). A send that fails is logged once, at WARNING.
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from temporalio.exceptions import ApplicationError
 
 from activities.frozen_message import FrozenMessage
 from activities.gone_recipient import may_hand_over, may_try_next
-from activities.provider_retry import refused_replaced_credentials, retry_later
+from activities.provider_retry import (
+    answer_of,
+    log_failed,
+    refused_replaced_credentials,
+    retry_later,
+    unknown_again,
+    unknown_twice,
+)
 from activities.step_reads import StepReads
 from domain.campaign import CampaignSpec, Variation
 from domain.events import CartItem
@@ -127,6 +136,13 @@ class Delivery:
             try:
                 response = await prepared.provider.send(prepared.message)
             except ProviderError as err:
+                if unknown_again(err, prepared.provider, prepared.possible_duplicate):
+                    # Each repeat may deliver it again (a vendor slower than the read timeout got the
+                    # same SMS ~40 times over the budget): possibly delivered, no fallback (`_fail_in`).
+                    reason = unknown_twice(err, getattr(prepared.provider, "kind", "the provider"))
+                    return await asyncio.to_thread(
+                        self._fail, req, prepared.step_name, reason, err.status, err.body, answer=answer_of(err)
+                    )
                 if err.retryable or await asyncio.to_thread(
                     refused_replaced_credentials, self.store, err, req.integration_id, prepared.config_as_of
                 ):
@@ -142,10 +158,14 @@ class Delivery:
                     gone += 1
                     prepared = await asyncio.to_thread(self._gone, req, prepared, err, may_try_next(gone))
                     continue
-                return await asyncio.to_thread(self._fail, req, prepared.step_name, err.message, err.status, err.body)
+                return await asyncio.to_thread(
+                    self._fail, req, prepared.step_name, err.message, err.status, err.body, answer=answer_of(err)
+                )
             except ConfigurationError as err:
                 # Rejoin's own words (a vendor's text in it is masked where it was quoted: oauth.py)
-                return await asyncio.to_thread(self._fail, req, prepared.step_name, f"configuration: {err}", None, "")
+                return await asyncio.to_thread(
+                    self._fail, req, prepared.step_name, f"configuration: {err}", None, "", answer="configuration"
+                )
             break
         assert isinstance(prepared, _Prepared)
         await asyncio.to_thread(self._accept, req, prepared, response)
@@ -372,8 +392,9 @@ class Delivery:
                     log.info("%s recipient gone, sending %s to the user's next opt-in", req.channel, req.send_key)
                     return following
             return self._fail_in(
-                s, req, prepared.step_name, err.message, err.status, err.body, fallback=True, opted_out=opted_out
-            )
+                s, req, prepared.step_name, err.message, err.status, err.body, fallback=True, opted_out=opted_out,
+                answer=answer_of(err),
+            )  # fmt: skip
 
     def _next_recipient_in(self, s: Session, req: DeliverRequest, send: Send) -> _Prepared | None:
         """The send composed again for the user's newest opt-in still live on its channel (the
@@ -404,10 +425,14 @@ class Delivery:
         status: int | None,
         body: str,
         gone_opt_in: int | None = None,
+        *,
+        answer: str | None = None,
     ) -> DeliverResult:
         with self.store.session() as s:
             opted_out = gone_opt_in is not None and opt_out_gone(s, gone_opt_in)
-            return self._fail_in(s, req, step_name, reason, status, body, fallback=True, opted_out=opted_out)
+            return self._fail_in(
+                s, req, step_name, reason, status, body, fallback=True, opted_out=opted_out, answer=answer
+            )
 
     def _fail_in(
         self,
@@ -421,7 +446,10 @@ class Delivery:
         fallback: bool,
         outcome: str = "failed",
         opted_out: bool = False,
+        answer: str | None = None,
     ) -> DeliverResult:
+        """Record the send's final failure (or skip); `answer`: how the log line names the provider's
+        answer (`provider_retry.answer_of`; default: the status, if any)."""
         send = s.get(Send, req.send_key)
         previous: str | None = None
         # An earlier attempt of this send may have been delivered (its answer was lost, and the
@@ -458,6 +486,8 @@ class Delivery:
                 **({"possible_duplicate": True} if maybe_delivered else {}),
             },
         )
+        if outcome == "failed" and previous != "failed":  # a skip is no failure; a record repeated is not logged again
+            log_failed(s, req.send_key, answer or (str(status) if status is not None else None), reason)
         if send is not None:  # last: see `_accept`
             report_rollup.count_send(s, send, previous, opted_out=opted_out)
         return DeliverResult(status="failed", reason=reason[:200], provider_status=status,

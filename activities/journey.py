@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session
 from temporalio import activity
 
+from activities.provider_retry import log_failed
 from activities.step_reads import StepReads
 from domain import schedule as sched
 from domain.allocation import keep_or_allocate
@@ -247,6 +248,8 @@ class JourneyActivities:
         detail = {"possible_duplicate": True} if maybe_delivered else None
         _trace_gave_up(s, req.journey_id, f"{req.send_key}:outcome", req.step_index, "failed", reason,
                        req.as_of, req.channel, detail)  # fmt: skip
+        last = send.provider_status if send is not None else None  # the last attempt's answer, if it had one
+        log_failed(s, req.send_key, str(last) if last is not None else None, reason)
         if send is not None:  # last, as every send's counters (`Delivery._accept`)
             report_rollup.count_send(s, send, previous)
         return DeliverResult(status="failed", reason=reason, possible_duplicate=maybe_delivered,

@@ -10,7 +10,9 @@ whichever client is used, and never quote the value. Transport failures become r
 `ProviderError`s; whether the provider may have processed the request is recorded
 (`outcome_unknown`), because that decides whether a repeat could duplicate. A TLS certificate
 that does not verify is the exception: permanent, since every retry fails the same way.
-A whole request (connection, sending, the answer's last byte) has a deadline, the read timeout.
+A whole request (connection, sending, the answer's last byte) has a deadline, the read timeout:
+the worker's default (`provider_call_timeouts`), or the integration's own `timeout_seconds`
+(`call_timeout`, set by the registry around each call), within the same share of the attempt.
 
 Two transports sit behind the same caller: aiohttp (the worker's HTTP/1.1 sends: its pool stays
 fast with 100 sends in flight, where one shared httpx client collapses to ~120 req/s, see
@@ -22,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -84,18 +88,43 @@ def _unbuildable(exc: Exception) -> ConfigurationError:
     return ConfigurationError(f"the request could not be built ({type(exc).__name__}); check the configured headers")
 
 
-def provider_call_timeouts(delivery_timeout: timedelta) -> tuple[float, float]:
-    """(read, connect) seconds for provider calls: the defaults, or less when a delivery attempt
-    (`REJOIN_DELIVERY_TIMEOUT`) is shorter, so that a silent provider times out inside the attempt,
-    which records it (outcome unknown: retried with the same key, flagged) and logs one line,
-    rather than Temporal's start-to-close timeout cancelling the attempt mid-call. The read value
-    is also the deadline of a whole request, body included (`outbound_session`, the transports),
-    so an answer trickled a byte at a time times out the same way.
+def provider_call_timeouts(delivery_timeout: timedelta, read: float | None = None) -> tuple[float, float]:
+    """(read, connect) seconds for provider calls: the defaults (`read`: the integration's own,
+    `timeout_seconds`, instead of `PROVIDER_READ_TIMEOUT_S`), or less when a delivery attempt
+    (`REJOIN_DELIVERY_TIMEOUT`) is shorter: at most `call_budget` of it, so that a silent provider
+    times out inside the attempt, which records it (outcome unknown: retried with the same key,
+    flagged) and logs one line, rather than Temporal's start-to-close timeout cancelling the
+    attempt mid-call. The read value is also the deadline of a whole request, body included
+    (`outbound_session`, the transports), so an answer trickled a byte at a time times out the
+    same way.
 
-    The worker's sends and the API's test call both use it, so a test call that succeeds means a
-    delivery would not time out on the same answer."""
-    budget = 0.8 * delivery_timeout.total_seconds()  # the rest: the attempt's store steps
-    return min(PROVIDER_READ_TIMEOUT_S, budget), min(PROVIDER_CONNECT_TIMEOUT_S, budget)
+    The worker's sends and the API's test call both use it (the registry applies an integration's
+    own value: `providers/registry.py::Redacting`), so a test call that succeeds means a delivery
+    would not time out on the same answer."""
+    budget = call_budget(delivery_timeout)
+    return min(read or PROVIDER_READ_TIMEOUT_S, budget), min(PROVIDER_CONNECT_TIMEOUT_S, budget)
+
+
+def call_budget(delivery_timeout: timedelta) -> float:
+    """The longest a provider call may take within a delivery attempt: 80% of it (the rest: the
+    attempt's store steps). An integration's `timeout_seconds` above it is clipped to it."""
+    return 0.8 * delivery_timeout.total_seconds()
+
+
+# The read timeout of the calls made inside `call_timeout(...)`: an integration's own
+# (`timeout_seconds`), set by the registry around its adapter's call; None: the client's default.
+_CALL_TIMEOUT: ContextVar[float | None] = ContextVar("provider_call_timeout", default=None)
+
+
+@contextmanager
+def call_timeout(seconds: float | None) -> Iterator[None]:
+    """Calls made inside (by any adapter, token fetches included) wait `seconds` for the provider,
+    the whole request's deadline, instead of the client's default; None changes nothing."""
+    token = _CALL_TIMEOUT.set(seconds)
+    try:
+        yield
+    finally:
+        _CALL_TIMEOUT.reset(token)
 
 
 @dataclass(frozen=True)
@@ -176,7 +205,9 @@ class HttpxTransport:
         if target.scheme == "https":
             extensions["sni_hostname"] = target.host
         if timeout is not None:
-            extensions["timeout"] = httpx.Timeout(timeout).as_dict()
+            # The connect limit stays the client's (5 s, or less): only the wait for the answer changes.
+            connect = self.client.timeout.connect
+            extensions["timeout"] = httpx.Timeout(timeout, connect=min(connect or timeout, timeout)).as_dict()
         kwargs: dict[str, Any] = {k: v for k, v in vars(body).items() if v is not None}
         deadline = timeout if timeout is not None else self.client.timeout.read
         try:
@@ -214,7 +245,11 @@ class AiohttpTransport:
         if target.scheme == "https":
             kwargs["server_hostname"] = target.host
         if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout, connect=timeout, sock_read=timeout)
+            # The TCP/TLS set-up limit stays the session's (5 s, or less): only the wait for the answer changes.
+            connect = self.session.timeout.sock_connect
+            kwargs["timeout"] = aiohttp.ClientTimeout(
+                total=timeout, connect=timeout, sock_connect=min(connect or timeout, timeout), sock_read=timeout
+            )
         try:
             async with self.session.request(
                 method, target.pinned_url, headers=headers, allow_redirects=False, **kwargs
@@ -314,7 +349,10 @@ class HttpCaller:
         content: bytes | None = None,
         timeout: float | None = None,
     ) -> ProviderResponse:
-        """Send and return whatever the provider answered (any status)."""
+        """Send and return whatever the provider answered (any status). `timeout`: this call's
+        read timeout; None: the integration's (`call_timeout`), else the client's default."""
+        if timeout is None:
+            timeout = _CALL_TIMEOUT.get()
         body = Body(json=json, data=data, content=content)
         for name, value in (headers or {}).items():
             problem = header_problem(name, value)

@@ -2,13 +2,20 @@
 
 Each adapter class declares its `kind`, the `channels` it can serve, its `Config` model (what
 the API validates and stores) and whether the vendor honours our idempotency key.
+
+Every call through the registry's adapters (deliveries, batched runs, the API's test call) runs
+with its integration's secrets masked (`Redacting`) and its own read timeout, `timeout_seconds`
+in the stored configuration, when it has one (clipped to the delivery attempt's share,
+`providers/http.py::provider_call_timeouts`); else the client's default.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +38,7 @@ from providers.context import AdapterContext
 from providers.custom_http import CustomHttpProvider
 from providers.emarsys import EmarsysProvider
 from providers.fcm import FcmProvider
-from providers.http import HttpCaller
+from providers.http import HttpCaller, call_timeout, provider_call_timeouts
 from providers.iterable import IterableProvider
 from providers.klaviyo import KlaviyoProvider
 from providers.outbox import OutboxProvider
@@ -64,6 +71,24 @@ ADAPTERS: dict[str, Any] = {
     )
 }
 INTEGRATION_KINDS = ("outbox", *ADAPTERS)
+
+
+# An integration's own provider read timeout (seconds), kept in its stored configuration beside
+# `rate_limit_per_second` (the API's `timeout_seconds`, 1 to 60): for a vendor that is slower than
+# the default 10 s but answers. Kinds that make no HTTP call have none (SMTP has `config.timeout`).
+TIMEOUT_KEY = "timeout_seconds"
+TIMEOUT_RANGE = (1.0, 60.0)
+NO_HTTP_KINDS = frozenset({"outbox", "smtp"})
+# `Settings.delivery_timeout`'s default: the attempt a registry built without one assumes.
+DEFAULT_DELIVERY_TIMEOUT = timedelta(seconds=30)
+
+
+def configured_timeout(config: dict[str, Any]) -> float | None:
+    """The integration's own read timeout from its (stored) configuration; None: the default."""
+    value = config.get(TIMEOUT_KEY)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
 
 
 URL_KEYS = frozenset({"url", "base_url", "token_url", "login_url", "token_uri", "status_callback"})
@@ -115,16 +140,22 @@ class Redacting:
     answer's body) is masked once more, so no caller (delivery, a scheduled run, the API's test
     call and save-time check) stores or shows a secret of the integration it called."""
 
-    def __init__(self, adapter: Provider) -> None:
+    def __init__(self, adapter: Provider, delivery_timeout: timedelta = DEFAULT_DELIVERY_TIMEOUT) -> None:
         self.adapter = adapter
         self.honours_idempotency_key = adapter.honours_idempotency_key
+        self.delivery_timeout = delivery_timeout
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.adapter, name)
 
+    def read_timeout(self, config: dict[str, Any]) -> float | None:
+        """The integration's own read timeout, within the attempt's share; None: the client's default."""
+        configured = configured_timeout(config)
+        return None if configured is None else provider_call_timeouts(self.delivery_timeout, configured)[0]
+
     async def send(self, message: OutboundMessage) -> ProviderResponse:
         redactor = Redactor.of(message.config)
-        with _masking(redactor):
+        with _masking(redactor), call_timeout(self.read_timeout(message.config)):
             resp = await self.adapter.send(message)
         return redactor.answer(resp)
 
@@ -132,7 +163,7 @@ class Redacting:
         check = getattr(self.adapter, "validate", None)
         if check is None:
             return
-        with _masking(Redactor.of(config)):
+        with _masking(Redactor.of(config)), call_timeout(self.read_timeout(config)):
             await check(config)
 
 
@@ -174,7 +205,11 @@ class ProviderRegistry:
         allow_private_urls: bool,
         allowed_targets: Iterable[str] = (),
         http2: httpx.AsyncClient | None = None,
+        delivery_timeout: timedelta = DEFAULT_DELIVERY_TIMEOUT,
     ) -> None:
+        """`delivery_timeout`: a delivery attempt's (`REJOIN_DELIVERY_TIMEOUT`), which bounds an
+        integration's own read timeout (`Redacting.read_timeout`)."""
+        self.delivery_timeout = delivery_timeout
         # The allow-list admits admin-configured internal relays; Web Push endpoints, which shoppers
         # supply, are called without it (`webpush.py::shopper_caller`).
         guard = UrlGuard.of(allow_private_urls, allowed_targets)
@@ -184,7 +219,7 @@ class ProviderRegistry:
         self.limiter = RateLimiter()
         self._by_kind: dict[str, Provider] = {"outbox": OutboxProvider(store)}
         for kind, cls in ADAPTERS.items():
-            self._by_kind[kind] = Redacting(cls(self.context))
+            self._by_kind[kind] = Redacting(cls(self.context), delivery_timeout)
 
     def for_kind(self, kind: str) -> Provider:
         provider = self._by_kind.get(kind)
@@ -220,6 +255,11 @@ class ProviderRegistry:
             except (ConfigurationError, ProviderError):  # not resolvable now: send time checks again
                 pass
         return None
+
+    def read_timeout(self, config: dict[str, Any]) -> float:
+        """The read timeout of this integration's calls: its own within the attempt's share, else
+        the default one (what the worker's client uses: `provider_call_timeouts`)."""
+        return provider_call_timeouts(self.delivery_timeout, configured_timeout(config))[0]
 
     async def validate(self, kind: str, config: dict[str, Any]) -> None:
         """Save-time checks that need the network (credentials against a token URL)."""

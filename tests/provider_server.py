@@ -1,10 +1,10 @@
 """A local provider server for tests: real HTTP on loopback, scriptable faults.
 
 Raw asyncio HTTP/1.1 (not an ASGI app) so it can do what real vendors do to us: answer 429 with
-Retry-After, 5xx, answer slowly, or drop the connection mid-response. Every request is
-recorded (method, path, headers, body). With `honour_idempotency=True` a repeated
-`Idempotency-Key` is acknowledged without being recorded as a new delivery, like vendors
-that de-duplicate.
+Retry-After, 5xx, answer slowly (or trickle the answer a byte at a time), or drop the connection
+mid-response. Every request is recorded (method, path, headers, body). With
+`honour_idempotency=True` a repeated `Idempotency-Key` is acknowledged without being recorded as
+a new delivery, like vendors that de-duplicate.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ class Reply:
     delay: float = 0.0  # seconds before answering
     drop: bool = False  # close the connection without answering
     truncate: bool = False  # send headers and half the body, then close
+    trickle: float = 0.0  # seconds between the body's bytes (a vendor dribbling its answer); 0: at once
 
 
 @dataclass
@@ -162,7 +163,14 @@ class ProviderServer:
                     await writer.drain()
                     writer.close()
                     return
-                writer.write(out.encode() + data)
+                if reply.trickle:
+                    writer.write(out.encode())
+                    for i in range(len(data)):
+                        await writer.drain()
+                        await asyncio.sleep(reply.trickle)
+                        writer.write(data[i : i + 1])
+                else:
+                    writer.write(out.encode() + data)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break

@@ -6,7 +6,9 @@ out (providers/secret_fields.py), encrypted with the configured key into `secret
 ever returned masked; sending a masked value back on update keeps the stored secret (a header's
 by its name, wherever it now sits). OAuth2 credentials are checked against the token URL before
 anything is saved. Calls made here (token checks, the test call) wait for a provider exactly as
-long as the worker's deliveries do (`providers/http.py::provider_call_timeouts`).
+long as the worker's deliveries do (`providers/http.py::provider_call_timeouts`): the
+integration's own `timeout_seconds` when it has one (1 to 60, and at most 80% of a delivery
+attempt, `REJOIN_DELIVERY_TIMEOUT`: a value above that is refused at save), else the default.
 """
 
 from __future__ import annotations
@@ -28,9 +30,18 @@ from api.errors import Conflict, NotFound, Unprocessable
 from domain.campaign import CampaignSpec, Channel
 from providers import secret_fields
 from providers.base import ConfigurationError, OutboundMessage, ProviderError, kept_answer
-from providers.http import is_timeout, provider_call_timeouts
+from providers.http import call_budget, is_timeout, provider_call_timeouts
 from providers.recipients import identifier_type_error
-from providers.registry import INTEGRATION_KINDS, ProviderRegistry, addresses, channels_for, config_model
+from providers.registry import (
+    INTEGRATION_KINDS,
+    NO_HTTP_KINDS,
+    TIMEOUT_KEY,
+    TIMEOUT_RANGE,
+    ProviderRegistry,
+    addresses,
+    channels_for,
+    config_model,
+)
 from settings import Settings
 from store.campaigns import load_spec
 from store.engine import Store
@@ -48,6 +59,13 @@ class IntegrationIn(BaseModel):
     identifier_type: Literal["email", "phone", "custom"] = "email"
     config: dict[str, Any] = Field(default_factory=dict)
     rate_limit_per_second: float | None = Field(None, gt=0, le=100_000)
+    timeout_seconds: float | None = Field(
+        None,
+        ge=TIMEOUT_RANGE[0],
+        le=TIMEOUT_RANGE[1],
+        description="How long a call waits for the provider's answer (default 10 s); at most 80% of "
+        "REJOIN_DELIVERY_TIMEOUT. Not for outbox and smtp (SMTP has config.timeout)",
+    )
 
 
 class IntegrationPublic(BaseModel):
@@ -58,6 +76,7 @@ class IntegrationPublic(BaseModel):
     identifier_type: str
     config: dict[str, Any]  # secrets shown as "********"
     rate_limit_per_second: float | None = None
+    timeout_seconds: float | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -78,6 +97,7 @@ class TestCallResult(BaseModel):
 def _public(row: Integration) -> IntegrationPublic:
     config = dict(row.config)
     rate = config.pop(RATE_KEY, None)
+    timeout = config.pop(TIMEOUT_KEY, None)
     return IntegrationPublic(
         id=row.id,
         channel=row.channel,
@@ -86,6 +106,7 @@ def _public(row: Integration) -> IntegrationPublic:
         identifier_type=row.identifier_type,
         config=config,
         rate_limit_per_second=rate,
+        timeout_seconds=timeout,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -100,7 +121,25 @@ def _registry(
         allow_private_urls=settings.allow_private_urls,
         allowed_targets=settings.allowed_private_targets,
         http2=http2,
+        delivery_timeout=settings.delivery_timeout,  # an integration's own timeout is held to it, as in the worker
     )
+
+
+def _timeout_problem(body: IntegrationIn, settings: Settings) -> str | None:
+    """Why `timeout_seconds` cannot be kept as given, or None. Above the attempt's share it would be
+    clipped at every call (a provider call must end inside its attempt): refused, saying the most."""
+    if body.timeout_seconds is None:
+        return None
+    if body.kind in NO_HTTP_KINDS:
+        extra = " (set config.timeout instead)" if body.kind == "smtp" else ""
+        return f"a {body.kind} integration makes no HTTP call: timeout_seconds does not apply{extra}"
+    most = call_budget(settings.delivery_timeout)
+    if body.timeout_seconds > most:
+        return (
+            f"at most {most:g} s: a provider call must end within 80% of a delivery attempt "
+            f"(REJOIN_DELIVERY_TIMEOUT, {settings.delivery_timeout.total_seconds():g} s here); raise that to allow more"
+        )
+    return None
 
 
 def _http(settings: Settings, *, http2: bool = False) -> httpx.AsyncClient:
@@ -119,6 +158,9 @@ async def _prepare(
         raise Unprocessable(f"unknown kind '{body.kind}' (one of {', '.join(INTEGRATION_KINDS)})", field="kind")
     if body.channel.value not in channels_for(body.kind):
         raise Unprocessable(f"a {body.kind} integration cannot serve the {body.channel.value} channel", field="channel")
+    timeout_problem = _timeout_problem(body, state.settings)
+    if timeout_problem is not None:
+        raise Unprocessable(timeout_problem, field="timeout_seconds")
     # Masked values sent back mean "keep what is stored".
     public, sent = secret_fields.split(body.config)
     kept, missing = secret_fields.keep_masked(sent, old_secrets, public=public, old_public=old_public)
@@ -155,6 +197,9 @@ async def _prepare(
     mismatch = identifier_type_error(body.kind, body.identifier_type, full)
     if mismatch is not None:
         raise Unprocessable(mismatch, field="identifier_type")
+    if body.timeout_seconds is not None:
+        # Kept with the configuration: the save-time check below and every send read it from there.
+        full[TIMEOUT_KEY] = body.timeout_seconds
     async with _http(state.settings) as http:
         registry = _registry(state.settings, state.store, http)
         refused = await registry.refused_urls(full)
@@ -319,10 +364,13 @@ async def test_call(integration_id: str, body: TestCall, principal: Management, 
         except ProviderError as err:
             error = err.message
             if is_timeout(err):
-                read, connect = provider_call_timeouts(state.settings.delivery_timeout)
+                read = registry.read_timeout(message.config)  # the integration's own, as deliveries wait
+                _, connect = provider_call_timeouts(state.settings.delivery_timeout)
                 error = (
                     f"{err.message}: the provider did not answer within the limits every delivery has "
-                    f"({read:g} s, {connect:g} s to connect); real sends to it would time out and be retried"
+                    f"({read:g} s, {connect:g} s to connect); real sends to it would time out and be retried "
+                    "(only once where the vendor does not de-duplicate: then failed); the integration's "
+                    "timeout_seconds lets it wait longer"
                 )
             return TestCallResult(ok=False, status=err.status, headers=err.headers, body=err.body, error=error)
         except ConfigurationError as err:
