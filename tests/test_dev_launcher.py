@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -162,13 +163,30 @@ def _held_request(port: int, deadline: float) -> socket.socket:
     return sock
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: dict[str, int], tmp_path: Path) -> None:
-    """A terminal's Ctrl-C is SIGINT to the whole foreground process group: it must not reach the dev
-    server, which stopped at once while the worker drained (its activity completions were lost, the
-    activities ran again). `rejoin dev` stops it itself, after the drain; no port is left open."""
-    from runtime.dev_server import port_in_use
+@dataclass
+class Serving:
+    """A `rejoin dev` that is serving: its process, its Temporal server's pid, its stderr so far."""
 
+    proc: subprocess.Popen[str]
+    server: int
+    logged: list[str]
+
+    def wait_for_log(self, text: str, within: float = 30) -> None:
+        deadline = time.monotonic() + within
+        while not any(text in line for line in self.logged):
+            assert time.monotonic() < deadline, self.logged
+            time.sleep(0.05)
+
+    def server_stops(self, within: float = 15) -> bool:
+        deadline = time.monotonic() + within
+        while _alive(self.server) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not _alive(self.server)
+
+
+@contextlib.contextmanager
+def serving_dev(ports: dict[str, int], tmp_path: Path) -> Iterator[Serving]:
+    """`rejoin dev` started and serving (its banner printed); killed with its server at the end."""
     proc = start(environment(tmp_path / "data", **ports), "dev")
     server: list[int] = []
     logged: list[str] = []
@@ -182,26 +200,7 @@ def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: d
                 break
         server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(server) == 1, (server, logged)
-        held = _held_request(ports["api"], deadline)
-        with held:
-            os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
-            deadline = time.monotonic() + 30
-            while not any("Beginning worker shutdown" in line for line in logged):
-                assert time.monotonic() < deadline, logged
-                time.sleep(0.05)
-            until = time.monotonic() + 3  # unfixed, the server was gone about a second after the signal
-            while time.monotonic() < until:
-                assert _alive(server[0]), "the Temporal dev server stopped while the worker was draining"
-                time.sleep(0.1)
-            assert proc.poll() is None, ("rejoin dev did not wait for the request in flight", logged)
-            assert port_in_use(ports["frontend"]), "the Temporal server stopped serving during the drain"
-        code = proc.wait(timeout=30)  # the request released: the drain ends, then the server
-        assert code == 0, logged
-        deadline = time.monotonic() + 15
-        while _alive(server[0]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(server[0]), "rejoin dev left its Temporal server running"
-        assert [port for port in ports.values() if port_in_use(port)] == [], ports
+        yield Serving(proc, server[0], logged)
     finally:
         for pid in [proc.pid, *server]:
             if _alive(pid):
@@ -213,47 +212,45 @@ def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: d
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ctrl_c_stops_the_temporal_server_only_after_the_worker_drained(ports: dict[str, int], tmp_path: Path) -> None:
+    """A terminal's Ctrl-C is SIGINT to the whole foreground process group: it must not reach the dev
+    server, which stopped at once while the worker drained (its activity completions were lost, the
+    activities ran again). `rejoin dev` stops it itself, after the drain; no port is left open."""
+    from runtime.dev_server import port_in_use
+
+    with serving_dev(ports, tmp_path) as dev:
+        with _held_request(ports["api"], time.monotonic() + 30):
+            os.killpg(dev.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+            dev.wait_for_log("Beginning worker shutdown")
+            until = time.monotonic() + 3  # unfixed, the server was gone about a second after the signal
+            while time.monotonic() < until:
+                assert _alive(dev.server), "the Temporal dev server stopped while the worker was draining"
+                time.sleep(0.1)
+            assert dev.proc.poll() is None, ("rejoin dev did not wait for the request in flight", dev.logged)
+            assert port_in_use(ports["frontend"]), "the Temporal server stopped serving during the drain"
+        code = dev.proc.wait(timeout=30)  # the request released: the drain ends, then the server
+        assert code == 0, dev.logged
+        assert dev.server_stops(), "rejoin dev left its Temporal server running"
+        assert [port for port in ports.values() if port_in_use(port)] == [], ports
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_second_ctrl_c_quits_at_once_while_the_first_drains(ports: dict[str, int], tmp_path: Path) -> None:
     """The drain waits for running work (a slow vendor call, a request in flight) however long it
     takes; a second Ctrl-C was ignored. Now it quits at once and stops the server; no port is left."""
     from runtime.dev_server import port_in_use
 
-    proc = start(environment(tmp_path / "data", **ports), "dev")
-    server: list[int] = []
-    logged: list[str] = []
-    assert proc.stdout is not None and proc.stderr is not None
-    reader = threading.Thread(target=lambda: logged.extend(proc.stderr or ()), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 90
-        for line in proc.stdout:
-            if "Rejoin is running" in line or time.monotonic() > deadline:
-                break
-        server = [c for c in _children(proc.pid) if "temporal" in Path(f"/proc/{c}/cmdline").read_text()]
-        with _held_request(ports["api"], deadline):  # the drain cannot end while it is held
-            os.killpg(proc.pid, signal.SIGINT)
-            deadline = time.monotonic() + 30
-            while not any("Ctrl-C again to quit at once" in line for line in logged):
-                assert time.monotonic() < deadline, logged
-                time.sleep(0.05)
+    with serving_dev(ports, tmp_path) as dev:
+        with _held_request(ports["api"], time.monotonic() + 30):  # the drain cannot end while it is held
+            os.killpg(dev.proc.pid, signal.SIGINT)
+            dev.wait_for_log("Ctrl-C again to quit at once")
             time.sleep(1)
-            assert proc.poll() is None, ("the drain should still wait for the held request", logged)
-            os.killpg(proc.pid, signal.SIGINT)
-            code = proc.wait(timeout=10)  # unfixed: still draining, a TimeoutExpired
-        assert code == 130, logged
-        deadline = time.monotonic() + 15
-        while server and _alive(server[0]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server and not _alive(server[0]), "the Temporal server outlived a forced quit"
+            assert dev.proc.poll() is None, ("the drain should still wait for the held request", dev.logged)
+            os.killpg(dev.proc.pid, signal.SIGINT)
+            code = dev.proc.wait(timeout=10)  # unfixed: still draining, a TimeoutExpired
+        assert code == 130, dev.logged
+        assert dev.server_stops(), "the Temporal server outlived a forced quit"
         assert [port for port in ports.values() if port_in_use(port)] == [], ports
-    finally:
-        for pid in [proc.pid, *server]:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        proc.wait()
-        reader.join(timeout=5)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")

@@ -90,6 +90,19 @@ async def _running(store: Store, cid: str, uid: str) -> None:
     assert any(j.user_id == uid and j.status == "active" for j in _rows(store, cid)), uid
 
 
+
+async def _held_out_and_silent(
+    api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store, cid: str, user: str
+) -> None:
+    """The person counts in the holdout alone: the treated journey (`user`'s workflow) exited at the
+    merge, recorded on its row in the merge's transaction, having sent nothing."""
+    rows = {(j.variation_id, j.status, j.exit_reason) for j in _rows(store, cid)}
+    assert rows == {("ctl", "holdout", None), ("b", "exited", "merged_into_holdout")}, rows
+    ended = await journey_result(env.client, section, cid, user)
+    assert (ended.status, ended.exit_reason) == ("exited", "merged_into_holdout"), ended
+    assert _sends(store, cid) == []
+    assert await _report_users(api, section, cid) == {"ctl": 1, "b": 0}
+
 async def test_a_device_journey_merged_into_a_held_out_person_ends_unsent(
     api: httpx.AsyncClient, env: WorkflowEnvironment, section: SectionKeys, store: Store
 ) -> None:
@@ -104,12 +117,8 @@ async def test_a_device_journey_merged_into_a_held_out_person_ends_unsent(
         await collect(api, section, dyid, login(email_for(person_dyid)))
     assert await _user_id(api, section, dyid) == person
     # Recorded in the merge's transaction, before the exit signal reaches the workflow.
-    rows = {(j.user_id, j.variation_id, j.status, j.exit_reason) for j in _rows(store, cid)}
-    assert rows == {(person, "ctl", "holdout", None), (person, "b", "exited", "merged_into_holdout")}, rows
-    ended = await journey_result(env.client, section, cid, device_user)  # time skipped: B1 was due
-    assert (ended.status, ended.exit_reason) == ("exited", "merged_into_holdout"), ended
-    assert _sends(store, cid) == []
-    assert await _report_users(api, section, cid) == {"ctl": 1, "b": 0}
+    assert {j.user_id for j in _rows(store, cid)} == {person}
+    await _held_out_and_silent(api, env, section, store, cid, device_user)  # time skipped: B1 was due
     # The person triggering again stays held out: nothing starts.
     await collect(api, section, person_dyid, add_to_cart("sku-3"))
     assert len(_rows(store, cid)) == 2
@@ -129,12 +138,7 @@ async def test_a_persons_journey_ends_when_a_device_held_out_before_it_merges(
         await collect(api, section, person_dyid, add_to_cart("sku-2"))
         await eventually(lambda: _running(store, cid, person))
         await collect(api, section, dyid, login(email_for(person_dyid)))
-    rows = {(j.variation_id, j.status, j.exit_reason) for j in _rows(store, cid)}
-    assert rows == {("ctl", "holdout", None), ("b", "exited", "merged_into_holdout")}, rows
-    ended = await journey_result(env.client, section, cid, person)
-    assert (ended.status, ended.exit_reason) == ("exited", "merged_into_holdout"), ended
-    assert _sends(store, cid) == []
-    assert await _report_users(api, section, cid) == {"ctl": 1, "b": 0}
+    await _held_out_and_silent(api, env, section, store, cid, person)
 
 
 async def test_a_persons_earlier_treated_journey_goes_on_when_a_held_out_device_merges(
@@ -167,9 +171,4 @@ async def test_a_device_batching_its_trigger_and_login_into_a_held_out_person_se
     await collect(api, section, person_dyid, add_to_cart("sku-1"))  # held out, ended at once
     dyid, device_user = await _device(api, section, cid, "b")
     await collect(api, section, dyid, add_to_cart("sku-2"), login(email_for(person_dyid)))
-    rows = {(j.variation_id, j.status, j.exit_reason) for j in _rows(store, cid)}
-    assert rows == {("ctl", "holdout", None), ("b", "exited", "merged_into_holdout")}, rows
-    ended = await journey_result(env.client, section, cid, device_user)
-    assert (ended.status, ended.exit_reason) == ("exited", "merged_into_holdout"), ended
-    assert _sends(store, cid) == []
-    assert await _report_users(api, section, cid) == {"ctl": 1, "b": 0}
+    await _held_out_and_silent(api, env, section, store, cid, device_user)
