@@ -947,8 +947,7 @@ class BroadcastActivities:
             if not maybe_delivered:
                 reservations.release(s, ready.send_key)
             if previous != "failed":  # once, when it commits (a retried batch finds it recorded)
-                answer = answer or (str(provider_status) if provider_status is not None else None)
-                log_failed(s, ready.send_key, answer, detail)
+                log_failed(s, ready.send_key, detail, status=provider_status, answer=answer)
         elif send is not None:
             journey_rows.mark_sent(s, ready.journey_id, send.created_at)
         rec = _recipient_row(s, req.run_id, user_id)
@@ -1081,8 +1080,7 @@ def _close_send(s: Session, send: Send, why: str) -> tuple[str, str]:
     s.add(send)
     if not maybe_delivered:
         reservations.release(s, send.key)
-    last = send.provider_status  # the last attempt's answer, if it had one
-    log_failed(s, send.key, str(last) if last is not None else None, send.provider_response)
+    log_failed(s, send.key, send.provider_response, status=send.provider_status)  # the last attempt's answer
     return previous, why
 
 

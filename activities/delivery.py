@@ -487,7 +487,7 @@ class Delivery:
             },
         )
         if outcome == "failed" and previous != "failed":  # a skip is no failure; a record repeated is not logged again
-            log_failed(s, req.send_key, answer or (str(status) if status is not None else None), reason)
+            log_failed(s, req.send_key, reason, status=status, answer=answer)
         if send is not None:  # last: see `_accept`
             report_rollup.count_send(s, send, previous, opted_out=opted_out)
         return DeliverResult(status="failed", reason=reason[:200], provider_status=status,

@@ -41,15 +41,21 @@ class Liveness:
         return future.result(timeout=DESCRIBE_TIMEOUT)
 
     async def _status(self, workflow_id: str, run_id: str | None) -> str | None:
-        try:
-            described = await self.client.get_workflow_handle(workflow_id, run_id=run_id).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return "not found"  # deleted after its retention: it runs no more
-            raise
-        if described.status in (None, WorkflowExecutionStatus.RUNNING):
-            return None
-        return described.status.name.lower().replace("_", " ")
+        return await run_ended(self.client, workflow_id, run_id)
+
+
+async def run_ended(client: Client, workflow_id: str, run_id: str | None = None) -> str | None:
+    """How a workflow run (the latest of `workflow_id` without `run_id`) ended: "terminated", "timed
+    out", "not found" (never started, or deleted after its retention), ...; None while it runs."""
+    try:
+        described = await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return "not found"
+        raise
+    if described.status in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    return described.status.name.lower().replace("_", " ")
 
 
 def others_running(s: Session, feed_id: str, sync_id: str) -> Sequence[FeedSync]:

@@ -248,8 +248,7 @@ class JourneyActivities:
         detail = {"possible_duplicate": True} if maybe_delivered else None
         _trace_gave_up(s, req.journey_id, f"{req.send_key}:outcome", req.step_index, "failed", reason,
                        req.as_of, req.channel, detail)  # fmt: skip
-        last = send.provider_status if send is not None else None  # the last attempt's answer, if it had one
-        log_failed(s, req.send_key, str(last) if last is not None else None, reason)
+        log_failed(s, req.send_key, reason, status=send.provider_status if send is not None else None)
         if send is not None:  # last, as every send's counters (`Delivery._accept`)
             report_rollup.count_send(s, send, previous)
         return DeliverResult(status="failed", reason=reason, possible_duplicate=maybe_delivered,

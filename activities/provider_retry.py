@@ -76,13 +76,16 @@ def unknown_twice(err: ProviderError, kind: str) -> str:
     )
 
 
-def log_failed(s: Session, send: str, answer: str | None, reason: str) -> None:
+def log_failed(
+    s: Session, send: str, reason: str, *, status: int | None = None, answer: str | None = None
+) -> None:
     """Log `send` failed for good, one WARNING line, when `s` commits the record (a rolled-back
-    record logs nothing; its retry records and logs it). `answer`: the provider's status, or
-    `timeout` / `connection error`; None when no answer decided it. The reason is masked (e-mail
-    addresses, phone numbers) on top of what masked it when it was made (the integration's secrets:
-    `providers/base.py::Redactor`); the recipient's address is never put in it."""
-    said = answer or "no provider answer"
+    record logs nothing; its retry records and logs it). The line names the provider's answer:
+    `answer` (`answer_of`: the status, or `timeout` / `connection error`), else the last `status`,
+    else none. The reason is masked (e-mail addresses, phone numbers) on top of what masked it when
+    it was made (the integration's secrets: `providers/base.py::Redactor`); the recipient's address
+    is never put in it."""
+    said = answer or (str(status) if status is not None else "no provider answer")
     masked = mask(reason)[:LOGGED_REASON_CHARS]
     event.listen(
         s, "after_commit", lambda _s: log.warning("%s: send failed for good (%s): %s", send, said, masked), once=True

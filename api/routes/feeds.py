@@ -29,13 +29,13 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    WorkflowExecutionStatus,
 )
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.broadcast import send_time
+from activities.feed_overlap import run_ended
 from api.deps import Management, StateDep
 from api.errors import Conflict, NotFound, Unavailable, Unprocessable
 from api.temporal_errors import calling_temporal
@@ -293,13 +293,7 @@ async def _refuse_while_syncing(state: StateDep, client: Client, feed: Feed, *, 
                     if isinstance(a, ScheduleActionExecutionStartWorkflow)
                 ]
         for wid in wids:
-            try:
-                info = await client.get_workflow_handle(wid).describe()
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    continue
-                raise
-            if info.status == WorkflowExecutionStatus.RUNNING:
+            if await run_ended(client, wid) is None:
                 raise await _sync_running(state, feed, wid)
 
 
